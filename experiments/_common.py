@@ -1,0 +1,73 @@
+"""Workdir output shared by the experiments: config.json, metrics JSONL, results JSON/CSV."""
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+
+def to_builtin(value):
+    """Converts numpy/jax scalars and arrays (and containers of them) to JSON-able Python."""
+    if isinstance(value, Mapping):
+        return {str(k): to_builtin(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_builtin(v) for v in value]
+    if hasattr(value, "tolist"):
+        return np.asarray(value).tolist()
+    return value
+
+
+def write_json(path: str, data) -> None:
+    """Writes atomically (temp file, then rename), so a crash never leaves half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(to_builtin(data), f, indent=2, allow_nan=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_config(workdir: str, config) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+
+class JsonlWriter:
+    """Appends one JSON object per line and flushes, so rows survive a crash."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "a")  # noqa: SIM115 - closed in close()
+
+    def write(self, row: Mapping) -> None:
+        self._file.write(json.dumps(to_builtin(row)) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_csv(path: str, rows: Iterable[Mapping]) -> None:
+    rows = list(rows)
+    if not rows:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(to_builtin(rows))
+    os.replace(tmp, path)
+
+
+def format_table(rows: list[Mapping], columns: list[str], floatfmt: str = "{:.3f}") -> str:
+    """A plain-text table a person can read."""
+
+    def fmt(v):
+        return floatfmt.format(v) if isinstance(v, float) else str(v)
+
+    cells = [[fmt(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join([line, sep, *body])

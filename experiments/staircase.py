@@ -1,0 +1,265 @@
+r"""The staircase benchmark of Poole et al. (2019): MI bounds tracking a stepwise-rising true MI.
+
+  python -m experiments.staircase --config configs/staircase.py --workdir /tmp/staircase
+
+For each task (Gaussian, cubic) and critic (separable, concat), all bounds train side by side in
+one compiled program (`mi_jax.training.BoundEnsemble`), one critic per bound through the whole
+staircase, fresh samples every step. The workdir receives `config.json`, `metrics.jsonl`
+(means over `log_every` steps), `results.json` and `results.csv` (per bound and level: mean,
+bias, variance and MSE of the estimates over the last `stats_fraction` of the level), and one
+PNG per task and critic in the style of the paper's Fig. 2.
+"""
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from experiments import _common
+from mi_jax import bounds as bounds_lib
+from mi_jax import critics as critics_lib
+from mi_jax import tasks as tasks_lib
+from mi_jax import training
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/staircase.py file.")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/mi_jax/staircase", "Directory for outputs.")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises a clear error for unknown names and impossible sizes before anything runs."""
+    for name in config.bounds:
+        if name not in bounds_lib.available_bounds():
+            raise bounds_lib._checks.unknown_name_error("bound (config.bounds)", name,
+                                                        bounds_lib.available_bounds())
+    for name in config.critics:
+        if name not in critics_lib.available_critics():
+            raise bounds_lib._checks.unknown_name_error("critic (config.critics)", name,
+                                                        critics_lib.available_critics())
+    for name in config.tasks:
+        if name not in tasks_lib.available_tasks():
+            raise bounds_lib._checks.unknown_name_error("task (config.tasks)", name,
+                                                        tasks_lib.available_tasks())
+    for key in config.bound_hparams:
+        if key not in bounds_lib.available_bounds():
+            raise bounds_lib._checks.unknown_name_error("bound (config.bound_hparams)", key,
+                                                        bounds_lib.available_bounds())
+    if config.batch_size < 2:
+        raise ValueError(f"config.batch_size must be at least 2, got {config.batch_size}.")
+    total = config.steps_per_level * len(config.levels)
+    if config.chunk_steps < 1 or total % config.chunk_steps:
+        raise ValueError(
+            f"config.chunk_steps ({config.chunk_steps}) must divide the total number of steps "
+            f"({total} = steps_per_level x levels)."
+        )
+    if total % config.log_every:
+        raise ValueError(f"config.log_every ({config.log_every}) must divide {total}.")
+
+
+def level_statistics(values: np.ndarray, config) -> list[dict]:
+    """Per-level statistics of the estimates.
+
+    Args:
+      values: ``[seeds, steps, n_bounds]`` estimates.
+      config: the staircase config.
+
+    Returns:
+      One row per (bound, level): ``mean``, ``bias``, ``variance``, ``mse`` over the last
+      ``stats_fraction`` of the level's steps, pooled over seeds.
+    """
+    rows = []
+    spl = config.steps_per_level
+    window = max(1, int(round(spl * config.stats_fraction)))
+    for b, name in enumerate(config.bounds):
+        for level_index, true_mi in enumerate(config.levels):
+            end = (level_index + 1) * spl
+            est = values[:, end - window : end, b].reshape(-1)
+            mean = float(np.mean(est))
+            var = float(np.var(est))
+            rows.append(dict(bound=name, true_mi=float(true_mi), mean=mean, bias=mean - true_mi,
+                             variance=var, mse=float(np.mean((est - true_mi) ** 2))))
+    return rows
+
+
+def _ema(x: np.ndarray, decay: float) -> np.ndarray:
+    out = np.empty_like(x)
+    acc = x[0]
+    for i, v in enumerate(x):
+        acc = decay * acc + (1 - decay) * v
+        out[i] = acc
+    return out
+
+
+def plot_staircase(path: str, values: np.ndarray, true_mi: np.ndarray, names, title: str,
+                   ema_decay: float) -> None:
+    """One panel per bound: raw estimates (light), EMA-smoothed estimate, true MI (black)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(names)
+    cols = min(n, 5)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), sharey=True,
+                             squeeze=False)
+    steps = np.arange(values.shape[1])
+    top = float(np.max(true_mi)) * 1.5
+    for b, name in enumerate(names):
+        ax = axes[b // cols][b % cols]
+        for s in range(values.shape[0]):
+            ax.plot(steps, values[s, :, b], color=f"C{b}", alpha=0.15, lw=0.5)
+            ax.plot(steps, _ema(values[s, :, b], ema_decay), color=f"C{b}", lw=1.2)
+        ax.plot(steps, true_mi, color="black", lw=1.0)
+        ax.set_title(name)
+        ax.set_ylim(-1.0, top)
+        ax.set_xlabel("step")
+    for b in range(n, rows * cols):
+        axes[b // cols][b % cols].axis("off")
+    axes[0][0].set_ylabel("MI (nats)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) -> dict:
+    """Trains all bounds on one task with one critic; returns values and timings."""
+    names = tuple(config.bounds)
+    specs = [(n, dict(config.bound_hparams.get(n, {}))) for n in names]
+    ensemble = training.make_ensemble(
+        specs, critic_name, dict(config.critic_hparams.get(critic_name, {})), config.aux_hidden
+    )
+    task = tasks_lib.get_task(task_name, dim=config.dim)
+    levels = tuple(config.levels)
+    total = config.steps_per_level * len(levels)
+
+    def mi_at(step):
+        return tasks_lib.staircase_mi(step, levels=levels, steps_per_level=config.steps_per_level)
+
+    def sample(key, step):
+        return task.sample(key, mi_at(step), config.batch_size)
+
+    optimizer = optax.adam(config.learning_rate)
+    root = jax.random.key(config.seed)
+    init_key, data_key = jax.random.split(root)
+    seeds = config.num_seeds
+    x0, y0 = sample(data_key, 0)
+    states = jax.vmap(lambda k: training.create_train_state(ensemble, optimizer, k, x0, y0))(
+        jax.random.split(init_key, seeds)
+    )
+    runner = training.make_scan_trainer(ensemble, sample, config.chunk_steps)
+    run = jax.jit(jax.vmap(runner, in_axes=(0, 0, None)), donate_argnums=0)
+    seed_keys = jax.random.split(data_key, seeds)
+
+    t0 = time.perf_counter()
+    compiled = run.lower(states, seed_keys, jnp.array(0)).compile()
+    compile_s = time.perf_counter() - t0
+
+    chunks = []
+    t0 = time.perf_counter()
+    for start in range(0, total, config.chunk_steps):
+        states, metrics = compiled(states, seed_keys, jnp.array(start))
+        mi = np.asarray(metrics["mi"])  # [seeds, chunk, n_bounds]; the one host sync per chunk
+        chunks.append(mi)
+        for i in range(0, config.chunk_steps, config.log_every):
+            block = mi[:, i : i + config.log_every]
+            step = start + i + config.log_every
+            metrics_writer.write(dict(
+                task=task_name, critic=critic_name, step=step,
+                true_mi=float(mi_at(step - 1)),
+                **{f"mi/{n}": float(np.mean(block[..., b])) for b, n in enumerate(names)},
+            ))
+        progress.update(config.chunk_steps)
+        training.raise_if_nonfinite(mi, [f"{n} ({task_name}, {critic_name})" for n in names],
+                                    start, seed_axis=True)
+    run_s = time.perf_counter() - t0
+    values = np.concatenate(chunks, axis=1)
+    true_mi = np.asarray(mi_at(jnp.arange(total)))
+    return dict(values=values, true_mi=true_mi, compile_s=compile_s, run_s=run_s,
+                steps=total, steps_per_s=total / run_s)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs the staircase for every task and critic in ``config``; returns the results dict."""
+    validate_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    _common.write_config(workdir, config)
+    writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+    results = {"runs": [], "statistics": []}
+    total = config.steps_per_level * len(config.levels)
+    combos = [(t, c) for t in config.tasks for c in config.critics]
+    wall0 = time.perf_counter()
+    try:
+        with tqdm(total=total * len(combos), desc="staircase", unit="step") as progress:
+            for task_name, critic_name in combos:
+                progress.set_postfix_str(f"{task_name}/{critic_name}")
+                out = run_one(config, task_name, critic_name, writer, progress)
+                stats = level_statistics(out["values"], config)
+                for row in stats:
+                    row.update(task=task_name, critic=critic_name)
+                results["statistics"].extend(stats)
+                results["runs"].append(dict(
+                    task=task_name, critic=critic_name, bounds=list(config.bounds),
+                    compile_s=out["compile_s"], run_s=out["run_s"], steps=out["steps"],
+                    steps_per_s=out["steps_per_s"],
+                    bound_steps_per_s=out["steps_per_s"] * len(config.bounds) * config.num_seeds,
+                ))
+                plot_staircase(
+                    os.path.join(workdir, f"staircase_{task_name}_{critic_name}.png"),
+                    out["values"], out["true_mi"], config.bounds,
+                    f"{task_name} task, {critic_name} critic (d={config.dim}, batch "
+                    f"{config.batch_size})", config.ema_decay,
+                )
+                # Results so far are written after every run, so a later failure loses nothing.
+                _common.write_json(os.path.join(workdir, "results.json"), results)
+                _common.write_csv(os.path.join(workdir, "results.csv"), results["statistics"])
+    finally:
+        writer.close()
+    results["wall_s"] = time.perf_counter() - wall0
+    _common.write_json(os.path.join(workdir, "results.json"), results)
+    print(summary(results, config))
+    return results
+
+
+def summary(results: dict, config) -> str:
+    lines = []
+    for run in results["runs"]:
+        lines.append(
+            f"\n{run['task']} / {run['critic']}: {run['steps']} steps x {len(run['bounds'])} bounds"
+            f" x {config.num_seeds} seed(s): compile {run['compile_s']:.1f} s, run "
+            f"{run['run_s']:.1f} s ({run['steps_per_s']:.0f} steps/s, "
+            f"{run['bound_steps_per_s']:.0f} bound-steps/s)"
+        )
+        rows = [r for r in results["statistics"]
+                if r["task"] == run["task"] and r["critic"] == run["critic"]]
+        table = []
+        for name in run["bounds"]:
+            row = {"bound": name}
+            for r in rows:
+                if r["bound"] == name:
+                    row[f"I={r['true_mi']:g}"] = f"{r['mean']:.2f} ({r['variance']:.2f})"
+            table.append(row)
+        cols = ["bound"] + [f"I={m:g}" for m in config.levels]
+        lines.append("mean estimate (variance) over the last "
+                     f"{config.stats_fraction:.0%} of each level")
+        lines.append(_common.format_table(table, cols))
+    lines.append(f"\ntotal wall time {results.get('wall_s', float('nan')):.1f} s")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

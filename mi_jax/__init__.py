@@ -1,0 +1,57 @@
+"""mi_jax: mutual information estimation, MI gradients and InfoMax learning in JAX/Flax."""
+
+from mi_jax import bounds, critics, tasks, training
+from mi_jax.bounds import (
+    Bound,
+    MineState,
+    StatefulBound,
+    available_bounds,
+    dv,
+    flo,
+    get_bound,
+    infonce,
+    interpolated,
+    js,
+    js_fgan,
+    mine,
+    nwj,
+    register_bound,
+    smile,
+    tuba,
+)
+from mi_jax.critics import available_critics, get_critic, register_critic
+from mi_jax.estimate import MIEstimate, estimate_mi
+from mi_jax.tasks import Task, available_tasks, get_task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bound",
+    "MIEstimate",
+    "MineState",
+    "StatefulBound",
+    "Task",
+    "available_bounds",
+    "available_critics",
+    "available_tasks",
+    "bounds",
+    "critics",
+    "dv",
+    "estimate_mi",
+    "flo",
+    "get_bound",
+    "get_critic",
+    "get_task",
+    "infonce",
+    "interpolated",
+    "js",
+    "js_fgan",
+    "mine",
+    "nwj",
+    "register_bound",
+    "register_critic",
+    "smile",
+    "tasks",
+    "training",
+    "tuba",
+]

@@ -1,0 +1,82 @@
+"""Argument checks that raise clear errors naming the offending argument.
+
+Shape and dtype checks are static, so they also run (for free) under `jax.jit`. Value checks
+(NaN/inf) need concrete arrays and are only used at host-level entry points such as
+`estimate_mi`.
+"""
+
+import difflib
+from collections.abc import Iterable
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_scores(scores, name: str = "scores") -> None:
+    """Checks that `scores` is a square float matrix with at least two rows."""
+    shape = jnp.shape(scores)
+    if len(shape) != 2:
+        raise ValueError(
+            f"`{name}` must be a [batch, batch] score matrix, got an array of rank {len(shape)} "
+            f"with shape {shape}."
+        )
+    if shape[0] != shape[1]:
+        raise ValueError(
+            f"`{name}` must be square ([batch, batch], diagonal = joint pairs), got shape {shape}."
+        )
+    if shape[0] < 2:
+        raise ValueError(
+            f"`{name}` has batch size {shape[0]}; MI bounds need at least 2 samples so that "
+            "off-diagonal entries (product of marginals) exist."
+        )
+    check_float(scores, name)
+
+
+def check_float(x, name: str) -> None:
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise TypeError(
+            f"`{name}` must have a floating dtype, got {jnp.result_type(x)}; "
+            f"convert it first, e.g. `{name}.astype(jnp.float32)`."
+        )
+
+
+def check_vector(v, batch: int, name: str) -> None:
+    """Checks that `v` is a scalar or a [batch] vector of floats."""
+    shape = jnp.shape(v)
+    if shape not in ((), (batch,)):
+        raise ValueError(f"`{name}` must be a scalar or have shape [{batch}], got shape {shape}.")
+    check_float(v, name)
+
+
+def check_samples(x, y, *, min_samples: int = 2, finite: bool = True) -> tuple[np.ndarray, ...]:
+    """Checks paired samples `x` [N, dx] and `y` [N, dy] (1-d inputs are treated as dx = 1)."""
+    arrays = []
+    for name, a in (("x", x), ("y", y)):
+        a = np.asarray(a)
+        if a.ndim == 1:
+            a = a[:, None]
+        if a.ndim != 2:
+            raise ValueError(f"`{name}` must have shape [num_samples, dim], got shape {a.shape}.")
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+            raise TypeError(f"`{name}` must be numeric, got dtype {a.dtype}.")
+        if finite and not np.all(np.isfinite(a)):
+            bad = int(np.sum(~np.isfinite(a)))
+            raise ValueError(f"`{name}` contains {bad} NaN or infinite values; remove them first.")
+        arrays.append(a)
+    x, y = arrays
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"`x` and `y` must hold the same number of paired samples, got {x.shape[0]} and "
+            f"{y.shape[0]}."
+        )
+    if x.shape[0] < min_samples:
+        raise ValueError(f"need at least {min_samples} paired samples, got {x.shape[0]}.")
+    return x, y
+
+
+def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> KeyError:
+    """A KeyError for an unregistered name, with close matches suggested."""
+    known = sorted(known)
+    hint = difflib.get_close_matches(name, known, n=1)
+    did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+    return KeyError(f"unknown {kind} {name!r}.{did_you_mean} Known: {', '.join(known)}.")

@@ -1,0 +1,462 @@
+"""Variational lower bounds on mutual information, as pure functions of a critic score matrix.
+
+Every bound takes ``scores`` of shape ``[batch, batch]`` with ``scores[i, j] = f(x_i, y_j)``: the
+diagonal holds the critic on samples of the joint p(x, y), the off-diagonal entries on samples of
+the product of marginals p(x) p(y). Each returns a scalar in nats whose *value* is the MI estimate
+and whose *gradient* is the training signal (maximize it). Where a bound is trained with one
+objective and read out with another (JS, SMILE), the two are combined with a straight-through
+``stop_gradient`` so that one scalar serves both purposes.
+
+Normalizations run over ``x`` for a fixed ``y`` (down a column), following the notation of
+Poole et al. (2019): ``m(y) = E_{p(x)} e^{f(x, y)}``. All exponentials of scores go through
+log-sum-exp, so the bounds stay finite in float32 at large MI; terms that are an exponential
+by definition (NWJ, TUBA, FLO) use `_soft_exp`, which is exact below 80 and linear above, so
+that their gradients stay finite even for a diverging critic.
+
+References:
+  Poole, Ozair, van den Oord, Alemi, Tucker. On Variational Bounds of Mutual Information.
+    ICML 2019. https://arxiv.org/abs/1905.06922
+  Belghazi et al. Mutual Information Neural Estimation. ICML 2018. https://arxiv.org/abs/1801.04062
+  Nguyen, Wainwright, Jordan. Estimating divergence functionals and the likelihood ratio by convex
+    risk minimization. IEEE Trans. Inf. Theory 2010.
+  van den Oord, Li, Vinyals. Representation Learning with Contrastive Predictive Coding. 2018.
+  Nowozin, Cseke, Tomioka. f-GAN. NeurIPS 2016.
+  Song, Ermon. Understanding the Limitations of Variational Mutual Information Estimators.
+    ICLR 2020. https://arxiv.org/abs/1910.06222
+  Guo et al. Tight Mutual Information Estimation With Contrastive Fenchel-Legendre Optimization.
+    NeurIPS 2022. https://arxiv.org/abs/2107.01131
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mi_jax import _checks
+from mi_jax.types import Array, ArrayLike, PyTree
+
+# Above this argument `_soft_exp` continues linearly: e^80 ~ 5.5e34 is still representable in
+# float32 (max ~3.4e38), so the value and slope are exact wherever they can be represented.
+_EXP_LINEAR_FROM = 80.0
+
+
+def _soft_exp(x: Array) -> Array:
+    """``exp(x)`` for ``x <= 80``, continued linearly (value and slope matched) above.
+
+    Bounds such as NWJ contain ``E_q[e^f]`` itself, not its logarithm. A critic whose scores blow
+    up would make ``e^f`` overflow to ``inf`` and its gradient to ``inf``/``nan``; the linear
+    continuation keeps both finite while still pushing the scores down.
+    """
+    c = _EXP_LINEAR_FROM
+    safe = jnp.minimum(x, c)
+    return jnp.where(x <= c, jnp.exp(safe), jnp.exp(c) * (1.0 + (x - c)))
+
+
+def _offdiag_mask(batch: int) -> Array:
+    return ~jnp.eye(batch, dtype=bool)
+
+
+def log_mean_exp_offdiag(scores: ArrayLike, axis: int | None = None) -> Array:
+    """Log of the mean of ``exp(scores)`` over off-diagonal entries.
+
+    Args:
+      scores: ``[batch, batch]``.
+      axis: ``None`` for all ``batch * (batch - 1)`` off-diagonal entries (a scalar), ``0`` for
+        each column without its diagonal entry (``[batch]``), ``1`` for each row.
+
+    Returns:
+      ``[]`` if ``axis`` is None, else ``[batch]``.
+    """
+    scores = jnp.asarray(scores)
+    batch = scores.shape[0]
+    masked = jnp.where(_offdiag_mask(batch), scores, -jnp.inf)
+    count = batch * (batch - 1) if axis is None else batch - 1
+    return jax.nn.logsumexp(masked, axis=axis) - jnp.log(count)
+
+
+def mean_offdiag(values: ArrayLike) -> Array:
+    """Mean of the off-diagonal entries of a ``[batch, batch]`` matrix."""
+    values = jnp.asarray(values)
+    batch = values.shape[0]
+    total = jnp.sum(jnp.where(_offdiag_mask(batch), values, 0.0))
+    return total / (batch * (batch - 1))
+
+
+def _baseline_row(log_baseline: ArrayLike, batch: int) -> Array:
+    """A scalar or ``[batch]`` log baseline log a(y_j), as a ``[1, batch]`` row."""
+    _checks.check_vector(log_baseline, batch, "log_baseline")
+    return jnp.broadcast_to(jnp.asarray(log_baseline), (batch,))[None, :]
+
+
+def dv(scores: ArrayLike) -> Array:
+    r"""Donsker-Varadhan bound.
+
+    .. math:: I_{DV} = E_{p(x,y)}[f(x,y)] - \log E_{p(x)p(y)}[e^{f(x,y)}]
+
+    Tight for ``f = log p(y|x)/p(y) + c`` (any constant c). The batch estimate of the log term
+    is biased, and its variance grows like e^{I} (McAllester & Stratos 2020).
+
+    Args:
+      scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
+
+    Returns:
+      ``[]`` the bound in nats.
+    """
+    _checks.check_scores(scores)
+    scores = jnp.asarray(scores)
+    return jnp.mean(jnp.diag(scores)) - log_mean_exp_offdiag(scores)
+
+
+def tuba(scores: ArrayLike, *, log_baseline: ArrayLike = 0.0) -> Array:
+    r"""Tractable unnormalized Barber-Agakov bound (Poole et al. 2019, eq. 9).
+
+    .. math:: I_{TUBA} = 1 + E_{p(x,y)}[f(x,y) - \log a(y)]
+                       - E_{p(x)p(y)}\left[\frac{e^{f(x,y)}}{a(y)}\right]
+
+    Tight for ``f = log p(y|x)/p(y) + log a(y)``; with ``a = 1`` this is NWJ up to a shift of the
+    critic by one.
+
+    Args:
+      scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
+      log_baseline: ``log a(y_j)``, a scalar or ``[batch]`` (indexed by the column's ``y_j``).
+
+    Returns:
+      ``[]`` the bound in nats.
+    """
+    _checks.check_scores(scores)
+    scores = jnp.asarray(scores)
+    shifted = scores - _baseline_row(log_baseline, scores.shape[0])
+    joint_term = jnp.mean(jnp.diag(shifted))
+    marginal_term = _soft_exp(log_mean_exp_offdiag(shifted))
+    return 1.0 + joint_term - marginal_term
+
+
+def nwj(scores: ArrayLike) -> Array:
+    r"""Nguyen-Wainwright-Jordan bound, the f-divergence bound used by MINE-f.
+
+    .. math:: I_{NWJ} = E_{p(x,y)}[f(x,y)] - e^{-1} E_{p(x)p(y)}[e^{f(x,y)}]
+
+    Unbiased for a fixed critic; tight for ``f = 1 + log p(y|x)/p(y)``.
+
+    Args:
+      scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
+
+    Returns:
+      ``[]`` the bound in nats.
+    """
+    return tuba(jnp.asarray(scores) - 1.0)
+
+
+def infonce(scores: ArrayLike) -> Array:
+    r"""InfoNCE / contrastive predictive coding bound (van den Oord et al. 2018).
+
+    .. math:: I_{NCE} = \frac{1}{B}\sum_j \log
+              \frac{e^{f(x_j, y_j)}}{\frac{1}{B}\sum_i e^{f(x_i, y_j)}}
+
+    Low variance, but never above ``log B``; tight as ``B -> inf`` for
+    ``f = log p(y|x) + c(y)``.
+
+    Args:
+      scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
+
+    Returns:
+      ``[]`` the bound in nats (at most ``log(batch)``).
+    """
+    _checks.check_scores(scores)
+    scores = jnp.asarray(scores)
+    batch = scores.shape[0]
+    return jnp.mean(jnp.diag(scores) - jax.nn.logsumexp(scores, axis=0)) + jnp.log(batch)
+
+
+def js_fgan(scores: ArrayLike) -> Array:
+    r"""The f-GAN Jensen-Shannon objective (a bound on 2 JS(p || q) - log 4, not on MI).
+
+    .. math:: E_{p(x,y)}[-\mathrm{sp}(-f)] - E_{p(x)p(y)}[\mathrm{sp}(f)]
+
+    Maximized by ``f = log p(x,y)/(p(x)p(y))``: the log density ratio, which makes it a good,
+    low-variance way to *train* a critic whose value is then read out with another bound.
+
+    Args:
+      scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
+
+    Returns:
+      ``[]`` the objective.
+    """
+    _checks.check_scores(scores)
+    scores = jnp.asarray(scores)
+    joint_term = -jnp.mean(jax.nn.softplus(-jnp.diag(scores)))
+    marginal_term = mean_offdiag(jax.nn.softplus(scores))
+    return joint_term - marginal_term
+
+
+def js(scores: ArrayLike) -> Array:
+    r"""Critic trained with the f-GAN JS objective, MI read out with NWJ (Poole et al. 2019).
+
+    The value is ``nwj(scores + 1)`` (the JS-optimal critic is the log density ratio, NWJ's optimum
+    is that plus one); the gradient is that of `js_fgan`.
+
+    Args:
+      scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
+
+    Returns:
+      ``[]`` the NWJ estimate in nats, with the JS gradient.
+    """
+    train = js_fgan(scores)
+    readout = nwj(jnp.asarray(scores) + 1.0)
+    return train + jax.lax.stop_gradient(readout - train)
+
+
+def smile(scores: ArrayLike, *, clip: float | None = 5.0, gradient: str = "js") -> Array:
+    r"""SMILE: DV with the partition-function ratio clipped to ``[e^-tau, e^tau]`` (Song & Ermon).
+
+    .. math:: I_{SMILE} = E_{p(x,y)}[f] - \log E_{p(x)p(y)}[\mathrm{clip}(e^{f}, e^{-\tau}, e^{\tau})]
+
+    Clipping trades a bias for a variance that no longer grows like e^{I}. ``clip=None`` is DV.
+
+    Args:
+      scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
+      clip: ``tau``, or None for no clipping.
+      gradient: ``"js"`` trains the critic with the f-GAN JS objective and reads SMILE out, as the
+        authors' experiments do; ``"smile"`` uses the gradient of the clipped bound itself.
+
+    Returns:
+      ``[]`` the bound in nats.
+    """
+    _checks.check_scores(scores)
+    if clip is not None and not clip > 0:
+        raise ValueError(f"`clip` must be positive or None, got {clip}.")
+    if gradient not in ("js", "smile"):
+        raise ValueError(f"`gradient` must be 'js' or 'smile', got {gradient!r}.")
+    scores = jnp.asarray(scores)
+    clipped = scores if clip is None else jnp.clip(scores, -clip, clip)
+    value = jnp.mean(jnp.diag(scores)) - log_mean_exp_offdiag(clipped)
+    if gradient == "smile":
+        return value
+    train = js_fgan(scores)
+    return train + jax.lax.stop_gradient(value - train)
+
+
+def _log_loo_mean_exp(scores: Array) -> Array:
+    """``out[i, j] = log 1/(B-1) sum_{k != i} exp(scores[k, j])``: leave row i out of column j.
+
+    Uses ``log(S - e^s) = s + log(expm1(log S - s))`` so that no exponential is formed.
+    """
+    batch = scores.shape[0]
+    lse = jax.nn.logsumexp(scores, axis=0, keepdims=True)
+    gap = lse - scores  # >= 0; zero only when the left-out entry dominates in float32
+    ok = gap > 0
+    safe_gap = jnp.where(ok, gap, 1.0)
+    loo = jnp.where(ok, scores + jnp.log(jnp.expm1(safe_gap)), -jnp.inf)
+    return loo - jnp.log(batch - 1)
+
+
+def interpolated(scores: ArrayLike, *, alpha: float = 0.01, log_baseline: ArrayLike = 0.0) -> Array:
+    r"""The interpolated bound I_alpha of Poole et al. (2019, eq. 13).
+
+    .. math:: I_\alpha = 1 + E_{p(x_{1:K}, y)}\left[\log \frac{e^{f(x_1,y)}}{a_\alpha(y; x_{1:K})}\right]
+              - E_{p(x_{1:K})p(y)}\left[\frac{e^{f(x_1,y)}}{a_\alpha(y; x_{1:K})}\right],
+              \quad a_\alpha = \alpha\, m(y; x_{1:K}) + (1-\alpha)\, a(y)
+
+    with ``m(y; x_{1:K}) = 1/K sum_k e^{f(x_k, y)}``. ``alpha = 1`` gives InfoNCE (bounded by
+    ``log K``), ``alpha = 0`` gives TUBA; in between it trades bias for variance. In a batch,
+    each term uses the ``K = B - 1`` samples of x that are independent of the other sample in
+    the pair (leave-one-out), so the estimate stays a valid bound.
+
+    Args:
+      scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
+      alpha: interpolation weight in ``[0, 1]``.
+      log_baseline: ``log a(y_j)``, a scalar or ``[batch]``.
+
+    Returns:
+      ``[]`` the bound in nats.
+    """
+    _checks.check_scores(scores)
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"`alpha` must lie in [0, 1], got {alpha}.")
+    scores = jnp.asarray(scores)
+    batch = scores.shape[0]
+    log_a = jnp.broadcast_to(_baseline_row(log_baseline, batch), (batch, batch))
+    if alpha == 0.0:
+        log_base = log_a
+    else:
+        log_m = _log_loo_mean_exp(scores)
+        if alpha == 1.0:
+            log_base = log_m
+        else:
+            log_base = jnp.logaddexp(jnp.log(alpha) + log_m, jnp.log1p(-alpha) + log_a)
+    # Marginal pairs (x_i, y_j), i != j: the K samples are all x except x_j (which depends on
+    # y_j); x_i is one of them.
+    marginal_term = _soft_exp(log_mean_exp_offdiag(scores - jnp.diag(log_base)[None, :]))
+    # Joint pair (x_j, y_j): the K samples leave out one other x_i, averaged over the B - 1 choices.
+    joint_term = mean_offdiag(jnp.diag(scores)[None, :] - log_base)
+    return 1.0 + joint_term - marginal_term
+
+
+def flo(scores: ArrayLike, u: ArrayLike) -> Array:
+    r"""FLO, the Fenchel-Legendre optimization bound (Guo et al. 2022).
+
+    .. math:: I_{FLO} = 1 + E_{p(x,y)}\left[-u(x,y) - e^{-u(x,y)}
+              E_{p(x')}\left[e^{f(x',y) - f(x,y)}\right]\right]
+
+    A lower bound for every critic ``f`` and every ``u``; for a fixed ``f`` the optimal ``u`` is
+    ``log E_{x'} e^{f(x',y) - f(x,y)}``, and with the optimal critic the bound is tight. Both
+    networks are trained by maximizing it; no log-partition function is estimated from the batch.
+
+    Args:
+      scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
+      u: ``[batch]``, ``u(x_j, y_j)`` on the joint pairs.
+
+    Returns:
+      ``[]`` the bound in nats.
+    """
+    _checks.check_scores(scores)
+    scores = jnp.asarray(scores)
+    batch = scores.shape[0]
+    if jnp.shape(u) != (batch,):
+        raise ValueError(f"`u` must have shape [{batch}] (one value per joint pair), got {jnp.shape(u)}.")
+    _checks.check_float(u, "u")
+    u = jnp.asarray(u)
+    log_ratio = log_mean_exp_offdiag(scores, axis=0) - jnp.diag(scores)
+    return 1.0 + jnp.mean(-u - _soft_exp(log_ratio - u))
+
+
+# --- MINE: DV with a moving-average-corrected gradient -------------------------------------
+
+
+class MineState(NamedTuple):
+    """State of MINE's moving average of ``E_q[e^f]``, kept in log space."""
+
+    log_ema: Array  # [] log of the (uncorrected) exponential moving average
+    count: Array  # [] number of updates so far (for the bias correction)
+
+
+class StatefulBound(NamedTuple):
+    """An ``(init, update)`` pair of pure functions, like `optax.GradientTransformation`.
+
+    ``init() -> state``; ``update(scores, state) -> (value, new_state)``.
+    """
+
+    init: Callable[[], PyTree]
+    update: Callable[[Array, PyTree], tuple[Array, PyTree]]
+
+
+def mine(*, decay: float = 0.99) -> StatefulBound:
+    r"""MINE (Belghazi et al. 2018): the DV bound with a bias-corrected gradient.
+
+    The gradient of DV's log term, ``grad E_q[e^f] / E_q[e^f]``, is biased when the denominator
+    is a batch mean. MINE replaces the denominator with an exponential moving average over steps.
+    Here the moving average is bias-corrected as in Adam (it starts at zero), so that
+
+    .. math:: \nabla \hat I = \nabla \bar f_{joint}
+              - \frac{\nabla \overline{e^{f}}_{marginal}}{\mathrm{EMA}_t / (1 - d^t)}.
+
+    The returned value equals `dv` (the estimate); only its gradient differs.
+
+    Args:
+      decay: the moving average's decay ``d`` in ``[0, 1)``.
+
+    Returns:
+      A `StatefulBound`; ``update(scores [batch, batch], state) -> (value [], state)``.
+    """
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"`decay` must lie in [0, 1), got {decay}.")
+
+    def init() -> MineState:
+        return MineState(log_ema=jnp.array(-jnp.inf, jnp.float32), count=jnp.array(0, jnp.int32))
+
+    def update(scores: ArrayLike, state: MineState) -> tuple[Array, MineState]:
+        _checks.check_scores(scores)
+        scores = jnp.asarray(scores)
+        log_marginal = log_mean_exp_offdiag(scores)  # log of the batch mean of e^f
+        batch_log_mean = jax.lax.stop_gradient(log_marginal)
+        if decay == 0.0:
+            log_ema = batch_log_mean
+        else:
+            log_ema = jnp.logaddexp(jnp.log(decay) + state.log_ema, jnp.log1p(-decay) + batch_log_mean)
+        count = state.count + 1
+        log_corrected = log_ema - jnp.log1p(-(decay ** count.astype(jnp.float32)))
+        joint_term = jnp.mean(jnp.diag(scores))
+        # exp(log_marginal - log_corrected) <= 1 / (1 - decay): no overflow.
+        surrogate = joint_term - jnp.exp(log_marginal - log_corrected)
+        value = joint_term - log_marginal
+        value = surrogate + jax.lax.stop_gradient(value - surrogate)
+        return value, MineState(log_ema=log_ema.astype(jnp.float32), count=count)
+
+    return StatefulBound(init, update)
+
+
+# --- Registry -----------------------------------------------------------------------------
+
+
+class Bound(NamedTuple):
+    """A bound chosen by name, with a uniform interface for trainers.
+
+    Attributes:
+      name: the registry name.
+      init: ``init() -> state`` (``()`` for stateless bounds).
+      apply: ``apply(scores, state, **inputs) -> (value, new_state)``.
+      inputs: names of extra learned inputs the bound needs besides the scores: ``"u"``
+        (``[batch]``, FLO) or ``"log_baseline"`` (``[batch]``, TUBA and I_alpha).
+    """
+
+    name: str
+    init: Callable[[], PyTree]
+    apply: Callable[..., tuple[Array, PyTree]]
+    inputs: tuple[str, ...] = ()
+
+
+def _stateless(name: str, fn: Callable[..., Array], inputs: tuple[str, ...] = (), **hparams: Any):
+    def apply(scores, state, **extra):
+        return fn(scores, **extra, **hparams), state
+
+    return Bound(name, lambda: (), apply, inputs)
+
+
+def _mine_bound(name: str, **hparams: Any) -> Bound:
+    pair = mine(**hparams)
+    return Bound(name, pair.init, lambda scores, state: pair.update(scores, state))
+
+
+def _flo_bound(name: str) -> Bound:
+    return Bound(name, lambda: (), lambda scores, state, *, u: (flo(scores, u), state), ("u",))
+
+
+_REGISTRY: dict[str, Callable[..., Bound]] = {
+    "dv": lambda: _stateless("dv", dv),
+    "mine": lambda **kw: _mine_bound("mine", **kw),
+    "nwj": lambda: _stateless("nwj", nwj),
+    "tuba": lambda: _stateless("tuba", tuba, ("log_baseline",)),
+    "infonce": lambda: _stateless("infonce", infonce),
+    "js": lambda: _stateless("js", js),
+    "interpolated": lambda **kw: _stateless("interpolated", interpolated, ("log_baseline",), **kw),
+    "smile": lambda **kw: _stateless("smile", smile, **kw),
+    "flo": lambda: _flo_bound("flo"),
+}
+
+
+def register_bound(name: str, factory: Callable[..., Bound]) -> None:
+    """Registers ``factory(**hparams) -> Bound`` under ``name`` (for new bounds in forks)."""
+    if name in _REGISTRY:
+        raise ValueError(f"a bound named {name!r} is already registered.")
+    _REGISTRY[name] = factory
+
+
+def available_bounds() -> tuple[str, ...]:
+    """Names of all registered bounds."""
+    return tuple(_REGISTRY)
+
+
+def get_bound(name: str, **hparams: Any) -> Bound:
+    """Returns the bound registered as ``name``, with hyperparameters bound.
+
+    Example: ``get_bound("smile", clip=5.0)``, ``get_bound("mine", decay=0.99)``,
+    ``get_bound("interpolated", alpha=0.01)``.
+    """
+    if name not in _REGISTRY:
+        raise _checks.unknown_name_error("bound", name, _REGISTRY)
+    try:
+        return _REGISTRY[name](**hparams)
+    except TypeError as e:
+        raise TypeError(f"bad hyperparameters {sorted(hparams)} for bound {name!r}: {e}") from None

@@ -1,0 +1,171 @@
+"""Sampling tasks with known mutual information, as pure functions of a PRNG key.
+
+Every task is a family indexed by its true MI in nats: ``task.sample(key, mi, batch)`` returns
+``x`` ``[batch, dim]`` and ``y`` ``[batch, dim]`` whose MI is exactly ``mi``. ``mi`` may be a
+traced value, so a schedule of MI levels (the staircase of Poole et al. 2019) runs inside one
+compiled ``lax.scan``.
+
+* ``gaussian``: ``x ~ N(0, I)``, ``y = rho x + sqrt(1 - rho^2) eps`` per coordinate, with
+  ``I = -dim/2 log(1 - rho^2)``.
+* ``cubic``: the Gaussian task with ``y -> y^3`` (an invertible map: MI unchanged).
+* ``spiral``: the Gaussian task with ``x`` rotated in coordinate pairs by an angle that grows with
+  ``|x|^2`` (norm-preserving, so invertible; MI unchanged; a non-elementwise nonlinearity).
+* ``student_t``: a multivariate Student-t pair with ``df`` degrees of freedom; its MI is the
+  Gaussian term plus a correction that depends only on ``df`` and the dimensions
+  (Arellano-Valle, Contreras-Reyes & Genton 2013), so the minimum MI of the family is that
+  correction.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import digamma, gammaln
+
+from mi_jax import _checks
+from mi_jax.types import Array, ArrayLike, PRNGKey
+
+
+def rho_from_mi(mi: ArrayLike, dim: int) -> Array:
+    """Per-coordinate correlation giving ``mi`` nats over ``dim`` independent Gaussian pairs."""
+    return jnp.sqrt(-jnp.expm1(-2.0 * jnp.asarray(mi, jnp.float32) / dim))
+
+
+def mi_from_rho(rho: ArrayLike, dim: int) -> Array:
+    """``I = -dim/2 log(1 - rho^2)`` for ``dim`` independent pairs of correlation ``rho``."""
+    return -0.5 * dim * jnp.log1p(-jnp.square(jnp.asarray(rho, jnp.float32)))
+
+
+def correlated_gaussian(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tuple[Array, Array]:
+    """``x ~ N(0, I_dim)``, ``y = rho x + sqrt(1 - rho^2) eps``, with MI ``mi`` nats.
+
+    Returns:
+      ``x`` ``[batch, dim]``, ``y`` ``[batch, dim]``.
+    """
+    kx, ke = jax.random.split(key)
+    rho = rho_from_mi(mi, dim)
+    x = jax.random.normal(kx, (batch, dim))
+    eps = jax.random.normal(ke, (batch, dim))
+    return x, rho * x + jnp.sqrt(1.0 - jnp.square(rho)) * eps
+
+
+def _spiral(x: Array, speed: float = 0.5) -> Array:
+    """Rotates coordinate pairs (0,1), (2,3), ... by ``speed * |x|^2`` radians, per sample."""
+    dim = x.shape[-1]
+    pairs = dim // 2
+    angle = speed * jnp.sum(jnp.square(x), axis=-1, keepdims=True)  # [batch, 1]
+    a, b = x[:, 0 : 2 * pairs : 2], x[:, 1 : 2 * pairs : 2]
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    ra, rb = cos * a - sin * b, sin * a + cos * b
+    rotated = jnp.stack([ra, rb], axis=-1).reshape(x.shape[0], 2 * pairs)
+    return jnp.concatenate([rotated, x[:, 2 * pairs :]], axis=-1)
+
+
+def _t_entropy_offset(df: float, dim: int) -> Array:
+    """Entropy of a standard d-dim Student-t minus its ``log det`` and ``log (df pi)`` parts."""
+    half_df, half_total = df / 2.0, (df + dim) / 2.0
+    return gammaln(half_df) - gammaln(half_total) + half_total * (digamma(half_total) - digamma(half_df))
+
+
+def student_t_mi_correction(df: float, dim_x: int, dim_y: int) -> Array:
+    """MI of a Student-t pair minus the MI of the Gaussian with the same scale matrix (>= 0)."""
+    return (
+        _t_entropy_offset(df, dim_x)
+        + _t_entropy_offset(df, dim_y)
+        - _t_entropy_offset(df, dim_x + dim_y)
+    )
+
+
+def student_t(key: PRNGKey, mi: ArrayLike, batch: int, dim: int, df: float) -> tuple[Array, Array]:
+    """Multivariate Student-t pair ``(x, y) = z / sqrt(w / df)``, ``z`` a correlated Gaussian pair,
+    ``w ~ chi^2(df)``, with total MI ``mi`` nats (at least `student_t_mi_correction`).
+
+    Returns:
+      ``x`` ``[batch, dim]``, ``y`` ``[batch, dim]``.
+    """
+    kz, kw = jax.random.split(key)
+    gaussian_mi = jnp.maximum(mi - student_t_mi_correction(df, dim, dim), 0.0)
+    x, y = correlated_gaussian(kz, gaussian_mi, batch, dim)
+    scale = jnp.sqrt(df / (2.0 * jax.random.gamma(kw, df / 2.0, (batch, 1))))
+    return x * scale, y * scale
+
+
+class Task(NamedTuple):
+    """A family of distributions indexed by their exact MI.
+
+    Attributes:
+      name: registry name.
+      dim: width of x and of y.
+      sample: ``sample(key, mi, batch) -> (x [batch, dim], y [batch, dim])``.
+      min_mi: the smallest MI the family can express (nats).
+    """
+
+    name: str
+    dim: int
+    sample: Callable[[PRNGKey, ArrayLike, int], tuple[Array, Array]]
+    min_mi: float = 0.0
+
+
+def _gaussian(dim: int) -> Task:
+    return Task("gaussian", dim, lambda key, mi, batch: correlated_gaussian(key, mi, batch, dim))
+
+
+def _cubic(dim: int) -> Task:
+    def sample(key, mi, batch):
+        x, y = correlated_gaussian(key, mi, batch, dim)
+        return x, y**3
+
+    return Task("cubic", dim, sample)
+
+
+def _spiral_task(dim: int, speed: float = 0.5) -> Task:
+    if dim < 2:
+        raise ValueError(f"the spiral task needs `dim` >= 2, got {dim}.")
+
+    def sample(key, mi, batch):
+        x, y = correlated_gaussian(key, mi, batch, dim)
+        return _spiral(x, speed), y
+
+    return Task("spiral", dim, sample)
+
+
+def _student_t_task(dim: int, df: float = 5.0) -> Task:
+    if not df > 0:
+        raise ValueError(f"`df` must be positive, got {df}.")
+    min_mi = float(student_t_mi_correction(df, dim, dim))
+    return Task(
+        "student_t", dim, lambda key, mi, batch: student_t(key, mi, batch, dim, df), min_mi
+    )
+
+
+_TASKS: dict[str, Callable[..., Task]] = {
+    "gaussian": _gaussian,
+    "cubic": _cubic,
+    "spiral": _spiral_task,
+    "student_t": _student_t_task,
+}
+
+
+def available_tasks() -> tuple[str, ...]:
+    return tuple(_TASKS)
+
+
+def get_task(name: str, *, dim: int, **hparams) -> Task:
+    """Builds the task ``name`` of width ``dim``, e.g. ``get_task("student_t", dim=5, df=3.0)``."""
+    if name not in _TASKS:
+        raise _checks.unknown_name_error("task", name, _TASKS)
+    if not (isinstance(dim, int) and dim >= 1):
+        raise ValueError(f"`dim` must be a positive integer, got {dim!r}.")
+    try:
+        return _TASKS[name](dim, **hparams)
+    except TypeError as e:
+        raise TypeError(f"bad hyperparameters {sorted(hparams)} for task {name!r}: {e}") from None
+
+
+def staircase_mi(
+    step: ArrayLike, *, levels: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0), steps_per_level: int
+) -> Array:
+    """The true MI at ``step`` of the staircase schedule (Poole et al. 2019, Fig. 2)."""
+    index = jnp.minimum(jnp.asarray(step) // steps_per_level, len(levels) - 1)
+    return jnp.asarray(levels, jnp.float32)[index]

@@ -1,0 +1,207 @@
+"""Training critics: one pytree train state, one pure train step, loops compiled with `lax.scan`.
+
+The unit of training is a `BoundEnsemble`: several bounds, each with its own critic (same
+architecture, own parameters) and, where a bound needs one, its own extra network (FLO's
+``u(x, y)``, TUBA's log baseline). Their critic parameters are stacked on a leading axis and
+evaluated with one `jax.vmap`, so all bounds train in one compiled program with batched matrix
+products; each bound then reads only its own slice of the scores. The loss is the sum of the
+bounds' negated values: the parameters are disjoint and Adam acts per coordinate, so every
+bound trains exactly as it would alone. Several seeds are one more `jax.vmap` on the outside.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training import train_state
+
+from mi_jax import bounds as bounds_lib
+from mi_jax import critics as critics_lib
+from mi_jax.types import Array, PRNGKey, PyTree
+
+
+class TrainState(train_state.TrainState):
+    """Flax `TrainState` plus the bounds' own state (MINE's moving average)."""
+
+    bound_states: PyTree = None
+
+
+@struct.dataclass
+class BoundEnsemble:
+    """Bounds trained side by side, each with its own copy of one critic architecture.
+
+    Attributes:
+      bounds: the bounds (from `mi_jax.bounds.get_bound`).
+      critic: a critic module returning ``[batch, batch]`` scores.
+      aux_hidden: hidden widths of the extra networks (FLO's u, TUBA's baseline).
+    """
+
+    bounds: tuple[bounds_lib.Bound, ...] = struct.field(pytree_node=False)
+    critic: nn.Module = struct.field(pytree_node=False)
+    aux_hidden: tuple[int, ...] = struct.field(pytree_node=False, default=(256, 256))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(b.name for b in self.bounds)
+
+    def _aux_module(self, input_name: str) -> nn.Module:
+        if input_name == "u":
+            return critics_lib.PairMLP(hidden=self.aux_hidden)
+        if input_name == "log_baseline":
+            return critics_lib.BaselineMLP(hidden=self.aux_hidden[:1])
+        raise ValueError(f"no network is known for the bound input {input_name!r}.")
+
+    def init(self, rng: PRNGKey, x: Array, y: Array) -> tuple[PyTree, PyTree]:
+        """Returns ``(params, bound_states)`` for sample batches ``x`` ``[B, dx]``, ``y`` ``[B, dy]``.
+
+        All bounds start from the same critic initialization (drawn from ``rng``), so that
+        differences between them come from the objectives alone.
+        """
+        critic_params = self.critic.init(rng, x, y)
+        n = len(self.bounds)
+        stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n, *p.shape)), critic_params)
+        aux = {}
+        for i, bound in enumerate(self.bounds):
+            for input_name in bound.inputs:
+                module = self._aux_module(input_name)
+                key = jax.random.fold_in(rng, 1000 * (i + 1))
+                args = (x, y) if input_name == "u" else (y,)
+                aux.setdefault(str(i), {})[input_name] = module.init(key, *args)
+        states = tuple(b.init() for b in self.bounds)
+        return {"critic": stacked, "aux": aux}, states
+
+    def scores(self, params: PyTree, x: Array, y: Array) -> Array:
+        """``[n_bounds, B, B]``: every bound's critic on the same batch."""
+        return jax.vmap(self.critic.apply, in_axes=(0, None, None))(params["critic"], x, y)
+
+    def apply(
+        self, params: PyTree, bound_states: PyTree, x: Array, y: Array
+    ) -> tuple[Array, PyTree]:
+        """Returns ``(values [n_bounds], new_bound_states)`` on the batch ``(x, y)``."""
+        all_scores = self.scores(params, x, y)
+        values, new_states = [], []
+        for i, bound in enumerate(self.bounds):
+            inputs = {}
+            for input_name in bound.inputs:
+                module = self._aux_module(input_name)
+                args = (x, y) if input_name == "u" else (y,)
+                inputs[input_name] = module.apply(params["aux"][str(i)][input_name], *args)
+            value, state = bound.apply(all_scores[i], bound_states[i], **inputs)
+            values.append(value)
+            new_states.append(state)
+        return jnp.stack(values), tuple(new_states)
+
+
+def create_train_state(
+    ensemble: BoundEnsemble, optimizer: optax.GradientTransformation, rng: PRNGKey, x, y
+) -> TrainState:
+    """A fresh `TrainState` for ``ensemble`` (``x``, ``y`` fix the input shapes)."""
+    params, bound_states = ensemble.init(rng, x, y)
+    return TrainState.create(
+        apply_fn=ensemble.apply, params=params, tx=optimizer, bound_states=bound_states
+    )
+
+
+def make_train_step(
+    ensemble: BoundEnsemble,
+) -> Callable[[TrainState, tuple[Array, Array], PRNGKey], tuple[TrainState, dict[str, Array]]]:
+    """The pure step ``train_step(state, batch, rng) -> (state, metrics)``.
+
+    ``batch`` is ``(x [B, dx], y [B, dy])``. ``metrics`` holds ``"mi"`` (each bound's value before
+    the update, ``[n_bounds]``), ``"loss"`` ``[]``, ``"grad_norm"`` and ``"param_norm"``
+    (``[n_bounds]``, of each bound's critic).
+    """
+
+    def train_step(state: TrainState, batch: tuple[Array, Array], rng: PRNGKey):
+        del rng  # The critics are deterministic; the key keeps one signature for all steps.
+        x, y = batch
+
+        def loss_fn(params):
+            values, bound_states = ensemble.apply(params, state.bound_states, x, y)
+            return -jnp.sum(values), (values, bound_states)
+
+        grads, (values, bound_states) = jax.grad(loss_fn, has_aux=True)(state.params)
+        new_state = state.apply_gradients(grads=grads, bound_states=bound_states)
+        metrics = {
+            "mi": values,
+            "loss": -jnp.sum(values),
+            "grad_norm": jax.vmap(optax.global_norm)(grads["critic"]),
+            "param_norm": jax.vmap(optax.global_norm)(state.params["critic"]),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_scan_trainer(
+    ensemble: BoundEnsemble,
+    sample_fn: Callable[[PRNGKey, Array], tuple[Array, Array]],
+    num_steps: int,
+) -> Callable[[TrainState, PRNGKey, Array], tuple[TrainState, dict[str, Array]]]:
+    """``run(state, rng, start_step) -> (state, metrics)``: ``num_steps`` steps in one `lax.scan`.
+
+    Each step draws a fresh batch ``sample_fn(key, step)``; keys are ``fold_in(rng, step)``, so a
+    run split into chunks gives the same numbers as one long run. Metrics are stacked over steps
+    (``[num_steps, ...]``) and stay on device until the caller pulls them.
+    """
+    train_step = make_train_step(ensemble)
+
+    def run(state: TrainState, rng: PRNGKey, start_step: Array):
+        def body(state, step):
+            data_key, step_key = jax.random.split(jax.random.fold_in(rng, step))
+            state, metrics = train_step(state, sample_fn(data_key, step), step_key)
+            return state, metrics
+
+        steps = start_step + jnp.arange(num_steps)
+        return jax.lax.scan(body, state, steps)
+
+    return run
+
+
+def make_ensemble(
+    bound_specs: Sequence[str | tuple[str, dict[str, Any]]],
+    critic: str,
+    critic_hparams: dict[str, Any] | None = None,
+    aux_hidden: Sequence[int] = (256, 256),
+) -> BoundEnsemble:
+    """Builds a `BoundEnsemble` from names: ``make_ensemble(["nwj", ("smile", {"clip": 5.0})],
+    "separable", {"hidden": (256, 256), "embed_dim": 32})``."""
+    bounds = []
+    for spec in bound_specs:
+        name, hparams = (spec, {}) if isinstance(spec, str) else spec
+        bounds.append(bounds_lib.get_bound(name, **dict(hparams)))
+    if not bounds:
+        raise ValueError("`bounds` is empty: name at least one bound.")
+    module = critics_lib.get_critic(critic, **dict(critic_hparams or {}))
+    return BoundEnsemble(tuple(bounds), module, tuple(aux_hidden))
+
+
+class NonFiniteError(FloatingPointError):
+    """A bound's value or loss became NaN/inf; the message names the bound and the step."""
+
+
+def raise_if_nonfinite(values, names: Sequence[str], first_step: int, seed_axis: bool) -> None:
+    """Raises `NonFiniteError` naming the first step and bound with a non-finite value.
+
+    Args:
+      values: host array ``[steps, n_bounds]`` or ``[seeds, steps, n_bounds]``.
+      names: bound names.
+      first_step: global step of ``values[..., 0, :]``.
+      seed_axis: whether ``values`` has a leading seed axis.
+    """
+    import numpy as np
+
+    values = np.asarray(values)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    index = np.argwhere(bad)[0]
+    seed, step, bound = (index if seed_axis else (None, *index))
+    where = f" (seed index {seed})" if seed_axis else ""
+    raise NonFiniteError(
+        f"bound {names[bound]!r} became {values[tuple(index)]} at step {first_step + step}{where}."
+    )
