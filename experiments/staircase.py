@@ -79,7 +79,7 @@ def level_statistics(values: np.ndarray, config) -> list[dict]:
     for b, name in enumerate(config.bounds):
         for level_index, true_mi in enumerate(config.levels):
             end = (level_index + 1) * spl
-            est = values[:, end - window : end, b].reshape(-1)
+            est = values[:, end - window : end, b].reshape(-1).astype(np.float64)
             mean = float(np.mean(est))
             var = float(np.var(est))
             rows.append(dict(bound=name, true_mi=float(true_mi), mean=mean, bias=mean - true_mi,

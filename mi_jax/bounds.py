@@ -246,9 +246,20 @@ def _log_loo_mean_exp(scores: Array) -> Array:
     lse = jax.nn.logsumexp(scores, axis=0, keepdims=True)
     gap = lse - scores  # >= 0; zero only when the left-out entry dominates in float32
     ok = gap > 0
-    safe_gap = jnp.where(ok, gap, 1.0)
-    loo = jnp.where(ok, scores + jnp.log(jnp.expm1(safe_gap)), -jnp.inf)
+    loo = jnp.where(ok, scores + _log_expm1(jnp.where(ok, gap, 1.0)), -jnp.inf)
     return loo - jnp.log(batch - 1)
+
+
+def _log_expm1(g: Array) -> Array:
+    """``log(e^g - 1)`` for ``g > 0`` without overflow (``g + log(1 - e^-g)`` for large g).
+
+    Each branch sees only inputs where it is finite, so the unused branch cannot put a NaN into
+    the gradient through `jnp.where`.
+    """
+    large = g > 1.0
+    small_branch = jnp.log(jnp.expm1(jnp.where(large, 1.0, g)))
+    large_branch = jnp.where(large, g, 2.0) + jnp.log1p(-jnp.exp(-jnp.where(large, g, 2.0)))
+    return jnp.where(large, large_branch, small_branch)
 
 
 def interpolated(scores: ArrayLike, *, alpha: float = 0.01, log_baseline: ArrayLike = 0.0) -> Array:

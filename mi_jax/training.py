@@ -129,8 +129,8 @@ def make_train_step(
         metrics = {
             "mi": values,
             "loss": -jnp.sum(values),
-            "grad_norm": jax.vmap(optax.global_norm)(grads["critic"]),
-            "param_norm": jax.vmap(optax.global_norm)(state.params["critic"]),
+            "grad_norm": jax.vmap(optax.tree.norm)(grads["critic"]),
+            "param_norm": jax.vmap(optax.tree.norm)(state.params["critic"]),
         }
         return new_state, metrics
 

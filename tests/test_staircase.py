@@ -1,0 +1,123 @@
+"""Smoke and behaviour tests of `experiments.staircase`."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import staircase as staircase_config
+from experiments import staircase
+from mi_jax import training
+
+
+def _tiny(**overrides):
+    config = staircase_config.get_config("quick")
+    with config.unlocked():
+        config.steps_per_level = 20
+        config.levels = (1.0, 2.0)
+        config.chunk_steps = 20
+        config.log_every = 10
+        config.batch_size = 16
+        config.critic_hparams.separable.hidden = (32,)
+        config.critic_hparams.concat.hidden = (16, 16)
+        config.aux_hidden = (16,)
+        for k, v in overrides.items():
+            setattr(config, k, v)
+    return config
+
+
+def test_quick_preset_shape():
+    config = staircase_config.get_config("quick")
+    assert config.steps_per_level * len(config.levels) == 1000
+    assert set(config.bounds) == set(staircase_config.BOUNDS)
+    full = staircase_config.get_config()
+    assert (full.dim, full.batch_size, full.learning_rate, full.steps_per_level) == (
+        20, 64, 5e-4, 4000)
+    with pytest.raises(ValueError, match="preset"):
+        staircase_config.get_config("quik")
+
+
+def test_train_and_evaluate_writes_everything(tmp_path):
+    config = _tiny(critics=("separable", "concat"), tasks=("gaussian", "cubic"),
+                   bounds=("nwj", "interpolated", "flo"))
+    results = staircase.train_and_evaluate(config, str(tmp_path))
+    files = set(os.listdir(tmp_path))
+    assert {"config.json", "metrics.jsonl", "results.json", "results.csv"} <= files
+    for task in ("gaussian", "cubic"):
+        for critic in ("separable", "concat"):
+            assert f"staircase_{task}_{critic}.png" in files
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 * 4  # 4 runs x 40 steps / 10
+    stats = json.loads((tmp_path / "results.json").read_text())["statistics"]
+    assert len(stats) == 4 * len(config.bounds) * 2
+    for row in stats:
+        assert np.isclose(row["mse"], row["bias"] ** 2 + row["variance"], rtol=1e-4, atol=1e-6)
+    assert len(results["runs"]) == 4 and all(r["steps_per_s"] > 0 for r in results["runs"])
+
+
+def test_quick_preset_runs(tmp_path):
+    """The `:quick` preset as shipped: all nine bounds, 1000 steps, finite and sensible."""
+    config = staircase_config.get_config("quick")
+    results = staircase.train_and_evaluate(config, str(tmp_path))
+    stats = {(r["bound"], r["true_mi"]): r["mean"] for r in results["statistics"]}
+    assert all(np.isfinite(r["mean"]) for r in results["statistics"])
+    for level in config.levels:
+        assert stats[("infonce", level)] <= np.log(config.batch_size) + 1e-4
+    # Bounds that track the staircase rise with it even after 200 steps per level.
+    for name in ("infonce", "smile", "dv", "interpolated"):
+        assert stats[(name, 10.0)] > stats[(name, 2.0)] + 1.0, name
+    assert (tmp_path / "staircase_gaussian_separable.png").stat().st_size > 10_000
+
+
+def test_level_statistics_against_hand_computation():
+    config = _tiny(bounds=("nwj", "dv"), levels=(1.0, 3.0))
+    with config.unlocked():
+        config.steps_per_level = 4
+        config.stats_fraction = 0.5
+    values = np.zeros((1, 8, 2))
+    values[0, :, 0] = [9, 9, 0.5, 1.5, 9, 9, 2.0, 4.0]
+    values[0, :, 1] = 1.0
+    rows = staircase.level_statistics(values, config)
+    nwj_level1 = rows[0]
+    assert nwj_level1["bound"] == "nwj" and nwj_level1["true_mi"] == 1.0
+    assert nwj_level1["mean"] == pytest.approx(1.0) and nwj_level1["variance"] == pytest.approx(0.25)
+    nwj_level2 = rows[1]
+    assert nwj_level2["bias"] == pytest.approx(0.0) and nwj_level2["mse"] == pytest.approx(1.0)
+    assert rows[3]["bias"] == pytest.approx(-2.0)
+
+
+@pytest.mark.parametrize(
+    "field, value, error, match",
+    [
+        ("bounds", ("nwj", "smiel"), KeyError, "smile"),
+        ("critics", ("seperable",), KeyError, "separable"),
+        ("tasks", ("gausian",), KeyError, "gaussian"),
+        ("chunk_steps", 7, ValueError, "chunk_steps"),
+        ("batch_size", 1, ValueError, "batch_size"),
+    ],
+)
+def test_bad_config_is_rejected_before_running(tmp_path, field, value, error, match):
+    config = _tiny(**{field: value})
+    with pytest.raises(error, match=match):
+        staircase.train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_config_typo_is_an_error():
+    config = staircase_config.get_config("quick")
+    with pytest.raises(AttributeError):
+        config.steps_per_levle = 3
+
+
+def test_nan_stops_with_bound_and_step_and_keeps_results(tmp_path):
+    # A huge learning rate makes the exponential bounds diverge.
+    config = _tiny(bounds=("nwj",), learning_rate=1e6, tasks=("gaussian",))
+    with config.unlocked():
+        config.critics = ("separable", "concat")
+        config.steps_per_level = 200
+        config.chunk_steps = 20
+    with pytest.raises(training.NonFiniteError, match=r"bound 'nwj \(gaussian, separable\)'.*step"):
+        staircase.train_and_evaluate(config, str(tmp_path))
+    assert (tmp_path / "config.json").exists()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) >= 2
