@@ -52,6 +52,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     elif preset == "separable":
         config.critics = ("separable",)
     elif preset not in (None, ""):
-        raise ValueError(f"unknown preset {preset!r} for configs/staircase.py; use quick or separable.")
+        raise ValueError(
+            f"unknown preset {preset!r} for configs/staircase.py; use quick or separable."
+        )
     config.lock()
     return config

@@ -46,18 +46,41 @@ def run(path: str, **kwargs) -> estimate_lib.MIEstimate:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    result = run(_DATA.value, bound=_BOUND.value, critic=_CRITIC.value, seeds=_SEEDS.value,
-                 seed=_SEED.value, max_steps=_MAX_STEPS.value)
+    result = run(
+        _DATA.value,
+        bound=_BOUND.value,
+        critic=_CRITIC.value,
+        seeds=_SEEDS.value,
+        seed=_SEED.value,
+        max_steps=_MAX_STEPS.value,
+    )
     mi = np.atleast_1d(result.mi)
     if _SEEDS.value is None:
-        print(f"I(X;Y) = {mi[0]:.4f} nats = {mi[0] / np.log(2):.4f} bits "
-              f"({result.bound}, {result.critic} critic, best held-out step {result.best_step})")
+        print(
+            f"I(X;Y) = {mi[0]:.4f} nats = {mi[0] / np.log(2):.4f} bits "
+            f"({result.bound}, {result.critic} critic, best held-out step {result.best_step})"
+        )
     else:
-        print(f"I(X;Y) = {mi.mean():.4f} +- {mi.std():.4f} nats over {len(mi)} seeds "
-              f"({result.bound}, {result.critic} critic): {np.round(mi, 4).tolist()}")
+        print(
+            f"I(X;Y) = {mi.mean():.4f} +- {mi.std():.4f} nats over {len(mi)} seeds "
+            f"({result.bound}, {result.critic} critic): {np.round(mi, 4).tolist()}"
+        )
     if _JSON.value:
-        _common.write_json(_JSON.value, {k: getattr(result, k) for k in (
-            "mi", "best_step", "steps", "test_curve", "train_curve", "bound", "critic")})
+        _common.write_json(
+            _JSON.value,
+            {
+                k: getattr(result, k)
+                for k in (
+                    "mi",
+                    "best_step",
+                    "steps",
+                    "test_curve",
+                    "train_curve",
+                    "bound",
+                    "critic",
+                )
+            },
+        )
 
 
 if __name__ == "__main__":

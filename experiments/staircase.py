@@ -36,20 +36,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises a clear error for unknown names and impossible sizes before anything runs."""
     for name in config.bounds:
         if name not in bounds_lib.available_bounds():
-            raise bounds_lib._checks.unknown_name_error("bound (config.bounds)", name,
-                                                        bounds_lib.available_bounds())
+            raise bounds_lib._checks.unknown_name_error(
+                "bound (config.bounds)", name, bounds_lib.available_bounds()
+            )
     for name in config.critics:
         if name not in critics_lib.available_critics():
-            raise bounds_lib._checks.unknown_name_error("critic (config.critics)", name,
-                                                        critics_lib.available_critics())
+            raise bounds_lib._checks.unknown_name_error(
+                "critic (config.critics)", name, critics_lib.available_critics()
+            )
     for name in config.tasks:
         if name not in tasks_lib.available_tasks():
-            raise bounds_lib._checks.unknown_name_error("task (config.tasks)", name,
-                                                        tasks_lib.available_tasks())
+            raise bounds_lib._checks.unknown_name_error(
+                "task (config.tasks)", name, tasks_lib.available_tasks()
+            )
     for key in config.bound_hparams:
         if key not in bounds_lib.available_bounds():
-            raise bounds_lib._checks.unknown_name_error("bound (config.bound_hparams)", key,
-                                                        bounds_lib.available_bounds())
+            raise bounds_lib._checks.unknown_name_error(
+                "bound (config.bound_hparams)", key, bounds_lib.available_bounds()
+            )
     if config.batch_size < 2:
         raise ValueError(f"config.batch_size must be at least 2, got {config.batch_size}.")
     total = config.steps_per_level * len(config.levels)
@@ -82,8 +86,16 @@ def level_statistics(values: np.ndarray, config) -> list[dict]:
             est = values[:, end - window : end, b].reshape(-1).astype(np.float64)
             mean = float(np.mean(est))
             var = float(np.var(est))
-            rows.append(dict(bound=name, true_mi=float(true_mi), mean=mean, bias=mean - true_mi,
-                             variance=var, mse=float(np.mean((est - true_mi) ** 2))))
+            rows.append(
+                dict(
+                    bound=name,
+                    true_mi=float(true_mi),
+                    mean=mean,
+                    bias=mean - true_mi,
+                    variance=var,
+                    mse=float(np.mean((est - true_mi) ** 2)),
+                )
+            )
     return rows
 
 
@@ -96,8 +108,9 @@ def _ema(x: np.ndarray, decay: float) -> np.ndarray:
     return out
 
 
-def plot_staircase(path: str, values: np.ndarray, true_mi: np.ndarray, names, title: str,
-                   ema_decay: float) -> None:
+def plot_staircase(
+    path: str, values: np.ndarray, true_mi: np.ndarray, names, title: str, ema_decay: float
+) -> None:
     """One panel per bound: raw estimates (light), EMA-smoothed estimate, true MI (black)."""
     import matplotlib
 
@@ -107,8 +120,9 @@ def plot_staircase(path: str, values: np.ndarray, true_mi: np.ndarray, names, ti
     n = len(names)
     cols = min(n, 5)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.2 * cols, 2.8 * rows), sharey=True, squeeze=False
+    )
     steps = np.arange(values.shape[1])
     top = float(np.max(true_mi)) * 1.5
     for b, name in enumerate(names):
@@ -171,19 +185,30 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
         for i in range(0, config.chunk_steps, config.log_every):
             block = mi[:, i : i + config.log_every]
             step = start + i + config.log_every
-            metrics_writer.write(dict(
-                task=task_name, critic=critic_name, step=step,
-                true_mi=float(mi_at(step - 1)),
-                **{f"mi/{n}": float(np.mean(block[..., b])) for b, n in enumerate(names)},
-            ))
+            metrics_writer.write(
+                dict(
+                    task=task_name,
+                    critic=critic_name,
+                    step=step,
+                    true_mi=float(mi_at(step - 1)),
+                    **{f"mi/{n}": float(np.mean(block[..., b])) for b, n in enumerate(names)},
+                )
+            )
         progress.update(config.chunk_steps)
-        training.raise_if_nonfinite(mi, [f"{n} ({task_name}, {critic_name})" for n in names],
-                                    start, seed_axis=True)
+        training.raise_if_nonfinite(
+            mi, [f"{n} ({task_name}, {critic_name})" for n in names], start, seed_axis=True
+        )
     run_s = time.perf_counter() - t0
     values = np.concatenate(chunks, axis=1)
     true_mi = np.asarray(mi_at(jnp.arange(total)))
-    return dict(values=values, true_mi=true_mi, compile_s=compile_s, run_s=run_s,
-                steps=total, steps_per_s=total / run_s)
+    return dict(
+        values=values,
+        true_mi=true_mi,
+        compile_s=compile_s,
+        run_s=run_s,
+        steps=total,
+        steps_per_s=total / run_s,
+    )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -205,17 +230,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 for row in stats:
                     row.update(task=task_name, critic=critic_name)
                 results["statistics"].extend(stats)
-                results["runs"].append(dict(
-                    task=task_name, critic=critic_name, bounds=list(config.bounds),
-                    compile_s=out["compile_s"], run_s=out["run_s"], steps=out["steps"],
-                    steps_per_s=out["steps_per_s"],
-                    bound_steps_per_s=out["steps_per_s"] * len(config.bounds) * config.num_seeds,
-                ))
+                results["runs"].append(
+                    dict(
+                        task=task_name,
+                        critic=critic_name,
+                        bounds=list(config.bounds),
+                        compile_s=out["compile_s"],
+                        run_s=out["run_s"],
+                        steps=out["steps"],
+                        steps_per_s=out["steps_per_s"],
+                        bound_steps_per_s=out["steps_per_s"]
+                        * len(config.bounds)
+                        * config.num_seeds,
+                    )
+                )
                 plot_staircase(
                     os.path.join(workdir, f"staircase_{task_name}_{critic_name}.png"),
-                    out["values"], out["true_mi"], config.bounds,
+                    out["values"],
+                    out["true_mi"],
+                    config.bounds,
                     f"{task_name} task, {critic_name} critic (d={config.dim}, batch "
-                    f"{config.batch_size})", config.ema_decay,
+                    f"{config.batch_size})",
+                    config.ema_decay,
                 )
                 # Results so far are written after every run, so a later failure loses nothing.
                 _common.write_json(os.path.join(workdir, "results.json"), results)
@@ -237,8 +273,11 @@ def summary(results: dict, config) -> str:
             f"{run['run_s']:.1f} s ({run['steps_per_s']:.0f} steps/s, "
             f"{run['bound_steps_per_s']:.0f} bound-steps/s)"
         )
-        rows = [r for r in results["statistics"]
-                if r["task"] == run["task"] and r["critic"] == run["critic"]]
+        rows = [
+            r
+            for r in results["statistics"]
+            if r["task"] == run["task"] and r["critic"] == run["critic"]
+        ]
         table = []
         for name in run["bounds"]:
             row = {"bound": name}
@@ -247,8 +286,9 @@ def summary(results: dict, config) -> str:
                     row[f"I={r['true_mi']:g}"] = f"{r['mean']:.2f} ({r['variance']:.2f})"
             table.append(row)
         cols = ["bound"] + [f"I={m:g}" for m in config.levels]
-        lines.append("mean estimate (variance) over the last "
-                     f"{config.stats_fraction:.0%} of each level")
+        lines.append(
+            f"mean estimate (variance) over the last {config.stats_fraction:.0%} of each level"
+        )
         lines.append(_common.format_table(table, cols))
     lines.append(f"\ntotal wall time {results.get('wall_s', float('nan')):.1f} s")
     return "\n".join(lines)

@@ -145,6 +145,7 @@ def nwj(scores: ArrayLike) -> Array:
     Returns:
       ``[]`` the bound in nats.
     """
+    _checks.check_scores(scores)
     return tuba(jnp.asarray(scores) - 1.0)
 
 
@@ -208,9 +209,12 @@ def js(scores: ArrayLike) -> Array:
 
 
 def smile(scores: ArrayLike, *, clip: float | None = 5.0, gradient: str = "js") -> Array:
-    r"""SMILE: DV with the partition-function ratio clipped to ``[e^-tau, e^tau]`` (Song & Ermon).
+    r"""SMILE: DV with the partition-function ratio clipped to ``[e^-tau, e^tau]``.
 
-    .. math:: I_{SMILE} = E_{p(x,y)}[f] - \log E_{p(x)p(y)}[\mathrm{clip}(e^{f}, e^{-\tau}, e^{\tau})]
+    Song & Ermon (2020).
+
+    .. math:: I_{SMILE} = E_{p(x,y)}[f]
+              - \log E_{p(x)p(y)}[\mathrm{clip}(e^{f}, e^{-\tau}, e^{\tau})]
 
     Clipping trades a bias for a variance that no longer grows like e^{I}. ``clip=None`` is DV.
 
@@ -240,13 +244,16 @@ def smile(scores: ArrayLike, *, clip: float | None = 5.0, gradient: str = "js") 
 def _log_loo_mean_exp(scores: Array) -> Array:
     """``out[i, j] = log 1/(B-1) sum_{k != i} exp(scores[k, j])``: leave row i out of column j.
 
-    Uses ``log(S - e^s) = s + log(expm1(log S - s))`` so that no exponential is formed.
+    For an entry below its column's maximum, ``log(S - e^s) = s + log(expm1(log S - s))`` is
+    well conditioned: ``log S - s >= log 2``. Leaving out the maximum itself would cancel
+    catastrophically when it dominates the column, so that case is a direct masked log-sum-exp.
     """
     batch = scores.shape[0]
-    lse = jax.nn.logsumexp(scores, axis=0, keepdims=True)
-    gap = lse - scores  # >= 0; zero only when the left-out entry dominates in float32
-    ok = gap > 0
-    loo = jnp.where(ok, scores + _log_expm1(jnp.where(ok, gap, 1.0)), -jnp.inf)
+    lse = jax.nn.logsumexp(scores, axis=0, keepdims=True)  # [1, B]
+    is_top = jnp.arange(batch)[:, None] == jnp.argmax(scores, axis=0)[None, :]  # [B, B]
+    lse_without_top = jax.nn.logsumexp(jnp.where(is_top, -jnp.inf, scores), axis=0)  # [B]
+    gap = jnp.where(is_top, 1.0, lse - scores)
+    loo = jnp.where(is_top, lse_without_top[None, :], scores + _log_expm1(gap))
     return loo - jnp.log(batch - 1)
 
 
@@ -265,7 +272,8 @@ def _log_expm1(g: Array) -> Array:
 def interpolated(scores: ArrayLike, *, alpha: float = 0.01, log_baseline: ArrayLike = 0.0) -> Array:
     r"""The interpolated bound I_alpha of Poole et al. (2019, eq. 13).
 
-    .. math:: I_\alpha = 1 + E_{p(x_{1:K}, y)}\left[\log \frac{e^{f(x_1,y)}}{a_\alpha(y; x_{1:K})}\right]
+    .. math:: I_\alpha = 1
+              + E_{p(x_{1:K}, y)}\left[\log \frac{e^{f(x_1,y)}}{a_\alpha(y; x_{1:K})}\right]
               - E_{p(x_{1:K})p(y)}\left[\frac{e^{f(x_1,y)}}{a_\alpha(y; x_{1:K})}\right],
               \quad a_\alpha = \alpha\, m(y; x_{1:K}) + (1-\alpha)\, a(y)
 
@@ -326,7 +334,9 @@ def flo(scores: ArrayLike, u: ArrayLike) -> Array:
     scores = jnp.asarray(scores)
     batch = scores.shape[0]
     if jnp.shape(u) != (batch,):
-        raise ValueError(f"`u` must have shape [{batch}] (one value per joint pair), got {jnp.shape(u)}.")
+        raise ValueError(
+            f"`u` must have shape [{batch}] (one value per joint pair), got {jnp.shape(u)}."
+        )
     _checks.check_float(u, "u")
     u = jnp.asarray(u)
     log_ratio = log_mean_exp_offdiag(scores, axis=0) - jnp.diag(scores)
@@ -385,7 +395,9 @@ def mine(*, decay: float = 0.99) -> StatefulBound:
         if decay == 0.0:
             log_ema = batch_log_mean
         else:
-            log_ema = jnp.logaddexp(jnp.log(decay) + state.log_ema, jnp.log1p(-decay) + batch_log_mean)
+            log_ema = jnp.logaddexp(
+                jnp.log(decay) + state.log_ema, jnp.log1p(-decay) + batch_log_mean
+            )
         count = state.count + 1
         log_corrected = log_ema - jnp.log1p(-(decay ** count.astype(jnp.float32)))
         joint_term = jnp.mean(jnp.diag(scores))
@@ -419,6 +431,9 @@ class Bound(NamedTuple):
 
 
 def _stateless(name: str, fn: Callable[..., Array], inputs: tuple[str, ...] = (), **hparams: Any):
+    # Validate the hyperparameters now, on a tiny matrix, rather than inside a jitted step later.
+    fn(jnp.zeros((2, 2)), **{k: jnp.zeros(2) for k in inputs}, **hparams)
+
     def apply(scores, state, **extra):
         return fn(scores, **extra, **hparams), state
 

@@ -139,7 +139,7 @@ class ConcatCritic(nn.Module):
         _check_pair(x, y)
         if not self.hidden:
             raise ValueError("ConcatCritic needs at least one hidden layer (`hidden`).")
-        act = get_activation(self.activation)
+        get_activation(self.activation)  # fail early on an unknown name
         batch = x.shape[0]
         first = self.hidden[0]
         # Split first layer: no bias on the x part, the shared bias sits on the y part.
@@ -240,7 +240,7 @@ def register_critic(name: str, cls: type[nn.Module]) -> None:
 
 
 def get_critic(name: str, **hparams) -> nn.Module:
-    """Builds the critic registered as ``name``, e.g. ``get_critic("concat", hidden=(256, 256))``."""
+    """Builds the critic registered as ``name``: ``get_critic("concat", hidden=(256, 256))``."""
     if name not in _CRITICS:
         raise _checks.unknown_name_error("critic", name, _CRITICS)
     cls = _CRITICS[name]
@@ -248,7 +248,8 @@ def get_critic(name: str, **hparams) -> nn.Module:
     unknown = set(hparams) - known
     if unknown:
         raise TypeError(
-            f"unknown hyperparameters {sorted(unknown)} for critic {name!r}; known: {sorted(known)}."
+            f"unknown hyperparameters {sorted(unknown)} for critic {name!r}; "
+            f"known: {sorted(known)}."
         )
     if "hidden" in hparams:
         hparams = dict(hparams, hidden=tuple(hparams["hidden"]))

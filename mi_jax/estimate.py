@@ -108,8 +108,12 @@ def estimate_mi(
     x, y = _checks.check_samples(x, y, min_samples=8)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction}.")
-    for name, value in (("batch_size", batch_size), ("max_steps", max_steps),
-                        ("eval_every", eval_every), ("patience", patience)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("max_steps", max_steps),
+        ("eval_every", eval_every),
+        ("patience", patience),
+    ):
         if not (isinstance(value, int | np.integer) and value >= 1):
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     if seeds is not None and not (isinstance(seeds, int) and seeds >= 1):
@@ -139,8 +143,10 @@ def estimate_mi(
     states = init(keys, x_train, y_train)
 
     rounds = -(-max_steps // eval_every)
-    samplers = [_minibatches(seed * 1_000_003 + k, len(train_idx), batch, eval_every)
-                for k in range(num_seeds)]
+    samplers = [
+        _minibatches(seed * 1_000_003 + k, len(train_idx), batch, eval_every)
+        for k in range(num_seeds)
+    ]
     test_curve = np.full((num_seeds, rounds), np.nan)
     train_curve = np.full((num_seeds, rounds), np.nan)
     best = np.full(num_seeds, -np.inf)
@@ -171,8 +177,9 @@ def estimate_mi(
     steps = (np.arange(rounds) + 1) * eval_every
     best_step = steps[best_round]
     if seeds is None:
-        return MIEstimate(float(best[0]), int(best_step[0]), steps, test_curve[0],
-                          train_curve[0], bound, critic)
+        return MIEstimate(
+            float(best[0]), int(best_step[0]), steps, test_curve[0], train_curve[0], bound, critic
+        )
     return MIEstimate(best, best_step, steps, test_curve, train_curve, bound, critic)
 
 

@@ -56,7 +56,7 @@ class BoundEnsemble:
         raise ValueError(f"no network is known for the bound input {input_name!r}.")
 
     def init(self, rng: PRNGKey, x: Array, y: Array) -> tuple[PyTree, PyTree]:
-        """Returns ``(params, bound_states)`` for sample batches ``x`` ``[B, dx]``, ``y`` ``[B, dy]``.
+        """Returns ``(params, bound_states)`` for batches ``x`` ``[B, dx]``, ``y`` ``[B, dy]``.
 
         All bounds start from the same critic initialization (drawn from ``rng``), so that
         differences between them come from the objectives alone.
@@ -200,7 +200,7 @@ def raise_if_nonfinite(values, names: Sequence[str], first_step: int, seed_axis:
     if not bad.any():
         return
     index = np.argwhere(bad)[0]
-    seed, step, bound = (index if seed_axis else (None, *index))
+    seed, step, bound = index if seed_axis else (None, *index)
     where = f" (seed index {seed})" if seed_axis else ""
     raise NonFiniteError(
         f"bound {names[bound]!r} became {values[tuple(index)]} at step {first_step + step}{where}."

@@ -78,25 +78,38 @@ def _all_estimates(key, mi, dim):
     }
 
 
-@pytest.mark.parametrize("mi,dim", [(1.0, 2), (2.0, 5)])
-def test_optimal_critic_bounds_equal_true_mi(mi, dim):
+_DIM = 3
+
+
+@jax.jit
+def _estimates_over_keys(keys, mi):
+    # `mi` is traced: one compilation serves every MI level.
+    return jax.lax.map(lambda k: _all_estimates(k, mi, _DIM), keys)
+
+
+@pytest.mark.parametrize("mi", [1.0, 2.0])
+def test_optimal_critic_bounds_equal_true_mi(mi):
     keys = jax.random.split(jax.random.key(1234), _NUM_KEYS)
-    run = jax.jit(lambda ks: jax.lax.map(lambda k: _all_estimates(k, mi, dim), ks))
-    est = {k: np.asarray(v, np.float64) for k, v in run(keys).items()}
+    est = {k: np.asarray(v, np.float64) for k, v in _estimates_over_keys(keys, mi).items()}
     # Tolerance: 4 standard errors of the mean over the independent keys (estimated from the
     # spread across keys; the noise is dominated by the joint term mean_j log r_jj, whose
-    # variance is dim * rho^2 / B, about 0.035^2 for mi=1, dim=2), plus an allowance for the
-    # O(1/B) batch bias of estimators that normalize with a batch mean (InfoNCE, I_alpha with
-    # alpha > 0, FLO with the batch-optimal u, DV): to first order that bias is at most
-    # chi^2 / (B - 1), where for this Gaussian 1 + chi^2(p || p_x p_y) = prod 1/(1 - rho^2)
-    # = e^{2 I}. NWJ, TUBA, JS (NWJ read-out) and FLO with u = -f are unbiased.
-    chi2 = math.expm1(2.0 * mi)
-    bias_allowance = chi2 / (_BATCH - 1)
+    # variance is dim * rho^2 / B, about 0.04^2 for mi=1, dim=3), plus a one-sided allowance
+    # for the O(1/B) batch bias of estimators that normalize with a batch mean. To first order
+    # that bias is at most chi^2 / (B - 1), where for this Gaussian 1 + chi^2(p || p_x p_y)
+    # = prod 1/(1 - rho^2) = e^{2 I}; its sign is known. InfoNCE and I_alpha are lower bounds
+    # for every critic (biased down); DV and FLO with the batch-optimal u contain -log Z_hat
+    # with E[Z_hat] = 1 (biased up, by Jensen); NWJ, TUBA, JS (NWJ read-out), I_0 and FLO with
+    # u = -f are unbiased.
+    allowance = math.expm1(2.0 * mi) / (_BATCH - 1)
+    down = {"infonce", "interpolated_0.5", "interpolated_1"}
+    up = {"dv", "smile_no_clip", "flo_batch_optimal_u"}
     for name, values in est.items():
         assert np.all(np.isfinite(values)), name
         mean = values.mean()
         se = values.std(ddof=1) / math.sqrt(len(values))
-        assert abs(mean - mi) <= 4.0 * se + bias_allowance, (name, mean, se, mi)
+        lo = mi - 4.0 * se - (allowance if name in down else 0.0)
+        hi = mi + 4.0 * se + (allowance if name in up else 0.0)
+        assert lo <= mean <= hi, (name, mean, se, mi)
     # InfoNCE never exceeds log B, in every batch.
     assert np.all(est["infonce"] <= math.log(_BATCH) + 1e-5)
     # Biases have known signs: InfoNCE is a lower bound, and with the batch-optimal u, FLO is
@@ -106,25 +119,26 @@ def test_optimal_critic_bounds_equal_true_mi(mi, dim):
 
 def test_infonce_saturates_at_log_batch_when_mi_is_large():
     # MI = 15 nats >> log 64 = 4.16. The per-column gap log B - InfoNCE_j is
-    # log(1 + sum_{i != j} r_ij / r_jj); with r_jj ~ e^{I +- sqrt(dim)} and sum_{i != j} r_ij
-    # ~ B - 1, a 3-sigma column has a gap below 64 e^{-15 + 3 * 3.2} ~ 0.03, so the mean gap
-    # is far below 0.1. The gap to the true MI stays above 10 nats.
+    # log(1 + sum_{i != j} r_ij / r_jj) with sum_{i != j} r_ij ~ B - 1 and log r_jj ~ I +- 3.1
+    # (Var_p[log r] = dim rho^2), so a typical column's gap is ~ 63 e^{-15} ~ 2e-5; only rare
+    # columns with log r_jj < 6.4 reach 0.1. (Across 2000 seeds the batch mean gap has median
+    # < 1e-5 and maximum 0.06.)
     mi, dim, batch = 15.0, 10, 64
 
     @jax.jit
     def run(key):
         x, y = tasks.correlated_gaussian(key, mi, batch, dim)
         s = _gaussian_log_ratio(x, y, mi, dim)
-        return bounds.infonce(s), bounds.nwj(s + 1.0)
+        return bounds.infonce(s), jnp.mean(jnp.diag(s))
 
-    infonce, nwj = (float(v) for v in run(jax.random.key(7)))
+    infonce, joint_term = (float(v) for v in run(jax.random.key(7)))
     assert infonce <= math.log(batch) + 1e-5
     assert math.log(batch) - infonce < 0.1
     assert mi - infonce > 10.0
-    # The unbounded estimators do not saturate with the same scores (NWJ is unbiased; its
-    # standard deviation here is ~ sqrt(dim * rho^2 / B) = 0.4 from the joint term, with a
-    # heavy-tailed marginal term, so only a loose check that it sees far more than log B).
-    assert nwj > math.log(batch) + 5.0
+    # The critic itself sees the 15 nats: its joint term is unbiased for I, with standard
+    # deviation sqrt(dim rho^2 / B) = 0.39; 4 of them.
+    rho2 = float(tasks.rho_from_mi(mi, dim)) ** 2
+    assert abs(joint_term - mi) <= 4.0 * math.sqrt(dim * rho2 / batch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,9 +311,17 @@ def test_bounds_match_numpy_loop_references(s):
 def test_references_are_not_degenerate():
     """The hand-computed values differ from each other, so the comparisons above can fail."""
     s = _S3
-    values = [_ref_dv(s), _ref_nwj(s), _ref_tuba(s, 0.7), _ref_infonce(s), _ref_js_fgan(s),
-              _ref_smile(s, 0.5), _ref_flo(s, _U4[:3]), _ref_loo_infonce(s),
-              _ref_interpolated(s, 0.3, _A4[:3])]
+    values = [
+        _ref_dv(s),
+        _ref_nwj(s),
+        _ref_tuba(s, 0.7),
+        _ref_infonce(s),
+        _ref_js_fgan(s),
+        _ref_smile(s, 0.5),
+        _ref_flo(s, _U4[:3]),
+        _ref_loo_infonce(s),
+        _ref_interpolated(s, 0.3, _A4[:3]),
+    ]
     for v, w in itertools.combinations(values, 2):
         assert abs(v - w) > 1e-3
 
@@ -310,7 +332,7 @@ def test_references_are_not_degenerate():
 # Stacks of random score matrices, one stack per batch size (vmapped: one compile per size).
 _RANDOM = {
     b: np.stack([_rand_scores(10 * b + k, b, scale) for k, scale in enumerate((0.5, 3.0, 10.0))])
-    for b in (2, 5, 8)
+    for b in (2, 7)
 }
 
 
@@ -346,11 +368,16 @@ def _identity_values(s, a, du):
 def test_identities_and_orderings(batch):
     stack = _RANDOM[batch]
     a = np.stack([_rand_vec(100 + k, batch) for k in range(len(stack))])
-    du = np.stack([np.stack([_rand_vec(200 + 10 * k + m, batch) for m in range(5)])
-                   for k in range(len(stack))])
-    vals = {k: np.asarray(v, np.float64)
-            for k, v in jax.vmap(_identity_values)(stack, a, du).items()}
-    close = lambda x, y, tol=1e-5: np.testing.assert_allclose(x, y, rtol=tol, atol=tol)  # noqa: E731
+    du = np.stack(
+        [
+            np.stack([_rand_vec(200 + 10 * k + m, batch) for m in range(5)])
+            for k in range(len(stack))
+        ]
+    )
+    vals = {
+        k: np.asarray(v, np.float64) for k, v in jax.vmap(_identity_values)(stack, a, du).items()
+    }
+    close = lambda x, y, tol=1e-5: np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
     # Scale-aware slack for float32 inequalities.
     slack = 1e-5 * np.maximum(1.0, np.abs(vals["dv"]))
     # log z <= z e^{-c} + c - 1 for every scalar c, hence DV >= TUBA(c) (and NWJ = TUBA(1)).
@@ -377,13 +404,7 @@ def test_identities_and_orderings(batch):
     assert np.all(vals["flo_u_perturbed"] <= (vals["flo_u_opt"] + slack_flo)[:, None])
 
 
-_LOO_BUG = (
-    "interpolated(alpha > 0): `_log_loo_mean_exp` computes log(sum_k e^{s_kj} - e^{s_ij}) as "
-    "s_ij + log(expm1(logsumexp - s_ij)); when s_ij dominates its column by g nats the float32 "
-    "gap logsumexp - s_ij ~ e^{-g} is known only to ~eps32 * |logsumexp|, so the leave-one-out "
-    "term loses all precision for g >~ 8 and becomes -inf for g >~ 17 (value +-inf / NaN, "
-    "gradient NaN)."
-)
+_interpolated_1 = jax.jit(lambda s: bounds.interpolated(s, alpha=1.0))
 
 
 def _max_column_dominance(s):
@@ -394,13 +415,17 @@ def _max_column_dominance(s):
 
 def _loo_cases():
     mats = [m for stack in _RANDOM.values() for m in stack]
-    mats += [_rand_scores(900, 6, 30.0), np.where(np.eye(4, dtype=bool), 20.0, -20.0)]
+    # Dominance ~11 (precision lost, still finite), ~33 and 40 (-inf / NaN).
+    mats += [
+        _rand_scores(82, 8, 10.0),
+        _rand_scores(900, 6, 30.0),
+        np.where(np.eye(4, dtype=bool), 20.0, -20.0),
+    ]
     cases = []
     for i, s in enumerate(mats):
         s = s.astype(np.float32)
         g = _max_column_dominance(s)
-        marks = pytest.mark.xfail(strict=True, reason=_LOO_BUG) if g > 8.0 else ()
-        cases.append(pytest.param(s, id=f"B{len(s)}_{i}_dominance{g:.0f}", marks=marks))
+        cases.append(pytest.param(s, id=f"B{len(s)}_{i}_dominance{g:.0f}"))
     return cases
 
 
@@ -409,28 +434,34 @@ def test_leave_one_out_infonce_matches_reference_and_is_at_most_log_batch_minus_
     # I_1 averages s_jj - log(1/(B-1) sum_{k != i} e^{s_kj}) over i != j; s_jj is in every such
     # sum, so I_1 <= log(B - 1). Tolerance: float32 rounding of O(|s|) quantities.
     b = len(s)
-    value = float(jax.jit(lambda v: bounds.interpolated(v, alpha=1.0))(s))
+    value = float(_interpolated_1(s))
     want = _ref_loo_infonce(s)
     np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(s).max()))
     assert value <= math.log(b - 1) + 1e-5
 
 
 def test_js_and_smile_gradients_are_the_js_objective():
-    s = _S4
-    g_fgan = jax.grad(bounds.js_fgan)(s)
-    np.testing.assert_allclose(jax.grad(bounds.js)(s), g_fgan, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(jax.grad(lambda v: bounds.smile(v, clip=1.0))(s), g_fgan,
-                               rtol=1e-6, atol=1e-7)
-
-    # gradient="smile" differentiates the clipped bound itself.
+    # gradient="smile" differentiates the clipped bound itself, written out here.
     def clipped(v):
         b = v.shape[0]
         off = jnp.where(jnp.eye(b, dtype=bool), -jnp.inf, jnp.clip(v, -1.0, 1.0))
         return jnp.mean(jnp.diag(v)) - (jax.nn.logsumexp(off) - jnp.log(b * (b - 1.0)))
 
-    np.testing.assert_allclose(jax.grad(lambda v: bounds.smile(v, clip=1.0, gradient="smile"))(s),
-                               jax.grad(clipped)(s), rtol=1e-5, atol=1e-7)
-    assert not np.allclose(jax.grad(clipped)(s), g_fgan, atol=1e-3)
+    @jax.jit
+    def grads(s):
+        return {
+            "js_fgan": jax.grad(bounds.js_fgan)(s),
+            "js": jax.grad(bounds.js)(s),
+            "smile_js": jax.grad(lambda v: bounds.smile(v, clip=1.0))(s),
+            "smile_smile": jax.grad(lambda v: bounds.smile(v, clip=1.0, gradient="smile"))(s),
+            "clipped": jax.grad(clipped)(s),
+        }
+
+    g = grads(_S4)
+    for name in ("js", "smile_js"):
+        np.testing.assert_allclose(g[name], g["js_fgan"], rtol=1e-6, atol=1e-7, err_msg=name)
+    np.testing.assert_allclose(g["smile_smile"], g["clipped"], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(g["clipped"], g["js_fgan"], atol=1e-3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,22 +484,40 @@ _FNS = {
 }
 
 
+_JIT_STACK = np.stack([_rand_scores(300 + k, 5) for k in range(3)])
+_JIT_VECS = np.stack([_rand_vec(400 + k, 5) for k in range(3)])
+
+
+def _values_and_grads(s, v):
+    """Every bound's value and gradient (w.r.t. scores and the [B] input) in one program."""
+    return {name: jax.value_and_grad(fn, argnums=(0, 1))(s, v) for name, fn in _FNS.items()}
+
+
+@pytest.fixture(scope="module")
+def jit_results():
+    # One compilation for the jitted loop and one for the vmapped program, shared by all names.
+    single = jax.jit(_values_and_grads)
+    loop = [single(s, v) for s, v in zip(_JIT_STACK, _JIT_VECS, strict=True)]
+    batched = jax.jit(jax.vmap(_values_and_grads))(_JIT_STACK, _JIT_VECS)
+    return loop, batched
+
+
 @pytest.mark.parametrize("name", list(_FNS))
-def test_jit_equals_eager_and_vmap_equals_loop(name):
+def test_jit_equals_eager_and_vmap_equals_loop(name, jit_results):
     fn = _FNS[name]
-    stack = np.stack([_rand_scores(300 + k, 5) for k in range(3)])
-    vecs = np.stack([_rand_vec(400 + k, 5) for k in range(3)])
-    pairs = list(zip(stack, vecs, strict=True))
-    eager = np.array([float(fn(s, v)) for s, v in pairs])
-    # Gradients too: vmapped against a loop of the jitted gradient.
-    value_and_grad = jax.value_and_grad(fn, argnums=(0, 1))
-    loop = [jax.jit(value_and_grad)(s, v) for s, v in pairs]
-    vvalue, vgrad = jax.jit(jax.vmap(value_and_grad))(stack, vecs)
-    np.testing.assert_allclose([float(v) for v, _ in loop], eager, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(vvalue, eager, rtol=1e-6, atol=1e-6)
+    loop, batched = jit_results
+    jitted = np.array([float(r[name][0]) for r in loop])
+    # Op by op, without jit (one matrix: eager dispatch is slow).
+    np.testing.assert_allclose(
+        jitted[0], float(fn(_JIT_STACK[0], _JIT_VECS[0])), rtol=1e-6, atol=1e-6
+    )
+    bvalue, bgrad = batched[name]
+    assert bvalue.shape == (3,)
+    np.testing.assert_allclose(bvalue, jitted, rtol=1e-6, atol=1e-6)
     for k in range(2):
-        np.testing.assert_allclose(vgrad[k], np.stack([g[k] for _, g in loop]), rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            bgrad[k], np.stack([r[name][1][k] for r in loop]), rtol=1e-5, atol=1e-6
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,7 +531,8 @@ _PATTERNS = {
     "diag_pos_off_neg": np.where(_EYE, 1e4, -1e4).astype(np.float32),
     "diag_neg_off_pos": np.where(_EYE, -1e4, 1e4).astype(np.float32),
     "random_signs": (1e4 * np.sign(np.random.default_rng(5).standard_normal((_B, _B)))).astype(
-        np.float32),
+        np.float32
+    ),
 }
 # Where the leave-one-out bug above makes the gradient NaN: the diagonal dominates every column,
 # so each marginal normalizer (which leaves the diagonal out) is computed as -inf.
@@ -505,22 +555,29 @@ _GRAD_FNS = {
 }
 
 
-def _finite_grads(fn, patterns):
-    g = jax.jit(jax.vmap(jax.grad(fn)))(np.stack([_PATTERNS[p] for p in patterns]))
-    return {p: bool(np.all(np.isfinite(np.asarray(gp)))) for p, gp in zip(patterns, g, strict=True)}
+@pytest.fixture(scope="module")
+def huge_score_grads():
+    """{bound: {pattern: finite?}}, from one program vmapped over the patterns."""
+    grads = jax.jit(jax.vmap(lambda s: {n: jax.grad(f)(s) for n, f in _GRAD_FNS.items()}))(
+        np.stack(list(_PATTERNS.values()))
+    )
+    return {
+        n: {p: bool(np.all(np.isfinite(np.asarray(g[k])))) for k, p in enumerate(_PATTERNS)}
+        for n, g in grads.items()
+    }
 
 
 @pytest.mark.parametrize("fname", list(_GRAD_FNS))
-def test_gradients_finite_for_huge_scores(fname):
-    patterns = [p for p in _PATTERNS if p not in _NAN_GRAD.get(fname, ())]
-    finite = _finite_grads(_GRAD_FNS[fname], patterns)
-    assert all(finite.values()), finite
+def test_gradients_finite_for_huge_scores(fname, huge_score_grads):
+    finite = {
+        p: ok for p, ok in huge_score_grads[fname].items() if p not in _NAN_GRAD.get(fname, ())
+    }
+    assert len(finite) >= 4 and all(finite.values()), finite
 
 
-@pytest.mark.xfail(strict=True, reason=_LOO_BUG)
 @pytest.mark.parametrize("fname", list(_NAN_GRAD))
-def test_interpolated_gradients_finite_when_one_entry_dominates(fname):
-    finite = _finite_grads(_GRAD_FNS[fname], _NAN_GRAD[fname])
+def test_interpolated_gradients_finite_when_one_entry_dominates(fname, huge_score_grads):
+    finite = {p: huge_score_grads[fname][p] for p in _NAN_GRAD[fname]}
     assert all(finite.values()), finite
 
 
@@ -529,8 +586,7 @@ def _interpolated_huge_value_cases():
     for pname in _PATTERNS:
         # Correct (to float32 rounding) unless some column has a single dominating entry.
         dominated = _max_column_dominance(_PATTERNS[pname]) > 8.0
-        marks = pytest.mark.xfail(strict=True, reason=_LOO_BUG) if dominated else ()
-        cases.append(pytest.param(pname, id=pname, marks=marks))
+        cases.append(pytest.param(pname, id=f"{pname}-dominated{int(dominated)}"))
     return cases
 
 
@@ -538,35 +594,42 @@ def _interpolated_huge_value_cases():
 def test_interpolated_value_for_huge_scores(pname):
     # The log-space float64 reference is exact; float32 can resolve 1e4 only to ~1e-3.
     s = _PATTERNS[pname]
-    value = float(jax.jit(lambda v: bounds.interpolated(v, alpha=1.0))(s))
+    value = float(_interpolated_1(s))
     np.testing.assert_allclose(value, _ref_loo_infonce(s), rtol=1e-6, atol=1e-2)
 
 
 @pytest.mark.parametrize("argname", ["u", "log_baseline"])
 def test_gradients_finite_for_huge_extra_inputs(argname):
-    fn = {"u": bounds.flo,
-          "log_baseline": lambda s, a: bounds.tuba(s, log_baseline=a)}[argname]
+    fn = {"u": bounds.flo, "log_baseline": lambda s, a: bounds.tuba(s, log_baseline=a)}[argname]
     pats = np.stack(list(_PATTERNS.values()))
-    grad = jax.jit(jax.vmap(jax.vmap(jax.grad(fn, argnums=(0, 1)), in_axes=(None, 0)),
-                            in_axes=(0, None)))
-    extra = np.stack([np.full(_B, 1e4, np.float32), np.full(_B, -1e4, np.float32),
-                      np.array([1e4, -1e4, 0.0, 1e4], np.float32)])
+    grad = jax.jit(
+        jax.vmap(jax.vmap(jax.grad(fn, argnums=(0, 1)), in_axes=(None, 0)), in_axes=(0, None))
+    )
+    extra = np.stack(
+        [
+            np.full(_B, 1e4, np.float32),
+            np.full(_B, -1e4, np.float32),
+            np.array([1e4, -1e4, 0.0, 1e4], np.float32),
+        ]
+    )
     gs, ge = grad(pats, extra)  # [patterns, extras, ...]
     assert np.all(np.isfinite(np.asarray(gs))) and np.all(np.isfinite(np.asarray(ge)))
 
 
-@pytest.mark.xfail(strict=True, reason=_LOO_BUG)
 def test_interpolated_finite_when_diagonal_dominates_moderately():
     """A minimal, realistic case: scores 20 on the diagonal and -20 off it (B = 4).
 
     Exact value at alpha = 1: the joint normalizers leave out an off-diagonal entry
     (log mean = 20 - log 3), the marginal normalizers leave out the diagonal one (log mean =
-    -20), so I_1 = 1 + log 3 - 1 = log 3. The library returns -inf.
+    -20), so I_1 = 1 + log 3 - 1 = log 3.
     """
     s = np.where(_EYE, 20.0, -20.0).astype(np.float32)
     want = _ref_interpolated(s, 1.0, 0.0)
     np.testing.assert_allclose(want, math.log(3.0), rtol=1e-9)
-    np.testing.assert_allclose(float(bounds.interpolated(s, alpha=1.0)), want, rtol=1e-5)
+    got = jax.jit(lambda s: bounds.interpolated(s, alpha=1.0))(s)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    grad = jax.grad(lambda s: bounds.interpolated(s, alpha=1.0))(s)
+    assert np.all(np.isfinite(np.asarray(grad)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -611,8 +674,9 @@ def test_mine_value_is_dv_and_gradient_uses_corrected_moving_average(decay):
     assert int(state.count) == 3
     if decay > 0.0:
         # With a moving average the gradient is not DV's (the batch mean differs from EMA_hat).
-        assert not np.allclose(grad_fn(score_list[-1], state), jax.grad(bounds.dv)(score_list[-1]),
-                               rtol=1e-3)
+        assert not np.allclose(
+            grad_fn(score_list[-1], state), jax.grad(bounds.dv)(score_list[-1]), rtol=1e-3
+        )
 
 
 def test_mine_state_is_namedtuple_and_update_is_pure():
@@ -650,7 +714,7 @@ _EXPECTED = {"dv", "mine", "nwj", "tuba", "infonce", "js", "interpolated", "smil
 
 
 def test_registry_lists_all_bounds():
-    assert _EXPECTED <= set(bounds.available_bounds())
+    assert set(bounds.available_bounds()) >= _EXPECTED
 
 
 @pytest.mark.parametrize("name", sorted(_EXPECTED))
@@ -667,8 +731,10 @@ def test_every_registered_bound_applies_through_the_interface(name):
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     # Under jit, with gradients flowing to the scores and to the extra inputs.
     (jvalue, jstate), grads = jax.jit(
-        jax.value_and_grad(lambda s, inp: bound.apply(s, state, **inp), argnums=(0, 1),
-                           has_aux=True))(s, inputs)
+        jax.value_and_grad(
+            lambda s, inp: bound.apply(s, state, **inp), argnums=(0, 1), has_aux=True
+        )
+    )(s, inputs)
     np.testing.assert_allclose(float(jvalue), float(value), rtol=1e-6, atol=1e-6)
     assert jax.tree.structure(jstate) == jax.tree.structure(state)
     want = {
@@ -690,11 +756,13 @@ def test_every_registered_bound_applies_through_the_interface(name):
 
 def test_registry_hparams_are_bound():
     s = _rand_scores(710, 5)
-    np.testing.assert_allclose(bounds.get_bound("smile", clip=0.5).apply(s, ())[0],
-                               bounds.smile(s, clip=0.5), rtol=1e-6)
+    np.testing.assert_allclose(
+        bounds.get_bound("smile", clip=0.5).apply(s, ())[0], bounds.smile(s, clip=0.5), rtol=1e-6
+    )
     b = bounds.get_bound("interpolated", alpha=0.3)
-    np.testing.assert_allclose(b.apply(s, (), log_baseline=jnp.zeros(5))[0],
-                               bounds.interpolated(s, alpha=0.3), rtol=1e-6)
+    np.testing.assert_allclose(
+        b.apply(s, (), log_baseline=jnp.zeros(5))[0], bounds.interpolated(s, alpha=0.3), rtol=1e-6
+    )
     mine = bounds.get_bound("mine", decay=0.5)
     state = mine.init()
     for _ in range(2):
@@ -711,27 +779,20 @@ def test_unknown_bound_name_suggests_the_closest():
         bounds.get_bound("nope")
 
 
-@pytest.mark.parametrize("name,hparams", [("dv", {"clip": 1.0}), ("mine", {"decay_rate": 0.9}),
-                                          ("flo", {"alpha": 0.1}), ("nwj", {"x": 1})])
+@pytest.mark.parametrize(
+    "name,hparams",
+    [
+        ("dv", {"clip": 1.0}),
+        ("mine", {"decay_rate": 0.9}),
+        ("flo", {"alpha": 0.1}),
+        ("nwj", {"x": 1}),
+    ],
+)
 def test_bad_hparams_raise_type_error(name, hparams):
     with pytest.raises(TypeError, match=list(hparams)[0]):
         bounds.get_bound(name, **hparams)
 
 
-def test_bad_hparams_of_deferred_bounds_raise_at_apply():
-    s = _rand_scores(720, 4)
-    with pytest.raises(TypeError, match="clipp"):
-        bounds.get_bound("smile", clipp=1.0).apply(s, ())
-    with pytest.raises(ValueError, match="alpha"):
-        bounds.get_bound("interpolated", alpha=2.0).apply(s, (), log_baseline=jnp.zeros(4))
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="get_bound('smile'/'interpolated', **hparams) accepts any hyperparameters: the "
-    "factories are `lambda **kw`, and smile/interpolated are only called (and fail) at apply "
-    "time, i.e. inside the jitted train step.",
-)
 def test_bad_hparams_of_smile_and_interpolated_raise_in_get_bound():
     with pytest.raises(TypeError, match="clipp"):
         bounds.get_bound("smile", clipp=1.0)
@@ -765,13 +826,6 @@ def _bad_score_cases():
     cases = []
     for fname, bad in itertools.product(_SCORE_FNS, _BAD_SCORES):
         marks = ()
-        if fname == "nwj" and bad == "int_dtype":
-            marks = pytest.mark.xfail(
-                strict=True,
-                reason="nwj(scores) computes `jnp.asarray(scores) - 1.0` before any check, so "
-                "integer scores are silently promoted to float instead of raising TypeError "
-                "like every other bound.",
-            )
         cases.append(pytest.param(fname, bad, id=f"{fname}-{bad}", marks=marks))
     return cases
 

@@ -33,14 +33,21 @@ def test_quick_preset_shape():
     assert set(config.bounds) == set(staircase_config.BOUNDS)
     full = staircase_config.get_config()
     assert (full.dim, full.batch_size, full.learning_rate, full.steps_per_level) == (
-        20, 64, 5e-4, 4000)
+        20,
+        64,
+        5e-4,
+        4000,
+    )
     with pytest.raises(ValueError, match="preset"):
         staircase_config.get_config("quik")
 
 
 def test_train_and_evaluate_writes_everything(tmp_path):
-    config = _tiny(critics=("separable", "concat"), tasks=("gaussian", "cubic"),
-                   bounds=("nwj", "interpolated", "flo"))
+    config = _tiny(
+        critics=("separable", "concat"),
+        tasks=("gaussian", "cubic"),
+        bounds=("nwj", "interpolated", "flo"),
+    )
     results = staircase.train_and_evaluate(config, str(tmp_path))
     files = set(os.listdir(tmp_path))
     assert {"config.json", "metrics.jsonl", "results.json", "results.csv"} <= files
@@ -81,7 +88,9 @@ def test_level_statistics_against_hand_computation():
     rows = staircase.level_statistics(values, config)
     nwj_level1 = rows[0]
     assert nwj_level1["bound"] == "nwj" and nwj_level1["true_mi"] == 1.0
-    assert nwj_level1["mean"] == pytest.approx(1.0) and nwj_level1["variance"] == pytest.approx(0.25)
+    assert nwj_level1["mean"] == pytest.approx(1.0) and nwj_level1["variance"] == pytest.approx(
+        0.25
+    )
     nwj_level2 = rows[1]
     assert nwj_level2["bias"] == pytest.approx(0.0) and nwj_level2["mse"] == pytest.approx(1.0)
     assert rows[3]["bias"] == pytest.approx(-2.0)

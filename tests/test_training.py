@@ -13,13 +13,15 @@ NAMES = ["dv", "mine", "nwj", "tuba", "infonce", "js", "interpolated", "smile", 
 
 
 def _setup(names, critic="separable", hparams=None, batch=32, dim=4, optimizer=None):
-    ensemble = training.make_ensemble(names, critic, hparams or {"hidden": (32,), "embed_dim": 8},
-                                      aux_hidden=(16,))
+    ensemble = training.make_ensemble(
+        names, critic, hparams or {"hidden": (32,), "embed_dim": 8}, aux_hidden=(16,)
+    )
     task = tasks.get_task("gaussian", dim=dim)
     sample = lambda key, step: task.sample(key, 1.0, batch)  # noqa: E731
     x, y = sample(jax.random.key(0), 0)
-    state = training.create_train_state(ensemble, optimizer or optax.adam(1e-2),
-                                             jax.random.key(1), x, y)
+    state = training.create_train_state(
+        ensemble, optimizer or optax.adam(1e-2), jax.random.key(1), x, y
+    )
     return ensemble, sample, state
 
 
@@ -45,8 +47,11 @@ def test_train_step_traces_once_and_matches_separate_training():
         for i, batch in enumerate(batches):
             alone_state, alone_metrics = alone_step(alone_state, batch, jax.random.key(i))
         np.testing.assert_allclose(alone_metrics["mi"][0], metrics["mi"][b], rtol=1e-5, atol=1e-5)
-        for got, want in zip(jax.tree.leaves(state.params["critic"]),
-                             jax.tree.leaves(alone_state.params["critic"]), strict=True):
+        for got, want in zip(
+            jax.tree.leaves(state.params["critic"]),
+            jax.tree.leaves(alone_state.params["critic"]),
+            strict=True,
+        ):
             np.testing.assert_allclose(got[b], want[0], rtol=1e-4, atol=1e-6)
 
 
@@ -72,8 +77,9 @@ def test_scan_in_chunks_equals_one_scan():
     s10, m10 = run10(state, jax.random.key(3), jnp.array(0))
     s5, m5a = run5(state, jax.random.key(3), jnp.array(0))
     s5, m5b = run5(s5, jax.random.key(3), jnp.array(5))
-    np.testing.assert_allclose(np.concatenate([m5a["mi"], m5b["mi"]]), m10["mi"], rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.concatenate([m5a["mi"], m5b["mi"]]), m10["mi"], rtol=1e-5, atol=1e-5
+    )
 
 
 def test_vmap_over_seeds_equals_loop():

@@ -1,0 +1,115 @@
+r"""Speed benchmarks: concat-critic throughput against the matmul peak, and `estimate_mi` wall time.
+
+  python -m experiments.benchmark [--only critic|estimate]
+
+Prints two tables. The peak is measured here, on this machine: a float32 2048 x 2048 matmul.
+The concat critic is timed forward + backward (a training step's work without the optimizer)
+at several batch sizes, dense and chunked, with FLOPs counted by `flops_concat_critic` (backward
+= 2 x forward). `estimate_mi` runs in a fresh subprocess per case so that its wall time includes
+compilation, as a user would see it.
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from experiments import _common
+from mi_jax import bounds, critics
+
+_ONLY = flags.DEFINE_enum("only", None, ["critic", "estimate"], "Run one table only.")
+
+
+def _time(fn, *args, repeats: int) -> float:
+    out = fn(*args)
+    jax.block_until_ready(out)
+    best = np.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - t0) / repeats)
+    return best
+
+
+def matmul_peak(n: int = 2048) -> float:
+    """GFLOP/s of a float32 ``n x n`` matmul."""
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    f = jax.jit(lambda a: a @ a)
+    return 2 * n**3 / _time(f, a, repeats=5) / 1e9
+
+
+def concat_critic_rows(peak: float) -> list[dict]:
+    rows = []
+    dim, hidden = 20, (256, 256)
+    for batch, chunk in ((64, None), (256, None), (256, 64), (1024, 64)):
+        critic = critics.ConcatCritic(hidden=hidden, chunk_size=chunk)
+        kx, ky = jax.random.split(jax.random.key(batch))
+        x, y = jax.random.normal(kx, (batch, dim)), jax.random.normal(ky, (batch, dim))
+        params = critic.init(jax.random.key(1), x, y)
+        def loss(p, x, y, critic=critic):
+            return bounds.infonce(critic.apply(p, x, y))
+
+        grad = jax.jit(jax.grad(loss))
+        seconds = _time(grad, params, x, y, repeats=max(2, 2000 // batch))
+        flops = 3 * critics.flops_concat_critic(batch, dim, dim, hidden)
+        memory = grad.lower(params, x, y).compile().memory_analysis()
+        temp = getattr(memory, "temp_size_in_bytes", None)
+        gflops = flops / seconds / 1e9
+        rows.append(dict(batch=batch, chunk=str(chunk), ms=seconds * 1e3, gflops=gflops,
+                         peak_pct=100 * gflops / peak,
+                         temp_mb=float("nan") if temp is None else temp / 2**20))
+    return rows
+
+
+_ESTIMATE_SNIPPET = """
+import time, json
+t0 = time.perf_counter()
+import jax, numpy as np, mi_jax
+x, y = mi_jax.get_task({task!r}, dim={dim}).sample(jax.random.key(0), {mi}, {n})
+t1 = time.perf_counter()
+r = mi_jax.estimate_mi(np.asarray(x), np.asarray(y))
+t2 = time.perf_counter()
+print(json.dumps(dict(mi=r.mi, best_step=int(r.best_step), seconds=t2 - t1, with_import=t2 - t0)))
+"""
+
+
+def estimate_rows() -> list[dict]:
+    rows = []
+    cases = [("gaussian", 5, 2.0, 5000), ("gaussian", 1, 0.5, 5000), ("gaussian", 2, 1.0, 5000),
+             ("cubic", 5, 2.0, 5000), ("gaussian", 20, 4.0, 5000), ("student_t", 5, 1.0, 5000),
+             ("gaussian", 50, 8.0, 5000)]
+    for task, dim, mi, n in cases:
+        code = _ESTIMATE_SNIPPET.format(task=task, dim=dim, mi=mi, n=n)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(dict(task=task, dim=dim, n=n, true_mi=mi, estimate=res["mi"],
+                         rel_error=(res["mi"] - mi) / mi, best_step=res["best_step"],
+                         seconds=res["seconds"]))
+    return rows
+
+
+def main(argv):
+    del argv
+    if _ONLY.value in (None, "critic"):
+        peak = matmul_peak()
+        print(f"float32 2048x2048 matmul peak on this machine: {peak:.1f} GFLOP/s")
+        rows = concat_critic_rows(peak)
+        print("\nConcat critic (d=20, hidden 256-256), forward+backward of InfoNCE")
+        print(_common.format_table(rows, ["batch", "chunk", "ms", "gflops", "peak_pct",
+                                          "temp_mb"], floatfmt="{:.1f}"))
+    if _ONLY.value in (None, "estimate"):
+        rows = estimate_rows()
+        print("\nestimate_mi with defaults (fresh process; seconds include compilation)")
+        print(_common.format_table(rows, ["task", "dim", "n", "true_mi", "estimate", "rel_error",
+                                          "best_step", "seconds"]))
+
+
+if __name__ == "__main__":
+    app.run(main)

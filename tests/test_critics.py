@@ -1,0 +1,279 @@
+"""Critics of `mi_jax.critics`: shapes, references written from the parameters, and the
+linear-memory (chunked) concat critic against the dense one."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mi_jax import bounds, critics
+
+_HIDDEN = (16, 12)
+
+
+def _data(batch=8, dx=3, dy=4, seed=0):
+    kx, ky = jax.random.split(jax.random.key(seed))
+    return jax.random.normal(kx, (batch, dx)), jax.random.normal(ky, (batch, dy))
+
+
+def _init_and_apply(critic, x, y):
+    params = critic.init(jax.random.key(1), x, y)
+    return params, jax.jit(critic.apply)(params, x, y)
+
+
+def _dense(p, h):
+    """``h @ kernel + bias`` for ``h`` of any rank (explicit broadcast: rank promotion raises)."""
+    bias = p["bias"].reshape((1,) * (h.ndim - 1) + p["bias"].shape)
+    return h @ p["kernel"] + bias
+
+
+# --------------------------------------------------------------------------------------------
+# Every critic.
+
+_HPARAMS = {
+    "separable": {"hidden": _HIDDEN, "embed_dim": 5},
+    "bilinear": {},
+    "inner_product": {"temperature": 0.5},
+    "concat": {"hidden": _HIDDEN},
+}
+
+
+def test_registry_lists_all_critics():
+    assert set(_HPARAMS) <= set(critics.available_critics())
+
+
+@pytest.mark.parametrize("name", list(_HPARAMS))
+def test_every_critic_returns_float32_batch_by_batch_scores_under_jit(name):
+    dy = 3 if name == "inner_product" else 4
+    x, y = _data(batch=8, dx=3, dy=dy)
+    critic = critics.get_critic(name, **_HPARAMS[name])
+    params, scores = _init_and_apply(critic, x, y)
+    assert scores.shape == (8, 8)
+    assert scores.dtype == jnp.float32
+    assert np.all(np.isfinite(np.asarray(scores)))
+    # scores[i, j] = f(x_i, y_j): permuting the y's permutes the columns.
+    perm = np.array([3, 0, 7, 1, 6, 2, 5, 4])
+    np.testing.assert_allclose(
+        jax.jit(critic.apply)(params, x, y[perm]), scores[:, perm], rtol=1e-5, atol=1e-5
+    )
+    # And it is not a constant: different pairs get different scores.
+    assert float(jnp.std(scores)) > 1e-3
+
+
+def _mlp_reference(p, h, n_layers):
+    for k in range(n_layers - 1):
+        h = jax.nn.relu(_dense(p[f"Dense_{k}"], h))
+    return _dense(p[f"Dense_{n_layers - 1}"], h)
+
+
+def test_separable_equals_g_of_x_times_h_of_y():
+    x, y = _data(batch=8, dx=3, dy=4)
+    params, scores = _init_and_apply(
+        critics.get_critic("separable", hidden=_HIDDEN, embed_dim=5), x, y
+    )
+    p = params["params"]
+    gx = _mlp_reference(p["g"], x, len(_HIDDEN) + 1)  # [B, 5]
+    hy = _mlp_reference(p["h"], y, len(_HIDDEN) + 1)
+    assert gx.shape == (8, 5)
+    np.testing.assert_allclose(scores, gx @ hy.T, rtol=1e-5, atol=1e-5)
+
+
+def test_bilinear_and_inner_product_from_parameters():
+    x, y = _data(batch=8, dx=3, dy=4)
+    params, scores = _init_and_apply(critics.get_critic("bilinear"), x, y)
+    w = params["params"]["W"]
+    assert w.shape == (3, 4)
+    np.testing.assert_allclose(scores, x @ w @ y.T, rtol=1e-5, atol=1e-5)
+    x, y = _data(batch=8, dx=3, dy=3)
+    params, scores = _init_and_apply(critics.get_critic("inner_product", temperature=0.5), x, y)
+    assert jax.tree.leaves(params) == []
+    np.testing.assert_allclose(scores, x @ y.T / 0.5, rtol=1e-5, atol=1e-5)
+
+
+def _concat_reference(params, x, y, n_hidden, activation=jax.nn.relu):
+    """The concat critic written naively: for every pair build [x_i, y_j] and run the MLP."""
+    p = params["params"]
+    b = x.shape[0]
+    pairs = jnp.concatenate(
+        [
+            jnp.broadcast_to(x[:, None, :], (b, b, x.shape[1])),
+            jnp.broadcast_to(y[None, :, :], (b, b, y.shape[1])),
+        ],
+        axis=-1,
+    )  # [B, B, dx + dy]
+    kernel = jnp.concatenate([p["first_x"]["kernel"], p["first_y"]["kernel"]], axis=0)
+    h = activation(pairs @ kernel + p["first_y"]["bias"][None, None, :])
+    head = p["rows"]["head"]
+    for k in range(n_hidden - 1):
+        h = activation(_dense(head[f"dense_{k}"], h))
+    return _dense(head["out"], h)[..., 0]
+
+
+@pytest.mark.parametrize("hidden", [(16,), (16, 12, 8)])
+def test_concat_equals_naive_pairwise_mlp(hidden):
+    x, y = _data(batch=8, dx=3, dy=4)
+    critic = critics.get_critic("concat", hidden=hidden)
+    params, scores = _init_and_apply(critic, x, y)
+    assert "bias" not in params["params"]["first_x"]
+    np.testing.assert_allclose(
+        scores, _concat_reference(params, x, y, len(hidden)), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_concat_activation_is_used():
+    x, y = _data(batch=6, dx=3, dy=4)
+    critic = critics.get_critic("concat", hidden=_HIDDEN, activation="tanh")
+    params, scores = _init_and_apply(critic, x, y)
+    np.testing.assert_allclose(
+        scores, _concat_reference(params, x, y, 2, jnp.tanh), rtol=1e-5, atol=1e-5
+    )
+    assert not np.allclose(scores, _concat_reference(params, x, y, 2), atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# Chunked (linear-memory) concat critic.
+
+
+def _concat_loss(critic):
+    # NWJ rather than InfoNCE: InfoNCE is invariant to shifting a column of scores, so its
+    # gradient w.r.t. the output bias is exactly zero and would be compared at rounding level.
+    def loss(params, x, y):
+        return bounds.nwj(critic.apply(params, x, y))
+
+    return loss
+
+
+def test_chunked_concat_equals_dense_in_value_and_gradient():
+    x, y = _data(batch=64, dx=5, dy=3, seed=3)
+    dense = critics.get_critic("concat", hidden=_HIDDEN)
+    params = dense.init(jax.random.key(2), x, y)
+    dense_value, dense_grad = jax.jit(jax.value_and_grad(_concat_loss(dense)))(params, x, y)
+    dense_scores = jax.jit(dense.apply)(params, x, y)
+    for chunk in (16, 8):
+        chunked = critics.get_critic("concat", hidden=_HIDDEN, chunk_size=chunk)
+        # Same parameter tree as the dense critic.
+        chunked_params = chunked.init(jax.random.key(2), x, y)
+        assert jax.tree.structure(chunked_params) == jax.tree.structure(params)
+        for a, b in zip(jax.tree.leaves(chunked_params), jax.tree.leaves(params), strict=True):
+            assert a.shape == b.shape
+        np.testing.assert_allclose(
+            jax.jit(chunked.apply)(params, x, y), dense_scores, rtol=1e-5, atol=1e-5
+        )
+        value, grad = jax.jit(jax.value_and_grad(_concat_loss(chunked)))(params, x, y)
+        # Same arithmetic in a different association order: float32 rounding only. Gradients
+        # sum over B^2 = 4096 pairs, so the absolute tolerance is scaled by each leaf's size.
+        np.testing.assert_allclose(value, dense_value, rtol=1e-5, atol=1e-5)
+        for (path, g), gd in zip(
+            jax.tree_util.tree_leaves_with_path(grad), jax.tree.leaves(dense_grad), strict=True
+        ):
+            scale = float(jnp.max(jnp.abs(gd)))
+            assert scale > 0, path
+            np.testing.assert_allclose(g, gd, rtol=1e-5, atol=1e-5 * scale, err_msg=str(path))
+
+
+def test_chunk_size_must_divide_batch():
+    x, y = _data(batch=12, dx=3, dy=4)
+    critic = critics.get_critic("concat", hidden=_HIDDEN, chunk_size=5)
+    params = critics.get_critic("concat", hidden=_HIDDEN).init(jax.random.key(0), x, y)
+    with pytest.raises(ValueError, match="chunk_size"):
+        critic.apply(params, x, y)
+
+
+def test_chunked_concat_memory_is_linear_in_batch():
+    batch, dim, hidden, chunk = 1024, 20, (256, 256), 64
+    x = jax.ShapeDtypeStruct((batch, dim), jnp.float32)
+    y = jax.ShapeDtypeStruct((batch, dim), jnp.float32)
+    # Parameters do not depend on the batch: initialize on a small one.
+    xs, ys = _data(batch=4, dx=dim, dy=dim)
+    params = critics.get_critic("concat", hidden=hidden).init(jax.random.key(0), xs, ys)
+
+    def temp_bytes(critic):
+        compiled = jax.jit(jax.grad(_concat_loss(critic))).lower(params, x, y).compile()
+        analysis = compiled.memory_analysis()
+        if analysis is None or getattr(analysis, "temp_size_in_bytes", None) is None:
+            pytest.skip("this backend reports no memory analysis")
+        return analysis.temp_size_in_bytes
+
+    chunked = temp_bytes(critics.get_critic("concat", hidden=hidden, chunk_size=chunk))
+    # One [B, B, 256] float32 activation alone is 1 GiB; a block of rows is 64 MiB.
+    assert chunked < 600e6, chunked
+    dense = temp_bytes(critics.get_critic("concat", hidden=hidden))  # compiled, never run
+    assert dense > 1024**3 > chunked, (dense, chunked)
+
+
+# --------------------------------------------------------------------------------------------
+# Scalar networks.
+
+
+def test_pair_mlp_and_baseline_mlp_return_one_value_per_sample():
+    x, y = _data(batch=8, dx=3, dy=4)
+    pair = critics.PairMLP(hidden=(16,))
+    params = pair.init(jax.random.key(0), x, y)
+    u = jax.jit(pair.apply)(params, x, y)
+    assert u.shape == (8,) and u.dtype == jnp.float32
+    # u(x_i, y_i) is computed on the joint pairs only: the i-th value depends only on row i.
+    x2 = x.at[0].set(x[0] + 1.0)
+    u2 = jax.jit(pair.apply)(params, x2, y)
+    np.testing.assert_allclose(u2[1:], u[1:], rtol=1e-6)
+    assert not np.isclose(u2[0], u[0])
+    baseline = critics.BaselineMLP(hidden=(16,))
+    bparams = baseline.init(jax.random.key(0), y)
+    a = jax.jit(baseline.apply)(bparams, y)
+    assert a.shape == (8,) and a.dtype == jnp.float32
+    np.testing.assert_allclose(a[2], baseline.apply(bparams, y[2:3])[0], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input.
+
+
+@pytest.mark.parametrize("name", list(_HPARAMS))
+def test_bad_inputs_raise_naming_the_argument(name):
+    critic = critics.get_critic(name, **_HPARAMS[name])
+    x, y = _data(batch=8, dx=3, dy=3)
+    params = critic.init(jax.random.key(0), x, y)
+    with pytest.raises(ValueError, match="batch size"):
+        critic.apply(params, x, y[:6])
+    with pytest.raises(ValueError, match="`x`"):
+        critic.apply(params, x[:, 0], y)
+    with pytest.raises(ValueError, match="`y`"):
+        critic.apply(params, x, y[None])
+    with pytest.raises(TypeError, match="`x`"):
+        critic.apply(params, x.astype(jnp.int32), y)
+    with pytest.raises(TypeError, match="`y`"):
+        jax.jit(critic.apply)(params, x, y.astype(jnp.int32))
+
+
+def test_inner_product_needs_equal_widths():
+    x, y = _data(batch=4, dx=3, dy=4)
+    with pytest.raises(ValueError, match="equal width"):
+        critics.get_critic("inner_product").init(jax.random.key(0), x, y)
+
+
+def test_unknown_critic_name_suggests_the_closest():
+    with pytest.raises(KeyError) as info:
+        critics.get_critic("concatt")
+    message = str(info.value)
+    assert "'concatt'" in message and "Did you mean 'concat'" in message
+
+
+def test_unknown_hparam_raises_type_error_naming_it():
+    with pytest.raises(TypeError, match="hiden"):
+        critics.get_critic("concat", hiden=(8,))
+    with pytest.raises(TypeError, match="chunk_size"):
+        critics.get_critic("separable", chunk_size=8)
+
+
+def test_unknown_activation_raises():
+    x, y = _data(batch=4, dx=3, dy=4)
+    for name in ("separable", "concat"):
+        critic = critics.get_critic(name, hidden=(8,), activation="rleu")
+        with pytest.raises(KeyError) as info:
+            critic.init(jax.random.key(0), x, y)
+        assert "'rleu'" in str(info.value) and "'relu'" in str(info.value)
+
+
+def test_concat_needs_a_hidden_layer():
+    x, y = _data(batch=4, dx=3, dy=4)
+    with pytest.raises(ValueError, match="hidden"):
+        critics.get_critic("concat", hidden=()).init(jax.random.key(0), x, y)

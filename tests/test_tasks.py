@@ -1,0 +1,283 @@
+"""Sampling tasks with known MI (`mi_jax.tasks`): closed forms checked by Monte Carlo with
+fixed seeds and tolerances from standard errors."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import digamma, gammaln
+
+from mi_jax import tasks
+
+_N = 200_000
+
+
+# --------------------------------------------------------------------------------------------
+# rho <-> MI.
+
+
+def test_rho_from_mi_and_mi_from_rho_are_inverses():
+    mi = np.array([1e-3, 0.1, 0.5, 1.0, 2.0, 4.0, 6.0], np.float32)
+    for dim in (1, 3, 10):
+        mi_d = mi[mi / dim <= 2.0]  # past ~2 nats per coordinate, rho rounds towards 1
+        rho = jax.jit(tasks.rho_from_mi, static_argnums=1)(mi_d, dim)
+        assert np.all((rho > 0) & (rho < 1))
+        back = np.asarray(tasks.mi_from_rho(rho, dim), np.float64)
+        # Tolerance: the round trip amplifies rho's float32 rounding (eps = 1.2e-7) by the
+        # condition number |d log I / d log rho| = 2 rho^2 / ((1 - rho^2) (I / dim)), at most
+        # 2 e^4 / 2 ~ 55 here; 16 eps * condition number bounds it with margin.
+        m = mi_d.astype(np.float64) / dim
+        rho2 = -np.expm1(-2.0 * m)
+        cond = 2.0 * rho2 / (np.exp(-2.0 * m) * m)
+        assert np.all(np.abs(back - mi_d) <= 16 * 1.2e-7 * cond * mi_d + 1e-9), (dim, back, mi_d)
+        # The closed form itself, in float64.
+        np.testing.assert_allclose(np.asarray(rho, np.float64) ** 2, rho2, rtol=1e-6)
+    rho = np.array([0.0, 0.1, 0.5, 0.9], np.float32)
+    np.testing.assert_allclose(tasks.rho_from_mi(tasks.mi_from_rho(rho, 2), 2), rho, atol=1e-6)
+    np.testing.assert_allclose(tasks.mi_from_rho(0.5, 4), -2.0 * math.log(0.75), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# The Gaussian task.
+
+
+@pytest.fixture(scope="module")
+def gaussian_sample():
+    mi, dim = 1.5, 3
+    x, y = jax.jit(tasks.correlated_gaussian, static_argnums=(2, 3))(jax.random.key(0), mi, _N, dim)
+    return mi, dim, np.asarray(x, np.float64), np.asarray(y, np.float64)
+
+
+def test_correlated_gaussian_has_the_right_correlation(gaussian_sample):
+    mi, dim, x, y = gaussian_sample
+    assert x.shape == y.shape == (_N, dim)
+    rho = float(tasks.rho_from_mi(mi, dim))
+    corr = np.corrcoef(np.concatenate([x, y], axis=1), rowvar=False)
+    # Standard errors of a sample correlation: (1 - rho^2) / sqrt(n); 1 / sqrt(n) where it is 0.
+    # 5 standard errors over these 15 distinct entries.
+    se_rho = (1.0 - rho**2) / math.sqrt(_N)
+    se_zero = 1.0 / math.sqrt(_N)
+    want = np.eye(2 * dim)
+    want[:dim, dim:] = want[dim:, :dim] = rho * np.eye(dim)
+    se = np.where(want == rho, se_rho, se_zero)
+    assert np.all(np.abs(corr - want) <= 5 * se + 1e-12), corr
+    # Unit variances: standard error sqrt(2 / n).
+    var = np.concatenate([x, y], axis=1).var(axis=0)
+    assert np.all(np.abs(var - 1.0) <= 5 * math.sqrt(2.0 / _N)), var
+
+
+def test_correlated_gaussian_plugin_mi_matches(gaussian_sample):
+    mi, dim, x, y = gaussian_sample
+    corr = np.corrcoef(np.concatenate([x, y], axis=1), rowvar=False)
+    logdet = lambda c: np.linalg.slogdet(c)[1]
+    estimate = -0.5 * (logdet(corr) - logdet(corr[:dim, :dim]) - logdet(corr[dim:, dim:]))
+    # The plug-in MI is efficient: its variance is Var_p[log r] / n = dim rho^2 / n; its bias
+    # from the dim^2 estimated cross-correlations is about dim^2 / (2 n).
+    rho2 = float(tasks.rho_from_mi(mi, dim)) ** 2
+    se = math.sqrt(dim * rho2 / _N)
+    assert abs(estimate - mi) <= 5 * se + dim**2 / _N, (estimate, mi, se)
+
+
+def test_gaussian_sampler_vmaps_over_keys():
+    keys = jax.random.split(jax.random.key(3), 4)
+    xs, ys = jax.vmap(lambda k: tasks.correlated_gaussian(k, 1.0, 16, 2))(keys)
+    for k in range(4):
+        x, y = tasks.correlated_gaussian(keys[k], 1.0, 16, 2)
+        np.testing.assert_allclose(xs[k], x, rtol=1e-6)
+        np.testing.assert_allclose(ys[k], y, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Invertible transforms: cubic and spiral.
+
+
+def test_cubic_is_the_gaussian_task_with_y_cubed():
+    mi, dim = 1.5, 3
+    key = jax.random.key(0)
+    xc, yc = jax.jit(tasks.get_task("cubic", dim=dim).sample, static_argnums=2)(key, mi, _N)
+    xg, yg = tasks.get_task("gaussian", dim=dim).sample(key, mi, _N)
+    np.testing.assert_allclose(xc, xg, rtol=1e-5, atol=1e-6)  # jit vs eager rounding
+    yc = np.asarray(yc, np.float64)
+    assert not np.allclose(yc, yg, atol=0.1)
+    # y -> y^3 is inverted by the real cube root (float32 rounding of y^3 only).
+    np.testing.assert_allclose(np.cbrt(yc), yg, rtol=1e-5, atol=1e-6)
+    # So cbrt(y) is Gaussian with correlation rho with x (5 standard errors (1 - rho^2)/sqrt(n)).
+    rho = float(tasks.rho_from_mi(mi, dim))
+    x = np.asarray(xc, np.float64)
+    for k in range(dim):
+        r = np.corrcoef(x[:, k], np.cbrt(yc[:, k]))[0, 1]
+        assert abs(r - rho) <= 5 * (1 - rho**2) / math.sqrt(_N), (k, r, rho)
+        # While the linear correlation with y^3 itself is 3 rho / sqrt(15) (E[z^4] = 3,
+        # E[z^6] = 15), i.e. the transform really is applied. SE of r is below 1 / sqrt(n)
+        # times a kurtosis factor ~ 3 for a cubed Gaussian.
+        r3 = np.corrcoef(x[:, k], yc[:, k])[0, 1]
+        assert abs(r3 - 3 * rho / math.sqrt(15)) <= 5 * 3 / math.sqrt(_N), (k, r3)
+
+
+@pytest.mark.parametrize("dim", [2, 5])
+def test_spiral_is_a_norm_preserving_invertible_rotation(dim):
+    mi, n = 1.0, 4096
+    key = jax.random.key(1)
+    xs, ys = jax.jit(tasks.get_task("spiral", dim=dim).sample, static_argnums=2)(key, mi, n)
+    xg, yg = tasks.get_task("gaussian", dim=dim).sample(key, mi, n)
+    # (jit vs eager: float32 rounding only)
+    np.testing.assert_allclose(ys, yg, rtol=1e-5, atol=1e-6)
+    xs, xg = np.asarray(xs, np.float64), np.asarray(xg, np.float64)
+    np.testing.assert_allclose(np.linalg.norm(xs, axis=1), np.linalg.norm(xg, axis=1), rtol=1e-5)
+    assert np.mean(np.abs(xs - xg)) > 0.1  # it does move the points
+    # Invert: the angle 0.5 |x|^2 is readable from the output (norm preserved); rotate each
+    # coordinate pair back. float32 angles up to ~15 rad: absolute error ~1e-5.
+    angle = 0.5 * np.sum(xs**2, axis=1)
+    cos, sin = np.cos(angle), np.sin(angle)
+    back = xs.copy()
+    for p in range(dim // 2):
+        a, b = xs[:, 2 * p], xs[:, 2 * p + 1]
+        back[:, 2 * p] = cos * a + sin * b
+        back[:, 2 * p + 1] = -sin * a + cos * b
+    np.testing.assert_allclose(back, xg, atol=1e-4)
+    if dim % 2:
+        np.testing.assert_allclose(xs[:, -1], xg[:, -1], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Student-t.
+
+
+def _logpdf_t(z, df):
+    """Standard multivariate Student-t log density, ``z`` [n, k], float64."""
+    k = z.shape[1]
+    q = np.sum(z**2, axis=1)
+    return (
+        gammaln((df + k) / 2)
+        - gammaln(df / 2)
+        - k / 2 * np.log(df * np.pi)
+        - (df + k) / 2 * np.log1p(q / df)
+    )
+
+
+@pytest.mark.parametrize("df,dim,mi", [(3.0, 2, 1.0), (5.0, 5, 2.0)])
+def test_student_t_closed_form_mi_by_monte_carlo(df, dim, mi):
+    task = tasks.get_task("student_t", dim=dim, df=df)
+    assert task.min_mi == pytest.approx(float(tasks.student_t_mi_correction(df, dim, dim)))
+    assert mi > task.min_mi
+    x, y = jax.jit(task.sample, static_argnums=2)(jax.random.key(5), mi, _N)
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    # The sampler's Gaussian correlation (same float32 computation as the sampler).
+    rho = float(tasks.rho_from_mi(mi - tasks.student_t_mi_correction(df, dim, dim), dim))
+    s = math.sqrt(1.0 - rho**2)
+    # (x, y) is Student-t with scale [[I, rho I], [rho I, I]]: whiten with the Cholesky factor.
+    joint = _logpdf_t(np.concatenate([x, (y - rho * x) / s], axis=1), df) - dim * math.log(s)
+    pointwise = joint - _logpdf_t(x, df) - _logpdf_t(y, df)
+    mean, se = pointwise.mean(), pointwise.std() / math.sqrt(_N)
+    assert abs(mean - mi) <= 5 * se, (mean, mi, se)
+    # The correction is not negligible here: leaving it out would fail the check.
+    assert float(tasks.student_t_mi_correction(df, dim, dim)) > 20 * se
+
+
+def _correction_f64(df, dx, dy):
+    def offset(d):
+        h, ht = df / 2, (df + d) / 2
+        return gammaln(h) - gammaln(ht) + ht * (digamma(ht) - digamma(h))
+
+    return offset(dx) + offset(dy) - offset(dx + dy)
+
+
+def _correction_magnitude(df, dx, dy):
+    """Sum of absolute values of the float32 terms that cancel in the correction."""
+    total = 0.0
+    for d in (dx, dy, dx + dy):
+        h, ht = df / 2, (df + d) / 2
+        total += abs(gammaln(h)) + abs(gammaln(ht)) + ht * (abs(digamma(ht)) + abs(digamma(h)))
+    return total
+
+
+@pytest.mark.parametrize("dim", [1, 2, 5])
+def test_student_t_correction_positive_and_decreasing_for_moderate_df(dim):
+    dfs = [0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0]
+    got = np.array(
+        [
+            float(jax.jit(tasks.student_t_mi_correction, static_argnums=(0, 1, 2))(df, dim, dim))
+            for df in dfs
+        ]
+    )
+    want = np.array([_correction_f64(df, dim, dim) for df in dfs])
+    # float32 evaluation of a difference of O(magnitude) terms: 8 eps32 * magnitude.
+    tol = np.array([8 * 1.2e-7 * _correction_magnitude(df, dim, dim) for df in dfs])
+    assert np.all(np.abs(got - want) <= tol), (got, want, tol)
+    assert np.all(got > 0)
+    assert np.all(np.diff(got) < 0)
+    # The reference itself tends to 0 (the Gaussian limit) like dim^2 / (2 df^2).
+    assert _correction_f64(1e4, dim, dim) < dim**2 / 1e8
+
+
+def test_student_t_correction_tends_to_zero_for_large_df():
+    dfs = [3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 1e4, 1e5]
+    got = np.array([float(tasks.student_t_mi_correction(df, 2, 2)) for df in dfs])
+    assert np.all(got > 0), got
+    assert np.all(np.diff(got) < 0), got
+    # The float64 values are below 1e-7 from df = 1e4 on.
+    assert np.all(got[dfs.index(1e4) :] < 1e-7), got
+
+
+# --------------------------------------------------------------------------------------------
+# Staircase schedule.
+
+
+def test_staircase_mi_levels_and_clamping():
+    levels = (2.0, 4.0, 6.0)
+    steps = jnp.array([0, 1, 9, 10, 19, 20, 29, 30, 31, 1000])
+    want = [2, 2, 2, 4, 4, 6, 6, 6, 6, 6]
+    f = jax.jit(lambda s: tasks.staircase_mi(s, levels=levels, steps_per_level=10))
+    np.testing.assert_array_equal(f(steps), want)
+    np.testing.assert_array_equal([float(f(s)) for s in steps], want)
+    # The default staircase (2, 4, 6, 8, 10 nats).
+    np.testing.assert_array_equal(
+        tasks.staircase_mi(jnp.array([0, 4, 5, 24, 25, 10**6]), steps_per_level=5),
+        [2, 2, 4, 10, 10, 10],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Registry and jit.
+
+
+@pytest.mark.parametrize("name", ["gaussian", "cubic", "spiral", "student_t"])
+def test_sample_under_jit_with_traced_mi(name):
+    assert name in tasks.available_tasks()
+    task = tasks.get_task(name, dim=3)
+    assert task.name == name and task.dim == 3
+    chex.clear_trace_counter()
+    counted = chex.assert_max_traces(lambda k, m: task.sample(k, m, 8), n=1)
+    sample = jax.jit(counted)
+    key = jax.random.key(4)
+    mi_low, mi_high = task.min_mi + 0.5, task.min_mi + 3.0
+    x1, y1 = sample(key, jnp.float32(mi_low))
+    x2, y2 = sample(key, jnp.float32(mi_high))  # same trace: mi is traced
+    assert x1.shape == y1.shape == (8, 3)
+    assert x1.dtype == y1.dtype == jnp.float32
+    eager = task.sample(key, jnp.float32(mi_low), 8)
+    # jit vs eager: float32 rounding (fused multiply-adds) in y = rho x + s eps, whose terms are
+    # as large as the largest sample, so the absolute tolerance scales with it.
+    for got, want in zip((x1, y1), eager, strict=True):
+        scale = float(np.abs(np.asarray(want)).max())
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
+    # MI is used: a larger MI ties y more closely to x (same noise, different rho).
+    assert not np.allclose(y1, y2)
+
+
+def test_get_task_errors():
+    with pytest.raises(KeyError) as info:
+        tasks.get_task("gausian", dim=2)
+    assert "'gausian'" in str(info.value) and "Did you mean 'gaussian'" in str(info.value)
+    for dim in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="dim"):
+            tasks.get_task("gaussian", dim=dim)
+    with pytest.raises(ValueError, match="dim"):
+        tasks.get_task("spiral", dim=1)
+    with pytest.raises(ValueError, match="df"):
+        tasks.get_task("student_t", dim=2, df=0.0)
+    with pytest.raises(TypeError, match="speeed"):
+        tasks.get_task("spiral", dim=2, speeed=1.0)
