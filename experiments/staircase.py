@@ -264,6 +264,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
 
+def _num(v: float) -> str:
+    """Two decimals for readable values, scientific notation for diverged ones."""
+    return f"{v:.2f}" if abs(v) < 1e4 else f"{v:.1e}"
+
+
 def summary(results: dict, config) -> str:
     lines = []
     for run in results["runs"]:
@@ -283,7 +288,7 @@ def summary(results: dict, config) -> str:
             row = {"bound": name}
             for r in rows:
                 if r["bound"] == name:
-                    row[f"I={r['true_mi']:g}"] = f"{r['mean']:.2f} ({r['variance']:.2f})"
+                    row[f"I={r['true_mi']:g}"] = f"{_num(r['mean'])} ({_num(r['variance'])})"
             table.append(row)
         cols = ["bound"] + [f"I={m:g}" for m in config.levels]
         lines.append(
