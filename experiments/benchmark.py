@@ -52,6 +52,7 @@ def concat_critic_rows(peak: float) -> list[dict]:
         kx, ky = jax.random.split(jax.random.key(batch))
         x, y = jax.random.normal(kx, (batch, dim)), jax.random.normal(ky, (batch, dim))
         params = critic.init(jax.random.key(1), x, y)
+
         def loss(p, x, y, critic=critic):
             return bounds.infonce(critic.apply(p, x, y))
 
@@ -61,9 +62,16 @@ def concat_critic_rows(peak: float) -> list[dict]:
         memory = grad.lower(params, x, y).compile().memory_analysis()
         temp = getattr(memory, "temp_size_in_bytes", None)
         gflops = flops / seconds / 1e9
-        rows.append(dict(batch=batch, chunk=str(chunk), ms=seconds * 1e3, gflops=gflops,
-                         peak_pct=100 * gflops / peak,
-                         temp_mb=float("nan") if temp is None else temp / 2**20))
+        rows.append(
+            dict(
+                batch=batch,
+                chunk=str(chunk),
+                ms=seconds * 1e3,
+                gflops=gflops,
+                peak_pct=100 * gflops / peak,
+                temp_mb=float("nan") if temp is None else temp / 2**20,
+            )
+        )
     return rows
 
 
@@ -81,17 +89,33 @@ print(json.dumps(dict(mi=r.mi, best_step=int(r.best_step), seconds=t2 - t1, with
 
 def estimate_rows() -> list[dict]:
     rows = []
-    cases = [("gaussian", 5, 2.0, 5000), ("gaussian", 1, 0.5, 5000), ("gaussian", 2, 1.0, 5000),
-             ("cubic", 5, 2.0, 5000), ("gaussian", 20, 4.0, 5000), ("student_t", 5, 1.0, 5000),
-             ("gaussian", 50, 8.0, 5000)]
+    cases = [
+        ("gaussian", 5, 2.0, 5000),
+        ("gaussian", 1, 0.5, 5000),
+        ("gaussian", 2, 1.0, 5000),
+        ("cubic", 5, 2.0, 5000),
+        ("gaussian", 20, 4.0, 5000),
+        ("student_t", 5, 1.0, 5000),
+        ("gaussian", 50, 8.0, 5000),
+    ]
     for task, dim, mi, n in cases:
         code = _ESTIMATE_SNIPPET.format(task=task, dim=dim, mi=mi, n=n)
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
         res = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append(dict(task=task, dim=dim, n=n, true_mi=mi, estimate=res["mi"],
-                         rel_error=(res["mi"] - mi) / mi, best_step=res["best_step"],
-                         seconds=res["seconds"]))
+        rows.append(
+            dict(
+                task=task,
+                dim=dim,
+                n=n,
+                true_mi=mi,
+                estimate=res["mi"],
+                rel_error=(res["mi"] - mi) / mi,
+                best_step=res["best_step"],
+                seconds=res["seconds"],
+            )
+        )
     return rows
 
 
@@ -102,13 +126,20 @@ def main(argv):
         print(f"float32 2048x2048 matmul peak on this machine: {peak:.1f} GFLOP/s")
         rows = concat_critic_rows(peak)
         print("\nConcat critic (d=20, hidden 256-256), forward+backward of InfoNCE")
-        print(_common.format_table(rows, ["batch", "chunk", "ms", "gflops", "peak_pct",
-                                          "temp_mb"], floatfmt="{:.1f}"))
+        print(
+            _common.format_table(
+                rows, ["batch", "chunk", "ms", "gflops", "peak_pct", "temp_mb"], floatfmt="{:.1f}"
+            )
+        )
     if _ONLY.value in (None, "estimate"):
         rows = estimate_rows()
         print("\nestimate_mi with defaults (fresh process; seconds include compilation)")
-        print(_common.format_table(rows, ["task", "dim", "n", "true_mi", "estimate", "rel_error",
-                                          "best_step", "seconds"]))
+        print(
+            _common.format_table(
+                rows,
+                ["task", "dim", "n", "true_mi", "estimate", "rel_error", "best_step", "seconds"],
+            )
+        )
 
 
 if __name__ == "__main__":

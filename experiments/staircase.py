@@ -23,10 +23,10 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from experiments import _common
+from mi_jax import _checks, training
 from mi_jax import bounds as bounds_lib
 from mi_jax import critics as critics_lib
 from mi_jax import tasks as tasks_lib
-from mi_jax import training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/staircase.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/mi_jax/staircase", "Directory for outputs.")
@@ -34,26 +34,16 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/mi_jax/staircase", "Directory fo
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises a clear error for unknown names and impossible sizes before anything runs."""
-    for name in config.bounds:
-        if name not in bounds_lib.available_bounds():
-            raise bounds_lib._checks.unknown_name_error(
-                "bound (config.bounds)", name, bounds_lib.available_bounds()
-            )
-    for name in config.critics:
-        if name not in critics_lib.available_critics():
-            raise bounds_lib._checks.unknown_name_error(
-                "critic (config.critics)", name, critics_lib.available_critics()
-            )
-    for name in config.tasks:
-        if name not in tasks_lib.available_tasks():
-            raise bounds_lib._checks.unknown_name_error(
-                "task (config.tasks)", name, tasks_lib.available_tasks()
-            )
-    for key in config.bound_hparams:
-        if key not in bounds_lib.available_bounds():
-            raise bounds_lib._checks.unknown_name_error(
-                "bound (config.bound_hparams)", key, bounds_lib.available_bounds()
-            )
+    registries = (
+        ("bound (config.bounds)", config.bounds, bounds_lib.available_bounds()),
+        ("critic (config.critics)", config.critics, critics_lib.available_critics()),
+        ("task (config.tasks)", config.tasks, tasks_lib.available_tasks()),
+        ("bound (config.bound_hparams)", list(config.bound_hparams), bounds_lib.available_bounds()),
+    )
+    for kind, names, known in registries:
+        for name in names:
+            if name not in known:
+                raise _checks.unknown_name_error(kind, name, known)
     if config.batch_size < 2:
         raise ValueError(f"config.batch_size must be at least 2, got {config.batch_size}.")
     total = config.steps_per_level * len(config.levels)
