@@ -38,8 +38,6 @@ def load_pairs(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def run(path: str, **kwargs) -> estimate_lib.MIEstimate:
     x, y = load_pairs(path)
-    if kwargs.get("critic", estimate_lib.DEFAULTS["critic"]) != estimate_lib.DEFAULTS["critic"]:
-        kwargs.setdefault("critic_hparams", None)  # the defaults are the separable critic's
     return estimate_lib.estimate_mi(x, y, **kwargs)
 
 

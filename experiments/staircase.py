@@ -166,6 +166,7 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
     compiled = run.lower(states, seed_keys, jnp.array(0)).compile()
     compile_s = time.perf_counter() - t0
 
+    true_mi = np.asarray(mi_at(jnp.arange(total)))  # host copy, for logging and plots
     chunks = []
     t0 = time.perf_counter()
     for start in range(0, total, config.chunk_steps):
@@ -180,7 +181,7 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
                     task=task_name,
                     critic=critic_name,
                     step=step,
-                    true_mi=float(mi_at(step - 1)),
+                    true_mi=float(true_mi[step - 1]),
                     **{f"mi/{n}": float(np.mean(block[..., b])) for b, n in enumerate(names)},
                 )
             )
@@ -190,7 +191,6 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
         )
     run_s = time.perf_counter() - t0
     values = np.concatenate(chunks, axis=1)
-    true_mi = np.asarray(mi_at(jnp.arange(total)))
     return dict(
         values=values,
         true_mi=true_mi,

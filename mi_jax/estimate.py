@@ -46,7 +46,7 @@ class MIEstimate:
 DEFAULTS = dict(
     bound="smile",
     critic="separable",
-    critic_hparams={"hidden": (256,), "embed_dim": 32},
+    critic_hparams=None,  # None: the chosen critic's defaults (below for the separable one)
     batch_size=128,
     learning_rate=1e-3,
     max_steps=3000,
@@ -57,6 +57,10 @@ DEFAULTS = dict(
 )
 
 
+# One hidden layer of 256 overfits 4000 pairs less than two (README: 5-d 1.84 vs 1.66 nats of 2).
+DEFAULT_CRITIC_HPARAMS = {"separable": {"hidden": (256,), "embed_dim": 32}}
+
+
 def estimate_mi(
     x: ArrayLike,
     y: ArrayLike,
@@ -64,7 +68,7 @@ def estimate_mi(
     bound: str = DEFAULTS["bound"],
     bound_hparams: dict[str, Any] | None = None,
     critic: str = DEFAULTS["critic"],
-    critic_hparams: dict[str, Any] | None = DEFAULTS["critic_hparams"],
+    critic_hparams: dict[str, Any] | None = None,
     batch_size: int = DEFAULTS["batch_size"],
     learning_rate: float = DEFAULTS["learning_rate"],
     max_steps: int = DEFAULTS["max_steps"],
@@ -90,7 +94,8 @@ def estimate_mi(
       bound: a registered bound name (`mi_jax.bounds.available_bounds`).
       bound_hparams: keyword hyperparameters of the bound, e.g. ``{"clip": 5.0}``.
       critic: a registered critic name (`mi_jax.critics.available_critics`).
-      critic_hparams: keyword hyperparameters of the critic.
+      critic_hparams: keyword hyperparameters of the critic; None takes `DEFAULT_CRITIC_HPARAMS`
+        for that critic (the module's own defaults for critics not listed there).
       batch_size: training minibatch size (capped at the training split's size).
       learning_rate: Adam's learning rate.
       max_steps: upper limit on training steps.
@@ -135,12 +140,15 @@ def estimate_mi(
     x_test, y_test = jnp.asarray(x[test_idx]), jnp.asarray(y[test_idx])
     batch = min(batch_size, len(train_idx))
 
+    if critic_hparams is None:
+        critic_hparams = DEFAULT_CRITIC_HPARAMS.get(critic, {})
     ensemble = training.make_ensemble([(bound, bound_hparams or {})], critic, critic_hparams)
     optimizer = optax.adam(learning_rate)
     num_seeds = 1 if seeds is None else seeds
     init, train_round = _compiled_fit(ensemble, optimizer, batch, eval_every)
-    keys = jax.random.split(jax.random.key(seed), num_seeds)
-    states = init(keys, x_train, y_train)
+    seed_keys = jax.random.split(jax.random.key(seed), (num_seeds, 2))
+    init_keys, data_keys = seed_keys[:, 0], seed_keys[:, 1]
+    states = init(init_keys, x_train, y_train)
 
     rounds = -(-max_steps // eval_every)
     samplers = [
@@ -157,7 +165,7 @@ def estimate_mi(
         if not active.any():
             break
         batch_idx = np.stack([next(s) for s in samplers])
-        round_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, r)
+        round_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(data_keys, r)
         states, test_value, train_value = train_round(
             states, round_keys, batch_idx, jnp.asarray(active), x_train, y_train, x_test, y_test
         )
@@ -221,9 +229,8 @@ def _compiled_fit(ensemble, optimizer, batch, eval_every):
     train_step = training.make_train_step(ensemble)
 
     def init_one(key, x_train, y_train):
-        init_key, _ = jax.random.split(key)
         return training.create_train_state(
-            ensemble, optimizer, init_key, x_train[:batch], y_train[:batch]
+            ensemble, optimizer, key, x_train[:batch], y_train[:batch]
         )
 
     def round_one(state, key, batch_idx, active, x_train, y_train, x_test, y_test):
