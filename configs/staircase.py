@@ -38,6 +38,15 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         }
     )
     config.aux_hidden = (256, 256)  # FLO's u network and TUBA's baseline
+    # "float32" (the protocol) or "bfloat16": mixed-precision matmuls, float32 everything else
+    # (as TPUs run float32 matmuls by default); about 1.3x faster on a CPU with AVX512-BF16.
+    config.compute_dtype = "float32"
+    # Speed: the bounds are split into groups, each one program on its own device, run side by
+    # side. 0 = one group per local device. `cpu_devices` splits a CPU-only host into that many
+    # XLA devices (read by the command line entry point before JAX starts; set it to the
+    # number of cores).
+    config.bound_groups = 0
+    config.cpu_devices = 2
     # Steps per compiled chunk: the host sees metrics (and the progress bar moves) once a chunk.
     config.chunk_steps = 1000
     config.log_every = 50  # metrics.jsonl rows: means over this many steps

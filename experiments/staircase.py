@@ -44,6 +44,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         for name in names:
             if name not in known:
                 raise _checks.unknown_name_error(kind, name, known)
+    critics_lib.check_compute_dtype(config.compute_dtype)
+    if config.bound_groups < 0 or config.cpu_devices < 1:
+        raise ValueError(
+            f"config.bound_groups must be >= 0 (0: one per device) and config.cpu_devices >= 1, "
+            f"got {config.bound_groups} and {config.cpu_devices}."
+        )
     if config.batch_size < 2:
         raise ValueError(f"config.batch_size must be at least 2, got {config.batch_size}.")
     total = config.steps_per_level * len(config.levels)
@@ -133,13 +139,74 @@ def plot_staircase(
     plt.close(fig)
 
 
+def bound_groups(config, num_groups: int) -> list[list[int]]:
+    """Splits the bounds (indices into ``config.bounds``) into ``num_groups`` groups of about
+    equal cost: a critic each, plus FLO's u network and TUBA's baseline where present."""
+    costs = []
+    for name in config.bounds:
+        inputs = bounds_lib.get_bound(name, **dict(config.bound_hparams.get(name, {}))).inputs
+        costs.append(1.0 + 0.5 * ("u" in inputs) + 0.2 * ("log_baseline" in inputs))
+    groups = [[] for _ in range(max(1, min(num_groups, len(costs))))]
+    loads = [0.0] * len(groups)
+    for i in sorted(range(len(costs)), key=lambda i: -costs[i]):  # largest first
+        g = loads.index(min(loads))
+        groups[g].append(i)
+        loads[g] += costs[i]
+    return [sorted(g) for g in groups]
+
+
+class _GroupRun:
+    """One group of bounds on one device: its ensemble, states and compiled chunk runner."""
+
+    def __init__(self, config, names, critic_name, sample, device, seed_keys, init_keys):
+        specs = [(n, dict(config.bound_hparams.get(n, {}))) for n in names]
+        critic_hparams = dict(config.critic_hparams.get(critic_name, {}))
+        critic_hparams["compute_dtype"] = config.compute_dtype
+        ensemble = training.make_ensemble(specs, critic_name, critic_hparams, config.aux_hidden)
+        optimizer = optax.adam(config.learning_rate)
+        x0, y0 = sample(jax.random.key(0), 0)
+
+        def init(key):
+            return training.create_train_state(ensemble, optimizer, key, x0, y0)
+
+        runner = training.make_scan_trainer(ensemble, sample, config.chunk_steps)
+        # Seeds are vmapped; a single seed runs unbatched, since a vmap over an axis of size
+        # one still turns every matmul into a two-batch-axis dot, ~30 % slower on XLA:CPU.
+        self.batched = config.num_seeds > 1
+        if self.batched:
+            states = jax.vmap(init)(init_keys)
+            run = jax.vmap(runner, in_axes=(0, 0, None))
+            keys = seed_keys
+        else:
+            states = init(init_keys[0])
+            run = runner
+            keys = seed_keys[0]
+        self.device = device
+        self.states, self.keys = jax.device_put((states, keys), device)
+        t0 = time.perf_counter()
+        self.compiled = jax.jit(run, donate_argnums=0).lower(self.states, self.keys, 0).compile()
+        self.compile_s = time.perf_counter() - t0
+
+    def dispatch(self, start: int):
+        """Starts one chunk (asynchronously) and returns its on-device ``mi`` metrics."""
+        # The start step goes as a host integer: creating it as a jax array would wait on the
+        # default device, which is busy with another group's chunk.
+        self.states, metrics = self.compiled(self.states, self.keys, np.int32(start))
+        return metrics["mi"]
+
+    def host_values(self, mi) -> np.ndarray:
+        mi = np.asarray(mi)
+        return mi if self.batched else mi[None]  # [seeds, chunk, bounds in this group]
+
+
 def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) -> dict:
-    """Trains all bounds on one task with one critic; returns values and timings."""
+    """Trains all bounds on one task with one critic; returns values and timings.
+
+    The bounds are split into groups (`bound_groups`), one per local device by default, each
+    group one compiled program on its device; the groups' chunks are dispatched together and
+    run concurrently (on a CPU host split into several XLA devices, on one core each).
+    """
     names = tuple(config.bounds)
-    specs = [(n, dict(config.bound_hparams.get(n, {}))) for n in names]
-    ensemble = training.make_ensemble(
-        specs, critic_name, dict(config.critic_hparams.get(critic_name, {})), config.aux_hidden
-    )
     task = tasks_lib.get_task(task_name, dim=config.dim)
     levels = tuple(config.levels)
     total = config.steps_per_level * len(levels)
@@ -150,28 +217,35 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
     def sample(key, step):
         return task.sample(key, mi_at(step), config.batch_size)
 
-    optimizer = optax.adam(config.learning_rate)
     root = jax.random.key(config.seed)
     init_key, data_key = jax.random.split(root)
-    seeds = config.num_seeds
-    x0, y0 = sample(data_key, 0)
-    states = jax.vmap(lambda k: training.create_train_state(ensemble, optimizer, k, x0, y0))(
-        jax.random.split(init_key, seeds)
-    )
-    runner = training.make_scan_trainer(ensemble, sample, config.chunk_steps)
-    run = jax.jit(jax.vmap(runner, in_axes=(0, 0, None)), donate_argnums=0)
-    seed_keys = jax.random.split(data_key, seeds)
-
-    t0 = time.perf_counter()
-    compiled = run.lower(states, seed_keys, jnp.array(0)).compile()
-    compile_s = time.perf_counter() - t0
+    seed_keys = jax.random.split(data_key, config.num_seeds)
+    init_keys = jax.random.split(init_key, config.num_seeds)
+    devices = jax.local_devices()
+    num_groups = config.bound_groups or len(devices)
+    groups = bound_groups(config, num_groups)
+    runs = [
+        _GroupRun(
+            config,
+            [names[i] for i in group],
+            critic_name,
+            sample,
+            devices[g % len(devices)],
+            seed_keys,
+            init_keys,
+        )
+        for g, group in enumerate(groups)
+    ]
+    compile_s = sum(r.compile_s for r in runs)
 
     true_mi = np.asarray(mi_at(jnp.arange(total)))  # host copy, for logging and plots
     chunks = []
     t0 = time.perf_counter()
     for start in range(0, total, config.chunk_steps):
-        states, metrics = compiled(states, seed_keys, jnp.array(start))
-        mi = np.asarray(metrics["mi"])  # [seeds, chunk, n_bounds]; the one host sync per chunk
+        pending = [r.dispatch(start) for r in runs]  # all groups start before any is read
+        mi = np.empty((config.num_seeds, config.chunk_steps, len(names)), np.float32)
+        for r, group, values in zip(runs, groups, pending, strict=True):
+            mi[..., group] = r.host_values(values)  # the one host sync per chunk
         chunks.append(mi)
         for i in range(0, config.chunk_steps, config.log_every):
             block = mi[:, i : i + config.log_every]
@@ -198,6 +272,8 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
         run_s=run_s,
         steps=total,
         steps_per_s=total / run_s,
+        groups=[[names[i] for i in g] for g in groups],
+        devices=[str(r.device) for r in runs],
     )
 
 
@@ -232,6 +308,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         bound_steps_per_s=out["steps_per_s"]
                         * len(config.bounds)
                         * config.num_seeds,
+                        compute_dtype=config.compute_dtype,
+                        bound_groups=out["groups"],
+                        devices=out["devices"],
                     )
                 )
                 plot_staircase(
@@ -264,9 +343,10 @@ def summary(results: dict, config) -> str:
     for run in results["runs"]:
         lines.append(
             f"\n{run['task']} / {run['critic']}: {run['steps']} steps x {len(run['bounds'])} bounds"
-            f" x {config.num_seeds} seed(s): compile {run['compile_s']:.1f} s, run "
-            f"{run['run_s']:.1f} s ({run['steps_per_s']:.0f} steps/s, "
-            f"{run['bound_steps_per_s']:.0f} bound-steps/s)"
+            f" x {config.num_seeds} seed(s), {config.compute_dtype} matmuls, "
+            f"{len(run['bound_groups'])} bound group(s) on {len(set(run['devices']))} device(s): "
+            f"compile {run['compile_s']:.1f} s, run {run['run_s']:.1f} s "
+            f"({run['steps_per_s']:.0f} steps/s, {run['bound_steps_per_s']:.0f} bound-steps/s)"
         )
         rows = [
             r
@@ -292,6 +372,7 @@ def summary(results: dict, config) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _common.split_cpu_into_devices(_CONFIG.value.cpu_devices)
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

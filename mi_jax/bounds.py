@@ -27,6 +27,7 @@ References:
     NeurIPS 2022. https://arxiv.org/abs/2107.01131
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -431,8 +432,11 @@ class Bound(NamedTuple):
 
 
 def _stateless(name: str, fn: Callable[..., Array], inputs: tuple[str, ...] = (), **hparams: Any):
-    # Validate the hyperparameters now, on a tiny matrix, rather than inside a jitted step later.
-    fn(jnp.zeros((2, 2)), **{k: jnp.zeros(2) for k in inputs}, **hparams)
+    # Validate the hyperparameters now, by tracing on an abstract 2 x 2 matrix (nothing is
+    # compiled or run), rather than inside a jitted step later.
+    shape = jax.ShapeDtypeStruct((2, 2), jnp.float32)
+    vector = jax.ShapeDtypeStruct((2,), jnp.float32)
+    jax.eval_shape(functools.partial(fn, **hparams), shape, **{k: vector for k in inputs})
 
     def apply(scores, state, **extra):
         return fn(scores, **extra, **hparams), state

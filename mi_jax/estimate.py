@@ -219,6 +219,10 @@ def _standardize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     return (a - mean) / std
 
 
+# Compiler options for programs that run once (initialization): skip the costly optimizations.
+_RUN_ONCE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
 def _compiled_fit(ensemble, optimizer, batch, eval_every):
     """Compiled ``init(keys, ...)`` and ``train_round(states, keys, round, active, data...)``.
 
@@ -245,7 +249,7 @@ def _compiled_fit(ensemble, optimizer, batch, eval_every):
         test_value, _ = ensemble.apply(new_state.params, new_state.bound_states, x_test, y_test)
         return new_state, test_value[0], jnp.mean(values)
 
-    init = jax.jit(jax.vmap(init_one, in_axes=(0, None, None)))
+    init = jax.jit(jax.vmap(init_one, in_axes=(0, None, None)), compiler_options=_RUN_ONCE)
     train_round = jax.jit(
         jax.vmap(round_one, in_axes=(0, 0, 0, 0, None, None, None, None)), donate_argnums=0
     )

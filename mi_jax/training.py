@@ -9,6 +9,7 @@ bounds' negated values: the parameters are disjoint and Adam acts per coordinate
 bound trains exactly as it would alone. Several seeds are one more `jax.vmap` on the outside.
 """
 
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,11 +39,13 @@ class BoundEnsemble:
       bounds: the bounds (from `mi_jax.bounds.get_bound`).
       critic: a critic module returning ``[batch, batch]`` scores.
       aux_hidden: hidden widths of the extra networks (FLO's u, TUBA's baseline).
+      aux_compute_dtype: matmul precision of the extra networks (see `mi_jax.critics.dense`).
     """
 
     bounds: tuple[bounds_lib.Bound, ...] = struct.field(pytree_node=False)
     critic: nn.Module = struct.field(pytree_node=False)
     aux_hidden: tuple[int, ...] = struct.field(pytree_node=False, default=(256, 256))
+    aux_compute_dtype: str | None = struct.field(pytree_node=False, default=None)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -50,9 +53,11 @@ class BoundEnsemble:
 
     def _aux_module(self, input_name: str) -> nn.Module:
         if input_name == "u":
-            return critics_lib.PairMLP(hidden=self.aux_hidden)
+            return critics_lib.PairMLP(hidden=self.aux_hidden, compute_dtype=self.aux_compute_dtype)
         if input_name == "log_baseline":
-            return critics_lib.BaselineMLP(hidden=self.aux_hidden[:1])
+            return critics_lib.BaselineMLP(
+                hidden=self.aux_hidden[:1], compute_dtype=self.aux_compute_dtype
+            )
         raise ValueError(f"no network is known for the bound input {input_name!r}.")
 
     def init(self, rng: PRNGKey, x: Array, y: Array) -> tuple[PyTree, PyTree]:
@@ -66,9 +71,14 @@ class BoundEnsemble:
         stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n, *p.shape)), critic_params)
         aux = {}
         for i, bound in enumerate(self.bounds):
-            for input_name in bound.inputs:
+            # The key comes from the bound's name (and its count among earlier bounds of that
+            # name), not its position: a bound starts the same whatever else is in the ensemble.
+            occurrence = self.names[:i].count(bound.name)
+            bound_key = jax.random.fold_in(rng, zlib.crc32(bound.name.encode()) % 2**31)
+            bound_key = jax.random.fold_in(bound_key, occurrence)
+            for j, input_name in enumerate(bound.inputs):
                 module = self._aux_module(input_name)
-                key = jax.random.fold_in(rng, 1000 * (i + 1))
+                key = jax.random.fold_in(bound_key, j)
                 args = (x, y) if input_name == "u" else (y,)
                 aux.setdefault(str(i), {})[input_name] = module.init(key, *args)
         states = tuple(b.init() for b in self.bounds)
@@ -169,7 +179,10 @@ def make_ensemble(
     aux_hidden: Sequence[int] = (256, 256),
 ) -> BoundEnsemble:
     """Builds a `BoundEnsemble` from names: ``make_ensemble(["nwj", ("smile", {"clip": 5.0})],
-    "separable", {"hidden": (256, 256), "embed_dim": 32})``."""
+    "separable", {"hidden": (256, 256), "embed_dim": 32})``.
+
+    The extra networks (FLO's u, TUBA's baseline) take the critic's ``compute_dtype``.
+    """
     bounds = []
     for spec in bound_specs:
         name, hparams = (spec, {}) if isinstance(spec, str) else spec
@@ -177,7 +190,8 @@ def make_ensemble(
     if not bounds:
         raise ValueError("`bounds` is empty: name at least one bound.")
     module = critics_lib.get_critic(critic, **dict(critic_hparams or {}))
-    return BoundEnsemble(tuple(bounds), module, tuple(aux_hidden))
+    compute_dtype = getattr(module, "compute_dtype", None)
+    return BoundEnsemble(tuple(bounds), module, tuple(aux_hidden), compute_dtype)
 
 
 class NonFiniteError(FloatingPointError):

@@ -277,3 +277,64 @@ def test_concat_needs_a_hidden_layer():
     x, y = _data(batch=4, dx=3, dy=4)
     with pytest.raises(ValueError, match="hidden"):
         critics.get_critic("concat", hidden=()).init(jax.random.key(0), x, y)
+
+
+# --------------------------------------------------------------------------------------------
+# Mixed precision (compute_dtype="bfloat16").
+
+
+def _round_bf16(a):
+    return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+def test_bf16_matmul_value_and_gradients_against_a_reference():
+    """Forward: bf16-rounded operands, f32 accumulation. Backward: g @ w.T on bf16-rounded
+    operands, x.T @ g in float32 (a reference written here from those definitions)."""
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (2, 5, 7))  # two batch axes, as in the concat critic
+    w = jax.random.normal(kw, (7, 3))
+    g = jax.random.normal(kg, (2, 5, 3))
+    hi = jax.lax.Precision.HIGHEST
+    y, vjp = jax.vjp(jax.jit(critics.bf16_matmul), x, w)
+    dx, dw = vjp(g)
+    np.testing.assert_allclose(
+        y, jnp.matmul(_round_bf16(x), _round_bf16(w), precision=hi), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        dx, jnp.matmul(_round_bf16(g), _round_bf16(w).T, precision=hi), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        dw, jnp.einsum("abi,abo->io", x, g, precision=hi), rtol=1e-5, atol=1e-5
+    )
+    # And it is not the float32 product: bf16 rounding is visible at this size.
+    assert float(jnp.max(jnp.abs(y - jnp.matmul(x, w, precision=hi)))) > 1e-4
+
+
+@pytest.mark.parametrize("name", ["separable", "concat"])
+def test_bf16_critic_has_the_same_parameters_and_close_scores(name):
+    x, y = _data(batch=16, dx=6, dy=6)
+    hparams = dict(_HPARAMS[name], hidden=(64, 64))
+    c32 = critics.get_critic(name, **hparams)
+    c16 = critics.get_critic(name, compute_dtype="bfloat16", **hparams)
+    params = c32.init(jax.random.key(1), x, y)
+    assert jax.tree.structure(params) == jax.tree.structure(c16.init(jax.random.key(1), x, y))
+    s32, s16 = c32.apply(params, x, y), jax.jit(c16.apply)(params, x, y)
+    assert s16.dtype == jnp.float32
+    # bf16 keeps 8 significant bits; through three layers scores agree to a few % of their spread.
+    np.testing.assert_allclose(s16, s32, atol=0.05 * float(jnp.std(s32)))
+
+    def loss(p, critic):
+        return bounds.infonce(critic.apply(p, x, y))
+
+    g32 = jax.grad(loss)(params, c32)
+    g16 = jax.jit(jax.grad(loss), static_argnums=1)(params, c16)
+    # The whole gradient points the same way (single leaves can be ~0 in exact arithmetic,
+    # e.g. an output bias InfoNCE is invariant to, so are compared as part of the whole).
+    a32, a16 = (jnp.concatenate([v.ravel() for v in jax.tree.leaves(g)]) for g in (g32, g16))
+    assert float(jnp.vdot(a32, a16) / (jnp.linalg.norm(a32) * jnp.linalg.norm(a16))) > 0.995
+
+
+def test_unknown_compute_dtype_is_rejected():
+    x, y = _data()
+    with pytest.raises(KeyError, match="compute_dtype.*bfloat16"):
+        critics.get_critic("separable", compute_dtype="bfloat61").init(jax.random.key(0), x, y)

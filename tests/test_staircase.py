@@ -104,6 +104,8 @@ def test_level_statistics_against_hand_computation():
         ("tasks", ("gausian",), KeyError, "gaussian"),
         ("chunk_steps", 7, ValueError, "chunk_steps"),
         ("batch_size", 1, ValueError, "batch_size"),
+        ("compute_dtype", "float16", KeyError, "bfloat16"),
+        ("bound_groups", -1, ValueError, "bound_groups"),
     ],
 )
 def test_bad_config_is_rejected_before_running(tmp_path, field, value, error, match):
@@ -130,3 +132,38 @@ def test_nan_stops_with_bound_and_step_and_keeps_results(tmp_path):
         staircase.train_and_evaluate(config, str(tmp_path))
     assert (tmp_path / "config.json").exists()
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) >= 2
+
+
+def test_bound_groups_partition_the_bounds_by_cost():
+    config = staircase_config.get_config()
+    groups = staircase.bound_groups(config, 2)
+    assert sorted(i for g in groups for i in g) == list(range(len(config.bounds)))
+    names = [[config.bounds[i] for i in g] for g in groups]
+    # FLO (with its u network) and TUBA (with its baseline) are the costly ones: split up.
+    assert not any({"flo", "tuba"} <= set(g) for g in names)
+    assert abs(len(groups[0]) - len(groups[1])) <= 1
+    assert sorted(staircase.bound_groups(config, 20)) == [[i] for i in range(len(config.bounds))]
+
+
+def test_split_into_groups_gives_the_same_estimates(tmp_path):
+    """Groups are separate programs (here on one device): the estimates must not change, and
+    each bound's values must land in its own column."""
+    bounds = ("nwj", "dv", "flo", "smile", "tuba")
+    one = staircase.train_and_evaluate(_tiny(bounds=bounds, bound_groups=1), str(tmp_path / "one"))
+    three = staircase.train_and_evaluate(
+        _tiny(bounds=bounds, bound_groups=3), str(tmp_path / "three")
+    )
+    assert len(three["runs"][0]["bound_groups"]) == 3
+    assert three["runs"][0]["bound_groups"] != [list(bounds)]
+    means = [np.array([r["mean"] for r in res["statistics"]]) for res in (one, three)]
+    np.testing.assert_allclose(means[0], means[1], rtol=1e-3, atol=1e-4)
+
+
+def test_bfloat16_staircase_runs_and_is_recorded(tmp_path):
+    results = staircase.train_and_evaluate(
+        _tiny(bounds=("infonce", "flo"), compute_dtype="bfloat16"), str(tmp_path)
+    )
+    assert results["runs"][0]["compute_dtype"] == "bfloat16"
+    assert all(np.isfinite(r["mean"]) for r in results["statistics"])
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["compute_dtype"] == "bfloat16"
