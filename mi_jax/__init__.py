@@ -1,6 +1,6 @@
 """mi_jax: mutual information estimation, MI gradients and InfoMax learning in JAX/Flax."""
 
-from mi_jax import bounds, critics, tasks, training
+from mi_jax import bounds, critics, mige, score, tasks, training
 from mi_jax.bounds import (
     Bound,
     MineState,
@@ -21,6 +21,7 @@ from mi_jax.bounds import (
 )
 from mi_jax.critics import available_critics, get_critic, register_critic
 from mi_jax.estimate import MIEstimate, estimate_mi
+from mi_jax.score import available_score_estimators, get_score_estimator, register_score_estimator
 from mi_jax.tasks import Task, available_tasks, get_task
 
 __version__ = "0.1.0"
@@ -33,6 +34,7 @@ __all__ = [
     "Task",
     "available_bounds",
     "available_critics",
+    "available_score_estimators",
     "available_tasks",
     "bounds",
     "critics",
@@ -41,15 +43,19 @@ __all__ = [
     "flo",
     "get_bound",
     "get_critic",
+    "get_score_estimator",
     "get_task",
     "infonce",
     "interpolated",
+    "mige",
     "js",
     "js_fgan",
     "mine",
     "nwj",
     "register_bound",
     "register_critic",
+    "register_score_estimator",
+    "score",
     "smile",
     "tasks",
     "training",
