@@ -4,9 +4,9 @@ r"""Speed benchmarks: concat-critic throughput against the matmul peak, and `est
 
 Prints two tables. The peak is measured here, on this machine: a float32 2048 x 2048 matmul.
 The concat critic is timed forward + backward (a training step's work without the optimizer)
-at several batch sizes, dense and chunked, with FLOPs counted by `flops_concat_critic` (backward
-= 2 x forward). `estimate_mi` runs in a fresh subprocess per case so that its wall time includes
-compilation, as a user would see it.
+at several batch sizes, dense and chunked, float32 and bfloat16 matmuls, with FLOPs counted by
+`flops_concat_critic` (backward = 2 x forward). `estimate_mi` runs in a fresh subprocess per
+case so that its wall time includes compilation, as a user would see it.
 """
 
 import json
@@ -47,8 +47,18 @@ def matmul_peak(n: int = 2048) -> float:
 def concat_critic_rows(peak: float) -> list[dict]:
     rows = []
     dim, hidden = 20, (256, 256)
-    for batch, chunk in ((64, None), (256, None), (256, 64), (1024, 64)):
-        critic = critics.ConcatCritic(hidden=hidden, chunk_size=chunk)
+    cases = (
+        (64, None, "float32"),
+        (64, None, "bfloat16"),
+        (256, None, "float32"),
+        (256, 8, "float32"),
+        (256, 64, "float32"),
+        (1024, 8, "float32"),
+        (1024, 64, "float32"),
+        (1024, 16, "bfloat16"),
+    )
+    for batch, chunk, compute_dtype in cases:
+        critic = critics.ConcatCritic(hidden=hidden, chunk_size=chunk, compute_dtype=compute_dtype)
         kx, ky = jax.random.split(jax.random.key(batch))
         x, y = jax.random.normal(kx, (batch, dim)), jax.random.normal(ky, (batch, dim))
         params = critic.init(jax.random.key(1), x, y)
@@ -66,6 +76,7 @@ def concat_critic_rows(peak: float) -> list[dict]:
             dict(
                 batch=batch,
                 chunk=str(chunk),
+                matmuls=compute_dtype,
                 ms=seconds * 1e3,
                 gflops=gflops,
                 peak_pct=100 * gflops / peak,
@@ -128,7 +139,9 @@ def main(argv):
         print("\nConcat critic (d=20, hidden 256-256), forward+backward of InfoNCE")
         print(
             _common.format_table(
-                rows, ["batch", "chunk", "ms", "gflops", "peak_pct", "temp_mb"], floatfmt="{:.1f}"
+                rows,
+                ["batch", "chunk", "matmuls", "ms", "gflops", "peak_pct", "temp_mb"],
+                floatfmt="{:.1f}",
             )
         )
     if _ONLY.value in (None, "estimate"):

@@ -1,0 +1,60 @@
+r"""The MIGE toy of Wen et al. (2020): estimating dI/drho for per-dimension correlated Gaussians.
+
+  python -m experiments.mige_toy --config configs/mige_toy.py --workdir /tmp/mige_toy
+  python -m experiments.mige_toy --config configs/mige_toy.py:quick --workdir /tmp/mige_quick
+
+``x = eps1``, ``y = rho eps1 + sqrt(1 - rho^2) eps2`` in ``d`` dimensions, 256 samples per
+estimate, true gradient ``dI/drho = rho d / (1 - rho^2)``. Expected (2-core CPU): MIGE with the
+Stein estimator (ridge 1e-3, 4 x median bandwidth, Richardson-extrapolated in the bandwidth)
+reaches a relative RMSE of about 0.03 / 0.06 / 0.12 at d = 8 / 16 / 32; SSGE (median bandwidth,
+threshold 0.99) about 0.06 / 0.11 / 0.2, as published; trained bounds are far worse. The
+`quick` preset runs d = 8 only, with 2 seeds and 50 critic steps (a smoke run).
+"""
+
+import ml_collections
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.dims = (8, 16, 32)
+    config.num_rhos = 30
+    config.rho_max = 0.8
+    config.num_samples = 256
+    config.num_seeds = 5
+    # MIGE estimators: name -> score estimator and its hyperparameters. "bandwidth_scale"
+    # multiplies the median heuristic; "richardson" extrapolates the score in the bandwidth
+    # (s(h) ~ s + a h^2: s = (c^2 s(h) - s(c h)) / (c^2 - 1)) to remove the smoothing bias.
+    config.estimators = ml_collections.ConfigDict(
+        {
+            "mige_stein": {
+                "score": "stein",
+                "hparams": {"eta": 1e-3},
+                "bandwidth_scale": 4.0,
+                "richardson": 1.5,
+            },
+            "mige_ssge": {
+                "score": "ssge",
+                "hparams": {"threshold": 0.99},
+                "bandwidth_scale": 1.0,
+                "richardson": 0.0,
+            },
+        }
+    )
+    # Trained-bound baselines: the rho-gradient of each bound at a critic trained for
+    # `critic_steps` steps (separable critic, as in the paper's toy).
+    config.bounds = ("mine", "nwj", "infonce", "flo")
+    config.critic_steps = 200
+    config.learning_rate = 1e-3
+    config.critic_hparams = ml_collections.ConfigDict({"hidden": (256,), "embed_dim": 32})
+    config.aux_hidden = (256,)
+
+    if preset == "quick":
+        config.dims = (8,)
+        config.num_seeds = 2
+        config.num_rhos = 10
+        config.critic_steps = 50
+    elif preset not in (None, ""):
+        raise ValueError(f"unknown preset {preset!r} for configs/mige_toy.py; use quick.")
+    config.lock()
+    return config

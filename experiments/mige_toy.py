@@ -1,0 +1,263 @@
+r"""The MIGE toy (Wen et al., 2020): gradient of MI for per-dimension correlated Gaussians.
+
+  python -m experiments.mige_toy --config configs/mige_toy.py --workdir /tmp/mige_toy
+
+For ``d`` in ``config.dims`` and ``rho`` on a grid in ``[-rho_max, rho_max]``, draw ``x = eps1``,
+``y = rho eps1 + sqrt(1 - rho^2) eps2`` (256 samples, reparameterized in ``rho``) and estimate
+``dI/drho`` (true: ``rho d / (1 - rho^2)``):
+
+* MIGE: ``jax.grad`` of `mi_jax.mige.mi_surrogate` with a score estimator (Stein, SSGE).
+* Trained bounds: a separable critic trained ``critic_steps`` steps at that ``rho`` (fresh
+  samples each step), then ``d bound / d rho`` through the samples with the critic fixed.
+
+Per ``d`` and estimator: relative RMSE (RMSE over all rho and seeds / RMS of the true gradient),
+relative bias (RMS over rho of the seed-mean error / RMS true), standard deviation over seeds,
+and wall time (compilation separate). Writes ``config.json``, ``metrics.jsonl`` (one row per d,
+estimator, rho), ``results.json``, and ``mige_toy.png`` (estimated vs true curves).
+
+MIGE cases run one after another in a compiled `lax.map` rather than a `vmap`: batched LAPACK
+calls (Cholesky, eigh) hung here on a second execution (../shared/ENVIRONMENT.md), a loop does not.
+"""
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from experiments import _common
+from mi_jax import _checks, mige, training
+from mi_jax import bounds as bounds_lib
+from mi_jax import score as score_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to configs/mige_toy.py.")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/mi_jax/mige_toy", "Directory for outputs.")
+
+
+def true_gradient(rho, dim: int):
+    """``dI/drho`` for ``I = -dim/2 log(1 - rho^2)``."""
+    return rho * dim / (1.0 - rho**2)
+
+
+def toy_samples(rho, key, dim: int, num: int):
+    """``(x, y)`` ``[num, dim]`` each, differentiable in ``rho``."""
+    e1, e2 = jax.random.normal(key, (2, num, dim))
+    return e1, rho * e1 + jnp.sqrt(1.0 - rho**2) * e2
+
+
+def make_score_fn(spec) -> score_lib.ScoreFn:
+    """A score estimator from a config entry (see configs/mige_toy.py)."""
+    base = score_lib.get_score_estimator(spec["score"], **dict(spec.get("hparams", {})))
+    scale = float(spec.get("bandwidth_scale", 1.0))
+    c = float(spec.get("richardson", 0.0))
+
+    def at(z, factor):
+        return base(z, bandwidth=score_lib.median_bandwidth(z, scale=scale * factor))
+
+    if not c:
+        return lambda z: at(z, 1.0)
+    if c <= 1.0:
+        raise ValueError(f"`richardson` must be 0 (off) or a bandwidth ratio > 1, got {c}.")
+    # Kernel smoothing biases the score by O(h^2); two bandwidths cancel the leading term.
+    return lambda z: (c**2 * at(z, 1.0) - at(z, c)) / (c**2 - 1.0)
+
+
+def mige_gradients(config, dim: int, spec, rhos, keys) -> np.ndarray:
+    """``[num_rhos, num_seeds]`` MIGE estimates of dI/drho, and (compile, run) seconds."""
+    score_fn = make_score_fn(spec)
+    n = config.num_samples
+
+    def one(case):
+        rho, key = case
+        surrogate = lambda r: mige.mi_surrogate(*toy_samples(r, key, dim, n), score_fn)
+        return jax.grad(surrogate)(rho)
+
+    cases = (jnp.repeat(rhos, len(keys)), jnp.tile(keys, len(rhos)))
+    fn = jax.jit(lambda cases: jax.lax.map(one, cases))
+    t0 = time.perf_counter()
+    compiled = fn.lower(cases).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    grads = np.asarray(compiled(cases)).reshape(len(rhos), len(keys))
+    return grads, compile_s, time.perf_counter() - t0
+
+
+def bound_gradients(config, dim: int, rhos, keys) -> tuple[np.ndarray, float, float]:
+    """``[n_bounds, num_rhos, num_seeds]`` rho-gradients of trained bounds, and timings."""
+    ensemble = training.make_ensemble(
+        list(config.bounds), "separable", dict(config.critic_hparams), config.aux_hidden
+    )
+    optimizer = optax.adam(config.learning_rate)
+    step = training.make_train_step(ensemble)
+    n = config.num_samples
+
+    def one(rho, key):
+        init_key, train_key, eval_key = jax.random.split(key, 3)
+        x0, y0 = toy_samples(rho, init_key, dim, n)
+        state = training.create_train_state(ensemble, optimizer, init_key, x0, y0)
+
+        def body(state, i):
+            batch = toy_samples(rho, jax.random.fold_in(train_key, i), dim, n)
+            state, _ = step(state, batch, train_key)
+            return state, None
+
+        state, _ = jax.lax.scan(body, state, jnp.arange(config.critic_steps))
+
+        def values(r):
+            x, y = toy_samples(r, eval_key, dim, n)
+            return ensemble.apply(state.params, state.bound_states, x, y)[0]
+
+        return jax.jacrev(values)(rho)  # [n_bounds]
+
+    fn = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))
+    t0 = time.perf_counter()
+    compiled = fn.lower(rhos, keys).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    grads = np.asarray(compiled(rhos, keys))  # [rhos, seeds, bounds]
+    return np.moveaxis(grads, -1, 0), compile_s, time.perf_counter() - t0
+
+
+def error_stats(grads: np.ndarray, true: np.ndarray) -> dict:
+    """Relative RMSE, relative bias and spread of ``grads`` ``[rhos, seeds]`` against ``true``."""
+    rms_true = float(np.sqrt(np.mean(true**2)))
+    err = grads - true[:, None]
+    finite = bool(np.all(np.isfinite(grads)))
+    return dict(
+        rel_rmse=float(np.sqrt(np.mean(err**2))) / rms_true,
+        rel_bias=float(np.sqrt(np.mean(err.mean(axis=1) ** 2))) / rms_true,
+        rel_std=float(np.sqrt(np.mean(grads.var(axis=1)))) / rms_true,
+        finite=finite,
+    )
+
+
+def validate_config(config) -> None:
+    for name, spec in config.estimators.items():
+        if spec.score not in score_lib.available_score_estimators():
+            raise _checks.unknown_name_error(
+                f"score estimator (config.estimators.{name}.score)",
+                spec.score,
+                score_lib.available_score_estimators(),
+            )
+    for name in config.bounds:
+        if name not in bounds_lib.available_bounds():
+            raise _checks.unknown_name_error(
+                "bound (config.bounds)", name, bounds_lib.available_bounds()
+            )
+    if not 0.0 < config.rho_max < 1.0:
+        raise ValueError(f"config.rho_max must lie in (0, 1), got {config.rho_max}.")
+    if config.num_samples < 2 or config.num_seeds < 1 or config.num_rhos < 2:
+        raise ValueError("config.num_samples >= 2, num_seeds >= 1 and num_rhos >= 2 are needed.")
+
+
+def plot(path: str, curves: dict, rhos: np.ndarray, dims) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims), 3.6), squeeze=False)
+    for ax, dim in zip(axes[0], dims, strict=True):
+        ax.plot(rhos, true_gradient(rhos, dim), color="black", lw=2, label="true")
+        for i, (name, grads) in enumerate(curves[dim].items()):
+            mean, std = grads.mean(axis=1), grads.std(axis=1)
+            ax.plot(rhos, mean, color=f"C{i}", lw=1.2, label=name)
+            ax.fill_between(rhos, mean - std, mean + std, color=f"C{i}", alpha=0.2)
+        top = 1.5 * float(true_gradient(rhos.max(), dim))
+        ax.set_ylim(-top, top)
+        ax.set_title(f"d = {dim}")
+        ax.set_xlabel("rho")
+    axes[0][0].set_ylabel("dI/drho")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    validate_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    _common.write_config(workdir, config)
+    writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+    rhos = np.linspace(-config.rho_max, config.rho_max, config.num_rhos, dtype=np.float32)
+    keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+    results, curves = {"rows": []}, {}
+    tasks = [(d, name) for d in config.dims for name in config.estimators]
+    tasks += [(d, "bounds") for d in config.dims if config.bounds]
+    try:
+        with tqdm(total=len(tasks), desc="mige_toy", unit="estimator") as progress:
+            for dim, name in tasks:
+                progress.set_postfix_str(f"d={dim} {name}")
+                true = true_gradient(rhos, dim)
+                if name == "bounds":
+                    grads, compile_s, run_s = bound_gradients(config, dim, rhos, keys)
+                    named = {f"{b} (trained)": g for b, g in zip(config.bounds, grads, strict=True)}
+                else:
+                    spec = config.estimators[name].to_dict()
+                    grads, compile_s, run_s = mige_gradients(config, dim, spec, rhos, keys)
+                    named = {name: grads}
+                for est_name, g in named.items():
+                    row = dict(
+                        dim=dim,
+                        estimator=est_name,
+                        compile_s=compile_s,
+                        run_s=run_s,
+                        **error_stats(g, true),
+                    )
+                    results["rows"].append(row)
+                    curves.setdefault(dim, {})[est_name] = g
+                    for r, rho in enumerate(rhos):
+                        writer.write(
+                            dict(
+                                dim=dim,
+                                estimator=est_name,
+                                rho=float(rho),
+                                true=float(true[r]),
+                                mean=float(g[r].mean()),
+                                std=float(g[r].std()),
+                            )
+                        )
+                _common.write_json(os.path.join(workdir, "results.json"), results)
+                progress.update(1)
+    finally:
+        writer.close()
+    plot(os.path.join(workdir, "mige_toy.png"), curves, rhos, tuple(config.dims))
+    print(summary(results))
+    return results
+
+
+def summary(results: dict) -> str:
+    rows = [
+        dict(
+            d=r["dim"],
+            estimator=r["estimator"],
+            rel_rmse=r["rel_rmse"],
+            rel_bias=r["rel_bias"],
+            rel_std=r["rel_std"],
+            run_s=r["run_s"],
+            compile_s=r["compile_s"],
+        )
+        for r in results["rows"]
+    ]
+    cols = ["d", "estimator", "rel_rmse", "rel_bias", "rel_std", "run_s", "compile_s"]
+    return (
+        "\ndI/drho over the rho grid and seeds: errors relative to the RMS true gradient "
+        "(run_s of trained bounds covers all of them together)\n" + _common.format_table(rows, cols)
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)
