@@ -64,15 +64,27 @@ def squared_distances(x: ArrayLike, y: ArrayLike) -> Array:
 def median_bandwidth(samples: ArrayLike, *, scale: float = 1.0) -> Array:
     """The median heuristic: ``scale * median_{i<j} |x_i - x_j|``, ``[]``.
 
-    Identical samples give a zero median; the result is then floored at a tiny positive value
-    relative to the samples' scale, so that kernels stay finite (and the estimate is zero:
-    identical samples carry no information about the score).
+    The median is the lower median (the ``ceil(P/2)``-th smallest of the ``P`` pairwise
+    distances), found by bisection on the value: 32 vectorized counting passes (precision 2^-32
+    of the largest distance) instead of a sort, several times faster on XLA:CPU. Identical
+    samples give a zero median; the result is then floored at a tiny positive value relative to
+    the samples' scale, so that kernels stay finite (and the estimate is zero: identical samples
+    carry no information about the score).
     """
     samples = jnp.asarray(samples)
     n = samples.shape[0]
-    d2 = squared_distances(samples, samples)
     rows, cols = jnp.triu_indices(n, k=1)
-    sigma = jnp.sqrt(jnp.median(d2[rows, cols]))
+    pairs = squared_distances(samples, samples)[rows, cols]  # [n (n - 1) / 2]
+    rank = (pairs.shape[0] + 1) // 2  # the lower median is the rank-th smallest
+
+    def bisect(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        enough = jnp.sum(pairs <= mid) >= rank
+        return jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)
+
+    _, median_d2 = jax.lax.fori_loop(0, 32, bisect, (jnp.zeros(()), jnp.max(pairs)))
+    sigma = jnp.sqrt(median_d2)
     floor = 1e-6 * (1.0 + jnp.max(jnp.abs(samples)))
     return scale * jnp.maximum(sigma, floor)
 
