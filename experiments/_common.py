@@ -19,6 +19,21 @@ def to_builtin(value):
     return value
 
 
+def define_experiment_flags(name: str):
+    """``--config`` (a ``configs/NAME.py[:preset]`` file) and ``--workdir`` flags.
+
+    Called from an experiment's ``__main__`` block, so that importing several experiments (as
+    the tests do) defines no flag twice.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", None, f"Path to a configs/{name}.py file.")
+    workdir = flags.DEFINE_string("workdir", f"/tmp/mi_jax/{name}", "Directory for outputs.")
+    flags.mark_flags_as_required(["config"])
+    return config, workdir
+
+
 def split_cpu_into_devices(count: int) -> None:
     """Has XLA's CPU platform expose ``count`` devices, so independent programs run concurrently.
 

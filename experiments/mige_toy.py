@@ -27,17 +27,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 from tqdm import tqdm
 
 from experiments import _common
 from mi_jax import _checks, mige, training
 from mi_jax import bounds as bounds_lib
 from mi_jax import score as score_lib
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to configs/mige_toy.py.")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/mi_jax/mige_toy", "Directory for outputs.")
 
 
 def true_gradient(rho, dim: int):
@@ -259,5 +255,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
+    _CONFIG, _WORKDIR = _common.define_experiment_flags("mige_toy")
     app.run(main)

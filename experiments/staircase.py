@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 from tqdm import tqdm
 
 from experiments import _common
@@ -27,9 +26,6 @@ from mi_jax import _checks, training
 from mi_jax import bounds as bounds_lib
 from mi_jax import critics as critics_lib
 from mi_jax import tasks as tasks_lib
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/staircase.py file.")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/mi_jax/staircase", "Directory for outputs.")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -377,5 +373,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
+    _CONFIG, _WORKDIR = _common.define_experiment_flags("staircase")
     app.run(main)

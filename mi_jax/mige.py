@@ -26,6 +26,10 @@ theta (``x`` in the InfoMax case ``I(X; E_theta(X))``) needs no gradient: its en
 constant, and it enters only through the joint score. Samples drawn by a non-differentiable
 sampler (a categorical, say) give a zero gradient here, silently: reparameterize or use a bound.
 
+Batching: on XLA:CPU (jaxlib 0.10.2) a ``jit(vmap(grad(mi_surrogate)))`` over many cases hung
+here on its second execution (batched Cholesky/eigh inside); `experiments.mige_toy` loops over
+cases with `jax.lax.map`, which does not.
+
 References:
   Wen, Zhou, He, Zhou & Xu, "Mutual Information Gradient Estimation for Representation
   Learning", ICLR 2020 (arXiv 2005.01123).

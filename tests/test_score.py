@@ -124,6 +124,18 @@ def test_entropy_gradient_of_a_scaled_gaussian():
         np.testing.assert_allclose(grad, dim / s, rtol=0.15)
 
 
+def test_entropy_gradient_of_a_learnable_linear_map_is_inverse_transpose():
+    """z = eps L^T: H(Z) = log|det L| + const, so dH/dL = L^{-T} (here for a lower-triangular
+    L, compared on its lower triangle)."""
+    dim = 3
+    eps = jax.random.normal(jax.random.key(4), (2000, dim))
+    chol = jnp.array([[1.0, 0.0, 0.0], [0.4, 0.8, 0.0], [-0.3, 0.2, 1.2]])
+    grad = jax.jit(jax.grad(lambda m: mige.entropy_surrogate(eps @ m.T, "stein")))(chol)
+    true = jnp.tril(jnp.linalg.inv(chol).T)
+    err = jnp.linalg.norm(jnp.tril(grad) - true) / jnp.linalg.norm(true)
+    assert float(err) < 0.15
+
+
 def _toy_samples(rho, dim, key, num=1000):
     e1, e2 = jax.random.normal(key, (2, num, dim))
     return e1, rho * e1 + jnp.sqrt(1.0 - rho**2) * e2
