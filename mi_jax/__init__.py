@@ -1,6 +1,6 @@
 """mi_jax: mutual information estimation, MI gradients and InfoMax learning in JAX/Flax."""
 
-from mi_jax import bounds, critics, mige, score, tasks, training
+from mi_jax import bounds, critics, mige, score, score_nets, tasks, training
 from mi_jax.bounds import (
     Bound,
     MineState,
@@ -56,6 +56,7 @@ __all__ = [
     "register_critic",
     "register_score_estimator",
     "score",
+    "score_nets",
     "smile",
     "tasks",
     "training",

@@ -102,6 +102,7 @@ def test_identical_samples_give_zero_scores_not_nan():
         (lambda x: score.ssge_score(x.astype(jnp.int32)), TypeError, "samples"),
         (lambda x: score.ssge_score(x, x[:, :1]), ValueError, "points"),
         (lambda x: score.get_score_estimator("sgse"), KeyError, "ssge"),
+        (lambda x: score.get_score_estimator("dms"), KeyError, "dsm"),
         (lambda x: score.get_score_estimator("stein", etta=1.0), TypeError, "etta"),
     ],
 )
@@ -173,3 +174,58 @@ def test_surrogates_reject_bad_shapes():
         mige.mi_surrogate(x, x[:5])
     with pytest.raises(ValueError, match="conditional_score"):
         mige.encoder_mi_surrogate(x, x[:, :1])
+
+
+# --------------------------------------------------------------------------------------------
+# The learned estimator (denoising score matching, `mi_jax.score_nets`).
+
+
+# Measured at this seed: 0.24 (d = 2) and 0.43 (d = 10) relative RMSE with the defaults.
+@pytest.mark.parametrize("dim, tol", [(2, 0.35), (10, 0.55)])
+def test_dsm_recovers_a_correlated_gaussian_score(dim, tol):
+    x, mean, cov = _correlated_gaussian(dim, 1000)
+    dsm = score.get_score_estimator("dsm")
+    est = jax.jit(dsm)(x)
+    assert _rel_rmse(est, score.gaussian_score(x, mean, cov)) < tol
+    points, _, _ = _correlated_gaussian(dim, 200, seed=5)
+    out = jax.jit(dsm)(x, points)
+    assert _rel_rmse(out, score.gaussian_score(points, mean, cov)) < tol
+
+
+def test_dsm_is_deterministic_and_rejects_bad_hparams():
+    x, _, _ = _correlated_gaussian(2, 200)
+    dsm = score.get_score_estimator("dsm", steps=20)
+    np.testing.assert_array_equal(dsm(x), dsm(x))
+    with pytest.raises(ValueError, match="noise_scale"):
+        score.get_score_estimator("dsm", noise_scale=0.0)(x)
+    with pytest.raises(ValueError, match="steps"):
+        score.get_score_estimator("dsm", steps=0)(x)
+
+
+def test_mige_train_step_traces_once_and_raises_the_mi_estimate():
+    """An InfoMax step with the MIGE gradient, jitted: one trace over several steps, and the
+    encoder moves towards more information (a noisy linear encoder z = W x + 0.5 eps, whose
+    exact I(X; Z) = 1/2 log det(I + 4 W W^T) grows with W)."""
+    import chex
+    import optax
+
+    x = jax.random.normal(jax.random.key(0), (256, 2))
+    eps = jax.random.normal(jax.random.key(1), (256, 2))
+    optimizer = optax.sgd(0.05)
+
+    def exact_mi(w):
+        return 0.5 * jnp.linalg.slogdet(jnp.eye(2) + 4.0 * w @ w.T)[1]
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(w, opt_state):
+        grad = jax.grad(lambda w: -mige.mi_surrogate(x, x @ w.T + 0.5 * eps, "stein"))(w)
+        updates, opt_state = optimizer.update(grad, opt_state, w)
+        return optax.apply_updates(w, updates), opt_state
+
+    w = 0.3 * jnp.eye(2)
+    opt_state = optimizer.init(w)
+    start = float(exact_mi(w))
+    for _ in range(5):
+        w, opt_state = step(w, opt_state)
+    assert float(exact_mi(w)) > start + 0.05
