@@ -50,6 +50,8 @@ def toy_samples(rho, key, dim: int, num: int):
 def make_score_fn(spec) -> score_lib.ScoreFn:
     """A score estimator from a config entry (see configs/mige_toy.py)."""
     base = score_lib.get_score_estimator(spec["score"], **dict(spec.get("hparams", {})))
+    if "bandwidth_scale" not in spec and not spec.get("richardson"):
+        return base  # a non-kernel estimator (e.g. the learned "dsm") takes no bandwidth
     scale = float(spec.get("bandwidth_scale", 1.0))
     c = float(spec.get("richardson", 0.0))
 

@@ -92,3 +92,9 @@ def test_unknown_score_estimator_is_rejected(tmp_path):
         config.estimators.mige_ssge.score = "sgse"
     with pytest.raises(KeyError, match="ssge"):
         mige_toy.train_and_evaluate(config, str(tmp_path))
+
+
+def test_a_learned_estimator_is_used_without_a_bandwidth():
+    z = jax.random.normal(jax.random.key(1), (40, 2))
+    got = mige_toy.make_score_fn({"score": "dsm", "hparams": {"steps": 5}})(z)
+    np.testing.assert_allclose(got, score.get_score_estimator("dsm", steps=5)(z), rtol=1e-6)
