@@ -98,3 +98,26 @@ def test_a_learned_estimator_is_used_without_a_bandwidth():
     z = jax.random.normal(jax.random.key(1), (40, 2))
     got = mige_toy.make_score_fn({"score": "dsm", "hparams": {"steps": 5}})(z)
     np.testing.assert_allclose(got, score.get_score_estimator("dsm", steps=5)(z), rtol=1e-6)
+
+
+def test_benchmark_loop_completes_twice_in_a_fresh_process():
+    """Batched LAPACK calls hung here on a second execution (module docstring); the toy's
+    `lax.map` loop must finish every time. A subprocess with a timeout turns a hang into a
+    failure instead of a stuck test run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "from configs import mige_toy as C\n"
+        "from experiments import mige_toy as M\n"
+        "cfg = C.get_config()\n"
+        "rhos = jnp.linspace(-0.8, 0.8, 6); keys = jax.random.split(jax.random.key(0), 2)\n"
+        "for name in ('mige_stein', 'mige_ssge', 'mige_stein'):\n"
+        "    M.mige_gradients(cfg, 8, cfg.estimators[name].to_dict(), rhos, keys)\n"
+        "print('done')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, check=True
+    )
+    assert out.stdout.strip().endswith("done")
