@@ -74,13 +74,7 @@ def bf16_matmul(x: Array, w: Array) -> Array:
     the kernel gradient ``x.T @ g`` is float32. Autodiff of a bfloat16 forward alone would
     multiply the float32 cotangent by the kernel in float32, as slow as no cast at all.
     """
-    return _bf16_dot(x, w)
-
-
-def _bf16_dot(x, w):
-    return jnp.matmul(
-        x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), preferred_element_type=jnp.float32
-    )
+    return _bf16_matmul_fwd(x, w)[0]
 
 
 def _bf16_matmul_fwd(x, w):
@@ -228,7 +222,6 @@ class ConcatCritic(nn.Module):
         batch = x.shape[0]
         first = self.hidden[0]
         # Split first layer: no bias on the x part, the shared bias sits on the y part.
-        check_compute_dtype(self.compute_dtype)
         ax = dense(first, self.compute_dtype, use_bias=False, name="first_x")(x)  # [batch, first]
         ay = dense(first, self.compute_dtype, name="first_y")(y)  # [batch, first]
         rest_hidden = tuple(self.hidden[1:])

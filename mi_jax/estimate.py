@@ -165,9 +165,8 @@ def estimate_mi(
         if not active.any():
             break
         batch_idx = np.stack([next(s) for s in samplers])
-        round_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(data_keys, r)
         states, test_value, train_value = train_round(
-            states, round_keys, batch_idx, jnp.asarray(active), x_train, y_train, x_test, y_test
+            states, data_keys, np.int32(r), batch_idx, active, x_train, y_train, x_test, y_test
         )
         # The one host sync per round: early stopping is decided here.
         test_value, train_value = np.asarray(test_value), np.asarray(train_value)
@@ -219,12 +218,8 @@ def _standardize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     return (a - mean) / std
 
 
-# Compiler options for programs that run once (initialization): skip the costly optimizations.
-_RUN_ONCE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
 def _compiled_fit(ensemble, optimizer, batch, eval_every):
-    """Compiled ``init(keys, ...)`` and ``train_round(states, keys, round, active, data...)``.
+    """Compiled ``init(keys, ...)`` and ``train_round(states, keys, round, idx, active, data...)``.
 
     Both are vmapped over seeds. A round is ``eval_every`` steps in a `lax.scan` over the
     minibatch indices ``batch_idx`` ``[eval_every, batch]``, then the bound on the held-out split;
@@ -237,20 +232,23 @@ def _compiled_fit(ensemble, optimizer, batch, eval_every):
             ensemble, optimizer, key, x_train[:batch], y_train[:batch]
         )
 
-    def round_one(state, key, batch_idx, active, x_train, y_train, x_test, y_test):
+    def round_one(state, data_key, r, batch_idx, active, x_train, y_train, x_test, y_test):
         def body(state, inputs):
             step_key, idx = inputs
             state, metrics = train_step(state, (x_train[idx], y_train[idx]), step_key)
             return state, metrics["mi"][0]
 
-        step_keys = jax.random.split(key, eval_every)
+        step_keys = jax.random.split(jax.random.fold_in(data_key, r), eval_every)
         new_state, values = jax.lax.scan(body, state, (step_keys, batch_idx))
         new_state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_state, state)
         test_value, _ = ensemble.apply(new_state.params, new_state.bound_states, x_test, y_test)
         return new_state, test_value[0], jnp.mean(values)
 
-    init = jax.jit(jax.vmap(init_one, in_axes=(0, None, None)), compiler_options=_RUN_ONCE)
+    init = jax.jit(
+        jax.vmap(init_one, in_axes=(0, None, None)),
+        compiler_options=training.RUN_ONCE_COMPILER_OPTIONS,
+    )
     train_round = jax.jit(
-        jax.vmap(round_one, in_axes=(0, 0, 0, 0, None, None, None, None)), donate_argnums=0
+        jax.vmap(round_one, in_axes=(0, 0, None, 0, 0, None, None, None, None)), donate_argnums=0
     )
     return init, train_round

@@ -8,8 +8,8 @@ Adam steps inside the function, so the estimator stays a pure, jit-able function
 (with a fixed key), like the kernel estimators in `mi_jax.score`, and is registered there as
 ``"dsm"``.
 
-``sigma`` is ``noise_scale`` times the samples' mean per-coordinate standard deviation: small
-noise means little smoothing bias but a noisier regression target (variance ~ 1 / sigma^2).
+The samples are standardized per coordinate and ``sigma`` is ``noise_scale`` in those units:
+small noise means little smoothing bias but a noisier regression target (variance ~ 1/sigma^2).
 
 References:
   Vincent, "A Connection Between Score Matching and Denoising Autoencoders", Neural
@@ -71,7 +71,7 @@ def dsm_score(
         raise ValueError(f"`noise_scale` must be > 0, got {noise_scale}.")
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"`steps` must be a positive integer, got {steps!r}.")
-    m, d = samples.shape
+    m = samples.shape[0]
     # Standardize: z = (x - mean) / std, so grad_x log q = grad_z log q_z / std.
     mean = jnp.mean(samples, axis=0, keepdims=True)
     std = jnp.maximum(jnp.std(samples, axis=0, keepdims=True), 1e-6)
@@ -99,7 +99,6 @@ def dsm_score(
         return (optax.apply_updates(params, updates), opt_state), None
 
     (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), jnp.arange(steps))
-    del d
     return net.apply(params, (points - mean) / std) / std
 
 

@@ -106,6 +106,13 @@ class BoundEnsemble:
         return jnp.stack(values), tuple(new_states)
 
 
+# Compiler options for programs that run once (initialization): skip the costly optimizations.
+RUN_ONCE_COMPILER_OPTIONS = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+}
+
+
 def create_train_state(
     ensemble: BoundEnsemble, optimizer: optax.GradientTransformation, rng: PRNGKey, x, y
 ) -> TrainState:
