@@ -8,6 +8,7 @@ Shape and dtype checks are static, so they also run (for free) under `jax.jit`. 
 import difflib
 from collections.abc import Iterable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -38,6 +39,16 @@ def check_float(x, name: str) -> None:
             f"`{name}` must have a floating dtype, got {jnp.result_type(x)}; "
             f"convert it first, e.g. `{name}.astype(jnp.float32)`."
         )
+
+
+def check_finite_if_concrete(x, name: str) -> None:
+    """Raises if a concrete (non-traced) array holds NaN or inf; a no-op under tracing."""
+    if isinstance(x, jax.core.Tracer):
+        return
+    a = np.asarray(x)
+    if not np.all(np.isfinite(a)):
+        bad = int(np.sum(~np.isfinite(a)))
+        raise ValueError(f"`{name}` contains {bad} NaN or infinite values.")
 
 
 def check_vector(v, batch: int, name: str) -> None:

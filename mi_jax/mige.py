@@ -26,6 +26,12 @@ theta (``x`` in the InfoMax case ``I(X; E_theta(X))``) needs no gradient: its en
 constant, and it enters only through the joint score. Samples drawn by a non-differentiable
 sampler (a categorical, say) give a zero gradient here, silently: reparameterize or use a bound.
 
+The Information Bottleneck (as in the paper): ``encoder_mi_surrogate`` gives ``grad I(X; Z)``
+for a stochastic encoder (its conditional score is known in closed form, so only the marginal
+score ``grad log q(z)`` is estimated). ``I(Z; Y)`` for a continuous target is
+``mi_surrogate(z, y)``; for a discrete label it has no score, and the usual variational lower
+bound ``H(Y) - CE`` (a classifier's cross-entropy on ``z``) supplies its gradient.
+
 Batching: on XLA:CPU (jaxlib 0.10.2) a ``jit(vmap(grad(mi_surrogate)))`` over many cases hung
 here on its second execution (batched Cholesky/eigh inside); `experiments.mige_toy` loops over
 cases with `jax.lax.map`, which does not.

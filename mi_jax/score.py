@@ -18,6 +18,11 @@ Estimators are also reachable by name (`get_score_estimator`), with their hyperp
 ``score_fn = get_score_estimator("ssge", threshold=0.99)``; ``score_fn(samples)`` or
 ``score_fn(samples, points)``.
 
+NaN or infinite samples: a concrete array raises a ValueError naming the argument. Under
+`jax.jit` the values are unknown at trace time; the estimate is then NaN, and so is the value of
+any `mi_jax.mige` surrogate built on it, which the training loops check after each chunk (they
+stop, naming the step) -- a NaN never passes silently as a gradient.
+
 References:
   Li & Turner, "Gradient Estimators for Implicit Models", ICLR 2018.
   Shi, Sun & Zhu, "A Spectral Approach to Gradient Estimation for Implicit Distributions",
@@ -46,6 +51,7 @@ def _check_samples(samples, name: str = "samples") -> Array:
             f"`{name}` needs at least 2 samples for a kernel estimate, got {shape[0]}."
         )
     _checks.check_float(samples, name)
+    _checks.check_finite_if_concrete(samples, name)
     return jnp.asarray(samples)
 
 

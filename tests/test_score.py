@@ -112,6 +112,19 @@ def test_bad_input_raises_naming_the_argument(call, error, match):
         call(x)
 
 
+def test_nan_samples_raise_eagerly_and_poison_the_surrogate_under_jit():
+    x, _, _ = _correlated_gaussian(2, 20)
+    x = x.at[3, 1].set(jnp.nan)
+    for fn in (score.stein_score, score.ssge_score):
+        with pytest.raises(ValueError, match="samples.*1 NaN"):
+            fn(x)
+    # Under jit the check cannot see values: the surrogate's value is NaN (what the training
+    # loops test), never a finite value with a silently NaN gradient.
+    value, grad = jax.jit(jax.value_and_grad(mige.entropy_surrogate))(x)
+    assert not bool(jnp.isfinite(value))
+    assert not bool(jnp.all(jnp.isfinite(grad)))
+
+
 # --------------------------------------------------------------------------------------------
 # MIGE.
 
