@@ -1,0 +1,365 @@
+r"""DIM-style InfoMax: the main job.
+
+  python -m experiments.infomax --config configs/infomax.py --workdir /tmp/infomax
+
+Trains an encoder (`mi_jax.encoders`) by maximizing DIM's global and local MI terms with the
+estimator named in the config (`mi_jax.dim`), then freezes it and fits linear and MLP probes
+(`mi_jax.probes`) on its representations, next to the same probes on raw pixels and on the
+randomly initialized encoder. The whole dataset sits on the device as uint8; each chunk of
+``log_every`` steps is one compiled `lax.scan` fed with precomputed, resumable batch indices.
+
+Writes to the workdir: ``config.json``; ``metrics.jsonl`` (a training row per chunk, an eval row
+per evaluation); ``results.json`` (final probe table, timings); ``curves.png`` (loss, MI terms,
+probe accuracy over steps) and ``probes.png`` (final accuracies); ``checkpoints/`` (Orbax,
+the last ``keep_checkpoints``). Rerunning with the same workdir resumes from the latest
+checkpoint. A NaN loss stops the run naming the step; checkpoints already written stay.
+"""
+
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import app
+from tqdm import tqdm
+
+from experiments import _common
+from mi_jax import data as data_lib
+from mi_jax import dim, encoders, probes, training
+
+REPRESENTATIONS = ("global", "features", "local")
+
+
+def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> dim.DIMObjective:
+    """The DIM objective (encoder included) that ``config`` describes; bad names raise here."""
+    encoder = encoders.get_encoder(
+        config.encoder, latent_dim=config.latent_dim, **config.encoder_hparams.to_dict()
+    )
+    return dim.DIMObjective(
+        encoder=encoder,
+        estimator=config.estimator,
+        estimator_hparams=tuple(sorted(config.estimator_hparams.to_dict().items())),
+        alpha=config.alpha,
+        beta=config.beta,
+        gamma=config.gamma,
+        global_source=config.global_source,
+        prior=config.prior,
+        critic_hidden=config.critic_hidden,
+        embed_dim=config.embed_dim,
+        score_clip=config.score_clip or None,
+        score_estimator=config.score_estimator,
+        score_hparams=tuple(sorted(config.score_hparams.to_dict().items())),
+        mige_locations=config.mige_locations,
+    )
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+    for name in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
+        if config[name] < 1:
+            raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
+    for name in ("eval_every", "checkpoint_every"):
+        if config[name] % config.log_every:
+            raise ValueError(
+                f"`config.{name}` ({config[name]}) must be a multiple of `config.log_every` "
+                f"({config.log_every}): evaluation and checkpoints happen between chunks."
+            )
+    for rep in config.probe.representations:
+        if rep not in REPRESENTATIONS:
+            raise ValueError(
+                f"unknown representation {rep!r} in `config.probe.representations`; "
+                f"known: {', '.join(REPRESENTATIONS)}."
+            )
+    for kind in config.probe.kinds:
+        if kind not in probes.PROBES:
+            raise ValueError(
+                f"unknown probe {kind!r} in `config.probe.kinds`; "
+                f"known: {', '.join(probes.PROBES)}."
+            )
+
+
+def make_chunk_fn(objective: dim.DIMObjective, augment: dict, train_key):
+    """``run(state, images [N, H, W, C] uint8, indices [n, B], start_step) -> (state, metrics)``:
+    ``n`` steps in one `lax.scan`; keys are ``fold_in(train_key, step)`` (resumable)."""
+
+    grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def run(state, images, indices, start_step):
+        def step_fn(state, inputs):
+            idx, step = inputs
+            aug_key, loss_key = jax.random.split(jax.random.fold_in(train_key, step))
+            batch = data_lib.to_float(images[idx])
+            if any(augment.values()):
+                batch = data_lib.augment_batch(aug_key, batch, **augment)
+            (_, (metrics, bound_states)), grads = grad_fn(
+                state.params, state.bound_states, batch, loss_key
+            )
+            metrics["grad_norm"] = optax.tree.norm(grads)
+            return state.apply_gradients(grads=grads, bound_states=bound_states), metrics
+
+        steps = start_step + jnp.arange(indices.shape[0])
+        return jax.lax.scan(step_fn, state, (indices, steps))
+
+    return run
+
+
+def representations(objective, encoder_params, images: np.ndarray, wanted) -> dict:
+    """``{name: [N, F] features}`` of the encoder for the wanted representations."""
+
+    def apply(params, x):
+        local, features, global_ = objective.encoder.apply(params, data_lib.to_float(x))
+        return global_, features, local.reshape(local.shape[0], -1)
+
+    global_, features, local = probes.extract_features(apply, encoder_params, images)
+    out = {"global": global_, "features": features, "local": local}
+    return {k: out[k] for k in wanted}
+
+
+def run_probes(config, train: dict, test: dict, labels, num_classes: int, prefix: str) -> list:
+    rows = []
+    for rep in train:
+        for kind in config.probe.kinds:
+            t0 = time.perf_counter()
+            result = probes.fit_probe(
+                train[rep],
+                labels[0],
+                test[rep],
+                labels[1],
+                kind=kind,
+                num_classes=num_classes,
+                hidden=config.probe.mlp_hidden,
+                l2=config.probe.l2,
+                max_iter=config.probe.max_iter,
+                epochs=config.probe.epochs,
+                batch_size=config.probe.batch_size,
+                learning_rate=config.probe.learning_rate,
+                weight_decay=config.probe.weight_decay,
+                seed=config.seed,
+            )
+            rows.append(
+                dict(
+                    encoder=prefix,
+                    representation=rep,
+                    dim=int(np.prod(train[rep].shape[1:])),
+                    probe=kind,
+                    train_accuracy=result.train_accuracy,
+                    test_accuracy=result.test_accuracy,
+                    seconds=time.perf_counter() - t0,
+                )
+            )
+    return rows
+
+
+def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")), options=options
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (or resumes), evaluates, writes everything into ``workdir``; returns the results."""
+    _check_config(config)
+    dataset = data_lib.load_dataset(
+        config.dataset, data_dir=config.data_dir or None, max_examples=config.max_examples or None
+    )
+    objective = build(config, dataset.image_shape)
+    _common.write_config(workdir, config)
+    batch_size = config.batch_size
+    num_train = dataset.train_images.shape[0]
+    if batch_size > num_train:
+        raise ValueError(
+            f"`config.batch_size` ({batch_size}) exceeds the {num_train} training images."
+        )
+
+    init_key, train_key = jax.random.split(jax.random.key(config.seed))
+    sample = data_lib.to_float(jnp.asarray(dataset.train_images[:batch_size]))
+    params, bound_states = jax.jit(objective.init)(init_key, sample)
+    # A copy: the train state's buffers are donated to the compiled steps.
+    initial_encoder = jax.tree.map(jnp.copy, params["encoder"])
+    state = training.TrainState.create(
+        apply_fn=objective.encoder.apply,
+        params=params,
+        tx=optax.adam(config.learning_rate),
+        bound_states=bound_states,
+    )
+    manager = _checkpoint_manager(workdir, config.keep_checkpoints)
+    start = manager.latest_step() or 0
+    if start:
+        state = manager.restore(start, args=ocp.args.StandardRestore(state))
+        print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")
+
+    images = jnp.asarray(dataset.train_images)
+    run = make_chunk_fn(objective, config.augment.to_dict(), train_key)
+    writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+    compile_s, train_s, step = 0.0, 0.0, start
+    progress = tqdm(total=config.num_steps, initial=start, desc=f"infomax {config.estimator}")
+    try:
+        while step < config.num_steps:
+            n = min(config.log_every, config.num_steps - step)
+            indices = data_lib.batch_indices(
+                num_train, batch_size, seed=config.seed, start_step=step, num_steps=n
+            )
+            t0 = time.perf_counter()
+            state, metrics = run(state, images, jnp.asarray(indices), step)
+            metrics = jax.device_get(metrics)
+            elapsed = time.perf_counter() - t0
+            if step == start:
+                compile_s += elapsed  # the first chunk includes the compilation
+            else:
+                train_s += elapsed
+            bad = ~np.isfinite(metrics["loss"])
+            if bad.any():
+                where = step + 1 + int(np.argmax(bad))
+                raise training.NonFiniteError(
+                    f"the loss of estimator {config.estimator!r} became "
+                    f"{metrics['loss'][bad][0]} at step {where}; the checkpoints already "
+                    f"written (latest: step {manager.latest_step()}) are kept in "
+                    f"{os.path.join(workdir, 'checkpoints')}."
+                )
+            step += n
+            row = {"step": step, "kind": "train", "seconds": elapsed, "steps_per_s": n / elapsed}
+            row.update({k: float(np.mean(v)) for k, v in metrics.items()})
+            writer.write(row)
+            progress.update(n)
+            progress.set_postfix(loss=f"{row['loss']:.3f}")
+            if step % config.checkpoint_every == 0 or step == config.num_steps:
+                manager.save(step, args=ocp.args.StandardSave(state))
+            if step % config.eval_every == 0 and step < config.num_steps:
+                acc = _quick_eval(config, objective, state.params["encoder"], dataset)
+                writer.write({"step": step, "kind": "eval", **acc})
+                progress.set_postfix(loss=f"{row['loss']:.3f}", probe=f"{acc['linear_global']:.3f}")
+        manager.wait_until_finished()
+        progress.close()
+        t0 = time.perf_counter()
+        final = evaluate(config, objective, state.params["encoder"], initial_encoder, dataset)
+        eval_s = time.perf_counter() - t0
+        linear = [
+            r["test_accuracy"]
+            for r in final
+            if (r["encoder"], r["representation"], r["probe"]) == ("trained", "global", "linear")
+        ]
+        if linear:
+            writer.write({"step": step, "kind": "eval", "linear_global": linear[0]})
+    finally:
+        progress.close()
+        writer.close()
+
+    results = {
+        "dataset": config.dataset,
+        "estimator": config.estimator,
+        "num_steps": config.num_steps,
+        "resumed_from": start,
+        "compile_s": compile_s,
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "probes": final,
+    }
+    _common.write_json(os.path.join(workdir, "results.json"), results)
+    plot(workdir, final)
+    print(summary(results))
+    return results
+
+
+def _quick_eval(config, objective, encoder_params, dataset) -> dict:
+    """A linear probe on the global vector (for the curve in ``curves.png``)."""
+    train = representations(objective, encoder_params, dataset.train_images, ["global"])
+    test = representations(objective, encoder_params, dataset.test_images, ["global"])
+    result = probes.fit_probe(
+        train["global"],
+        dataset.train_labels,
+        test["global"],
+        dataset.test_labels,
+        num_classes=dataset.num_classes,
+        l2=config.probe.l2,
+        max_iter=config.probe.max_iter,
+    )
+    return {"linear_global": result.test_accuracy}
+
+
+def evaluate(config, objective, encoder_params, initial_params, dataset) -> list[dict]:
+    """Probe table: trained encoder, randomly initialized encoder, raw pixels."""
+    labels = (dataset.train_labels, dataset.test_labels)
+    wanted = list(config.probe.representations)
+    rows = []
+    for name, p in (("trained", encoder_params), ("random", initial_params)):
+        train = representations(objective, p, dataset.train_images, wanted)
+        test = representations(objective, p, dataset.test_images, wanted)
+        rows += run_probes(config, train, test, labels, dataset.num_classes, name)
+    pixels = {"pixels": dataset.train_images.reshape(len(dataset.train_images), -1) / 255.0}
+    pixels_test = {"pixels": dataset.test_images.reshape(len(dataset.test_images), -1) / 255.0}
+    rows += run_probes(config, pixels, pixels_test, labels, dataset.num_classes, "none")
+    return rows
+
+
+def summary(results: dict) -> str:
+    cols = ["encoder", "representation", "dim", "probe", "train_accuracy", "test_accuracy"]
+    return (
+        f"\n{results['dataset']}, estimator {results['estimator']}, {results['num_steps']} steps: "
+        f"compile {results['compile_s']:.1f} s, train {results['train_s']:.1f} s, "
+        f"probes {results['eval_s']:.1f} s\n" + _common.format_table(results["probes"], cols)
+    )
+
+
+def read_metrics(path: str) -> tuple[list[dict], list[dict]]:
+    """Train and eval rows of ``metrics.jsonl``; after a resume the latest row per step wins."""
+    rows = {}
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            rows[(row["kind"], row["step"])] = row
+    ordered = sorted(rows.values(), key=lambda r: r["step"])
+    return [r for r in ordered if r["kind"] == "train"], [r for r in ordered if r["kind"] == "eval"]
+
+
+def plot(workdir: str, final: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, evals = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    steps = [r["step"] for r in train]
+    axes[0].plot(steps, [r["loss"] for r in train], label="loss")
+    for key in ("prior_encoder", "prior_disc"):
+        if train and key in train[0]:
+            axes[0].plot(steps, [r[key] for r in train], label=key)
+    axes[0].set(xlabel="step", title="losses")
+    for key in ("mi_global", "mi_local", "infonce_global", "infonce_local"):
+        if train and key in train[0]:
+            axes[1].plot(steps, [r[key] for r in train], label=key)
+    axes[1].set(xlabel="step", title="MI terms (nats; MIGE: surrogate)")
+    axes[2].plot([r["step"] for r in evals], [r["linear_global"] for r in evals], "o-")
+    axes[2].set(xlabel="step", title="linear probe, global vector (test acc.)")
+    for ax in axes[:2]:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "curves.png"), dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    labels = [f"{r['encoder']}\n{r['representation']}\n{r['probe']}" for r in final]
+    ax.bar(range(len(final)), [r["test_accuracy"] for r in final])
+    ax.set_xticks(range(len(final)), labels, fontsize=7)
+    ax.set(ylabel="test accuracy", ylim=(0, 1), title="probes on frozen representations")
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "probes.png"), dpi=100)
+    plt.close(fig)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    _CONFIG, _WORKDIR = _common.define_experiment_flags("infomax")
+    app.run(main)

@@ -1,0 +1,592 @@
+r"""Image datasets as in-memory numpy arrays, resumable batch orders and pure-JAX augmentations.
+
+Datasets are chosen by name (`load_dataset`) from a small registry:
+
+* ``digits``: scikit-learn's bundled 8x8 digits (1797 images, 10 classes), ``[N, 8, 8, 1]``.
+  The offline default: it never touches the network. It has no official split; a fixed 360
+  images (20 %) form the test split, chosen by a permutation with a constant seed, so the split
+  never depends on a training seed.
+* ``mnist``: the four original IDX ``.gz`` files in ``data_dir`` (or ``data_dir/mnist``), parsed
+  with numpy, ``[N, 28, 28, 1]``; without them, tensorflow-datasets as below.
+* ``cifar10``, ``cifar100`` (fine labels), ``stl10`` (the labelled ``train``/``test`` splits,
+  96x96x3): tensorflow-datasets' random-access ``tfds.data_source`` with ``download=False``. It
+  works without TensorFlow (``tfds.load`` needs TensorFlow and, with no network, retries for
+  minutes). Nothing is ever downloaded: an unprepared dataset raises a `FileNotFoundError` that
+  says how to prepare it.
+
+Images are ``uint8`` ``[N, H, W, C]`` and labels ``int32`` ``[N]``; `to_float` maps images to
+``float32`` in ``[0, 1]`` on the device.
+
+`batch_indices` gives the example indices of any range of training steps: step ``s`` takes batch
+``s % steps_per_epoch`` of the permutation of epoch ``s // steps_per_epoch``, seeded by
+``(seed, epoch)``. A run resumed at step ``k`` therefore sees exactly the batches it would have
+seen without interruption.
+
+The augmentations (`random_crop`, `random_flip`, `color_jitter`) act on one ``[H, W, C]`` float
+image and one key; `augment_image` chains them and `augment_batch` vmaps it over a batch with one
+key per image. Their hyperparameters are static Python values, so disabled augmentations cost
+nothing under `jax.jit`.
+"""
+
+import functools
+import gzip
+import math
+import os
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mi_jax import _checks
+from mi_jax.types import Array, ArrayLike, PRNGKey
+
+
+class Dataset(NamedTuple):
+    """A labelled image dataset held in host memory.
+
+    Attributes:
+      name: the registry name it was loaded under.
+      train_images: ``[N, H, W, C]`` uint8.
+      train_labels: ``[N]`` int32 in ``[0, num_classes)``.
+      test_images: ``[M, H, W, C]`` uint8.
+      test_labels: ``[M]`` int32 in ``[0, num_classes)``.
+      num_classes: the number of classes.
+    """
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of one image."""
+        return tuple(self.train_images.shape[1:])
+
+
+DatasetLoader = Callable[..., Dataset]
+
+# ------------------------------------------------------------------------------------------------
+# digits (scikit-learn, offline)
+
+# The digits test split: a constant seed, independent of every training seed, so that all runs
+# (and all seeds of one run) are evaluated on the same 360 images.
+_DIGITS_SPLIT_SEED = 0
+_DIGITS_NUM_TEST = 360
+
+
+def _load_digits(*, data_dir: str | None = None, max_examples: int | None = None) -> Dataset:
+    """scikit-learn's 8x8 digits; ``data_dir`` is ignored (the data ship with scikit-learn)."""
+    del data_dir
+    from sklearn.datasets import load_digits  # lazy: only this loader needs scikit-learn
+
+    digits = load_digits()
+    # Grey levels 0..16 -> 0..255, so that `to_float` treats every dataset alike.
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # [N, 8, 8, 1]
+    labels = digits.target.astype(np.int32)
+    perm = np.random.default_rng(_DIGITS_SPLIT_SEED).permutation(len(labels))
+    # Each split keeps scikit-learn's order (sorted indices), so truncation is reproducible.
+    test_idx = np.sort(perm[:_DIGITS_NUM_TEST])
+    train_idx = np.sort(perm[_DIGITS_NUM_TEST:])
+    return _truncate(
+        Dataset(
+            "digits", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], 10
+        ),
+        max_examples,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# MNIST from the original IDX files
+
+_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+_IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+_IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+
+
+def _read_idx(path: str, *, magic: int, ndim: int, count: int | None = None) -> np.ndarray:
+    """Parses a gzipped IDX file of unsigned bytes: a big-endian int32 magic number, ``ndim``
+    big-endian int32 sizes, then the data. Reads at most ``count`` items (all if ``None``)."""
+    try:
+        with gzip.open(path, "rb") as f:
+            header = f.read(4 * (1 + ndim))
+            if len(header) < 4 * (1 + ndim):
+                raise ValueError(f"IDX file {path} is truncated: no complete header.")
+            found, *shape = np.frombuffer(header, dtype=">i4").tolist()
+            if found != magic:
+                raise ValueError(
+                    f"IDX file {path} has magic number {found}, expected {magic} "
+                    f"({'images' if magic == _IDX_IMAGES_MAGIC else 'labels'}); the file is "
+                    "corrupt or not the one its name says."
+                )
+            if count is not None:
+                shape[0] = min(shape[0], count)
+            size = math.prod(shape)
+            data = f.read(size)
+    except (OSError, EOFError) as e:  # not gzip, or a truncated gzip stream
+        raise ValueError(f"cannot read IDX file {path}: {e}") from e
+    if len(data) != size:
+        raise ValueError(
+            f"IDX file {path} is truncated: its header promises {size} bytes of shape {shape}, "
+            f"found {len(data)}."
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def _find_mnist_files(data_dir: str | None) -> str | None:
+    """The directory holding the four MNIST IDX files (``data_dir`` or ``data_dir/mnist``), or
+    ``None`` when neither holds any of them. A directory holding only some raises."""
+    if data_dir is None:
+        return None
+    for directory in (data_dir, os.path.join(data_dir, "mnist")):
+        present = [f for f in _MNIST_FILES.values() if os.path.isfile(os.path.join(directory, f))]
+        if len(present) == len(_MNIST_FILES):
+            return directory
+        if present:
+            missing = sorted(set(_MNIST_FILES.values()) - set(present))
+            raise FileNotFoundError(
+                f"MNIST IDX files missing from {directory}: {', '.join(missing)} (found "
+                f"{', '.join(sorted(present))}); all four are needed."
+            )
+    return None
+
+
+def _load_mnist_idx(directory: str, max_examples: int | None) -> Dataset:
+    arrays = {}
+    for split in ("train", "test"):
+        images = _read_idx(
+            os.path.join(directory, _MNIST_FILES[f"{split}_images"]),
+            magic=_IDX_IMAGES_MAGIC,
+            ndim=3,
+            count=max_examples,
+        )
+        labels = _read_idx(
+            os.path.join(directory, _MNIST_FILES[f"{split}_labels"]),
+            magic=_IDX_LABELS_MAGIC,
+            ndim=1,
+            count=max_examples,
+        )
+        if len(images) != len(labels):
+            raise ValueError(
+                f"MNIST {split} files in {directory} disagree: {len(images)} images but "
+                f"{len(labels)} labels."
+            )
+        if labels.size and labels.max() > 9:
+            raise ValueError(f"MNIST {split} labels in {directory} exceed 9: {labels.max()}.")
+        arrays[f"{split}_images"] = images[..., None]  # [N, H, W, 1]
+        arrays[f"{split}_labels"] = labels.astype(np.int32)
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise ValueError(
+            f"MNIST image sizes in {directory} disagree: train {arrays['train_images'].shape[1:]}, "
+            f"test {arrays['test_images'].shape[1:]}."
+        )
+    return Dataset("mnist", num_classes=10, **arrays)
+
+
+def _load_mnist(*, data_dir: str | None = None, max_examples: int | None = None) -> Dataset:
+    """MNIST from the IDX files in ``data_dir`` (or ``data_dir/mnist``), else from tfds."""
+    directory = _find_mnist_files(data_dir)
+    if directory is not None:
+        return _load_mnist_idx(directory, max_examples)
+    return _load_tfds("mnist", "mnist", 10, data_dir=data_dir, max_examples=max_examples)
+
+
+# ------------------------------------------------------------------------------------------------
+# tensorflow-datasets (random access, no TensorFlow, no download)
+
+
+def _import_tfds():
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError(
+            "loading this dataset needs tensorflow-datasets: `pip install 'mi_jax[tfds]'` "
+            "(TensorFlow itself is not needed)."
+        ) from e
+    return tfds
+
+
+def _tfds_split(tfds, tfds_name: str, split: str, data_dir: str | None, max_examples: int | None):
+    """``(images [n, H, W, C] uint8, labels [n] int32)`` of one split, read record by record."""
+    try:
+        source = tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
+    except (NotImplementedError, KeyError, ValueError, FileNotFoundError) as e:
+        # With download=False an unprepared dataset fails at once, but with a message about file
+        # formats (NotImplementedError), empty splits (KeyError) or unset formats (ValueError).
+        default = os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+        where = data_dir if data_dir is not None else f"None (tfds's default, {default})"
+        dir_flag = f" --data_dir={data_dir}" if data_dir is not None else ""
+        raise FileNotFoundError(
+            f"dataset {tfds_name!r} is not prepared (in a random-access format) under "
+            f"data_dir={where}. With network access run `tfds build {tfds_name} "
+            f"--file_format=array_record{dir_flag}`, or pass the data_dir of a prepared copy. "
+            f"Nothing is downloaded here. (tfds said: {type(e).__name__}: {e})"
+        ) from e
+    n = len(source) if max_examples is None else min(len(source), max_examples)
+    # One record at a time: neither slicing nor `__getitems__` works on every source (the
+    # tfds.testing.mock_data mock supports neither).
+    first = source[0] if n else None
+    shape = np.shape(first["image"]) if n else (0, 0, 0)
+    images = np.empty((n, *shape), np.uint8)
+    labels = np.empty((n,), np.int32)
+    for i in range(n):
+        record = first if i == 0 else source[i]
+        images[i] = record["image"]
+        labels[i] = record["label"]
+    return images, labels
+
+
+def _load_tfds(
+    name: str,
+    tfds_name: str,
+    num_classes: int,
+    *,
+    data_dir: str | None = None,
+    max_examples: int | None = None,
+) -> Dataset:
+    tfds = _import_tfds()
+    train_images, train_labels = _tfds_split(tfds, tfds_name, "train", data_dir, max_examples)
+    test_images, test_labels = _tfds_split(tfds, tfds_name, "test", data_dir, max_examples)
+    return Dataset(name, train_images, train_labels, test_images, test_labels, num_classes)
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry
+
+_REGISTRY: dict[str, DatasetLoader] = {
+    "digits": _load_digits,
+    "mnist": _load_mnist,
+    "cifar10": functools.partial(_load_tfds, "cifar10", "cifar10", 10),
+    "cifar100": functools.partial(_load_tfds, "cifar100", "cifar100", 100),
+    "stl10": functools.partial(_load_tfds, "stl10", "stl10", 10),
+}
+
+
+def available_datasets() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def register_dataset(name: str, loader: DatasetLoader) -> None:
+    """Registers ``loader(*, data_dir, max_examples) -> Dataset`` under ``name``.
+
+    The loader may ignore ``max_examples``; `load_dataset` truncates its result anyway.
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"a dataset named {name!r} is already registered.")
+    _REGISTRY[name] = loader
+
+
+def _truncate(dataset: Dataset, max_examples: int | None) -> Dataset:
+    if max_examples is None:
+        return dataset
+    return dataset._replace(
+        train_images=dataset.train_images[:max_examples],
+        train_labels=dataset.train_labels[:max_examples],
+        test_images=dataset.test_images[:max_examples],
+        test_labels=dataset.test_labels[:max_examples],
+    )
+
+
+def _check_dataset(dataset: Dataset, name: str) -> None:
+    """Checks a loader's result, so that registered loaders fail here, not inside training."""
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"the loader of {name!r} returned {type(dataset).__name__}, not Dataset.")
+    for split in ("train", "test"):
+        images = getattr(dataset, f"{split}_images")
+        labels = getattr(dataset, f"{split}_labels")
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"{name!r} {split}_images must be uint8 [N, H, W, C], got {images.dtype} "
+                f"{images.shape}."
+            )
+        if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
+            raise ValueError(
+                f"{name!r} {split}_labels must be int32 [{images.shape[0]}], got {labels.dtype} "
+                f"{labels.shape}."
+            )
+    if dataset.train_images.shape[1:] != dataset.test_images.shape[1:]:
+        raise ValueError(
+            f"{name!r} train and test images differ in shape: {dataset.train_images.shape[1:]} "
+            f"vs {dataset.test_images.shape[1:]}."
+        )
+
+
+def load_dataset(
+    name: str, *, data_dir: str | None = None, max_examples: int | None = None
+) -> Dataset:
+    """Loads a registered dataset into host memory.
+
+    Args:
+      name: one of `available_datasets` (``digits``, ``mnist``, ``cifar10``, ``cifar100``,
+        ``stl10``).
+      data_dir: where the data lie: the MNIST IDX files, or a tensorflow-datasets data
+        directory. ``None``: MNIST and the tfds datasets look in tfds's default directory;
+        ``digits`` needs none.
+      max_examples: keep only the first ``max_examples`` of each split (in the dataset's fixed
+        order); for tests and tiny configs.
+
+    Returns:
+      A `Dataset` with uint8 ``[N, H, W, C]`` images and int32 ``[N]`` labels.
+
+    Raises:
+      KeyError: unknown ``name``.
+      FileNotFoundError: the data are not there (nothing is ever downloaded).
+      ImportError: tensorflow-datasets is needed but not installed.
+      ValueError: a corrupt MNIST file.
+    """
+    if name not in _REGISTRY:
+        raise _checks.unknown_name_error("dataset", name, _REGISTRY)
+    if max_examples is not None and not (isinstance(max_examples, int) and max_examples >= 1):
+        raise ValueError(
+            f"`max_examples` must be a positive integer or None, got {max_examples!r}."
+        )
+    dataset = _truncate(_REGISTRY[name](data_dir=data_dir, max_examples=max_examples), max_examples)
+    _check_dataset(dataset, name)
+    return dataset
+
+
+# ------------------------------------------------------------------------------------------------
+# Batches
+
+
+def batch_indices(
+    num_examples: int, batch_size: int, *, seed: int, start_step: int, num_steps: int
+) -> np.ndarray:
+    """Example indices of training steps ``start_step, ..., start_step + num_steps - 1``.
+
+    Each epoch is a fresh permutation, ``np.random.default_rng([seed, epoch])
+    .permutation(num_examples)``, cut into ``steps_per_epoch = num_examples // batch_size``
+    batches (the remainder is dropped). Step ``s`` takes batch ``s % steps_per_epoch`` of epoch
+    ``s // steps_per_epoch``, so the rows for steps ``k..`` are the same whether or not the run
+    started at step 0, and a resumed run sees identical batches. Only the epochs that the steps
+    touch are permuted.
+
+    Args:
+      num_examples: the size of the split ``N``.
+      batch_size: ``B``, with ``1 <= B <= N``.
+      seed: a non-negative integer, the data-order seed.
+      start_step: the first step, ``>= 0``.
+      num_steps: how many steps, ``>= 0``.
+
+    Returns:
+      ``[num_steps, batch_size]`` int32 indices into the split.
+    """
+    if not (isinstance(num_examples, int | np.integer) and num_examples >= 1):
+        raise ValueError(f"`num_examples` must be a positive integer, got {num_examples!r}.")
+    if not (isinstance(batch_size, int | np.integer) and 1 <= batch_size <= num_examples):
+        raise ValueError(
+            f"`batch_size` must be an integer in [1, num_examples = {num_examples}], got "
+            f"{batch_size!r}."
+        )
+    for arg, value in (("seed", seed), ("start_step", start_step), ("num_steps", num_steps)):
+        if not (isinstance(value, int | np.integer) and value >= 0):
+            raise ValueError(f"`{arg}` must be a non-negative integer, got {value!r}.")
+    steps_per_epoch = num_examples // batch_size
+    steps = np.arange(start_step, start_step + num_steps)
+    epochs, positions = np.divmod(steps, steps_per_epoch)
+    out = np.empty((num_steps, batch_size), np.int32)
+    for epoch in np.unique(epochs):
+        perm = np.random.default_rng([seed, int(epoch)]).permutation(num_examples)
+        batches = perm[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
+        rows = epochs == epoch
+        out[rows] = batches[positions[rows]]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Augmentations (per image; vmapped by `augment_batch`)
+
+
+def to_float(images: ArrayLike) -> Array:
+    """uint8 images (any shape) -> float32 in ``[0, 1]`` (``x / 255``)."""
+    dtype = jnp.result_type(images)
+    if dtype != jnp.uint8:
+        # A float input would be divided by 255 a second time without any visible error.
+        raise TypeError(f"`images` must be uint8 (0..255), got {dtype}.")
+    return jnp.asarray(images, jnp.float32) / 255.0
+
+
+def _check_image(image, name: str = "image") -> Array:
+    if jnp.ndim(image) != 3:
+        raise ValueError(
+            f"`{name}` must be one [H, W, C] image (vmap over batches), got shape "
+            f"{jnp.shape(image)}."
+        )
+    _checks.check_float(image, name)
+    return jnp.asarray(image)
+
+
+def random_crop(key: PRNGKey, image: ArrayLike, *, padding: int) -> Array:
+    """Zero-pads ``padding`` pixels on every side, then crops a uniformly placed ``[H, W]``
+    window: a translation by up to ``padding`` pixels in each direction, filled with zeros.
+
+    Zero padding as in the standard CIFAR recipe (He et al., 2016: "4 pixels are padded on each
+    side"); for MNIST-like data, zero is also the background.
+
+    Args:
+      key: a PRNG key.
+      image: ``[H, W, C]`` float image.
+      padding: pixels added on each side (``>= 0``, static); 0 is the identity.
+
+    Returns:
+      ``[H, W, C]`` the cropped image.
+    """
+    image = _check_image(image)
+    if not (isinstance(padding, int) and padding >= 0):
+        raise ValueError(f"`padding` must be a non-negative integer, got {padding!r}.")
+    if padding == 0:
+        return image
+    h, w, c = image.shape
+    padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+    top, left = jax.random.randint(key, (2,), 0, 2 * padding + 1)
+    return jax.lax.dynamic_slice(padded, (top, left, 0), (h, w, c))
+
+
+def random_flip(key: PRNGKey, image: ArrayLike) -> Array:
+    """Flips ``image`` ``[H, W, C]`` left-right with probability 1/2; returns ``[H, W, C]``."""
+    image = _check_image(image)
+    return jnp.where(jax.random.bernoulli(key), image[:, ::-1, :], image)
+
+
+# ITU-R BT.601 luma weights, as in torchvision's and TensorFlow's rgb_to_grayscale.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _grayscale(image: Array) -> Array:
+    """``[H, W, 1]`` luma of a 1- or 3-channel image."""
+    if image.shape[-1] == 1:
+        return image
+    luma = jnp.asarray(_LUMA, image.dtype).reshape(1, 1, 3)
+    return jnp.sum(image * luma, axis=-1, keepdims=True)
+
+
+def _factor(key: PRNGKey, strength: float) -> Array:
+    """A blend factor uniform in ``[max(0, 1 - strength), 1 + strength]``."""
+    return jax.random.uniform(key, (), minval=max(0.0, 1.0 - strength), maxval=1.0 + strength)
+
+
+def color_jitter(
+    key: PRNGKey, image: ArrayLike, *, brightness: float, contrast: float, saturation: float
+) -> Array:
+    r"""Random brightness, contrast and saturation, in that fixed order (torchvision semantics).
+
+    Each factor ``f`` is uniform in ``[max(0, 1 - s), 1 + s]`` for its strength ``s``; with gray
+    ``g`` (the BT.601 luma) and the result clipped to ``[0, 1]`` after each step:
+
+    * brightness: ``f x``;
+    * contrast: ``f x + (1 - f) mean(g(x))`` (blend with the mean grey level);
+    * saturation: ``f x + (1 - f) g(x)`` (blend with the grey image); a no-op for one channel.
+
+    A strength of 0 skips its step (statically), so all-zero strengths return ``image``. The key
+    is always split in three, so enabling one step does not change another's randomness.
+
+    Args:
+      key: a PRNG key.
+      image: ``[H, W, C]`` float image in ``[0, 1]``, ``C`` in ``{1, 3}``.
+      brightness: strength ``>= 0``.
+      contrast: strength ``>= 0``.
+      saturation: strength ``>= 0``.
+
+    Returns:
+      ``[H, W, C]`` the jittered image, in ``[0, 1]``.
+    """
+    image = _check_image(image)
+    strengths = {"brightness": brightness, "contrast": contrast, "saturation": saturation}
+    for arg, value in strengths.items():
+        if not value >= 0:
+            raise ValueError(f"`{arg}` must be >= 0, got {value!r}.")
+    if image.shape[-1] not in (1, 3):
+        raise ValueError(f"`image` must have 1 or 3 channels, got shape {image.shape}.")
+    k_brightness, k_contrast, k_saturation = jax.random.split(key, 3)
+    if brightness > 0:
+        image = jnp.clip(_factor(k_brightness, brightness) * image, 0.0, 1.0)
+    if contrast > 0:
+        f = _factor(k_contrast, contrast)
+        image = jnp.clip(f * image + (1.0 - f) * jnp.mean(_grayscale(image)), 0.0, 1.0)
+    if saturation > 0 and image.shape[-1] == 3:
+        f = _factor(k_saturation, saturation)
+        image = jnp.clip(f * image + (1.0 - f) * _grayscale(image), 0.0, 1.0)
+    return image
+
+
+def augment_image(
+    key: PRNGKey,
+    image: ArrayLike,
+    *,
+    crop_padding: int = 0,
+    flip: bool = False,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    saturation: float = 0.0,
+) -> Array:
+    """`random_crop`, `random_flip`, then `color_jitter` of one ``[H, W, C]`` image in ``[0, 1]``.
+
+    The key is split as ``k_crop, k_flip, k_color = jax.random.split(key, 3)``; disabled steps
+    (``crop_padding=0``, ``flip=False``, all strengths 0) are skipped.
+
+    Returns:
+      ``[H, W, C]`` the augmented image.
+    """
+    image = _check_image(image)
+    k_crop, k_flip, k_color = jax.random.split(key, 3)
+    if crop_padding:
+        image = random_crop(k_crop, image, padding=crop_padding)
+    if flip:
+        image = random_flip(k_flip, image)
+    if brightness or contrast or saturation:
+        image = color_jitter(
+            k_color, image, brightness=brightness, contrast=contrast, saturation=saturation
+        )
+    return image
+
+
+@functools.partial(
+    jax.jit, static_argnames=("crop_padding", "flip", "brightness", "contrast", "saturation")
+)
+def augment_batch(
+    key: PRNGKey,
+    images: ArrayLike,
+    *,
+    crop_padding: int = 0,
+    flip: bool = False,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    saturation: float = 0.0,
+) -> Array:
+    """`augment_image` vmapped over a batch, image ``i`` with key ``jax.random.split(key, B)[i]``.
+
+    Jitted, with the hyperparameters static (each setting compiles once).
+
+    Args:
+      key: a PRNG key.
+      images: ``[B, H, W, C]`` float images in ``[0, 1]``.
+      crop_padding: `random_crop` padding (0: no crop).
+      flip: whether to apply `random_flip`.
+      brightness: `color_jitter` strength.
+      contrast: `color_jitter` strength.
+      saturation: `color_jitter` strength.
+
+    Returns:
+      ``[B, H, W, C]`` augmented images.
+    """
+    if jnp.ndim(images) != 4:
+        raise ValueError(f"`images` must have shape [B, H, W, C], got {jnp.shape(images)}.")
+    keys = jax.random.split(key, jnp.shape(images)[0])
+    augment = functools.partial(
+        augment_image,
+        crop_padding=crop_padding,
+        flip=flip,
+        brightness=brightness,
+        contrast=contrast,
+        saturation=saturation,
+    )
+    return jax.vmap(augment)(keys, images)

@@ -1,0 +1,315 @@
+"""Image encoders for DIM-style InfoMax: Flax Linen modules from images to representations.
+
+``encoder.apply(params, images)`` with ``images`` ``[batch, height, width, channels]`` (float,
+values in ``[0, 1]``) returns an `EncoderOutput` with the three representations Deep InfoMax
+(DIM) maximizes MI between:
+
+* ``local`` ``[batch, h, w, c_local]``: the last convolutional feature map, DIM's ``M``; every
+  spatial position is one "local feature" of a patch of the image.
+* ``features`` ``[batch, F]``: the penultimate (fully connected or pooled) layer, DIM's ``fc``.
+* ``global_`` ``[batch, latent_dim]``: the global representation, DIM's ``Y``.
+
+Encoders, chosen by name with `get_encoder`:
+
+* ``"mlp"`` `MLPEncoder`: an MLP on the flattened image (``local`` is a 1x1 map).
+* ``"conv"`` `ConvEncoder`: DIM's DCGAN-style encoder for small images (two stride-2 4x4 convs).
+* ``"resnet"`` `ResNetEncoder`: a small pre-activation ResNet with GroupNorm, for 32x32 images.
+
+There is no BatchNorm anywhere: the train state stays a pure parameter tree (no ``batch_stats``
+collection, no ``mutable=`` in the step), and the representation of one image does not depend
+on the rest of its batch, which matters for contrastive bounds whose negatives are the other
+samples of the batch (BatchNorm leaks batch statistics into every score). The MLP and conv
+encoders use no normalization (DIM's small encoders train without it at these depths); the
+ResNet uses GroupNorm, batch-independent and stable at any batch size.
+
+``compute_dtype`` (``None``/``"float32"`` or ``"bfloat16"``) applies to the Dense layers only,
+through `mi_jax.critics.dense`; convolutions stay float32 (on the small images here the
+fully connected layers hold most parameters and FLOPs of `ConvEncoder`, and mixed-precision
+convolutions would need their own custom VJP).
+
+References:
+  Hjelm et al., "Learning deep representations by mutual information estimation and
+  maximization", ICLR 2019. https://arxiv.org/abs/1808.06670
+"""
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mi_jax import _checks
+from mi_jax.critics import check_compute_dtype, dense, get_activation
+from mi_jax.types import Array
+
+
+class EncoderOutput(NamedTuple):
+    """The representations of a batch of images (all float32).
+
+    Attributes:
+      local: ``[batch, h, w, c_local]`` the last convolutional feature map (DIM's ``M``).
+      features: ``[batch, F]`` the penultimate layer (DIM's ``fc``).
+      global_: ``[batch, latent_dim]`` the global representation (DIM's ``Y``).
+    """
+
+    local: Array
+    features: Array
+    global_: Array
+
+
+def _check_images(images, encoder: str, min_size: int = 1, why: str = "") -> None:
+    """Static checks of ``images`` ``[batch, height, width, channels]`` (free under jit)."""
+    shape = jnp.shape(images)
+    if len(shape) != 4:
+        raise ValueError(
+            f"`images` must have shape [batch, height, width, channels], got an array of rank "
+            f"{len(shape)} with shape {shape}; add a trailing channel axis for grayscale images."
+        )
+    try:
+        _checks.check_float(images, "images")
+    except TypeError as e:
+        raise TypeError(
+            f"{e} Integer pixels in [0, 255] are converted to floats in [0, 1] by "
+            "`mi_jax.data.to_float(images)`."
+        ) from None
+    if shape[1] < min_size or shape[2] < min_size:
+        raise ValueError(
+            f"{encoder} with {why} needs H, W >= {min_size}, got `images` of shape {shape}."
+        )
+
+
+def _tuple(x: int | Sequence[int]) -> tuple[int, ...]:
+    return tuple(x) if isinstance(x, Sequence) else (x,)
+
+
+class MLPEncoder(nn.Module):
+    """An MLP on the flattened image: ``Dense -> act`` per hidden width, then ``Dense(latent_dim)``.
+
+    It has no spatial structure, so ``local`` is the last hidden layer as a 1x1 map
+    ``[batch, 1, 1, hidden[-1]]``: a local DIM objective then has one "location" per image and
+    degenerates gracefully to a global objective between ``features`` and ``global_`` (useful as
+    a baseline and for tabular-like inputs, at no extra code in the trainer).
+
+    Attributes:
+      hidden: widths of the hidden layers (at least one); ``features`` has width ``hidden[-1]``.
+      latent_dim: width ``D`` of ``global_``.
+      activation: name of the activation (see `mi_jax.critics.get_activation`).
+      compute_dtype: ``None``/``"float32"`` or ``"bfloat16"`` matmuls (see `mi_jax.critics.dense`).
+    """
+
+    hidden: Sequence[int] = (512, 512)
+    latent_dim: int = 64
+    activation: str = "relu"
+    compute_dtype: str | None = None
+
+    @nn.compact
+    def __call__(self, images: Array) -> EncoderOutput:
+        """``images`` ``[batch, H, W, C]`` -> `EncoderOutput` (``local`` ``[batch, 1, 1, F]``)."""
+        _check_images(images, "MLPEncoder")
+        if not self.hidden:
+            raise ValueError("MLPEncoder needs at least one hidden layer (`hidden`).")
+        check_compute_dtype(self.compute_dtype)
+        act = get_activation(self.activation)
+        h = images.reshape(images.shape[0], -1)  # [batch, H * W * C]
+        for width in self.hidden:
+            h = act(dense(width, self.compute_dtype)(h))
+        global_ = dense(self.latent_dim, self.compute_dtype, name="global")(h)
+        return EncoderOutput(local=h[:, None, None, :], features=h, global_=global_)
+
+
+class ConvEncoder(nn.Module):
+    """DIM's DCGAN-style encoder for small images.
+
+    ``[Conv 4x4 stride 2 -> act] * len(channels)`` is ``local``; flatten -> ``Dense(fc_width)
+    -> act`` is ``features``; ``Dense(latent_dim)`` is ``global_``. "SAME" padding halves the
+    spatial size per conv (rounding up): with the default two convs 28x28 -> 14 -> 7,
+    32x32 -> 16 -> 8 and 8x8 -> 4 -> 2. Inputs need ``H, W >= 2**len(channels)``, so that no conv
+    sees a map smaller than its stride.
+
+    No normalization: DIM's small-image encoder uses BatchNorm, dropped here (see the module
+    docstring); at two conv layers plus two Dense layers it trains without one.
+
+    Attributes:
+      channels: output channels of the stride-2 convs; ``local`` has ``channels[-1]`` channels.
+      fc_width: width ``F`` of ``features``.
+      latent_dim: width ``D`` of ``global_``.
+      activation: name of the activation.
+      compute_dtype: matmul dtype of the Dense layers (convs stay float32).
+    """
+
+    channels: Sequence[int] = (64, 128)
+    fc_width: int = 1024
+    latent_dim: int = 64
+    activation: str = "relu"
+    compute_dtype: str | None = None
+
+    @nn.compact
+    def __call__(self, images: Array) -> EncoderOutput:
+        """``images`` ``[batch, H, W, C]`` -> `EncoderOutput` (``local`` ``[batch, H/4, W/4, 128]``
+        with the defaults)."""
+        if not self.channels:
+            raise ValueError("ConvEncoder needs at least one conv layer (`channels`).")
+        n = len(self.channels)
+        _check_images(images, "ConvEncoder", 2**n, f"{n} stride-2 convs")
+        check_compute_dtype(self.compute_dtype)
+        act = get_activation(self.activation)
+        h = images
+        for width in self.channels:
+            h = act(nn.Conv(width, (4, 4), strides=(2, 2), padding="SAME")(h))
+        local = h  # [batch, ceil(H / 2**n), ceil(W / 2**n), channels[-1]]
+        features = act(
+            dense(self.fc_width, self.compute_dtype, name="fc")(h.reshape(h.shape[0], -1))
+        )
+        global_ = dense(self.latent_dim, self.compute_dtype, name="global")(features)
+        return EncoderOutput(local=local, features=features, global_=global_)
+
+
+def _group_norm(channels: int, groups: int, name: str | None = None) -> nn.GroupNorm:
+    # gcd keeps the group count a divisor of any width (8 for the usual multiples of 8).
+    return nn.GroupNorm(num_groups=math.gcd(groups, channels), name=name)
+
+
+class _PreActBlock(nn.Module):
+    """A pre-activation basic block: ``x + conv(act(norm(conv(act(norm(x))))))``.
+
+    When the stride or width changes, the shortcut is a 1x1 conv of the pre-activated input
+    (He et al., 2016b), so both branches start from the same normalized signal.
+    """
+
+    width: int
+    stride: int
+    activation: str
+    norm_groups: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        act = get_activation(self.activation)
+        pre = act(_group_norm(x.shape[-1], self.norm_groups)(x))
+        shortcut = x
+        if self.stride != 1 or x.shape[-1] != self.width:
+            shortcut = nn.Conv(
+                self.width, (1, 1), strides=self.stride, use_bias=False, name="shortcut"
+            )(pre)
+        # Convs feeding a GroupNorm (or the next block's) carry no bias: the norm's own bias
+        # makes it redundant.
+        h = nn.Conv(self.width, (3, 3), strides=self.stride, padding="SAME", use_bias=False)(pre)
+        h = act(_group_norm(self.width, self.norm_groups)(h))
+        h = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False)(h)
+        return shortcut + h
+
+
+class ResNetEncoder(nn.Module):
+    """A small pre-activation ResNet with GroupNorm, for 32x32 images (CIFAR-10/100, STL-10 crops).
+
+    Stem ``Conv 3x3 (stem_width)``, then one stage per entry of ``widths``: ``blocks_per_stage``
+    pre-activation basic blocks (the first of a stage with that stage's stride), then a final
+    ``GroupNorm -> act`` (pre-activation networks end un-normalized otherwise). With the default
+    strides (1, 2, 2) a 32x32 input gives an 8x8 map, which is ``local`` (DIM's 8x8 local
+    features for 32x32 images). ``features`` is its global average pool ``[batch, widths[-1]]``
+    and ``global_ = Dense(latent_dim)(features)``: no extra fully connected layer, the pooled
+    ResNet features already are the penultimate layer.
+
+    Normalization is GroupNorm with ``gcd(norm_groups, width)`` groups: batch-independent (see
+    the module docstring) and with no running statistics to carry in the train state.
+
+    Attributes:
+      widths: channels of each stage; ``local`` has ``widths[-1]`` channels.
+      strides: stride of the first block of each stage (SAME padding: size / stride, rounded
+        up). Inputs need ``H, W >= prod(strides)``.
+      blocks_per_stage: residual blocks per stage, one int for all stages or one per stage.
+      stem_width: channels of the stem convolution.
+      latent_dim: width ``D`` of ``global_``.
+      activation: name of the activation.
+      norm_groups: the number of GroupNorm groups (reduced to a divisor of the width).
+      compute_dtype: matmul dtype of the final Dense layer (convs stay float32).
+
+    References:
+      He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016.
+      Wu and He, "Group Normalization", ECCV 2018.
+    """
+
+    widths: Sequence[int] = (64, 128, 256)
+    strides: Sequence[int] = (1, 2, 2)
+    blocks_per_stage: int | Sequence[int] = 1
+    stem_width: int = 64
+    latent_dim: int = 64
+    activation: str = "relu"
+    norm_groups: int = 8
+    compute_dtype: str | None = None
+
+    @nn.compact
+    def __call__(self, images: Array) -> EncoderOutput:
+        """``images`` ``[batch, H, W, C]`` -> `EncoderOutput` (``local`` ``[batch, 8, 8, 256]`` for
+        32x32 inputs with the defaults)."""
+        widths, strides = tuple(self.widths), tuple(self.strides)
+        blocks = _tuple(self.blocks_per_stage)
+        if len(blocks) == 1:
+            blocks = blocks * len(widths)
+        if not widths or len(strides) != len(widths) or len(blocks) != len(widths):
+            raise ValueError(
+                f"ResNetEncoder needs one stride and one block count per stage, got widths="
+                f"{widths}, strides={strides}, blocks_per_stage={self.blocks_per_stage}."
+            )
+        if min(blocks) < 1:
+            raise ValueError(f"`blocks_per_stage` must be >= 1, got {self.blocks_per_stage}.")
+        downsampling = math.prod(strides)
+        _check_images(images, "ResNetEncoder", downsampling, f"strides {strides}")
+        check_compute_dtype(self.compute_dtype)
+        act = get_activation(self.activation)
+        h = nn.Conv(self.stem_width, (3, 3), padding="SAME", name="stem")(images)
+        for stage, (width, stride, n_blocks) in enumerate(
+            zip(widths, strides, blocks, strict=True)
+        ):
+            for block in range(n_blocks):
+                h = _PreActBlock(
+                    width,
+                    stride if block == 0 else 1,
+                    self.activation,
+                    self.norm_groups,
+                    name=f"stage{stage}_block{block}",
+                )(h)
+        local = act(_group_norm(widths[-1], self.norm_groups, name="final_norm")(h))
+        features = jnp.mean(local, axis=(1, 2))  # [batch, widths[-1]]
+        global_ = dense(self.latent_dim, self.compute_dtype, name="global")(features)
+        return EncoderOutput(local=local, features=features, global_=global_)
+
+
+_ENCODERS: dict[str, type[nn.Module]] = {
+    "mlp": MLPEncoder,
+    "conv": ConvEncoder,
+    "resnet": ResNetEncoder,
+}
+
+
+def available_encoders() -> tuple[str, ...]:
+    return tuple(_ENCODERS)
+
+
+def register_encoder(name: str, cls: type[nn.Module]) -> None:
+    """Registers an encoder module class (called as ``cls(**hparams)``) under ``name``.
+
+    ``cls(**hparams).apply(params, images)`` must return an `EncoderOutput`.
+    """
+    if name in _ENCODERS:
+        raise ValueError(f"an encoder named {name!r} is already registered.")
+    _ENCODERS[name] = cls
+
+
+def get_encoder(name: str, **hparams) -> nn.Module:
+    """Builds the encoder registered as ``name``: ``get_encoder("conv", latent_dim=64)``.
+
+    Lists (e.g. from a config) are turned into tuples, so the module stays hashable.
+    """
+    if name not in _ENCODERS:
+        raise _checks.unknown_name_error("encoder", name, _ENCODERS)
+    cls = _ENCODERS[name]
+    known = set(cls.__dataclass_fields__) - {"parent", "name"}
+    unknown = set(hparams) - known
+    if unknown:
+        raise TypeError(
+            f"unknown hyperparameters {sorted(unknown)} for encoder {name!r}; "
+            f"known: {sorted(known)}."
+        )
+    hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}
+    return cls(**hparams)

@@ -1,0 +1,451 @@
+"""Datasets, batch orders and augmentations (`mi_jax.data`)."""
+
+import functools
+import gzip
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mi_jax import data
+
+MNIST_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+# ------------------------------------------------------------------------------------------------
+# digits
+
+
+def test_digits_shapes_and_values():
+    ds = data.load_dataset("digits")
+    assert ds.name == "digits"
+    assert ds.train_images.shape == (1797 - 360, 8, 8, 1)
+    assert ds.test_images.shape == (360, 8, 8, 1)
+    assert ds.image_shape == (8, 8, 1)
+    assert ds.train_images.dtype == np.uint8 and ds.test_images.dtype == np.uint8
+    assert ds.train_labels.dtype == np.int32 and ds.test_labels.dtype == np.int32
+    assert ds.num_classes == 10
+    for labels in (ds.train_labels, ds.test_labels):
+        assert set(np.unique(labels)) == set(range(10))  # every class in both splits
+    assert ds.train_images.min() == 0 and ds.train_images.max() == 255
+
+
+def test_digits_is_a_partition_of_sklearn_digits():
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    expected = np.round(raw.images * 255 / 16).astype(np.uint8).reshape(1797, 64)
+    ds = data.load_dataset("digits")
+    # Rows (label, pixels) of train + test, as a multiset, equal the whole dataset: the splits
+    # are disjoint and together complete (duplicate images would be counted correctly too).
+    rows = np.concatenate(
+        [
+            np.concatenate([ds.train_labels[:, None], ds.train_images.reshape(-1, 64)], axis=1),
+            np.concatenate([ds.test_labels[:, None], ds.test_images.reshape(-1, 64)], axis=1),
+        ]
+    )
+    full = np.concatenate([raw.target[:, None], expected], axis=1).astype(rows.dtype)
+    for got, want in zip(
+        np.unique(rows, axis=0, return_counts=True),
+        np.unique(full, axis=0, return_counts=True),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got, want)
+    # 16 -> 255 and 8 -> 128 (round(127.5) = 128 under round-half-even).
+    assert {0, 128, 255} <= set(np.unique(expected))
+
+
+def test_digits_deterministic_and_truncated():
+    a, b = data.load_dataset("digits"), data.load_dataset("digits")
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    small = data.load_dataset("digits", max_examples=50)
+    assert small.train_images.shape == (50, 8, 8, 1) and small.test_labels.shape == (50,)
+    np.testing.assert_array_equal(small.train_images, a.train_images[:50])
+    np.testing.assert_array_equal(small.test_labels, a.test_labels[:50])
+
+
+def test_registry():
+    assert {"digits", "mnist", "cifar10", "cifar100", "stl10"} <= set(data.available_datasets())
+    with pytest.raises(KeyError, match="Did you mean 'cifar10'"):
+        data.load_dataset("cifar1O")
+    with pytest.raises(ValueError, match="already registered"):
+        data.register_dataset("digits", lambda **_: None)
+    with pytest.raises(ValueError, match="max_examples"):
+        data.load_dataset("digits", max_examples=0)
+
+
+def test_register_dataset_truncates_and_checks(monkeypatch):
+    monkeypatch.setattr(data, "_REGISTRY", dict(data._REGISTRY))
+    images = np.zeros((5, 4, 4, 3), np.uint8)
+    labels = np.arange(5, dtype=np.int32)
+
+    def loader(*, data_dir, max_examples):  # ignores max_examples
+        del data_dir, max_examples
+        return data.Dataset("toy", images, labels, images, labels, 5)
+
+    data.register_dataset("toy", loader)
+    ds = data.load_dataset("toy", max_examples=2)
+    assert ds.train_images.shape == (2, 4, 4, 3) and ds.image_shape == (4, 4, 3)
+
+    data.register_dataset(
+        "bad", lambda **_: data.Dataset("bad", images, labels[:4], images, labels, 5)
+    )
+    with pytest.raises(ValueError, match="train_labels"):
+        data.load_dataset("bad")
+
+
+# ------------------------------------------------------------------------------------------------
+# MNIST from IDX files
+
+
+def test_mnist_from_idx_files():
+    if not MNIST_DIR.is_dir():
+        pytest.skip(f"no MNIST files at {MNIST_DIR}")
+    ds = data.load_dataset("mnist", data_dir=str(MNIST_DIR))
+    assert ds.train_images.shape == (60000, 28, 28, 1) and ds.train_images.dtype == np.uint8
+    assert ds.test_images.shape == (10000, 28, 28, 1) and ds.test_labels.dtype == np.int32
+    assert ds.train_labels[0] == 5  # the well-known first MNIST label
+    counts = np.bincount(ds.train_labels, minlength=10)
+    assert np.all((counts >= 5000) & (counts <= 7000))
+    # Label counts and mean grey level documented in shared/data/mnist/SOURCE.md.
+    np.testing.assert_array_equal(
+        counts, [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    )
+    np.testing.assert_array_equal(
+        np.bincount(ds.test_labels), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    )
+    assert abs(ds.train_images.mean() - 33.318) < 1e-3
+    # The parent folder also works (the IDX files are then looked for in data_dir/mnist).
+    small = data.load_dataset("mnist", data_dir=str(MNIST_DIR.parent), max_examples=100)
+    np.testing.assert_array_equal(small.train_images, ds.train_images[:100])
+    np.testing.assert_array_equal(small.test_labels, ds.test_labels[:100])
+
+
+def _idx_bytes(magic, array):
+    header = np.array([magic, *array.shape], dtype=">i4").tobytes()
+    return header + np.asarray(array, np.uint8).tobytes()
+
+
+def _write_mnist(directory, *, train=3, test=2, size=(2, 3), skip=(), overrides=None):
+    """Writes tiny IDX files with pixel value = running index and labels = index % 10."""
+    rng_images = {
+        "train": np.arange(train * size[0] * size[1]).reshape(train, *size),
+        "test": 100 + np.arange(test * size[0] * size[1]).reshape(test, *size),
+    }
+    contents = {
+        "train-images-idx3-ubyte.gz": _idx_bytes(2051, rng_images["train"]),
+        "train-labels-idx1-ubyte.gz": _idx_bytes(2049, np.arange(train) % 10),
+        "t10k-images-idx3-ubyte.gz": _idx_bytes(2051, rng_images["test"]),
+        "t10k-labels-idx1-ubyte.gz": _idx_bytes(2049, (np.arange(test) + 7) % 10),
+    }
+    contents.update(overrides or {})
+    for name, content in contents.items():
+        if name not in skip:
+            (directory / name).write_bytes(
+                content if name in (overrides or {}) else gzip.compress(content)
+            )
+    return rng_images
+
+
+def test_mnist_idx_parser_on_a_hand_made_file(tmp_path):
+    images = _write_mnist(tmp_path)
+    ds = data.load_dataset("mnist", data_dir=str(tmp_path))
+    np.testing.assert_array_equal(ds.train_images[..., 0], images["train"])
+    np.testing.assert_array_equal(ds.test_images[..., 0], images["test"])
+    np.testing.assert_array_equal(ds.train_labels, [0, 1, 2])
+    np.testing.assert_array_equal(ds.test_labels, [7, 8])
+    assert ds.image_shape == (2, 3, 1)
+    truncated = data.load_dataset("mnist", data_dir=str(tmp_path), max_examples=1)
+    np.testing.assert_array_equal(truncated.train_images[0, ..., 0], images["train"][0])
+
+
+def test_mnist_missing_files(tmp_path):
+    _write_mnist(tmp_path, skip=("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"))
+    with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte.gz") as info:
+        data.load_dataset("mnist", data_dir=str(tmp_path))
+    assert str(tmp_path) in str(info.value)
+    assert "t10k-labels-idx1-ubyte.gz" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"train-images-idx3-ubyte.gz": gzip.compress(b"\0\0\x08\x01" + b"\0" * 20)}, "magic"),
+        (
+            {"train-labels-idx1-ubyte.gz": gzip.compress(_idx_bytes(2049, np.arange(3))[:-1])},
+            "trunc",
+        ),
+        ({"train-labels-idx1-ubyte.gz": gzip.compress(_idx_bytes(2049, np.arange(4)))}, "disagree"),
+        ({"t10k-labels-idx1-ubyte.gz": gzip.compress(_idx_bytes(2049, np.full(2, 12)))}, "exceed"),
+        ({"t10k-images-idx3-ubyte.gz": b"not a gzip file at all"}, "cannot read"),
+    ],
+)
+def test_mnist_corrupt_files(tmp_path, overrides, match):
+    _write_mnist(tmp_path, overrides=overrides)
+    with pytest.raises(ValueError, match=match):
+        data.load_dataset("mnist", data_dir=str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------------
+# tensorflow-datasets (mocked: no TensorFlow, no network)
+
+
+@pytest.mark.parametrize(
+    "name, shape, num_classes",
+    [
+        ("cifar10", (32, 32, 3), 10),
+        ("cifar100", (32, 32, 3), 100),
+        ("stl10", (96, 96, 3), 10),
+        ("mnist", (28, 28, 1), 10),
+    ],
+)
+def test_tfds_datasets_mocked(tmp_path, name, shape, num_classes):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    # tmp_path holds no IDX files, so mnist falls back to tfds too.
+    with tfds.testing.mock_data(num_examples=6):
+        ds = data.load_dataset(name, data_dir=str(tmp_path))
+        small = data.load_dataset(name, data_dir=str(tmp_path), max_examples=4)
+    assert ds.name == name and ds.num_classes == num_classes and ds.image_shape == shape
+    assert ds.train_images.shape == (6, *shape) and ds.test_images.shape == (6, *shape)
+    assert ds.train_images.dtype == np.uint8 and ds.train_labels.dtype == np.int32
+    for labels in (ds.train_labels, ds.test_labels):
+        assert labels.shape == (6,) and labels.min() >= 0 and labels.max() < num_classes
+    # The mock's records are deterministic, so truncation keeps the first ones.
+    np.testing.assert_array_equal(small.train_images, ds.train_images[:4])
+    np.testing.assert_array_equal(small.test_labels, ds.test_labels[:4])
+
+
+def test_tfds_not_prepared_fails_fast_and_clearly(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="not prepared") as info:
+        data.load_dataset("cifar10", data_dir=str(tmp_path))
+    assert time.perf_counter() - start < 10.0
+    assert isinstance(info.value.__cause__, NotImplementedError)
+    message = str(info.value)
+    assert "'cifar10'" in message and str(tmp_path) in message
+    assert "tfds build cifar10 --file_format=array_record" in message
+    assert not list(tmp_path.iterdir())  # nothing was written (or downloaded)
+
+
+def test_tfds_not_prepared_in_the_default_directory(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    # With data_dir=None, tfds fails differently (an empty-splits KeyError) than with a data_dir.
+    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="'stl10' is not prepared") as info:
+        data.load_dataset("stl10")
+    assert isinstance(info.value.__cause__, KeyError)
+    assert "tfds build stl10 --file_format=array_record" in str(info.value)
+
+
+def test_tfds_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
+    with pytest.raises(ImportError, match=r"pip install 'mi_jax\[tfds\]'"):
+        data.load_dataset("stl10")
+
+
+# ------------------------------------------------------------------------------------------------
+# batch_indices
+
+
+def test_batch_indices_deterministic_and_resumable():
+    kwargs = dict(seed=3)
+    full = data.batch_indices(103, 10, start_step=0, num_steps=35, **kwargs)
+    assert full.shape == (35, 10) and full.dtype == np.int32
+    np.testing.assert_array_equal(
+        full, data.batch_indices(103, 10, start_step=0, num_steps=35, **kwargs)
+    )
+    for k in (1, 9, 10, 23):  # inside an epoch, at an epoch boundary, in a later epoch
+        resumed = data.batch_indices(103, 10, start_step=k, num_steps=35 - k, **kwargs)
+        np.testing.assert_array_equal(resumed, full[k:])
+    other_seed = data.batch_indices(103, 10, seed=4, start_step=0, num_steps=35)
+    assert not np.array_equal(other_seed, full)
+    assert data.batch_indices(103, 10, seed=3, start_step=5, num_steps=0).shape == (0, 10)
+
+
+def test_batch_indices_epochs_are_permutations():
+    n, b = 103, 10  # 10 steps per epoch, 3 examples dropped per epoch
+    idx = data.batch_indices(n, b, seed=0, start_step=0, num_steps=30)
+    assert idx.min() >= 0 and idx.max() < n
+    for epoch in range(3):
+        flat = idx[10 * epoch : 10 * (epoch + 1)].ravel()
+        assert len(np.unique(flat)) == 100  # distinct within an epoch
+        expected = np.random.default_rng([0, epoch]).permutation(n)[:100]
+        np.testing.assert_array_equal(flat, expected)  # the documented order
+    assert not np.array_equal(idx[:10], idx[10:20])  # a new order each epoch
+    # batch_size == num_examples: every step is a whole permutation.
+    whole = data.batch_indices(7, 7, seed=1, start_step=0, num_steps=3)
+    np.testing.assert_array_equal(np.sort(whole, axis=1), np.tile(np.arange(7), (3, 1)))
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((10, 11), "batch_size"),
+        ((10, 0), "batch_size"),
+        ((0, 1), "num_examples"),
+    ],
+)
+def test_batch_indices_errors(args, match):
+    with pytest.raises(ValueError, match=match):
+        data.batch_indices(*args, seed=0, start_step=0, num_steps=1)
+
+
+def test_batch_indices_rejects_negative_steps():
+    with pytest.raises(ValueError, match="start_step"):
+        data.batch_indices(10, 2, seed=0, start_step=-1, num_steps=1)
+    with pytest.raises(ValueError, match="seed"):
+        data.batch_indices(10, 2, seed=-1, start_step=0, num_steps=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Augmentations
+
+
+def _image(h=6, w=5, c=3, seed=0):
+    """An image in (0, 1) whose left-right mirror differs from it."""
+    return jax.random.uniform(jax.random.key(seed), (h, w, c), minval=0.05, maxval=0.95)
+
+
+def test_to_float():
+    x = np.array([[0, 128, 255]], np.uint8)
+    out = jax.jit(data.to_float)(x)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, [[0.0, 128 / 255, 1.0]], rtol=1e-7)
+    with pytest.raises(TypeError, match="uint8"):
+        data.to_float(np.zeros(3, np.float32))
+
+
+def test_random_crop():
+    image = _image()
+    key = jax.random.key(0)
+    crop0 = jax.jit(functools.partial(data.random_crop, padding=0))
+    np.testing.assert_array_equal(crop0(key, image), image)
+    # With padding p, the output is one of the (2p+1)^2 windows of the zero-padded image.
+    p = 2
+    padded = np.pad(np.asarray(image), ((p, p), (p, p), (0, 0)))
+    windows = {
+        (i, j): padded[i : i + 6, j : j + 5] for i in range(2 * p + 1) for j in range(2 * p + 1)
+    }
+    crop = jax.jit(functools.partial(data.random_crop, padding=p))
+    seen = set()
+    for seed in range(300):
+        out = np.asarray(crop(jax.random.key(seed), image))
+        assert out.shape == image.shape
+        matches = [offset for offset, win in windows.items() if np.array_equal(out, win)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    # Every offset 0..2p in each direction occurs (each misses 300 draws w.p. 0.96^300 ~ 5e-6).
+    assert seen == set(windows)
+
+
+def test_random_flip():
+    image = _image()
+    num = 1000
+    keys = jax.random.split(jax.random.key(0), num)
+    outs = np.asarray(jax.jit(jax.vmap(data.random_flip, in_axes=(0, None)))(keys, image))
+    is_flipped = np.all(outs == np.asarray(image)[None, :, ::-1], axis=(1, 2, 3))
+    is_same = np.all(outs == np.asarray(image)[None], axis=(1, 2, 3))
+    assert np.all(is_flipped ^ is_same)  # each output is the image or its mirror
+    # Binomial(1000, 1/2): sd ~ 16; 5 sd either side (a probability of 0.6 would fail).
+    assert abs(is_flipped.sum() - num / 2) < 80
+
+
+def test_color_jitter_identity_and_range():
+    image = _image()
+    key = jax.random.key(1)
+    zero = jax.jit(
+        functools.partial(data.color_jitter, brightness=0.0, contrast=0.0, saturation=0.0)
+    )
+    np.testing.assert_array_equal(zero(key, image), image)
+    strong = jax.jit(
+        functools.partial(data.color_jitter, brightness=0.8, contrast=0.8, saturation=0.8)
+    )
+    outs = jnp.stack([strong(jax.random.key(s), image) for s in range(20)])
+    assert outs.shape == (20, *image.shape)
+    assert float(outs.min()) >= 0.0 and float(outs.max()) <= 1.0
+    assert float(jnp.max(jnp.abs(outs - image[None]))) > 0.1  # it does change the image
+
+
+def test_color_jitter_brightness_is_a_scaling():
+    image = _image() * 0.5  # in (0, 0.5): a factor <= 1.5 never clips
+    b = 0.4
+    fn = jax.jit(functools.partial(data.color_jitter, brightness=b, contrast=0.0, saturation=0.0))
+    factors = []
+    for seed in range(20):
+        ratio = np.asarray(fn(jax.random.key(seed), image)) / np.asarray(image)
+        np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-5)
+        factors.append(ratio.flat[0])
+    assert min(factors) >= 1 - b - 1e-6 and max(factors) <= 1 + b + 1e-6
+    assert max(factors) - min(factors) > 0.2
+
+
+def test_color_jitter_contrast_keeps_mean_grey():
+    # A blend with the mean grey level keeps a grey image's mean (no clipping in (0.25, 0.75)).
+    image = 0.25 + 0.5 * _image(c=1)
+    fn = jax.jit(functools.partial(data.color_jitter, brightness=0.0, contrast=0.4, saturation=0.0))
+    out = fn(jax.random.key(2), image)
+    np.testing.assert_allclose(jnp.mean(out), jnp.mean(image), rtol=1e-5)
+    assert not np.allclose(out, image)
+
+
+def test_saturation_no_op_on_grey():
+    fn = jax.jit(functools.partial(data.color_jitter, brightness=0.0, contrast=0.0, saturation=0.9))
+    grey1 = _image(c=1)
+    np.testing.assert_array_equal(fn(jax.random.key(3), grey1), grey1)
+    # Three equal channels are grey too: blending with the luma changes nothing.
+    grey3 = jnp.tile(grey1, (1, 1, 3))
+    np.testing.assert_allclose(fn(jax.random.key(3), grey3), grey3, atol=1e-6)
+    colour = _image(c=3)
+    assert not np.allclose(fn(jax.random.key(3), colour), colour)
+
+
+def test_augment_batch_matches_a_per_image_loop():
+    images = jax.random.uniform(jax.random.key(5), (4, 8, 8, 3))
+    hparams = dict(crop_padding=2, flip=True, brightness=0.3, contrast=0.3, saturation=0.3)
+    key = jax.random.key(9)
+    out = data.augment_batch(key, images, **hparams)
+    assert out.shape == images.shape and out.dtype == images.dtype
+
+    @jax.jit
+    def reference(k, image):  # the documented chain, op by op, with the documented key split
+        k_crop, k_flip, k_color = jax.random.split(k, 3)
+        image = data.random_crop(k_crop, image, padding=2)
+        image = data.random_flip(k_flip, image)
+        return data.color_jitter(k_color, image, brightness=0.3, contrast=0.3, saturation=0.3)
+
+    for i, k in enumerate(jax.random.split(key, 4)):
+        np.testing.assert_allclose(out[i], reference(k, images[i]), atol=1e-6)
+    # Inside a user's jit too, and the identity when nothing is enabled.
+    jitted = jax.jit(functools.partial(data.augment_batch, **hparams))
+    np.testing.assert_allclose(jitted(key, images), out, atol=1e-6)
+    np.testing.assert_array_equal(data.augment_batch(key, images), images)
+
+
+def test_augmentations_vmap_over_keys():
+    image = _image()
+    keys = jax.random.split(jax.random.key(0), 8)
+    crop = functools.partial(data.random_crop, padding=1)
+    crops = jax.jit(jax.vmap(crop, in_axes=(0, None)))(keys, image)
+    flips = jax.jit(jax.vmap(data.random_flip, in_axes=(0, None)))(keys, image)
+    jitter = functools.partial(data.color_jitter, brightness=0.5, contrast=0.5, saturation=0.5)
+    jitters = jax.jit(jax.vmap(jitter, in_axes=(0, None)))(keys, image)
+    for out in (crops, flips, jitters):
+        assert out.shape == (8, *image.shape)
+        assert not np.allclose(out[0], out[1:])  # different keys, different outputs
+
+
+def test_augmentation_argument_errors():
+    with pytest.raises(ValueError, match=r"\[H, W, C\]"):
+        data.random_flip(jax.random.key(0), jnp.zeros((2, 4, 4, 3)))
+    with pytest.raises(ValueError, match="padding"):
+        data.random_crop(jax.random.key(0), _image(), padding=-1)
+    with pytest.raises(ValueError, match="contrast"):
+        data.color_jitter(jax.random.key(0), _image(), brightness=0.0, contrast=-0.1, saturation=0)
+    with pytest.raises(TypeError, match="floating"):
+        data.random_flip(jax.random.key(0), jnp.zeros((4, 4, 3), jnp.uint8))

@@ -1,0 +1,192 @@
+"""DIM objectives: critics' scores, local/global terms, prior matching, by hand computations."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mi_jax import bounds, dim, encoders
+
+
+def _np_infonce(s):
+    s = np.asarray(s, np.float64)
+    lse = np.log(np.sum(np.exp(s), axis=0))
+    return np.mean(np.diag(s) - lse) + np.log(s.shape[0])
+
+
+def _np_js_fgan(s):
+    s = np.asarray(s, np.float64)
+    sp = lambda v: np.log1p(np.exp(v))
+    b = s.shape[0]
+    off = ~np.eye(b, dtype=bool)
+    return -np.mean(sp(-np.diag(s))) - np.mean(sp(s[off]))
+
+
+def _embed(p, x):
+    """EmbedMLP by hand: Dense -> relu -> Dense, plus a linear shortcut."""
+    h = np.maximum(x @ p["hidden"]["kernel"] + p["hidden"]["bias"], 0)
+    out = h @ p["out"]["kernel"] + p["out"]["bias"]
+    return out + x @ p["shortcut"]["kernel"] + p["shortcut"]["bias"]
+
+
+def _features(batch=6, h=2, w=3, c=4, d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    local = rng.normal(size=(batch, h, w, c)).astype(np.float32)
+    global_ = rng.normal(size=(batch, d)).astype(np.float32)
+    return jnp.asarray(local), jnp.asarray(global_)
+
+
+def test_critic_scores_match_a_hand_computation():
+    local, global_ = _features()
+    critic = dim.DIMCritic(hidden=7, embed_dim=3, score_clip=None)
+    params = critic.init(jax.random.key(0), local, local, global_)
+    out = jax.jit(critic.apply)(params, local, local, global_)
+    p = jax.tree.map(np.asarray, params["params"])
+    b, L = local.shape[0], local.shape[1] * local.shape[2]
+    phi = _embed(p["global_source"], np.asarray(local).reshape(b, -1))
+    psi = _embed(p["global_y"], np.asarray(global_))
+    np.testing.assert_allclose(out.global_scores, phi @ psi.T, rtol=1e-5, atol=1e-5)
+    feats = np.asarray(local).reshape(b, L, -1)
+    psi_l = _embed(p["local_y"], np.asarray(global_))
+    for loc in range(L):
+        phi_l = _embed(p["local_map"], feats[:, loc])
+        np.testing.assert_allclose(out.local_scores[loc], phi_l @ psi_l.T, rtol=1e-5, atol=1e-5)
+
+
+def test_score_clip_is_a_soft_tanh_clip():
+    local, global_ = _features()
+    raw = dim.DIMCritic(hidden=7, embed_dim=3, score_clip=None)
+    clipped = dim.DIMCritic(hidden=7, embed_dim=3, score_clip=0.5)
+    params = raw.init(jax.random.key(0), local, local, global_)
+    a = raw.apply(params, local, local, global_).local_scores
+    b = clipped.apply(params, local, local, global_).local_scores
+    np.testing.assert_allclose(b, 0.5 * np.tanh(np.asarray(a) / 0.5), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "estimator, reference", [("infonce", _np_infonce), ("js", None), ("dv", None)]
+)
+def test_objective_is_weighted_global_plus_mean_local(estimator, reference):
+    """loss = -(alpha I(global) + beta mean_l I(local_l)), each I the bound on its own scores."""
+    encoder = encoders.get_encoder("conv", channels=(4, 6), fc_width=8, latent_dim=5)
+    objective = dim.DIMObjective(
+        encoder=encoder,
+        estimator=estimator,
+        alpha=0.3,
+        beta=0.7,
+        gamma=0.0,
+        critic_hidden=8,
+        embed_dim=4,
+    )
+    images = jax.random.uniform(jax.random.key(1), (6, 8, 8, 1))
+    params, states = objective.init(jax.random.key(2), images)
+    loss, (metrics, _) = jax.jit(objective.loss)(params, states, images, jax.random.key(3))
+
+    local, _, global_ = encoder.apply(params["encoder"], images)
+    scores = objective._critic().apply(params["critic"], local, local, global_)
+    fn = bounds.get_bound(estimator)
+    g = fn.apply(scores.global_scores, fn.init())[0]
+    per_loc = [fn.apply(s, fn.init())[0] for s in scores.local_scores]
+    if reference is not None:  # an independent numpy formula, not the library's bound
+        g_ref = reference(scores.global_scores)
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5)
+        per_loc_ref = [reference(s) for s in scores.local_scores]
+        np.testing.assert_allclose(per_loc, per_loc_ref, rtol=1e-4, atol=1e-5)
+    assert len(per_loc) == 4  # 8x8 -> 2x2 map
+    np.testing.assert_allclose(metrics["mi_global"], g, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(metrics["mi_local"], np.mean(per_loc), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss, -(0.3 * g + 0.7 * np.mean(per_loc)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        metrics["infonce_local"],
+        np.mean([_np_infonce(s) for s in scores.local_scores]),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_js_trains_with_the_fgan_gradient():
+    # DIM's JSD: the value is the NWJ read-out, the gradient that of the f-GAN objective.
+    s = jax.random.normal(jax.random.key(0), (5, 5))
+    np.testing.assert_allclose(
+        jax.grad(bounds.js)(s),
+        jax.grad(lambda v: jnp.asarray(_np_js_fgan_jax(v)))(s),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def _np_js_fgan_jax(s):
+    b = s.shape[0]
+    off = ~jnp.eye(b, dtype=bool)
+    return -jnp.mean(jax.nn.softplus(-jnp.diag(s))) - jnp.sum(
+        jnp.where(off, jax.nn.softplus(s), 0.0)
+    ) / (b * (b - 1))
+
+
+def test_prior_matching_losses_and_their_gradient_split():
+    disc_apply = lambda p, z: z @ p  # a linear discriminator, logits [B]
+    w = jnp.array([0.5, -1.0, 2.0])
+    encoded = jax.random.normal(jax.random.key(0), (4, 3))
+    prior = jax.random.uniform(jax.random.key(1), (4, 3))
+    enc_loss, disc_loss = dim.prior_matching_losses(disc_apply, w, encoded, prior)
+    sp = lambda v: np.log1p(np.exp(v))
+    e, pr, wn = np.asarray(encoded), np.asarray(prior), np.asarray(w)
+    np.testing.assert_allclose(enc_loss, np.mean(sp(-(e @ wn))), rtol=1e-5)
+    np.testing.assert_allclose(disc_loss, np.mean(sp(-(pr @ wn))) + np.mean(sp(e @ wn)), rtol=1e-5)
+    # The encoder loss never moves the discriminator; the discriminator loss never the encoder.
+    g_w = jax.grad(lambda w: dim.prior_matching_losses(disc_apply, w, encoded, prior)[0])(w)
+    g_z = jax.grad(lambda z: dim.prior_matching_losses(disc_apply, w, z, prior)[1])(encoded)
+    np.testing.assert_array_equal(g_w, 0.0)
+    np.testing.assert_array_equal(g_z, 0.0)
+
+
+def test_sample_prior():
+    u = dim.sample_prior(jax.random.key(0), (1000, 2), "uniform")
+    assert float(u.min()) >= 0 and float(u.max()) <= 1
+    n = dim.sample_prior(jax.random.key(0), (4000,), "gaussian")
+    assert abs(float(n.std()) - 1) < 0.05
+    with pytest.raises(ValueError, match="prior"):
+        dim.sample_prior(jax.random.key(0), (2,), "laplace")
+
+
+@pytest.mark.parametrize("estimator", ["flo", "tuba", "mine", "mige"])
+def test_every_kind_of_estimator_gives_finite_encoder_gradients(estimator):
+    encoder = encoders.get_encoder("conv", channels=(4, 6), fc_width=8, latent_dim=5)
+    objective = dim.DIMObjective(
+        encoder=encoder,
+        estimator=estimator,
+        alpha=0.5,
+        beta=1.0,
+        gamma=0.1,
+        critic_hidden=8,
+        embed_dim=4,
+        mige_locations=2,
+    )
+    images = jax.random.uniform(jax.random.key(1), (8, 8, 8, 1))
+    params, states = objective.init(jax.random.key(2), images)
+    grad_fn = jax.jit(jax.grad(objective.loss, has_aux=True))
+    grads, (metrics, new_states) = grad_fn(params, states, images, jax.random.key(3))
+    chex.assert_trees_all_equal_structs(states, new_states)
+    leaves = jax.tree.leaves(grads["encoder"])
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+    assert any(float(jnp.abs(g).max()) > 0 for g in leaves)
+    assert ("critic" in params) == (estimator != "mige")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(estimator="infonse"), KeyError, "infonce"),
+        (dict(estimator="mige", score_estimator="stien"), KeyError, "stein"),
+        (dict(estimator="smile", estimator_hparams=(("clipp", 1.0),)), TypeError, "clipp"),
+        (dict(alpha=0.0, beta=0.0), ValueError, "alpha"),
+        (dict(gamma=-1.0), ValueError, "gamma"),
+        (dict(prior="laplace"), ValueError, "prior"),
+        (dict(global_source="pixels"), ValueError, "global_source"),
+    ],
+)
+def test_bad_objective_configuration_is_named(kwargs, error, match):
+    encoder = encoders.get_encoder("mlp", hidden=(8,), latent_dim=4)
+    with pytest.raises(error, match=match):
+        dim.DIMObjective(encoder=encoder, **kwargs)

@@ -1,0 +1,122 @@
+"""The InfoMax experiment: smoke runs per estimator, outputs, resume, NaN stop, bad configs."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import infomax as infomax_config
+from experiments import infomax
+from mi_jax import bounds, training
+
+
+def tiny_config(**overrides):
+    config = infomax_config.get_config("quick")
+    config.unlock()
+    config.max_examples = 48
+    config.batch_size = 16
+    config.encoder_hparams = {"channels": (4, 8), "fc_width": 16}
+    config.latent_dim = 8
+    config.critic_hidden = 16
+    config.embed_dim = 8
+    config.num_steps = 2
+    config.log_every = 1
+    config.eval_every = 2
+    config.checkpoint_every = 1
+    config.probe.epochs = 1
+    config.probe.max_iter = 5
+    config.probe.mlp_hidden = 8
+    config.mige_locations = 2
+    for key, value in overrides.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    config.lock()
+    return config
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("estimator", ["js", "infonce", "dv", "nwj", "flo", "mige"])
+def test_every_estimator_runs_and_writes_everything(tmp_path, estimator):
+    results = infomax.train_and_evaluate(tiny_config(estimator=estimator), str(tmp_path))
+    for name in ("config.json", "metrics.jsonl", "results.json", "curves.png", "probes.png"):
+        assert os.path.getsize(tmp_path / name) > 0, name
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
+    table = {(r["encoder"], r["representation"], r["probe"]) for r in results["probes"]}
+    assert ("trained", "global", "linear") in table and ("none", "pixels", "mlp") in table
+    assert ("random", "features", "mlp") in table
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in results["probes"])
+    rows = _rows(tmp_path / "metrics.jsonl")
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2]
+    assert all(np.isfinite(r["loss"]) for r in train_rows)
+    assert json.loads((tmp_path / "config.json").read_text())["estimator"] == estimator
+
+
+def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp_path):
+    full = tmp_path / "full"
+    infomax.train_and_evaluate(tiny_config(num_steps=4, eval_every=4), str(full))
+    parts = tmp_path / "parts"
+    first = infomax.train_and_evaluate(tiny_config(num_steps=2, eval_every=2), str(parts))
+    assert first["resumed_from"] == 0
+    second = infomax.train_and_evaluate(tiny_config(num_steps=4, eval_every=4), str(parts))
+    assert second["resumed_from"] == 2
+
+    def losses(path):
+        rows = _rows(path / "metrics.jsonl")
+        return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+    a, b = losses(full), losses(parts)
+    assert sorted(b) == [1, 2, 3, 4]
+    np.testing.assert_allclose([b[s] for s in range(1, 5)], [a[s] for s in range(1, 5)], rtol=1e-5)
+    np.testing.assert_allclose(
+        [r["test_accuracy"] for r in second["probes"]],
+        [r["test_accuracy"] for r in json.loads((full / "results.json").read_text())["probes"]],
+        atol=1e-6,
+    )
+
+
+def _nan_bound():
+    return bounds.Bound("always_nan", lambda: (), lambda s, st: (jnp.mean(s) * jnp.nan, st))
+
+
+def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoints(tmp_path):
+    infomax.train_and_evaluate(tiny_config(num_steps=2), str(tmp_path))
+    if "always_nan" not in bounds.available_bounds():
+        bounds.register_bound("always_nan", _nan_bound)
+    with pytest.raises(training.NonFiniteError, match="step 3"):
+        infomax.train_and_evaluate(tiny_config(num_steps=4, estimator="always_nan"), str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
+
+
+@pytest.mark.parametrize(
+    "overrides, error, match",
+    [
+        (dict(dataset="digitz"), KeyError, "digits"),
+        (dict(estimator="infonse"), KeyError, "infonce"),
+        (dict(encoder="resnett"), KeyError, "resnet"),
+        (dict(eval_every=3, log_every=2), ValueError, "eval_every"),
+        (dict(**{"probe.representations": ("globl",)}), ValueError, "globl"),
+        (dict(**{"probe.kinds": ("svm",)}), ValueError, "svm"),
+        (dict(batch_size=64), ValueError, "batch_size"),
+        (dict(encoder_hparams={"channels": (4, 8, 8, 8)}), ValueError, "images"),
+    ],
+)
+def test_bad_configs_are_named(tmp_path, overrides, error, match):
+    with pytest.raises(error, match=match):
+        infomax.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+
+
+def test_missing_mnist_files_are_named(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte.gz"):
+        infomax.train_and_evaluate(
+            tiny_config(dataset="mnist", data_dir=str(tmp_path)), str(tmp_path / "run")
+        )

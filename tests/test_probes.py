@@ -1,0 +1,77 @@
+"""Probes on frozen features: against scikit-learn's logistic regression and simple truths."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from mi_jax import probes
+
+
+def _blobs(n, dim=10, classes=3, sep=3.0, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(classes, dim)) * sep
+    labels = rng.integers(0, classes, n)
+    return (centers[labels] + rng.normal(size=(n, dim))).astype(np.float32), labels
+
+
+def test_linear_probe_matches_scikit_learn():
+    # Overlapping classes (accuracy well below 1), so the two must agree on hard cases too.
+    x, y = _blobs(1200, sep=0.6, seed=1)
+    xt, yt = _blobs(600, sep=0.6, seed=1)  # same centers (same seed), fresh noise below
+    xt = xt + np.random.default_rng(7).normal(size=xt.shape).astype(np.float32) * 0.1
+    ours = probes.fit_probe(x[:800], y[:800], x[800:], y[800:], l2=1e-4, max_iter=300)
+    mu, sd = x[:800].mean(0), x[:800].std(0)
+    ref = LogisticRegression(C=1.0 / (1e-4 * 800), max_iter=5000)
+    ref.fit((x[:800] - mu) / sd, y[:800])
+    ref_acc = ref.score((x[800:] - mu) / sd, y[800:])
+    assert 0.5 < ref_acc < 0.97
+    assert abs(ours.test_accuracy - ref_acc) <= 0.015
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_separable_data_is_learned_and_random_labels_are_not(kind):
+    x, y = _blobs(600, sep=4.0)
+    good = probes.fit_probe(x[:400], y[:400], x[400:], y[400:], kind=kind, epochs=20)
+    assert good.test_accuracy > 0.97
+    shuffled = np.random.default_rng(1).permutation(y)
+    bad = probes.fit_probe(x[:400], shuffled[:400], x[400:], shuffled[400:], kind=kind, epochs=20)
+    assert bad.test_accuracy < 0.5  # chance is 1/3
+
+
+def test_mlp_probe_solves_xor_which_the_linear_probe_cannot():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(1000, 2)).astype(np.float32)
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(np.int32)
+    lin = probes.fit_probe(x[:800], y[:800], x[800:], y[800:], kind="linear")
+    mlp = probes.fit_probe(
+        x[:800], y[:800], x[800:], y[800:], kind="mlp", epochs=60, learning_rate=1e-2
+    )
+    assert lin.test_accuracy < 0.7
+    assert mlp.test_accuracy > 0.9
+
+
+def test_extract_features_pads_the_last_chunk_and_matches_a_direct_call():
+    w = jnp.arange(12.0).reshape(4, 3)
+    images = np.random.default_rng(0).normal(size=(23, 4)).astype(np.float32)
+    apply = lambda p, x: (x @ p, jnp.sum(x, axis=-1))
+    a, b = probes.extract_features(apply, w, images, batch_size=10)
+    assert a.shape == (23, 3) and b.shape == (23,)
+    np.testing.assert_allclose(a, images @ np.asarray(w), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b, images.sum(-1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda x, y: probes.fit_probe(x, y, x, y, kind="svm"), KeyError, "probe"),
+        (lambda x, y: probes.fit_probe(x, y[:-1], x, y), ValueError, "length"),
+        (lambda x, y: probes.fit_probe(x, y, x[:, :2], y), ValueError, "widths"),
+        (lambda x, y: probes.fit_probe(x * np.nan, y, x, y), ValueError, "train_features"),
+        (lambda x, y: probes.fit_probe(x, y.astype(float), x, y), TypeError, "train_labels"),
+    ],
+)
+def test_bad_input_is_named(call, error, match):
+    x, y = _blobs(20)
+    with pytest.raises(error, match=match):
+        call(x, y)
