@@ -45,9 +45,12 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # Optimization.
     config.batch_size = 128
     config.num_steps = 1500
-    config.learning_rate = 1e-3
+    config.learning_rate = 1e-4
+    # Random translations by up to `crop_padding` pixels matter: without them the local and
+    # global objectives are solved by pixel identity and the representation gets worse for
+    # classification than the randomly initialized encoder (measured on digits).
     config.augment = ml_collections.ConfigDict(
-        {"crop_padding": 0, "flip": False, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
+        {"crop_padding": 1, "flip": False, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
     )
     # Logging, evaluation, checkpoints (eval_every and checkpoint_every: multiples of log_every).
     config.log_every = 50
@@ -59,6 +62,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         {
             "representations": ("global", "features"),
             "kinds": ("linear", "mlp"),
+            "periodic_kinds": ("linear",),  # every `eval_every` steps (trained encoder only)
             # linear: full-batch L-BFGS with an L2 penalty; mlp: AdamW on minibatches.
             "l2": 1e-4,
             "max_iter": 300,
@@ -72,10 +76,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
     if preset == "mnist":
         config.dataset = "mnist"
-        config.num_steps = 6000
-        config.eval_every = 2000
-        config.checkpoint_every = 1000
-        config.probe.epochs = 30
+        config.augment.crop_padding = 2
+        config.num_steps = 5000
+        config.eval_every = 2500
+        config.checkpoint_every = 500
+        config.probe.epochs = 20
         config.probe.batch_size = 256
     elif preset == "cifar10":
         config.dataset = "cifar10"

@@ -5,8 +5,9 @@ r"""DIM-style InfoMax: the main job.
 Trains an encoder (`mi_jax.encoders`) by maximizing DIM's global and local MI terms with the
 estimator named in the config (`mi_jax.dim`), then freezes it and fits linear and MLP probes
 (`mi_jax.probes`) on its representations, next to the same probes on raw pixels and on the
-randomly initialized encoder. The whole dataset sits on the device as uint8; each chunk of
-``log_every`` steps is one compiled `lax.scan` fed with precomputed, resumable batch indices.
+randomly initialized encoder. The whole dataset sits on the device as uint8; each step is one
+jitted call on precomputed, resumable batch indices, with no host sync inside a chunk of
+``log_every`` steps.
 
 Writes to the workdir: ``config.json``; ``metrics.jsonl`` (a training row per chunk, an eval row
 per evaluation); ``results.json`` (final probe table, timings); ``curves.png`` (loss, MI terms,
@@ -26,7 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from absl import app
+from absl import app, logging
 from tqdm import tqdm
 
 from experiments import _common
@@ -75,7 +76,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                 f"unknown representation {rep!r} in `config.probe.representations`; "
                 f"known: {', '.join(REPRESENTATIONS)}."
             )
-    for kind in config.probe.kinds:
+    for kind in (*config.probe.kinds, *config.probe.periodic_kinds):
         if kind not in probes.PROBES:
             raise ValueError(
                 f"unknown probe {kind!r} in `config.probe.kinds`; "
@@ -84,27 +85,37 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def make_chunk_fn(objective: dim.DIMObjective, augment: dict, train_key):
-    """``run(state, images [N, H, W, C] uint8, indices [n, B], start_step) -> (state, metrics)``:
-    ``n`` steps in one `lax.scan`; keys are ``fold_in(train_key, step)`` (resumable)."""
+    """``run(state, images [N, H, W, C] uint8, indices [n, B], start_step) -> (state, metrics)``.
 
+    ``n`` steps, each one call of a jitted step with the state donated; the steps' metrics stay
+    on the device until the chunk ends (one host transfer per chunk). Keys are
+    ``fold_in(train_key, step)``, so a resumed run draws what the uninterrupted run drew.
+
+    Not a `lax.scan`: on XLA:CPU (jaxlib 0.10.2) the conv encoder's step inside a rolled while
+    loop ran 13x slower than the same step jitted alone (2.0 s vs 0.15 s at batch 128 on MNIST;
+    an unrolled scan matched the jitted step), and dispatching one step costs well under 1 ms.
+    """
     grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
 
     @functools.partial(jax.jit, donate_argnums=0)
-    def run(state, images, indices, start_step):
-        def step_fn(state, inputs):
-            idx, step = inputs
-            aug_key, loss_key = jax.random.split(jax.random.fold_in(train_key, step))
-            batch = data_lib.to_float(images[idx])
-            if any(augment.values()):
-                batch = data_lib.augment_batch(aug_key, batch, **augment)
-            (_, (metrics, bound_states)), grads = grad_fn(
-                state.params, state.bound_states, batch, loss_key
-            )
-            metrics["grad_norm"] = optax.tree.norm(grads)
-            return state.apply_gradients(grads=grads, bound_states=bound_states), metrics
+    def step_fn(state, images, idx, step):
+        aug_key, loss_key = jax.random.split(jax.random.fold_in(train_key, step))
+        batch = data_lib.to_float(images[idx])
+        if any(augment.values()):
+            batch = data_lib.augment_batch(aug_key, batch, **augment)
+        (_, (metrics, bound_states)), grads = grad_fn(
+            state.params, state.bound_states, batch, loss_key
+        )
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        return state.apply_gradients(grads=grads, bound_states=bound_states), metrics
 
-        steps = start_step + jnp.arange(indices.shape[0])
-        return jax.lax.scan(step_fn, state, (indices, steps))
+    def run(state, images, indices, start_step: int):
+        history = []
+        for i in range(indices.shape[0]):
+            state, metrics = step_fn(state, images, indices[i], start_step + i)
+            history.append(metrics)
+        history = jax.device_get(history)
+        return state, {k: np.stack([m[k] for m in history]) for k in history[0]}
 
     return run
 
@@ -121,10 +132,12 @@ def representations(objective, encoder_params, images: np.ndarray, wanted) -> di
     return {k: out[k] for k in wanted}
 
 
-def run_probes(config, train: dict, test: dict, labels, num_classes: int, prefix: str) -> list:
+def run_probes(
+    config, train: dict, test: dict, labels, num_classes: int, prefix: str, kinds=None
+) -> list:
     rows = []
     for rep in train:
-        for kind in config.probe.kinds:
+        for kind in config.probe.kinds if kinds is None else kinds:
             t0 = time.perf_counter()
             result = probes.fit_probe(
                 train[rep],
@@ -208,7 +221,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             )
             t0 = time.perf_counter()
             state, metrics = run(state, images, jnp.asarray(indices), step)
-            metrics = jax.device_get(metrics)
             elapsed = time.perf_counter() - t0
             if step == start:
                 compile_s += elapsed  # the first chunk includes the compilation
@@ -232,21 +244,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if step % config.checkpoint_every == 0 or step == config.num_steps:
                 manager.save(step, args=ocp.args.StandardSave(state))
             if step % config.eval_every == 0 and step < config.num_steps:
-                acc = _quick_eval(config, objective, state.params["encoder"], dataset)
+                acc = periodic_eval(config, objective, state.params["encoder"], dataset)
                 writer.write({"step": step, "kind": "eval", **acc})
-                progress.set_postfix(loss=f"{row['loss']:.3f}", probe=f"{acc['linear_global']:.3f}")
+                progress.set_postfix(
+                    loss=f"{row['loss']:.3f}", **{k: f"{v:.3f}" for k, v in acc.items()}
+                )
         manager.wait_until_finished()
         progress.close()
         t0 = time.perf_counter()
         final = evaluate(config, objective, state.params["encoder"], initial_encoder, dataset)
         eval_s = time.perf_counter() - t0
-        linear = [
-            r["test_accuracy"]
-            for r in final
-            if (r["encoder"], r["representation"], r["probe"]) == ("trained", "global", "linear")
-        ]
-        if linear:
-            writer.write({"step": step, "kind": "eval", "linear_global": linear[0]})
+        writer.write(
+            {
+                "step": step,
+                "kind": "eval",
+                **{
+                    f"{r['probe']}_{r['representation']}": r["test_accuracy"]
+                    for r in final
+                    if r["encoder"] == "trained"
+                },
+            }
+        )
     finally:
         progress.close()
         writer.close()
@@ -267,20 +285,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
 
-def _quick_eval(config, objective, encoder_params, dataset) -> dict:
-    """A linear probe on the global vector (for the curve in ``curves.png``)."""
-    train = representations(objective, encoder_params, dataset.train_images, ["global"])
-    test = representations(objective, encoder_params, dataset.test_images, ["global"])
-    result = probes.fit_probe(
-        train["global"],
-        dataset.train_labels,
-        test["global"],
-        dataset.test_labels,
-        num_classes=dataset.num_classes,
-        l2=config.probe.l2,
-        max_iter=config.probe.max_iter,
+def periodic_eval(config, objective, encoder_params, dataset) -> dict:
+    """``config.probe.periodic_kinds`` probes on the trained encoder's representations:
+    ``{"linear_global": test accuracy, ...}`` (the curves in ``curves.png``)."""
+    labels = (dataset.train_labels, dataset.test_labels)
+    wanted = list(config.probe.representations)
+    train = representations(objective, encoder_params, dataset.train_images, wanted)
+    test = representations(objective, encoder_params, dataset.test_images, wanted)
+    rows = run_probes(
+        config, train, test, labels, dataset.num_classes, "trained", config.probe.periodic_kinds
     )
-    return {"linear_global": result.test_accuracy}
+    return {f"{r['probe']}_{r['representation']}": r["test_accuracy"] for r in rows}
 
 
 def evaluate(config, objective, encoder_params, initial_params, dataset) -> list[dict]:
@@ -336,9 +351,11 @@ def plot(workdir: str, final: list[dict]) -> None:
         if train and key in train[0]:
             axes[1].plot(steps, [r[key] for r in train], label=key)
     axes[1].set(xlabel="step", title="MI terms (nats; MIGE: surrogate)")
-    axes[2].plot([r["step"] for r in evals], [r["linear_global"] for r in evals], "o-")
-    axes[2].set(xlabel="step", title="linear probe, global vector (test acc.)")
-    for ax in axes[:2]:
+    for key in sorted({k for r in evals for k in r} - {"step", "kind"}):
+        points = [(r["step"], r[key]) for r in evals if key in r]
+        axes[2].plot(*zip(*points, strict=True), "o-", label=key)
+    axes[2].set(xlabel="step", title="probes on the trained encoder (test accuracy)")
+    for ax in axes:
         ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "curves.png"), dpi=100)
@@ -357,6 +374,8 @@ def plot(workdir: str, final: list[dict]) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Orbax logs every save at INFO through absl, which would break up the progress bar.
+    logging.set_verbosity(logging.WARNING)
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

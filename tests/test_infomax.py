@@ -27,6 +27,7 @@ def tiny_config(**overrides):
     config.checkpoint_every = 1
     config.probe.epochs = 1
     config.probe.max_iter = 5
+    config.probe.representations = ("global",)  # each feature shape compiles its own probes
     config.probe.mlp_hidden = 8
     config.mige_locations = 2
     for key, value in overrides.items():
@@ -45,13 +46,15 @@ def _rows(path):
 
 @pytest.mark.parametrize("estimator", ["js", "infonce", "dv", "nwj", "flo", "mige"])
 def test_every_estimator_runs_and_writes_everything(tmp_path, estimator):
-    results = infomax.train_and_evaluate(tiny_config(estimator=estimator), str(tmp_path))
+    reps = ("global", "features", "local") if estimator == "js" else ("global",)
+    config = tiny_config(estimator=estimator, **{"probe.representations": reps})
+    results = infomax.train_and_evaluate(config, str(tmp_path))
     for name in ("config.json", "metrics.jsonl", "results.json", "curves.png", "probes.png"):
         assert os.path.getsize(tmp_path / name) > 0, name
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
     table = {(r["encoder"], r["representation"], r["probe"]) for r in results["probes"]}
     assert ("trained", "global", "linear") in table and ("none", "pixels", "mlp") in table
-    assert ("random", "features", "mlp") in table
+    assert len(table) == 2 * (2 * len(reps) + 1)  # (trained, random) x reps + pixels, 2 probes
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in results["probes"])
     rows = _rows(tmp_path / "metrics.jsonl")
     train_rows = [r for r in rows if r["kind"] == "train"]
@@ -120,3 +123,18 @@ def test_missing_mnist_files_are_named(tmp_path):
         infomax.train_and_evaluate(
             tiny_config(dataset="mnist", data_dir=str(tmp_path)), str(tmp_path / "run")
         )
+
+
+def test_a_tfds_dataset_trains_through_mock_data(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    config = tiny_config(
+        dataset="cifar10",
+        encoder="resnet",
+        encoder_hparams={"widths": (8, 8, 8), "stem_width": 8},
+        **{"augment.crop_padding": 2, "augment.flip": True, "augment.brightness": 0.2},
+        **{"probe.kinds": ("linear",), "probe.representations": ("global",)},
+    )
+    with tfds.testing.mock_data(num_examples=40):
+        results = infomax.train_and_evaluate(config, str(tmp_path))
+    assert results["dataset"] == "cifar10"
+    assert {r["encoder"] for r in results["probes"]} == {"trained", "random", "none"}
