@@ -62,10 +62,16 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         {
             "representations": ("global", "features"),
             "kinds": ("linear", "mlp"),
-            "periodic_kinds": ("linear",),  # every `eval_every` steps (trained encoder only)
-            # linear: full-batch L-BFGS with an L2 penalty; mlp: AdamW on minibatches.
+            # Every `eval_every` steps, on the trained encoder only:
+            "periodic_representations": ("global", "features"),
+            "periodic_kinds": ("linear",),
+            # linear: full-batch L-BFGS with an L2 penalty, to convergence;
+            # mlp: AdamW on minibatches.
             "l2": 1e-4,
             "max_iter": 300,
+            # Stop when the largest gradient entry is below `tol` (scikit-learn's rule). 1e-4
+            # stopped the MNIST conv-map probe short of the optimum (test 0.983 vs 0.987).
+            "tol": 1e-6,
             "epochs": 100,
             "batch_size": 128,
             "learning_rate": 1e-3,
@@ -76,10 +82,15 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
     if preset == "mnist":
         config.dataset = "mnist"
+        config.estimator = "infonce"
         config.augment.crop_padding = 2
-        config.num_steps = 5000
-        config.eval_every = 2500
+        config.num_steps = 3000
+        config.eval_every = 1500
         config.checkpoint_every = 500
+        # The conv feature map (128 x 7 x 7) is the best linearly separable representation
+        # here, as in DIM's tables; its linear probe is the slowest part of the evaluation.
+        config.probe.representations = ("global", "features", "local")
+        config.probe.periodic_representations = ("global",)
         config.probe.epochs = 20
         config.probe.batch_size = 256
     elif preset == "cifar10":

@@ -70,18 +70,17 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                 f"`config.{name}` ({config[name]}) must be a multiple of `config.log_every` "
                 f"({config.log_every}): evaluation and checkpoints happen between chunks."
             )
-    for rep in config.probe.representations:
-        if rep not in REPRESENTATIONS:
-            raise ValueError(
-                f"unknown representation {rep!r} in `config.probe.representations`; "
-                f"known: {', '.join(REPRESENTATIONS)}."
-            )
-    for kind in (*config.probe.kinds, *config.probe.periodic_kinds):
-        if kind not in probes.PROBES:
-            raise ValueError(
-                f"unknown probe {kind!r} in `config.probe.kinds`; "
-                f"known: {', '.join(probes.PROBES)}."
-            )
+    for field, known in (
+        ("representations", REPRESENTATIONS),
+        ("periodic_representations", REPRESENTATIONS),
+        ("kinds", probes.PROBES),
+        ("periodic_kinds", probes.PROBES),
+    ):
+        for name in config.probe[field]:
+            if name not in known:
+                raise ValueError(
+                    f"unknown name {name!r} in `config.probe.{field}`; known: {', '.join(known)}."
+                )
 
 
 def make_chunk_fn(objective: dim.DIMObjective, augment: dict, train_key):
@@ -149,6 +148,7 @@ def run_probes(
                 hidden=config.probe.mlp_hidden,
                 l2=config.probe.l2,
                 max_iter=config.probe.max_iter,
+                tol=config.probe.tol,
                 epochs=config.probe.epochs,
                 batch_size=config.probe.batch_size,
                 learning_rate=config.probe.learning_rate,
@@ -286,10 +286,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def periodic_eval(config, objective, encoder_params, dataset) -> dict:
-    """``config.probe.periodic_kinds`` probes on the trained encoder's representations:
-    ``{"linear_global": test accuracy, ...}`` (the curves in ``curves.png``)."""
+    """``config.probe.periodic_kinds`` probes on the trained encoder's
+    ``config.probe.periodic_representations``: ``{"linear_global": test accuracy, ...}`` (the
+    curves in ``curves.png``)."""
     labels = (dataset.train_labels, dataset.test_labels)
-    wanted = list(config.probe.representations)
+    wanted = list(config.probe.periodic_representations)
     train = representations(objective, encoder_params, dataset.train_images, wanted)
     test = representations(objective, encoder_params, dataset.test_images, wanted)
     rows = run_probes(

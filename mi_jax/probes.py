@@ -91,10 +91,11 @@ def _fit(
     return accuracy(train_x, train_y), accuracy(test_x, test_y)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "max_iter", "l2"))
-def _fit_linear_lbfgs(train_x, train_y, test_x, test_y, *, num_classes, max_iter, l2):
+@functools.partial(jax.jit, static_argnames=("num_classes", "max_iter", "l2", "tol"))
+def _fit_linear_lbfgs(train_x, train_y, test_x, test_y, *, num_classes, max_iter, l2, tol):
     # Full-batch L-BFGS on the mean cross-entropy plus (l2 / 2) |W|^2: the convex problem is
-    # solved to convergence (what scikit-learn's LogisticRegression does), so the probe measures
+    # solved to convergence (what scikit-learn's LogisticRegression does: stop when the largest
+    # gradient entry is below `tol`, or after `max_iter` iterations), so the probe measures
     # the representation, not the probe's optimizer.
     params = {
         "w": jnp.zeros((train_x.shape[1], num_classes)),
@@ -109,13 +110,21 @@ def _fit_linear_lbfgs(train_x, train_y, test_x, test_y, *, num_classes, max_iter
     tx = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(objective)
 
-    def step(carry, _):
-        params, state = carry
+    def not_converged(carry):
+        _, _, iteration, grad_max = carry
+        return (iteration < max_iter) & (grad_max > tol)
+
+    def step(carry):
+        params, state, iteration, _ = carry
         value, grad = value_and_grad(params, state=state)
         updates, state = tx.update(grad, state, params, value=value, grad=grad, value_fn=objective)
-        return (optax.apply_updates(params, updates), state), None
+        # The line search stores the gradient at the accepted point: the new iterate's.
+        new_grad = optax.tree_utils.tree_get(state, "grad")
+        grad_max = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree.leaves(new_grad)]))
+        return optax.apply_updates(params, updates), state, iteration + 1, grad_max
 
-    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=max_iter)
+    init = (params, tx.init(params), jnp.asarray(0), jnp.asarray(jnp.inf))
+    params, _, _, _ = jax.lax.while_loop(not_converged, step, init)
 
     def accuracy(x, y):
         return jnp.mean(jnp.argmax(x @ params["w"] + params["b"][None, :], axis=-1) == y)
@@ -133,6 +142,7 @@ def fit_probe(
     num_classes: int | None = None,
     l2: float = 1e-4,
     max_iter: int = 300,
+    tol: float = 1e-4,
     hidden: int = 256,
     epochs: int = 30,
     batch_size: int = 256,
@@ -147,8 +157,9 @@ def fit_probe(
       train_labels: ``[N]`` integer labels in ``[0, num_classes)``.
       test_features: ``[M, F]``.
       test_labels: ``[M]``.
-      kind: ``"linear"`` (multinomial logistic regression, full-batch L-BFGS, ``max_iter``
-        iterations, L2 penalty ``l2 / 2 |W|^2`` on the mean cross-entropy) or ``"mlp"`` (one
+      kind: ``"linear"`` (multinomial logistic regression, full-batch L-BFGS until the largest
+        gradient entry is below ``tol`` or for ``max_iter`` iterations, L2 penalty
+        ``l2 / 2 |W|^2`` on the mean cross-entropy) or ``"mlp"`` (one
         hidden layer of ``hidden``, AdamW with a cosine decay: ``epochs``, ``batch_size``,
         ``learning_rate``, ``weight_decay``).
       num_classes: defaults to ``max(label) + 1``.
@@ -187,6 +198,7 @@ def fit_probe(
             num_classes=num_classes,
             max_iter=max_iter,
             l2=l2,
+            tol=tol,
         )
         return ProbeResult(float(train_acc), float(test_acc))
     train_acc, test_acc = _fit(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import infomax as infomax_config
-from experiments import infomax
+from experiments import infomax, infomax_table
 from mi_jax import bounds, training
 
 
@@ -28,6 +28,7 @@ def tiny_config(**overrides):
     config.probe.epochs = 1
     config.probe.max_iter = 5
     config.probe.representations = ("global",)  # each feature shape compiles its own probes
+    config.probe.periodic_representations = ("global",)
     config.probe.mlp_hidden = 8
     config.mige_locations = 2
     for key, value in overrides.items():
@@ -56,6 +57,13 @@ def test_every_estimator_runs_and_writes_everything(tmp_path, estimator):
     assert ("trained", "global", "linear") in table and ("none", "pixels", "mlp") in table
     assert len(table) == 2 * (2 * len(reps) + 1)  # (trained, random) x reps + pixels, 2 probes
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in results["probes"])
+    (row,), columns = infomax_table.rows_from([str(tmp_path)])
+    assert row["estimator"] == estimator and len(columns) == 3 + len(table) + 1
+    assert row["trained:global:linear"] == next(
+        r["test_accuracy"]
+        for r in results["probes"]
+        if r["encoder"] == "trained" and r["representation"] == "global" and r["probe"] == "linear"
+    )
     rows = _rows(tmp_path / "metrics.jsonl")
     train_rows = [r for r in rows if r["kind"] == "train"]
     assert [r["step"] for r in train_rows] == [1, 2]
@@ -108,6 +116,7 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoints(tmp_path)
         (dict(eval_every=3, log_every=2), ValueError, "eval_every"),
         (dict(**{"probe.representations": ("globl",)}), ValueError, "globl"),
         (dict(**{"probe.kinds": ("svm",)}), ValueError, "svm"),
+        (dict(**{"probe.periodic_representations": ("fc",)}), ValueError, "periodic_repr"),
         (dict(batch_size=64), ValueError, "batch_size"),
         (dict(encoder_hparams={"channels": (4, 8, 8, 8)}), ValueError, "images"),
     ],

@@ -1,0 +1,53 @@
+r"""One table from several InfoMax runs: test accuracy per estimator, representation and probe.
+
+  python -m experiments.infomax_table /tmp/infomax/js /tmp/infomax/infonce ...
+
+Each argument is the workdir of a finished `experiments.infomax` run (its ``results.json``).
+A row per run: the trained encoder's probe test accuracies, then the same probes on the
+randomly initialized encoder and on raw pixels (the baselines the run also measured), and the
+run's wall time (compilation, training and probes).
+"""
+
+import json
+import os
+import sys
+
+from experiments import _common
+
+
+def rows_from(workdirs: list[str]) -> tuple[list[dict], list[str]]:
+    """Table rows (one per workdir) and their column names."""
+    rows, probe_columns = [], []
+    for workdir in workdirs:
+        path = os.path.join(workdir, "results.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a finished run?")
+        with open(path) as f:
+            results = json.load(f)
+        row = {
+            "dataset": results["dataset"],
+            "estimator": results["estimator"],
+            "steps": results["num_steps"],
+        }
+        for probe in results["probes"]:
+            column = f"{probe['encoder']}:{probe['representation']}:{probe['probe']}"
+            row[column] = probe["test_accuracy"]
+            if column not in probe_columns:
+                probe_columns.append(column)
+        row["minutes"] = (results["compile_s"] + results["train_s"] + results["eval_s"]) / 60
+        rows.append(row)
+    for row in rows:  # runs probed on different representations: blank cells
+        for column in probe_columns:
+            row.setdefault(column, "-")
+    return rows, ["dataset", "estimator", "steps", *probe_columns, "minutes"]
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        raise SystemExit(__doc__)
+    rows, columns = rows_from(argv)
+    print(_common.format_table(rows, columns))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
