@@ -3,14 +3,22 @@ r"""DIM-style InfoMax (Hjelm et al. 2019): train an encoder by maximizing MI, th
   python -m experiments.infomax --config configs/infomax.py --workdir /tmp/infomax
 
 Default: scikit-learn's 8x8 digits (bundled, offline), a DCGAN-style conv encoder, DIM's local +
-global objectives with the JSD estimator and a uniform prior. Expect about 2 minutes on 2 CPU
-cores and linear-probe test accuracies (global vector Y, 64-d) well above the random encoder's
-and the raw pixels' (README, "InfoMax"). Change the estimator with `--config.estimator=infonce`
-(any bound of `mi_jax.bounds`, or `mige`), any other field likewise.
+global objectives with the JSD estimator and a uniform prior, 1500 steps. Expect about 65 s on 2
+CPU cores and linear-probe test accuracies of 0.961 on the global vector Y (64-d) and 0.992 on
+the fc layer (random encoder 0.936 and 0.989; raw pixels 0.958; README, "InfoMax").
+Change the estimator with `--config.estimator=infonce` (any bound of `mi_jax.bounds`, or
+`mige`), any other field likewise.
 
-Presets: `configs/infomax.py:mnist` (MNIST from the four IDX files in `--config.data_dir`, e.g.
-`../shared/data/mnist`; without them tensorflow-datasets' prepared copy), `:cifar10` (tfds,
-ResNet encoder, crop/flip/colour augmentation), `:quick` (a few steps, smoke runs).
+  python -m experiments.infomax --config configs/infomax.py:mnist \
+    --config.data_dir=../shared/data/mnist --workdir /tmp/infomax_mnist
+
+MNIST from the four IDX files in `data_dir` (without them, tensorflow-datasets' prepared copy),
+InfoNCE, 3000 steps. Expect about 17 minutes on 2 CPU cores and linear-probe test accuracies of
+0.987 on the conv feature map, 0.984 on the fc layer, 0.967 on Y (random encoder: 0.980, 0.963,
+0.853; raw pixels 0.926).
+
+Other presets: `:cifar10` (tfds, ResNet encoder, crop/flip/colour augmentation; not yet run on
+the real data), `:quick` (a few steps, smoke runs).
 """
 
 import ml_collections
