@@ -122,13 +122,14 @@ def make_chunk_fn(objective: dim.DIMObjective, augment: dict, train_key):
 def representations(objective, encoder_params, images: np.ndarray, wanted) -> dict:
     """``{name: [N, F] features}`` of the encoder for the wanted representations."""
 
-    def apply(params, x):
-        local, features, global_ = objective.encoder.apply(params, data_lib.to_float(x))
-        return global_, features, local.reshape(local.shape[0], -1)
+    wanted = tuple(wanted)
 
-    global_, features, local = probes.extract_features(apply, encoder_params, images)
-    out = {"global": global_, "features": features, "local": local}
-    return {k: out[k] for k in wanted}
+    def apply(params, x):  # only the wanted ones leave the device (the local map is large)
+        local, features, global_ = objective.encoder.apply(params, data_lib.to_float(x))
+        out = {"global": global_, "features": features, "local": local}
+        return tuple(out[k].reshape(out[k].shape[0], -1) for k in wanted)
+
+    return dict(zip(wanted, probes.extract_features(apply, encoder_params, images), strict=True))
 
 
 def run_probes(
