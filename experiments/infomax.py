@@ -34,8 +34,6 @@ from experiments import _common
 from mi_jax import data as data_lib
 from mi_jax import dim, encoders, probes, training
 
-REPRESENTATIONS = ("global", "features", "local")
-
 
 def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> dim.DIMObjective:
     """The DIM objective (encoder included) that ``config`` describes; bad names raise here."""
@@ -60,7 +58,7 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> di
     )
 
 
-def _check_config(config: ml_collections.ConfigDict) -> None:
+def _check_config(config: ml_collections.ConfigDict, representation_names: tuple[str, ...]) -> None:
     for name in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
         if config[name] < 1:
             raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
@@ -71,8 +69,8 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                 f"({config.log_every}): evaluation and checkpoints happen between chunks."
             )
     for field, known in (
-        ("representations", REPRESENTATIONS),
-        ("periodic_representations", REPRESENTATIONS),
+        ("representations", representation_names),
+        ("periodic_representations", representation_names),
         ("kinds", probes.PROBES),
         ("periodic_kinds", probes.PROBES),
     ):
@@ -83,9 +81,12 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                 )
 
 
-def make_chunk_fn(objective: dim.DIMObjective, augment: dict, train_key):
+def make_chunk_fn(objective, augment: dict, train_key):
     """``run(state, images [N, H, W, C] uint8, indices [n, B], start_step) -> (state, metrics)``.
 
+    ``objective``: a `mi_jax.dim.DIMObjective`, `mi_jax.amdim.AMDIMObjective` or anything
+    with their ``loss``. ``augment``: `mi_jax.data.augment_batch`'s parameters, applied to the
+    batch before the loss (empty or all off: none; AMDIM draws its views inside its loss).
     ``n`` steps, each one call of a jitted step with the state donated; the steps' metrics stay
     on the device until the chunk ends (one host transfer per chunk). Keys are
     ``fold_in(train_key, step)``, so a resumed run draws what the uninterrupted run drew.
@@ -100,7 +101,7 @@ def make_chunk_fn(objective: dim.DIMObjective, augment: dict, train_key):
     def step_fn(state, images, idx, step):
         aug_key, loss_key = jax.random.split(jax.random.fold_in(train_key, step))
         batch = data_lib.to_float(images[idx])
-        if any(augment.values()):
+        if augment and any(augment.values()):
             batch = data_lib.augment_batch(aug_key, batch, **augment)
         (_, (metrics, bound_states)), grads = grad_fn(
             state.params, state.bound_states, batch, loss_key
@@ -124,10 +125,9 @@ def representations(objective, encoder_params, images: np.ndarray, wanted) -> di
 
     wanted = tuple(wanted)
 
-    def apply(params, x):  # only the wanted ones leave the device (the local map is large)
-        local, features, global_ = objective.encoder.apply(params, data_lib.to_float(x))
-        out = {"global": global_, "features": features, "local": local}
-        return tuple(out[k].reshape(out[k].shape[0], -1) for k in wanted)
+    def apply(params, x):  # only the wanted ones leave the device (feature maps are large)
+        out = objective.representations(params, data_lib.to_float(x))
+        return tuple(out[k] for k in wanted)
 
     return dict(zip(wanted, probes.extract_features(apply, encoder_params, images), strict=True))
 
@@ -177,13 +177,20 @@ def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (or resumes), evaluates, writes everything into ``workdir``; returns the results."""
-    _check_config(config)
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, build_fn=None, name: str = "infomax"
+) -> dict:
+    """Trains (or resumes), evaluates, writes everything into ``workdir``; returns the results.
+
+    ``build_fn(config, image_shape) -> objective`` (default `build`, DIM) makes the objective:
+    anything with ``init``, ``loss``, ``representations`` and ``representation_names`` like
+    `mi_jax.dim.DIMObjective` (`experiments.amdim` passes AMDIM's). ``name`` labels the bar.
+    """
     dataset = data_lib.load_dataset(
         config.dataset, data_dir=config.data_dir or None, max_examples=config.max_examples or None
     )
-    objective = build(config, dataset.image_shape)
+    objective = (build_fn or build)(config, dataset.image_shape)
+    _check_config(config, objective.representation_names)
     _common.write_config(workdir, config)
     batch_size = config.batch_size
     num_train = dataset.train_images.shape[0]
@@ -210,10 +217,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")
 
     images = jnp.asarray(dataset.train_images)
-    run = make_chunk_fn(objective, config.augment.to_dict(), train_key)
+    augment = config.augment.to_dict() if "augment" in config else {}
+    run = make_chunk_fn(objective, augment, train_key)
     writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
     compile_s, train_s, step = 0.0, 0.0, start
-    progress = tqdm(total=config.num_steps, initial=start, desc=f"infomax {config.estimator}")
+    progress = tqdm(total=config.num_steps, initial=start, desc=f"{name} {config.estimator}")
     try:
         while step < config.num_steps:
             n = min(config.log_every, config.num_steps - step)
@@ -345,12 +353,13 @@ def plot(workdir: str, final: list[dict]) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     steps = [r["step"] for r in train]
     axes[0].plot(steps, [r["loss"] for r in train], label="loss")
-    for key in ("prior_encoder", "prior_disc"):
-        if train and key in train[0]:
+    keys = sorted(train[0]) if train else []
+    for key in keys:
+        if key.startswith("prior_") or key == "score_penalty":
             axes[0].plot(steps, [r[key] for r in train], label=key)
     axes[0].set(xlabel="step", title="losses")
-    for key in ("mi_global", "mi_local", "infonce_global", "infonce_local"):
-        if train and key in train[0]:
+    for key in keys:
+        if key.startswith(("mi_", "infonce_")):
             axes[1].plot(steps, [r[key] for r in train], label=key)
     axes[1].set(xlabel="step", title="MI terms (nats; MIGE: surrogate)")
     for key in sorted({k for r in evals for k in r} - {"step", "kind"}):

@@ -451,6 +451,78 @@ def random_crop(key: PRNGKey, image: ArrayLike, *, padding: int) -> Array:
     return jax.lax.dynamic_slice(padded, (top, left, 0), (h, w, c))
 
 
+def random_resized_crop(
+    key: PRNGKey,
+    image: ArrayLike,
+    *,
+    scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Array:
+    """Crops a random window and resizes it back to ``[H, W]`` (bilinear): the "random resized
+    crop" of Szegedy et al. 2015 used by AMDIM and most multi-view methods.
+
+    The window covers a fraction ``a ~ U[scale]`` of the image area with aspect ratio
+    ``r = exp(U[log ratio])`` (width over height, relative to the image's); its height and width
+    fractions ``sqrt(a / r)`` and ``sqrt(a r)`` are capped at 1, and its position is uniform
+    over the places it fits. Always one draw, no rejection loop, so it traces to a fixed program.
+
+    Args:
+      key: a PRNG key.
+      image: ``[H, W, C]`` float image.
+      scale: ``(low, high)`` range of the area fraction, ``0 < low <= high <= 1``.
+      ratio: ``(low, high)`` range of the aspect ratio, ``0 < low <= high``.
+
+    Returns:
+      ``[H, W, C]`` the resized crop.
+    """
+    image = _check_image(image)
+    lo, hi = _check_range(scale, "scale", upper=1.0)
+    rlo, rhi = _check_range(ratio, "ratio")
+    h, w, _ = image.shape
+    k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
+    area = jax.random.uniform(k_area, (), minval=lo, maxval=hi)
+    log_r = jax.random.uniform(k_ratio, (), minval=math.log(rlo), maxval=math.log(rhi))
+    frac_h = jnp.minimum(jnp.sqrt(area / jnp.exp(log_r)), 1.0)
+    frac_w = jnp.minimum(jnp.sqrt(area * jnp.exp(log_r)), 1.0)
+    top = jax.random.uniform(k_top, ()) * (1.0 - frac_h) * h
+    left = jax.random.uniform(k_left, ()) * (1.0 - frac_w) * w
+    # Output pixel x samples input pixel (x - translation) / scale: the window [top, top +
+    # frac_h h) stretched over [0, h).
+    scale_hw = jnp.stack([1.0 / frac_h, 1.0 / frac_w])
+    return jax.image.scale_and_translate(
+        image,
+        image.shape,
+        spatial_dims=(0, 1),
+        scale=scale_hw,
+        translation=-jnp.stack([top, left]) * scale_hw,
+        method="linear",
+    )
+
+
+def random_grayscale(key: PRNGKey, image: ArrayLike, *, p: float) -> Array:
+    """Replaces a 3-channel ``image`` ``[H, W, 3]`` by its BT.601 luma (repeated on the three
+    channels) with probability ``p``; a 1-channel image is returned unchanged."""
+    image = _check_image(image)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"`p` must be a probability in [0, 1], got {p!r}.")
+    if image.shape[-1] == 1 or p == 0:
+        return image
+    gray = jnp.broadcast_to(_grayscale(image), image.shape)
+    return jnp.where(jax.random.bernoulli(key, p), gray, image)
+
+
+def _check_range(pair, name: str, upper: float | None = None) -> tuple[float, float]:
+    """A ``(low, high)`` pair with ``0 < low <= high`` (``<= upper``), as floats."""
+    try:
+        lo, hi = (float(v) for v in pair)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a (low, high) pair of numbers, got {pair!r}.") from None
+    if not (0 < lo <= hi and (upper is None or hi <= upper)):
+        bound = f" <= {upper}" if upper is not None else ""
+        raise ValueError(f"`{name}` must satisfy 0 < low <= high{bound}, got {pair!r}.")
+    return lo, hi
+
+
 def random_flip(key: PRNGKey, image: ArrayLike) -> Array:
     """Flips ``image`` ``[H, W, C]`` left-right with probability 1/2; returns ``[H, W, C]``."""
     image = _check_image(image)

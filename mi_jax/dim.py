@@ -66,6 +66,38 @@ class EmbedMLP(nn.Module):
         return h + nn.Dense(self.out_dim, name="shortcut")(x)
 
 
+def bound_input_heads(
+    names: Sequence[str], hidden: int, phi: Array, psi: Array, prefix: str
+) -> dict[str, Array]:
+    """A bound's extra learned inputs (`mi_jax.bounds.Bound.inputs`) from critic embeddings.
+
+    Call from inside a compact Flax module (the heads become its submodules, named
+    ``f"{prefix}_u"`` / ``f"{prefix}_baseline"``).
+
+    * ``"u"`` (FLO): `EmbedMLP` head on the concatenated joint pair ``[phi, psi]`` -> ``[..., B]``.
+    * ``"log_baseline"`` (TUBA, I_alpha): head on ``psi`` alone, broadcast to ``phi``'s
+      leading shape ``[..., B]``.
+
+    Args:
+      names: the bound's input names.
+      hidden: hidden width of the heads.
+      phi: ``[..., B, k]`` source embeddings.
+      psi: ``[..., B, k]`` (broadcastable) embeddings they are paired with on the joint pairs.
+      prefix: submodule name prefix.
+    """
+    extras = {}
+    for name in names:
+        if name == "u":
+            pair = jnp.concatenate([phi, jnp.broadcast_to(psi, phi.shape)], axis=-1)
+            extras["u"] = EmbedMLP(hidden, 1, name=f"{prefix}_u")(pair)[..., 0]
+        elif name == "log_baseline":
+            base = EmbedMLP(hidden, 1, name=f"{prefix}_baseline")(psi)[..., 0]
+            extras["log_baseline"] = jnp.broadcast_to(base, phi.shape[:-1])
+        else:
+            raise ValueError(f"no critic head builds the bound input {name!r}.")
+    return extras
+
+
 class DIMScores(NamedTuple):
     """Score matrices (and each bound's extra inputs) for the global and local terms.
 
@@ -111,20 +143,6 @@ class DIMCritic(nn.Module):
             return scores
         return self.score_clip * jnp.tanh(scores / self.score_clip)
 
-    def _extras(self, phi: Array, psi: Array, prefix: str) -> dict[str, Array]:
-        # phi [..., B, k] paired with psi [B, k] on the joint pairs.
-        extras = {}
-        for name in self.extra_inputs:
-            if name == "u":
-                pair = jnp.concatenate([phi, jnp.broadcast_to(psi, phi.shape)], axis=-1)
-                extras["u"] = EmbedMLP(self.hidden, 1, name=f"{prefix}_u")(pair)[..., 0]
-            elif name == "log_baseline":
-                base = EmbedMLP(self.hidden, 1, name=f"{prefix}_baseline")(psi)[..., 0]
-                extras["log_baseline"] = jnp.broadcast_to(base, phi.shape[:-1])
-            else:
-                raise ValueError(f"DIMCritic cannot build the bound input {name!r}.")
-        return extras
-
     @nn.compact
     def __call__(self, source: Array, local: Array, global_: Array) -> DIMScores:
         """``source`` ``[B, ...]`` (global term), ``local`` ``[B, h, w, C]``, ``global_``
@@ -137,7 +155,7 @@ class DIMCritic(nn.Module):
             )
             psi = EmbedMLP(self.hidden, self.embed_dim, name="global_y")(global_)
             g_scores = self._clip(phi @ psi.T)
-            g_inputs = self._extras(phi, psi, "global")
+            g_inputs = bound_input_heads(self.extra_inputs, self.hidden, phi, psi, "global")
         if self.use_local:
             feats = local.reshape(batch, -1, local.shape[-1])  # [B, L, C]
             phi = EmbedMLP(self.hidden, self.embed_dim, name="local_map")(feats)  # [B, L, k]
@@ -145,7 +163,9 @@ class DIMCritic(nn.Module):
             l_scores = self._clip(jnp.einsum("ilk,jk->lij", phi, psi))
             l_inputs = {
                 k: v.T  # [B, L] -> [L, B]
-                for k, v in self._extras(phi, psi[:, None, :], "local").items()
+                for k, v in bound_input_heads(
+                    self.extra_inputs, self.hidden, phi, psi[:, None, :], "local"
+                ).items()
             }
         return DIMScores(g_scores, g_inputs, l_scores, l_inputs)
 
@@ -316,6 +336,19 @@ class DIMObjective:
             extra_inputs=self.bound.inputs,
             score_clip=self.score_clip,
         )
+
+    # Names of `representations`, in the order probes report them.
+    representation_names = ("global", "features", "local")
+
+    def representations(self, encoder_params: PyTree, images: Array) -> dict[str, Array]:
+        """``{name: [B, F]}`` what probes read: ``global`` (Y ``[B, D]``), ``features`` (fc),
+        ``local`` (the feature map M, flattened to ``[B, h w C]``)."""
+        local, features, global_ = self.encoder.apply(encoder_params, images)
+        return {
+            "global": global_,
+            "features": features,
+            "local": local.reshape(local.shape[0], -1),
+        }
 
     def _source(self, images: Array, local: Array) -> Array:
         return images if self.global_source == "input" else local

@@ -1,0 +1,67 @@
+r"""AMDIM (Bachman et al. 2019): multi-view, multi-scale InfoMax, then probes.
+
+  python -m experiments.amdim --config configs/amdim.py --workdir /tmp/amdim
+
+Trains `mi_jax.amdim.MultiScaleEncoder` by maximizing the bound named in the config between
+features of two augmented views of each image (predictions 1->5, 1->7 and 5->5, both
+directions; `mi_jax.amdim`), then freezes it and fits linear and MLP probes on its global
+vector and 5x5 / 7x7 maps, next to the same probes on raw pixels and on the randomly initialized
+encoder.
+
+The trainer is `experiments.infomax`'s (same workdir: ``config.json``, ``metrics.jsonl``,
+``results.json``, ``curves.png``, ``probes.png``, Orbax checkpoints with automatic resume, a
+progress bar, a NaN stops the run naming the step); only the objective differs.
+"""
+
+import ml_collections
+from absl import app, logging
+
+from experiments import _common, infomax
+from mi_jax import amdim
+
+
+def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> amdim.AMDIMObjective:
+    """The AMDIM objective (encoder included) that ``config`` describes; bad names and
+    out-of-range augmentation parameters raise here."""
+    views = config.views.to_dict()
+    unknown = sorted(set(views) - set(amdim.VIEW_PARAMS))
+    if unknown:
+        raise ValueError(
+            f"unknown field(s) {unknown} in `config.views`; known: {', '.join(amdim.VIEW_PARAMS)}."
+        )
+    if len(image_shape) != 3 or min(image_shape[:2]) < 7:
+        raise ValueError(
+            f"AMDIM's encoder needs images of at least 7x7 pixels, got image shape {image_shape}."
+        )
+    encoder = amdim.MultiScaleEncoder(
+        stem_width=config.encoder_hparams.stem_width,
+        widths=tuple(config.encoder_hparams.widths),
+    )
+    return amdim.AMDIMObjective(
+        encoder=encoder,
+        estimator=config.estimator,
+        estimator_hparams=tuple(sorted(config.estimator_hparams.to_dict().items())),
+        predictions=tuple(config.predictions),
+        critic_hidden=config.critic_hidden,
+        embed_dim=config.embed_dim,
+        clip=config.clip or None,
+        penalty=config.penalty,
+        views=tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in views.items())),
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (or resumes), evaluates, writes everything into ``workdir``; returns the results."""
+    return infomax.train_and_evaluate(config, workdir, build_fn=build, name="amdim")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    _CONFIG, _WORKDIR = _common.define_experiment_flags("amdim")
+    app.run(main)

@@ -1,0 +1,273 @@
+"""AMDIM: scores against hand computations, encoder shapes, views, objective errors, smoke runs."""
+
+import json
+import math
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import amdim as amdim_config
+from experiments import amdim as amdim_experiment
+from mi_jax import amdim, bounds, data
+
+
+def test_scores_are_scaled_soft_clipped_and_penalized_as_by_hand():
+    anchors = jnp.array([[1.0, 2.0], [3.0, -1.0]])  # [B=2, k=2]
+    targets = jnp.array(  # [B=2, L=3, k=2]
+        [[[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]], [[-1.0, 4.0], [5.0, 5.0], [0.5, 0.0]]]
+    )
+    raw = np.zeros((2, 2, 3))
+    for i in range(2):
+        for j in range(2):
+            for loc in range(3):
+                raw[i, j, loc] = float(np.dot(anchors[i], targets[j, loc])) / math.sqrt(2)
+    scores, got_raw = jax.jit(lambda a, t: amdim.nce_scores(a, t, clip=3.0))(anchors, targets)
+    np.testing.assert_allclose(got_raw, raw, rtol=1e-6)
+    np.testing.assert_allclose(scores, 3.0 * np.tanh(raw / 3.0), rtol=1e-6)
+    assert float(jnp.max(jnp.abs(scores))) < 3.0  # the clip binds: raw reaches 14.1
+    unclipped, _ = amdim.nce_scores(anchors, targets, clip=None)
+    np.testing.assert_allclose(unclipped, raw, rtol=1e-6)
+
+
+def test_critic_penalty_is_the_mean_squared_raw_score():
+    key = jax.random.key(0)
+    feats = amdim.MultiScaleOutput(
+        map7=jax.random.normal(key, (3, 7, 7, 4)),
+        map5=jax.random.normal(jax.random.fold_in(key, 1), (3, 5, 5, 4)),
+        global_=jax.random.normal(jax.random.fold_in(key, 2), (3, 6)),
+    )
+    critic = amdim.AMDIMCritic(predictions=("1-7",), hidden=8, embed_dim=5, clip=20.0)
+    params = critic.init(key, feats, feats, jnp.zeros(3, jnp.int32))
+    out = critic.apply(params, feats, feats, jnp.zeros(3, jnp.int32))["1-7"]
+    # Recompute by hand from the embedding networks' parameters.
+    p = params["params"]
+
+    def dense(q, x):
+        return x @ q["kernel"] + q["bias"].reshape((1,) * (x.ndim - 1) + (-1,))
+
+    def mlp(q, x):
+        h = jax.nn.relu(dense(q["hidden"], x))
+        return dense(q["out"], h) + dense(q["shortcut"], x)
+
+    anchors = mlp(p["anchor_global"], feats.global_)
+    targets = mlp(p["target_map7"], feats.map7.reshape(3, 49, 4))
+    raw = jnp.einsum("ik,jlk->ijl", anchors, targets) / jnp.sqrt(5.0)
+    np.testing.assert_allclose(out.penalty, jnp.mean(raw**2), rtol=1e-5)
+    assert out.matrices.shape == (49, 3, 3)
+
+
+def test_pooled_matrices_put_positives_on_the_diagonal_and_pool_negatives():
+    scores = jax.random.normal(jax.random.key(1), (3, 3, 4)) * 2
+    m = np.asarray(amdim.pooled_score_matrices(scores))
+    s = np.asarray(scores)
+    for loc in range(4):
+        for i in range(3):
+            for j in range(3):
+                # Row: the target image j; column: the anchor i (mi_jax.bounds' layout).
+                want = s[i, i, loc] if i == j else np.log(np.mean(np.exp(s[i, j])))
+                np.testing.assert_allclose(m[loc, j, i], want, rtol=1e-5, atol=1e-6)
+
+
+def test_infonce_on_pooled_matrices_uses_every_negative_location():
+    # The module docstring's claim: InfoNCE on the pooled matrix at location l is
+    # s_iil - log((e^{s_iil} + sum_{j != i} mean_l' e^{s_ijl'}) / B), averaged over i.
+    batch, locs = 4, 3
+    s = np.asarray(jax.random.normal(jax.random.key(2), (batch, batch, locs)) * 3, np.float64)
+    m = amdim.pooled_score_matrices(jnp.asarray(s, jnp.float32))
+    for loc in range(locs):
+        want = np.mean(
+            [
+                s[i, i, loc]
+                - np.log(
+                    (
+                        np.exp(s[i, i, loc])
+                        + sum(np.mean(np.exp(s[i, j])) for j in range(batch) if j != i)
+                    )
+                    / batch
+                )
+                for i in range(batch)
+            ]
+        )
+        np.testing.assert_allclose(bounds.infonce(m[loc]), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [7, 8, 28, 32])
+def test_multiscale_encoder_shapes(size):
+    encoder = amdim.MultiScaleEncoder(stem_width=4, widths=(6, 5, 3))
+    images = jnp.zeros((2, size, size, 3 if size == 32 else 1))
+    params = encoder.init(jax.random.key(0), images)
+    out = jax.jit(encoder.apply)(params, images)
+    chex.assert_shape(out.map7, (2, 7, 7, 6))
+    chex.assert_shape(out.map5, (2, 5, 5, 5))
+    chex.assert_shape(out.global_, (2, 3))
+
+
+def test_multiscale_encoder_rejects_small_images():
+    encoder = amdim.MultiScaleEncoder(stem_width=4, widths=(6, 5, 3))
+    with pytest.raises(ValueError, match="H, W >= 7"):
+        encoder.init(jax.random.key(0), jnp.zeros((2, 6, 6, 1)))
+
+
+def test_random_resized_crop_identity_shape_determinism():
+    image = jax.random.uniform(jax.random.key(0), (8, 10, 3))
+    same = data.random_resized_crop(jax.random.key(1), image, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    np.testing.assert_allclose(same, image, atol=1e-6)
+    crop = jax.jit(lambda k, x: data.random_resized_crop(k, x, scale=(0.2, 0.5)))
+    a, b = crop(jax.random.key(3), image), crop(jax.random.key(3), image)
+    assert a.shape == image.shape and a.dtype == image.dtype
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, crop(jax.random.key(4), image))
+
+
+def test_random_resized_crop_of_a_quarter_stretches_a_ramp():
+    # A crop of area 1/4 and ratio 1 is a 4x4 window of an 8x8 ramp, stretched 2x: the rows
+    # step by 1/2 per output pixel.
+    ramp = jnp.broadcast_to(jnp.arange(8.0)[:, None, None], (8, 8, 1))
+    out = data.random_resized_crop(jax.random.key(5), ramp, scale=(0.25, 0.25), ratio=(1.0, 1.0))
+    # (interior rows: the bilinear kernel is renormalized where it reaches past the image edge)
+    np.testing.assert_allclose(np.diff(np.asarray(out[1:-1, 3, 0])), 0.5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"scale": (0.0, 1.0)}, "`scale`"),
+        ({"scale": (0.5, 1.2)}, "`scale`"),
+        ({"scale": (0.8, 0.5)}, "`scale`"),
+        ({"ratio": (2.0, 1.0)}, "`ratio`"),
+        ({"ratio": (-1.0, 1.0)}, "`ratio`"),
+    ],
+)
+def test_random_resized_crop_rejects_out_of_range_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        data.random_resized_crop(jax.random.key(0), jnp.zeros((8, 8, 1)), **kwargs)
+
+
+def test_random_grayscale():
+    image = jax.random.uniform(jax.random.key(0), (4, 4, 3))
+    gray = data.random_grayscale(jax.random.key(1), image, p=1.0)
+    np.testing.assert_allclose(gray[..., 0], gray[..., 2])
+    np.testing.assert_allclose(gray[..., 0], image @ jnp.array([0.299, 0.587, 0.114]), rtol=1e-6)
+    np.testing.assert_array_equal(data.random_grayscale(jax.random.key(1), image, p=0.0), image)
+    with pytest.raises(ValueError, match="`p`"):
+        data.random_grayscale(jax.random.key(1), image, p=1.5)
+
+
+def _views(**overrides):
+    views = dict(amdim.AMDIMObjective.__dataclass_fields__["views"].default)
+    views.update(overrides)
+    return views
+
+
+def test_views_keep_shape_and_dtype_and_are_deterministic_given_the_key():
+    images = jax.random.uniform(jax.random.key(0), (5, 12, 12, 3))
+    params = _views(flip=True, brightness=0.4, contrast=0.4, saturation=0.4, grayscale=0.5)
+    fn = jax.jit(lambda k, x: amdim.augment_views(k, x, **params))
+    a1, b1 = fn(jax.random.key(7), images)
+    a2, b2 = fn(jax.random.key(7), images)
+    assert a1.shape == images.shape and a1.dtype == images.dtype
+    np.testing.assert_array_equal(a1, a2)
+    np.testing.assert_array_equal(b1, b2)
+    assert not np.allclose(a1, b1)  # the two views differ
+    assert float(a1.min()) >= 0.0 and float(a1.max()) <= 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"predictions": ("1-5", "2-5")}, "`predictions`"),
+        ({"predictions": ()}, "`predictions`"),
+        ({"penalty": -0.1}, "`penalty`"),
+        ({"clip": -1.0}, "`clip`"),
+        ({"estimator": "nope"}, "estimator"),
+        ({"views": tuple(sorted(_views(crop_scale=(0.5, 2.0)).items()))}, "views.crop_scale"),
+        ({"views": tuple(sorted(_views(grayscale=2.0).items()))}, "views.grayscale"),
+        ({"views": tuple(sorted(_views(brightness=-1.0).items()))}, "views.brightness"),
+    ],
+)
+def test_objective_rejects_bad_settings(kwargs, match):
+    encoder = amdim.MultiScaleEncoder(stem_width=4, widths=(6, 5, 3))
+    with pytest.raises((ValueError, KeyError), match=match):
+        amdim.AMDIMObjective(encoder=encoder, **kwargs)
+
+
+@pytest.mark.parametrize("estimator", ["infonce", "flo", "nwj", "mine"])
+def test_loss_and_gradients_are_finite_under_jit(estimator):
+    encoder = amdim.MultiScaleEncoder(stem_width=4, widths=(6, 5, 3))
+    objective = amdim.AMDIMObjective(
+        encoder=encoder, estimator=estimator, critic_hidden=8, embed_dim=4
+    )
+    images = jax.random.uniform(jax.random.key(0), (6, 8, 8, 1))
+    params, states = objective.init(jax.random.key(1), images)
+    grad_fn = jax.jit(jax.value_and_grad(objective.loss, has_aux=True))
+    (loss, (metrics, new_states)), grads = grad_fn(params, states, images, jax.random.key(2))
+    assert np.isfinite(float(loss))
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    assert set(metrics) >= {"mi_1-5", "mi_1-7", "mi_5-5", "infonce_5-5", "score_penalty"}
+    assert float(metrics["infonce_1-7"]) <= math.log(6) + 1e-5
+    chex.assert_trees_all_equal_structs(states, new_states)
+    reps = objective.representations(params["encoder"], images)
+    assert {k: v.shape for k, v in reps.items()} == {
+        "global": (6, 3),
+        "map5": (6, 125),
+        "map7": (6, 294),
+    }
+
+
+def tiny_config(**overrides):
+    config = amdim_config.get_config("quick")
+    config.unlock()
+    config.max_examples = 48
+    config.batch_size = 16
+    config.encoder_hparams = {"stem_width": 4, "widths": (8, 8, 8)}
+    config.critic_hidden = 8
+    config.embed_dim = 8
+    config.num_steps = 2
+    config.log_every = 1
+    config.eval_every = 2
+    config.checkpoint_every = 1
+    config.probe.epochs = 1
+    config.probe.max_iter = 5
+    config.probe.mlp_hidden = 8
+    config.probe.representations = ("global", "map5")
+    for key, value in overrides.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    config.lock()
+    return config
+
+
+@pytest.mark.parametrize("estimator", ["infonce", "flo", "nwj"])
+def test_experiment_runs_and_writes_everything(tmp_path, estimator):
+    results = amdim_experiment.train_and_evaluate(tiny_config(estimator=estimator), str(tmp_path))
+    for name in ("config.json", "metrics.jsonl", "results.json", "curves.png", "probes.png"):
+        assert os.path.getsize(tmp_path / name) > 0, name
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
+    table = {(r["encoder"], r["representation"], r["probe"]) for r in results["probes"]}
+    assert ("trained", "map5", "linear") in table and ("random", "global", "mlp") in table
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2]
+    assert all(np.isfinite(r["mi_1-5"]) for r in train)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"views.crop_scale": (0.0, 1.0)}, "views.crop_scale"),
+        ({"views.grayscale": -0.5}, "views.grayscale"),
+        ({"estimator": "nope"}, "estimator"),
+        ({"predictions": ("1-9",)}, "predictions"),
+        ({"probe.representations": ("features",)}, "probe.representations"),
+    ],
+)
+def test_experiment_bad_config_names_the_field(tmp_path, overrides, match):
+    with pytest.raises((ValueError, KeyError), match=match):
+        amdim_experiment.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
