@@ -1,0 +1,468 @@
+r"""The MNIST-halves study (Tschannen et al., ICLR 2020): does maximizing MI explain good features?
+
+  python -m experiments.halves --config configs/halves.py --workdir /tmp/halves
+
+For every encoder x critic x bound of the config, ``num_seeds`` seeds are trained in one
+compiled program (`jax.vmap` over seeds) to maximize the bound between the encoded top and
+bottom halves (`mi_jax.halves`); every ``eval_every`` steps a logistic regression is fitted on
+the standardized representation of the top half (per seed) and the bound is evaluated on
+held-out test batches. Then the study's three findings are checked against our numbers, and
+the raw-pixel baseline (logistic regression on the standardized, noisy top halves) is reported.
+
+Writes to the workdir: ``config.json``; ``metrics.jsonl`` (one row per combination and
+evaluation, per-seed values included); ``results.json`` (the table, the curves, the verdicts;
+rewritten after every finished combination, so a killed run keeps what it finished and a
+rerun with the same workdir skips it); ``results.csv``; ``curves.png`` (accuracy and MI
+estimate over training per combination). A progress bar runs over all combinations' steps.
+"""
+
+import itertools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, logging
+from tqdm import tqdm
+
+from experiments import _common
+from mi_jax import bounds as bounds_lib
+from mi_jax import critics as critics_lib
+from mi_jax import data as data_lib
+from mi_jax import halves, probes, training
+
+FINDINGS = {
+    "bijective": "(1) with a bijective encoder the MI is constant, yet linear accuracy improves",
+    "looser_bounds": "(2) looser bounds with simpler critics can give better representations",
+    "encoder_matters": "(3) the encoder architecture can matter more than the estimator",
+}
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+    for field, known in (
+        ("encoders", halves.available_half_encoders()),
+        ("critics", critics_lib.available_critics()),
+        ("bounds", bounds_lib.available_bounds()),
+    ):
+        if not config[field]:
+            raise ValueError(f"`config.{field}` is empty: name at least one.")
+        for name in config[field]:
+            if name not in known:
+                raise ValueError(
+                    f"unknown name {name!r} in `config.{field}`; known: {', '.join(known)}."
+                )
+    for name in ("num_steps", "num_seeds", "batch_size", "log_every", "eval_every"):
+        if config[name] < 1:
+            raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
+    if config.eval_every % config.log_every:
+        raise ValueError(
+            f"`config.eval_every` ({config.eval_every}) must be a multiple of "
+            f"`config.log_every` ({config.log_every})."
+        )
+    if config.noise_std < 0:
+        raise ValueError(f"`config.noise_std` must be >= 0, got {config.noise_std}.")
+
+
+def load_views(config) -> dict[str, np.ndarray]:
+    """Float views ``{"train_top", "train_bottom", "test_top", "test_bottom"}`` ``[N, h, W, C]``
+    and labels; the probe's training subset; a fixed noise draw on the evaluation views."""
+    dataset = data_lib.load_dataset(
+        config.dataset, data_dir=config.data_dir or None, max_examples=config.max_examples or None
+    )
+    views = {}
+    for split in ("train", "test"):
+        images = getattr(dataset, f"{split}_images").astype(np.float32) / 255.0
+        views[f"{split}_top"], views[f"{split}_bottom"] = (
+            np.asarray(v) for v in halves.split_halves(images)
+        )
+        views[f"{split}_labels"] = getattr(dataset, f"{split}_labels")
+    n = views["train_top"].shape[0]
+    count = min(n, config.probe.train_examples or n)
+    pick = np.random.default_rng(12345).permutation(n)[:count]
+    views["probe_top"] = views["train_top"][pick]
+    views["probe_labels"] = views["train_labels"][pick]
+    if config.noise_std:  # one fixed noise draw for every evaluation (and the pixel baseline)
+        rng = np.random.default_rng(54321)
+        for key in ("probe_top", "test_top", "test_bottom"):
+            noise = rng.standard_normal(views[key].shape).astype(np.float32)
+            views[key] = views[key] + config.noise_std * noise
+    views["num_classes"] = dataset.num_classes
+    return views
+
+
+def build(config, encoder: str, critic: str, bound: str) -> halves.HalvesModel:
+    enc = halves.get_half_encoder(encoder, **config.encoder_hparams[encoder].to_dict())
+    hparams = config.critic_hparams[critic].to_dict() if critic in config.critic_hparams else {}
+    ensemble = training.make_ensemble([bound], critic, hparams, aux_hidden=(128,))
+    return halves.HalvesModel(encoder=enc, ensemble=ensemble)
+
+
+def standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zero mean, unit variance per feature from the training features (constant features:
+    scale 1, as scikit-learn's StandardScaler)."""
+    mean, std = train.mean(0), train.std(0)
+    std = np.where(std > 1e-8, std, 1.0)
+    return (train - mean) / std, (test - mean) / std
+
+
+def linear_accuracy(config, train_x, train_y, test_x, test_y, num_classes, seed=0) -> float:
+    train_x, test_x = standardize(train_x, test_x)
+    result = probes.fit_probe(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        kind="linear",
+        num_classes=num_classes,
+        l2=config.probe.l2,
+        max_iter=config.probe.max_iter,
+        tol=config.probe.tol,
+        seed=seed,
+    )
+    return float(result.test_accuracy)
+
+
+def run_combination(config, model: halves.HalvesModel, views, progress, writer, label: dict):
+    """Trains ``num_seeds`` seeds of ``model`` and evaluates them; returns the run's record."""
+    seeds = config.num_seeds
+    batch = config.batch_size
+    tx = optax.adam(config.learning_rate)
+    train_top = jnp.asarray(views["train_top"])
+    train_bottom = jnp.asarray(views["train_bottom"])
+    num_train = train_top.shape[0]
+    if batch > num_train:
+        raise ValueError(f"`config.batch_size` ({batch}) exceeds the {num_train} training images.")
+
+    keys = jax.random.split(jax.random.key(config.seed), seeds)
+    params, bound_states = jax.jit(jax.vmap(model.init, in_axes=(0, None, None)))(
+        keys, train_top[:batch], train_bottom[:batch]
+    )
+    opt_state = jax.jit(jax.vmap(tx.init))(params)
+
+    def step(params, opt_state, bound_states, top_all, bottom_all, idx, key):
+        k_top, k_bottom = jax.random.split(key)
+        top = halves.add_noise(k_top, top_all[idx], config.noise_std)
+        bottom = halves.add_noise(k_bottom, bottom_all[idx], config.noise_std)
+
+        def loss_fn(p):
+            value, states = model.value(p, bound_states, top, bottom)
+            return -value, (value, states)
+
+        grads, (value, states) = jax.grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, states, value
+
+    fold_in = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+    vstep = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None, None, 0, 0)), donate_argnums=(0, 1, 2))
+    represent = jax.jit(jax.vmap(model.represent, in_axes=(0, None)))
+    test_value = jax.jit(jax.vmap(model.value, in_axes=(0, 0, None, None)))
+    num_test = views["test_top"].shape[0]
+    test_batches = [
+        (
+            jnp.asarray(views["test_top"][s : s + batch]),
+            jnp.asarray(views["test_bottom"][s : s + batch]),
+        )
+        for s in range(0, num_test - batch + 1, batch)
+    ][: config.mi_eval_batches]
+
+    def evaluate(step_num, params, bound_states, train_mi):
+        feats_train = np.asarray(represent(params, jnp.asarray(views["probe_top"])))
+        feats_test = np.asarray(represent(params, jnp.asarray(views["test_top"])))
+        acc = [
+            linear_accuracy(
+                config,
+                feats_train[s],
+                views["probe_labels"],
+                feats_test[s],
+                views["test_labels"],
+                views["num_classes"],
+                seed=s,
+            )
+            for s in range(seeds)
+        ]
+        mi = np.mean(
+            [np.asarray(test_value(params, bound_states, t, b)[0]) for t, b in test_batches], axis=0
+        )
+        row = {
+            **label,
+            "step": step_num,
+            "accuracy": acc,
+            "mi_test": mi.tolist(),
+            "mi_train": train_mi,
+        }
+        writer.write(row)
+        return row
+
+    history = [evaluate(0, params, bound_states, None)]
+    step_num, t0 = 0, time.perf_counter()
+    train_mi = []
+    while step_num < config.num_steps:
+        n = min(config.log_every, config.num_steps - step_num)
+        idx = np.stack(
+            [
+                data_lib.batch_indices(
+                    num_train, batch, seed=config.seed * 1000 + s, start_step=step_num, num_steps=n
+                )
+                for s in range(seeds)
+            ],
+            axis=1,
+        )  # [n, seeds, B]
+        values = []
+        for i in range(n):
+            step_keys = fold_in(keys, step_num + i)
+            params, opt_state, bound_states, value = vstep(
+                params,
+                opt_state,
+                bound_states,
+                train_top,
+                train_bottom,
+                jnp.asarray(idx[i]),
+                step_keys,
+            )
+            values.append(value)
+        values = np.asarray(jax.device_get(values))  # [n, seeds]
+        if not np.all(np.isfinite(values)):
+            bad = np.argwhere(~np.isfinite(values))[0]
+            raise training.NonFiniteError(
+                f"{label}: the bound became {values[tuple(bad)]} at step {step_num + bad[0] + 1} "
+                f"(seed index {bad[1]}); finished combinations are kept in results.json."
+            )
+        step_num += n
+        train_mi = values.mean(0).tolist()
+        progress.update(n)
+        if step_num % config.eval_every == 0 or step_num == config.num_steps:
+            row = evaluate(step_num, params, bound_states, train_mi)
+            history.append(row)
+            progress.set_postfix(
+                acc=f"{np.mean(row['accuracy']):.3f}", mi=f"{np.mean(row['mi_test']):.2f}"
+            )
+    first, last = history[0], history[-1]
+    return {
+        **label,
+        "steps": [r["step"] for r in history],
+        "accuracy": [r["accuracy"] for r in history],
+        "mi_test": [r["mi_test"] for r in history],
+        "initial_accuracy_mean": float(np.mean(first["accuracy"])),
+        "final_accuracy_mean": float(np.mean(last["accuracy"])),
+        "final_accuracy_std": float(np.std(last["accuracy"])),
+        "accuracy_gain_mean": float(np.mean(np.subtract(last["accuracy"], first["accuracy"]))),
+        "accuracy_gain_std": float(np.std(np.subtract(last["accuracy"], first["accuracy"]))),
+        "final_mi_mean": float(np.mean(last["mi_test"])),
+        "final_mi_std": float(np.std(last["mi_test"])),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def verdicts(runs: list[dict]) -> dict[str, dict]:
+    """The three findings, each ``{"holds": bool | None, "evidence": str}`` (``None``: the
+    config lacks the runs to decide)."""
+    out = {}
+    # (1) Bijective encoder: accuracy gain over seeds, significant at 2 standard errors.
+    bij = [r for r in runs if r["encoder"] == "realnvp"]
+    if bij:
+        sig = [
+            r
+            for r in bij
+            if r["accuracy_gain_mean"]
+            > 2 * r["accuracy_gain_std"] / np.sqrt(max(1, len(r["accuracy"][-1]) - 1))
+            and r["accuracy_gain_mean"] > 0
+        ]
+        gains = ", ".join(
+            f"{r['critic']}/{r['bound']} {100 * r['accuracy_gain_mean']:+.1f}" for r in bij
+        )
+        out["bijective"] = {
+            "holds": len(sig) > len(bij) / 2,
+            "evidence": (
+                f"{len(sig)} of {len(bij)} RealNVP runs raise the linear accuracy significantly "
+                f"(gain in points, final minus initial: {gains}) although "
+                "I(g1(x1); g2(x2)) = I(x1; x2) is fixed by bijectivity."
+            ),
+        }
+    else:
+        out["bijective"] = {"holds": None, "evidence": "no realnvp runs in the config."}
+    # (2) Within an (encoder, bound) group: the critic with the highest MI estimate is not the
+    # one with the best accuracy, by more than the seeds' spread.
+    cases, groups = [], 0
+    for (enc, bound), group in itertools.groupby(
+        sorted(runs, key=lambda r: (r["encoder"], r["bound"])),
+        key=lambda r: (r["encoder"], r["bound"]),
+    ):
+        group = list(group)
+        if len(group) < 2:
+            continue
+        groups += 1
+        top_mi = max(group, key=lambda r: r["final_mi_mean"])
+        best = max(group, key=lambda r: r["final_accuracy_mean"])
+        margin = best["final_accuracy_mean"] - top_mi["final_accuracy_mean"]
+        if best is not top_mi and margin > max(
+            best["final_accuracy_std"], top_mi["final_accuracy_std"]
+        ):
+            cases.append(
+                f"{enc}/{bound}: {best['critic']} (MI {best['final_mi_mean']:.2f}, acc "
+                f"{best['final_accuracy_mean']:.3f}) beats {top_mi['critic']} (MI "
+                f"{top_mi['final_mi_mean']:.2f}, acc {top_mi['final_accuracy_mean']:.3f})"
+            )
+    out["looser_bounds"] = {
+        "holds": (len(cases) > 0) if groups else None,
+        "evidence": (
+            f"in {len(cases)} of {groups} encoder/bound groups a critic with a lower MI estimate "
+            "gives the better representation" + (": " + "; ".join(cases) if cases else ".")
+        ),
+    }
+
+    # (3) Spread of accuracy across encoders (estimator fixed) vs across estimators (encoder
+    # fixed), each averaged.
+    def spread(key_fixed, key_varied):
+        ranges = []
+        for _, group in itertools.groupby(sorted(runs, key=key_fixed), key=key_fixed):
+            accs = [r["final_accuracy_mean"] for r in group]
+            if len(accs) > 1:
+                ranges.append(max(accs) - min(accs))
+        return float(np.mean(ranges)) if ranges else None
+
+    by_encoder = spread(lambda r: (r["critic"], r["bound"]), "encoder")
+    by_estimator = spread(lambda r: r["encoder"], "estimator")
+    if by_encoder is None or by_estimator is None:
+        out["encoder_matters"] = {
+            "holds": None,
+            "evidence": "needs several encoders and estimators.",
+        }
+    else:
+        out["encoder_matters"] = {
+            "holds": by_encoder > by_estimator,
+            "evidence": (
+                f"changing the encoder (critic and bound fixed) moves the accuracy by "
+                f"{100 * by_encoder:.1f} points on average; changing critic and bound (encoder "
+                f"fixed) by {100 * by_estimator:.1f}."
+            ),
+        }
+    return out
+
+
+def summary(results: dict) -> str:
+    cols = ["encoder", "critic", "bound", "final_mi", "initial_acc", "final_acc", "minutes"]
+    rows = [
+        {
+            "encoder": r["encoder"],
+            "critic": r["critic"],
+            "bound": r["bound"],
+            "final_mi": f"{r['final_mi_mean']:.2f} ± {r['final_mi_std']:.2f}",
+            "initial_acc": f"{r['initial_accuracy_mean']:.3f}",
+            "final_acc": f"{r['final_accuracy_mean']:.3f} ± {r['final_accuracy_std']:.3f}",
+            "minutes": r["seconds"] / 60,
+        }
+        for r in results["runs"]
+    ]
+    lines = [
+        f"\n{results['dataset']} halves, {results['num_seeds']} seeds, "
+        f"{results['num_steps']} steps (MI: the bound on held-out test batches, nats; "
+        "accuracy: logistic regression on the standardized top-half representation, "
+        "mean ± std over seeds)",
+        _common.format_table(rows, cols),
+        f"raw pixels (noisy top half, standardized): {results['pixel_accuracy']:.3f}",
+    ]
+    for key, v in results["verdicts"].items():
+        state = {True: "HOLDS", False: "does not hold", None: "undecided"}[v["holds"]]
+        lines.append(f"{FINDINGS[key]}: {state}. {v['evidence']}")
+    return "\n".join(lines)
+
+
+def plot(workdir: str, runs: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    encoders = sorted({r["encoder"] for r in runs})
+    fig, axes = plt.subplots(2, len(encoders), figsize=(5 * len(encoders), 8), squeeze=False)
+    for col, enc in enumerate(encoders):
+        for r in (r for r in runs if r["encoder"] == enc):
+            label = f"{r['critic']}/{r['bound']}"
+            axes[0, col].plot(r["steps"], np.mean(r["accuracy"], axis=1), "o-", label=label)
+            axes[1, col].plot(r["steps"], np.mean(r["mi_test"], axis=1), "o-", label=label)
+        axes[0, col].set(title=f"{enc}: linear accuracy (top half)", xlabel="step")
+        axes[1, col].set(title=f"{enc}: MI estimate (test, nats)", xlabel="step")
+        axes[0, col].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "curves.png"), dpi=100)
+    plt.close(fig)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs (or finishes) the study; writes everything into ``workdir``; returns the results."""
+    _check_config(config)
+    combos = list(itertools.product(config.encoders, config.critics, config.bounds))
+    models = {c: build(config, *c) for c in combos}  # bad hyperparameters fail before training
+    views = load_views(config)
+    os.makedirs(workdir, exist_ok=True)
+    results_path = os.path.join(workdir, "results.json")
+    done = {}
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            previous = json.load(f)
+        if previous.get("config") == _common.to_builtin(config.to_dict()):
+            done = {(r["encoder"], r["critic"], r["bound"]): r for r in previous["runs"]}
+            print(f"Resuming: {len(done)} of {len(combos)} combinations already in {results_path}.")
+    _common.write_config(workdir, config)
+
+    t0 = time.perf_counter()
+    pixel = linear_accuracy(
+        config,
+        views["probe_top"].reshape(len(views["probe_top"]), -1),
+        views["probe_labels"],
+        views["test_top"].reshape(len(views["test_top"]), -1),
+        views["test_labels"],
+        views["num_classes"],
+    )
+    results = {
+        "dataset": config.dataset,
+        "num_seeds": config.num_seeds,
+        "num_steps": config.num_steps,
+        "config": _common.to_builtin(config.to_dict()),
+        "pixel_accuracy": pixel,
+        "runs": [],
+    }
+    todo = [c for c in combos if c not in done]
+    writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+    progress = tqdm(total=len(todo) * config.num_steps, desc="halves")
+    try:
+        for combo in combos:
+            if combo in done:
+                results["runs"].append(done[combo])
+                continue
+            label = dict(zip(("encoder", "critic", "bound"), combo, strict=True))
+            progress.set_description(f"halves {'/'.join(combo)}")
+            results["runs"].append(
+                run_combination(config, models[combo], views, progress, writer, label)
+            )
+            results["verdicts"] = verdicts(results["runs"])
+            _common.write_json(results_path, results)
+    finally:
+        progress.close()
+        writer.close()
+    results["verdicts"] = verdicts(results["runs"])
+    results["seconds"] = time.perf_counter() - t0
+    _common.write_json(results_path, results)
+    _common.write_csv(
+        os.path.join(workdir, "results.csv"),
+        [{k: v for k, v in r.items() if not isinstance(v, list)} for r in results["runs"]],
+    )
+    plot(workdir, results["runs"])
+    print(summary(results))
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    _CONFIG, _WORKDIR = _common.define_experiment_flags("halves")
+    app.run(main)
