@@ -216,6 +216,13 @@ class AMDIMCritic(nn.Module):
           ``{prediction: AMDIMScores}``.
         """
 
+        shapes = [jax.tree.map(jnp.shape, f) for f in (features_a, features_b)]
+        if shapes[0] != shapes[1]:
+            raise ValueError(
+                "the two views' features must have equal shapes (the same images, augmented "
+                f"twice), got {shapes[0]} and {shapes[1]}."
+            )
+
         def flat(m):
             return m.reshape(m.shape[0], -1, m.shape[-1])  # [B, L, C]
 

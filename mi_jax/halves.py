@@ -232,7 +232,12 @@ class HalvesModel:
     def value(
         self, params: PyTree, bound_states: PyTree, top: Array, bottom: Array
     ) -> tuple[Array, PyTree]:
-        """``(bound value [], new_bound_states)`` on a batch of views."""
+        """``(bound value [], new_bound_states)`` on a batch of views ``[B, h, W, C]`` each."""
+        if jnp.shape(top)[0] != jnp.shape(bottom)[0]:
+            raise ValueError(
+                f"`top` and `bottom` must hold the same number of views (paired by index), got "
+                f"shapes {jnp.shape(top)} and {jnp.shape(bottom)}."
+            )
         z1 = self.encoder.apply(params["top"], top)
         z2 = self.encoder.apply(params["bottom"], bottom)
         values, states = self.ensemble.apply(params["critic"], bound_states, z1, z2)

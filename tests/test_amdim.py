@@ -58,6 +58,9 @@ def test_critic_penalty_is_the_mean_squared_raw_score():
     raw = jnp.einsum("ik,jlk->ijl", anchors, targets) / jnp.sqrt(5.0)
     np.testing.assert_allclose(out.penalty, jnp.mean(raw**2), rtol=1e-5)
     assert out.matrices.shape == (49, 3, 3)
+    fewer = jax.tree.map(lambda x: x[:2], feats)
+    with pytest.raises(ValueError, match="equal shapes"):
+        critic.apply(params, feats, fewer, jnp.zeros(3, jnp.int32))
 
 
 def test_pooled_matrices_put_positives_on_the_diagonal_and_pool_negatives():
@@ -271,3 +274,21 @@ def test_experiment_runs_and_writes_everything(tmp_path, estimator):
 def test_experiment_bad_config_names_the_field(tmp_path, overrides, match):
     with pytest.raises((ValueError, KeyError), match=match):
         amdim_experiment.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+
+
+def test_stl10_preset_trains_through_mock_data(tmp_path):
+    # 96x96 colour images: three stride-2 convs and a 6x6 VALID conv reach the 7x7 map; the
+    # colour augmentations (jitter, greyscale) run.
+    tfds = pytest.importorskip("tensorflow_datasets")
+    preset = amdim_config.get_config("stl10")
+    config = tiny_config(
+        dataset="stl10",
+        views=preset.views.to_dict(),
+        batch_size=8,
+        max_examples=16,
+        **{"probe.kinds": ("linear",), "probe.representations": ("global",)},
+    )
+    with tfds.testing.mock_data(num_examples=16):
+        results = amdim_experiment.train_and_evaluate(config, str(tmp_path))
+    assert results["dataset"] == "stl10"
+    assert {r["encoder"] for r in results["probes"]} == {"trained", "random", "none"}

@@ -81,6 +81,8 @@ def test_model_value_is_the_bound_on_the_encoded_views():
     want, _ = ensemble.apply(params["critic"], states, z1, z2)
     np.testing.assert_allclose(value, want[0], rtol=1e-6)
     assert float(value) <= np.log(16) + 1e-5
+    with pytest.raises(ValueError, match="same number of views"):
+        model.value(params, states, top, bottom[:8])
     with pytest.raises(ValueError, match="one bound"):
         halves.HalvesModel(
             encoder=encoder, ensemble=training.make_ensemble(["nwj", "dv"], "bilinear")
