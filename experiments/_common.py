@@ -34,6 +34,29 @@ def define_experiment_flags(name: str):
     return config, workdir
 
 
+def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
+    """An experiment's ``__main__``: ``--config`` / ``--workdir`` flags, then
+    ``train_and_evaluate(config, workdir)`` under `absl.app`.
+
+    ``prepare(config)``, if given, runs first (e.g. `split_cpu_into_devices`, which must precede
+    JAX's backend start). absl logging is set to WARNING: Orbax logs every checkpoint save at
+    INFO, which would break up the progress bar.
+    """
+    from absl import app, logging
+
+    config, workdir = define_experiment_flags(name)
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        logging.set_verbosity(logging.WARNING)
+        if prepare is not None:
+            prepare(config.value)
+        train_and_evaluate(config.value, workdir.value)
+
+    app.run(main)
+
+
 def split_cpu_into_devices(count: int) -> None:
     """Has XLA's CPU platform expose ``count`` devices, so independent programs run concurrently.
 

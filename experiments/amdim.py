@@ -14,7 +14,6 @@ progress bar, a NaN stops the run naming the step); only the objective differs.
 """
 
 import ml_collections
-from absl import app, logging
 
 from experiments import _common, infomax
 from mi_jax import amdim
@@ -55,13 +54,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return infomax.train_and_evaluate(config, workdir, build_fn=build, name="amdim")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    _CONFIG, _WORKDIR = _common.define_experiment_flags("amdim")
-    app.run(main)
+    _common.run_experiment("amdim", train_and_evaluate)

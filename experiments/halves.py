@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app, logging
 from tqdm import tqdm
 
 from experiments import _common
@@ -456,13 +455,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    _CONFIG, _WORKDIR = _common.define_experiment_flags("halves")
-    app.run(main)
+    _common.run_experiment("halves", train_and_evaluate)

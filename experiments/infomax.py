@@ -27,7 +27,6 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from absl import app, logging
 from tqdm import tqdm
 
 from experiments import _common
@@ -382,14 +381,5 @@ def plot(workdir: str, final: list[dict]) -> None:
     plt.close(fig)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Orbax logs every save at INFO through absl, which would break up the progress bar.
-    logging.set_verbosity(logging.WARNING)
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    _CONFIG, _WORKDIR = _common.define_experiment_flags("infomax")
-    app.run(main)
+    _common.run_experiment("infomax", train_and_evaluate)

@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app
 from tqdm import tqdm
 
 from experiments import _common
@@ -250,12 +249,5 @@ def summary(results: dict) -> str:
     )
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    _CONFIG, _WORKDIR = _common.define_experiment_flags("mige_toy")
-    app.run(main)
+    _common.run_experiment("mige_toy", train_and_evaluate)

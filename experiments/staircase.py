@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app
 from tqdm import tqdm
 
 from experiments import _common
@@ -363,13 +362,9 @@ def summary(results: dict, config) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    _common.split_cpu_into_devices(_CONFIG.value.cpu_devices)
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    _CONFIG, _WORKDIR = _common.define_experiment_flags("staircase")
-    app.run(main)
+    _common.run_experiment(
+        "staircase",
+        train_and_evaluate,
+        prepare=lambda config: _common.split_cpu_into_devices(config.cpu_devices),
+    )

@@ -6,7 +6,8 @@ Shape and dtype checks are static, so they also run (for free) under `jax.jit`. 
 """
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -91,3 +92,23 @@ def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> KeyError:
     hint = difflib.get_close_matches(name, known, n=1)
     did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
     return KeyError(f"unknown {kind} {name!r}.{did_you_mean} Known: {', '.join(known)}.")
+
+
+def build_registered(kind: str, name: str, registry: Mapping[str, Callable[..., Any]], hparams):
+    """``registry[name](**hparams)``, with errors that name what is wrong.
+
+    Unknown ``name``: the KeyError of `unknown_name_error`. Hyperparameters the class does not
+    declare (as dataclass fields, like every Flax module): a TypeError listing the known ones.
+    Lists (as configs deliver them) become tuples, so the module stays hashable.
+    """
+    if name not in registry:
+        raise unknown_name_error(kind, name, registry)
+    cls = registry[name]
+    known = set(getattr(cls, "__dataclass_fields__", {})) - {"parent", "name"}
+    unknown = set(hparams) - known
+    if unknown:
+        raise TypeError(
+            f"unknown hyperparameters {sorted(unknown)} for {kind} {name!r}; known: "
+            f"{sorted(known)}."
+        )
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()})

@@ -329,19 +329,7 @@ def register_critic(name: str, cls: type[nn.Module]) -> None:
 
 def get_critic(name: str, **hparams) -> nn.Module:
     """Builds the critic registered as ``name``: ``get_critic("concat", hidden=(256, 256))``."""
-    if name not in _CRITICS:
-        raise _checks.unknown_name_error("critic", name, _CRITICS)
-    cls = _CRITICS[name]
-    known = set(cls.__dataclass_fields__) - {"parent", "name"}
-    unknown = set(hparams) - known
-    if unknown:
-        raise TypeError(
-            f"unknown hyperparameters {sorted(unknown)} for critic {name!r}; "
-            f"known: {sorted(known)}."
-        )
-    if "hidden" in hparams:
-        hparams = dict(hparams, hidden=tuple(hparams["hidden"]))
-    return cls(**hparams)
+    return _checks.build_registered("critic", name, _CRITICS, hparams)
 
 
 def flops_concat_critic(batch: int, dim_x: int, dim_y: int, hidden: Sequence[int]) -> int:

@@ -301,15 +301,4 @@ def get_encoder(name: str, **hparams) -> nn.Module:
 
     Lists (e.g. from a config) are turned into tuples, so the module stays hashable.
     """
-    if name not in _ENCODERS:
-        raise _checks.unknown_name_error("encoder", name, _ENCODERS)
-    cls = _ENCODERS[name]
-    known = set(cls.__dataclass_fields__) - {"parent", "name"}
-    unknown = set(hparams) - known
-    if unknown:
-        raise TypeError(
-            f"unknown hyperparameters {sorted(unknown)} for encoder {name!r}; "
-            f"known: {sorted(known)}."
-        )
-    hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}
-    return cls(**hparams)
+    return _checks.build_registered("encoder", name, _ENCODERS, hparams)

@@ -189,18 +189,7 @@ def available_half_encoders() -> tuple[str, ...]:
 def get_half_encoder(name: str, **hparams) -> nn.Module:
     """Builds the half-image encoder registered as ``name`` (``"mlp"``, ``"realnvp"``,
     ``"conv"``) with its hyperparameters."""
-    if name not in _HALF_ENCODERS:
-        raise _checks.unknown_name_error("encoder", name, _HALF_ENCODERS)
-    cls = _HALF_ENCODERS[name]
-    known = set(cls.__dataclass_fields__) - {"parent", "name"}
-    unknown = set(hparams) - known
-    if unknown:
-        raise TypeError(
-            f"unknown hyperparameters {sorted(unknown)} for encoder {name!r}; known: "
-            f"{sorted(known)}."
-        )
-    hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}
-    return cls(**hparams)
+    return _checks.build_registered("encoder", name, _HALF_ENCODERS, hparams)
 
 
 @struct.dataclass

@@ -237,12 +237,7 @@ def tiny_config(**overrides):
     config.probe.max_iter = 5
     config.probe.mlp_hidden = 8
     config.probe.representations = ("global", "map5")
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
+    config.update_from_flattened_dict(overrides)
     config.lock()
     return config
 

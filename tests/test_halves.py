@@ -139,12 +139,7 @@ def tiny_config(**overrides):
     config.eval_every = 2
     config.mi_eval_batches = 1
     config.probe.max_iter = 5
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
+    config.update_from_flattened_dict(overrides)
     config.lock()
     return config
 

@@ -31,12 +31,7 @@ def tiny_config(**overrides):
     config.probe.periodic_representations = ("global",)
     config.probe.mlp_hidden = 8
     config.mige_locations = 2
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
+    config.update_from_flattened_dict(overrides)
     config.lock()
     return config
 
