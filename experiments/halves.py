@@ -260,7 +260,8 @@ def verdicts(runs: list[dict]) -> dict[str, dict]:
     """The three findings, each ``{"holds": bool | None, "evidence": str}`` (``None``: the
     config lacks the runs to decide)."""
     out = {}
-    # (1) Bijective encoder: accuracy gain over seeds, significant at 2 standard errors.
+    # (1) Bijective encoder: accuracy gain (final - initial, per seed), significant when its
+    # mean exceeds 2 standard errors over the seeds.
     bij = [r for r in runs if r["encoder"] == "realnvp"]
     if bij:
         sig = [
@@ -273,8 +274,9 @@ def verdicts(runs: list[dict]) -> dict[str, dict]:
         gains = ", ".join(
             f"{r['critic']}/{r['bound']} {100 * r['accuracy_gain_mean']:+.1f}" for r in bij
         )
+        # The finding is existential (MI fixed, accuracy up): one significant gain shows it.
         out["bijective"] = {
-            "holds": len(sig) > len(bij) / 2,
+            "holds": len(sig) > 0,
             "evidence": (
                 f"{len(sig)} of {len(bij)} RealNVP runs raise the linear accuracy significantly "
                 f"(gain in points, final minus initial: {gains}) although "
