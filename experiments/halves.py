@@ -387,6 +387,12 @@ def plot(workdir: str, runs: list[dict]) -> None:
             axes[1, col].plot(r["steps"], np.mean(r["mi_test"], axis=1), "o-", label=label)
         axes[0, col].set(title=f"{enc}: linear accuracy (top half)", xlabel="step")
         axes[1, col].set(title=f"{enc}: MI estimate (test, nats)", xlabel="step")
+        # NWJ starts far below 0 with an untrained critic (-7000 with RealNVP on digits):
+        # clip the axis so the trained part of the curves stays readable.
+        values = [v for r in runs if r["encoder"] == enc for v in np.ravel(r["mi_test"])]
+        if min(values) < -1.0:
+            axes[1, col].set_ylim(-1.0, max(values) + 0.3)
+            axes[1, col].set_title(f"{enc}: MI estimate (test, nats; axis cut at -1)")
         axes[0, col].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "curves.png"), dpi=100)
