@@ -3,11 +3,16 @@ r"""AMDIM (Bachman et al. 2019): two augmented views, predictions across scales,
   python -m experiments.amdim --config configs/amdim.py --workdir /tmp/amdim
 
 Default: scikit-learn's 8x8 digits (bundled, offline), `mi_jax.amdim.MultiScaleEncoder`,
-InfoNCE on the 1->5, 1->7 and 5->5 predictions in both directions, random resized crops.
-Results: README, "AMDIM".
+InfoNCE on the 1->5, 1->7 and 5->5 predictions in both directions, random resized crops, 1500
+steps. Expect about 8 minutes on 2 CPU cores and linear-probe test accuracies of 0.997 on the
+5x5 map and 0.989 on the global vector (random encoder 0.986 and 0.969; raw pixels 0.958).
 
   python -m experiments.amdim --config configs/amdim.py:mnist \
     --config.data_dir=../shared/data/mnist --workdir /tmp/amdim_mnist
+
+MNIST, 3000 steps. Expect about 23 minutes on 2 CPU cores and linear-probe test accuracies of
+0.990 on the 5x5 map and 0.978 on the global vector (random encoder 0.977 and 0.912; raw
+pixels 0.926). Results: README, "AMDIM".
 
 Other presets: `:cifar10`, `:stl10` (tfds; crops, flips, colour jitter and greyscale; not run
 on the real data here), `:quick` (a few steps, smoke runs). Change the bound with

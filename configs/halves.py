@@ -3,7 +3,11 @@ r"""The MNIST-halves study (Tschannen et al., ICLR 2020): encoders x critics x b
   python -m experiments.halves --config configs/halves.py --workdir /tmp/halves
 
 Default: scikit-learn's 8x8 digits (bundled, offline; halves of 4x8 pixels), MLP, RealNVP and
-conv encoders, bilinear, separable and concat critics, I_NCE and I_NWJ, 3 seeds vmapped.
+conv encoders, bilinear, separable and concat critics, I_NCE and I_NWJ, 3 seeds vmapped, 2000
+steps. Expect about 20 minutes on 2 CPU cores (measured beside another job), final linear
+accuracies of 0.83-0.89 (e.g. MLP / bilinear / I_NCE 0.885; RealNVP / bilinear / I_NCE from
+0.838 untrained to 0.870 although its MI is fixed), raw pixels 0.847, and verdicts on the
+three findings printed at the end.
 
   python -m experiments.halves --config configs/halves.py:mnist \
     --config.data_dir=../shared/data/mnist --workdir /tmp/halves_mnist
