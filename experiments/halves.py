@@ -210,17 +210,12 @@ def run_combination(config, model: halves.HalvesModel, views, progress, writer, 
             ],
             axis=1,
         )  # [n, seeds, B]
+        idx = jnp.asarray(idx)  # one transfer per chunk
         values = []
         for i in range(n):
             step_keys = fold_in(keys, step_num + i)
             params, opt_state, bound_states, value = vstep(
-                params,
-                opt_state,
-                bound_states,
-                train_top,
-                train_bottom,
-                jnp.asarray(idx[i]),
-                step_keys,
+                params, opt_state, bound_states, train_top, train_bottom, idx[i], step_keys
             )
             values.append(value)
         values = np.asarray(jax.device_get(values))  # [n, seeds]
@@ -256,6 +251,12 @@ def run_combination(config, model: halves.HalvesModel, views, progress, writer, 
     }
 
 
+def _groups(runs: list[dict], key) -> list[list[dict]]:
+    """``runs`` grouped by ``key(run)`` (in key order)."""
+    ordered = sorted(runs, key=key)
+    return [list(group) for _, group in itertools.groupby(ordered, key=key)]
+
+
 def verdicts(runs: list[dict]) -> dict[str, dict]:
     """The three findings, each ``{"holds": bool | None, "evidence": str}`` (``None``: the
     config lacks the runs to decide)."""
@@ -288,14 +289,11 @@ def verdicts(runs: list[dict]) -> dict[str, dict]:
     # (2) Within an (encoder, bound) group: the critic with the highest MI estimate is not the
     # one with the best accuracy, by more than the seeds' spread.
     cases, groups = [], 0
-    for (enc, bound), group in itertools.groupby(
-        sorted(runs, key=lambda r: (r["encoder"], r["bound"])),
-        key=lambda r: (r["encoder"], r["bound"]),
-    ):
-        group = list(group)
+    for group in _groups(runs, lambda r: (r["encoder"], r["bound"])):
         if len(group) < 2:
             continue
         groups += 1
+        enc, bound = group[0]["encoder"], group[0]["bound"]
         top_mi = max(group, key=lambda r: r["final_mi_mean"])
         best = max(group, key=lambda r: r["final_accuracy_mean"])
         margin = best["final_accuracy_mean"] - top_mi["final_accuracy_mean"]
@@ -317,16 +315,16 @@ def verdicts(runs: list[dict]) -> dict[str, dict]:
 
     # (3) Spread of accuracy across encoders (estimator fixed) vs across estimators (encoder
     # fixed), each averaged.
-    def spread(key_fixed, key_varied):
+    def spread(key):
         ranges = []
-        for _, group in itertools.groupby(sorted(runs, key=key_fixed), key=key_fixed):
+        for group in _groups(runs, key):
             accs = [r["final_accuracy_mean"] for r in group]
             if len(accs) > 1:
                 ranges.append(max(accs) - min(accs))
         return float(np.mean(ranges)) if ranges else None
 
-    by_encoder = spread(lambda r: (r["critic"], r["bound"]), "encoder")
-    by_estimator = spread(lambda r: r["encoder"], "estimator")
+    by_encoder = spread(lambda r: (r["critic"], r["bound"]))
+    by_estimator = spread(lambda r: r["encoder"])
     if by_encoder is None or by_estimator is None:
         out["encoder_matters"] = {
             "holds": None,

@@ -119,15 +119,22 @@ def make_chunk_fn(objective, augment: dict, train_key):
     return run
 
 
-def representations(objective, encoder_params, images: np.ndarray, wanted) -> dict:
-    """``{name: [N, F] features}`` of the encoder for the wanted representations."""
-
-    wanted = tuple(wanted)
+@functools.lru_cache(maxsize=16)
+def _representation_fn(objective, wanted: tuple[str, ...]):
+    """One function object per (objective, wanted): `probes.extract_features` jits it, and jit
+    reuses a compilation only for the same function, so periodic evaluations compile once."""
 
     def apply(params, x):  # only the wanted ones leave the device (feature maps are large)
         out = objective.representations(params, data_lib.to_float(x))
         return tuple(out[k] for k in wanted)
 
+    return apply
+
+
+def representations(objective, encoder_params, images: np.ndarray, wanted) -> dict:
+    """``{name: [N, F] features}`` of the encoder for the wanted representations."""
+    wanted = tuple(wanted)
+    apply = _representation_fn(objective, wanted)
     return dict(zip(wanted, probes.extract_features(apply, encoder_params, images), strict=True))
 
 

@@ -307,9 +307,11 @@ VIEW_PARAMS = (
 
 def check_view_params(params: dict[str, Any]) -> None:
     """Raises a ValueError naming the first missing, unknown or out-of-range view parameter."""
-    if sorted(params) != sorted(VIEW_PARAMS):
+    unknown, missing = set(params) - set(VIEW_PARAMS), set(VIEW_PARAMS) - set(params)
+    if unknown or missing:
         raise ValueError(
-            f"view parameters must be exactly {VIEW_PARAMS}, got {tuple(sorted(params))}."
+            f"`views` has unknown field(s) {sorted(unknown)} and lacks {sorted(missing)}; "
+            f"its fields are {', '.join(VIEW_PARAMS)}."
         )
     data_lib._check_range(params["crop_scale"], "views.crop_scale", upper=1.0)
     data_lib._check_range(params["crop_ratio"], "views.crop_ratio")
