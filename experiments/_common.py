@@ -81,6 +81,11 @@ def write_json(path: str, data) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
 def write_config(workdir: str, config) -> None:
     os.makedirs(workdir, exist_ok=True)
     write_json(os.path.join(workdir, "config.json"), config.to_dict())

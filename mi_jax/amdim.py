@@ -55,7 +55,7 @@ from flax import struct
 from mi_jax import _checks
 from mi_jax import bounds as bounds_lib
 from mi_jax import data as data_lib
-from mi_jax.critics import get_activation
+from mi_jax.critics import get_activation, soft_clip
 from mi_jax.dim import EmbedMLP, bound_input_heads, init_local_states, local_bound_values
 from mi_jax.encoders import _check_images
 from mi_jax.types import Array, PRNGKey, PyTree
@@ -155,7 +155,7 @@ def nce_scores(anchors: Array, targets: Array, *, clip: float | None) -> tuple[A
     """
     k = anchors.shape[-1]
     raw = jnp.einsum("ik,jlk->ijl", anchors, targets) / jnp.sqrt(jnp.asarray(k, anchors.dtype))
-    scores = clip * jnp.tanh(raw / clip) if clip else raw
+    scores = soft_clip(raw, clip)
     return scores, raw
 
 

@@ -308,6 +308,29 @@ class BaselineMLP(nn.Module):
         return MLP(self.hidden, 1, self.activation, self.compute_dtype)(y)[:, 0]
 
 
+def soft_clip(scores: Array, clip: float | None) -> Array:
+    """``c tanh(s / c)`` (AMDIM, Bachman et al. 2019): identity near 0, bounded by ``c``.
+
+    ``None`` or 0: no clipping. Keeps critic scores finite where a bound's optimum is not (the
+    log density ratio between disjoint inputs), or where an adversary (an encoder minimizing
+    the bound) can push them without limit.
+    """
+    if not clip:
+        return scores
+    return clip * jnp.tanh(scores / clip)
+
+
+class ClippedCritic(nn.Module):
+    """Any critic with `soft_clip` applied to its ``[batch, batch]`` scores."""
+
+    critic: nn.Module
+    clip: float | None = 10.0
+
+    @nn.compact
+    def __call__(self, x: Array, y: Array) -> Array:
+        return soft_clip(self.critic(x, y), self.clip)
+
+
 _CRITICS: dict[str, type[nn.Module]] = {
     "separable": SeparableCritic,
     "bilinear": BilinearCritic,

@@ -40,7 +40,7 @@ from mi_jax import _checks
 from mi_jax import bounds as bounds_lib
 from mi_jax import mige as mige_lib
 from mi_jax import score as score_lib
-from mi_jax.critics import get_activation
+from mi_jax.critics import get_activation, soft_clip
 from mi_jax.types import Array, PRNGKey, PyTree
 
 MIGE = "mige"
@@ -139,9 +139,7 @@ class DIMCritic(nn.Module):
         # Soft clipping c tanh(s / c), as in AMDIM (Bachman et al. 2019): without it the
         # unnormalized dot products grow without bound under the JSD/NWJ objectives (the
         # optimum of the log density ratio between disjoint images is infinite).
-        if self.score_clip is None:
-            return scores
-        return self.score_clip * jnp.tanh(scores / self.score_clip)
+        return soft_clip(scores, self.score_clip)
 
     @nn.compact
     def __call__(self, source: Array, local: Array, global_: Array) -> DIMScores:

@@ -9,6 +9,7 @@ bounds' negated values: the parameters are disjoint and Adam acts per coordinate
 bound trains exactly as it would alone. Several seeds are one more `jax.vmap` on the outside.
 """
 
+import functools
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -226,3 +227,87 @@ def raise_if_nonfinite(values, names: Sequence[str], first_step: int, seed_axis:
     raise NonFiniteError(
         f"bound {names[bound]!r} became {values[tuple(index)]} at step {first_step + step}{where}."
     )
+
+
+# --- Sweeps: several settings of one model (betas, weights) trained side by side ----------------
+
+
+class SweepState(TrainState):
+    """A `TrainState` plus a zero-initialized moving average of the parameters (``ema_params``,
+    debiased by `averaged_params`). In a sweep every leaf has a leading settings axis."""
+
+    ema_params: PyTree = None
+
+
+def create_sweep_state(params, bound_states, tx, num_settings: int) -> SweepState:
+    """``num_settings`` copies of one fresh state: every setting starts from the same
+    initialization, so differences come from the settings alone."""
+    one = SweepState.create(
+        apply_fn=None,
+        params=params,
+        tx=tx,
+        bound_states=bound_states,
+        ema_params=jax.tree.map(jnp.zeros_like, params),
+    )
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (num_settings, *jnp.shape(a))), one)
+
+
+def averaged_params(state: SweepState, ema_decay: float) -> PyTree:
+    """The debiased moving average ``ema / (1 - d^t)`` per setting (``d = 0``: the parameters)."""
+    if ema_decay == 0.0:
+        return state.params
+    correction = 1.0 - ema_decay ** state.step.astype(jnp.float32)  # [settings]
+    return jax.tree.map(
+        lambda e: e / correction.reshape(-1, *([1] * (e.ndim - 1))), state.ema_params
+    )
+
+
+def make_sweep_chunk(
+    loss_fn: Callable[..., tuple[Array, tuple[dict[str, Array], PyTree]]],
+    train_key: PRNGKey,
+    *,
+    ema_decay: float = 0.0,
+    sequential: bool = False,
+):
+    """``run(state, images, labels, indices [n, B], start_step, settings) -> (state, metrics)``.
+
+    ``loss_fn(params, bound_states, images, labels, key, setting) -> (loss, (metrics,
+    bound_states))`` with ``setting`` one slice of ``settings`` (a pytree with a leading axis,
+    e.g. the betas ``[S]``). ``state`` is a `SweepState` stacked over settings. The ``n`` steps
+    run in one jitted `lax.scan` (``state`` donated); each step updates every setting on the
+    same batch ``images[idx]`` (uint8, converted with ``x / 255``) and the same key
+    ``fold_in(train_key, step)``, so settings differ only by their values and a resumed run
+    repeats the uninterrupted one. ``sequential`` runs the settings with `jax.lax.map` instead
+    of `jax.vmap` (for losses whose batched form misbehaves, such as a batched ``eigh`` on
+    XLA:CPU). Metrics come back stacked ``[n, S]``.
+    """
+
+    def one(state, x, y, key, setting):
+        (_, (metrics, bound_states)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.bound_states, x, y, key, setting
+        )
+        state = state.apply_gradients(grads=grads, bound_states=bound_states)
+        ema = jax.tree.map(
+            lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, state.params
+        )
+        return state.replace(ema_params=ema), metrics
+
+    if sequential:
+
+        def every_setting(state, x, y, key, settings):
+            return jax.lax.map(lambda ss: one(ss[0], x, y, key, ss[1]), (state, settings))
+
+    else:
+        every_setting = jax.vmap(one, in_axes=(0, None, None, None, 0))
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def run(state, images, labels, indices, start_step, settings):
+        def body(state, inputs):
+            i, idx = inputs
+            key = jax.random.fold_in(train_key, start_step + i)
+            x = images[idx].astype(jnp.float32) / 255.0
+            return every_setting(state, x, labels[idx], key, settings)
+
+        return jax.lax.scan(body, state, (jnp.arange(indices.shape[0]), indices))
+
+    return run

@@ -1,0 +1,74 @@
+r"""Deep Information Bottleneck classification (VIB, MINE-IB, MIGE-IB, deterministic baseline).
+
+  python -m experiments.ib --config configs/ib.py --workdir /tmp/ib
+
+Default: scikit-learn's 8x8 digits (bundled, offline), the MLP encoder of the permutation-
+invariant protocol (input-1024-1024-2K, K = 256), a linear softmax decoder, each method's betas
+vmapped. Results: README, "Deep Information Bottleneck".
+
+  python -m experiments.ib --config configs/ib.py:mnist \
+    --config.data_dir=../shared/data/mnist --workdir /tmp/ib_mnist
+
+Permutation-invariant MNIST as in Alemi et al. (2017): batch 100, Adam 1e-4 (b1 0.5) decayed
+by 0.97 every 2 epochs, weight averaging 0.999; published test error: VIB 1.13 % (beta 1e-3),
+deterministic 1.38 %. Epochs here are fewer than the paper's 200 (2 CPU cores); see the README
+for what was run and measured. ``:quick``: a few steps, smoke runs.
+"""
+
+import ml_collections
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.dataset = "digits"
+    config.data_dir = ""
+    config.max_examples = 0
+    config.methods = ("deterministic", "vib", "mine", "mige")
+    # One sweep per method, vmapped in one program (the deterministic baseline has none).
+    config.betas = ml_collections.ConfigDict(
+        {"vib": (1e-3, 1e-2), "mine": (1e-3, 1e-2), "mige": (1e-3, 1e-2)}
+    )
+    config.encoder = "mlp"
+    config.encoder_hparams = ml_collections.ConfigDict({"hidden": (1024, 1024)})
+    config.latent_dim = 256
+    config.std_offset = 5.0  # sigma = softplus(raw - 5), as in Alemi et al.
+    config.mine = ml_collections.ConfigDict(
+        {
+            "bound": "mine",
+            "bound_hparams": {},
+            "critic": "separable",
+            "critic_hparams": {"hidden": (512,), "embed_dim": 128},
+            "critic_clip": 10.0,  # soft clipping c tanh(s / c) of the scores; 0: off
+        }
+    )
+    config.mige = ml_collections.ConfigDict({"score_estimator": "ssge", "score_hparams": {}})
+    config.train_samples = 1
+    config.test_samples = 12
+    config.batch_size = 100
+    config.num_epochs = 60
+    config.learning_rate = 1e-3
+    config.adam_b1 = 0.5
+    config.lr_decay = 0.97
+    config.lr_decay_epochs = 2
+    config.ema_decay = 0.99
+    config.eval_every_epochs = 10
+    config.eval_batch_size = 1000
+    if preset == "mnist":
+        config.dataset = "mnist"
+        config.num_epochs = 30
+        config.learning_rate = 1e-4
+        config.ema_decay = 0.999
+        config.eval_every_epochs = 2
+    elif preset == "quick":
+        config.num_epochs = 2
+        config.eval_every_epochs = 1
+        config.encoder_hparams.hidden = (32,)
+        config.latent_dim = 4
+        config.mine.critic_hparams.hidden = (16,)
+        config.mine.critic_hparams.embed_dim = 8
+        config.test_samples = 3
+    elif preset not in (None, ""):
+        raise ValueError(f"unknown preset {preset!r} for configs/ib.py; use mnist or quick.")
+    config.lock()
+    return config

@@ -1,0 +1,401 @@
+r"""Deep Information Bottleneck classification: VIB, MINE-IB, MIGE-IB and a deterministic baseline.
+
+  python -m experiments.ib --config configs/ib.py --workdir /tmp/ib
+
+For each method of the config (`mi_jax.ib`), every beta of its sweep is trained in one compiled
+program (the betas are a `jax.vmap` axis, all starting from the same initialization and seeing
+the same batches and noise), with the protocol of Alemi et al. (2017): Adam (b1 = 0.5), the
+learning rate decayed by 0.97 every 2 epochs, and an exponential moving average of the weights
+(debiased as in Adam) that is what gets evaluated. Evaluation: test error with the posterior
+mean ``z = mu(x)`` and with sampling (softmax averaged over ``test_samples`` codes), and the
+test set's ``E KL(q(z|x) || N(0, I))``, an upper bound on ``I(X; Z)``.
+
+MIGE-IB's betas run one after another inside the program (`jax.lax.map`), not vmapped: on
+XLA:CPU a vmapped (batched) eigendecomposition inside a gradient hung on its second execution
+(see `mi_jax.mige`).
+
+Writes to the workdir: ``config.json``; ``metrics.jsonl`` (a training row per chunk and an
+eval row per evaluation, per method and beta); ``results.json`` (the table, rewritten after
+every evaluation; a finished method is skipped on rerun); ``results.csv``; ``error_vs_beta.png``
+and ``curves.png``; ``checkpoints/METHOD/`` (Orbax; an interrupted method resumes from its last
+evaluation). A NaN loss stops the run naming the method, beta and step; results and checkpoints
+already written stay.
+"""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm import tqdm
+
+from experiments import _common
+from mi_jax import data as data_lib
+from mi_jax import ib, training
+
+
+def _hparams(config_dict) -> tuple:
+    return tuple(
+        sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config_dict.items())
+    )
+
+
+def build(config: ml_collections.ConfigDict, method: str, num_classes: int) -> ib.IBModel:
+    """The `mi_jax.ib.IBModel` of ``method``; unknown names and bad sizes raise here."""
+    return ib.IBModel(
+        method=method,
+        num_classes=num_classes,
+        latent_dim=config.latent_dim,
+        trunk=config.encoder,
+        trunk_hparams=_hparams(config.encoder_hparams.to_dict()),
+        std_offset=config.std_offset,
+        bound=config.mine.bound,
+        bound_hparams=_hparams(config.mine.bound_hparams.to_dict()),
+        critic=config.mine.critic,
+        critic_hparams=_hparams(config.mine.critic_hparams.to_dict()),
+        critic_clip=config.mine.critic_clip or None,
+        score_estimator=config.mige.score_estimator,
+        score_hparams=_hparams(config.mige.score_hparams.to_dict()),
+        train_samples=config.train_samples,
+    )
+
+
+def betas_of(config: ml_collections.ConfigDict, method: str) -> tuple[float, ...]:
+    """The sweep of ``method``; the deterministic baseline has no penalty (beta 0)."""
+    if method == "deterministic":
+        return (0.0,)
+    return ib.check_betas(config.betas[method], f"config.betas.{method}")
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+    if not config.methods:
+        raise ValueError(f"`config.methods` is empty: name at least one of {ib.METHODS}.")
+    for method in config.methods:
+        if method not in ib.METHODS:
+            raise ValueError(
+                f"unknown name {method!r} in `config.methods`; known: {', '.join(ib.METHODS)}."
+            )
+    for method in config.betas:
+        if method not in ib.METHODS or method == "deterministic":
+            raise ValueError(
+                f"unknown method {method!r} in `config.betas`; known: vib, mine, mige."
+            )
+    for method in config.methods:
+        if method != "deterministic" and method not in config.betas:
+            raise ValueError(f"`config.betas` has no sweep for method {method!r}.")
+        betas_of(config, method)
+    for name in ("num_epochs", "batch_size", "eval_every_epochs", "test_samples"):
+        if config[name] < 1:
+            raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(f"`config.ema_decay` must lie in [0, 1), got {config.ema_decay}.")
+
+
+def make_eval_fn(model: ib.IBModel, num_samples: int, eval_batch: int):
+    """``evaluate(params [nb, ...], images [M, ...], labels [M], key) -> metrics [nb]``:
+    test error at the posterior mean and with ``num_samples`` codes, mean KL, test CE."""
+
+    def one(params, images, labels, key):
+        m = images.shape[0] // eval_batch * eval_batch  # full batches, then the remainder
+        main = (images[:m].reshape(-1, eval_batch, *images.shape[1:]), jnp.arange(m // eval_batch))
+
+        def chunk(inputs):
+            x, i = inputs
+            return model.predict(
+                params, data_lib.to_float(x), jax.random.fold_in(key, i), num_samples
+            )
+
+        parts = jax.lax.map(chunk, main)
+        parts = [p.reshape(-1, *p.shape[2:]) for p in parts]
+        if m < images.shape[0]:
+            rest = chunk((images[m:], m // eval_batch))
+            parts = [jnp.concatenate([a, b]) for a, b in zip(parts, rest, strict=True)]
+        probs_mean, probs_sampled, kl = parts
+        return {
+            "error_mean": jnp.mean(jnp.argmax(probs_mean, -1) != labels),
+            "error_sampled": jnp.mean(jnp.argmax(probs_sampled, -1) != labels),
+            "kl": jnp.mean(kl),
+            "ce_sampled": -jnp.mean(
+                jnp.log(jnp.take_along_axis(probs_sampled, labels[:, None], 1) + 1e-12)
+            ),
+        }
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
+
+
+def _checkpoint_manager(workdir: str, method: str) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    path = os.path.abspath(os.path.join(workdir, "checkpoints", method))
+    return ocp.CheckpointManager(path, options=options)
+
+
+def label_entropy(labels: np.ndarray, num_classes: int) -> float:
+    """``H(Y)`` of the empirical label distribution (nats): ``I(Z; Y) >= H(Y) - CE``."""
+    p = np.bincount(labels, minlength=num_classes) / len(labels)
+    p = p[p > 0]
+    return float(-np.sum(p * np.log(p)))
+
+
+def run_method(config, method, dataset, progress, writer, on_eval, *, workdir: str) -> dict:
+    """Trains (or resumes) every beta of ``method``; returns its results entry."""
+    model = build(config, method, dataset.num_classes)
+    betas = betas_of(config, method)
+    nb = len(betas)
+    num_train = dataset.train_images.shape[0]
+    steps_per_epoch = num_train // config.batch_size
+    num_steps = config.num_epochs * steps_per_epoch
+    chunk_steps = config.eval_every_epochs * steps_per_epoch
+    init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+
+    schedule = optax.exponential_decay(
+        config.learning_rate,
+        transition_steps=config.lr_decay_epochs * steps_per_epoch,
+        decay_rate=config.lr_decay,
+        staircase=True,
+    )
+    tx = optax.adam(schedule, b1=config.adam_b1)
+    sample = data_lib.to_float(jnp.asarray(dataset.train_images[: config.batch_size]))
+
+    @jax.jit
+    def init(key):
+        params, bound_states = model.init(key, sample)
+        return training.create_sweep_state(params, bound_states, tx, nb)
+
+    state = init(init_key)
+    manager = _checkpoint_manager(workdir, method)
+    start = manager.latest_step() or 0
+    history = []
+    if start:
+        state = manager.restore(start, args=ocp.args.StandardRestore(state))
+        history = on_eval.previous(method)
+        print(f"{method}: resumed from the checkpoint at step {start}.")
+    progress.update(start)
+
+    run = training.make_sweep_chunk(
+        model.loss, train_key, ema_decay=config.ema_decay, sequential=model.method == "mige"
+    )
+    evaluate = make_eval_fn(model, config.test_samples, config.eval_batch_size)
+    images, labels = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
+    test_images, test_labels = jnp.asarray(dataset.test_images), jnp.asarray(dataset.test_labels)
+    betas_arr = jnp.asarray(betas, jnp.float32)
+    train_s = compile_s = 0.0
+    step = start
+    while step < num_steps:
+        n = min(chunk_steps, num_steps - step)
+        indices = data_lib.batch_indices(
+            num_train, config.batch_size, seed=config.seed, start_step=step, num_steps=n
+        )
+        t0 = time.perf_counter()
+        state, metrics = run(state, images, labels, jnp.asarray(indices), step, betas_arr)
+        metrics = jax.device_get(metrics)  # {name: [n, nb]}
+        elapsed = time.perf_counter() - t0
+        if step == start:
+            compile_s = elapsed
+        else:
+            train_s += elapsed
+        bad = ~np.isfinite(metrics["loss"])
+        if bad.any():
+            s, b = np.argwhere(bad)[0]
+            raise training.NonFiniteError(
+                f"the loss of method {method!r} with beta {betas[b]} became "
+                f"{metrics['loss'][s, b]} at step {step + s + 1}; results and checkpoints "
+                "already written are kept."
+            )
+        step += n
+        evals = jax.device_get(
+            evaluate(
+                training.averaged_params(state, config.ema_decay),
+                test_images,
+                test_labels,
+                eval_key,
+            )
+        )
+        for b, beta in enumerate(betas):
+            train_row = {k: float(np.mean(v[:, b])) for k, v in metrics.items()}
+            writer.write(
+                {"method": method, "beta": beta, "step": step, "kind": "train", **train_row}
+            )
+            row = {
+                "method": method,
+                "beta": beta,
+                "step": step,
+                "epoch": step / steps_per_epoch,
+                **{k: float(v[b]) for k, v in evals.items()},
+                "train_ce": train_row["ce"],
+                "train_penalty": train_row["penalty"],
+                "train_accuracy": train_row["accuracy"],
+            }
+            writer.write({"kind": "eval", **row})
+            history.append(row)
+        manager.save(step, args=ocp.args.StandardSave(state))
+        manager.wait_until_finished()
+        progress.update(n)
+        best = min(r["error_mean"] for r in history[-nb:])
+        progress.set_postfix(method=method, best_test_error=f"{100 * best:.2f}%")
+        on_eval(method, history, complete=step >= num_steps)
+    return {
+        "method": method,
+        "betas": list(betas),
+        "history": history,
+        "final": history[-nb:],
+        "compile_s": compile_s,
+        "train_s": train_s,
+        "steps": num_steps,
+    }
+
+
+def summary(results: dict) -> str:
+    rows = []
+    for entry in results["methods"].values():
+        for r in entry["final"]:
+            rows.append(
+                {
+                    "method": r["method"],
+                    "beta": f"{r['beta']:g}",
+                    "test_err_mean_%": 100 * r["error_mean"],
+                    "test_err_12_%": 100 * r["error_sampled"],
+                    "KL_nats": r["kl"],
+                    "I(Z;Y)>=": results["label_entropy"] - r["ce_sampled"],
+                    "train_err_%": 100 * (1 - r["train_accuracy"]),
+                }
+            )
+    cols = [
+        "method",
+        "beta",
+        "test_err_mean_%",
+        "test_err_12_%",
+        "KL_nats",
+        "I(Z;Y)>=",
+        "train_err_%",
+    ]
+    head = (
+        f"\n{results['dataset']}, {results['num_epochs']} epochs "
+        "(test error in %, KL and I in nats)\n"
+    )
+    return head + _common.format_table(rows, cols, floatfmt="{:.3f}")
+
+
+def plot(workdir: str, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, entry in results["methods"].items():
+        final = entry["final"]
+        if method == "deterministic":
+            ax.axhline(100 * final[0]["error_mean"], color="k", ls="--", label="deterministic")
+            continue
+        ax.plot(
+            [r["beta"] for r in final], [100 * r["error_mean"] for r in final], "o-", label=method
+        )
+    ax.set(
+        xscale="log", xlabel="beta", ylabel="test error (%), posterior mean", title="error vs beta"
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "error_vs_beta.png"), dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for method, entry in results["methods"].items():
+        for beta in entry["betas"]:
+            rows = [r for r in entry["history"] if r["beta"] == beta]
+            label = method if method == "deterministic" else f"{method} beta={beta:g}"
+            axes[0].plot(
+                [r["epoch"] for r in rows], [100 * r["error_mean"] for r in rows], label=label
+            )
+            axes[1].plot([r["epoch"] for r in rows], [r["kl"] for r in rows], label=label)
+    axes[0].set(xlabel="epoch", ylabel="test error (%)", yscale="log", title="test error (mean z)")
+    axes[1].set(
+        xlabel="epoch", ylabel="nats", yscale="log", title="E KL(q(z|x) || N(0, I)) >= I(X; Z)"
+    )
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "curves.png"), dpi=100)
+    plt.close(fig)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs (or finishes) every method's sweep; writes everything into ``workdir``."""
+    _check_config(config)
+    dataset = data_lib.load_dataset(
+        config.dataset, data_dir=config.data_dir or None, max_examples=config.max_examples or None
+    )
+    for method in config.methods:  # bad names and sizes fail before any training
+        build(config, method, dataset.num_classes)
+    if config.batch_size > dataset.train_images.shape[0]:
+        raise ValueError(
+            f"`config.batch_size` ({config.batch_size}) exceeds the "
+            f"{dataset.train_images.shape[0]} training images."
+        )
+    os.makedirs(workdir, exist_ok=True)
+    results_path = os.path.join(workdir, "results.json")
+    config_dict = _common.to_builtin(config.to_dict())
+    previous = {}
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            old = json.load(f)
+        if old.get("config") == config_dict:
+            previous = old["methods"]
+    _common.write_config(workdir, config)
+
+    results = {
+        "dataset": config.dataset,
+        "num_epochs": config.num_epochs,
+        "label_entropy": label_entropy(dataset.train_labels, dataset.num_classes),
+        "config": config_dict,
+        "methods": {},
+    }
+
+    def on_eval(method, history, complete):
+        nb = len(betas_of(config, method))
+        results["methods"][method] = {
+            "method": method,
+            "betas": list(betas_of(config, method)),
+            "history": history,
+            "final": history[-nb:],
+            "complete": complete,
+        }
+        _common.write_json(results_path, results)
+
+    on_eval.previous = lambda m: list(previous.get(m, {}).get("history", []))
+
+    steps_per_epoch = dataset.train_images.shape[0] // config.batch_size
+    todo = [m for m in config.methods if not previous.get(m, {}).get("complete")]
+    progress = tqdm(total=len(todo) * config.num_epochs * steps_per_epoch, desc="ib")
+    writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+    t0 = time.perf_counter()
+    try:
+        for method in config.methods:
+            if method not in todo:
+                results["methods"][method] = previous[method]
+                print(f"{method}: finished earlier, kept from {results_path}.")
+                continue
+            progress.set_description(f"ib {method}")
+            entry = run_method(config, method, dataset, progress, writer, on_eval, workdir=workdir)
+            results["methods"][method] = {**entry, "complete": True}
+            _common.write_json(results_path, results)
+    finally:
+        progress.close()
+        writer.close()
+    results["seconds"] = time.perf_counter() - t0
+    _common.write_json(results_path, results)
+    _common.write_csv(
+        os.path.join(workdir, "results.csv"),
+        [r for entry in results["methods"].values() for r in entry["final"]],
+    )
+    plot(workdir, results)
+    print(summary(results))
+    return results
+
+
+if __name__ == "__main__":
+    _common.run_experiment("ib", train_and_evaluate)

@@ -1,0 +1,320 @@
+r"""InfoMax-VAE against a plain VAE and a beta-VAE (`mi_jax.vae`), trained side by side.
+
+  python -m experiments.infomax_vae --config configs/infomax_vae.py --workdir /tmp/infomax_vae
+
+Every model of ``config.models`` (a ``beta`` on the KL and a ``gamma`` on the MI bound each) is
+one setting of a single vmapped program: same initialization, batches and noise. Each model
+has its own critic, always trained to maximize the bound, so each reports an estimate of
+``I(X; Z)``; only the InfoMax-VAE's encoder is pushed by it (``gamma > 0``).
+
+Evaluation on the test split (every ``eval_every_epochs``): the ELBO (KL weight 1, one code per
+image), reconstruction log-likelihood, the rate ``KL(q(z|x) || N(0, I))`` (an upper bound on
+``I(X; Z)``), the critic's bound on test batches (a lower bound, for the critic's model); at the
+end, the linear-probe test accuracy of the posterior mean, next to raw pixels.
+
+Writes to the workdir: ``config.json``; ``metrics.jsonl``; ``results.json`` (rewritten after
+every evaluation); ``results.csv``; ``samples.png`` (per model: test images, reconstructions,
+samples from the prior); ``curves.png``; ``checkpoints/`` (Orbax; a rerun resumes). A NaN loss
+stops the run naming the model and step; what was written stays.
+"""
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm import tqdm
+
+from experiments import _common
+from mi_jax import data as data_lib
+from mi_jax import probes, training, vae
+
+
+def _hparams(config_dict) -> tuple:
+    return tuple(
+        sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config_dict.items())
+    )
+
+
+def build(config: ml_collections.ConfigDict, image_shape) -> vae.InfoMaxVAE:
+    """The model ``config`` describes; unknown names and bad sizes raise here."""
+    return vae.InfoMaxVAE(
+        image_shape=tuple(image_shape),
+        latent_dim=config.latent_dim,
+        encoder_hparams=_hparams(config.encoder_hparams.to_dict()),
+        decoder_hidden=tuple(config.decoder_hidden),
+        bound=config.bound,
+        bound_hparams=_hparams(config.bound_hparams.to_dict()),
+        critic=config.critic,
+        critic_hparams=_hparams(config.critic_hparams.to_dict()),
+        critic_clip=config.critic_clip or None,
+    )
+
+
+def settings_of(config: ml_collections.ConfigDict) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Model names and ``{"beta": [S], "gamma": [S]}``; bad entries raise, naming the field."""
+    names = list(config.models)
+    if not names:
+        raise ValueError("`config.models` is empty: give at least one {beta, gamma} model.")
+    values = {"beta": [], "gamma": []}
+    for name in names:
+        entry = config.models[name]
+        unknown = set(entry) - set(values)
+        if unknown:
+            raise ValueError(
+                f"unknown fields {sorted(unknown)} in `config.models.{name}`; known: beta, gamma."
+            )
+        for key in values:
+            v = float(entry.get(key, 1.0 if key == "beta" else 0.0))
+            if not (v >= 0 and np.isfinite(v)):
+                raise ValueError(f"`config.models.{name}.{key}` must be finite and >= 0, got {v}.")
+            values[key].append(v)
+    return names, {k: np.asarray(v, np.float32) for k, v in values.items()}
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+    for name in ("num_epochs", "batch_size", "eval_every_epochs", "latent_dim"):
+        if config[name] < 1:
+            raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
+    settings_of(config)
+
+
+def make_eval_fn(model: vae.InfoMaxVAE, batch_size: int):
+    """``evaluate(params [S], bound_states [S], images [M, ...] uint8, key) -> {name: [S]}``
+    (the test split in full batches of ``batch_size``; the bound needs equal batches)."""
+
+    def one(params, bound_states, images, key):
+        m = images.shape[0] // batch_size * batch_size
+        batches = images[:m].reshape(-1, batch_size, *images.shape[1:])
+
+        def chunk(inputs):
+            x, i = inputs
+            x = data_lib.to_float(x)
+            _, (metrics, _) = model.loss(
+                params, bound_states, x, jax.random.fold_in(key, i), 1.0, 0.0
+            )
+            return {k: metrics[k] for k in ("elbo", "recon", "kl", "mi")}
+
+        out = jax.lax.map(chunk, (batches, jnp.arange(batches.shape[0])))
+        return jax.tree.map(jnp.mean, out)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)))
+
+
+def _slice(tree, i: int):
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+def probe_accuracies(config, model, params, dataset, names) -> list[dict]:
+    """Linear probe on the posterior mean of every model, and on raw pixels."""
+
+    def apply(p, x):
+        return (model.encoder.apply(p, data_lib.to_float(x))[0],)
+
+    rows = []
+    labels = (dataset.train_labels, dataset.test_labels)
+    for i, name in enumerate(names):
+        enc = _slice(params["encoder"], i)
+        (train,) = probes.extract_features(apply, enc, dataset.train_images)
+        (test,) = probes.extract_features(apply, enc, dataset.test_images)
+        result = probes.fit_probe(
+            train, labels[0], test, labels[1], kind="linear", num_classes=dataset.num_classes,
+            l2=config.probe.l2, max_iter=config.probe.max_iter, tol=config.probe.tol,
+        )  # fmt: skip
+        rows.append({"model": name, "probe_test_accuracy": result.test_accuracy})
+    flat = lambda a: a.reshape(len(a), -1) / 255.0  # noqa: E731
+    result = probes.fit_probe(
+        flat(dataset.train_images), labels[0], flat(dataset.test_images), labels[1],
+        kind="linear", num_classes=dataset.num_classes, l2=config.probe.l2,
+        max_iter=config.probe.max_iter, tol=config.probe.tol,
+    )  # fmt: skip
+    rows.append({"model": "raw pixels", "probe_test_accuracy": result.test_accuracy})
+    return rows
+
+
+def plot_samples(path, model, params, dataset, names, key, count: int = 10) -> None:
+    """Per model: ``count`` test images, their reconstructions, ``count`` prior samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    originals = data_lib.to_float(jnp.asarray(dataset.test_images[:count]))
+    rows = [("test images", np.asarray(originals))]
+    for i, name in enumerate(names):
+        p = _slice(params, i)
+        rows.append((f"{name}: reconstructions", np.asarray(model.reconstruct(p, originals))))
+        rows.append((f"{name}: samples", np.asarray(model.generate(p, key, count))))
+    fig, axes = plt.subplots(len(rows), count, figsize=(count * 0.9, len(rows) * 1.0))
+    for r, (title, images) in enumerate(rows):
+        for c in range(count):
+            ax = axes[r, c]
+            ax.imshow(images[c, ..., 0], cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(path, history: list[dict], names) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name in names:
+        rows = [r for r in history if r["model"] == name]
+        epochs = [r["epoch"] for r in rows]
+        axes[0].plot(epochs, [r["elbo"] for r in rows], "o-", label=name)
+        axes[1].plot(epochs, [r["kl"] for r in rows], "o-", label=f"{name}: KL (upper)")
+        axes[1].plot(epochs, [r["mi"] for r in rows], "x--", label=f"{name}: bound (lower)")
+        axes[2].plot(epochs, [r["recon"] for r in rows], "o-", label=name)
+    axes[0].set(xlabel="epoch", ylabel="nats", title="test ELBO")
+    axes[1].set(xlabel="epoch", ylabel="nats", title="I(X; Z): rate (upper) and bound (lower)")
+    axes[2].set(xlabel="epoch", ylabel="nats", title="test reconstruction log-likelihood")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summary(results: dict) -> str:
+    cols = ["model", "beta", "gamma", "elbo", "recon", "kl", "mi", "probe_test_accuracy"]
+    head = (
+        f"\n{results['dataset']}, {results['num_epochs']} epochs; test ELBO, reconstruction, "
+        f"rate KL and the {results['bound']} bound in nats; linear probe on the posterior mean\n"
+    )
+    rows = [{c: r.get(c, "") for c in cols} for r in results["table"]]
+    return head + _common.format_table(rows, cols)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (or resumes) every model; writes everything into ``workdir``; returns results."""
+    _check_config(config)
+    names, settings = settings_of(config)
+    dataset = data_lib.load_dataset(
+        config.dataset, data_dir=config.data_dir or None, max_examples=config.max_examples or None
+    )
+    model = build(config, dataset.image_shape)
+    num_train = dataset.train_images.shape[0]
+    if config.batch_size > min(num_train, dataset.test_images.shape[0]):
+        raise ValueError(
+            f"`config.batch_size` ({config.batch_size}) exceeds the training or test images."
+        )
+    _common.write_config(workdir, config)
+    steps_per_epoch = num_train // config.batch_size
+    num_steps = config.num_epochs * steps_per_epoch
+    chunk_steps = config.eval_every_epochs * steps_per_epoch
+    init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+    tx = optax.adam(config.learning_rate)
+    sample = data_lib.to_float(jnp.asarray(dataset.train_images[: config.batch_size]))
+
+    @jax.jit
+    def init(key):
+        params, bound_states = model.init(key, sample)
+        return training.create_sweep_state(params, bound_states, tx, len(names))
+
+    state = init(init_key)
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")), options=options
+    )
+    start = manager.latest_step() or 0
+    if start:
+        state = manager.restore(start, args=ocp.args.StandardRestore(state))
+        print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")
+
+    def loss_fn(params, bound_states, x, labels, key, setting):
+        del labels
+        return model.loss(params, bound_states, x, key, setting["beta"], setting["gamma"])
+
+    run = training.make_sweep_chunk(loss_fn, train_key)
+    evaluate = make_eval_fn(model, config.batch_size)
+    images, labels = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
+    test_images = jnp.asarray(dataset.test_images)
+    settings_dev = jax.tree.map(jnp.asarray, settings)
+    results_path = os.path.join(workdir, "results.json")
+    history = []
+    if start and os.path.exists(results_path):
+        history = [r for r in _common.read_json(results_path)["history"] if r["step"] <= start]
+    writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+    progress = tqdm(total=num_steps, initial=start, desc="infomax_vae")
+    results = {
+        "dataset": config.dataset,
+        "num_epochs": config.num_epochs,
+        "bound": config.bound,
+        "models": {n: {k: float(v[i]) for k, v in settings.items()} for i, n in enumerate(names)},
+    }
+    step, train_s = start, 0.0
+    try:
+        while step < num_steps:
+            n = min(chunk_steps, num_steps - step)
+            indices = data_lib.batch_indices(
+                num_train, config.batch_size, seed=config.seed, start_step=step, num_steps=n
+            )
+            t0 = time.perf_counter()
+            state, metrics = run(state, images, labels, jnp.asarray(indices), step, settings_dev)
+            metrics = jax.device_get(metrics)
+            train_s += time.perf_counter() - t0
+            bad = ~np.isfinite(metrics["loss"])
+            if bad.any():
+                s, m = np.argwhere(bad)[0]
+                raise training.NonFiniteError(
+                    f"the loss of model {names[m]!r} became {metrics['loss'][s, m]} at step "
+                    f"{step + s + 1}; results and checkpoints already written are kept."
+                )
+            step += n
+            evals = jax.device_get(
+                evaluate(state.params, state.bound_states, test_images, eval_key)
+            )
+            for i, name in enumerate(names):
+                train_row = {f"train_{k}": float(np.mean(v[:, i])) for k, v in metrics.items()}
+                row = {
+                    "model": name,
+                    "step": step,
+                    "epoch": step / steps_per_epoch,
+                    **{k: float(v[i]) for k, v in evals.items()},
+                    **train_row,
+                }
+                writer.write(row)
+                history.append(row)
+            manager.save(step, args=ocp.args.StandardSave(state))
+            manager.wait_until_finished()
+            results["history"] = history
+            _common.write_json(results_path, results)
+            progress.update(n)
+            progress.set_postfix(
+                elbo=" ".join(f"{evals['elbo'][i]:.1f}" for i in range(len(names)))
+            )
+    finally:
+        progress.close()
+        writer.close()
+
+    probe_rows = probe_accuracies(config, model, state.params, dataset, names)
+    final = {r["model"]: r for r in history[-len(names) :]}
+    results["table"] = [
+        {**results["models"].get(p["model"], {}), **final.get(p["model"], {}), **p}
+        for p in probe_rows
+    ]
+    results["train_s"] = train_s
+    results["history"] = history
+    _common.write_json(results_path, results)
+    _common.write_csv(os.path.join(workdir, "results.csv"), results["table"])
+    plot_samples(
+        os.path.join(workdir, "samples.png"), model, state.params, dataset, names, eval_key
+    )
+    plot_curves(os.path.join(workdir, "curves.png"), history, names)
+    print(summary(results))
+    return results
+
+
+if __name__ == "__main__":
+    _common.run_experiment("infomax_vae", train_and_evaluate)

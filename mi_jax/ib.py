@@ -1,0 +1,277 @@
+r"""Deep Information Bottleneck classification: VIB, MINE-IB and MIGE-IB on one encoder.
+
+A stochastic encoder ``q(z | x) = N(mu(x), diag sigma(x)^2)`` and a softmax decoder
+``p(y | z)`` are trained on
+
+.. math:: \mathcal{L} = \mathbb{E}_{x, y}\,\mathbb{E}_{z \sim q(z|x)}[-\log p(y | z)]
+          + \beta\, \hat I(X; Z),
+
+the cross-entropy being (up to the constant ``H(Y)``) minus a variational lower bound on
+``I(Z; Y)``. The methods differ only in how ``I(X; Z)`` is penalized (``method``):
+
+* ``"vib"`` (Alemi et al., ICLR 2017): the variational upper bound
+  ``E_x KL(q(z | x) || N(0, I)) >= I(X; Z)``, in closed form (`gaussian_kl`).
+* ``"mine"`` (Belghazi et al., ICML 2018, section 5.3): a registered lower bound (MINE's
+  bias-corrected DV by default) with its own critic ``T(x, z)`` on the flattened input and the
+  code; a min-max game: the critic ascends the bound, the encoder descends ``beta`` times it.
+* ``"mige"`` (Wen et al., ICLR 2020): no value, only the gradient
+  ``grad I(X; Z) = grad H(Z) - grad H(Z | X)``: the marginal term from a score estimator on the
+  batch's codes (`mi_jax.mige.entropy_surrogate`), the conditional term exact, since
+  ``H(Z | X) = E_x sum_k log sigma_k(x) + const`` for a Gaussian encoder (this is the
+  conditional-score route of `mi_jax.mige.encoder_mi_surrogate` with its zero-mean noise
+  removed).
+* ``"deterministic"``: the baseline without a bottleneck: ``z = mu(x)``, cross-entropy only.
+
+The encoder is any registered trunk (`mi_jax.encoders`) whose global output has width
+``2 K`` (means and, through ``softplus(. - std_offset)`` as in Alemi et al., standard
+deviations); the decoder is one dense layer (logistic regression on ``z``, as in the paper).
+
+References:
+  Alemi, Fischer, Dillon & Murphy, "Deep Variational Information Bottleneck", ICLR 2017.
+  Belghazi et al., "Mutual Information Neural Estimation", ICML 2018.
+  Wen, Zhou, He, Zhou & Xu, "Mutual Information Gradient Estimation for Representation
+  Learning", ICLR 2020.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from mi_jax import _checks, training
+from mi_jax import critics as critics_lib
+from mi_jax import encoders as encoders_lib
+from mi_jax import mige as mige_lib
+from mi_jax import score as score_lib
+from mi_jax.types import Array, PRNGKey, PyTree
+
+METHODS = ("deterministic", "vib", "mine", "mige")
+
+
+def gaussian_kl(mu: Array, sigma: Array) -> Array:
+    r"""``KL(N(mu, diag sigma^2) || N(0, I))`` per row, ``[B]``, for ``mu``, ``sigma`` ``[B, K]``:
+
+    .. math:: \tfrac12 \sum_k \big(\mu_k^2 + \sigma_k^2 - 1 - 2 \log \sigma_k\big).
+    """
+    if jnp.shape(mu) != jnp.shape(sigma):
+        raise ValueError(f"`mu` {jnp.shape(mu)} and `sigma` {jnp.shape(sigma)} differ in shape.")
+    return 0.5 * jnp.sum(jnp.square(mu) + jnp.square(sigma) - 1.0 - 2.0 * jnp.log(sigma), -1)
+
+
+def mige_penalty(z: Array, sigma: Array, score_fn: mige_lib.ScoreFn) -> Array:
+    r"""A scalar whose gradient estimates ``grad I(X; Z)`` for a Gaussian encoder (MIGE-IB).
+
+    ``I(X; Z) = H(Z) - H(Z | X)`` with ``H(Z | X) = E_x sum_k log sigma_k(x) + const``: the
+    first gradient from ``score_fn``'s estimate of ``grad log q(z)`` at the codes
+    (`mi_jax.mige.entropy_surrogate`), the second exact. Its value is not ``I``.
+
+    Args:
+      z: ``[M, K]`` reparameterized codes ``mu + sigma * eps``.
+      sigma: ``[B, K]`` the encoder's standard deviations (``M`` a multiple of ``B`` is fine:
+        only their mean log enters).
+      score_fn: ``score_fn(samples [M, K]) -> [M, K]`` (a registered estimator, or exact).
+    """
+    marginal = mige_lib.entropy_surrogate(z, score_fn)
+    return marginal - jnp.mean(jnp.sum(jnp.log(sigma), axis=-1))
+
+
+class GaussianEncoder(nn.Module):
+    """``x -> (mu, sigma)``, each ``[B, latent_dim]``: a registered trunk with a ``2 K`` head.
+
+    Attributes:
+      latent_dim: ``K``, the code's width (>= 1).
+      trunk: a name from `mi_jax.encoders` (``"mlp"`` for the permutation-invariant protocol).
+      trunk_hparams: its hyperparameters, as ``((name, value), ...)`` (hashable).
+      std_offset: ``sigma = softplus(raw - std_offset)``; 5 (Alemi et al.) starts the encoder
+        nearly deterministic (``sigma ~ 0.007``).
+    """
+
+    latent_dim: int = 256
+    trunk: str = "mlp"
+    trunk_hparams: tuple[tuple[str, Any], ...] = (("hidden", (1024, 1024)),)
+    std_offset: float = 5.0
+
+    @nn.compact
+    def __call__(self, images: Array) -> tuple[Array, Array]:
+        """``images`` ``[B, H, W, C]`` (float) -> ``(mu, sigma)`` ``[B, K]``, ``sigma > 0``."""
+        head = encoders_lib.get_encoder(
+            self.trunk, latent_dim=2 * self.latent_dim, **dict(self.trunk_hparams)
+        )
+        out = head(images).global_
+        mu, raw = jnp.split(out, 2, axis=-1)
+        return mu, jax.nn.softplus(raw - self.std_offset)
+
+
+@struct.dataclass
+class IBModel:
+    """Encoder, decoder and ``I(X; Z)`` penalty of one method; pure ``init``/``loss``/``predict``.
+
+    Attributes:
+      method: one of `METHODS`.
+      num_classes: the decoder's outputs.
+      latent_dim / trunk / trunk_hparams / std_offset: the `GaussianEncoder`.
+      bound / bound_hparams / critic / critic_hparams: MINE-IB's bound and critic ``T(x, z)``
+        (any registered ones; the critic sees the flattened input and the code).
+      critic_clip: `mi_jax.critics.soft_clip` of the critic's scores (``None``: off). The
+        encoder minimizes a lower bound, so it can push the scores where the critic is wrong
+        and without limit; unclipped, MINE-IB on digits diverged (scores and codes to inf).
+      score_estimator / score_hparams: MIGE-IB's marginal score estimator (`mi_jax.score`).
+      train_samples: codes drawn per example in a training step.
+    """
+
+    method: str = struct.field(pytree_node=False, default="vib")
+    num_classes: int = struct.field(pytree_node=False, default=10)
+    latent_dim: int = struct.field(pytree_node=False, default=256)
+    trunk: str = struct.field(pytree_node=False, default="mlp")
+    trunk_hparams: tuple[tuple[str, Any], ...] = struct.field(
+        pytree_node=False, default=(("hidden", (1024, 1024)),)
+    )
+    std_offset: float = struct.field(pytree_node=False, default=5.0)
+    bound: str = struct.field(pytree_node=False, default="mine")
+    bound_hparams: tuple[tuple[str, Any], ...] = struct.field(pytree_node=False, default=())
+    critic: str = struct.field(pytree_node=False, default="separable")
+    critic_hparams: tuple[tuple[str, Any], ...] = struct.field(pytree_node=False, default=())
+    critic_clip: float | None = struct.field(pytree_node=False, default=10.0)
+    score_estimator: str = struct.field(pytree_node=False, default="ssge")
+    score_hparams: tuple[tuple[str, Any], ...] = struct.field(pytree_node=False, default=())
+    train_samples: int = struct.field(pytree_node=False, default=1)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise _checks.unknown_name_error("IB method", self.method, METHODS)
+        if self.latent_dim < 1:
+            raise ValueError(f"`latent_dim` must be >= 1, got {self.latent_dim}.")
+        if self.num_classes < 2:
+            raise ValueError(f"`num_classes` must be >= 2, got {self.num_classes}.")
+        if self.train_samples < 1:
+            raise ValueError(f"`train_samples` must be >= 1, got {self.train_samples}.")
+        # Unknown names and hyperparameters fail here, before anything is traced.
+        encoders_lib.get_encoder(self.trunk, latent_dim=2, **dict(self.trunk_hparams))
+        if self.method == "mine":
+            _ = self.ensemble
+        if self.method == "mige":
+            _ = self.score_fn
+
+    @property
+    def encoder(self) -> GaussianEncoder:
+        return GaussianEncoder(self.latent_dim, self.trunk, self.trunk_hparams, self.std_offset)
+
+    @property
+    def decoder(self) -> nn.Module:
+        return nn.Dense(self.num_classes)
+
+    @property
+    def ensemble(self) -> training.BoundEnsemble:
+        """MINE-IB's bound with its critic (and FLO's/TUBA's extra network, if it has one)."""
+        ensemble = training.make_ensemble(
+            [(self.bound, dict(self.bound_hparams))], self.critic, dict(self.critic_hparams)
+        )
+        return ensemble.replace(critic=critics_lib.ClippedCritic(ensemble.critic, self.critic_clip))
+
+    @property
+    def score_fn(self) -> mige_lib.ScoreFn:
+        return score_lib.get_score_estimator(self.score_estimator, **dict(self.score_hparams))
+
+    def init(self, rng: PRNGKey, images: Array) -> tuple[PyTree, PyTree]:
+        """``(params, bound_states)`` for a batch ``images`` ``[B, H, W, C]`` (float)."""
+        enc_key, dec_key, critic_key = jax.random.split(rng, 3)
+        encoder_params = self.encoder.init(enc_key, images)
+        mu, _ = self.encoder.apply(encoder_params, images)
+        params = {"encoder": encoder_params, "decoder": self.decoder.init(dec_key, mu)}
+        states = ()
+        if self.method == "mine":
+            flat = images.reshape(images.shape[0], -1)
+            params["critic"], states = self.ensemble.init(critic_key, flat, mu)
+        return params, states
+
+    def sample(self, params: PyTree, images: Array, rng: PRNGKey, num_samples: int):
+        """``(z [S, B, K], mu [B, K], sigma [B, K])``; ``z = mu`` for ``"deterministic"``."""
+        mu, sigma = self.encoder.apply(params["encoder"], images)
+        if self.method == "deterministic":
+            return jnp.broadcast_to(mu, (num_samples, *mu.shape)), mu, sigma
+        eps = jax.random.normal(rng, (num_samples, *mu.shape), mu.dtype)
+        return mu[None] + sigma[None] * eps, mu, sigma
+
+    def loss(
+        self,
+        params: PyTree,
+        bound_states: PyTree,
+        images: Array,
+        labels: Array,
+        rng: PRNGKey,
+        beta: Array,
+    ) -> tuple[Array, tuple[dict[str, Array], PyTree]]:
+        """``(loss, (metrics, new_bound_states))`` on a batch; ``beta`` ``[]`` (>= 0).
+
+        ``images`` ``[B, H, W, C]`` (float), ``labels`` ``[B]`` int. Metrics: ``loss``, ``ce``
+        (mean cross-entropy of the sampled codes), ``kl`` (``E KL(q(z|x) || N(0, I))``, an
+        upper bound on ``I(X; Z)``; NaN for the deterministic baseline), ``penalty`` (what ``beta``
+        multiplies: the KL, the MINE bound's value, MIGE's surrogate) and ``accuracy``.
+        """
+        z, mu, sigma = self.sample(params, images, rng, self.train_samples)
+        logits = self.decoder.apply(params["decoder"], z)  # [S, B, C]
+        ce = jnp.mean(
+            optax.softmax_cross_entropy_with_integer_labels(
+                logits, jnp.broadcast_to(labels, logits.shape[:-1])
+            )
+        )
+        kl = jnp.mean(gaussian_kl(mu, sigma))
+        states = bound_states
+        if self.method == "deterministic":
+            kl = jnp.full((), jnp.nan)  # the unused sigma head: no bottleneck, I(X; Z) unbounded
+            penalty = jnp.zeros(())
+            loss = ce
+        elif self.method == "vib":
+            penalty = kl
+            loss = ce + beta * penalty
+        elif self.method == "mine":
+            flat = images.reshape(images.shape[0], -1)
+            z0 = z[0]
+            critic = params["critic"]
+            # Encoder side: descend beta * I through z with the critic held fixed. Critic
+            # side: ascend I with the codes held fixed. The forward pass is shared by XLA.
+            (value_enc,), _ = self.ensemble.apply(
+                jax.lax.stop_gradient(critic), bound_states, flat, z0
+            )
+            (value,), states = self.ensemble.apply(
+                critic, bound_states, flat, jax.lax.stop_gradient(z0)
+            )
+            penalty = value
+            loss = ce + beta * value_enc - value
+        else:  # mige
+            penalty = mige_penalty(z.reshape(-1, z.shape[-1]), sigma, self.score_fn)
+            loss = ce + beta * penalty
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels[None, :])
+        metrics = dict(loss=loss, ce=ce, kl=kl, penalty=penalty, accuracy=accuracy)
+        return loss, (metrics, states)
+
+    def predict(self, params: PyTree, images: Array, rng: PRNGKey, num_samples: int):
+        """``(probs_at_mean [B, C], probs_sampled [B, C], kl [B])``.
+
+        ``probs_sampled`` averages the softmax over ``num_samples`` codes (Alemi et al. use 12).
+        """
+        z, mu, sigma = self.sample(params, images, rng, num_samples)
+        decode = lambda v: jax.nn.softmax(self.decoder.apply(params["decoder"], v))  # noqa: E731
+        kl = gaussian_kl(mu, sigma)
+        if self.method == "deterministic":
+            kl = jnp.full_like(kl, jnp.nan)
+        return decode(mu), jnp.mean(decode(z), axis=0), kl
+
+
+def check_betas(betas: Sequence[float], name: str = "betas") -> tuple[float, ...]:
+    """Non-empty, finite, ``>= 0``; returned as a tuple of floats."""
+    betas = tuple(float(b) for b in betas)
+    if not betas:
+        raise ValueError(f"`{name}` is empty: give at least one beta.")
+    for b in betas:
+        if not b >= 0 or b == float("inf"):
+            raise ValueError(f"`{name}` must hold finite values >= 0, got {b}.")
+    return betas
+
+
+def available_methods() -> tuple[str, ...]:
+    return METHODS

@@ -1,0 +1,234 @@
+"""Deep IB (VIB, MINE-IB, MIGE-IB) and InfoMax-VAE: closed forms, gradients, smoke, bad input."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import ib as ib_config
+from configs import infomax_vae as vae_config
+from experiments import ib as ib_experiment
+from experiments import infomax_vae as vae_experiment
+from mi_jax import ib, vae
+
+
+def _quick(module, **overrides):
+    config = module.get_config("quick")
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+def _images(key, batch=6, shape=(4, 4, 1)):
+    return jax.random.uniform(key, (batch, *shape))
+
+
+def test_gaussian_kl_matches_numerical_integration():
+    mu = np.array([[0.0, 1.5, -0.7], [2.0, 0.0, 0.3]], np.float32)
+    sigma = np.array([[1.0, 0.5, 2.0], [0.2, 3.0, 1.0]], np.float32)
+    t = np.linspace(-40, 40, 400_001)
+    expected = np.zeros(2)
+    for i in range(2):
+        for k in range(3):
+            q = np.exp(-0.5 * ((t - mu[i, k]) / sigma[i, k]) ** 2) / (
+                sigma[i, k] * np.sqrt(2 * np.pi)
+            )
+            log_q = -0.5 * ((t - mu[i, k]) / sigma[i, k]) ** 2 - np.log(
+                sigma[i, k] * np.sqrt(2 * np.pi)
+            )
+            log_p = -0.5 * t**2 - 0.5 * np.log(2 * np.pi)
+            expected[i] += np.trapezoid(q * (log_q - log_p), t)
+    np.testing.assert_allclose(jax.jit(ib.gaussian_kl)(mu, sigma), expected, rtol=1e-4)
+    np.testing.assert_allclose(
+        ib.gaussian_kl(jnp.zeros((1, 4)), jnp.ones((1, 4))), [0.0], atol=1e-7
+    )
+
+
+def _model(method, **kw):
+    defaults = dict(
+        method=method,
+        num_classes=3,
+        latent_dim=5,
+        trunk_hparams=(("hidden", (8,)),),
+        critic_hparams=(("hidden", (8,)), ("embed_dim", 4)),
+    )
+    return ib.IBModel(**{**defaults, **kw})
+
+
+def _loss_and_grads(model, params, states, x, y, key, beta):
+    fn = jax.jit(jax.value_and_grad(model.loss, has_aux=True))
+    (loss, (metrics, _)), grads = fn(params, states, x, y, key, beta)
+    return loss, metrics, grads
+
+
+def test_vib_at_beta_zero_is_the_deterministic_classifier_objective():
+    x = _images(jax.random.key(0))
+    y = jnp.array([0, 1, 2, 0, 1, 2])
+    key = jax.random.key(3)
+    # std_offset 40: sigma = softplus(raw - 40) ~ 1e-17, so sampled codes equal the means.
+    vib, det = _model("vib", std_offset=40.0), _model("deterministic", std_offset=40.0)
+    params, states = vib.init(jax.random.key(1), x)
+    loss_v, metrics_v, grads_v = _loss_and_grads(vib, params, states, x, y, key, 0.0)
+    loss_d, metrics_d, grads_d = _loss_and_grads(det, params, states, x, y, key, 0.0)
+    np.testing.assert_allclose(loss_v, metrics_v["ce"], rtol=1e-6)  # beta 0: no penalty
+    np.testing.assert_allclose(loss_v, loss_d, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads_v), jax.tree.leaves(grads_d), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # ... and beta scales exactly the closed-form KL.
+    loss_b, metrics_b, _ = _loss_and_grads(vib, params, states, x, y, key, 0.3)
+    np.testing.assert_allclose(loss_b, metrics_b["ce"] + 0.3 * metrics_b["kl"], rtol=1e-6)
+    assert np.isnan(metrics_d["kl"])  # no bottleneck, no rate to report
+
+
+def test_mine_ib_is_a_min_max_game():
+    x = _images(jax.random.key(0), batch=8)
+    y = jnp.arange(8) % 3
+    model = _model("mine", bound="dv", std_offset=1.0)
+    params, states = model.init(jax.random.key(1), x)
+    key = jax.random.key(2)
+    _, _, g0 = _loss_and_grads(model, params, states, x, y, key, 0.0)
+    _, metrics, g1 = _loss_and_grads(model, params, states, x, y, key, 0.5)
+    flat = x.reshape(8, -1)
+    ensemble = model.ensemble
+
+    def bound_of_critic(critic):
+        z = model.sample(params, x, key, 1)[0][0]
+        return ensemble.apply(critic, states, flat, z)[0][0]
+
+    def bound_of_encoder(encoder):
+        z = model.sample({**params, "encoder": encoder}, x, key, 1)[0][0]
+        return ensemble.apply(params["critic"], states, flat, z)[0][0]
+
+    np.testing.assert_allclose(metrics["penalty"], bound_of_critic(params["critic"]), rtol=1e-5)
+    # The critic ascends the bound whatever beta is ...
+    critic_grad = jax.grad(bound_of_critic)(params["critic"])
+    for a, b in zip(jax.tree.leaves(g1["critic"]), jax.tree.leaves(critic_grad), strict=True):
+        np.testing.assert_allclose(a, -b, rtol=1e-4, atol=1e-6)
+    # ... and the encoder descends beta times it, on top of the cross-entropy.
+    enc_grad = jax.grad(bound_of_encoder)(params["encoder"])
+    diff = jax.tree.map(lambda a, b: a - b, g1["encoder"], g0["encoder"])
+    for a, b in zip(jax.tree.leaves(diff), jax.tree.leaves(enc_grad), strict=True):
+        np.testing.assert_allclose(a, 0.5 * b, rtol=1e-3, atol=1e-6)
+    assert float(optax.tree.norm(critic_grad)) > 0 and float(optax.tree.norm(enc_grad)) > 0
+
+
+def test_mige_penalty_gradient_matches_the_closed_form_for_a_linear_gaussian_encoder():
+    # x ~ N(0, I_3), z = W x + s eps: I(X; Z) = 1/2 logdet(I + W W^T / s^2). With the exact
+    # marginal score, the penalty's gradient is an unbiased estimate of grad I.
+    w = jnp.array([[1.0, 0.5, 0.0], [0.0, 0.8, -0.4]])
+    s = jnp.array(0.7)
+    m = 200_000
+    x = jax.random.normal(jax.random.key(0), (m, 3))
+    eps = jax.random.normal(jax.random.key(1), (m, 2))
+
+    def exact_score(z, w, s):
+        cov = w @ w.T + s**2 * jnp.eye(2)
+        return -jnp.linalg.solve(cov, z.T).T
+
+    def penalty(w, s):
+        z = x @ w.T + s * eps
+        sigma = jnp.broadcast_to(s, (m, 2))
+        score = lambda v: exact_score(v, jax.lax.stop_gradient(w), jax.lax.stop_gradient(s))  # noqa: E731
+        return ib.mige_penalty(z, sigma, score)
+
+    def closed_form(w, s):
+        return 0.5 * jnp.linalg.slogdet(jnp.eye(2) + w @ w.T / s**2)[1]
+
+    got = jax.jit(jax.grad(penalty, argnums=(0, 1)))(w, s)
+    want = jax.grad(closed_form, argnums=(0, 1))(w, s)
+    np.testing.assert_allclose(got[0], want[0], atol=0.02)
+    np.testing.assert_allclose(got[1], want[1], rtol=0.02)
+
+
+def test_bad_input_names_the_argument():
+    with pytest.raises(ValueError, match="latent_dim"):
+        _model("vib", latent_dim=0)
+    with pytest.raises(KeyError, match="IB method"):
+        _model("vibe")
+    with pytest.raises(KeyError, match="unknown bound 'mien'"):
+        _model("mine", bound="mien")
+    with pytest.raises(KeyError, match="score estimator"):
+        _model("mige", score_estimator="sge")
+    with pytest.raises(ValueError, match=r"config.betas.vib"):
+        ib_experiment.train_and_evaluate(_quick(ib_config, **{"betas.vib": (1e-3, -1.0)}), "/x")
+    with pytest.raises(ValueError, match="unknown name 'vibe' in `config.methods`"):
+        ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vibe",)), "/x")
+    with pytest.raises(ValueError, match="latent_dim"):
+        ib_experiment.train_and_evaluate(_quick(ib_config, latent_dim=0), "/x")
+    with pytest.raises(ValueError, match=r"config.models.vae.beta"):
+        vae_experiment.train_and_evaluate(_quick(vae_config, **{"models.vae.beta": -1.0}), "/x")
+    with pytest.raises(KeyError, match="unknown bound"):
+        vae_experiment.train_and_evaluate(_quick(vae_config, bound="nwjj"), "/x")
+    with pytest.raises(ValueError, match="latent_dim"):
+        vae_experiment.train_and_evaluate(_quick(vae_config, latent_dim=0), "/x")
+
+
+def test_ib_experiment_smoke_and_resume(tmp_path):
+    workdir = str(tmp_path)
+    config = _quick(ib_config, methods=("deterministic", "vib", "mine", "mige"))
+    results = ib_experiment.train_and_evaluate(config, workdir)
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "results.json",
+        "results.csv",
+        "error_vs_beta.png",
+    ):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    finals = [r for m in results["methods"].values() for r in m["final"]]
+    assert len(finals) == 1 + 3 * 2
+    for r in finals:
+        assert 0.0 <= r["error_mean"] <= 1.0 and 0.0 <= r["error_sampled"] <= 1.0
+    # A rerun keeps every finished method without training it again.
+    mtime = os.path.getmtime(os.path.join(workdir, "checkpoints", "vib"))
+    again = ib_experiment.train_and_evaluate(config, workdir)
+    assert again["methods"]["vib"]["final"] == results["methods"]["vib"]["final"]
+    assert os.path.getmtime(os.path.join(workdir, "checkpoints", "vib")) == mtime
+
+
+def test_ib_resumes_an_interrupted_method_from_its_checkpoint(tmp_path):
+    workdir = str(tmp_path)
+    full = ib_experiment.train_and_evaluate(
+        _quick(ib_config, methods=("vib",)), str(tmp_path / "a")
+    )
+    # One epoch of two, then the full run in the same workdir: it continues at the checkpoint.
+    ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",), num_epochs=1), workdir)
+    resumed = ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",)), workdir)
+    a, b = full["methods"]["vib"]["final"], resumed["methods"]["vib"]["final"]
+    for ra, rb in zip(a, b, strict=True):
+        np.testing.assert_allclose(ra["error_mean"], rb["error_mean"], atol=1e-6)
+        np.testing.assert_allclose(ra["train_ce"], rb["train_ce"], rtol=1e-4)
+
+
+def test_infomax_vae_loss_terms_and_smoke(tmp_path):
+    model = vae.InfoMaxVAE(
+        image_shape=(4, 4, 1),
+        latent_dim=3,
+        encoder_hparams=(("hidden", (8,)),),
+        decoder_hidden=(8,),
+        critic_hparams=(("hidden", (8,)), ("embed_dim", 4)),
+    )
+    x = _images(jax.random.key(0), batch=5)
+    params, states = model.init(jax.random.key(1), x)
+    key = jax.random.key(2)
+    loss, (m, _) = jax.jit(model.loss)(params, states, x, key, 2.0, 0.5)
+    np.testing.assert_allclose(loss, -m["recon"] + 2.0 * m["kl"] - 1.5 * m["mi"], rtol=1e-5)
+    np.testing.assert_allclose(m["elbo"], m["recon"] - m["kl"], rtol=1e-6)
+    # Bernoulli log-likelihood against its definition.
+    logits = jax.random.normal(key, x.shape)
+    p = jax.nn.sigmoid(logits)
+    want = jnp.sum((x * jnp.log(p) + (1 - x) * jnp.log(1 - p)).reshape(5, -1), -1)
+    np.testing.assert_allclose(vae.bernoulli_log_likelihood(logits, x), want, rtol=1e-5)
+
+    workdir = str(tmp_path)
+    results = vae_experiment.train_and_evaluate(_quick(vae_config), workdir)
+    for name in ("config.json", "metrics.jsonl", "results.json", "samples.png", "curves.png"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    models = {r["model"] for r in results["table"]}
+    assert models == {"vae", "beta_vae", "infomax_vae", "raw pixels"}
+    with open(os.path.join(workdir, "results.json")) as f:
+        saved = json.load(f)
+    assert all(np.isfinite(r["elbo"]) for r in saved["table"] if r["model"] != "raw pixels")
