@@ -9,10 +9,11 @@ vmapped. Results: README, "Deep Information Bottleneck".
   python -m experiments.ib --config configs/ib.py:mnist \
     --config.data_dir=../shared/data/mnist --workdir /tmp/ib_mnist
 
-Permutation-invariant MNIST as in Alemi et al. (2017): batch 100, Adam 1e-4 (b1 0.5) decayed
-by 0.97 every 2 epochs, weight averaging 0.999; published test error: VIB 1.13 % (beta 1e-3),
-deterministic 1.38 %. Epochs here are fewer than the paper's 200 (2 CPU cores); see the README
-for what was run and measured. ``:quick``: a few steps, smoke runs.
+Permutation-invariant MNIST after Alemi et al. (2017): batch 100, Adam (b1 0.5), weight
+averaging 0.999; published test error: VIB 1.13 % (beta 1e-3), deterministic 1.38 %. The paper
+trains 200 epochs at 1e-4 decayed by 0.97 every 2 epochs; this preset trains 30 at 1e-3
+decayed by 0.92 per epoch (2 CPU cores); see the README for what was run and measured.
+``:quick``: a few steps, smoke runs.
 """
 
 import ml_collections
@@ -56,10 +57,17 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.eval_batch_size = 1000
     if preset == "mnist":
         config.dataset = "mnist"
+        # 30 epochs instead of the paper's 200 (2 CPU cores): Adam 1e-3 decayed by 0.92 per
+        # epoch (to 8e-5) replaces 1e-4 decayed by 0.97 every 2 epochs. One beta for MINE-IB
+        # and MIGE-IB (each setting costs a full training run).
         config.num_epochs = 30
-        config.learning_rate = 1e-4
+        config.learning_rate = 1e-3
+        config.lr_decay = 0.92
+        config.lr_decay_epochs = 1
         config.ema_decay = 0.999
-        config.eval_every_epochs = 2
+        config.eval_every_epochs = 3
+        config.betas.mine = (1e-3,)
+        config.betas.mige = (1e-3,)
     elif preset == "quick":
         config.num_epochs = 2
         config.eval_every_epochs = 1

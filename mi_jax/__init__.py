@@ -6,12 +6,14 @@ from mi_jax import (
     data,
     dim,
     encoders,
+    ib,
     mige,
     probes,
     score,
     score_nets,
     tasks,
     training,
+    vae,
 )
 from mi_jax.bounds import (
     Bound,
@@ -69,6 +71,7 @@ __all__ = [
     "get_encoder",
     "get_score_estimator",
     "get_task",
+    "ib",
     "infonce",
     "interpolated",
     "js",
@@ -89,4 +92,5 @@ __all__ = [
     "tasks",
     "training",
     "tuba",
+    "vae",
 ]
