@@ -72,6 +72,43 @@ def split_cpu_into_devices(count: int) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
+def run_sweep_chunk(
+    run, state, images, labels, settings, *, seed, batch_size, step, num_steps, setting_names
+):
+    """``num_steps`` steps of a `mi_jax.training.make_sweep_chunk` program from ``step``.
+
+    Draws the resumable batch indices (`mi_jax.data.batch_indices`), runs, pulls the metrics
+    (``{name: [num_steps, S]}``) to the host, and raises `mi_jax.training.NonFiniteError`
+    naming the setting (``setting_names[s]``) and step of the first non-finite loss.
+
+    Returns:
+      ``(state, metrics, seconds)``.
+    """
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    from mi_jax import data as data_lib
+    from mi_jax import training
+
+    indices = data_lib.batch_indices(
+        int(images.shape[0]), batch_size, seed=seed, start_step=step, num_steps=num_steps
+    )
+    t0 = time.perf_counter()
+    state, metrics = run(state, images, labels, jnp.asarray(indices), step, settings)
+    metrics = jax.device_get(metrics)
+    seconds = time.perf_counter() - t0
+    bad = ~np.isfinite(metrics["loss"])
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise training.NonFiniteError(
+            f"the loss of {setting_names[j]} became {metrics['loss'][i, j]} at step "
+            f"{step + i + 1}; results and checkpoints already written are kept."
+        )
+    return state, metrics, seconds
+
+
 def write_json(path: str, data) -> None:
     """Writes atomically (temp file, then rename), so a crash never leaves half a file."""
     tmp = path + ".tmp"

@@ -187,21 +187,12 @@ def run_method(config, method, dataset, progress, writer, on_eval, *, workdir: s
     step = start
     while step < num_steps:
         n = min(chunk_steps, num_steps - step)
-        indices = data_lib.batch_indices(
-            num_train, config.batch_size, seed=config.seed, start_step=step, num_steps=n
-        )
-        t0 = time.perf_counter()
-        state, metrics = run(state, images, labels, jnp.asarray(indices), step, betas_arr)
-        metrics = jax.device_get(metrics)  # {name: [n, nb]}
-        train_s += time.perf_counter() - t0
-        bad = ~np.isfinite(metrics["loss"])
-        if bad.any():
-            s, b = np.argwhere(bad)[0]
-            raise training.NonFiniteError(
-                f"the loss of method {method!r} with beta {betas[b]} became "
-                f"{metrics['loss'][s, b]} at step {step + s + 1}; results and checkpoints "
-                "already written are kept."
-            )
+        state, metrics, seconds = _common.run_sweep_chunk(
+            run, state, images, labels, betas_arr, seed=config.seed,
+            batch_size=config.batch_size, step=step, num_steps=n,
+            setting_names=[f"method {method!r} with beta {b}" for b in betas],
+        )  # fmt: skip
+        train_s += seconds
         step += n
         evals = jax.device_get(
             evaluate(

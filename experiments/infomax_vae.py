@@ -19,7 +19,6 @@ stops the run naming the model and step; what was written stays.
 """
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -257,20 +256,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         while step < num_steps:
             n = min(chunk_steps, num_steps - step)
-            indices = data_lib.batch_indices(
-                num_train, config.batch_size, seed=config.seed, start_step=step, num_steps=n
-            )
-            t0 = time.perf_counter()
-            state, metrics = run(state, images, labels, jnp.asarray(indices), step, settings_dev)
-            metrics = jax.device_get(metrics)
-            train_s += time.perf_counter() - t0
-            bad = ~np.isfinite(metrics["loss"])
-            if bad.any():
-                s, m = np.argwhere(bad)[0]
-                raise training.NonFiniteError(
-                    f"the loss of model {names[m]!r} became {metrics['loss'][s, m]} at step "
-                    f"{step + s + 1}; results and checkpoints already written are kept."
-                )
+            state, metrics, seconds = _common.run_sweep_chunk(
+                run, state, images, labels, settings_dev, seed=config.seed,
+                batch_size=config.batch_size, step=step, num_steps=n,
+                setting_names=[f"model {name!r}" for name in names],
+            )  # fmt: skip
+            train_s += seconds
             step += n
             evals = jax.device_get(
                 evaluate(state.params, state.bound_states, test_images, eval_key)
