@@ -1,0 +1,33 @@
+"""The notebooks: paired .ipynb files are up to date, and each one runs at tiny size."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = ("quickstart", "mige_gradients", "infomax_mnist")
+
+
+def test_ipynb_files_match_their_percent_scripts():
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "notebooks", "sync.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_at_tiny_size(name, tmp_path):
+    env = dict(os.environ, MI_JAX_NOTEBOOK_TINY="1", MPLBACKEND="Agg", JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "notebooks", f"{name}.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
