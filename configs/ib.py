@@ -11,8 +11,9 @@ vmapped. Results: README, "Deep Information Bottleneck".
 
 Permutation-invariant MNIST after Alemi et al. (2017): batch 100, Adam (b1 0.5), weight
 averaging 0.999; published test error: VIB 1.13 % (beta 1e-3), deterministic 1.38 %. The paper
-trains 200 epochs at 1e-4 decayed by 0.97 every 2 epochs; this preset trains 30 at 1e-3
-decayed by 0.92 per epoch (2 CPU cores); see the README for what was run and measured.
+trains 200 epochs at 1e-4 decayed by 0.97 every 2 epochs; this preset trains 15 at 1e-3
+decayed by 0.85 per epoch (2 CPU cores), holds out 5000 training images and reports, per beta,
+the epoch with the lowest validation error; see the README for what was run and measured.
 ``:quick``: a few steps, smoke runs.
 """
 
@@ -55,19 +56,24 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.ema_decay = 0.99
     config.eval_every_epochs = 10
     config.eval_batch_size = 1000
+    # Training images held out (seeded) to choose the reported evaluation per beta: the one
+    # with the lowest validation error. 0: no split; the last evaluation is reported.
+    config.validation_examples = 237  # digits: 1200 left for training
     if preset == "mnist":
         config.dataset = "mnist"
-        # 30 epochs instead of the paper's 200 (2 CPU cores): Adam 1e-3 decayed by 0.92 per
-        # epoch (to 8e-5) replaces 1e-4 decayed by 0.97 every 2 epochs. One beta for MINE-IB
-        # and MIGE-IB (each setting costs a full training run).
-        config.num_epochs = 30
+        config.validation_examples = 5000
+        # 15 epochs instead of the paper's 200 (2 CPU cores): Adam 1e-3 decayed by 0.85 per
+        # epoch (to 9e-5) replaces 1e-4 decayed by 0.97 every 2 epochs. Betas of one method are
+        # vmapped (nearly free on the MLP); MIGE-IB's run one after another.
+        config.num_epochs = 15
         config.learning_rate = 1e-3
-        config.lr_decay = 0.92
+        config.lr_decay = 0.85
         config.lr_decay_epochs = 1
         config.ema_decay = 0.999
-        config.eval_every_epochs = 3
-        config.betas.mine = (1e-3,)
-        config.betas.mige = (1e-3,)
+        config.eval_every_epochs = 1
+        config.betas.vib = (1e-4, 1e-3, 1e-2)
+        config.betas.mine = (1e-4, 1e-3, 1e-2)
+        config.betas.mige = (1e-4, 1e-3)
     elif preset == "quick":
         config.num_epochs = 2
         config.eval_every_epochs = 1
@@ -76,6 +82,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         config.mine.critic_hparams.hidden = (16,)
         config.mine.critic_hparams.embed_dim = 8
         config.test_samples = 3
+        config.validation_examples = 100
     elif preset not in (None, ""):
         raise ValueError(f"unknown preset {preset!r} for configs/ib.py; use mnist or quick.")
     config.lock()

@@ -141,7 +141,43 @@ def label_entropy(labels: np.ndarray, num_classes: int) -> float:
     return float(-np.sum(p * np.log(p)))
 
 
-def run_method(config, method, dataset, progress, writer, on_eval, *, workdir: str) -> dict:
+def split_validation(dataset: data_lib.Dataset, count: int, seed: int):
+    """``(train dataset without the held-out images, (val_images, val_labels))``: ``count``
+    training images chosen by a seeded permutation (none: ``count`` 0, ``None`` for the pair)."""
+    if count <= 0:
+        return dataset, None
+    n = dataset.train_images.shape[0]
+    if count >= n:
+        raise ValueError(
+            f"`config.validation_examples` ({count}) must be smaller than the {n} training images."
+        )
+    perm = np.random.default_rng([seed, 1]).permutation(n)
+    val, train = np.sort(perm[:count]), np.sort(perm[count:])
+    held_out = (dataset.train_images[val], dataset.train_labels[val])
+    return dataset._replace(
+        train_images=dataset.train_images[train], train_labels=dataset.train_labels[train]
+    ), held_out
+
+
+def method_entry(method: str, betas, history: list[dict], **extra) -> dict:
+    """A method's results: its history, the last evaluation per beta (``final``) and the
+    evaluation with the lowest validation error per beta (``selected``; without a validation
+    split, the last)."""
+    final = history[-len(betas) :] if history else []
+    selected = []
+    for beta in betas:
+        rows = [r for r in history if r["beta"] == beta]
+        if rows:
+            key = "val_error_mean" if "val_error_mean" in rows[0] else None
+            selected.append(min(rows, key=lambda r: r[key]) if key else rows[-1])
+    return dict(
+        method=method, betas=list(betas), history=history, final=final, selected=selected, **extra
+    )
+
+
+def run_method(
+    config, method, dataset, validation, progress, writer, on_eval, *, workdir: str
+) -> dict:
     """Trains (or resumes) every beta of ``method``; returns its results entry."""
     model = build(config, method, dataset.num_classes)
     betas = betas_of(config, method)
@@ -194,14 +230,12 @@ def run_method(config, method, dataset, progress, writer, on_eval, *, workdir: s
         )  # fmt: skip
         train_s += seconds
         step += n
-        evals = jax.device_get(
-            evaluate(
-                training.averaged_params(state, config.ema_decay),
-                test_images,
-                test_labels,
-                eval_key,
-            )
-        )
+        averaged = training.averaged_params(state, config.ema_decay)
+        evals = jax.device_get(evaluate(averaged, test_images, test_labels, eval_key))
+        if validation is not None:
+            val = jax.device_get(evaluate(averaged, *validation, eval_key))
+            evals["val_error_mean"] = val["error_mean"]
+            evals["val_error_sampled"] = val["error_sampled"]
         for b, beta in enumerate(betas):
             train_row = {k: float(np.mean(v[:, b])) for k, v in metrics.items()}
             writer.write(
@@ -225,48 +259,38 @@ def run_method(config, method, dataset, progress, writer, on_eval, *, workdir: s
         best = min(r["error_mean"] for r in history[-nb:])
         progress.set_postfix(method=method, best_test_error=f"{100 * best:.2f}%")
         on_eval(method, history, complete=step >= num_steps)
-    return {
-        "method": method,
-        "betas": list(betas),
-        "history": history,
-        "final": history[-nb:],
-        "train_s": train_s,
-        "steps": num_steps,
-    }
+    return method_entry(method, betas, history, train_s=train_s, steps=num_steps)
 
 
 def summary(results: dict) -> str:
+    """The table of selected evaluations (lowest validation error per beta), in %."""
     rows = []
     for entry in results["methods"].values():
-        for r in entry["final"]:
+        for r, last in zip(entry["selected"], entry["final"], strict=True):
             rows.append(
                 {
                     "method": r["method"],
                     "beta": f"{r['beta']:g}",
-                    "test_err_mean_%": 100 * r["error_mean"],
-                    "test_err_12_%": 100 * r["error_sampled"],
-                    "KL_nats": r["kl"],
+                    "epoch": f"{r['epoch']:g}",
+                    "val_err": 100 * r.get("val_error_mean", float("nan")),
+                    "test_err": 100 * r["error_mean"],
+                    "test_err_12": 100 * r["error_sampled"],
+                    "last_test_err": 100 * last["error_mean"],
+                    "KL": r["kl"],
                     "I(Z;Y)>=": results["label_entropy"] - r["ce_sampled"],
-                    "train_err_%": 100 * (1 - r["train_accuracy"]),
+                    "train_err": 100 * (1 - r["train_accuracy"]),
                 }
             )
-    cols = [
-        "method",
-        "beta",
-        "test_err_mean_%",
-        "test_err_12_%",
-        "KL_nats",
-        "I(Z;Y)>=",
-        "train_err_%",
-    ]
+    cols = list(rows[0]) if rows else []
     head = (
-        f"\n{results['dataset']}, {results['num_epochs']} epochs "
-        "(test error in %, KL and I in nats)\n"
+        f"\n{results['dataset']}, {results['num_epochs']} epochs; the evaluation with the lowest "
+        "validation error per beta (errors in %: val, test at the posterior mean, test with 12 "
+        "samples, test at the last epoch; KL and I in nats)\n"
     )
     walls = ", ".join(
         f"{m} {e['train_s']:.0f} s" for m, e in results["methods"].items() if "train_s" in e
     )
-    table = _common.format_table(rows, cols, floatfmt="{:.3f}")
+    table = _common.format_table(rows, cols, floatfmt="{:.2f}")
     return head + table + f"\ntraining wall time (compilation included): {walls}"
 
 
@@ -278,7 +302,7 @@ def plot(workdir: str, results: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, entry in results["methods"].items():
-        final = entry["final"]
+        final = entry["selected"]
         if method == "deterministic":
             ax.axhline(100 * final[0]["error_mean"], color="k", ls="--", label="deterministic")
             continue
@@ -319,6 +343,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     dataset = data_lib.load_dataset(
         config.dataset, data_dir=config.data_dir or None, max_examples=config.max_examples or None
     )
+    dataset, validation = split_validation(dataset, config.validation_examples, config.seed)
+    if validation is not None:
+        validation = tuple(jnp.asarray(a) for a in validation)
     for method in config.methods:  # bad names and sizes fail before any training
         build(config, method, dataset.num_classes)
     if config.batch_size > dataset.train_images.shape[0]:
@@ -346,14 +373,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
 
     def on_eval(method, history, complete):
-        nb = len(betas_of(config, method))
-        results["methods"][method] = {
-            "method": method,
-            "betas": list(betas_of(config, method)),
-            "history": history,
-            "final": history[-nb:],
-            "complete": complete,
-        }
+        entry = method_entry(method, betas_of(config, method), history, complete=complete)
+        results["methods"][method] = entry
         _common.write_json(results_path, results)
 
     on_eval.previous = lambda m: list(previous.get(m, {}).get("history", []))
@@ -370,7 +391,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 print(f"{method}: finished earlier, kept from {results_path}.")
                 continue
             progress.set_description(f"ib {method}")
-            entry = run_method(config, method, dataset, progress, writer, on_eval, workdir=workdir)
+            entry = run_method(
+                config, method, dataset, validation, progress, writer, on_eval, workdir=workdir
+            )
             results["methods"][method] = {**entry, "complete": True}
             _common.write_json(results_path, results)
     finally:
@@ -380,7 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _common.write_json(results_path, results)
     _common.write_csv(
         os.path.join(workdir, "results.csv"),
-        [r for entry in results["methods"].values() for r in entry["final"]],
+        [r for entry in results["methods"].values() for r in entry["selected"]],
     )
     plot(workdir, results)
     print(summary(results))
