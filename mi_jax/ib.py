@@ -230,7 +230,7 @@ class IBModel:
             loss = ce + beta * penalty
         elif self.method == "mine":
             flat = images.reshape(images.shape[0], -1)
-            z0 = z[0]
+            z0 = z[0]  # the critic scores the first code of each example
             critic = params["critic"]
             # Encoder side: descend beta * I through z with the critic held fixed. Critic
             # side: ascend I with the codes held fixed. The forward pass is shared by XLA.
