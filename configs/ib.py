@@ -13,7 +13,9 @@ Permutation-invariant MNIST after Alemi et al. (2017): batch 100, Adam (b1 0.5),
 averaging 0.999; published test error: VIB 1.13 % (beta 1e-3), deterministic 1.38 %. The paper
 trains 200 epochs at 1e-4 decayed by 0.97 every 2 epochs; this preset trains 15 at 1e-3
 decayed by 0.85 per epoch (2 CPU cores), holds out 5000 training images and reports, per beta,
-the epoch with the lowest validation error; see the README for what was run and measured.
+the epoch with the lowest validation error. Expect 26 minutes on 2 CPU cores and test errors
+of 1.25 % (VIB, beta 1e-4, selected epoch; 1.20 % at the last), 1.30 % deterministic (last
+epoch), MINE-IB 1.32-1.42 %, MIGE-IB 1.5-1.6 % (README, "Deep Information Bottleneck").
 ``:quick``: a few steps, smoke runs.
 """
 

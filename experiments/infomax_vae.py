@@ -96,7 +96,7 @@ def make_eval_fn(model: vae.InfoMaxVAE, batch_size: int):
             _, (metrics, _) = model.loss(
                 params, bound_states, x, jax.random.fold_in(key, i), 1.0, 0.0
             )
-            return {k: metrics[k] for k in ("elbo", "recon", "kl", "mi")}
+            return {k: metrics[k] for k in ("elbo", "recon", "kl", "mi", "infonce")}
 
         out = jax.lax.map(chunk, (batches, jnp.arange(batches.shape[0])))
         return jax.tree.map(jnp.mean, out)
@@ -186,10 +186,14 @@ def plot_curves(path, history: list[dict], names) -> None:
 
 
 def summary(results: dict) -> str:
-    cols = ["model", "beta", "gamma", "elbo", "recon", "kl", "mi", "probe_test_accuracy"]
+    cols = [
+        "model", "beta", "gamma", "elbo", "recon", "kl", "mi", "infonce", "train_mi",
+        "probe_test_accuracy",
+    ]  # fmt: skip
     head = (
         f"\n{results['dataset']}, {results['num_epochs']} epochs; test ELBO, reconstruction, "
-        f"rate KL and the {results['bound']} bound in nats; linear probe on the posterior mean\n"
+        f"rate KL, the {results['bound']} bound and InfoNCE on test batches (train_mi: the bound "
+        "on the last training batches) in nats; linear probe on the posterior mean\n"
     )
     rows = [{c: r.get(c, "") for c in cols} for r in results["table"]]
     return head + _common.format_table(rows, cols)
