@@ -118,6 +118,13 @@ def write_json(path: str, data) -> None:
     os.replace(tmp, path)
 
 
+def hashable_hparams(config_dict) -> tuple:
+    """``((name, value), ...)`` sorted, lists as tuples: hyperparameters for a frozen module."""
+    return tuple(
+        sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config_dict.items())
+    )
+
+
 def read_json(path: str):
     with open(path) as f:
         return json.load(f)

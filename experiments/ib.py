@@ -39,12 +39,6 @@ from mi_jax import data as data_lib
 from mi_jax import ib, training
 
 
-def _hparams(config_dict) -> tuple:
-    return tuple(
-        sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config_dict.items())
-    )
-
-
 def build(config: ml_collections.ConfigDict, method: str, num_classes: int) -> ib.IBModel:
     """The `mi_jax.ib.IBModel` of ``method``; unknown names and bad sizes raise here."""
     return ib.IBModel(
@@ -52,15 +46,15 @@ def build(config: ml_collections.ConfigDict, method: str, num_classes: int) -> i
         num_classes=num_classes,
         latent_dim=config.latent_dim,
         trunk=config.encoder,
-        trunk_hparams=_hparams(config.encoder_hparams.to_dict()),
+        trunk_hparams=_common.hashable_hparams(config.encoder_hparams.to_dict()),
         std_offset=config.std_offset,
         bound=config.mine.bound,
-        bound_hparams=_hparams(config.mine.bound_hparams.to_dict()),
+        bound_hparams=_common.hashable_hparams(config.mine.bound_hparams.to_dict()),
         critic=config.mine.critic,
-        critic_hparams=_hparams(config.mine.critic_hparams.to_dict()),
+        critic_hparams=_common.hashable_hparams(config.mine.critic_hparams.to_dict()),
         critic_clip=config.mine.critic_clip or None,
         score_estimator=config.mige.score_estimator,
-        score_hparams=_hparams(config.mige.score_hparams.to_dict()),
+        score_hparams=_common.hashable_hparams(config.mige.score_hparams.to_dict()),
         train_samples=config.train_samples,
     )
 

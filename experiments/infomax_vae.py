@@ -33,23 +33,17 @@ from mi_jax import data as data_lib
 from mi_jax import probes, training, vae
 
 
-def _hparams(config_dict) -> tuple:
-    return tuple(
-        sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config_dict.items())
-    )
-
-
 def build(config: ml_collections.ConfigDict, image_shape) -> vae.InfoMaxVAE:
     """The model ``config`` describes; unknown names and bad sizes raise here."""
     return vae.InfoMaxVAE(
         image_shape=tuple(image_shape),
         latent_dim=config.latent_dim,
-        encoder_hparams=_hparams(config.encoder_hparams.to_dict()),
+        encoder_hparams=_common.hashable_hparams(config.encoder_hparams.to_dict()),
         decoder_hidden=tuple(config.decoder_hidden),
         bound=config.bound,
-        bound_hparams=_hparams(config.bound_hparams.to_dict()),
+        bound_hparams=_common.hashable_hparams(config.bound_hparams.to_dict()),
         critic=config.critic,
-        critic_hparams=_hparams(config.critic_hparams.to_dict()),
+        critic_hparams=_common.hashable_hparams(config.critic_hparams.to_dict()),
         critic_clip=config.critic_clip or None,
     )
 

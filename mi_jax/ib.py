@@ -43,7 +43,6 @@ import optax
 from flax import struct
 
 from mi_jax import _checks, training
-from mi_jax import critics as critics_lib
 from mi_jax import encoders as encoders_lib
 from mi_jax import mige as mige_lib
 from mi_jax import score as score_lib
@@ -167,10 +166,12 @@ class IBModel:
     @property
     def ensemble(self) -> training.BoundEnsemble:
         """MINE-IB's bound with its critic (and FLO's/TUBA's extra network, if it has one)."""
-        ensemble = training.make_ensemble(
-            [(self.bound, dict(self.bound_hparams))], self.critic, dict(self.critic_hparams)
+        return training.make_ensemble(
+            [(self.bound, dict(self.bound_hparams))],
+            self.critic,
+            dict(self.critic_hparams),
+            clip=self.critic_clip,
         )
-        return ensemble.replace(critic=critics_lib.ClippedCritic(ensemble.critic, self.critic_clip))
 
     @property
     def score_fn(self) -> mige_lib.ScoreFn:

@@ -185,11 +185,13 @@ def make_ensemble(
     critic: str,
     critic_hparams: dict[str, Any] | None = None,
     aux_hidden: Sequence[int] = (256, 256),
+    clip: float | None = None,
 ) -> BoundEnsemble:
     """Builds a `BoundEnsemble` from names: ``make_ensemble(["nwj", ("smile", {"clip": 5.0})],
     "separable", {"hidden": (256, 256), "embed_dim": 32})``.
 
-    The extra networks (FLO's u, TUBA's baseline) take the critic's ``compute_dtype``.
+    The extra networks (FLO's u, TUBA's baseline) take the critic's ``compute_dtype``. ``clip``
+    soft-clips the critic's scores (`mi_jax.critics.soft_clip`; ``None`` or 0: off).
     """
     bounds = []
     for spec in bound_specs:
@@ -199,6 +201,8 @@ def make_ensemble(
         raise ValueError("`bounds` is empty: name at least one bound.")
     module = critics_lib.get_critic(critic, **dict(critic_hparams or {}))
     compute_dtype = getattr(module, "compute_dtype", None)
+    if clip:
+        module = critics_lib.ClippedCritic(module, clip)
     return BoundEnsemble(tuple(bounds), module, tuple(aux_hidden), compute_dtype)
 
 

@@ -101,10 +101,12 @@ class InfoMaxVAE:
 
     @property
     def ensemble(self) -> training.BoundEnsemble:
-        ensemble = training.make_ensemble(
-            [(self.bound, dict(self.bound_hparams))], self.critic, dict(self.critic_hparams)
+        return training.make_ensemble(
+            [(self.bound, dict(self.bound_hparams))],
+            self.critic,
+            dict(self.critic_hparams),
+            clip=self.critic_clip,
         )
-        return ensemble.replace(critic=critics_lib.ClippedCritic(ensemble.critic, self.critic_clip))
 
     def init(self, rng: PRNGKey, images: Array) -> tuple[PyTree, PyTree]:
         """``(params, bound_states)`` for ``images`` ``[B, H, W, C]`` in ``[0, 1]``."""
