@@ -2,12 +2,17 @@
 
 Standardize, hold out a test split, train a critic with a bound on minibatches, evaluate the
 bound on the held-out split every ``eval_every`` steps, and stop when it has not improved for
-``patience`` evaluations. Everything after the host-side checks is one compiled program: rounds
-of training run in a `lax.while_loop` that ends when every seed has stopped, and ``seeds=K``
-trains K critics (different initializations and minibatch orders) vmapped side by side.
+``patience`` evaluations. After the host-side checks, two compiled programs do the work (an
+initialization, and a round: ``eval_every`` steps in a `lax.scan` plus the held-out bound);
+the host sees one scalar per round and decides early stopping. ``seeds=K`` trains K critics
+(different initializations and minibatch orders) vmapped side by side. The programs are
+compiled ahead of time, in parallel, and cached: a second call with the same settings and
+array shapes compiles nothing.
 """
 
+import concurrent.futures
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -142,13 +147,21 @@ def estimate_mi(
 
     if critic_hparams is None:
         critic_hparams = DEFAULT_CRITIC_HPARAMS.get(critic, {})
-    ensemble = training.make_ensemble([(bound, bound_hparams or {})], critic, critic_hparams)
-    optimizer = optax.adam(learning_rate)
     num_seeds = 1 if seeds is None else seeds
-    init, train_round = _compiled_fit(ensemble, optimizer, batch, eval_every)
-    seed_keys = jax.random.split(jax.random.key(seed), (num_seeds, 2))
-    init_keys, data_keys = seed_keys[:, 0], seed_keys[:, 1]
-    states = init(init_keys, x_train, y_train)
+    spec = _FitSpec(
+        bound=bound,
+        bound_hparams=_frozen(bound_hparams or {}),
+        critic=critic,
+        critic_hparams=_frozen(critic_hparams),
+        learning_rate=float(learning_rate),
+        batch=batch,
+        eval_every=eval_every,
+        num_seeds=seeds,
+        train_shapes=(x_train.shape, y_train.shape),
+        test_shapes=(x_test.shape, y_test.shape),
+    )
+    init, train_round = _compiled_fit(spec)
+    states, data_keys = init(np.int32(seed), x_train, y_train)
 
     rounds = -(-max_steps // eval_every)
     samplers = [
@@ -165,11 +178,13 @@ def estimate_mi(
         if not active.any():
             break
         batch_idx = np.stack([next(s) for s in samplers])
+        seed_args = (batch_idx, active) if seeds else (batch_idx[0], active[0])  # no seed axis
         states, test_value, train_value = train_round(
-            states, data_keys, np.int32(r), batch_idx, active, x_train, y_train, x_test, y_test
+            states, data_keys, np.int32(r), *seed_args, x_train, y_train, x_test, y_test
         )
         # The one host sync per round: early stopping is decided here.
-        test_value, train_value = np.asarray(test_value), np.asarray(train_value)
+        test_value = np.asarray(test_value).reshape(num_seeds)
+        train_value = np.asarray(train_value).reshape(num_seeds)
         test_curve[active, r] = test_value[active]
         train_curve[active, r] = train_value[active]
         improved = active & (test_value > best)
@@ -218,19 +233,62 @@ def _standardize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     return (a - mean) / std
 
 
-def _compiled_fit(ensemble, optimizer, batch, eval_every):
-    """Compiled ``init(keys, ...)`` and ``train_round(states, keys, round, idx, active, data...)``.
+@dataclasses.dataclass(frozen=True)
+class _FitSpec:
+    """Everything the compiled programs depend on (hashable: programs are cached on it)."""
 
-    Both are vmapped over seeds. A round is ``eval_every`` steps in a `lax.scan` over the
-    minibatch indices ``batch_idx`` ``[eval_every, batch]``, then the bound on the held-out split;
-    seeds that have stopped (``active`` false) keep their state.
+    bound: str
+    bound_hparams: tuple
+    critic: str
+    critic_hparams: tuple
+    learning_rate: float
+    batch: int
+    eval_every: int
+    num_seeds: int | None  # None: one seed, no seed axis
+    train_shapes: tuple
+    test_shapes: tuple
+
+
+def _frozen(hparams: dict[str, Any]) -> tuple:
+    """``((name, value), ...)`` sorted, lists as tuples, for the program cache's key."""
+    return tuple(
+        sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(hparams).items())
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_fit(spec: _FitSpec):
+    """Compiled ``init(seed, x_train, y_train) -> (states, data_keys)`` and
+    ``train_round(states, data_keys, round, idx, active, data...) -> (states, test, train)``.
+
+    A round is ``eval_every`` steps in a `lax.scan` over the minibatch indices ``idx``
+    ``[eval_every, batch]``, then the bound on the held-out split; a seed that has stopped
+    (``active`` false) keeps its state. With ``spec.num_seeds`` both are vmapped over seeds
+    (``idx`` ``[K, eval_every, batch]``, ``active`` ``[K]``); a single seed runs unbatched (a
+    vmap over an axis of size one costs trace and compile time, and turns each matmul into a
+    slower batched dot on XLA:CPU). Both programs are compiled ahead of time, side by side.
+    Programs are cached on ``spec``: estimates on more data of the same shapes with the same
+    settings reuse them.
     """
+    ensemble = training.make_ensemble(
+        [(spec.bound, dict(spec.bound_hparams))], spec.critic, dict(spec.critic_hparams)
+    )
+    optimizer = optax.adam(spec.learning_rate)
     train_step = training.make_train_step(ensemble)
+    num_seeds, batched = spec.num_seeds or 1, spec.num_seeds is not None
 
-    def init_one(key, x_train, y_train):
-        return training.create_train_state(
-            ensemble, optimizer, key, x_train[:batch], y_train[:batch]
-        )
+    def init_all(seed, x_train, y_train):
+        keys = jax.random.split(jax.random.key(seed), (num_seeds, 2))
+        init_keys, data_keys = keys[:, 0], keys[:, 1]
+
+        def init_one(key):
+            return training.create_train_state(
+                ensemble, optimizer, key, x_train[: spec.batch], y_train[: spec.batch]
+            )
+
+        if batched:
+            return jax.vmap(init_one)(init_keys), data_keys
+        return init_one(init_keys[0]), data_keys[0]
 
     def round_one(state, data_key, r, batch_idx, active, x_train, y_train, x_test, y_test):
         def body(state, inputs):
@@ -238,17 +296,32 @@ def _compiled_fit(ensemble, optimizer, batch, eval_every):
             state, metrics = train_step(state, (x_train[idx], y_train[idx]), step_key)
             return state, metrics["mi"][0]
 
-        step_keys = jax.random.split(jax.random.fold_in(data_key, r), eval_every)
+        step_keys = jax.random.split(jax.random.fold_in(data_key, r), spec.eval_every)
         new_state, values = jax.lax.scan(body, state, (step_keys, batch_idx))
-        new_state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_state, state)
+        if batched:  # A single seed that has stopped is not run again.
+            new_state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_state, state)
         test_value, _ = ensemble.apply(new_state.params, new_state.bound_states, x_test, y_test)
         return new_state, test_value[0], jnp.mean(values)
 
-    init = jax.jit(
-        jax.vmap(init_one, in_axes=(0, None, None)),
-        compiler_options=training.RUN_ONCE_COMPILER_OPTIONS,
+    if batched:
+        round_one = jax.vmap(round_one, in_axes=(0, 0, None, 0, 0, None, None, None, None))
+    f32 = jnp.float32
+    (x_train, y_train), (x_test, y_test) = (
+        [jax.ShapeDtypeStruct(s, f32) for s in shapes]
+        for shapes in (spec.train_shapes, spec.test_shapes)
     )
-    train_round = jax.jit(
-        jax.vmap(round_one, in_axes=(0, 0, None, 0, 0, None, None, None, None)), donate_argnums=0
-    )
-    return init, train_round
+    seed = jax.ShapeDtypeStruct((), jnp.int32)
+    lead = (num_seeds,) if batched else ()
+    idx = jax.ShapeDtypeStruct((*lead, spec.eval_every, spec.batch), jnp.int32)
+    active = jax.ShapeDtypeStruct(lead, jnp.bool_)
+    init = jax.jit(init_all, compiler_options=training.RUN_ONCE_COMPILER_OPTIONS)
+    states, keys = jax.eval_shape(init_all, seed, x_train, y_train)
+    train_round = jax.jit(round_one, donate_argnums=0)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # XLA compiles without holding the GIL: the two programs compile side by side.
+        init_future = pool.submit(lambda: init.lower(seed, x_train, y_train).compile())
+        round_index = jax.ShapeDtypeStruct((), jnp.int32)
+        round_compiled = train_round.lower(
+            states, keys, round_index, idx, active, x_train, y_train, x_test, y_test
+        ).compile()
+        return init_future.result(), round_compiled

@@ -78,3 +78,25 @@ def test_cli_reads_npz_and_reports(tmp_path, gaussian_2d):
         estimate_cli.load_pairs(str(tmp_path / "bad.npz"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         estimate_cli.load_pairs(str(tmp_path / "missing.npz"))
+
+
+def test_single_seed_runs_unbatched_with_the_batched_numbers(gaussian_2d):
+    # seeds=None compiles a program without a seed axis; seeds=1 the vmapped one. Same keys,
+    # same minibatches: the same estimate up to float reassociation.
+    x, y = gaussian_2d
+    one = mi_jax.estimate_mi(x[:1000], y[:1000], max_steps=300, seed=5)
+    batched = mi_jax.estimate_mi(x[:1000], y[:1000], max_steps=300, seed=5, seeds=1)
+    assert batched.mi.shape == (1,)
+    np.testing.assert_allclose(batched.mi[0], one.mi, rtol=1e-4)
+    np.testing.assert_allclose(batched.test_curve[0], one.test_curve, rtol=1e-4)
+
+
+def test_compiled_programs_are_reused_for_equal_shapes(gaussian_2d):
+    from mi_jax import estimate as estimate_lib
+
+    x, y = gaussian_2d
+    estimate_lib._compiled_fit.cache_clear()
+    mi_jax.estimate_mi(x[:800], y[:800], max_steps=100, seed=0)
+    mi_jax.estimate_mi(x[800:1600], y[800:1600], max_steps=100, seed=1)
+    info = estimate_lib._compiled_fit.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
