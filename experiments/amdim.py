@@ -41,9 +41,10 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> am
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (or resumes), evaluates, writes everything into ``workdir``; returns the results."""
-    return infomax.train_and_evaluate(config, workdir, build_fn=build, name="amdim")
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:
+    """Trains (or resumes), evaluates, writes everything into ``workdir``; returns the results.
+    Data-parallel over ``mesh`` (default: all devices), as `experiments.infomax`."""
+    return infomax.train_and_evaluate(config, workdir, build_fn=build, name="amdim", mesh=mesh)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from experiments import _common
 from mi_jax import data as data_lib
-from mi_jax import ib, training
+from mi_jax import ib, parallel, training
 
 
 def build(config: ml_collections.ConfigDict, method: str, num_classes: int) -> ib.IBModel:
@@ -170,7 +170,7 @@ def method_entry(method: str, betas, history: list[dict], **extra) -> dict:
 
 
 def run_method(
-    config, method, dataset, validation, progress, writer, on_eval, *, workdir: str
+    config, method, dataset, validation, progress, writer, on_eval, *, workdir: str, mesh
 ) -> dict:
     """Trains (or resumes) every beta of ``method``; returns its results entry."""
     model = build(config, method, dataset.num_classes)
@@ -196,7 +196,7 @@ def run_method(
         params, bound_states = model.init(key, sample)
         return training.create_sweep_state(params, bound_states, tx, nb)
 
-    state = init(init_key)
+    state = parallel.replicate(init(init_key), mesh)  # restored checkpoints take this layout too
     manager = _checkpoint_manager(workdir, method)
     start = manager.latest_step() or 0
     history = []
@@ -207,11 +207,17 @@ def run_method(
     progress.update(start)
 
     run = training.make_sweep_chunk(
-        model.loss, train_key, ema_decay=config.ema_decay, sequential=model.method == "mige"
+        model.loss,
+        train_key,
+        ema_decay=config.ema_decay,
+        sequential=model.method == "mige",
+        mesh=mesh,
     )
     evaluate = make_eval_fn(model, config.test_samples, config.eval_batch_size)
-    images, labels = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
-    test_images, test_labels = jnp.asarray(dataset.test_images), jnp.asarray(dataset.test_labels)
+    images, labels, test_images, test_labels = parallel.replicate(
+        (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels),
+        mesh,
+    )
     betas_arr = jnp.asarray(betas, jnp.float32)
     train_s = 0.0  # training chunks, compilation included (in the first)
     step = start
@@ -331,15 +337,20 @@ def plot(workdir: str, results: dict) -> None:
     plt.close(fig)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs (or finishes) every method's sweep; writes everything into ``workdir``."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:
+    """Runs (or finishes) every method's sweep; writes everything into ``workdir``.
+
+    ``mesh``: the devices to train data-parallel on (default: all, `mi_jax.parallel`).
+    """
     _check_config(config)
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    parallel.check_batch_size(config.batch_size, mesh)
     dataset = data_lib.load_dataset(
         config.dataset, data_dir=config.data_dir or None, max_examples=config.max_examples or None
     )
     dataset, validation = split_validation(dataset, config.validation_examples, config.seed)
     if validation is not None:
-        validation = tuple(jnp.asarray(a) for a in validation)
+        validation = parallel.replicate(validation, mesh)
     for method in config.methods:  # bad names and sizes fail before any training
         build(config, method, dataset.num_classes)
     if config.batch_size > dataset.train_images.shape[0]:
@@ -362,6 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "dataset": config.dataset,
         "num_epochs": config.num_epochs,
         "label_entropy": label_entropy(dataset.train_labels, dataset.num_classes),
+        "devices": mesh.devices.size,
         "config": config_dict,
         "methods": {},
     }
@@ -386,8 +398,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 continue
             progress.set_description(f"ib {method}")
             entry = run_method(
-                config, method, dataset, validation, progress, writer, on_eval, workdir=workdir
-            )
+                config, method, dataset, validation, progress, writer, on_eval,
+                workdir=workdir, mesh=mesh,
+            )  # fmt: skip
             results["methods"][method] = {**entry, "complete": True}
             _common.write_json(results_path, results)
     finally:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from experiments import _common
 from mi_jax import data as data_lib
-from mi_jax import probes, training, vae
+from mi_jax import parallel, probes, training, vae
 
 
 def build(config: ml_collections.ConfigDict, image_shape) -> vae.InfoMaxVAE:
@@ -193,9 +193,14 @@ def summary(results: dict) -> str:
     return head + _common.format_table(rows, cols)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (or resumes) every model; writes everything into ``workdir``; returns results."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:
+    """Trains (or resumes) every model; writes everything into ``workdir``; returns results.
+
+    ``mesh``: the devices to train data-parallel on (default: all, `mi_jax.parallel`).
+    """
     _check_config(config)
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    parallel.check_batch_size(config.batch_size, mesh)
     names, settings = settings_of(config)
     dataset = data_lib.load_dataset(
         config.dataset, data_dir=config.data_dir or None, max_examples=config.max_examples or None
@@ -219,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         params, bound_states = model.init(key, sample)
         return training.create_sweep_state(params, bound_states, tx, len(names))
 
-    state = init(init_key)
+    state = parallel.replicate(init(init_key), mesh)  # restored checkpoints take this layout too
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
     manager = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, "checkpoints")), options=options
@@ -233,10 +238,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         del labels
         return model.loss(params, bound_states, x, key, setting["beta"], setting["gamma"])
 
-    run = training.make_sweep_chunk(loss_fn, train_key)
+    run = training.make_sweep_chunk(loss_fn, train_key, mesh=mesh)
     evaluate = make_eval_fn(model, config.batch_size)
-    images, labels = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
-    test_images = jnp.asarray(dataset.test_images)
+    images, labels, test_images = parallel.replicate(
+        (dataset.train_images, dataset.train_labels, dataset.test_images), mesh
+    )
     settings_dev = jax.tree.map(jnp.asarray, settings)
     results_path = os.path.join(workdir, "results.json")
     history = []
@@ -248,6 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "dataset": config.dataset,
         "num_epochs": config.num_epochs,
         "bound": config.bound,
+        "devices": mesh.devices.size,
         "models": {n: {k: float(v[i]) for k, v in settings.items()} for i, n in enumerate(names)},
     }
     step, train_s = start, 0.0

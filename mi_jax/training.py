@@ -23,6 +23,7 @@ from flax.training import train_state
 
 from mi_jax import bounds as bounds_lib
 from mi_jax import critics as critics_lib
+from mi_jax import parallel
 from mi_jax.types import Array, PRNGKey, PyTree
 
 
@@ -272,6 +273,7 @@ def make_sweep_chunk(
     *,
     ema_decay: float = 0.0,
     sequential: bool = False,
+    mesh=None,
 ):
     """``run(state, images, labels, indices [n, B], start_step, settings) -> (state, metrics)``.
 
@@ -283,7 +285,9 @@ def make_sweep_chunk(
     ``fold_in(train_key, step)``, so settings differ only by their values and a resumed run
     repeats the uninterrupted one. ``sequential`` runs the settings with `jax.lax.map` instead
     of `jax.vmap` (for losses whose batched form misbehaves, such as a batched ``eigh`` on
-    XLA:CPU). Metrics come back stacked ``[n, S]``.
+    XLA:CPU). Metrics come back stacked ``[n, S]``. With a ``mesh``
+    (`mi_jax.parallel.data_mesh`; ``state``, ``images`` and ``labels`` replicated on it) each
+    step is data-parallel: the batch is split over the devices, the losses see all of it.
     """
 
     def one(state, x, y, key, setting):
@@ -309,8 +313,13 @@ def make_sweep_chunk(
         def body(state, inputs):
             i, idx = inputs
             key = jax.random.fold_in(train_key, start_step + i)
-            x = images[idx].astype(jnp.float32) / 255.0
-            return every_setting(state, x, labels[idx], key, settings)
+            x, y = images[idx].astype(jnp.float32) / 255.0, labels[idx]
+            if mesh is None:
+                return every_setting(state, x, y, key, settings)
+            state, metrics = every_setting(
+                state, *parallel.shard_batch((x, y), mesh), key, settings
+            )
+            return parallel.replicate_like(state, mesh), metrics
 
         return jax.lax.scan(body, state, (jnp.arange(indices.shape[0]), indices))
 

@@ -1,0 +1,116 @@
+"""Data parallelism over every device with `jax.sharding`: one mesh axis, sharded batches.
+
+The recipe every experiment follows:
+
+  mesh = parallel.data_mesh()                      # all devices, one axis named "data"
+  state = parallel.replicate(state, mesh)          # parameters and optimizer state everywhere
+  images = parallel.replicate(images, mesh)        # the uint8 dataset on every device
+  ...inside the jitted step:
+  batch = parallel.shard_batch(images[idx], mesh)  # [B, ...] split along B across devices
+
+`jax.jit` then partitions the step (SPMD): each device runs the encoder forward and backward on
+its slice of the batch, and where the computation couples samples — the ``[B, B]`` score
+matrix of a contrastive bound, a batch mean — the compiler inserts the collectives, so every
+bound sees the negatives of the *global* batch, exactly as on one device. Gradients of the
+replicated parameters come back all-reduced; `replicate_like` pins the new state to the same
+(replicated) layout so donated buffers line up from step to step. No `pmap`, no per-device code.
+
+Numbers: a sharded step computes the same function as the unsharded one; only the order of
+floating-point reductions over the batch changes (per-device partial sums, then an
+all-reduce), so metrics agree with a one-device run to float32 rounding (the tests compare at
+relative 1e-4 after several steps, measured differences ~1e-6).
+
+Multi-host: `initialize_distributed` calls `jax.distributed.initialize` when the usual
+environment is present (a coordinator address, SLURM or Open MPI with several tasks, a Cloud
+TPU pod); `data_mesh` then spans every process's devices, and `replicate` builds global arrays
+from each process's (identical) host copy.
+"""
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+# Environment variables that announce a multi-process job to `jax.distributed.initialize`.
+_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES")
+
+
+def _multi_process_env() -> bool:
+    if any(os.environ.get(k) for k in _CLUSTER_ENV):
+        hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+        return "," in hosts or not hosts  # a single-host TPU lists one worker
+    for count in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        if int(os.environ.get(count, "1") or 1) > 1:
+            return True
+    return False
+
+
+def initialize_distributed() -> bool:
+    """Starts multi-host JAX when the environment describes a multi-process job.
+
+    Returns whether `jax.distributed.initialize` was called. Must run before any other JAX call
+    (the experiments' command-line entry point calls it first). A single process does nothing.
+    """
+    if not _multi_process_env():
+        return False
+    jax.distributed.initialize()
+    return True
+
+
+def data_mesh(devices=None) -> Mesh:
+    """A one-axis `Mesh` named ``"data"`` over ``devices`` (default: all, of every process)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+    """Shards the leading (batch) axis over ``"data"``; the other ``ndim - 1`` axes whole."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS, *([None] * (ndim - 1))))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, name: str = "config.batch_size") -> None:
+    """Raises unless ``batch_size`` splits evenly over the mesh's devices."""
+    n = mesh.devices.size
+    if batch_size % n:
+        raise ValueError(
+            f"`{name}` ({batch_size}) must be a multiple of the number of devices ({n}) for "
+            f"data parallelism; use a multiple of {n}, or fewer devices."
+        )
+
+
+def replicate(tree, mesh: Mesh):
+    """Every leaf (host or device array) as a global array replicated over ``mesh``.
+
+    Works across processes: each process supplies its own copy, which must be identical (same
+    seed, same data), as in every experiment here.
+    """
+    sharding = replicated(mesh)
+
+    def put(leaf):
+        if isinstance(leaf, jax.Array) and jax.process_count() == 1:
+            return jax.device_put(leaf, sharding)
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
+
+
+def shard_batch(tree, mesh: Mesh):
+    """Inside a jitted function: constrains every leaf's leading axis to be split over
+    ``"data"`` (a batch gathered from a replicated dataset, say)."""
+    return jax.tree.map(
+        lambda a: jax.lax.with_sharding_constraint(a, batch_sharding(mesh, a.ndim)), tree
+    )
+
+
+def replicate_like(tree, mesh: Mesh):
+    """Inside a jitted function: constrains every leaf to be replicated (the new train state,
+    so that its buffers have the layout of the donated old ones)."""
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, replicated(mesh)), tree)

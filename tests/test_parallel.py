@@ -1,0 +1,156 @@
+"""Data parallelism (`mi_jax.parallel`): 8 simulated CPU devices give one device's numbers."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mi_jax import parallel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs in a fresh process with 8 host devices: each experiment on a 1-device mesh and on the
+# 8-device mesh, same seed; prints the metrics of both as JSON.
+_SCRIPT = r"""
+import json, sys, tempfile
+import jax
+from mi_jax import bounds, critics, parallel
+from configs import ib as ib_config
+from experiments import ib, infomax
+from tests.test_infomax import tiny_config
+
+assert jax.device_count() == 8, jax.devices()
+meshes = {"1": parallel.data_mesh(jax.devices()[:1]), "8": parallel.data_mesh()}
+
+def rows(workdir, kind="train"):
+    with open(f"{workdir}/metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    drop = ("seconds", "steps_per_s")
+    rows = [r for r in rows if r.get("kind", "train") == kind]
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+def quick(module, **overrides):
+    config = module.get_config("quick")
+    config.update_from_flattened_dict(overrides)
+    return config
+
+out = {}
+for n, mesh in meshes.items():
+    run = {}
+    with tempfile.TemporaryDirectory() as d:
+        config = tiny_config(
+            num_steps=4, batch_size=32, max_examples=96, estimator="infonce",
+            **{"probe.kinds": ("linear",)},
+        )
+        res = infomax.train_and_evaluate(config, f"{d}/infomax", mesh=mesh)
+        run["infomax"] = rows(f"{d}/infomax")
+        run["infomax_probes"] = [r["test_accuracy"] for r in res["probes"]]
+        run["infomax_devices"] = res["devices"]
+        small = dict(batch_size=40, max_examples=240, num_epochs=1, validation_examples=40)
+        # MINE-IB: a critic on (x, z) and a bound on the global batch, in the sweep trainer
+        # that the InfoMax-VAE experiment shares.
+        ib.train_and_evaluate(quick(ib_config, methods=("mine",), **small), f"{d}/ib", mesh=mesh)
+        run["ib"] = rows(f"{d}/ib")
+    out[n] = run
+
+# The sharded batch really is split: each device holds B / 8 rows of the gathered batch.
+mesh = meshes["8"]
+images = parallel.replicate(jax.numpy.zeros((64, 3)), mesh)
+batch = jax.jit(lambda a: parallel.shard_batch(a[:32], mesh))(images)
+out["shard_rows"] = sorted({s.data.shape[0] for s in batch.addressable_shards})
+out["spec"] = list(batch.sharding.spec)
+
+# InfoNCE on a batch sharded over 8 devices sees all 64 negatives: the one-device value, not
+# the mean of 8 per-device 8 x 8 blocks.
+critic = critics.SeparableCritic(hidden=(16,), embed_dim=8)
+kx, ky, kp = jax.random.split(jax.random.key(1), 3)
+x = jax.random.normal(kx, (64, 4))
+y = x + 0.3 * jax.random.normal(ky, (64, 4))
+params = critic.init(kp, x, y)
+value = lambda p, x, y: bounds.infonce(critic.apply(p, x, y))
+sharded = jax.jit(lambda p, x, y: value(p, *parallel.shard_batch((x, y), mesh)))
+out["infonce_sharded"] = float(sharded(parallel.replicate(params, mesh), x, y))
+out["infonce_one"] = float(jax.jit(value)(params, x, y))
+blocks = [value(params, x[i : i + 8], y[i : i + 8]) for i in range(0, 64, 8)]
+out["infonce_local_blocks"] = float(sum(blocks) / 8)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _flat(rows):
+    keys = sorted({k for r in rows for k in r if isinstance(r[k], int | float)} - {"step"})
+    return keys, np.array([[float(r.get(k, np.nan)) for k in keys] for r in rows])
+
+
+@pytest.fixture(scope="module")
+def eight_device_run():
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=ROOT,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+@pytest.mark.parametrize("experiment", ["infomax", "ib"])
+def test_eight_devices_give_the_one_device_metrics(eight_device_run, experiment):
+    one, eight = eight_device_run["1"][experiment], eight_device_run["8"][experiment]
+    assert len(one) == len(eight) > 0
+    keys, a = _flat(one)
+    keys8, b = _flat(eight)
+    assert keys == keys8 and "loss" in keys
+    # Same function, other reduction order (per-device partial sums, then an all-reduce):
+    # float32 rounding, compounded over the steps (measured: relative differences ~1e-6).
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=str(keys))
+
+
+def test_eight_device_probes_and_layout(eight_device_run):
+    one, eight = eight_device_run["1"], eight_device_run["8"]
+    assert (one["infomax_devices"], eight["infomax_devices"]) == (1, 8)
+    np.testing.assert_allclose(eight["infomax_probes"], one["infomax_probes"], atol=1e-6)
+    assert eight_device_run["shard_rows"] == [4]  # 32 rows over 8 devices
+    assert eight_device_run["spec"][0] == "data"
+
+
+def test_batch_size_must_split_over_the_devices():
+    mesh = parallel.data_mesh()
+    parallel.check_batch_size(mesh.devices.size * 3, mesh)
+    fake = type("FakeMesh", (), {"devices": np.empty(8)})()
+    with pytest.raises(ValueError, match=r"`config.batch_size` \(12\).*multiple of 8"):
+        parallel.check_batch_size(12, fake)
+
+
+def test_sharded_infonce_uses_the_global_batch(eight_device_run):
+    r = eight_device_run
+    np.testing.assert_allclose(r["infonce_sharded"], r["infonce_one"], rtol=1e-5)
+    assert abs(r["infonce_local_blocks"] - r["infonce_one"]) > 0.1  # what local negatives give
+    assert r["infonce_one"] <= np.log(64)
+
+
+def test_replicate_keeps_values_and_places_on_the_mesh():
+    mesh = parallel.data_mesh()
+    tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": jnp.ones(4)}
+    out = parallel.replicate(tree, mesh)
+    np.testing.assert_array_equal(out["a"], tree["a"])
+    assert out["b"].sharding.is_fully_replicated
+    assert set(out["a"].sharding.device_set) == set(mesh.devices.flat)
+
+
+def test_no_cluster_environment_means_no_distributed_init(monkeypatch):
+    for name in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.delenv("OMPI_COMM_WORLD_SIZE", raising=False)
+    assert parallel.initialize_distributed() is False
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert parallel._multi_process_env()
