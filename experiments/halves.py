@@ -32,7 +32,7 @@ from experiments import _common
 from mi_jax import bounds as bounds_lib
 from mi_jax import critics as critics_lib
 from mi_jax import data as data_lib
-from mi_jax import halves, probes, training
+from mi_jax import halves, parallel, probes, training
 
 FINDINGS = {
     "bijective": "(1) with a bijective encoder the MI is constant, yet linear accuracy improves",
@@ -125,13 +125,16 @@ def linear_accuracy(config, train_x, train_y, test_x, test_y, num_classes, seed=
     return float(result.test_accuracy)
 
 
-def run_combination(config, model: halves.HalvesModel, views, progress, writer, label: dict):
-    """Trains ``num_seeds`` seeds of ``model`` and evaluates them; returns the run's record."""
+def run_combination(
+    config, model: halves.HalvesModel, views, progress, writer, label: dict, mesh
+) -> dict:
+    """Trains ``num_seeds`` seeds of ``model`` and evaluates them; returns the run's record.
+
+    Data-parallel over ``mesh``: every seed's batch is split over the devices."""
     seeds = config.num_seeds
     batch = config.batch_size
     tx = optax.adam(config.learning_rate)
-    train_top = jnp.asarray(views["train_top"])
-    train_bottom = jnp.asarray(views["train_bottom"])
+    train_top, train_bottom = parallel.replicate((views["train_top"], views["train_bottom"]), mesh)
     num_train = train_top.shape[0]
     if batch > num_train:
         raise ValueError(f"`config.batch_size` ({batch}) exceeds the {num_train} training images.")
@@ -141,11 +144,13 @@ def run_combination(config, model: halves.HalvesModel, views, progress, writer, 
         keys, train_top[:batch], train_bottom[:batch]
     )
     opt_state = jax.jit(jax.vmap(tx.init))(params)
+    params, opt_state, bound_states = parallel.replicate((params, opt_state, bound_states), mesh)
 
     def step(params, opt_state, bound_states, top_all, bottom_all, idx, key):
         k_top, k_bottom = jax.random.split(key)
-        top = halves.add_noise(k_top, top_all[idx], config.noise_std)
-        bottom = halves.add_noise(k_bottom, bottom_all[idx], config.noise_std)
+        top_all, bottom_all = parallel.shard_batch((top_all[idx], bottom_all[idx]), mesh)
+        top = halves.add_noise(k_top, top_all, config.noise_std)
+        bottom = halves.add_noise(k_bottom, bottom_all, config.noise_std)
 
         def loss_fn(p):
             value, states = model.value(p, bound_states, top, bottom)
@@ -153,7 +158,8 @@ def run_combination(config, model: halves.HalvesModel, views, progress, writer, 
 
         grads, (value, states) = jax.grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, states, value
+        new = (optax.apply_updates(params, updates), opt_state, states)
+        return *parallel.replicate_like(new, mesh), value
 
     fold_in = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
     vstep = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None, None, 0, 0)), donate_argnums=(0, 1, 2))
@@ -397,9 +403,14 @@ def plot(workdir: str, runs: list[dict]) -> None:
     plt.close(fig)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs (or finishes) the study; writes everything into ``workdir``; returns the results."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:
+    """Runs (or finishes) the study; writes everything into ``workdir``; returns the results.
+
+    ``mesh``: the devices to train data-parallel on (default: all, `mi_jax.parallel`).
+    """
     _check_config(config)
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    parallel.check_batch_size(config.batch_size, mesh)
     combos = list(itertools.product(config.encoders, config.critics, config.bounds))
     models = {c: build(config, *c) for c in combos}  # bad hyperparameters fail before training
     views = load_views(config)
@@ -427,6 +438,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "dataset": config.dataset,
         "num_seeds": config.num_seeds,
         "num_steps": config.num_steps,
+        "devices": mesh.devices.size,
         "config": _common.to_builtin(config.to_dict()),
         "pixel_accuracy": pixel,
         "runs": [],
@@ -442,7 +454,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             label = dict(zip(("encoder", "critic", "bound"), combo, strict=True))
             progress.set_description(f"halves {'/'.join(combo)}")
             results["runs"].append(
-                run_combination(config, models[combo], views, progress, writer, label)
+                run_combination(config, models[combo], views, progress, writer, label, mesh)
             )
             results["verdicts"] = verdicts(results["runs"])
             _common.write_json(results_path, results)

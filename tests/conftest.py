@@ -1,10 +1,28 @@
 """Strict settings for the whole suite (as in the Flax examples)."""
 
 import os
+import shutil
+import tempfile
 
 # Keep XLA on the CPU and quiet about missing accelerators before jax is imported.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# One persistent compilation cache for the session and the subprocesses its tests start (they
+# inherit these variables): many tests compile the same small programs (tiny experiment configs
+# run again and again), and XLA compilation dominates their time (the InfoMax tests: 182 s ->
+# 110 s). The cache starts empty every session and is removed at its end, unless the caller
+# chose a cache directory.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mi_jax_xla_cache_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -242,7 +242,15 @@ def tiny_config(**overrides):
     return config
 
 
-@pytest.mark.parametrize("estimator", ["infonce", "flo", "nwj"])
+# FLO and NWJ runs are slow-marked: the objective-level test above covers every bound under jit.
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        "infonce",
+        pytest.param("flo", marks=pytest.mark.slow),
+        pytest.param("nwj", marks=pytest.mark.slow),
+    ],
+)
 def test_experiment_runs_and_writes_everything(tmp_path, estimator):
     results = amdim_experiment.train_and_evaluate(tiny_config(estimator=estimator), str(tmp_path))
     for name in ("config.json", "metrics.jsonl", "results.json", "curves.png", "probes.png"):
@@ -271,6 +279,7 @@ def test_experiment_bad_config_names_the_field(tmp_path, overrides, match):
         amdim_experiment.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
 
 
+@pytest.mark.slow  # the tfds mock path itself is covered by tests/test_infomax.py (cifar10)
 def test_stl10_preset_trains_through_mock_data(tmp_path):
     # 96x96 colour images: three stride-2 convs and a 6x6 VALID conv reach the 7x7 map; the
     # colour augmentations (jitter, greyscale) run.

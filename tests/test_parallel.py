@@ -42,10 +42,8 @@ out = {}
 for n, mesh in meshes.items():
     run = {}
     with tempfile.TemporaryDirectory() as d:
-        config = tiny_config(
-            num_steps=4, batch_size=32, max_examples=96, estimator="infonce",
-            **{"probe.kinds": ("linear",)},
-        )
+        # tests/test_infomax.py's tiny programs (batch 16: 2 rows per device), 4 steps.
+        config = tiny_config(num_steps=4, estimator="infonce", **{"probe.kinds": ("linear",)})
         res = infomax.train_and_evaluate(config, f"{d}/infomax", mesh=mesh)
         run["infomax"] = rows(f"{d}/infomax")
         run["infomax_probes"] = [r["test_accuracy"] for r in res["probes"]]

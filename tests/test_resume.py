@@ -65,3 +65,54 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path):
     uninterrupted, clean_probes = _probes(clean)
     assert resumed["resumed_from"] >= 4 and uninterrupted["resumed_from"] == 0
     assert resumed_probes == clean_probes
+
+
+# Saves a 4 MB state at every step, forever, with the experiments' checkpoint manager, starting
+# after the latest checkpoint in the workdir (as a resumed run does).
+_SAVER = r"""
+import sys
+import numpy as np
+import orbax.checkpoint as ocp
+from experiments import infomax
+
+manager = infomax._checkpoint_manager(sys.argv[1], keep=2)
+step = (manager.latest_step() or 0) + 1
+print("ready", flush=True)
+while True:
+    state = {"w": np.full((1024, 1024), step, np.float32), "step": np.array(step, np.int32)}
+    manager.save(step, args=ocp.args.StandardSave(state))
+    step += 1
+"""
+
+
+def test_sigkill_during_checkpoint_saves_never_leaves_an_unloadable_checkpoint(tmp_path):
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    from experiments import infomax
+
+    workdir = str(tmp_path)
+    latest = []
+    for delay in (0.3, 0.55, 0.8, 1.05, 1.3):  # kills land at different points of a save
+        with subprocess.Popen(
+            [sys.executable, "-c", _SAVER, workdir],
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        ) as proc:
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        manager = infomax._checkpoint_manager(workdir, keep=2)
+        step = manager.latest_step()
+        assert step is not None
+        target = {"w": np.zeros((1024, 1024), np.float32), "step": np.array(0, np.int32)}
+        restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+        assert int(restored["step"]) == step
+        assert np.all(restored["w"] == step)
+        latest.append(step)
+        manager.close()
+    assert latest == sorted(latest) and latest[-1] > latest[0]  # each rerun saved more
