@@ -39,10 +39,13 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
     ``train_and_evaluate(config, workdir)`` under `absl.app`.
 
     ``prepare(config)``, if given, runs first (e.g. `split_cpu_into_devices`, which must precede
-    JAX's backend start). absl logging is set to WARNING: Orbax logs every checkpoint save at
-    INFO, which would break up the progress bar.
+    JAX's backend start); then `mi_jax.parallel.initialize_distributed` starts multi-host JAX
+    where the environment describes a multi-process job. absl logging is set to WARNING: Orbax
+    logs every checkpoint save at INFO, which would break up the progress bar.
     """
     from absl import app, logging
+
+    from mi_jax import parallel
 
     config, workdir = define_experiment_flags(name)
 
@@ -52,6 +55,7 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
         logging.set_verbosity(logging.WARNING)
         if prepare is not None:
             prepare(config.value)
+        parallel.initialize_distributed()
         train_and_evaluate(config.value, workdir.value)
 
     app.run(main)

@@ -34,25 +34,21 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 
-# Environment variables that announce a multi-process job to `jax.distributed.initialize`.
-_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES")
-
 
 def _multi_process_env() -> bool:
-    if any(os.environ.get(k) for k in _CLUSTER_ENV):
-        hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-        return "," in hosts or not hosts  # a single-host TPU lists one worker
-    for count in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
-        if int(os.environ.get(count, "1") or 1) > 1:
-            return True
-    return False
+    """Whether the environment describes a job of several processes."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("COORDINATOR_ADDRESS"):
+        return True
+    if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):  # a TPU pod slice; one host: no comma
+        return True
+    return any(int(os.environ.get(n) or 1) > 1 for n in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
 
 
 def initialize_distributed() -> bool:
     """Starts multi-host JAX when the environment describes a multi-process job.
 
     Returns whether `jax.distributed.initialize` was called. Must run before any other JAX call
-    (the experiments' command-line entry point calls it first). A single process does nothing.
+    (`experiments._common.run_experiment` calls it before training). A single process does nothing.
     """
     if not _multi_process_env():
         return False

@@ -145,10 +145,13 @@ def test_replicate_keeps_values_and_places_on_the_mesh():
 
 
 def test_no_cluster_environment_means_no_distributed_init(monkeypatch):
-    for name in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES"):
+    for name in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SLURM_NTASKS", "1")
-    monkeypatch.delenv("OMPI_COMM_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")  # a single-host TPU VM
     assert parallel.initialize_distributed() is False
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t0,t1")
+    assert parallel._multi_process_env()
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
     assert parallel._multi_process_env()
