@@ -139,11 +139,13 @@ def _representation_fn(objective, wanted: tuple[str, ...]):
     return apply
 
 
-def representations(objective, encoder_params, images: np.ndarray, wanted) -> dict:
-    """``{name: [N, F] features}`` of the encoder for the wanted representations."""
+def representations(objective, encoder_params, images: np.ndarray, wanted, mesh=None) -> dict:
+    """``{name: [N, F] features}`` of the encoder for the wanted representations (the images
+    split over ``mesh``'s devices, if given)."""
     wanted = tuple(wanted)
     apply = _representation_fn(objective, wanted)
-    return dict(zip(wanted, probes.extract_features(apply, encoder_params, images), strict=True))
+    features = probes.extract_features(apply, encoder_params, images, mesh=mesh)
+    return dict(zip(wanted, features, strict=True))
 
 
 def run_probes(
@@ -225,7 +227,7 @@ def train_and_evaluate(
     sample = data_lib.to_float(jnp.asarray(dataset.train_images[:batch_size]))
     params, bound_states = jax.jit(objective.init)(init_key, sample)
     # A copy: the train state's buffers are donated to the compiled steps.
-    initial_encoder = jax.tree.map(jnp.copy, params["encoder"])
+    initial_encoder = parallel.replicate(jax.tree.map(jnp.copy, params["encoder"]), mesh)
     state = training.TrainState.create(
         apply_fn=objective.encoder.apply,
         params=params,
@@ -276,7 +278,7 @@ def train_and_evaluate(
             if step % config.checkpoint_every == 0 or step == config.num_steps:
                 manager.save(step, args=ocp.args.StandardSave(state))
             if step % config.eval_every == 0 and step < config.num_steps:
-                acc = periodic_eval(config, objective, state.params["encoder"], dataset)
+                acc = periodic_eval(config, objective, state.params["encoder"], dataset, mesh)
                 writer.write({"step": step, "kind": "eval", **acc})
                 progress.set_postfix(
                     loss=f"{row['loss']:.3f}", **{k: f"{v:.3f}" for k, v in acc.items()}
@@ -284,7 +286,7 @@ def train_and_evaluate(
         manager.wait_until_finished()
         progress.close()
         t0 = time.perf_counter()
-        final = evaluate(config, objective, state.params["encoder"], initial_encoder, dataset)
+        final = evaluate(config, objective, state.params["encoder"], initial_encoder, dataset, mesh)
         eval_s = time.perf_counter() - t0
         writer.write(
             {
@@ -318,28 +320,28 @@ def train_and_evaluate(
     return results
 
 
-def periodic_eval(config, objective, encoder_params, dataset) -> dict:
+def periodic_eval(config, objective, encoder_params, dataset, mesh=None) -> dict:
     """``config.probe.periodic_kinds`` probes on the trained encoder's
     ``config.probe.periodic_representations``: ``{"linear_global": test accuracy, ...}`` (the
     curves in ``curves.png``)."""
     labels = (dataset.train_labels, dataset.test_labels)
     wanted = list(config.probe.periodic_representations)
-    train = representations(objective, encoder_params, dataset.train_images, wanted)
-    test = representations(objective, encoder_params, dataset.test_images, wanted)
+    train = representations(objective, encoder_params, dataset.train_images, wanted, mesh)
+    test = representations(objective, encoder_params, dataset.test_images, wanted, mesh)
     rows = run_probes(
         config, train, test, labels, dataset.num_classes, "trained", config.probe.periodic_kinds
     )
     return {f"{r['probe']}_{r['representation']}": r["test_accuracy"] for r in rows}
 
 
-def evaluate(config, objective, encoder_params, initial_params, dataset) -> list[dict]:
+def evaluate(config, objective, encoder_params, initial_params, dataset, mesh=None) -> list[dict]:
     """Probe table: trained encoder, randomly initialized encoder, raw pixels."""
     labels = (dataset.train_labels, dataset.test_labels)
     wanted = list(config.probe.representations)
     rows = []
     for name, p in (("trained", encoder_params), ("random", initial_params)):
-        train = representations(objective, p, dataset.train_images, wanted)
-        test = representations(objective, p, dataset.test_images, wanted)
+        train = representations(objective, p, dataset.train_images, wanted, mesh)
+        test = representations(objective, p, dataset.test_images, wanted, mesh)
         rows += run_probes(config, train, test, labels, dataset.num_classes, name)
     pixels = {"pixels": dataset.train_images.reshape(len(dataset.train_images), -1) / 255.0}
     pixels_test = {"pixels": dataset.test_images.reshape(len(dataset.test_images), -1) / 255.0}

@@ -98,6 +98,14 @@ def replicate(tree, mesh: Mesh):
     return jax.tree.map(put, tree)
 
 
+def put_batch(host: np.ndarray, mesh: Mesh) -> jax.Array:
+    """A host batch ``[B, ...]`` as a global array split along ``B`` over ``"data"`` (each
+    process supplies the whole, identical batch)."""
+    host = np.asarray(host)
+    sharding = batch_sharding(mesh, host.ndim)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def shard_batch(tree, mesh: Mesh):
     """Inside a jitted function: constrains every leaf's leading axis to be split over
     ``"data"`` (a batch gathered from a replicated dataset, say)."""

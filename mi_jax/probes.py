@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mi_jax import _checks
+from mi_jax import _checks, parallel
 from mi_jax.types import Array
 
 PROBES = ("linear", "mlp")
@@ -223,19 +223,27 @@ def extract_features(
     images: np.ndarray,
     *,
     batch_size: int = 500,
+    mesh=None,
 ) -> tuple[np.ndarray, ...]:
     """Runs ``apply_fn(params, images [b, ...]) -> tuple of [b, ...] arrays`` over all
     ``images`` in fixed-size chunks (the last one padded, so one compilation) and concatenates
-    the outputs on the host."""
+    the outputs on the host. With a ``mesh`` (`mi_jax.parallel.data_mesh`; ``params``
+    replicated on it) each chunk is split over the devices (its size rounded up to a multiple
+    of their count) and the outputs are gathered."""
     n = images.shape[0]
     size = min(batch_size, n)
-    jitted = jax.jit(apply_fn)
+    if mesh is None:
+        jitted, put = jax.jit(apply_fn), jnp.asarray
+    else:
+        size = -(-size // mesh.devices.size) * mesh.devices.size
+        jitted = jax.jit(apply_fn, out_shardings=parallel.replicated(mesh))
+        put = functools.partial(parallel.put_batch, mesh=mesh)
     chunks = []
     for start in range(0, n, size):
         part = images[start : start + size]
         pad = size - part.shape[0]
         if pad:
             part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
-        outs = jitted(params, jnp.asarray(part))
+        outs = jitted(params, put(part))
         chunks.append(tuple(np.asarray(o)[: size - pad] for o in outs))
     return tuple(np.concatenate(parts) for parts in zip(*chunks, strict=True))
