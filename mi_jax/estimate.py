@@ -126,6 +126,8 @@ def estimate_mi(
     ):
         if not (isinstance(value, int | np.integer) and value >= 1):
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    if not (isinstance(seed, int | np.integer) and -(2**31) <= seed < 2**31):
+        raise ValueError(f"`seed` must be an integer that fits in int32, got {seed!r}.")
     if seeds is not None and not (isinstance(seeds, int) and seeds >= 1):
         raise ValueError(f"`seeds` must be a positive integer or None, got {seeds!r}.")
 

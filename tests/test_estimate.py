@@ -51,6 +51,7 @@ def test_seed_is_deterministic(gaussian_2d):
         (dict(critic="concatt"), KeyError, "concat"),
         (dict(test_fraction=1.5), ValueError, "test_fraction"),
         (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(seed=2**40), ValueError, "`seed`"),
     ],
 )
 def test_bad_input_names_the_argument(gaussian_2d, kwargs, error, match):
