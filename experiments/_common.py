@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from mi_jax._checks import hashable_hparams  # noqa: F401  (the experiments' configs use it)
+
 
 def to_builtin(value):
     """Converts numpy/jax scalars and arrays (and containers of them) to JSON-able Python."""
@@ -120,13 +122,6 @@ def write_json(path: str, data) -> None:
         json.dump(to_builtin(data), f, indent=2, allow_nan=True)
         f.write("\n")
     os.replace(tmp, path)
-
-
-def hashable_hparams(config_dict) -> tuple:
-    """``((name, value), ...)`` sorted, lists as tuples: hyperparameters for a frozen module."""
-    return tuple(
-        sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config_dict.items())
-    )
 
 
 def read_json(path: str):

@@ -112,3 +112,11 @@ def build_registered(kind: str, name: str, registry: Mapping[str, Callable[..., 
             f"{sorted(known)}."
         )
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()})
+
+
+def hashable_hparams(hparams: Mapping[str, Any]) -> tuple:
+    """``((name, value), ...)`` sorted, lists as tuples: hyperparameters as a hashable key (for a
+    frozen module's field, or a cache of compiled programs)."""
+    return tuple(
+        sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(hparams).items())
+    )

@@ -152,9 +152,9 @@ def estimate_mi(
     num_seeds = 1 if seeds is None else seeds
     spec = _FitSpec(
         bound=bound,
-        bound_hparams=_frozen(bound_hparams or {}),
+        bound_hparams=_checks.hashable_hparams(bound_hparams or {}),
         critic=critic,
-        critic_hparams=_frozen(critic_hparams),
+        critic_hparams=_checks.hashable_hparams(critic_hparams),
         learning_rate=float(learning_rate),
         batch=batch,
         eval_every=eval_every,
@@ -249,13 +249,6 @@ class _FitSpec:
     num_seeds: int | None  # None: one seed, no seed axis
     train_shapes: tuple
     test_shapes: tuple
-
-
-def _frozen(hparams: dict[str, Any]) -> tuple:
-    """``((name, value), ...)`` sorted, lists as tuples, for the program cache's key."""
-    return tuple(
-        sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(hparams).items())
-    )
 
 
 @functools.lru_cache(maxsize=8)

@@ -92,18 +92,21 @@ def replicate(tree, mesh: Mesh):
     def put(leaf):
         if isinstance(leaf, jax.Array) and jax.process_count() == 1:
             return jax.device_put(leaf, sharding)
-        host = np.asarray(leaf)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+        return _global_array(leaf, sharding)
 
     return jax.tree.map(put, tree)
+
+
+def _global_array(host, sharding: NamedSharding) -> jax.Array:
+    """A global array laid out as ``sharding`` from a host copy that every process holds."""
+    host = np.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def put_batch(host: np.ndarray, mesh: Mesh) -> jax.Array:
     """A host batch ``[B, ...]`` as a global array split along ``B`` over ``"data"`` (each
     process supplies the whole, identical batch)."""
-    host = np.asarray(host)
-    sharding = batch_sharding(mesh, host.ndim)
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return _global_array(host, batch_sharding(mesh, np.ndim(host)))
 
 
 def shard_batch(tree, mesh: Mesh):
