@@ -30,7 +30,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     base = infomax_config.get_config()
     config = ml_collections.ConfigDict()
     for field in (
-        "seed", "dataset", "data_dir", "max_examples", "batch_size", "num_steps",
+        "seed", "num_seeds", "dataset", "data_dir", "max_examples", "batch_size", "num_steps",
         "learning_rate", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
         "probe",
     ):  # fmt: skip

@@ -115,6 +115,44 @@ def run_sweep_chunk(
     return state, metrics, seconds
 
 
+def seed_values(config) -> list[int]:
+    """The seeds of a ``config.num_seeds`` run: ``config.seed, config.seed + 1, ...``.
+
+    Seed ``config.seed + k`` of a K-seed run trains exactly what a one-seed run with
+    ``config.seed = config.seed + k`` trains (initialization, batches, noise), up to the
+    float rounding of the batched (vmapped) program.
+    """
+    return [int(config.seed) + k for k in range(check_num_seeds(config))]
+
+
+def check_num_seeds(config) -> int:
+    """``config.num_seeds`` (>= 1), or a `ValueError` naming it."""
+    k = config.num_seeds
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"`config.num_seeds` must be an integer >= 1, got {k!r}.")
+    return k
+
+
+def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...], values: tuple[str, ...]):
+    """Per group of ``rows`` (equal ``group_by`` fields, in first-seen order): the first
+    row's fields with each of ``values`` replaced by its mean over the group, plus
+    ``{value}_std`` (standard deviation over the group, ddof 0, as in `experiments.halves`)
+    and ``num_seeds`` (the group's size). The ``seed`` field is dropped."""
+    groups: dict[tuple, list[Mapping]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in group_by), []).append(row)
+    out = []
+    for members in groups.values():
+        merged = {k: v for k, v in members[0].items() if k != "seed"}
+        for key in values:
+            column = np.asarray([m[key] for m in members], np.float64)
+            merged[key] = float(np.mean(column))
+            merged[f"{key}_std"] = float(np.std(column))
+        merged["num_seeds"] = len(members)
+        out.append(merged)
+    return out
+
+
 def write_json(path: str, data) -> None:
     """Writes atomically (temp file, then rename), so a crash never leaves half a file."""
     tmp = path + ".tmp"

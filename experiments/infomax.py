@@ -58,6 +58,7 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> di
 
 
 def _check_config(config: ml_collections.ConfigDict, representation_names: tuple[str, ...]) -> None:
+    _common.check_num_seeds(config)
     for name in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
         if config[name] < 1:
             raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
@@ -80,15 +81,18 @@ def _check_config(config: ml_collections.ConfigDict, representation_names: tuple
                 )
 
 
-def make_chunk_fn(objective, augment: dict, train_key, mesh=None):
-    """``run(state, images [N, H, W, C] uint8, indices [n, B], start_step) -> (state, metrics)``.
+def make_chunk_fn(objective, augment: dict, mesh=None, num_seeds: int | None = None):
+    """``run(state, images [N, H, W, C] uint8, indices, start_step, train_keys) -> (state, metrics)``.
 
     ``objective``: a `mi_jax.dim.DIMObjective`, `mi_jax.amdim.AMDIMObjective` or anything
     with their ``loss``. ``augment``: `mi_jax.data.augment_batch`'s parameters, applied to the
     batch before the loss (empty or all off: none; AMDIM draws its views inside its loss).
-    ``n`` steps, each one call of a jitted step with the state donated; the steps' metrics stay
-    on the device until the chunk ends (one host transfer per chunk). Keys are
-    ``fold_in(train_key, step)``, so a resumed run draws what the uninterrupted run drew.
+    ``indices [n, B]``: ``n`` steps, each one call of a jitted step with the state donated; the
+    steps' metrics (``{name: [n]}``) stay on the device until the chunk ends (one host transfer
+    per chunk). Keys are ``fold_in(train_key, step)``, so a resumed run draws what the
+    uninterrupted run drew. With ``num_seeds = K``, the state, ``train_keys`` and the
+    indices (``[n, K, B]``) carry a seed axis and each step is `jax.vmap`-ped over it: K
+    independent runs in one program (metrics ``[n, K]``).
     With a ``mesh`` (`mi_jax.parallel.data_mesh`), ``state`` and ``images`` replicated on it,
     each step is data-parallel: the batch is split over the devices and the bounds still see
     the whole batch's negatives (`mi_jax.parallel`).
@@ -99,8 +103,7 @@ def make_chunk_fn(objective, augment: dict, train_key, mesh=None):
     """
     grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
 
-    @functools.partial(jax.jit, donate_argnums=0)
-    def step_fn(state, images, idx, step):
+    def one(state, images, idx, step, train_key):
         aug_key, loss_key = jax.random.split(jax.random.fold_in(train_key, step))
         batch = data_lib.to_float(images[idx])
         if mesh is not None:
@@ -116,10 +119,14 @@ def make_chunk_fn(objective, augment: dict, train_key, mesh=None):
             state = parallel.replicate_like(state, mesh)
         return state, metrics
 
-    def run(state, images, indices, start_step: int):
+    if num_seeds is not None:
+        one = jax.vmap(one, in_axes=(0, None, 0, None, 0))
+    step_fn = jax.jit(one, donate_argnums=0)
+
+    def run(state, images, indices, start_step: int, train_keys):
         history = []
         for i in range(indices.shape[0]):
-            state, metrics = step_fn(state, images, indices[i], start_step + i)
+            state, metrics = step_fn(state, images, indices[i], start_step + i, train_keys)
             history.append(metrics)
         history = jax.device_get(history)
         return state, {k: np.stack([m[k] for m in history]) for k in history[0]}
@@ -149,8 +156,10 @@ def representations(objective, encoder_params, images: np.ndarray, wanted, mesh=
 
 
 def run_probes(
-    config, train: dict, test: dict, labels, num_classes: int, prefix: str, kinds=None
+    config, train: dict, test: dict, labels, num_classes: int, prefix: str, kinds=None, seed=None
 ) -> list:
+    """Fits ``kinds`` (default ``config.probe.kinds``) on every representation of ``train``;
+    ``seed`` (default ``config.seed``) initializes and shuffles the MLP probes."""
     rows = []
     for rep in train:
         for kind in config.probe.kinds if kinds is None else kinds:
@@ -170,7 +179,7 @@ def run_probes(
                 batch_size=config.probe.batch_size,
                 learning_rate=config.probe.learning_rate,
                 weight_decay=config.probe.weight_decay,
-                seed=config.seed,
+                seed=config.seed if seed is None else seed,
             )
             rows.append(
                 dict(
@@ -222,18 +231,26 @@ def train_and_evaluate(
         )
     mesh = parallel.data_mesh() if mesh is None else mesh
     parallel.check_batch_size(batch_size, mesh)
+    seeds = _common.seed_values(config)
+    batched = len(seeds) > 1  # one seed: no seed axis (the single-run program)
+    seed_axis = (lambda f, *axes: jax.vmap(f, in_axes=axes)) if batched else (lambda f, *_: f)
 
-    init_key, train_key = jax.random.split(jax.random.key(config.seed))
+    keys = jnp.stack([jax.random.split(jax.random.key(s)) for s in seeds])  # [K, 2]
+    init_keys, train_keys = (keys[:, 0], keys[:, 1]) if batched else (keys[0, 0], keys[0, 1])
     sample = data_lib.to_float(jnp.asarray(dataset.train_images[:batch_size]))
-    params, bound_states = jax.jit(objective.init)(init_key, sample)
+    params, bound_states = jax.jit(seed_axis(objective.init, 0, None))(init_keys, sample)
     # A copy: the train state's buffers are donated to the compiled steps.
     initial_encoder = parallel.replicate(jax.tree.map(jnp.copy, params["encoder"]), mesh)
-    state = training.TrainState.create(
-        apply_fn=objective.encoder.apply,
-        params=params,
-        tx=optax.adam(config.learning_rate),
-        bound_states=bound_states,
-    )
+
+    def create(params, bound_states):
+        return training.TrainState.create(
+            apply_fn=objective.encoder.apply,
+            params=params,
+            tx=optax.adam(config.learning_rate),
+            bound_states=bound_states,
+        )
+
+    state = seed_axis(create, 0, 0)(params, bound_states)  # vmapped: a step counter per seed
     state = parallel.replicate(state, mesh)  # restored checkpoints take this layout too
     manager = _checkpoint_manager(workdir, config.keep_checkpoints)
     start = manager.latest_step() or 0
@@ -243,51 +260,81 @@ def train_and_evaluate(
 
     images = parallel.replicate(dataset.train_images, mesh)
     augment = config.augment.to_dict() if "augment" in config else {}
-    run = make_chunk_fn(objective, augment, train_key, mesh)
+    run = make_chunk_fn(objective, augment, mesh, len(seeds) if batched else None)
     writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
     compile_s, train_s, step = 0.0, 0.0, start
     progress = tqdm(total=config.num_steps, initial=start, desc=f"{name} {config.estimator}")
     try:
         while step < config.num_steps:
             n = min(config.log_every, config.num_steps - step)
-            indices = data_lib.batch_indices(
-                num_train, batch_size, seed=config.seed, start_step=step, num_steps=n
-            )
+            indices = np.stack(
+                [
+                    data_lib.batch_indices(
+                        num_train, batch_size, seed=s, start_step=step, num_steps=n
+                    )
+                    for s in seeds
+                ],
+                axis=1,
+            )  # [n, K, B]
+            indices = indices if batched else indices[:, 0]
             t0 = time.perf_counter()
-            state, metrics = run(state, images, parallel.replicate(indices, mesh), step)
+            state, metrics = run(
+                state, images, parallel.replicate(indices, mesh), step, train_keys
+            )
             elapsed = time.perf_counter() - t0
             if step == start:
                 compile_s += elapsed  # the first chunk includes the compilation
             else:
                 train_s += elapsed
-            bad = ~np.isfinite(metrics["loss"])
-            if bad.any():
-                where = step + 1 + int(np.argmax(bad))
-                raise training.NonFiniteError(
-                    f"the loss of estimator {config.estimator!r} became "
-                    f"{metrics['loss'][bad][0]} at step {where}; the checkpoints already "
-                    f"written (latest: step {manager.latest_step()}) are kept in "
-                    f"{os.path.join(workdir, 'checkpoints')}."
-                )
+            _raise_if_nonfinite(metrics["loss"], config, step, seeds, manager, workdir)
             step += n
             row = {"step": step, "kind": "train", "seconds": elapsed, "steps_per_s": n / elapsed}
             row.update({k: float(np.mean(v)) for k, v in metrics.items()})
+            if batched:  # the per-seed means; the row's values average over the seeds too
+                row["per_seed"] = {k: np.mean(v, axis=0) for k, v in metrics.items()}
             writer.write(row)
             progress.update(n)
             progress.set_postfix(loss=f"{row['loss']:.3f}")
             if step % config.checkpoint_every == 0 or step == config.num_steps:
                 manager.save(step, args=ocp.args.StandardSave(state))
             if step % config.eval_every == 0 and step < config.num_steps:
-                acc = periodic_eval(config, objective, state.params["encoder"], dataset, mesh)
-                writer.write({"step": step, "kind": "eval", **acc})
+                per_seed = [
+                    periodic_eval(config, objective, p, dataset, mesh, seed=s)
+                    for s, p in zip(seeds, _per_seed(state.params["encoder"], batched), strict=True)
+                ]
+                acc = {k: float(np.mean([a[k] for a in per_seed])) for k in per_seed[0]}
+                eval_row = {"step": step, "kind": "eval", **acc}
+                if batched:
+                    eval_row["per_seed"] = {k: [a[k] for a in per_seed] for k in acc}
+                writer.write(eval_row)
                 progress.set_postfix(
                     loss=f"{row['loss']:.3f}", **{k: f"{v:.3f}" for k, v in acc.items()}
                 )
         manager.wait_until_finished()
         progress.close()
         t0 = time.perf_counter()
-        final = evaluate(config, objective, state.params["encoder"], initial_encoder, dataset, mesh)
+        per_seed_rows = []
+        for k, (s, trained, initial) in enumerate(
+            zip(
+                seeds,
+                _per_seed(state.params["encoder"], batched),
+                _per_seed(initial_encoder, batched),
+                strict=True,
+            )
+        ):
+            rows = evaluate(
+                config, objective, trained, initial, dataset, mesh, seed=s, pixels=k == 0
+            )
+            per_seed_rows += [{**r, "seed": s} for r in rows]
         eval_s = time.perf_counter() - t0
+        if batched:
+            final = _common.mean_over_seeds(
+                per_seed_rows,
+                ("encoder", "representation", "probe"),
+                ("train_accuracy", "test_accuracy", "seconds"),
+            )
+        else:
+            final = [{k: v for k, v in r.items() if k != "seed"} for r in per_seed_rows]
         writer.write(
             {
                 "step": step,
@@ -307,52 +354,91 @@ def train_and_evaluate(
         "dataset": config.dataset,
         "estimator": config.estimator,
         "num_steps": config.num_steps,
+        "num_seeds": len(seeds),
+        "seeds": seeds,
         "resumed_from": start,
         "devices": mesh.devices.size,
         "compile_s": compile_s,
         "train_s": train_s,
         "eval_s": eval_s,
+        # With several seeds: the mean over seeds, ``*_std`` the spread (raw pixels: one fit).
         "probes": final,
     }
+    if batched:
+        results["probes_per_seed"] = per_seed_rows
     _common.write_json(os.path.join(workdir, "results.json"), results)
     plot(workdir, final)
     print(summary(results))
     return results
 
 
-def periodic_eval(config, objective, encoder_params, dataset, mesh=None) -> dict:
+def _per_seed(tree, batched: bool) -> list:
+    """The seeds' slices of a seed-stacked pytree (one seed: ``[tree]``)."""
+    if not batched:
+        return [tree]
+    count = jax.tree.leaves(tree)[0].shape[0]
+    return [jax.tree.map(lambda a, k=k: a[k], tree) for k in range(count)]
+
+
+def _raise_if_nonfinite(losses, config, step: int, seeds, manager, workdir: str) -> None:
+    """A `training.NonFiniteError` naming the step (and seed) of the first non-finite loss
+    in a chunk's ``losses`` (``[n]`` or ``[n, K]``) and the checkpoints kept."""
+    bad = ~np.isfinite(losses)
+    if not bad.any():
+        return
+    index = np.argwhere(bad)[0]
+    where = f" (seed {seeds[index[1]]})" if losses.ndim > 1 else ""
+    raise training.NonFiniteError(
+        f"the loss of estimator {config.estimator!r} became {losses[tuple(index)]} at step "
+        f"{step + 1 + int(index[0])}{where}; the checkpoints already written (latest: step "
+        f"{manager.latest_step()}) are kept in {os.path.join(workdir, 'checkpoints')}."
+    )
+
+
+def periodic_eval(config, objective, encoder_params, dataset, mesh=None, seed=None) -> dict:
     """``config.probe.periodic_kinds`` probes on the trained encoder's
     ``config.probe.periodic_representations``: ``{"linear_global": test accuracy, ...}`` (the
-    curves in ``curves.png``)."""
+    curves in ``curves.png``). ``seed``: the run's (default ``config.seed``)."""
     labels = (dataset.train_labels, dataset.test_labels)
     wanted = list(config.probe.periodic_representations)
     train = representations(objective, encoder_params, dataset.train_images, wanted, mesh)
     test = representations(objective, encoder_params, dataset.test_images, wanted, mesh)
     rows = run_probes(
-        config, train, test, labels, dataset.num_classes, "trained", config.probe.periodic_kinds
-    )
+        config, train, test, labels, dataset.num_classes, "trained",
+        config.probe.periodic_kinds, seed,
+    )  # fmt: skip
     return {f"{r['probe']}_{r['representation']}": r["test_accuracy"] for r in rows}
 
 
-def evaluate(config, objective, encoder_params, initial_params, dataset, mesh=None) -> list[dict]:
-    """Probe table: trained encoder, randomly initialized encoder, raw pixels."""
+def evaluate(
+    config, objective, encoder_params, initial_params, dataset, mesh=None, seed=None, pixels=True
+) -> list[dict]:
+    """Probe table: trained encoder, randomly initialized encoder, raw pixels (unless
+    ``pixels`` is false: a multi-seed run fits those once). ``seed``: the run's (default
+    ``config.seed``), for the MLP probes."""
     labels = (dataset.train_labels, dataset.test_labels)
     wanted = list(config.probe.representations)
     rows = []
     for name, p in (("trained", encoder_params), ("random", initial_params)):
         train = representations(objective, p, dataset.train_images, wanted, mesh)
         test = representations(objective, p, dataset.test_images, wanted, mesh)
-        rows += run_probes(config, train, test, labels, dataset.num_classes, name)
-    pixels = {"pixels": dataset.train_images.reshape(len(dataset.train_images), -1) / 255.0}
-    pixels_test = {"pixels": dataset.test_images.reshape(len(dataset.test_images), -1) / 255.0}
-    rows += run_probes(config, pixels, pixels_test, labels, dataset.num_classes, "none")
+        rows += run_probes(config, train, test, labels, dataset.num_classes, name, seed=seed)
+    if pixels:
+        train = {"pixels": dataset.train_images.reshape(len(dataset.train_images), -1) / 255.0}
+        test = {"pixels": dataset.test_images.reshape(len(dataset.test_images), -1) / 255.0}
+        rows += run_probes(config, train, test, labels, dataset.num_classes, "none", seed=seed)
     return rows
 
 
 def summary(results: dict) -> str:
     cols = ["encoder", "representation", "dim", "probe", "train_accuracy", "test_accuracy"]
+    seeds = ""
+    if results.get("num_seeds", 1) > 1:  # mean over seeds, and their spread
+        cols.append("test_accuracy_std")
+        seeds = f" x {results['num_seeds']} seeds (mean, std)"
     return (
-        f"\n{results['dataset']}, estimator {results['estimator']}, {results['num_steps']} steps: "
+        f"\n{results['dataset']}, estimator {results['estimator']}, {results['num_steps']} steps"
+        f"{seeds}: "
         f"compile {results['compile_s']:.1f} s, train {results['train_s']:.1f} s, "
         f"probes {results['eval_s']:.1f} s\n" + _common.format_table(results["probes"], cols)
     )
@@ -388,7 +474,7 @@ def plot(workdir: str, final: list[dict]) -> None:
         if key.startswith(("mi_", "infonce_")):
             axes[1].plot(steps, [r[key] for r in train], label=key)
     axes[1].set(xlabel="step", title="MI terms (nats; MIGE: surrogate)")
-    for key in sorted({k for r in evals for k in r} - {"step", "kind"}):
+    for key in sorted({k for r in evals for k in r} - {"step", "kind", "per_seed"}):
         points = [(r["step"], r[key]) for r in evals if key in r]
         axes[2].plot(*zip(*points, strict=True), "o-", label=key)
     axes[2].set(xlabel="step", title="probes on the trained encoder (test accuracy)")
@@ -400,7 +486,11 @@ def plot(workdir: str, final: list[dict]) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 4))
     labels = [f"{r['encoder']}\n{r['representation']}\n{r['probe']}" for r in final]
-    ax.bar(range(len(final)), [r["test_accuracy"] for r in final])
+    ax.bar(
+        range(len(final)),
+        [r["test_accuracy"] for r in final],
+        yerr=[r.get("test_accuracy_std", 0.0) for r in final],  # over seeds, if several
+    )
     ax.set_xticks(range(len(final)), labels, fontsize=7)
     ax.set(ylabel="test accuracy", ylim=(0, 1), title="probes on frozen representations")
     fig.tight_layout()

@@ -89,6 +89,46 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp
     )
 
 
+def test_num_seeds_trains_each_seed_as_its_own_run_and_reports_mean_and_std(tmp_path):
+    # Seed 0 + k of a 2-seed run is the one-seed run with seed k (same init, batches, keys),
+    # also across a resume of the seed-stacked state.
+    small = dict(estimator="infonce", num_steps=4, eval_every=2, **{"probe.kinds": ("linear",)})
+    both = tmp_path / "both"
+    infomax.train_and_evaluate(tiny_config(num_seeds=2, **{**small, "num_steps": 2}), str(both))
+    pair = infomax.train_and_evaluate(tiny_config(num_seeds=2, **small), str(both))
+    assert pair["resumed_from"] == 2 and pair["num_seeds"] == 2 and pair["seeds"] == [0, 1]
+    alone = infomax.train_and_evaluate(tiny_config(seed=1, **small), str(tmp_path / "alone"))
+
+    def train_rows(path):
+        return {r["step"]: r for r in _rows(path / "metrics.jsonl") if r["kind"] == "train"}
+
+    rows, single = train_rows(both), train_rows(tmp_path / "alone")
+    np.testing.assert_allclose(
+        [rows[s]["per_seed"]["loss"][1] for s in range(1, 5)],
+        [single[s]["loss"] for s in range(1, 5)],
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(
+        [rows[s]["loss"] for s in range(1, 5)],
+        [np.mean(rows[s]["per_seed"]["loss"]) for s in range(1, 5)],
+        rtol=1e-6,
+    )
+    assert rows[1]["per_seed"]["loss"][0] != rows[1]["per_seed"]["loss"][1]
+
+    def key(r):
+        return r["encoder"], r["representation"], r["probe"]
+
+    seed_one = {key(r): r["test_accuracy"] for r in pair["probes_per_seed"] if r["seed"] == 1}
+    assert seed_one == {key(r): r["test_accuracy"] for r in alone["probes"] if r["encoder"] != "none"}
+    for row in pair["probes"]:
+        values = [r["test_accuracy"] for r in pair["probes_per_seed"] if key(r) == key(row)]
+        assert row["num_seeds"] == len(values) == (1 if row["encoder"] == "none" else 2)
+        assert row["test_accuracy"] == pytest.approx(np.mean(values))
+        assert row["test_accuracy_std"] == pytest.approx(np.std(values))
+    saved = json.loads((both / "results.json").read_text())
+    assert saved["probes"] == pair["probes"]
+
+
 def _nan_bound():
     return bounds.Bound("always_nan", lambda: (), lambda s, st: (jnp.mean(s) * jnp.nan, st))
 
@@ -113,6 +153,7 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoints(tmp_path)
         (dict(**{"probe.kinds": ("svm",)}), ValueError, "svm"),
         (dict(**{"probe.periodic_representations": ("fc",)}), ValueError, "periodic_repr"),
         (dict(batch_size=64), ValueError, "batch_size"),
+        (dict(num_seeds=0), ValueError, "num_seeds"),
         (dict(encoder_hparams={"channels": (4, 8, 8, 8)}), ValueError, "images"),
     ],
 )
