@@ -82,7 +82,7 @@ def _check_config(config: ml_collections.ConfigDict, representation_names: tuple
 
 
 def make_chunk_fn(objective, augment: dict, mesh=None, num_seeds: int | None = None):
-    """``run(state, images [N, H, W, C] uint8, indices, start_step, train_keys) -> (state, metrics)``.
+    """``run(state, images [N, H, W, C], indices, start_step, train_keys) -> (state, metrics)``.
 
     ``objective``: a `mi_jax.dim.DIMObjective`, `mi_jax.amdim.AMDIMObjective` or anything
     with their ``loss``. ``augment``: `mi_jax.data.augment_batch`'s parameters, applied to the
@@ -278,9 +278,7 @@ def train_and_evaluate(
             )  # [n, K, B]
             indices = indices if batched else indices[:, 0]
             t0 = time.perf_counter()
-            state, metrics = run(
-                state, images, parallel.replicate(indices, mesh), step, train_keys
-            )
+            state, metrics = run(state, images, parallel.replicate(indices, mesh), step, train_keys)
             elapsed = time.perf_counter() - t0
             if step == start:
                 compile_s += elapsed  # the first chunk includes the compilation

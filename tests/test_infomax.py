@@ -119,7 +119,8 @@ def test_num_seeds_trains_each_seed_as_its_own_run_and_reports_mean_and_std(tmp_
         return r["encoder"], r["representation"], r["probe"]
 
     seed_one = {key(r): r["test_accuracy"] for r in pair["probes_per_seed"] if r["seed"] == 1}
-    assert seed_one == {key(r): r["test_accuracy"] for r in alone["probes"] if r["encoder"] != "none"}
+    alone_rows = [r for r in alone["probes"] if r["encoder"] != "none"]  # pixels: fitted once
+    assert seed_one == {key(r): r["test_accuracy"] for r in alone_rows}
     for row in pair["probes"]:
         values = [r["test_accuracy"] for r in pair["probes_per_seed"] if key(r) == key(row)]
         assert row["num_seeds"] == len(values) == (1 if row["encoder"] == "none" else 2)
