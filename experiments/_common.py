@@ -83,9 +83,11 @@ def run_sweep_chunk(
 ):
     """``num_steps`` steps of a `mi_jax.training.make_sweep_chunk` program from ``step``.
 
-    Draws the resumable batch indices (`mi_jax.data.batch_indices`), runs, pulls the metrics
-    (``{name: [num_steps, S]}``) to the host, and raises `mi_jax.training.NonFiniteError`
-    naming the setting (``setting_names[s]``) and step of the first non-finite loss.
+    Draws the resumable batch indices (`mi_jax.data.batch_indices`; ``seed`` a list: one
+    sequence per seed, stacked ``[num_steps, K, B]`` for a ``num_seeds`` program), runs, pulls
+    the metrics (``{name: [num_steps, S]}`` or ``[num_steps, K, S]``) to the host, and raises
+    `mi_jax.training.NonFiniteError` naming the setting (``setting_names[s]``), the seed and
+    the step of the first non-finite loss.
 
     Returns:
       ``(state, metrics, seconds)``.
@@ -98,19 +100,25 @@ def run_sweep_chunk(
     from mi_jax import data as data_lib
     from mi_jax import training
 
-    indices = data_lib.batch_indices(
-        int(images.shape[0]), batch_size, seed=seed, start_step=step, num_steps=num_steps
-    )
+    seeds = list(seed) if isinstance(seed, list | tuple) else None
+
+    def draw(s):
+        return data_lib.batch_indices(
+            int(images.shape[0]), batch_size, seed=s, start_step=step, num_steps=num_steps
+        )
+
+    indices = draw(seed) if seeds is None else np.stack([draw(s) for s in seeds], axis=1)
     t0 = time.perf_counter()
     state, metrics = run(state, images, labels, jnp.asarray(indices), step, settings)
     metrics = jax.device_get(metrics)
     seconds = time.perf_counter() - t0
     bad = ~np.isfinite(metrics["loss"])
     if bad.any():
-        i, j = np.argwhere(bad)[0]
+        index = tuple(np.argwhere(bad)[0])
+        where = "" if seeds is None else f" (seed {seeds[index[1]]})"
         raise training.NonFiniteError(
-            f"the loss of {setting_names[j]} became {metrics['loss'][i, j]} at step "
-            f"{step + i + 1}; results and checkpoints already written are kept."
+            f"the loss of {setting_names[index[-1]]}{where} became {metrics['loss'][index]} at "
+            f"step {step + index[0] + 1}; results and checkpoints already written are kept."
         )
     return state, metrics, seconds
 
@@ -133,21 +141,23 @@ def check_num_seeds(config) -> int:
     return k
 
 
-def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...], values: tuple[str, ...]):
-    """Per group of ``rows`` (equal ``group_by`` fields, in first-seen order): the first
-    row's fields with each of ``values`` replaced by its mean over the group, plus
-    ``{value}_std`` (standard deviation over the group, ddof 0, as in `experiments.halves`)
-    and ``num_seeds`` (the group's size). The ``seed`` field is dropped."""
+def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict]:
+    """One row per group of ``rows`` (equal ``group_by`` fields, in first-seen order): every
+    float field replaced by its mean over the group, plus ``{field}_std`` (the standard
+    deviation over the group, ddof 0 as in `experiments.halves`) and ``num_seeds`` (the
+    group's size); other fields (names, integers) from the group's first row, ``seed`` dropped.
+    """
     groups: dict[tuple, list[Mapping]] = {}
     for row in rows:
-        groups.setdefault(tuple(row[k] for k in group_by), []).append(row)
+        groups.setdefault(tuple(row.get(k) for k in group_by), []).append(row)
     out = []
     for members in groups.values():
         merged = {k: v for k, v in members[0].items() if k != "seed"}
-        for key in values:
-            column = np.asarray([m[key] for m in members], np.float64)
-            merged[key] = float(np.mean(column))
-            merged[f"{key}_std"] = float(np.std(column))
+        for key, value in members[0].items():
+            if isinstance(value, float) and key not in group_by:
+                column = np.asarray([m[key] for m in members], np.float64)
+                merged[key] = float(np.mean(column))
+                merged[f"{key}_std"] = float(np.std(column))
         merged["num_seeds"] = len(members)
         out.append(merged)
     return out

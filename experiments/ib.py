@@ -4,15 +4,17 @@ r"""Deep Information Bottleneck classification: VIB, MINE-IB, MIGE-IB and a dete
 
 For each method of the config (`mi_jax.ib`), every beta of its sweep is trained in one compiled
 program (the betas are a `jax.vmap` axis, all starting from the same initialization and seeing
-the same batches and noise), with the protocol of Alemi et al. (2017): Adam (b1 = 0.5), the
-learning rate decayed by 0.97 every 2 epochs, and an exponential moving average of the weights
-(debiased as in Adam) that is what gets evaluated. Evaluation: test error with the posterior
-mean ``z = mu(x)`` and with sampling (softmax averaged over ``test_samples`` codes), and the
-test set's ``E KL(q(z|x) || N(0, I))``, an upper bound on ``I(X; Z)``.
+the same batches and noise; ``num_seeds = K`` adds a seed axis: K independent sweeps, each with
+its own initialization, batches and noise, reported as mean and std over seeds), with the
+protocol of Alemi et al. (2017): Adam (b1 = 0.5), the learning rate decayed by 0.97 every 2
+epochs, and an exponential moving average of the weights (debiased as in Adam) that is what
+gets evaluated. Evaluation: test error with the posterior mean ``z = mu(x)`` and with sampling
+(softmax averaged over ``test_samples`` codes), and the test set's ``E KL(q(z|x) || N(0, I))``,
+an upper bound on ``I(X; Z)``.
 
-MIGE-IB's betas run one after another inside the program (`jax.lax.map`), not vmapped: on
-XLA:CPU a vmapped (batched) eigendecomposition inside a gradient hung on its second execution
-(see `mi_jax.mige`).
+MIGE-IB's betas (and seeds) run one after another inside the program (`jax.lax.map`), not
+vmapped: on XLA:CPU a vmapped (batched) eigendecomposition inside a gradient hung on its second
+execution (see `mi_jax.mige`).
 
 Writes to the workdir: ``config.json``; ``metrics.jsonl`` (a training row per chunk and an
 eval row per evaluation, per method and beta); ``results.json`` (the table, rewritten after
@@ -83,6 +85,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         if method != "deterministic" and method not in config.betas:
             raise ValueError(f"`config.betas` has no sweep for method {method!r}.")
         betas_of(config, method)
+    _common.check_num_seeds(config)
     for name in ("num_epochs", "batch_size", "eval_every_epochs", "test_samples"):
         if config[name] < 1:
             raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
@@ -90,9 +93,10 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"`config.ema_decay` must lie in [0, 1), got {config.ema_decay}.")
 
 
-def make_eval_fn(model: ib.IBModel, num_samples: int, eval_batch: int):
+def make_eval_fn(model: ib.IBModel, num_samples: int, eval_batch: int, seed_axis: bool = False):
     """``evaluate(params [nb, ...], images [M, ...], labels [M], key) -> metrics [nb]``:
-    test error at the posterior mean and with ``num_samples`` codes, mean KL, test CE."""
+    test error at the posterior mean and with ``num_samples`` codes, mean KL, test CE.
+    ``seed_axis``: params ``[K, nb, ...]``, keys ``[K]``, metrics ``[K, nb]``."""
 
     def one(params, images, labels, key):
         m = images.shape[0] // eval_batch * eval_batch  # full batches, then the remainder
@@ -119,7 +123,10 @@ def make_eval_fn(model: ib.IBModel, num_samples: int, eval_batch: int):
             ),
         }
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
+    every_beta = jax.vmap(one, in_axes=(0, None, None, None))
+    if seed_axis:
+        every_beta = jax.vmap(every_beta, in_axes=(0, None, None, 0))
+    return jax.jit(every_beta)
 
 
 def _checkpoint_manager(workdir: str, method: str) -> ocp.CheckpointManager:
@@ -156,17 +163,25 @@ def split_validation(dataset: data_lib.Dataset, count: int, seed: int):
 def method_entry(method: str, betas, history: list[dict], **extra) -> dict:
     """A method's results: its history, the last evaluation per beta (``final``) and the
     evaluation with the lowest validation error per beta (``selected``; without a validation
-    split, the last)."""
-    final = history[-len(betas) :] if history else []
-    selected = []
+    split, the last). With several seeds (rows with a ``seed``) both are chosen per beta and
+    seed (kept in ``final_per_seed`` and ``selected_per_seed``) and ``final`` / ``selected``
+    hold their mean over seeds, with ``*_std`` and ``num_seeds`` (`_common.mean_over_seeds`)."""
+    seeds = list(dict.fromkeys(r.get("seed") for r in history))
+    final, selected = [], []
     for beta in betas:
-        rows = [r for r in history if r["beta"] == beta]
-        if rows:
-            key = "val_error_mean" if "val_error_mean" in rows[0] else None
-            selected.append(min(rows, key=lambda r: r[key]) if key else rows[-1])
-    return dict(
-        method=method, betas=list(betas), history=history, final=final, selected=selected, **extra
-    )
+        for seed in seeds:
+            rows = [r for r in history if r["beta"] == beta and r.get("seed") == seed]
+            if rows:
+                key = "val_error_mean" if "val_error_mean" in rows[0] else None
+                final.append(rows[-1])
+                selected.append(min(rows, key=lambda r: r[key]) if key else rows[-1])
+    entry = dict(method=method, betas=list(betas), history=history)
+    if len(seeds) > 1:
+        entry.update(final_per_seed=final, selected_per_seed=selected)
+        final, selected = (
+            _common.mean_over_seeds(rows, ("method", "beta")) for rows in (final, selected)
+        )
+    return dict(entry, final=final, selected=selected, **extra)
 
 
 def run_method(
@@ -180,7 +195,10 @@ def run_method(
     steps_per_epoch = num_train // config.batch_size
     num_steps = config.num_epochs * steps_per_epoch
     chunk_steps = config.eval_every_epochs * steps_per_epoch
-    init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+    seeds = _common.seed_values(config)
+    batched = len(seeds) > 1  # one seed: no seed axis (the single-run program)
+    keys = jnp.stack([jax.random.split(jax.random.key(s), 3) for s in seeds])  # [K, 3]
+    init_key, train_key, eval_key = (keys[:, i] if batched else keys[0, i] for i in range(3))
 
     schedule = optax.exponential_decay(
         config.learning_rate,
@@ -196,6 +214,7 @@ def run_method(
         params, bound_states = model.init(key, sample)
         return training.create_sweep_state(params, bound_states, tx, nb)
 
+    init = jax.vmap(init) if batched else init
     state = parallel.replicate(init(init_key), mesh)  # restored checkpoints take this layout too
     manager = _checkpoint_manager(workdir, method)
     start = manager.latest_step() or 0
@@ -212,8 +231,9 @@ def run_method(
         ema_decay=config.ema_decay,
         sequential=model.method == "mige",
         mesh=mesh,
+        num_seeds=len(seeds) if batched else None,
     )
-    evaluate = make_eval_fn(model, config.test_samples, config.eval_batch_size)
+    evaluate = make_eval_fn(model, config.test_samples, config.eval_batch_size, batched)
     images, labels, test_images, test_labels = parallel.replicate(
         (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels),
         mesh,
@@ -224,7 +244,7 @@ def run_method(
     while step < num_steps:
         n = min(chunk_steps, num_steps - step)
         state, metrics, seconds = _common.run_sweep_chunk(
-            run, state, images, labels, betas_arr, seed=config.seed,
+            run, state, images, labels, betas_arr, seed=seeds if batched else seeds[0],
             batch_size=config.batch_size, step=step, num_steps=n,
             setting_names=[f"method {method!r} with beta {b}" for b in betas],
         )  # fmt: skip
@@ -236,27 +256,29 @@ def run_method(
             val = jax.device_get(evaluate(averaged, *validation, eval_key))
             evals["val_error_mean"] = val["error_mean"]
             evals["val_error_sampled"] = val["error_sampled"]
+        if not batched:  # a seed axis of one
+            metrics = {k: v[:, None] for k, v in metrics.items()}
+            evals = {k: v[None] for k, v in evals.items()}
         for b, beta in enumerate(betas):
-            train_row = {k: float(np.mean(v[:, b])) for k, v in metrics.items()}
-            writer.write(
-                {"method": method, "beta": beta, "step": step, "kind": "train", **train_row}
-            )
-            row = {
-                "method": method,
-                "beta": beta,
-                "step": step,
-                "epoch": step / steps_per_epoch,
-                **{k: float(v[b]) for k, v in evals.items()},
-                "train_ce": train_row["ce"],
-                "train_penalty": train_row["penalty"],
-                "train_accuracy": train_row["accuracy"],
-            }
-            writer.write({"kind": "eval", **row})
-            history.append(row)
+            for k, seed in enumerate(seeds):
+                train_row = {name: float(np.mean(v[:, k, b])) for name, v in metrics.items()}
+                head = {"method": method, "beta": beta, **({"seed": seed} if batched else {})}
+                writer.write({**head, "step": step, "kind": "train", **train_row})
+                row = {
+                    **head,
+                    "step": step,
+                    "epoch": step / steps_per_epoch,
+                    **{name: float(v[k, b]) for name, v in evals.items()},
+                    "train_ce": train_row["ce"],
+                    "train_penalty": train_row["penalty"],
+                    "train_accuracy": train_row["accuracy"],
+                }
+                writer.write({"kind": "eval", **row})
+                history.append(row)
         manager.save(step, args=ocp.args.StandardSave(state))
         manager.wait_until_finished()
         progress.update(n)
-        best = min(r["error_mean"] for r in history[-nb:])
+        best = min(r["error_mean"] for r in history[-nb * len(seeds) :])
         progress.set_postfix(method=method, best_test_error=f"{100 * best:.2f}%")
         on_eval(method, history, complete=step >= num_steps)
     return method_entry(method, betas, history, train_s=train_s, steps=num_steps)
@@ -274,6 +296,7 @@ def summary(results: dict) -> str:
                     "epoch": f"{r['epoch']:g}",
                     "val_err": 100 * r.get("val_error_mean", float("nan")),
                     "test_err": 100 * r["error_mean"],
+                    **({"test_err_std": 100 * r["error_mean_std"]} if "num_seeds" in r else {}),
                     "test_err_12": 100 * r["error_sampled"],
                     "last_test_err": 100 * last["error_mean"],
                     "KL": r["kl"],
@@ -281,11 +304,15 @@ def summary(results: dict) -> str:
                     "train_err": 100 * (1 - r["train_accuracy"]),
                 }
             )
-    cols = list(rows[0]) if rows else []
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    rows = [{c: r.get(c, "") for c in cols} for r in rows]
+    seeds = results.get("num_seeds", 1)
     head = (
         f"\n{results['dataset']}, {results['num_epochs']} epochs; the evaluation with the lowest "
         "validation error per beta (errors in %: val, test at the posterior mean, test with 12 "
-        "samples, test at the last epoch; KL and I in nats)\n"
+        "samples, test at the last epoch; KL and I in nats)"
+        + (f"; mean over {seeds} seeds, test_err_std their spread" if seeds > 1 else "")
+        + "\n"
     )
     walls = ", ".join(
         f"{m} {e['train_s']:.0f} s" for m, e in results["methods"].items() if "train_s" in e
@@ -321,11 +348,14 @@ def plot(workdir: str, results: dict) -> None:
     for method, entry in results["methods"].items():
         for beta in entry["betas"]:
             rows = [r for r in entry["history"] if r["beta"] == beta]
+            epochs = sorted({r["epoch"] for r in rows})  # the mean over seeds, if several
+
+            def curve(key, rows=rows, epochs=epochs):
+                return [np.mean([r[key] for r in rows if r["epoch"] == e]) for e in epochs]
+
             label = method if method == "deterministic" else f"{method} beta={beta:g}"
-            axes[0].plot(
-                [r["epoch"] for r in rows], [100 * r["error_mean"] for r in rows], label=label
-            )
-            axes[1].plot([r["epoch"] for r in rows], [r["kl"] for r in rows], label=label)
+            axes[0].plot(epochs, 100 * np.asarray(curve("error_mean")), label=label)
+            axes[1].plot(epochs, curve("kl"), label=label)
     axes[0].set(xlabel="epoch", ylabel="test error (%)", yscale="log", title="test error (mean z)")
     axes[1].set(
         xlabel="epoch", ylabel="nats", yscale="log", title="E KL(q(z|x) || N(0, I)) >= I(X; Z)"
@@ -374,6 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         "num_epochs": config.num_epochs,
         "label_entropy": label_entropy(dataset.train_labels, dataset.num_classes),
         "devices": mesh.devices.size,
+        "num_seeds": config.num_seeds,
         "config": config_dict,
         "methods": {},
     }

@@ -326,11 +326,7 @@ def train_and_evaluate(
             per_seed_rows += [{**r, "seed": s} for r in rows]
         eval_s = time.perf_counter() - t0
         if batched:
-            final = _common.mean_over_seeds(
-                per_seed_rows,
-                ("encoder", "representation", "probe"),
-                ("train_accuracy", "test_accuracy", "seconds"),
-            )
+            final = _common.mean_over_seeds(per_seed_rows, ("encoder", "representation", "probe"))
         else:
             final = [{k: v for k, v in r.items() if k != "seed"} for r in per_seed_rows]
         writer.write(

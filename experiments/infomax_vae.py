@@ -70,15 +70,17 @@ def settings_of(config: ml_collections.ConfigDict) -> tuple[list[str], dict[str,
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
+    _common.check_num_seeds(config)
     for name in ("num_epochs", "batch_size", "eval_every_epochs", "latent_dim"):
         if config[name] < 1:
             raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
     settings_of(config)
 
 
-def make_eval_fn(model: vae.InfoMaxVAE, batch_size: int):
+def make_eval_fn(model: vae.InfoMaxVAE, batch_size: int, seed_axis: bool = False):
     """``evaluate(params [S], bound_states [S], images [M, ...] uint8, key) -> {name: [S]}``
-    (the test split in full batches of ``batch_size``; the bound needs equal batches)."""
+    (the test split in full batches of ``batch_size``; the bound needs equal batches).
+    ``seed_axis``: params and states ``[K, S]``, keys ``[K]``, metrics ``[K, S]``."""
 
     def one(params, bound_states, images, key):
         m = images.shape[0] // batch_size * batch_size
@@ -95,15 +97,18 @@ def make_eval_fn(model: vae.InfoMaxVAE, batch_size: int):
         out = jax.lax.map(chunk, (batches, jnp.arange(batches.shape[0])))
         return jax.tree.map(jnp.mean, out)
 
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)))
+    every_model = jax.vmap(one, in_axes=(0, 0, None, None))
+    if seed_axis:
+        every_model = jax.vmap(every_model, in_axes=(0, 0, None, 0))
+    return jax.jit(every_model)
 
 
 def _slice(tree, i: int):
     return jax.tree.map(lambda a: a[i], tree)
 
 
-def probe_accuracies(config, model, params, dataset, names) -> list[dict]:
-    """Linear probe on the posterior mean of every model, and on raw pixels."""
+def probe_accuracies(config, model, params, dataset, names, pixels: bool = True) -> list[dict]:
+    """Linear probe on the posterior mean of every model, and on raw pixels (if ``pixels``)."""
 
     def apply(p, x):
         return (model.encoder.apply(p, data_lib.to_float(x))[0],)
@@ -119,6 +124,8 @@ def probe_accuracies(config, model, params, dataset, names) -> list[dict]:
             l2=config.probe.l2, max_iter=config.probe.max_iter, tol=config.probe.tol,
         )  # fmt: skip
         rows.append({"model": name, "probe_test_accuracy": result.test_accuracy})
+    if not pixels:
+        return rows
     flat = lambda a: a.reshape(len(a), -1) / 255.0  # noqa: E731
     result = probes.fit_probe(
         flat(dataset.train_images), labels[0], flat(dataset.test_images), labels[1],
@@ -164,11 +171,15 @@ def plot_curves(path, history: list[dict], names) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for name in names:
         rows = [r for r in history if r["model"] == name]
-        epochs = [r["epoch"] for r in rows]
-        axes[0].plot(epochs, [r["elbo"] for r in rows], "o-", label=name)
-        axes[1].plot(epochs, [r["kl"] for r in rows], "o-", label=f"{name}: KL (upper)")
-        axes[1].plot(epochs, [r["mi"] for r in rows], "x--", label=f"{name}: bound (lower)")
-        axes[2].plot(epochs, [r["recon"] for r in rows], "o-", label=name)
+        epochs = sorted({r["epoch"] for r in rows})  # the mean over seeds, if several
+
+        def curve(key, rows=rows, epochs=epochs):
+            return [np.mean([r[key] for r in rows if r["epoch"] == e]) for e in epochs]
+
+        axes[0].plot(epochs, curve("elbo"), "o-", label=name)
+        axes[1].plot(epochs, curve("kl"), "o-", label=f"{name}: KL (upper)")
+        axes[1].plot(epochs, curve("mi"), "x--", label=f"{name}: bound (lower)")
+        axes[2].plot(epochs, curve("recon"), "o-", label=name)
     axes[0].set(xlabel="epoch", ylabel="nats", title="test ELBO")
     axes[1].set(xlabel="epoch", ylabel="nats", title="I(X; Z): rate (upper) and bound (lower)")
     axes[2].set(xlabel="epoch", ylabel="nats", title="test reconstruction log-likelihood")
@@ -189,6 +200,9 @@ def summary(results: dict) -> str:
         f"rate KL, the {results['bound']} bound and InfoNCE on test batches (train_mi: the bound "
         "on the last training batches) in nats; linear probe on the posterior mean\n"
     )
+    if results.get("num_seeds", 1) > 1:
+        cols += ["elbo_std", "probe_test_accuracy_std"]
+        head = head[:-1] + f"; mean over {results['num_seeds']} seeds, *_std their spread\n"
     rows = [{c: r.get(c, "") for c in cols} for r in results["table"]]
     return head + _common.format_table(rows, cols)
 
@@ -215,7 +229,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     steps_per_epoch = num_train // config.batch_size
     num_steps = config.num_epochs * steps_per_epoch
     chunk_steps = config.eval_every_epochs * steps_per_epoch
-    init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+    seeds = _common.seed_values(config)
+    batched = len(seeds) > 1  # one seed: no seed axis (the single-run program)
+    keys = jnp.stack([jax.random.split(jax.random.key(s), 3) for s in seeds])  # [K, 3]
+    init_key, train_key, eval_key = (keys[:, i] if batched else keys[0, i] for i in range(3))
     tx = optax.adam(config.learning_rate)
     sample = data_lib.to_float(jnp.asarray(dataset.train_images[: config.batch_size]))
 
@@ -224,6 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         params, bound_states = model.init(key, sample)
         return training.create_sweep_state(params, bound_states, tx, len(names))
 
+    init = jax.vmap(init) if batched else init
     state = parallel.replicate(init(init_key), mesh)  # restored checkpoints take this layout too
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
     manager = ocp.CheckpointManager(
@@ -238,8 +256,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         del labels
         return model.loss(params, bound_states, x, key, setting["beta"], setting["gamma"])
 
-    run = training.make_sweep_chunk(loss_fn, train_key, mesh=mesh)
-    evaluate = make_eval_fn(model, config.batch_size)
+    run = training.make_sweep_chunk(
+        loss_fn, train_key, mesh=mesh, num_seeds=len(seeds) if batched else None
+    )
+    evaluate = make_eval_fn(model, config.batch_size, batched)
     images, labels, test_images = parallel.replicate(
         (dataset.train_images, dataset.train_labels, dataset.test_images), mesh
     )
@@ -255,6 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         "num_epochs": config.num_epochs,
         "bound": config.bound,
         "devices": mesh.devices.size,
+        "num_seeds": len(seeds),
         "models": {n: {k: float(v[i]) for k, v in settings.items()} for i, n in enumerate(names)},
     }
     step, train_s = start, 0.0
@@ -262,7 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         while step < num_steps:
             n = min(chunk_steps, num_steps - step)
             state, metrics, seconds = _common.run_sweep_chunk(
-                run, state, images, labels, settings_dev, seed=config.seed,
+                run, state, images, labels, settings_dev, seed=seeds if batched else seeds[0],
                 batch_size=config.batch_size, step=step, num_steps=n,
                 setting_names=[f"model {name!r}" for name in names],
             )  # fmt: skip
@@ -271,41 +292,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
             evals = jax.device_get(
                 evaluate(state.params, state.bound_states, test_images, eval_key)
             )
+            if not batched:  # a seed axis of one
+                metrics = {k: v[:, None] for k, v in metrics.items()}
+                evals = {k: v[None] for k, v in evals.items()}
             for i, name in enumerate(names):
-                train_row = {f"train_{k}": float(np.mean(v[:, i])) for k, v in metrics.items()}
-                row = {
-                    "model": name,
-                    "step": step,
-                    "epoch": step / steps_per_epoch,
-                    **{k: float(v[i]) for k, v in evals.items()},
-                    **train_row,
-                }
-                writer.write(row)
-                history.append(row)
+                for k, seed in enumerate(seeds):
+                    row = {
+                        "model": name,
+                        **({"seed": seed} if batched else {}),
+                        "step": step,
+                        "epoch": step / steps_per_epoch,
+                        **{key: float(v[k, i]) for key, v in evals.items()},
+                        **{
+                            f"train_{key}": float(np.mean(v[:, k, i])) for key, v in metrics.items()
+                        },
+                    }
+                    writer.write(row)
+                    history.append(row)
             manager.save(step, args=ocp.args.StandardSave(state))
             manager.wait_until_finished()
             results["history"] = history
             _common.write_json(results_path, results)
             progress.update(n)
             progress.set_postfix(
-                elbo=" ".join(f"{evals['elbo'][i]:.1f}" for i in range(len(names)))
+                elbo=" ".join(f"{np.mean(evals['elbo'][:, i]):.1f}" for i in range(len(names)))
             )
     finally:
         progress.close()
         writer.close()
 
-    probe_rows = probe_accuracies(config, model, state.params, dataset, names)
-    final = {r["model"]: r for r in history[-len(names) :]}
-    results["table"] = [
-        {**results["models"].get(p["model"], {}), **final.get(p["model"], {}), **p}
-        for p in probe_rows
-    ]
+    per_seed = []  # per seed: the last evaluation of every model with its probe
+    final = {(r["model"], r.get("seed")): r for r in history[-len(names) * len(seeds) :]}
+    for k, seed in enumerate(seeds):
+        params = _slice(state.params, k) if batched else state.params
+        for p in probe_accuracies(config, model, params, dataset, names, pixels=k == 0):
+            key = (p["model"], seed if batched else None)
+            per_seed.append({**results["models"].get(p["model"], {}), **final.get(key, {}), **p})
+    results["table"] = per_seed
+    if batched:
+        results["table_per_seed"] = per_seed
+        results["table"] = _common.mean_over_seeds(per_seed, ("model", "beta", "gamma"))
     results["train_s"] = train_s
     results["history"] = history
     _common.write_json(results_path, results)
     _common.write_csv(os.path.join(workdir, "results.csv"), results["table"])
-    plot_samples(
-        os.path.join(workdir, "samples.png"), model, state.params, dataset, names, eval_key
+    plot_samples(  # the first seed's models
+        os.path.join(workdir, "samples.png"),
+        model,
+        _slice(state.params, 0) if batched else state.params,
+        dataset,
+        names,
+        eval_key[0] if batched else eval_key,
     )
     plot_curves(os.path.join(workdir, "curves.png"), history, names)
     print(summary(results))

@@ -66,7 +66,8 @@ def level_statistics(values: np.ndarray, config) -> list[dict]:
 
     Returns:
       One row per (bound, level): ``mean``, ``bias``, ``variance``, ``mse`` over the last
-      ``stats_fraction`` of the level's steps, pooled over seeds.
+      ``stats_fraction`` of the level's steps, pooled over seeds; ``seed_std``: the standard
+      deviation over seeds of each seed's mean in that window (0 for one seed).
     """
     rows = []
     spl = config.steps_per_level
@@ -74,7 +75,8 @@ def level_statistics(values: np.ndarray, config) -> list[dict]:
     for b, name in enumerate(config.bounds):
         for level_index, true_mi in enumerate(config.levels):
             end = (level_index + 1) * spl
-            est = values[:, end - window : end, b].reshape(-1).astype(np.float64)
+            per_seed = values[:, end - window : end, b].astype(np.float64)  # [seeds, window]
+            est = per_seed.reshape(-1)
             mean = float(np.mean(est))
             var = float(np.var(est))
             rows.append(
@@ -85,6 +87,7 @@ def level_statistics(values: np.ndarray, config) -> list[dict]:
                     bias=mean - true_mi,
                     variance=var,
                     mse=float(np.mean((est - true_mi) ** 2)),
+                    seed_std=float(np.std(per_seed.mean(axis=1))),
                 )
             )
     return rows

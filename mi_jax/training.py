@@ -261,9 +261,10 @@ def averaged_params(state: SweepState, ema_decay: float) -> PyTree:
     """The debiased moving average ``ema / (1 - d^t)`` per setting (``d = 0``: the parameters)."""
     if ema_decay == 0.0:
         return state.params
-    correction = 1.0 - ema_decay ** state.step.astype(jnp.float32)  # [settings]
+    correction = 1.0 - ema_decay ** state.step.astype(jnp.float32)  # [settings] or [K, S]
     return jax.tree.map(
-        lambda e: e / correction.reshape(-1, *([1] * (e.ndim - 1))), state.ema_params
+        lambda e: e / correction.reshape(*correction.shape, *([1] * (e.ndim - correction.ndim))),
+        state.ema_params,
     )
 
 
@@ -274,6 +275,7 @@ def make_sweep_chunk(
     ema_decay: float = 0.0,
     sequential: bool = False,
     mesh=None,
+    num_seeds: int | None = None,
 ):
     """``run(state, images, labels, indices [n, B], start_step, settings) -> (state, metrics)``.
 
@@ -288,6 +290,11 @@ def make_sweep_chunk(
     XLA:CPU). Metrics come back stacked ``[n, S]``. With a ``mesh``
     (`mi_jax.parallel.data_mesh`; ``state``, ``images`` and ``labels`` replicated on it) each
     step is data-parallel: the batch is split over the devices, the losses see all of it.
+
+    ``num_seeds = K``: K independent runs of the whole sweep side by side. ``train_key`` is
+    then ``[K]`` keys, ``state`` is stacked ``[K, S]``, ``indices`` are ``[n, K, B]`` (each
+    seed its own batches) and metrics come back ``[n, K, S]``; the seed axis is one more
+    `jax.vmap` (``sequential``: one more `jax.lax.map`).
     """
 
     def one(state, x, y, key, setting):
@@ -310,9 +317,8 @@ def make_sweep_chunk(
 
     @functools.partial(jax.jit, donate_argnums=0)
     def run(state, images, labels, indices, start_step, settings):
-        def body(state, inputs):
-            i, idx = inputs
-            key = jax.random.fold_in(train_key, start_step + i)
+        def seed_step(state, idx, seed_key, step):
+            key = jax.random.fold_in(seed_key, step)
             x, y = images[idx].astype(jnp.float32) / 255.0, labels[idx]
             if mesh is None:
                 return every_setting(state, x, y, key, settings)
@@ -320,6 +326,16 @@ def make_sweep_chunk(
                 state, *parallel.shard_batch((x, y), mesh), key, settings
             )
             return parallel.replicate_like(state, mesh), metrics
+
+        def body(state, inputs):
+            i, idx = inputs
+            if num_seeds is None:
+                return seed_step(state, idx, train_key, start_step + i)
+            if sequential:
+                return jax.lax.map(lambda a: seed_step(*a, start_step + i), (state, idx, train_key))
+            return jax.vmap(seed_step, in_axes=(0, 0, 0, None))(
+                state, idx, train_key, start_step + i
+            )
 
         return jax.lax.scan(body, state, (jnp.arange(indices.shape[0]), indices))
 

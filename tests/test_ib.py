@@ -232,3 +232,49 @@ def test_infomax_vae_loss_terms_and_smoke(tmp_path):
     with open(os.path.join(workdir, "results.json")) as f:
         saved = json.load(f)
     assert all(np.isfinite(r["elbo"]) for r in saved["table"] if r["model"] != "raw pixels")
+
+
+def test_ib_num_seeds_trains_each_seed_as_its_own_sweep(tmp_path):
+    # Seed 0 + k of a 2-seed run is the one-seed run with seed k: VIB vmaps the seeds, MIGE-IB
+    # maps over them (`jax.lax.map`). No validation split: it is drawn from `config.seed`.
+    methods = dict(methods=("vib", "mige"), validation_examples=0)
+    pair = ib_experiment.train_and_evaluate(
+        _quick(ib_config, num_seeds=2, **methods), str(tmp_path / "pair")
+    )
+    alone = ib_experiment.train_and_evaluate(
+        _quick(ib_config, seed=1, **methods), str(tmp_path / "alone")
+    )
+    assert pair["num_seeds"] == 2
+    for method in methods["methods"]:
+        entry = pair["methods"][method]
+        seed_one = [r for r in entry["final_per_seed"] if r["seed"] == 1]
+        for a, b in zip(seed_one, alone["methods"][method]["final"], strict=True):
+            assert a["beta"] == b["beta"]
+            np.testing.assert_allclose(a["error_mean"], b["error_mean"], atol=1e-6)
+            np.testing.assert_allclose(a["train_ce"], b["train_ce"], rtol=1e-5)
+        for row in entry["final"]:
+            errors = [r["error_mean"] for r in entry["final_per_seed"] if r["beta"] == row["beta"]]
+            assert row["num_seeds"] == len(errors) == 2
+            assert row["error_mean"] == pytest.approx(np.mean(errors))
+            assert row["error_mean_std"] == pytest.approx(np.std(errors))
+        seeds = {r["seed"] for r in entry["final_per_seed"]}
+        assert seeds == {0, 1}
+    assert "test_err_std" in ib_experiment.summary(pair)
+
+
+def test_infomax_vae_num_seeds_trains_each_seed_as_its_own_run(tmp_path):
+    pair = vae_experiment.train_and_evaluate(
+        _quick(vae_config, num_seeds=2), str(tmp_path / "pair")
+    )
+    alone = vae_experiment.train_and_evaluate(_quick(vae_config, seed=1), str(tmp_path / "alone"))
+    seed_one = [r for r in pair["table_per_seed"] if r.get("seed") == 1]
+    models = [r for r in alone["table"] if r["model"] != "raw pixels"]  # pixels: fitted once
+    assert [r["model"] for r in seed_one] == [r["model"] for r in models]
+    for a, b in zip(seed_one, models, strict=True):
+        np.testing.assert_allclose(a["elbo"], b["elbo"], rtol=1e-5)
+        np.testing.assert_allclose(a["probe_test_accuracy"], b["probe_test_accuracy"], atol=1e-6)
+    for row in pair["table"][:-1]:  # the last: raw pixels
+        values = [r["elbo"] for r in pair["table_per_seed"] if r["model"] == row["model"]]
+        assert row["num_seeds"] == 2 and row["elbo"] == pytest.approx(np.mean(values))
+        assert row["elbo_std"] == pytest.approx(np.std(values)) and row["elbo_std"] > 0
+    assert pair["table"][-1]["model"] == "raw pixels" and "elbo_std" in vae_experiment.summary(pair)

@@ -42,8 +42,11 @@ out = {}
 for n, mesh in meshes.items():
     run = {}
     with tempfile.TemporaryDirectory() as d:
-        # tests/test_infomax.py's tiny programs (batch 16: 2 rows per device), 4 steps.
-        config = tiny_config(num_steps=4, estimator="infonce", **{"probe.kinds": ("linear",)})
+        # tests/test_infomax.py's tiny programs (batch 16: 2 rows per device), 4 steps, two
+        # seeds vmapped (each seed's batch sharded inside the seed vmap).
+        config = tiny_config(
+            num_steps=4, num_seeds=2, estimator="infonce", **{"probe.kinds": ("linear",)}
+        )
         res = infomax.train_and_evaluate(config, f"{d}/infomax", mesh=mesh)
         run["infomax"] = rows(f"{d}/infomax")
         run["infomax_probes"] = [r["test_accuracy"] for r in res["probes"]]
@@ -80,6 +83,14 @@ print("RESULT " + json.dumps(out))
 
 
 def _flat(rows):
+    # A multi-seed run's rows also hold {"per_seed": {name: [K values]}}.
+    rows = [
+        {
+            **r,
+            **{f"{k}[{i}]": v for k, vs in r.get("per_seed", {}).items() for i, v in enumerate(vs)},
+        }
+        for r in rows
+    ]
     keys = sorted({k for r in rows for k in r if isinstance(r[k], int | float)} - {"step"})
     return keys, np.array([[float(r.get(k, np.nan)) for k in keys] for r in rows])
 
@@ -107,6 +118,8 @@ def test_eight_devices_give_the_one_device_metrics(eight_device_run, experiment)
     keys, a = _flat(one)
     keys8, b = _flat(eight)
     assert keys == keys8 and "loss" in keys
+    if experiment == "infomax":
+        assert "loss[1]" in keys
     # Same function, other reduction order (per-device partial sums, then an all-reduce):
     # float32 rounding, compounded over the steps (measured: relative differences ~1e-6).
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=str(keys))
