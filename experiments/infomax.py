@@ -7,7 +7,9 @@ estimator named in the config (`mi_jax.dim`), then freezes it and fits linear an
 (`mi_jax.probes`) on its representations, next to the same probes on raw pixels and on the
 randomly initialized encoder. The whole dataset sits on the device as uint8; each step is one
 jitted call on precomputed, resumable batch indices, with no host sync inside a chunk of
-``log_every`` steps.
+``log_every`` steps. ``--config.num_seeds=K`` trains seeds ``seed .. seed + K - 1`` side by side
+(the step vmapped over a seed axis of the train state); ``results.json`` then holds the probes'
+mean and std over seeds (``probes``) and each seed's rows (``probes_per_seed``).
 
 Writes to the workdir: ``config.json``; ``metrics.jsonl`` (a training row per chunk, an eval row
 per evaluation); ``results.json`` (final probe table, timings); ``curves.png`` (loss, MI terms,

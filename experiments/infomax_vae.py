@@ -5,7 +5,9 @@ r"""InfoMax-VAE against a plain VAE and a beta-VAE (`mi_jax.vae`), trained side 
 Every model of ``config.models`` (a ``beta`` on the KL and a ``gamma`` on the MI bound each) is
 one setting of a single vmapped program: same initialization, batches and noise. Each model
 has its own critic, always trained to maximize the bound, so each reports an estimate of
-``I(X; Z)``; only the InfoMax-VAE's encoder is pushed by it (``gamma > 0``).
+``I(X; Z)``; only the InfoMax-VAE's encoder is pushed by it (``gamma > 0``). ``num_seeds = K``
+adds a seed axis (K independent runs of every model); ``table`` then holds the mean and std
+over seeds and ``table_per_seed`` each seed's rows.
 
 Evaluation on the test split (every ``eval_every_epochs``): the ELBO (KL weight 1, one code per
 image), reconstruction log-likelihood, the rate ``KL(q(z|x) || N(0, I))`` (an upper bound on
