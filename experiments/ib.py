@@ -93,10 +93,14 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"`config.ema_decay` must lie in [0, 1), got {config.ema_decay}.")
 
 
-def make_eval_fn(model: ib.IBModel, num_samples: int, eval_batch: int, seed_axis: bool = False):
+def make_eval_fn(
+    model: ib.IBModel, num_samples: int, eval_batch: int, seed_axis: bool = False, mesh=None
+):
     """``evaluate(params [nb, ...], images [M, ...], labels [M], key) -> metrics [nb]``:
     test error at the posterior mean and with ``num_samples`` codes, mean KL, test CE.
-    ``seed_axis``: params ``[K, nb, ...]``, keys ``[K]``, metrics ``[K, nb]``."""
+    ``seed_axis``: params ``[K, nb, ...]``, keys ``[K]``, metrics ``[K, nb]``. With a
+    ``mesh`` each chunk of ``eval_batch`` images is split over its devices (a remainder that
+    does not split evenly runs replicated)."""
 
     def one(params, images, labels, key):
         m = images.shape[0] // eval_batch * eval_batch  # full batches, then the remainder
@@ -104,6 +108,8 @@ def make_eval_fn(model: ib.IBModel, num_samples: int, eval_batch: int, seed_axis
 
         def chunk(inputs):
             x, i = inputs
+            if mesh is not None and x.shape[0] % mesh.devices.size == 0:
+                x = parallel.shard_batch(x, mesh)
             return model.predict(
                 params, data_lib.to_float(x), jax.random.fold_in(key, i), num_samples
             )
@@ -233,7 +239,7 @@ def run_method(
         mesh=mesh,
         num_seeds=len(seeds) if batched else None,
     )
-    evaluate = make_eval_fn(model, config.test_samples, config.eval_batch_size, batched)
+    evaluate = make_eval_fn(model, config.test_samples, config.eval_batch_size, batched, mesh)
     images, labels, test_images, test_labels = parallel.replicate(
         (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels),
         mesh,

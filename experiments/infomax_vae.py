@@ -79,10 +79,11 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     settings_of(config)
 
 
-def make_eval_fn(model: vae.InfoMaxVAE, batch_size: int, seed_axis: bool = False):
+def make_eval_fn(model: vae.InfoMaxVAE, batch_size: int, seed_axis: bool = False, mesh=None):
     """``evaluate(params [S], bound_states [S], images [M, ...] uint8, key) -> {name: [S]}``
     (the test split in full batches of ``batch_size``; the bound needs equal batches).
-    ``seed_axis``: params and states ``[K, S]``, keys ``[K]``, metrics ``[K, S]``."""
+    ``seed_axis``: params and states ``[K, S]``, keys ``[K]``, metrics ``[K, S]``. With a
+    ``mesh`` each batch is split over its devices (the bound still sees the whole batch)."""
 
     def one(params, bound_states, images, key):
         m = images.shape[0] // batch_size * batch_size
@@ -91,6 +92,8 @@ def make_eval_fn(model: vae.InfoMaxVAE, batch_size: int, seed_axis: bool = False
         def chunk(inputs):
             x, i = inputs
             x = data_lib.to_float(x)
+            if mesh is not None:
+                x = parallel.shard_batch(x, mesh)
             _, (metrics, _) = model.loss(
                 params, bound_states, x, jax.random.fold_in(key, i), 1.0, 0.0
             )
@@ -109,8 +112,11 @@ def _slice(tree, i: int):
     return jax.tree.map(lambda a: a[i], tree)
 
 
-def probe_accuracies(config, model, params, dataset, names, pixels: bool = True) -> list[dict]:
-    """Linear probe on the posterior mean of every model, and on raw pixels (if ``pixels``)."""
+def probe_accuracies(
+    config, model, params, dataset, names, pixels: bool = True, mesh=None
+) -> list[dict]:
+    """Linear probe on the posterior mean of every model, and on raw pixels (if ``pixels``);
+    the features extracted over ``mesh``'s devices, if given."""
 
     def apply(p, x):
         return (model.encoder.apply(p, data_lib.to_float(x))[0],)
@@ -119,8 +125,8 @@ def probe_accuracies(config, model, params, dataset, names, pixels: bool = True)
     labels = (dataset.train_labels, dataset.test_labels)
     for i, name in enumerate(names):
         enc = _slice(params["encoder"], i)
-        (train,) = probes.extract_features(apply, enc, dataset.train_images)
-        (test,) = probes.extract_features(apply, enc, dataset.test_images)
+        (train,) = probes.extract_features(apply, enc, dataset.train_images, mesh=mesh)
+        (test,) = probes.extract_features(apply, enc, dataset.test_images, mesh=mesh)
         result = probes.fit_probe(
             train, labels[0], test, labels[1], kind="linear", num_classes=dataset.num_classes,
             l2=config.probe.l2, max_iter=config.probe.max_iter, tol=config.probe.tol,
@@ -261,7 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     run = training.make_sweep_chunk(
         loss_fn, train_key, mesh=mesh, num_seeds=len(seeds) if batched else None
     )
-    evaluate = make_eval_fn(model, config.batch_size, batched)
+    evaluate = make_eval_fn(model, config.batch_size, batched, mesh)
     images, labels, test_images = parallel.replicate(
         (dataset.train_images, dataset.train_labels, dataset.test_images), mesh
     )
@@ -327,7 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     final = {(r["model"], r.get("seed")): r for r in history[-len(names) * len(seeds) :]}
     for k, seed in enumerate(seeds):
         params = _slice(state.params, k) if batched else state.params
-        for p in probe_accuracies(config, model, params, dataset, names, pixels=k == 0):
+        for p in probe_accuracies(config, model, params, dataset, names, k == 0, mesh):
             key = (p["model"], seed if batched else None)
             per_seed.append({**results["models"].get(p["model"], {}), **final.get(key, {}), **p})
     results["table"] = per_seed

@@ -20,7 +20,8 @@ import json, sys, tempfile
 import jax
 from mi_jax import bounds, critics, parallel
 from configs import ib as ib_config
-from experiments import ib, infomax
+from configs import infomax_vae as vae_config
+from experiments import ib, infomax, infomax_vae
 from tests.test_infomax import tiny_config
 
 assert jax.device_count() == 8, jax.devices()
@@ -30,7 +31,7 @@ def rows(workdir, kind="train"):
     with open(f"{workdir}/metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
     drop = ("seconds", "steps_per_s")
-    rows = [r for r in rows if r.get("kind", "train") == kind]
+    rows = [r for r in rows if r.get("kind", "") == kind]
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 def quick(module, **overrides):
@@ -56,6 +57,14 @@ for n, mesh in meshes.items():
         # that the InfoMax-VAE experiment shares.
         ib.train_and_evaluate(quick(ib_config, methods=("mine",), **small), f"{d}/ib", mesh=mesh)
         run["ib"] = rows(f"{d}/ib")
+        run["ib_eval"] = rows(f"{d}/ib", "eval")  # the test split, each chunk sharded
+        # InfoMax-VAE: rows hold training means and the sharded test evaluation.
+        vae_small = dict(batch_size=40, max_examples=240, num_epochs=1)
+        res = infomax_vae.train_and_evaluate(
+            quick(vae_config, **vae_small), f"{d}/vae", mesh=mesh
+        )
+        run["infomax_vae"] = rows(f"{d}/vae", "")
+        run["vae_probes"] = [r["probe_test_accuracy"] for r in res["table"]]
     out[n] = run
 
 # The sharded batch really is split: each device holds B / 8 rows of the gathered batch.
@@ -111,15 +120,14 @@ def eight_device_run():
     return json.loads(line[len("RESULT ") :])
 
 
-@pytest.mark.parametrize("experiment", ["infomax", "ib"])
+@pytest.mark.parametrize("experiment", ["infomax", "ib", "ib_eval", "infomax_vae"])
 def test_eight_devices_give_the_one_device_metrics(eight_device_run, experiment):
     one, eight = eight_device_run["1"][experiment], eight_device_run["8"][experiment]
     assert len(one) == len(eight) > 0
     keys, a = _flat(one)
     keys8, b = _flat(eight)
-    assert keys == keys8 and "loss" in keys
-    if experiment == "infomax":
-        assert "loss[1]" in keys
+    expected = {"infomax": "loss[1]", "ib": "loss", "ib_eval": "error_mean", "infomax_vae": "elbo"}
+    assert keys == keys8 and expected[experiment] in keys
     # Same function, other reduction order (per-device partial sums, then an all-reduce):
     # float32 rounding, compounded over the steps (measured: relative differences ~1e-6).
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=str(keys))
@@ -129,6 +137,7 @@ def test_eight_device_probes_and_layout(eight_device_run):
     one, eight = eight_device_run["1"], eight_device_run["8"]
     assert (one["infomax_devices"], eight["infomax_devices"]) == (1, 8)
     np.testing.assert_allclose(eight["infomax_probes"], one["infomax_probes"], atol=1e-6)
+    np.testing.assert_allclose(eight["vae_probes"], one["vae_probes"], atol=1e-6)
     assert eight_device_run["shard_rows"] == [4]  # 32 rows over 8 devices
     assert eight_device_run["spec"][0] == "data"
 
