@@ -49,6 +49,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # number of cores).
     config.bound_groups = 0
     config.cpu_devices = 2
+    # "bounds": the groups above, one per device (best for the protocol's batch of 64);
+    # "data": all bounds in one program, each batch split over every device (`mi_jax.parallel`;
+    # the batch size must be a multiple of the device count), for large batches on accelerators.
+    config.parallel = "bounds"
     # Steps per compiled chunk: the host sees metrics (and the progress bar moves) once a chunk.
     config.chunk_steps = 1000
     config.log_every = 50  # metrics.jsonl rows: means over this many steps

@@ -21,7 +21,7 @@ import optax
 from tqdm import tqdm
 
 from experiments import _common
-from mi_jax import _checks, training
+from mi_jax import _checks, parallel, training
 from mi_jax import bounds as bounds_lib
 from mi_jax import critics as critics_lib
 from mi_jax import tasks as tasks_lib
@@ -47,6 +47,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if config.batch_size < 2:
         raise ValueError(f"config.batch_size must be at least 2, got {config.batch_size}.")
+    if config.parallel not in ("bounds", "data"):
+        raise ValueError(
+            f"config.parallel must be 'bounds' (bound groups side by side, one per device) or "
+            f"'data' (every batch split over all devices), got {config.parallel!r}."
+        )
+    if config.parallel == "data":
+        parallel.check_batch_size(config.batch_size, parallel.data_mesh())
     total = config.steps_per_level * len(config.levels)
     if config.chunk_steps < 1 or total % config.chunk_steps:
         raise ValueError(
@@ -154,9 +161,10 @@ def bound_groups(config, num_groups: int) -> list[list[int]]:
 
 
 class _GroupRun:
-    """One group of bounds on one device: its ensemble, states and compiled chunk runner."""
+    """One group of bounds on one device (or, with a ``mesh``, on all of its devices, each
+    batch split over them): its ensemble, states and compiled chunk runner."""
 
-    def __init__(self, config, names, critic_name, sample, device, seed_keys, init_keys):
+    def __init__(self, config, names, critic_name, sample, device, seed_keys, init_keys, mesh=None):
         specs = [(n, dict(config.bound_hparams.get(n, {}))) for n in names]
         critic_hparams = dict(config.critic_hparams.get(critic_name, {}))
         critic_hparams["compute_dtype"] = config.compute_dtype
@@ -167,7 +175,7 @@ class _GroupRun:
         def init(key):
             return training.create_train_state(ensemble, optimizer, key, x0, y0)
 
-        runner = training.make_scan_trainer(ensemble, sample, config.chunk_steps)
+        runner = training.make_scan_trainer(ensemble, sample, config.chunk_steps, mesh)
         # Seeds are vmapped; a single seed runs unbatched, since a vmap over an axis of size
         # one still turns every matmul into a two-batch-axis dot, ~30 % slower on XLA:CPU.
         self.batched = config.num_seeds > 1
@@ -177,8 +185,9 @@ class _GroupRun:
             init_keys, run, keys = init_keys[0], runner, seed_keys[0]
         # One small compiled program rather than a few hundred eager ops.
         states = jax.jit(init, compiler_options=training.RUN_ONCE_COMPILER_OPTIONS)(init_keys)
-        self.device = device
-        self.states, self.keys = jax.device_put((states, keys), device)
+        self.devices = [str(device)] if mesh is None else [str(d) for d in mesh.devices.flat]
+        placement = device if mesh is None else parallel.replicated(mesh)
+        self.states, self.keys = jax.device_put((states, keys), placement)
         t0 = time.perf_counter()
         self.compiled = jax.jit(run, donate_argnums=0).lower(self.states, self.keys, 0).compile()
         self.compile_s = time.perf_counter() - t0
@@ -200,7 +209,9 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
 
     The bounds are split into groups (`bound_groups`), one per local device by default, each
     group one compiled program on its device; the groups' chunks are dispatched together and
-    run concurrently (on a CPU host split into several XLA devices, on one core each).
+    run concurrently (on a CPU host split into several XLA devices, on one core each). With
+    ``config.parallel = "data"`` all bounds form one group whose batches are split over every
+    device (`mi_jax.parallel`).
     """
     names = tuple(config.bounds)
     task = tasks_lib.get_task(task_name, dim=config.dim)
@@ -218,8 +229,12 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
     seed_keys = jax.random.split(data_key, config.num_seeds)
     init_keys = jax.random.split(init_key, config.num_seeds)
     devices = jax.local_devices()
-    num_groups = config.bound_groups or len(devices)
-    groups = bound_groups(config, num_groups)
+    mesh = None
+    if config.parallel == "data":  # one group, every batch split over all devices
+        mesh = parallel.data_mesh()
+        groups = [list(range(len(names)))]
+    else:
+        groups = bound_groups(config, config.bound_groups or len(devices))
     runs = [
         _GroupRun(
             config,
@@ -229,6 +244,7 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
             devices[g % len(devices)],
             seed_keys,
             init_keys,
+            mesh,
         )
         for g, group in enumerate(groups)
     ]
@@ -269,7 +285,7 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
         steps=total,
         steps_per_s=total / run_s,
         groups=[[names[i] for i in g] for g in groups],
-        devices=[str(r.device) for r in runs],
+        devices=[d for r in runs for d in r.devices],
     )
 
 

@@ -160,19 +160,27 @@ def make_scan_trainer(
     ensemble: BoundEnsemble,
     sample_fn: Callable[[PRNGKey, Array], tuple[Array, Array]],
     num_steps: int,
+    mesh=None,
 ) -> Callable[[TrainState, PRNGKey, Array], tuple[TrainState, dict[str, Array]]]:
     """``run(state, rng, start_step) -> (state, metrics)``: ``num_steps`` steps in one `lax.scan`.
 
     Each step draws a fresh batch ``sample_fn(key, step)``; keys are ``fold_in(rng, step)``, so a
     run split into chunks gives the same numbers as one long run. Metrics are stacked over steps
-    (``[num_steps, ...]``) and stay on device until the caller pulls them.
+    (``[num_steps, ...]``) and stay on device until the caller pulls them. With a ``mesh``
+    (`mi_jax.parallel.data_mesh`; ``state`` replicated on it) each batch is split over the
+    devices and the bounds still see all of it (the ``[B, B]`` scores of the global batch).
     """
     train_step = make_train_step(ensemble)
 
     def run(state: TrainState, rng: PRNGKey, start_step: Array):
         def body(state, step):
             data_key, step_key = jax.random.split(jax.random.fold_in(rng, step))
-            state, metrics = train_step(state, sample_fn(data_key, step), step_key)
+            batch = sample_fn(data_key, step)
+            if mesh is not None:
+                batch = parallel.shard_batch(batch, mesh)
+            state, metrics = train_step(state, batch, step_key)
+            if mesh is not None:
+                state = parallel.replicate_like(state, mesh)
             return state, metrics
 
         steps = start_step + jnp.arange(num_steps)

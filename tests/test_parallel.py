@@ -67,6 +67,18 @@ for n, mesh in meshes.items():
         run["vae_probes"] = [r["probe_test_accuracy"] for r in res["table"]]
     out[n] = run
 
+# The staircase with every batch split over the 8 devices against one group on one device.
+from experiments import staircase
+from tests.test_staircase import _tiny
+out["staircase"] = {}
+for mode in ("bounds", "data"):
+    with tempfile.TemporaryDirectory() as d:
+        config = _tiny(parallel=mode, bound_groups=1, bounds=("nwj", "infonce", "flo"))
+        res = staircase.train_and_evaluate(config, d)
+    out["staircase"][mode] = {
+        "means": [r["mean"] for r in res["statistics"]], "devices": res["runs"][0]["devices"]
+    }
+
 # The sharded batch really is split: each device holds B / 8 rows of the gathered batch.
 mesh = meshes["8"]
 images = parallel.replicate(jax.numpy.zeros((64, 3)), mesh)
@@ -140,6 +152,12 @@ def test_eight_device_probes_and_layout(eight_device_run):
     np.testing.assert_allclose(eight["vae_probes"], one["vae_probes"], atol=1e-6)
     assert eight_device_run["shard_rows"] == [4]  # 32 rows over 8 devices
     assert eight_device_run["spec"][0] == "data"
+
+
+def test_staircase_split_over_eight_devices_gives_the_one_device_estimates(eight_device_run):
+    bounds, data = eight_device_run["staircase"]["bounds"], eight_device_run["staircase"]["data"]
+    assert len(bounds["devices"]) == 1 and len(data["devices"]) == 8
+    np.testing.assert_allclose(data["means"], bounds["means"], rtol=1e-4, atol=1e-5)
 
 
 def test_batch_size_must_split_over_the_devices():

@@ -113,6 +113,7 @@ def test_level_statistics_against_hand_computation():
         ("batch_size", 1, ValueError, "batch_size"),
         ("compute_dtype", "float16", KeyError, "bfloat16"),
         ("bound_groups", -1, ValueError, "bound_groups"),
+        ("parallel", "model", ValueError, "config.parallel"),
     ],
 )
 def test_bad_config_is_rejected_before_running(tmp_path, field, value, error, match):
