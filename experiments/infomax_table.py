@@ -5,7 +5,9 @@ r"""One table from several InfoMax runs: test accuracy per estimator, representa
 Each argument is the workdir of a finished `experiments.infomax` run (its ``results.json``).
 A row per run: the trained encoder's probe test accuracies, then the same probes on the
 randomly initialized encoder and on raw pixels (the baselines the run also measured), and the
-run's wall time (compilation, training and probes).
+run's wall time (compilation, training and probes). A run with ``num_seeds > 1`` shows each
+accuracy as "mean ± std" over its seeds (`rows_from` keeps the means as numbers and the
+spreads under ``COLUMN std``).
 """
 
 import json
@@ -28,10 +30,13 @@ def rows_from(workdirs: list[str]) -> tuple[list[dict], list[str]]:
             "dataset": results["dataset"],
             "estimator": results["estimator"],
             "steps": results["num_steps"],
+            "seeds": results.get("num_seeds", 1),
         }
         for probe in results["probes"]:
             column = f"{probe['encoder']}:{probe['representation']}:{probe['probe']}"
             row[column] = probe["test_accuracy"]
+            if "test_accuracy_std" in probe:
+                row[f"{column} std"] = probe["test_accuracy_std"]
             if column not in probe_columns:
                 probe_columns.append(column)
         row["minutes"] = (results["compile_s"] + results["train_s"] + results["eval_s"]) / 60
@@ -39,13 +44,17 @@ def rows_from(workdirs: list[str]) -> tuple[list[dict], list[str]]:
     for row in rows:  # runs probed on different representations: blank cells
         for column in probe_columns:
             row.setdefault(column, "-")
-    return rows, ["dataset", "estimator", "steps", *probe_columns, "minutes"]
+    return rows, ["dataset", "estimator", "steps", "seeds", *probe_columns, "minutes"]
 
 
 def main(argv: list[str]) -> None:
     if not argv:
         raise SystemExit(__doc__)
     rows, columns = rows_from(argv)
+    for row in rows:  # "mean ± std" where a run had several seeds
+        for column in columns:
+            if f"{column} std" in row:
+                row[column] = f"{row[column]:.3f} ± {row[f'{column} std']:.3f}"
     print(_common.format_table(rows, columns))
 
 

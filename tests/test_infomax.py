@@ -53,7 +53,7 @@ def test_every_estimator_runs_and_writes_everything(tmp_path, estimator):
     assert len(table) == 2 * (2 * len(reps) + 1)  # (trained, random) x reps + pixels, 2 probes
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in results["probes"])
     (row,), columns = infomax_table.rows_from([str(tmp_path)])
-    assert row["estimator"] == estimator and len(columns) == 3 + len(table) + 1
+    assert row["estimator"] == estimator and len(columns) == 4 + len(table) + 1
     assert row["trained:global:linear"] == next(
         r["test_accuracy"]
         for r in results["probes"]
@@ -128,6 +128,14 @@ def test_num_seeds_trains_each_seed_as_its_own_run_and_reports_mean_and_std(tmp_
         assert row["test_accuracy_std"] == pytest.approx(np.std(values))
     saved = json.loads((both / "results.json").read_text())
     assert saved["probes"] == pair["probes"]
+    (row,), _ = infomax_table.rows_from([str(both)])
+    assert row["seeds"] == 2 and row["trained:global:linear std"] == pytest.approx(
+        next(
+            r["test_accuracy_std"]
+            for r in pair["probes"]
+            if key(r) == ("trained", "global", "linear")
+        )
+    )
 
 
 def _nan_bound():
