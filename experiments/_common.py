@@ -163,6 +163,23 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
     return out
 
 
+def restore_checkpoint(manager, step: int, state):
+    """``state``'s structure restored from ``manager``'s checkpoint at ``step``, or a
+    `ValueError` saying the checkpoint does not fit (written with another model or
+    ``num_seeds``) instead of Orbax's shape errors. Nothing in the workdir is touched."""
+    import orbax.checkpoint as ocp
+
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(state))
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(
+            f"the checkpoint at step {step} in {manager.directory} does not fit this config's "
+            f"train state (written with other model settings or another `config.num_seeds`?); "
+            f"use a fresh --workdir, or the config that wrote it. ({type(e).__name__}: "
+            f"{str(e)[:300]})"
+        ) from e
+
+
 def write_json(path: str, data) -> None:
     """Writes atomically (temp file, then rename), so a crash never leaves half a file."""
     tmp = path + ".tmp"

@@ -226,7 +226,7 @@ def run_method(
     start = manager.latest_step() or 0
     history = []
     if start:
-        state = manager.restore(start, args=ocp.args.StandardRestore(state))
+        state = _common.restore_checkpoint(manager, start, state)
         history = on_eval.previous(method)
         print(f"{method}: resumed from the checkpoint at step {start}.")
     progress.update(start)

@@ -257,7 +257,7 @@ def train_and_evaluate(
     manager = _checkpoint_manager(workdir, config.keep_checkpoints)
     start = manager.latest_step() or 0
     if start:
-        state = manager.restore(start, args=ocp.args.StandardRestore(state))
+        state = _common.restore_checkpoint(manager, start, state)
         print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")
 
     images = parallel.replicate(dataset.train_images, mesh)
