@@ -110,3 +110,40 @@ def test_make_ensemble_errors():
         training.make_ensemble([], "separable")
     with pytest.raises(TypeError, match="clip"):
         training.make_ensemble([("nwj", {"clip": 1.0})], "separable")
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_sweep_chunk_with_seeds_runs_each_seed_as_its_own_sweep(sequential):
+    # A seed axis of 2 over a sweep of 2 settings (weights on a noisy penalty): seed k equals
+    # the seedless program run with seed k's key and batches; metrics [n, K, S].
+    def loss_fn(params, bound_states, x, y, key, weight):
+        pred = x.reshape(x.shape[0], -1) @ params["w"]
+        noise = jax.random.normal(key, params["w"].shape)
+        loss = jnp.mean((pred[:, 0] - y) ** 2) + weight * jnp.sum((params["w"] - noise) ** 2)
+        return loss, ({"loss": loss}, bound_states)
+
+    images = jax.random.randint(jax.random.key(0), (20, 2, 2, 1), 0, 256).astype(jnp.uint8)
+    labels = jnp.arange(20, dtype=jnp.float32) / 20
+    tx = optax.adam(1e-2)
+    weights = jnp.asarray([0.0, 0.5])
+    keys = jax.random.split(jax.random.key(1), 2)
+    indices = jax.random.randint(jax.random.key(2), (3, 2, 5), 0, 20)  # [n, K, B]
+
+    def fresh(seed):
+        params = {"w": jax.random.normal(jax.random.key(10 + seed), (4, 1))}
+        return training.create_sweep_state(params, None, tx, 2)
+
+    both = jax.tree.map(lambda *a: jnp.stack(a), fresh(0), fresh(1))
+    run = training.make_sweep_chunk(loss_fn, keys, num_seeds=2, sequential=sequential)
+    state, metrics = run(both, images, labels, indices, 4, weights)
+    assert metrics["loss"].shape == (3, 2, 2)
+    for k in range(2):
+        single = training.make_sweep_chunk(loss_fn, keys[k], sequential=sequential)
+        s, m = single(fresh(k), images, labels, indices[:, k], 4, weights)
+        np.testing.assert_allclose(metrics["loss"][:, k], m["loss"], rtol=1e-6)
+        np.testing.assert_allclose(state.params["w"][k], s.params["w"], rtol=1e-6)
+    assert not np.allclose(metrics["loss"][:, 0], metrics["loss"][:, 1])
+    # The debiased weight average keeps the [K, S] leading axes.
+    averaged = training.averaged_params(state.replace(ema_params=state.params), 0.9)
+    assert averaged["w"].shape == (2, 2, 4, 1) and state.step.shape == (2, 2)
+    np.testing.assert_allclose(averaged["w"], state.params["w"] / (1 - 0.9**3), rtol=1e-6)
