@@ -252,7 +252,11 @@ def tiny_config(**overrides):
     ],
 )
 def test_experiment_runs_and_writes_everything(tmp_path, estimator):
-    results = amdim_experiment.train_and_evaluate(tiny_config(estimator=estimator), str(tmp_path))
+    # InfoNCE with two seeds vmapped (the shared trainer's seed axis through AMDIM's views).
+    seeds = 2 if estimator == "infonce" else 1
+    config = tiny_config(estimator=estimator, num_seeds=seeds)
+    results = amdim_experiment.train_and_evaluate(config, str(tmp_path))
+    assert results["num_seeds"] == seeds
     for name in ("config.json", "metrics.jsonl", "results.json", "curves.png", "probes.png"):
         assert os.path.getsize(tmp_path / name) > 0, name
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
@@ -262,6 +266,11 @@ def test_experiment_runs_and_writes_everything(tmp_path, estimator):
     train = [r for r in rows if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2]
     assert all(np.isfinite(r["mi_1-5"]) for r in train)
+    if seeds > 1:
+        assert all(len(r["per_seed"]["mi_1-5"]) == 2 for r in train)
+        assert all(
+            r["num_seeds"] == (1 if r["encoder"] == "none" else 2) for r in results["probes"]
+        )
 
 
 @pytest.mark.parametrize(
