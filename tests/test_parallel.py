@@ -11,6 +11,9 @@ import pytest
 
 from mi_jax import parallel
 
+# One xdist worker runs every test here, so the 8-device subprocess (the fixture) runs once.
+pytestmark = pytest.mark.xdist_group("eight_devices")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs in a fresh process with 8 host devices: each experiment on a 1-device mesh and on the
