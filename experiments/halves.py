@@ -166,17 +166,21 @@ def run_combination(
     represent = jax.jit(jax.vmap(model.represent, in_axes=(0, None)))
     test_value = jax.jit(jax.vmap(model.value, in_axes=(0, 0, None, None)))
     num_test = views["test_top"].shape[0]
+
+    def put(images):  # split over the devices where the count allows, else replicated
+        if images.shape[0] % mesh.devices.size:
+            return parallel.replicate(images, mesh)
+        return parallel.put_batch(images, mesh)
+
     test_batches = [
-        (
-            jnp.asarray(views["test_top"][s : s + batch]),
-            jnp.asarray(views["test_bottom"][s : s + batch]),
-        )
+        (put(views["test_top"][s : s + batch]), put(views["test_bottom"][s : s + batch]))
         for s in range(0, num_test - batch + 1, batch)
     ][: config.mi_eval_batches]
+    probe_top, test_top = put(views["probe_top"]), put(views["test_top"])
 
     def evaluate(step_num, params, bound_states, train_mi):
-        feats_train = np.asarray(represent(params, jnp.asarray(views["probe_top"])))
-        feats_test = np.asarray(represent(params, jnp.asarray(views["test_top"])))
+        feats_train = np.asarray(represent(params, probe_top))
+        feats_test = np.asarray(represent(params, test_top))
         acc = [
             linear_accuracy(
                 config,

@@ -68,6 +68,16 @@ for n, mesh in meshes.items():
         )
         run["infomax_vae"] = rows(f"{d}/vae", "")
         run["vae_probes"] = [r["probe_test_accuracy"] for r in res["table"]]
+        # Halves: two seeds vmapped, each batch and the evaluation's images sharded.
+        from experiments import halves
+        from tests.test_halves import tiny_config as halves_tiny
+
+        halves.train_and_evaluate(halves_tiny(encoders=("mlp",)), f"{d}/halves", mesh=mesh)
+        with open(f"{d}/halves/metrics.jsonl") as f:
+            run["halves"] = [
+                {f"{k}[{i}]": v for k in ("accuracy", "mi_test") for i, v in enumerate(r[k])}
+                for r in map(json.loads, f)
+            ]
     out[n] = run
 
 # The staircase with every batch split over the 8 devices against one group on one device.
@@ -135,13 +145,19 @@ def eight_device_run():
     return json.loads(line[len("RESULT ") :])
 
 
-@pytest.mark.parametrize("experiment", ["infomax", "ib", "ib_eval", "infomax_vae"])
+@pytest.mark.parametrize("experiment", ["infomax", "ib", "ib_eval", "infomax_vae", "halves"])
 def test_eight_devices_give_the_one_device_metrics(eight_device_run, experiment):
     one, eight = eight_device_run["1"][experiment], eight_device_run["8"][experiment]
     assert len(one) == len(eight) > 0
     keys, a = _flat(one)
     keys8, b = _flat(eight)
-    expected = {"infomax": "loss[1]", "ib": "loss", "ib_eval": "error_mean", "infomax_vae": "elbo"}
+    expected = {
+        "infomax": "loss[1]",
+        "ib": "loss",
+        "ib_eval": "error_mean",
+        "infomax_vae": "elbo",
+        "halves": "mi_test[1]",
+    }
     assert keys == keys8 and expected[experiment] in keys
     # Same function, other reduction order (per-device partial sums, then an all-reduce):
     # float32 rounding, compounded over the steps (measured: relative differences ~1e-6).
