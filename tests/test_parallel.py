@@ -1,5 +1,6 @@
 """Data parallelism (`mi_jax.parallel`): 8 simulated CPU devices give one device's numbers."""
 
+import fcntl
 import json
 import os
 import subprocess
@@ -10,9 +11,6 @@ import numpy as np
 import pytest
 
 from mi_jax import parallel
-
-# One xdist worker runs every test here, so the 8-device subprocess (the fixture) runs once.
-pytestmark = pytest.mark.xdist_group("eight_devices")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -129,8 +127,28 @@ def _flat(rows):
     return keys, np.array([[float(r.get(k, np.nan)) for k in keys] for r in rows])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def eight_device_run():
+    """The script's result, computed once per test session: xdist workers share the session's
+    cache directory (`tests/conftest.py`), where the first one to arrive runs the subprocess
+    under a file lock and the others read what it wrote."""
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if not cache:
+        return _run_eight_devices()
+    os.makedirs(cache, exist_ok=True)
+    path = os.path.join(cache, "eight_device_run.json")
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not os.path.exists(path):
+            result = _run_eight_devices()
+            with open(path + ".tmp", "w") as f:
+                json.dump(result, f)
+            os.replace(path + ".tmp", path)
+        with open(path) as f:
+            return json.load(f)
+
+
+def _run_eight_devices() -> dict:
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
