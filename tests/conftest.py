@@ -3,6 +3,7 @@
 import os
 import shutil
 import tempfile
+import time
 
 # Keep XLA on the CPU and quiet about missing accelerators before jax is imported.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -15,6 +16,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mi_jax_xla_cache_")
+# One id per test session, inherited by the xdist workers: results they share through files
+# (tests/test_parallel.py) are keyed by it, so a cache directory the caller keeps across
+# sessions never serves an earlier session's result.
+os.environ.setdefault("MI_JAX_TEST_SESSION", f"{os.getpid()}-{time.time_ns()}")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

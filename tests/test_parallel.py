@@ -136,7 +136,7 @@ def eight_device_run():
     if not cache:
         return _run_eight_devices()
     os.makedirs(cache, exist_ok=True)
-    path = os.path.join(cache, "eight_device_run.json")
+    path = os.path.join(cache, f"eight_device_run-{os.environ['MI_JAX_TEST_SESSION']}.json")
     with open(path + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not os.path.exists(path):
