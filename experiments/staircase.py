@@ -160,6 +160,13 @@ def bound_groups(config, num_groups: int) -> list[list[int]]:
     return [sorted(g) for g in groups]
 
 
+def _flops(lowered) -> float:
+    """XLA's FLOP count of a lowered program (NaN where the backend gives none)."""
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float((cost or {}).get("flops", float("nan")))
+
+
 class _GroupRun:
     """One group of bounds on one device (or, with a ``mesh``, on all of its devices, each
     batch split over them): its ensemble, states and compiled chunk runner."""
@@ -191,6 +198,12 @@ class _GroupRun:
         t0 = time.perf_counter()
         self.compiled = jax.jit(run, donate_argnums=0).lower(self.states, self.keys, 0).compile()
         self.compile_s = time.perf_counter() - t0
+        # FLOPs of one step (sampling, critics, bounds, gradients, Adam), counted by XLA on the
+        # lowered one-step program (a scan's body would be counted once, not per step).
+        one_step = training.make_scan_trainer(ensemble, sample, 1, mesh)
+        if self.batched:
+            one_step = jax.vmap(one_step, in_axes=(0, 0, None))
+        self.flops_per_step = _flops(jax.jit(one_step).lower(self.states, self.keys, 0))
 
     def dispatch(self, start: int):
         """Starts one chunk (asynchronously) and returns its on-device ``mi`` metrics."""
@@ -277,6 +290,7 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
         )
     run_s = time.perf_counter() - t0
     values = np.concatenate(chunks, axis=1)
+    flops_per_step = sum(r.flops_per_step for r in runs)
     return dict(
         values=values,
         true_mi=true_mi,
@@ -284,6 +298,8 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
         run_s=run_s,
         steps=total,
         steps_per_s=total / run_s,
+        gflop_per_step=flops_per_step / 1e9,
+        gflop_per_s=flops_per_step * total / run_s / 1e9,
         groups=[[names[i] for i in g] for g in groups],
         devices=[d for r in runs for d in r.devices],
     )
@@ -317,6 +333,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         run_s=out["run_s"],
                         steps=out["steps"],
                         steps_per_s=out["steps_per_s"],
+                        gflop_per_step=out["gflop_per_step"],
+                        gflop_per_s=out["gflop_per_s"],
                         bound_steps_per_s=out["steps_per_s"]
                         * len(config.bounds)
                         * config.num_seeds,
@@ -358,7 +376,8 @@ def summary(results: dict, config) -> str:
             f" x {config.num_seeds} seed(s), {config.compute_dtype} matmuls, "
             f"{len(run['bound_groups'])} bound group(s) on {len(set(run['devices']))} device(s): "
             f"compile {run['compile_s']:.1f} s, run {run['run_s']:.1f} s "
-            f"({run['steps_per_s']:.0f} steps/s, {run['bound_steps_per_s']:.0f} bound-steps/s)"
+            f"({run['steps_per_s']:.0f} steps/s, {run['bound_steps_per_s']:.0f} bound-steps/s; "
+            f"{run['gflop_per_step']:.3f} GFLOP per step, {run['gflop_per_s']:.1f} GFLOP/s)"
         )
         rows = [
             r

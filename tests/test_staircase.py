@@ -175,3 +175,19 @@ def test_bfloat16_staircase_runs_and_is_recorded(tmp_path):
     assert all(np.isfinite(r["mean"]) for r in results["statistics"])
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["compute_dtype"] == "bfloat16"
+
+
+def test_flop_count_matches_the_separable_critics_matmuls(tmp_path):
+    """The reported FLOPs per step: at least the critic's matmuls counted by hand (forward,
+    weight and hidden-input gradients, scores), and not much more (Adam, sampling, the bound)."""
+    config = _tiny(bounds=("nwj",))
+    results = staircase.train_and_evaluate(config, str(tmp_path))
+    b, d, (h,), e = config.batch_size, config.dim, config.critic_hparams.separable.hidden, 32
+    per_net = b * (d * h + h * e)  # multiply-adds of one MLP's forward pass
+    forward = 2 * per_net + b * b * e  # g, h and the [B, B] score matrix
+    backward = 2 * per_net + 2 * b * h * e + 2 * b * b * e  # weights, hidden inputs, scores
+    matmul_flops = 2 * (forward + backward)
+    run = results["runs"][0]
+    counted = run["gflop_per_step"] * 1e9
+    assert matmul_flops <= counted <= 1.6 * matmul_flops, (counted, matmul_flops)
+    assert run["gflop_per_s"] == pytest.approx(counted * run["steps_per_s"] / 1e9, rel=1e-6)
