@@ -278,3 +278,15 @@ def test_infomax_vae_num_seeds_trains_each_seed_as_its_own_run(tmp_path):
         assert row["num_seeds"] == 2 and row["elbo"] == pytest.approx(np.mean(values))
         assert row["elbo_std"] == pytest.approx(np.std(values)) and row["elbo_std"] > 0
     assert pair["table"][-1]["model"] == "raw pixels" and "elbo_std" in vae_experiment.summary(pair)
+
+
+def test_mnist_presets_share_the_protocol_and_differ_in_the_schedule():
+    mnist, paper = ib_config.get_config("mnist"), ib_config.get_config("mnist_paper")
+    differ = {k for k in mnist.to_dict() if mnist[k] != paper[k]}
+    assert differ == {
+        "methods", "betas", "num_epochs", "learning_rate", "lr_decay", "lr_decay_epochs",
+        "eval_every_epochs",
+    }  # fmt: skip
+    assert (paper.num_epochs, paper.learning_rate, paper.betas.vib) == (200, 1e-4, (1e-3,))
+    with pytest.raises(ValueError, match="unknown preset 'mnst'"):
+        ib_config.get_config("mnst")
