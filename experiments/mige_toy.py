@@ -17,6 +17,9 @@ estimator, rho), ``results.json``, and ``mige_toy.png`` (estimated vs true curve
 
 MIGE cases run one after another in a compiled `lax.map` rather than a `vmap`: batched LAPACK
 calls (Cholesky, eigh) hung here on a second execution (../shared/ENVIRONMENT.md), a loop does not.
+With several devices the (rho, seed) cases are independent problems and are divided among them
+(`jax.shard_map` around the loop; the trained bounds' vmap is partitioned by `jax.jit`): each
+case computes exactly what it computes on one device.
 """
 
 import os
@@ -30,7 +33,7 @@ import optax
 from tqdm import tqdm
 
 from experiments import _common
-from mi_jax import _checks, mige, training
+from mi_jax import _checks, mige, parallel, training
 from mi_jax import bounds as bounds_lib
 from mi_jax import score as score_lib
 
@@ -65,8 +68,19 @@ def make_score_fn(spec) -> score_lib.ScoreFn:
     return lambda z: (c**2 * at(z, 1.0) - at(z, c)) / (c**2 - 1.0)
 
 
-def mige_gradients(config, dim: int, spec, rhos, keys) -> np.ndarray:
+def _cases(rhos, keys, mesh):
+    """Every (rho, seed) pair, rho-major, padded (by repeating the last) to a multiple of the
+    device count and split over the mesh: ``(rho [C], key [C])`` and the true count."""
+    rho, key = jnp.repeat(rhos, len(keys)), jnp.tile(keys, len(rhos))
+    count, devices = rho.shape[0], mesh.devices.size
+    pad = -count % devices
+    cases = [jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) for a in (rho, key)]
+    return tuple(jax.device_put(cases, parallel.batch_sharding(mesh))), count
+
+
+def mige_gradients(config, dim: int, spec, rhos, keys, mesh=None) -> np.ndarray:
     """``[num_rhos, num_seeds]`` MIGE estimates of dI/drho, and (compile, run) seconds."""
+    mesh = parallel.data_mesh() if mesh is None else mesh
     score_fn = make_score_fn(spec)
     n = config.num_samples
 
@@ -75,18 +89,28 @@ def mige_gradients(config, dim: int, spec, rhos, keys) -> np.ndarray:
         surrogate = lambda r: mige.mi_surrogate(*toy_samples(r, key, dim, n), score_fn)
         return jax.grad(surrogate)(rho)
 
-    cases = (jnp.repeat(rhos, len(keys)), jnp.tile(keys, len(rhos)))
-    fn = jax.jit(lambda cases: jax.lax.map(one, cases))
+    cases, count = _cases(rhos, keys, mesh)
+    data = jax.sharding.PartitionSpec(parallel.DATA_AXIS)
+    # Each device loops over its own share of the cases; no values cross devices (hence no
+    # check of which values vary across them: the score estimators' loops start from constants).
+    loop = jax.shard_map(
+        lambda cases: jax.lax.map(one, cases),
+        mesh=mesh,
+        in_specs=data,
+        out_specs=data,
+        check_vma=False,
+    )
     t0 = time.perf_counter()
-    compiled = fn.lower(cases).compile()
+    compiled = jax.jit(loop).lower(cases).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    grads = np.asarray(compiled(cases)).reshape(len(rhos), len(keys))
+    grads = np.asarray(compiled(cases))[:count].reshape(len(rhos), len(keys))
     return grads, compile_s, time.perf_counter() - t0
 
 
-def bound_gradients(config, dim: int, rhos, keys) -> tuple[np.ndarray, float, float]:
+def bound_gradients(config, dim: int, rhos, keys, mesh=None) -> tuple[np.ndarray, float, float]:
     """``[n_bounds, num_rhos, num_seeds]`` rho-gradients of trained bounds, and timings."""
+    mesh = parallel.data_mesh() if mesh is None else mesh
     ensemble = training.make_ensemble(
         list(config.bounds), "separable", dict(config.critic_hparams), config.aux_hidden
     )
@@ -112,12 +136,14 @@ def bound_gradients(config, dim: int, rhos, keys) -> tuple[np.ndarray, float, fl
 
         return jax.jacrev(values)(rho)  # [n_bounds]
 
-    fn = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))
+    cases, count = _cases(rhos, keys, mesh)
+    fn = jax.jit(jax.vmap(one), out_shardings=parallel.batch_sharding(mesh, 2))
     t0 = time.perf_counter()
-    compiled = fn.lower(rhos, keys).compile()
+    compiled = fn.lower(*cases).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    grads = np.asarray(compiled(rhos, keys))  # [rhos, seeds, bounds]
+    grads = np.asarray(compiled(*cases))[:count]  # [cases, bounds]
+    grads = grads.reshape(len(rhos), len(keys), -1)
     return np.moveaxis(grads, -1, 0), compile_s, time.perf_counter() - t0
 
 
@@ -177,8 +203,11 @@ def plot(path: str, curves: dict, rhos: np.ndarray, dims) -> None:
     plt.close(fig)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:
+    """Runs every estimator at every dimension; ``mesh``: the devices the cases are split over
+    (default: all, `mi_jax.parallel.data_mesh`)."""
     validate_config(config)
+    mesh = parallel.data_mesh() if mesh is None else mesh
     os.makedirs(workdir, exist_ok=True)
     _common.write_config(workdir, config)
     writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
@@ -193,11 +222,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 progress.set_postfix_str(f"d={dim} {name}")
                 true = true_gradient(rhos, dim)
                 if name == "bounds":
-                    grads, compile_s, run_s = bound_gradients(config, dim, rhos, keys)
+                    grads, compile_s, run_s = bound_gradients(config, dim, rhos, keys, mesh)
                     named = {f"{b} (trained)": g for b, g in zip(config.bounds, grads, strict=True)}
                 else:
                     spec = config.estimators[name].to_dict()
-                    grads, compile_s, run_s = mige_gradients(config, dim, spec, rhos, keys)
+                    grads, compile_s, run_s = mige_gradients(config, dim, spec, rhos, keys, mesh)
                     named = {name: grads}
                 for est_name, g in named.items():
                     row = dict(

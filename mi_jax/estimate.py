@@ -5,9 +5,11 @@ bound on the held-out split every ``eval_every`` steps, and stop when it has not
 ``patience`` evaluations. After the host-side checks, two compiled programs do the work (an
 initialization, and a round: ``eval_every`` steps in a `lax.scan` plus the held-out bound);
 the host sees one scalar per round and decides early stopping. ``seeds=K`` trains K critics
-(different initializations and minibatch orders) vmapped side by side. The programs are
-compiled ahead of time, in parallel, and cached: a second call with the same settings and
-array shapes compiles nothing.
+(different initializations and minibatch orders) vmapped side by side. With several devices
+(a ``mesh``; default: all of them) every minibatch and the held-out split are divided among
+them (`mi_jax.parallel`) and the bound still sees the whole batch. The programs are compiled
+ahead of time, in parallel, and cached: a second call with the same settings and array shapes
+compiles nothing.
 """
 
 import concurrent.futures
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mi_jax import _checks, training
+from mi_jax import _checks, parallel, training
 from mi_jax.types import ArrayLike
 
 
@@ -84,6 +86,7 @@ def estimate_mi(
     standardize: bool = True,
     seed: int = 0,
     seeds: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> MIEstimate:
     """Estimates I(X; Y) in nats from paired samples.
 
@@ -111,6 +114,10 @@ def estimate_mi(
       standardize: scale each column to zero mean and unit variance (train-split statistics).
       seed: seed for the split, the initialization and the minibatches.
       seeds: if set, train this many critics vmapped in one program and return all estimates.
+      mesh: the devices to split every minibatch and the held-out split over
+        (`mi_jax.parallel.data_mesh`; default: all devices). With ``n > 1`` devices
+        ``batch_size`` must be a multiple of ``n`` and the held-out split is cut to a multiple
+        of ``n``; one device runs the unsharded program.
 
     Returns:
       An `MIEstimate`.
@@ -131,21 +138,32 @@ def estimate_mi(
     if seeds is not None and not (isinstance(seeds, int) and seeds >= 1):
         raise ValueError(f"`seeds` must be a positive integer or None, got {seeds!r}.")
 
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    devices = mesh.devices.size
+    if devices > 1:
+        parallel.check_batch_size(batch_size, mesh, "batch_size")
+
     rng = np.random.default_rng(seed)
     n = x.shape[0]
     order = rng.permutation(n)
     n_test = max(2, int(round(test_fraction * n)))
     test_idx, train_idx = order[:n_test][:max_test], order[n_test:]
-    if len(train_idx) < 2:
-        raise ValueError(f"{n} samples leave fewer than 2 for training; pass more samples.")
+    test_idx = test_idx[: len(test_idx) // devices * devices]  # an equal share per device
+    if len(train_idx) < max(2, devices) or len(test_idx) < 2:
+        raise ValueError(
+            f"{n} samples leave too few for training ({len(train_idx)}) or the held-out split "
+            f"({len(test_idx)}, a multiple of the {devices} device(s)); pass more samples."
+        )
     x = x.astype(np.float32)
     y = y.astype(np.float32)
     if standardize:
         x = _standardize(x, train_idx, "x")
         y = _standardize(y, train_idx, "y")
-    x_train, y_train = jnp.asarray(x[train_idx]), jnp.asarray(y[train_idx])
-    x_test, y_test = jnp.asarray(x[test_idx]), jnp.asarray(y[test_idx])
-    batch = min(batch_size, len(train_idx))
+    data = (x[train_idx], y[train_idx], x[test_idx], y[test_idx])
+    if devices > 1:
+        data = parallel.replicate(data, mesh)
+    x_train, y_train, x_test, y_test = (jnp.asarray(a) for a in data)
+    batch = min(batch_size, len(train_idx) // devices * devices)
 
     if critic_hparams is None:
         critic_hparams = DEFAULT_CRITIC_HPARAMS.get(critic, {})
@@ -161,6 +179,7 @@ def estimate_mi(
         num_seeds=seeds,
         train_shapes=(x_train.shape, y_train.shape),
         test_shapes=(x_test.shape, y_test.shape),
+        mesh=mesh if devices > 1 else None,
     )
     init, train_round = _compiled_fit(spec)
     states, data_keys = init(np.int32(seed), x_train, y_train)
@@ -249,6 +268,7 @@ class _FitSpec:
     num_seeds: int | None  # None: one seed, no seed axis
     train_shapes: tuple
     test_shapes: tuple
+    mesh: Any = None  # several devices: batches and the held-out split sharded over them
 
 
 @functools.lru_cache(maxsize=8)
@@ -263,7 +283,8 @@ def _compiled_fit(spec: _FitSpec):
     vmap over an axis of size one costs trace and compile time, and turns each matmul into a
     slower batched dot on XLA:CPU). Both programs are compiled ahead of time, side by side.
     Programs are cached on ``spec``: estimates on more data of the same shapes with the same
-    settings reuse them.
+    settings reuse them. With ``spec.mesh`` the data and states are replicated over its
+    devices, and each minibatch and the held-out split are split along their batch axis.
     """
     ensemble = training.make_ensemble(
         [(spec.bound, dict(spec.bound_hparams))], spec.critic, dict(spec.critic_hparams)
@@ -271,6 +292,13 @@ def _compiled_fit(spec: _FitSpec):
     optimizer = optax.adam(spec.learning_rate)
     train_step = training.make_train_step(ensemble)
     num_seeds, batched = spec.num_seeds or 1, spec.num_seeds is not None
+    mesh = spec.mesh
+
+    def shard(batch):
+        return batch if mesh is None else parallel.shard_batch(batch, mesh)
+
+    def replicate(tree):
+        return tree if mesh is None else parallel.replicate_like(tree, mesh)
 
     def init_all(seed, x_train, y_train):
         keys = jax.random.split(jax.random.key(seed), (num_seeds, 2))
@@ -282,40 +310,46 @@ def _compiled_fit(spec: _FitSpec):
             )
 
         if batched:
-            return jax.vmap(init_one)(init_keys), data_keys
-        return init_one(init_keys[0]), data_keys[0]
+            return replicate((jax.vmap(init_one)(init_keys), data_keys))
+        return replicate((init_one(init_keys[0]), data_keys[0]))
 
     def round_one(state, data_key, r, batch_idx, active, x_train, y_train, x_test, y_test):
         def body(state, inputs):
             step_key, idx = inputs
-            state, metrics = train_step(state, (x_train[idx], y_train[idx]), step_key)
-            return state, metrics["mi"][0]
+            state, metrics = train_step(state, shard((x_train[idx], y_train[idx])), step_key)
+            return replicate(state), metrics["mi"][0]
 
         step_keys = jax.random.split(jax.random.fold_in(data_key, r), spec.eval_every)
         new_state, values = jax.lax.scan(body, state, (step_keys, batch_idx))
         if batched:  # A single seed that has stopped is not run again.
             new_state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_state, state)
+        x_test, y_test = shard((x_test, y_test))
         test_value, _ = ensemble.apply(new_state.params, new_state.bound_states, x_test, y_test)
-        return new_state, test_value[0], jnp.mean(values)
+        return replicate(new_state), test_value[0], jnp.mean(values)
 
     if batched:
         round_one = jax.vmap(round_one, in_axes=(0, 0, None, 0, 0, None, None, None, None))
-    f32 = jnp.float32
+    # Abstract arguments for ahead-of-time compilation, replicated over the mesh if there is one.
+    sharding = None if mesh is None else parallel.replicated(mesh)
+
+    def arg(shape, dtype=jnp.float32):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
     (x_train, y_train), (x_test, y_test) = (
-        [jax.ShapeDtypeStruct(s, f32) for s in shapes]
-        for shapes in (spec.train_shapes, spec.test_shapes)
+        [arg(s) for s in shapes] for shapes in (spec.train_shapes, spec.test_shapes)
     )
-    seed = jax.ShapeDtypeStruct((), jnp.int32)
+    seed = arg((), jnp.int32)
     lead = (num_seeds,) if batched else ()
-    idx = jax.ShapeDtypeStruct((*lead, spec.eval_every, spec.batch), jnp.int32)
-    active = jax.ShapeDtypeStruct(lead, jnp.bool_)
+    idx = arg((*lead, spec.eval_every, spec.batch), jnp.int32)
+    active = arg(lead, jnp.bool_)
     init = jax.jit(init_all, compiler_options=training.RUN_ONCE_COMPILER_OPTIONS)
     states, keys = jax.eval_shape(init_all, seed, x_train, y_train)
+    states, keys = jax.tree.map(lambda a: arg(a.shape, a.dtype), (states, keys))
     train_round = jax.jit(round_one, donate_argnums=0)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         # XLA compiles without holding the GIL: the two programs compile side by side.
         init_future = pool.submit(lambda: init.lower(seed, x_train, y_train).compile())
-        round_index = jax.ShapeDtypeStruct((), jnp.int32)
+        round_index = arg((), jnp.int32)
         round_compiled = train_round.lower(
             states, keys, round_index, idx, active, x_train, y_train, x_test, y_test
         ).compile()

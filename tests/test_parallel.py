@@ -90,6 +90,32 @@ for mode in ("bounds", "data"):
         "means": [r["mean"] for r in res["statistics"]], "devices": res["runs"][0]["devices"]
     }
 
+# estimate_mi: each minibatch and the held-out split sharded, two seeds vmapped (1000 samples:
+# a held-out split of 200, a multiple of 8, so both meshes see the same samples).
+import numpy as np
+from mi_jax import estimate_mi, tasks
+x, y = tasks.get_task("gaussian", dim=5).sample(jax.random.key(0), 1.0, 1000)
+x, y = np.asarray(x), np.asarray(y)
+kw = dict(max_steps=200, eval_every=100, batch_size=64, seeds=2)
+out["estimate"] = {}
+for n, mesh in meshes.items():
+    est = estimate_mi(x, y, mesh=mesh, **kw)
+    out["estimate"][n] = [*est.mi.tolist(), *est.train_curve.ravel().tolist()]
+try:
+    estimate_mi(x, y, batch_size=60)
+except ValueError as e:
+    out["estimate_error"] = str(e)
+
+# The MIGE toy: its (rho, seed) cases split over the devices (7 cases: one device gets padding).
+from experiments import mige_toy
+from tests.test_mige_toy import _tiny as toy_tiny
+config = toy_tiny(num_rhos=7, num_seeds=1)
+out["mige_toy"] = {}
+for n, mesh in meshes.items():
+    with tempfile.TemporaryDirectory() as d:
+        res = mige_toy.train_and_evaluate(config, d, mesh=mesh)
+    out["mige_toy"][n] = {r["estimator"]: [r["rel_rmse"], r["rel_bias"]] for r in res["rows"]}
+
 # The sharded batch really is split: each device holds B / 8 rows of the gathered batch.
 mesh = meshes["8"]
 images = parallel.replicate(jax.numpy.zeros((64, 3)), mesh)
@@ -195,6 +221,20 @@ def test_staircase_split_over_eight_devices_gives_the_one_device_estimates(eight
     bounds, data = eight_device_run["staircase"]["bounds"], eight_device_run["staircase"]["data"]
     assert len(bounds["devices"]) == 1 and len(data["devices"]) == 8
     np.testing.assert_allclose(data["means"], bounds["means"], rtol=1e-4, atol=1e-5)
+
+
+def test_estimate_mi_over_eight_devices_gives_the_one_device_estimates(eight_device_run):
+    one, eight = eight_device_run["estimate"]["1"], eight_device_run["estimate"]["8"]
+    assert len(one) == len(eight) == 2 + 2 * 2  # two estimates, two seeds x two rounds
+    np.testing.assert_allclose(eight, one, rtol=1e-4, atol=1e-5)
+    assert "`batch_size` (60)" in eight_device_run["estimate_error"]
+
+
+def test_mige_toy_cases_split_over_eight_devices(eight_device_run):
+    one, eight = eight_device_run["mige_toy"]["1"], eight_device_run["mige_toy"]["8"]
+    assert one.keys() == eight.keys() and len(one) > 1
+    for name in one:  # each case is the same computation wherever it runs
+        np.testing.assert_allclose(eight[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_batch_size_must_split_over_the_devices():
