@@ -91,7 +91,8 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp
 
 def test_mige_seeds_run_one_after_another_and_match_single_runs(tmp_path):
     # MIGE's score estimators decompose matrices; under a seed vmap that batched eigh hung
-    # XLA:CPU, so its seeds are mapped: seed 1 of two must still be the one-seed run.
+    # XLA:CPU, so its seeds are separate copies of the step: seed 1 of two must still be the
+    # one-seed run.
     small = dict(estimator="mige", num_steps=2, eval_every=2, **{"probe.kinds": ("linear",)})
     pair = infomax.train_and_evaluate(tiny_config(num_seeds=2, **small), str(tmp_path / "pair"))
     alone = infomax.train_and_evaluate(tiny_config(seed=1, **small), str(tmp_path / "alone"))
