@@ -182,7 +182,7 @@ def _run_eight_devices() -> dict:
         os.environ,
         JAX_PLATFORMS="cpu",
         PYTHONPATH=ROOT,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
     )
     proc = subprocess.run(
         [sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True

@@ -25,7 +25,11 @@ def _command(workdir):
 
 
 def _env():
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    # Three runs of 60 steps: here optimized code pays for its compile time, so the suite's
+    # fast-compile flags (tests/conftest.py) are left out.
+    fast = ("--xla_backend_optimization_level", "--xla_llvm_disable_expensive_passes")
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(fast)]
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, XLA_FLAGS=" ".join(flags))
 
 
 def _finished_steps(workdir):
