@@ -166,18 +166,39 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
 def restore_checkpoint(manager, step: int, state):
     """``state``'s structure restored from ``manager``'s checkpoint at ``step``, or a
     `ValueError` saying the checkpoint does not fit (written with another model or
-    ``num_seeds``) instead of Orbax's shape errors. Nothing in the workdir is touched."""
+    ``num_seeds``) instead of Orbax's shape errors. Nothing in the workdir is touched.
+
+    The stored array shapes are compared with ``state``'s before anything is read: a restore
+    that Orbax rejects part-way leaves its reads in flight, which later fail into a closed
+    event loop (reported as unraisable exceptions wherever the process happens to be)."""
+    import jax
     import orbax.checkpoint as ocp
 
+    def mismatch(detail):
+        return ValueError(
+            f"the checkpoint at step {step} in {manager.directory} does not fit this config's "
+            f"train state (written with other model settings or another `config.num_seeds`?); "
+            f"use a fresh --workdir, or the config that wrote it. ({detail[:300]})"
+        )
+
+    def shapes(tree):
+        return sorted(tuple(getattr(x, "shape", np.shape(x))) for x in jax.tree.leaves(tree))
+
+    try:  # the manager's item is the default one, written by `ocp.args.StandardSave`
+        path = os.path.join(str(manager.directory), str(step), "default")
+        metadata = ocp.StandardCheckpointer().metadata(path)
+        metadata = getattr(metadata, "item_metadata", metadata)
+        stored = shapes(getattr(metadata, "tree", metadata))
+    except Exception:  # no readable metadata: the restore itself decides
+        stored = []
+    wanted = shapes(state)
+    if stored and stored != wanted:
+        diff = sorted(set(stored) ^ set(wanted))[:4]
+        raise mismatch(f"{len(stored)} stored arrays vs {len(wanted)}; shapes differ: {diff}")
     try:
         return manager.restore(step, args=ocp.args.StandardRestore(state))
     except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(
-            f"the checkpoint at step {step} in {manager.directory} does not fit this config's "
-            f"train state (written with other model settings or another `config.num_seeds`?); "
-            f"use a fresh --workdir, or the config that wrote it. ({type(e).__name__}: "
-            f"{str(e)[:300]})"
-        ) from e
+        raise mismatch(f"{type(e).__name__}: {e}") from e
 
 
 def write_json(path: str, data) -> None:
