@@ -186,7 +186,8 @@ def restore_checkpoint(manager, step: int, state):
 
     try:  # the manager's item is the default one, written by `ocp.args.StandardSave`
         path = os.path.join(str(manager.directory), str(step), "default")
-        metadata = ocp.StandardCheckpointer().metadata(path)
+        with ocp.StandardCheckpointer() as checkpointer:  # an async one: closed at once
+            metadata = checkpointer.metadata(path)
         metadata = getattr(metadata, "item_metadata", metadata)
         stored = shapes(getattr(metadata, "tree", metadata))
     except Exception:  # no readable metadata: the restore itself decides
