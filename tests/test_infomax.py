@@ -145,9 +145,10 @@ def test_num_seeds_trains_each_seed_as_its_own_run_and_reports_mean_and_std(tmp_
         assert row["test_accuracy_std"] == pytest.approx(np.std(values))
     saved = json.loads((both / "results.json").read_text())
     assert saved["probes"] == pair["probes"]
-    # The seed-stacked checkpoints do not fit a one-seed state: a clear error, nothing lost.
+    # The seed-stacked checkpoints do not fit a one-seed state: a clear error, found from the
+    # stored shapes before Orbax reads anything ("shapes differ"), and nothing lost.
     kept = sorted(os.listdir(both / "checkpoints"))
-    with pytest.raises(ValueError, match="does not fit.*num_seeds"):
+    with pytest.raises(ValueError, match="does not fit.*num_seeds.*shapes differ"):
         infomax.train_and_evaluate(tiny_config(**{**small, "num_steps": 6}), str(both))
     assert sorted(os.listdir(both / "checkpoints")) == kept == ["2", "3", "4"]
     (row,), _ = infomax_table.rows_from([str(both)])
