@@ -18,6 +18,8 @@ of 1.25 % (VIB, beta 1e-4, selected epoch; 1.20 % at the last), 1.30 % determini
 epoch), MINE-IB 1.32-1.42 %, MIGE-IB 1.5-1.6 % (README, "Deep Information Bottleneck").
 Over three seeds (``--config.num_seeds=3``), VIB with beta 3e-4 (``--config.betas.vib``):
 1.22 +- 0.03 %, the deterministic baseline 1.38 +- 0.08 % (README).
+``:mnist_final``: that choice (VIB, beta 3e-4, 15 epochs) and the deterministic baseline
+retrained on all 60,000 training images, the last epoch reported.
 ``:mnist_paper``: the paper's schedule for VIB alone (200 epochs at 1e-4, beta 1e-3).
 ``:quick``: a few steps, smoke runs.
 """
@@ -67,7 +69,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # Training images held out (seeded) to choose the reported evaluation per beta: the one
     # with the lowest validation error. 0: no split; the last evaluation is reported.
     config.validation_examples = 237  # digits: 1200 left for training
-    if preset in ("mnist", "mnist_paper"):
+    if preset in ("mnist", "mnist_paper", "mnist_final"):
         config.dataset = "mnist"
         config.validation_examples = 5000
         # 15 epochs instead of the paper's 200 (2 CPU cores): Adam 1e-3 decayed by 0.85 per
@@ -93,6 +95,15 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         config.lr_decay = 0.97
         config.lr_decay_epochs = 2
         config.eval_every_epochs = 5
+    elif preset == "mnist_final":
+        # The `mnist` schedule with what its validation split chose (README): VIB at beta 3e-4
+        # (the lowest mean validation error over three seeds, at the selected and at the last
+        # epoch) beside the deterministic baseline, both retrained on all 60,000 training
+        # images; with no validation split the last epoch (15) is reported.
+        config.methods = ("deterministic", "vib")
+        config.betas.vib = (3e-4,)
+        config.validation_examples = 0
+        config.eval_every_epochs = 5
     elif preset == "quick":
         config.num_epochs = 2
         config.eval_every_epochs = 1
@@ -104,7 +115,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         config.validation_examples = 100
     elif preset not in (None, "", "mnist"):
         raise ValueError(
-            f"unknown preset {preset!r} for configs/ib.py; use mnist, mnist_paper or quick."
+            f"unknown preset {preset!r} for configs/ib.py; use mnist, mnist_final, "
+            "mnist_paper or quick."
         )
     config.lock()
     return config

@@ -288,5 +288,10 @@ def test_mnist_presets_share_the_protocol_and_differ_in_the_schedule():
         "eval_every_epochs",
     }  # fmt: skip
     assert (paper.num_epochs, paper.learning_rate, paper.betas.vib) == (200, 1e-4, (1e-3,))
+    final = ib_config.get_config("mnist_final")
+    differ = {k for k in mnist.to_dict() if mnist[k] != final[k]}
+    assert differ == {"methods", "betas", "validation_examples", "eval_every_epochs"}
+    assert (final.betas.vib, final.validation_examples, final.num_epochs) == ((3e-4,), 0, 15)
+    assert final.methods == ("deterministic", "vib")
     with pytest.raises(ValueError, match="unknown preset 'mnst'"):
         ib_config.get_config("mnst")
