@@ -291,7 +291,10 @@ def run_method(
 
 
 def summary(results: dict) -> str:
-    """The table of selected evaluations (lowest validation error per beta), in %."""
+    """The table of selected evaluations (lowest validation error per beta; without a
+    validation split, the last), in %."""
+    has_val = any("val_error_mean" in r for e in results["methods"].values() for r in e["selected"])
+    samples = results.get("config", {}).get("test_samples", 12)
     rows = []
     for entry in results["methods"].values():
         for r, last in zip(entry["selected"], entry["final"], strict=True):
@@ -300,10 +303,10 @@ def summary(results: dict) -> str:
                     "method": r["method"],
                     "beta": f"{r['beta']:g}",
                     "epoch": f"{r['epoch']:g}",
-                    "val_err": 100 * r.get("val_error_mean", float("nan")),
+                    **({"val_err": 100 * r.get("val_error_mean", np.nan)} if has_val else {}),
                     "test_err": 100 * r["error_mean"],
                     **({"test_err_std": 100 * r["error_mean_std"]} if "num_seeds" in r else {}),
-                    "test_err_12": 100 * r["error_sampled"],
+                    f"test_err_{samples}": 100 * r["error_sampled"],
                     "last_test_err": 100 * last["error_mean"],
                     "KL": r["kl"],
                     "I(Z;Y)>=": results["label_entropy"] - r["ce_sampled"],
@@ -313,10 +316,14 @@ def summary(results: dict) -> str:
     cols = list(dict.fromkeys(c for r in rows for c in r))
     rows = [{c: r.get(c, "") for c in cols} for r in rows]
     seeds = results.get("num_seeds", 1)
+    chosen = (
+        "the evaluation with the lowest validation error per beta (errors in %: val, "
+        if has_val
+        else "the last evaluation per beta, no validation split (errors in %: "
+    )
     head = (
-        f"\n{results['dataset']}, {results['num_epochs']} epochs; the evaluation with the lowest "
-        "validation error per beta (errors in %: val, test at the posterior mean, test with 12 "
-        "samples, test at the last epoch; KL and I in nats)"
+        f"\n{results['dataset']}, {results['num_epochs']} epochs; {chosen}test at the posterior "
+        f"mean, test with {samples} samples, test at the last epoch; KL and I in nats)"
         + (f"; mean over {seeds} seeds, test_err_std their spread" if seeds > 1 else "")
         + "\n"
     )

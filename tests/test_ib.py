@@ -182,6 +182,8 @@ def test_ib_experiment_smoke_and_resume(tmp_path):
     assert len(finals) == 1 + 3 * 2
     for r in finals:
         assert 0.0 <= r["error_mean"] <= 1.0 and 0.0 <= r["error_sampled"] <= 1.0
+    table = ib_experiment.summary(results)  # the quick preset holds out a validation split
+    assert "lowest validation error" in table and "val_err" in table and "test_err_3" in table
     # A rerun keeps every finished method without training it again.
     mtime = os.path.getmtime(os.path.join(workdir, "checkpoints", "vib"))
     again = ib_experiment.train_and_evaluate(config, workdir)
@@ -259,7 +261,8 @@ def test_ib_num_seeds_trains_each_seed_as_its_own_sweep(tmp_path):
             assert row["error_mean_std"] == pytest.approx(np.std(errors))
         seeds = {r["seed"] for r in entry["final_per_seed"]}
         assert seeds == {0, 1}
-    assert "test_err_std" in ib_experiment.summary(pair)
+    table = ib_experiment.summary(pair)
+    assert "test_err_std" in table and "no validation split" in table and "val_err" not in table
 
 
 def test_infomax_vae_num_seeds_trains_each_seed_as_its_own_run(tmp_path):
