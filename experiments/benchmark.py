@@ -1,12 +1,16 @@
-r"""Speed benchmarks: concat-critic throughput against the matmul peak, and `estimate_mi` wall time.
+r"""Benchmarks: concat-critic throughput against the matmul peak, `estimate_mi` wall time, and
+`estimate_mi`'s accuracy with its defaults against the earlier early-stopping rule.
 
-  python -m experiments.benchmark [--only critic|estimate]
+  python -m experiments.benchmark [--only critic|estimate|accuracy]
 
-Prints two tables. The peak is measured here, on this machine: a float32 2048 x 2048 matmul.
+Prints three tables. The peak is measured here, on this machine: a float32 2048 x 2048 matmul.
 The concat critic is timed forward + backward (a training step's work without the optimizer)
 at several batch sizes, dense and chunked, float32 and bfloat16 matmuls, with FLOPs counted by
 `flops_concat_critic` (backward = 2 x forward). `estimate_mi` runs in a fresh subprocess per
-case so that its wall time includes compilation, as a user would see it.
+case so that its wall time includes compilation, as a user would see it. The accuracy table
+runs in this process, two data draws per case, on two sets of cases: the set the defaults were
+chosen on (SMILE's tau and the early-stopping rule) and a second set of cases and draws that
+checked the choice.
 """
 
 import json
@@ -20,8 +24,10 @@ from absl import app, flags
 
 from experiments import _common
 from mi_jax import bounds, critics
+from mi_jax.estimate import estimate_mi
+from mi_jax.tasks import get_task
 
-_ONLY = flags.DEFINE_enum("only", None, ["critic", "estimate"], "Run one table only.")
+_ONLY = flags.DEFINE_enum("only", None, ["critic", "estimate", "accuracy"], "Run one table only.")
 
 
 def _time(fn, *args, repeats: int) -> float:
@@ -130,6 +136,80 @@ def estimate_rows() -> list[dict]:
     return rows
 
 
+# (task, dim, true MI): the set the defaults were chosen on (draws 0 and 1) and the set that
+# checked them (draws 2 and 3).
+ACCURACY_CASES = {
+    "chosen on": (
+        [
+            ("gaussian", 1, 0.5),
+            ("gaussian", 2, 1.0),
+            ("gaussian", 5, 2.0),
+            ("cubic", 5, 2.0),
+            ("gaussian", 20, 4.0),
+            ("student_t", 5, 1.0),
+            ("gaussian", 50, 8.0),
+            ("gaussian", 10, 10.0),
+        ],
+        (0, 1),
+    ),
+    "checked on": (
+        [
+            ("gaussian", 1, 0.5),
+            ("gaussian", 3, 3.0),
+            ("gaussian", 5, 2.0),
+            ("gaussian", 5, 6.0),
+            ("gaussian", 10, 1.0),
+            ("gaussian", 30, 6.0),
+            ("cubic", 20, 4.0),
+            ("spiral", 2, 1.0),
+            ("student_t", 2, 0.5),
+            ("student_t", 10, 2.0),
+            ("gaussian", 50, 8.0),
+            ("gaussian", 10, 10.0),
+        ],
+        (2, 3),
+    ),
+}
+# The rule before 2026-12-01: stop on the held-out SMILE value itself, SMILE's own tau = 5.
+EARLIER_RULE = dict(stop_on="bound", bound_hparams={"clip": 5.0})
+ACCURACY_COLUMNS = [
+    "set",
+    "task",
+    "dim",
+    "true_mi",
+    "defaults",
+    "defaults_rel",
+    "earlier",
+    "earlier_rel",
+]
+
+
+def accuracy_rows(n: int = 5000) -> list[dict]:
+    """Per case: the mean over two draws of each rule's estimate and relative error, then each
+    set's mean absolute relative error."""
+    rows = []
+    for set_name, (cases, draws) in ACCURACY_CASES.items():
+        errors = {"defaults": [], "earlier": []}
+        for task, dim, mi in cases:
+            row = dict(set=set_name, task=task, dim=dim, true_mi=mi)
+            for rule, kwargs in (("defaults", {}), ("earlier", EARLIER_RULE)):
+                estimates = []
+                for draw in draws:
+                    x, y = get_task(task, dim=dim).sample(jax.random.key(draw), mi, n)
+                    result = estimate_mi(np.asarray(x), np.asarray(y), seed=draw, **kwargs)
+                    estimates.append(result.mi)
+                rel = (np.asarray(estimates) - mi) / mi
+                errors[rule].extend(np.abs(rel))
+                row[rule] = " / ".join(f"{e:.2f}" for e in estimates)
+                row[f"{rule}_rel"] = f"{rel.mean():+.2f}"
+            rows.append(row)
+        summary = dict.fromkeys(ACCURACY_COLUMNS, "")
+        summary.update(set=set_name, task="mean |rel. error|")
+        summary.update({f"{rule}_rel": f"{np.mean(e):.3f}" for rule, e in errors.items()})
+        rows.append(summary)
+    return rows
+
+
 def main(argv):
     del argv
     if _ONLY.value in (None, "critic"):
@@ -151,6 +231,18 @@ def main(argv):
             _common.format_table(
                 rows,
                 ["task", "dim", "n", "true_mi", "estimate", "rel_error", "best_step", "seconds"],
+            )
+        )
+    if _ONLY.value in (None, "accuracy"):
+        rows = accuracy_rows()
+        print(
+            "\nestimate_mi accuracy, N = 5000, two draws per case: the defaults against the "
+            f"earlier rule {EARLIER_RULE}"
+        )
+        print(
+            _common.format_table(
+                rows,
+                ACCURACY_COLUMNS,
             )
         )
 

@@ -5,7 +5,8 @@ diagonal holds the critic on samples of the joint p(x, y), the off-diagonal entr
 the product of marginals p(x) p(y). Each returns a scalar in nats whose *value* is the MI estimate
 and whose *gradient* is the training signal (maximize it). Where a bound is trained with one
 objective and read out with another (JS, SMILE), the two are combined with a straight-through
-``stop_gradient`` so that one scalar serves both purposes.
+``stop_gradient`` so that one scalar serves both purposes; the registry's `Bound.objective`
+gives the training objective's value too (for early stopping on held-out data).
 
 Normalizations run over ``x`` for a fixed ``y`` (down a column), following the notation of
 Poole et al. (2019): ``m(y) = E_{p(x)} e^{f(x, y)}``. All exponentials of scores go through
@@ -423,15 +424,26 @@ class Bound(NamedTuple):
       apply: ``apply(scores, state, **inputs) -> (value, new_state)``.
       inputs: names of extra learned inputs the bound needs besides the scores: ``"u"``
         (``[batch]``, FLO) or ``"log_baseline"`` (``[batch]``, TUBA and I_alpha).
+      objective: ``objective(scores) -> []``, the objective whose gradient training follows,
+        for bounds trained with one objective and read out with another (``js`` and ``smile``
+        with ``gradient="js"``: `js_fgan`); None where the value is its own objective. Early
+        stopping on held-out data watches it (`mi_jax.estimate_mi`).
     """
 
     name: str
     init: Callable[[], PyTree]
     apply: Callable[..., tuple[Array, PyTree]]
     inputs: tuple[str, ...] = ()
+    objective: Callable[[Array], Array] | None = None
 
 
-def _stateless(name: str, fn: Callable[..., Array], inputs: tuple[str, ...] = (), **hparams: Any):
+def _stateless(
+    name: str,
+    fn: Callable[..., Array],
+    inputs: tuple[str, ...] = (),
+    objective: Callable[[Array], Array] | None = None,
+    **hparams: Any,
+):
     # Validate the hyperparameters now, by tracing on an abstract 2 x 2 matrix (nothing is
     # compiled or run), rather than inside a jitted step later.
     shape = jax.ShapeDtypeStruct((2, 2), jnp.float32)
@@ -441,7 +453,12 @@ def _stateless(name: str, fn: Callable[..., Array], inputs: tuple[str, ...] = ()
     def apply(scores, state, **extra):
         return fn(scores, **extra, **hparams), state
 
-    return Bound(name, lambda: (), apply, inputs)
+    return Bound(name, lambda: (), apply, inputs, objective)
+
+
+def _smile_bound(name: str, **hparams: Any) -> Bound:
+    objective = js_fgan if hparams.get("gradient", "js") == "js" else None
+    return _stateless(name, smile, objective=objective, **hparams)
 
 
 def _mine_bound(name: str, **hparams: Any) -> Bound:
@@ -459,9 +476,9 @@ _REGISTRY: dict[str, Callable[..., Bound]] = {
     "nwj": lambda: _stateless("nwj", nwj),
     "tuba": lambda: _stateless("tuba", tuba, ("log_baseline",)),
     "infonce": lambda: _stateless("infonce", infonce),
-    "js": lambda: _stateless("js", js),
+    "js": lambda: _stateless("js", js, objective=js_fgan),
     "interpolated": lambda **kw: _stateless("interpolated", interpolated, ("log_baseline",), **kw),
-    "smile": lambda **kw: _stateless("smile", smile, **kw),
+    "smile": lambda **kw: _smile_bound("smile", **kw),
     "flo": lambda: _flo_bound("flo"),
 }
 

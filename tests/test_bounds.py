@@ -770,6 +770,21 @@ def test_registry_hparams_are_bound():
     assert int(state.count) == 2
 
 
+def test_registry_objective_is_the_function_training_follows():
+    s = _rand_scores(711, 6)
+    for name, hparams in [("js", {}), ("smile", {}), ("smile", {"clip": 2.0, "gradient": "js"})]:
+        bound = bounds.get_bound(name, **hparams)
+        np.testing.assert_allclose(bound.objective(s), bounds.js_fgan(s), rtol=1e-6)
+        # The objective's gradient is the bound's gradient (the straight-through readout).
+        np.testing.assert_allclose(
+            jax.grad(bound.objective)(s),
+            jax.grad(lambda t, b=bound: b.apply(t, ())[0])(s),
+            rtol=1e-5,
+        )
+    for name, hparams in [("smile", {"gradient": "smile"}), ("nwj", {}), ("infonce", {})]:
+        assert bounds.get_bound(name, **hparams).objective is None
+
+
 def test_unknown_bound_name_suggests_the_closest():
     with pytest.raises(KeyError) as info:
         bounds.get_bound("infonc")

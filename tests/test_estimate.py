@@ -20,9 +20,13 @@ def test_recovers_gaussian_mi_within_10_percent(gaussian_2d):
     result = mi_jax.estimate_mi(x, y, seeds=2)
     assert result.mi.shape == (2,)
     np.testing.assert_allclose(result.mi, 1.0, rtol=0.10)
-    assert result.test_curve.shape == (2, len(result.steps))
-    # The reported estimate is the best finite point of each held-out curve.
-    np.testing.assert_allclose(result.mi, np.nanmax(result.test_curve, axis=1), rtol=1e-6)
+    assert result.test_curve.shape == result.objective_curve.shape == (2, len(result.steps))
+    # Early stopping watches the held-out JS objective (SMILE's training objective); the
+    # estimate is the held-out SMILE value where that objective peaked.
+    best = np.nanargmax(result.objective_curve, axis=1)
+    np.testing.assert_array_equal(result.best_step, result.steps[best])
+    np.testing.assert_allclose(result.mi, result.test_curve[[0, 1], best], rtol=1e-6)
+    assert np.nanmax(result.objective_curve) < 0  # the JS objective is at most 2 JS - log 4 <= 0
 
 
 def test_independent_samples_give_near_zero(gaussian_2d):
@@ -52,6 +56,7 @@ def test_seed_is_deterministic(gaussian_2d):
         (dict(test_fraction=1.5), ValueError, "test_fraction"),
         (dict(batch_size=0), ValueError, "batch_size"),
         (dict(seed=2**40), ValueError, "`seed`"),
+        (dict(stop_on="bond"), ValueError, "`stop_on`"),
     ],
 )
 def test_bad_input_names_the_argument(gaussian_2d, kwargs, error, match):
@@ -59,6 +64,16 @@ def test_bad_input_names_the_argument(gaussian_2d, kwargs, error, match):
     kwargs = dict(dict(x=x[:100], y=y[:100], max_steps=10), **kwargs)
     with pytest.raises(error, match=match):
         mi_jax.estimate_mi(kwargs.pop("x"), kwargs.pop("y"), **kwargs)
+
+
+def test_stop_on_bound_reports_the_curves_maximum(gaussian_2d):
+    x, y = gaussian_2d
+    result = mi_jax.estimate_mi(x[:2000], y[:2000], max_steps=600, stop_on="bound")
+    assert result.mi == np.nanmax(result.test_curve)
+    # A bound trained on its own value watches that value: the two held-out curves coincide.
+    nwj = mi_jax.estimate_mi(x[:2000], y[:2000], bound="nwj", max_steps=300)
+    np.testing.assert_array_equal(nwj.objective_curve, nwj.test_curve)
+    assert nwj.mi == np.nanmax(nwj.test_curve)
 
 
 def test_constant_column_is_rejected():
