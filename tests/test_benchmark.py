@@ -8,7 +8,7 @@ from experiments import _common, benchmark
 
 
 def test_accuracy_rows_compare_the_two_rules(monkeypatch):
-    monkeypatch.setattr(benchmark, "ACCURACY_CASES", {"chosen on": ([("gaussian", 2, 1.0)], (0,))})
+    monkeypatch.setattr(benchmark, "ACCURACY_CASES", {"set A": ([("gaussian", 2, 1.0)], (0,))})
     rows = benchmark.accuracy_rows(n=800)
     assert [r["task"] for r in rows] == ["gaussian", "mean |rel. error|"]
     x, y = mi_jax.get_task("gaussian", dim=2).sample(jax.random.key(0), 1.0, 800)
