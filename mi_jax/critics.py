@@ -146,19 +146,12 @@ class MLP(nn.Module):
 
 
 class SeparableCritic(nn.Module):
-    """``f(x, y) = g(x)^T h(y)``, with g and h MLPs into a shared ``embed_dim`` space.
-
-    ``linear_skip=True`` adds a linear map of the input to each embedding,
-    ``g(x) = MLP(x) + A x`` (and ``h`` alike), so that the critic holds the bilinear
-    ``x^T A^T B y`` from the start: `mi_jax.estimate_mi` uses it, where on a few thousand pairs
-    the MLP alone overfits before it learns a dependence spread over many dimensions (README).
-    """
+    """``f(x, y) = g(x)^T h(y)``, with g and h MLPs into a shared ``embed_dim`` space."""
 
     hidden: Sequence[int] = (256, 256)
     embed_dim: int = 32
     activation: str = "relu"
     compute_dtype: str | None = None
-    linear_skip: bool = False
 
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:
@@ -168,9 +161,6 @@ class SeparableCritic(nn.Module):
             MLP, self.hidden, self.embed_dim, self.activation, self.compute_dtype
         )
         gx, hy = mlp(name="g")(x), mlp(name="h")(y)
-        if self.linear_skip:
-            skip = functools.partial(dense, self.embed_dim, self.compute_dtype, use_bias=False)
-            gx, hy = gx + skip(name="g_linear")(x), hy + skip(name="h_linear")(y)
         return gx @ hy.T
 
 

@@ -78,21 +78,6 @@ def test_separable_equals_g_of_x_times_h_of_y():
     np.testing.assert_allclose(scores, gx @ hy.T, rtol=1e-5, atol=1e-5)
 
 
-def test_separable_linear_skip_adds_a_linear_map_of_the_input():
-    x, y = _data(batch=8, dx=3, dy=4)
-    params, scores = _init_and_apply(
-        critics.get_critic("separable", hidden=_HIDDEN, embed_dim=5, linear_skip=True), x, y
-    )
-    p = params["params"]
-    assert p["g_linear"]["kernel"].shape == (3, 5) and "bias" not in p["g_linear"]
-    gx = _mlp_reference(p["g"], x, len(_HIDDEN) + 1) + x @ p["g_linear"]["kernel"]
-    hy = _mlp_reference(p["h"], y, len(_HIDDEN) + 1) + y @ p["h_linear"]["kernel"]
-    np.testing.assert_allclose(scores, gx @ hy.T, rtol=1e-5, atol=1e-5)
-    # Without the option the parameter tree is the plain one.
-    plain, _ = _init_and_apply(critics.get_critic("separable", hidden=_HIDDEN, embed_dim=5), x, y)
-    assert set(plain["params"]) == {"g", "h"}
-
-
 def test_bilinear_and_inner_product_from_parameters():
     x, y = _data(batch=8, dx=3, dy=4)
     params, scores = _init_and_apply(critics.get_critic("bilinear"), x, y)
