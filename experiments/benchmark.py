@@ -251,12 +251,7 @@ def main(argv):
             "\nestimate_mi accuracy, N = 5000, two draws per case: the defaults against the "
             f"earlier rule {EARLIER_RULE}"
         )
-        print(
-            _common.format_table(
-                rows,
-                ACCURACY_COLUMNS,
-            )
-        )
+        print(_common.format_table(rows, ACCURACY_COLUMNS))
 
 
 if __name__ == "__main__":

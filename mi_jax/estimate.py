@@ -321,7 +321,6 @@ def _compiled_fit(spec: _FitSpec):
     )
     optimizer = optax.adam(spec.learning_rate)
     train_step = training.make_train_step(ensemble)
-    objective = ensemble.bounds[0].objective
     num_seeds, batched = spec.num_seeds or 1, spec.num_seeds is not None
     mesh = spec.mesh
 
@@ -355,13 +354,10 @@ def _compiled_fit(spec: _FitSpec):
         if batched:  # A single seed that has stopped is not run again.
             new_state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_state, state)
         x_test, y_test = shard((x_test, y_test))
-        test_value, _ = ensemble.apply(new_state.params, new_state.bound_states, x_test, y_test)
-        test_value = test_value[0]
-        if objective is None:
-            test_objective = test_value
-        else:  # The same scores as inside `apply`: XLA computes them once.
-            test_objective = objective(ensemble.scores(new_state.params, x_test, y_test)[0])
-        return replicate(new_state), (test_value, test_objective, jnp.mean(values))
+        test_value, test_objective = ensemble.evaluate(
+            new_state.params, new_state.bound_states, x_test, y_test
+        )
+        return replicate(new_state), (test_value[0], test_objective[0], jnp.mean(values))
 
     if batched:
         round_one = jax.vmap(round_one, in_axes=(0, 0, None, 0, 0, None, None, None, None))

@@ -94,7 +94,25 @@ class BoundEnsemble:
         self, params: PyTree, bound_states: PyTree, x: Array, y: Array
     ) -> tuple[Array, PyTree]:
         """Returns ``(values [n_bounds], new_bound_states)`` on the batch ``(x, y)``."""
+        return self._apply_to_scores(params, bound_states, self.scores(params, x, y), x, y)
+
+    def evaluate(
+        self, params: PyTree, bound_states: PyTree, x: Array, y: Array
+    ) -> tuple[Array, Array]:
+        """Returns ``(values [n_bounds], objectives [n_bounds])`` on a held-out batch: each
+        bound's value and its training objective (`Bound.objective`, else the value), from
+        one evaluation of the critics."""
         all_scores = self.scores(params, x, y)
+        values, _ = self._apply_to_scores(params, bound_states, all_scores, x, y)
+        objectives = [
+            values[i] if bound.objective is None else bound.objective(all_scores[i])
+            for i, bound in enumerate(self.bounds)
+        ]
+        return values, jnp.stack(objectives)
+
+    def _apply_to_scores(
+        self, params: PyTree, bound_states: PyTree, all_scores: Array, x: Array, y: Array
+    ) -> tuple[Array, PyTree]:
         values, new_states = [], []
         for i, bound in enumerate(self.bounds):
             inputs = {}
