@@ -193,6 +193,80 @@ def js_fgan(scores: ArrayLike) -> Array:
     return joint_term - marginal_term
 
 
+def js_calibration(scores: ArrayLike, init: ArrayLike = (1.0, 0.0), iterations: int = 4) -> Array:
+    r"""The affine map of a critic that maximizes its JS objective: Platt scaling.
+
+    .. math:: (a, b) = \arg\max_{a, b} \; \mathrm{js\_fgan}(a f + b)
+
+    The objective is concave in ``(a, b)`` (softplus is convex), so Newton's method from a
+    nearby start converges fast. Each iteration evaluates the objective with its gradient and
+    Hessian at a candidate in one pass over the scores; a candidate better than the best so
+    far is kept and followed by its Newton step, a worse one is replaced by the midpoint
+    between it and the best, so the result is never worse than ``init``. Every ``a f + b`` is
+    a critic, so any bound read on it is still a bound; a critic that grew overconfident while
+    overfitting (scores too large: its JS objective falls while its ranking of the pairs still
+    improves) gets ``a < 1``, and ``a = b = 0`` is the constant critic.
+
+    Args:
+      scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
+      init: ``[2]`` the starting ``(a, b)`` (the identity map; or a previous result, for a
+        critic that changed little since).
+      iterations: candidates evaluated (the first is ``init``).
+
+    Returns:
+      ``[2]`` the best ``(a, b)`` evaluated.
+    """
+    _checks.check_scores(scores)
+    f = jnp.asarray(scores)
+    batch = f.shape[0]
+    diag = jnp.diag(f)
+    w_joint, w_marginal = 1.0 / batch, 1.0 / (batch * (batch - 1))
+
+    def softplus_and_sigmoid(s):
+        e = jnp.exp(-jnp.abs(s))  # one exp serves both
+        return jnp.maximum(s, 0.0) + jnp.log1p(e), jnp.where(s >= 0, 1.0, e) / (1.0 + e)
+
+    def objective_and_derivatives(p):
+        sp_s, sig_s = softplus_and_sigmoid(p[0] * f + p[1])  # every pair, as a marginal pair
+        sp_d, sig_d = softplus_and_sigmoid(p[0] * diag + p[1])
+        # The joint term on the diagonal, the marginal term on the rest: the sums over all
+        # pairs have the diagonal's marginal share taken out again.
+        value = (
+            -w_joint * jnp.sum(sp_d - p[0] * diag - p[1])  # softplus(-d) = softplus(d) - d
+            - w_marginal * (jnp.sum(sp_s) - jnp.sum(sp_d))
+        )
+        # First and second derivatives in each pair's score, then the chain rule to (a, b).
+        d1_marginal, d2_marginal = -w_marginal * sig_s, -w_marginal * sig_s * (1 - sig_s)
+        d1_diag = w_joint * (1 - sig_d) + w_marginal * sig_d
+        d2_diag = -(w_joint - w_marginal) * sig_d * (1 - sig_d)
+        grad = jnp.stack([jnp.sum(d1_marginal * f**k) + jnp.sum(d1_diag * diag**k) for k in (1, 0)])
+        h_aa, h_ab, h_bb = (
+            jnp.sum(d2_marginal * f**k) + jnp.sum(d2_diag * diag**k) for k in (2, 1, 0)
+        )
+        return value, grad, (h_aa - 1e-9, h_ab, h_bb - 1e-9)
+
+    def step(carry, _):
+        best, best_value, candidate = carry
+        value, grad, hess = objective_and_derivatives(candidate)
+        better = jnp.isfinite(value) & (value >= best_value)
+        best = jnp.where(better, candidate, best)
+        best_value = jnp.where(better, value, best_value)
+        h_aa, h_ab, h_bb = hess  # the 2 x 2 Newton system, solved in closed form
+        det = h_aa * h_bb - h_ab**2
+        newton = (
+            candidate
+            - jnp.stack([h_bb * grad[0] - h_ab * grad[1], h_aa * grad[1] - h_ab * grad[0]]) / det
+        )
+        candidate = jnp.where(better, newton, (best + candidate) / 2)
+        return (best, best_value, candidate), None
+
+    p0 = jnp.asarray(init, f.dtype)
+    (best, _, _), _ = jax.lax.scan(
+        step, (p0, jnp.array(-jnp.inf, f.dtype), p0), None, length=iterations
+    )
+    return best
+
+
 def js(scores: ArrayLike) -> Array:
     r"""Critic trained with the f-GAN JS objective, MI read out with NWJ (Poole et al. 2019).
 

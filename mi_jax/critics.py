@@ -146,12 +146,19 @@ class MLP(nn.Module):
 
 
 class SeparableCritic(nn.Module):
-    """``f(x, y) = g(x)^T h(y)``, with g and h MLPs into a shared ``embed_dim`` space."""
+    """``f(x, y) = g(x)^T h(y)``, with g and h MLPs into a shared ``embed_dim`` space.
+
+    With ``bilinear=True``, plus ``x^T W y`` with ``W`` ``[dim_x, dim_y]`` initialized at zero
+    (the critic starts as the plain one; the gradient in ``W`` is not zero there): the
+    log density ratio of a Gaussian pair is bilinear up to terms in x or y alone, and in many
+    dimensions the MLPs overfit a few thousand pairs before they learn it.
+    """
 
     hidden: Sequence[int] = (256, 256)
     embed_dim: int = 32
     activation: str = "relu"
     compute_dtype: str | None = None
+    bilinear: bool = False
 
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:
@@ -161,7 +168,11 @@ class SeparableCritic(nn.Module):
             MLP, self.hidden, self.embed_dim, self.activation, self.compute_dtype
         )
         gx, hy = mlp(name="g")(x), mlp(name="h")(y)
-        return gx @ hy.T
+        scores = gx @ hy.T
+        if self.bilinear:
+            w = self.param("W", nn.initializers.zeros, (x.shape[1], y.shape[1]))
+            scores = scores + (x @ w.astype(x.dtype)) @ y.T
+        return scores
 
 
 class BilinearCritic(nn.Module):

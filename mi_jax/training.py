@@ -102,7 +102,13 @@ class BoundEnsemble:
         """Returns ``(values [n_bounds], objectives [n_bounds])`` on a held-out batch: each
         bound's value and its training objective (`Bound.objective`, else the value), from
         one evaluation of the critics."""
-        all_scores = self.scores(params, x, y)
+        return self.evaluate_scores(params, bound_states, self.scores(params, x, y), x, y)
+
+    def evaluate_scores(
+        self, params: PyTree, bound_states: PyTree, all_scores: Array, x: Array, y: Array
+    ) -> tuple[Array, Array]:
+        """`evaluate` on given ``[n_bounds, B, B]`` scores (e.g. the critics' scores after a
+        recalibration); the extra networks (FLO's u, TUBA's baseline) still see ``x, y``."""
         values, _ = self._apply_to_scores(params, bound_states, all_scores, x, y)
         objectives = [
             values[i] if bound.objective is None else bound.objective(all_scores[i])

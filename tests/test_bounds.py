@@ -464,6 +464,41 @@ def test_js_and_smile_gradients_are_the_js_objective():
     assert not np.allclose(g["clipped"], g["js_fgan"], atol=1e-3)
 
 
+def test_js_calibration_finds_the_js_optimal_affine_map():
+    x, y = tasks.correlated_gaussian(jax.random.key(7), 2.0, _BATCH, _DIM)
+    s = _gaussian_log_ratio(x, y, 2.0, _DIM)
+
+    @jax.jit
+    def calibrate_and_check(scores):
+        ab = bounds.js_calibration(scores, iterations=20)
+        objective = lambda p: bounds.js_fgan(p[0] * scores + p[1])  # noqa: E731
+        return ab, jax.grad(objective)(ab), objective(ab), objective(jnp.array([1.0, 0.0]))
+
+    ab_true, grad, best, identity = calibrate_and_check(s)
+    # The log density ratio is the JS objective's population optimum: (a, b) near (1, 0), off
+    # only by the sampling noise of 1024 joint pairs.
+    np.testing.assert_allclose(ab_true, [1.0, 0.0], atol=0.1)
+    np.testing.assert_allclose(grad, 0.0, atol=1e-5)  # a stationary point ...
+    assert best >= identity  # ... and never worse than the identity
+    # An overconfident, shifted critic 2 s + 1 maps back onto the same critic a s + b: the
+    # optimum is equivariant, a' = a / 2 and b' = b - a / 2.
+    ab_scaled, grad_scaled, best_scaled, identity_scaled = calibrate_and_check(2.0 * s + 1.0)
+    np.testing.assert_allclose(
+        ab_scaled, [ab_true[0] / 2, ab_true[1] - ab_true[0] / 2], rtol=1e-3, atol=1e-4
+    )
+    np.testing.assert_allclose(best_scaled, best, rtol=1e-5)
+    assert identity_scaled < best_scaled - 0.1  # the overconfident critic was far off
+    np.testing.assert_allclose(grad_scaled, 0.0, atol=1e-5)
+    # Scores that are pure noise: the best affine map is nearly the constant critic (a within
+    # about 5 standard errors of 0: the diagonal's mean is noise of sd ~ 1 / sqrt(1024)), and
+    # its objective is hardly above the constant critic's -2 log 2.
+    noise = jax.random.normal(jax.random.key(8), (_BATCH, _BATCH))
+    ab_noise, grad_noise, best_noise, _ = calibrate_and_check(noise)
+    assert abs(float(ab_noise[0])) < 0.15 and abs(float(ab_noise[1])) < 0.01
+    assert 0.0 <= best_noise + 2 * math.log(2) < 0.005
+    np.testing.assert_allclose(grad_noise, 0.0, atol=5e-5)  # float32 sums over 10^6 pairs
+
+
 # --------------------------------------------------------------------------------------------
 # 4. jit and vmap.
 

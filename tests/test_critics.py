@@ -78,6 +78,24 @@ def test_separable_equals_g_of_x_times_h_of_y():
     np.testing.assert_allclose(scores, gx @ hy.T, rtol=1e-5, atol=1e-5)
 
 
+def test_separable_bilinear_term_starts_at_zero_and_learns():
+    x, y = _data(batch=8, dx=3, dy=4)
+    plain = critics.get_critic("separable", hidden=_HIDDEN, embed_dim=5)
+    with_w = critics.get_critic("separable", hidden=_HIDDEN, embed_dim=5, bilinear=True)
+    params, scores = _init_and_apply(with_w, x, y)
+    np.testing.assert_array_equal(params["params"]["W"], np.zeros((3, 4)))
+    plain_params = {"params": {k: v for k, v in params["params"].items() if k != "W"}}
+    np.testing.assert_allclose(scores, plain.apply(plain_params, x, y), rtol=1e-5, atol=1e-7)
+    # x^T W y is added: with W set, the scores move by exactly that ...
+    w = jax.random.normal(jax.random.key(3), (3, 4))
+    moved = with_w.apply({"params": {**params["params"], "W": w}}, x, y)
+    np.testing.assert_allclose(moved - scores, x @ w @ y.T, rtol=1e-4, atol=1e-5)
+    # ... and W gets a gradient at its zero start (no saddle, unlike a product of two
+    # zero-initialized maps).
+    grad = jax.jit(jax.grad(lambda p: bounds.infonce(with_w.apply(p, x, y))))(params)
+    assert np.abs(grad["params"]["W"]).max() > 1e-3
+
+
 def test_bilinear_and_inner_product_from_parameters():
     x, y = _data(batch=8, dx=3, dy=4)
     params, scores = _init_and_apply(critics.get_critic("bilinear"), x, y)

@@ -36,6 +36,42 @@ def test_independent_samples_give_near_zero(gaussian_2d):
     assert abs(result.mi) < 0.05
 
 
+@pytest.fixture(scope="module")
+def independent_20d():
+    rng = np.random.default_rng(5)
+    return rng.normal(size=(3000, 20)), rng.normal(size=(3000, 20))
+
+
+def test_independent_high_dimensional_samples_do_not_read_below_zero(independent_20d):
+    # A critic that can only learn noise from 2400 pairs in 20 + 20 dimensions: the held-out
+    # SMILE of the raw critic is negative at every evaluation (-0.25 nats at N = 5000), an
+    # impossible MI. The calibrated critic shrinks towards the constant critic (a -> 0) ...
+    x, y = independent_20d
+    result = mi_jax.estimate_mi(x, y, max_steps=800)
+    assert 0.0 <= result.mi < 0.02
+    assert abs(result.calibration[0]) < 0.3
+    # ... and without calibration no trained critic beats the constant one on the held-out JS
+    # objective, so the estimate is that critic's: 0 nats, at step 0, map (0, 0).
+    raw = mi_jax.estimate_mi(x, y, max_steps=800, calibrate=False)
+    assert np.nanmax(raw.test_curve) < 0
+    assert np.nanmax(raw.objective_curve) < -2 * np.log(2)
+    assert (raw.mi, raw.best_step) == (0.0, 0)
+    np.testing.assert_array_equal(raw.calibration, [0.0, 0.0])
+
+
+def test_calibration_is_the_js_optimal_map_of_the_held_out_scores(gaussian_2d):
+    x, y = gaussian_2d
+    result = mi_jax.estimate_mi(x, y, seeds=2, max_steps=500)
+    assert result.calibration.shape == (2, 2)
+    raw = mi_jax.estimate_mi(x, y, seeds=2, max_steps=500, calibrate=False)
+    np.testing.assert_array_equal(raw.calibration, np.tile([1.0, 0.0], (2, 1)))
+    # Calibrating can only raise the held-out JS objective at each evaluation (same critics:
+    # calibration changes what is read, not how the critic trains).
+    rounds = min(np.isfinite(result.objective_curve).sum(1).min(), 3)
+    assert np.all(result.objective_curve[:, :rounds] >= raw.objective_curve[:, :rounds] - 1e-6)
+    np.testing.assert_allclose(result.train_curve[:, :rounds], raw.train_curve[:, :rounds])
+
+
 def test_seed_is_deterministic(gaussian_2d):
     x, y = gaussian_2d
     a = mi_jax.estimate_mi(x[:1000], y[:1000], max_steps=200, seed=3)
@@ -57,6 +93,7 @@ def test_seed_is_deterministic(gaussian_2d):
         (dict(batch_size=0), ValueError, "batch_size"),
         (dict(seed=2**40), ValueError, "`seed`"),
         (dict(stop_on="bond"), ValueError, "`stop_on`"),
+        (dict(bound="infonce", calibrate=True), ValueError, "`calibrate"),
     ],
 )
 def test_bad_input_names_the_argument(gaussian_2d, kwargs, error, match):
