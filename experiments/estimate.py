@@ -1,6 +1,7 @@
 r"""Estimate I(X; Y) from a file of paired samples.
 
   python -m experiments.estimate --data FILE.npz [--bound smile] [--critic separable] [--seeds 5]
+      [--standardize zscore|rank|none]
 
 ``FILE.npz`` holds arrays ``x`` ``[N, dim_x]`` and ``y`` ``[N, dim_y]`` (``[N]`` counts as one
 dimension). Prints the estimate in nats (and bits); with ``--seeds K`` the mean and standard
@@ -24,6 +25,13 @@ _SEEDS = flags.DEFINE_integer("seeds", None, "Train this many critics (vmapped) 
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for the split, initialization and minibatches.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", estimate_lib.DEFAULTS["max_steps"], "Step limit.")
 _JSON = flags.DEFINE_string("json", None, "Optional path for a JSON file with the full result.")
+_STANDARDIZE = flags.DEFINE_enum(
+    "standardize",
+    "zscore",
+    ["zscore", "rank", "none"],
+    "Per column: z-scores, the rank (marginal) Gaussianization, or the samples as given.",
+)
+_STANDARDIZE_ARG = {"zscore": True, "rank": "rank", "none": False}
 
 
 def load_pairs(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +60,7 @@ def main(argv):
         seeds=_SEEDS.value,
         seed=_SEED.value,
         max_steps=_MAX_STEPS.value,
+        standardize=_STANDARDIZE_ARG[_STANDARDIZE.value],
     )
     mi = np.atleast_1d(result.mi)
     if _SEEDS.value is None:

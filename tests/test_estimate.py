@@ -6,6 +6,7 @@ import pytest
 
 import mi_jax
 from experiments import estimate as estimate_cli
+from mi_jax import estimate as estimate_lib
 from mi_jax import tasks
 
 
@@ -72,6 +73,24 @@ def test_calibration_is_the_js_optimal_map_of_the_held_out_scores(gaussian_2d):
     np.testing.assert_allclose(result.train_curve[:, :rounds], raw.train_curve[:, :rounds])
 
 
+def test_rank_standardization_is_invariant_to_monotone_maps_of_each_column(gaussian_2d):
+    x, y = gaussian_2d
+    x, y = x[:1500].astype(np.float64), y[:1500].astype(np.float64)  # no ties from rounding
+    kwargs = dict(standardize="rank", max_steps=300)
+    plain = mi_jax.estimate_mi(x, y, **kwargs)
+    # A strictly increasing map per column (the cubic task's, and an exponential) keeps every
+    # rank, so the Gaussianized samples, and with them the estimate, are the same.
+    warped = mi_jax.estimate_mi(x**3, np.exp(y), **kwargs)
+    assert warped.mi == plain.mi
+    np.testing.assert_array_equal(warped.test_curve, plain.test_curve)
+    # The marginals it trains on are standard normal (up to the empirical CDF's steps).
+    g = estimate_lib._gaussianize(x**3, np.arange(len(x)), "x")
+    np.testing.assert_allclose(g.mean(0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(g.std(0), 1.0, atol=0.02)
+    # ... whereas z-scores see the heavy tails of x^3.
+    assert mi_jax.estimate_mi(x**3, np.exp(y), max_steps=300).mi != plain.mi
+
+
 def test_seed_is_deterministic(gaussian_2d):
     x, y = gaussian_2d
     a = mi_jax.estimate_mi(x[:1000], y[:1000], max_steps=200, seed=3)
@@ -94,6 +113,7 @@ def test_seed_is_deterministic(gaussian_2d):
         (dict(seed=2**40), ValueError, "`seed`"),
         (dict(stop_on="bond"), ValueError, "`stop_on`"),
         (dict(bound="infonce", calibrate=True), ValueError, "`calibrate"),
+        (dict(standardize="ranks"), ValueError, "`standardize`"),
     ],
 )
 def test_bad_input_names_the_argument(gaussian_2d, kwargs, error, match):
