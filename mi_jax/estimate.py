@@ -302,9 +302,8 @@ def estimate_mi(
     trained = best >= float(constant_objective)
     best_step = np.where(trained, steps[best_round], 0)
     mi = np.where(trained, test_curve[np.arange(num_seeds), best_round], 0.0)
+    # (Without calibration the programs pass the identity (1, 0) through unchanged.)
     chosen = np.where(trained[:, None], calibration_curve[np.arange(num_seeds), best_round], 0.0)
-    if not calibrate:
-        chosen = np.where(trained[:, None], np.array([1.0, 0.0]), 0.0)
     curves = (test_curve, objective_curve, train_curve)
     if seeds is None:
         return MIEstimate(
