@@ -212,6 +212,22 @@ ACCURACY_COLUMNS = [
 ]
 
 
+RULES = (("defaults", {}), ("earlier", EARLIER_RULE))
+
+
+def _estimates(task, dim, mi, n, draws, kwargs, shuffle_y=False) -> list[float]:
+    """One rule's estimate per data draw (draw = sampling key = `estimate_mi` seed); with
+    ``shuffle_y`` the pairs are broken (true MI 0)."""
+    estimates = []
+    for draw in draws:
+        x, y = get_task(task, dim=dim).sample(jax.random.key(draw), mi, n)
+        x, y = np.asarray(x), np.asarray(y)
+        if shuffle_y:
+            y = y[np.random.default_rng(draw).permutation(n)]
+        estimates.append(estimate_mi(x, y, seed=draw, **kwargs).mi)
+    return estimates
+
+
 def accuracy_rows(n: int = 5000) -> list[dict]:
     """Per case: the mean over two draws of each rule's estimate and relative error, then each
     set's mean absolute relative error."""
@@ -220,12 +236,8 @@ def accuracy_rows(n: int = 5000) -> list[dict]:
         errors = {"defaults": [], "earlier": []}
         for task, dim, mi in cases:
             row = dict(set=set_name, task=task, dim=dim, true_mi=mi)
-            for rule, kwargs in (("defaults", {}), ("earlier", EARLIER_RULE)):
-                estimates = []
-                for draw in draws:
-                    x, y = get_task(task, dim=dim).sample(jax.random.key(draw), mi, n)
-                    result = estimate_mi(np.asarray(x), np.asarray(y), seed=draw, **kwargs)
-                    estimates.append(result.mi)
+            for rule, kwargs in RULES:
+                estimates = _estimates(task, dim, mi, n, draws, kwargs)
                 rel = (np.asarray(estimates) - mi) / mi
                 errors[rule].extend(np.abs(rel))
                 row[rule] = " / ".join(f"{e:.2f}" for e in estimates)
@@ -244,12 +256,8 @@ def independence_rows(n: int = 5000, dims=(1, 5, 20, 50), draws=(0, 1)) -> list[
     rows = []
     for dim in dims:
         row = dict(dim=dim)
-        for rule, kwargs in (("defaults", {}), ("earlier", EARLIER_RULE)):
-            estimates = []
-            for draw in draws:
-                x, y = get_task("gaussian", dim=dim).sample(jax.random.key(draw), 1.0, n)
-                y = np.asarray(y)[np.random.default_rng(draw).permutation(n)]
-                estimates.append(estimate_mi(np.asarray(x), y, seed=draw, **kwargs).mi)
+        for rule, kwargs in RULES:
+            estimates = _estimates("gaussian", dim, 1.0, n, draws, kwargs, shuffle_y=True)
             row[rule] = " / ".join(f"{e:.3f}" for e in estimates)
         rows.append(row)
     return rows

@@ -273,10 +273,10 @@ def estimate_mi(
         states, new_calibration, values = train_round(
             states, data_keys, np.int32(r), *seed_args, x_train, y_train, x_test, y_test
         )
+        # The one host sync per round: early stopping is decided here.
         new_calibration = np.asarray(new_calibration).reshape(num_seeds, 2)
         calibration = np.where(active[:, None], new_calibration, calibration)
         calibration_curve[active, r] = calibration[active]
-        # The one host sync per round: early stopping is decided here.
         test_value, objective, train_value = (np.asarray(v).reshape(num_seeds) for v in values)
         test_curve[active, r] = test_value[active]
         objective_curve[active, r] = objective[active]
@@ -340,19 +340,21 @@ def _minibatches(seed: int, n: int, batch: int, steps: int):
 def _standardize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     mean = a[train_idx].mean(axis=0)
     std = a[train_idx].std(axis=0)
-    if np.any(std == 0):
-        cols = np.flatnonzero(std == 0).tolist()
-        raise ValueError(f"`{name}` has constant columns {cols}: they carry no information.")
+    _check_no_constant_columns(std == 0, name)
     return (a - mean) / std
+
+
+def _check_no_constant_columns(constant: np.ndarray, name: str) -> None:
+    if np.any(constant):
+        cols = np.flatnonzero(constant).tolist()
+        raise ValueError(f"`{name}` has constant columns {cols}: they carry no information.")
 
 
 def _gaussianize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     """Each column through the train split's empirical CDF (mid-rank of ties, ``(r + 1/2) /
     (n + 1)``, held-out values placed among the training ones) and the normal quantile."""
     train = np.sort(a[train_idx], axis=0)
-    if np.any(train[0] == train[-1]):
-        cols = np.flatnonzero(train[0] == train[-1]).tolist()
-        raise ValueError(f"`{name}` has constant columns {cols}: they carry no information.")
+    _check_no_constant_columns(train[0] == train[-1], name)
     n = len(train_idx)
     u = np.empty(a.shape, np.float64)
     for j in range(a.shape[1]):
