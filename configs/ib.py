@@ -47,6 +47,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.encoder_hparams = ml_collections.ConfigDict({"hidden": (1024, 1024)})
     config.latent_dim = 256
     config.std_offset = 5.0  # sigma = softplus(raw - 5), as in Alemi et al.
+    config.centered_inputs = False  # True: pixels in [-1, 1] (2 x - 1, Alemi et al.'s code)
     config.mine = ml_collections.ConfigDict(
         {
             "bound": "mine",

@@ -50,6 +50,7 @@ def build(config: ml_collections.ConfigDict, method: str, num_classes: int) -> i
         trunk=config.encoder,
         trunk_hparams=_common.hashable_hparams(config.encoder_hparams.to_dict()),
         std_offset=config.std_offset,
+        centered_inputs=config.centered_inputs,
         bound=config.mine.bound,
         bound_hparams=_common.hashable_hparams(config.mine.bound_hparams.to_dict()),
         critic=config.mine.critic,

@@ -182,7 +182,9 @@ class _GroupRun:
         def init(key):
             return training.create_train_state(ensemble, optimizer, key, x0, y0)
 
-        runner = training.make_scan_trainer(ensemble, sample, config.chunk_steps, mesh)
+        # Only the bound values leave the program (the norms would cost a pass over every
+        # parameter and gradient per step).
+        runner = training.make_scan_trainer(ensemble, sample, config.chunk_steps, mesh, ("mi",))
         # Seeds are vmapped; a single seed runs unbatched, since a vmap over an axis of size
         # one still turns every matmul into a two-batch-axis dot, ~30 % slower on XLA:CPU.
         self.batched = config.num_seeds > 1
@@ -200,7 +202,7 @@ class _GroupRun:
         self.compile_s = time.perf_counter() - t0
         # FLOPs of one step (sampling, critics, bounds, gradients, Adam), counted by XLA on the
         # lowered one-step program (a scan's body would be counted once, not per step).
-        one_step = training.make_scan_trainer(ensemble, sample, 1, mesh)
+        one_step = training.make_scan_trainer(ensemble, sample, 1, mesh, ("mi",))
         if self.batched:
             one_step = jax.vmap(one_step, in_axes=(0, 0, None))
         self.flops_per_step = _flops(jax.jit(one_step).lower(self.states, self.keys, 0))

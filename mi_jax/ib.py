@@ -87,20 +87,24 @@ class GaussianEncoder(nn.Module):
       trunk_hparams: its hyperparameters, as ``((name, value), ...)`` (hashable).
       std_offset: ``sigma = softplus(raw - std_offset)``; 5 (Alemi et al.) starts the encoder
         nearly deterministic (``sigma ~ 0.007``).
+      centered_inputs: feed the trunk ``2 x - 1`` (pixels in ``[-1, 1]``, as Alemi et al.'s
+        code does) instead of ``x`` in ``[0, 1]``.
     """
 
     latent_dim: int = 256
     trunk: str = "mlp"
     trunk_hparams: tuple[tuple[str, Any], ...] = (("hidden", (1024, 1024)),)
     std_offset: float = 5.0
+    centered_inputs: bool = False
 
     @nn.compact
     def __call__(self, images: Array) -> tuple[Array, Array]:
-        """``images`` ``[B, H, W, C]`` (float) -> ``(mu, sigma)`` ``[B, K]``, ``sigma > 0``."""
+        """``images`` ``[B, H, W, C]`` (float in ``[0, 1]``) -> ``(mu, sigma)`` ``[B, K]``,
+        ``sigma > 0``."""
         head = encoders_lib.get_encoder(
             self.trunk, latent_dim=2 * self.latent_dim, **dict(self.trunk_hparams)
         )
-        out = head(images).global_
+        out = head(2.0 * images - 1.0 if self.centered_inputs else images).global_
         mu, raw = jnp.split(out, 2, axis=-1)
         return mu, jax.nn.softplus(raw - self.std_offset)
 
@@ -112,7 +116,7 @@ class IBModel:
     Attributes:
       method: one of `METHODS`.
       num_classes: the decoder's outputs.
-      latent_dim / trunk / trunk_hparams / std_offset: the `GaussianEncoder`.
+      latent_dim / trunk / trunk_hparams / std_offset / centered_inputs: the `GaussianEncoder`.
       bound / bound_hparams / critic / critic_hparams: MINE-IB's bound and critic ``T(x, z)``
         (any registered ones; the critic sees the flattened input and the code).
       critic_clip: `mi_jax.critics.soft_clip` of the critic's scores (``None``: off). The
@@ -130,6 +134,7 @@ class IBModel:
         pytree_node=False, default=(("hidden", (1024, 1024)),)
     )
     std_offset: float = struct.field(pytree_node=False, default=5.0)
+    centered_inputs: bool = struct.field(pytree_node=False, default=False)
     bound: str = struct.field(pytree_node=False, default="mine")
     bound_hparams: tuple[tuple[str, Any], ...] = struct.field(pytree_node=False, default=())
     critic: str = struct.field(pytree_node=False, default="separable")
@@ -157,7 +162,9 @@ class IBModel:
 
     @property
     def encoder(self) -> GaussianEncoder:
-        return GaussianEncoder(self.latent_dim, self.trunk, self.trunk_hparams, self.std_offset)
+        return GaussianEncoder(
+            self.latent_dim, self.trunk, self.trunk_hparams, self.std_offset, self.centered_inputs
+        )
 
     @property
     def decoder(self) -> nn.Module:

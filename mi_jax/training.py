@@ -149,6 +149,10 @@ def create_train_state(
     )
 
 
+# What `make_train_step`'s metrics hold.
+STEP_METRICS = ("mi", "loss", "grad_norm", "param_norm")
+
+
 def make_train_step(
     ensemble: BoundEnsemble,
 ) -> Callable[[TrainState, tuple[Array, Array], PRNGKey], tuple[TrainState, dict[str, Array]]]:
@@ -185,16 +189,21 @@ def make_scan_trainer(
     sample_fn: Callable[[PRNGKey, Array], tuple[Array, Array]],
     num_steps: int,
     mesh=None,
+    metrics: Sequence[str] | None = None,
 ) -> Callable[[TrainState, PRNGKey, Array], tuple[TrainState, dict[str, Array]]]:
     """``run(state, rng, start_step) -> (state, metrics)``: ``num_steps`` steps in one `lax.scan`.
 
     Each step draws a fresh batch ``sample_fn(key, step)``; keys are ``fold_in(rng, step)``, so a
     run split into chunks gives the same numbers as one long run. Metrics are stacked over steps
-    (``[num_steps, ...]``) and stay on device until the caller pulls them. With a ``mesh``
+    (``[num_steps, ...]``) and stay on device until the caller pulls them; ``metrics`` names the
+    ones to keep (None: all of `make_train_step`'s). A metric not kept is not computed: the
+    norms read every parameter and gradient once more per step. With a ``mesh``
     (`mi_jax.parallel.data_mesh`; ``state`` replicated on it) each batch is split over the
     devices and the bounds still see all of it (the ``[B, B]`` scores of the global batch).
     """
     train_step = make_train_step(ensemble)
+    if metrics is not None and (unknown := sorted(set(metrics) - set(STEP_METRICS))):
+        raise ValueError(f"unknown `metrics` {unknown}; the train step has {list(STEP_METRICS)}.")
 
     def run(state: TrainState, rng: PRNGKey, start_step: Array):
         def body(state, step):
@@ -202,10 +211,12 @@ def make_scan_trainer(
             batch = sample_fn(data_key, step)
             if mesh is not None:
                 batch = parallel.shard_batch(batch, mesh)
-            state, metrics = train_step(state, batch, step_key)
+            state, step_metrics = train_step(state, batch, step_key)
             if mesh is not None:
                 state = parallel.replicate_like(state, mesh)
-            return state, metrics
+            if metrics is not None:
+                step_metrics = {name: step_metrics[name] for name in metrics}
+            return state, step_metrics
 
         steps = start_step + jnp.arange(num_steps)
         return jax.lax.scan(body, state, steps)

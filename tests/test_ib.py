@@ -58,6 +58,21 @@ def _model(method, **kw):
     return ib.IBModel(**{**defaults, **kw})
 
 
+def test_centered_inputs_feed_the_trunk_two_x_minus_one():
+    """``centered_inputs`` is the same encoder applied to ``2 x - 1`` (Alemi et al.'s inputs)."""
+    x = _images(jax.random.key(0))
+    centered = ib.GaussianEncoder(
+        latent_dim=3, trunk_hparams=(("hidden", (8,)),), centered_inputs=True
+    )
+    plain = centered.clone(centered_inputs=False)
+    params = plain.init(jax.random.key(1), x)
+    got = jax.jit(centered.apply)(params, x)
+    want = plain.apply(params, 2.0 * x - 1.0)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(got[0], plain.apply(params, x)[0])
+
+
 def _loss_and_grads(model, params, states, x, y, key, beta):
     fn = jax.jit(jax.value_and_grad(model.loss, has_aux=True))
     (loss, (metrics, _)), grads = fn(params, states, x, y, key, beta)

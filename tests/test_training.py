@@ -82,6 +82,20 @@ def test_scan_in_chunks_equals_one_scan():
     )
 
 
+def test_scan_keeps_only_the_named_metrics():
+    """``metrics=("mi",)`` returns the same values and state, and only them."""
+    ensemble, sample, state = _setup(["nwj", "smile"])
+    full = jax.jit(training.make_scan_trainer(ensemble, sample, 4))
+    only_mi = jax.jit(training.make_scan_trainer(ensemble, sample, 4, metrics=("mi",)))
+    s_full, m_full = full(state, jax.random.key(5), jnp.array(0))
+    s_mi, m_mi = only_mi(state, jax.random.key(5), jnp.array(0))
+    assert set(m_full) == set(training.STEP_METRICS) and set(m_mi) == {"mi"}
+    np.testing.assert_allclose(m_mi["mi"], m_full["mi"], rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(s_mi.params, s_full.params, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="grad_nrom"):
+        training.make_scan_trainer(ensemble, sample, 4, metrics=("mi", "grad_nrom"))
+
+
 def test_vmap_over_seeds_equals_loop():
     ensemble, sample, state = _setup(["js"])
     run = training.make_scan_trainer(ensemble, sample, 5)
