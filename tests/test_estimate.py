@@ -98,6 +98,21 @@ def test_seed_is_deterministic(gaussian_2d):
     assert a.mi == b.mi
 
 
+def test_default_learning_rate_follows_the_training_objective(gaussian_2d):
+    """None: 3e-3 for a bound trained with the JS objective, 1e-3 for the others."""
+    x, y = gaussian_2d
+    for bound, rate in (
+        ("smile", estimate_lib.JS_LEARNING_RATE),
+        ("nwj", estimate_lib.OTHER_LEARNING_RATE),
+    ):
+        default = mi_jax.estimate_mi(x[:1000], y[:1000], bound=bound, max_steps=200, seed=1)
+        given = mi_jax.estimate_mi(
+            x[:1000], y[:1000], bound=bound, max_steps=200, seed=1, learning_rate=rate
+        )
+        np.testing.assert_array_equal(default.test_curve, given.test_curve)
+    assert (estimate_lib.JS_LEARNING_RATE, estimate_lib.OTHER_LEARNING_RATE) == (3e-3, 1e-3)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
@@ -114,6 +129,8 @@ def test_seed_is_deterministic(gaussian_2d):
         (dict(stop_on="bond"), ValueError, "`stop_on`"),
         (dict(bound="infonce", calibrate=True), ValueError, "`calibrate"),
         (dict(standardize="ranks"), ValueError, "`standardize`"),
+        (dict(learning_rate=0.0), ValueError, "`learning_rate`"),
+        (dict(learning_rate=float("nan")), ValueError, "`learning_rate`"),
     ],
 )
 def test_bad_input_names_the_argument(gaussian_2d, kwargs, error, match):
