@@ -13,7 +13,9 @@
 * `BaselineMLP`: a scalar network on ``y`` (TUBA's learned log baseline ``log a(y)``), ``[batch]``.
 
 Every network takes ``compute_dtype``: ``None``/``"float32"`` (default) or ``"bfloat16"``, which
-runs its matmuls in mixed precision (`dense`, `bf16_matmul`) with the same parameters.
+runs its matmuls in mixed precision (`dense`, `bf16_matmul`) with the same parameters, and
+``kernel_init``, the name of its weight initializer: ``"lecun_normal"`` (Flax's default) or
+``"glorot_uniform"`` (Keras's, which the published staircase code used; `get_initializer`).
 """
 
 import functools
@@ -43,10 +45,31 @@ def get_activation(name: str) -> Callable[[Array], Array]:
     return _ACTIVATIONS[name]
 
 
+_INITIALIZERS: dict[str, Callable[..., Array]] = {
+    "lecun_normal": nn.initializers.lecun_normal(),
+    "glorot_uniform": nn.initializers.glorot_uniform(),
+    "glorot_normal": nn.initializers.glorot_normal(),
+    "he_normal": nn.initializers.he_normal(),
+}
+
+
+def get_initializer(name: str) -> Callable[..., Array]:
+    """The kernel initializer registered as ``name`` (``"lecun_normal"``, ``"glorot_uniform"``,
+    ``"glorot_normal"``, ``"he_normal"``); biases always start at zero."""
+    if name not in _INITIALIZERS:
+        raise _checks.unknown_name_error("kernel_init", name, _INITIALIZERS)
+    return _INITIALIZERS[name]
+
+
 _COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
-def dense(features: int, compute_dtype: str | None = None, **kwargs) -> nn.Dense:
+def dense(
+    features: int,
+    compute_dtype: str | None = None,
+    kernel_init: str = "lecun_normal",
+    **kwargs,
+) -> nn.Dense:
     """`nn.Dense` with float32 parameters, activations and outputs.
 
     ``compute_dtype="bfloat16"`` runs the layer's matmuls (forward and both backward products)
@@ -56,9 +79,17 @@ def dense(features: int, compute_dtype: str | None = None, **kwargs) -> nn.Dense
     matmuls stay float32.
     """
     check_compute_dtype(compute_dtype)
+    kwargs["kernel_init"] = get_initializer(kernel_init)
     if compute_dtype in (None, "float32"):
         return nn.Dense(features, **kwargs)
     return nn.Dense(features, dot_general=_bf16_dense_dot_general, **kwargs)
+
+
+def _layers(module: nn.Module) -> Callable[..., nn.Dense]:
+    """`dense` with ``module``'s ``compute_dtype`` and ``kernel_init``."""
+    return functools.partial(
+        dense, compute_dtype=module.compute_dtype, kernel_init=module.kernel_init
+    )
 
 
 def check_compute_dtype(compute_dtype: str | None) -> None:
@@ -130,19 +161,23 @@ class MLP(nn.Module):
       hidden: widths of the hidden layers.
       out_dim: output width.
       activation: name of the activation (see `get_activation`).
+      compute_dtype: matmul precision (see `dense`).
+      kernel_init: name of the weight initializer (see `get_initializer`).
     """
 
     hidden: Sequence[int] = (256, 256)
     out_dim: int = 32
     activation: str = "relu"
     compute_dtype: str | None = None
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         act = get_activation(self.activation)
+        layer = _layers(self)
         for width in self.hidden:
-            x = act(dense(width, self.compute_dtype)(x))
-        return dense(self.out_dim, self.compute_dtype)(x)
+            x = act(layer(width)(x))
+        return layer(self.out_dim)(x)
 
 
 class SeparableCritic(nn.Module):
@@ -159,13 +194,14 @@ class SeparableCritic(nn.Module):
     activation: str = "relu"
     compute_dtype: str | None = None
     bilinear: bool = False
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:
         """``x`` ``[batch, dim_x]``, ``y`` ``[batch, dim_y]`` -> ``[batch, batch]``."""
         _check_pair(x, y)
         mlp = functools.partial(
-            MLP, self.hidden, self.embed_dim, self.activation, self.compute_dtype
+            MLP, self.hidden, self.embed_dim, self.activation, self.compute_dtype, self.kernel_init
         )
         gx, hy = mlp(name="g")(x), mlp(name="h")(y)
         scores = gx @ hy.T
@@ -222,6 +258,7 @@ class ConcatCritic(nn.Module):
     activation: str = "relu"
     chunk_size: int | None = None
     compute_dtype: str | None = None
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:
@@ -233,13 +270,14 @@ class ConcatCritic(nn.Module):
         batch = x.shape[0]
         first = self.hidden[0]
         # Split first layer: no bias on the x part, the shared bias sits on the y part.
-        ax = dense(first, self.compute_dtype, use_bias=False, name="first_x")(x)  # [batch, first]
-        ay = dense(first, self.compute_dtype, name="first_y")(y)  # [batch, first]
+        layer = _layers(self)
+        ax = layer(first, use_bias=False, name="first_x")(x)  # [batch, first]
+        ay = layer(first, name="first_y")(y)  # [batch, first]
         rest_hidden = tuple(self.hidden[1:])
         if self.chunk_size is None or self.chunk_size >= batch:
-            _, scores = _RowBlock(rest_hidden, self.activation, self.compute_dtype, name="rows")(
-                ay, ax
-            )
+            _, scores = _RowBlock(
+                rest_hidden, self.activation, self.compute_dtype, self.kernel_init, name="rows"
+            )(ay, ax)
             return scores
         if batch % self.chunk_size:
             raise ValueError(
@@ -256,9 +294,9 @@ class ConcatCritic(nn.Module):
             in_axes=0,
             out_axes=0,
         )
-        _, scores = scan_rows(rest_hidden, self.activation, self.compute_dtype, name="rows")(
-            ay, blocks
-        )
+        _, scores = scan_rows(
+            rest_hidden, self.activation, self.compute_dtype, self.kernel_init, name="rows"
+        )(ay, blocks)
         return scores.reshape(batch, batch)
 
 
@@ -268,13 +306,15 @@ class _PairHead(nn.Module):
     hidden: tuple[int, ...]
     activation: str
     compute_dtype: str | None = None
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, h: Array) -> Array:
         act = get_activation(self.activation)
+        layer = _layers(self)
         for i, width in enumerate(self.hidden):
-            h = act(dense(width, self.compute_dtype, name=f"dense_{i}")(h))
-        return dense(1, self.compute_dtype, name="out")(h)[..., 0]
+            h = act(layer(width, name=f"dense_{i}")(h))
+        return layer(1, name="out")(h)[..., 0]
 
 
 class _RowBlock(nn.Module):
@@ -283,12 +323,16 @@ class _RowBlock(nn.Module):
     hidden: tuple[int, ...]
     activation: str
     compute_dtype: str | None = None
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, ay: Array, ax_block: Array) -> tuple[Array, Array]:
         act = get_activation(self.activation)
         h = act(ax_block[:, None, :] + ay[None, :, :])
-        return ay, _PairHead(self.hidden, self.activation, self.compute_dtype, name="head")(h)
+        head = _PairHead(
+            self.hidden, self.activation, self.compute_dtype, self.kernel_init, name="head"
+        )
+        return ay, head(h)
 
 
 class PairMLP(nn.Module):
@@ -297,12 +341,13 @@ class PairMLP(nn.Module):
     hidden: Sequence[int] = (256, 256)
     activation: str = "relu"
     compute_dtype: str | None = None
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:
         """``x`` ``[batch, dim_x]``, ``y`` ``[batch, dim_y]`` -> ``[batch]``."""
         _check_pair(x, y)
-        mlp = MLP(self.hidden, 1, self.activation, self.compute_dtype)
+        mlp = MLP(self.hidden, 1, self.activation, self.compute_dtype, self.kernel_init)
         return mlp(jnp.concatenate([x, y], axis=-1))[:, 0]
 
 
@@ -312,11 +357,12 @@ class BaselineMLP(nn.Module):
     hidden: Sequence[int] = (64,)
     activation: str = "relu"
     compute_dtype: str | None = None
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, y: Array) -> Array:
         """``y`` ``[batch, dim_y]`` -> ``[batch]``."""
-        return MLP(self.hidden, 1, self.activation, self.compute_dtype)(y)[:, 0]
+        return MLP(self.hidden, 1, self.activation, self.compute_dtype, self.kernel_init)(y)[:, 0]
 
 
 def soft_clip(scores: Array, clip: float | None) -> Array:

@@ -42,24 +42,25 @@ class BoundEnsemble:
       critic: a critic module returning ``[batch, batch]`` scores.
       aux_hidden: hidden widths of the extra networks (FLO's u, TUBA's baseline).
       aux_compute_dtype: matmul precision of the extra networks (see `mi_jax.critics.dense`).
+      aux_kernel_init: weight initializer of the extra networks (`mi_jax.critics.get_initializer`).
     """
 
     bounds: tuple[bounds_lib.Bound, ...] = struct.field(pytree_node=False)
     critic: nn.Module = struct.field(pytree_node=False)
     aux_hidden: tuple[int, ...] = struct.field(pytree_node=False, default=(256, 256))
     aux_compute_dtype: str | None = struct.field(pytree_node=False, default=None)
+    aux_kernel_init: str = struct.field(pytree_node=False, default="lecun_normal")
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(b.name for b in self.bounds)
 
     def _aux_module(self, input_name: str) -> nn.Module:
+        options = dict(compute_dtype=self.aux_compute_dtype, kernel_init=self.aux_kernel_init)
         if input_name == "u":
-            return critics_lib.PairMLP(hidden=self.aux_hidden, compute_dtype=self.aux_compute_dtype)
+            return critics_lib.PairMLP(hidden=self.aux_hidden, **options)
         if input_name == "log_baseline":
-            return critics_lib.BaselineMLP(
-                hidden=self.aux_hidden[:1], compute_dtype=self.aux_compute_dtype
-            )
+            return critics_lib.BaselineMLP(hidden=self.aux_hidden[:1], **options)
         raise ValueError(f"no network is known for the bound input {input_name!r}.")
 
     def init(self, rng: PRNGKey, x: Array, y: Array) -> tuple[PyTree, PyTree]:
@@ -234,7 +235,8 @@ def make_ensemble(
     """Builds a `BoundEnsemble` from names: ``make_ensemble(["nwj", ("smile", {"clip": 5.0})],
     "separable", {"hidden": (256, 256), "embed_dim": 32})``.
 
-    The extra networks (FLO's u, TUBA's baseline) take the critic's ``compute_dtype``. ``clip``
+    The extra networks (FLO's u, TUBA's baseline) take the critic's ``compute_dtype`` and
+    ``kernel_init``. ``clip``
     soft-clips the critic's scores (`mi_jax.critics.soft_clip`; ``None`` or 0: off).
     """
     bounds = []
@@ -245,9 +247,10 @@ def make_ensemble(
         raise ValueError("`bounds` is empty: name at least one bound.")
     module = critics_lib.get_critic(critic, **dict(critic_hparams or {}))
     compute_dtype = getattr(module, "compute_dtype", None)
+    kernel_init = getattr(module, "kernel_init", "lecun_normal")
     if clip:
         module = critics_lib.ClippedCritic(module, clip)
-    return BoundEnsemble(tuple(bounds), module, tuple(aux_hidden), compute_dtype)
+    return BoundEnsemble(tuple(bounds), module, tuple(aux_hidden), compute_dtype, kernel_init)
 
 
 class NonFiniteError(FloatingPointError):
