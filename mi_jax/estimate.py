@@ -497,13 +497,16 @@ def _compiled_fit(spec: _FitSpec):
     idx = arg((*lead, spec.eval_every, spec.batch), jnp.int32)
     active = arg(lead, jnp.bool_)
     calibration = arg((*lead, 2))
-    init = jax.jit(init_all, compiler_options=training.RUN_ONCE_COMPILER_OPTIONS)
-    states, keys, _ = jax.eval_shape(init_all, seed, x_train, y_train)
-    states, keys = jax.tree.map(lambda a: arg(a.shape, a.dtype), (states, keys))
     train_round = jax.jit(round_one, donate_argnums=0)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        # XLA compiles without holding the GIL: the two programs compile side by side.
-        init_future = pool.submit(lambda: init.lower(seed, x_train, y_train).compile())
+        # XLA compiles without holding the GIL: the initialization compiles while the round is
+        # traced and compiled. Its traced output shapes are the round's state arguments.
+        init = jax.jit(init_all, compiler_options=training.RUN_ONCE_COMPILER_OPTIONS).lower(
+            seed, x_train, y_train
+        )
+        init_future = pool.submit(init.compile)
+        states, keys, _ = init.out_info
+        states, keys = jax.tree.map(lambda a: arg(a.shape, a.dtype), (states, keys))
         round_index = arg((), jnp.int32)
         round_compiled = train_round.lower(
             states, keys, round_index, idx, active, calibration, x_train, y_train, x_test, y_test
