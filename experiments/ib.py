@@ -51,6 +51,7 @@ def build(config: ml_collections.ConfigDict, method: str, num_classes: int) -> i
         trunk_hparams=_common.hashable_hparams(config.encoder_hparams.to_dict()),
         std_offset=config.std_offset,
         centered_inputs=config.centered_inputs,
+        kernel_init=config.kernel_init,
         bound=config.mine.bound,
         bound_hparams=_common.hashable_hparams(config.mine.bound_hparams.to_dict()),
         critic=config.mine.critic,

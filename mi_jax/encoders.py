@@ -22,7 +22,9 @@ samples of the batch (BatchNorm leaks batch statistics into every score). The ML
 encoders use no normalization (DIM's small encoders train without it at these depths); the
 ResNet uses GroupNorm, batch-independent and stable at any batch size.
 
-``compute_dtype`` (``None``/``"float32"`` or ``"bfloat16"``) applies to the Dense layers only,
+Every encoder takes ``kernel_init``, the name of its weight initializer
+(`mi_jax.critics.get_initializer`; Flax's ``"lecun_normal"`` by default). ``compute_dtype``
+(``None``/``"float32"`` or ``"bfloat16"``) applies to the Dense layers only,
 through `mi_jax.critics.dense`; convolutions stay float32 (on the small images here the
 fully connected layers hold most parameters and FLOPs of `ConvEncoder`, and mixed-precision
 convolutions would need their own custom VJP).
@@ -32,6 +34,7 @@ References:
   maximization", ICLR 2019. https://arxiv.org/abs/1808.06670
 """
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -40,7 +43,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mi_jax import _checks
-from mi_jax.critics import check_compute_dtype, dense, get_activation
+from mi_jax.critics import check_compute_dtype, dense, get_activation, get_initializer
 from mi_jax.types import Array
 
 
@@ -96,12 +99,14 @@ class MLPEncoder(nn.Module):
       latent_dim: width ``D`` of ``global_``.
       activation: name of the activation (see `mi_jax.critics.get_activation`).
       compute_dtype: ``None``/``"float32"`` or ``"bfloat16"`` matmuls (see `mi_jax.critics.dense`).
+      kernel_init: name of the weight initializer (`mi_jax.critics.get_initializer`).
     """
 
     hidden: Sequence[int] = (512, 512)
     latent_dim: int = 64
     activation: str = "relu"
     compute_dtype: str | None = None
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, images: Array) -> EncoderOutput:
@@ -113,8 +118,8 @@ class MLPEncoder(nn.Module):
         act = get_activation(self.activation)
         h = images.reshape(images.shape[0], -1)  # [batch, H * W * C]
         for width in self.hidden:
-            h = act(dense(width, self.compute_dtype)(h))
-        global_ = dense(self.latent_dim, self.compute_dtype, name="global")(h)
+            h = act(dense(width, self.compute_dtype, self.kernel_init)(h))
+        global_ = dense(self.latent_dim, self.compute_dtype, self.kernel_init, name="global")(h)
         return EncoderOutput(local=h[:, None, None, :], features=h, global_=global_)
 
 
@@ -136,6 +141,7 @@ class ConvEncoder(nn.Module):
       latent_dim: width ``D`` of ``global_``.
       activation: name of the activation.
       compute_dtype: matmul dtype of the Dense layers (convs stay float32).
+      kernel_init: name of the weight initializer of every layer.
     """
 
     channels: Sequence[int] = (64, 128)
@@ -143,6 +149,7 @@ class ConvEncoder(nn.Module):
     latent_dim: int = 64
     activation: str = "relu"
     compute_dtype: str | None = None
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, images: Array) -> EncoderOutput:
@@ -155,13 +162,15 @@ class ConvEncoder(nn.Module):
         check_compute_dtype(self.compute_dtype)
         act = get_activation(self.activation)
         h = images
+        init = get_initializer(self.kernel_init)
         for width in self.channels:
-            h = act(nn.Conv(width, (4, 4), strides=(2, 2), padding="SAME")(h))
+            h = act(nn.Conv(width, (4, 4), strides=(2, 2), padding="SAME", kernel_init=init)(h))
         local = h  # [batch, ceil(H / 2**n), ceil(W / 2**n), channels[-1]]
-        features = act(
-            dense(self.fc_width, self.compute_dtype, name="fc")(h.reshape(h.shape[0], -1))
+        flat = h.reshape(h.shape[0], -1)
+        features = act(dense(self.fc_width, self.compute_dtype, self.kernel_init, name="fc")(flat))
+        global_ = dense(self.latent_dim, self.compute_dtype, self.kernel_init, name="global")(
+            features
         )
-        global_ = dense(self.latent_dim, self.compute_dtype, name="global")(features)
         return EncoderOutput(local=local, features=features, global_=global_)
 
 
@@ -181,21 +190,23 @@ class _PreActBlock(nn.Module):
     stride: int
     activation: str
     norm_groups: int
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         act = get_activation(self.activation)
+        # Convs feeding a GroupNorm (or the next block's) carry no bias: the norm's own bias
+        # makes it redundant.
+        conv = functools.partial(
+            nn.Conv, self.width, use_bias=False, kernel_init=get_initializer(self.kernel_init)
+        )
         pre = act(_group_norm(x.shape[-1], self.norm_groups)(x))
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.width:
-            shortcut = nn.Conv(
-                self.width, (1, 1), strides=self.stride, use_bias=False, name="shortcut"
-            )(pre)
-        # Convs feeding a GroupNorm (or the next block's) carry no bias: the norm's own bias
-        # makes it redundant.
-        h = nn.Conv(self.width, (3, 3), strides=self.stride, padding="SAME", use_bias=False)(pre)
+            shortcut = conv((1, 1), strides=self.stride, name="shortcut")(pre)
+        h = conv((3, 3), strides=self.stride, padding="SAME")(pre)
         h = act(_group_norm(self.width, self.norm_groups)(h))
-        h = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False)(h)
+        h = conv((3, 3), padding="SAME")(h)
         return shortcut + h
 
 
@@ -223,6 +234,7 @@ class ResNetEncoder(nn.Module):
       activation: name of the activation.
       norm_groups: the number of GroupNorm groups (reduced to a divisor of the width).
       compute_dtype: matmul dtype of the final Dense layer (convs stay float32).
+      kernel_init: name of the weight initializer of every conv and Dense layer.
 
     References:
       He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016.
@@ -237,6 +249,7 @@ class ResNetEncoder(nn.Module):
     activation: str = "relu"
     norm_groups: int = 8
     compute_dtype: str | None = None
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, images: Array) -> EncoderOutput:
@@ -257,7 +270,8 @@ class ResNetEncoder(nn.Module):
         _check_images(images, "ResNetEncoder", downsampling, f"strides {strides}")
         check_compute_dtype(self.compute_dtype)
         act = get_activation(self.activation)
-        h = nn.Conv(self.stem_width, (3, 3), padding="SAME", name="stem")(images)
+        init = get_initializer(self.kernel_init)
+        h = nn.Conv(self.stem_width, (3, 3), padding="SAME", kernel_init=init, name="stem")(images)
         for stage, (width, stride, n_blocks) in enumerate(
             zip(widths, strides, blocks, strict=True)
         ):
@@ -267,11 +281,14 @@ class ResNetEncoder(nn.Module):
                     stride if block == 0 else 1,
                     self.activation,
                     self.norm_groups,
+                    self.kernel_init,
                     name=f"stage{stage}_block{block}",
                 )(h)
         local = act(_group_norm(widths[-1], self.norm_groups, name="final_norm")(h))
         features = jnp.mean(local, axis=(1, 2))  # [batch, widths[-1]]
-        global_ = dense(self.latent_dim, self.compute_dtype, name="global")(features)
+        global_ = dense(self.latent_dim, self.compute_dtype, self.kernel_init, name="global")(
+            features
+        )
         return EncoderOutput(local=local, features=features, global_=global_)
 
 

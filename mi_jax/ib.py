@@ -43,6 +43,7 @@ import optax
 from flax import struct
 
 from mi_jax import _checks, training
+from mi_jax import critics as critics_lib
 from mi_jax import encoders as encoders_lib
 from mi_jax import mige as mige_lib
 from mi_jax import score as score_lib
@@ -89,6 +90,7 @@ class GaussianEncoder(nn.Module):
         nearly deterministic (``sigma ~ 0.007``).
       centered_inputs: feed the trunk ``2 x - 1`` (pixels in ``[-1, 1]``, as Alemi et al.'s
         code does) instead of ``x`` in ``[0, 1]``.
+      kernel_init: the trunk's weight initializer (`mi_jax.critics.get_initializer`).
     """
 
     latent_dim: int = 256
@@ -96,13 +98,17 @@ class GaussianEncoder(nn.Module):
     trunk_hparams: tuple[tuple[str, Any], ...] = (("hidden", (1024, 1024)),)
     std_offset: float = 5.0
     centered_inputs: bool = False
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, images: Array) -> tuple[Array, Array]:
         """``images`` ``[B, H, W, C]`` (float in ``[0, 1]``) -> ``(mu, sigma)`` ``[B, K]``,
         ``sigma > 0``."""
         head = encoders_lib.get_encoder(
-            self.trunk, latent_dim=2 * self.latent_dim, **dict(self.trunk_hparams)
+            self.trunk,
+            latent_dim=2 * self.latent_dim,
+            kernel_init=self.kernel_init,
+            **dict(self.trunk_hparams),
         )
         out = head(2.0 * images - 1.0 if self.centered_inputs else images).global_
         mu, raw = jnp.split(out, 2, axis=-1)
@@ -117,6 +123,8 @@ class IBModel:
       method: one of `METHODS`.
       num_classes: the decoder's outputs.
       latent_dim / trunk / trunk_hparams / std_offset / centered_inputs: the `GaussianEncoder`.
+      kernel_init: weight initializer of the encoder and the decoder
+        (`mi_jax.critics.get_initializer`; Alemi et al.'s TensorFlow code: ``"glorot_uniform"``).
       bound / bound_hparams / critic / critic_hparams: MINE-IB's bound and critic ``T(x, z)``
         (any registered ones; the critic sees the flattened input and the code).
       critic_clip: `mi_jax.critics.soft_clip` of the critic's scores (``None``: off). The
@@ -135,6 +143,7 @@ class IBModel:
     )
     std_offset: float = struct.field(pytree_node=False, default=5.0)
     centered_inputs: bool = struct.field(pytree_node=False, default=False)
+    kernel_init: str = struct.field(pytree_node=False, default="lecun_normal")
     bound: str = struct.field(pytree_node=False, default="mine")
     bound_hparams: tuple[tuple[str, Any], ...] = struct.field(pytree_node=False, default=())
     critic: str = struct.field(pytree_node=False, default="separable")
@@ -155,6 +164,7 @@ class IBModel:
             raise ValueError(f"`train_samples` must be >= 1, got {self.train_samples}.")
         # Unknown names and hyperparameters fail here, before anything is traced.
         encoders_lib.get_encoder(self.trunk, latent_dim=2, **dict(self.trunk_hparams))
+        critics_lib.get_initializer(self.kernel_init)
         if self.method == "mine":
             _ = self.ensemble
         if self.method == "mige":
@@ -163,12 +173,17 @@ class IBModel:
     @property
     def encoder(self) -> GaussianEncoder:
         return GaussianEncoder(
-            self.latent_dim, self.trunk, self.trunk_hparams, self.std_offset, self.centered_inputs
+            self.latent_dim,
+            self.trunk,
+            self.trunk_hparams,
+            self.std_offset,
+            self.centered_inputs,
+            self.kernel_init,
         )
 
     @property
     def decoder(self) -> nn.Module:
-        return nn.Dense(self.num_classes)
+        return nn.Dense(self.num_classes, kernel_init=critics_lib.get_initializer(self.kernel_init))
 
     @property
     def ensemble(self) -> training.BoundEnsemble:

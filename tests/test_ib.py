@@ -58,6 +58,34 @@ def _model(method, **kw):
     return ib.IBModel(**{**defaults, **kw})
 
 
+def test_kernel_init_reaches_the_encoder_and_the_decoder():
+    """Glorot uniform (Alemi et al.'s TensorFlow default): every kernel's entries lie within
+    +-sqrt(6 / (fan_in + fan_out)) with about that bound squared / 3 as variance; LeCun normal
+    (Flax's) has variance 1 / fan_in and is not bounded that way."""
+    x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
+    for init_name in ("glorot_uniform", "lecun_normal"):
+        model = _model("vib", latent_dim=64, trunk_hparams=(("hidden", (96,)),), num_classes=50)
+        model = model.replace(kernel_init=init_name)
+        params, _ = model.init(jax.random.key(1), x)
+        kernels = [
+            leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+            if "kernel" in jax.tree_util.keystr(path)
+        ]
+        assert len(kernels) == 3  # two trunk layers and the decoder
+        for kernel in kernels:
+            fan_in, fan_out = kernel.shape
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            want = limit**2 / 3 if init_name == "glorot_uniform" else 1.0 / fan_in
+            assert abs(float(jnp.var(kernel)) / want - 1.0) < 0.1, (init_name, kernel.shape)
+            assert (float(jnp.abs(kernel).max()) <= limit) == (init_name == "glorot_uniform")
+
+
+def test_unknown_kernel_init_is_rejected_by_name():
+    with pytest.raises(KeyError, match="kernel_init"):
+        _model("vib", kernel_init="glorot")
+
+
 def test_centered_inputs_feed_the_trunk_two_x_minus_one():
     """``centered_inputs`` is the same encoder applied to ``2 x - 1`` (Alemi et al.'s inputs)."""
     x = _images(jax.random.key(0))
