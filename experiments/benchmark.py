@@ -230,8 +230,15 @@ ACCURACY_CASES = {
         (10, 11),
     ),
 }
-# The defaults of the morning of 2026-12-02: Adam at 1e-3 (3e-3 since).
-EARLIER_RULE = dict(learning_rate=1e-3)
+# The defaults before the critic's Glorot initialization (2026-12-02): LeCun-normal kernels.
+EARLIER_RULE = dict(
+    critic_hparams={
+        "hidden": (128,),
+        "embed_dim": 32,
+        "bilinear": True,
+        "kernel_init": "lecun_normal",
+    }
+)
 ACCURACY_COLUMNS = [
     "set",
     "task",

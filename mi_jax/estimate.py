@@ -89,7 +89,17 @@ DEFAULTS = dict(
 # One hidden layer overfits 4000 pairs less than two (README: 5-d 1.84 vs 1.66 nats of 2); the
 # bilinear term x^T W y (zero at the start) lets the critic learn the Gaussian-like part of the
 # dependence in many dimensions before the MLPs overfit (README, "estimate_mi defaults").
-DEFAULT_CRITIC_HPARAMS = {"separable": {"hidden": (128,), "embed_dim": 32, "bilinear": True}}
+# Glorot-uniform kernels rather than Flax's LeCun normal: mean absolute relative error 10.8
+# against 11.9 % over sets A-D, 7.8 against 8.9 % on set E, 13.1 against 15.2 % on the fresh set
+# F, in 1-3 fewer evaluations (README).
+DEFAULT_CRITIC_HPARAMS = {
+    "separable": {
+        "hidden": (128,),
+        "embed_dim": 32,
+        "bilinear": True,
+        "kernel_init": "glorot_uniform",
+    }
+}
 # tau = 3 rather than SMILE's 5: with early stopping on the held-out JS objective, the mean
 # absolute relative error falls from 22.6 to 12.9 % on the cases it was chosen on and from
 # 26.6 to 17.7 % on a second set of cases and draws (README, `experiments.benchmark`).
@@ -133,9 +143,9 @@ def estimate_mi(
     Defaults (compared on correlated Gaussians, their cubic transforms, Student-t and spiral
     pairs in 1-50 dimensions; the README lists the measured accuracy): SMILE (tau = 3) trained
     with the JS gradient, a separable critic ``g(x)^T h(y) + x^T W y`` (one hidden layer of 128,
-    a 32-d embedding, ``W`` starting at 0), Adam at 3e-3 (1e-3 for bounds not trained with
-    the JS objective), batch 128, at most 3000 steps,
-    evaluation every 100 steps on a 20 % held-out split (at most 2048 samples) of the critic
+    a 32-d embedding, Glorot-uniform kernels, ``W`` starting at 0), Adam at 3e-3 (1e-3 for
+    bounds not trained with the JS objective), batch 128, at most 3000 steps, evaluation every
+    100 steps on a 20 % held-out split (at most 2048 samples) of the critic
     recalibrated there (``calibrate``), early stopping after 5 evaluations without improvement
     of the held-out JS objective; the estimate is the held-out SMILE value of the calibrated
     critic at the best of them, or 0 where no trained critic beat the constant critic.
