@@ -8,7 +8,7 @@ The concat critic is timed forward + backward (a training step's work without th
 at several batch sizes, dense and chunked, float32 and bfloat16 matmuls, with FLOPs counted by
 `flops_concat_critic` (backward = 2 x forward). `estimate_mi` runs in a fresh subprocess per
 case so that its wall time includes compilation, as a user would see it. The accuracy table
-runs in this process, two data draws per case, on five sets of cases: the defaults were
+runs in this process, two data draws per case, on six sets of cases: the defaults were
 chosen on the first sets and checked on the next (`ACCURACY_CASES`).
 """
 
