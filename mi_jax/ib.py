@@ -183,7 +183,7 @@ class IBModel:
 
     @property
     def decoder(self) -> nn.Module:
-        return nn.Dense(self.num_classes, kernel_init=critics_lib.get_initializer(self.kernel_init))
+        return critics_lib.dense(self.num_classes, kernel_init=self.kernel_init)
 
     @property
     def ensemble(self) -> training.BoundEnsemble:
