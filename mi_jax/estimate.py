@@ -435,7 +435,7 @@ def _compiled_fit(spec: _FitSpec):
         [(spec.bound, dict(spec.bound_hparams))], spec.critic, dict(spec.critic_hparams)
     )
     optimizer = optax.adam(spec.learning_rate)
-    train_step = training.make_train_step(ensemble)
+    train_step = training.make_train_step(ensemble, metrics=("mi",))
     num_seeds, batched = spec.num_seeds or 1, spec.num_seeds is not None
     mesh = spec.mesh
 

@@ -89,6 +89,11 @@ class BoundEnsemble:
 
     def scores(self, params: PyTree, x: Array, y: Array) -> Array:
         """``[n_bounds, B, B]``: every bound's critic on the same batch."""
+        if len(self.bounds) == 1:
+            # One bound: its slice, no vmap (a vmap over one critic costs trace and compile
+            # time, and turns each matmul into a batched dot, slower on XLA:CPU).
+            one = jax.tree.map(lambda p: p[0], params["critic"])
+            return self.critic.apply(one, x, y)[None]
         return jax.vmap(self.critic.apply, in_axes=(0, None, None))(params["critic"], x, y)
 
     def apply(
@@ -155,14 +160,15 @@ STEP_METRICS = ("mi", "loss", "grad_norm", "param_norm")
 
 
 def make_train_step(
-    ensemble: BoundEnsemble,
+    ensemble: BoundEnsemble, metrics: Sequence[str] | None = None
 ) -> Callable[[TrainState, tuple[Array, Array], PRNGKey], tuple[TrainState, dict[str, Array]]]:
     """The pure step ``train_step(state, batch, rng) -> (state, metrics)``.
 
-    ``batch`` is ``(x [B, dx], y [B, dy])``. ``metrics`` holds ``"mi"`` (each bound's value before
-    the update, ``[n_bounds]``), ``"loss"`` ``[]``, ``"grad_norm"`` and ``"param_norm"``
-    (``[n_bounds]``, of each bound's critic).
+    ``batch`` is ``(x [B, dx], y [B, dy])``. The step's metrics are ``"mi"`` (each bound's value
+    before the update, ``[n_bounds]``), ``"loss"`` ``[]``, ``"grad_norm"`` and ``"param_norm"``
+    (``[n_bounds]``, of each bound's critic); ``metrics`` names the ones to compute (None: all).
     """
+    metrics = _check_metrics(metrics)
 
     def train_step(state: TrainState, batch: tuple[Array, Array], rng: PRNGKey):
         del rng  # The critics are deterministic; the key keeps one signature for all steps.
@@ -174,15 +180,23 @@ def make_train_step(
 
         grads, (values, bound_states) = jax.grad(loss_fn, has_aux=True)(state.params)
         new_state = state.apply_gradients(grads=grads, bound_states=bound_states)
-        metrics = {
-            "mi": values,
-            "loss": -jnp.sum(values),
-            "grad_norm": jax.vmap(optax.tree.norm)(grads["critic"]),
-            "param_norm": jax.vmap(optax.tree.norm)(state.params["critic"]),
+        compute = {
+            "mi": lambda: values,
+            "loss": lambda: -jnp.sum(values),
+            "grad_norm": lambda: jax.vmap(optax.tree.norm)(grads["critic"]),
+            "param_norm": lambda: jax.vmap(optax.tree.norm)(state.params["critic"]),
         }
-        return new_state, metrics
+        return new_state, {name: compute[name]() for name in metrics}
 
     return train_step
+
+
+def _check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...]:
+    if metrics is None:
+        return STEP_METRICS
+    if unknown := sorted(set(metrics) - set(STEP_METRICS)):
+        raise ValueError(f"unknown `metrics` {unknown}; the train step has {list(STEP_METRICS)}.")
+    return tuple(metrics)
 
 
 def make_scan_trainer(
@@ -202,9 +216,7 @@ def make_scan_trainer(
     (`mi_jax.parallel.data_mesh`; ``state`` replicated on it) each batch is split over the
     devices and the bounds still see all of it (the ``[B, B]`` scores of the global batch).
     """
-    train_step = make_train_step(ensemble)
-    if metrics is not None and (unknown := sorted(set(metrics) - set(STEP_METRICS))):
-        raise ValueError(f"unknown `metrics` {unknown}; the train step has {list(STEP_METRICS)}.")
+    train_step = make_train_step(ensemble, metrics)
 
     def run(state: TrainState, rng: PRNGKey, start_step: Array):
         def body(state, step):
@@ -215,8 +227,6 @@ def make_scan_trainer(
             state, step_metrics = train_step(state, batch, step_key)
             if mesh is not None:
                 state = parallel.replicate_like(state, mesh)
-            if metrics is not None:
-                step_metrics = {name: step_metrics[name] for name in metrics}
             return state, step_metrics
 
         steps = start_step + jnp.arange(num_steps)

@@ -94,6 +94,14 @@ def test_scan_keeps_only_the_named_metrics():
     chex.assert_trees_all_close(s_mi.params, s_full.params, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="grad_nrom"):
         training.make_scan_trainer(ensemble, sample, 4, metrics=("mi", "grad_nrom"))
+    with pytest.raises(ValueError, match="lost"):
+        training.make_train_step(ensemble, metrics=("lost",))
+    # The step itself computes only what it is asked for (nothing for XLA to prune).
+    batch = sample(jax.random.key(6), 0)
+    jaxpr = jax.make_jaxpr(training.make_train_step(ensemble, ("mi",)))(state, batch, None)
+    full_jaxpr = jax.make_jaxpr(training.make_train_step(ensemble))(state, batch, None)
+    assert len(jaxpr.eqns) < len(full_jaxpr.eqns)
+    assert len(jaxpr.out_avals) == len(full_jaxpr.out_avals) - 3
 
 
 def test_vmap_over_seeds_equals_loop():
