@@ -192,6 +192,7 @@ def make_train_step(
 
 
 def _check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...]:
+    """The metric names to compute (None: all of `STEP_METRICS`); an unknown name raises."""
     if metrics is None:
         return STEP_METRICS
     if unknown := sorted(set(metrics) - set(STEP_METRICS)):
