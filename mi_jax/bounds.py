@@ -230,7 +230,8 @@ def js_calibration(scores: ArrayLike, init: ArrayLike = (1.0, 0.0), iterations: 
         sp_s, sig_s = softplus_and_sigmoid(p[0] * f + p[1])  # every pair, as a marginal pair
         sp_d, sig_d = softplus_and_sigmoid(p[0] * diag + p[1])
         # The joint term on the diagonal, the marginal term on the rest: the sums over all
-        # pairs have the diagonal's marginal share taken out again.
+        # pairs have the diagonal's marginal share taken out again. First and second
+        # derivatives in each pair's score, then the chain rule to (a, b).
         d1_marginal, d2_marginal = -w_marginal * sig_s, -w_marginal * sig_s * (1 - sig_s)
         d1_diag = w_joint * (1 - sig_d) + w_marginal * sig_d
         d2_diag = -(w_joint - w_marginal) * sig_d * (1 - sig_d)

@@ -4,7 +4,8 @@ The unit of training is a `BoundEnsemble`: several bounds, each with its own cri
 architecture, own parameters) and, where a bound needs one, its own extra network (FLO's
 ``u(x, y)``, TUBA's log baseline). Their critic parameters are stacked on a leading axis and
 evaluated with one `jax.vmap`, so all bounds train in one compiled program with batched matrix
-products; each bound then reads only its own slice of the scores. The loss is the sum of the
+products (a single bound's critic runs on its slice, unbatched); each bound then reads only its
+own slice of the scores. The loss is the sum of the
 bounds' negated values: the parameters are disjoint and Adam acts per coordinate, so every
 bound trains exactly as it would alone. Several seeds are one more `jax.vmap` on the outside.
 """
