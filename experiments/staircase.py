@@ -10,10 +10,12 @@ bias, variance and MSE of the estimates over the last `stats_fraction` of the le
 PNG per task and critic in the style of the paper's Fig. 2.
 """
 
+import functools
 import os
 import time
 
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -62,6 +64,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if total % config.log_every:
         raise ValueError(f"config.log_every ({config.log_every}) must divide {total}.")
+    if config.matmul_floor_steps < 0:
+        raise ValueError(
+            f"config.matmul_floor_steps must be >= 0 (0: off), got {config.matmul_floor_steps}."
+        )
+    if config.matmul_floor_steps and config.parallel != "bounds":
+        raise ValueError(
+            "config.matmul_floor_steps needs config.parallel = 'bounds' (the matmul-only "
+            "programs run one per bound group and device)."
+        )
 
 
 def level_statistics(values: np.ndarray, config) -> list[dict]:
@@ -167,6 +178,63 @@ def _flops(lowered) -> float:
     return float((cost or {}).get("flops", float("nan")))
 
 
+def dot_calls(jaxpr: jex.core.Jaxpr) -> list[tuple]:
+    """Every ``dot_general`` a jaxpr runs, sub-jaxprs included (call and scan bodies, the
+    backward pass of a gradient), a scan's body repeated ``length`` times.
+
+    Returns ``(lhs aval, rhs aval, dimension_numbers, preferred_element_type)`` per call.
+    (A ``while`` body, whose trip count is not static, is counted once.)
+    """
+    calls = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            lhs, rhs = (v.aval for v in eqn.invars)
+            dims, out_dtype = eqn.params["dimension_numbers"], eqn.params["preferred_element_type"]
+            calls.append((lhs, rhs, dims, out_dtype))
+        repeat = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
+        for sub in jex.core.jaxprs_in_params(eqn.params):
+            calls += dot_calls(sub) * repeat
+    return calls
+
+
+def matmul_only_program(calls: list[tuple], steps: int):
+    """A function of the operands (one ``(lhs, rhs)`` pair per call) that runs ``steps``
+    iterations of exactly these matmuls (shapes, dimension numbers, dtypes) and nothing else:
+    what a training step's matmuls cost on their own, its floor.
+
+    Each iteration's left operands are shifted by a scalar carried from the previous one, so
+    that no matmul can be hoisted out of the loop or merged with another (the matmuls of one
+    step stay independent of each other, which makes the floor a little optimistic).
+    """
+
+    def run(operands):
+        def body(carry, _):
+            total = carry
+            for (lhs, rhs), (_, _, dims, out_dtype) in zip(operands, calls, strict=True):
+                out = jax.lax.dot_general(
+                    lhs + carry.astype(lhs.dtype), rhs, dims, preferred_element_type=out_dtype
+                )
+                total = total + 1e-30 * out.reshape(-1)[0].astype(jnp.float32)
+            return total, None
+
+        return jax.lax.scan(body, jnp.float32(0.0), None, length=steps)[0]
+
+    return run
+
+
+def random_operands(calls: list[tuple], key: jax.Array) -> list[tuple]:
+    """Standard-normal ``(lhs, rhs)`` arrays of the calls' shapes and dtypes (distinct arrays:
+    equal constants would let XLA merge matmuls)."""
+    keys = jax.random.split(key, 2 * len(calls))
+    return [
+        tuple(
+            jax.random.normal(k, aval.shape, jnp.float32).astype(aval.dtype)
+            for k, aval in zip(keys[2 * i : 2 * i + 2], call[:2], strict=True)
+        )
+        for i, call in enumerate(calls)
+    ]
+
+
 class _GroupRun:
     """One group of bounds on one device (or, with a ``mesh``, on all of its devices, each
     batch split over them): its ensemble, states and compiled chunk runner."""
@@ -205,7 +273,15 @@ class _GroupRun:
         one_step = training.make_scan_trainer(ensemble, sample, 1, mesh, ("mi",))
         if self.batched:
             one_step = jax.vmap(one_step, in_axes=(0, 0, None))
-        self.flops_per_step = _flops(jax.jit(one_step).lower(self.states, self.keys, 0))
+        traced = jax.jit(one_step).trace(self.states, self.keys, 0)
+        self.flops_per_step = _flops(traced.lower())
+        self.matmul_only = None
+        if config.matmul_floor_steps:  # the step's matmuls alone, compiled for this device
+            calls = dot_calls(traced.jaxpr.jaxpr)
+            operands = jax.device_put(random_operands(calls, jax.random.key(1)), placement)
+            program = jax.jit(matmul_only_program(calls, config.matmul_floor_steps))
+            compiled = program.lower(operands).compile()
+            self.matmul_only = functools.partial(compiled, operands)
 
     def dispatch(self, start: int):
         """Starts one chunk (asynchronously) and returns its on-device ``mi`` metrics."""
@@ -293,6 +369,11 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
     run_s = time.perf_counter() - t0
     values = np.concatenate(chunks, axis=1)
     flops_per_step = sum(r.flops_per_step for r in runs)
+    matmul_floor_s = None
+    if config.matmul_floor_steps:  # all groups' matmul-only programs side by side, as above
+        t0 = time.perf_counter()
+        jax.block_until_ready([r.matmul_only() for r in runs])
+        matmul_floor_s = (time.perf_counter() - t0) * total / config.matmul_floor_steps
     return dict(
         values=values,
         true_mi=true_mi,
@@ -304,6 +385,7 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
         gflop_per_s=flops_per_step * total / run_s / 1e9,
         groups=[[names[i] for i in g] for g in groups],
         devices=[d for r in runs for d in r.devices],
+        matmul_floor_s=matmul_floor_s,
     )
 
 
@@ -343,6 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         compute_dtype=config.compute_dtype,
                         bound_groups=out["groups"],
                         devices=out["devices"],
+                        matmul_floor_s=out["matmul_floor_s"],
                     )
                 )
                 plot_staircase(
@@ -381,6 +464,13 @@ def summary(results: dict, config) -> str:
             f"({run['steps_per_s']:.0f} steps/s, {run['bound_steps_per_s']:.0f} bound-steps/s; "
             f"{run['gflop_per_step']:.3f} GFLOP per step, {run['gflop_per_s']:.1f} GFLOP/s)"
         )
+        if run.get("matmul_floor_s") is not None:
+            lines.append(
+                f"the step's matmuls alone (same shapes and dtypes, nothing else, groups side by "
+                f"side; timed over {config.matmul_floor_steps} steps): "
+                f"{run['matmul_floor_s']:.1f} s for the {run['steps']} steps, "
+                f"{run['matmul_floor_s'] / run['run_s']:.0%} of the run"
+            )
         rows = [
             r
             for r in results["statistics"]

@@ -3,6 +3,8 @@
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -191,3 +193,35 @@ def test_flop_count_matches_the_separable_critics_matmuls(tmp_path):
     counted = run["gflop_per_step"] * 1e9
     assert matmul_flops <= counted <= 1.6 * matmul_flops, (counted, matmul_flops)
     assert run["gflop_per_s"] == pytest.approx(counted * run["steps_per_s"] / 1e9, rel=1e-6)
+
+
+def test_dot_calls_count_forward_backward_and_scan_matmuls():
+    x, w1, w2 = jnp.ones((8, 3)), jnp.ones((3, 5)), jnp.ones((5, 2))
+
+    def step(w1, w2):
+        grads = jax.grad(lambda ws: jnp.sum(jnp.tanh(x @ ws[0]) @ ws[1]))((w1, w2))
+        looped = jax.lax.scan(lambda c, _: (c @ w1 @ w1.T, None), x, None, length=3)[0]
+        return grads, looped
+
+    calls = staircase.dot_calls(jax.make_jaxpr(step)(w1, w2).jaxpr)
+    # forward x @ w1, h @ w2; backward dw2, dh, dw1 (no dx); the scan body's two, three times
+    assert len(calls) == 5 + 2 * 3
+    shapes = sorted((lhs.shape, rhs.shape) for lhs, rhs, _, _ in calls)
+    assert shapes.count(((8, 3), (3, 5))) == 1 + 3  # forward first layer, scan body
+    # The matmul-only program runs exactly these matmuls, `steps` times, and nothing else.
+    program = staircase.matmul_only_program(calls, steps=4)
+    operands = staircase.random_operands(calls, jax.random.key(0))
+    again = staircase.dot_calls(jax.make_jaxpr(program)(operands).jaxpr)
+    key = lambda c: (c[0].shape, c[1].shape, str(c[2]))  # noqa: E731
+    assert sorted(map(key, again)) == sorted(map(key, calls * 4))
+    assert np.isfinite(float(jax.jit(program)(operands)))
+
+
+def test_matmul_floor_is_reported(tmp_path):
+    config = _tiny(bounds=("nwj", "infonce"), matmul_floor_steps=10)
+    results = staircase.train_and_evaluate(config, str(tmp_path))
+    run = results["runs"][0]
+    assert 0 < run["matmul_floor_s"] < 10 * run["run_s"]
+    assert "matmuls alone" in staircase.summary(results, config)
+    with pytest.raises(ValueError, match="matmul_floor_steps"):
+        staircase.validate_config(_tiny(matmul_floor_steps=-1))
