@@ -202,18 +202,21 @@ def matmul_only_program(calls: list[tuple], steps: int):
     iterations of exactly these matmuls (shapes, dimension numbers, dtypes) and nothing else:
     what a training step's matmuls cost on their own, its floor.
 
-    Each iteration's left operands are shifted by a scalar carried from the previous one, so
-    that no matmul can be hoisted out of the loop or merged with another (the matmuls of one
-    step stay independent of each other, which makes the floor a little optimistic).
+    In each iteration the smaller operand of every matmul is shifted by a scalar carried from
+    the previous one, so that no matmul can be hoisted out of the loop or merged with another
+    (the matmuls of one step stay independent of each other, which makes the floor a little
+    optimistic).
     """
 
     def run(operands):
         def body(carry, _):
             total = carry
             for (lhs, rhs), (_, _, dims, out_dtype) in zip(operands, calls, strict=True):
-                out = jax.lax.dot_general(
-                    lhs + carry.astype(lhs.dtype), rhs, dims, preferred_element_type=out_dtype
-                )
+                if lhs.size <= rhs.size:
+                    lhs = lhs + carry.astype(lhs.dtype)
+                else:
+                    rhs = rhs + carry.astype(rhs.dtype)
+                out = jax.lax.dot_general(lhs, rhs, dims, preferred_element_type=out_dtype)
                 total = total + 1e-30 * out.reshape(-1)[0].astype(jnp.float32)
             return total, None
 
