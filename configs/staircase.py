@@ -65,7 +65,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.chunk_steps = 1000
     # > 0: after each run, time this many steps of the step's matmuls alone (same shapes and
     # dtypes, on random operands, groups side by side) and report the floor they set for
-    # the whole run; 0: off.
+    # the whole run (its compilation and timing count in the total wall time); 0: off.
     config.matmul_floor_steps = 0
     config.log_every = 50  # metrics.jsonl rows: means over this many steps
     config.stats_fraction = 0.5  # per-level statistics over the last half of each level

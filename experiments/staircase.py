@@ -183,7 +183,8 @@ def dot_calls(jaxpr: jex.core.Jaxpr) -> list[tuple]:
     backward pass of a gradient), a scan's body repeated ``length`` times.
 
     Returns ``(lhs aval, rhs aval, dimension_numbers, preferred_element_type)`` per call.
-    (A ``while`` body, whose trip count is not static, is counted once.)
+    (A ``while`` body, whose trip count is not static, is counted once, and every branch of a
+    ``cond``: exact for the staircase's one-step program, which has neither.)
     """
     calls = []
     for eqn in jaxpr.eqns:
