@@ -198,6 +198,16 @@ def dot_calls(jaxpr: jex.core.Jaxpr) -> list[tuple]:
     return calls
 
 
+def dot_flops(calls: list[tuple]) -> float:
+    """FLOPs of the calls from `dot_calls`: 2 x batch x rows x columns x contraction each."""
+    total = 0.0
+    for lhs, rhs, ((lhs_contract, _), (lhs_batch, _)), _ in calls:
+        contract = np.prod([lhs.shape[d] for d in lhs_contract])
+        batch = np.prod([lhs.shape[d] for d in lhs_batch])
+        total += 2.0 * lhs.size * rhs.size / (contract * batch)
+    return total
+
+
 def matmul_only_program(calls: list[tuple], steps: int):
     """A function of the operands (one ``(lhs, rhs)`` pair per call) that runs ``steps``
     iterations of exactly these matmuls (shapes, dimension numbers, dtypes) and nothing else:
@@ -279,9 +289,10 @@ class _GroupRun:
             one_step = jax.vmap(one_step, in_axes=(0, 0, None))
         traced = jax.jit(one_step).trace(self.states, self.keys, 0)
         self.flops_per_step = _flops(traced.lower())
-        self.matmul_only = None
+        self.matmul_only, self.matmul_flops_per_step = None, None
         if config.matmul_floor_steps:  # the step's matmuls alone, compiled for this device
             calls = dot_calls(traced.jaxpr.jaxpr)
+            self.matmul_flops_per_step = dot_flops(calls)
             operands = jax.device_put(random_operands(calls, jax.random.key(1)), placement)
             program = jax.jit(matmul_only_program(calls, config.matmul_floor_steps))
             compiled = program.lower(operands).compile()
@@ -373,11 +384,12 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
     run_s = time.perf_counter() - t0
     values = np.concatenate(chunks, axis=1)
     flops_per_step = sum(r.flops_per_step for r in runs)
-    matmul_floor_s = None
+    matmul_floor_s = matmul_flops_per_step = None
     if config.matmul_floor_steps:  # all groups' matmul-only programs side by side, as above
         t0 = time.perf_counter()
         jax.block_until_ready([r.matmul_only() for r in runs])
         matmul_floor_s = (time.perf_counter() - t0) * total / config.matmul_floor_steps
+        matmul_flops_per_step = sum(r.matmul_flops_per_step for r in runs)
     return dict(
         values=values,
         true_mi=true_mi,
@@ -390,6 +402,7 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
         groups=[[names[i] for i in g] for g in groups],
         devices=[d for r in runs for d in r.devices],
         matmul_floor_s=matmul_floor_s,
+        matmul_gflop_per_step=None if matmul_floor_s is None else matmul_flops_per_step / 1e9,
     )
 
 
@@ -430,6 +443,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         bound_groups=out["groups"],
                         devices=out["devices"],
                         matmul_floor_s=out["matmul_floor_s"],
+                        matmul_gflop_per_step=out["matmul_gflop_per_step"],
                     )
                 )
                 plot_staircase(
@@ -473,7 +487,8 @@ def summary(results: dict, config) -> str:
                 f"the step's matmuls alone (same shapes and dtypes, nothing else, groups side by "
                 f"side; timed over {config.matmul_floor_steps} steps): "
                 f"{run['matmul_floor_s']:.1f} s for the {run['steps']} steps, "
-                f"{run['matmul_floor_s'] / run['run_s']:.0%} of the run"
+                f"{run['matmul_floor_s'] / run['run_s']:.0%} of the run "
+                f"({run['matmul_gflop_per_step']:.3f} GFLOP per step)"
             )
         rows = [
             r

@@ -212,15 +212,27 @@ def test_dot_calls_count_forward_backward_and_scan_matmuls():
     program = staircase.matmul_only_program(calls, steps=4)
     operands = staircase.random_operands(calls, jax.random.key(0))
     again = staircase.dot_calls(jax.make_jaxpr(program)(operands).jaxpr)
-    key = lambda c: (c[0].shape, c[1].shape, str(c[2]))  # noqa: E731
-    assert sorted(map(key, again)) == sorted(map(key, calls * 4))
+
+    def signature(call):
+        return call[0].shape, call[1].shape, str(call[2])
+
+    assert sorted(map(signature, again)) == sorted(map(signature, calls * 4))
+    # forward 8x3x5 and 8x5x2, backward dw2 5x8x2, dh 8x2x5, dw1 3x8x5, the scan 3 x (8x3x5,
+    # 8x5x3): 2 FLOPs per multiply-add
+    assert staircase.dot_flops(calls) == 2 * (120 + 80 + 80 + 80 + 120 + 3 * (120 + 120))
     assert np.isfinite(float(jax.jit(program)(operands)))
 
 
 def test_matmul_floor_is_reported(tmp_path):
-    config = _tiny(bounds=("nwj", "infonce"), matmul_floor_steps=10)
+    """The floor program's matmuls are the step's: for one NWJ critic, the FLOPs counted by
+    hand in `test_flop_count_matches_the_separable_critics_matmuls`, exactly."""
+    config = _tiny(bounds=("nwj",), matmul_floor_steps=10)
     results = staircase.train_and_evaluate(config, str(tmp_path))
     run = results["runs"][0]
+    b, d, (h,), e = config.batch_size, config.dim, config.critic_hparams.separable.hidden, 32
+    per_net = b * (d * h + h * e)
+    matmul_flops = 2 * (2 * per_net + b * b * e + 2 * per_net + 2 * b * h * e + 2 * b * b * e)
+    assert run["matmul_gflop_per_step"] * 1e9 == pytest.approx(matmul_flops, rel=1e-9)
     assert 0 < run["matmul_floor_s"] < 10 * run["run_s"]
     assert "matmuls alone" in staircase.summary(results, config)
     with pytest.raises(ValueError, match="matmul_floor_steps"):
