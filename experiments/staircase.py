@@ -384,12 +384,12 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
     run_s = time.perf_counter() - t0
     values = np.concatenate(chunks, axis=1)
     flops_per_step = sum(r.flops_per_step for r in runs)
-    matmul_floor_s = matmul_flops_per_step = None
+    matmul_floor_s = matmul_gflop_per_step = None
     if config.matmul_floor_steps:  # all groups' matmul-only programs side by side, as above
         t0 = time.perf_counter()
         jax.block_until_ready([r.matmul_only() for r in runs])
         matmul_floor_s = (time.perf_counter() - t0) * total / config.matmul_floor_steps
-        matmul_flops_per_step = sum(r.matmul_flops_per_step for r in runs)
+        matmul_gflop_per_step = sum(r.matmul_flops_per_step for r in runs) / 1e9
     return dict(
         values=values,
         true_mi=true_mi,
@@ -402,7 +402,7 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
         groups=[[names[i] for i in g] for g in groups],
         devices=[d for r in runs for d in r.devices],
         matmul_floor_s=matmul_floor_s,
-        matmul_gflop_per_step=None if matmul_floor_s is None else matmul_flops_per_step / 1e9,
+        matmul_gflop_per_step=matmul_gflop_per_step,
     )
 
 

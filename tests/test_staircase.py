@@ -179,16 +179,22 @@ def test_bfloat16_staircase_runs_and_is_recorded(tmp_path):
     assert config["compute_dtype"] == "bfloat16"
 
 
-def test_flop_count_matches_the_separable_critics_matmuls(tmp_path):
-    """The reported FLOPs per step: at least the critic's matmuls counted by hand (forward,
-    weight and hidden-input gradients, scores), and not much more (Adam, sampling, the bound)."""
-    config = _tiny(bounds=("nwj",))
-    results = staircase.train_and_evaluate(config, str(tmp_path))
+def _separable_matmul_flops(config) -> int:
+    """FLOPs of one training step's matmuls for one separable critic (one hidden layer,
+    embedding 32), by hand: forward, weight and hidden-input gradients, scores."""
     b, d, (h,), e = config.batch_size, config.dim, config.critic_hparams.separable.hidden, 32
     per_net = b * (d * h + h * e)  # multiply-adds of one MLP's forward pass
     forward = 2 * per_net + b * b * e  # g, h and the [B, B] score matrix
     backward = 2 * per_net + 2 * b * h * e + 2 * b * b * e  # weights, hidden inputs, scores
-    matmul_flops = 2 * (forward + backward)
+    return 2 * (forward + backward)
+
+
+def test_flop_count_matches_the_separable_critics_matmuls(tmp_path):
+    """The reported FLOPs per step: at least the critic's matmuls counted by hand, and not
+    much more (Adam, sampling, the bound)."""
+    config = _tiny(bounds=("nwj",))
+    results = staircase.train_and_evaluate(config, str(tmp_path))
+    matmul_flops = _separable_matmul_flops(config)
     run = results["runs"][0]
     counted = run["gflop_per_step"] * 1e9
     assert matmul_flops <= counted <= 1.6 * matmul_flops, (counted, matmul_flops)
@@ -225,14 +231,12 @@ def test_dot_calls_count_forward_backward_and_scan_matmuls():
 
 def test_matmul_floor_is_reported(tmp_path):
     """The floor program's matmuls are the step's: for one NWJ critic, the FLOPs counted by
-    hand in `test_flop_count_matches_the_separable_critics_matmuls`, exactly."""
+    hand, exactly."""
     config = _tiny(bounds=("nwj",), matmul_floor_steps=10)
     results = staircase.train_and_evaluate(config, str(tmp_path))
     run = results["runs"][0]
-    b, d, (h,), e = config.batch_size, config.dim, config.critic_hparams.separable.hidden, 32
-    per_net = b * (d * h + h * e)
-    matmul_flops = 2 * (2 * per_net + b * b * e + 2 * per_net + 2 * b * h * e + 2 * b * b * e)
-    assert run["matmul_gflop_per_step"] * 1e9 == pytest.approx(matmul_flops, rel=1e-9)
+    expected = _separable_matmul_flops(config)
+    assert run["matmul_gflop_per_step"] * 1e9 == pytest.approx(expected, rel=1e-9)
     assert 0 < run["matmul_floor_s"] < 10 * run["run_s"]
     assert "matmuls alone" in staircase.summary(results, config)
     with pytest.raises(ValueError, match="matmul_floor_steps"):
