@@ -230,12 +230,12 @@ def test_dot_calls_count_forward_backward_and_scan_matmuls():
 
 
 def test_matmul_floor_is_reported(tmp_path):
-    """The floor program's matmuls are the step's: for one NWJ critic, the FLOPs counted by
-    hand, exactly."""
-    config = _tiny(bounds=("nwj",), matmul_floor_steps=10)
+    """The floor program's matmuls are the step's: for two bounds' critics (NWJ and InfoNCE,
+    the same separable critic each), twice the FLOPs counted by hand, exactly."""
+    config = _tiny(bounds=("nwj", "infonce"), matmul_floor_steps=10)
     results = staircase.train_and_evaluate(config, str(tmp_path))
     run = results["runs"][0]
-    expected = _separable_matmul_flops(config)
+    expected = 2 * _separable_matmul_flops(config)
     assert run["matmul_gflop_per_step"] * 1e9 == pytest.approx(expected, rel=1e-9)
     assert 0 < run["matmul_floor_s"] < 10 * run["run_s"]
     assert "matmuls alone" in staircase.summary(results, config)
