@@ -5,6 +5,8 @@ import shutil
 import tempfile
 import time
 
+import pytest
+
 # Keep XLA on the CPU and quiet about missing accelerators before jax is imported.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -38,3 +40,17 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 def pytest_unconfigure(config):
     if _OWN_CACHE:
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+@pytest.fixture
+def tfds(tmp_path_factory, monkeypatch):
+    """tensorflow-datasets (the test is skipped without it), its scratch directories kept in
+    pytest's temporary directory.
+
+    A builder whose data is not prepared (every one under `tfds.testing.mock_data`) makes an
+    empty ``tempfile.mkdtemp("tfds")`` (``DatasetInfo.initialize_from_bucket``) and never
+    removes it; here it lands where pytest cleans up instead of piling up in /tmp.
+    """
+    module = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tempfile")))
+    return module

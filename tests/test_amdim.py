@@ -289,10 +289,9 @@ def test_experiment_bad_config_names_the_field(tmp_path, overrides, match):
 
 
 @pytest.mark.slow  # the tfds mock path itself is covered by tests/test_infomax.py (cifar10)
-def test_stl10_preset_trains_through_mock_data(tmp_path):
+def test_stl10_preset_trains_through_mock_data(tmp_path, tfds):
     # 96x96 colour images: three stride-2 convs and a 6x6 VALID conv reach the 7x7 map; the
     # colour augmentations (jitter, greyscale) run.
-    tfds = pytest.importorskip("tensorflow_datasets")
     preset = amdim_config.get_config("stl10")
     config = tiny_config(
         dataset="stl10",

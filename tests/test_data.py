@@ -204,8 +204,7 @@ def test_mnist_corrupt_files(tmp_path, overrides, match):
         ("mnist", (28, 28, 1), 10),
     ],
 )
-def test_tfds_datasets_mocked(tmp_path, name, shape, num_classes):
-    tfds = pytest.importorskip("tensorflow_datasets")
+def test_tfds_datasets_mocked(tmp_path, tfds, name, shape, num_classes):
     # tmp_path holds no IDX files, so mnist falls back to tfds too.
     with tfds.testing.mock_data(num_examples=6):
         ds = data.load_dataset(name, data_dir=str(tmp_path))
@@ -220,8 +219,7 @@ def test_tfds_datasets_mocked(tmp_path, name, shape, num_classes):
     np.testing.assert_array_equal(small.test_labels, ds.test_labels[:4])
 
 
-def test_tfds_not_prepared_fails_fast_and_clearly(tmp_path):
-    pytest.importorskip("tensorflow_datasets")
+def test_tfds_not_prepared_fails_fast_and_clearly(tmp_path, tfds):
     start = time.perf_counter()
     with pytest.raises(FileNotFoundError, match="not prepared") as info:
         data.load_dataset("cifar10", data_dir=str(tmp_path))
@@ -233,8 +231,7 @@ def test_tfds_not_prepared_fails_fast_and_clearly(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing was written (or downloaded)
 
 
-def test_tfds_not_prepared_in_the_default_directory(tmp_path, monkeypatch):
-    tfds = pytest.importorskip("tensorflow_datasets")
+def test_tfds_not_prepared_in_the_default_directory(tmp_path, monkeypatch, tfds):
     # With data_dir=None, tfds fails differently (an empty-splits KeyError) than with a data_dir.
     monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="'stl10' is not prepared") as info:

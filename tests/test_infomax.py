@@ -202,8 +202,7 @@ def test_missing_mnist_files_are_named(tmp_path):
         )
 
 
-def test_a_tfds_dataset_trains_through_mock_data(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+def test_a_tfds_dataset_trains_through_mock_data(tmp_path, tfds):
     config = tiny_config(
         dataset="cifar10",
         encoder="resnet",
