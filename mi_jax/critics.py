@@ -19,6 +19,7 @@ runs its matmuls in mixed precision (`dense`, `bf16_matmul`) with the same param
 """
 
 import functools
+import numbers
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -231,6 +232,8 @@ class InnerProductCritic(nn.Module):
     def __call__(self, x: Array, y: Array) -> Array:
         """``x`` ``[batch, dim]``, ``y`` ``[batch, dim]`` -> ``[batch, batch]``."""
         _check_pair(x, y)
+        if not self.temperature > 0:
+            raise ValueError(f"`temperature` must be positive, got {self.temperature}.")
         if x.shape[1] != y.shape[1]:
             raise ValueError(
                 f"InnerProductCritic needs `x` and `y` of equal width, got {x.shape[1]} and "
@@ -267,6 +270,12 @@ class ConcatCritic(nn.Module):
         if not self.hidden:
             raise ValueError("ConcatCritic needs at least one hidden layer (`hidden`).")
         get_activation(self.activation)  # fail early on an unknown name
+        if self.chunk_size is not None and not (
+            isinstance(self.chunk_size, numbers.Integral) and self.chunk_size >= 1
+        ):
+            raise ValueError(
+                f"`chunk_size` must be a positive integer or None, got {self.chunk_size!r}."
+            )
         batch = x.shape[0]
         first = self.hidden[0]
         # Split first layer: no bias on the x part, the shared bias sits on the y part.

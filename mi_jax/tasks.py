@@ -16,38 +16,66 @@ compiled ``lax.scan``.
   correction.
 """
 
+import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from scipy import special
 
 from mi_jax import _checks
 from mi_jax.types import Array, ArrayLike, PRNGKey
 
 
+def _float(a: ArrayLike) -> Array:
+    """``a`` as JAX's default float (float32, or float64 with ``jax_enable_x64``)."""
+    return jnp.asarray(a, jnp.result_type(float))
+
+
 def rho_from_mi(mi: ArrayLike, dim: int) -> Array:
     """Per-coordinate correlation giving ``mi`` nats over ``dim`` independent Gaussian pairs."""
-    return jnp.sqrt(-jnp.expm1(-2.0 * jnp.asarray(mi, jnp.float32) / dim))
+    return jnp.sqrt(-jnp.expm1(-2.0 * _float(mi) / dim))
+
+
+def noise_from_mi(mi: ArrayLike, dim: int) -> Array:
+    """``sqrt(1 - rho^2) = exp(-mi / dim)``, the noise's share of each coordinate.
+
+    In closed form: from ``rho``, ``1 - rho^2`` cancels to 0 in float32 once ``mi / dim`` passes
+    about 8 (``rho`` rounds to 1, ``y = x``, infinite MI).
+    """
+    return jnp.exp(-_float(mi) / dim)
 
 
 def mi_from_rho(rho: ArrayLike, dim: int) -> Array:
     """``I = -dim/2 log(1 - rho^2)`` for ``dim`` independent pairs of correlation ``rho``."""
-    return -0.5 * dim * jnp.log1p(-jnp.square(jnp.asarray(rho, jnp.float32)))
+    return -0.5 * dim * jnp.log1p(-jnp.square(_float(rho)))
 
 
 def correlated_gaussian(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tuple[Array, Array]:
-    """``x ~ N(0, I_dim)``, ``y = rho x + sqrt(1 - rho^2) eps``, with MI ``mi`` nats.
+    """``x ~ N(0, I_dim)``, ``y = rho x + sqrt(1 - rho^2) eps``, with MI ``mi`` nats (``>= 0``).
 
     Returns:
       ``x`` ``[batch, dim]``, ``y`` ``[batch, dim]``.
     """
+    _check_mi(mi, 0.0)
     kx, ke = jax.random.split(key)
-    rho = rho_from_mi(mi, dim)
     x = jax.random.normal(kx, (batch, dim))
     eps = jax.random.normal(ke, (batch, dim))
-    return x, rho * x + jnp.sqrt(1.0 - jnp.square(rho)) * eps
+    return x, rho_from_mi(mi, dim) * x + noise_from_mi(mi, dim) * eps
+
+
+def _check_mi(mi: ArrayLike, min_mi: float) -> None:
+    """A concrete ``mi`` below the family's least MI (or NaN) is an error; traced: unchecked."""
+    if isinstance(mi, jax.core.Tracer):
+        return
+    low = np.asarray(mi) < min_mi
+    if np.any(low | np.isnan(mi)):
+        raise ValueError(
+            f"`mi` must be at least {min_mi:.6g} nats (this task's least MI), got "
+            f"{np.asarray(mi)[low | np.isnan(mi)].ravel()[:4]}."
+        )
 
 
 def _spiral(x: Array, speed: float = 0.5) -> Array:
@@ -93,10 +121,16 @@ def student_t(key: PRNGKey, mi: ArrayLike, batch: int, dim: int, df: float) -> t
     Returns:
       ``x`` ``[batch, dim]``, ``y`` ``[batch, dim]``.
     """
+    correction = student_t_mi_correction(df, dim, dim)
+    _check_mi(mi, correction)
     kz, kw = jax.random.split(key)
-    gaussian_mi = jnp.maximum(mi - student_t_mi_correction(df, dim, dim), 0.0)
+    # (Traced, a level below the correction would sample the family's least MI: clamped.)
+    gaussian_mi = jnp.maximum(mi - correction, 0.0)
     x, y = correlated_gaussian(kz, gaussian_mi, batch, dim)
-    scale = jnp.sqrt(df / (2.0 * jax.random.gamma(kw, df / 2.0, (batch, 1))))
+    # 1 / sqrt(w / df), w / 2 ~ Gamma(df / 2), from log w: at small df the gamma draw itself
+    # underflows to 0 in float32 (df = 0.1: ~1 % of the rows), its logarithm does not.
+    log_half_w = jax.random.loggamma(kw, df / 2.0, (batch, 1))
+    scale = jnp.sqrt(df / 2.0) * jnp.exp(-0.5 * log_half_w)
     return x * scale, y * scale
 
 
@@ -140,8 +174,8 @@ def _spiral_task(dim: int, speed: float = 0.5) -> Task:
 
 
 def _student_t_task(dim: int, df: float = 5.0) -> Task:
-    if not df > 0:
-        raise ValueError(f"`df` must be positive, got {df}.")
+    if not (np.isfinite(df) and df > 0):
+        raise ValueError(f"`df` must be positive and finite (inf: the gaussian task), got {df}.")
     min_mi = student_t_mi_correction(df, dim, dim)
     return Task("student_t", dim, lambda key, mi, batch: student_t(key, mi, batch, dim, df), min_mi)
 
@@ -162,10 +196,10 @@ def get_task(name: str, *, dim: int, **hparams) -> Task:
     """Builds the task ``name`` of width ``dim``, e.g. ``get_task("student_t", dim=5, df=3.0)``."""
     if name not in _TASKS:
         raise _checks.unknown_name_error("task", name, _TASKS)
-    if not (isinstance(dim, int) and dim >= 1):
+    if not (isinstance(dim, numbers.Integral) and not isinstance(dim, bool) and dim >= 1):
         raise ValueError(f"`dim` must be a positive integer, got {dim!r}.")
     try:
-        return _TASKS[name](dim, **hparams)
+        return _TASKS[name](int(dim), **hparams)
     except TypeError as e:
         raise TypeError(f"bad hyperparameters {sorted(hparams)} for task {name!r}: {e}") from None
 
@@ -174,5 +208,7 @@ def staircase_mi(
     step: ArrayLike, *, levels: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0), steps_per_level: int
 ) -> Array:
     """The true MI at ``step`` of the staircase schedule (Poole et al. 2019, Fig. 2)."""
+    if not (isinstance(steps_per_level, numbers.Integral) and steps_per_level >= 1):
+        raise ValueError(f"`steps_per_level` must be a positive integer, got {steps_per_level!r}.")
     index = jnp.minimum(jnp.asarray(step) // steps_per_level, len(levels) - 1)
     return jnp.asarray(levels, jnp.float32)[index]

@@ -284,11 +284,15 @@ def raise_if_nonfinite(values, names: Sequence[str], first_step: int, seed_axis:
     bad = ~np.isfinite(values)
     if not bad.any():
         return
-    index = np.argwhere(bad)[0]
-    seed, step, bound = index if seed_axis else (None, *index)
+    if seed_axis:  # the earliest step of any seed
+        step, seed, bound = np.argwhere(np.moveaxis(bad, 1, 0))[0]
+        index = (seed, step, bound)
+    else:
+        seed, (step, bound) = None, np.argwhere(bad)[0]
+        index = (step, bound)
     where = f" (seed index {seed})" if seed_axis else ""
     raise NonFiniteError(
-        f"bound {names[bound]!r} became {values[tuple(index)]} at step {first_step + step}{where}."
+        f"bound {names[bound]!r} became {values[index]} at step {first_step + step}{where}."
     )
 
 

@@ -195,6 +195,17 @@ def test_chunk_size_must_divide_batch():
     params = critics.get_critic("concat", hidden=_HIDDEN).init(jax.random.key(0), x, y)
     with pytest.raises(ValueError, match="chunk_size"):
         critic.apply(params, x, y)
+    for chunk in (0, -2):
+        with pytest.raises(ValueError, match="`chunk_size` must be a positive integer"):
+            critics.get_critic("concat", hidden=_HIDDEN, chunk_size=chunk).apply(params, x, y)
+
+
+def test_inner_product_temperature_must_be_positive():
+    x, y = _data(batch=4, dx=3, dy=3)
+    for temperature in (0.0, -1.0):
+        critic = critics.get_critic("inner_product", temperature=temperature)
+        with pytest.raises(ValueError, match="`temperature` must be positive"):
+            critic.init(jax.random.key(0), x, y)
 
 
 def test_chunked_concat_memory_is_linear_in_batch():

@@ -81,6 +81,27 @@ def test_correlated_gaussian_plugin_mi_matches(gaussian_sample):
     assert abs(estimate - mi) <= 5 * se + dim**2 / _N, (estimate, mi, se)
 
 
+@pytest.mark.parametrize("mi", [8.0, 10.0, 12.0])
+def test_gaussian_keeps_its_mi_at_many_nats_per_coordinate(mi):
+    # One coordinate: the noise's share exp(-mi) is 3e-4..6e-6. Computed as sqrt(1 - rho^2) in
+    # float32 it was 3 % off at 8 nats and 0 (y = x, infinite MI) from about 8.3 on.
+    n = 100_000
+    x, y = tasks.correlated_gaussian(jax.random.key(5), mi, n, 1)
+    r = np.corrcoef(np.asarray(x, np.float64)[:, 0], np.asarray(y, np.float64)[:, 0])[0, 1]
+    # Plug-in MI: standard error sqrt(rho^2 / n) ~ 1 / sqrt(n) (as above); 5 of them.
+    assert abs(-0.5 * math.log1p(-(r**2)) - mi) <= 5 / math.sqrt(n), r
+
+
+def test_mi_below_a_tasks_least_mi_is_an_error():
+    for mi in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="`mi` must be at least 0 nats"):
+            tasks.correlated_gaussian(jax.random.key(0), mi, 4, 2)
+    task = tasks.get_task("student_t", dim=2, df=1.0)  # least MI 0.43 nats
+    with pytest.raises(ValueError, match="`mi` must be at least 0.43"):
+        task.sample(jax.random.key(0), 0.05, 4)
+    task.sample(jax.random.key(0), task.min_mi, 4)  # the least MI itself is fine
+
+
 def test_gaussian_sampler_vmaps_over_keys():
     keys = jax.random.split(jax.random.key(3), 4)
     xs, ys = jax.vmap(lambda k: tasks.correlated_gaussian(k, 1.0, 16, 2))(keys)
@@ -194,6 +215,14 @@ def _correction_magnitude(df, dx, dy):
     return total
 
 
+def test_student_t_samples_stay_finite_at_small_df():
+    # df = 0.2: the chi^2 draw underflowed to 0 in float32 for ~1e-4 of the rows (infinite
+    # samples); drawn as a log-gamma it does not (the tails themselves reach 1e28 here).
+    task = tasks.get_task("student_t", dim=2, df=0.2)
+    x, y = task.sample(jax.random.key(1), task.min_mi + 1.0, 100_000)
+    assert np.all(np.isfinite(np.asarray(x))) and np.all(np.isfinite(np.asarray(y)))
+
+
 @pytest.mark.parametrize("dim", [1, 2, 5])
 def test_student_t_correction_positive_and_decreasing_for_moderate_df(dim):
     dfs = [0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0]
@@ -277,7 +306,13 @@ def test_get_task_errors():
             tasks.get_task("gaussian", dim=dim)
     with pytest.raises(ValueError, match="dim"):
         tasks.get_task("spiral", dim=1)
-    with pytest.raises(ValueError, match="df"):
-        tasks.get_task("student_t", dim=2, df=0.0)
+    for df in (0.0, float("inf")):
+        with pytest.raises(ValueError, match="df"):
+            tasks.get_task("student_t", dim=2, df=df)
+    with pytest.raises(ValueError, match="dim"):
+        tasks.get_task("gaussian", dim=True)
+    assert tasks.get_task("gaussian", dim=np.int64(3)).dim == 3
+    with pytest.raises(ValueError, match="steps_per_level"):
+        tasks.staircase_mi(3, steps_per_level=0)
     with pytest.raises(TypeError, match="speeed"):
         tasks.get_task("spiral", dim=2, speeed=1.0)
