@@ -221,6 +221,55 @@ def write_config(workdir: str, config) -> None:
     write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
 
+def config_changes(old: Mapping, config, may_differ: Iterable[str] = ()) -> list[str]:
+    """``"key: old -> new"`` for every setting (dotted path) where the config dict ``old``
+    (as `write_config` stores it) and ``config`` differ, except under the keys ``may_differ``."""
+
+    def flat(tree, prefix=""):
+        if isinstance(tree, Mapping):
+            return {
+                k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()
+            }
+        return {prefix[:-1]: json.dumps(to_builtin(tree), sort_keys=True, allow_nan=True)}
+
+    before, after = flat(to_builtin(old)), flat(to_builtin(config.to_dict()))
+    free = tuple(may_differ)
+    return [
+        f"{k}: {before.get(k, '(absent)')} -> {after.get(k, '(absent)')}"
+        for k in sorted(before.keys() | after.keys())
+        if before.get(k) != after.get(k) and not any(k == m or k.startswith(m + ".") for m in free)
+    ]
+
+
+def check_same_run(workdir: str, config, may_differ: Iterable[str] = ()) -> None:
+    """Refuses to continue another configuration's run in ``workdir``.
+
+    A workdir holds one run: its checkpoints are restored and its results extended, so an
+    earlier run there (a ``config.json`` beside metrics, results or checkpoints) must have had
+    the settings of ``config``, except those under ``may_differ`` (a run's length, cadences,
+    paths: what a resumed run may change). Else a `ValueError` lists the differences, before
+    anything is written.
+    """
+    path = os.path.join(workdir, "config.json")
+    written = [os.path.join(workdir, n) for n in ("metrics.jsonl", "results.json")]
+    checkpoints = os.path.join(workdir, "checkpoints")
+    has_run = any(os.path.exists(p) and os.path.getsize(p) for p in written) or any(
+        files for _, _, files in os.walk(checkpoints)
+    )
+    if not (has_run and os.path.exists(path)):
+        return
+    changes = config_changes(read_json(path), config, may_differ)
+    if changes:
+        shown = "; ".join(changes[:6]) + (
+            f"; and {len(changes) - 6} more" if len(changes) > 6 else ""
+        )
+        raise ValueError(
+            f"{workdir} holds a run of another config ({shown}); resuming it would mix the two. "
+            f"Use a fresh --workdir, or the config in {path}"
+            + (f" (only {', '.join(may_differ)} may change on a rerun)." if may_differ else ".")
+        )
+
+
 class JsonlWriter:
     """Appends one JSON object per line and flushes, so rows survive a crash."""
 

@@ -17,7 +17,6 @@ estimate over training per combination). A progress bar runs over all combinatio
 """
 
 import itertools
-import json
 import os
 import time
 
@@ -407,6 +406,9 @@ def plot(workdir: str, runs: list[dict]) -> None:
     plt.close(fig)
 
 
+RESUMABLE = ("data_dir",)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:
     """Runs (or finishes) the study; writes everything into ``workdir``; returns the results.
 
@@ -420,11 +422,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     views = load_views(config)
     os.makedirs(workdir, exist_ok=True)
     results_path = os.path.join(workdir, "results.json")
+    # A rerun in the same workdir keeps the combinations it finished: every setting but the
+    # data path must be the same.
+    _common.check_same_run(workdir, config, RESUMABLE)
     done = {}
     if os.path.exists(results_path):
-        with open(results_path) as f:
-            previous = json.load(f)
-        if previous.get("config") == _common.to_builtin(config.to_dict()):
+        previous = _common.read_json(results_path)
+        if not _common.config_changes(previous.get("config", {}), config, RESUMABLE):
             done = {(r["encoder"], r["critic"], r["bound"]): r for r in previous["runs"]}
             print(f"Resuming: {len(done)} of {len(combos)} combinations already in {results_path}.")
     _common.write_config(workdir, config)

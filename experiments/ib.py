@@ -24,7 +24,6 @@ evaluation). A NaN loss stops the run naming the method, beta and step; results 
 already written stay.
 """
 
-import json
 import os
 import time
 
@@ -61,6 +60,12 @@ def build(config: ml_collections.ConfigDict, method: str, num_classes: int) -> i
         score_hparams=_common.hashable_hparams(config.mige.score_hparams.to_dict()),
         train_samples=config.train_samples,
     )
+
+
+# What a rerun in the same workdir may change (`_common.check_same_run`): a method's checkpoint
+# resumes under a longer (or shorter) schedule, other evaluation cadences or another data path,
+# and the methods run are each kept apart (their own checkpoints and results entries).
+RESUMABLE = ("num_epochs", "eval_every_epochs", "eval_batch_size", "data_dir", "methods")
 
 
 def betas_of(config: ml_collections.ConfigDict, method: str) -> tuple[float, ...]:
@@ -229,7 +234,14 @@ def run_method(
     history = []
     if start:
         state = _common.restore_checkpoint(manager, start, state)
-        history = on_eval.previous(method)
+        # The evaluations up to the checkpoint (and this schedule's end, if it is shorter).
+        history = [r for r in on_eval.previous(method) if r["step"] <= min(start, num_steps)]
+        if start >= num_steps and not history:
+            raise ValueError(
+                f"{method}: the checkpoint in {manager.directory} is at step {start}, past this "
+                f"schedule's {num_steps} steps, and results.json holds no evaluation of it up "
+                "to there; use a fresh --workdir."
+            )
         print(f"{method}: resumed from the checkpoint at step {start}.")
     progress.update(start)
 
@@ -403,14 +415,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
             f"`config.batch_size` ({config.batch_size}) exceeds the "
             f"{dataset.train_images.shape[0]} training images."
         )
+    _common.check_same_run(workdir, config, RESUMABLE)
     os.makedirs(workdir, exist_ok=True)
     results_path = os.path.join(workdir, "results.json")
     config_dict = _common.to_builtin(config.to_dict())
     previous = {}
     if os.path.exists(results_path):
-        with open(results_path) as f:
-            old = json.load(f)
-        if old.get("config") == config_dict:
+        old = _common.read_json(results_path)
+        if not _common.config_changes(old.get("config", {}), config, RESUMABLE):
             previous = old["methods"]
     _common.write_config(workdir, config)
 
@@ -421,7 +433,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         "devices": mesh.devices.size,
         "num_seeds": config.num_seeds,
         "config": config_dict,
-        "methods": {},
+        # Methods run earlier in this workdir and not now: kept.
+        "methods": {m: e for m, e in previous.items() if m not in config.methods},
     }
 
     def on_eval(method, history, complete):
@@ -432,7 +445,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     on_eval.previous = lambda m: list(previous.get(m, {}).get("history", []))
 
     steps_per_epoch = dataset.train_images.shape[0] // config.batch_size
-    todo = [m for m in config.methods if not previous.get(m, {}).get("complete")]
+    num_steps = config.num_epochs * steps_per_epoch
+
+    def finished(entry):  # complete, and on this schedule
+        return entry.get("complete") and entry.get("steps") == num_steps
+
+    todo = [m for m in config.methods if not finished(previous.get(m, {}))]
     progress = tqdm(total=len(todo) * config.num_epochs * steps_per_epoch, desc="ib")
     writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
     t0 = time.perf_counter()

@@ -59,6 +59,15 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> di
     )
 
 
+# What a rerun in the same workdir may change (`_common.check_same_run`): the checkpoint resumes
+# under a longer (or shorter) run, other logging, evaluation and checkpoint cadences, another data
+# path, and the probes (fitted after training) may be refitted with other settings.
+RESUMABLE = (
+    "num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "data_dir",
+    "probe",
+)  # fmt: skip
+
+
 def _check_config(config: ml_collections.ConfigDict, representation_names: tuple[str, ...]) -> None:
     _common.check_num_seeds(config)
     for name in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
@@ -240,6 +249,7 @@ def train_and_evaluate(
     )
     objective = (build_fn or build)(config, dataset.image_shape)
     _check_config(config, objective.representation_names)
+    _common.check_same_run(workdir, config, RESUMABLE)
     _common.write_config(workdir, config)
     batch_size = config.batch_size
     num_train = dataset.train_images.shape[0]

@@ -233,6 +233,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         raise ValueError(
             f"`config.batch_size` ({config.batch_size}) exceeds the training or test images."
         )
+    # A rerun in the same workdir resumes its checkpoint: only the schedule's length, the
+    # evaluation cadence and the data path may change.
+    _common.check_same_run(workdir, config, ("num_epochs", "eval_every_epochs", "data_dir"))
     _common.write_config(workdir, config)
     steps_per_epoch = num_train // config.batch_size
     num_steps = config.num_epochs * steps_per_epoch
@@ -284,6 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         "bound": config.bound,
         "devices": mesh.devices.size,
         "num_seeds": len(seeds),
+        "config": _common.to_builtin(config.to_dict()),
         "models": {n: {k: float(v[i]) for k, v in settings.items()} for i, n in enumerate(names)},
     }
     step, train_s = start, 0.0

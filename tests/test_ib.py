@@ -246,6 +246,22 @@ def test_ib_resumes_an_interrupted_method_from_its_checkpoint(tmp_path):
     for ra, rb in zip(a, b, strict=True):
         np.testing.assert_allclose(ra["error_mean"], rb["error_mean"], atol=1e-6)
         np.testing.assert_allclose(ra["train_ce"], rb["train_ce"], rtol=1e-4)
+    # The first epoch's evaluations are kept (the validation choice sees both epochs).
+    history = resumed["methods"]["vib"]["history"]
+    assert [r["epoch"] for r in history] == [r["epoch"] for r in full["methods"]["vib"]["history"]]
+    assert sorted({r["epoch"] for r in history}) == [1.0, 2.0]
+    # Another method in the same workdir: the finished one is kept beside it.
+    both = ib_experiment.train_and_evaluate(_quick(ib_config, methods=("deterministic",)), workdir)
+    assert set(both["methods"]) == {"vib", "deterministic"}
+    assert both["methods"]["vib"]["final"] == resumed["methods"]["vib"]["final"]
+    # A setting the checkpoints were trained under may not change: refused before anything is
+    # written (earlier: the checkpoint was restored and its rows relabelled with the new betas).
+    written = {n: (tmp_path / n).read_bytes() for n in ("config.json", "results.json")}
+    with pytest.raises(ValueError, match=r"another config \(betas.vib: \[0.001, 0.01\] -> \[0.5\]"):
+        ib_experiment.train_and_evaluate(
+            _quick(ib_config, methods=("vib",), **{"betas.vib": (0.5,)}), workdir
+        )
+    assert {n: (tmp_path / n).read_bytes() for n in written} == written
 
 
 def test_infomax_vae_loss_terms_and_smoke(tmp_path):
@@ -277,6 +293,12 @@ def test_infomax_vae_loss_terms_and_smoke(tmp_path):
     with open(os.path.join(workdir, "results.json")) as f:
         saved = json.load(f)
     assert all(np.isfinite(r["elbo"]) for r in saved["table"] if r["model"] != "raw pixels")
+    # Another gamma in this workdir would restore the gamma-trained checkpoint under the new
+    # label: refused, naming the setting.
+    with pytest.raises(ValueError, match=r"models.infomax_vae.gamma: .* -> 50.0"):
+        vae_experiment.train_and_evaluate(
+            _quick(vae_config, **{"models.infomax_vae.gamma": 50.0}), workdir
+        )
 
 
 def test_ib_num_seeds_trains_each_seed_as_its_own_sweep(tmp_path):

@@ -145,9 +145,15 @@ def test_num_seeds_trains_each_seed_as_its_own_run_and_reports_mean_and_std(tmp_
         assert row["test_accuracy_std"] == pytest.approx(np.std(values))
     saved = json.loads((both / "results.json").read_text())
     assert saved["probes"] == pair["probes"]
-    # The seed-stacked checkpoints do not fit a one-seed state: a clear error, found from the
-    # stored shapes before Orbax reads anything ("shapes differ"), and nothing lost.
+    # A one-seed rerun in this workdir: refused, naming the setting, before anything is written.
     kept = sorted(os.listdir(both / "checkpoints"))
+    written = {p: (both / p).read_bytes() for p in ("config.json", "results.json", "metrics.jsonl")}
+    with pytest.raises(ValueError, match=r"another config \(num_seeds: 2 -> 1\)"):
+        infomax.train_and_evaluate(tiny_config(**{**small, "num_steps": 6}), str(both))
+    assert {p: (both / p).read_bytes() for p in written} == written
+    # Without the config.json, the seed-stacked checkpoints still do not fit a one-seed state: a
+    # clear error, found from the stored shapes before Orbax reads anything, and nothing lost.
+    (both / "config.json").unlink()
     with pytest.raises(ValueError, match="does not fit.*num_seeds.*shapes differ"):
         infomax.train_and_evaluate(tiny_config(**{**small, "num_steps": 6}), str(both))
     assert sorted(os.listdir(both / "checkpoints")) == kept == ["2", "3", "4"]
@@ -161,16 +167,28 @@ def test_num_seeds_trains_each_seed_as_its_own_run_and_reports_mean_and_std(tmp_
     )
 
 
-def _nan_bound():
-    return bounds.Bound("always_nan", lambda: (), lambda s, st: (jnp.mean(s) * jnp.nan, st))
+_POISONED = [False]  # read when the bound is traced: a rerun of the same config turns NaN
+
+
+def _poisonable_bound():
+    def value(scores, state):
+        return jnp.mean(scores) * (jnp.nan if _POISONED[0] else 1.0), state
+
+    return bounds.Bound("poisonable", lambda: (), value)
 
 
 def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoints(tmp_path):
-    infomax.train_and_evaluate(tiny_config(num_steps=2), str(tmp_path))
-    if "always_nan" not in bounds.available_bounds():
-        bounds.register_bound("always_nan", _nan_bound)
-    with pytest.raises(training.NonFiniteError, match="step 3"):
-        infomax.train_and_evaluate(tiny_config(num_steps=4, estimator="always_nan"), str(tmp_path))
+    if "poisonable" not in bounds.available_bounds():
+        bounds.register_bound("poisonable", _poisonable_bound)
+    infomax.train_and_evaluate(tiny_config(num_steps=2, estimator="poisonable"), str(tmp_path))
+    _POISONED[0] = True
+    try:
+        with pytest.raises(training.NonFiniteError, match="step 3"):
+            infomax.train_and_evaluate(
+                tiny_config(num_steps=4, estimator="poisonable"), str(tmp_path)
+            )
+    finally:
+        _POISONED[0] = False
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
 
 
