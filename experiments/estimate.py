@@ -1,7 +1,7 @@
 r"""Estimate I(X; Y) from a file of paired samples.
 
   python -m experiments.estimate --data FILE.npz [--bound smile] [--critic separable] [--seeds 5]
-      [--standardize zscore|rank|none]
+      [--standardize zscore|rank|none] [--batch_size 128] [--eval_every 100] [--max_steps 3000]
 
 ``FILE.npz`` holds arrays ``x`` ``[N, dim_x]`` and ``y`` ``[N, dim_y]`` (``[N]`` counts as one
 dimension). Prints the estimate in nats (and bits); with ``--seeds K`` the mean and standard
@@ -24,6 +24,12 @@ _CRITIC = flags.DEFINE_string("critic", estimate_lib.DEFAULTS["critic"], "Regist
 _SEEDS = flags.DEFINE_integer("seeds", None, "Train this many critics (vmapped) and report all.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for the split, initialization and minibatches.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", estimate_lib.DEFAULTS["max_steps"], "Step limit.")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", estimate_lib.DEFAULTS["batch_size"], "Training minibatch size."
+)
+_EVAL_EVERY = flags.DEFINE_integer(
+    "eval_every", estimate_lib.DEFAULTS["eval_every"], "Training steps between evaluations."
+)
 _JSON = flags.DEFINE_string("json", None, "Optional path for a JSON file with the full result.")
 _STANDARDIZE = flags.DEFINE_enum(
     "standardize",
@@ -38,7 +44,13 @@ def load_pairs(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Reads arrays ``x`` and ``y`` from an .npz file, with errors that say what is missing."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data file {path!r} does not exist.")
-    with np.load(path) as data:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as e:  # a text or pickled file
+        raise ValueError(f"--data file {path!r} is not an .npz of arrays x and y ({e}).") from e
+    if not isinstance(data, np.lib.npyio.NpzFile):  # a single .npy array
+        raise ValueError(f"--data file {path!r} is one array, not an .npz of arrays x and y.")
+    with data:
         missing = [k for k in ("x", "y") if k not in data.files]
         if missing:
             raise KeyError(f"--data file {path!r} lacks arrays {missing}; it has {data.files}.")
@@ -53,6 +65,8 @@ def run(path: str, **kwargs) -> estimate_lib.MIEstimate:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _JSON.value and not os.path.isdir(os.path.dirname(os.path.abspath(_JSON.value))):
+        raise app.UsageError(f"--json {_JSON.value!r}: its directory does not exist.")
     result = run(
         _DATA.value,
         bound=_BOUND.value,
@@ -60,6 +74,8 @@ def main(argv):
         seeds=_SEEDS.value,
         seed=_SEED.value,
         max_steps=_MAX_STEPS.value,
+        batch_size=_BATCH_SIZE.value,
+        eval_every=_EVAL_EVERY.value,
         standardize=_STANDARDIZE_ARG[_STANDARDIZE.value],
     )
     mi = np.atleast_1d(result.mi)

@@ -67,8 +67,10 @@ def check_samples(x, y, *, min_samples: int = 2, finite: bool = True) -> tuple[n
         a = np.asarray(a)
         if a.ndim == 1:
             a = a[:, None]
-        if a.ndim != 2:
-            raise ValueError(f"`{name}` must have shape [num_samples, dim], got shape {a.shape}.")
+        if a.ndim != 2 or a.shape[1] == 0:
+            raise ValueError(
+                f"`{name}` must have shape [num_samples, dim] with dim >= 1, got shape {a.shape}."
+            )
         if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
             raise TypeError(f"`{name}` must be numeric, got dtype {a.dtype}.")
         if finite and not np.all(np.isfinite(a)):

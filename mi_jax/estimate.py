@@ -114,6 +114,9 @@ DEFAULT_BOUND_HPARAMS = {"smile": {"clip": 3.0}}
 JS_LEARNING_RATE, OTHER_LEARNING_RATE = 3e-3, 1e-3
 # Candidates of the critic's calibration per evaluation (warm-started from the last one).
 CALIBRATION_ITERATIONS = 4
+# The least held-out split: the estimate is read (and the critic calibrated, and early stopping
+# decided) on it. With 2 held-out pairs of independent samples the estimate read up to 22 nats.
+MIN_TEST = 32
 
 
 def estimate_mi(
@@ -148,7 +151,10 @@ def estimate_mi(
     100 steps on a 20 % held-out split (at most 2048 samples) of the critic
     recalibrated there (``calibrate``), early stopping after 5 evaluations without improvement
     of the held-out JS objective; the estimate is the held-out SMILE value of the calibrated
-    critic at the best of them, or 0 where no trained critic beat the constant critic.
+    critic at the best of them, or 0 where no trained critic beat the constant critic (on the
+    watched objective, and on the bound: an estimate is never below 0 nats). A critic whose
+    training value turns NaN or infinite stops the call with a `mi_jax.training.NonFiniteError`
+    naming the bound and the steps.
 
     Args:
       x: ``[N, dim_x]`` samples (``[N]`` is read as one dimension).
@@ -159,17 +165,19 @@ def estimate_mi(
       critic: a registered critic name (`mi_jax.critics.available_critics`).
       critic_hparams: keyword hyperparameters of the critic; None takes `DEFAULT_CRITIC_HPARAMS`
         for that critic (the module's own defaults for critics not listed there).
-      batch_size: training minibatch size (capped at the training split's size).
+      batch_size: training minibatch size (>= 2; capped at the training split's size).
       learning_rate: Adam's learning rate; None: `JS_LEARNING_RATE` (3e-3) for a bound trained
         with the JS objective (SMILE, JS), `OTHER_LEARNING_RATE` (1e-3) for the others.
-      max_steps: upper limit on training steps.
+      max_steps: upper limit on training steps: training runs in whole rounds of
+        ``eval_every`` steps, as many as fit (``eval_every`` is capped at ``max_steps``).
       eval_every: training steps between held-out evaluations.
       patience: evaluations without improvement of the ``stop_on`` quantity before stopping.
       stop_on: what early stopping watches on the held-out split: ``"objective"``, the
         training objective (the bound's `~mi_jax.bounds.Bound.objective`, else its value), or
         ``"bound"``, the bound's value itself (its maximum over a noisy curve reads high).
       test_fraction: fraction of samples held out.
-      max_test: cap on held-out samples used per evaluation (the score matrix is square).
+      max_test: cap on held-out samples used per evaluation (the score matrix is square); the
+        held-out split needs at least `MIN_TEST` (32) samples.
       standardize: True: scale each column to zero mean and unit variance (train-split
         statistics); ``"rank"``: map each column through its train-split empirical CDF and
         the standard normal quantile function (marginal Gaussianization: monotone in each
@@ -193,22 +201,25 @@ def estimate_mi(
     x, y = _checks.check_samples(x, y, min_samples=8)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction}.")
-    for name, value in (
-        ("batch_size", batch_size),
-        ("max_steps", max_steps),
-        ("eval_every", eval_every),
-        ("patience", patience),
+    for name, value, least in (
+        ("batch_size", batch_size, 2),  # a bound needs a pair off the diagonal
+        ("max_steps", max_steps, 1),
+        ("eval_every", eval_every, 1),
+        ("patience", patience, 1),
+        ("max_test", max_test, MIN_TEST),
     ):
-        if not (isinstance(value, int | np.integer) and value >= 1):
-            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    if not (isinstance(seed, int | np.integer) and -(2**31) <= seed < 2**31):
-        raise ValueError(f"`seed` must be an integer that fits in int32, got {seed!r}.")
+        if not (_is_int(value) and value >= least):
+            raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}.")
+    if not (_is_int(seed) and 0 <= seed < 2**31):
+        raise ValueError(f"`seed` must be an integer in [0, 2**31), got {seed!r}.")
     if not (standardize is True or standardize is False or standardize == "rank"):
         raise ValueError(f"`standardize` must be True, False or 'rank', got {standardize!r}.")
     if stop_on not in ("objective", "bound"):
         raise ValueError(f"`stop_on` must be 'objective' or 'bound', got {stop_on!r}.")
-    if seeds is not None and not (isinstance(seeds, int) and seeds >= 1):
+    if seeds is not None and not (_is_int(seeds) and seeds >= 1):
         raise ValueError(f"`seeds` must be a positive integer or None, got {seeds!r}.")
+    seeds = None if seeds is None else int(seeds)
+    eval_every = min(eval_every, max_steps)  # max_steps is a limit: at least one whole round
     if bound_hparams is None:
         bound_hparams = DEFAULT_BOUND_HPARAMS.get(bound, {})
     trained_on_js = bounds_lib.get_bound(bound, **bound_hparams).objective is bounds_lib.js_fgan
@@ -239,19 +250,21 @@ def estimate_mi(
     n_test = max(2, int(round(test_fraction * n)))
     test_idx, train_idx = order[:n_test][:max_test], order[n_test:]
     test_idx = test_idx[: len(test_idx) // devices * devices]  # an equal share per device
-    if len(train_idx) < max(2, devices) or len(test_idx) < 2:
+    if len(train_idx) < max(2, devices) or len(test_idx) < MIN_TEST:
         raise ValueError(
             f"{n} samples leave too few for training ({len(train_idx)}) or the held-out split "
-            f"({len(test_idx)}, a multiple of the {devices} device(s)); pass more samples."
+            f"({len(test_idx)} with `test_fraction` {test_fraction}, a multiple of the {devices} "
+            f"device(s); at least {MIN_TEST}); pass more samples or a larger `test_fraction`."
         )
-    if standardize == "rank":  # ranks of the samples as given (a float32 cast could tie some)
+    # Statistics and ranks of the samples as given, in float64: a float32 cast first could
+    # overflow the variance (x ~ 1e20), lose the spread (1e8 + x) or tie ranks.
+    if standardize == "rank":
         x = _gaussianize(x, train_idx, "x")
         y = _gaussianize(y, train_idx, "y")
-    x = x.astype(np.float32)
-    y = y.astype(np.float32)
-    if standardize is True:
+    elif standardize is True:
         x = _standardize(x, train_idx, "x")
         y = _standardize(y, train_idx, "y")
+    x, y = (_to_float32(a, name) for a, name in ((x, "x"), (y, "y")))
     data = (x[train_idx], y[train_idx], x[test_idx], y[test_idx])
     if devices > 1:
         data = parallel.replicate(data, mesh)
@@ -278,7 +291,7 @@ def estimate_mi(
     init, train_round = _compiled_fit(spec)
     states, data_keys, constant_objective = init(np.int32(seed), x_train, y_train)
 
-    rounds = -(-max_steps // eval_every)
+    rounds = max_steps // eval_every  # whole rounds within the limit
     samplers = [
         _minibatches(seed * 1_000_003 + k, len(train_idx), batch, eval_every)
         for k in range(num_seeds)
@@ -307,6 +320,15 @@ def estimate_mi(
         calibration = np.where(active[:, None], new_calibration, calibration)
         calibration_curve[active, r] = calibration[active]
         test_value, objective, train_value = (np.asarray(v).reshape(num_seeds) for v in values)
+        diverged = np.flatnonzero(active & ~np.isfinite(train_value))
+        if diverged.size:  # a diverged critic is no estimate; 0 nats would hide it
+            k = diverged[0]
+            raise training.NonFiniteError(
+                f"bound {bound!r} became {train_value[k]} in training steps "
+                f"{r * eval_every + 1}-{(r + 1) * eval_every}"
+                + (f" (seed index {k})" if seeds else "")
+                + "; try a lower `learning_rate`."
+            )
         test_curve[active, r] = test_value[active]
         objective_curve[active, r] = objective[active]
         train_curve[active, r] = train_value[active]
@@ -327,10 +349,13 @@ def estimate_mi(
     # The reference the best critic must beat: the constant critic (every score 0), which
     # carries no dependence and whose bound is 0 nats. Its held-out objective needs no data.
     # Without it, a critic that learned only noise reads below 0 (-0.5 nats on independent
-    # 50-d samples), an impossible value for MI.
-    trained = best >= float(constant_objective)
+    # 50-d samples), an impossible value for MI. A critic that beats it on the objective can
+    # still read below 0 nats on the bound: the constant critic's 0 is the estimate then too.
+    reference = float(constant_objective) if stop_on == "objective" else 0.0
+    mi = test_curve[np.arange(num_seeds), best_round]
+    trained = (best >= reference) & (mi > 0)
     best_step = np.where(trained, steps[best_round], 0)
-    mi = np.where(trained, test_curve[np.arange(num_seeds), best_round], 0.0)
+    mi = np.where(trained, mi, 0.0)
     # (Without calibration the programs pass the identity (1, 0) through unchanged.)
     chosen = np.where(trained[:, None], calibration_curve[np.arange(num_seeds), best_round], 0.0)
     curves = (test_curve, objective_curve, train_curve)
@@ -366,10 +391,28 @@ def _minibatches(seed: int, n: int, batch: int, steps: int):
         yield take
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _to_float32(a: np.ndarray, name: str) -> np.ndarray:
+    with np.errstate(over="ignore"):  # reported below, naming the argument
+        out = a.astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(
+            f"`{name}` has values beyond float32's range ({np.abs(a).max():.3g}); rescale it or "
+            "pass `standardize=True`."
+        )
+    return out
+
+
 def _standardize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
+    """Z-scores with the train split's mean and std, computed in float64."""
+    a = a.astype(np.float64)
     mean = a[train_idx].mean(axis=0)
     std = a[train_idx].std(axis=0)
-    _check_no_constant_columns(std == 0, name)
+    # A spread lost to float64 rounding counts as none (1e8 + x keeps x; 1e20 + x does not).
+    _check_no_constant_columns(std <= 1e-12 * np.abs(mean), name)
     return (a - mean) / std
 
 

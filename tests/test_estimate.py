@@ -7,7 +7,7 @@ import pytest
 import mi_jax
 from experiments import estimate as estimate_cli
 from mi_jax import estimate as estimate_lib
-from mi_jax import tasks
+from mi_jax import tasks, training
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +131,19 @@ def test_default_learning_rate_follows_the_training_objective(gaussian_2d):
         (dict(standardize="ranks"), ValueError, "`standardize`"),
         (dict(learning_rate=0.0), ValueError, "`learning_rate`"),
         (dict(learning_rate=float("nan")), ValueError, "`learning_rate`"),
+        (dict(batch_size=1), ValueError, "`batch_size` must be an integer >= 2"),
+        (dict(batch_size=True), ValueError, "`batch_size`"),
+        (dict(seed=-1), ValueError, "`seed`"),
+        (dict(seeds=True), ValueError, "`seeds`"),
+        (dict(max_test=0), ValueError, "`max_test`"),
+        (dict(x=np.zeros((200, 0))), ValueError, "`x` must have shape .* dim >= 1"),
+        (dict(x=np.ones((200, 1)) * 1e39, standardize=False), ValueError, "`x` has values beyond"),
+        (dict(test_fraction=0.1), ValueError, "held-out split .20 .*at least 32"),
     ],
 )
 def test_bad_input_names_the_argument(gaussian_2d, kwargs, error, match):
     x, y = gaussian_2d
-    kwargs = dict(dict(x=x[:100], y=y[:100], max_steps=10), **kwargs)
+    kwargs = dict(dict(x=x[:200], y=y[:200], max_steps=10), **kwargs)
     with pytest.raises(error, match=match):
         mi_jax.estimate_mi(kwargs.pop("x"), kwargs.pop("y"), **kwargs)
 
@@ -151,7 +159,7 @@ def test_stop_on_bound_reports_the_curves_maximum(gaussian_2d):
 
 
 def test_constant_column_is_rejected():
-    x = np.random.default_rng(0).normal(size=(100, 2))
+    x = np.random.default_rng(0).normal(size=(200, 2))
     x[:, 1] = 3.0
     with pytest.raises(ValueError, match=r"`x` has constant columns \[1\]"):
         mi_jax.estimate_mi(x, x[:, :1], max_steps=10)
@@ -168,6 +176,11 @@ def test_cli_reads_npz_and_reports(tmp_path, gaussian_2d):
         estimate_cli.load_pairs(str(tmp_path / "bad.npz"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         estimate_cli.load_pairs(str(tmp_path / "missing.npz"))
+    np.save(tmp_path / "one.npy", x)
+    (tmp_path / "pairs.csv").write_text("1,2\n3,4\n")
+    for name in ("one.npy", "pairs.csv"):
+        with pytest.raises(ValueError, match=r"--data file .* (is one array|is not an .npz)"):
+            estimate_cli.load_pairs(str(tmp_path / name))
 
 
 def test_single_seed_runs_unbatched_with_the_batched_numbers(gaussian_2d):
@@ -190,3 +203,34 @@ def test_compiled_programs_are_reused_for_equal_shapes(gaussian_2d):
     mi_jax.estimate_mi(x[800:1600], y[800:1600], max_steps=100, seed=1)
     info = estimate_lib._compiled_fit.cache_info()
     assert (info.misses, info.hits) == (1, 1)
+
+
+def test_standardization_is_computed_before_the_float32_cast(gaussian_2d):
+    # Scales that float32 statistics could not take: the variance of x * 1e20 overflows it,
+    # 1e8 + x has no spread left in float32, and 1e-30 x underflows its variance.
+    x, y = gaussian_2d[0][:1000].astype(np.float64), gaussian_2d[1][:1000]
+    kwargs = dict(max_steps=200, seed=2)
+    plain = mi_jax.estimate_mi(x, y, **kwargs).mi
+    assert plain > 0.5
+    for scaled in (x * 1e20, 1e8 + x, x * 1e-30):
+        np.testing.assert_allclose(mi_jax.estimate_mi(scaled, y, **kwargs).mi, plain, rtol=1e-3)
+
+
+def test_max_steps_is_a_limit_and_estimates_are_never_negative(gaussian_2d):
+    x, y = gaussian_2d
+    assert list(mi_jax.estimate_mi(x[:1000], y[:1000], max_steps=50).steps) == [50]
+    assert list(mi_jax.estimate_mi(x[:1000], y[:1000], max_steps=250).steps) == [100, 200]
+    # Independent samples, early stopping on the bound's own (noisy) value: its maximum can sit
+    # just below 0 nats, which the constant critic beats (it read -0.001 to -0.004 nats before).
+    y_independent = np.random.default_rng(3).normal(size=(2000, 1))
+    result = mi_jax.estimate_mi(
+        x[:2000, :1], y_independent, stop_on="bound", calibrate=False, seeds=4, max_steps=300
+    )
+    assert np.all(result.mi >= 0.0) and np.all(result.mi < 0.01)
+    assert np.all((result.mi == 0.0) == (result.best_step == 0))
+
+
+def test_a_diverging_critic_names_the_bound_and_steps(gaussian_2d):
+    x, y = gaussian_2d
+    with pytest.raises(training.NonFiniteError, match=r"bound 'nwj' became .* in training steps"):
+        mi_jax.estimate_mi(x[:1000], y[:1000], bound="nwj", learning_rate=1e6, max_steps=200)
