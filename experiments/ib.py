@@ -93,9 +93,17 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"`config.betas` has no sweep for method {method!r}.")
         betas_of(config, method)
     _common.check_num_seeds(config)
-    for name in ("num_epochs", "batch_size", "eval_every_epochs", "test_samples"):
+    for name in (
+        "num_epochs", "batch_size", "eval_every_epochs", "test_samples", "eval_batch_size",
+        "lr_decay_epochs",
+    ):  # fmt: skip
         if config[name] < 1:
             raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
+    if config.validation_examples < 0:
+        raise ValueError(
+            f"`config.validation_examples` must be >= 0 (0: no split), got "
+            f"{config.validation_examples}."
+        )
     if not 0.0 <= config.ema_decay < 1.0:
         raise ValueError(f"`config.ema_decay` must lie in [0, 1), got {config.ema_decay}.")
 

@@ -177,6 +177,8 @@ def validate_config(config) -> None:
         raise ValueError(f"config.rho_max must lie in (0, 1), got {config.rho_max}.")
     if config.num_samples < 2 or config.num_seeds < 1 or config.num_rhos < 2:
         raise ValueError("config.num_samples >= 2, num_seeds >= 1 and num_rhos >= 2 are needed.")
+    if not config.dims or not all(isinstance(d, int) and d >= 1 for d in config.dims):
+        raise ValueError(f"config.dims must hold positive integers, got {config.dims}.")
 
 
 def plot(path: str, curves: dict, rhos: np.ndarray, dims) -> None:
@@ -208,6 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     (default: all, `mi_jax.parallel.data_mesh`)."""
     validate_config(config)
     mesh = parallel.data_mesh() if mesh is None else mesh
+    _common.check_same_run(workdir, config)  # another config's results stay
     os.makedirs(workdir, exist_ok=True)
     _common.write_config(workdir, config)
     writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))

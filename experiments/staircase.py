@@ -41,6 +41,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         for name in names:
             if name not in known:
                 raise _checks.unknown_name_error(kind, name, known)
+    for field in ("bounds", "critics", "tasks", "levels"):
+        if not config[field]:
+            raise ValueError(f"config.{field} is empty.")
+        if len(set(config[field])) < len(config[field]):
+            raise ValueError(f"config.{field} names an entry twice: {tuple(config[field])}.")
+    if not all(level > 0 for level in config.levels):
+        raise ValueError(f"config.levels must be positive MI values (nats), got {config.levels}.")
+    if not 0.0 < config.stats_fraction <= 1.0:
+        raise ValueError(f"config.stats_fraction must lie in (0, 1], got {config.stats_fraction}.")
+    _common.check_num_seeds(config)
     critics_lib.check_compute_dtype(config.compute_dtype)
     if config.bound_groups < 0 or config.cpu_devices < 1:
         raise ValueError(
@@ -56,14 +66,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if config.parallel == "data":
         parallel.check_batch_size(config.batch_size, parallel.data_mesh())
+    if config.steps_per_level < 1:
+        raise ValueError(f"config.steps_per_level must be >= 1, got {config.steps_per_level}.")
     total = config.steps_per_level * len(config.levels)
     if config.chunk_steps < 1 or total % config.chunk_steps:
         raise ValueError(
             f"config.chunk_steps ({config.chunk_steps}) must divide the total number of steps "
             f"({total} = steps_per_level x levels)."
         )
-    if total % config.log_every:
-        raise ValueError(f"config.log_every ({config.log_every}) must divide {total}.")
+    if config.log_every < 1 or config.chunk_steps % config.log_every:
+        raise ValueError(
+            f"config.log_every ({config.log_every}) must divide config.chunk_steps "
+            f"({config.chunk_steps}): the metrics are means over whole windows of a chunk."
+        )
     if config.matmul_floor_steps < 0:
         raise ValueError(
             f"config.matmul_floor_steps must be >= 0 (0: off), got {config.matmul_floor_steps}."
@@ -409,6 +424,7 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the staircase for every task and critic in ``config``; returns the results dict."""
     validate_config(config)
+    _common.check_same_run(workdir, config)  # another config's results stay
     os.makedirs(workdir, exist_ok=True)
     _common.write_config(workdir, config)
     writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))

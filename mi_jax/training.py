@@ -275,7 +275,8 @@ def raise_if_nonfinite(values, names: Sequence[str], first_step: int, seed_axis:
     Args:
       values: host array ``[steps, n_bounds]`` or ``[seeds, steps, n_bounds]``.
       names: bound names.
-      first_step: global step of ``values[..., 0, :]``.
+      first_step: the steps done before ``values[..., 0, :]`` (the message counts steps from 1,
+        as the metrics rows do: ``values[..., 0, :]`` is step ``first_step + 1``).
       seed_axis: whether ``values`` has a leading seed axis.
     """
     import numpy as np
@@ -292,7 +293,7 @@ def raise_if_nonfinite(values, names: Sequence[str], first_step: int, seed_axis:
         index = (step, bound)
     where = f" (seed index {seed})" if seed_axis else ""
     raise NonFiniteError(
-        f"bound {names[bound]!r} became {values[index]} at step {first_step + step}{where}."
+        f"bound {names[bound]!r} became {values[index]} at step {first_step + step + 1}{where}."
     )
 
 

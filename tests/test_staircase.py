@@ -116,6 +116,14 @@ def test_level_statistics_against_hand_computation():
         ("compute_dtype", "float16", KeyError, "bfloat16"),
         ("bound_groups", -1, ValueError, "bound_groups"),
         ("parallel", "model", ValueError, "config.parallel"),
+        ("num_seeds", 0, ValueError, "num_seeds"),
+        ("levels", (), ValueError, "config.levels is empty"),
+        ("levels", (2.0, -1.0), ValueError, "config.levels must be positive"),
+        ("tasks", (), ValueError, "config.tasks is empty"),
+        ("bounds", ("smile", "smile"), ValueError, "config.bounds names an entry twice"),
+        ("stats_fraction", 2.0, ValueError, "stats_fraction"),
+        ("log_every", 8, ValueError, "log_every .8. must divide config.chunk_steps .20."),
+        ("steps_per_level", 0, ValueError, "steps_per_level"),
     ],
 )
 def test_bad_config_is_rejected_before_running(tmp_path, field, value, error, match):

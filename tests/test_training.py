@@ -118,14 +118,14 @@ def test_vmap_over_seeds_equals_loop():
 def test_nonfinite_error_names_bound_and_step():
     values = np.zeros((2, 10, 3))
     values[1, 7, 2] = np.nan
-    with pytest.raises(training.NonFiniteError, match=r"'c'.*step 107.*seed index 1"):
+    with pytest.raises(training.NonFiniteError, match=r"'c'.*step 108.*seed index 1"):
         training.raise_if_nonfinite(values, ["a", "b", "c"], 100, seed_axis=True)
     training.raise_if_nonfinite(np.zeros((4, 3)), ["a", "b", "c"], 0, seed_axis=False)
     # With several seeds the earliest step is reported, whichever seed it is in.
     values[0, 9, 0] = np.inf
     values[1, 7, 2] = 0.0
     values[1, 8, 1] = np.nan
-    with pytest.raises(training.NonFiniteError, match=r"'b' became nan at step 108 .seed index 1"):
+    with pytest.raises(training.NonFiniteError, match=r"'b' became nan at step 109 .seed index 1"):
         training.raise_if_nonfinite(values, ["a", "b", "c"], 100, seed_axis=True)
 
 
