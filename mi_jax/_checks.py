@@ -91,8 +91,9 @@ def check_samples(x, y, *, min_samples: int = 2, finite: bool = True) -> tuple[n
 def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> KeyError:
     """A KeyError for an unregistered name, with close matches suggested."""
     known = sorted(known)
-    hint = difflib.get_close_matches(name, known, n=1)
-    did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+    by_lower = {k.lower(): k for k in known}  # "infoNCE" -> "infonce"
+    hint = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1)
+    did_you_mean = f" Did you mean {by_lower[hint[0]]!r}?" if hint else ""
     return KeyError(f"unknown {kind} {name!r}.{did_you_mean} Known: {', '.join(known)}.")
 
 

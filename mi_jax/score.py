@@ -9,7 +9,7 @@ and `jax.vmap` and return ``[num_points, dim]`` estimates.
   eigenvalue threshold; evaluates at new points (out of sample).
 
 Both use the RBF kernel ``k(x, x') = exp(-|x - x'|^2 / (2 sigma^2))`` with the median heuristic
-``sigma = bandwidth_scale * median_{i<j} |x_i - x_j|`` unless ``bandwidth`` is given. With all
+``sigma = median_{i<j} |x_i - x_j|`` (`median_bandwidth`) unless ``bandwidth`` is given. With all
 eigenfunctions kept, SSGE at the samples equals Stein with ``eta = 0`` (both are
 ``K^{-1} D / sigma^2`` with ``D_n = sum_m k(x_m, x_n) (x_m - x_n)``); the truncation is SSGE's
 regularizer, as ``eta`` is Stein's.
@@ -44,8 +44,10 @@ ScoreFn = Callable[..., Array]
 
 def _check_samples(samples, name: str = "samples") -> Array:
     shape = jnp.shape(samples)
-    if len(shape) != 2:
-        raise ValueError(f"`{name}` must have shape [num_samples, dim], got shape {shape}.")
+    if len(shape) != 2 or shape[1] == 0:
+        raise ValueError(
+            f"`{name}` must have shape [num_samples, dim] with dim >= 1, got shape {shape}."
+        )
     if shape[0] < 2:
         raise ValueError(
             f"`{name}` needs at least 2 samples for a kernel estimate, got {shape[0]}."
@@ -102,6 +104,9 @@ def rbf_kernel(x: ArrayLike, y: ArrayLike, bandwidth: ArrayLike) -> Array:
 
 def _kernel_stats(samples: Array, bandwidth) -> tuple[Array, Array, Array]:
     """``(K [M, M], D [M, d], sigma [])`` with ``D_n = sum_m K_mn (x_m - x_n)``."""
+    concrete = bandwidth is not None and not isinstance(bandwidth, jax.core.Tracer)
+    if concrete and not (jnp.ndim(bandwidth) == 0 and 0 < float(bandwidth) < float("inf")):
+        raise ValueError(f"`bandwidth` must be a positive finite scalar, got {bandwidth!r}.")
     sigma = median_bandwidth(samples) if bandwidth is None else jnp.asarray(bandwidth)
     gram = rbf_kernel(samples, samples, sigma)
     # sum_m K_mn x_m - (sum_m K_mn) x_n, as two matmuls (no [M, M, d] tensor).
@@ -136,7 +141,14 @@ def stein_score(
     gram, d, sigma = _kernel_stats(samples, bandwidth)
     m = samples.shape[0]
     chol = jax.scipy.linalg.cho_factor(gram + eta * jnp.eye(m, dtype=gram.dtype))
-    return jax.scipy.linalg.cho_solve(chol, d) / jnp.square(sigma)
+    score = jax.scipy.linalg.cho_solve(chol, d) / jnp.square(sigma)
+    if not isinstance(score, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(score))):
+        # Finite samples (checked above): the Cholesky factorization failed.
+        raise ValueError(
+            f"`eta` ({eta}) is too small for this Gram matrix in {gram.dtype}: K + eta I is not "
+            "numerically positive definite; use a larger `eta` (default 0.1)."
+        )
+    return score
 
 
 def ssge_score(

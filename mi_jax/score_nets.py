@@ -69,8 +69,13 @@ def dsm_score(
     points = samples if points is None else score._check_samples(points, "points")
     if not noise_scale > 0:
         raise ValueError(f"`noise_scale` must be > 0, got {noise_scale}.")
-    if not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"`steps` must be a positive integer, got {steps!r}.")
+    if points.shape[1] != samples.shape[1]:
+        raise ValueError(
+            f"`points` must have the samples' dimension {samples.shape[1]}, got {points.shape}."
+        )
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     m = samples.shape[0]
     # Standardize: z = (x - mean) / std, so grad_x log q = grad_z log q_z / std.
     mean = jnp.mean(samples, axis=0, keepdims=True)

@@ -825,6 +825,8 @@ def test_unknown_bound_name_suggests_the_closest():
         bounds.get_bound("infonc")
     message = str(info.value)
     assert "'infonc'" in message and "Did you mean 'infonce'" in message
+    with pytest.raises(KeyError, match="'infoNCE'. Did you mean 'infonce'"):  # the paper's case
+        bounds.get_bound("infoNCE")
     with pytest.raises(KeyError, match="'nope'"):
         bounds.get_bound("nope")
 

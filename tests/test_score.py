@@ -104,6 +104,11 @@ def test_identical_samples_give_zero_scores_not_nan():
         (lambda x: score.get_score_estimator("sgse"), KeyError, "ssge"),
         (lambda x: score.get_score_estimator("dms"), KeyError, "dsm"),
         (lambda x: score.get_score_estimator("stein", etta=1.0), TypeError, "etta"),
+        (lambda x: score.ssge_score(x[:, :0]), ValueError, "dim >= 1"),
+        (lambda x: score.stein_score(x, bandwidth=0.0), ValueError, "bandwidth"),
+        (lambda x: score.ssge_score(x, bandwidth=-1.0), ValueError, "bandwidth"),
+        # Ridge below float32's resolution of the Gram matrix: Cholesky fails (NaN before).
+        (lambda x: score.stein_score(x, eta=1e-9, bandwidth=10.0), ValueError, "`eta`.*too small"),
     ],
 )
 def test_bad_input_raises_naming_the_argument(call, error, match):
@@ -213,6 +218,10 @@ def test_dsm_is_deterministic_and_rejects_bad_hparams():
         score.get_score_estimator("dsm", noise_scale=0.0)(x)
     with pytest.raises(ValueError, match="steps"):
         score.get_score_estimator("dsm", steps=0)(x)
+    with pytest.raises(ValueError, match="batch_size"):
+        score.get_score_estimator("dsm", batch_size=0)(x)
+    with pytest.raises(ValueError, match="`points` must have the samples' dimension"):
+        score.get_score_estimator("dsm", steps=2)(x, x[:, :1])
 
 
 def test_mige_train_step_traces_once_and_raises_the_mi_estimate():
