@@ -383,6 +383,8 @@ def soft_clip(scores: Array, clip: float | None) -> Array:
     """
     if not clip:
         return scores
+    if not clip > 0:  # c tanh(s / c) is even in c: a negative c would clip at |c| silently
+        raise ValueError(f"the score clip must be positive (None or 0: off), got {clip}.")
     return clip * jnp.tanh(scores / clip)
 
 

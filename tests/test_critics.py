@@ -416,3 +416,11 @@ def test_unknown_kernel_init_is_rejected():
     x, y = _data()
     with pytest.raises(KeyError, match="kernel_init.*glorot_uniform"):
         critics.get_critic("separable", kernel_init="glorot_unifrom").init(jax.random.key(0), x, y)
+
+
+def test_soft_clip_bounds_the_scores_and_rejects_a_negative_clip():
+    s = jnp.array([-1e4, -1.0, 0.0, 0.5, 1e4])
+    np.testing.assert_allclose(critics.soft_clip(s, 10.0), 10.0 * np.tanh(np.asarray(s) / 10.0))
+    np.testing.assert_array_equal(critics.soft_clip(s, None), s)
+    with pytest.raises(ValueError, match="clip must be positive"):
+        critics.soft_clip(s, -1.0)
