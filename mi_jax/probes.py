@@ -167,6 +167,10 @@ def fit_probe(
     """
     if kind not in PROBES:
         raise _checks.unknown_name_error("probe", kind, PROBES)
+    if min(len(train_features), len(test_features)) == 0:
+        raise ValueError(
+            f"empty split: {len(train_features)} training and {len(test_features)} test examples."
+        )
     train_x = np.asarray(train_features, np.float32).reshape(len(train_features), -1)
     test_x = np.asarray(test_features, np.float32).reshape(len(test_features), -1)
     train_y = np.asarray(train_labels)
@@ -184,11 +188,32 @@ def fit_probe(
     for name, a in (("train_features", train_x), ("test_features", test_x)):
         if not np.all(np.isfinite(a)):
             raise ValueError(f"`{name}` contains NaN or infinite values.")
-    if not np.issubdtype(train_y.dtype, np.integer):
-        raise TypeError(f"`train_labels` must be integers, got {train_y.dtype}.")
+    for name, y in (("train_labels", train_y), ("test_labels", test_y)):
+        if not np.issubdtype(y.dtype, np.integer):
+            raise TypeError(f"`{name}` must be integers, got {y.dtype}.")
     if num_classes is None:
         num_classes = int(max(train_y.max(), test_y.max())) + 1
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    for name, y in (("train_labels", train_y), ("test_labels", test_y)):
+        if y.min() < 0 or y.max() >= num_classes:  # the cross-entropy would be NaN
+            raise ValueError(
+                f"`{name}` must lie in [0, num_classes = {num_classes}), got [{y.min()}, "
+                f"{y.max()}]."
+            )
+    for name, value, ok in (
+        ("max_iter", max_iter, isinstance(max_iter, int) and max_iter >= 1),
+        ("hidden", hidden, isinstance(hidden, int) and hidden >= 1),
+        ("epochs", epochs, isinstance(epochs, int) and epochs >= 1),
+        ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1),
+        ("l2", l2, 0 <= l2 < np.inf),
+        ("weight_decay", weight_decay, 0 <= weight_decay < np.inf),
+        ("learning_rate", learning_rate, 0 < learning_rate < np.inf),
+    ):
+        if not ok:
+            raise ValueError(f"`{name}` is out of range: {value!r}.")
+    # Train statistics only; a feature constant on the training set is centred, not scaled
+    # (dividing by ~0 turned its test values into outliers the MLP probe never saw).
+    mean, std = train_x.mean(0), train_x.std(0)
+    std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
     if kind == "linear":
         train_acc, test_acc = _fit_linear_lbfgs(
             jnp.asarray((train_x - mean) / std),
