@@ -60,8 +60,8 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> di
 
 
 # What a rerun in the same workdir may change (`_common.check_same_run`): the checkpoint resumes
-# under a longer (or shorter) run, other logging, evaluation and checkpoint cadences, another data
-# path, and the probes (fitted after training) may be refitted with other settings.
+# under a longer run, other logging, evaluation and checkpoint cadences, another data path, and
+# the probes (fitted after training) may be refitted with other settings.
 RESUMABLE = (
     "num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "data_dir",
     "probe",
@@ -70,9 +70,24 @@ RESUMABLE = (
 
 def _check_config(config: ml_collections.ConfigDict, representation_names: tuple[str, ...]) -> None:
     _common.check_num_seeds(config)
-    for name in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
+    for name in (
+        "num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
+        "keep_checkpoints",  # 0: Orbax keeps none, and nothing could resume
+    ):  # fmt: skip
         if config[name] < 1:
             raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
+    probe = config.probe
+    for name in ("max_iter", "epochs", "batch_size", "mlp_hidden"):
+        if probe[name] < 1:
+            raise ValueError(f"`config.probe.{name}` must be >= 1, got {probe[name]}.")
+    for name, ok in (
+        ("l2", 0 <= probe.l2 < np.inf),
+        ("weight_decay", 0 <= probe.weight_decay < np.inf),
+        ("learning_rate", 0 < probe.learning_rate < np.inf),
+        ("tol", 0 < probe.tol < np.inf),
+    ):
+        if not ok:
+            raise ValueError(f"`config.probe.{name}` is out of range: {probe[name]}.")
     for name in ("eval_every", "checkpoint_every"):
         if config[name] % config.log_every:
             raise ValueError(
@@ -282,6 +297,12 @@ def train_and_evaluate(
     state = parallel.replicate(state, mesh)  # restored checkpoints take this layout too
     manager = _checkpoint_manager(workdir, config.keep_checkpoints)
     start = manager.latest_step() or 0
+    if start > config.num_steps:  # the probes would see an encoder trained for longer
+        raise ValueError(
+            f"the checkpoints in {workdir}/checkpoints reach step {start}, past "
+            f"`config.num_steps` ({config.num_steps}); use num_steps >= {start} or a fresh "
+            "--workdir."
+        )
     if start:
         state = _common.restore_checkpoint(manager, start, state)
         print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")
@@ -294,7 +315,9 @@ def train_and_evaluate(
     progress = tqdm(total=config.num_steps, initial=start, desc=f"{name} {config.estimator}")
     try:
         while step < config.num_steps:
-            n = min(config.log_every, config.num_steps - step)
+            # Chunks end on multiples of log_every (so evaluations and checkpoints keep their
+            # schedule after a resume from an odd step, e.g. a run's final checkpoint).
+            n = min(config.log_every - step % config.log_every, config.num_steps - step)
             indices = np.stack(
                 [
                     data_lib.batch_indices(
@@ -369,6 +392,9 @@ def train_and_evaluate(
             }
         )
     finally:
+        # Saves run in the background: a NaN (or any error) raised right after one must not
+        # leave it half written when the process exits.
+        manager.wait_until_finished()
         progress.close()
         writer.close()
 
@@ -408,6 +434,7 @@ def _raise_if_nonfinite(losses, config, step: int, seeds, manager, workdir: str)
     bad = ~np.isfinite(losses)
     if not bad.any():
         return
+    manager.wait_until_finished()  # the last save completes before it is named as kept
     index = np.argwhere(bad)[0]
     where = f" (seed {seeds[index[1]]})" if losses.ndim > 1 else ""
     raise training.NonFiniteError(

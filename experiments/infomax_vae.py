@@ -259,6 +259,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         os.path.abspath(os.path.join(workdir, "checkpoints")), options=options
     )
     start = manager.latest_step() or 0
+    if start > num_steps:  # the table and probes would describe a model trained for longer
+        raise ValueError(
+            f"the checkpoint in {workdir}/checkpoints is at step {start}, past this config's "
+            f"{num_steps} steps (`config.num_epochs`); train as long or use a fresh --workdir."
+        )
     if start:
         state = _common.restore_checkpoint(manager, start, state)
         print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")

@@ -197,7 +197,14 @@ def _load_mnist(*, data_dir: str | None = None, max_examples: int | None = None)
     directory = _find_mnist_files(data_dir)
     if directory is not None:
         return _load_mnist_idx(directory, max_examples)
-    return _load_tfds("mnist", "mnist", 10, data_dir=data_dir, max_examples=max_examples)
+    try:
+        return _load_tfds("mnist", "mnist", 10, data_dir=data_dir, max_examples=max_examples)
+    except FileNotFoundError as e:  # say where the IDX files were looked for, too
+        looked = "" if data_dir is None else f" in {data_dir} or {os.path.join(data_dir, 'mnist')}"
+        raise FileNotFoundError(
+            f"MNIST: the four IDX files ({', '.join(sorted(_MNIST_FILES.values()))}) are not"
+            f"{looked or ' given (no data_dir)'}; {e}"
+        ) from e
 
 
 # ------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ DATA_AXIS = "data"
 
 def _multi_process_env() -> bool:
     """Whether the environment describes a job of several processes."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("COORDINATOR_ADDRESS"):
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # the variable jax.distributed reads
         return True
     if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):  # a TPU pod slice; one host: no comma
         return True

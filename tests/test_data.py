@@ -231,6 +231,14 @@ def test_tfds_not_prepared_fails_fast_and_clearly(tmp_path, tfds):
     assert not list(tmp_path.iterdir())  # nothing was written (or downloaded)
 
 
+def test_mnist_without_idx_files_says_where_it_looked(tmp_path, tfds):
+    with pytest.raises(FileNotFoundError) as info:
+        data.load_dataset("mnist", data_dir=str(tmp_path / "nowhere"))
+    message = str(info.value)
+    assert "train-images-idx3-ubyte.gz" in message and str(tmp_path / "nowhere") in message
+    assert "'mnist' is not prepared" in message  # and the tfds fallback's own message
+
+
 def test_tfds_not_prepared_in_the_default_directory(tmp_path, monkeypatch, tfds):
     # With data_dir=None, tfds fails differently (an empty-splits KeyError) than with a data_dir.
     monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path))

@@ -167,6 +167,24 @@ def test_num_seeds_trains_each_seed_as_its_own_run_and_reports_mean_and_std(tmp_
     )
 
 
+def test_a_resume_from_an_odd_step_keeps_the_schedule_and_a_shorter_run_is_refused(tmp_path):
+    small = dict(
+        num_steps=3, log_every=2, eval_every=2, checkpoint_every=2, keep_checkpoints=10,
+        **{"probe.kinds": ("linear",)},
+    )  # fmt: skip
+    infomax.train_and_evaluate(tiny_config(**small), str(tmp_path))  # ends at step 3
+    infomax.train_and_evaluate(tiny_config(**{**small, "num_steps": 7}), str(tmp_path))
+    # Chunks again end on multiples of log_every: evaluations and checkpoints every 2 steps,
+    # as in an uninterrupted run, besides each run's last step (before: 2, 3, 7 only).
+    assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == [2, 3, 4, 6, 7]
+    rows = _rows(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 3, 4, 6, 7]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [2, 3, 4, 6, 7]
+    # Fewer steps than the checkpoints hold: the probes would see the longer-trained encoder.
+    with pytest.raises(ValueError, match=r"reach step 7, past `config.num_steps` \(5\)"):
+        infomax.train_and_evaluate(tiny_config(**{**small, "num_steps": 5}), str(tmp_path))
+
+
 _POISONED = [False]  # read when the bound is traced: a rerun of the same config turns NaN
 
 
@@ -204,6 +222,9 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoints(tmp_path)
         (dict(**{"probe.periodic_representations": ("fc",)}), ValueError, "periodic_repr"),
         (dict(batch_size=64), ValueError, "batch_size"),
         (dict(num_seeds=0), ValueError, "num_seeds"),
+        (dict(keep_checkpoints=0), ValueError, "keep_checkpoints"),
+        (dict(**{"probe.batch_size": 0}), ValueError, "probe.batch_size"),
+        (dict(**{"probe.learning_rate": float("nan")}), ValueError, "probe.learning_rate"),
         (dict(encoder_hparams={"channels": (4, 8, 8, 8)}), ValueError, "images"),
     ],
 )

@@ -275,3 +275,7 @@ def test_no_cluster_environment_means_no_distributed_init(monkeypatch):
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
     assert parallel._multi_process_env()
+    # A generic COORDINATOR_ADDRESS is not jax.distributed's variable: no multi-process job.
+    monkeypatch.delenv("OMPI_COMM_WORLD_SIZE")
+    monkeypatch.setenv("COORDINATOR_ADDRESS", "10.0.0.1:1234")
+    assert not parallel._multi_process_env()
