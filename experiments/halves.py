@@ -53,7 +53,14 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                 raise ValueError(
                     f"unknown name {name!r} in `config.{field}`; known: {', '.join(known)}."
                 )
-    for name in ("num_steps", "num_seeds", "batch_size", "log_every", "eval_every"):
+    for name in (
+        "num_steps",
+        "num_seeds",
+        "batch_size",
+        "log_every",
+        "eval_every",
+        "mi_eval_batches",
+    ):
         if config[name] < 1:
             raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
     if config.eval_every % config.log_every:
@@ -271,9 +278,13 @@ def verdicts(runs: list[dict]) -> dict[str, dict]:
     config lacks the runs to decide)."""
     out = {}
     # (1) Bijective encoder: accuracy gain (final - initial, per seed), significant when its
-    # mean exceeds 2 standard errors over the seeds.
+    # mean exceeds 2 standard errors over the seeds (with one seed there is no standard error:
+    # undecided).
     bij = [r for r in runs if r["encoder"] == "realnvp"]
-    if bij:
+    one_seed = bool(runs) and len(runs[0]["accuracy"][-1]) < 2
+    if one_seed:
+        out["bijective"] = {"holds": None, "evidence": "one seed: no spread to test against."}
+    elif bij:
         sig = [
             r
             for r in bij
@@ -315,10 +326,12 @@ def verdicts(runs: list[dict]) -> dict[str, dict]:
                 f"{top_mi['final_mi_mean']:.2f}, acc {top_mi['final_accuracy_mean']:.3f})"
             )
     out["looser_bounds"] = {
-        "holds": (len(cases) > 0) if groups else None,
+        "holds": (len(cases) > 0) if groups and not one_seed else None,
         "evidence": (
             f"in {len(cases)} of {groups} encoder/bound groups a critic with a lower MI estimate "
-            "gives the better representation" + (": " + "; ".join(cases) if cases else ".")
+            "gives the better representation"
+            + (": " + "; ".join(cases) if cases else ".")
+            + (" One seed: no spread to test against." if one_seed else "")
         ),
     }
 
@@ -420,6 +433,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     combos = list(itertools.product(config.encoders, config.critics, config.bounds))
     models = {c: build(config, *c) for c in combos}  # bad hyperparameters fail before training
     views = load_views(config)
+    if config.batch_size > len(views["test_top"]):  # the held-out MI needs a full test batch
+        raise ValueError(
+            f"`config.batch_size` ({config.batch_size}) exceeds the {len(views['test_top'])} "
+            "test images."
+        )
     os.makedirs(workdir, exist_ok=True)
     results_path = os.path.join(workdir, "results.json")
     # A rerun in the same workdir keeps the combinations it finished: every setting but the

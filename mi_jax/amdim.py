@@ -289,7 +289,7 @@ def augment_views(key: PRNGKey, images: Array, **params) -> tuple[Array, Array]:
     if jnp.ndim(images) != 4:
         raise ValueError(f"`images` must have shape [B, H, W, C], got {jnp.shape(images)}.")
     batch = images.shape[0]
-    keys = jax.random.split(key, 2 * batch).reshape(2, batch)
+    keys = jax.random.split(key, (2, batch))  # typed or raw (PRNGKey) keys alike
     one = jax.vmap(functools.partial(augment_view, **params))
     return one(keys[0], images), one(keys[1], images)
 
@@ -371,9 +371,9 @@ class AMDIMObjective:
 
     def __post_init__(self):
         bad = [p for p in self.predictions if p not in PREDICTIONS]
-        if bad or not self.predictions:
+        if bad or not self.predictions or len(set(self.predictions)) < len(self.predictions):
             raise ValueError(
-                f"`predictions` must be a non-empty subset of {PREDICTIONS}, got "
+                f"`predictions` must be a non-empty subset of {PREDICTIONS} without repeats, got "
                 f"{tuple(self.predictions)}."
             )
         if self.penalty < 0:
@@ -418,7 +418,7 @@ class AMDIMObjective:
         feats = self.encoder.apply(params["encoder"], images)
         locations = jnp.zeros((images.shape[0],), jnp.int32)
         params["critic"] = self._critic().init(critic_key, feats, feats, locations)
-        sizes = {"5": feats.map5.shape[1] * feats.map5.shape[2], "7": 49}
+        sizes = {k: m.shape[1] * m.shape[2] for k, m in (("5", feats.map5), ("7", feats.map7))}
         states = {
             f"{pred}_{direction}": init_local_states(self.bound, sizes[pred[-1]])
             for pred in self.predictions

@@ -288,6 +288,10 @@ class DIMObjective:
     mige_locations: int = struct.field(pytree_node=False, default=4)
 
     def __post_init__(self):
+        if self.score_clip is not None and not self.score_clip >= 0:
+            raise ValueError(
+                f"`score_clip` must be positive (None or 0: off), got {self.score_clip}."
+            )
         if self.global_source not in GLOBAL_SOURCES:
             raise ValueError(
                 f"`global_source` must be one of {GLOBAL_SOURCES}, got {self.global_source!r}."

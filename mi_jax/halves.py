@@ -71,7 +71,11 @@ class AdditiveCoupling(nn.Module):
     determinant) and exactly invertible (`inverse` subtracts the same ``t``).
 
     ``cond`` and ``upd`` split the ``dim`` coordinates in two halves after a fixed permutation
-    drawn from ``permutation_seed``, so a stack of layers mixes every coordinate with every other.
+    drawn from ``permutation_seed``; a stack of layers draws an independent split per layer, so
+    a coordinate stays in ``cond`` in all ``L`` layers with probability about ``2^-L`` (with the
+    default 6 layers: 1 of 32 coordinates of a digits half, 10 of 392 of an MNIST half). Such a
+    coordinate passes through unchanged (it still conditions the others); the stack is a
+    bijection either way.
 
     Attributes:
       dim: input width ``D``.

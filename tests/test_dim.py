@@ -184,6 +184,7 @@ def test_every_kind_of_estimator_gives_finite_encoder_gradients(estimator):
         (dict(gamma=-1.0), ValueError, "gamma"),
         (dict(prior="laplace"), ValueError, "prior"),
         (dict(global_source="pixels"), ValueError, "global_source"),
+        (dict(score_clip=-1.0), ValueError, "`score_clip`"),
     ],
 )
 def test_bad_objective_configuration_is_named(kwargs, error, match):

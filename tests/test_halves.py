@@ -122,6 +122,10 @@ def test_verdicts_from_hand_made_runs():
         for r in runs
     ]
     assert halves_experiment.verdicts(flat)["bijective"]["holds"] is False
+    # One seed: no spread to test a gain or a margin against (a 0.3-point gain "held" before).
+    single = [run("realnvp", c, "nce", 0.80, [0.803], mi) for c, mi in (("a", 1.0), ("b", 2.0))]
+    v = halves_experiment.verdicts(single)
+    assert v["bijective"]["holds"] is None and v["looser_bounds"]["holds"] is None
 
 
 def tiny_config(**overrides):
@@ -185,6 +189,8 @@ def test_seeds_are_independent_and_reproducible(tmp_path):
         ({"noise_std": -0.1}, "noise_std"),
         ({"num_seeds": 0}, "num_seeds"),
         ({"encoders": ()}, "config.encoders"),
+        ({"mi_eval_batches": 0}, "mi_eval_batches"),
+        ({"batch_size": 10_000}, "batch_size"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, overrides, match):
