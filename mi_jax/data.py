@@ -556,7 +556,8 @@ def _factor(key: PRNGKey, strength: float) -> Array:
 def color_jitter(
     key: PRNGKey, image: ArrayLike, *, brightness: float, contrast: float, saturation: float
 ) -> Array:
-    r"""Random brightness, contrast and saturation, in that fixed order (torchvision semantics).
+    r"""Random brightness, contrast and saturation, in that fixed order (each as torchvision
+    defines it; torchvision's ColorJitter also shuffles their order).
 
     Each factor ``f`` is uniform in ``[max(0, 1 - s), 1 + s]`` for its strength ``s``; with gray
     ``g`` (the BT.601 luma) and the result clipped to ``[0, 1]`` after each step:
