@@ -12,7 +12,9 @@ the raw-pixel baseline (logistic regression on the standardized, noisy top halve
 Writes to the workdir: ``config.json``; ``metrics.jsonl`` (one row per combination and
 evaluation, per-seed values included); ``results.json`` (the table, the curves, the verdicts;
 rewritten after every finished combination, so a killed run keeps what it finished and a
-rerun with the same workdir skips it); ``results.csv``; ``curves.png`` (accuracy and MI
+rerun with the same workdir and config skips it; a combination the killed run had started
+is trained again from its start, so its rows appear in ``metrics.jsonl`` twice: the later ones
+are the run ``results.json`` reports); ``results.csv``; ``curves.png`` (accuracy and MI
 estimate over training per combination). A progress bar runs over all combinations' steps.
 """
 
