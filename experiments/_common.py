@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from mi_jax import _checks
 from mi_jax._checks import hashable_hparams  # noqa: F401  (the experiments' configs use it)
 
 
@@ -136,7 +137,7 @@ def seed_values(config) -> list[int]:
 def check_num_seeds(config) -> int:
     """``config.num_seeds`` (>= 1), or a `ValueError` naming it."""
     k = config.num_seeds
-    if not isinstance(k, int) or k < 1:
+    if not _checks.is_int(k) or k < 1:
         raise ValueError(f"`config.num_seeds` must be an integer >= 1, got {k!r}.")
     return k
 
@@ -250,6 +251,7 @@ def check_same_run(workdir: str, config, may_differ: Iterable[str] = ()) -> None
     paths: what a resumed run may change). Else a `ValueError` lists the differences, before
     anything is written.
     """
+    may_differ = tuple(may_differ)  # read twice below
     path = os.path.join(workdir, "config.json")
     written = [os.path.join(workdir, n) for n in ("metrics.jsonl", "results.json")]
     checkpoints = os.path.join(workdir, "checkpoints")

@@ -18,10 +18,10 @@ execution (see `mi_jax.mige`).
 
 Writes to the workdir: ``config.json``; ``metrics.jsonl`` (a training row per chunk and an
 eval row per evaluation, per method and beta); ``results.json`` (the table, rewritten after
-every evaluation; a finished method is skipped on rerun); ``results.csv``; ``error_vs_beta.png``
-and ``curves.png``; ``checkpoints/METHOD/`` (Orbax; an interrupted method resumes from its last
-evaluation). A NaN loss stops the run naming the method, beta and step; results and checkpoints
-already written stay.
+every evaluation; a method finished on the same schedule is skipped on rerun);
+``results.csv``; ``error_vs_beta.png`` and ``curves.png``; ``checkpoints/METHOD/`` (Orbax;
+an interrupted method resumes from its last evaluation). A NaN loss stops the run naming the
+method, beta and step; results and checkpoints already written stay.
 """
 
 import os

@@ -77,17 +77,13 @@ def _check_config(config: ml_collections.ConfigDict, representation_names: tuple
         if config[name] < 1:
             raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
     probe = config.probe
-    for name in ("max_iter", "epochs", "batch_size", "mlp_hidden"):
-        if probe[name] < 1:
-            raise ValueError(f"`config.probe.{name}` must be >= 1, got {probe[name]}.")
-    for name, ok in (
-        ("l2", 0 <= probe.l2 < np.inf),
-        ("weight_decay", 0 <= probe.weight_decay < np.inf),
-        ("learning_rate", 0 < probe.learning_rate < np.inf),
-        ("tol", 0 < probe.tol < np.inf),
-    ):
-        if not ok:
-            raise ValueError(f"`config.probe.{name}` is out of range: {probe[name]}.")
+    probes.check_hparams(
+        prefix="config.probe.", l2=probe.l2, max_iter=probe.max_iter, tol=probe.tol,
+        epochs=probe.epochs, batch_size=probe.batch_size, learning_rate=probe.learning_rate,
+        weight_decay=probe.weight_decay,
+    )  # fmt: skip
+    if probe.mlp_hidden < 1:
+        raise ValueError(f"`config.probe.mlp_hidden` must be >= 1, got {probe.mlp_hidden}.")
     for name in ("eval_every", "checkpoint_every"):
         if config[name] % config.log_every:
             raise ValueError(
@@ -265,7 +261,6 @@ def train_and_evaluate(
     objective = (build_fn or build)(config, dataset.image_shape)
     _check_config(config, objective.representation_names)
     _common.check_same_run(workdir, config, RESUMABLE)
-    _common.write_config(workdir, config)
     batch_size = config.batch_size
     num_train = dataset.train_images.shape[0]
     if batch_size > num_train:
@@ -303,6 +298,7 @@ def train_and_evaluate(
             f"`config.num_steps` ({config.num_steps}); use num_steps >= {start} or a fresh "
             "--workdir."
         )
+    _common.write_config(workdir, config)
     if start:
         state = _common.restore_checkpoint(manager, start, state)
         print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")

@@ -236,7 +236,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     # A rerun in the same workdir resumes its checkpoint: only the schedule's length, the
     # evaluation cadence and the data path may change.
     _common.check_same_run(workdir, config, ("num_epochs", "eval_every_epochs", "data_dir"))
-    _common.write_config(workdir, config)
     steps_per_epoch = num_train // config.batch_size
     num_steps = config.num_epochs * steps_per_epoch
     chunk_steps = config.eval_every_epochs * steps_per_epoch
@@ -264,6 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
             f"the checkpoint in {workdir}/checkpoints is at step {start}, past this config's "
             f"{num_steps} steps (`config.num_epochs`); train as long or use a fresh --workdir."
         )
+    _common.write_config(workdir, config)
     if start:
         state = _common.restore_checkpoint(manager, start, state)
         print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")

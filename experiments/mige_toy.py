@@ -177,7 +177,7 @@ def validate_config(config) -> None:
         raise ValueError(f"config.rho_max must lie in (0, 1), got {config.rho_max}.")
     if config.num_samples < 2 or config.num_seeds < 1 or config.num_rhos < 2:
         raise ValueError("config.num_samples >= 2, num_seeds >= 1 and num_rhos >= 2 are needed.")
-    if not config.dims or not all(isinstance(d, int) and d >= 1 for d in config.dims):
+    if not config.dims or not all(_checks.is_int(d) and d >= 1 for d in config.dims):
         raise ValueError(f"config.dims must hold positive integers, got {config.dims}.")
 
 

@@ -6,6 +6,7 @@ Shape and dtype checks are static, so they also run (for free) under `jax.jit`. 
 """
 
 import difflib
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -32,6 +33,11 @@ def check_scores(scores, name: str = "scores") -> None:
             "off-diagonal entries (product of marginals) exist."
         )
     check_float(scores, name)
+
+
+def is_int(value) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_float(x, name: str) -> None:

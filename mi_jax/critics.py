@@ -19,7 +19,6 @@ runs its matmuls in mixed precision (`dense`, `bf16_matmul`) with the same param
 """
 
 import functools
-import numbers
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -271,7 +270,7 @@ class ConcatCritic(nn.Module):
             raise ValueError("ConcatCritic needs at least one hidden layer (`hidden`).")
         get_activation(self.activation)  # fail early on an unknown name
         if self.chunk_size is not None and not (
-            isinstance(self.chunk_size, numbers.Integral) and self.chunk_size >= 1
+            _checks.is_int(self.chunk_size) and self.chunk_size >= 1
         ):
             raise ValueError(
                 f"`chunk_size` must be a positive integer or None, got {self.chunk_size!r}."
@@ -381,11 +380,17 @@ def soft_clip(scores: Array, clip: float | None) -> Array:
     log density ratio between disjoint inputs), or where an adversary (an encoder minimizing
     the bound) can push them without limit.
     """
+    check_clip(clip)
     if not clip:
         return scores
-    if not clip > 0:  # c tanh(s / c) is even in c: a negative c would clip at |c| silently
-        raise ValueError(f"the score clip must be positive (None or 0: off), got {clip}.")
     return clip * jnp.tanh(scores / clip)
+
+
+def check_clip(clip: float | None, name: str = "clip") -> None:
+    """`soft_clip`'s ``c``: positive, or None / 0 for none (``c tanh(s / c)`` is even in ``c``:
+    a negative one would clip at ``|c|`` silently)."""
+    if clip is not None and not clip >= 0:
+        raise ValueError(f"`{name}` must be positive (None or 0: off), got {clip}.")
 
 
 class ClippedCritic(nn.Module):

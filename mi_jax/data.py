@@ -199,9 +199,9 @@ def _load_mnist(*, data_dir: str | None = None, max_examples: int | None = None)
         return _load_mnist_idx(directory, max_examples)
     try:
         return _load_tfds("mnist", "mnist", 10, data_dir=data_dir, max_examples=max_examples)
-    except FileNotFoundError as e:  # say where the IDX files were looked for, too
+    except (FileNotFoundError, ImportError) as e:  # say where the IDX files were looked for
         looked = "" if data_dir is None else f" in {data_dir} or {os.path.join(data_dir, 'mnist')}"
-        raise FileNotFoundError(
+        raise type(e)(
             f"MNIST: the four IDX files ({', '.join(sorted(_MNIST_FILES.values()))}) are not"
             f"{looked or ' given (no data_dir)'}; {e}"
         ) from e
@@ -352,7 +352,7 @@ def load_dataset(
     """
     if name not in _REGISTRY:
         raise _checks.unknown_name_error("dataset", name, _REGISTRY)
-    if max_examples is not None and not (isinstance(max_examples, int) and max_examples >= 1):
+    if max_examples is not None and not (_checks.is_int(max_examples) and max_examples >= 1):
         raise ValueError(
             f"`max_examples` must be a positive integer or None, got {max_examples!r}."
         )
@@ -448,7 +448,7 @@ def random_crop(key: PRNGKey, image: ArrayLike, *, padding: int) -> Array:
       ``[H, W, C]`` the cropped image.
     """
     image = _check_image(image)
-    if not (isinstance(padding, int) and padding >= 0):
+    if not (_checks.is_int(padding) and padding >= 0):
         raise ValueError(f"`padding` must be a non-negative integer, got {padding!r}.")
     if padding == 0:
         return image

@@ -40,7 +40,7 @@ from mi_jax import _checks
 from mi_jax import bounds as bounds_lib
 from mi_jax import mige as mige_lib
 from mi_jax import score as score_lib
-from mi_jax.critics import get_activation, soft_clip
+from mi_jax.critics import check_clip, get_activation, soft_clip
 from mi_jax.types import Array, PRNGKey, PyTree
 
 MIGE = "mige"
@@ -288,10 +288,7 @@ class DIMObjective:
     mige_locations: int = struct.field(pytree_node=False, default=4)
 
     def __post_init__(self):
-        if self.score_clip is not None and not self.score_clip >= 0:
-            raise ValueError(
-                f"`score_clip` must be positive (None or 0: off), got {self.score_clip}."
-            )
+        check_clip(self.score_clip, "score_clip")
         if self.global_source not in GLOBAL_SOURCES:
             raise ValueError(
                 f"`global_source` must be one of {GLOBAL_SOURCES}, got {self.global_source!r}."

@@ -153,8 +153,10 @@ def estimate_mi(
     of the held-out JS objective; the estimate is the held-out SMILE value of the calibrated
     critic at the best of them, or 0 where no trained critic beat the constant critic (on the
     watched objective, and on the bound: an estimate is never below 0 nats). A critic whose
-    training value turns NaN or infinite stops the call with a `mi_jax.training.NonFiniteError`
-    naming the bound and the steps.
+    training value turns NaN or infinite trains no further: its best evaluation before is its
+    estimate, or, if it had none that beat the constant critic, the call stops with a
+    `mi_jax.training.NonFiniteError` naming the bound and the steps. About 160 samples are the
+    least at the default ``test_fraction`` (the held-out split needs `MIN_TEST`).
 
     Args:
       x: ``[N, dim_x]`` samples (``[N]`` is read as one dimension).
@@ -208,15 +210,15 @@ def estimate_mi(
         ("patience", patience, 1),
         ("max_test", max_test, MIN_TEST),
     ):
-        if not (_is_int(value) and value >= least):
+        if not (_checks.is_int(value) and value >= least):
             raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}.")
-    if not (_is_int(seed) and 0 <= seed < 2**31):
+    if not (_checks.is_int(seed) and 0 <= seed < 2**31):
         raise ValueError(f"`seed` must be an integer in [0, 2**31), got {seed!r}.")
     if not (standardize is True or standardize is False or standardize == "rank"):
         raise ValueError(f"`standardize` must be True, False or 'rank', got {standardize!r}.")
     if stop_on not in ("objective", "bound"):
         raise ValueError(f"`stop_on` must be 'objective' or 'bound', got {stop_on!r}.")
-    if seeds is not None and not (_is_int(seeds) and seeds >= 1):
+    if seeds is not None and not (_checks.is_int(seeds) and seeds >= 1):
         raise ValueError(f"`seeds` must be a positive integer or None, got {seeds!r}.")
     seeds = None if seeds is None else int(seeds)
     eval_every = min(eval_every, max_steps)  # max_steps is a limit: at least one whole round
@@ -304,6 +306,8 @@ def estimate_mi(
     calibration = np.tile(np.array([1.0, 0.0], np.float32), (num_seeds, 1))  # (a, b): identity
     calibration_curve = np.full((num_seeds, rounds, 2), np.nan)
     since_best = np.zeros(num_seeds, int)
+    diverged = np.full(num_seeds, -1)  # the round a critic's training value turned non-finite
+    diverged_value = np.zeros(num_seeds)
     for r in range(rounds):
         active = since_best < patience
         if not active.any():
@@ -320,25 +324,36 @@ def estimate_mi(
         calibration = np.where(active[:, None], new_calibration, calibration)
         calibration_curve[active, r] = calibration[active]
         test_value, objective, train_value = (np.asarray(v).reshape(num_seeds) for v in values)
-        diverged = np.flatnonzero(active & ~np.isfinite(train_value))
-        if diverged.size:  # a diverged critic is no estimate; 0 nats would hide it
-            k = diverged[0]
-            raise training.NonFiniteError(
-                f"bound {bound!r} became {train_value[k]} in training steps "
-                f"{r * eval_every + 1}-{(r + 1) * eval_every}"
-                + (f" (seed index {k})" if seeds else "")
-                + "; try a lower `learning_rate`."
-            )
+        # A critic whose training value turns non-finite trains no further; its estimate is
+        # its best evaluation before, if that beat the constant critic (else an error, below).
+        newly = active & ~np.isfinite(train_value)
+        diverged[newly], diverged_value[newly] = r, train_value[newly]
         test_curve[active, r] = test_value[active]
         objective_curve[active, r] = objective[active]
         train_curve[active, r] = train_value[active]
         watched = objective if stop_on == "objective" else test_value
         # A finite bound value is required too: a critic whose held-out SMILE is NaN is no
         # estimate, however good its objective.
-        improved = active & (watched > best) & np.isfinite(test_value)
+        improved = active & ~newly & (watched > best) & np.isfinite(test_value)
         best = np.where(improved, watched, best)
         best_round = np.where(improved, r, best_round)
         since_best = np.where(improved, 0, since_best + active)
+        since_best[newly] = patience
+    # The reference the best critic must beat: the constant critic (every score 0), which
+    # carries no dependence and whose bound is 0 nats. Its held-out objective needs no data.
+    # Without it, a critic that learned only noise reads below 0 (-0.5 nats on independent
+    # 50-d samples), an impossible value for MI. A critic that beats it on the objective can
+    # still read below 0 nats on the bound: the constant critic's 0 is the estimate then too.
+    reference = float(constant_objective) if stop_on == "objective" else 0.0
+    failed = np.flatnonzero((diverged >= 0) & ~(best >= reference))
+    if failed.size:  # diverged before it was an estimate: 0 nats would hide that
+        k = failed[0]
+        raise training.NonFiniteError(
+            f"bound {bound!r} became {diverged_value[k]} in training steps "
+            f"{diverged[k] * eval_every + 1}-{(diverged[k] + 1) * eval_every}"
+            + (f" (seed index {k})" if seeds else "")
+            + "; try a lower `learning_rate`."
+        )
     if not np.all(np.isfinite(best)):
         raise training.NonFiniteError(
             f"bound {bound!r} never gave a finite held-out value (last: bound "
@@ -346,12 +361,6 @@ def estimate_mi(
             "`learning_rate` or another bound."
         )
     steps = (np.arange(rounds) + 1) * eval_every
-    # The reference the best critic must beat: the constant critic (every score 0), which
-    # carries no dependence and whose bound is 0 nats. Its held-out objective needs no data.
-    # Without it, a critic that learned only noise reads below 0 (-0.5 nats on independent
-    # 50-d samples), an impossible value for MI. A critic that beats it on the objective can
-    # still read below 0 nats on the bound: the constant critic's 0 is the estimate then too.
-    reference = float(constant_objective) if stop_on == "objective" else 0.0
     mi = test_curve[np.arange(num_seeds), best_round]
     trained = (best >= reference) & (mi > 0)
     best_step = np.where(trained, steps[best_round], 0)
@@ -389,10 +398,6 @@ def _minibatches(seed: int, n: int, batch: int, steps: int):
             if len(np.unique(take[i])) < batch:
                 take[i] = rng.choice(n, batch, replace=False)
         yield take
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _to_float32(a: np.ndarray, name: str) -> np.ndarray:

@@ -160,10 +160,7 @@ class IBModel:
             raise ValueError(f"`latent_dim` must be >= 1, got {self.latent_dim}.")
         if self.num_classes < 2:
             raise ValueError(f"`num_classes` must be >= 2, got {self.num_classes}.")
-        if self.critic_clip is not None and not self.critic_clip >= 0:
-            raise ValueError(
-                f"`critic_clip` must be positive (None or 0: off), got {self.critic_clip}."
-            )
+        critics_lib.check_clip(self.critic_clip, "critic_clip")
         if self.train_samples < 1:
             raise ValueError(f"`train_samples` must be >= 1, got {self.train_samples}.")
         # Unknown names and hyperparameters fail here, before anything is traced.

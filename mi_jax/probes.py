@@ -132,6 +132,21 @@ def _fit_linear_lbfgs(train_x, train_y, test_x, test_y, *, num_classes, max_iter
     return accuracy(train_x, train_y), accuracy(test_x, test_y)
 
 
+def check_hparams(*, prefix: str = "", **hparams) -> None:
+    """A `ValueError` naming the first of `fit_probe`'s hyperparameters out of range (integers
+    ``>= 1``, ``l2`` and ``weight_decay >= 0``, ``tol`` and ``learning_rate > 0``, all finite);
+    ``prefix`` goes before the name (``"config.probe."``)."""
+    integers = ("max_iter", "hidden", "epochs", "batch_size")
+    for name, value in hparams.items():
+        if name in integers:
+            ok = _checks.is_int(value) and value >= 1
+        else:
+            low_ok = value >= 0 if name in ("l2", "weight_decay") else value > 0
+            ok = low_ok and value < np.inf
+        if not ok:
+            raise ValueError(f"`{prefix}{name}` is out of range: {value!r}.")
+
+
 def fit_probe(
     train_features,
     train_labels,
@@ -188,32 +203,25 @@ def fit_probe(
     for name, a in (("train_features", train_x), ("test_features", test_x)):
         if not np.all(np.isfinite(a)):
             raise ValueError(f"`{name}` contains NaN or infinite values.")
-    for name, y in (("train_labels", train_y), ("test_labels", test_y)):
-        if not np.issubdtype(y.dtype, np.integer):
-            raise TypeError(f"`{name}` must be integers, got {y.dtype}.")
     if num_classes is None:
         num_classes = int(max(train_y.max(), test_y.max())) + 1
     for name, y in (("train_labels", train_y), ("test_labels", test_y)):
+        if not np.issubdtype(y.dtype, np.integer):
+            raise TypeError(f"`{name}` must be integers, got {y.dtype}.")
         if y.min() < 0 or y.max() >= num_classes:  # the cross-entropy would be NaN
             raise ValueError(
                 f"`{name}` must lie in [0, num_classes = {num_classes}), got [{y.min()}, "
                 f"{y.max()}]."
             )
-    for name, value, ok in (
-        ("max_iter", max_iter, isinstance(max_iter, int) and max_iter >= 1),
-        ("hidden", hidden, isinstance(hidden, int) and hidden >= 1),
-        ("epochs", epochs, isinstance(epochs, int) and epochs >= 1),
-        ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1),
-        ("l2", l2, 0 <= l2 < np.inf),
-        ("weight_decay", weight_decay, 0 <= weight_decay < np.inf),
-        ("learning_rate", learning_rate, 0 < learning_rate < np.inf),
-    ):
-        if not ok:
-            raise ValueError(f"`{name}` is out of range: {value!r}.")
-    # Train statistics only; a feature constant on the training set is centred, not scaled
-    # (dividing by ~0 turned its test values into outliers the MLP probe never saw).
+    check_hparams(
+        l2=l2, max_iter=max_iter, tol=tol, hidden=hidden, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, weight_decay=weight_decay,
+    )  # fmt: skip
+    # Train statistics only; a feature constant on the training set (its std at float32
+    # rounding of its mean, or 0) is centred, not scaled: divided by ~0, its test values were
+    # outliers the MLP probe never saw.
     mean, std = train_x.mean(0), train_x.std(0)
-    std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1.0), std, 1.0)
+    std = np.where(std > 1e-6 * np.abs(mean), std, 1.0)
     if kind == "linear":
         train_acc, test_acc = _fit_linear_lbfgs(
             jnp.asarray((train_x - mean) / std),

@@ -191,7 +191,7 @@ def ssge_score(
     samples = _check_samples(samples)
     m = samples.shape[0]
     if num_eigen is not None:
-        if not (isinstance(num_eigen, int) and 1 <= num_eigen <= m):
+        if not (_checks.is_int(num_eigen) and 1 <= num_eigen <= m):
             raise ValueError(
                 f"`num_eigen` must be an integer in [1, num_samples = {m}], got {num_eigen!r}."
             )

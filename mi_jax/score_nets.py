@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mi_jax import critics, score
+from mi_jax import _checks, critics, score
 from mi_jax.types import Array, ArrayLike
 
 
@@ -74,7 +74,7 @@ def dsm_score(
             f"`points` must have the samples' dimension {samples.shape[1]}, got {points.shape}."
         )
     for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if not (isinstance(value, int) and value >= 1):
+        if not (_checks.is_int(value) and value >= 1):
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     m = samples.shape[0]
     # Standardize: z = (x - mean) / std, so grad_x log q = grad_z log q_z / std.

@@ -16,7 +16,6 @@ compiled ``lax.scan``.
   correction.
 """
 
-import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -196,7 +195,7 @@ def get_task(name: str, *, dim: int, **hparams) -> Task:
     """Builds the task ``name`` of width ``dim``, e.g. ``get_task("student_t", dim=5, df=3.0)``."""
     if name not in _TASKS:
         raise _checks.unknown_name_error("task", name, _TASKS)
-    if not (isinstance(dim, numbers.Integral) and not isinstance(dim, bool) and dim >= 1):
+    if not (_checks.is_int(dim) and dim >= 1):
         raise ValueError(f"`dim` must be a positive integer, got {dim!r}.")
     try:
         return _TASKS[name](int(dim), **hparams)
@@ -208,7 +207,7 @@ def staircase_mi(
     step: ArrayLike, *, levels: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0), steps_per_level: int
 ) -> Array:
     """The true MI at ``step`` of the staircase schedule (Poole et al. 2019, Fig. 2)."""
-    if not (isinstance(steps_per_level, numbers.Integral) and steps_per_level >= 1):
+    if not (_checks.is_int(steps_per_level) and steps_per_level >= 1):
         raise ValueError(f"`steps_per_level` must be a positive integer, got {steps_per_level!r}.")
     index = jnp.minimum(jnp.asarray(step) // steps_per_level, len(levels) - 1)
     return jnp.asarray(levels, jnp.float32)[index]

@@ -252,6 +252,9 @@ def test_tfds_missing_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
     with pytest.raises(ImportError, match=r"pip install 'mi_jax\[tfds\]'"):
         data.load_dataset("stl10")
+    # MNIST without its IDX files falls back to tfds: the error says where the files were sought.
+    with pytest.raises(ImportError, match=r"IDX files .* not in /nowhere .*pip install"):
+        data.load_dataset("mnist", data_dir="/nowhere")
 
 
 # ------------------------------------------------------------------------------------------------

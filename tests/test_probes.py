@@ -77,6 +77,7 @@ def test_extract_features_pads_the_last_chunk_and_matches_a_direct_call():
         (lambda x, y: probes.fit_probe(x, y, x, y, kind="mlp", hidden=0), ValueError, "hidden"),
         (lambda x, y: probes.fit_probe(x, y, x, y, l2=-1.0), ValueError, "l2"),
         (lambda x, y: probes.fit_probe(x, y, x, y, learning_rate=np.nan), ValueError, "learning"),
+        (lambda x, y: probes.fit_probe(x, y, x, y, max_iter=True), ValueError, "max_iter"),
     ],
 )
 def test_bad_input_is_named(call, error, match):
@@ -94,4 +95,8 @@ def test_a_feature_constant_in_training_does_not_derail_the_mlp_probe():
     dead[400:] = 0.01
     x = np.concatenate([x, dead], axis=1)
     result = probes.fit_probe(x[:400], y[:400], x[400:], y[400:], kind="mlp", epochs=20)
+    assert result.test_accuracy > 0.97
+    # ... while features on a tiny scale are still scaled (a threshold on std alone missed them).
+    tiny = x[:, :-1] * 1e-7
+    result = probes.fit_probe(tiny[:400], y[:400], tiny[400:], y[400:])
     assert result.test_accuracy > 0.97
