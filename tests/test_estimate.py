@@ -1,13 +1,14 @@
 """`mi_jax.estimate_mi` and its command line."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import mi_jax
 from experiments import estimate as estimate_cli
+from mi_jax import bounds, tasks, training
 from mi_jax import estimate as estimate_lib
-from mi_jax import tasks, training
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +235,25 @@ def test_a_diverging_critic_names_the_bound_and_steps(gaussian_2d):
     x, y = gaussian_2d
     with pytest.raises(training.NonFiniteError, match=r"bound 'nwj' became .* in training steps"):
         mi_jax.estimate_mi(x[:1000], y[:1000], bound="nwj", learning_rate=1e6, max_steps=200)
+
+
+def _nwj_until_1_8():
+    # NWJ until the critic's mean joint score passes 1.8, then NaN (a stand-in for divergence
+    # partway through training: the optimal NWJ critic's mean joint score is 1 + I = 2 here).
+    def value(scores, state):
+        return jnp.where(jnp.mean(jnp.diag(scores)) > 1.8, jnp.nan, bounds.nwj(scores)), state
+
+    return bounds.Bound("nwj_until_1_8", lambda: (), value)
+
+
+def test_a_critic_diverging_after_its_best_keeps_that_estimate(gaussian_2d):
+    if "nwj_until_1_8" not in bounds.available_bounds():
+        bounds.register_bound("nwj_until_1_8", _nwj_until_1_8)
+    x, y = gaussian_2d
+    result = mi_jax.estimate_mi(x[:2000], y[:2000], bound="nwj_until_1_8", max_steps=1500)
+    # Round 1 (steps 101-200) turned the training value NaN: that round's evaluation does not
+    # count, training stops, and the estimate is round 0's.
+    assert np.isfinite(result.train_curve[0]) and np.isnan(result.train_curve[1])
+    assert np.all(np.isnan(result.test_curve[2:]))
+    assert result.best_step == 100 and result.mi == pytest.approx(result.test_curve[0])
+    assert result.mi > 0
