@@ -59,6 +59,11 @@ def correlated_gaussian(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tu
       ``x`` ``[batch, dim]``, ``y`` ``[batch, dim]``.
     """
     _check_mi(mi, 0.0)
+    return _gaussian_pair(key, mi, batch, dim)
+
+
+def _gaussian_pair(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tuple[Array, Array]:
+    """`correlated_gaussian` without the check of ``mi`` (its callers have checked it)."""
     kx, ke = jax.random.split(key)
     x = jax.random.normal(kx, (batch, dim))
     eps = jax.random.normal(ke, (batch, dim))
@@ -69,11 +74,12 @@ def _check_mi(mi: ArrayLike, min_mi: float) -> None:
     """A concrete ``mi`` below the family's least MI (or NaN) is an error; traced: unchecked."""
     if isinstance(mi, jax.core.Tracer):
         return
-    low = np.asarray(mi) < min_mi
-    if np.any(low | np.isnan(mi)):
+    mi = np.asarray(mi)
+    bad = ~(mi >= min_mi)  # NaN too
+    if np.any(bad):
         raise ValueError(
             f"`mi` must be at least {min_mi:.6g} nats (this task's least MI), got "
-            f"{np.asarray(mi)[low | np.isnan(mi)].ravel()[:4]}."
+            f"{mi[bad].ravel()[:4]}."
         )
 
 
@@ -125,7 +131,7 @@ def student_t(key: PRNGKey, mi: ArrayLike, batch: int, dim: int, df: float) -> t
     kz, kw = jax.random.split(key)
     # (Traced, a level below the correction would sample the family's least MI: clamped.)
     gaussian_mi = jnp.maximum(mi - correction, 0.0)
-    x, y = correlated_gaussian(kz, gaussian_mi, batch, dim)
+    x, y = _gaussian_pair(kz, gaussian_mi, batch, dim)
     # 1 / sqrt(w / df), w / 2 ~ Gamma(df / 2), from log w: at small df the gamma draw itself
     # underflows to 0 in float32 (df = 0.1: ~1 % of the rows), its logarithm does not.
     log_half_w = jax.random.loggamma(kw, df / 2.0, (batch, 1))
