@@ -193,9 +193,10 @@ def estimate_mi(
       seed: seed for the split, the initialization and the minibatches.
       seeds: if set, train this many critics vmapped in one program and return all estimates.
       mesh: the devices to split every minibatch and the held-out split over
-        (`mi_jax.parallel.data_mesh`; default: all devices). With ``n > 1`` devices
-        ``batch_size`` must be a multiple of ``n`` and the held-out split is cut to a multiple
-        of ``n``; one device runs the unsharded program.
+        (`mi_jax.parallel.data_mesh`). Default: the most devices that ``batch_size`` splits
+        over (`mi_jax.parallel.data_mesh_for`: all of them when their number divides it).
+        With ``n > 1`` devices ``batch_size`` must be a multiple of ``n`` and the held-out
+        split is cut to a multiple of ``n``; one device runs the unsharded program.
 
     Returns:
       An `MIEstimate`.
@@ -241,7 +242,7 @@ def estimate_mi(
             f"{bound!r} with {bound_hparams} is not."
         )
 
-    mesh = parallel.data_mesh() if mesh is None else mesh
+    mesh = parallel.data_mesh_for(batch_size) if mesh is None else mesh
     devices = mesh.devices.size
     if devices > 1:
         parallel.check_batch_size(batch_size, mesh, "batch_size")

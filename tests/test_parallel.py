@@ -101,10 +101,14 @@ out["estimate"] = {}
 for n, mesh in meshes.items():
     est = estimate_mi(x, y, mesh=mesh, **kw)
     out["estimate"][n] = [*est.mi.tolist(), *est.train_curve.ravel().tolist()]
-try:
-    estimate_mi(x, y, batch_size=60)
+try:  # an explicit mesh the batch does not split over
+    estimate_mi(x, y, batch_size=60, mesh=meshes["8"])
 except ValueError as e:
     out["estimate_error"] = str(e)
+# The default mesh: the most devices the batch splits over (60 on 8 devices: 6).
+out["default_mesh"] = {b: parallel.data_mesh_for(b).devices.size for b in (60, 64, 7, 9, 2)}
+est = estimate_mi(x, y, batch_size=60, max_steps=20, eval_every=20)
+out["estimate_60"] = float(est.mi)
 
 # The MIGE toy: its (rho, seed) cases split over the devices (7 cases: one device gets padding);
 # SSGE (an eigendecomposition per case, in each device's loop) and one trained bound.
@@ -231,6 +235,12 @@ def test_estimate_mi_over_eight_devices_gives_the_one_device_estimates(eight_dev
     assert len(one) == len(eight) == 2 + 2 * 2  # two estimates, two seeds x two rounds
     np.testing.assert_allclose(eight, one, rtol=1e-4, atol=1e-5)
     assert "`batch_size` (60)" in eight_device_run["estimate_error"]
+
+
+def test_estimate_mi_default_mesh_takes_the_devices_the_batch_splits_over(eight_device_run):
+    sizes = eight_device_run["default_mesh"]
+    assert sizes == {"60": 6, "64": 8, "7": 7, "9": 3, "2": 2}
+    assert np.isfinite(eight_device_run["estimate_60"])  # batch 60 on 8 devices runs (on 6)
 
 
 def test_mige_toy_cases_split_over_eight_devices(eight_device_run):
