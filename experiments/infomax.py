@@ -405,6 +405,11 @@ def train_and_evaluate(
         "compile_s": compile_s,
         "train_s": train_s,
         "eval_s": eval_s,
+        # Every segment of a resumed run (their compilations included): the chunks behind the
+        # final encoder, from metrics.jsonl; compile_s and train_s count this segment only.
+        "train_total_s": sum(
+            r["seconds"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))[0]
+        ),
         # With several seeds: the mean over seeds, ``*_std`` the spread (raw pixels: one fit).
         "probes": final,
     }

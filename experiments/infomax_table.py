@@ -5,7 +5,7 @@ r"""One table from several InfoMax runs: test accuracy per estimator, representa
 Each argument is the workdir of a finished `experiments.infomax` run (its ``results.json``).
 A row per run: the trained encoder's probe test accuracies, then the same probes on the
 randomly initialized encoder and on raw pixels (the baselines the run also measured), and the
-run's wall time (compilation, training and probes). A run with ``num_seeds > 1`` shows each
+run's wall time (compilation, training over every segment of a resumed run, and the probes). A run with ``num_seeds > 1`` shows each
 accuracy as "mean ± std" over its seeds (`rows_from` keeps the means as numbers and the
 spreads under ``COLUMN std``).
 """
@@ -39,7 +39,7 @@ def rows_from(workdirs: list[str]) -> tuple[list[dict], list[str]]:
                 row[f"{column} std"] = probe["test_accuracy_std"]
             if column not in probe_columns:
                 probe_columns.append(column)
-        row["minutes"] = (results["compile_s"] + results["train_s"] + results["eval_s"]) / 60
+        row["minutes"] = (results["train_total_s"] + results["eval_s"]) / 60
         rows.append(row)
     for row in rows:  # runs probed on different representations: blank cells
         for column in probe_columns:

@@ -74,6 +74,10 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp
     assert first["resumed_from"] == 0
     second = infomax.train_and_evaluate(tiny_config(num_steps=4, eval_every=4), str(parts))
     assert second["resumed_from"] == 2
+    # The table's minutes count both segments (this one's compile_s + train_s only the second).
+    (row,), _ = infomax_table.rows_from([str(parts)])
+    both = first["compile_s"] + first["train_s"] + second["compile_s"] + second["train_s"]
+    assert row["minutes"] == pytest.approx((both + second["eval_s"]) / 60, rel=1e-6)
 
     def losses(path):
         rows = _rows(path / "metrics.jsonl")
