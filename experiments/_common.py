@@ -113,9 +113,8 @@ def run_sweep_chunk(
     state, metrics = run(state, images, labels, jnp.asarray(indices), step, settings)
     metrics = jax.device_get(metrics)
     seconds = time.perf_counter() - t0
-    bad = ~np.isfinite(metrics["loss"])
-    if bad.any():
-        index = tuple(np.argwhere(bad)[0])
+    index = training.first_nonfinite(metrics["loss"])
+    if index is not None:
         where = "" if seeds is None else f" (seed {seeds[index[1]]})"
         raise training.NonFiniteError(
             f"the loss of {setting_names[index[-1]]}{where} became {metrics['loss'][index]} at "

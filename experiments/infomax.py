@@ -432,15 +432,14 @@ def _per_seed(tree, batched: bool) -> list:
 def _raise_if_nonfinite(losses, config, step: int, seeds, manager, workdir: str) -> None:
     """A `training.NonFiniteError` naming the step (and seed) of the first non-finite loss
     in a chunk's ``losses`` (``[n]`` or ``[n, K]``) and the checkpoints kept."""
-    bad = ~np.isfinite(losses)
-    if not bad.any():
+    index = training.first_nonfinite(losses)
+    if index is None:
         return
     manager.wait_until_finished()  # the last save completes before it is named as kept
-    index = np.argwhere(bad)[0]
     where = f" (seed {seeds[index[1]]})" if losses.ndim > 1 else ""
     raise training.NonFiniteError(
-        f"the loss of estimator {config.estimator!r} became {losses[tuple(index)]} at step "
-        f"{step + 1 + int(index[0])}{where}; the checkpoints already written (latest: step "
+        f"the loss of estimator {config.estimator!r} became {losses[index]} at step "
+        f"{step + 1 + index[0]}{where}; the checkpoints already written (latest: step "
         f"{manager.latest_step()}) are kept in {os.path.join(workdir, 'checkpoints')}."
     )
 

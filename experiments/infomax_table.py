@@ -5,9 +5,9 @@ r"""One table from several InfoMax runs: test accuracy per estimator, representa
 Each argument is the workdir of a finished `experiments.infomax` run (its ``results.json``).
 A row per run: the trained encoder's probe test accuracies, then the same probes on the
 randomly initialized encoder and on raw pixels (the baselines the run also measured), and the
-run's wall time (compilation, training over every segment of a resumed run, and the probes). A run with ``num_seeds > 1`` shows each
-accuracy as "mean ± std" over its seeds (`rows_from` keeps the means as numbers and the
-spreads under ``COLUMN std``).
+run's wall time (compilation, training over every segment of a resumed run, and the probes).
+A run with ``num_seeds > 1`` shows each accuracy as "mean ± std" over its seeds (`rows_from`
+keeps the means as numbers and the spreads under ``COLUMN std``).
 """
 
 import json

@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
@@ -269,6 +270,21 @@ class NonFiniteError(FloatingPointError):
     """A bound's value or loss became NaN/inf; the message names the bound and the step."""
 
 
+def first_nonfinite(values, step_axis: int = 0) -> tuple[int, ...] | None:
+    """The index of the earliest non-finite entry of the host array ``values`` along its step
+    axis (ties: the lowest index on the other axes), or None where every entry is finite.
+
+    The one search behind every "became NaN at step ..." error: `raise_if_nonfinite`, InfoMax's
+    chunks, the sweep chunks of IB and InfoMax-VAE.
+    """
+    bad = np.moveaxis(~np.isfinite(np.asarray(values)), step_axis, 0)
+    if not bad.any():
+        return None
+    index = [int(i) for i in np.argwhere(bad)[0]]
+    index.insert(step_axis, index.pop(0))
+    return tuple(index)
+
+
 def raise_if_nonfinite(values, names: Sequence[str], first_step: int, seed_axis: bool) -> None:
     """Raises `NonFiniteError` naming the first step and bound with a non-finite value.
 
@@ -279,19 +295,12 @@ def raise_if_nonfinite(values, names: Sequence[str], first_step: int, seed_axis:
         as the metrics rows do: ``values[..., 0, :]`` is step ``first_step + 1``).
       seed_axis: whether ``values`` has a leading seed axis.
     """
-    import numpy as np
-
     values = np.asarray(values)
-    bad = ~np.isfinite(values)
-    if not bad.any():
+    index = first_nonfinite(values, step_axis=1 if seed_axis else 0)
+    if index is None:
         return
-    if seed_axis:  # the earliest step of any seed
-        step, seed, bound = np.argwhere(np.moveaxis(bad, 1, 0))[0]
-        index = (seed, step, bound)
-    else:
-        seed, (step, bound) = None, np.argwhere(bad)[0]
-        index = (step, bound)
-    where = f" (seed index {seed})" if seed_axis else ""
+    *seed, step, bound = index
+    where = f" (seed index {seed[0]})" if seed_axis else ""
     raise NonFiniteError(
         f"bound {names[bound]!r} became {values[index]} at step {first_step + step + 1}{where}."
     )

@@ -129,6 +129,31 @@ def test_nonfinite_error_names_bound_and_step():
         training.raise_if_nonfinite(values, ["a", "b", "c"], 100, seed_axis=True)
 
 
+def test_first_nonfinite_is_the_earliest_step_on_any_other_axis():
+    values = np.zeros((5, 2, 3))  # [steps, seeds, settings]
+    assert training.first_nonfinite(values) is None
+    values[3, 0, 0] = np.inf
+    values[2, 1, 2] = np.nan
+    assert training.first_nonfinite(values) == (2, 1, 2)
+    # The step axis elsewhere: [seeds, steps, settings].
+    assert training.first_nonfinite(np.moveaxis(values, 0, 1), step_axis=1) == (1, 2, 2)
+
+
+def test_a_nan_in_a_sweep_chunk_names_setting_seed_and_step():
+    from experiments import _common
+
+    def run(state, images, labels, indices, step, settings):  # [n, K, S] losses, one NaN
+        loss = np.zeros((indices.shape[0], indices.shape[1], len(settings)))
+        loss[2, 1, 0] = np.nan
+        return state, {"loss": loss}
+
+    with pytest.raises(training.NonFiniteError, match=r"vib 1e-3 \(seed 7\) became nan at step 13"):
+        _common.run_sweep_chunk(
+            run, None, np.zeros((20, 3)), None, [0.001, 0.01], seed=[6, 7], batch_size=4,
+            step=10, num_steps=4, setting_names=["vib 1e-3", "vib 1e-2"],
+        )  # fmt: skip
+
+
 def test_make_ensemble_errors():
     with pytest.raises(KeyError, match="infonce"):
         training.make_ensemble(["infonc"], "separable")
