@@ -71,28 +71,29 @@ class AdditiveCoupling(nn.Module):
     determinant) and exactly invertible (`inverse` subtracts the same ``t``).
 
     ``cond`` and ``upd`` split the ``dim`` coordinates in two halves after a fixed permutation
-    drawn from ``permutation_seed``; a stack of layers draws an independent split per layer, so
-    a coordinate stays in ``cond`` in all ``L`` layers with probability about ``2^-L`` (with the
-    default 6 layers: 1 of 32 coordinates of a digits half, 10 of 392 of an MNIST half). Such a
-    coordinate passes through unchanged (it still conditions the others); the stack is a
-    bijection either way.
+    drawn from ``permutation_seed`` (the first ``dim // 2`` permuted coordinates condition,
+    the rest are updated; ``swap`` exchanges the two roles). `RealNVPEncoder` pairs its layers
+    as RealNVP alternates its masks: a layer and the next share a split with the roles swapped,
+    so every coordinate is updated within two layers.
 
     Attributes:
       dim: input width ``D``.
       hidden: hidden widths of ``t``.
       permutation_seed: seed of the layer's fixed split.
+      swap: update the first ``dim // 2`` permuted coordinates instead of the rest.
       activation: name of ``t``'s activation.
     """
 
     dim: int
     hidden: Sequence[int] = (256,)
     permutation_seed: int = 0
+    swap: bool = False
     activation: str = "relu"
 
     def setup(self):
         perm = np.random.default_rng(self.permutation_seed).permutation(self.dim)
-        self.cond = np.sort(perm[: self.dim // 2])
-        self.upd = np.sort(perm[self.dim // 2 :])
+        first, rest = np.sort(perm[: self.dim // 2]), np.sort(perm[self.dim // 2 :])
+        self.cond, self.upd = (rest, first) if self.swap else (first, rest)
         self.shift = MLP(tuple(self.hidden), len(self.upd), self.activation)
 
     def __call__(self, x: Array) -> Array:
@@ -124,9 +125,13 @@ class RealNVPEncoder(nn.Module):
         if self.num_layers < 1:
             raise ValueError(f"`num_layers` must be >= 1, got {self.num_layers}.")
         z = _flat(images)
-        layers = [
+        layers = [  # pairs of layers share a random split, roles swapped
             AdditiveCoupling(
-                z.shape[1], tuple(self.hidden), permutation_seed=k, name=f"coupling{k}"
+                z.shape[1],
+                tuple(self.hidden),
+                permutation_seed=k // 2,
+                swap=k % 2 == 1,
+                name=f"coupling{k}",
             )
             for k in range(self.num_layers)
         ]
