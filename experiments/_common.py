@@ -154,7 +154,7 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
     for members in groups.values():
         merged = {k: v for k, v in members[0].items() if k != "seed"}
         for key, value in members[0].items():
-            if isinstance(value, float) and key not in group_by:
+            if isinstance(value, float | np.floating) and key not in group_by:
                 column = np.asarray([m[key] for m in members], np.float64)
                 merged[key] = float(np.mean(column))
                 merged[f"{key}_std"] = float(np.std(column))

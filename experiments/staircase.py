@@ -46,8 +46,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{field} is empty.")
         if len(set(config[field])) < len(config[field]):
             raise ValueError(f"config.{field} names an entry twice: {tuple(config[field])}.")
-    if not all(level > 0 for level in config.levels):
+    if not all(_checks.is_real(level) and 0 < level < np.inf for level in config.levels):
         raise ValueError(f"config.levels must be positive MI values (nats), got {config.levels}.")
+    if not (_checks.is_real(config.learning_rate) and 0 < config.learning_rate < np.inf):
+        raise ValueError(
+            f"config.learning_rate must be a positive number, got {config.learning_rate!r}."
+        )
+    if not (_checks.is_real(config.ema_decay) and 0 <= config.ema_decay < 1):
+        raise ValueError(
+            f"config.ema_decay (the plots' smoothing) must lie in [0, 1), got {config.ema_decay!r}."
+        )
     if not 0.0 < config.stats_fraction <= 1.0:
         raise ValueError(f"config.stats_fraction must lie in (0, 1], got {config.stats_fraction}.")
     _common.check_num_seeds(config)
@@ -428,7 +436,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     _common.write_config(workdir, config)
     writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
-    results = {"runs": [], "statistics": []}
+    # A rerun of this config replaces each task/critic's results as it finishes: those of
+    # the earlier run stay until then, so an interrupted rerun loses none of them.
+    path = os.path.join(workdir, "results.json")
+    earlier = _common.read_json(path) if os.path.exists(path) else {}
+    results = {"runs": earlier.get("runs", []), "statistics": earlier.get("statistics", [])}
     total = config.steps_per_level * len(config.levels)
     combos = [(t, c) for t in config.tasks for c in config.critics]
     wall0 = time.perf_counter()
@@ -440,28 +452,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 stats = level_statistics(out["values"], config)
                 for row in stats:
                     row.update(task=task_name, critic=critic_name)
-                results["statistics"].extend(stats)
-                results["runs"].append(
-                    dict(
-                        task=task_name,
-                        critic=critic_name,
-                        bounds=list(config.bounds),
-                        compile_s=out["compile_s"],
-                        run_s=out["run_s"],
-                        steps=out["steps"],
-                        steps_per_s=out["steps_per_s"],
-                        gflop_per_step=out["gflop_per_step"],
-                        gflop_per_s=out["gflop_per_s"],
-                        bound_steps_per_s=out["steps_per_s"]
-                        * len(config.bounds)
-                        * config.num_seeds,
-                        compute_dtype=config.compute_dtype,
-                        bound_groups=out["groups"],
-                        devices=out["devices"],
-                        matmul_floor_s=out["matmul_floor_s"],
-                        matmul_gflop_per_step=out["matmul_gflop_per_step"],
-                    )
+                run = dict(
+                    task=task_name,
+                    critic=critic_name,
+                    bounds=list(config.bounds),
+                    compile_s=out["compile_s"],
+                    run_s=out["run_s"],
+                    steps=out["steps"],
+                    steps_per_s=out["steps_per_s"],
+                    gflop_per_step=out["gflop_per_step"],
+                    gflop_per_s=out["gflop_per_s"],
+                    bound_steps_per_s=out["steps_per_s"] * len(config.bounds) * config.num_seeds,
+                    compute_dtype=config.compute_dtype,
+                    bound_groups=out["groups"],
+                    devices=out["devices"],
+                    matmul_floor_s=out["matmul_floor_s"],
+                    matmul_gflop_per_step=out["matmul_gflop_per_step"],
                 )
+                _replace_combination(results, task_name, critic_name, run, stats)
                 plot_staircase(
                     os.path.join(workdir, f"staircase_{task_name}_{critic_name}.png"),
                     out["values"],
@@ -480,6 +488,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _common.write_json(os.path.join(workdir, "results.json"), results)
     print(summary(results, config))
     return results
+
+
+def _replace_combination(results: dict, task: str, critic: str, run: dict, stats: list) -> None:
+    """Puts one task/critic's ``run`` and statistics rows into ``results`` in place of any
+    earlier ones of that combination (an earlier run's place in the order is kept)."""
+
+    def other(row):
+        return (row["task"], row["critic"]) != (task, critic)
+
+    places = [i for i, r in enumerate(results["runs"]) if not other(r)]
+    runs = [r for r in results["runs"] if other(r)]
+    runs.insert(places[0] if places else len(runs), run)
+    results["runs"] = runs
+    results["statistics"] = [r for r in results["statistics"] if other(r)] + list(stats)
 
 
 def _num(v: float) -> str:

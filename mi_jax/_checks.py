@@ -40,6 +40,11 @@ def is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def is_real(value) -> bool:
+    """A real number (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_float(x, name: str) -> None:
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise TypeError(

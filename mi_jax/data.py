@@ -320,6 +320,13 @@ def _check_dataset(dataset: Dataset, name: str) -> None:
                 f"{name!r} {split}_labels must be int32 [{images.shape[0]}], got {labels.dtype} "
                 f"{labels.shape}."
             )
+        if not len(labels):
+            raise ValueError(f"{name!r} has an empty {split} split.")
+        if labels.min() < 0 or labels.max() >= dataset.num_classes:
+            raise ValueError(
+                f"{name!r} {split}_labels must lie in [0, num_classes = {dataset.num_classes}), "
+                f"got values from {labels.min()} to {labels.max()}."
+            )
     if dataset.train_images.shape[1:] != dataset.test_images.shape[1:]:
         raise ValueError(
             f"{name!r} train and test images differ in shape: {dataset.train_images.shape[1:]} "

@@ -13,8 +13,9 @@ After the host-side checks, two compiled programs do the work (an initialization
 round: ``eval_every`` steps in a `lax.scan` plus the held-out calibration, bound and
 objective); the host sees a few scalars per round and decides early stopping. ``seeds=K``
 trains K critics (different initializations and minibatch orders) vmapped side by side. With
-several devices (a ``mesh``; default: all of them) every minibatch and the held-out split are
-divided among them (`mi_jax.parallel`) and the bound still sees the whole batch. The programs
+several devices (a ``mesh``; default: the most devices the batch size splits over) every
+minibatch and the held-out split are divided among them (`mi_jax.parallel`) and the bound
+still sees the whole batch. The programs
 are compiled ahead of time, in parallel, and cached: a second call with the same settings and
 array shapes compiles nothing.
 """
@@ -22,7 +23,7 @@ array shapes compiles nothing.
 import concurrent.futures
 import dataclasses
 import functools
-import numbers
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -178,8 +179,8 @@ def estimate_mi(
         training objective (the bound's `~mi_jax.bounds.Bound.objective`, else its value), or
         ``"bound"``, the bound's value itself (its maximum over a noisy curve reads high).
       test_fraction: fraction of samples held out.
-      max_test: cap on held-out samples used per evaluation (the score matrix is square); the
-        held-out split needs at least `MIN_TEST` (32) samples.
+      max_test: cap on the held-out split (its score matrix is square); samples beyond it
+        join the training split. The held-out split needs at least `MIN_TEST` (32) samples.
       standardize: True: scale each column to zero mean and unit variance (train-split
         statistics); ``"rank"``: map each column through its train-split empirical CDF and
         the standard normal quantile function (marginal Gaussianization: monotone in each
@@ -202,7 +203,7 @@ def estimate_mi(
       An `MIEstimate`.
     """
     x, y = _checks.check_samples(x, y, min_samples=8)
-    if not 0.0 < test_fraction < 1.0:
+    if not (_checks.is_real(test_fraction) and 0.0 < test_fraction < 1.0):
         raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction}.")
     for name, value, least in (
         ("batch_size", batch_size, 2),  # a bound needs a pair off the diagonal
@@ -219,6 +220,16 @@ def estimate_mi(
         raise ValueError(f"`standardize` must be True, False or 'rank', got {standardize!r}.")
     if stop_on not in ("objective", "bound"):
         raise ValueError(f"`stop_on` must be 'objective' or 'bound', got {stop_on!r}.")
+    if calibrate is not None and not isinstance(calibrate, bool | np.bool_):
+        raise ValueError(f"`calibrate` must be True, False or None, got {calibrate!r}.")
+    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+        raise ValueError(
+            f"`mesh` must be a jax.sharding.Mesh (`mi_jax.parallel.data_mesh`) or None, "
+            f"got {mesh!r}."
+        )
+    for name, hparams in (("bound_hparams", bound_hparams), ("critic_hparams", critic_hparams)):
+        if hparams is not None and not isinstance(hparams, Mapping):
+            raise ValueError(f"`{name}` must be a dict of keyword arguments, got {hparams!r}.")
     if seeds is not None and not (_checks.is_int(seeds) and seeds >= 1):
         raise ValueError(f"`seeds` must be a positive integer or None, got {seeds!r}.")
     seeds = None if seeds is None else int(seeds)
@@ -228,9 +239,7 @@ def estimate_mi(
     trained_on_js = bounds_lib.get_bound(bound, **bound_hparams).objective is bounds_lib.js_fgan
     if learning_rate is None:
         learning_rate = JS_LEARNING_RATE if trained_on_js else OTHER_LEARNING_RATE
-    elif isinstance(learning_rate, bool) or not (
-        isinstance(learning_rate, numbers.Real) and 0 < learning_rate < np.inf
-    ):
+    elif not (_checks.is_real(learning_rate) and 0 < learning_rate < np.inf):
         raise ValueError(
             f"`learning_rate` must be a positive number or None, got {learning_rate!r}."
         )
@@ -250,8 +259,8 @@ def estimate_mi(
     rng = np.random.default_rng(seed)
     n = x.shape[0]
     order = rng.permutation(n)
-    n_test = max(2, int(round(test_fraction * n)))
-    test_idx, train_idx = order[:n_test][:max_test], order[n_test:]
+    n_test = min(max(2, int(round(test_fraction * n))), max_test)  # the rest all train
+    test_idx, train_idx = order[:n_test], order[n_test:]
     test_idx = test_idx[: len(test_idx) // devices * devices]  # an equal share per device
     if len(train_idx) < max(2, devices) or len(test_idx) < MIN_TEST:
         raise ValueError(
@@ -413,8 +422,14 @@ def _to_float32(a: np.ndarray, name: str) -> np.ndarray:
 
 
 def _standardize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
-    """Z-scores with the train split's mean and std, computed in float64."""
+    """Z-scores with the train split's mean and std, computed in float64.
+
+    Each column is first divided by the power of two nearest below its largest magnitude
+    (exact: the z-scores are unchanged), so the variance cannot overflow (values ~ 1e160).
+    """
     a = a.astype(np.float64)
+    peak = np.max(np.abs(a[train_idx]), axis=0)
+    a = a / np.exp2(np.floor(np.log2(np.where(peak > 0, peak, 1.0))))
     mean = a[train_idx].mean(axis=0)
     std = a[train_idx].std(axis=0)
     # A spread lost to float64 rounding counts as none (1e8 + x keeps x; 1e20 + x does not).

@@ -97,6 +97,16 @@ def test_register_dataset_truncates_and_checks(monkeypatch):
     )
     with pytest.raises(ValueError, match="train_labels"):
         data.load_dataset("bad")
+    wrong = np.array([0, 1, 2, 10, -3], np.int32)
+    data.register_dataset(
+        "range", lambda **_: data.Dataset("range", images, labels, images, wrong, 5)
+    )
+    with pytest.raises(ValueError, match=r"test_labels must lie in \[0, num_classes = 5\).*-3"):
+        data.load_dataset("range")
+    none = images[:0], labels[:0]
+    data.register_dataset("empty", lambda **_: data.Dataset("empty", *none, images, labels, 5))
+    with pytest.raises(ValueError, match="'empty' has an empty train split"):
+        data.load_dataset("empty")
 
 
 # ------------------------------------------------------------------------------------------------

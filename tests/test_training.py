@@ -215,3 +215,17 @@ def test_evaluate_gives_each_bounds_value_and_training_objective():
         # JS and SMILE train on the f-GAN JS objective; the others on their own value.
         want = bounds.js_fgan(scores[i]) if name in ("js", "smile") else applied[i]
         np.testing.assert_allclose(objectives[i], want, rtol=1e-5, err_msg=name)
+
+
+def test_mean_over_seeds_averages_every_float_field():
+    from experiments import _common
+
+    rows = [
+        dict(method="a", seed=0, acc=0.5, err=np.float32(0.25), step=10),
+        dict(method="a", seed=1, acc=0.7, err=np.float32(0.75), step=10),
+        dict(method="b", seed=0, acc=0.1, err=np.float32(0.5), step=20),
+    ]
+    a, b = _common.mean_over_seeds(rows, ("method",))
+    assert (a["acc"], a["acc_std"], a["err"], a["err_std"]) == pytest.approx((0.6, 0.1, 0.5, 0.25))
+    assert (a["step"], a["num_seeds"], "seed" in a) == (10, 2, False)
+    assert (b["err"], b["err_std"], b["num_seeds"]) == (0.5, 0.0, 1)
