@@ -11,8 +11,10 @@ gives the training objective's value too (for early stopping on held-out data).
 Normalizations run over ``x`` for a fixed ``y`` (down a column), following the notation of
 Poole et al. (2019): ``m(y) = E_{p(x)} e^{f(x, y)}``. All exponentials of scores go through
 log-sum-exp, so the bounds stay finite in float32 at large MI; terms that are an exponential
-by definition (NWJ, TUBA, FLO) use `_soft_exp`, which is exact below 80 and linear above, so
-that their gradients stay finite even for a diverging critic.
+by definition (NWJ, TUBA, FLO) use `_soft_exp`, which is exact below 80 and grows only
+logarithmically above, so that their values and gradients stay finite even for a diverging
+critic. Every bound computes in float32 at least: float16 or bfloat16 scores give float32 values
+(the gradients of float16 scores, back in float16, still overflow once ``e^f`` passes 65504).
 
 References:
   Poole, Ozair, van den Oord, Alemi, Tucker. On Variational Bounds of Mutual Information.
@@ -38,21 +40,52 @@ import jax.numpy as jnp
 from mi_jax import _checks
 from mi_jax.types import Array, ArrayLike, PyTree
 
-# Above this argument `_soft_exp` continues linearly: e^80 ~ 5.5e34 is still representable in
-# float32 (max ~3.4e38), so the value and slope are exact wherever they can be represented.
-_EXP_LINEAR_FROM = 80.0
+# Above this argument `_soft_exp` continues logarithmically: e^80 ~ 5.5e34 is still
+# representable in float32 (max ~3.4e38), with room for the continuation's factor (at most
+# 1 + log(3.4e38) ~ 90 for any finite float32 argument).
+_EXP_SOFT_FROM = 80.0
 
 
 def _soft_exp(x: Array) -> Array:
-    """``exp(x)`` for ``x <= 80``, continued linearly (value and slope matched) above.
+    """``exp(x)`` for ``x <= 80``, ``e^80 (1 + log(1 + x - 80))`` above; in float32 at least.
 
     Bounds such as NWJ contain ``E_q[e^f]`` itself, not its logarithm. A critic whose scores blow
-    up would make ``e^f`` overflow to ``inf`` and its gradient to ``inf``/``nan``; the linear
-    continuation keeps both finite while still pushing the scores down.
+    up would make ``e^f`` overflow to ``inf`` and its gradient to ``inf``/``nan``. The
+    continuation matches the value and slope at 80 and stays increasing (slope
+    ``e^80 / (1 + x - 80)``), so it still pushes the scores down, but it grows so slowly that the
+    value stays finite for every finite float32 ``x`` (a linear one overflowed from ``x`` ~ 6e3
+    on). Half-precision inputs are upcast: ``e^80`` is not a float16 number (max 65504).
+
+    Args:
+      x: an array of any shape and float dtype.
+
+    Returns:
+      An array of ``x``'s shape, in ``x``'s dtype promoted to at least float32.
     """
-    c = _EXP_LINEAR_FROM
-    safe = jnp.minimum(x, c)
-    return jnp.where(x <= c, jnp.exp(safe), jnp.exp(c) * (1.0 + (x - c)))
+    x = _at_least_float32(x)
+    c = _EXP_SOFT_FROM
+    below = x <= c
+    # Each branch sees only arguments where it is finite (so `jnp.where` passes no NaN into the
+    # gradient), and at x = c only the exponential does (`jnp.minimum` would halve the slope).
+    exp_branch = jnp.exp(jnp.where(below, x, c))
+    log_branch = jnp.exp(c) * (1.0 + jnp.log1p(jnp.where(below, 0.0, x - c)))
+    return jnp.where(below, exp_branch, log_branch)
+
+
+def _at_least_float32(x: Array) -> Array:
+    """``x`` in its dtype promoted to at least float32 (float16, bfloat16 -> float32)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _checked_scores(scores: ArrayLike) -> Array:
+    """`_checks.check_scores`, then ``scores`` as an array in float32 at least.
+
+    In half precision the bounds' sums and exponentials overflow (float16 stops at 65504, so
+    ``e^f`` at ``f ~ 11``; a sum of batch^2 scores sooner), so every bound computes in float32
+    and returns float32 for float16 or bfloat16 scores.
+    """
+    _checks.check_scores(scores)
+    return _at_least_float32(jnp.asarray(scores))
 
 
 def _offdiag_mask(batch: int) -> Array:
@@ -105,8 +138,7 @@ def dv(scores: ArrayLike) -> Array:
     Returns:
       ``[]`` the bound in nats.
     """
-    _checks.check_scores(scores)
-    scores = jnp.asarray(scores)
+    scores = _checked_scores(scores)
     return jnp.mean(jnp.diag(scores)) - log_mean_exp_offdiag(scores)
 
 
@@ -126,8 +158,7 @@ def tuba(scores: ArrayLike, *, log_baseline: ArrayLike = 0.0) -> Array:
     Returns:
       ``[]`` the bound in nats.
     """
-    _checks.check_scores(scores)
-    scores = jnp.asarray(scores)
+    scores = _checked_scores(scores)
     shifted = scores - _baseline_row(log_baseline, scores.shape[0])
     joint_term = jnp.mean(jnp.diag(shifted))
     marginal_term = _soft_exp(log_mean_exp_offdiag(shifted))
@@ -147,8 +178,7 @@ def nwj(scores: ArrayLike) -> Array:
     Returns:
       ``[]`` the bound in nats.
     """
-    _checks.check_scores(scores)
-    return tuba(jnp.asarray(scores) - 1.0)
+    return tuba(_checked_scores(scores) - 1.0)
 
 
 def infonce(scores: ArrayLike) -> Array:
@@ -166,8 +196,7 @@ def infonce(scores: ArrayLike) -> Array:
     Returns:
       ``[]`` the bound in nats (at most ``log(batch)``).
     """
-    _checks.check_scores(scores)
-    scores = jnp.asarray(scores)
+    scores = _checked_scores(scores)
     batch = scores.shape[0]
     return jnp.mean(jnp.diag(scores) - jax.nn.logsumexp(scores, axis=0)) + jnp.log(batch)
 
@@ -186,8 +215,7 @@ def js_fgan(scores: ArrayLike) -> Array:
     Returns:
       ``[]`` the objective.
     """
-    _checks.check_scores(scores)
-    scores = jnp.asarray(scores)
+    scores = _checked_scores(scores)
     joint_term = -jnp.mean(jax.nn.softplus(-jnp.diag(scores)))
     marginal_term = mean_offdiag(jax.nn.softplus(scores))
     return joint_term - marginal_term
@@ -216,8 +244,7 @@ def js_calibration(scores: ArrayLike, init: ArrayLike = (1.0, 0.0), iterations: 
     Returns:
       ``[2]`` the best ``(a, b)`` evaluated.
     """
-    _checks.check_scores(scores)
-    f = jnp.asarray(scores)
+    f = _checked_scores(scores)
     batch = f.shape[0]
     diag = jnp.diag(f)
     w_joint, w_marginal = 1.0 / batch, 1.0 / (batch * (batch - 1))
@@ -287,7 +314,8 @@ def js(scores: ArrayLike) -> Array:
       ``[]`` the NWJ estimate in nats, with the JS gradient.
     """
     train = js_fgan(scores)
-    readout = nwj(jnp.asarray(scores) + 1.0)
+    # Upcast before the + 1, which float16 rounds away at large scores (spacing 8 at 1e4).
+    readout = nwj(_at_least_float32(jnp.asarray(scores)) + 1.0)
     return train + jax.lax.stop_gradient(readout - train)
 
 
@@ -315,7 +343,7 @@ def smile(scores: ArrayLike, *, clip: float | None = 5.0, gradient: str = "js") 
         raise ValueError(f"`clip` must be positive or None, got {clip}.")
     if gradient not in ("js", "smile"):
         raise ValueError(f"`gradient` must be 'js' or 'smile', got {gradient!r}.")
-    scores = jnp.asarray(scores)
+    scores = _at_least_float32(jnp.asarray(scores))
     clipped = scores if clip is None else jnp.clip(scores, -clip, clip)
     value = jnp.mean(jnp.diag(scores)) - log_mean_exp_offdiag(clipped)
     if gradient == "smile":
@@ -377,7 +405,7 @@ def interpolated(scores: ArrayLike, *, alpha: float = 0.01, log_baseline: ArrayL
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"`alpha` must lie in [0, 1], got {alpha}.")
-    scores = jnp.asarray(scores)
+    scores = _at_least_float32(jnp.asarray(scores))
     batch = scores.shape[0]
     log_a = jnp.broadcast_to(_baseline_row(log_baseline, batch), (batch, batch))
     if alpha == 0.0:
@@ -413,8 +441,7 @@ def flo(scores: ArrayLike, u: ArrayLike) -> Array:
     Returns:
       ``[]`` the bound in nats.
     """
-    _checks.check_scores(scores)
-    scores = jnp.asarray(scores)
+    scores = _checked_scores(scores)
     batch = scores.shape[0]
     if jnp.shape(u) != (batch,):
         raise ValueError(
@@ -471,8 +498,7 @@ def mine(*, decay: float = 0.99) -> StatefulBound:
         return MineState(log_ema=jnp.array(-jnp.inf, jnp.float32), count=jnp.array(0, jnp.int32))
 
     def update(scores: ArrayLike, state: MineState) -> tuple[Array, MineState]:
-        _checks.check_scores(scores)
-        scores = jnp.asarray(scores)
+        scores = _checked_scores(scores)
         log_marginal = log_mean_exp_offdiag(scores)  # log of the batch mean of e^f
         batch_log_mean = jax.lax.stop_gradient(log_marginal)
         if decay == 0.0:

@@ -12,10 +12,12 @@
 * `PairMLP`: a scalar network on the joint pairs only (FLO's ``u(x, y)``), ``[batch]``.
 * `BaselineMLP`: a scalar network on ``y`` (TUBA's learned log baseline ``log a(y)``), ``[batch]``.
 
-Every network takes ``compute_dtype``: ``None``/``"float32"`` (default) or ``"bfloat16"``, which
-runs its matmuls in mixed precision (`dense`, `bf16_matmul`) with the same parameters, and
-``kernel_init``, the name of its weight initializer: ``"lecun_normal"`` (Flax's default) or
-``"glorot_uniform"`` (Keras's, which the published staircase code used; `get_initializer`).
+Every network built of `dense` layers (all but the bilinear and inner-product critics) takes
+``compute_dtype``: ``None``/``"float32"`` (default) or ``"bfloat16"``, which runs its matmuls in
+mixed precision (`dense`, `bf16_matmul`) with the same parameters. Every network with weights
+(all but `InnerProductCritic`, which has none) takes ``kernel_init``, the name of its weight
+initializer: ``"lecun_normal"`` (Flax's default) or ``"glorot_uniform"`` (Keras's, which the
+published staircase code used; `get_initializer`).
 """
 
 import functools
@@ -72,11 +74,12 @@ def dense(
 ) -> nn.Dense:
     """`nn.Dense` with float32 parameters, activations and outputs.
 
-    ``compute_dtype="bfloat16"`` runs the layer's matmuls (forward and both backward products)
-    on bfloat16 copies of their operands, accumulating in float32 (`bf16_matmul`): mixed
-    precision as on TPUs, where a default-precision float32 matmul is already one bfloat16 pass.
-    Same parameter tree as the float32 layer; biases, optimizer and everything outside the
-    matmuls stay float32.
+    ``compute_dtype="bfloat16"`` runs the layer's forward matmul and the input gradient's
+    backward product on bfloat16 copies of their operands, accumulating in float32
+    (`bf16_matmul`): mixed precision as on TPUs, where a default-precision float32 matmul is
+    already one bfloat16 pass. The kernel gradient ``x.T @ g`` stays a float32 product (faster
+    on XLA:CPU). Same parameter tree as the float32 layer; biases, optimizer and everything
+    outside the matmuls stay float32.
     """
     check_compute_dtype(compute_dtype)
     kwargs["kernel_init"] = get_initializer(kernel_init)
@@ -212,18 +215,27 @@ class SeparableCritic(nn.Module):
 
 
 class BilinearCritic(nn.Module):
-    """``f(x, y) = x^T W y`` with a learned ``W`` ``[dim_x, dim_y]``."""
+    """``f(x, y) = x^T W y`` with a learned ``W`` ``[dim_x, dim_y]``.
+
+    Attributes:
+      kernel_init: name of ``W``'s initializer (see `get_initializer`; fan-in ``dim_x``,
+        fan-out ``dim_y``).
+    """
+
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:
         """``x`` ``[batch, dim_x]``, ``y`` ``[batch, dim_y]`` -> ``[batch, batch]``."""
         _check_pair(x, y)
-        w = self.param("W", nn.initializers.lecun_normal(), (x.shape[1], y.shape[1]))
+        init = get_initializer(self.kernel_init)
+        w = self.param("W", init, (x.shape[1], y.shape[1]))
         return x @ w @ y.T
 
 
 class InnerProductCritic(nn.Module):
-    """``f(x, y) = x^T y / temperature`` (parameter-free; for already-embedded x and y)."""
+    """``f(x, y) = x^T y / temperature`` (parameter-free, so no ``kernel_init``; for
+    already-embedded x and y)."""
 
     temperature: float = 1.0
 

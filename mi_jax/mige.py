@@ -46,6 +46,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from mi_jax import _checks
 from mi_jax import score as score_lib
 from mi_jax.types import Array, ArrayLike
 
@@ -60,6 +61,21 @@ def _resolve(score_fn: ScoreFn | str | None) -> ScoreFn:
     return score_fn
 
 
+def _check_paired(**arrays: ArrayLike) -> None:
+    """Checks of paired sample matrices, with errors naming the argument: each as a score
+    estimator's ``samples`` (``[M, d]`` float, ``M >= 2``, ``d >= 1``, finite where concrete),
+    all with the same ``M``."""
+    for name, a in arrays.items():
+        score_lib._check_samples(a, name)
+    sizes = {name: jnp.shape(a)[0] for name, a in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        names = " and ".join(f"`{n}`" for n in sizes)
+        raise ValueError(
+            f"{names} must hold the same num_samples (paired samples), got shapes "
+            f"{', '.join(str(jnp.shape(a)) for a in arrays.values())}."
+        )
+
+
 def entropy_surrogate(z: ArrayLike, score_fn: ScoreFn | str | None = None) -> Array:
     """A scalar whose gradient (w.r.t. whatever ``z`` depends on) estimates ``grad H(Z)``.
 
@@ -71,9 +87,8 @@ def entropy_surrogate(z: ArrayLike, score_fn: ScoreFn | str | None = None) -> Ar
     Returns:
       ``[]``: ``-mean_m sg[s(z_m)] . z_m``.
     """
+    _check_paired(z=z)
     z = jnp.asarray(z)
-    if z.ndim != 2:
-        raise ValueError(f"`z` must have shape [num_samples, dim], got shape {z.shape}.")
     scores = jax.lax.stop_gradient(_resolve(score_fn)(jax.lax.stop_gradient(z)))
     return -jnp.mean(jnp.sum(scores * z, axis=-1))
 
@@ -89,12 +104,8 @@ def mi_surrogate(x: ArrayLike, y: ArrayLike, score_fn: ScoreFn | str | None = No
     Returns:
       ``[]`` surrogate.
     """
+    _check_paired(x=x, y=y)
     x, y = jnp.asarray(x), jnp.asarray(y)
-    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"`x` and `y` must be [num_samples, dim] with the same num_samples, got {x.shape} "
-            f"and {y.shape}."
-        )
     fn = _resolve(score_fn)
     joint = jnp.concatenate([x, y], axis=-1)
     return entropy_surrogate(x, fn) + entropy_surrogate(y, fn) - entropy_surrogate(joint, fn)
@@ -107,7 +118,16 @@ def infomax_surrogate(x: ArrayLike, z: ArrayLike, score_fn: ScoreFn | str | None
     only through the joint score. (For a deterministic injective encoder of continuous ``x``,
     ``I(X; Z)`` is infinite; as in the paper, the estimate is the gradient of the smoothed
     finite-sample quantity and is useful as a training signal.)
+
+    Args:
+      x: ``[M, dx]`` data (float; treated as a constant).
+      z: ``[M, dz]`` its codes ``E_theta(x)``.
+      score_fn: as in `entropy_surrogate`, used for ``Z`` and ``(X, Z)``.
+
+    Returns:
+      ``[]`` surrogate.
     """
+    _check_paired(x=x, z=z)
     x, z = jax.lax.stop_gradient(jnp.asarray(x)), jnp.asarray(z)
     fn = _resolve(score_fn)
     joint = jnp.concatenate([x, z], axis=-1)
@@ -128,6 +148,8 @@ def encoder_mi_surrogate(
       conditional_score: ``[M, d]`` ``grad_z log q(z_m | x_m)`` (treated as a constant).
       score_fn: estimator of the marginal score, as in `entropy_surrogate`.
     """
+    _check_paired(z=z)
+    _checks.check_float(conditional_score, "conditional_score")
     z = jnp.asarray(z)
     conditional_score = jnp.asarray(conditional_score)
     if conditional_score.shape != z.shape:

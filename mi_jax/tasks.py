@@ -58,6 +58,7 @@ def correlated_gaussian(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tu
     Returns:
       ``x`` ``[batch, dim]``, ``y`` ``[batch, dim]``.
     """
+    _check_sizes(batch=batch, dim=dim)
     _check_mi(mi, 0.0)
     return _gaussian_pair(key, mi, batch, dim)
 
@@ -68,6 +69,21 @@ def _gaussian_pair(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tuple[A
     x = jax.random.normal(kx, (batch, dim))
     eps = jax.random.normal(ke, (batch, dim))
     return x, rho_from_mi(mi, dim) * x + noise_from_mi(mi, dim) * eps
+
+
+def _check_sizes(**sizes: int) -> None:
+    """Each keyword argument (a size or a count, so concrete even under `jax.jit`) is a positive
+    integer; the error names it."""
+    for name, value in sizes.items():
+        if not (_checks.is_int(value) and value >= 1):
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+def _check_df(df: float) -> None:
+    """Student-t degrees of freedom: positive and finite (concrete: the MI correction is
+    computed on the host)."""
+    if not (np.isfinite(df) and df > 0):
+        raise ValueError(f"`df` must be positive and finite (inf: the gaussian task), got {df}.")
 
 
 def _check_mi(mi: ArrayLike, min_mi: float) -> None:
@@ -126,6 +142,8 @@ def student_t(key: PRNGKey, mi: ArrayLike, batch: int, dim: int, df: float) -> t
     Returns:
       ``x`` ``[batch, dim]``, ``y`` ``[batch, dim]``.
     """
+    _check_sizes(batch=batch, dim=dim)
+    _check_df(df)
     correction = student_t_mi_correction(df, dim, dim)
     _check_mi(mi, correction)
     kz, kw = jax.random.split(key)
@@ -179,8 +197,7 @@ def _spiral_task(dim: int, speed: float = 0.5) -> Task:
 
 
 def _student_t_task(dim: int, df: float = 5.0) -> Task:
-    if not (np.isfinite(df) and df > 0):
-        raise ValueError(f"`df` must be positive and finite (inf: the gaussian task), got {df}.")
+    _check_df(df)
     min_mi = student_t_mi_correction(df, dim, dim)
     return Task("student_t", dim, lambda key, mi, batch: student_t(key, mi, batch, dim, df), min_mi)
 
@@ -201,8 +218,7 @@ def get_task(name: str, *, dim: int, **hparams) -> Task:
     """Builds the task ``name`` of width ``dim``, e.g. ``get_task("student_t", dim=5, df=3.0)``."""
     if name not in _TASKS:
         raise _checks.unknown_name_error("task", name, _TASKS)
-    if not (_checks.is_int(dim) and dim >= 1):
-        raise ValueError(f"`dim` must be a positive integer, got {dim!r}.")
+    _check_sizes(dim=dim)
     try:
         return _TASKS[name](int(dim), **hparams)
     except TypeError as e:
@@ -212,8 +228,21 @@ def get_task(name: str, *, dim: int, **hparams) -> Task:
 def staircase_mi(
     step: ArrayLike, *, levels: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0), steps_per_level: int
 ) -> Array:
-    """The true MI at ``step`` of the staircase schedule (Poole et al. 2019, Fig. 2)."""
-    if not (_checks.is_int(steps_per_level) and steps_per_level >= 1):
-        raise ValueError(f"`steps_per_level` must be a positive integer, got {steps_per_level!r}.")
-    index = jnp.minimum(jnp.asarray(step) // steps_per_level, len(levels) - 1)
+    """The true MI at ``step`` of the staircase schedule (Poole et al. 2019, Fig. 2).
+
+    Args:
+      step: the training step, ``>= 0``, a scalar or an array of any shape (traced under
+        `jax.jit`, where a negative step is clamped to the first level; concrete, it is an
+        error).
+      levels: the MI of each level, in nats; the last one holds after the staircase ends.
+      steps_per_level: steps spent at each level.
+
+    Returns:
+      float32 MI of ``step``'s shape.
+    """
+    _check_sizes(steps_per_level=steps_per_level)
+    if not isinstance(step, jax.core.Tracer) and np.any(np.asarray(step) < 0):
+        raise ValueError(f"`step` must be >= 0, got {step!r}.")
+    # (Without the lower clamp a negative index would wrap around to the last levels.)
+    index = jnp.clip(jnp.asarray(step) // steps_per_level, 0, len(levels) - 1)
     return jnp.asarray(levels, jnp.float32)[index]

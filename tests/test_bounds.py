@@ -569,8 +569,10 @@ _PATTERNS = {
         np.float32
     ),
 }
-# Where the leave-one-out bug above makes the gradient NaN: the diagonal dominates every column,
-# so each marginal normalizer (which leaves the diagonal out) is computed as -inf.
+# Where a leave-one-out normalizer computed by cancellation, log(S - e^s), would make the
+# gradient NaN: the diagonal dominates every column, so each marginal normalizer (which leaves
+# the diagonal out) would come out -inf. `_log_loo_mean_exp` computes that case directly; it
+# has its own test below.
 _NAN_GRAD = {"interpolated_1": ("diag_pos_off_neg",)}
 _GRAD_FNS = {
     "dv": lambda s: bounds.dv(s),
@@ -590,30 +592,64 @@ _GRAD_FNS = {
 }
 
 
-@pytest.fixture(scope="module")
-def huge_score_grads():
-    """{bound: {pattern: finite?}}, from one program vmapped over the patterns."""
-    grads = jax.jit(jax.vmap(lambda s: {n: jax.grad(f)(s) for n, f in _GRAD_FNS.items()}))(
-        np.stack(list(_PATTERNS.values()))
+def _finite(a) -> bool:
+    return bool(np.all(np.isfinite(np.asarray(a, np.float32))))
+
+
+def _huge_score_results(dtype):
+    """{bound: {pattern: (value finite?, gradient finite?)}} for scores of ``dtype``, from one
+    program vmapped over the patterns."""
+    fns = {n: jax.value_and_grad(f) for n, f in _GRAD_FNS.items()}
+    out = jax.jit(jax.vmap(lambda s: {n: f(s) for n, f in fns.items()}))(
+        np.stack(list(_PATTERNS.values())).astype(dtype)
     )
     return {
-        n: {p: bool(np.all(np.isfinite(np.asarray(g[k])))) for k, p in enumerate(_PATTERNS)}
-        for n, g in grads.items()
+        n: {p: (_finite(v[k]), _finite(g[k])) for k, p in enumerate(_PATTERNS)}
+        for n, (v, g) in out.items()
     }
+
+
+@pytest.fixture(scope="module")
+def huge_score_grads():
+    return _huge_score_results(np.float32)
 
 
 @pytest.mark.parametrize("fname", list(_GRAD_FNS))
 def test_gradients_finite_for_huge_scores(fname, huge_score_grads):
-    finite = {
-        p: ok for p, ok in huge_score_grads[fname].items() if p not in _NAN_GRAD.get(fname, ())
-    }
+    """Scores of +-1e4: the values too (the soft exponential's continuation above 80 grows only
+    logarithmically; a linear one overflowed float32 from ~6e3 on)."""
+    results = huge_score_grads[fname]
+    assert all(value for value, _ in results.values()), results
+    finite = {p: grad for p, (_, grad) in results.items() if p not in _NAN_GRAD.get(fname, ())}
     assert len(finite) >= 4 and all(finite.values()), finite
 
 
 @pytest.mark.parametrize("fname", list(_NAN_GRAD))
 def test_interpolated_gradients_finite_when_one_entry_dominates(fname, huge_score_grads):
-    finite = {p: huge_score_grads[fname][p] for p in _NAN_GRAD[fname]}
+    finite = {p: huge_score_grads[fname][p][1] for p in _NAN_GRAD[fname]}
     assert all(finite.values()), finite
+
+
+def test_half_precision_scores_are_computed_in_float32():
+    """Every bound returns float32 for float16 or bfloat16 scores. At +-1e4, their values stay
+    finite (in float16, e^80 and sums of 1e4's overflow); bfloat16 has float32's range, so its
+    gradients do too. float16's gradients cannot (e^f passes 65504 from f ~ 11 on)."""
+    for dtype in (jnp.float16, jnp.bfloat16):
+        spec = jax.ShapeDtypeStruct((_B, _B), dtype)
+        for name, fn in _GRAD_FNS.items():
+            assert jax.eval_shape(fn, spec).dtype == jnp.float32, (dtype, name)
+    # The bounds with the soft exponential, and those whose float16 sums overflowed.
+    names = ("nwj", "js", "interpolated_0.5", "flo_u0")
+
+    @jax.jit
+    def values_and_grads(half, bf16):
+        values = {n: jax.vmap(_GRAD_FNS[n])(half) for n in names}
+        return values, {n: jax.vmap(jax.grad(_GRAD_FNS[n]))(bf16) for n in names}
+
+    pats = np.stack(list(_PATTERNS.values()))
+    values, grads = values_and_grads(pats.astype(jnp.float16), pats.astype(jnp.bfloat16))
+    assert all(_finite(v) for v in values.values()), values
+    assert all(_finite(g) for g in grads.values())
 
 
 def _interpolated_huge_value_cases():
@@ -649,6 +685,8 @@ def test_gradients_finite_for_huge_extra_inputs(argname):
     )
     gs, ge = grad(pats, extra)  # [patterns, extras, ...]
     assert np.all(np.isfinite(np.asarray(gs))) and np.all(np.isfinite(np.asarray(ge)))
+    values = jax.jit(jax.vmap(jax.vmap(fn, in_axes=(None, 0)), in_axes=(0, None)))(pats, extra)
+    assert values.shape == (len(_PATTERNS), 3) and np.all(np.isfinite(np.asarray(values)))
 
 
 def test_interpolated_finite_when_diagonal_dominates_moderately():

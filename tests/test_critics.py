@@ -402,6 +402,20 @@ def test_kernel_init_sets_every_kernels_variance(name):
         assert all(float(jnp.abs(b).max()) == 0.0 for b in biases)
 
 
+def test_bilinear_kernel_init_sets_w_variance():
+    """``W`` [64, 64]: its sample variance is within ~5 % (2 sigma of ~2.2 %)."""
+    x, y = jax.random.normal(jax.random.key(0), (2, 4, 64))
+    for init_name, variance in (("glorot_uniform", 2.0 / 128), ("lecun_normal", 1.0 / 64)):
+        critic = critics.get_critic("bilinear", kernel_init=init_name)
+        w = critic.init(jax.random.key(1), x, y)["params"]["W"]
+        assert abs(float(jnp.var(w)) / variance - 1.0) < 0.08, init_name
+    # The default is unchanged: Flax's LeCun normal.
+    default = critics.get_critic("bilinear").init(jax.random.key(1), x, y)["params"]["W"]
+    np.testing.assert_array_equal(default, w)
+    with pytest.raises(KeyError, match="kernel_init.*glorot_uniform"):
+        critics.get_critic("bilinear", kernel_init="glorot_unifrom").init(jax.random.key(0), x, y)
+
+
 def test_ensemble_extra_networks_take_the_critics_kernel_init():
     from mi_jax import training
 

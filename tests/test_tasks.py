@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import digamma, gammaln
+from scipy import integrate
+from scipy.special import gammaln
 
 from mi_jax import tasks
 
@@ -198,23 +199,6 @@ def test_student_t_closed_form_mi_by_monte_carlo(df, dim, mi):
     assert float(tasks.student_t_mi_correction(df, dim, dim)) > 20 * se
 
 
-def _correction_f64(df, dx, dy):
-    def offset(d):
-        h, ht = df / 2, (df + d) / 2
-        return gammaln(h) - gammaln(ht) + ht * (digamma(ht) - digamma(h))
-
-    return offset(dx) + offset(dy) - offset(dx + dy)
-
-
-def _correction_magnitude(df, dx, dy):
-    """Sum of absolute values of the float32 terms that cancel in the correction."""
-    total = 0.0
-    for d in (dx, dy, dx + dy):
-        h, ht = df / 2, (df + d) / 2
-        total += abs(gammaln(h)) + abs(gammaln(ht)) + ht * (abs(digamma(ht)) + abs(digamma(h)))
-    return total
-
-
 def test_student_t_samples_stay_finite_at_small_df():
     # df = 0.2: the chi^2 draw underflowed to 0 in float32 for ~1e-4 of the rows (infinite
     # samples); drawn as a log-gamma it does not (the tails themselves reach 1e28 here).
@@ -223,23 +207,32 @@ def test_student_t_samples_stay_finite_at_small_df():
     assert np.all(np.isfinite(np.asarray(x))) and np.all(np.isfinite(np.asarray(y)))
 
 
+def _t_entropy_offset_by_quadrature(dim, df):
+    """Entropy of a standard ``dim``-d Student-t minus ``dim/2 log(df pi)``, from its density
+    (`_logpdf_t`) with the expectation done numerically: for ``z`` Student-t,
+    ``b = (|z|^2/df) / (1 + |z|^2/df) ~ Beta(dim/2, df/2)``, so
+    ``E[log1p(|z|^2/df)] = E[-log(1 - b)]``, a QUADPACK integral against the Beta weight
+    (``weight="alg-logb"``: ``t^(a-1) (1-t)^(b-1) log(1-t)``), not the digamma formula."""
+    a, b = dim / 2, df / 2
+    integral, _ = integrate.quad(lambda t: -1.0, 0.0, 1.0, weight="alg-logb", wvar=(a - 1, b - 1))
+    mean_log1p = integral / math.exp(gammaln(a) + gammaln(b) - gammaln(a + b))
+    return gammaln(b) - gammaln(a + b) + (a + b) * mean_log1p
+
+
 @pytest.mark.parametrize("dim", [1, 2, 5])
 def test_student_t_correction_positive_and_decreasing_for_moderate_df(dim):
     dfs = [0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0]
-    got = np.array(
-        [
-            float(jax.jit(tasks.student_t_mi_correction, static_argnums=(0, 1, 2))(df, dim, dim))
-            for df in dfs
-        ]
-    )
-    want = np.array([_correction_f64(df, dim, dim) for df in dfs])
-    # float32 evaluation of a difference of O(magnitude) terms: 8 eps32 * magnitude.
-    tol = np.array([8 * 1.2e-7 * _correction_magnitude(df, dim, dim) for df in dfs])
-    assert np.all(np.abs(got - want) <= tol), (got, want, tol)
+    got = np.array([tasks.student_t_mi_correction(df, dim, dim) for df in dfs])
+    offset = _t_entropy_offset_by_quadrature
+    want = np.array([2 * offset(dim, df) - offset(2 * dim, df) for df in dfs])
+    # Both in float64, with the same cancellation: the correction is a difference of terms up to
+    # 3e5 times larger (dim = 1, df = 30), resolved to ~6e-11 relative (eps64 = 2.2e-16); the
+    # quadrature adds ~1e-13. Measured agreement: 8e-12 at worst.
+    np.testing.assert_allclose(got, want, rtol=2e-10, atol=0.0)
     assert np.all(got > 0)
     assert np.all(np.diff(got) < 0)
-    # The reference itself tends to 0 (the Gaussian limit) like dim^2 / (2 df^2).
-    assert _correction_f64(1e4, dim, dim) < dim**2 / 1e8
+    if dim == 2:  # In closed form at df = 2: log 2 - 1/2.
+        np.testing.assert_allclose(got[dfs.index(2.0)], math.log(2.0) - 0.5, rtol=1e-14)
 
 
 def test_student_t_correction_tends_to_zero_for_large_df():
@@ -295,6 +288,33 @@ def test_sample_under_jit_with_traced_mi(name):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
     # MI is used: a larger MI ties y more closely to x (same noise, different rho).
     assert not np.allclose(y1, y2)
+
+
+def test_public_samplers_check_their_arguments():
+    key = jax.random.key(0)
+    cases = [
+        (lambda: tasks.correlated_gaussian(key, 1.0, 8, 0), "`dim`"),
+        (lambda: tasks.correlated_gaussian(key, 1.0, 8, -1), "`dim`"),
+        (lambda: tasks.correlated_gaussian(key, 1.0, 0, 2), "`batch`"),
+        (lambda: tasks.correlated_gaussian(key, 1.0, 8.0, 2), "`batch`"),
+        (lambda: tasks.student_t(key, 2.0, 8, 2, -1.0), "`df`"),
+        (lambda: tasks.student_t(key, 2.0, 8, 2, 0.0), "`df`"),
+        (lambda: tasks.student_t(key, 2.0, 8, 2, float("nan")), "`df`"),
+        (lambda: tasks.student_t(key, 2.0, 8, 0, 3.0), "`dim`"),
+        (lambda: tasks.student_t(key, 2.0, -8, 2, 3.0), "`batch`"),
+    ]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+def test_staircase_rejects_a_concrete_negative_step_and_clamps_a_traced_one():
+    """(A negative index used to wrap around: step -1 gave the last level.)"""
+    for step in (-1, np.array([0, 5, -3])):
+        with pytest.raises(ValueError, match="`step`"):
+            tasks.staircase_mi(step, steps_per_level=5)
+    traced = jax.jit(lambda s: tasks.staircase_mi(s, steps_per_level=5))
+    np.testing.assert_array_equal(traced(jnp.array([-1, -100, 0, 5])), [2, 2, 2, 4])
 
 
 def test_get_task_errors():
