@@ -102,10 +102,34 @@ def load_views(config) -> dict[str, np.ndarray]:
 
 
 def build(config, encoder: str, critic: str, bound: str) -> halves.HalvesModel:
-    enc = halves.get_half_encoder(encoder, **config.encoder_hparams[encoder].to_dict())
+    """The model of one combination; bad encoder hyperparameters raise here, naming
+    ``config.encoder_hparams.ENCODER``."""
+    try:
+        enc = halves.get_half_encoder(encoder, **config.encoder_hparams[encoder].to_dict())
+    except ValueError as e:
+        raise ValueError(f"`config.encoder_hparams.{encoder}`: {e}") from None
     hparams = config.critic_hparams[critic].to_dict() if critic in config.critic_hparams else {}
     ensemble = training.make_ensemble([bound], critic, hparams, aux_hidden=(128,))
     return halves.HalvesModel(encoder=enc, ensemble=ensemble)
+
+
+def check_encoders(config, models: dict, views) -> None:
+    """Traces each encoder's ``init`` on a batch of half-images (`jax.eval_shape`: no
+    compilation, no arithmetic), so one that cannot encode them (a RealNVP on 1-pixel halves,
+    ...) fails, naming ``config.encoder_hparams.ENCODER``, before any combination trains."""
+    batch = jax.ShapeDtypeStruct((config.batch_size, *views["train_top"].shape[1:]), jnp.float32)
+    seen = set()
+    for (name, *_), model in models.items():
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            jax.eval_shape(model.encoder.init, jax.random.key(0), batch)
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"`config.encoder_hparams.{name}`: the {name} encoder cannot encode the "
+                f"half-images of shape {batch.shape[1:]}: {e}"
+            ) from None
 
 
 def standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -435,6 +459,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     combos = list(itertools.product(config.encoders, config.critics, config.bounds))
     models = {c: build(config, *c) for c in combos}  # bad hyperparameters fail before training
     views = load_views(config)
+    check_encoders(config, models, views)
     if config.batch_size > len(views["test_top"]):  # the held-out MI needs a full test batch
         raise ValueError(
             f"`config.batch_size` ({config.batch_size}) exceeds the {len(views['test_top'])} "

@@ -20,8 +20,9 @@ Writes to the workdir: ``config.json``; ``metrics.jsonl`` (a training row per ch
 eval row per evaluation, per method and beta); ``results.json`` (the table, rewritten after
 every evaluation; a method finished on the same schedule is skipped on rerun);
 ``results.csv``; ``error_vs_beta.png`` and ``curves.png``; ``checkpoints/METHOD/`` (Orbax;
-an interrupted method resumes from its last evaluation). A NaN loss stops the run naming the
-method, beta and step; results and checkpoints already written stay.
+an interrupted method resumes from its last evaluation; fewer epochs than a checkpoint holds
+are refused). A NaN loss stops the run naming the method, beta and step; results and
+checkpoints already written stay.
 """
 
 import os
@@ -63,8 +64,9 @@ def build(config: ml_collections.ConfigDict, method: str, num_classes: int) -> i
 
 
 # What a rerun in the same workdir may change (`_common.check_same_run`): a method's checkpoint
-# resumes under a longer (or shorter) schedule, other evaluation cadences or another data path,
-# and the methods run are each kept apart (their own checkpoints and results entries).
+# resumes under a longer schedule (a shorter one is refused, `check_checkpoints_within`), other
+# evaluation cadences or another data path, and the methods run are each kept apart (their own
+# checkpoints and results entries).
 RESUMABLE = ("num_epochs", "eval_every_epochs", "eval_batch_size", "data_dir", "methods")
 
 
@@ -112,7 +114,10 @@ def make_eval_fn(
     model: ib.IBModel, num_samples: int, eval_batch: int, seed_axis: bool = False, mesh=None
 ):
     """``evaluate(params [nb, ...], images [M, ...], labels [M], key) -> metrics [nb]``:
-    test error at the posterior mean and with ``num_samples`` codes, mean KL, test CE.
+    test error at the posterior mean and with ``num_samples`` codes, mean KL, and two test
+    cross-entropies: ``ce_sampled`` of the prediction averaged over the codes (the test log
+    loss) and ``ce_single``, ``-log q(y | z)`` averaged over the codes (what ``H(Y) - CE``
+    needs to bound ``I(Z; Y)``; `label_entropy`).
     ``seed_axis``: params ``[K, nb, ...]``, keys ``[K]``, metrics ``[K, nb]``. With a
     ``mesh`` each chunk of ``eval_batch`` images is split over its devices (a remainder that
     does not split evenly runs replicated)."""
@@ -134,7 +139,7 @@ def make_eval_fn(
         if m < images.shape[0]:
             rest = chunk((images[m:], m // eval_batch))
             parts = [jnp.concatenate([a, b]) for a, b in zip(parts, rest, strict=True)]
-        probs_mean, probs_sampled, kl = parts
+        probs_mean, probs_sampled, kl, log_probs_sampled = parts
         return {
             "error_mean": jnp.mean(jnp.argmax(probs_mean, -1) != labels),
             "error_sampled": jnp.mean(jnp.argmax(probs_sampled, -1) != labels),
@@ -142,6 +147,7 @@ def make_eval_fn(
             "ce_sampled": -jnp.mean(
                 jnp.log(jnp.take_along_axis(probs_sampled, labels[:, None], 1) + 1e-12)
             ),
+            "ce_single": -jnp.mean(jnp.take_along_axis(log_probs_sampled, labels[:, None], 1)),
         }
 
     every_beta = jax.vmap(one, in_axes=(0, None, None, None))
@@ -156,8 +162,42 @@ def _checkpoint_manager(workdir: str, method: str) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(path, options=options)
 
 
+def latest_checkpoint_step(workdir: str, method: str) -> int:
+    """The step of ``method``'s checkpoint in ``workdir`` (0: none); creates nothing."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints", method)):
+        return 0
+    manager = _checkpoint_manager(workdir, method)
+    try:
+        return manager.latest_step() or 0
+    finally:
+        manager.close()
+
+
+def check_checkpoints_within(workdir: str, methods, num_steps: int, steps_per_epoch: int) -> None:
+    """Refuses a schedule shorter than a method's checkpoint in ``workdir``.
+
+    Its evaluations past ``num_steps`` would be cut from results.json while the checkpoint
+    stays, so a later rerun on the longer schedule would resume at its end, train nothing and
+    report an earlier evaluation as the final one. A `ValueError` names the method, before
+    anything is written (as `experiments.infomax_vae` and `experiments.infomax` refuse it).
+    """
+    for method in methods:
+        start = latest_checkpoint_step(workdir, method)
+        if start > num_steps:
+            epochs = -(-start // steps_per_epoch)
+            raise ValueError(
+                f"{method}: the checkpoint in {os.path.join(workdir, 'checkpoints', method)} is "
+                f"at step {start}, past this config's {num_steps} steps (`config.num_epochs`): "
+                f"the workdir holds a longer run. Train as long (num_epochs >= {epochs}) or use "
+                "a fresh --workdir."
+            )
+
+
 def label_entropy(labels: np.ndarray, num_classes: int) -> float:
-    """``H(Y)`` of the empirical label distribution (nats): ``I(Z; Y) >= H(Y) - CE``."""
+    """``H(Y)`` of the empirical label distribution (nats): ``I(Z; Y) >= H(Y) - CE`` for the
+    single-code cross-entropy ``CE = E_{x, y} E_{z ~ q(z|x)} [-log q(y | z)]`` (the eval rows'
+    ``ce_single``; ``ce_sampled``, the cross-entropy of the prediction averaged over several
+    codes, bounds the information in all of them together instead)."""
     p = np.bincount(labels, minlength=num_classes) / len(labels)
     p = p[p > 0]
     return float(-np.sum(p * np.log(p)))
@@ -242,13 +282,20 @@ def run_method(
     history = []
     if start:
         state = _common.restore_checkpoint(manager, start, state)
-        # The evaluations up to the checkpoint (and this schedule's end, if it is shorter).
-        history = [r for r in on_eval.previous(method) if r["step"] <= min(start, num_steps)]
-        if start >= num_steps and not history:
+        # The evaluations up to the checkpoint (which `check_checkpoints_within` keeps within
+        # this schedule).
+        history = [r for r in on_eval.previous(method) if r["step"] <= start]
+        if start > num_steps:  # refused earlier (`check_checkpoints_within`); kept as a guard
             raise ValueError(
                 f"{method}: the checkpoint in {manager.directory} is at step {start}, past this "
-                f"schedule's {num_steps} steps, and results.json holds no evaluation of it up "
-                "to there; use a fresh --workdir."
+                f"config's {num_steps} steps (`config.num_epochs`); train as long or use a "
+                "fresh --workdir."
+            )
+        if start == num_steps and not history:
+            raise ValueError(
+                f"{method}: the checkpoint in {manager.directory} is at this schedule's end "
+                f"(step {start}) and results.json holds no evaluation of it; use a fresh "
+                "--workdir."
             )
         print(f"{method}: resumed from the checkpoint at step {start}.")
     progress.update(start)
@@ -331,7 +378,8 @@ def summary(results: dict) -> str:
                     f"test_err_{samples}": 100 * r["error_sampled"],
                     "last_test_err": 100 * last["error_mean"],
                     "KL": r["kl"],
-                    "I(Z;Y)>=": results["label_entropy"] - r["ce_sampled"],
+                    # H(Y) - single-code CE (results written before `ce_single`: nan, no bound).
+                    "I(Z;Y)>=": results["label_entropy"] - r.get("ce_single", np.nan),
                     "train_err": 100 * (1 - r["train_accuracy"]),
                 }
             )
@@ -424,6 +472,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
             f"{dataset.train_images.shape[0]} training images."
         )
     _common.check_same_run(workdir, config, RESUMABLE)
+    steps_per_epoch = dataset.train_images.shape[0] // config.batch_size
+    num_steps = config.num_epochs * steps_per_epoch
+    check_checkpoints_within(workdir, config.methods, num_steps, steps_per_epoch)
     os.makedirs(workdir, exist_ok=True)
     results_path = os.path.join(workdir, "results.json")
     config_dict = _common.to_builtin(config.to_dict())
@@ -451,9 +502,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         _common.write_json(results_path, results)
 
     on_eval.previous = lambda m: list(previous.get(m, {}).get("history", []))
-
-    steps_per_epoch = dataset.train_images.shape[0] // config.batch_size
-    num_steps = config.num_epochs * steps_per_epoch
 
     def finished(entry):  # complete, and on this schedule
         return entry.get("complete") and entry.get("steps") == num_steps

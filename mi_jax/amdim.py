@@ -44,6 +44,7 @@ Reference:
 """
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -57,7 +58,7 @@ from mi_jax import bounds as bounds_lib
 from mi_jax import data as data_lib
 from mi_jax.critics import get_activation, soft_clip
 from mi_jax.dim import EmbedMLP, bound_input_heads, init_local_states, local_bound_values
-from mi_jax.encoders import _check_images
+from mi_jax.encoders import _check_images, check_widths
 from mi_jax.types import Array, PRNGKey, PyTree
 
 PREDICTIONS = ("1-5", "1-7", "5-5")
@@ -104,12 +105,16 @@ class MultiScaleEncoder(nn.Module):
     widths: Sequence[int] = (128, 128, 256)
     activation: str = "relu"
 
+    def __post_init__(self):
+        if len(self.widths) != 3:
+            raise ValueError(f"`widths` must be (C7, C5, D), got {tuple(self.widths)}.")
+        check_widths("MultiScaleEncoder", stem_width=self.stem_width, widths=self.widths)
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, images: Array) -> MultiScaleOutput:
         """``images`` ``[B, H, W, C]`` float, ``H, W >= 7`` -> `MultiScaleOutput`."""
         _check_images(images, "MultiScaleEncoder", 7, "a 7x7 first map")
-        if len(self.widths) != 3:
-            raise ValueError(f"`widths` must be (C7, C5, D), got {tuple(self.widths)}.")
         act = get_activation(self.activation)
         c7, c5, d = self.widths
 
@@ -376,9 +381,13 @@ class AMDIMObjective:
                 f"`predictions` must be a non-empty subset of {PREDICTIONS} without repeats, got "
                 f"{tuple(self.predictions)}."
             )
-        if self.penalty < 0:
-            raise ValueError(f"`penalty` must be >= 0, got {self.penalty}.")
-        if self.clip is not None and self.clip <= 0:
+        if not (self.penalty >= 0 and math.isfinite(self.penalty)):  # NaN fails `>= 0` too
+            raise ValueError(f"`penalty` must be finite and >= 0, got {self.penalty}.")
+        for name in ("critic_hidden", "embed_dim"):
+            value = getattr(self, name)
+            if not _checks.is_int(value) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        if self.clip is not None and not self.clip > 0:  # NaN too
             raise ValueError(f"`clip` must be > 0 (or None: off), got {self.clip}.")
         check_view_params(dict(self.views))
         _ = self.bound  # unknown names fail here

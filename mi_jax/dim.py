@@ -28,6 +28,7 @@ References:
   Learning", ICLR 2020 (MIGE for DIM).
 """
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -296,12 +297,15 @@ class DIMObjective:
         if self.prior not in PRIORS:
             raise ValueError(f"`prior` must be one of {PRIORS}, got {self.prior!r}.")
         for name in ("alpha", "beta", "gamma"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):  # NaN fails `>= 0` too
+                raise ValueError(f"`{name}` must be finite and >= 0, got {value}.")
         if self.alpha == 0 and self.beta == 0:
             raise ValueError("`alpha` and `beta` are both 0: there is no MI term to maximize.")
-        if self.mige_locations < 1:
-            raise ValueError(f"`mige_locations` must be >= 1, got {self.mige_locations}.")
+        for name in ("critic_hidden", "embed_dim", "mige_locations"):
+            value = getattr(self, name)
+            if not _checks.is_int(value) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
         # Unknown estimator names and bad hyperparameters fail here, at once.
         _ = self.bound, self.score_fn
 

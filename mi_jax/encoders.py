@@ -86,6 +86,17 @@ def _tuple(x: int | Sequence[int]) -> tuple[int, ...]:
     return tuple(x) if isinstance(x, Sequence) else (x,)
 
 
+def check_widths(module: str, **widths: int | Sequence[int]) -> None:
+    """Raises a ValueError naming the first field of ``module`` that is not a positive integer
+    (or a sequence of them): a width of 0 would otherwise surface as a ``ZeroDivisionError`` in
+    a weight initializer, naming nothing. Call from a module's ``__post_init__``."""
+    for name, value in widths.items():
+        values = _tuple(value)
+        if not all(_checks.is_int(v) and v >= 1 for v in values):
+            what = "hold integers" if isinstance(value, Sequence) else "be an integer"
+            raise ValueError(f"{module}: `{name}` must {what} >= 1, got {value!r}.")
+
+
 class MLPEncoder(nn.Module):
     """An MLP on the flattened image: ``Dense -> act`` per hidden width, then ``Dense(latent_dim)``.
 
@@ -108,12 +119,16 @@ class MLPEncoder(nn.Module):
     compute_dtype: str | None = None
     kernel_init: str = "lecun_normal"
 
+    def __post_init__(self):
+        if not self.hidden:
+            raise ValueError("MLPEncoder needs at least one hidden layer (`hidden`).")
+        check_widths("MLPEncoder", hidden=self.hidden, latent_dim=self.latent_dim)
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, images: Array) -> EncoderOutput:
         """``images`` ``[batch, H, W, C]`` -> `EncoderOutput` (``local`` ``[batch, 1, 1, F]``)."""
         _check_images(images, "MLPEncoder")
-        if not self.hidden:
-            raise ValueError("MLPEncoder needs at least one hidden layer (`hidden`).")
         check_compute_dtype(self.compute_dtype)
         act = get_activation(self.activation)
         h = images.reshape(images.shape[0], -1)  # [batch, H * W * C]
@@ -151,12 +166,21 @@ class ConvEncoder(nn.Module):
     compute_dtype: str | None = None
     kernel_init: str = "lecun_normal"
 
+    def __post_init__(self):
+        if not self.channels:
+            raise ValueError("ConvEncoder needs at least one conv layer (`channels`).")
+        check_widths(
+            "ConvEncoder",
+            channels=self.channels,
+            fc_width=self.fc_width,
+            latent_dim=self.latent_dim,
+        )
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, images: Array) -> EncoderOutput:
         """``images`` ``[batch, H, W, C]`` -> `EncoderOutput` (``local`` ``[batch, H/4, W/4, 128]``
         with the defaults)."""
-        if not self.channels:
-            raise ValueError("ConvEncoder needs at least one conv layer (`channels`).")
         n = len(self.channels)
         _check_images(images, "ConvEncoder", 2**n, f"{n} stride-2 convs")
         check_compute_dtype(self.compute_dtype)
@@ -250,6 +274,17 @@ class ResNetEncoder(nn.Module):
     norm_groups: int = 8
     compute_dtype: str | None = None
     kernel_init: str = "lecun_normal"
+
+    def __post_init__(self):
+        check_widths(
+            "ResNetEncoder",
+            widths=self.widths,
+            strides=self.strides,
+            stem_width=self.stem_width,
+            latent_dim=self.latent_dim,
+            norm_groups=self.norm_groups,
+        )
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, images: Array) -> EncoderOutput:

@@ -32,6 +32,7 @@ from flax import struct
 
 from mi_jax import _checks, training
 from mi_jax.critics import MLP, get_activation
+from mi_jax.encoders import check_widths
 from mi_jax.types import Array, ArrayLike, PRNGKey, PyTree
 
 
@@ -105,6 +106,16 @@ class AdditiveCoupling(nn.Module):
         return z.at[:, self.upd].add(-self.shift(z[:, self.cond]))
 
 
+def check_realnvp_input(shape: Sequence[int]) -> None:
+    """Raises unless a batch of shape ``[B, ...]`` flattens to ``D >= 2`` values per example:
+    a coupling updates half of them from the other half, and with ``D = 1`` one half is empty."""
+    if len(shape) < 2 or int(np.prod(shape[1:])) < 2:
+        raise ValueError(
+            f"RealNVPEncoder needs at least 2 values per example (a coupling updates one half "
+            f"from the other), got inputs of shape {tuple(shape)}."
+        )
+
+
 class RealNVPEncoder(nn.Module):
     """A stack of `AdditiveCoupling` layers on the flattened half-image: a bijection of
     ``R^D``, ``D = h W C``, with unit Jacobian determinant (the RealNVP of Dinh et al. 2017
@@ -118,12 +129,15 @@ class RealNVPEncoder(nn.Module):
     num_layers: int = 6
     hidden: Sequence[int] = (256,)
 
+    def __post_init__(self):
+        check_widths("RealNVPEncoder", num_layers=self.num_layers, hidden=self.hidden)
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, images: Array, inverse: bool = False) -> Array:
         """``images`` ``[B, h, W, C]`` (or ``[B, D]``) -> ``[B, D]``; with ``inverse=True``,
         ``z`` ``[B, D]`` -> the flattened input it encodes (the layers undone in reverse)."""
-        if self.num_layers < 1:
-            raise ValueError(f"`num_layers` must be >= 1, got {self.num_layers}.")
+        check_realnvp_input(jnp.shape(images))
         z = _flat(images)
         layers = [  # pairs of layers share a random split, roles swapped
             AdditiveCoupling(
@@ -157,6 +171,15 @@ class HalfConvEncoder(nn.Module):
     out_dim: int = 100
     activation: str = "relu"
 
+    def __post_init__(self):
+        if len(self.channels) != 2:
+            raise ValueError(
+                f"HalfConvEncoder: `channels` must be (c1, c2), two widths, got "
+                f"{tuple(self.channels)}."
+            )
+        check_widths("HalfConvEncoder", channels=self.channels, out_dim=self.out_dim)
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, images: Array) -> Array:
         """``images`` ``[B, h, W, C]`` -> ``[B, out_dim]``."""
@@ -177,6 +200,10 @@ class HalfMLPEncoder(nn.Module):
     hidden: Sequence[int] = (300, 300)
     out_dim: int = 100
     activation: str = "relu"
+
+    def __post_init__(self):
+        check_widths("HalfMLPEncoder", hidden=self.hidden, out_dim=self.out_dim)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, images: Array) -> Array:

@@ -33,8 +33,10 @@ References:
   Learning", ICLR 2020.
 """
 
+import math
+import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -60,6 +62,16 @@ def gaussian_kl(mu: Array, sigma: Array) -> Array:
     if jnp.shape(mu) != jnp.shape(sigma):
         raise ValueError(f"`mu` {jnp.shape(mu)} and `sigma` {jnp.shape(sigma)} differ in shape.")
     return 0.5 * jnp.sum(jnp.square(mu) + jnp.square(sigma) - 1.0 - 2.0 * jnp.log(sigma), -1)
+
+
+def check_weight_if_concrete(value, name: str) -> None:
+    """Raises if ``value`` is a Python or NumPy number that is negative or not finite.
+
+    Arrays (traced under `jax.jit`, or on a device) pass unchecked: reading them would cost a
+    host sync in the training step. Sweeps check their weights once, in the config.
+    """
+    if isinstance(value, numbers.Real) and not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"`{name}` must be finite and >= 0, got {value}.")
 
 
 def mige_penalty(z: Array, sigma: Array, score_fn: mige_lib.ScoreFn) -> Array:
@@ -115,6 +127,26 @@ class GaussianEncoder(nn.Module):
         return mu, jax.nn.softplus(raw - self.std_offset)
 
 
+class Prediction(NamedTuple):
+    """What `IBModel.predict` returns for a batch of ``B`` images and ``C`` classes.
+
+    Attributes:
+      probs_at_mean: ``[B, C]`` the softmax at the posterior mean ``z = mu(x)``.
+      probs_sampled: ``[B, C]`` the softmax averaged over the sampled codes (the predictive
+        distribution; ``H(Y)`` minus its cross-entropy bounds what all the codes together hold
+        about ``Y``, not ``I(Z; Y)`` of one code).
+      kl: ``[B]`` ``KL(q(z|x) || N(0, I))`` (NaN for the deterministic baseline).
+      log_probs_sampled: ``[B, C]`` the log-softmax averaged over the sampled codes: minus its
+        entry at the label is the single-code cross-entropy ``E_z [-log q(y | z)]``, which gives
+        the lower bound ``I(Z; Y) >= H(Y) - CE``.
+    """
+
+    probs_at_mean: Array
+    probs_sampled: Array
+    kl: Array
+    log_probs_sampled: Array
+
+
 @struct.dataclass
 class IBModel:
     """Encoder, decoder and ``I(X; Z)`` penalty of one method; pure ``init``/``loss``/``predict``.
@@ -156,13 +188,11 @@ class IBModel:
     def __post_init__(self):
         if self.method not in METHODS:
             raise _checks.unknown_name_error("IB method", self.method, METHODS)
-        if self.latent_dim < 1:
-            raise ValueError(f"`latent_dim` must be >= 1, got {self.latent_dim}.")
-        if self.num_classes < 2:
-            raise ValueError(f"`num_classes` must be >= 2, got {self.num_classes}.")
+        for name, least in (("latent_dim", 1), ("num_classes", 2), ("train_samples", 1)):
+            value = getattr(self, name)
+            if not _checks.is_int(value) or value < least:
+                raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}.")
         critics_lib.check_clip(self.critic_clip, "critic_clip")
-        if self.train_samples < 1:
-            raise ValueError(f"`train_samples` must be >= 1, got {self.train_samples}.")
         # Unknown names and hyperparameters fail here, before anything is traced.
         encoders_lib.get_encoder(self.trunk, latent_dim=2, **dict(self.trunk_hparams))
         critics_lib.get_initializer(self.kernel_init)
@@ -235,7 +265,11 @@ class IBModel:
         (mean cross-entropy of the sampled codes), ``kl`` (``E KL(q(z|x) || N(0, I))``, an
         upper bound on ``I(X; Z)``; NaN for the deterministic baseline), ``penalty`` (what ``beta``
         multiplies: the KL, the MINE bound's value, MIGE's surrogate) and ``accuracy``.
+
+        A negative or non-finite ``beta`` given as a Python number raises; an array (traced in
+        the training step) is not read (`check_weight_if_concrete`).
         """
+        check_weight_if_concrete(beta, "beta")
         z, mu, sigma = self.sample(params, images, rng, self.train_samples)
         logits = self.decoder.apply(params["decoder"], z)  # [S, B, C]
         ce = jnp.mean(
@@ -273,17 +307,24 @@ class IBModel:
         metrics = dict(loss=loss, ce=ce, kl=kl, penalty=penalty, accuracy=accuracy)
         return loss, (metrics, states)
 
-    def predict(self, params: PyTree, images: Array, rng: PRNGKey, num_samples: int):
-        """``(probs_at_mean [B, C], probs_sampled [B, C], kl [B])``.
+    def predict(self, params: PyTree, images: Array, rng: PRNGKey, num_samples: int) -> Prediction:
+        """A `Prediction`: ``(probs_at_mean [B, C], probs_sampled [B, C], kl [B],
+        log_probs_sampled [B, C])``.
 
-        ``probs_sampled`` averages the softmax over ``num_samples`` codes (Alemi et al. use 12).
+        ``probs_sampled`` averages the softmax (not the logits) over ``num_samples`` codes
+        (Alemi et al. use 12); ``log_probs_sampled`` averages the log-softmax over the same codes.
         """
         z, mu, sigma = self.sample(params, images, rng, num_samples)
-        decode = lambda v: jax.nn.softmax(self.decoder.apply(params["decoder"], v))  # noqa: E731
+        logits = self.decoder.apply(params["decoder"], z)  # [S, B, C]
         kl = gaussian_kl(mu, sigma)
         if self.method == "deterministic":
             kl = jnp.full_like(kl, jnp.nan)
-        return decode(mu), jnp.mean(decode(z), axis=0), kl
+        return Prediction(
+            probs_at_mean=jax.nn.softmax(self.decoder.apply(params["decoder"], mu)),
+            probs_sampled=jnp.mean(jax.nn.softmax(logits), axis=0),
+            kl=kl,
+            log_probs_sampled=jnp.mean(jax.nn.log_softmax(logits), axis=0),
+        )
 
 
 def check_betas(betas: Sequence[float], name: str = "betas") -> tuple[float, ...]:

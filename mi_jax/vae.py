@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from mi_jax import _checks, training
 from mi_jax import bounds as bounds_lib
 from mi_jax import critics as critics_lib
-from mi_jax import training
-from mi_jax.ib import GaussianEncoder, gaussian_kl
+from mi_jax.ib import GaussianEncoder, check_weight_if_concrete, gaussian_kl
 from mi_jax.types import Array, PRNGKey, PyTree
 
 
@@ -87,8 +87,13 @@ class InfoMaxVAE:
     critic_clip: float | None = struct.field(pytree_node=False, default=10.0)
 
     def __post_init__(self):
-        if self.latent_dim < 1:
-            raise ValueError(f"`latent_dim` must be >= 1, got {self.latent_dim}.")
+        if not _checks.is_int(self.latent_dim) or self.latent_dim < 1:
+            raise ValueError(f"`latent_dim` must be an integer >= 1, got {self.latent_dim!r}.")
+        for width in self.decoder_hidden:
+            if not _checks.is_int(width) or width < 1:
+                raise ValueError(
+                    f"`decoder_hidden` must hold integers >= 1, got {tuple(self.decoder_hidden)}."
+                )
         _ = self.ensemble  # unknown bound or critic names fail here
 
     @property
@@ -131,7 +136,12 @@ class InfoMaxVAE:
         ELBO), ``recon`` (``E log p(x | z)``), ``kl`` (the rate, an upper bound on
         ``I(X; Z)``), ``mi`` (the bound's estimate), ``infonce`` (InfoNCE on the same critic's
         scores, at most ``log B``), ``loss``.
+
+        A negative or non-finite ``beta`` or ``gamma`` given as a Python number raises; arrays
+        (traced in the training step) are not read (`mi_jax.ib.check_weight_if_concrete`).
         """
+        check_weight_if_concrete(beta, "beta")
+        check_weight_if_concrete(gamma, "gamma")
         mu, sigma = self.encoder.apply(params["encoder"], images)
         z = mu + sigma * jax.random.normal(rng, mu.shape, mu.dtype)
         recon = jnp.mean(bernoulli_log_likelihood(self.decoder.apply(params["decoder"], z), images))

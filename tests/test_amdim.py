@@ -191,12 +191,25 @@ def test_views_keep_shape_and_dtype_and_are_deterministic_given_the_key():
         ({"views": tuple(sorted(_views(crop_scale=(0.5, 2.0)).items()))}, "views.crop_scale"),
         ({"views": tuple(sorted(_views(grayscale=2.0).items()))}, "views.grayscale"),
         ({"views": tuple(sorted(_views(brightness=-1.0).items()))}, "views.brightness"),
+        ({"embed_dim": 0}, "`embed_dim` must be an integer >= 1"),
+        ({"critic_hidden": 0}, "`critic_hidden` must be an integer >= 1"),
+        ({"penalty": float("nan")}, "`penalty` must be finite"),
+        ({"clip": float("nan")}, "`clip`"),
     ],
 )
 def test_objective_rejects_bad_settings(kwargs, match):
     encoder = amdim.MultiScaleEncoder(stem_width=4, widths=(6, 5, 3))
     with pytest.raises((ValueError, KeyError), match=match):
         amdim.AMDIMObjective(encoder=encoder, **kwargs)
+
+
+def test_multiscale_encoder_rejects_zero_widths_when_built():
+    with pytest.raises(ValueError, match=r"MultiScaleEncoder: `stem_width` must be an integer"):
+        amdim.MultiScaleEncoder(stem_width=0)
+    with pytest.raises(ValueError, match=r"MultiScaleEncoder: `widths` must hold integers"):
+        amdim.MultiScaleEncoder(widths=(8, 0, 8))
+    with pytest.raises(ValueError, match=r"`widths` must be \(C7, C5, D\)"):
+        amdim.MultiScaleEncoder(widths=(8, 8))
 
 
 @pytest.mark.parametrize("estimator", ["infonce", "flo", "nwj", "mine"])
@@ -285,6 +298,8 @@ def test_experiment_runs_and_writes_everything(tmp_path, estimator):
         ({"estimator": "nope"}, "estimator"),
         ({"predictions": ("1-9",)}, "predictions"),
         ({"probe.representations": ("features",)}, "probe.representations"),
+        ({"embed_dim": 0}, "embed_dim"),
+        ({"encoder_hparams.stem_width": 0}, "stem_width"),
     ],
 )
 def test_experiment_bad_config_names_the_field(tmp_path, overrides, match):

@@ -185,6 +185,11 @@ def test_every_kind_of_estimator_gives_finite_encoder_gradients(estimator):
         (dict(prior="laplace"), ValueError, "prior"),
         (dict(global_source="pixels"), ValueError, "global_source"),
         (dict(score_clip=-1.0), ValueError, "`score_clip`"),
+        (dict(beta=float("nan")), ValueError, "`beta` must be finite"),
+        (dict(alpha=float("inf")), ValueError, "`alpha` must be finite"),
+        (dict(embed_dim=0), ValueError, "`embed_dim` must be an integer >= 1"),
+        (dict(critic_hidden=0), ValueError, "`critic_hidden` must be an integer >= 1"),
+        (dict(mige_locations=1.5), ValueError, "`mige_locations` must be an integer"),
     ],
 )
 def test_bad_objective_configuration_is_named(kwargs, error, match):

@@ -268,3 +268,20 @@ def test_bad_architectures_are_rejected():
         _init("mlp", _DIGITS, compute_dtype="float16")
     with pytest.raises(KeyError, match="activation"):
         _init("conv", _DIGITS, activation="rleu")
+
+
+@pytest.mark.parametrize(
+    ("name", "hparams", "match"),
+    [
+        ("mlp", {"latent_dim": 0}, r"MLPEncoder: `latent_dim` must be an integer >= 1, got 0"),
+        ("mlp", {"hidden": (8, 0)}, r"MLPEncoder: `hidden` must hold integers >= 1"),
+        ("conv", {"fc_width": 0}, r"ConvEncoder: `fc_width` must be an integer >= 1"),
+        ("conv", {"latent_dim": 2.5}, r"ConvEncoder: `latent_dim` must be an integer >= 1"),
+        ("resnet", {"stem_width": 0}, r"ResNetEncoder: `stem_width`"),
+        ("resnet", {"widths": (8, 0, 8)}, r"ResNetEncoder: `widths` must hold integers"),
+    ],
+)
+def test_zero_or_fractional_widths_are_named_when_the_encoder_is_built(name, hparams, match):
+    # Before: a ZeroDivisionError from the weight initializer at init, naming no field.
+    with pytest.raises(ValueError, match=match):
+        encoders.get_encoder(name, **hparams)

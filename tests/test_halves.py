@@ -206,3 +206,28 @@ def test_seeds_are_independent_and_reproducible(tmp_path):
 def test_bad_config_names_the_field(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         halves_experiment.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+
+
+def test_encoders_that_cannot_run_fail_before_any_combination_trains(tmp_path):
+    # Three conv widths: refused when the models are built (before: "too many values to
+    # unpack" once the mlp combinations had trained).
+    config = tiny_config(encoders=("mlp", "conv"), **{"encoder_hparams.conv.channels": (4, 8, 8)})
+    with pytest.raises(ValueError, match=r"encoder_hparams.conv`: .*`channels` must be \(c1, c2\)"):
+        halves_experiment.train_and_evaluate(config, str(tmp_path))
+    assert not os.listdir(tmp_path)
+    with pytest.raises(ValueError, match=r"HalfMLPEncoder: `out_dim` must be an integer >= 1"):
+        halves.get_half_encoder("mlp", out_dim=0)
+    # RealNVP on 1-pixel halves (before: a ZeroDivisionError at init): named by the encoder, and
+    # by the experiment's check on the views' shape (an abstract trace, no compilation).
+    with pytest.raises(ValueError, match="RealNVPEncoder needs at least 2 values per example"):
+        halves.RealNVPEncoder(num_layers=2, hidden=(4,)).init(
+            jax.random.key(0), jnp.zeros((3, 1, 1, 1))
+        )
+    config = tiny_config()
+    models = {
+        ("realnvp", "bilinear", "infonce"): halves_experiment.build(
+            config, "realnvp", "bilinear", "infonce"
+        )
+    }
+    with pytest.raises(ValueError, match=r"encoder_hparams.realnvp`: .*\(1, 1, 1\).*at least 2"):
+        halves_experiment.check_encoders(config, models, {"train_top": np.zeros((64, 1, 1, 1))})

@@ -189,6 +189,10 @@ def test_mige_penalty_gradient_matches_the_closed_form_for_a_linear_gaussian_enc
 def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="latent_dim"):
         _model("vib", latent_dim=0)
+    with pytest.raises(ValueError, match=r"`latent_dim` must be an integer >= 1, got 2.5"):
+        _model("vib", latent_dim=2.5)
+    with pytest.raises(ValueError, match=r"MLPEncoder: `hidden` must hold integers >= 1"):
+        _model("vib", trunk_hparams=(("hidden", (8, 0)),))
     with pytest.raises(KeyError, match="IB method"):
         _model("vibe")
     with pytest.raises(KeyError, match="unknown bound 'mien'"):
@@ -225,6 +229,8 @@ def test_ib_experiment_smoke_and_resume(tmp_path):
     assert len(finals) == 1 + 3 * 2
     for r in finals:
         assert 0.0 <= r["error_mean"] <= 1.0 and 0.0 <= r["error_sampled"] <= 1.0
+        # Jensen: the averaged prediction's CE is at most the codes' mean CE (what I(Z;Y) uses).
+        assert r["ce_single"] >= r["ce_sampled"] - 1e-5
     table = ib_experiment.summary(results)  # the quick preset holds out a validation split
     assert "lowest validation error" in table and "val_err" in table and "test_err_3" in table
     # A rerun keeps every finished method without training it again.
@@ -262,6 +268,112 @@ def test_ib_resumes_an_interrupted_method_from_its_checkpoint(tmp_path):
             _quick(ib_config, methods=("vib",), **{"betas.vib": (0.5,)}), workdir
         )
     assert {n: (tmp_path / n).read_bytes() for n in written} == written
+    # Fewer epochs than vib's checkpoint holds: refused before anything is written (before:
+    # results.json was cut to epoch 1 beside the epoch-2 checkpoint, and a later two-epoch run
+    # resumed at the end, trained nothing and reported epoch 1 as final and complete).
+    with pytest.raises(ValueError, match=r"vib: .* at step \d+, past .* longer run"):
+        ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",), num_epochs=1), workdir)
+    assert {n: (tmp_path / n).read_bytes() for n in written} == written
+
+
+def test_predict_averages_probabilities_over_the_sampled_codes():
+    x = _images(jax.random.key(0), batch=4)
+    model = _model("vib", std_offset=-1.0)  # sigma ~ 1: the codes' predictions differ
+    key = jax.random.key(2)
+
+    @jax.jit  # one program: the prediction, and the codes it draws ([12, 4, 5]) with their mean
+    def run(init_key):
+        params, _ = model.init(init_key, x)
+        return (
+            params["decoder"]["params"],
+            model.predict(params, x, key, 12),
+            model.sample(params, x, key, 12),
+        )
+
+    decoder, pred, (z, mu, _) = jax.device_get(run(jax.random.key(1)))  # numpy from here on
+
+    def softmax(logits):
+        return np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+
+    logits = z @ decoder["kernel"] + decoder["bias"]  # [12, 4, 3], by hand
+    np.testing.assert_allclose(pred.probs_sampled, softmax(logits).mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pred.log_probs_sampled, np.log(softmax(logits)).mean(0), rtol=1e-5)
+    at_mean = softmax(mu @ decoder["kernel"] + decoder["bias"])
+    np.testing.assert_allclose(pred.probs_at_mean, at_mean, rtol=1e-5)
+    # Not the softmax of the averaged logits (a different predictive distribution).
+    assert np.max(np.abs(pred.probs_sampled - softmax(logits.mean(0)))) > 1e-3
+    np.testing.assert_allclose(pred.probs_sampled.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_negative_weights_given_as_numbers_are_refused():
+    # Checked before anything is computed: no parameters needed.
+    x, y, key = _images(jax.random.key(0)), jnp.array([0, 1, 2, 0, 1, 2]), jax.random.key(2)
+    for beta in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="`beta` must be finite and >= 0"):
+            _model("vib").loss(None, (), x, y, key, beta)
+    with pytest.raises(ValueError, match="`beta` must be finite and >= 0, got -1"):
+        _vae_model().loss(None, (), x, key, -1, 0.0)
+    with pytest.raises(ValueError, match="`gamma` must be finite and >= 0, got -1"):
+        _vae_model().loss(None, (), x, key, 1.0, -1)
+    with pytest.raises(ValueError, match="`latent_dim` must be an integer >= 1"):
+        _vae_model(latent_dim=1.5)
+
+
+def _vae_model(**kw):
+    defaults = dict(
+        image_shape=(4, 4, 1),
+        latent_dim=3,
+        encoder_hparams=(("hidden", (8,)),),
+        decoder_hidden=(8,),
+        critic_hparams=(("hidden", (8,)), ("embed_dim", 4)),
+    )
+    return vae.InfoMaxVAE(**{**defaults, **kw})
+
+
+def test_infomax_vae_routes_each_gradient_to_its_player():
+    """Encoder: grad of -recon + beta KL - gamma I (the critic fixed); critic: -grad I (the
+    codes fixed), whatever gamma; decoder: -grad recon, untouched by gamma."""
+    x = _images(jax.random.key(0), batch=5)
+    # Linear decoder and critic embeddings: every player still has parameters, and the program
+    # compiles faster.
+    critic = (("hidden", ()), ("embed_dim", 4))
+    model = _vae_model(bound="nwj", decoder_hidden=(), critic_hparams=critic)
+    key = jax.random.key(2)
+
+    @jax.jit  # one program: init and every gradient
+    def gradients(init_key):
+        p, states = model.init(init_key, x)
+
+        def terms(p):  # recon, KL and the bound, by their definitions
+            mu, sigma = model.encoder.apply(p["encoder"], x)
+            z = mu + sigma * jax.random.normal(key, mu.shape)
+            logits = model.decoder.apply(p["decoder"], z)
+            mi = model.ensemble.apply(p["critic"], states, x.reshape(5, -1), z)[0][0]
+            return (
+                jnp.mean(vae.bernoulli_log_likelihood(logits, x)),
+                jnp.mean(ib.gaussian_kl(mu, sigma)),
+                mi,
+            )
+
+        def loss(p, gamma):
+            return model.loss(p, states, x, key, 2.0, gamma)[0]
+
+        by_term = [jax.grad(lambda p, i=i: terms(p)[i])(p) for i in range(3)]
+        return jax.grad(loss)(p, 0.0), jax.grad(loss)(p, 0.5), by_term
+
+    g0, g1, (recon, kl, mi) = jax.device_get(gradients(jax.random.key(1)))  # numpy from here on
+
+    def close(got, *weighted):  # got == sum of weight * gradient, leaf by leaf
+        for leaves in zip(jax.tree.leaves(got), *map(jax.tree.leaves, weighted[1::2]), strict=True):
+            want = sum(w * g for w, g in zip(weighted[::2], leaves[1:], strict=True))
+            np.testing.assert_allclose(leaves[0], want, rtol=1e-4, atol=1e-5)
+
+    close(g0["encoder"], -1.0, recon["encoder"], 2.0, kl["encoder"])
+    close(g1["encoder"], -1.0, recon["encoder"], 2.0, kl["encoder"], -0.5, mi["encoder"])
+    for g in (g0, g1):
+        close(g["critic"], -1.0, mi["critic"])
+        close(g["decoder"], -1.0, recon["decoder"])
+    assert all(np.any(leaf != 0) for leaf in jax.tree.leaves((mi["encoder"], mi["critic"])))
 
 
 def test_infomax_vae_loss_terms_and_smoke(tmp_path):
@@ -293,6 +405,9 @@ def test_infomax_vae_loss_terms_and_smoke(tmp_path):
     with open(os.path.join(workdir, "results.json")) as f:
         saved = json.load(f)
     assert all(np.isfinite(r["elbo"]) for r in saved["table"] if r["model"] != "raw pixels")
+    # The evaluation's full batches: how many test images its metrics saw.
+    batch = _quick(vae_config).batch_size
+    assert saved["eval_test_images"] == saved["test_images"] // batch * batch > 0
     # Another gamma in this workdir would restore the gamma-trained checkpoint under the new
     # label: refused, naming the setting.
     with pytest.raises(ValueError, match=r"models.infomax_vae.gamma: .* -> 50.0"):

@@ -232,6 +232,12 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoints(tmp_path)
         (dict(**{"probe.batch_size": 0}), ValueError, "probe.batch_size"),
         (dict(**{"probe.learning_rate": float("nan")}), ValueError, "probe.learning_rate"),
         (dict(encoder_hparams={"channels": (4, 8, 8, 8)}), ValueError, "images"),
+        # Widths of 0: named, not a ZeroDivisionError from a weight initializer.
+        (dict(latent_dim=0), ValueError, "`latent_dim` must be an integer >= 1"),
+        (dict(embed_dim=0), ValueError, "`embed_dim` must be an integer >= 1"),
+        (dict(critic_hidden=0), ValueError, "`critic_hidden` must be an integer >= 1"),
+        (dict(encoder_hparams={"channels": (4, 8), "fc_width": 0}), ValueError, "`fc_width`"),
+        (dict(beta=float("nan")), ValueError, "`beta` must be finite"),
     ],
 )
 def test_bad_configs_are_named(tmp_path, overrides, error, match):
