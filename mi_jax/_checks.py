@@ -7,7 +7,7 @@ Shape and dtype checks are static, so they also run (for free) under `jax.jit`. 
 
 import difflib
 import numbers
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -38,6 +38,19 @@ def check_scores(scores, name: str = "scores") -> None:
 def is_int(value) -> bool:
     """An integer (Python or numpy), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_ints(owner: str = "", least: int = 1, **values) -> None:
+    """Raises a ValueError naming the first of ``values`` that is not an integer ``>= least``
+    (or, given a sequence, holds one that is not), prefixed by ``owner`` (a module's name) if
+    given. Widths and counts: a width of 0 would otherwise surface as a ``ZeroDivisionError``
+    in a weight initializer, naming nothing."""
+    for name, value in values.items():
+        sequence = isinstance(value, Sequence) and not isinstance(value, str)
+        if not all(is_int(v) and v >= least for v in (value if sequence else (value,))):
+            what = "hold integers" if sequence else "be an integer"
+            prefix = f"{owner}: " if owner else ""
+            raise ValueError(f"{prefix}`{name}` must {what} >= {least}, got {value!r}.")
 
 
 def is_real(value) -> bool:

@@ -58,7 +58,7 @@ from mi_jax import bounds as bounds_lib
 from mi_jax import data as data_lib
 from mi_jax.critics import get_activation, soft_clip
 from mi_jax.dim import EmbedMLP, bound_input_heads, init_local_states, local_bound_values
-from mi_jax.encoders import _check_images, check_widths
+from mi_jax.encoders import _check_images
 from mi_jax.types import Array, PRNGKey, PyTree
 
 PREDICTIONS = ("1-5", "1-7", "5-5")
@@ -108,7 +108,7 @@ class MultiScaleEncoder(nn.Module):
     def __post_init__(self):
         if len(self.widths) != 3:
             raise ValueError(f"`widths` must be (C7, C5, D), got {tuple(self.widths)}.")
-        check_widths("MultiScaleEncoder", stem_width=self.stem_width, widths=self.widths)
+        _checks.check_ints("MultiScaleEncoder", stem_width=self.stem_width, widths=self.widths)
         super().__post_init__()
 
     @nn.compact
@@ -383,10 +383,7 @@ class AMDIMObjective:
             )
         if not (self.penalty >= 0 and math.isfinite(self.penalty)):  # NaN fails `>= 0` too
             raise ValueError(f"`penalty` must be finite and >= 0, got {self.penalty}.")
-        for name in ("critic_hidden", "embed_dim"):
-            value = getattr(self, name)
-            if not _checks.is_int(value) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        _checks.check_ints(critic_hidden=self.critic_hidden, embed_dim=self.embed_dim)
         if self.clip is not None and not self.clip > 0:  # NaN too
             raise ValueError(f"`clip` must be > 0 (or None: off), got {self.clip}.")
         check_view_params(dict(self.views))

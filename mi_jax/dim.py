@@ -302,10 +302,11 @@ class DIMObjective:
                 raise ValueError(f"`{name}` must be finite and >= 0, got {value}.")
         if self.alpha == 0 and self.beta == 0:
             raise ValueError("`alpha` and `beta` are both 0: there is no MI term to maximize.")
-        for name in ("critic_hidden", "embed_dim", "mige_locations"):
-            value = getattr(self, name)
-            if not _checks.is_int(value) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        _checks.check_ints(
+            critic_hidden=self.critic_hidden,
+            embed_dim=self.embed_dim,
+            mige_locations=self.mige_locations,
+        )
         # Unknown estimator names and bad hyperparameters fail here, at once.
         _ = self.bound, self.score_fn
 

@@ -86,17 +86,6 @@ def _tuple(x: int | Sequence[int]) -> tuple[int, ...]:
     return tuple(x) if isinstance(x, Sequence) else (x,)
 
 
-def check_widths(module: str, **widths: int | Sequence[int]) -> None:
-    """Raises a ValueError naming the first field of ``module`` that is not a positive integer
-    (or a sequence of them): a width of 0 would otherwise surface as a ``ZeroDivisionError`` in
-    a weight initializer, naming nothing. Call from a module's ``__post_init__``."""
-    for name, value in widths.items():
-        values = _tuple(value)
-        if not all(_checks.is_int(v) and v >= 1 for v in values):
-            what = "hold integers" if isinstance(value, Sequence) else "be an integer"
-            raise ValueError(f"{module}: `{name}` must {what} >= 1, got {value!r}.")
-
-
 class MLPEncoder(nn.Module):
     """An MLP on the flattened image: ``Dense -> act`` per hidden width, then ``Dense(latent_dim)``.
 
@@ -122,7 +111,7 @@ class MLPEncoder(nn.Module):
     def __post_init__(self):
         if not self.hidden:
             raise ValueError("MLPEncoder needs at least one hidden layer (`hidden`).")
-        check_widths("MLPEncoder", hidden=self.hidden, latent_dim=self.latent_dim)
+        _checks.check_ints("MLPEncoder", hidden=self.hidden, latent_dim=self.latent_dim)
         super().__post_init__()
 
     @nn.compact
@@ -169,7 +158,7 @@ class ConvEncoder(nn.Module):
     def __post_init__(self):
         if not self.channels:
             raise ValueError("ConvEncoder needs at least one conv layer (`channels`).")
-        check_widths(
+        _checks.check_ints(
             "ConvEncoder",
             channels=self.channels,
             fc_width=self.fc_width,
@@ -276,7 +265,7 @@ class ResNetEncoder(nn.Module):
     kernel_init: str = "lecun_normal"
 
     def __post_init__(self):
-        check_widths(
+        _checks.check_ints(
             "ResNetEncoder",
             widths=self.widths,
             strides=self.strides,

@@ -32,7 +32,6 @@ from flax import struct
 
 from mi_jax import _checks, training
 from mi_jax.critics import MLP, get_activation
-from mi_jax.encoders import check_widths
 from mi_jax.types import Array, ArrayLike, PRNGKey, PyTree
 
 
@@ -130,7 +129,7 @@ class RealNVPEncoder(nn.Module):
     hidden: Sequence[int] = (256,)
 
     def __post_init__(self):
-        check_widths("RealNVPEncoder", num_layers=self.num_layers, hidden=self.hidden)
+        _checks.check_ints("RealNVPEncoder", num_layers=self.num_layers, hidden=self.hidden)
         super().__post_init__()
 
     @nn.compact
@@ -177,7 +176,7 @@ class HalfConvEncoder(nn.Module):
                 f"HalfConvEncoder: `channels` must be (c1, c2), two widths, got "
                 f"{tuple(self.channels)}."
             )
-        check_widths("HalfConvEncoder", channels=self.channels, out_dim=self.out_dim)
+        _checks.check_ints("HalfConvEncoder", channels=self.channels, out_dim=self.out_dim)
         super().__post_init__()
 
     @nn.compact
@@ -202,7 +201,7 @@ class HalfMLPEncoder(nn.Module):
     activation: str = "relu"
 
     def __post_init__(self):
-        check_widths("HalfMLPEncoder", hidden=self.hidden, out_dim=self.out_dim)
+        _checks.check_ints("HalfMLPEncoder", hidden=self.hidden, out_dim=self.out_dim)
         super().__post_init__()
 
     @nn.compact

@@ -188,10 +188,8 @@ class IBModel:
     def __post_init__(self):
         if self.method not in METHODS:
             raise _checks.unknown_name_error("IB method", self.method, METHODS)
-        for name, least in (("latent_dim", 1), ("num_classes", 2), ("train_samples", 1)):
-            value = getattr(self, name)
-            if not _checks.is_int(value) or value < least:
-                raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}.")
+        _checks.check_ints(latent_dim=self.latent_dim, train_samples=self.train_samples)
+        _checks.check_ints(least=2, num_classes=self.num_classes)
         critics_lib.check_clip(self.critic_clip, "critic_clip")
         # Unknown names and hyperparameters fail here, before anything is traced.
         encoders_lib.get_encoder(self.trunk, latent_dim=2, **dict(self.trunk_hparams))

@@ -58,7 +58,7 @@ def correlated_gaussian(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tu
     Returns:
       ``x`` ``[batch, dim]``, ``y`` ``[batch, dim]``.
     """
-    _check_sizes(batch=batch, dim=dim)
+    _checks.check_ints(batch=batch, dim=dim)
     _check_mi(mi, 0.0)
     return _gaussian_pair(key, mi, batch, dim)
 
@@ -69,14 +69,6 @@ def _gaussian_pair(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tuple[A
     x = jax.random.normal(kx, (batch, dim))
     eps = jax.random.normal(ke, (batch, dim))
     return x, rho_from_mi(mi, dim) * x + noise_from_mi(mi, dim) * eps
-
-
-def _check_sizes(**sizes: int) -> None:
-    """Each keyword argument (a size or a count, so concrete even under `jax.jit`) is a positive
-    integer; the error names it."""
-    for name, value in sizes.items():
-        if not (_checks.is_int(value) and value >= 1):
-            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
 def _check_df(df: float) -> None:
@@ -142,7 +134,7 @@ def student_t(key: PRNGKey, mi: ArrayLike, batch: int, dim: int, df: float) -> t
     Returns:
       ``x`` ``[batch, dim]``, ``y`` ``[batch, dim]``.
     """
-    _check_sizes(batch=batch, dim=dim)
+    _checks.check_ints(batch=batch, dim=dim)
     _check_df(df)
     correction = student_t_mi_correction(df, dim, dim)
     _check_mi(mi, correction)
@@ -218,7 +210,7 @@ def get_task(name: str, *, dim: int, **hparams) -> Task:
     """Builds the task ``name`` of width ``dim``, e.g. ``get_task("student_t", dim=5, df=3.0)``."""
     if name not in _TASKS:
         raise _checks.unknown_name_error("task", name, _TASKS)
-    _check_sizes(dim=dim)
+    _checks.check_ints(dim=dim)
     try:
         return _TASKS[name](int(dim), **hparams)
     except TypeError as e:
@@ -240,7 +232,7 @@ def staircase_mi(
     Returns:
       float32 MI of ``step``'s shape.
     """
-    _check_sizes(steps_per_level=steps_per_level)
+    _checks.check_ints(steps_per_level=steps_per_level)
     if not isinstance(step, jax.core.Tracer) and np.any(np.asarray(step) < 0):
         raise ValueError(f"`step` must be >= 0, got {step!r}.")
     # (Without the lower clamp a negative index would wrap around to the last levels.)

@@ -87,13 +87,7 @@ class InfoMaxVAE:
     critic_clip: float | None = struct.field(pytree_node=False, default=10.0)
 
     def __post_init__(self):
-        if not _checks.is_int(self.latent_dim) or self.latent_dim < 1:
-            raise ValueError(f"`latent_dim` must be an integer >= 1, got {self.latent_dim!r}.")
-        for width in self.decoder_hidden:
-            if not _checks.is_int(width) or width < 1:
-                raise ValueError(
-                    f"`decoder_hidden` must hold integers >= 1, got {tuple(self.decoder_hidden)}."
-                )
+        _checks.check_ints(latent_dim=self.latent_dim, decoder_hidden=self.decoder_hidden)
         _ = self.ensemble  # unknown bound or critic names fail here
 
     @property
