@@ -21,7 +21,7 @@ all-reduce), so metrics agree with a one-device run to float32 rounding (the tes
 relative 1e-4 after several steps, measured differences ~1e-6).
 
 Multi-host: `initialize_distributed` calls `jax.distributed.initialize` when the usual
-environment is present (a coordinator address, SLURM or Open MPI with several tasks, a Cloud
+environment is present (a coordinator address, an `srun` step or Open MPI with several tasks, a Cloud
 TPU pod); `data_mesh` then spans every process's devices, and `replicate` builds global arrays
 from each process's (identical) host copy.
 """
@@ -41,7 +41,10 @@ def _multi_process_env() -> bool:
         return True
     if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):  # a TPU pod slice; one host: no comma
         return True
-    return any(int(os.environ.get(n) or 1) > 1 for n in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
+    # SLURM: the tasks of a job step (set by `srun`), not the allocation's SLURM_NTASKS, which a
+    # batch script also sees when it runs as one process (initialize would wait for the others).
+    names = ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE")
+    return any(int(os.environ.get(n) or 1) > 1 for n in names)
 
 
 def initialize_distributed() -> bool:

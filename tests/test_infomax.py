@@ -139,9 +139,14 @@ def test_num_seeds_trains_each_seed_as_its_own_run_and_reports_mean_and_std(tmp_
     def key(r):
         return r["encoder"], r["representation"], r["probe"]
 
+    # The probes see seed 1's features from a batched (vmapped) program and from a plain one,
+    # equal to float32 round-off; a probe may then flip one of the 48 test images, no more.
     seed_one = {key(r): r["test_accuracy"] for r in pair["probes_per_seed"] if r["seed"] == 1}
     alone_rows = [r for r in alone["probes"] if r["encoder"] != "none"]  # pixels: fitted once
-    assert seed_one == {key(r): r["test_accuracy"] for r in alone_rows}
+    alone_acc = {key(r): r["test_accuracy"] for r in alone_rows}
+    assert seed_one.keys() == alone_acc.keys()
+    for k, accuracy in seed_one.items():
+        assert accuracy == pytest.approx(alone_acc[k], abs=1.01 / 48), k
     for row in pair["probes"]:
         values = [r["test_accuracy"] for r in pair["probes_per_seed"] if key(r) == key(row)]
         assert row["num_seeds"] == len(values) == (1 if row["encoder"] == "none" else 2)

@@ -277,12 +277,17 @@ def test_replicate_keeps_values_and_places_on_the_mesh():
 def test_no_cluster_environment_means_no_distributed_init(monkeypatch):
     for name in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS", raising=False)
+    # A batch script in a 4-task allocation runs as one process until `srun` starts the tasks.
+    monkeypatch.setenv("SLURM_NTASKS", "4")
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")  # a single-host TPU VM
     assert parallel.initialize_distributed() is False
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t0,t1")
     assert parallel._multi_process_env()
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")  # inside `srun -n 4`
+    assert parallel._multi_process_env()
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
     assert parallel._multi_process_env()
     # A generic COORDINATOR_ADDRESS is not jax.distributed's variable: no multi-process job.
