@@ -488,7 +488,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     results = {
         "dataset": config.dataset,
         "num_epochs": config.num_epochs,
-        "label_entropy": label_entropy(dataset.train_labels, dataset.num_classes),
+        # Of the test labels: the eval rows' cross-entropies are test-set averages.
+        "label_entropy": label_entropy(dataset.test_labels, dataset.num_classes),
         "devices": mesh.devices.size,
         "num_seeds": config.num_seeds,
         "config": config_dict,

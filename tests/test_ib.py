@@ -13,7 +13,7 @@ from configs import ib as ib_config
 from configs import infomax_vae as vae_config
 from experiments import ib as ib_experiment
 from experiments import infomax_vae as vae_experiment
-from mi_jax import ib, vae
+from mi_jax import data, ib, vae
 
 
 def _quick(module, **overrides):
@@ -231,6 +231,12 @@ def test_ib_experiment_smoke_and_resume(tmp_path):
         assert 0.0 <= r["error_mean"] <= 1.0 and 0.0 <= r["error_sampled"] <= 1.0
         # Jensen: the averaged prediction's CE is at most the codes' mean CE (what I(Z;Y) uses).
         assert r["ce_single"] >= r["ce_sampled"] - 1e-5
+    # H(Y) of the test labels, whose cross-entropies the I(Z; Y) >= H(Y) - CE column reads.
+    test_labels = data.load_dataset(
+        config.dataset, max_examples=config.max_examples or None
+    ).test_labels
+    p = np.bincount(test_labels) / len(test_labels)
+    assert results["label_entropy"] == pytest.approx(-np.sum(p[p > 0] * np.log(p[p > 0])))
     table = ib_experiment.summary(results)  # the quick preset holds out a validation split
     assert "lowest validation error" in table and "val_err" in table and "test_err_3" in table
     # A rerun keeps every finished method without training it again.
