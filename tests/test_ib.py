@@ -438,8 +438,10 @@ def test_ib_num_seeds_trains_each_seed_as_its_own_sweep(tmp_path):
         seed_one = [r for r in entry["final_per_seed"] if r["seed"] == 1]
         for a, b in zip(seed_one, alone["methods"][method]["final"], strict=True):
             assert a["beta"] == b["beta"]
-            np.testing.assert_allclose(a["error_mean"], b["error_mean"], atol=1e-6)
             np.testing.assert_allclose(a["train_ce"], b["train_ce"], rtol=1e-5)
+            # Batched and plain programs agree to float32 round-off, which may flip one of
+            # digits' 360 test images, no more.
+            assert a["error_mean"] == pytest.approx(b["error_mean"], abs=1.01 / 360)
         for row in entry["final"]:
             errors = [r["error_mean"] for r in entry["final_per_seed"] if r["beta"] == row["beta"]]
             assert row["num_seeds"] == len(errors) == 2
@@ -461,7 +463,8 @@ def test_infomax_vae_num_seeds_trains_each_seed_as_its_own_run(tmp_path):
     assert [r["model"] for r in seed_one] == [r["model"] for r in models]
     for a, b in zip(seed_one, models, strict=True):
         np.testing.assert_allclose(a["elbo"], b["elbo"], rtol=1e-5)
-        np.testing.assert_allclose(a["probe_test_accuracy"], b["probe_test_accuracy"], atol=1e-6)
+        # One of the 360 test images may flip (float32 round-off of batched vs plain codes).
+        assert a["probe_test_accuracy"] == pytest.approx(b["probe_test_accuracy"], abs=1.01 / 360)
     for row in pair["table"][:-1]:  # the last: raw pixels
         values = [r["elbo"] for r in pair["table_per_seed"] if r["model"] == row["model"]]
         assert row["num_seeds"] == 2 and row["elbo"] == pytest.approx(np.mean(values))
