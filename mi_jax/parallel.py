@@ -21,9 +21,9 @@ all-reduce), so metrics agree with a one-device run to float32 rounding (the tes
 relative 1e-4 after several steps, measured differences ~1e-6).
 
 Multi-host: `initialize_distributed` calls `jax.distributed.initialize` when the usual
-environment is present (a coordinator address, an `srun` step or Open MPI with several tasks, a Cloud
-TPU pod); `data_mesh` then spans every process's devices, and `replicate` builds global arrays
-from each process's (identical) host copy.
+environment is present (a coordinator address, an `srun` step or Open MPI with several tasks,
+a Cloud TPU pod); `data_mesh` then spans every process's devices, and `replicate` builds global
+arrays from each process's (identical) host copy.
 """
 
 import os
