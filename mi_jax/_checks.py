@@ -6,6 +6,7 @@ Shape and dtype checks are static, so they also run (for free) under `jax.jit`. 
 """
 
 import difflib
+import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -51,6 +52,17 @@ def check_ints(owner: str = "", least: int = 1, **values) -> None:
             what = "hold integers" if sequence else "be an integer"
             prefix = f"{owner}: " if owner else ""
             raise ValueError(f"{prefix}`{name}` must {what} >= {least}, got {value!r}.")
+
+
+def check_weight(value, name: str) -> None:
+    """Raises a ValueError naming ``name`` unless ``value`` is a finite real number ``>= 0``
+    (a loss weight). Arrays pass unchecked: traced under `jax.jit` they hold no value, and
+    reading a device array would cost a host sync in a training step; sweeps check their
+    weights once, in the config."""
+    if isinstance(value, jax.Array | np.ndarray):
+        return
+    if not (is_real(value) and value >= 0 and math.isfinite(value)):  # NaN fails `>= 0` too
+        raise ValueError(f"`{name}` must be finite and >= 0, got {value!r}.")
 
 
 def is_real(value) -> bool:

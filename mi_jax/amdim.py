@@ -44,7 +44,6 @@ Reference:
 """
 
 import functools
-import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -381,8 +380,7 @@ class AMDIMObjective:
                 f"`predictions` must be a non-empty subset of {PREDICTIONS} without repeats, got "
                 f"{tuple(self.predictions)}."
             )
-        if not (self.penalty >= 0 and math.isfinite(self.penalty)):  # NaN fails `>= 0` too
-            raise ValueError(f"`penalty` must be finite and >= 0, got {self.penalty}.")
+        _checks.check_weight(self.penalty, "penalty")
         _checks.check_ints(critic_hidden=self.critic_hidden, embed_dim=self.embed_dim)
         if self.clip is not None and not self.clip > 0:  # NaN too
             raise ValueError(f"`clip` must be > 0 (or None: off), got {self.clip}.")

@@ -28,7 +28,6 @@ References:
   Learning", ICLR 2020 (MIGE for DIM).
 """
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -297,9 +296,7 @@ class DIMObjective:
         if self.prior not in PRIORS:
             raise ValueError(f"`prior` must be one of {PRIORS}, got {self.prior!r}.")
         for name in ("alpha", "beta", "gamma"):
-            value = getattr(self, name)
-            if not (value >= 0 and math.isfinite(value)):  # NaN fails `>= 0` too
-                raise ValueError(f"`{name}` must be finite and >= 0, got {value}.")
+            _checks.check_weight(getattr(self, name), name)
         if self.alpha == 0 and self.beta == 0:
             raise ValueError("`alpha` and `beta` are both 0: there is no MI term to maximize.")
         _checks.check_ints(

@@ -33,8 +33,6 @@ References:
   Learning", ICLR 2020.
 """
 
-import math
-import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -62,16 +60,6 @@ def gaussian_kl(mu: Array, sigma: Array) -> Array:
     if jnp.shape(mu) != jnp.shape(sigma):
         raise ValueError(f"`mu` {jnp.shape(mu)} and `sigma` {jnp.shape(sigma)} differ in shape.")
     return 0.5 * jnp.sum(jnp.square(mu) + jnp.square(sigma) - 1.0 - 2.0 * jnp.log(sigma), -1)
-
-
-def check_weight_if_concrete(value, name: str) -> None:
-    """Raises if ``value`` is a Python or NumPy number that is negative or not finite.
-
-    Arrays (traced under `jax.jit`, or on a device) pass unchecked: reading them would cost a
-    host sync in the training step. Sweeps check their weights once, in the config.
-    """
-    if isinstance(value, numbers.Real) and not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"`{name}` must be finite and >= 0, got {value}.")
 
 
 def mige_penalty(z: Array, sigma: Array, score_fn: mige_lib.ScoreFn) -> Array:
@@ -265,9 +253,9 @@ class IBModel:
         multiplies: the KL, the MINE bound's value, MIGE's surrogate) and ``accuracy``.
 
         A negative or non-finite ``beta`` given as a Python number raises; an array (traced in
-        the training step) is not read (`check_weight_if_concrete`).
+        the training step) is not read (`mi_jax._checks.check_weight`).
         """
-        check_weight_if_concrete(beta, "beta")
+        _checks.check_weight(beta, "beta")
         z, mu, sigma = self.sample(params, images, rng, self.train_samples)
         logits = self.decoder.apply(params["decoder"], z)  # [S, B, C]
         ce = jnp.mean(

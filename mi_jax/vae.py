@@ -34,7 +34,7 @@ from flax import struct
 from mi_jax import _checks, training
 from mi_jax import bounds as bounds_lib
 from mi_jax import critics as critics_lib
-from mi_jax.ib import GaussianEncoder, check_weight_if_concrete, gaussian_kl
+from mi_jax.ib import GaussianEncoder, gaussian_kl
 from mi_jax.types import Array, PRNGKey, PyTree
 
 
@@ -132,10 +132,10 @@ class InfoMaxVAE:
         scores, at most ``log B``), ``loss``.
 
         A negative or non-finite ``beta`` or ``gamma`` given as a Python number raises; arrays
-        (traced in the training step) are not read (`mi_jax.ib.check_weight_if_concrete`).
+        (traced in the training step) are not read (`mi_jax._checks.check_weight`).
         """
-        check_weight_if_concrete(beta, "beta")
-        check_weight_if_concrete(gamma, "gamma")
+        _checks.check_weight(beta, "beta")
+        _checks.check_weight(gamma, "gamma")
         mu, sigma = self.encoder.apply(params["encoder"], images)
         z = mu + sigma * jax.random.normal(rng, mu.shape, mu.dtype)
         recon = jnp.mean(bernoulli_log_likelihood(self.decoder.apply(params["decoder"], z), images))
