@@ -100,6 +100,18 @@ def test_a_learned_estimator_is_used_without_a_bandwidth():
     np.testing.assert_allclose(got, score.get_score_estimator("dsm", steps=5)(z), rtol=1e-6)
 
 
+def test_learned_score_preset_runs_only_the_dsm_estimator(tmp_path):
+    """The README's learned-score row: MIGE with the DSM score, no trained bounds (shortened)."""
+    config = mige_toy_config.get_config("learned_score")
+    assert dict(config.estimators.mige_dsm.hparams) == {"noise_scale": 0.1}
+    with config.unlocked():
+        config.dims, config.num_rhos, config.num_seeds, config.num_samples = (2,), 2, 1, 32
+        config.estimators.mige_dsm.hparams.steps = 5
+    results = mige_toy.train_and_evaluate(config, str(tmp_path))
+    assert [r["estimator"] for r in results["rows"]] == ["mige_dsm"]
+    assert results["rows"][0]["finite"]
+
+
 def test_benchmark_loop_completes_twice_in_a_fresh_process():
     """Batched LAPACK calls hung here on a second execution (module docstring); the toy's
     `lax.map` loop must finish every time. A subprocess with a timeout turns a hang into a
