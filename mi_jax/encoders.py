@@ -47,6 +47,52 @@ from mi_jax.critics import check_compute_dtype, dense, get_activation, get_initi
 from mi_jax.types import Array
 
 
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
+    """``(low, high, out)`` of XLA's ``"SAME"`` padding along one spatial axis."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2, out
+
+
+class PatchConv(nn.Module):
+    """A ``"SAME"``-padded 2-d convolution computed as one matmul over gathered patches.
+
+    The same function, parameters (``kernel`` ``[kh, kw, C_in, C_out]``, ``bias``) and
+    initialization as ``nn.Conv(features, kernel_size, strides, padding="SAME")``, for small
+    kernels: the ``kh kw`` shifted (strided) slices of the padded input are concatenated into
+    ``[B, h', w', kh kw C_in]`` and multiplied by the reshaped kernel. Under ``jax.vmap`` over
+    parameters (several seeds in one program) a convolution becomes a grouped convolution, which
+    XLA:CPU runs slower than the batched matmul this layer becomes: the halves study's conv
+    encoder, three vmapped seeds on 2 cores, forward and backward in 65-70 instead of 117 ms,
+    and its training steps 1.5x faster; the slices' gradients are pads and adds.
+    """
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: tuple[int, int] = (1, 1)
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """``x`` ``[B, h, w, C_in]`` -> ``[B, ceil(h / s_h), ceil(w / s_w), features]``."""
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        c_in = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, c_in, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        lo_h, hi_h, out_h = _same_padding(x.shape[1], kh, sh)
+        lo_w, hi_w, out_w = _same_padding(x.shape[2], kw, sw)
+        x = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
+        patches = jnp.concatenate(
+            [
+                x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw]
+                for i in range(kh)
+                for j in range(kw)
+            ],
+            axis=-1,
+        )  # [B, h', w', kh kw C_in], ordered (i, j, c) like the kernel's leading axes
+        return patches @ kernel.reshape(kh * kw * c_in, self.features) + bias[None, None, None]
+
+
 class EncoderOutput(NamedTuple):
     """The representations of a batch of images (all float32).
 

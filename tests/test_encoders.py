@@ -285,3 +285,40 @@ def test_zero_or_fractional_widths_are_named_when_the_encoder_is_built(name, hpa
     # Before: a ZeroDivisionError from the weight initializer at init, naming no field.
     with pytest.raises(ValueError, match=match):
         encoders.get_encoder(name, **hparams)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, strides",
+    [
+        ((3, 14, 28, 1), (3, 3), (1, 1)),
+        ((3, 14, 28, 4), (3, 3), (2, 2)),  # even size, stride 2: XLA pads (0, 1)
+        ((2, 7, 9, 2), (3, 3), (2, 2)),  # odd sizes
+        ((2, 8, 8, 3), (4, 4), (2, 2)),  # even kernel
+        ((2, 5, 6, 2), (1, 3), (1, 2)),
+    ],
+)
+def test_patch_conv_is_nn_conv_with_same_padding(shape, kernel, strides):
+    """Same parameters and initialization as nn.Conv(padding="SAME"), and under jit the same
+    values and parameter gradients (float32 round-off)."""
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.key(0), shape)
+    ref = nn.Conv(5, kernel, strides=strides, padding="SAME")
+    patch = encoders.PatchConv(5, kernel, strides)
+    params = ref.init(jax.random.key(1), x)
+    assert jax.tree.all(
+        jax.tree.map(lambda a, b: bool(jnp.all(a == b)), params, patch.init(jax.random.key(1), x))
+    )
+    # A non-zero bias, so that its broadcast is checked too.
+    params = jax.tree.map(lambda a: a + 0.1 * jnp.cos(jnp.arange(a.size)).reshape(a.shape), params)
+
+    def outputs_and_grads(module):
+        loss = lambda p: jnp.sum(jnp.sin(module.apply(p, x)))
+        return jax.jit(lambda p: (module.apply(p, x), jax.grad(loss)(p)))(params)
+
+    (want, want_grad), (got, got_grad) = outputs_and_grads(ref), outputs_and_grads(patch)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), got_grad, want_grad
+    )
