@@ -4,7 +4,7 @@ r"""The MNIST-halves study (Tschannen et al., ICLR 2020): encoders x critics x b
 
 Default: scikit-learn's 8x8 digits (bundled, offline; halves of 4x8 pixels), MLP, RealNVP and
 conv encoders, bilinear, separable and concat critics, I_NCE and I_NWJ, 3 seeds vmapped, 2000
-steps. Expect about 20 minutes on 2 CPU cores (18 measured on 2026-12-02), final linear
+steps. Expect about 17 minutes on 2 CPU cores (16.8 measured on 2026-12-03), final linear
 accuracies of 0.83-0.89 (e.g. MLP / bilinear / I_NCE 0.885; RealNVP / bilinear / I_NCE from
 0.831 untrained to 0.863 although its MI is fixed), raw pixels 0.847, and verdicts on the
 three findings printed at the end.
