@@ -75,6 +75,8 @@ class PatchConv(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """``x`` ``[B, h, w, C_in]`` -> ``[B, ceil(h / s_h), ceil(w / s_w), features]``."""
+        if x.ndim != 4:
+            raise ValueError(f"PatchConv needs `x` of shape [B, h, w, C_in], got {x.shape}.")
         (kh, kw), (sh, sw) = self.kernel_size, self.strides
         c_in = x.shape[-1]
         kernel = self.param("kernel", self.kernel_init, (kh, kw, c_in, self.features))

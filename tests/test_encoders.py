@@ -322,3 +322,8 @@ def test_patch_conv_is_nn_conv_with_same_padding(shape, kernel, strides):
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), got_grad, want_grad
     )
+
+
+def test_patch_conv_rejects_an_input_that_is_not_rank_4():
+    with pytest.raises(ValueError, match="`x` of shape"):
+        encoders.PatchConv(4).init(jax.random.key(0), jnp.zeros((8, 8, 1)))
