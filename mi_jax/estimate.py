@@ -571,7 +571,9 @@ def _compiled_fit(spec: _FitSpec):
     idx = arg((*lead, spec.eval_every, spec.batch), jnp.int32)
     active = arg(lead, jnp.bool_)
     calibration = arg((*lead, 2))
-    train_round = jax.jit(round_one, donate_argnums=0)
+    train_round = jax.jit(
+        round_one, donate_argnums=0, compiler_options=training.FAST_COMPILE_OPTIONS
+    )
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         # XLA compiles without holding the GIL: the initialization compiles while the round is
         # traced and compiled. Its traced output shapes are the round's state arguments.
