@@ -29,7 +29,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # XLA:CPU's compile time is its fusion emitters, whose older loop emitters compile the same HLO
 # in half the time (802 s -> 569 s, CPU time -30 %, on an AVX2 2-core machine). The flags of
 # `mi_jax.training.RUN_ONCE_COMPILER_OPTIONS`; they change how the programs are compiled, not
-# which. Subprocesses inherit them (tests/test_parallel.py adds its device count).
+# which. Subprocesses inherit them (tests/test_parallel.py adds its device count; the
+# staircase's `:quick` preset, 1000 steps, drops the -O0 ones, tests/test_staircase.py).
 _FAST_COMPILE = (
     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
     "--xla_cpu_use_fusion_emitters=false"
