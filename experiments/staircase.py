@@ -298,7 +298,7 @@ class _GroupRun:
         else:
             init_keys, run, keys = init_keys[0], runner, seed_keys[0]
         # One small compiled program rather than a few hundred eager ops.
-        states = jax.jit(init, compiler_options=training.RUN_ONCE_COMPILER_OPTIONS)(init_keys)
+        states = jax.jit(init, compiler_options=training.run_once_compiler_options())(init_keys)
         self.devices = [str(device)] if mesh is None else [str(d) for d in mesh.devices.flat]
         placement = device if mesh is None else parallel.replicated(mesh)
         self.states, self.keys = jax.device_put((states, keys), placement)

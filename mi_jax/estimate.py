@@ -572,12 +572,12 @@ def _compiled_fit(spec: _FitSpec):
     active = arg(lead, jnp.bool_)
     calibration = arg((*lead, 2))
     train_round = jax.jit(
-        round_one, donate_argnums=0, compiler_options=training.FAST_COMPILE_OPTIONS
+        round_one, donate_argnums=0, compiler_options=training.fast_compile_options()
     )
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         # XLA compiles without holding the GIL: the initialization compiles while the round is
         # traced and compiled. Its traced output shapes are the round's state arguments.
-        init = jax.jit(init_all, compiler_options=training.RUN_ONCE_COMPILER_OPTIONS).lower(
+        init = jax.jit(init_all, compiler_options=training.run_once_compiler_options()).lower(
             seed, x_train, y_train
         )
         init_future = pool.submit(init.compile)

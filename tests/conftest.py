@@ -28,7 +28,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # than they save (the suite: 820 s -> 642 s of wall time, CPU time -25 %), and at -O0 most of
 # XLA:CPU's compile time is its fusion emitters, whose older loop emitters compile the same HLO
 # in half the time (802 s -> 569 s, CPU time -30 %, on an AVX2 2-core machine). The flags of
-# `mi_jax.training.RUN_ONCE_COMPILER_OPTIONS`; they change how the programs are compiled, not
+# `mi_jax.training.run_once_compiler_options`; they change how the programs are compiled, not
 # which. Subprocesses inherit them (tests/test_parallel.py adds its device count; the
 # staircase's `:quick` preset, 1000 steps, drops the -O0 ones, tests/test_staircase.py).
 _FAST_COMPILE = (

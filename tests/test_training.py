@@ -229,3 +229,23 @@ def test_mean_over_seeds_averages_every_float_field():
     assert (a["acc"], a["acc_std"], a["err"], a["err_std"]) == pytest.approx((0.6, 0.1, 0.5, 0.25))
     assert (a["step"], a["num_seeds"], "seed" in a) == (10, 2, False)
     assert (b["err"], b["err_std"], b["num_seeds"]) == (0.5, 0.0, 1)
+
+
+@pytest.mark.parametrize(
+    "options", [training.fast_compile_options, training.run_once_compiler_options]
+)
+def test_compiler_options_compile_the_same_function(options):
+    # A train step's ingredients: a matmul, transcendental and reduction kernels, an update.
+    def step(w, x):
+        scores = x @ w @ x.T
+        loss = jax.nn.logsumexp(scores, axis=1).mean() - jnp.diag(scores).mean()
+        return w - 0.1 * jax.grad(lambda w: jnp.tanh(w).sum() * loss)(w), loss
+
+    w, x = (
+        jax.random.normal(jax.random.key(0), (8, 8)),
+        jax.random.normal(jax.random.key(1), (16, 8)),
+    )
+    assert options() == {} or "xla_cpu_use_fusion_emitters" in options()
+    expected = jax.jit(step)(w, x)
+    got = jax.jit(step, compiler_options=options())(w, x)
+    chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
