@@ -256,6 +256,8 @@ def test_compiler_options_compile_the_same_function(options):
     )
     on_cpu = jax.default_backend() == "cpu"
     assert ("xla_cpu_use_fusion_emitters" in options()) == on_cpu  # a CPU option on CPU only
+    if options is training.run_once_compiler_options:  # -O0 wins over the fast options' -O1
+        assert options()["xla_backend_optimization_level"] == 0
     expected = jax.jit(step, compiler_options=_DEFAULT_CPU_OPTIONS if on_cpu else None)(w, x)
     got = jax.jit(step, compiler_options=options())(w, x)
     chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
