@@ -574,18 +574,17 @@ def _compiled_fit(spec: _FitSpec):
     train_round = jax.jit(
         round_one, donate_argnums=0, compiler_options=training.fast_compile_options()
     )
-    # The initialization is traced first: its output shapes are the round's state arguments.
-    init = jax.jit(init_all, compiler_options=training.run_once_compiler_options()).trace(
-        seed, x_train, y_train
-    )
-    states, keys, _ = init.out_info
-    states, keys = jax.tree.map(lambda a: arg(a.shape, a.dtype), (states, keys))
-    round_index = arg((), jnp.int32)
-    round_lowered = train_round.lower(
-        states, keys, round_index, idx, active, calibration, x_train, y_train, x_test, y_test
-    )
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        # XLA compiles without holding the GIL: the round, the larger program, compiles while
-        # the initialization is lowered and compiled.
-        round_future = pool.submit(round_lowered.compile)
-        return init.lower().compile(), round_future.result()
+        # XLA compiles without holding the GIL: the initialization compiles while the round is
+        # traced and compiled. Its traced output shapes are the round's state arguments.
+        init = jax.jit(init_all, compiler_options=training.run_once_compiler_options()).lower(
+            seed, x_train, y_train
+        )
+        init_future = pool.submit(init.compile)
+        states, keys, _ = init.out_info
+        states, keys = jax.tree.map(lambda a: arg(a.shape, a.dtype), (states, keys))
+        round_index = arg((), jnp.int32)
+        round_compiled = train_round.lower(
+            states, keys, round_index, idx, active, calibration, x_train, y_train, x_test, y_test
+        ).compile()
+        return init_future.result(), round_compiled
