@@ -11,6 +11,7 @@ with its held-out curves (bound, training objective) and training curve.
 
 import dataclasses
 import os
+import zipfile
 
 import numpy as np
 from absl import app, flags
@@ -44,17 +45,27 @@ def load_pairs(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Reads arrays ``x`` and ``y`` from an .npz file, with errors that say what is missing."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data file {path!r} does not exist.")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except ValueError as e:  # a text or pickled file
-        raise ValueError(f"--data file {path!r} is not an .npz of arrays x and y ({e}).") from e
-    if not isinstance(data, np.lib.npyio.NpzFile):  # a single .npy array
-        raise ValueError(f"--data file {path!r} is one array, not an .npz of arrays x and y.")
-    with data:
+    if not os.path.isfile(path):
+        raise ValueError(f"--data {path!r} is not a file.")
+    not_npz = f"--data file {path!r} is not an .npz of arrays x and y"
+    unreadable = (ValueError, EOFError, OSError, zipfile.BadZipFile)
+    with open(path, "rb") as f:  # closed on every error (np.load leaks a cut .npz's handle)
+        try:
+            data = np.load(f, allow_pickle=False)
+        except unreadable as e:  # text, pickle, empty, cut short
+            raise ValueError(f"{not_npz} ({type(e).__name__}: {e}).") from e
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a single .npy array
+            raise ValueError(f"--data file {path!r} is one array, not an .npz of arrays x and y.")
         missing = [k for k in ("x", "y") if k not in data.files]
         if missing:
             raise KeyError(f"--data file {path!r} lacks arrays {missing}; it has {data.files}.")
-        return data["x"], data["y"]
+        arrays = []
+        for key in ("x", "y"):
+            try:  # members are read here: an object array, or a damaged member
+                arrays.append(data[key])
+            except unreadable as e:
+                raise ValueError(f"--data file {path!r}: array {key!r} is unreadable ({e}).") from e
+        return tuple(arrays)
 
 
 def run(path: str, **kwargs) -> estimate_lib.MIEstimate:

@@ -100,7 +100,10 @@ def check_samples(x, y, *, min_samples: int = 2, finite: bool = True) -> tuple[n
     """Checks paired samples `x` [N, dx] and `y` [N, dy] (1-d inputs are treated as dx = 1)."""
     arrays = []
     for name, a in (("x", x), ("y", y)):
-        a = np.asarray(a)
+        try:
+            a = np.asarray(a)
+        except ValueError as e:  # ragged nested sequences
+            raise ValueError(f"`{name}` must be a rectangular array of numbers ({e})") from e
         if a.ndim == 1:
             a = a[:, None]
         if a.ndim != 2 or a.shape[1] == 0:
@@ -154,8 +157,13 @@ def build_registered(kind: str, name: str, registry: Mapping[str, Callable[..., 
 
 
 def hashable_hparams(hparams: Mapping[str, Any]) -> tuple:
-    """``((name, value), ...)`` sorted, lists as tuples: hyperparameters as a hashable key (for a
-    frozen module's field, or a cache of compiled programs)."""
-    return tuple(
-        sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(hparams).items())
-    )
+    """``((name, value), ...)`` sorted, lists and numpy arrays as tuples of Python numbers:
+    hyperparameters as a hashable key (for a frozen module's field, or a cache of compiled
+    programs)."""
+
+    def hashable(v):
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        return tuple(map(hashable, v)) if isinstance(v, list | tuple) else v
+
+    return tuple(sorted((k, hashable(v)) for k, v in dict(hparams).items()))

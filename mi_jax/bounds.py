@@ -103,6 +103,9 @@ def log_mean_exp_offdiag(scores: ArrayLike, axis: int | None = None) -> Array:
     Returns:
       ``[]`` if ``axis`` is None, else ``[batch]``.
     """
+    _checks.check_scores(scores)
+    if axis not in (None, 0, 1):  # a tuple (0, 1) would divide by batch - 1
+        raise ValueError(f"`axis` must be None, 0 or 1, got {axis!r}.")
     scores = jnp.asarray(scores)
     batch = scores.shape[0]
     masked = jnp.where(_offdiag_mask(batch), scores, -jnp.inf)
@@ -112,6 +115,7 @@ def log_mean_exp_offdiag(scores: ArrayLike, axis: int | None = None) -> Array:
 
 def mean_offdiag(values: ArrayLike) -> Array:
     """Mean of the off-diagonal entries of a ``[batch, batch]`` matrix."""
+    _checks.check_scores(values, "values")
     values = jnp.asarray(values)
     batch = values.shape[0]
     total = jnp.sum(jnp.where(_offdiag_mask(batch), values, 0.0))
@@ -245,6 +249,11 @@ def js_calibration(scores: ArrayLike, init: ArrayLike = (1.0, 0.0), iterations: 
       ``[2]`` the best ``(a, b)`` evaluated.
     """
     f = _checked_scores(scores)
+    if jnp.asarray(init).shape != (2,):
+        raise ValueError(
+            f"`init` must be an (a, b) pair, shape [2], got shape {jnp.asarray(init).shape}."
+        )
+    _checks.check_ints(iterations=iterations)
     batch = f.shape[0]
     diag = jnp.diag(f)
     w_joint, w_marginal = 1.0 / batch, 1.0 / (batch * (batch - 1))

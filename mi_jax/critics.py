@@ -176,6 +176,7 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        _checks.check_ints("MLP", hidden=self.hidden, out_dim=self.out_dim)
         act = get_activation(self.activation)
         layer = _layers(self)
         for width in self.hidden:
@@ -203,6 +204,7 @@ class SeparableCritic(nn.Module):
     def __call__(self, x: Array, y: Array) -> Array:
         """``x`` ``[batch, dim_x]``, ``y`` ``[batch, dim_y]`` -> ``[batch, batch]``."""
         _check_pair(x, y)
+        _checks.check_ints("SeparableCritic", hidden=self.hidden, embed_dim=self.embed_dim)
         mlp = functools.partial(
             MLP, self.hidden, self.embed_dim, self.activation, self.compute_dtype, self.kernel_init
         )
@@ -258,6 +260,10 @@ class ConcatCritic(nn.Module):
 
     The first layer is linear, so ``W [x_i; y_j] = W_x x_i + W_y y_j``: it is computed once per
     sample and broadcast over pairs, and only the later layers run on ``batch^2`` rows.
+    ``W_x`` and ``W_y`` are initialized as two layers, each with its own fan-in (``dim_x``,
+    ``dim_y``), not as one layer of fan-in ``dim_x + dim_y``: with the default LeCun-normal
+    kernels the first pre-activations start about sqrt(2) larger when ``dim_x = dim_y``
+    (Glorot-uniform: ~4 %). The same functions, another starting point.
 
     Attributes:
       hidden: widths of the hidden layers (at least one).
@@ -280,6 +286,7 @@ class ConcatCritic(nn.Module):
         _check_pair(x, y)
         if not self.hidden:
             raise ValueError("ConcatCritic needs at least one hidden layer (`hidden`).")
+        _checks.check_ints("ConcatCritic", hidden=self.hidden)
         get_activation(self.activation)  # fail early on an unknown name
         if self.chunk_size is not None and not (
             _checks.is_int(self.chunk_size) and self.chunk_size >= 1
@@ -382,6 +389,9 @@ class BaselineMLP(nn.Module):
     @nn.compact
     def __call__(self, y: Array) -> Array:
         """``y`` ``[batch, dim_y]`` -> ``[batch]``."""
+        if jnp.ndim(y) != 2:
+            raise ValueError(f"`y` must have shape [batch, dim], got shape {jnp.shape(y)}.")
+        _checks.check_float(y, "y")
         return MLP(self.hidden, 1, self.activation, self.compute_dtype, self.kernel_init)(y)[:, 0]
 
 

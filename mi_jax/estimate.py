@@ -432,8 +432,10 @@ def _standardize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     a = a / np.exp2(np.floor(np.log2(np.where(peak > 0, peak, 1.0))))
     mean = a[train_idx].mean(axis=0)
     std = a[train_idx].std(axis=0)
-    # A spread lost to float64 rounding counts as none (1e8 + x keeps x; 1e20 + x does not).
-    _check_no_constant_columns(std <= 1e-12 * np.abs(mean), name)
+    # A spread within 64 float64 spacings of the mean counts as none: rounding noise, a column
+    # of a handful of levels (1e16 + x: spacing 2; 1e20 + x: one value). 1e8 + x and 1e12 +
+    # 0.5 x (timestamps in microseconds with a millisecond spread) keep their spread.
+    _check_no_constant_columns(std <= 64 * np.finfo(np.float64).eps * np.abs(mean), name)
     return (a - mean) / std
 
 

@@ -902,6 +902,9 @@ _SCORE_FNS = {
     "interpolated": bounds.interpolated,
     "flo": lambda s: bounds.flo(s, jnp.zeros(jnp.shape(s)[:1], jnp.float32)),
     "mine": lambda s: bounds.mine().update(s, bounds.mine().init()),
+    # The public helpers the bounds are built from, and the calibration.
+    "log_mean_exp_offdiag": bounds.log_mean_exp_offdiag,
+    "js_calibration": bounds.js_calibration,
 }
 _BAD_SCORES = {
     "non_square": (np.zeros((3, 4), np.float32), ValueError),
@@ -931,6 +934,18 @@ def test_bad_scores_raise_naming_scores(fname, bad):
 
 def test_bad_extra_inputs_raise_naming_them():
     s = _rand_scores(800, 4)
+    # A tuple axis would have divided the sum over all pairs by batch - 1.
+    for axis in ((0, 1), 2, -1):
+        with pytest.raises(ValueError, match="`axis` must be None, 0 or 1"):
+            bounds.log_mean_exp_offdiag(s, axis=axis)
+    with pytest.raises(ValueError, match="`values` must be a .batch, batch. score matrix"):
+        bounds.mean_offdiag(jnp.ones(4))
+    # Before: a scan carry-type error, or `init` returned unchanged for a bad count.
+    with pytest.raises(ValueError, match="`init` must be an .a, b. pair"):
+        bounds.js_calibration(s, init=(1.0,))
+    for iterations in (-1, 0, 2.5):
+        with pytest.raises(ValueError, match="`iterations` must be an integer >= 1"):
+            bounds.js_calibration(s, iterations=iterations)
     for u in (jnp.zeros(3), jnp.zeros((4, 1)), jnp.zeros(()), jnp.zeros(5)):
         with pytest.raises(ValueError, match="`u`"):
             bounds.flo(s, u)

@@ -308,6 +308,34 @@ def test_concat_needs_a_hidden_layer():
         critics.get_critic("concat", hidden=()).init(jax.random.key(0), x, y)
 
 
+def test_widths_below_one_are_named():
+    # Before: a ZeroDivisionError from the weight initializer, or a negative-index TypeError.
+    x, y = _data(batch=4, dx=3, dy=4)
+    cases = [
+        ("separable", dict(hidden=(8,), embed_dim=0), "SeparableCritic: `embed_dim`"),
+        ("separable", dict(hidden=(0,)), "SeparableCritic: `hidden`"),
+        ("concat", dict(hidden=(0,)), "ConcatCritic: `hidden`"),
+        ("concat", dict(hidden=(8, -1)), "ConcatCritic: `hidden`"),
+    ]
+    for name, hparams, match in cases:
+        with pytest.raises(ValueError, match=match):
+            critics.get_critic(name, **hparams).init(jax.random.key(0), x, y)
+    with pytest.raises(ValueError, match="MLP: `hidden`"):
+        critics.PairMLP(hidden=(0,)).init(jax.random.key(0), x, y)
+    with pytest.raises(ValueError, match="MLP: `out_dim`"):
+        critics.MLP(hidden=(8,), out_dim=0).init(jax.random.key(0), x)
+
+
+def test_baseline_checks_its_input():
+    x, y = _data(batch=4, dx=3, dy=4)
+    baseline = critics.BaselineMLP(hidden=(8,))
+    params = baseline.init(jax.random.key(0), y)
+    with pytest.raises(ValueError, match="`y` must have shape"):
+        baseline.apply(params, y[:, 0])
+    with pytest.raises(TypeError, match="`y`"):
+        baseline.apply(params, y.astype(jnp.int32))
+
+
 # --------------------------------------------------------------------------------------------
 # Mixed precision (compute_dtype="bfloat16").
 

@@ -147,6 +147,12 @@ def test_default_learning_rate_follows_the_training_objective(gaussian_2d):
         (dict(bound_hparams=5.0), ValueError, "`bound_hparams` must be a dict"),
         (dict(critic_hparams=[("hidden", 8)]), ValueError, "`critic_hparams` must be a dict"),
         (dict(calibrate="no"), ValueError, "`calibrate` must be True, False or None"),
+        # Ragged rows: named, not numpy's "inhomogeneous shape" alone.
+        (dict(x=[[1.0], [1.0, 2.0]] * 100), ValueError, "`x` must be a rectangular array"),
+        # A width of 0: named, not a ZeroDivisionError from a weight initializer.
+        (dict(critic_hparams={"hidden": (0,)}), ValueError, "SeparableCritic: `hidden`"),
+        (dict(critic_hparams={"hidden": (8,), "embed_dim": 0}), ValueError, "`embed_dim`"),
+        (dict(critic="concat", critic_hparams={"hidden": (8, 0)}), ValueError, "`hidden`"),
     ],
 )
 def test_bad_input_names_the_argument(gaussian_2d, kwargs, error, match):
@@ -171,6 +177,19 @@ def test_constant_column_is_rejected():
     x[:, 1] = 3.0
     with pytest.raises(ValueError, match=r"`x` has constant columns \[1\]"):
         mi_jax.estimate_mi(x, x[:, :1], max_steps=10)
+    # A spread float64 rounds away entirely (1e20 + x: one value) or to a few levels (1e16 + x:
+    # spacing 2) counts as none.
+    for offset in (1e20, 1e16):
+        with pytest.raises(ValueError, match=r"`x` has constant columns \[0\]"):
+            mi_jax.estimate_mi(offset + x[:, :1], x[:, :1], max_steps=10)
+
+
+def test_hyperparameters_may_be_numpy_arrays(gaussian_2d):
+    x, y = gaussian_2d
+    kwargs = dict(max_steps=100, critic_hparams={"hidden": (16,), "embed_dim": 8})
+    listed = mi_jax.estimate_mi(x[:600], y[:600], **kwargs)
+    kwargs["critic_hparams"]["hidden"] = np.array([16])
+    assert mi_jax.estimate_mi(x[:600], y[:600], **kwargs).mi == listed.mi
 
 
 def test_cli_reads_npz_and_reports(tmp_path, gaussian_2d):
@@ -186,9 +205,16 @@ def test_cli_reads_npz_and_reports(tmp_path, gaussian_2d):
         estimate_cli.load_pairs(str(tmp_path / "missing.npz"))
     np.save(tmp_path / "one.npy", x)
     (tmp_path / "pairs.csv").write_text("1,2\n3,4\n")
-    for name in ("one.npy", "pairs.csv"):
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:300])
+    np.savez(tmp_path / "objects.npz", x=np.array([1.0, "a"], dtype=object), y=y[:2])
+    for name in ("one.npy", "pairs.csv", "empty.npz", "cut.npz"):
         with pytest.raises(ValueError, match=r"--data file .* (is one array|is not an .npz)"):
             estimate_cli.load_pairs(str(tmp_path / name))
+    with pytest.raises(ValueError, match=r"--data file .*objects.npz.*: array 'x' is unreadable"):
+        estimate_cli.load_pairs(str(tmp_path / "objects.npz"))
+    with pytest.raises(ValueError, match="is not a file"):
+        estimate_cli.load_pairs(str(tmp_path))
 
 
 def test_single_seed_runs_unbatched_with_the_batched_numbers(gaussian_2d):
@@ -223,6 +249,10 @@ def test_standardization_is_computed_before_the_float32_cast(gaussian_2d):
     assert plain > 0.5
     for scaled in (x * 1e20, 1e8 + x, x * 1e-30, x * 1e160, x * 1e-300):
         np.testing.assert_allclose(mi_jax.estimate_mi(scaled, y, **kwargs).mi, plain, rtol=1e-3)
+    # A spread of 1e-12 of the offset (microsecond timestamps with a millisecond spread) is
+    # ~4000 float64 levels per standard deviation, not a constant column: it rounds the
+    # z-scores by ~1e-4 (so the training differs slightly).
+    np.testing.assert_allclose(mi_jax.estimate_mi(1e12 + 0.5 * x, y, **kwargs).mi, plain, rtol=0.05)
 
 
 def test_max_steps_is_a_limit_and_estimates_are_never_negative(gaussian_2d):
