@@ -23,7 +23,7 @@ from absl import app, flags
 
 from experiments import _common
 from mi_jax import bounds, critics
-from mi_jax.estimate import DEFAULT_CRITIC_HPARAMS, estimate_mi
+from mi_jax.estimate import estimate_mi
 from mi_jax.tasks import get_task
 
 _ONLY = flags.DEFINE_enum("only", None, ["critic", "estimate", "accuracy"], "Run one table only.")
@@ -231,9 +231,7 @@ ACCURACY_CASES = {
     ),
 }
 # The defaults before the critic's Glorot initialization (2026-12-02): LeCun-normal kernels.
-EARLIER_RULE = dict(
-    critic_hparams={**DEFAULT_CRITIC_HPARAMS["separable"], "kernel_init": "lecun_normal"}
-)
+EARLIER_RULE = dict(critic_hparams={"kernel_init": "lecun_normal"})
 ACCURACY_COLUMNS = [
     "set",
     "task",

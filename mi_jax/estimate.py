@@ -163,11 +163,14 @@ def estimate_mi(
       x: ``[N, dim_x]`` samples (``[N]`` is read as one dimension).
       y: ``[N, dim_y]`` samples paired with ``x``.
       bound: a registered bound name (`mi_jax.bounds.available_bounds`).
-      bound_hparams: keyword hyperparameters of the bound, e.g. ``{"clip": 5.0}``; None takes
-        `DEFAULT_BOUND_HPARAMS` for that bound (the bound's own defaults for bounds not listed).
+      bound_hparams: keyword hyperparameters of the bound, e.g. ``{"clip": 5.0}``, over
+        `DEFAULT_BOUND_HPARAMS` for that bound (the keys given replace those; the bound's own
+        defaults for the rest, and for bounds not listed).
       critic: a registered critic name (`mi_jax.critics.available_critics`).
-      critic_hparams: keyword hyperparameters of the critic; None takes `DEFAULT_CRITIC_HPARAMS`
-        for that critic (the module's own defaults for critics not listed there).
+      critic_hparams: keyword hyperparameters of the critic over `DEFAULT_CRITIC_HPARAMS` for
+        that critic (the keys given replace those: ``{"hidden": (256,)}`` keeps the bilinear
+        term and the Glorot-uniform kernels, ``{"bilinear": False}`` drops the term; the
+        module's own defaults for the rest, and for critics not listed there).
       batch_size: training minibatch size (>= 2; capped at the training split's size).
       learning_rate: Adam's learning rate; None: `JS_LEARNING_RATE` (3e-3) for a bound trained
         with the JS objective (SMILE, JS), `OTHER_LEARNING_RATE` (1e-3) for the others.
@@ -234,8 +237,8 @@ def estimate_mi(
         raise ValueError(f"`seeds` must be a positive integer or None, got {seeds!r}.")
     seeds = None if seeds is None else int(seeds)
     eval_every = min(eval_every, max_steps)  # max_steps is a limit: at least one whole round
-    if bound_hparams is None:
-        bound_hparams = DEFAULT_BOUND_HPARAMS.get(bound, {})
+    # The keys given replace those of the tuned defaults; the others stay.
+    bound_hparams = {**DEFAULT_BOUND_HPARAMS.get(bound, {}), **(bound_hparams or {})}
     trained_on_js = bounds_lib.get_bound(bound, **bound_hparams).objective is bounds_lib.js_fgan
     if learning_rate is None:
         learning_rate = JS_LEARNING_RATE if trained_on_js else OTHER_LEARNING_RATE
@@ -283,8 +286,7 @@ def estimate_mi(
     x_train, y_train, x_test, y_test = (jnp.asarray(a) for a in data)
     batch = min(batch_size, len(train_idx) // devices * devices)
 
-    if critic_hparams is None:
-        critic_hparams = DEFAULT_CRITIC_HPARAMS.get(critic, {})
+    critic_hparams = {**DEFAULT_CRITIC_HPARAMS.get(critic, {}), **(critic_hparams or {})}
     num_seeds = 1 if seeds is None else seeds
     spec = _FitSpec(
         bound=bound,

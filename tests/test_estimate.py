@@ -184,12 +184,22 @@ def test_constant_column_is_rejected():
             mi_jax.estimate_mi(offset + x[:, :1], x[:, :1], max_steps=10)
 
 
-def test_hyperparameters_may_be_numpy_arrays(gaussian_2d):
+def test_hyperparameters_given_replace_the_defaults_and_may_be_numpy_arrays(gaussian_2d):
     x, y = gaussian_2d
-    kwargs = dict(max_steps=100, critic_hparams={"hidden": (16,), "embed_dim": 8})
-    listed = mi_jax.estimate_mi(x[:600], y[:600], **kwargs)
+    kwargs = dict(max_steps=200, critic_hparams={"hidden": (16,), "embed_dim": 8})
+    given = mi_jax.estimate_mi(x[:600], y[:600], **kwargs)
+    # The other defaults stay: the bilinear term, Glorot-uniform kernels (and SMILE's tau = 3).
+    spelled_out = {**estimate_lib.DEFAULT_CRITIC_HPARAMS["separable"], **kwargs["critic_hparams"]}
+    assert spelled_out["bilinear"] and spelled_out["kernel_init"] == "glorot_uniform"
+    full = mi_jax.estimate_mi(x[:600], y[:600], max_steps=200, critic_hparams=spelled_out)
+    np.testing.assert_array_equal(full.test_curve, given.test_curve)
+    # SMILE's gradient given (its default): tau stays 3 (the bound's own default is 5).
+    js_gradient = mi_jax.estimate_mi(x[:600], y[:600], **kwargs, bound_hparams={"gradient": "js"})
+    np.testing.assert_array_equal(js_gradient.test_curve, given.test_curve)
+    tau5 = mi_jax.estimate_mi(x[:600], y[:600], **kwargs, bound_hparams={"clip": 5.0})
+    assert not np.array_equal(tau5.test_curve, given.test_curve)  # tau changes the readout
     kwargs["critic_hparams"]["hidden"] = np.array([16])
-    assert mi_jax.estimate_mi(x[:600], y[:600], **kwargs).mi == listed.mi
+    assert mi_jax.estimate_mi(x[:600], y[:600], **kwargs).mi == given.mi
 
 
 def test_cli_reads_npz_and_reports(tmp_path, gaussian_2d):
