@@ -36,6 +36,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("critic (config.critics)", config.critics, critics_lib.available_critics()),
         ("task (config.tasks)", config.tasks, tasks_lib.available_tasks()),
         ("bound (config.bound_hparams)", list(config.bound_hparams), bounds_lib.available_bounds()),
+        (
+            "critic (config.critic_hparams)",
+            list(config.critic_hparams),
+            critics_lib.available_critics(),
+        ),
     )
     for kind, names, known in registries:
         for name in names:
@@ -48,6 +53,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{field} names an entry twice: {tuple(config[field])}.")
     if not all(_checks.is_real(level) and 0 < level < np.inf for level in config.levels):
         raise ValueError(f"config.levels must be positive MI values (nats), got {config.levels}.")
+    # Every task, bound and critic is built here, so that a bad width, a typo in a bound's
+    # hyperparameters or a level a task cannot express fails before the first run writes.
+    for name in config.tasks:
+        task = tasks_lib.get_task(name, dim=config.dim)
+        if min(config.levels) < task.min_mi:
+            raise ValueError(
+                f"config.levels: the {name!r} task at dim {config.dim} has at least "
+                f"{task.min_mi:.4f} nats of MI, below which it cannot go; got "
+                f"{min(config.levels)}."
+            )
+    for name, hparams in config.bound_hparams.items():
+        bounds_lib.get_bound(name, **dict(hparams))
+    for name, hparams in config.critic_hparams.items():
+        critics_lib.get_critic(name, **dict(hparams))
     if not (_checks.is_real(config.learning_rate) and 0 < config.learning_rate < np.inf):
         raise ValueError(
             f"config.learning_rate must be a positive number, got {config.learning_rate!r}."
@@ -440,7 +459,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # the earlier run stay until then, so an interrupted rerun loses none of them.
     path = os.path.join(workdir, "results.json")
     earlier = _common.read_json(path) if os.path.exists(path) else {}
-    results = {"runs": earlier.get("runs", []), "statistics": earlier.get("statistics", [])}
+    results = {"runs": [], "statistics": [], **earlier}  # its wall time too, until replaced
     total = config.steps_per_level * len(config.levels)
     combos = [(t, c) for t in config.tasks for c in config.critics]
     wall0 = time.perf_counter()

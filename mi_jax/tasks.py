@@ -180,6 +180,8 @@ def _cubic(dim: int) -> Task:
 def _spiral_task(dim: int, speed: float = 0.5) -> Task:
     if dim < 2:
         raise ValueError(f"the spiral task needs `dim` >= 2, got {dim}.")
+    if not (_checks.is_real(speed) and np.isfinite(speed)):
+        raise ValueError(f"the spiral task's `speed` must be a finite number, got {speed!r}.")
 
     def sample(key, mi, batch):
         x, y = correlated_gaussian(key, mi, batch, dim)
@@ -233,6 +235,10 @@ def staircase_mi(
       float32 MI of ``step``'s shape.
     """
     _checks.check_ints(steps_per_level=steps_per_level)
+    if not (len(levels) and all(_checks.is_real(v) and 0 <= v < np.inf for v in levels)):
+        raise ValueError(f"`levels` must be finite MI values >= 0 (nats), got {levels!r}.")
+    if not jnp.issubdtype(jnp.result_type(step), jnp.integer):
+        raise TypeError(f"`step` must be an integer (array), got dtype {jnp.result_type(step)}.")
     if not isinstance(step, jax.core.Tracer) and np.any(np.asarray(step) < 0):
         raise ValueError(f"`step` must be >= 0, got {step!r}.")
     # (Without the lower clamp a negative index would wrap around to the last levels.)

@@ -144,6 +144,7 @@ def test_level_statistics_against_hand_computation():
         ("learning_rate", -1.0, ValueError, "config.learning_rate must be a positive number"),
         ("learning_rate", 0.0, ValueError, "config.learning_rate must be a positive number"),
         ("ema_decay", 1.5, ValueError, r"config.ema_decay .* must lie in \[0, 1\)"),
+        ("dim", 0, ValueError, "`dim` must be an integer >= 1"),
     ],
 )
 def test_bad_config_is_rejected_before_running(tmp_path, field, value, error, match):
@@ -151,6 +152,27 @@ def test_bad_config_is_rejected_before_running(tmp_path, field, value, error, ma
     with pytest.raises(error, match=match):
         staircase.train_and_evaluate(config, str(tmp_path))
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_every_task_bound_and_critic_is_built_before_running(tmp_path):
+    # Before: a spiral task at dim 1 failed after the Gaussian task's results were written; a
+    # Student-t level below the family's least MI ran at that least MI, recorded as the level;
+    # typos in hyperparameters of critics or bounds the run does not use went unnoticed.
+    cases = [
+        (dict(tasks=("gaussian", "spiral"), dim=1), ValueError, "spiral task needs `dim` >= 2"),
+        (dict(tasks=("student_t",), levels=(1.0, 0.3)), ValueError, "config.levels: .*student_t"),
+        (dict(critic_hparams={"seperable": {"hidden": (8,)}}), KeyError, "separable"),
+        (dict(bound_hparams={"smile": {"clp": 5.0}}), TypeError, "clp"),
+        (dict(critic_hparams={"concat": {"hiden": (8,)}}), TypeError, "hiden"),
+    ]
+    for overrides, error, match in cases:
+        config = _tiny()
+        with config.unlocked():
+            for key, value in overrides.items():
+                config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+        with pytest.raises(error, match=match):
+            staircase.train_and_evaluate(config, str(tmp_path))
+        assert not (tmp_path / "config.json").exists()
 
 
 def test_config_typo_is_an_error():
@@ -199,6 +221,7 @@ def test_an_interrupted_rerun_keeps_the_earlier_results(tmp_path, monkeypatch):
     assert kept["runs"][1]["run_s"] == first["runs"][1]["run_s"]  # the first run's concat
     assert kept["runs"][0]["run_s"] != first["runs"][0]["run_s"]  # the rerun's separable
     assert len(kept["statistics"]) == len(first["statistics"])
+    assert kept["wall_s"] == first["wall_s"]  # the earlier run's, until the rerun completes
     csv_rows = (tmp_path / "results.csv").read_text().splitlines()
     assert len(csv_rows) == 1 + len(first["statistics"])
 

@@ -334,5 +334,14 @@ def test_get_task_errors():
     assert tasks.get_task("gaussian", dim=np.int64(3)).dim == 3
     with pytest.raises(ValueError, match="steps_per_level"):
         tasks.staircase_mi(3, steps_per_level=0)
+    # Before: an IndexError, NaN samples from a negative MI, an indexer error naming nothing.
+    for levels in ((), (-1.0,), (2.0, float("nan"))):
+        with pytest.raises(ValueError, match="`levels` must be finite MI values >= 0"):
+            tasks.staircase_mi(3, levels=levels, steps_per_level=2)
+    for step in (3.0, np.array([0.0, 1.0])):
+        with pytest.raises(TypeError, match="`step` must be an integer"):
+            tasks.staircase_mi(step, steps_per_level=2)
+    with pytest.raises(ValueError, match="`speed` must be a finite number"):
+        tasks.get_task("spiral", dim=2, speed=float("nan"))
     with pytest.raises(TypeError, match="speeed"):
         tasks.get_task("spiral", dim=2, speeed=1.0)
