@@ -133,6 +133,14 @@ def seed_values(config) -> list[int]:
     return [int(config.seed) + k for k in range(check_num_seeds(config))]
 
 
+def check_learning_rate(config, name: str = "learning_rate") -> None:
+    """``config.<name>`` a positive, finite number, or a `ValueError` naming it (a negative
+    rate trains without complaint: Adam then ascends the loss)."""
+    rate = config[name]
+    if not (_checks.is_real(rate) and 0 < rate < float("inf")):
+        raise ValueError(f"`config.{name}` must be a positive number, got {rate!r}.")
+
+
 def check_num_seeds(config) -> int:
     """``config.num_seeds`` (>= 1), or a `ValueError` naming it."""
     k = config.num_seeds

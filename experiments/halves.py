@@ -43,6 +43,7 @@ FINDINGS = {
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
+    _common.check_learning_rate(config)
     for field, known in (
         ("encoders", halves.available_half_encoders()),
         ("critics", critics_lib.available_critics()),

@@ -37,8 +37,8 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from experiments import _common
+from mi_jax import _checks, ib, parallel, training
 from mi_jax import data as data_lib
-from mi_jax import ib, parallel, training
 
 
 def build(config: ml_collections.ConfigDict, method: str, num_classes: int) -> ib.IBModel:
@@ -95,6 +95,13 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"`config.betas` has no sweep for method {method!r}.")
         betas_of(config, method)
     _common.check_num_seeds(config)
+    _common.check_learning_rate(config)
+    if not (_checks.is_real(config.lr_decay) and 0 < config.lr_decay <= 1):
+        raise ValueError(f"`config.lr_decay` must lie in (0, 1], got {config.lr_decay!r}.")
+    if not (_checks.is_real(config.adam_b1) and 0 <= config.adam_b1 < 1):
+        raise ValueError(f"`config.adam_b1` must lie in [0, 1), got {config.adam_b1!r}.")
+    if len(set(config.methods)) < len(config.methods):
+        raise ValueError(f"`config.methods` names a method twice: {tuple(config.methods)}.")
     for name in (
         "num_epochs", "batch_size", "eval_every_epochs", "test_samples", "eval_batch_size",
         "lr_decay_epochs",
@@ -493,8 +500,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         "devices": mesh.devices.size,
         "num_seeds": config.num_seeds,
         "config": config_dict,
-        # Methods run earlier in this workdir and not now: kept.
-        "methods": {m: e for m, e in previous.items() if m not in config.methods},
+        # Methods run earlier in this workdir: kept, each until it is rerun (an interrupted
+        # rerun of a finished method's predecessor keeps it).
+        "methods": dict(previous),
     }
 
     def on_eval(method, history, complete):

@@ -70,6 +70,7 @@ RESUMABLE = (
 
 def _check_config(config: ml_collections.ConfigDict, representation_names: tuple[str, ...]) -> None:
     _common.check_num_seeds(config)
+    _common.check_learning_rate(config)
     for name in (
         "num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
         "keep_checkpoints",  # 0: Orbax keeps none, and nothing could resume

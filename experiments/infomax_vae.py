@@ -76,6 +76,7 @@ def settings_of(config: ml_collections.ConfigDict) -> tuple[list[str], dict[str,
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
     _common.check_num_seeds(config)
+    _common.check_learning_rate(config)
     for name in ("num_epochs", "batch_size", "eval_every_epochs", "latent_dim"):
         if config[name] < 1:
             raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
@@ -290,9 +291,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     )
     settings_dev = jax.tree.map(jnp.asarray, settings)
     results_path = os.path.join(workdir, "results.json")
-    history = []
+    history, train_s = [], 0.0
     if start and os.path.exists(results_path):
-        history = [r for r in _common.read_json(results_path)["history"] if r["step"] <= start]
+        earlier = _common.read_json(results_path)
+        history = [r for r in earlier["history"] if r["step"] <= start]
+        train_s = earlier.get("train_s", 0.0)  # the training time of the steps resumed from
     writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
     progress = tqdm(total=num_steps, initial=start, desc="infomax_vae")
     results = {
@@ -307,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         "test_images": num_test,
         "eval_test_images": num_test // config.batch_size * config.batch_size,
     }
-    step, train_s = start, 0.0
+    step = start
     try:
         while step < num_steps:
             n = min(chunk_steps, num_steps - step)
@@ -340,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
                     history.append(row)
             manager.save(step, args=ocp.args.StandardSave(state))
             manager.wait_until_finished()
-            results["history"] = history
+            results["history"], results["train_s"] = history, train_s
             _common.write_json(results_path, results)
             progress.update(n)
             progress.set_postfix(

@@ -161,6 +161,7 @@ def error_stats(grads: np.ndarray, true: np.ndarray) -> dict:
 
 
 def validate_config(config) -> None:
+    _common.check_learning_rate(config)
     for name, spec in config.estimators.items():
         if spec.score not in score_lib.available_score_estimators():
             raise _checks.unknown_name_error(

@@ -67,10 +67,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         bounds_lib.get_bound(name, **dict(hparams))
     for name, hparams in config.critic_hparams.items():
         critics_lib.get_critic(name, **dict(hparams))
-    if not (_checks.is_real(config.learning_rate) and 0 < config.learning_rate < np.inf):
-        raise ValueError(
-            f"config.learning_rate must be a positive number, got {config.learning_rate!r}."
-        )
+    _common.check_learning_rate(config)
     if not (_checks.is_real(config.ema_decay) and 0 <= config.ema_decay < 1):
         raise ValueError(
             f"config.ema_decay (the plots' smoothing) must lie in [0, 1), got {config.ema_decay!r}."

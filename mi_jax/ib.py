@@ -230,6 +230,7 @@ class IBModel:
 
     def sample(self, params: PyTree, images: Array, rng: PRNGKey, num_samples: int):
         """``(z [S, B, K], mu [B, K], sigma [B, K])``; ``z = mu`` for ``"deterministic"``."""
+        _checks.check_ints(num_samples=num_samples)
         mu, sigma = self.encoder.apply(params["encoder"], images)
         if self.method == "deterministic":
             return jnp.broadcast_to(mu, (num_samples, *mu.shape)), mu, sigma

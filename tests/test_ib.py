@@ -211,6 +211,25 @@ def test_bad_input_names_the_argument():
         vae_experiment.train_and_evaluate(_quick(vae_config, bound="nwjj"), "/x")
     with pytest.raises(ValueError, match="latent_dim"):
         vae_experiment.train_and_evaluate(_quick(vae_config, latent_dim=0), "/x")
+    # Optimizer settings (before: a negative rate trained without complaint, ascending the
+    # loss; b1 = 1 turned the loss NaN at step 2, naming neither).
+    bad_optimizer = [
+        (dict(learning_rate=-1e-3), r"`config.learning_rate` must be a positive number"),
+        (dict(lr_decay=-0.5), r"`config.lr_decay` must lie in \(0, 1\]"),
+        (dict(adam_b1=1.0), r"`config.adam_b1` must lie in \[0, 1\)"),
+        # Before: the second copy found the first's checkpoint and named no setting.
+        (dict(methods=("vib", "vib")), r"`config.methods` names a method twice"),
+    ]
+    for overrides, match in bad_optimizer:
+        with pytest.raises(ValueError, match=match):
+            ib_experiment.train_and_evaluate(_quick(ib_config, **overrides), "/x")
+    with pytest.raises(ValueError, match=r"`config.learning_rate` must be a positive number"):
+        vae_experiment.train_and_evaluate(_quick(vae_config, learning_rate=-1e-3), "/x")
+    model, x = _model("vib"), _images(jax.random.key(0))
+    params, _ = model.init(jax.random.key(1), x)
+    for num_samples in (0, -1):  # before: NaN probabilities, or an XLA shape error
+        with pytest.raises(ValueError, match="`num_samples` must be an integer >= 1"):
+            model.predict(params, x, jax.random.key(2), num_samples)
 
 
 def test_ib_experiment_smoke_and_resume(tmp_path):
@@ -280,6 +299,35 @@ def test_ib_resumes_an_interrupted_method_from_its_checkpoint(tmp_path):
     with pytest.raises(ValueError, match=r"vib: .* at step \d+, past .* longer run"):
         ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",), num_epochs=1), workdir)
     assert {n: (tmp_path / n).read_bytes() for n in written} == written
+
+
+def test_an_interrupted_rerun_keeps_a_finished_method_listed_after_it(tmp_path, monkeypatch):
+    # Before: results.json, rewritten at the first method's first evaluation, dropped every
+    # earlier entry of a method listed again (vib, finished): interrupted there, vib's results
+    # were lost and its finished checkpoint refused on the next run.
+    workdir = str(tmp_path)
+    first = ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",)), workdir)
+    real_run_method = ib_experiment.run_method
+
+    def interrupted(config, method, dataset, validation, progress, writer, on_eval, **kwargs):
+        def on_first_eval(*args, **kw):
+            on_eval(*args, **kw)
+            raise RuntimeError("interrupted")
+
+        on_first_eval.previous = on_eval.previous
+        return real_run_method(
+            config, method, dataset, validation, progress, writer, on_first_eval, **kwargs
+        )
+
+    monkeypatch.setattr(ib_experiment, "run_method", interrupted)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        ib_experiment.train_and_evaluate(
+            _quick(ib_config, methods=("deterministic", "vib")), workdir
+        )
+    with open(os.path.join(workdir, "results.json")) as f:
+        kept = json.load(f)["methods"]
+    assert set(kept) == {"deterministic", "vib"}
+    assert kept["vib"]["final"] == first["methods"]["vib"]["final"]
 
 
 def test_predict_averages_probabilities_over_the_sampled_codes():
@@ -420,6 +468,9 @@ def test_infomax_vae_loss_terms_and_smoke(tmp_path):
         vae_experiment.train_and_evaluate(
             _quick(vae_config, **{"models.infomax_vae.gamma": 50.0}), workdir
         )
+    # A rerun of the finished run trains nothing and keeps its training time (before: 0 s).
+    rerun = vae_experiment.train_and_evaluate(_quick(vae_config), workdir)
+    assert rerun["train_s"] == saved["train_s"] > 0
 
 
 def test_ib_num_seeds_trains_each_seed_as_its_own_sweep(tmp_path):
