@@ -160,6 +160,10 @@ def error_stats(grads: np.ndarray, true: np.ndarray) -> dict:
     )
 
 
+# What an entry of config.estimators may hold (configs/mige_toy.py).
+ESTIMATOR_KEYS = ("score", "hparams", "bandwidth_scale", "richardson")
+
+
 def validate_config(config) -> None:
     _common.check_learning_rate(config)
     for name, spec in config.estimators.items():
@@ -169,6 +173,18 @@ def validate_config(config) -> None:
                 spec.score,
                 score_lib.available_score_estimators(),
             )
+        unknown = sorted(set(spec) - set(ESTIMATOR_KEYS))
+        if unknown:  # a misspelt bandwidth_scale would silently run at scale 1
+            raise ValueError(
+                f"config.estimators.{name} has unknown keys {unknown}; known: {ESTIMATOR_KEYS}."
+            )
+        scale = spec.get("bandwidth_scale", 1.0)
+        if not (_checks.is_real(scale) and 0 < scale < np.inf):
+            raise ValueError(
+                f"config.estimators.{name}.bandwidth_scale must be a positive number, got "
+                f"{scale!r}."
+            )
+        make_score_fn(spec.to_dict())  # its hyperparameters, before anything is written
     for name in config.bounds:
         if name not in bounds_lib.available_bounds():
             raise _checks.unknown_name_error(
@@ -180,6 +196,16 @@ def validate_config(config) -> None:
         raise ValueError("config.num_samples >= 2, num_seeds >= 1 and num_rhos >= 2 are needed.")
     if not config.dims or not all(_checks.is_int(d) and d >= 1 for d in config.dims):
         raise ValueError(f"config.dims must hold positive integers, got {config.dims}.")
+
+
+def _replace_row(rows: list[dict], row: dict) -> None:
+    """Puts ``row`` in place of the row of its dimension and estimator, or at the end."""
+    key = (row["dim"], row["estimator"])
+    for i, r in enumerate(rows):
+        if (r["dim"], r["estimator"]) == key:
+            rows[i] = row
+            return
+    rows.append(row)
 
 
 def plot(path: str, curves: dict, rhos: np.ndarray, dims) -> None:
@@ -217,7 +243,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
     rhos = np.linspace(-config.rho_max, config.rho_max, config.num_rhos, dtype=np.float32)
     keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
-    results, curves = {"rows": []}, {}
+    # A rerun of this config replaces each estimator's rows as it finishes: the earlier run's
+    # stay until then, so an interrupted rerun loses none of them.
+    results_path = os.path.join(workdir, "results.json")
+    earlier = _common.read_json(results_path) if os.path.exists(results_path) else {}
+    results, curves = {"rows": earlier.get("rows", [])}, {}
     tasks = [(d, name) for d in config.dims for name in config.estimators]
     tasks += [(d, "bounds") for d in config.dims if config.bounds]
     try:
@@ -240,7 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
                         run_s=run_s,
                         **error_stats(g, true),
                     )
-                    results["rows"].append(row)
+                    _replace_row(results["rows"], row)
                     curves.setdefault(dim, {})[est_name] = g
                     for r, rho in enumerate(rhos):
                         writer.write(
@@ -253,7 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
                                 std=float(g[r].std()),
                             )
                         )
-                _common.write_json(os.path.join(workdir, "results.json"), results)
+                _common.write_json(results_path, results)
                 progress.update(1)
     finally:
         writer.close()

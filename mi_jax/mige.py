@@ -150,6 +150,7 @@ def encoder_mi_surrogate(
     """
     _check_paired(z=z)
     _checks.check_float(conditional_score, "conditional_score")
+    _checks.check_finite_if_concrete(conditional_score, "conditional_score")
     z = jnp.asarray(z)
     conditional_score = jnp.asarray(conditional_score)
     if conditional_score.shape != z.shape:

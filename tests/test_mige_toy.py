@@ -94,6 +94,43 @@ def test_unknown_score_estimator_is_rejected(tmp_path):
         mige_toy.train_and_evaluate(config, str(tmp_path))
 
 
+def test_bad_estimator_entries_are_rejected_before_anything_is_written(tmp_path):
+    # Before: a misspelt bandwidth_scale ran at scale 1, a scale of 0 gave NaN errors, and a
+    # misspelt hyperparameter failed after the first estimator's results were written.
+    cases = [
+        ({"bandwith_scale": 4.0}, ValueError, r"unknown keys \['bandwith_scale'\]"),
+        ({"bandwidth_scale": 0.0}, ValueError, "bandwidth_scale must be a positive number"),
+        ({"hparams": {"etta": 1e-3}}, TypeError, "etta"),
+    ]
+    for entry, error, match in cases:
+        config = _tiny()
+        with config.unlocked():
+            config.estimators.mige_stein.update(entry)
+        with pytest.raises(error, match=match):
+            mige_toy.train_and_evaluate(config, str(tmp_path))
+        assert not (tmp_path / "config.json").exists()
+
+
+def test_an_interrupted_rerun_keeps_the_earlier_rows(tmp_path, monkeypatch):
+    config = _tiny(bounds=())
+    first = mige_toy.train_and_evaluate(config, str(tmp_path))
+    names = [r["estimator"] for r in first["rows"]]
+    real = mige_toy.mige_gradients
+
+    def second_fails(config, dim, spec, *args):
+        if spec == config.estimators[names[1]].to_dict():
+            raise RuntimeError("interrupted")
+        return real(config, dim, spec, *args)
+
+    monkeypatch.setattr(mige_toy, "mige_gradients", second_fails)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        mige_toy.train_and_evaluate(config, str(tmp_path))
+    with open(tmp_path / "results.json") as f:
+        kept = json.load(f)["rows"]
+    assert [r["estimator"] for r in kept] == names  # before: the first estimator's row only
+    assert kept[1] == json.loads(json.dumps(first["rows"][1]))  # the earlier run's
+
+
 def test_a_learned_estimator_is_used_without_a_bandwidth():
     z = jax.random.normal(jax.random.key(1), (40, 2))
     got = mige_toy.make_score_fn({"score": "dsm", "hparams": {"steps": 5}})(z)

@@ -133,6 +133,21 @@ def test_float32_samples_under_enable_x64():
         assert r.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(r)))
 
 
+def test_estimates_do_not_move_with_the_samples_far_from_the_origin():
+    # The score is translation equivariant. Before, in float32 at an offset of 1000, the
+    # distances |x|^2 + |y|^2 - 2 x.y cancelled: Stein failed ("`eta` too small"), SSGE's
+    # relative error rose from 0.25 to 0.64.
+    x, _, _ = _correlated_gaussian(2, 200)
+    for estimate in (score.stein_score, score.ssge_score):
+        np.testing.assert_allclose(estimate(x + 1000.0), estimate(x), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        score.ssge_score(x + 1000.0, x[:1] + 1000.0), score.ssge_score(x, x[:1]), atol=1e-3
+    )
+    np.testing.assert_allclose(
+        score.median_bandwidth(x + 1000.0), score.median_bandwidth(x), rtol=1e-4
+    )
+
+
 def test_vmap_equals_loop():
     xs = jnp.stack([_correlated_gaussian(2, 100, seed=s)[0] for s in range(3)])
     batched = jax.jit(jax.vmap(score.ssge_score))(xs)
@@ -165,6 +180,10 @@ def test_identical_samples_give_zero_scores_not_nan():
         (lambda x: score.ssge_score(x, bandwidth=-1.0), ValueError, "bandwidth"),
         # Ridge below float32's resolution of the Gram matrix: Cholesky fails (NaN before).
         (lambda x: score.stein_score(x, eta=1e-9, bandwidth=10.0), ValueError, "`eta`.*too small"),
+        # Before: an all-zero estimate, and a bare "truth value of an array is ambiguous".
+        (lambda x: score.stein_score(x, eta=float("inf")), ValueError, "`eta` must be a positive"),
+        (lambda x: score.stein_score(x, eta=jnp.array([0.1, 0.2])), ValueError, "`eta`"),
+        (lambda x: score.median_bandwidth(x, scale=0.0), ValueError, "`scale` must be a positive"),
     ],
 )
 def test_bad_input_raises_naming_the_argument(call, error, match):
@@ -263,6 +282,7 @@ def test_surrogates_reject_bad_shapes():
         (lambda x: mige.mi_surrogate(x, x.at[0, 0].set(jnp.nan)), ValueError, "`y`.*1 NaN"),
         (lambda x: mige.entropy_surrogate(x.astype(jnp.int32)), TypeError, "`z`"),
         (lambda x: mige.encoder_mi_surrogate(x, x.astype(jnp.int32)), TypeError, "conditional"),
+        (lambda x: mige.encoder_mi_surrogate(x, x.at[0].set(jnp.nan)), ValueError, "conditional"),
     ],
 )
 def test_surrogates_name_the_bad_argument(call, error, match):
