@@ -30,10 +30,10 @@ import optax
 from tqdm import tqdm
 
 from experiments import _common
+from mi_jax import _checks, halves, parallel, probes, training
 from mi_jax import bounds as bounds_lib
 from mi_jax import critics as critics_lib
 from mi_jax import data as data_lib
-from mi_jax import halves, parallel, probes, training
 
 FINDINGS = {
     "bijective": "(1) with a bijective encoder the MI is constant, yet linear accuracy improves",
@@ -71,8 +71,19 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
             f"`config.eval_every` ({config.eval_every}) must be a multiple of "
             f"`config.log_every` ({config.log_every})."
         )
-    if config.noise_std < 0:
-        raise ValueError(f"`config.noise_std` must be >= 0, got {config.noise_std}.")
+    if not (_checks.is_real(config.noise_std) and 0 <= config.noise_std < float("inf")):
+        raise ValueError(f"`config.noise_std` must be finite and >= 0, got {config.noise_std}.")
+    if not (_checks.is_int(config.seed) and config.seed >= 0):
+        raise ValueError(f"`config.seed` must be an integer >= 0, got {config.seed!r}.")
+    probe = config.probe
+    if not (_checks.is_int(probe.train_examples) and probe.train_examples >= 0):
+        raise ValueError(
+            f"`config.probe.train_examples` must be an integer >= 0 (0: all), got "
+            f"{probe.train_examples!r}."
+        )
+    probes.check_hparams(
+        prefix="config.probe.", l2=probe.l2, max_iter=probe.max_iter, tol=probe.tol
+    )
 
 
 def load_views(config) -> dict[str, np.ndarray]:

@@ -113,9 +113,12 @@ _IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 _IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 
 
-def _read_idx(path: str, *, magic: int, ndim: int, count: int | None = None) -> np.ndarray:
+def _read_idx(
+    path: str, *, magic: int, ndim: int, count: int | None = None
+) -> tuple[np.ndarray, int]:
     """Parses a gzipped IDX file of unsigned bytes: a big-endian int32 magic number, ``ndim``
-    big-endian int32 sizes, then the data. Reads at most ``count`` items (all if ``None``)."""
+    big-endian int32 sizes, then the data. Reads at most ``count`` items (all if ``None``);
+    returns them with the number of items the header declares."""
     try:
         with gzip.open(path, "rb") as f:
             header = f.read(4 * (1 + ndim))
@@ -128,6 +131,7 @@ def _read_idx(path: str, *, magic: int, ndim: int, count: int | None = None) -> 
                     f"({'images' if magic == _IDX_IMAGES_MAGIC else 'labels'}); the file is "
                     "corrupt or not the one its name says."
                 )
+            declared = shape[0]
             if count is not None:
                 shape[0] = min(shape[0], count)
             size = math.prod(shape)
@@ -139,7 +143,7 @@ def _read_idx(path: str, *, magic: int, ndim: int, count: int | None = None) -> 
             f"IDX file {path} is truncated: its header promises {size} bytes of shape {shape}, "
             f"found {len(data)}."
         )
-    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape), declared
 
 
 def _find_mnist_files(data_dir: str | None) -> str | None:
@@ -163,22 +167,24 @@ def _find_mnist_files(data_dir: str | None) -> str | None:
 def _load_mnist_idx(directory: str, max_examples: int | None) -> Dataset:
     arrays = {}
     for split in ("train", "test"):
-        images = _read_idx(
+        images, num_images = _read_idx(
             os.path.join(directory, _MNIST_FILES[f"{split}_images"]),
             magic=_IDX_IMAGES_MAGIC,
             ndim=3,
             count=max_examples,
         )
-        labels = _read_idx(
+        labels, num_labels = _read_idx(
             os.path.join(directory, _MNIST_FILES[f"{split}_labels"]),
             magic=_IDX_LABELS_MAGIC,
             ndim=1,
             count=max_examples,
         )
-        if len(images) != len(labels):
+        # The headers' counts, not the (``max_examples``-cut) arrays': files of two splits
+        # would otherwise pair images with the wrong labels.
+        if num_images != num_labels:
             raise ValueError(
-                f"MNIST {split} files in {directory} disagree: {len(images)} images but "
-                f"{len(labels)} labels."
+                f"MNIST {split} files in {directory} disagree: {num_images} images but "
+                f"{num_labels} labels."
             )
         if labels.size and labels.max() > 9:
             raise ValueError(f"MNIST {split} labels in {directory} exceed 9: {labels.max()}.")

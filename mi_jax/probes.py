@@ -190,6 +190,9 @@ def fit_probe(
     test_x = np.asarray(test_features, np.float32).reshape(len(test_features), -1)
     train_y = np.asarray(train_labels)
     test_y = np.asarray(test_labels)
+    for name, y in (("train_labels", train_y), ("test_labels", test_y)):
+        if y.ndim != 1:
+            raise ValueError(f"`{name}` must have shape [N] (class indices), got {y.shape}.")
     if train_x.shape[0] != train_y.shape[0] or test_x.shape[0] != test_y.shape[0]:
         raise ValueError(
             f"features and labels disagree in length: train {train_x.shape[0]} vs "

@@ -201,6 +201,15 @@ def test_mnist_corrupt_files(tmp_path, overrides, match):
         data.load_dataset("mnist", data_dir=str(tmp_path))
 
 
+def test_mnist_files_that_disagree_are_refused_under_max_examples_too(tmp_path):
+    # Before: both files were cut to max_examples first, and 3 images loaded with the first 2
+    # of 4 labels (images paired with another split's labels).
+    labels = {"train-labels-idx1-ubyte.gz": gzip.compress(_idx_bytes(2049, np.arange(4)))}
+    _write_mnist(tmp_path, overrides=labels)
+    with pytest.raises(ValueError, match="disagree: 3 images but 4 labels"):
+        data.load_dataset("mnist", data_dir=str(tmp_path), max_examples=2)
+
+
 # ------------------------------------------------------------------------------------------------
 # tensorflow-datasets (mocked: no TensorFlow, no network)
 

@@ -201,6 +201,12 @@ def test_seeds_are_independent_and_reproducible(tmp_path):
         ({"encoders": ()}, "config.encoders"),
         ({"mi_eval_batches": 0}, "mi_eval_batches"),
         ({"batch_size": 10_000}, "batch_size"),
+        # Before: a NaN noise failed in the probe naming `train_features`; a negative seed after
+        # a metrics row was written; a negative probe size silently dropped that many images.
+        ({"noise_std": float("nan")}, "`config.noise_std` must be finite"),
+        ({"seed": -1}, "`config.seed` must be an integer >= 0"),
+        ({"probe.train_examples": -5}, "`config.probe.train_examples` must be an integer >= 0"),
+        ({"probe.l2": -1.0}, "`config.probe.l2` is out of range"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, overrides, match):

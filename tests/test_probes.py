@@ -78,6 +78,9 @@ def test_extract_features_pads_the_last_chunk_and_matches_a_direct_call():
         (lambda x, y: probes.fit_probe(x, y, x, y, l2=-1.0), ValueError, "l2"),
         (lambda x, y: probes.fit_probe(x, y, x, y, learning_rate=np.nan), ValueError, "learning"),
         (lambda x, y: probes.fit_probe(x, y, x, y, max_iter=True), ValueError, "max_iter"),
+        # Before: "indices and arr must have the same number of dimensions", naming nothing.
+        (lambda x, y: probes.fit_probe(x, y[:, None], x, y), ValueError, "`train_labels`.*shape"),
+        (lambda x, y: probes.fit_probe(x, y, x, y[:, None]), ValueError, "`test_labels`.*shape"),
     ],
 )
 def test_bad_input_is_named(call, error, match):
