@@ -611,6 +611,32 @@ def color_jitter(
     return image
 
 
+def check_augment(
+    *,
+    prefix: str = "",
+    crop_padding: int = 0,
+    flip: bool = False,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    saturation: float = 0.0,
+) -> None:
+    """A `ValueError` naming the first of `augment_image`'s settings out of range (a padding
+    and strengths ``>= 0``, finite; ``flip`` a bool), ``prefix`` before the name
+    (``"config.augment."``): a config is checked before anything runs, not at the first
+    compiled step."""
+    if not (_checks.is_int(crop_padding) and crop_padding >= 0):
+        raise ValueError(f"`{prefix}crop_padding` must be an integer >= 0, got {crop_padding!r}.")
+    if not isinstance(flip, bool | np.bool_):
+        raise ValueError(f"`{prefix}flip` must be True or False, got {flip!r}.")
+    for name, value in (
+        ("brightness", brightness),
+        ("contrast", contrast),
+        ("saturation", saturation),
+    ):
+        if not (_checks.is_real(value) and 0 <= value < np.inf):
+            raise ValueError(f"`{prefix}{name}` must be finite and >= 0, got {value!r}.")
+
+
 def augment_image(
     key: PRNGKey,
     image: ArrayLike,

@@ -243,6 +243,10 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoints(tmp_path)
         (dict(critic_hidden=0), ValueError, "`critic_hidden` must be an integer >= 1"),
         (dict(encoder_hparams={"channels": (4, 8), "fc_width": 0}), ValueError, "`fc_width`"),
         (dict(beta=float("nan")), ValueError, "`beta` must be finite"),
+        # Before: found at the first compiled step, naming `padding` / `brightness`.
+        (dict(**{"augment.crop_padding": -1}), ValueError, "`config.augment.crop_padding`"),
+        (dict(**{"augment.brightness": -0.5}), ValueError, "`config.augment.brightness`"),
+        (dict(learning_rate=-1e-4), ValueError, "`config.learning_rate` must be a positive"),
     ],
 )
 def test_bad_configs_are_named(tmp_path, overrides, error, match):
