@@ -78,7 +78,7 @@ def _check_config(config: ml_collections.ConfigDict, representation_names: tuple
         if config[name] < 1:
             raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
     if "augment" in config:
-        data_lib.check_augment(prefix="config.augment.", **config.augment)
+        data_lib.check_augment(config.augment.to_dict(), prefix="config.augment.")
     probe = config.probe
     probes.check_hparams(
         prefix="config.probe.", l2=probe.l2, max_iter=probe.max_iter, tol=probe.tol,

@@ -611,28 +611,35 @@ def color_jitter(
     return image
 
 
-def check_augment(
-    *,
-    prefix: str = "",
-    crop_padding: int = 0,
-    flip: bool = False,
-    brightness: float = 0.0,
-    contrast: float = 0.0,
-    saturation: float = 0.0,
-) -> None:
-    """A `ValueError` naming the first of `augment_image`'s settings out of range (a padding
-    and strengths ``>= 0``, finite; ``flip`` a bool), ``prefix`` before the name
-    (``"config.augment."``): a config is checked before anything runs, not at the first
+# `augment_image`'s settings: (name, default).
+AUGMENT_SETTINGS = (
+    ("crop_padding", 0),
+    ("flip", False),
+    ("brightness", 0.0),
+    ("contrast", 0.0),
+    ("saturation", 0.0),
+)
+
+
+def check_augment(settings: dict, prefix: str = "") -> None:
+    """A `ValueError` naming the first of `augment_image`'s ``settings`` that is unknown or out
+    of range (a padding and strengths ``>= 0``, finite; ``flip`` a bool), ``prefix`` before the
+    name (``"config.augment."``): a config is checked before anything runs, not at the first
     compiled step."""
-    if not (_checks.is_int(crop_padding) and crop_padding >= 0):
-        raise ValueError(f"`{prefix}crop_padding` must be an integer >= 0, got {crop_padding!r}.")
-    if not isinstance(flip, bool | np.bool_):
-        raise ValueError(f"`{prefix}flip` must be True or False, got {flip!r}.")
-    for name, value in (
-        ("brightness", brightness),
-        ("contrast", contrast),
-        ("saturation", saturation),
-    ):
+    known = dict(AUGMENT_SETTINGS)
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown augmentation settings {unknown} ({prefix}); known: {list(known)}."
+        )
+    settings = {**known, **settings}
+    padding = settings["crop_padding"]
+    if not (_checks.is_int(padding) and padding >= 0):
+        raise ValueError(f"`{prefix}crop_padding` must be an integer >= 0, got {padding!r}.")
+    if not isinstance(settings["flip"], bool | np.bool_):
+        raise ValueError(f"`{prefix}flip` must be True or False, got {settings['flip']!r}.")
+    for name in ("brightness", "contrast", "saturation"):
+        value = settings[name]
         if not (_checks.is_real(value) and 0 <= value < np.inf):
             raise ValueError(f"`{prefix}{name}` must be finite and >= 0, got {value!r}.")
 
