@@ -280,17 +280,44 @@ def check_same_run(workdir: str, config, may_differ: Iterable[str] = ()) -> None
 
 
 class JsonlWriter:
-    """Appends one JSON object per line and flushes, so rows survive a crash."""
+    """Appends one JSON object per line and flushes, so rows survive a crash.
+
+    Every row gets a ``"run"`` number: one more than the largest in the file when it is opened
+    (rows without one count as run 0), so the rows of a rerun or a resumed run in the same
+    workdir can be told from the earlier ones. A last line a crash cut short is ended first:
+    the next row starts a line of its own (`read_jsonl` skips the cut one).
+    """
 
     def __init__(self, path: str):
+        rows = read_jsonl(path) if os.path.exists(path) else []
+        self.run = 1 + max((r.get("run", 0) for r in rows), default=0)
+        cut = False
+        if os.path.exists(path) and os.path.getsize(path):
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                cut = f.read(1) != b"\n"
         self._file = open(path, "a")  # noqa: SIM115 - closed in close()
+        if cut:
+            self._file.write("\n")
 
     def write(self, row: Mapping) -> None:
-        self._file.write(json.dumps(to_builtin(row)) + "\n")
+        self._file.write(json.dumps(to_builtin({**row, "run": self.run})) + "\n")
         self._file.flush()
 
     def close(self) -> None:
         self._file.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The rows of a JSONL file, in order; a line a crash cut short (not JSON) is skipped."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
 
 
 def write_csv(path: str, rows: Iterable[Mapping]) -> None:

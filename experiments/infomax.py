@@ -15,11 +15,12 @@ Writes to the workdir: ``config.json``; ``metrics.jsonl`` (a training row per ch
 per evaluation); ``results.json`` (final probe table, timings); ``curves.png`` (loss, MI terms,
 probe accuracy over steps) and ``probes.png`` (final accuracies); ``checkpoints/`` (Orbax,
 the last ``keep_checkpoints``). Rerunning with the same workdir resumes from the latest
-checkpoint. A NaN loss stops the run naming the step; checkpoints already written stay.
+checkpoint: a ``"resume"`` row marks its step in ``metrics.jsonl`` (`read_metrics` drops the
+earlier rows past it), and a periodic evaluation due there that never finished is done first.
+A NaN loss stops the run naming the step; checkpoints already written stay.
 """
 
 import functools
-import json
 import os
 import time
 
@@ -309,10 +310,33 @@ def train_and_evaluate(
     images = parallel.replicate(dataset.train_images, mesh)
     augment = config.augment.to_dict() if "augment" in config else {}
     run = make_chunk_fn(objective, augment, mesh, len(seeds) if batched else None)
-    writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    # The evaluations already written at the checkpoint's step (read before this run adds any).
+    evaluated = start and any(r["step"] == start for r in read_metrics(metrics_path)[1])
+    writer = _common.JsonlWriter(metrics_path)
+
+    def log_eval(step: int) -> dict:
+        """The periodic probes on the encoder at ``step``, written as an eval row."""
+        per_seed = [
+            periodic_eval(config, objective, p, dataset, mesh, seed=s)
+            for s, p in zip(seeds, _per_seed(state.params["encoder"], batched), strict=True)
+        ]
+        acc = {k: float(np.mean([a[k] for a in per_seed])) for k in per_seed[0]}
+        eval_row = {"step": step, "kind": "eval", **acc}
+        if batched:
+            eval_row["per_seed"] = {k: [a[k] for a in per_seed] for k in acc}
+        writer.write(eval_row)
+        return acc
+
     compile_s, train_s, step = 0.0, 0.0, start
     progress = tqdm(total=config.num_steps, initial=start, desc=f"{name} {config.estimator}")
     try:
+        if start:
+            # The rows an earlier run wrote after this checkpoint describe training that is
+            # now done again: `read_metrics` drops them from the curves (they stay in the file).
+            writer.write({"step": start, "kind": "resume"})
+            if start % config.eval_every == 0 and start < config.num_steps and not evaluated:
+                log_eval(start)  # the run stopped between the checkpoint and its evaluation
         while step < config.num_steps:
             # Chunks end on multiples of log_every (so evaluations and checkpoints keep their
             # schedule after a resume from an odd step, e.g. a run's final checkpoint).
@@ -346,15 +370,7 @@ def train_and_evaluate(
             if step % config.checkpoint_every == 0 or step == config.num_steps:
                 manager.save(step, args=ocp.args.StandardSave(state))
             if step % config.eval_every == 0 and step < config.num_steps:
-                per_seed = [
-                    periodic_eval(config, objective, p, dataset, mesh, seed=s)
-                    for s, p in zip(seeds, _per_seed(state.params["encoder"], batched), strict=True)
-                ]
-                acc = {k: float(np.mean([a[k] for a in per_seed])) for k in per_seed[0]}
-                eval_row = {"step": step, "kind": "eval", **acc}
-                if batched:
-                    eval_row["per_seed"] = {k: [a[k] for a in per_seed] for k in acc}
-                writer.write(eval_row)
+                acc = log_eval(step)
                 progress.set_postfix(
                     loss=f"{row['loss']:.3f}", **{k: f"{v:.3f}" for k, v in acc.items()}
                 )
@@ -497,11 +513,14 @@ def summary(results: dict) -> str:
 
 
 def read_metrics(path: str) -> tuple[list[dict], list[dict]]:
-    """Train and eval rows of ``metrics.jsonl``; after a resume the latest row per step wins."""
+    """Train and eval rows of ``metrics.jsonl``, by step. After a resume (a ``"resume"`` row at
+    the checkpoint's step) the rows an earlier run wrote past that step are dropped, and the
+    latest row per step wins."""
     rows = {}
-    with open(path) as f:
-        for line in f:
-            row = json.loads(line)
+    for row in _common.read_jsonl(path) if os.path.exists(path) else []:
+        if row["kind"] == "resume":
+            rows = {key: r for key, r in rows.items() if r["step"] <= row["step"]}
+        else:
             rows[(row["kind"], row["step"])] = row
     ordered = sorted(rows.values(), key=lambda r: r["step"])
     return [r for r in ordered if r["kind"] == "train"], [r for r in ordered if r["kind"] == "eval"]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -194,6 +195,30 @@ def test_a_resume_from_an_odd_step_keeps_the_schedule_and_a_shorter_run_is_refus
     with pytest.raises(ValueError, match=r"reach step 7, past `config.num_steps` \(5\)"):
         infomax.train_and_evaluate(tiny_config(**{**small, "num_steps": 5}), str(tmp_path))
     assert (tmp_path / "config.json").read_bytes() == config_json  # refused before writing
+
+
+def test_a_resume_evaluates_a_checkpoint_step_left_unevaluated_and_drops_stale_rows(tmp_path):
+    small = dict(num_steps=4, log_every=1, eval_every=2, checkpoint_every=2, keep_checkpoints=10)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    infomax.train_and_evaluate(tiny_config(**small), str(full))
+    # A run killed while probing at step 2, after its checkpoint there: no eval row at 2, no
+    # checkpoint at 4, but its train rows at 3 and 4 (as a cut-short last line shows, written).
+    infomax.train_and_evaluate(tiny_config(**small), str(cut))
+    rows = _rows(cut / "metrics.jsonl")
+    kept = [r for r in rows if r["kind"] == "train"]
+    (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"ste')
+    shutil.rmtree(cut / "checkpoints" / "4")
+    # Resumed with chunks of 2 steps: the stale row of step 3 is not rewritten by it.
+    infomax.train_and_evaluate(tiny_config(**{**small, "log_every": 2}), str(cut))
+    train, evals = infomax.read_metrics(str(cut / "metrics.jsonl"))
+    assert [r["step"] for r in train] == [1, 2, 4]
+    assert [r["run"] for r in train] == [1, 1, 2]
+    assert [(r["step"], r["run"]) for r in evals] == [(2, 2), (4, 2)]
+    _, reference = infomax.read_metrics(str(full / "metrics.jsonl"))
+    assert evals[0]["linear_global"] == pytest.approx(reference[0]["linear_global"], abs=1e-6)
+    # Nothing an earlier run wrote is removed from the file.
+    rows = [json.loads(x) for x in (cut / "metrics.jsonl").read_text().splitlines()[:4]]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
 
 
 _POISONED = [False]  # read when the bound is traced: a rerun of the same config turns NaN

@@ -109,6 +109,13 @@ def test_bad_estimator_entries_are_rejected_before_anything_is_written(tmp_path)
         with pytest.raises(error, match=match):
             mige_toy.train_and_evaluate(config, str(tmp_path))
         assert not (tmp_path / "config.json").exists()
+    # A learned estimator has no bandwidth: this failed in its first compiled call.
+    config = _tiny()
+    with config.unlocked():
+        config.estimators.mige_stein = {"score": "dsm", "richardson": 1.5}
+    with pytest.raises(ValueError, match="'dsm' takes no kernel bandwidth"):
+        mige_toy.train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "config.json").exists()
 
 
 def test_an_interrupted_rerun_keeps_the_earlier_rows(tmp_path, monkeypatch):
