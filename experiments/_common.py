@@ -142,10 +142,13 @@ def check_learning_rate(config, name: str = "learning_rate") -> None:
 
 
 def check_num_seeds(config) -> int:
-    """``config.num_seeds`` (>= 1), or a `ValueError` naming it."""
+    """``config.num_seeds`` (>= 1), or a `ValueError` naming it; ``config.seed`` too, where the
+    config has one (an integer >= 0: the batch orders are drawn from it)."""
     k = config.num_seeds
     if not _checks.is_int(k) or k < 1:
         raise ValueError(f"`config.num_seeds` must be an integer >= 1, got {k!r}.")
+    if "seed" in config and not (_checks.is_int(config.seed) and config.seed >= 0):
+        raise ValueError(f"`config.seed` must be an integer >= 0, got {config.seed!r}.")
     return k
 
 
@@ -213,10 +216,15 @@ def restore_checkpoint(manager, step: int, state):
 def write_json(path: str, data) -> None:
     """Writes atomically (temp file, then rename), so a crash never leaves half a file."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(to_builtin(data), f, indent=2, allow_nan=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(to_builtin(data), f, indent=2, allow_nan=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):  # no half-written file left beside the old one
+            os.remove(tmp)
+        raise
 
 
 def read_json(path: str):

@@ -3,7 +3,8 @@ r"""Benchmarks: concat-critic throughput against the matmul peak, `estimate_mi` 
 
   python -m experiments.benchmark [--only critic|estimate|accuracy]
 
-Prints three tables. The peak is measured here, on this machine: a float32 2048 x 2048 matmul.
+Prints four tables (the accuracy part two: the cases, and independent samples). The peak is
+measured here, on this machine: a float32 2048 x 2048 matmul.
 The concat critic is timed forward + backward (a training step's work without the optimizer)
 at several batch sizes, dense and chunked, float32 and bfloat16 matmuls, with FLOPs counted by
 `flops_concat_critic` (backward = 2 x forward). `estimate_mi` runs in a fresh subprocess per
@@ -296,7 +297,8 @@ def independence_rows(n: int = 5000, dims=(1, 5, 20, 50), draws=(0, 1)) -> list[
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _ONLY.value in (None, "critic"):
         peak = matmul_peak()
         print(f"float32 2048x2048 matmul peak on this machine: {peak:.1f} GFLOP/s")

@@ -11,7 +11,6 @@ with its held-out curves (bound, training objective) and training curve.
 
 import dataclasses
 import os
-import zipfile
 
 import numpy as np
 from absl import app, flags
@@ -48,7 +47,9 @@ def load_pairs(path: str) -> tuple[np.ndarray, np.ndarray]:
     if not os.path.isfile(path):
         raise ValueError(f"--data {path!r} is not a file.")
     not_npz = f"--data file {path!r} is not an .npz of arrays x and y"
-    unreadable = (ValueError, EOFError, OSError, zipfile.BadZipFile)
+    # Text, pickle, empty, cut short, damaged anywhere (zipfile, zlib and numpy's header parser
+    # raise a dozen kinds of error for one bad byte): every one is named as --data's.
+    unreadable = Exception
     with open(path, "rb") as f:  # closed on every error (np.load leaks a cut .npz's handle)
         try:
             data = np.load(f, allow_pickle=False)
@@ -76,8 +77,12 @@ def run(path: str, **kwargs) -> estimate_lib.MIEstimate:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _JSON.value and not os.path.isdir(os.path.dirname(os.path.abspath(_JSON.value))):
-        raise app.UsageError(f"--json {_JSON.value!r}: its directory does not exist.")
+    if _JSON.value:  # checked before the training, whose result it would hold
+        folder = os.path.dirname(os.path.abspath(_JSON.value))
+        if not os.path.isdir(folder):
+            raise app.UsageError(f"--json {_JSON.value!r}: its directory does not exist.")
+        if os.path.isdir(_JSON.value) or not os.access(folder, os.W_OK):
+            raise app.UsageError(f"--json {_JSON.value!r}: not a file that can be written.")
     result = run(
         _DATA.value,
         bound=_BOUND.value,

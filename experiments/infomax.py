@@ -73,11 +73,13 @@ def _check_config(config: ml_collections.ConfigDict, representation_names: tuple
     _common.check_num_seeds(config)
     _common.check_learning_rate(config)
     for name in (
-        "num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
+        "num_steps", "log_every", "eval_every", "checkpoint_every",
         "keep_checkpoints",  # 0: Orbax keeps none, and nothing could resume
     ):  # fmt: skip
         if config[name] < 1:
             raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
+    if config.batch_size < 2:  # the bounds need a negative pair off the diagonal
+        raise ValueError(f"`config.batch_size` must be >= 2, got {config.batch_size}.")
     if "augment" in config:
         data_lib.check_augment(config.augment.to_dict(), prefix="config.augment.")
     probe = config.probe
@@ -100,6 +102,8 @@ def _check_config(config: ml_collections.ConfigDict, representation_names: tuple
         ("kinds", probes.PROBES),
         ("periodic_kinds", probes.PROBES),
     ):
+        if not config.probe[field]:  # the run would end without a probe of its encoder
+            raise ValueError(f"`config.probe.{field}` is empty; name at least one of {known}.")
         for name in config.probe[field]:
             if name not in known:
                 raise ValueError(
@@ -302,10 +306,10 @@ def train_and_evaluate(
             f"`config.num_steps` ({config.num_steps}); use num_steps >= {start} or a fresh "
             "--workdir."
         )
-    _common.write_config(workdir, config)
-    if start:
+    if start:  # a checkpoint of another model is refused before config.json is written
         state = _common.restore_checkpoint(manager, start, state)
         print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")
+    _common.write_config(workdir, config)
 
     images = parallel.replicate(dataset.train_images, mesh)
     augment = config.augment.to_dict() if "augment" in config else {}
@@ -545,7 +549,7 @@ def plot(workdir: str, final: list[dict]) -> None:
         if key.startswith(("mi_", "infonce_")):
             axes[1].plot(steps, [r[key] for r in train], label=key)
     axes[1].set(xlabel="step", title="MI terms (nats; MIGE: surrogate)")
-    for key in sorted({k for r in evals for k in r} - {"step", "kind", "per_seed"}):
+    for key in sorted({k for r in evals for k in r} - {"step", "kind", "per_seed", "run"}):
         points = [(r["step"], r[key]) for r in evals if key in r]
         axes[2].plot(*zip(*points, strict=True), "o-", label=key)
     axes[2].set(xlabel="step", title="probes on the trained encoder (test accuracy)")

@@ -273,10 +273,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
             f"the checkpoint in {workdir}/checkpoints is at step {start}, past this config's "
             f"{num_steps} steps (`config.num_epochs`); train as long or use a fresh --workdir."
         )
-    _common.write_config(workdir, config)
-    if start:
+    if start:  # a checkpoint of another model is refused before config.json is written
         state = _common.restore_checkpoint(manager, start, state)
         print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")
+    _common.write_config(workdir, config)
 
     def loss_fn(params, bound_states, x, labels, key, setting):
         del labels

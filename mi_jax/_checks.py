@@ -54,6 +54,20 @@ def check_ints(owner: str = "", least: int = 1, **values) -> None:
             raise ValueError(f"{prefix}`{name}` must {what} >= {least}, got {value!r}.")
 
 
+def check_int_sequences(owner: str = "", least: int = 1, **values) -> None:
+    """`check_ints` for fields that hold a sequence of integers (layer widths), where a bare
+    integer is refused too: ``hidden=64`` for ``(64,)`` failed inside Flax as "'int' object is
+    not iterable", naming nothing."""
+    for name, value in values.items():
+        if not isinstance(value, Sequence) or isinstance(value, str):
+            prefix = f"{owner}: " if owner else ""
+            raise ValueError(
+                f"{prefix}`{name}` must be a sequence of integers >= {least} (e.g. ({value!r},)), "
+                f"got {value!r}."
+            )
+    check_ints(owner, least, **values)
+
+
 def check_weight(value, name: str) -> None:
     """Raises a ValueError naming ``name`` unless ``value`` is a finite real number ``>= 0``
     (a loss weight). Arrays pass unchecked: traced under `jax.jit` they hold no value, and

@@ -32,11 +32,12 @@ the anchor and ``x`` the target image; per target location ``l`` the bound sees
 
 column ``i`` holding anchor ``i``'s positive and, pooled with a log-mean-exp, each other
 image's ``L`` locations. Every bound that sees the negatives only through ``mean exp(s)``
-(InfoNCE, DV, NWJ, FLO, TUBA, MINE, SMILE's estimate) then averages ``exp`` over all
-``(B - 1) L`` negative pairs exactly; for InfoNCE this is the paper's NCE (a softmax of the
-positive against the negatives) with its ``(B - 1) L`` negatives weighted ``1 / L`` each, so
-the bound stays ``<= log B``. JS (softplus of the negatives) sees the pooled score as one
-negative per image: still a valid objective, no longer an average over locations.
+(InfoNCE, DV, NWJ, FLO, TUBA, MINE) then averages ``exp`` over all ``(B - 1) L`` negative
+pairs exactly; for InfoNCE this is the paper's NCE (a softmax of the positive against the
+negatives) with its ``(B - 1) L`` negatives weighted ``1 / L`` each, so the bound stays
+``<= log B``. SMILE clips the pooled score, not each location's (the same as clipping each
+only while no score passes ``+-tau``), and JS (softplus of the negatives) sees the pooled score
+as one negative per image: still valid objectives, no longer averages over locations.
 
 Reference:
   Bachman, Hjelm & Buchwalter, "Learning Representations by Maximizing Mutual Information
@@ -84,8 +85,9 @@ class MultiScaleEncoder(nn.Module):
     """A conv encoder whose receptive fields grow from 7x7 to 5x5 to 1x1 maps, for any input of at
     least 7x7 pixels.
 
-    Stem: 4x4 stride-2 convs (``stem_width`` channels, then ``widths[0]``) while a side is at
-    least 14 (28 -> 14 -> 7, 32 -> 16 -> 8, 96 -> ... -> 12), then one VALID conv with kernel
+    Stem: 4x4 stride-2 convs while a side is at least 14 (28 -> 14 -> 7, 32 -> 16 -> 8, 96 ->
+    ... -> 12; the first with ``stem_width`` channels if a side is at least 28, the others, and
+    the only one of a 14-27-pixel input, with ``widths[0]``), then one VALID conv with kernel
     ``size - 6`` to exactly 7x7 (a 1x1 conv when already 7; an input under 14 pixels, such as
     8x8 digits, first gets a 3x3 SAME conv of ``stem_width``). Trunk: ``map7`` after a 1x1 block;
     3x3 VALID conv to ``map5`` and a 1x1 block; 3x3 VALID convs 5 -> 3 -> 1 and a 1x1 block to
@@ -95,7 +97,8 @@ class MultiScaleEncoder(nn.Module):
     `mi_jax.encoders`).
 
     Attributes:
-      stem_width: channels of the first conv.
+      stem_width: channels of the first conv (of an input at least 28 or under 14 pixels a
+        side; a 14-27-pixel input has no conv of this width).
       widths: ``(C7, C5, D)`` channels of ``map7``, ``map5`` and ``global_``.
       activation: name of the activation.
     """
@@ -105,9 +108,10 @@ class MultiScaleEncoder(nn.Module):
     activation: str = "relu"
 
     def __post_init__(self):
+        _checks.check_int_sequences("MultiScaleEncoder", widths=self.widths)
         if len(self.widths) != 3:
             raise ValueError(f"`widths` must be (C7, C5, D), got {tuple(self.widths)}.")
-        _checks.check_ints("MultiScaleEncoder", stem_width=self.stem_width, widths=self.widths)
+        _checks.check_ints("MultiScaleEncoder", stem_width=self.stem_width)
         super().__post_init__()
 
     @nn.compact

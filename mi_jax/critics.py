@@ -176,7 +176,8 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        _checks.check_ints("MLP", hidden=self.hidden, out_dim=self.out_dim)
+        _checks.check_int_sequences("MLP", hidden=self.hidden)
+        _checks.check_ints("MLP", out_dim=self.out_dim)
         act = get_activation(self.activation)
         layer = _layers(self)
         for width in self.hidden:
@@ -204,7 +205,8 @@ class SeparableCritic(nn.Module):
     def __call__(self, x: Array, y: Array) -> Array:
         """``x`` ``[batch, dim_x]``, ``y`` ``[batch, dim_y]`` -> ``[batch, batch]``."""
         _check_pair(x, y)
-        _checks.check_ints("SeparableCritic", hidden=self.hidden, embed_dim=self.embed_dim)
+        _checks.check_int_sequences("SeparableCritic", hidden=self.hidden)
+        _checks.check_ints("SeparableCritic", embed_dim=self.embed_dim)
         mlp = functools.partial(
             MLP, self.hidden, self.embed_dim, self.activation, self.compute_dtype, self.kernel_init
         )
@@ -270,8 +272,8 @@ class ConcatCritic(nn.Module):
       activation: name of the activation.
       chunk_size: if set, evaluate rows of x in blocks of this size under `jax.checkpoint`, so
         activations of only one block are alive at a time, in the forward and in the backward
-        pass. Must divide the batch. ``None`` evaluates all pairs at once (fastest for small
-        batches).
+        pass (a batch it does not divide ends in a padded block). ``None`` evaluates all pairs
+        at once (fastest for small batches).
     """
 
     hidden: Sequence[int] = (256, 256)
@@ -286,7 +288,7 @@ class ConcatCritic(nn.Module):
         _check_pair(x, y)
         if not self.hidden:
             raise ValueError("ConcatCritic needs at least one hidden layer (`hidden`).")
-        _checks.check_ints("ConcatCritic", hidden=self.hidden)
+        _checks.check_int_sequences("ConcatCritic", hidden=self.hidden)
         get_activation(self.activation)  # fail early on an unknown name
         if self.chunk_size is not None and not (
             _checks.is_int(self.chunk_size) and self.chunk_size >= 1
@@ -306,11 +308,10 @@ class ConcatCritic(nn.Module):
                 rest_hidden, self.activation, self.compute_dtype, self.kernel_init, name="rows"
             )(ay, ax)
             return scores
-        if batch % self.chunk_size:
-            raise ValueError(
-                f"`chunk_size` ({self.chunk_size}) must divide the batch size ({batch})."
-            )
-        blocks = ax.reshape(batch // self.chunk_size, self.chunk_size, first)
+        # A batch that is no multiple of the chunk (a held-out split, say) gets a last block
+        # padded with rows of zeros, whose scores are computed and dropped.
+        ax = jnp.pad(ax, ((0, -batch % self.chunk_size), (0, 0)))
+        blocks = ax.reshape(-1, self.chunk_size, first)
         # A lifted scan over row blocks; parameters are broadcast (shared, same tree as the dense
         # path) and each block is rematerialized in the backward pass, so only one block's
         # activations are alive at a time.
@@ -324,7 +325,7 @@ class ConcatCritic(nn.Module):
         _, scores = scan_rows(
             rest_hidden, self.activation, self.compute_dtype, self.kernel_init, name="rows"
         )(ay, blocks)
-        return scores.reshape(batch, batch)
+        return scores.reshape(-1, batch)[:batch]
 
 
 class _PairHead(nn.Module):

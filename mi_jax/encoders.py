@@ -159,7 +159,8 @@ class MLPEncoder(nn.Module):
     def __post_init__(self):
         if not self.hidden:
             raise ValueError("MLPEncoder needs at least one hidden layer (`hidden`).")
-        _checks.check_ints("MLPEncoder", hidden=self.hidden, latent_dim=self.latent_dim)
+        _checks.check_int_sequences("MLPEncoder", hidden=self.hidden)
+        _checks.check_ints("MLPEncoder", latent_dim=self.latent_dim)
         super().__post_init__()
 
     @nn.compact
@@ -206,9 +207,9 @@ class ConvEncoder(nn.Module):
     def __post_init__(self):
         if not self.channels:
             raise ValueError("ConvEncoder needs at least one conv layer (`channels`).")
+        _checks.check_int_sequences("ConvEncoder", channels=self.channels)
         _checks.check_ints(
             "ConvEncoder",
-            channels=self.channels,
             fc_width=self.fc_width,
             latent_dim=self.latent_dim,
         )
@@ -313,10 +314,10 @@ class ResNetEncoder(nn.Module):
     kernel_init: str = "lecun_normal"
 
     def __post_init__(self):
+        _checks.check_int_sequences("ResNetEncoder", widths=self.widths, strides=self.strides)
         _checks.check_ints(
             "ResNetEncoder",
-            widths=self.widths,
-            strides=self.strides,
+            blocks_per_stage=self.blocks_per_stage,  # one count, or one per stage
             stem_width=self.stem_width,
             latent_dim=self.latent_dim,
             norm_groups=self.norm_groups,

@@ -225,11 +225,8 @@ def estimate_mi(
         raise ValueError(f"`stop_on` must be 'objective' or 'bound', got {stop_on!r}.")
     if calibrate is not None and not isinstance(calibrate, bool | np.bool_):
         raise ValueError(f"`calibrate` must be True, False or None, got {calibrate!r}.")
-    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
-        raise ValueError(
-            f"`mesh` must be a jax.sharding.Mesh (`mi_jax.parallel.data_mesh`) or None, "
-            f"got {mesh!r}."
-        )
+    if mesh is not None:
+        parallel.check_mesh(mesh)
     for name, hparams in (("bound_hparams", bound_hparams), ("critic_hparams", critic_hparams)):
         if hparams is not None and not isinstance(hparams, Mapping):
             raise ValueError(f"`{name}` must be a dict of keyword arguments, got {hparams!r}.")
@@ -418,7 +415,7 @@ def _to_float32(a: np.ndarray, name: str) -> np.ndarray:
     if not np.all(np.isfinite(out)):
         raise ValueError(
             f"`{name}` has values beyond float32's range ({np.abs(a).max():.3g}); rescale it or "
-            "pass `standardize=True`."
+            "standardize it (`standardize=True`; on the command line `--standardize zscore`)."
         )
     return out
 

@@ -130,7 +130,8 @@ class RealNVPEncoder(nn.Module):
     hidden: Sequence[int] = (256,)
 
     def __post_init__(self):
-        _checks.check_ints("RealNVPEncoder", num_layers=self.num_layers, hidden=self.hidden)
+        _checks.check_int_sequences("RealNVPEncoder", hidden=self.hidden)
+        _checks.check_ints("RealNVPEncoder", num_layers=self.num_layers)
         super().__post_init__()
 
     @nn.compact

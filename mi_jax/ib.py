@@ -112,7 +112,9 @@ class GaussianEncoder(nn.Module):
         )
         out = head(2.0 * images - 1.0 if self.centered_inputs else images).global_
         mu, raw = jnp.split(out, 2, axis=-1)
-        return mu, jax.nn.softplus(raw - self.std_offset)
+        # Floored at the least normal float: a sigma that underflows to 0 (nothing pushes it
+        # up at beta = 0) would make log sigma, the KL and its gradient inf and the loss NaN.
+        return mu, jnp.maximum(jax.nn.softplus(raw - self.std_offset), jnp.finfo(raw.dtype).tiny)
 
 
 class Prediction(NamedTuple):

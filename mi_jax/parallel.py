@@ -89,8 +89,22 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS, *([None] * (ndim - 1))))
 
 
+def check_mesh(mesh) -> None:
+    """Raises unless ``mesh`` is a `Mesh` with the one axis ``"data"`` (`data_mesh`'s): batches
+    are split along that axis by name (another name failed in compilation, naming neither)."""
+    if not isinstance(mesh, Mesh):
+        raise ValueError(f"`mesh` must be a jax.sharding.Mesh (`data_mesh`), got {mesh!r}.")
+    if mesh.axis_names != (DATA_AXIS,):
+        raise ValueError(
+            f"`mesh` must have the one axis {DATA_AXIS!r} (`mi_jax.parallel.data_mesh`), got "
+            f"axes {mesh.axis_names}."
+        )
+
+
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "config.batch_size") -> None:
-    """Raises unless ``batch_size`` splits evenly over the mesh's devices."""
+    """Raises unless ``mesh`` is a data mesh (`check_mesh`) that ``batch_size`` splits evenly
+    over."""
+    check_mesh(mesh)
     n = mesh.devices.size
     if batch_size % n:
         raise ValueError(

@@ -15,10 +15,11 @@
 # its checkpoints and plots): a conv encoder trained with DIM's global and local InfoNCE terms
 # and a uniform prior, then a linear probe on its frozen features against raw pixels.
 #
-# Data: set `DATA_DIR` to a folder holding the four MNIST IDX `.gz` files; left empty,
-# `mi_jax.data` falls back to tensorflow-datasets (which needs the network) — or use
-# `DATASET = "digits"` (scikit-learn's 8x8 digits, bundled). `MI_JAX_NOTEBOOK_TINY=1` runs a
-# few steps on digits.
+# Data: set `DATA_DIR` to a folder holding the four MNIST IDX `.gz` files (on Colab, upload
+# or download them there first). Left empty, `mi_jax.data` reads a tensorflow-datasets copy
+# prepared beforehand (`tfds build mnist --file_format=array_record`; nothing is downloaded
+# here), or names what is missing. Or use `DATASET = "digits"` (scikit-learn's 8x8 digits,
+# bundled). `MI_JAX_NOTEBOOK_TINY=1` runs a few steps on digits.
 
 # %%
 import functools

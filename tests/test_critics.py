@@ -189,12 +189,22 @@ def test_chunked_concat_equals_dense_in_value_and_gradient():
             np.testing.assert_allclose(g, gd, rtol=1e-5, atol=1e-5 * scale, err_msg=str(path))
 
 
-def test_chunk_size_must_divide_batch():
+def test_a_chunk_that_does_not_divide_the_batch_gives_the_dense_scores_and_gradients():
+    # Before: a ValueError, so `estimate_mi` with a chunked concat critic failed on most
+    # held-out split sizes (20 % of N, which the user does not choose).
     x, y = _data(batch=12, dx=3, dy=4)
+    dense = critics.get_critic("concat", hidden=_HIDDEN)
+    params = dense.init(jax.random.key(0), x, y)
     critic = critics.get_critic("concat", hidden=_HIDDEN, chunk_size=5)
-    params = critics.get_critic("concat", hidden=_HIDDEN).init(jax.random.key(0), x, y)
-    with pytest.raises(ValueError, match="chunk_size"):
-        critic.apply(params, x, y)
+    np.testing.assert_allclose(
+        jax.jit(critic.apply)(params, x, y), dense.apply(params, x, y), rtol=1e-5, atol=1e-5
+    )
+    grad = jax.grad(_concat_loss(critic))(params, x, y)
+    for g, gd in zip(
+        jax.tree.leaves(grad), jax.tree.leaves(jax.grad(_concat_loss(dense))(params, x, y)),
+        strict=True,
+    ):  # fmt: skip
+        np.testing.assert_allclose(g, gd, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(gd))))
     for chunk in (0, -2):
         with pytest.raises(ValueError, match="`chunk_size` must be a positive integer"):
             critics.get_critic("concat", hidden=_HIDDEN, chunk_size=chunk).apply(params, x, y)
@@ -316,6 +326,9 @@ def test_widths_below_one_are_named():
         ("separable", dict(hidden=(0,)), "SeparableCritic: `hidden`"),
         ("concat", dict(hidden=(0,)), "ConcatCritic: `hidden`"),
         ("concat", dict(hidden=(8, -1)), "ConcatCritic: `hidden`"),
+        # A bare width (was "'int' object is not iterable" from inside Flax).
+        ("separable", dict(hidden=64), r"SeparableCritic: `hidden` must be a sequence"),
+        ("concat", dict(hidden=64), r"ConcatCritic: `hidden` must be a sequence"),
     ]
     for name, hparams, match in cases:
         with pytest.raises(ValueError, match=match):

@@ -279,6 +279,8 @@ def test_bad_architectures_are_rejected():
         ("conv", {"latent_dim": 2.5}, r"ConvEncoder: `latent_dim` must be an integer >= 1"),
         ("resnet", {"stem_width": 0}, r"ResNetEncoder: `stem_width`"),
         ("resnet", {"widths": (8, 0, 8)}, r"ResNetEncoder: `widths` must hold integers"),
+        ("resnet", {"blocks_per_stage": 2.5}, r"ResNetEncoder: `blocks_per_stage` must be an"),
+        ("mlp", {"hidden": 64}, r"MLPEncoder: `hidden` must be a sequence of integers"),
     ],
 )
 def test_zero_or_fractional_widths_are_named_when_the_encoder_is_built(name, hparams, match):

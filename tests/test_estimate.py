@@ -1,5 +1,9 @@
 """`mi_jax.estimate_mi` and its command line."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,6 +148,12 @@ def test_default_learning_rate_follows_the_training_objective(gaussian_2d):
         (dict(test_fraction=0.1), ValueError, "held-out split .20 .*at least 32"),
         (dict(test_fraction="0.2"), ValueError, "`test_fraction`"),
         (dict(mesh="cpu"), ValueError, "`mesh` must be a jax.sharding.Mesh"),
+        # Another axis name failed in compilation: "Resource axis: data ... is not found".
+        (
+            dict(mesh=jax.sharding.Mesh(np.array(jax.devices()[:1]), ("batch",))),
+            ValueError,
+            "`mesh` must have the one axis 'data'",
+        ),
         (dict(bound_hparams=5.0), ValueError, "`bound_hparams` must be a dict"),
         (dict(critic_hparams=[("hidden", 8)]), ValueError, "`critic_hparams` must be a dict"),
         (dict(calibrate="no"), ValueError, "`calibrate` must be True, False or None"),
@@ -225,6 +235,31 @@ def test_cli_reads_npz_and_reports(tmp_path, gaussian_2d):
         estimate_cli.load_pairs(str(tmp_path / "objects.npz"))
     with pytest.raises(ValueError, match="is not a file"):
         estimate_cli.load_pairs(str(tmp_path))
+    # One damaged byte anywhere in a compressed file: a message naming --data (some had leaked
+    # a bare zlib.error or tokenize.TokenError).
+    np.savez_compressed(tmp_path / "packed.npz", x=x[:200], y=y[:200])
+    packed = (tmp_path / "packed.npz").read_bytes()
+    for offset in range(0, len(packed), 7):
+        damaged = bytearray(packed)
+        damaged[offset] ^= 0xFF
+        (tmp_path / "damaged.npz").write_bytes(bytes(damaged))
+        try:
+            estimate_cli.load_pairs(str(tmp_path / "damaged.npz"))
+        except (ValueError, KeyError) as e:
+            assert "--data file" in str(e), (offset, e)
+
+
+def test_cli_refuses_a_json_path_it_cannot_write_before_training(tmp_path, gaussian_2d):
+    np.savez(tmp_path / "pairs.npz", x=gaussian_2d[0][:500], y=gaussian_2d[1][:500])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, "-m", "experiments.estimate", "--data", "pairs.npz", "--json"]
+    # Before: the estimate was trained and printed, then the write failed (IsADirectoryError).
+    out = subprocess.run(
+        [*command, str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"), timeout=120,
+    )  # fmt: skip
+    assert out.returncode != 0 and "not a file that can be written" in out.stderr
+    assert "I(X;Y)" not in out.stdout
 
 
 def test_single_seed_runs_unbatched_with_the_batched_numbers(gaussian_2d):

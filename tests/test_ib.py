@@ -124,6 +124,13 @@ def test_vib_at_beta_zero_is_the_deterministic_classifier_objective():
     loss_b, metrics_b, _ = _loss_and_grads(vib, params, states, x, y, key, 0.3)
     np.testing.assert_allclose(loss_b, metrics_b["ce"] + 0.3 * metrics_b["kl"], rtol=1e-6)
     assert np.isnan(metrics_d["kl"])  # no bottleneck, no rate to report
+    # A sigma that underflows (softplus(raw - 120) < the least float32) stays finite: its
+    # log, the KL and the gradients were inf and NaN.
+    vib = _model("vib", std_offset=120.0)
+    loss_v, metrics_v, grads_v = _loss_and_grads(vib, params, states, x, y, key, 0.0)
+    assert np.isfinite(metrics_v["kl"]) and np.isfinite(loss_v)
+    np.testing.assert_allclose(loss_v, loss_d, rtol=1e-6)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads_v))
 
 
 def test_mine_ib_is_a_min_max_game():

@@ -272,11 +272,28 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoints(tmp_path)
         (dict(**{"augment.crop_padding": -1}), ValueError, "`config.augment.crop_padding`"),
         (dict(**{"augment.brightness": -0.5}), ValueError, "`config.augment.brightness`"),
         (dict(learning_rate=-1e-4), ValueError, "`config.learning_rate` must be a positive"),
+        # Before: found tracing the first step (batch 1: "`scores` has batch size 1"; seed -1:
+        # "`seed` must be ...") or not at all (no probe of the trained encoder in the table).
+        (dict(batch_size=1), ValueError, "`config.batch_size` must be >= 2"),
+        (dict(seed=-1), ValueError, "`config.seed` must be an integer >= 0"),
+        (dict(**{"probe.representations": ()}), ValueError, "`config.probe.representations`"),
+        (dict(**{"probe.kinds": ()}), ValueError, "`config.probe.kinds` is empty"),
     ],
 )
 def test_bad_configs_are_named(tmp_path, overrides, error, match):
     with pytest.raises(error, match=match):
         infomax.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+    assert not os.listdir(tmp_path)  # refused before anything is written
+
+
+def test_a_checkpoint_of_another_model_is_refused_before_config_json_is_written(tmp_path):
+    infomax.train_and_evaluate(tiny_config(), str(tmp_path))
+    (tmp_path / "config.json").unlink()  # nothing left to compare a rerun's settings with
+    with pytest.raises(ValueError, match="does not fit"):
+        infomax.train_and_evaluate(tiny_config(latent_dim=16), str(tmp_path))
+    # Before: the refused config was written, and the run's own config then refused.
+    assert not (tmp_path / "config.json").exists()
+    infomax.train_and_evaluate(tiny_config(), str(tmp_path))
 
 
 def test_missing_mnist_files_are_named(tmp_path):
