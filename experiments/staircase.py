@@ -103,6 +103,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"config.log_every ({config.log_every}) must divide config.chunk_steps "
             f"({config.chunk_steps}): the metrics are means over whole windows of a chunk."
         )
+    if config.steps_per_level % config.log_every:  # a row would mix two levels' estimates
+        raise ValueError(
+            f"config.log_every ({config.log_every}) must divide config.steps_per_level "
+            f"({config.steps_per_level}): a metrics row averages steps of one MI level."
+        )
     if config.matmul_floor_steps < 0:
         raise ValueError(
             f"config.matmul_floor_steps must be >= 0 (0: off), got {config.matmul_floor_steps}."

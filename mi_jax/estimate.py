@@ -280,7 +280,8 @@ def estimate_mi(
     data = (x[train_idx], y[train_idx], x[test_idx], y[test_idx])
     if devices > 1:
         data = parallel.replicate(data, mesh)
-    x_train, y_train, x_test, y_test = (jnp.asarray(a) for a in data)
+    # (`jax.device_put`: `jnp.asarray` of a numpy array compiles a program per shape.)
+    x_train, y_train, x_test, y_test = jax.device_put(data)
     batch = min(batch_size, len(train_idx) // devices * devices)
 
     critic_hparams = {**DEFAULT_CRITIC_HPARAMS.get(critic, {}), **(critic_hparams or {})}

@@ -154,6 +154,15 @@ def test_bad_config_is_rejected_before_running(tmp_path, field, value, error, ma
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
+def test_a_log_window_across_two_levels_is_refused(tmp_path):
+    # Steps 9-12 of 10-step levels: a row would average both levels' estimates under the
+    # second's true MI.
+    config = _tiny(steps_per_level=10, log_every=4)
+    with pytest.raises(ValueError, match=r"log_every .4. must divide config.steps_per_level"):
+        staircase.train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
 def test_every_task_bound_and_critic_is_built_before_running(tmp_path):
     # Before: a spiral task at dim 1 failed after the Gaussian task's results were written; a
     # Student-t level below the family's least MI ran at that least MI, recorded as the level;
