@@ -297,10 +297,11 @@ class JsonlWriter:
     """
 
     def __init__(self, path: str):
-        rows = read_jsonl(path) if os.path.exists(path) else []
+        written = os.path.exists(path) and os.path.getsize(path) > 0
+        rows = read_jsonl(path) if written else []
         self.run = 1 + max((r.get("run", 0) for r in rows), default=0)
         cut = False
-        if os.path.exists(path) and os.path.getsize(path):
+        if written:
             with open(path, "rb") as f:
                 f.seek(-1, os.SEEK_END)
                 cut = f.read(1) != b"\n"

@@ -102,7 +102,7 @@ def _check_config(config: ml_collections.ConfigDict, representation_names: tuple
         ("kinds", probes.PROBES),
         ("periodic_kinds", probes.PROBES),
     ):
-        if not config.probe[field]:  # the run would end without a probe of its encoder
+        if not config.probe[field] and not field.startswith("periodic"):  # no final probe
             raise ValueError(f"`config.probe.{field}` is empty; name at least one of {known}.")
         for name in config.probe[field]:
             if name not in known:

@@ -55,11 +55,13 @@ def make_score_fn(spec) -> score_lib.ScoreFn:
     base = score_lib.get_score_estimator(spec["score"], **dict(spec.get("hparams", {})))
     if "bandwidth_scale" not in spec and not spec.get("richardson"):
         return base  # a non-kernel estimator (e.g. the learned "dsm") takes no bandwidth
-    if "bandwidth" not in inspect.signature(base.func).parameters:
+    try:
+        inspect.signature(base).bind(None, bandwidth=None)
+    except TypeError:
         raise ValueError(
             f"score estimator {spec['score']!r} takes no kernel bandwidth: `bandwidth_scale` and "
             "`richardson` do not apply to it."
-        )
+        ) from None
     scale = float(spec.get("bandwidth_scale", 1.0))
     c = float(spec.get("richardson", 0.0))
 

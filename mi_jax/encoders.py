@@ -337,8 +337,6 @@ class ResNetEncoder(nn.Module):
                 f"ResNetEncoder needs one stride and one block count per stage, got widths="
                 f"{widths}, strides={strides}, blocks_per_stage={self.blocks_per_stage}."
             )
-        if min(blocks) < 1:
-            raise ValueError(f"`blocks_per_stage` must be >= 1, got {self.blocks_per_stage}.")
         downsampling = math.prod(strides)
         _check_images(images, "ResNetEncoder", downsampling, f"strides {strides}")
         check_compute_dtype(self.compute_dtype)

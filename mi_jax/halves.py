@@ -173,12 +173,13 @@ class HalfConvEncoder(nn.Module):
     activation: str = "relu"
 
     def __post_init__(self):
+        _checks.check_int_sequences("HalfConvEncoder", channels=self.channels)
         if len(self.channels) != 2:
             raise ValueError(
                 f"HalfConvEncoder: `channels` must be (c1, c2), two widths, got "
                 f"{tuple(self.channels)}."
             )
-        _checks.check_ints("HalfConvEncoder", channels=self.channels, out_dim=self.out_dim)
+        _checks.check_ints("HalfConvEncoder", out_dim=self.out_dim)
         super().__post_init__()
 
     @nn.compact
@@ -204,7 +205,8 @@ class HalfMLPEncoder(nn.Module):
     activation: str = "relu"
 
     def __post_init__(self):
-        _checks.check_ints("HalfMLPEncoder", hidden=self.hidden, out_dim=self.out_dim)
+        _checks.check_int_sequences("HalfMLPEncoder", hidden=self.hidden)
+        _checks.check_ints("HalfMLPEncoder", out_dim=self.out_dim)
         super().__post_init__()
 
     @nn.compact

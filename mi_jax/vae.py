@@ -87,7 +87,8 @@ class InfoMaxVAE:
     critic_clip: float | None = struct.field(pytree_node=False, default=10.0)
 
     def __post_init__(self):
-        _checks.check_ints(latent_dim=self.latent_dim, decoder_hidden=self.decoder_hidden)
+        _checks.check_ints(latent_dim=self.latent_dim)
+        _checks.check_int_sequences(decoder_hidden=self.decoder_hidden)
         _ = self.ensemble  # unknown bound or critic names fail here
 
     @property

@@ -223,6 +223,11 @@ def test_encoders_that_cannot_run_fail_before_any_combination_trains(tmp_path):
     assert not os.listdir(tmp_path)
     with pytest.raises(ValueError, match=r"HalfMLPEncoder: `out_dim` must be an integer >= 1"):
         halves.get_half_encoder("mlp", out_dim=0)
+    # A bare width (was "'int' object is not iterable" / "has no len()").
+    with pytest.raises(ValueError, match=r"HalfMLPEncoder: `hidden` must be a sequence"):
+        halves.get_half_encoder("mlp", hidden=64)
+    with pytest.raises(ValueError, match=r"HalfConvEncoder: `channels` must be a sequence"):
+        halves.get_half_encoder("conv", channels=64)
     # RealNVP on 1-pixel halves (before: a ZeroDivisionError at init): named by the encoder, and
     # by the experiment's check on the views' shape (an abstract trace, no compilation).
     with pytest.raises(ValueError, match="RealNVPEncoder needs at least 2 values per example"):

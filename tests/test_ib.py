@@ -200,6 +200,8 @@ def test_bad_input_names_the_argument():
         _model("vib", latent_dim=2.5)
     with pytest.raises(ValueError, match=r"MLPEncoder: `hidden` must hold integers >= 1"):
         _model("vib", trunk_hparams=(("hidden", (8, 0)),))
+    with pytest.raises(ValueError, match=r"`decoder_hidden` must be a sequence of integers"):
+        _vae_model(decoder_hidden=512)  # a bare width: was "'int' object is not iterable"
     with pytest.raises(KeyError, match="IB method"):
         _model("vibe")
     with pytest.raises(KeyError, match="unknown bound 'mien'"):
