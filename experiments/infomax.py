@@ -315,8 +315,11 @@ def train_and_evaluate(
     augment = config.augment.to_dict() if "augment" in config else {}
     run = make_chunk_fn(objective, augment, mesh, len(seeds) if batched else None)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    # The evaluations already written at the checkpoint's step (read before this run adds any).
-    evaluated = start and any(r["step"] == start for r in read_metrics(metrics_path)[1])
+    # A periodic evaluation already written at the checkpoint's step (read before this run
+    # adds rows; an earlier run's final probes there, at its last step, are not one).
+    evaluated = start and any(
+        r["step"] == start and not r.get("final") for r in read_metrics(metrics_path)[1]
+    )
     writer = _common.JsonlWriter(metrics_path)
 
     def log_eval(step: int) -> dict:
@@ -403,6 +406,7 @@ def train_and_evaluate(
             {
                 "step": step,
                 "kind": "eval",
+                "final": True,  # the final probes (`config.probe`), not the periodic ones
                 **{
                     f"{r['probe']}_{r['representation']}": r["test_accuracy"]
                     for r in final
@@ -549,7 +553,7 @@ def plot(workdir: str, final: list[dict]) -> None:
         if key.startswith(("mi_", "infonce_")):
             axes[1].plot(steps, [r[key] for r in train], label=key)
     axes[1].set(xlabel="step", title="MI terms (nats; MIGE: surrogate)")
-    for key in sorted({k for r in evals for k in r} - {"step", "kind", "per_seed", "run"}):
+    for key in sorted({k for r in evals for k in r} - {"step", "kind", "per_seed", "run", "final"}):
         points = [(r["step"], r[key]) for r in evals if key in r]
         axes[2].plot(*zip(*points, strict=True), "o-", label=key)
     axes[2].set(xlabel="step", title="probes on the trained encoder (test accuracy)")

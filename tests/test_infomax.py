@@ -219,6 +219,15 @@ def test_a_resume_evaluates_a_checkpoint_step_left_unevaluated_and_drops_stale_r
     # Nothing an earlier run wrote is removed from the file.
     rows = [json.loads(x) for x in (cut / "metrics.jsonl").read_text().splitlines()[:4]]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # An earlier, shorter run's final probes at the checkpoint's step are no periodic
+    # evaluation: a longer rerun evaluates there (before, it was skipped).
+    longer = tmp_path / "longer"
+    infomax.train_and_evaluate(tiny_config(**{**small, "num_steps": 2}), str(longer))
+    infomax.train_and_evaluate(tiny_config(**small), str(longer))
+    evals = [r for r in _rows(longer / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [(r["step"], r["run"], "final" in r) for r in evals] == [
+        (2, 1, True), (2, 2, False), (4, 2, True)
+    ]  # fmt: skip
 
 
 _POISONED = [False]  # read when the bound is traced: a rerun of the same config turns NaN
