@@ -12,12 +12,13 @@ jitted call on precomputed, resumable batch indices, with no host sync inside a 
 mean and std over seeds (``probes``) and each seed's rows (``probes_per_seed``).
 
 Writes to the workdir: ``config.json``; ``metrics.jsonl`` (a training row per chunk, an eval row
-per evaluation); ``results.json`` (final probe table, timings); ``curves.png`` (loss, MI terms,
-probe accuracy over steps) and ``probes.png`` (final accuracies); ``checkpoints/`` (Orbax,
-the last ``keep_checkpoints``). Rerunning with the same workdir resumes from the latest
-checkpoint: a ``"resume"`` row marks its step in ``metrics.jsonl`` (`read_metrics` drops the
-earlier rows past it), and a periodic evaluation due there that never finished is done first.
-A NaN loss stops the run naming the step; checkpoints already written stay.
+per evaluation, the final probes' marked ``"final"``); ``results.json`` (final probe table,
+timings); ``curves.png`` (loss, MI terms, probe accuracy over steps) and ``probes.png`` (final
+accuracies); ``checkpoints/`` (Orbax, the last ``keep_checkpoints``). Rerunning with the same
+workdir resumes from the latest checkpoint: a ``"resume"`` row marks its step in
+``metrics.jsonl`` (`read_metrics` drops the earlier rows past it), and a periodic evaluation
+due there that never finished is done first. A NaN loss stops the run naming the step;
+checkpoints already written stay.
 """
 
 import functools
