@@ -227,6 +227,19 @@ def write_json(path: str, data) -> None:
         raise
 
 
+def save_figure(fig, path: str, **kwargs) -> None:
+    """``fig.savefig`` atomically (a temp file, then rename, as `write_json`): an interrupted
+    save leaves the earlier plot whole."""
+    tmp = path + ".tmp"
+    try:
+        fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or "png", **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def read_json(path: str):
     with open(path) as f:
         return json.load(f)

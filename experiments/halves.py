@@ -51,6 +51,8 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     ):
         if not config[field]:
             raise ValueError(f"`config.{field}` is empty: name at least one.")
+        if len(set(config[field])) < len(config[field]):  # it would train twice
+            raise ValueError(f"`config.{field}` names an entry twice: {tuple(config[field])}.")
         for name in config[field]:
             if name not in known:
                 raise ValueError(
@@ -453,7 +455,7 @@ def plot(workdir: str, runs: list[dict]) -> None:
             axes[1, col].set_title(f"{enc}: MI estimate (test, nats; axis cut at -1)")
         axes[0, col].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "curves.png"), dpi=100)
+    _common.save_figure(fig, os.path.join(workdir, "curves.png"), dpi=100)
     plt.close(fig)
 
 

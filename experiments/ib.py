@@ -113,7 +113,8 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
             f"`config.validation_examples` must be >= 0 (0: no split), got "
             f"{config.validation_examples}."
         )
-    if not 0.0 <= config.ema_decay < 1.0:
+    # In float32 (the weight average's dtype) a decay that rounds to 1 makes the average NaN.
+    if not 0.0 <= np.float32(config.ema_decay) < 1.0:
         raise ValueError(f"`config.ema_decay` must lie in [0, 1), got {config.ema_decay}.")
 
 
@@ -247,7 +248,11 @@ def method_entry(method: str, betas, history: list[dict], **extra) -> dict:
     if len(seeds) > 1:
         entry.update(final_per_seed=final, selected_per_seed=selected)
         final, selected = (
-            _common.mean_over_seeds(rows, ("method", "beta")) for rows in (final, selected)
+            # Without ``step``: an integer, it would be seed 0's beside the seeds' mean epoch.
+            [{k: v for k, v in r.items() if k != "step"} for r in rows]
+            for rows in (
+                _common.mean_over_seeds(rows, ("method", "beta")) for rows in (final, selected)
+            )
         )
     return dict(entry, final=final, selected=selected, **extra)
 
@@ -286,12 +291,14 @@ def run_method(
     state = parallel.replicate(init(init_key), mesh)  # restored checkpoints take this layout too
     manager = _checkpoint_manager(workdir, method)
     start = manager.latest_step() or 0
-    history = []
+    history, train_s = [], 0.0  # train_s: training chunks, compilation included (in the first)
     if start:
         state = _common.restore_checkpoint(manager, start, state)
         # The evaluations up to the checkpoint (which `check_checkpoints_within` keeps within
-        # this schedule).
-        history = [r for r in on_eval.previous(method) if r["step"] <= start]
+        # this schedule), and the training time spent so far.
+        earlier = on_eval.previous(method)
+        history = [r for r in earlier.get("history", []) if r["step"] <= start]
+        train_s = earlier.get("train_s", 0.0)
         if start > num_steps:  # refused earlier (`check_checkpoints_within`); kept as a guard
             raise ValueError(
                 f"{method}: the checkpoint in {manager.directory} is at step {start}, past this "
@@ -321,7 +328,6 @@ def run_method(
         mesh,
     )
     betas_arr = jnp.asarray(betas, jnp.float32)
-    train_s = 0.0  # training chunks, compilation included (in the first)
     step = start
     while step < num_steps:
         n = min(chunk_steps, num_steps - step)
@@ -357,12 +363,15 @@ def run_method(
                 }
                 writer.write({"kind": "eval", **row})
                 history.append(row)
+        # The evaluation is written before the checkpoint: a run stopped between the two
+        # resumes at the previous checkpoint and evaluates again (the other way round, a
+        # checkpoint at the last step had no evaluation and an earlier one was reported).
+        on_eval(method, history, complete=step >= num_steps, train_s=train_s)
         manager.save(step, args=ocp.args.StandardSave(state))
         manager.wait_until_finished()
         progress.update(n)
         best = min(r["error_mean"] for r in history[-nb * len(seeds) :])
         progress.set_postfix(method=method, best_test_error=f"{100 * best:.2f}%")
-        on_eval(method, history, complete=step >= num_steps)
     return method_entry(method, betas, history, train_s=train_s, steps=num_steps)
 
 
@@ -431,7 +440,7 @@ def plot(workdir: str, results: dict) -> None:
     )
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "error_vs_beta.png"), dpi=100)
+    _common.save_figure(fig, os.path.join(workdir, "error_vs_beta.png"), dpi=100)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -453,7 +462,7 @@ def plot(workdir: str, results: dict) -> None:
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "curves.png"), dpi=100)
+    _common.save_figure(fig, os.path.join(workdir, "curves.png"), dpi=100)
     plt.close(fig)
 
 
@@ -505,12 +514,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         "methods": dict(previous),
     }
 
-    def on_eval(method, history, complete):
-        entry = method_entry(method, betas_of(config, method), history, complete=complete)
+    def on_eval(method, history, complete, train_s):
+        entry = method_entry(
+            method, betas_of(config, method), history, complete=complete, train_s=train_s
+        )
         results["methods"][method] = entry
         _common.write_json(results_path, results)
 
-    on_eval.previous = lambda m: list(previous.get(m, {}).get("history", []))
+    on_eval.previous = lambda m: dict(previous.get(m, {}))
 
     def finished(entry):  # complete, and on this schedule
         return entry.get("complete") and entry.get("steps") == num_steps

@@ -561,7 +561,7 @@ def plot(workdir: str, final: list[dict]) -> None:
     for ax in axes:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "curves.png"), dpi=100)
+    _common.save_figure(fig, os.path.join(workdir, "curves.png"), dpi=100)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(9, 4))
@@ -574,7 +574,7 @@ def plot(workdir: str, final: list[dict]) -> None:
     ax.set_xticks(range(len(final)), labels, fontsize=7)
     ax.set(ylabel="test accuracy", ylim=(0, 1), title="probes on frozen representations")
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "probes.png"), dpi=100)
+    _common.save_figure(fig, os.path.join(workdir, "probes.png"), dpi=100)
     plt.close(fig)
 
 

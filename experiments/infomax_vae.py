@@ -81,6 +81,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         if config[name] < 1:
             raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
     settings_of(config)
+    probes.check_hparams(prefix="config.probe.", **config.probe.to_dict())  # used after training
 
 
 def make_eval_fn(model: vae.InfoMaxVAE, batch_size: int, seed_axis: bool = False, mesh=None):
@@ -170,7 +171,7 @@ def plot_samples(path, model, params, dataset, names, key, count: int = 10) -> N
             ax.set_yticks([])
         axes[r, 0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _common.save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -198,7 +199,7 @@ def plot_curves(path, history: list[dict], names) -> None:
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _common.save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -341,10 +342,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
                     }
                     writer.write(row)
                     history.append(row)
-            manager.save(step, args=ocp.args.StandardSave(state))
-            manager.wait_until_finished()
+            # Results before the checkpoint: a run stopped between the two resumes at the
+            # previous checkpoint and evaluates again (the other way round, a checkpoint at
+            # the last step had no evaluation in results.json and an earlier one was used).
             results["history"], results["train_s"] = history, train_s
             _common.write_json(results_path, results)
+            manager.save(step, args=ocp.args.StandardSave(state))
+            manager.wait_until_finished()
             progress.update(n)
             progress.set_postfix(
                 elbo=" ".join(f"{np.mean(evals['elbo'][:, i]):.1f}" for i in range(len(names)))

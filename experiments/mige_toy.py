@@ -70,7 +70,7 @@ def make_score_fn(spec) -> score_lib.ScoreFn:
 
     if not c:
         return lambda z: at(z, 1.0)
-    if c <= 1.0:
+    if not 1.0 < c < np.inf:  # NaN too
         raise ValueError(f"`richardson` must be 0 (off) or a bandwidth ratio > 1, got {c}.")
     # Kernel smoothing biases the score by O(h^2); two bandwidths cancel the leading term.
     return lambda z: (c**2 * at(z, 1.0) - at(z, c)) / (c**2 - 1.0)
@@ -174,7 +174,14 @@ ESTIMATOR_KEYS = ("score", "hparams", "bandwidth_scale", "richardson")
 
 def validate_config(config) -> None:
     _common.check_learning_rate(config)
+    _common.check_num_seeds(config)  # and config.seed
+    if not config.estimators and not config.bounds:
+        raise ValueError("config.estimators and config.bounds are both empty: nothing to run.")
     for name, spec in config.estimators.items():
+        if name == "bounds" or name.endswith(" (trained)"):  # the trained bounds' rows
+            raise ValueError(
+                f"config.estimators.{name}: the name is taken by the trained bounds' rows."
+            )
         if spec.score not in score_lib.available_score_estimators():
             raise _checks.unknown_name_error(
                 f"score estimator (config.estimators.{name}.score)",
@@ -198,6 +205,16 @@ def validate_config(config) -> None:
             raise _checks.unknown_name_error(
                 "bound (config.bounds)", name, bounds_lib.available_bounds()
             )
+    if config.bounds:
+        if not (_checks.is_int(config.critic_steps) and config.critic_steps >= 1):
+            raise ValueError(f"config.critic_steps must be >= 1, got {config.critic_steps!r}.")
+        # The bounds' networks, built (traced, not compiled) before anything is written.
+        _checks.check_int_sequences(**{"config.aux_hidden": config.aux_hidden})
+        ensemble = training.make_ensemble(
+            list(config.bounds), "separable", dict(config.critic_hparams), config.aux_hidden
+        )
+        pair = jnp.zeros((2, 1))
+        jax.eval_shape(lambda key: ensemble.init(key, pair, pair), jax.random.key(0))
     if not 0.0 < config.rho_max < 1.0:
         raise ValueError(f"config.rho_max must lie in (0, 1), got {config.rho_max}.")
     if config.num_samples < 2 or config.num_seeds < 1 or config.num_rhos < 2:
@@ -236,7 +253,7 @@ def plot(path: str, curves: dict, rhos: np.ndarray, dims) -> None:
     axes[0][0].set_ylabel("dI/drho")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _common.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -51,6 +51,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{field} is empty.")
         if len(set(config[field])) < len(config[field]):
             raise ValueError(f"config.{field} names an entry twice: {tuple(config[field])}.")
+    _checks.check_int_sequences(**{"config.aux_hidden": config.aux_hidden})  # FLO's, TUBA's nets
     if not all(_checks.is_real(level) and 0 < level < np.inf for level in config.levels):
         raise ValueError(f"config.levels must be positive MI values (nats), got {config.levels}.")
     # Every task, bound and critic is built here, so that a bad width, a typo in a bound's
@@ -195,7 +196,7 @@ def plot_staircase(
     axes[0][0].set_ylabel("MI (nats)")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _common.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -491,6 +492,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     matmul_gflop_per_step=out["matmul_gflop_per_step"],
                 )
                 _replace_combination(results, task_name, critic_name, run, stats)
+                # Results so far are written after every run, so a later failure loses nothing.
+                _common.write_json(os.path.join(workdir, "results.json"), results)
+                _common.write_csv(os.path.join(workdir, "results.csv"), results["statistics"])
                 plot_staircase(
                     os.path.join(workdir, f"staircase_{task_name}_{critic_name}.png"),
                     out["values"],
@@ -500,9 +504,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     f"{config.batch_size})",
                     config.ema_decay,
                 )
-                # Results so far are written after every run, so a later failure loses nothing.
-                _common.write_json(os.path.join(workdir, "results.json"), results)
-                _common.write_csv(os.path.join(workdir, "results.csv"), results["statistics"])
     finally:
         writer.close()
     results["wall_s"] = time.perf_counter() - wall0

@@ -33,6 +33,7 @@ References:
   Learning", ICLR 2020.
 """
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -181,6 +182,8 @@ class IBModel:
         _checks.check_ints(latent_dim=self.latent_dim, train_samples=self.train_samples)
         _checks.check_ints(least=2, num_classes=self.num_classes)
         critics_lib.check_clip(self.critic_clip, "critic_clip")
+        if not _checks.is_real(self.std_offset) or not math.isfinite(self.std_offset):
+            raise ValueError(f"`std_offset` must be a finite number, got {self.std_offset!r}.")
         # Unknown names and hyperparameters fail here, before anything is traced.
         encoders_lib.get_encoder(self.trunk, latent_dim=2, **dict(self.trunk_hparams))
         critics_lib.get_initializer(self.kernel_init)

@@ -79,14 +79,15 @@ def _check_df(df: float) -> None:
 
 
 def _check_mi(mi: ArrayLike, min_mi: float) -> None:
-    """A concrete ``mi`` below the family's least MI (or NaN) is an error; traced: unchecked."""
+    """A concrete ``mi`` below the family's least MI, infinite or NaN is an error; traced:
+    unchecked."""
     if isinstance(mi, jax.core.Tracer):
         return
     mi = np.asarray(mi)
-    bad = ~(mi >= min_mi)  # NaN too
+    bad = ~((mi >= min_mi) & np.isfinite(mi))  # NaN too; inf gave y = x
     if np.any(bad):
         raise ValueError(
-            f"`mi` must be at least {min_mi:.6g} nats (this task's least MI), got "
+            f"`mi` must be finite and at least {min_mi:.6g} nats (this task's least MI), got "
             f"{mi[bad].ravel()[:4]}."
         )
 

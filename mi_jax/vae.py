@@ -88,6 +88,7 @@ class InfoMaxVAE:
 
     def __post_init__(self):
         _checks.check_ints(latent_dim=self.latent_dim)
+        critics_lib.check_clip(self.critic_clip, "critic_clip")
         _checks.check_int_sequences(decoder_hidden=self.decoder_hidden)
         _ = self.ensemble  # unknown bound or critic names fail here
 

@@ -199,6 +199,7 @@ def test_seeds_are_independent_and_reproducible(tmp_path):
         ({"noise_std": -0.1}, "noise_std"),
         ({"num_seeds": 0}, "num_seeds"),
         ({"encoders": ()}, "config.encoders"),
+        ({"encoders": ("mlp", "mlp")}, "`config.encoders` names an entry twice"),  # trained twice
         ({"mi_eval_batches": 0}, "mi_eval_batches"),
         ({"batch_size": 10_000}, "batch_size"),
         # Before: a NaN noise failed in the probe naming `train_features`; a negative seed after

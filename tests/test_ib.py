@@ -218,6 +218,11 @@ def test_bad_input_names_the_argument():
         vae_experiment.train_and_evaluate(_quick(vae_config, **{"models.vae.beta": -1.0}), "/x")
     with pytest.raises(KeyError, match="unknown bound"):
         vae_experiment.train_and_evaluate(_quick(vae_config, bound="nwjj"), "/x")
+    # Before: found by the probes after training, naming `l2`; `clip` for critic_clip.
+    with pytest.raises(ValueError, match=r"`config.probe.l2` is out of range"):
+        vae_experiment.train_and_evaluate(_quick(vae_config, **{"probe.l2": -1.0}), "/x")
+    with pytest.raises(ValueError, match=r"critic_clip"):
+        _vae_model(critic_clip=-1.0)
     with pytest.raises(ValueError, match="latent_dim"):
         vae_experiment.train_and_evaluate(_quick(vae_config, latent_dim=0), "/x")
     # Optimizer settings (before: a negative rate trained without complaint, ascending the
@@ -228,6 +233,10 @@ def test_bad_input_names_the_argument():
         (dict(adam_b1=1.0), r"`config.adam_b1` must lie in \[0, 1\)"),
         # Before: the second copy found the first's checkpoint and named no setting.
         (dict(methods=("vib", "vib")), r"`config.methods` names a method twice"),
+        # Before: 1 in float32, the weight average's debiasing divided by 0 (NaN errors, no
+        # error raised); a NaN std_offset surfaced as a NaN loss after writing.
+        (dict(ema_decay=0.99999999), r"`config.ema_decay` must lie in \[0, 1\)"),
+        (dict(std_offset=float("nan")), r"`std_offset` must be a finite number"),
     ]
     for overrides, match in bad_optimizer:
         with pytest.raises(ValueError, match=match):
@@ -308,6 +317,32 @@ def test_ib_resumes_an_interrupted_method_from_its_checkpoint(tmp_path):
     with pytest.raises(ValueError, match=r"vib: .* at step \d+, past .* longer run"):
         ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",), num_epochs=1), workdir)
     assert {n: (tmp_path / n).read_bytes() for n in written} == written
+
+
+def test_a_run_stopped_after_its_last_evaluation_reports_that_evaluation(tmp_path, monkeypatch):
+    # Before: the checkpoint was saved before results.json: stopped between the two at the last
+    # chunk, the rerun found nothing left to train and reported the previous evaluation.
+    workdir = str(tmp_path)
+    real_run_method = ib_experiment.run_method
+
+    def stopped(config, method, dataset, validation, progress, writer, on_eval, **kwargs):
+        def on_last_eval(*args, **kw):
+            if kw["complete"]:  # stopped before the last evaluation is written
+                raise RuntimeError("stopped")
+            on_eval(*args, **kw)
+
+        on_last_eval.previous = on_eval.previous
+        return real_run_method(
+            config, method, dataset, validation, progress, writer, on_last_eval, **kwargs
+        )
+
+    monkeypatch.setattr(ib_experiment, "run_method", stopped)
+    with pytest.raises(RuntimeError, match="stopped"):
+        ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",)), workdir)
+    monkeypatch.setattr(ib_experiment, "run_method", real_run_method)
+    results = ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",)), workdir)
+    num_epochs = _quick(ib_config).num_epochs
+    assert [r["epoch"] for r in results["methods"]["vib"]["final"]] == [num_epochs] * 2
 
 
 def test_an_interrupted_rerun_keeps_a_finished_method_listed_after_it(tmp_path, monkeypatch):

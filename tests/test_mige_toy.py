@@ -79,11 +79,29 @@ def test_richardson_score_combines_two_bandwidths():
         ("bounds", ("nwj", "infonc"), KeyError, "infonce"),
         ("rho_max", 1.0, ValueError, "rho_max"),
         ("num_rhos", 1, ValueError, "num_rhos"),
+        # Before: zero training steps read as trained bounds; a seed of -1 ran as 2**32 - 1; a
+        # zero width failed after the MIGE rows were written, naming `hidden`.
+        ("critic_steps", -3, ValueError, "config.critic_steps must be >= 1"),
+        ("seed", -1, ValueError, "`config.seed` must be an integer >= 0"),
+        ("aux_hidden", (0,), ValueError, "`config.aux_hidden` must hold integers"),
+        ("critic_hparams", {"hidden": (0,), "embed_dim": 8}, ValueError, "`hidden` must hold"),
     ],
 )
 def test_bad_config_is_rejected(tmp_path, field, value, error, match):
     with pytest.raises(error, match=match):
         mige_toy.train_and_evaluate(_tiny(**{field: value}), str(tmp_path))
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_estimator_names_of_the_trained_bounds_rows_are_refused(tmp_path):
+    # Before: an estimator named "bounds" never ran (the trained bounds ran twice), and one
+    # named "nwj (trained)" had its row replaced by the trained bound's.
+    for name in ("bounds", "nwj (trained)"):
+        config = _tiny()
+        with config.unlocked():
+            config.estimators[name] = config.estimators.mige_ssge.to_dict()
+        with pytest.raises(ValueError, match="taken by the trained bounds' rows"):
+            mige_toy.train_and_evaluate(config, str(tmp_path))
 
 
 def test_unknown_score_estimator_is_rejected(tmp_path):

@@ -140,6 +140,7 @@ def test_level_statistics_against_hand_computation():
         ("stats_fraction", 2.0, ValueError, "stats_fraction"),
         ("log_every", 8, ValueError, "log_every .8. must divide config.chunk_steps .20."),
         ("steps_per_level", 0, ValueError, "steps_per_level"),
+        ("aux_hidden", (0,), ValueError, "`config.aux_hidden` must hold integers"),  # was late
         ("levels", ("a", "b"), ValueError, "config.levels must be positive"),
         ("learning_rate", -1.0, ValueError, "`config.learning_rate` must be a positive number"),
         ("learning_rate", 0.0, ValueError, "`config.learning_rate` must be a positive number"),

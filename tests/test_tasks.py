@@ -94,11 +94,11 @@ def test_gaussian_keeps_its_mi_at_many_nats_per_coordinate(mi):
 
 
 def test_mi_below_a_tasks_least_mi_is_an_error():
-    for mi in (-0.5, float("nan")):
-        with pytest.raises(ValueError, match="`mi` must be at least 0 nats"):
+    for mi in (-0.5, float("nan"), float("inf")):  # inf returned y = x
+        with pytest.raises(ValueError, match="`mi` must be finite and at least 0 nats"):
             tasks.correlated_gaussian(jax.random.key(0), mi, 4, 2)
     task = tasks.get_task("student_t", dim=2, df=1.0)  # least MI 0.43 nats
-    with pytest.raises(ValueError, match="`mi` must be at least 0.43"):
+    with pytest.raises(ValueError, match="`mi` must be finite and at least 0.43"):
         task.sample(jax.random.key(0), 0.05, 4)
     task.sample(jax.random.key(0), task.min_mi, 4)  # the least MI itself is fine
 
