@@ -303,6 +303,8 @@ def run_combination(
         "accuracy_gain_std": float(np.std(np.subtract(last["accuracy"], first["accuracy"]))),
         "final_mi_mean": float(np.mean(last["mi_test"])),
         "final_mi_std": float(np.std(last["mi_test"])),
+        # At most config.mi_eval_batches: as many full batches as the test split holds.
+        "mi_test_batches": len(test_batches),
         "seconds": time.perf_counter() - t0,
     }
 

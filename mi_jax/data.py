@@ -32,6 +32,7 @@ import functools
 import gzip
 import math
 import os
+import zlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -135,8 +136,19 @@ def _read_idx(
             if count is not None:
                 shape[0] = min(shape[0], count)
             size = math.prod(shape)
-            data = f.read(size)
-    except (OSError, EOFError) as e:  # not gzip, or a truncated gzip stream
+            # In bounded chunks: a corrupt header's huge count must not allocate it at once.
+            chunks, left = [], size
+            while left > 0:
+                chunk = f.read(min(left, 1 << 24))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            data = b"".join(chunks)
+            if count is None and len(data) == size and f.read(1):
+                raise ValueError(f"IDX file {path} holds more data than its header declares.")
+            # (Reading to the end of the stream, as above, makes gzip check its CRC.)
+    except (OSError, EOFError, zlib.error) as e:  # not gzip, truncated, or damaged
         raise ValueError(f"cannot read IDX file {path}: {e}") from e
     if len(data) != size:
         raise ValueError(

@@ -201,6 +201,29 @@ def test_mnist_corrupt_files(tmp_path, overrides, match):
         data.load_dataset("mnist", data_dir=str(tmp_path))
 
 
+def test_one_damaged_byte_anywhere_in_an_idx_file_is_named_or_harmless(tmp_path):
+    # Before: pixels changed by a damaged byte loaded silently (the gzip CRC was never
+    # checked), others leaked a bare zlib.error, and a damaged count a MemoryError.
+    images = _write_mnist(tmp_path, size=(8, 8))
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    packed = path.read_bytes()
+    for offset in range(len(packed)):
+        damaged = bytearray(packed)
+        damaged[offset] ^= 0x5A
+        path.write_bytes(bytes(damaged))
+        try:
+            ds = data.load_dataset("mnist", data_dir=str(tmp_path))
+        except ValueError as e:
+            assert "train-images-idx3-ubyte.gz" in str(e) or "disagree" in str(e), (offset, e)
+        else:  # a byte gzip does not read (its header's time stamp, say): the same pixels
+            np.testing.assert_array_equal(ds.train_images[..., 0], images["train"])
+    # A header whose count is absurd: named as truncated, nothing allocated for it.
+    huge = np.array([2051, 2**31 - 1, 28, 28], dtype=">i4").tobytes() + b"\0" * 100
+    path.write_bytes(gzip.compress(huge))
+    with pytest.raises(ValueError, match="truncated"):
+        data.load_dataset("mnist", data_dir=str(tmp_path))
+
+
 def test_mnist_files_that_disagree_are_refused_under_max_examples_too(tmp_path):
     # Before: both files were cut to max_examples first, and 3 images loaded with the first 2
     # of 4 labels (images paired with another split's labels).
