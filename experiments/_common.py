@@ -152,6 +152,13 @@ def check_num_seeds(config) -> int:
     return k
 
 
+def check_unique(config, field: str) -> None:
+    """A `ValueError` if the list ``config.<field>`` names an entry twice (it would run twice,
+    or its second run would find the first's results and checkpoints)."""
+    if len(set(config[field])) < len(config[field]):
+        raise ValueError(f"`config.{field}` names an entry twice: {tuple(config[field])}.")
+
+
 def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict]:
     """One row per group of ``rows`` (equal ``group_by`` fields, in first-seen order): every
     float field replaced by its mean over the group, plus ``{field}_std`` (the standard

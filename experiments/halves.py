@@ -51,16 +51,15 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     ):
         if not config[field]:
             raise ValueError(f"`config.{field}` is empty: name at least one.")
-        if len(set(config[field])) < len(config[field]):  # it would train twice
-            raise ValueError(f"`config.{field}` names an entry twice: {tuple(config[field])}.")
+        _common.check_unique(config, field)
         for name in config[field]:
             if name not in known:
                 raise ValueError(
                     f"unknown name {name!r} in `config.{field}`; known: {', '.join(known)}."
                 )
+    _common.check_num_seeds(config)  # and config.seed
     for name in (
         "num_steps",
-        "num_seeds",
         "batch_size",
         "log_every",
         "eval_every",
@@ -75,8 +74,6 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         )
     if not (_checks.is_real(config.noise_std) and 0 <= config.noise_std < float("inf")):
         raise ValueError(f"`config.noise_std` must be finite and >= 0, got {config.noise_std}.")
-    if not (_checks.is_int(config.seed) and config.seed >= 0):
-        raise ValueError(f"`config.seed` must be an integer >= 0, got {config.seed!r}.")
     probe = config.probe
     if not (_checks.is_int(probe.train_examples) and probe.train_examples >= 0):
         raise ValueError(

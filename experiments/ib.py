@@ -100,8 +100,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"`config.lr_decay` must lie in (0, 1], got {config.lr_decay!r}.")
     if not (_checks.is_real(config.adam_b1) and 0 <= config.adam_b1 < 1):
         raise ValueError(f"`config.adam_b1` must lie in [0, 1), got {config.adam_b1!r}.")
-    if len(set(config.methods)) < len(config.methods):
-        raise ValueError(f"`config.methods` names a method twice: {tuple(config.methods)}.")
+    _common.check_unique(config, "methods")
     for name in (
         "num_epochs", "batch_size", "eval_every_epochs", "test_samples", "eval_batch_size",
         "lr_decay_epochs",

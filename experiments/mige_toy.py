@@ -213,8 +213,7 @@ def validate_config(config) -> None:
         ensemble = training.make_ensemble(
             list(config.bounds), "separable", dict(config.critic_hparams), config.aux_hidden
         )
-        pair = jnp.zeros((2, 1))
-        jax.eval_shape(lambda key: ensemble.init(key, pair, pair), jax.random.key(0))
+        training.check_ensemble(ensemble, 1, 1)
     if not 0.0 < config.rho_max < 1.0:
         raise ValueError(f"config.rho_max must lie in (0, 1), got {config.rho_max}.")
     if config.num_samples < 2 or config.num_seeds < 1 or config.num_rhos < 2:

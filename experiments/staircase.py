@@ -49,9 +49,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for field in ("bounds", "critics", "tasks", "levels"):
         if not config[field]:
             raise ValueError(f"config.{field} is empty.")
-        if len(set(config[field])) < len(config[field]):
-            raise ValueError(f"config.{field} names an entry twice: {tuple(config[field])}.")
-    _checks.check_int_sequences(**{"config.aux_hidden": config.aux_hidden})  # FLO's, TUBA's nets
+        _common.check_unique(config, field)
     if not all(_checks.is_real(level) and 0 < level < np.inf for level in config.levels):
         raise ValueError(f"config.levels must be positive MI values (nats), got {config.levels}.")
     # Every task, bound and critic is built here, so that a bad width, a typo in a bound's
@@ -68,6 +66,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         bounds_lib.get_bound(name, **dict(hparams))
     for name, hparams in config.critic_hparams.items():
         critics_lib.get_critic(name, **dict(hparams))
+    _checks.check_int_sequences(**{"config.aux_hidden": config.aux_hidden})  # FLO's, TUBA's nets
+    specs = [(n, dict(config.bound_hparams.get(n, {}))) for n in config.bounds]
+    for name in config.critics:  # traced, as `_GroupRun` builds them: widths are checked there
+        hparams = {**config.critic_hparams.get(name, {}), "compute_dtype": config.compute_dtype}
+        ensemble = training.make_ensemble(specs, name, hparams, config.aux_hidden)
+        training.check_ensemble(ensemble, config.dim, config.dim)
     _common.check_learning_rate(config)
     if not (_checks.is_real(config.ema_decay) and 0 <= config.ema_decay < 1):
         raise ValueError(

@@ -280,6 +280,17 @@ def make_ensemble(
     return BoundEnsemble(tuple(bounds), module, tuple(aux_hidden), compute_dtype, kernel_init)
 
 
+def check_ensemble(ensemble: BoundEnsemble, dim_x: int, dim_y: int) -> None:
+    """Traces ``ensemble.init`` on a batch of two (no compilation): a bad width or
+    hyperparameter of the critic or of the extra networks fails here, named by its module,
+    before a run has written anything (the critics check them when first applied)."""
+    x, y = (
+        jax.ShapeDtypeStruct((2, dim_x), jnp.float32),
+        jax.ShapeDtypeStruct((2, dim_y), jnp.float32),
+    )
+    jax.eval_shape(ensemble.init, jax.random.key(0), x, y)
+
+
 class NonFiniteError(FloatingPointError):
     """A bound's value or loss became NaN/inf; the message names the bound and the step."""
 

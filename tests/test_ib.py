@@ -232,7 +232,7 @@ def test_bad_input_names_the_argument():
         (dict(lr_decay=-0.5), r"`config.lr_decay` must lie in \(0, 1\]"),
         (dict(adam_b1=1.0), r"`config.adam_b1` must lie in \[0, 1\)"),
         # Before: the second copy found the first's checkpoint and named no setting.
-        (dict(methods=("vib", "vib")), r"`config.methods` names a method twice"),
+        (dict(methods=("vib", "vib")), r"`config.methods` names an entry twice"),
         # Before: 1 in float32, the weight average's debiasing divided by 0 (NaN errors, no
         # error raised); a NaN std_offset surfaced as a NaN loss after writing.
         (dict(ema_decay=0.99999999), r"`config.ema_decay` must lie in \[0, 1\)"),

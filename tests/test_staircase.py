@@ -136,11 +136,18 @@ def test_level_statistics_against_hand_computation():
         ("levels", (), ValueError, "config.levels is empty"),
         ("levels", (2.0, -1.0), ValueError, "config.levels must be positive"),
         ("tasks", (), ValueError, "config.tasks is empty"),
-        ("bounds", ("smile", "smile"), ValueError, "config.bounds names an entry twice"),
+        ("bounds", ("smile", "smile"), ValueError, "`config.bounds` names an entry twice"),
         ("stats_fraction", 2.0, ValueError, "stats_fraction"),
         ("log_every", 8, ValueError, "log_every .8. must divide config.chunk_steps .20."),
         ("steps_per_level", 0, ValueError, "steps_per_level"),
         ("aux_hidden", (0,), ValueError, "`config.aux_hidden` must hold integers"),  # was late
+        # A critic's width: checked when the critic is first applied, after the first results.
+        (
+            "critic_hparams",
+            {"separable": {"hidden": (0,)}, "concat": {"hidden": (8,)}},
+            ValueError,
+            "SeparableCritic: `hidden` must hold integers",
+        ),
         ("levels", ("a", "b"), ValueError, "config.levels must be positive"),
         ("learning_rate", -1.0, ValueError, "`config.learning_rate` must be a positive number"),
         ("learning_rate", 0.0, ValueError, "`config.learning_rate` must be a positive number"),
