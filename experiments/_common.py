@@ -184,20 +184,26 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
 def restore_checkpoint(manager, step: int, state):
     """``state``'s structure restored from ``manager``'s checkpoint at ``step``, or a
     `ValueError` saying the checkpoint does not fit (written with another model or
-    ``num_seeds``) instead of Orbax's shape errors. Nothing in the workdir is touched.
-
-    The stored array shapes are compared with ``state``'s before anything is read: a restore
-    that Orbax rejects part-way leaves its reads in flight, which later fail into a closed
-    event loop (reported as unraisable exceptions wherever the process happens to be)."""
-    import jax
+    ``num_seeds``) instead of Orbax's shape errors. Nothing in the workdir is touched."""
     import orbax.checkpoint as ocp
 
-    def mismatch(detail):
-        return ValueError(
-            f"the checkpoint at step {step} in {manager.directory} does not fit this config's "
-            f"train state (written with other model settings or another `config.num_seeds`?); "
-            f"use a fresh --workdir, or the config that wrote it. ({detail[:300]})"
-        )
+    check_checkpoint_fits(manager, step, state)
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(state))
+    except (ValueError, TypeError, KeyError) as e:
+        raise _checkpoint_mismatch(manager, step, f"{type(e).__name__}: {e}") from e
+
+
+def check_checkpoint_fits(manager, step: int, state) -> None:
+    """Refuses (`ValueError`) ``manager``'s checkpoint at ``step`` when its array shapes are not
+    ``state``'s (arrays or `jax.ShapeDtypeStruct` leaves: a structure from `jax.eval_shape`
+    serves); reads only the checkpoint's metadata.
+
+    The shapes are compared before anything is restored: a restore that Orbax rejects part-way
+    leaves its reads in flight, which later fail into a closed event loop (reported as
+    unraisable exceptions wherever the process happens to be)."""
+    import jax
+    import orbax.checkpoint as ocp
 
     def shapes(tree):
         return sorted(tuple(getattr(x, "shape", np.shape(x))) for x in jax.tree.leaves(tree))
@@ -209,15 +215,21 @@ def restore_checkpoint(manager, step: int, state):
         metadata = getattr(metadata, "item_metadata", metadata)
         stored = shapes(getattr(metadata, "tree", metadata))
     except Exception:  # no readable metadata: the restore itself decides
-        stored = []
+        return
     wanted = shapes(state)
     if stored and stored != wanted:
         diff = sorted(set(stored) ^ set(wanted))[:4]
-        raise mismatch(f"{len(stored)} stored arrays vs {len(wanted)}; shapes differ: {diff}")
-    try:
-        return manager.restore(step, args=ocp.args.StandardRestore(state))
-    except (ValueError, TypeError, KeyError) as e:
-        raise mismatch(f"{type(e).__name__}: {e}") from e
+        raise _checkpoint_mismatch(
+            manager, step, f"{len(stored)} stored arrays vs {len(wanted)}; shapes differ: {diff}"
+        )
+
+
+def _checkpoint_mismatch(manager, step: int, detail: str) -> ValueError:
+    return ValueError(
+        f"the checkpoint at step {step} in {manager.directory} does not fit this config's "
+        f"train state (written with other model settings or another `config.num_seeds`?); "
+        f"use a fresh --workdir, or the config that wrote it. ({detail[:300]})"
+    )
 
 
 def write_json(path: str, data) -> None:

@@ -64,7 +64,7 @@ def build(config: ml_collections.ConfigDict, method: str, num_classes: int) -> i
 
 
 # What a rerun in the same workdir may change (`_common.check_same_run`): a method's checkpoint
-# resumes under a longer schedule (a shorter one is refused, `check_checkpoints_within`), other
+# resumes under a longer schedule (a shorter one is refused, `check_checkpoints`), other
 # evaluation cadences or another data path, and the methods run are each kept apart (their own
 # checkpoints and results entries).
 RESUMABLE = ("num_epochs", "eval_every_epochs", "eval_batch_size", "data_dir", "methods")
@@ -180,16 +180,58 @@ def latest_checkpoint_step(workdir: str, method: str) -> int:
         manager.close()
 
 
-def check_checkpoints_within(workdir: str, methods, num_steps: int, steps_per_epoch: int) -> None:
-    """Refuses a schedule shorter than a method's checkpoint in ``workdir``.
+def sweep_init(config: ml_collections.ConfigDict, method: str, dataset: data_lib.Dataset):
+    """``(model, init, (init_key, train_key, eval_key))`` of ``method``'s sweep: ``init(init_key)``
+    is the train state of all its betas (with a leading seed axis when ``config.num_seeds >
+    1``; one seed: no seed axis, the single-run program), jitted."""
+    model = build(config, method, dataset.num_classes)
+    nb = len(betas_of(config, method))
+    steps_per_epoch = dataset.train_images.shape[0] // config.batch_size
+    seeds = _common.seed_values(config)
+    batched = len(seeds) > 1
+    keys = jnp.stack([jax.random.split(jax.random.key(s), 3) for s in seeds])  # [K, 3]
+    keys = tuple(keys[:, i] if batched else keys[0, i] for i in range(3))
+    schedule = optax.exponential_decay(
+        config.learning_rate,
+        transition_steps=config.lr_decay_epochs * steps_per_epoch,
+        decay_rate=config.lr_decay,
+        staircase=True,
+    )
+    tx = optax.adam(schedule, b1=config.adam_b1)
+    sample = data_lib.to_float(jnp.asarray(dataset.train_images[: config.batch_size]))
 
-    Its evaluations past ``num_steps`` would be cut from results.json while the checkpoint
-    stays, so a later rerun on the longer schedule would resume at its end, train nothing and
-    report an earlier evaluation as the final one. A `ValueError` names the method, before
-    anything is written (as `experiments.infomax_vae` and `experiments.infomax` refuse it).
+    def init(key):
+        params, bound_states = model.init(key, sample)
+        return training.create_sweep_state(params, bound_states, tx, nb)
+
+    return model, jax.jit(jax.vmap(init) if batched else init), keys
+
+
+def check_checkpoints(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, workdir: str):
+    """Refuses a method's checkpoint in ``workdir`` that this run could not continue, with a
+    `ValueError` that names the method, before anything is written (as `experiments.infomax`
+    and `experiments.infomax_vae` refuse it):
+
+    - one past this schedule's end: its evaluations past the end would be cut from
+      results.json while the checkpoint stays, so a later rerun on the longer schedule would
+      resume at its end, train nothing and report an earlier evaluation as the final one;
+    - one of another model (its array shapes are not this config's train state): found only
+      when the method's turn came, after ``config.json`` had been rewritten with the refused
+      settings (a workdir without ``config.json`` has nothing else to compare them with).
     """
-    for method in methods:
+    steps_per_epoch = dataset.train_images.shape[0] // config.batch_size
+    num_steps = config.num_epochs * steps_per_epoch
+    for method in config.methods:
         start = latest_checkpoint_step(workdir, method)
+        if start:
+            _, init, (init_key, _, _) = sweep_init(config, method, dataset)
+            manager = _checkpoint_manager(workdir, method)
+            try:
+                _common.check_checkpoint_fits(manager, start, jax.eval_shape(init, init_key))
+            except ValueError as e:
+                raise ValueError(f"{method}: {e}") from None
+            finally:
+                manager.close()
         if start > num_steps:
             epochs = -(-start // steps_per_epoch)
             raise ValueError(
@@ -260,7 +302,7 @@ def run_method(
     config, method, dataset, validation, progress, writer, on_eval, *, workdir: str, mesh
 ) -> dict:
     """Trains (or resumes) every beta of ``method``; returns its results entry."""
-    model = build(config, method, dataset.num_classes)
+    model, init, (init_key, train_key, eval_key) = sweep_init(config, method, dataset)
     betas = betas_of(config, method)
     nb = len(betas)
     num_train = dataset.train_images.shape[0]
@@ -269,36 +311,18 @@ def run_method(
     chunk_steps = config.eval_every_epochs * steps_per_epoch
     seeds = _common.seed_values(config)
     batched = len(seeds) > 1  # one seed: no seed axis (the single-run program)
-    keys = jnp.stack([jax.random.split(jax.random.key(s), 3) for s in seeds])  # [K, 3]
-    init_key, train_key, eval_key = (keys[:, i] if batched else keys[0, i] for i in range(3))
-
-    schedule = optax.exponential_decay(
-        config.learning_rate,
-        transition_steps=config.lr_decay_epochs * steps_per_epoch,
-        decay_rate=config.lr_decay,
-        staircase=True,
-    )
-    tx = optax.adam(schedule, b1=config.adam_b1)
-    sample = data_lib.to_float(jnp.asarray(dataset.train_images[: config.batch_size]))
-
-    @jax.jit
-    def init(key):
-        params, bound_states = model.init(key, sample)
-        return training.create_sweep_state(params, bound_states, tx, nb)
-
-    init = jax.vmap(init) if batched else init
     state = parallel.replicate(init(init_key), mesh)  # restored checkpoints take this layout too
     manager = _checkpoint_manager(workdir, method)
     start = manager.latest_step() or 0
     history, train_s = [], 0.0  # train_s: training chunks, compilation included (in the first)
     if start:
         state = _common.restore_checkpoint(manager, start, state)
-        # The evaluations up to the checkpoint (which `check_checkpoints_within` keeps within
+        # The evaluations up to the checkpoint (which `check_checkpoints` keeps within
         # this schedule), and the training time spent so far.
         earlier = on_eval.previous(method)
         history = [r for r in earlier.get("history", []) if r["step"] <= start]
         train_s = earlier.get("train_s", 0.0)
-        if start > num_steps:  # refused earlier (`check_checkpoints_within`); kept as a guard
+        if start > num_steps:  # refused earlier (`check_checkpoints`); kept as a guard
             raise ValueError(
                 f"{method}: the checkpoint in {manager.directory} is at step {start}, past this "
                 f"config's {num_steps} steps (`config.num_epochs`); train as long or use a "
@@ -489,7 +513,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     _common.check_same_run(workdir, config, RESUMABLE)
     steps_per_epoch = dataset.train_images.shape[0] // config.batch_size
     num_steps = config.num_epochs * steps_per_epoch
-    check_checkpoints_within(workdir, config.methods, num_steps, steps_per_epoch)
+    check_checkpoints(config, dataset, workdir)
     os.makedirs(workdir, exist_ok=True)
     results_path = os.path.join(workdir, "results.json")
     config_dict = _common.to_builtin(config.to_dict())

@@ -319,6 +319,24 @@ def test_ib_resumes_an_interrupted_method_from_its_checkpoint(tmp_path):
     assert {n: (tmp_path / n).read_bytes() for n in written} == written
 
 
+def test_a_checkpoint_of_another_model_is_refused_before_config_json_is_written(tmp_path):
+    ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",), num_epochs=1), tmp_path)
+    (tmp_path / "config.json").unlink()  # nothing left to compare a rerun's settings with
+    results = (tmp_path / "results.json").read_bytes()
+    # Refused before anything is written, naming the method (before: config.json was rewritten
+    # with the refused settings first, and found out only at vib's turn, after "deterministic"
+    # had trained; the run's own config was then refused).
+    with pytest.raises(ValueError, match=r"vib: the checkpoint .* does not fit"):
+        ib_experiment.train_and_evaluate(
+            _quick(ib_config, methods=("deterministic", "vib"), latent_dim=3), tmp_path
+        )
+    assert not (tmp_path / "config.json").exists()
+    assert (tmp_path / "results.json").read_bytes() == results
+    assert not (tmp_path / "checkpoints" / "deterministic").exists()
+    resumed = ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",)), tmp_path)
+    assert resumed["methods"]["vib"]["complete"]
+
+
 def test_a_run_stopped_after_its_last_evaluation_reports_that_evaluation(tmp_path, monkeypatch):
     # Before: the checkpoint was saved before results.json: stopped between the two at the last
     # chunk, the rerun found nothing left to train and reported the previous evaluation.
