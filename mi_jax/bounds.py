@@ -556,15 +556,27 @@ class Bound(NamedTuple):
     objective: Callable[[Array], Array] | None = None
 
 
-def _stateless(
+def make_bound(
     name: str,
     fn: Callable[..., Array],
     inputs: tuple[str, ...] = (),
     objective: Callable[[Array], Array] | None = None,
     **hparams: Any,
-):
-    # Validate the hyperparameters now, by tracing on an abstract 2 x 2 matrix (nothing is
-    # compiled or run), rather than inside a jitted step later.
+) -> Bound:
+    """The `Bound` of a stateless bound function ``fn(scores, **inputs, **hparams) -> []``.
+
+    Every bound of this module but MINE is one; so is a new one (README, "Adding a bound"):
+    ``register_bound("soft_smile", lambda **kw: make_bound("soft_smile", soft_smile, **kw))``.
+
+    Args:
+      name: the registry name.
+      fn: the bound, a pure function of the ``[batch, batch]`` scores.
+      inputs: the learned inputs ``fn`` takes by keyword besides the scores (``"u"``,
+        ``"log_baseline"``: see `Bound`).
+      objective: the training objective, where it is not the value (see `Bound`).
+      **hparams: ``fn``'s hyperparameters, checked now by tracing ``fn`` on an abstract 2 x 2
+        matrix (nothing is compiled or run), rather than inside a jitted step later.
+    """
     shape = jax.ShapeDtypeStruct((2, 2), jnp.float32)
     vector = jax.ShapeDtypeStruct((2,), jnp.float32)
     jax.eval_shape(functools.partial(fn, **hparams), shape, **{k: vector for k in inputs})
@@ -577,7 +589,7 @@ def _stateless(
 
 def _smile_bound(name: str, **hparams: Any) -> Bound:
     objective = js_fgan if hparams.get("gradient", "js") == "js" else None
-    return _stateless(name, smile, objective=objective, **hparams)
+    return make_bound(name, smile, objective=objective, **hparams)
 
 
 def _mine_bound(name: str, **hparams: Any) -> Bound:
@@ -585,20 +597,16 @@ def _mine_bound(name: str, **hparams: Any) -> Bound:
     return Bound(name, pair.init, lambda scores, state: pair.update(scores, state))
 
 
-def _flo_bound(name: str) -> Bound:
-    return Bound(name, lambda: (), lambda scores, state, *, u: (flo(scores, u), state), ("u",))
-
-
 _REGISTRY: dict[str, Callable[..., Bound]] = {
-    "dv": lambda: _stateless("dv", dv),
+    "dv": lambda: make_bound("dv", dv),
     "mine": lambda **kw: _mine_bound("mine", **kw),
-    "nwj": lambda: _stateless("nwj", nwj),
-    "tuba": lambda: _stateless("tuba", tuba, ("log_baseline",)),
-    "infonce": lambda: _stateless("infonce", infonce),
-    "js": lambda: _stateless("js", js, objective=js_fgan),
-    "interpolated": lambda **kw: _stateless("interpolated", interpolated, ("log_baseline",), **kw),
+    "nwj": lambda: make_bound("nwj", nwj),
+    "tuba": lambda: make_bound("tuba", tuba, ("log_baseline",)),
+    "infonce": lambda: make_bound("infonce", infonce),
+    "js": lambda: make_bound("js", js, objective=js_fgan),
+    "interpolated": lambda **kw: make_bound("interpolated", interpolated, ("log_baseline",), **kw),
     "smile": lambda **kw: _smile_bound("smile", **kw),
-    "flo": lambda: _flo_bound("flo"),
+    "flo": lambda: make_bound("flo", flo, ("u",)),
 }
 
 
