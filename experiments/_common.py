@@ -181,6 +181,19 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
     return out
 
 
+def train_time_until(earlier: Mapping, step: int) -> tuple[float, list[list]]:
+    """``(seconds, pairs)``: the training time an earlier run's results record up to ``step``
+    (the checkpoint a resumed run starts from), and their ``train_s_by_step`` pairs ``[step,
+    seconds so far]`` up to it. Results are written before each checkpoint, so a run stopped
+    between the two recorded a chunk that the resumed run trains again: its total
+    (``train_s``) would count that chunk twice. Results written without the pairs give their
+    total."""
+    if "train_s_by_step" not in earlier:
+        return float(earlier.get("train_s", 0.0)), []
+    pairs = [list(p) for p in earlier["train_s_by_step"] if p[0] <= step]
+    return (float(pairs[-1][1]) if pairs else 0.0), pairs
+
+
 def restore_checkpoint(manager, step: int, state):
     """``state``'s structure restored from ``manager``'s checkpoint at ``step``, or a
     `ValueError` saying the checkpoint does not fit (written with another model or
@@ -293,10 +306,11 @@ def check_same_run(workdir: str, config, may_differ: Iterable[str] = ()) -> None
     """Refuses to continue another configuration's run in ``workdir``.
 
     A workdir holds one run: its checkpoints are restored and its results extended, so an
-    earlier run there (a ``config.json`` beside metrics, results or checkpoints) must have had
-    the settings of ``config``, except those under ``may_differ`` (a run's length, cadences,
-    paths: what a resumed run may change). Else a `ValueError` lists the differences, before
-    anything is written.
+    earlier run there (metrics, results or checkpoints) must have had the settings of
+    ``config``, except those under ``may_differ`` (a run's length, cadences, paths: what a
+    resumed run may change). Else a `ValueError` lists the differences, before anything is
+    written. The earlier settings are read from ``config.json``, or, where it is gone, from
+    the config a ``results.json`` records (`experiments.ib`, `halves`, `infomax_vae`).
     """
     may_differ = tuple(may_differ)  # read twice below
     path = os.path.join(workdir, "config.json")
@@ -305,9 +319,19 @@ def check_same_run(workdir: str, config, may_differ: Iterable[str] = ()) -> None
     has_run = any(os.path.exists(p) and os.path.getsize(p) for p in written) or any(
         files for _, _, files in os.walk(checkpoints)
     )
-    if not (has_run and os.path.exists(path)):
+    if not has_run:
         return
-    changes = config_changes(read_json(path), config, may_differ)
+    if os.path.exists(path):
+        earlier = read_json(path)
+    else:
+        path = written[1]
+        try:
+            earlier = read_json(path).get("config")
+        except (OSError, ValueError, AttributeError):  # none, unreadable, or not a dict
+            earlier = None
+        if not isinstance(earlier, Mapping):
+            return
+    changes = config_changes(earlier, config, may_differ)
     if changes:
         shown = "; ".join(changes[:6]) + (
             f"; and {len(changes) - 6} more" if len(changes) > 6 else ""

@@ -215,9 +215,10 @@ def check_checkpoints(config: ml_collections.ConfigDict, dataset: data_lib.Datas
     - one past this schedule's end: its evaluations past the end would be cut from
       results.json while the checkpoint stays, so a later rerun on the longer schedule would
       resume at its end, train nothing and report an earlier evaluation as the final one;
-    - one of another model (its array shapes are not this config's train state): found only
-      when the method's turn came, after ``config.json`` had been rewritten with the refused
-      settings (a workdir without ``config.json`` has nothing else to compare them with).
+    - one of another model (its array shapes are not this config's train state), in a workdir
+      whose ``config.json`` and ``results.json`` are gone (`_common.check_same_run` compares
+      the settings they record): found only when the method's turn came, after ``config.json``
+      had been rewritten with the refused settings.
     """
     steps_per_epoch = dataset.train_images.shape[0] // config.batch_size
     num_steps = config.num_epochs * steps_per_epoch
@@ -314,14 +315,16 @@ def run_method(
     state = parallel.replicate(init(init_key), mesh)  # restored checkpoints take this layout too
     manager = _checkpoint_manager(workdir, method)
     start = manager.latest_step() or 0
-    history, train_s = [], 0.0  # train_s: training chunks, compilation included (in the first)
+    # train_s: training chunks, compilation included (in the first); clock: [step, train_s]
+    # at each evaluation (`_common.train_time_until`).
+    history, train_s, clock = [], 0.0, []
     if start:
         state = _common.restore_checkpoint(manager, start, state)
         # The evaluations up to the checkpoint (which `check_checkpoints` keeps within
         # this schedule), and the training time spent so far.
         earlier = on_eval.previous(method)
         history = [r for r in earlier.get("history", []) if r["step"] <= start]
-        train_s = earlier.get("train_s", 0.0)
+        train_s, clock = _common.train_time_until(earlier, start)
         if start > num_steps:  # refused earlier (`check_checkpoints`); kept as a guard
             raise ValueError(
                 f"{method}: the checkpoint in {manager.directory} is at step {start}, past this "
@@ -389,13 +392,16 @@ def run_method(
         # The evaluation is written before the checkpoint: a run stopped between the two
         # resumes at the previous checkpoint and evaluates again (the other way round, a
         # checkpoint at the last step had no evaluation and an earlier one was reported).
-        on_eval(method, history, complete=step >= num_steps, train_s=train_s)
+        clock.append([step, train_s])
+        on_eval(method, history, complete=step >= num_steps, train_s=train_s, train_s_by_step=clock)
         manager.save(step, args=ocp.args.StandardSave(state))
         manager.wait_until_finished()
         progress.update(n)
         best = min(r["error_mean"] for r in history[-nb * len(seeds) :])
         progress.set_postfix(method=method, best_test_error=f"{100 * best:.2f}%")
-    return method_entry(method, betas, history, train_s=train_s, steps=num_steps)
+    return method_entry(
+        method, betas, history, train_s=train_s, train_s_by_step=clock, steps=num_steps
+    )
 
 
 def summary(results: dict) -> str:
@@ -537,10 +543,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         "methods": dict(previous),
     }
 
-    def on_eval(method, history, complete, train_s):
-        entry = method_entry(
-            method, betas_of(config, method), history, complete=complete, train_s=train_s
-        )
+    def on_eval(method, history, **extra):  # complete, train_s, train_s_by_step
+        entry = method_entry(method, betas_of(config, method), history, **extra)
         results["methods"][method] = entry
         _common.write_json(results_path, results)
 

@@ -292,11 +292,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     )
     settings_dev = jax.tree.map(jnp.asarray, settings)
     results_path = os.path.join(workdir, "results.json")
-    history, train_s = [], 0.0
+    history, train_s, clock = [], 0.0, []  # clock: [step, train_s] at each evaluation
     if start and os.path.exists(results_path):
         earlier = _common.read_json(results_path)
         history = [r for r in earlier["history"] if r["step"] <= start]
-        train_s = earlier.get("train_s", 0.0)  # the training time of the steps resumed from
+        # The training time of the steps resumed from (`_common.train_time_until`).
+        train_s, clock = _common.train_time_until(earlier, start)
     writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
     progress = tqdm(total=num_steps, initial=start, desc="infomax_vae")
     results = {
@@ -345,7 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
             # Results before the checkpoint: a run stopped between the two resumes at the
             # previous checkpoint and evaluates again (the other way round, a checkpoint at
             # the last step had no evaluation in results.json and an earlier one was used).
-            results["history"], results["train_s"] = history, train_s
+            clock.append([step, train_s])
+            results.update(history=history, train_s=train_s, train_s_by_step=clock)
             _common.write_json(results_path, results)
             manager.save(step, args=ocp.args.StandardSave(state))
             manager.wait_until_finished()
@@ -368,8 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     if batched:
         results["table_per_seed"] = per_seed
         results["table"] = _common.mean_over_seeds(per_seed, ("model", "beta", "gamma"))
-    results["train_s"] = train_s
-    results["history"] = history
+    results.update(history=history, train_s=train_s, train_s_by_step=clock)
     _common.write_json(results_path, results)
     _common.write_csv(os.path.join(workdir, "results.csv"), results["table"])
     plot_samples(  # the first seed's models

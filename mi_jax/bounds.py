@@ -534,6 +534,11 @@ def mine(*, decay: float = 0.99) -> StatefulBound:
 # --- Registry -----------------------------------------------------------------------------
 
 
+# The learned inputs a bound may take besides the scores, each from a network the trainers add
+# (`mi_jax.training.BoundEnsemble`): FLO's u(x, y) and a log-baseline log a(y).
+BOUND_INPUTS = ("u", "log_baseline")
+
+
 class Bound(NamedTuple):
     """A bound chosen by name, with a uniform interface for trainers.
 
@@ -577,6 +582,11 @@ def make_bound(
       **hparams: ``fn``'s hyperparameters, checked now by tracing ``fn`` on an abstract 2 x 2
         matrix (nothing is compiled or run), rather than inside a jitted step later.
     """
+    if not (isinstance(inputs, tuple) and set(inputs) <= set(BOUND_INPUTS)):
+        raise ValueError(
+            f"`inputs` of bound {name!r} must be a tuple of names from {BOUND_INPUTS} (the "
+            f"learned inputs the trainers give a bound), got {inputs!r}."
+        )
     shape = jax.ShapeDtypeStruct((2, 2), jnp.float32)
     vector = jax.ShapeDtypeStruct((2,), jnp.float32)
     jax.eval_shape(functools.partial(fn, **hparams), shape, **{k: vector for k in inputs})

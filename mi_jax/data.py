@@ -132,6 +132,8 @@ def _read_idx(
                     f"({'images' if magic == _IDX_IMAGES_MAGIC else 'labels'}); the file is "
                     "corrupt or not the one its name says."
                 )
+            if min(shape) < 0:  # int32 sizes; two negative ones would multiply to a size
+                raise ValueError(f"IDX file {path} is corrupt: its header declares sizes {shape}.")
             declared = shape[0]
             if count is not None:
                 shape[0] = min(shape[0], count)
@@ -145,9 +147,10 @@ def _read_idx(
                 chunks.append(chunk)
                 left -= len(chunk)
             data = b"".join(chunks)
-            if count is None and len(data) == size and f.read(1):
+            # Whenever all the items were read (``count`` None or at least their number), the
+            # stream must end there; reading on to its end makes gzip check its CRC.
+            if len(data) == size and shape[0] == declared and f.read(1):
                 raise ValueError(f"IDX file {path} holds more data than its header declares.")
-            # (Reading to the end of the stream, as above, makes gzip check its CRC.)
     except (OSError, EOFError, zlib.error) as e:  # not gzip, truncated, or damaged
         raise ValueError(f"cannot read IDX file {path}: {e}") from e
     if len(data) != size:

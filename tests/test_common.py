@@ -23,3 +23,28 @@ def test_jsonl_rows_carry_their_run_and_a_cut_line_never_swallows_the_next_row(t
     old = _common.JsonlWriter(str(tmp_path / "old.jsonl"))
     old.close()
     assert old.run == 1
+
+
+def test_train_time_until_a_checkpoint_counts_only_the_chunks_before_it():
+    earlier = {"train_s": 7.0, "train_s_by_step": [[10, 3.0], [20, 5.0], [30, 7.0]]}
+    assert _common.train_time_until(earlier, 20) == (5.0, [[10, 3.0], [20, 5.0]])
+    assert _common.train_time_until(earlier, 30) == (7.0, earlier["train_s_by_step"])
+    assert _common.train_time_until(earlier, 5) == (0.0, [])
+    assert _common.train_time_until({"train_s": 4.0}, 20) == (4.0, [])  # results before the pairs
+    assert _common.train_time_until({}, 20) == (0.0, [])
+
+
+def test_check_same_run_reads_the_config_results_json_records_when_config_json_is_gone(tmp_path):
+    import ml_collections
+    import pytest
+
+    config = ml_collections.ConfigDict({"learning_rate": 1e-3, "num_epochs": 2})
+    _common.write_json(str(tmp_path / "results.json"), {"config": config.to_dict()})
+    _common.check_same_run(str(tmp_path), config)
+    other = ml_collections.ConfigDict({"learning_rate": 0.5, "num_epochs": 2})
+    with pytest.raises(ValueError, match=r"learning_rate: 0.001 -> 0.5.*results.json"):
+        _common.check_same_run(str(tmp_path), other)
+    _common.check_same_run(str(tmp_path), other, may_differ=("learning_rate",))
+    for unreadable in ("{not json", "[1, 2]", '{"config": 3}'):  # no config to compare: allowed
+        (tmp_path / "results.json").write_text(unreadable)
+        _common.check_same_run(str(tmp_path), other)

@@ -211,17 +211,26 @@ def test_one_damaged_byte_anywhere_in_an_idx_file_is_named_or_harmless(tmp_path)
         damaged = bytearray(packed)
         damaged[offset] ^= 0x5A
         path.write_bytes(bytes(damaged))
-        try:
-            ds = data.load_dataset("mnist", data_dir=str(tmp_path))
-        except ValueError as e:
-            assert "train-images-idx3-ubyte.gz" in str(e) or "disagree" in str(e), (offset, e)
-        else:  # a byte gzip does not read (its header's time stamp, say): the same pixels
-            np.testing.assert_array_equal(ds.train_images[..., 0], images["train"])
+        # All of the file, and a max_examples that covers all of it (before: CRC unchecked).
+        for max_examples in (None, 3, 1000):
+            try:
+                ds = data.load_dataset("mnist", data_dir=str(tmp_path), max_examples=max_examples)
+            except ValueError as e:
+                assert "train-images-idx3-ubyte.gz" in str(e) or "disagree" in str(e), (offset, e)
+            else:  # a byte gzip does not read (its header's time stamp, say): the same pixels
+                np.testing.assert_array_equal(ds.train_images[..., 0], images["train"])
     # A header whose count is absurd: named as truncated, nothing allocated for it.
     huge = np.array([2051, 2**31 - 1, 28, 28], dtype=">i4").tobytes() + b"\0" * 100
     path.write_bytes(gzip.compress(huge))
     with pytest.raises(ValueError, match="truncated"):
         data.load_dataset("mnist", data_dir=str(tmp_path))
+    # Negative sizes (before: two of them multiplied to a size, and numpy's reshape failed
+    # without the file's name).
+    for sizes in ([-1, -1, 784], [-1, 28, 28], [3, -8, -8]):
+        header = np.array([2051, *sizes], dtype=">i4").tobytes()
+        path.write_bytes(gzip.compress(header + b"\0" * 3000))
+        with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz is corrupt.*sizes"):
+            data.load_dataset("mnist", data_dir=str(tmp_path))
 
 
 def test_mnist_files_that_disagree_are_refused_under_max_examples_too(tmp_path):

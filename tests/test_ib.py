@@ -11,6 +11,7 @@ import pytest
 
 from configs import ib as ib_config
 from configs import infomax_vae as vae_config
+from experiments import _common
 from experiments import ib as ib_experiment
 from experiments import infomax_vae as vae_experiment
 from mi_jax import data, ib, vae
@@ -321,8 +322,16 @@ def test_ib_resumes_an_interrupted_method_from_its_checkpoint(tmp_path):
 
 def test_a_checkpoint_of_another_model_is_refused_before_config_json_is_written(tmp_path):
     ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",), num_epochs=1), tmp_path)
-    (tmp_path / "config.json").unlink()  # nothing left to compare a rerun's settings with
+    (tmp_path / "config.json").unlink()
     results = (tmp_path / "results.json").read_bytes()
+    # Without config.json, the config results.json records is compared (before: another
+    # learning rate resumed the checkpoint and dropped its evaluations from results.json).
+    with pytest.raises(ValueError, match=r"another config \(learning_rate: 0.001 -> 0.5\).*json"):
+        ib_experiment.train_and_evaluate(
+            _quick(ib_config, methods=("vib",), learning_rate=0.5), tmp_path
+        )
+    assert (tmp_path / "results.json").read_bytes() == results
+    (tmp_path / "results.json").unlink()  # nothing left to compare a rerun's settings with
     # Refused before anything is written, naming the method (before: config.json was rewritten
     # with the refused settings first, and found out only at vib's turn, after "deterministic"
     # had trained; the run's own config was then refused).
@@ -330,8 +339,7 @@ def test_a_checkpoint_of_another_model_is_refused_before_config_json_is_written(
         ib_experiment.train_and_evaluate(
             _quick(ib_config, methods=("deterministic", "vib"), latent_dim=3), tmp_path
         )
-    assert not (tmp_path / "config.json").exists()
-    assert (tmp_path / "results.json").read_bytes() == results
+    assert not (tmp_path / "config.json").exists() and not (tmp_path / "results.json").exists()
     assert not (tmp_path / "checkpoints" / "deterministic").exists()
     resumed = ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",)), tmp_path)
     assert resumed["methods"]["vib"]["complete"]
@@ -361,6 +369,39 @@ def test_a_run_stopped_after_its_last_evaluation_reports_that_evaluation(tmp_pat
     results = ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",)), workdir)
     num_epochs = _quick(ib_config).num_epochs
     assert [r["epoch"] for r in results["methods"]["vib"]["final"]] == [num_epochs] * 2
+
+
+def test_a_resumed_method_counts_each_chunks_training_time_once(tmp_path, monkeypatch):
+    # Stopped after the last evaluation is written and before its checkpoint: the rerun trains
+    # that chunk again from the previous checkpoint. Before: it started from results.json's
+    # total, which held the chunk already (3 chunks counted of 2).
+    real_chunk, real_run_method = _common.run_sweep_chunk, ib_experiment.run_method
+
+    def one_second_chunks(*args, **kwargs):
+        state, metrics, _ = real_chunk(*args, **kwargs)
+        return state, metrics, 1.0
+
+    def stopped(config, method, dataset, validation, progress, writer, on_eval, **kwargs):
+        def on_last_eval(*args, **kw):
+            on_eval(*args, **kw)
+            if kw["complete"]:  # written, the checkpoint not yet
+                raise RuntimeError("stopped")
+
+        on_last_eval.previous = on_eval.previous
+        return real_run_method(
+            config, method, dataset, validation, progress, writer, on_last_eval, **kwargs
+        )
+
+    monkeypatch.setattr(_common, "run_sweep_chunk", one_second_chunks)
+    monkeypatch.setattr(ib_experiment, "run_method", stopped)
+    config = _quick(ib_config, methods=("vib",))
+    with pytest.raises(RuntimeError, match="stopped"):
+        ib_experiment.train_and_evaluate(config, tmp_path)
+    monkeypatch.setattr(ib_experiment, "run_method", real_run_method)
+    entry = ib_experiment.train_and_evaluate(config, tmp_path)["methods"]["vib"]
+    assert config.num_epochs == 2 and entry["train_s"] == 2.0
+    steps = sorted({r["step"] for r in entry["history"]})
+    assert entry["train_s_by_step"] == [[steps[0], 1.0], [steps[1], 2.0]]
 
 
 def test_an_interrupted_rerun_keeps_a_finished_method_listed_after_it(tmp_path, monkeypatch):
