@@ -570,8 +570,9 @@ def make_bound(
 ) -> Bound:
     """The `Bound` of a stateless bound function ``fn(scores, **inputs, **hparams) -> []``.
 
-    Every bound of this module but MINE is one; so is a new one (README, "Adding a bound"):
-    ``register_bound("soft_smile", lambda **kw: make_bound("soft_smile", soft_smile, **kw))``.
+    Every bound of this module but MINE is one; so is a new one (README, "Adding a bound"),
+    ``register_bound("my_bound", lambda **kw: make_bound("my_bound", my_bound, **kw))``, whose
+    ``tests/test_bound_contract.py`` checks then run with the others'.
 
     Args:
       name: the registry name.
