@@ -95,12 +95,9 @@ _MI, _DIM, _BATCH, _KEYS = 1.0, 3, 256, 64
 
 
 def _optimal_scores(key):
-    """``[B, B]`` log p(x_i, y_j) / (p(x_i) p(y_j)) on a correlated Gaussian (the sampler's rho)."""
+    """``[B, B]`` the optimal critic on a batch of the correlated Gaussian."""
     x, y = tasks.correlated_gaussian(key, _MI, _BATCH, _DIM)
-    rho = tasks.rho_from_mi(_MI, _DIM)
-    xi, yj = x[:, None, :], y[None, :, :]
-    quad = (rho**2 * xi**2 - 2.0 * rho * xi * yj + rho**2 * yj**2) / (2.0 * (1.0 - rho**2))
-    return jnp.sum(-0.5 * jnp.log(1.0 - rho**2) - quad, axis=-1)
+    return tasks.gaussian_log_ratio(x, y, _MI)
 
 
 def _candidate_inputs(scores):

@@ -28,20 +28,6 @@ def _rand_vec(seed: int, batch: int = 4, scale: float = 1.0) -> np.ndarray:
     return (scale * np.random.default_rng(seed).standard_normal(batch)).astype(np.float32)
 
 
-def _gaussian_log_ratio(x, y, mi, dim):
-    """``scores[i, j] = log p(x_i, y_j) / (p(x_i) p(y_j))`` for the per-coordinate Gaussian pair.
-
-    Uses the same float32 ``rho`` as the sampler, so the critic is exactly the log density ratio
-    of the distribution the samples come from.
-    """
-    rho = tasks.rho_from_mi(mi, dim)
-    one_minus = 1.0 - rho**2
-    xi = x[:, None, :]  # [B, 1, d]
-    yj = y[None, :, :]  # [1, B, d]
-    quad = (rho**2 * xi**2 - 2.0 * rho * xi * yj + rho**2 * yj**2) / (2.0 * one_minus)
-    return jnp.sum(-0.5 * jnp.log(one_minus) - quad, axis=-1)
-
-
 def _log_mean_exp_offdiag_cols(s):
     """``[B]``: log of the mean of exp over each column without its diagonal entry."""
     b = s.shape[0]
@@ -58,7 +44,7 @@ _BATCH = 1024
 
 def _all_estimates(key, mi, dim):
     x, y = tasks.correlated_gaussian(key, mi, _BATCH, dim)
-    s = _gaussian_log_ratio(x, y, mi, dim)
+    s = tasks.gaussian_log_ratio(x, y, mi)
     # A baseline that depends on y_j: TUBA is tight for f = log ratio + log a(y).
     log_a = 0.5 * jnp.tanh(y[:, 0]) + 0.3
     diag = jnp.diag(s)
@@ -128,7 +114,7 @@ def test_infonce_saturates_at_log_batch_when_mi_is_large():
     @jax.jit
     def run(key):
         x, y = tasks.correlated_gaussian(key, mi, batch, dim)
-        s = _gaussian_log_ratio(x, y, mi, dim)
+        s = tasks.gaussian_log_ratio(x, y, mi)
         return bounds.infonce(s), jnp.mean(jnp.diag(s))
 
     infonce, joint_term = (float(v) for v in run(jax.random.key(7)))
@@ -466,7 +452,7 @@ def test_js_and_smile_gradients_are_the_js_objective():
 
 def test_js_calibration_finds_the_js_optimal_affine_map():
     x, y = tasks.correlated_gaussian(jax.random.key(7), 2.0, _BATCH, _DIM)
-    s = _gaussian_log_ratio(x, y, 2.0, _DIM)
+    s = tasks.gaussian_log_ratio(x, y, 2.0)
 
     @jax.jit
     def calibrate_and_check(scores):

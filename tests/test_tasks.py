@@ -345,3 +345,26 @@ def test_get_task_errors():
         tasks.get_task("spiral", dim=2, speed=float("nan"))
     with pytest.raises(TypeError, match="speeed"):
         tasks.get_task("spiral", dim=2, speeed=1.0)
+
+
+def test_gaussian_log_ratio_is_the_log_density_ratio():
+    """Against scipy: log N([x, y]; 0, [[I, rho I], [rho I, I]]) - log N(x) - log N(y)."""
+    from scipy.stats import multivariate_normal
+
+    dim, mi = 3, 1.5
+    x, y = tasks.correlated_gaussian(jax.random.key(3), mi, 5, dim)
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    rho = float(tasks.rho_from_mi(mi, dim))
+    cov = np.block([[np.eye(dim), rho * np.eye(dim)], [rho * np.eye(dim), np.eye(dim)]])
+    joint = multivariate_normal(np.zeros(2 * dim), cov)
+    marginal = multivariate_normal(np.zeros(dim), np.eye(dim))
+    want = np.array(
+        [
+            [joint.logpdf(np.concatenate([xi, yj])) - marginal.logpdf(xi) - marginal.logpdf(yj)
+             for yj in y]
+            for xi in x
+        ]
+    )  # fmt: skip
+    np.testing.assert_allclose(tasks.gaussian_log_ratio(x, y, mi), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"`x` and `y` must both have shape \[batch, dim\]"):
+        tasks.gaussian_log_ratio(x, y[:, :2], mi)
