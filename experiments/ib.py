@@ -409,6 +409,10 @@ def summary(results: dict) -> str:
     validation split, the last), in %."""
     has_val = any("val_error_mean" in r for e in results["methods"].values() for r in e["selected"])
     samples = results.get("config", {}).get("test_samples", 12)
+    # Methods kept from an earlier run in the workdir may have trained for another number of
+    # epochs than this run's: then every row names the epoch of its last evaluation.
+    lasts = {last["epoch"] for e in results["methods"].values() for last in e["final"]}
+    mixed = lasts != {results["num_epochs"]}
     rows = []
     for entry in results["methods"].values():
         for r, last in zip(entry["selected"], entry["final"], strict=True):
@@ -417,6 +421,7 @@ def summary(results: dict) -> str:
                     "method": r["method"],
                     "beta": f"{r['beta']:g}",
                     "epoch": f"{r['epoch']:g}",
+                    **({"last_epoch": f"{last['epoch']:g}"} if mixed else {}),
                     **({"val_err": 100 * r.get("val_error_mean", np.nan)} if has_val else {}),
                     "test_err": 100 * r["error_mean"],
                     **({"test_err_std": 100 * r["error_mean_std"]} if "num_seeds" in r else {}),
@@ -436,8 +441,11 @@ def summary(results: dict) -> str:
         if has_val
         else "the last evaluation per beta, no validation split (errors in %: "
     )
+    epochs = f"{results['num_epochs']} epochs" + (
+        " (methods kept from earlier runs: their last_epoch)" if mixed else ""
+    )
     head = (
-        f"\n{results['dataset']}, {results['num_epochs']} epochs; {chosen}test at the posterior "
+        f"\n{results['dataset']}, {epochs}; {chosen}test at the posterior "
         f"mean, test with {samples} samples, test at the last epoch; KL and I in nats)"
         + (f"; mean over {seeds} seeds, test_err_std their spread" if seeds > 1 else "")
         + "\n"

@@ -500,7 +500,11 @@ def _compiled_fit(spec: _FitSpec):
     ensemble = training.make_ensemble(
         [(spec.bound, dict(spec.bound_hparams))], spec.critic, dict(spec.critic_hparams)
     )
-    optimizer = optax.adam(spec.learning_rate)
+    # Adam on one flat vector of all parameters: its update is a few kernels instead of three
+    # per parameter array (the critic has nine), which on XLA:CPU makes the rounds ~15 % and the
+    # call ~10 % faster (README); the same arithmetic. (A large critic would pay for the copies
+    # in and out of the flat vector: the staircase runs ~20 % slower with it.)
+    optimizer = optax.flatten(optax.adam(spec.learning_rate))
     train_step = training.make_train_step(ensemble, metrics=("mi",))
     num_seeds, batched = spec.num_seeds or 1, spec.num_seeds is not None
     mesh = spec.mesh

@@ -277,6 +277,13 @@ def test_ib_experiment_smoke_and_resume(tmp_path):
     assert results["label_entropy"] == pytest.approx(-np.sum(p[p > 0] * np.log(p[p > 0])))
     table = ib_experiment.summary(results)  # the quick preset holds out a validation split
     assert "lowest validation error" in table and "val_err" in table and "test_err_3" in table
+    assert "last_epoch" not in table
+    # A later run of another length that keeps these methods: each row names its last epoch.
+    longer = ib_experiment.summary({**results, "num_epochs": config.num_epochs + 3})
+    assert f"{config.num_epochs + 3} epochs (methods kept" in longer
+    header, _, *body = longer.split("training wall time")[0].strip().splitlines()[1:]
+    column = header.split().index("last_epoch")
+    assert [row.split()[column] for row in body] == [f"{config.num_epochs:g}"] * len(finals)
     # A rerun keeps every finished method without training it again.
     mtime = os.path.getmtime(os.path.join(workdir, "checkpoints", "vib"))
     again = ib_experiment.train_and_evaluate(config, workdir)
