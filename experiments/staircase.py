@@ -62,6 +62,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"{task.min_mi:.4f} nats of MI, below which it cannot go; got "
                 f"{min(config.levels)}."
             )
+        most = task.min_mi + config.dim * tasks_lib.MAX_MI_PER_DIM
+        if max(config.levels) > most:
+            raise ValueError(
+                f"config.levels: {max(config.levels)} nats is more than float32 samples of the "
+                f"{name!r} task at dim {config.dim} carry ({most:.4g}; beyond it y equals x for "
+                "some pairs); raise config.dim."
+            )
     for name, hparams in config.bound_hparams.items():
         bounds_lib.get_bound(name, **dict(hparams))
     for name, hparams in config.critic_hparams.items():

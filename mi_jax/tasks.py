@@ -59,7 +59,7 @@ def correlated_gaussian(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tu
       ``x`` ``[batch, dim]``, ``y`` ``[batch, dim]``.
     """
     _checks.check_ints(batch=batch, dim=dim)
-    _check_mi(mi, 0.0)
+    _check_mi(mi, 0.0, dim)
     return _gaussian_pair(key, mi, batch, dim)
 
 
@@ -103,17 +103,36 @@ def _check_df(df: float) -> None:
         raise ValueError(f"`df` must be positive and finite (inf: the gaussian task), got {df}.")
 
 
-def _check_mi(mi: ArrayLike, min_mi: float) -> None:
-    """A concrete ``mi`` below the family's least MI, infinite or NaN is an error; traced:
+# The most Gaussian MI per coordinate float32 samples carry: the noise's share of a
+# coordinate, exp(-mi / dim), is 6e-6 at 12 nats, some 50 float32 spacings of a value near 1;
+# rounding y to float32 adds under 1e-3 of the noise's variance where |y| < 4 (under 3e-4 nats
+# per coordinate), though 0.5 % of the pairs already round to y == x. At 17 nats half of them
+# do (an infinite MI, whatever the task reports).
+MAX_MI_PER_DIM = 12.0
+
+
+def _check_mi(mi: ArrayLike, min_mi: float, dim: int) -> None:
+    """A concrete ``mi`` below the family's least MI, infinite or NaN, or above what float32
+    samples of width ``dim`` carry (``min_mi + dim * MAX_MI_PER_DIM``) is an error; traced:
     unchecked."""
     if isinstance(mi, jax.core.Tracer):
         return
-    mi = np.asarray(mi)
+    arr = np.asarray(mi)
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"`mi` must be a number of nats (or an array of them), got {mi!r}.")
+    mi = arr.astype(np.float64)
     bad = ~((mi >= min_mi) & np.isfinite(mi))  # NaN too; inf gave y = x
     if np.any(bad):
         raise ValueError(
             f"`mi` must be finite and at least {min_mi:.6g} nats (this task's least MI), got "
             f"{mi[bad].ravel()[:4]}."
+        )
+    most = min_mi + dim * MAX_MI_PER_DIM
+    if np.any(mi > most):
+        raise ValueError(
+            f"`mi` of {mi[mi > most].ravel()[:4]} nats is more than float32 samples of width "
+            f"{dim} carry ({MAX_MI_PER_DIM:g} nats per coordinate: {most:.6g}; beyond it y "
+            "equals x for some pairs, an infinite MI); use a larger `dim`."
         )
 
 
@@ -163,7 +182,7 @@ def student_t(key: PRNGKey, mi: ArrayLike, batch: int, dim: int, df: float) -> t
     _checks.check_ints(batch=batch, dim=dim)
     _check_df(df)
     correction = student_t_mi_correction(df, dim, dim)
-    _check_mi(mi, correction)
+    _check_mi(mi, correction, dim)
     kz, kw = jax.random.split(key)
     # (Traced, a level below the correction would sample the family's least MI: clamped.)
     gaussian_mi = jnp.maximum(mi - correction, 0.0)

@@ -178,6 +178,8 @@ def test_every_task_bound_and_critic_is_built_before_running(tmp_path):
     cases = [
         (dict(tasks=("gaussian", "spiral"), dim=1), ValueError, "spiral task needs `dim` >= 2"),
         (dict(tasks=("student_t",), levels=(1.0, 0.3)), ValueError, "config.levels: .*student_t"),
+        # Traced in the scan, a level beyond float32's reach sampled y == x unchecked.
+        (dict(dim=2, levels=(1.0, 30.0)), ValueError, "config.levels: 30.0 nats is more than"),
         (dict(critic_hparams={"seperable": {"hidden": (8,)}}), KeyError, "separable"),
         (dict(bound_hparams={"smile": {"clp": 5.0}}), TypeError, "clp"),
         (dict(critic_hparams={"concat": {"hiden": (8,)}}), TypeError, "hiden"),

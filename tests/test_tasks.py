@@ -103,6 +103,21 @@ def test_mi_below_a_tasks_least_mi_is_an_error():
     task.sample(jax.random.key(0), task.min_mi, 4)  # the least MI itself is fine
 
 
+def test_mi_beyond_what_float32_samples_carry_is_an_error():
+    # Before: 20 nats in one coordinate returned y == x for 97 % of the pairs (an infinite MI).
+    x, y = tasks.correlated_gaussian(jax.random.key(0), 20.0, 10_000, 2)  # 10 per coordinate
+    assert np.mean(np.asarray(x) == np.asarray(y)) < 0.01
+    for name in ("gaussian", "cubic", "spiral", "student_t"):
+        task = tasks.get_task(name, dim=2)
+        most = task.min_mi + 2 * tasks.MAX_MI_PER_DIM
+        task.sample(jax.random.key(0), most, 4)
+        with pytest.raises(ValueError, match="more than float32 samples of width 2 carry"):
+            task.sample(jax.random.key(0), np.array([1.0, most + 0.01]), 4)
+    for mi in ("1", True, None):  # a string passed the check and failed later, inside JAX
+        with pytest.raises(ValueError, match="`mi` must be a number of nats"):
+            tasks.correlated_gaussian(jax.random.key(0), mi, 4, 2)
+
+
 def test_gaussian_sampler_vmaps_over_keys():
     keys = jax.random.split(jax.random.key(3), 4)
     xs, ys = jax.vmap(lambda k: tasks.correlated_gaussian(k, 1.0, 16, 2))(keys)
