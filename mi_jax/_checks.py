@@ -124,6 +124,10 @@ def check_samples(x, y, *, min_samples: int = 2, finite: bool = True) -> tuple[n
             raise ValueError(
                 f"`{name}` must have shape [num_samples, dim] with dim >= 1, got shape {a.shape}."
             )
+        if a.dtype == np.bool_:  # binary data: 0 and 1
+            a = a.astype(np.uint8)
+        elif jnp.issubdtype(a.dtype, jnp.floating) and not np.issubdtype(a.dtype, np.floating):
+            a = a.astype(np.float32)  # bfloat16 and other ml_dtypes floats: exact in float32
         if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
             raise TypeError(f"`{name}` must be numeric, got dtype {a.dtype}.")
         if finite and not np.all(np.isfinite(a)):
@@ -144,10 +148,34 @@ def check_samples(x, y, *, min_samples: int = 2, finite: bool = True) -> tuple[n
 def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> KeyError:
     """A KeyError for an unregistered name, with close matches suggested."""
     known = sorted(known)
+    if not isinstance(name, str):
+        return KeyError(f"a {kind} name must be a string, got {name!r}. Known: {', '.join(known)}.")
     by_lower = {k.lower(): k for k in known}  # "infoNCE" -> "infonce"
-    hint = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1)
+    hint = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
     did_you_mean = f" Did you mean {by_lower[hint[0]]!r}?" if hint else ""
     return KeyError(f"unknown {kind} {name!r}.{did_you_mean} Known: {', '.join(known)}.")
+
+
+def is_known(name: Any, registry: Iterable[str]) -> bool:
+    """Whether ``name`` is a registered name: a string in ``registry`` (its keys, or a tuple of
+    names; a list or dict, say from a config, is not one, rather than an "unhashable type"
+    TypeError)."""
+    return isinstance(name, str) and name in registry
+
+
+def check_registration(
+    kind: str, name: Any, factory: Any, registry: Mapping[str, Any], base: type | None = None
+) -> None:
+    """A new registry entry: a non-empty string ``name`` not taken, and a callable ``factory``
+    (with ``base``: a subclass of it, e.g. a Flax module class)."""
+    if not (isinstance(name, str) and name):
+        raise TypeError(f"the name of a new {kind} must be a non-empty string, got {name!r}.")
+    if name in registry:
+        raise ValueError(f"the {kind} name {name!r} is already registered.")
+    if not callable(factory):
+        raise TypeError(f"{kind} {name!r} must be registered with a callable, got {factory!r}.")
+    if base is not None and not (isinstance(factory, type) and issubclass(factory, base)):
+        raise TypeError(f"{kind} {name!r} must be a {base.__name__} class, got {factory!r}.")
 
 
 def build_registered(kind: str, name: str, registry: Mapping[str, Callable[..., Any]], hparams):
@@ -157,7 +185,7 @@ def build_registered(kind: str, name: str, registry: Mapping[str, Callable[..., 
     declare (as dataclass fields, like every Flax module): a TypeError listing the known ones.
     Lists (as configs deliver them) become tuples, so the module stays hashable.
     """
-    if name not in registry:
+    if not is_known(name, registry):
         raise unknown_name_error(kind, name, registry)
     cls = registry[name]
     known = set(getattr(cls, "__dataclass_fields__", {})) - {"parent", "name"}

@@ -588,9 +588,25 @@ def make_bound(
             f"`inputs` of bound {name!r} must be a tuple of names from {BOUND_INPUTS} (the "
             f"learned inputs the trainers give a bound), got {inputs!r}."
         )
+    if clash := sorted(set(hparams) & set(inputs)):
+        raise TypeError(
+            f"{clash} of bound {name!r} are learned inputs (the trainer's networks give them), "
+            "not hyperparameters."
+        )
+    if objective is not None and not callable(objective):
+        raise TypeError(f"`objective` of bound {name!r} must be a function of the scores.")
     shape = jax.ShapeDtypeStruct((2, 2), jnp.float32)
     vector = jax.ShapeDtypeStruct((2,), jnp.float32)
-    jax.eval_shape(functools.partial(fn, **hparams), shape, **{k: vector for k in inputs})
+    for what, f in (("value", fn), ("objective", objective)):
+        if f is None:
+            continue
+        kwargs = {k: vector for k in inputs} if f is fn else {}
+        out = jax.eval_shape(functools.partial(f, **(hparams if f is fn else {})), shape, **kwargs)
+        if not (getattr(out, "shape", None) == () and jnp.issubdtype(out.dtype, jnp.floating)):
+            raise TypeError(
+                f"bound {name!r}: its {what} must be a float scalar (shape []), got "
+                f"{getattr(out, 'shape', type(out))} {getattr(out, 'dtype', '')}."
+            )
 
     def apply(scores, state, **extra):
         return fn(scores, **extra, **hparams), state
@@ -623,8 +639,7 @@ _REGISTRY: dict[str, Callable[..., Bound]] = {
 
 def register_bound(name: str, factory: Callable[..., Bound]) -> None:
     """Registers ``factory(**hparams) -> Bound`` under ``name`` (for new bounds in forks)."""
-    if name in _REGISTRY:
-        raise ValueError(f"a bound named {name!r} is already registered.")
+    _checks.check_registration("bound", name, factory, _REGISTRY)
     _REGISTRY[name] = factory
 
 
@@ -639,9 +654,15 @@ def get_bound(name: str, **hparams: Any) -> Bound:
     Example: ``get_bound("smile", clip=5.0)``, ``get_bound("mine", decay=0.99)``,
     ``get_bound("interpolated", alpha=0.01)``.
     """
-    if name not in _REGISTRY:
+    if not _checks.is_known(name, _REGISTRY):
         raise _checks.unknown_name_error("bound", name, _REGISTRY)
     try:
-        return _REGISTRY[name](**hparams)
+        bound = _REGISTRY[name](**hparams)
     except TypeError as e:
         raise TypeError(f"bad hyperparameters {sorted(hparams)} for bound {name!r}: {e}") from None
+    if not isinstance(bound, Bound):
+        raise TypeError(
+            f"the factory registered as bound {name!r} returned a {type(bound).__name__}, not a "
+            "`Bound` (build one with `make_bound`)."
+        )
+    return bound

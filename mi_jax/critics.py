@@ -441,8 +441,7 @@ def available_critics() -> tuple[str, ...]:
 
 def register_critic(name: str, cls: type[nn.Module]) -> None:
     """Registers a critic module class (called as ``cls(**hparams)``) under ``name``."""
-    if name in _CRITICS:
-        raise ValueError(f"a critic named {name!r} is already registered.")
+    _checks.check_registration("critic", name, cls, _CRITICS, base=nn.Module)
     _CRITICS[name] = cls
 
 

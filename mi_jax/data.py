@@ -308,8 +308,7 @@ def register_dataset(name: str, loader: DatasetLoader) -> None:
 
     The loader may ignore ``max_examples``; `load_dataset` truncates its result anyway.
     """
-    if name in _REGISTRY:
-        raise ValueError(f"a dataset named {name!r} is already registered.")
+    _checks.check_registration("dataset", name, loader, _REGISTRY)
     _REGISTRY[name] = loader
 
 
@@ -378,7 +377,7 @@ def load_dataset(
       ImportError: tensorflow-datasets is needed but not installed.
       ValueError: a corrupt MNIST file.
     """
-    if name not in _REGISTRY:
+    if not _checks.is_known(name, _REGISTRY):
         raise _checks.unknown_name_error("dataset", name, _REGISTRY)
     if max_examples is not None and not (_checks.is_int(max_examples) and max_examples >= 1):
         raise ValueError(

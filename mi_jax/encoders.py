@@ -379,8 +379,7 @@ def register_encoder(name: str, cls: type[nn.Module]) -> None:
 
     ``cls(**hparams).apply(params, images)`` must return an `EncoderOutput`.
     """
-    if name in _ENCODERS:
-        raise ValueError(f"an encoder named {name!r} is already registered.")
+    _checks.check_registration("encoder", name, cls, _ENCODERS, base=nn.Module)
     _ENCODERS[name] = cls
 
 

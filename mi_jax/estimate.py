@@ -34,6 +34,7 @@ import scipy.special
 
 from mi_jax import _checks, parallel, training
 from mi_jax import bounds as bounds_lib
+from mi_jax import critics as critics_lib
 from mi_jax.types import ArrayLike
 
 
@@ -47,9 +48,10 @@ class MIEstimate:
         trained critic beat the constant critic on that objective.
       best_step: training step of that evaluation (``[K]`` with seeds; 0: the constant
         critic).
-      steps: ``[rounds]`` the training step of each evaluation.
+      steps: ``[rounds]`` the training step of each evaluation, over the rounds run (to the
+        last seed's early stop, or ``max_steps``).
       test_curve: ``[rounds]`` (or ``[K, rounds]``) held-out bound values (of the calibrated
-        critic, with calibration); NaN after stopping.
+        critic, with calibration); NaN for a seed after its early stop.
       objective_curve: like ``test_curve``, the held-out training objective that early stopping
         watches (the bound's own value, ``test_curve``, for bounds trained on it).
       train_curve: ``[rounds]`` (or ``[K, rounds]``) mean training bound over each round.
@@ -207,7 +209,7 @@ def estimate_mi(
     """
     x, y = _checks.check_samples(x, y, min_samples=8)
     if not (_checks.is_real(test_fraction) and 0.0 < test_fraction < 1.0):
-        raise ValueError(f"`test_fraction` must lie in (0, 1), got {test_fraction}.")
+        raise ValueError(f"`test_fraction` must be a number in (0, 1), got {test_fraction!r}.")
     for name, value, least in (
         ("batch_size", batch_size, 2),  # a bound needs a pair off the diagonal
         ("max_steps", max_steps, 1),
@@ -219,6 +221,11 @@ def estimate_mi(
             raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}.")
     if not (_checks.is_int(seed) and 0 <= seed < 2**31):
         raise ValueError(f"`seed` must be an integer in [0, 2**31), got {seed!r}.")
+    # Python ints from here on: numpy's (np.int8(100), np.int32(3000)) overflowed in the
+    # arithmetic below (seed * 1_000_003) or wrapped silently.
+    batch_size, max_steps, eval_every, patience, max_test, seed = (
+        int(v) for v in (batch_size, max_steps, eval_every, patience, max_test, seed)
+    )
     if not (standardize is True or standardize is False or standardize == "rank"):
         raise ValueError(f"`standardize` must be True, False or 'rank', got {standardize!r}.")
     if stop_on not in ("objective", "bound"):
@@ -227,6 +234,12 @@ def estimate_mi(
         raise ValueError(f"`calibrate` must be True, False or None, got {calibrate!r}.")
     if mesh is not None:
         parallel.check_mesh(mesh)
+    for kind, name, known in (
+        ("bound", bound, bounds_lib.available_bounds()),
+        ("critic", critic, critics_lib.available_critics()),
+    ):
+        if not _checks.is_known(name, known):
+            raise _checks.unknown_name_error(kind, name, known)
     for name, hparams in (("bound_hparams", bound_hparams), ("critic_hparams", critic_hparams)):
         if hparams is not None and not isinstance(hparams, Mapping):
             raise ValueError(f"`{name}` must be a dict of keyword arguments, got {hparams!r}.")
@@ -308,13 +321,12 @@ def estimate_mi(
         _minibatches(seed * 1_000_003 + k, len(train_idx), batch, eval_every)
         for k in range(num_seeds)
     ]
-    test_curve = np.full((num_seeds, rounds), np.nan)
-    objective_curve = np.full((num_seeds, rounds), np.nan)
-    train_curve = np.full((num_seeds, rounds), np.nan)
+    # Each round's (bound, objective, training value, calibration) per seed, NaN for a seed
+    # that has stopped; only the rounds run (a huge `max_steps` allocates nothing up front).
+    curve_rows = []
     best = np.full(num_seeds, -np.inf)
     best_round = np.zeros(num_seeds, int)
     calibration = np.tile(np.array([1.0, 0.0], np.float32), (num_seeds, 1))  # (a, b): identity
-    calibration_curve = np.full((num_seeds, rounds, 2), np.nan)
     since_best = np.zeros(num_seeds, int)
     diverged = np.full(num_seeds, -1)  # the round a critic's training value turned non-finite
     diverged_value = np.zeros(num_seeds)
@@ -332,15 +344,17 @@ def estimate_mi(
         # The one host sync per round: early stopping is decided here.
         new_calibration = np.asarray(new_calibration).reshape(num_seeds, 2)
         calibration = np.where(active[:, None], new_calibration, calibration)
-        calibration_curve[active, r] = calibration[active]
         test_value, objective, train_value = (np.asarray(v).reshape(num_seeds) for v in values)
         # A critic whose training value turns non-finite trains no further; its estimate is
         # its best evaluation before, if that beat the constant critic (else an error, below).
         newly = active & ~np.isfinite(train_value)
         diverged[newly], diverged_value[newly] = r, train_value[newly]
-        test_curve[active, r] = test_value[active]
-        objective_curve[active, r] = objective[active]
-        train_curve[active, r] = train_value[active]
+        curve_rows.append(
+            [
+                np.where(active, v, np.nan)
+                for v in (test_value, objective, train_value, *calibration.T)
+            ]
+        )
         watched = objective if stop_on == "objective" else test_value
         # A finite bound value is required too: a critic whose held-out SMILE is NaN is no
         # estimate, however good its objective.
@@ -355,6 +369,9 @@ def estimate_mi(
     # 50-d samples), an impossible value for MI. A critic that beats it on the objective can
     # still read below 0 nats on the bound: the constant critic's 0 is the estimate then too.
     reference = float(constant_objective) if stop_on == "objective" else 0.0
+    # [K, rounds run] each; the calibration [K, rounds run, 2].
+    test_curve, objective_curve, train_curve, *calibration_curve = np.stack(curve_rows, axis=2)
+    calibration_curve = np.stack(calibration_curve, axis=-1)
     failed = np.flatnonzero((diverged >= 0) & ~(best >= reference))
     if failed.size:  # diverged before it was an estimate: 0 nats would hide that
         k = failed[0]
@@ -367,10 +384,10 @@ def estimate_mi(
     if not np.all(np.isfinite(best)):
         raise training.NonFiniteError(
             f"bound {bound!r} never gave a finite held-out value (last: bound "
-            f"{test_curve[:, r]}, objective {objective_curve[:, r]}); try a lower "
+            f"{test_curve[:, -1]}, objective {objective_curve[:, -1]}); try a lower "
             "`learning_rate` or another bound."
         )
-    steps = (np.arange(rounds) + 1) * eval_every
+    steps = (np.arange(test_curve.shape[1]) + 1) * eval_every
     mi = test_curve[np.arange(num_seeds), best_round]
     trained = (best >= reference) & (mi > 0)
     best_step = np.where(trained, steps[best_round], 0)
@@ -411,13 +428,18 @@ def _minibatches(seed: int, n: int, batch: int, steps: int):
 
 
 def _to_float32(a: np.ndarray, name: str) -> np.ndarray:
-    with np.errstate(over="ignore"):  # reported below, naming the argument
+    with np.errstate(over="ignore", under="ignore"):  # reported below, naming the argument
         out = a.astype(np.float32)
+    lost = f"`{name}` has values beyond float32's range ({{}}); rescale it or standardize it " + (
+        "(`standardize=True`; on the command line `--standardize zscore`)."
+    )
     if not np.all(np.isfinite(out)):
-        raise ValueError(
-            f"`{name}` has values beyond float32's range ({np.abs(a).max():.3g}); rescale it or "
-            "standardize it (`standardize=True`; on the command line `--standardize zscore`)."
-        )
+        raise ValueError(lost.format(f"{np.abs(a).max():.3g}"))
+    # A column entirely below float32's normal range keeps few or no bits (x * 1e-300 became
+    # all zeros and read as no information); single tiny values among larger ones are fine.
+    peak = np.abs(a).max(axis=0)
+    if np.any((peak > 0) & (peak < np.finfo(np.float32).tiny)):
+        raise ValueError(lost.format(f"columns of magnitude {peak.min():.3g}"))
     return out
 
 

@@ -180,7 +180,7 @@ def fit_probe(
       num_classes: defaults to ``max(label) + 1``.
       seed: initialization and shuffling.
     """
-    if kind not in PROBES:
+    if not _checks.is_known(kind, PROBES):
         raise _checks.unknown_name_error("probe", kind, PROBES)
     if min(len(train_features), len(test_features)) == 0:
         raise ValueError(

@@ -288,15 +288,14 @@ def available_score_estimators() -> tuple[str, ...]:
 
 def register_score_estimator(name: str, fn: Callable[..., Array]) -> None:
     """Registers ``fn(samples, [points], **hparams) -> [N, d]`` under ``name``."""
-    if name in _REGISTRY:
-        raise ValueError(f"a score estimator named {name!r} is already registered.")
+    _checks.check_registration("score estimator", name, fn, _REGISTRY)
     _REGISTRY[name] = fn
 
 
 def get_score_estimator(name: str, **hparams) -> ScoreFn:
     """``fn(samples, [points])`` with hyperparameters bound: ``get_score_estimator("stein",
     eta=0.1)``. Unknown names and hyperparameters raise at once."""
-    if name not in _REGISTRY:
+    if not _checks.is_known(name, _REGISTRY):
         raise _checks.unknown_name_error("score estimator", name, _REGISTRY)
     fn = _REGISTRY[name]
     try:  # unknown hyperparameter names fail here; values are checked when it is called

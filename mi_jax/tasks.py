@@ -255,7 +255,7 @@ def available_tasks() -> tuple[str, ...]:
 
 def get_task(name: str, *, dim: int, **hparams) -> Task:
     """Builds the task ``name`` of width ``dim``, e.g. ``get_task("student_t", dim=5, df=3.0)``."""
-    if name not in _TASKS:
+    if not _checks.is_known(name, _TASKS):
         raise _checks.unknown_name_error("task", name, _TASKS)
     _checks.check_ints(dim=dim)
     try:

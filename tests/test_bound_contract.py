@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mi_jax import bounds, tasks
+from mi_jax import bounds, critics, tasks
 
 
 def _inputs(bound, batch: int, seed: int = 0) -> dict:
@@ -215,3 +215,36 @@ def test_make_bound_names_bad_inputs():
         with pytest.raises(ValueError, match=r"`inputs` of bound 'tuba2' must be a tuple"):
             bounds.make_bound("tuba2", fn, inputs)
     assert bounds.make_bound("tuba2", fn, ("log_baseline",)).inputs == ("log_baseline",)
+    # Each was accepted and failed later, inside a compiled step, naming nothing.
+    with pytest.raises(TypeError, match=r"\['log_baseline'\] of bound 'interpolated' are learned"):
+        bounds.get_bound("interpolated", log_baseline=0.5)
+    with pytest.raises(TypeError, match=r"bound 'vec': its value must be a float scalar"):
+        bounds.make_bound("vec", jnp.diag)
+    with pytest.raises(TypeError, match=r"bound 'int': its value must be a float scalar"):
+        bounds.make_bound("int", lambda s: jnp.sum(s).astype(jnp.int32))
+    with pytest.raises(TypeError, match=r"`objective` of bound 'o' must be a function"):
+        bounds.make_bound("o", bounds.dv, objective=3)
+    with pytest.raises(TypeError, match=r"bound 'o': its objective must be a float scalar"):
+        bounds.make_bound("o", bounds.dv, objective=lambda s: s)
+
+
+def test_registries_refuse_broken_entries(monkeypatch):
+    monkeypatch.setattr(bounds, "_REGISTRY", dict(bounds._REGISTRY))  # noqa: SLF001
+    monkeypatch.setattr(critics, "_CRITICS", dict(critics._CRITICS))  # noqa: SLF001
+    with pytest.raises(TypeError, match="bound 'r1' must be registered with a callable"):
+        bounds.register_bound("r1", "not a factory")
+    for name in ("", None, ("dv",)):
+        with pytest.raises(TypeError, match="the name of a new bound must be a non-empty string"):
+            bounds.register_bound(name, lambda: bounds.get_bound("dv"))
+    with pytest.raises(ValueError, match="the bound name 'dv' is already registered"):
+        bounds.register_bound("dv", lambda: bounds.get_bound("dv"))
+    bounds.register_bound("plain", lambda: bounds.dv)  # a function, not a Bound: found on use
+    with pytest.raises(TypeError, match="returned a function, not a `Bound`"):
+        bounds.get_bound("plain")
+    with pytest.raises(TypeError, match="critic 'zz' must be a Module class"):
+        critics.register_critic("zz", lambda **kw: None)
+    # A list (as a config may hold) was an "unhashable type" TypeError.
+    with pytest.raises(KeyError, match=r"a bound name must be a string, got \['dv'\]"):
+        bounds.get_bound(["dv"])
+    with pytest.raises(KeyError, match="a critic name must be a string"):
+        critics.get_critic(["separable"])

@@ -145,6 +145,14 @@ def test_default_learning_rate_follows_the_training_objective(gaussian_2d):
         (dict(max_test=0), ValueError, "`max_test`"),
         (dict(x=np.zeros((200, 0))), ValueError, "`x` must have shape .* dim >= 1"),
         (dict(x=np.ones((200, 1)) * 1e39, standardize=False), ValueError, "`x` has values beyond"),
+        # All zeros in float32: read as no information (2e-7 nats of 0.67) without an error.
+        (
+            dict(x=np.linspace(1.0, 2.0, 400).reshape(200, 2) * 1e-300, standardize=False),
+            ValueError,
+            r"`x` has values beyond float32's range \(columns of magnitude",
+        ),
+        (dict(bound=["smile"]), KeyError, r"a bound name must be a string, got \['smile'\]"),
+        (dict(bound="interpolated", bound_hparams={"log_baseline": 0.5}), TypeError, "learned"),
         (dict(test_fraction=0.1), ValueError, "held-out split .20 .*at least 32"),
         (dict(test_fraction="0.2"), ValueError, "`test_fraction`"),
         (dict(mesh="cpu"), ValueError, "`mesh` must be a jax.sharding.Mesh"),
@@ -170,6 +178,26 @@ def test_bad_input_names_the_argument(gaussian_2d, kwargs, error, match):
     kwargs = dict(dict(x=x[:200], y=y[:200], max_steps=10), **kwargs)
     with pytest.raises(error, match=match):
         mi_jax.estimate_mi(kwargs.pop("x"), kwargs.pop("y"), **kwargs)
+
+
+def test_numpy_integers_bool_and_bfloat16_inputs_and_a_huge_step_limit(gaussian_2d):
+    x, y = (np.asarray(a)[:400] for a in gaussian_2d)
+    # numpy integers overflowed in the host arithmetic (seed * 1_000_003, steps * batch):
+    # errors from numpy, or another minibatch order than the same Python int.
+    given = mi_jax.estimate_mi(x, y, max_steps=np.int16(200), batch_size=np.int8(100), seed=3000)
+    plain = mi_jax.estimate_mi(x, y, max_steps=200, batch_size=100, seed=np.int32(3000))
+    assert given.mi == plain.mi and given.best_step == plain.best_step
+    # Binary and bfloat16 data are numbers (they were refused as "must be numeric").
+    assert np.isfinite(mi_jax.estimate_mi(x > 0, y > 0, max_steps=100).mi)
+    as_bf16 = mi_jax.estimate_mi(jnp.asarray(x, jnp.bfloat16), y, max_steps=100)
+    same = mi_jax.estimate_mi(
+        np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32), y, max_steps=100
+    )
+    assert as_bf16.mi == same.mi
+    # The curves cover the rounds run: 10**12 steps allocated 745 GiB of curves up front.
+    huge = mi_jax.estimate_mi(x, y, max_steps=10**12, eval_every=50, patience=2)
+    assert len(huge.steps) == len(huge.test_curve) < 100
+    assert huge.best_step == huge.steps[np.nanargmax(huge.objective_curve)]
 
 
 def test_stop_on_bound_reports_the_curves_maximum(gaussian_2d):
