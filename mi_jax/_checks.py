@@ -54,6 +54,15 @@ def check_ints(owner: str = "", least: int = 1, **values) -> None:
             raise ValueError(f"{prefix}`{name}` must {what} >= {least}, got {value!r}.")
 
 
+def check_bools(owner: str = "", **values) -> None:
+    """Raises a ValueError naming the first of ``values`` that is not a bool (``"False"`` from a
+    config line is a true string: it built the term it meant to turn off)."""
+    for name, value in values.items():
+        if not isinstance(value, bool | np.bool_):
+            prefix = f"{owner}: " if owner else ""
+            raise ValueError(f"{prefix}`{name}` must be True or False, got {value!r}.")
+
+
 def check_int_sequences(owner: str = "", least: int = 1, **values) -> None:
     """`check_ints` for fields that hold a sequence of integers (layer widths), where a bare
     integer is refused too: ``hidden=64`` for ``(64,)`` failed inside Flax as "'int' object is

@@ -351,8 +351,8 @@ def smile(scores: ArrayLike, *, clip: float | None = 5.0, gradient: str = "js") 
       ``[]`` the bound in nats.
     """
     _checks.check_scores(scores)
-    if clip is not None and not clip > 0:
-        raise ValueError(f"`clip` must be positive or None, got {clip}.")
+    if clip is not None and not (_checks.is_real(clip) and clip > 0):
+        raise ValueError(f"`clip` must be a positive number or None, got {clip!r}.")
     if gradient not in ("js", "smile"):
         raise ValueError(f"`gradient` must be 'js' or 'smile', got {gradient!r}.")
     scores = _at_least_float32(jnp.asarray(scores))
@@ -414,9 +414,9 @@ def interpolated(scores: ArrayLike, *, alpha: float = 0.01, log_baseline: ArrayL
       ``[]`` the bound in nats.
     """
     _checks.check_scores(scores)
+    if not (_checks.is_real(alpha) and 0.0 <= alpha <= 1.0):  # True was 1: InfoNCE
+        raise ValueError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
     alpha = float(alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"`alpha` must lie in [0, 1], got {alpha}.")
     scores = _at_least_float32(jnp.asarray(scores))
     batch = scores.shape[0]
     log_a = jnp.broadcast_to(_baseline_row(log_baseline, batch), (batch, batch))
@@ -503,8 +503,8 @@ def mine(*, decay: float = 0.99) -> StatefulBound:
     Returns:
       A `StatefulBound`; ``update(scores [batch, batch], state) -> (value [], state)``.
     """
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"`decay` must lie in [0, 1), got {decay}.")
+    if not (_checks.is_real(decay) and 0.0 <= decay < 1.0):
+        raise ValueError(f"`decay` must be a number in [0, 1), got {decay!r}.")
 
     def init() -> MineState:
         return MineState(log_ema=jnp.array(-jnp.inf, jnp.float32), count=jnp.array(0, jnp.int32))

@@ -207,6 +207,7 @@ class SeparableCritic(nn.Module):
         _check_pair(x, y)
         _checks.check_int_sequences("SeparableCritic", hidden=self.hidden)
         _checks.check_ints("SeparableCritic", embed_dim=self.embed_dim)
+        _checks.check_bools("SeparableCritic", bilinear=self.bilinear)
         mlp = functools.partial(
             MLP, self.hidden, self.embed_dim, self.activation, self.compute_dtype, self.kernel_init
         )
@@ -247,8 +248,10 @@ class InnerProductCritic(nn.Module):
     def __call__(self, x: Array, y: Array) -> Array:
         """``x`` ``[batch, dim]``, ``y`` ``[batch, dim]`` -> ``[batch, batch]``."""
         _check_pair(x, y)
-        if not self.temperature > 0:
-            raise ValueError(f"`temperature` must be positive, got {self.temperature}.")
+        if not (_checks.is_real(self.temperature) and 0 < self.temperature < float("inf")):
+            raise ValueError(
+                f"`temperature` must be a positive finite number, got {self.temperature!r}."
+            )
         if x.shape[1] != y.shape[1]:
             raise ValueError(
                 f"InnerProductCritic needs `x` and `y` of equal width, got {x.shape[1]} and "

@@ -99,8 +99,10 @@ def _gaussian_pair(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tuple[A
 def _check_df(df: float) -> None:
     """Student-t degrees of freedom: positive and finite (concrete: the MI correction is
     computed on the host)."""
-    if not (np.isfinite(df) and df > 0):
-        raise ValueError(f"`df` must be positive and finite (inf: the gaussian task), got {df}.")
+    if not (_checks.is_real(df) and np.isfinite(df) and df > 0):
+        raise ValueError(
+            f"`df` must be a positive finite number (inf: the gaussian task), got {df!r}."
+        )
 
 
 # The most Gaussian MI per coordinate float32 samples carry: the noise's share of a

@@ -872,6 +872,16 @@ def test_bad_hparams_raise_type_error(name, hparams):
 def test_bad_hparams_of_smile_and_interpolated_raise_in_get_bound():
     with pytest.raises(TypeError, match="clipp"):
         bounds.get_bound("smile", clipp=1.0)
+    # Values of the wrong type ran as numbers: clip=True as 1, alpha=True as InfoNCE's 1.
+    for name, hparams, match in (
+        ("smile", {"clip": True}, "`clip` must be a positive number or None"),
+        ("smile", {"clip": "5"}, "`clip` must be a positive number or None"),
+        ("interpolated", {"alpha": True}, r"`alpha` must be a number in \[0, 1\]"),
+        ("interpolated", {"alpha": "0.5"}, r"`alpha` must be a number in \[0, 1\]"),
+        ("mine", {"decay": True}, r"`decay` must be a number in \[0, 1\)"),
+    ):
+        with pytest.raises((TypeError, ValueError), match=match):
+            bounds.get_bound(name, **hparams)
 
 
 # --------------------------------------------------------------------------------------------

@@ -210,11 +210,19 @@ def test_a_chunk_that_does_not_divide_the_batch_gives_the_dense_scores_and_gradi
             critics.get_critic("concat", hidden=_HIDDEN, chunk_size=chunk).apply(params, x, y)
 
 
+def test_separable_bilinear_must_be_a_bool():
+    x, y = _data(batch=4, dx=3, dy=2)
+    # "False" from a config line built the bilinear term it meant to turn off.
+    critic = critics.get_critic("separable", hidden=(4,), embed_dim=2, bilinear="False")
+    with pytest.raises(ValueError, match="SeparableCritic: `bilinear` must be True or False"):
+        critic.init(jax.random.key(0), x, y)
+
+
 def test_inner_product_temperature_must_be_positive():
     x, y = _data(batch=4, dx=3, dy=3)
-    for temperature in (0.0, -1.0):
+    for temperature in (0.0, -1.0, float("inf"), "1.0"):  # inf: every score 0
         critic = critics.get_critic("inner_product", temperature=temperature)
-        with pytest.raises(ValueError, match="`temperature` must be positive"):
+        with pytest.raises(ValueError, match="`temperature` must be a positive finite number"):
             critic.init(jax.random.key(0), x, y)
 
 

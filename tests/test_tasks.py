@@ -315,6 +315,7 @@ def test_public_samplers_check_their_arguments():
         (lambda: tasks.student_t(key, 2.0, 8, 2, -1.0), "`df`"),
         (lambda: tasks.student_t(key, 2.0, 8, 2, 0.0), "`df`"),
         (lambda: tasks.student_t(key, 2.0, 8, 2, float("nan")), "`df`"),
+        (lambda: tasks.student_t(key, 2.0, 8, 2, True), "`df`"),  # ran as df = 1
         (lambda: tasks.student_t(key, 2.0, 8, 0, 3.0), "`dim`"),
         (lambda: tasks.student_t(key, 2.0, -8, 2, 3.0), "`batch`"),
     ]
