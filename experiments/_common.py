@@ -61,7 +61,20 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
         parallel.initialize_distributed()
         train_and_evaluate(config.value, workdir.value)
 
-    app.run(main)
+    def parse_flags(argv):
+        try:
+            return app.parse_flags_with_usage(argv)
+        except (AttributeError, KeyError) as e:  # --config.FIELD=... of a field it does not have
+            given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+            field = e  # ml_collections wraps a KeyError in the AttributeError
+            while isinstance(field, BaseException) and field.args:
+                field = field.args[0]
+            raise SystemExit(
+                f"{name}: the config has no field {field} (overrides given: {', '.join(given)}); "
+                f"see configs/{name}.py for its fields."
+            ) from None
+
+    app.run(main, flags_parser=parse_flags)
 
 
 def split_cpu_into_devices(count: int) -> None:

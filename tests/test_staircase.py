@@ -200,6 +200,21 @@ def test_config_typo_is_an_error():
         config.steps_per_levle = 3
 
 
+def test_a_command_line_override_of_a_missing_field_is_named(tmp_path):
+    # Before: a raw ml_collections traceback ending in `AttributeError: "'bound'"`.
+    args = ["--config", "configs/staircase.py:quick", f"--workdir={tmp_path / 'run'}"]
+    for typo, named in (("--config.bound=infonc", "'bound'"), ("--config.levls=(1.0,)", "'levls'")):
+        out = subprocess.run(
+            [sys.executable, "-m", "experiments.staircase", *args, typo],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert f"staircase: the config has no field {named}" in out.stderr
+        assert not (tmp_path / "run").exists()
+
+
 def test_nan_stops_with_bound_and_step_and_keeps_results(tmp_path):
     # A huge learning rate overflows the critic's weights (NWJ's soft exp keeps any finite score
     # finite, so it takes inf weights to make the bound non-finite).
