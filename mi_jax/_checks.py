@@ -18,6 +18,7 @@ import numpy as np
 
 def check_scores(scores, name: str = "scores") -> None:
     """Checks that `scores` is a square float matrix with at least two rows."""
+    _check_not_a_list(scores, name)
     shape = jnp.shape(scores)
     if len(shape) != 2:
         raise ValueError(
@@ -93,7 +94,13 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _check_not_a_list(x, name: str) -> None:
+    if isinstance(x, list | tuple):  # jnp.result_type: "Cannot determine dtype of [[0.0, ...]]"
+        raise TypeError(f"`{name}` must be an array, got a {type(x).__name__}; `jnp.asarray` it.")
+
+
 def check_float(x, name: str) -> None:
+    _check_not_a_list(x, name)
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise TypeError(
             f"`{name}` must have a floating dtype, got {jnp.result_type(x)}; "
@@ -113,6 +120,7 @@ def check_finite_if_concrete(x, name: str) -> None:
 
 def check_vector(v, batch: int, name: str) -> None:
     """Checks that `v` is a scalar or a [batch] vector of floats."""
+    _check_not_a_list(v, name)
     shape = jnp.shape(v)
     if shape not in ((), (batch,)):
         raise ValueError(f"`{name}` must be a scalar or have shape [{batch}], got shape {shape}.")

@@ -887,6 +887,14 @@ def test_bad_hparams_of_smile_and_interpolated_raise_in_get_bound():
 # --------------------------------------------------------------------------------------------
 # 8. Bad input.
 
+
+def test_scores_given_as_nested_lists_are_named():
+    # Before: "Cannot determine dtype of [[0.0, 1.0], [1.0, 0.0]]", from jnp.result_type.
+    for name in ("dv", "smile", "infonce"):
+        with pytest.raises(TypeError, match="`scores` must be an array, got a list"):
+            bounds.get_bound(name).apply([[0.0, 1.0], [1.0, 0.0]], ())
+
+
 _SCORE_FNS = {
     "dv": bounds.dv,
     "nwj": bounds.nwj,
