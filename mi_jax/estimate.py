@@ -370,7 +370,8 @@ def estimate_mi(
     # still read below 0 nats on the bound: the constant critic's 0 is the estimate then too.
     reference = float(constant_objective) if stop_on == "objective" else 0.0
     # [K, rounds run] each; the calibration [K, rounds run, 2].
-    test_curve, objective_curve, train_curve, *calibration_curve = np.stack(curve_rows, axis=2)
+    stacked = np.stack(curve_rows, axis=2, dtype=np.float64)
+    test_curve, objective_curve, train_curve, *calibration_curve = stacked
     calibration_curve = np.stack(calibration_curve, axis=-1)
     failed = np.flatnonzero((diverged >= 0) & ~(best >= reference))
     if failed.size:  # diverged before it was an estimate: 0 nats would hide that
