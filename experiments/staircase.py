@@ -63,12 +63,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"{task.min_mi:.4f} nats of MI, below which it cannot go; got "
                 f"{min(config.levels)}."
             )
-        most = task.min_mi + config.dim * tasks_lib.MAX_MI_PER_DIM
-        if max(config.levels) > most:
+        if max(config.levels) > task.max_mi:
             raise ValueError(
                 f"config.levels: {max(config.levels)} nats is more than float32 samples of the "
-                f"{name!r} task at dim {config.dim} carry ({most:.4g}; beyond it y equals x for "
-                "some pairs); raise config.dim."
+                f"{name!r} task at dim {config.dim} carry ({task.max_mi:.4g}; beyond it y equals "
+                "x for some pairs); raise config.dim."
             )
     for field in ("bound_hparams", "critic_hparams"):
         for name, hparams in config[field].items():

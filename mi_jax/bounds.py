@@ -595,18 +595,20 @@ def make_bound(
         )
     if objective is not None and not callable(objective):
         raise TypeError(f"`objective` of bound {name!r} must be a function of the scores.")
-    shape = jax.ShapeDtypeStruct((2, 2), jnp.float32)
+    scores = jax.ShapeDtypeStruct((2, 2), jnp.float32)
     vector = jax.ShapeDtypeStruct((2,), jnp.float32)
-    for what, f in (("value", fn), ("objective", objective)):
-        if f is None:
-            continue
-        kwargs = {k: vector for k in inputs} if f is fn else {}
-        out = jax.eval_shape(functools.partial(f, **(hparams if f is fn else {})), shape, **kwargs)
+
+    def check_scalar(what, out):
         if not (getattr(out, "shape", None) == () and jnp.issubdtype(out.dtype, jnp.floating)):
             raise TypeError(
                 f"bound {name!r}: its {what} must be a float scalar (shape []), got "
                 f"{getattr(out, 'shape', type(out))} {getattr(out, 'dtype', '')}."
             )
+
+    inputs_spec = {k: vector for k in inputs}
+    check_scalar("value", jax.eval_shape(functools.partial(fn, **hparams), scores, **inputs_spec))
+    if objective is not None:
+        check_scalar("objective", jax.eval_shape(objective, scores))
 
     def apply(scores, state, **extra):
         return fn(scores, **extra, **hparams), state

@@ -113,6 +113,11 @@ def _check_df(df: float) -> None:
 MAX_MI_PER_DIM = 12.0
 
 
+def _most_mi(min_mi: float, dim: int) -> float:
+    """The most MI a family of least MI ``min_mi`` carries in float32 samples of width ``dim``."""
+    return min_mi + dim * MAX_MI_PER_DIM
+
+
 def _check_mi(mi: ArrayLike, min_mi: float, dim: int) -> None:
     """A concrete ``mi`` below the family's least MI, infinite or NaN, or above what float32
     samples of width ``dim`` carry (``min_mi + dim * MAX_MI_PER_DIM``) is an error; traced:
@@ -129,7 +134,7 @@ def _check_mi(mi: ArrayLike, min_mi: float, dim: int) -> None:
             f"`mi` must be finite and at least {min_mi:.6g} nats (this task's least MI), got "
             f"{mi[bad].ravel()[:4]}."
         )
-    most = min_mi + dim * MAX_MI_PER_DIM
+    most = _most_mi(min_mi, dim)
     if np.any(mi > most):
         raise ValueError(
             f"`mi` of {mi[mi > most].ravel()[:4]} nats is more than float32 samples of width "
@@ -210,6 +215,11 @@ class Task(NamedTuple):
     dim: int
     sample: Callable[[PRNGKey, ArrayLike, int], tuple[Array, Array]]
     min_mi: float = 0.0
+
+    @property
+    def max_mi(self) -> float:
+        """The most MI float32 samples carry (``min_mi`` + `MAX_MI_PER_DIM` per coordinate)."""
+        return _most_mi(self.min_mi, self.dim)
 
 
 def _gaussian(dim: int) -> Task:
