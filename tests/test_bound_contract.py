@@ -199,7 +199,7 @@ def test_the_readme_example_bound_registers_runs_and_meets_the_contract(capsys):
 def test_a_soft_clipped_smile_reads_above_the_mi_and_is_caught():
     """What the contract is for: a plausible variant, SMILE with the clip made soft
     (c tanh(f / c), which shrinks every positive score), over-reads at the optimal critic: 1.14
-    nats of 1 at c = 2 (the threshold, 1.07; every built-in bound reads at most 1.013)."""
+    nats of 1 at c = 2 (the threshold, 1.07; every built-in bound reads at most 1.022)."""
 
     def soft_smile(scores, *, clip=2.0):
         soft = clip * jnp.tanh(scores / clip)
