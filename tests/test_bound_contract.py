@@ -153,7 +153,10 @@ CHECKS = (
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
 @pytest.mark.parametrize("name", bounds.available_bounds())
 def test_every_registered_bound_meets_the_contract(name, check):
-    check(bounds.get_bound(name))
+    bound = bounds.get_bound(name)
+    if check is check_training_objective and bound.objective is None:
+        pytest.skip(f"{name!r} trains on its own value (no separate objective to check)")
+    check(bound)
 
 
 def test_the_contract_refuses_an_upper_bound():
@@ -186,7 +189,8 @@ def test_the_readme_example_bound_registers_runs_and_meets_the_contract(capsys):
     try:
         exec(compile(code, "README.md (Adding a bound)", "exec"), {})
         printed = float(capsys.readouterr().out.split()[-1])  # its estimate_mi, 2 nats true
-        assert 1.5 < printed < 2.5
+        # A lower bound (InfoNCE's value, at most log 128 = 4.85) on 2 nats; it prints 1.89.
+        assert 1.75 < printed < 2.1
         bound = bounds.get_bound("js_infonce")
         for check in CHECKS:
             check(bound)

@@ -57,7 +57,8 @@ def test_independent_high_dimensional_samples_do_not_read_below_zero(independent
     x, y = independent_20d
     result = mi_jax.estimate_mi(x, y, max_steps=800)
     assert 0.0 <= result.mi < 0.02
-    assert abs(result.calibration[0]) < 0.3
+    # ... so far that it beats the constant critic: the estimate is a trained critic's.
+    assert result.best_step > 0 and abs(result.calibration[0]) < 0.3
     # ... and without calibration no trained critic beats the constant one on the held-out JS
     # objective, so the estimate is that critic's: 0 nats, at step 0, map (0, 0).
     raw = mi_jax.estimate_mi(x, y, max_steps=800, calibrate=False)
@@ -67,17 +68,24 @@ def test_independent_high_dimensional_samples_do_not_read_below_zero(independent
     np.testing.assert_array_equal(raw.calibration, [0.0, 0.0])
 
 
-def test_calibration_is_the_js_optimal_map_of_the_held_out_scores(gaussian_2d):
+def test_calibration_raises_the_held_out_js_objective_of_the_same_critics(gaussian_2d):
+    # (That the map found is the JS-optimal one: tests/test_bounds.py, js_calibration.)
     x, y = gaussian_2d
     result = mi_jax.estimate_mi(x, y, seeds=2, max_steps=500)
     assert result.calibration.shape == (2, 2)
     raw = mi_jax.estimate_mi(x, y, seeds=2, max_steps=500, calibrate=False)
     np.testing.assert_array_equal(raw.calibration, np.tile([1.0, 0.0], (2, 1)))
     # Calibrating can only raise the held-out JS objective at each evaluation (same critics:
-    # calibration changes what is read, not how the critic trains).
+    # calibration changes what is read, not how the critic trains) ...
     rounds = min(np.isfinite(result.objective_curve).sum(1).min(), 3)
-    assert np.all(result.objective_curve[:, :rounds] >= raw.objective_curve[:, :rounds] - 1e-6)
+    gain = result.objective_curve[:, :rounds] - raw.objective_curve[:, :rounds]
+    assert np.all(gain >= -1e-6)
     np.testing.assert_allclose(result.train_curve[:, :rounds], raw.train_curve[:, :rounds])
+    # ... and it does raise it: a critic trained 100-300 steps on 3200 pairs is not exactly
+    # calibrated on held-out ones (measured: gains of 2e-5 to 1.6e-3 nats, maps 1-7 % from
+    # the identity), so the map chosen is not the identity.
+    assert np.all(gain.max(axis=1) > 1e-4), gain
+    assert np.all(np.abs(result.calibration - [1.0, 0.0]).max(axis=1) > 1e-3), result.calibration
 
 
 def test_rank_standardization_is_invariant_to_monotone_maps_of_each_column(gaussian_2d):
@@ -244,8 +252,12 @@ def test_cli_reads_npz_and_reports(tmp_path, gaussian_2d):
     x, y = gaussian_2d
     path = tmp_path / "pairs.npz"
     np.savez(path, x=x[:2000], y=y[:2000])
+    loaded = estimate_cli.load_pairs(str(path))
+    np.testing.assert_array_equal(loaded[0], x[:2000])
+    np.testing.assert_array_equal(loaded[1], y[:2000])
     result = estimate_cli.run(str(path), max_steps=300, critic="bilinear")
-    assert np.isfinite(result.mi) and result.critic == "bilinear"
+    direct = mi_jax.estimate_mi(x[:2000], y[:2000], max_steps=300, critic="bilinear")
+    assert result.critic == "bilinear" and result.mi == direct.mi > 0
     np.savez(tmp_path / "bad.npz", a=x)
     with pytest.raises(KeyError, match=r"lacks arrays \['x', 'y'\]"):
         estimate_cli.load_pairs(str(tmp_path / "bad.npz"))
@@ -267,14 +279,20 @@ def test_cli_reads_npz_and_reports(tmp_path, gaussian_2d):
     # a bare zlib.error or tokenize.TokenError).
     np.savez_compressed(tmp_path / "packed.npz", x=x[:200], y=y[:200])
     packed = (tmp_path / "packed.npz").read_bytes()
+    refused = 0
     for offset in range(0, len(packed), 7):
         damaged = bytearray(packed)
         damaged[offset] ^= 0xFF
         (tmp_path / "damaged.npz").write_bytes(bytes(damaged))
         try:
-            estimate_cli.load_pairs(str(tmp_path / "damaged.npz"))
+            loaded = estimate_cli.load_pairs(str(tmp_path / "damaged.npz"))
         except (ValueError, KeyError) as e:
             assert "--data file" in str(e), (offset, e)
+            refused += 1
+        else:  # a byte the format does not read (a zip header's timestamp, say): same arrays
+            np.testing.assert_array_equal(loaded[0], x[:200], err_msg=f"offset {offset}")
+            np.testing.assert_array_equal(loaded[1], y[:200], err_msg=f"offset {offset}")
+    assert refused > len(packed) // 7 // 2, refused  # measured: 472 of 493 offsets
 
 
 def test_cli_refuses_a_json_path_it_cannot_write_before_training(tmp_path, gaussian_2d):

@@ -31,7 +31,9 @@ def test_train_and_evaluate_writes_everything(tmp_path):
     results = mige_toy.train_and_evaluate(config, str(tmp_path))
     names = {r["estimator"] for r in results["rows"]}
     assert names == set(config.estimators) | {f"{b} (trained)" for b in config.bounds}
-    assert all(r["finite"] and r["rel_rmse"] >= r["rel_bias"] for r in results["rows"])
+    assert all(r["finite"] for r in results["rows"])
+    for r in results["rows"]:  # mean squared error = squared bias + variance, per rho
+        assert r["rel_rmse"] ** 2 == pytest.approx(r["rel_bias"] ** 2 + r["rel_std"] ** 2, 1e-5)
     for f in ("config.json", "metrics.jsonl", "results.json", "mige_toy.png"):
         assert (tmp_path / f).exists()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()

@@ -56,7 +56,8 @@ def test_train_step_traces_once_and_matches_separate_training():
 
 
 def test_all_bounds_train_together_and_improve():
-    """Every bound's estimate rises from its initial value on a 2-nat task (scan, 300 steps)."""
+    """Every bound's estimate rises from its initial value on a 1-nat task (scan, 300 steps),
+    and stays near or below the MI (measured: 0.58-0.92 nats over the last 50 steps)."""
     ensemble, sample, state = _setup(NAMES, batch=64)
     run = jax.jit(training.make_scan_trainer(ensemble, sample, 300))
     state, metrics = run(state, jax.random.key(2), jnp.array(0))
@@ -65,6 +66,8 @@ def test_all_bounds_train_together_and_improve():
     assert np.all(np.isfinite(mi))
     first, last = mi[:20].mean(0), mi[-50:].mean(0)
     assert np.all(last > first + 0.2), dict(zip(NAMES, last - first, strict=True))
+    # Training-batch values of critics fit to those batches: a little optimism is allowed.
+    assert np.all(last < 1.15), dict(zip(NAMES, last, strict=True))
     # MINE's moving-average state advanced every step.
     assert int(state.bound_states[NAMES.index("mine")].count) == 300
 
