@@ -83,9 +83,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         critics_lib.get_critic(name, **dict(hparams))
     _checks.check_int_sequences(**{"config.aux_hidden": config.aux_hidden})  # FLO's, TUBA's nets
     specs = [(n, dict(config.bound_hparams.get(n, {}))) for n in config.bounds]
+    critics_lib.check_compute_dtype(config.compute_dtype)
     for name in config.critics:  # traced, as `_GroupRun` builds them: widths are checked there
-        hparams = {**config.critic_hparams.get(name, {}), "compute_dtype": config.compute_dtype}
-        ensemble = training.make_ensemble(specs, name, hparams, config.aux_hidden)
+        ensemble = training.make_ensemble(
+            specs, name, _critic_hparams(config, name), config.aux_hidden
+        )
         training.check_ensemble(ensemble, config.dim, config.dim)
     _common.check_learning_rate(config)
     if not (_checks.is_real(config.ema_decay) and 0 <= config.ema_decay < 1):
@@ -95,7 +97,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not 0.0 < config.stats_fraction <= 1.0:
         raise ValueError(f"config.stats_fraction must lie in (0, 1], got {config.stats_fraction}.")
     _common.check_num_seeds(config)
-    critics_lib.check_compute_dtype(config.compute_dtype)
     if config.bound_groups < 0 or config.cpu_devices < 1:
         raise ValueError(
             f"config.bound_groups must be >= 0 (0: one per device) and config.cpu_devices >= 1, "
@@ -313,15 +314,30 @@ def random_operands(calls: list[tuple], key: jax.Array) -> list[tuple]:
     ]
 
 
+def _critic_hparams(config, name: str) -> dict:
+    """Critic ``name``'s hyperparameters from the config, with ``config.compute_dtype`` for a
+    critic that has that setting (the MLP critics); one without it (bilinear, inner product,
+    most of a user's) has float32 matmuls only."""
+    hparams = dict(config.critic_hparams.get(name, {}))
+    if "compute_dtype" in critics_lib.critic_hparams(name):
+        hparams["compute_dtype"] = config.compute_dtype
+    elif config.compute_dtype not in (None, "float32"):
+        raise ValueError(
+            f"config.compute_dtype is {config.compute_dtype!r}, but critic {name!r} has no "
+            "`compute_dtype` setting (its matmuls are float32); use 'float32' for it."
+        )
+    return hparams
+
+
 class _GroupRun:
     """One group of bounds on one device (or, with a ``mesh``, on all of its devices, each
     batch split over them): its ensemble, states and compiled chunk runner."""
 
     def __init__(self, config, names, critic_name, sample, device, seed_keys, init_keys, mesh=None):
         specs = [(n, dict(config.bound_hparams.get(n, {}))) for n in names]
-        critic_hparams = dict(config.critic_hparams.get(critic_name, {}))
-        critic_hparams["compute_dtype"] = config.compute_dtype
-        ensemble = training.make_ensemble(specs, critic_name, critic_hparams, config.aux_hidden)
+        ensemble = training.make_ensemble(
+            specs, critic_name, _critic_hparams(config, critic_name), config.aux_hidden
+        )
         optimizer = optax.adam(config.learning_rate)
         x0, y0 = sample(jax.random.key(0), 0)
 

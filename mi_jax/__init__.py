@@ -45,7 +45,7 @@ from mi_jax.encoders import available_encoders, get_encoder, register_encoder
 from mi_jax.estimate import MIEstimate, estimate_mi
 from mi_jax.probes import fit_probe
 from mi_jax.score import available_score_estimators, get_score_estimator, register_score_estimator
-from mi_jax.tasks import Task, available_tasks, get_task
+from mi_jax.tasks import Task, available_tasks, get_task, register_task
 
 __version__ = "0.1.0"
 
@@ -96,6 +96,7 @@ __all__ = [
     "register_dataset",
     "register_encoder",
     "register_score_estimator",
+    "register_task",
     "score",
     "score_nets",
     "smile",

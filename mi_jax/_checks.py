@@ -202,17 +202,22 @@ def build_registered(kind: str, name: str, registry: Mapping[str, Callable[..., 
     declare (as dataclass fields, like every Flax module): a TypeError listing the known ones.
     Lists (as configs deliver them) become tuples, so the module stays hashable.
     """
-    if not is_known(name, registry):
-        raise unknown_name_error(kind, name, registry)
-    cls = registry[name]
-    known = set(getattr(cls, "__dataclass_fields__", {})) - {"parent", "name"}
+    known = registered_fields(kind, name, registry)
     unknown = set(hparams) - known
     if unknown:
         raise TypeError(
             f"unknown hyperparameters {sorted(unknown)} for {kind} {name!r}; known: "
             f"{sorted(known)}."
         )
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()})
+    return registry[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()})
+
+
+def registered_fields(kind: str, name: str, registry: Mapping[str, Callable[..., Any]]) -> set:
+    """The hyperparameters of the class registered as ``name``: its dataclass fields (a Flax
+    module's, without ``parent`` and ``name``); an unknown ``name`` raises."""
+    if not is_known(name, registry):
+        raise unknown_name_error(kind, name, registry)
+    return set(getattr(registry[name], "__dataclass_fields__", {})) - {"parent", "name"}
 
 
 def hashable_hparams(hparams: Mapping[str, Any]) -> tuple:

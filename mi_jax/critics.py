@@ -448,6 +448,11 @@ def register_critic(name: str, cls: type[nn.Module]) -> None:
     _CRITICS[name] = cls
 
 
+def critic_hparams(name: str) -> tuple[str, ...]:
+    """The hyperparameters the critic registered as ``name`` takes (its module's fields)."""
+    return tuple(sorted(_checks.registered_fields("critic", name, _CRITICS)))
+
+
 def get_critic(name: str, **hparams) -> nn.Module:
     """Builds the critic registered as ``name``: ``get_critic("concat", hidden=(256, 256))``."""
     return _checks.build_registered("critic", name, _CRITICS, hparams)

@@ -260,8 +260,9 @@ def estimate_mi(
         calibrate = trained_on_js
     elif calibrate and not trained_on_js:
         raise ValueError(
-            f"`calibrate=True` needs a bound trained with the JS objective (smile, js); "
-            f"{bound!r} with {bound_hparams} is not."
+            f"`calibrate=True` needs a bound trained with the JS objective (smile, js; "
+            f"`make_bound(..., objective=bounds.js_fgan)`); {bound!r} with {bound_hparams} is "
+            "not."
         )
 
     mesh = parallel.data_mesh_for(batch_size) if mesh is None else mesh

@@ -265,15 +265,29 @@ def available_tasks() -> tuple[str, ...]:
     return tuple(_TASKS)
 
 
+def register_task(name: str, factory: Callable[..., Task]) -> None:
+    """Registers ``factory(dim, **hparams) -> Task`` under ``name``.
+
+    The task's ``sample(key, mi, batch)`` must give pairs whose MI is exactly ``mi`` for every
+    ``mi >= min_mi``, traced or not (the staircase schedules it inside `jax.lax.scan`): e.g.
+    `correlated_gaussian` followed by an invertible map of ``x`` or ``y``, which keeps the MI.
+    """
+    _checks.check_registration("task", name, factory, _TASKS)
+    _TASKS[name] = factory
+
+
 def get_task(name: str, *, dim: int, **hparams) -> Task:
     """Builds the task ``name`` of width ``dim``, e.g. ``get_task("student_t", dim=5, df=3.0)``."""
     if not _checks.is_known(name, _TASKS):
         raise _checks.unknown_name_error("task", name, _TASKS)
     _checks.check_ints(dim=dim)
     try:
-        return _TASKS[name](int(dim), **hparams)
+        task = _TASKS[name](int(dim), **hparams)
     except TypeError as e:
         raise TypeError(f"bad hyperparameters {sorted(hparams)} for task {name!r}: {e}") from None
+    if not isinstance(task, Task):
+        raise TypeError(f"the factory of task {name!r} must return a `Task`, got {task!r}.")
+    return task
 
 
 def staircase_mi(

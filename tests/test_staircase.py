@@ -296,6 +296,17 @@ def test_bfloat16_staircase_runs_and_is_recorded(tmp_path):
     assert config["compute_dtype"] == "bfloat16"
 
 
+def test_critics_without_a_compute_dtype_run_in_float32_and_refuse_bfloat16(tmp_path):
+    # The bilinear and inner-product critics (and a user's) have no `compute_dtype` field: the
+    # staircase used to pass it to every critic ("unknown hyperparameters ['compute_dtype']").
+    config = _tiny(bounds=("infonce",), critics=("bilinear", "inner_product"), levels=(1.0,))
+    results = staircase.train_and_evaluate(config, str(tmp_path))
+    assert {r["critic"] for r in results["statistics"]} == {"bilinear", "inner_product"}
+    assert all(np.isfinite(r["mean"]) for r in results["statistics"])
+    with pytest.raises(ValueError, match=r"config.compute_dtype .*'bilinear' has no"):
+        staircase.validate_config(_tiny(critics=("bilinear",), compute_dtype="bfloat16"))
+
+
 def _separable_matmul_flops(config) -> int:
     """FLOPs of one training step's matmuls for one separable critic (one hidden layer,
     embedding 32), by hand: forward, weight and hidden-input gradients, scores."""

@@ -385,3 +385,35 @@ def test_gaussian_log_ratio_is_the_log_density_ratio():
     np.testing.assert_allclose(tasks.gaussian_log_ratio(x, y, mi), want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match=r"`x` and `y` must both have shape \[batch, dim\]"):
         tasks.gaussian_log_ratio(x, y[:, :2], mi)
+
+
+def test_a_registered_task_is_built_by_name_and_checked(monkeypatch):
+    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))  # noqa: SLF001
+
+    def sinh_task(dim):  # y -> sinh(y): invertible, so the MI is the Gaussian pair's
+        def sample(key, mi, batch):
+            x, y = tasks.correlated_gaussian(key, mi, batch, dim)
+            return x, jnp.sinh(y)
+
+        return tasks.Task("sinh", dim, sample)
+
+    tasks.register_task("sinh", sinh_task)
+    assert "sinh" in tasks.available_tasks()
+    x, y = tasks.get_task("sinh", dim=3).sample(jax.random.key(0), 2.0, 8)
+    gx, gy = tasks.get_task("gaussian", dim=3).sample(jax.random.key(0), 2.0, 8)
+    np.testing.assert_array_equal(x, gx)
+    np.testing.assert_allclose(y, np.sinh(gy), rtol=1e-6)
+    # The staircase takes it by name.
+    from configs import staircase as staircase_config
+    from experiments import staircase
+
+    config = staircase_config.get_config("quick")
+    config.tasks = ("sinh",)
+    staircase.validate_config(config)
+    with pytest.raises(ValueError, match="the task name 'gaussian' is already registered"):
+        tasks.register_task("gaussian", sinh_task)
+    with pytest.raises(TypeError, match="task 'bad' must be registered with a callable"):
+        tasks.register_task("bad", "sinh")
+    tasks.register_task("bare", lambda dim: sinh_task(dim).sample)  # a sampler, not a Task
+    with pytest.raises(TypeError, match="the factory of task 'bare' must return a `Task`"):
+        tasks.get_task("bare", dim=2)
