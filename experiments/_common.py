@@ -172,6 +172,29 @@ def check_unique(config, field: str) -> None:
         raise ValueError(f"`config.{field}` names an entry twice: {tuple(config[field])}.")
 
 
+def check_batch_size(config, least: int = 2) -> None:
+    """``config.batch_size`` an integer ``>= least`` (2 where a bound reads the batch: its
+    off-diagonal pairs are the negatives)."""
+    if not (_checks.is_int(config.batch_size) and config.batch_size >= least):
+        raise ValueError(
+            f"`config.batch_size` must be an integer >= {least}"
+            + (" (an MI bound needs two pairs in a batch)" if least == 2 else "")
+            + f", got {config.batch_size!r}."
+        )
+
+
+def check_hparams_maps(config, *fields: str) -> None:
+    """Every entry of ``config.<field>`` (``{name: hyperparameters}``) maps names to values
+    (``{'smile': 5}`` failed in `dict` as "'int' object is not iterable")."""
+    for field in fields:
+        for name, hparams in config[field].items():
+            if not isinstance(hparams, Mapping) and not hasattr(hparams, "to_dict"):
+                raise ValueError(
+                    f"`config.{field}.{name}` must map hyperparameter names to values, e.g. "
+                    f"{{'hidden': (64,)}}, got {hparams!r}."
+                )
+
+
 def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict]:
     """One row per group of ``rows`` (equal ``group_by`` fields, in first-seen order): every
     float field replaced by its mean over the group, plus ``{field}_std`` (the standard

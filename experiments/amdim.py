@@ -16,7 +16,10 @@ progress bar, a NaN stops the run naming the step); only the objective differs.
 import ml_collections
 
 from experiments import _common, infomax
-from mi_jax import amdim
+from mi_jax import _checks, amdim
+
+# The settings of `mi_jax.amdim.MultiScaleEncoder` that `config.encoder_hparams` may give.
+ENCODER_FIELDS = ("stem_width", "widths")
 
 
 def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> amdim.AMDIMObjective:
@@ -24,10 +27,16 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> am
     unknown or out-of-range view parameters raise here (image sizes under 7x7 at init)."""
     del image_shape  # the encoder checks image sizes when initialized
     views = config.views.to_dict()
-    encoder = amdim.MultiScaleEncoder(
-        stem_width=config.encoder_hparams.stem_width,
-        widths=tuple(config.encoder_hparams.widths),
-    )
+    hparams = dict(config.encoder_hparams)  # a key the encoder lacks was silently ignored
+    if unknown := sorted(set(hparams) - set(ENCODER_FIELDS)):
+        raise ValueError(
+            f"unknown fields {unknown} in `config.encoder_hparams`; known: {ENCODER_FIELDS}."
+        )
+    if "widths" in hparams:
+        _checks.check_int_sequences(**{"config.encoder_hparams.widths": hparams["widths"]})
+        hparams["widths"] = tuple(hparams["widths"])
+    _checks.check_ints(**{f"config.encoder_hparams.{k}": v for k, v in hparams.items()})
+    encoder = amdim.MultiScaleEncoder(**hparams)
     return amdim.AMDIMObjective(
         encoder=encoder,
         estimator=config.estimator,

@@ -58,9 +58,10 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                     f"unknown name {name!r} in `config.{field}`; known: {', '.join(known)}."
                 )
     _common.check_num_seeds(config)  # and config.seed
+    _common.check_batch_size(config)
+    _common.check_hparams_maps(config, "encoder_hparams", "critic_hparams")
     for name in (
         "num_steps",
-        "batch_size",
         "log_every",
         "eval_every",
         "mi_eval_batches",
@@ -112,14 +113,19 @@ def load_views(config) -> dict[str, np.ndarray]:
     return views
 
 
+def _entry(entries, name: str) -> dict:
+    """``entries[name]`` as a dict; ``{}`` (the module's defaults) where there is none."""
+    return dict(entries[name]) if name in entries else {}
+
+
 def build(config, encoder: str, critic: str, bound: str) -> halves.HalvesModel:
     """The model of one combination; bad encoder hyperparameters raise here, naming
     ``config.encoder_hparams.ENCODER``."""
     try:
-        enc = halves.get_half_encoder(encoder, **config.encoder_hparams[encoder].to_dict())
+        enc = halves.get_half_encoder(encoder, **_entry(config.encoder_hparams, encoder))
     except ValueError as e:
         raise ValueError(f"`config.encoder_hparams.{encoder}`: {e}") from None
-    hparams = config.critic_hparams[critic].to_dict() if critic in config.critic_hparams else {}
+    hparams = _entry(config.critic_hparams, critic)
     ensemble = training.make_ensemble([bound], critic, hparams, aux_hidden=(128,))
     return halves.HalvesModel(encoder=enc, ensemble=ensemble)
 

@@ -24,6 +24,7 @@ stops the run naming the model and step; what was written stays.
 """
 
 import os
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +35,8 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from experiments import _common
+from mi_jax import _checks, parallel, probes, training, vae
 from mi_jax import data as data_lib
-from mi_jax import parallel, probes, training, vae
 
 
 def build(config: ml_collections.ConfigDict, image_shape) -> vae.InfoMaxVAE:
@@ -61,27 +62,45 @@ def settings_of(config: ml_collections.ConfigDict) -> tuple[list[str], dict[str,
     values = {"beta": [], "gamma": []}
     for name in names:
         entry = config.models[name]
+        if not isinstance(entry, Mapping) and not hasattr(entry, "to_dict"):
+            raise ValueError(
+                f"`config.models.{name}` must be a dict of beta and gamma, got {entry!r}."
+            )
         unknown = set(entry) - set(values)
         if unknown:
             raise ValueError(
                 f"unknown fields {sorted(unknown)} in `config.models.{name}`; known: beta, gamma."
             )
         for key in values:
-            v = float(entry.get(key, 1.0 if key == "beta" else 0.0))
-            if not (v >= 0 and np.isfinite(v)):
-                raise ValueError(f"`config.models.{name}.{key}` must be finite and >= 0, got {v}.")
-            values[key].append(v)
+            v = entry.get(key, 1.0 if key == "beta" else 0.0)
+            if not (_checks.is_real(v) and 0 <= v < np.inf):  # a string or a bool was coerced
+                raise ValueError(
+                    f"`config.models.{name}.{key}` must be a finite number >= 0, got {v!r}."
+                )
+            values[key].append(float(v))
     return names, {k: np.asarray(v, np.float32) for k, v in values.items()}
+
+
+# The linear probe's settings (`mi_jax.probes.fit_probe`), all in `config.probe`.
+PROBE_FIELDS = ("l2", "max_iter", "tol")
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
     _common.check_num_seeds(config)
     _common.check_learning_rate(config)
-    for name in ("num_epochs", "batch_size", "eval_every_epochs", "latent_dim"):
+    for name in ("num_epochs", "eval_every_epochs", "latent_dim"):
         if config[name] < 1:
             raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
+    _common.check_batch_size(config)  # the MI bound reads every batch
     settings_of(config)
-    probes.check_hparams(prefix="config.probe.", **config.probe.to_dict())  # used after training
+    # Used after training: a misspelt or missing key must not cost the run.
+    if unknown := sorted(set(config.probe) - set(PROBE_FIELDS)):
+        raise ValueError(f"unknown fields {unknown} in `config.probe`; known: {PROBE_FIELDS}.")
+    if missing := [name for name in PROBE_FIELDS if name not in config.probe]:
+        raise ValueError(f"`config.probe` lacks {missing} (it needs {PROBE_FIELDS}).")
+    probes.check_hparams(
+        prefix="config.probe.", **{name: config.probe[name] for name in PROBE_FIELDS}
+    )
 
 
 def make_eval_fn(model: vae.InfoMaxVAE, batch_size: int, seed_axis: bool = False, mesh=None):

@@ -116,14 +116,16 @@ def mige_gradients(config, dim: int, spec, rhos, keys, mesh=None) -> np.ndarray:
     return grads, compile_s, time.perf_counter() - t0
 
 
-def bound_gradients(config, dim: int, rhos, keys, mesh=None) -> tuple[np.ndarray, float, float]:
-    """``[n_bounds, num_rhos, num_seeds]`` rho-gradients of trained bounds, and timings."""
+def bound_gradients(config, dim: int, rhos, keys, mesh=None):
+    """``([n_bounds, num_rhos, num_seeds]`` rho-gradients of trained bounds, compile and run
+    seconds, the first divergence)``: ``(rho index, seed index, step, bound index)`` of the
+    earliest critic step whose training value was non-finite, or None."""
     mesh = parallel.data_mesh() if mesh is None else mesh
     ensemble = training.make_ensemble(
         list(config.bounds), "separable", dict(config.critic_hparams), config.aux_hidden
     )
     optimizer = optax.adam(config.learning_rate)
-    step = training.make_train_step(ensemble)
+    step = training.make_train_step(ensemble, metrics=("mi",))
     n = config.num_samples
 
     def one(rho, key):
@@ -133,26 +135,30 @@ def bound_gradients(config, dim: int, rhos, keys, mesh=None) -> tuple[np.ndarray
 
         def body(state, i):
             batch = toy_samples(rho, jax.random.fold_in(train_key, i), dim, n)
-            state, _ = step(state, batch, train_key)
-            return state, None
+            state, metrics = step(state, batch, train_key)
+            return state, metrics["mi"]
 
-        state, _ = jax.lax.scan(body, state, jnp.arange(config.critic_steps))
+        state, trained = jax.lax.scan(body, state, jnp.arange(config.critic_steps))
 
         def values(r):
             x, y = toy_samples(r, eval_key, dim, n)
             return ensemble.apply(state.params, state.bound_states, x, y)[0]
 
-        return jax.jacrev(values)(rho)  # [n_bounds]
+        return jax.jacrev(values)(rho), trained  # [n_bounds], [steps, n_bounds]
 
     cases, count = _cases(rhos, keys, mesh)
-    fn = jax.jit(jax.vmap(one), out_shardings=parallel.batch_sharding(mesh, 2))
+    shardings = (parallel.batch_sharding(mesh, 2), parallel.batch_sharding(mesh, 3))
+    fn = jax.jit(jax.vmap(one), out_shardings=shardings)
     t0 = time.perf_counter()
     compiled = fn.lower(*cases).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    grads = np.asarray(compiled(*cases))[:count]  # [cases, bounds]
+    grads, trained = (np.asarray(a)[:count] for a in compiled(*cases))  # [cases, ...]
+    run_s = time.perf_counter() - t0
     grads = grads.reshape(len(rhos), len(keys), -1)
-    return np.moveaxis(grads, -1, 0), compile_s, time.perf_counter() - t0
+    bad = training.first_nonfinite(trained, step_axis=1)  # (case, step, bound)
+    diverged = None if bad is None else (*divmod(bad[0], len(keys)), bad[1], bad[2])
+    return np.moveaxis(grads, -1, 0), compile_s, run_s, diverged
 
 
 def error_stats(grads: np.ndarray, true: np.ndarray) -> dict:
@@ -182,6 +188,11 @@ def validate_config(config) -> None:
             raise ValueError(
                 f"config.estimators.{name}: the name is taken by the trained bounds' rows."
             )
+        if not hasattr(spec, "to_dict") or "score" not in spec:
+            raise ValueError(
+                f"config.estimators.{name} must be a dict with a 'score' (an estimator's name) "
+                f"and optionally {ESTIMATOR_KEYS[1:]}, got {spec!r}."
+            )
         if spec.score not in score_lib.available_score_estimators():
             raise _checks.unknown_name_error(
                 f"score estimator (config.estimators.{name}.score)",
@@ -199,7 +210,17 @@ def validate_config(config) -> None:
                 f"config.estimators.{name}.bandwidth_scale must be a positive number, got "
                 f"{scale!r}."
             )
-        make_score_fn(spec.to_dict())  # its hyperparameters, before anything is written
+        if not hasattr(spec.get("hparams", {}), "keys"):
+            raise ValueError(
+                f"config.estimators.{name}.hparams must map hyperparameter names to values, got "
+                f"{spec.hparams!r}."
+            )
+        try:  # its hyperparameters, before anything is written
+            make_score_fn(spec.to_dict())
+        except ValueError as e:
+            raise ValueError(f"config.estimators.{name}: {e}") from None
+    _common.check_unique(config, "bounds")  # trained twice, reported once
+    _common.check_unique(config, "dims")
     for name in config.bounds:
         if name not in bounds_lib.available_bounds():
             raise _checks.unknown_name_error(
@@ -279,8 +300,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
             for dim, name in tasks:
                 progress.set_postfix_str(f"d={dim} {name}")
                 true = true_gradient(rhos, dim)
+                diverged = None
                 if name == "bounds":
-                    grads, compile_s, run_s = bound_gradients(config, dim, rhos, keys, mesh)
+                    grads, compile_s, run_s, diverged = bound_gradients(
+                        config, dim, rhos, keys, mesh
+                    )
                     named = {f"{b} (trained)": g for b, g in zip(config.bounds, grads, strict=True)}
                 else:
                     spec = config.estimators[name].to_dict()
@@ -308,6 +332,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
                             )
                         )
                 _common.write_json(results_path, results)
+                if diverged is not None:  # its rows are written (finite: false), then it stops
+                    r, s, step, b = diverged
+                    raise training.NonFiniteError(
+                        f"trained bound {config.bounds[b]!r} became non-finite at critic step "
+                        f"{step + 1} (d={dim}, rho={rhos[r]:.3g}, seed index {s}); the rows "
+                        "written so far are kept. Try a lower config.learning_rate."
+                    )
                 progress.update(1)
     finally:
         writer.close()

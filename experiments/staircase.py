@@ -13,7 +13,6 @@ PNG per task and critic in the style of the paper's Fig. 2.
 import functools
 import os
 import time
-from collections.abc import Mapping
 
 import jax
 import jax.extend as jex
@@ -69,14 +68,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"{name!r} task at dim {config.dim} carry ({task.max_mi:.4g}; beyond it y equals "
                 "x for some pairs); raise config.dim."
             )
-    for field in ("bound_hparams", "critic_hparams"):
-        for name, hparams in config[field].items():
-            # {'smile': 5} failed in dict() as "'int' object is not iterable".
-            if not isinstance(hparams, Mapping | ml_collections.ConfigDict):
-                raise ValueError(
-                    f"config.{field}.{name} must map hyperparameter names to values, e.g. "
-                    f"{{'clip': 5.0}}, got {hparams!r}."
-                )
+    _common.check_hparams_maps(config, "bound_hparams", "critic_hparams")
     for name, hparams in config.bound_hparams.items():
         bounds_lib.get_bound(name, **dict(hparams))
     for name, hparams in config.critic_hparams.items():

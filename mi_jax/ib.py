@@ -320,14 +320,16 @@ class IBModel:
 
 
 def check_betas(betas: Sequence[float], name: str = "betas") -> tuple[float, ...]:
-    """Non-empty, finite, ``>= 0``; returned as a tuple of floats."""
-    betas = tuple(float(b) for b in betas)
-    if not betas:
+    """Non-empty, numbers (not strings or bools), finite, ``>= 0``, none twice (its run would
+    be repeated and its rows doubled); returned as a tuple of floats."""
+    if not len(betas):
         raise ValueError(f"`{name}` is empty: give at least one beta.")
     for b in betas:
-        if not b >= 0 or b == float("inf"):
-            raise ValueError(f"`{name}` must hold finite values >= 0, got {b}.")
-    return betas
+        if not (_checks.is_real(b) and 0 <= b < float("inf")):
+            raise ValueError(f"`{name}` must hold finite numbers >= 0, got {b!r}.")
+    if len(set(betas)) < len(betas):
+        raise ValueError(f"`{name}` names a beta twice: {tuple(betas)}.")
+    return tuple(float(b) for b in betas)
 
 
 def available_methods() -> tuple[str, ...]:

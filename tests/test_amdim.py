@@ -300,6 +300,12 @@ def test_experiment_runs_and_writes_everything(tmp_path, estimator):
         ({"probe.representations": ("features",)}, "probe.representations"),
         ({"embed_dim": 0}, "embed_dim"),
         ({"encoder_hparams.stem_width": 0}, "stem_width"),
+        # Before: an unknown key was silently ignored; a bare width, "'int' is not iterable".
+        (
+            {"encoder_hparams": {"stem_width": 4, "widths": (8, 8, 8), "depth": 3}},
+            r"unknown fields \['depth'\] in `config.encoder_hparams`",
+        ),
+        ({"encoder_hparams": {"widths": 8}}, r"`config.encoder_hparams.widths` must be a sequence"),
     ],
 )
 def test_experiment_bad_config_names_the_field(tmp_path, overrides, match):

@@ -202,6 +202,7 @@ def test_seeds_are_independent_and_reproducible(tmp_path):
         ({"encoders": ("mlp", "mlp")}, "`config.encoders` names an entry twice"),  # trained twice
         ({"mi_eval_batches": 0}, "mi_eval_batches"),
         ({"batch_size": 10_000}, "batch_size"),
+        ({"batch_size": 1}, "`config.batch_size` must be an integer >= 2"),  # was in the bound
         # Before: a NaN noise failed in the probe naming `train_features`; a negative seed after
         # a metrics row was written; a negative probe size silently dropped that many images.
         ({"noise_std": float("nan")}, "`config.noise_std` must be finite"),
@@ -213,6 +214,20 @@ def test_seeds_are_independent_and_reproducible(tmp_path):
 def test_bad_config_names_the_field(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         halves_experiment.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+
+
+def test_hyperparameter_entries_must_be_maps_and_absent_ones_take_the_defaults(tmp_path):
+    config = tiny_config()
+    with config.unlocked():  # was "'int' object has no attribute 'to_dict'", after a run
+        config.critic_hparams = {"bilinear": 5}
+    with pytest.raises(ValueError, match=r"`config.critic_hparams.bilinear` must map"):
+        halves_experiment.train_and_evaluate(config, str(tmp_path))
+    assert not os.listdir(tmp_path)
+    config = tiny_config()
+    with config.unlocked():  # only mlp's given: realnvp takes its defaults (was KeyError)
+        config.encoder_hparams = {"mlp": {"hidden": (8,), "out_dim": 4}}
+    model = halves_experiment.build(config, "realnvp", "bilinear", "infonce")
+    assert model.encoder == halves.get_half_encoder("realnvp")
 
 
 def test_encoders_that_cannot_run_fail_before_any_combination_trains(tmp_path):

@@ -211,6 +211,16 @@ def test_bad_input_names_the_argument():
         _model("mige", score_estimator="sge")
     with pytest.raises(ValueError, match=r"config.betas.vib"):
         ib_experiment.train_and_evaluate(_quick(ib_config, **{"betas.vib": (1e-3, -1.0)}), "/x")
+    # Before: "0.1" and True ran as 0.1 and 1.0; a repeated beta ran twice, its rows doubled.
+    for betas, match in (
+        (("0.1",), r"`config.betas.vib` must hold finite numbers >= 0, got '0.1'"),
+        ((True,), r"`config.betas.vib` must hold finite numbers >= 0, got True"),
+        ((1e-3, 1e-3), r"`config.betas.vib` names a beta twice"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            ib_experiment.train_and_evaluate(_quick(ib_config, betas={"vib": betas}), "/x")
+    with pytest.raises(ValueError, match=r"`config.batch_size` must be an integer >= 2"):
+        ib_experiment.train_and_evaluate(_quick(ib_config, methods=("mine",), batch_size=1), "/x")
     with pytest.raises(ValueError, match="unknown name 'vibe' in `config.methods`"):
         ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vibe",)), "/x")
     with pytest.raises(ValueError, match="latent_dim"):
@@ -219,6 +229,25 @@ def test_bad_input_names_the_argument():
         vae_experiment.train_and_evaluate(_quick(vae_config, **{"models.vae.beta": -1.0}), "/x")
     with pytest.raises(KeyError, match="unknown bound"):
         vae_experiment.train_and_evaluate(_quick(vae_config, bound="nwjj"), "/x")
+    # Before: "could not convert string to float" / "'float' object is not iterable"; a
+    # string "4" and True were taken as 4.0 and 1.0.
+    for models, match in (
+        ({"vae": {"beta": "abc"}}, r"`config.models.vae.beta` must be a finite number"),
+        ({"vae": {"beta": True}}, r"`config.models.vae.beta` must be a finite number"),
+        ({"vae": 1.0}, r"`config.models.vae` must be a dict of beta and gamma"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            vae_experiment.train_and_evaluate(_quick(vae_config, models=models), "/x")
+    with pytest.raises(ValueError, match=r"`config.batch_size` must be an integer >= 2"):
+        vae_experiment.train_and_evaluate(_quick(vae_config, batch_size=1), "/x")
+    # Probe settings are read after training: a misspelt or missing one used to cost the run.
+    probe = {"l2": 1e-4, "max_iter": 5, "tolerance": 1e-5}
+    with pytest.raises(ValueError, match=r"unknown fields \['tolerance'\] in `config.probe`"):
+        vae_experiment.train_and_evaluate(_quick(vae_config, probe=probe), "/x")
+    with pytest.raises(ValueError, match=r"`config.probe` lacks \['tol'\]"):
+        vae_experiment.train_and_evaluate(
+            _quick(vae_config, probe={"l2": 1e-4, "max_iter": 5}), "/x"
+        )
     # Before: found by the probes after training, naming `l2`; `clip` for critic_clip.
     with pytest.raises(ValueError, match=r"`config.probe.l2` is out of range"):
         vae_experiment.train_and_evaluate(_quick(vae_config, **{"probe.l2": -1.0}), "/x")

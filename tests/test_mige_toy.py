@@ -9,7 +9,7 @@ import pytest
 
 from configs import mige_toy as mige_toy_config
 from experiments import mige_toy
-from mi_jax import score
+from mi_jax import score, training
 
 
 def _tiny(**overrides):
@@ -87,12 +87,25 @@ def test_richardson_score_combines_two_bandwidths():
         ("seed", -1, ValueError, "`config.seed` must be an integer >= 0"),
         ("aux_hidden", (0,), ValueError, "`config.aux_hidden` must hold integers"),
         ("critic_hparams", {"hidden": (0,), "embed_dim": 8}, ValueError, "`hidden` must hold"),
+        # Before: a repeated bound trained twice and was reported once; a repeated d ran twice.
+        ("bounds", ("nwj", "nwj"), ValueError, "`config.bounds` names an entry twice"),
+        ("dims", (2, 2), ValueError, "`config.dims` names an entry twice"),
     ],
 )
 def test_bad_config_is_rejected(tmp_path, field, value, error, match):
     with pytest.raises(error, match=match):
         mige_toy.train_and_evaluate(_tiny(**{field: value}), str(tmp_path))
     assert not (tmp_path / "config.json").exists()
+
+
+def test_a_diverging_trained_bound_stops_the_run_naming_it_and_keeps_its_rows(tmp_path):
+    # Before: the run ended normally with a NaN row that named no bound or step.
+    config = _tiny(bounds=("nwj",), estimators={}, learning_rate=1e30)
+    with pytest.raises(training.NonFiniteError, match=r"trained bound 'nwj' became non-finite"):
+        mige_toy.train_and_evaluate(config, str(tmp_path))
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(r["estimator"], r["finite"]) for r in rows] == [("nwj (trained)", False)]
+    assert (tmp_path / "metrics.jsonl").read_text()
 
 
 def test_estimator_names_of_the_trained_bounds_rows_are_refused(tmp_path):
@@ -121,14 +134,23 @@ def test_bad_estimator_entries_are_rejected_before_anything_is_written(tmp_path)
         ({"bandwith_scale": 4.0}, ValueError, r"unknown keys \['bandwith_scale'\]"),
         ({"bandwidth_scale": 0.0}, ValueError, "bandwidth_scale must be a positive number"),
         ({"hparams": {"etta": 1e-3}}, TypeError, "etta"),
+        # Before: "'float' object is not iterable"; a message naming `richardson` alone.
+        ({"hparams": 1e-3}, ValueError, r"config.estimators.mige_stein.hparams must map"),
+        ({"richardson": 0.5}, ValueError, r"config.estimators.mige_stein: `richardson` must"),
     ]
     for entry, error, match in cases:
         config = _tiny()
         with config.unlocked():
-            config.estimators.mige_stein.update(entry)
+            config.estimators.mige_stein = {**config.estimators.mige_stein.to_dict(), **entry}
         with pytest.raises(error, match=match):
             mige_toy.train_and_evaluate(config, str(tmp_path))
         assert not (tmp_path / "config.json").exists()
+    for entry in ("stein", {"hparams": {}}):  # were AttributeErrors: 'str' has no 'score'
+        config = _tiny()
+        with config.unlocked():
+            config.estimators = {"mige_stein": entry}
+        with pytest.raises(ValueError, match=r"config.estimators.mige_stein must be a dict with"):
+            mige_toy.train_and_evaluate(config, str(tmp_path))
     # A learned estimator has no bandwidth: this failed in its first compiled call.
     config = _tiny()
     with config.unlocked():

@@ -182,7 +182,7 @@ def test_every_task_bound_and_critic_is_built_before_running(tmp_path):
         (dict(dim=2, levels=(1.0, 30.0)), ValueError, "config.levels: 30.0 nats is more than"),
         (dict(critic_hparams={"seperable": {"hidden": (8,)}}), KeyError, "separable"),
         (dict(bound_hparams={"smile": {"clp": 5.0}}), TypeError, "clp"),
-        (dict(bound_hparams={"smile": 5}), ValueError, "config.bound_hparams.smile must map"),
+        (dict(bound_hparams={"smile": 5}), ValueError, "`config.bound_hparams.smile` must map"),
         (dict(critic_hparams={"concat": {"hiden": (8,)}}), TypeError, "hiden"),
     ]
     for overrides, error, match in cases:
