@@ -172,15 +172,19 @@ def check_unique(config, field: str) -> None:
         raise ValueError(f"`config.{field}` names an entry twice: {tuple(config[field])}.")
 
 
-def check_batch_size(config, least: int = 2) -> None:
-    """``config.batch_size`` an integer ``>= least`` (2 where a bound reads the batch: its
-    off-diagonal pairs are the negatives)."""
-    if not (_checks.is_int(config.batch_size) and config.batch_size >= least):
+def check_batch_size(config) -> None:
+    """``config.batch_size`` an integer ``>= 2``, where a bound (its off-diagonal pairs are the
+    negatives) or a kernel score estimate reads the batch."""
+    if not (_checks.is_int(config.batch_size) and config.batch_size >= 2):
         raise ValueError(
-            f"`config.batch_size` must be an integer >= {least}"
-            + (" (an MI bound needs two pairs in a batch)" if least == 2 else "")
-            + f", got {config.batch_size!r}."
+            "`config.batch_size` must be an integer >= 2 (an MI bound or a score estimate needs "
+            f"two samples in a batch), got {config.batch_size!r}."
         )
+
+
+def is_map(value) -> bool:
+    """A dict or a `ml_collections.ConfigDict` (which is not a `Mapping`)."""
+    return isinstance(value, Mapping) or hasattr(value, "to_dict")
 
 
 def check_hparams_maps(config, *fields: str) -> None:
@@ -188,7 +192,7 @@ def check_hparams_maps(config, *fields: str) -> None:
     (``{'smile': 5}`` failed in `dict` as "'int' object is not iterable")."""
     for field in fields:
         for name, hparams in config[field].items():
-            if not isinstance(hparams, Mapping) and not hasattr(hparams, "to_dict"):
+            if not is_map(hparams):
                 raise ValueError(
                     f"`config.{field}.{name}` must map hyperparameter names to values, e.g. "
                     f"{{'hidden': (64,)}}, got {hparams!r}."

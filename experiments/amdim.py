@@ -18,25 +18,21 @@ import ml_collections
 from experiments import _common, infomax
 from mi_jax import _checks, amdim
 
-# The settings of `mi_jax.amdim.MultiScaleEncoder` that `config.encoder_hparams` may give.
-ENCODER_FIELDS = ("stem_width", "widths")
-
 
 def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> amdim.AMDIMObjective:
     """The AMDIM objective (encoder included) that ``config`` describes; bad names and
     unknown or out-of-range view parameters raise here (image sizes under 7x7 at init)."""
     del image_shape  # the encoder checks image sizes when initialized
     views = config.views.to_dict()
-    hparams = dict(config.encoder_hparams)  # a key the encoder lacks was silently ignored
-    if unknown := sorted(set(hparams) - set(ENCODER_FIELDS)):
-        raise ValueError(
-            f"unknown fields {unknown} in `config.encoder_hparams`; known: {ENCODER_FIELDS}."
-        )
-    if "widths" in hparams:
-        _checks.check_int_sequences(**{"config.encoder_hparams.widths": hparams["widths"]})
-        hparams["widths"] = tuple(hparams["widths"])
-    _checks.check_ints(**{f"config.encoder_hparams.{k}": v for k, v in hparams.items()})
-    encoder = amdim.MultiScaleEncoder(**hparams)
+    # Every field of the encoder (a key it lacks was silently ignored); its own checks named.
+    hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in config.encoder_hparams.items()}
+    known = sorted(_checks.fields_of(amdim.MultiScaleEncoder))
+    if unknown := sorted(set(hparams) - set(known)):
+        raise ValueError(f"unknown fields {unknown} in `config.encoder_hparams`; known: {known}.")
+    try:
+        encoder = amdim.MultiScaleEncoder(**hparams)
+    except ValueError as e:
+        raise ValueError(f"`config.encoder_hparams`: {e}") from None
     return amdim.AMDIMObjective(
         encoder=encoder,
         estimator=config.estimator,

@@ -60,6 +60,13 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     _common.check_num_seeds(config)  # and config.seed
     _common.check_batch_size(config)
     _common.check_hparams_maps(config, "encoder_hparams", "critic_hparams")
+    for field, known in (
+        ("encoder_hparams", halves.available_half_encoders()),
+        ("critic_hparams", critics_lib.available_critics()),
+    ):  # a misspelt entry would leave its module at the defaults
+        for name in config[field]:
+            if name not in known:
+                raise ValueError(f"unknown name {name!r} in `config.{field}`; known: {known}.")
     for name in (
         "num_steps",
         "log_every",

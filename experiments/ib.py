@@ -74,7 +74,10 @@ def betas_of(config: ml_collections.ConfigDict, method: str) -> tuple[float, ...
     """The sweep of ``method``; the deterministic baseline has no penalty (beta 0)."""
     if method == "deterministic":
         return (0.0,)
-    return ib.check_betas(config.betas[method], f"config.betas.{method}")
+    betas = ib.check_betas(config.betas[method], f"config.betas.{method}")
+    if len(set(betas)) < len(betas):  # it would run twice, its rows doubled
+        raise ValueError(f"`config.betas.{method}` names a beta twice: {betas}.")
+    return betas
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:

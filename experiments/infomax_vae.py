@@ -24,7 +24,6 @@ stops the run naming the model and step; what was written stays.
 """
 
 import os
-from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +61,7 @@ def settings_of(config: ml_collections.ConfigDict) -> tuple[list[str], dict[str,
     values = {"beta": [], "gamma": []}
     for name in names:
         entry = config.models[name]
-        if not isinstance(entry, Mapping) and not hasattr(entry, "to_dict"):
+        if not _common.is_map(entry):
             raise ValueError(
                 f"`config.models.{name}` must be a dict of beta and gamma, got {entry!r}."
             )
@@ -73,10 +72,7 @@ def settings_of(config: ml_collections.ConfigDict) -> tuple[list[str], dict[str,
             )
         for key in values:
             v = entry.get(key, 1.0 if key == "beta" else 0.0)
-            if not (_checks.is_real(v) and 0 <= v < np.inf):  # a string or a bool was coerced
-                raise ValueError(
-                    f"`config.models.{name}.{key}` must be a finite number >= 0, got {v!r}."
-                )
+            _checks.check_weight(v, f"config.models.{name}.{key}")  # "4" and True were taken
             values[key].append(float(v))
     return names, {k: np.asarray(v, np.float32) for k, v in values.items()}
 

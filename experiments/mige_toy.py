@@ -13,7 +13,9 @@ For ``d`` in ``config.dims`` and ``rho`` on a grid in ``[-rho_max, rho_max]``, d
 Per ``d`` and estimator: relative RMSE (RMSE over all rho and seeds / RMS of the true gradient),
 relative bias (RMS over rho of the seed-mean error / RMS true), standard deviation over seeds,
 and wall time (compilation separate). Writes ``config.json``, ``metrics.jsonl`` (one row per d,
-estimator, rho), ``results.json``, and ``mige_toy.png`` (estimated vs true curves).
+estimator, rho), ``results.json``, and ``mige_toy.png`` (estimated vs true curves). A trained
+bound whose training value turns non-finite gets a ``finite: false`` row; once every estimator
+has run and the plot is written, the run ends with a `NonFiniteError` naming it and the step.
 
 MIGE cases run one after another in a compiled `lax.map` rather than a `vmap`: batched LAPACK
 calls (Cholesky, eigh) hung here on a second execution (../shared/ENVIRONMENT.md), a loop does not.
@@ -116,7 +118,9 @@ def mige_gradients(config, dim: int, spec, rhos, keys, mesh=None) -> np.ndarray:
     return grads, compile_s, time.perf_counter() - t0
 
 
-def bound_gradients(config, dim: int, rhos, keys, mesh=None):
+def bound_gradients(
+    config, dim: int, rhos, keys, mesh=None
+) -> tuple[np.ndarray, float, float, tuple[int, int, int, int] | None]:
     """``([n_bounds, num_rhos, num_seeds]`` rho-gradients of trained bounds, compile and run
     seconds, the first divergence)``: ``(rho index, seed index, step, bound index)`` of the
     earliest critic step whose training value was non-finite, or None."""
@@ -188,7 +192,7 @@ def validate_config(config) -> None:
             raise ValueError(
                 f"config.estimators.{name}: the name is taken by the trained bounds' rows."
             )
-        if not hasattr(spec, "to_dict") or "score" not in spec:
+        if not _common.is_map(spec) or "score" not in spec:
             raise ValueError(
                 f"config.estimators.{name} must be a dict with a 'score' (an estimator's name) "
                 f"and optionally {ESTIMATOR_KEYS[1:]}, got {spec!r}."
@@ -210,17 +214,16 @@ def validate_config(config) -> None:
                 f"config.estimators.{name}.bandwidth_scale must be a positive number, got "
                 f"{scale!r}."
             )
-        if not hasattr(spec.get("hparams", {}), "keys"):
+        if not _common.is_map(spec.get("hparams", {})):
             raise ValueError(
                 f"config.estimators.{name}.hparams must map hyperparameter names to values, got "
                 f"{spec.hparams!r}."
             )
         try:  # its hyperparameters, before anything is written
             make_score_fn(spec.to_dict())
-        except ValueError as e:
-            raise ValueError(f"config.estimators.{name}: {e}") from None
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"config.estimators.{name}: {e}") from None
     _common.check_unique(config, "bounds")  # trained twice, reported once
-    _common.check_unique(config, "dims")
     for name in config.bounds:
         if name not in bounds_lib.available_bounds():
             raise _checks.unknown_name_error(
@@ -241,6 +244,7 @@ def validate_config(config) -> None:
         raise ValueError("config.num_samples >= 2, num_seeds >= 1 and num_rhos >= 2 are needed.")
     if not config.dims or not all(_checks.is_int(d) and d >= 1 for d in config.dims):
         raise ValueError(f"config.dims must hold positive integers, got {config.dims}.")
+    _common.check_unique(config, "dims")
 
 
 def _replace_row(rows: list[dict], row: dict) -> None:
@@ -295,6 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     results, curves = {"rows": earlier.get("rows", [])}, {}
     tasks = [(d, name) for d in config.dims for name in config.estimators]
     tasks += [(d, "bounds") for d in config.dims if config.bounds]
+    divergences = []  # reported when every task has run
     try:
         with tqdm(total=len(tasks), desc="mige_toy", unit="estimator") as progress:
             for dim, name in tasks:
@@ -332,18 +337,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
                             )
                         )
                 _common.write_json(results_path, results)
-                if diverged is not None:  # its rows are written (finite: false), then it stops
+                if diverged is not None:  # its rows say finite: false; the run goes on
                     r, s, step, b = diverged
-                    raise training.NonFiniteError(
+                    divergences.append(
                         f"trained bound {config.bounds[b]!r} became non-finite at critic step "
-                        f"{step + 1} (d={dim}, rho={rhos[r]:.3g}, seed index {s}); the rows "
-                        "written so far are kept. Try a lower config.learning_rate."
+                        f"{step + 1} (d={dim}, rho={rhos[r]:.3g}, seed index {s})"
                     )
                 progress.update(1)
     finally:
         writer.close()
     plot(os.path.join(workdir, "mige_toy.png"), curves, rhos, tuple(config.dims))
     print(summary(results))
+    if divergences:  # after every result is written and plotted
+        raise training.NonFiniteError(
+            "; ".join(divergences) + ". Try a lower config.learning_rate."
+        )
     return results
 
 

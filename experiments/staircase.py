@@ -311,7 +311,7 @@ def _critic_hparams(config, name: str) -> dict:
     critic that has that setting (the MLP critics); one without it (bilinear, inner product,
     most of a user's) has float32 matmuls only."""
     hparams = dict(config.critic_hparams.get(name, {}))
-    if "compute_dtype" in critics_lib.critic_hparams(name):
+    if "compute_dtype" in critics_lib.critic_fields(name):
         hparams["compute_dtype"] = config.compute_dtype
     elif config.compute_dtype not in (None, "float32"):
         raise ValueError(

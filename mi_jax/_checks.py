@@ -217,7 +217,13 @@ def registered_fields(kind: str, name: str, registry: Mapping[str, Callable[...,
     module's, without ``parent`` and ``name``); an unknown ``name`` raises."""
     if not is_known(name, registry):
         raise unknown_name_error(kind, name, registry)
-    return set(getattr(registry[name], "__dataclass_fields__", {})) - {"parent", "name"}
+    return fields_of(registry[name])
+
+
+def fields_of(cls) -> set:
+    """A class's hyperparameters: its dataclass fields (a Flax module's, less ``parent`` and
+    ``name``)."""
+    return set(getattr(cls, "__dataclass_fields__", {})) - {"parent", "name"}
 
 
 def hashable_hparams(hparams: Mapping[str, Any]) -> tuple:

@@ -448,7 +448,7 @@ def register_critic(name: str, cls: type[nn.Module]) -> None:
     _CRITICS[name] = cls
 
 
-def critic_hparams(name: str) -> tuple[str, ...]:
+def critic_fields(name: str) -> tuple[str, ...]:
     """The hyperparameters the critic registered as ``name`` takes (its module's fields)."""
     return tuple(sorted(_checks.registered_fields("critic", name, _CRITICS)))
 

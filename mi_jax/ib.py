@@ -320,15 +320,14 @@ class IBModel:
 
 
 def check_betas(betas: Sequence[float], name: str = "betas") -> tuple[float, ...]:
-    """Non-empty, numbers (not strings or bools), finite, ``>= 0``, none twice (its run would
-    be repeated and its rows doubled); returned as a tuple of floats."""
-    if not len(betas):
+    """Non-empty, numbers (not strings or bools, which `float` would take), finite, ``>= 0``;
+    returned as a tuple of floats."""
+    betas = tuple(betas)
+    if not betas:
         raise ValueError(f"`{name}` is empty: give at least one beta.")
     for b in betas:
-        if not (_checks.is_real(b) and 0 <= b < float("inf")):
+        if isinstance(b, str | bool | jnp.bool_) or not 0 <= float(b) < math.inf:
             raise ValueError(f"`{name}` must hold finite numbers >= 0, got {b!r}.")
-    if len(set(betas)) < len(betas):
-        raise ValueError(f"`{name}` names a beta twice: {tuple(betas)}.")
     return tuple(float(b) for b in betas)
 
 

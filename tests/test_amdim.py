@@ -305,7 +305,7 @@ def test_experiment_runs_and_writes_everything(tmp_path, estimator):
             {"encoder_hparams": {"stem_width": 4, "widths": (8, 8, 8), "depth": 3}},
             r"unknown fields \['depth'\] in `config.encoder_hparams`",
         ),
-        ({"encoder_hparams": {"widths": 8}}, r"`config.encoder_hparams.widths` must be a sequence"),
+        ({"encoder_hparams": {"widths": 8}}, r"`config.encoder_hparams`: .*`widths` must be a seq"),
     ],
 )
 def test_experiment_bad_config_names_the_field(tmp_path, overrides, match):

@@ -228,6 +228,10 @@ def test_hyperparameter_entries_must_be_maps_and_absent_ones_take_the_defaults(t
         config.encoder_hparams = {"mlp": {"hidden": (8,), "out_dim": 4}}
     model = halves_experiment.build(config, "realnvp", "bilinear", "infonce")
     assert model.encoder == halves.get_half_encoder("realnvp")
+    with config.unlocked():  # a misspelt entry would leave realnvp at its defaults
+        config.encoder_hparams = {"realnpv": {"num_layers": 2}}
+    with pytest.raises(ValueError, match=r"unknown name 'realnpv' in `config.encoder_hparams`"):
+        halves_experiment.train_and_evaluate(config, str(tmp_path))
 
 
 def test_encoders_that_cannot_run_fail_before_any_combination_trains(tmp_path):

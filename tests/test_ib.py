@@ -232,8 +232,8 @@ def test_bad_input_names_the_argument():
     # Before: "could not convert string to float" / "'float' object is not iterable"; a
     # string "4" and True were taken as 4.0 and 1.0.
     for models, match in (
-        ({"vae": {"beta": "abc"}}, r"`config.models.vae.beta` must be a finite number"),
-        ({"vae": {"beta": True}}, r"`config.models.vae.beta` must be a finite number"),
+        ({"vae": {"beta": "abc"}}, r"`config.models.vae.beta` must be finite and >= 0"),
+        ({"vae": {"beta": True}}, r"`config.models.vae.beta` must be finite and >= 0"),
         ({"vae": 1.0}, r"`config.models.vae` must be a dict of beta and gamma"),
     ):
         with pytest.raises(ValueError, match=match):
