@@ -52,7 +52,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # MIGE only: score estimator (`mi_jax.score`) and locations per step for the local term.
     config.score_estimator = "ssge"
     config.score_hparams = ml_collections.ConfigDict({"threshold": 0.99})
-    config.mige_locations = 4
+    config.mige_locations = 4  # MIGE's local term: locations per step (at most the map's)
     # Optimization.
     config.batch_size = 128
     config.num_steps = 1500

@@ -269,7 +269,8 @@ class DIMObjective:
       critic_hidden / embed_dim: the encode-and-dot critics' sizes.
       score_clip: soft clipping of the critics' scores (``None``: off).
       score_estimator / score_hparams: MIGE's score estimator (`mi_jax.score`).
-      mige_locations: for MIGE's local term, the number of locations drawn per step.
+      mige_locations: for MIGE's local term, the number of locations drawn per step (at most
+        the feature map's: a larger number takes every location).
     """
 
     encoder: nn.Module = struct.field(pytree_node=False)
