@@ -180,6 +180,33 @@ def is_known(name: Any, registry: Iterable[str]) -> bool:
     return isinstance(name, str) and name in registry
 
 
+# How many entries the registries have received: a cache of programs built from registered
+# names (`mi_jax.estimate_mi`'s) keys on it, so a name registered again is not served stale.
+_registrations = 0
+
+
+def registrations() -> int:
+    """The number of `register` calls so far."""
+    return _registrations
+
+
+def register(
+    kind: str,
+    name: Any,
+    factory: Any,
+    registry: dict[str, Any],
+    base: type | None = None,
+    override: bool = False,
+) -> None:
+    """``registry[name] = factory`` after `check_registration`; ``override`` replaces an entry
+    of that name (a notebook cell run again)."""
+    global _registrations
+    check_bools(override=override)
+    check_registration(kind, name, factory, {} if override else registry, base)
+    registry[name] = factory
+    _registrations += 1
+
+
 def check_registration(
     kind: str, name: Any, factory: Any, registry: Mapping[str, Any], base: type | None = None
 ) -> None:
@@ -188,7 +215,9 @@ def check_registration(
     if not (isinstance(name, str) and name):
         raise TypeError(f"the name of a new {kind} must be a non-empty string, got {name!r}.")
     if name in registry:
-        raise ValueError(f"the {kind} name {name!r} is already registered.")
+        raise ValueError(
+            f"the {kind} name {name!r} is already registered (`override=True` replaces it)."
+        )
     if not callable(factory):
         raise TypeError(f"{kind} {name!r} must be registered with a callable, got {factory!r}.")
     if base is not None and not (isinstance(factory, type) and issubclass(factory, base)):

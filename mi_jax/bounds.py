@@ -639,10 +639,10 @@ _REGISTRY: dict[str, Callable[..., Bound]] = {
 }
 
 
-def register_bound(name: str, factory: Callable[..., Bound]) -> None:
-    """Registers ``factory(**hparams) -> Bound`` under ``name`` (for new bounds in forks)."""
-    _checks.check_registration("bound", name, factory, _REGISTRY)
-    _REGISTRY[name] = factory
+def register_bound(name: str, factory: Callable[..., Bound], *, override: bool = False) -> None:
+    """Registers ``factory(**hparams) -> Bound`` under ``name`` (for new bounds in forks);
+    ``override`` replaces a bound of that name."""
+    _checks.register("bound", name, factory, _REGISTRY, override=override)
 
 
 def available_bounds() -> tuple[str, ...]:

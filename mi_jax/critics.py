@@ -442,10 +442,10 @@ def available_critics() -> tuple[str, ...]:
     return tuple(_CRITICS)
 
 
-def register_critic(name: str, cls: type[nn.Module]) -> None:
-    """Registers a critic module class (called as ``cls(**hparams)``) under ``name``."""
-    _checks.check_registration("critic", name, cls, _CRITICS, base=nn.Module)
-    _CRITICS[name] = cls
+def register_critic(name: str, cls: type[nn.Module], *, override: bool = False) -> None:
+    """Registers a critic module class (called as ``cls(**hparams)``) under ``name``;
+    ``override`` replaces a critic of that name."""
+    _checks.register("critic", name, cls, _CRITICS, base=nn.Module, override=override)
 
 
 def critic_fields(name: str) -> tuple[str, ...]:

@@ -303,13 +303,13 @@ def available_datasets() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def register_dataset(name: str, loader: DatasetLoader) -> None:
-    """Registers ``loader(*, data_dir, max_examples) -> Dataset`` under ``name``.
+def register_dataset(name: str, loader: DatasetLoader, *, override: bool = False) -> None:
+    """Registers ``loader(*, data_dir, max_examples) -> Dataset`` under ``name`` (``override``:
+    in place of a dataset of that name).
 
     The loader may ignore ``max_examples``; `load_dataset` truncates its result anyway.
     """
-    _checks.check_registration("dataset", name, loader, _REGISTRY)
-    _REGISTRY[name] = loader
+    _checks.register("dataset", name, loader, _REGISTRY, override=override)
 
 
 def _truncate(dataset: Dataset, max_examples: int | None) -> Dataset:

@@ -374,13 +374,13 @@ def available_encoders() -> tuple[str, ...]:
     return tuple(_ENCODERS)
 
 
-def register_encoder(name: str, cls: type[nn.Module]) -> None:
-    """Registers an encoder module class (called as ``cls(**hparams)``) under ``name``.
+def register_encoder(name: str, cls: type[nn.Module], *, override: bool = False) -> None:
+    """Registers an encoder module class (called as ``cls(**hparams)``) under ``name``
+    (``override``: in place of an encoder of that name).
 
     ``cls(**hparams).apply(params, images)`` must return an `EncoderOutput`.
     """
-    _checks.check_registration("encoder", name, cls, _ENCODERS, base=nn.Module)
-    _ENCODERS[name] = cls
+    _checks.register("encoder", name, cls, _ENCODERS, base=nn.Module, override=override)
 
 
 def get_encoder(name: str, **hparams) -> nn.Module:

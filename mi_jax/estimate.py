@@ -313,6 +313,7 @@ def estimate_mi(
         train_shapes=(x_train.shape, y_train.shape),
         test_shapes=(x_test.shape, y_test.shape),
         mesh=mesh if devices > 1 else None,
+        registrations=_checks.registrations(),
     )
     init, train_round = _compiled_fit(spec)
     states, data_keys, constant_objective = init(np.int32(seed), x_train, y_train)
@@ -499,6 +500,9 @@ class _FitSpec:
     train_shapes: tuple
     test_shapes: tuple
     mesh: Any = None  # several devices: batches and the held-out split sharded over them
+    # Registrations so far: a bound or critic registered again under its name (override=True)
+    # gets new programs, not the cached ones.
+    registrations: int = 0
 
 
 @functools.lru_cache(maxsize=8)

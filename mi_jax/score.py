@@ -286,10 +286,12 @@ def available_score_estimators() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def register_score_estimator(name: str, fn: Callable[..., Array]) -> None:
-    """Registers ``fn(samples, [points], **hparams) -> [N, d]`` under ``name``."""
-    _checks.check_registration("score estimator", name, fn, _REGISTRY)
-    _REGISTRY[name] = fn
+def register_score_estimator(
+    name: str, fn: Callable[..., Array], *, override: bool = False
+) -> None:
+    """Registers ``fn(samples, [points], **hparams) -> [N, d]`` under ``name`` (``override``:
+    in place of an estimator of that name)."""
+    _checks.register("score estimator", name, fn, _REGISTRY, override=override)
 
 
 def get_score_estimator(name: str, **hparams) -> ScoreFn:

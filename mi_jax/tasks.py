@@ -265,15 +265,15 @@ def available_tasks() -> tuple[str, ...]:
     return tuple(_TASKS)
 
 
-def register_task(name: str, factory: Callable[..., Task]) -> None:
-    """Registers ``factory(dim, **hparams) -> Task`` under ``name``.
+def register_task(name: str, factory: Callable[..., Task], *, override: bool = False) -> None:
+    """Registers ``factory(dim, **hparams) -> Task`` under ``name`` (``override``: in place of
+    a task of that name).
 
     The task's ``sample(key, mi, batch)`` must give pairs whose MI is exactly ``mi`` for every
     ``mi >= min_mi``, traced or not (the staircase schedules it inside `jax.lax.scan`): e.g.
     `correlated_gaussian` followed by an invertible map of ``x`` or ``y``, which keeps the MI.
     """
-    _checks.check_registration("task", name, factory, _TASKS)
-    _TASKS[name] = factory
+    _checks.register("task", name, factory, _TASKS, override=override)
 
 
 def get_task(name: str, *, dim: int, **hparams) -> Task:

@@ -399,3 +399,27 @@ def test_held_out_samples_beyond_max_test_train(gaussian_2d, monkeypatch):
     mi_jax.estimate_mi(x[:1000], y[:1000], max_test=64, max_steps=10)
     assert specs[0].train_shapes == ((936, 2), (936, 2))
     assert specs[0].test_shapes == ((64, 2), (64, 2))
+
+
+def test_a_bound_registered_again_is_not_served_from_the_program_cache(monkeypatch, gaussian_2d):
+    # A notebook cell run again registers its bound again (override=True): estimate_mi's
+    # cached programs, keyed on the bound's name, must not run the earlier definition.
+    from mi_jax import bounds
+
+    monkeypatch.setattr(bounds, "_REGISTRY", dict(bounds._REGISTRY))  # noqa: SLF001
+    x, y = gaussian_2d
+    kwargs = dict(bound="mine_cell", max_steps=100, critic_hparams={"hidden": (16,)})
+    bounds.register_bound("mine_cell", lambda: bounds.make_bound("mine_cell", bounds.infonce))
+    first = mi_jax.estimate_mi(x[:600], y[:600], **kwargs)
+    with pytest.raises(ValueError, match="already registered .`override=True` replaces it"):
+        bounds.register_bound("mine_cell", lambda: bounds.get_bound("nwj"))
+
+    def half_infonce(scores):
+        return 0.5 * bounds.infonce(scores)
+
+    bounds.register_bound(
+        "mine_cell", lambda: bounds.make_bound("mine_cell", half_infonce), override=True
+    )
+    again = mi_jax.estimate_mi(x[:600], y[:600], **kwargs)
+    assert again.mi != first.mi
+    np.testing.assert_allclose(again.train_curve[0], 0.5 * first.train_curve[0], rtol=1e-4)
