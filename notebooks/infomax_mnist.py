@@ -10,16 +10,30 @@
 # %% [markdown]
 # # Deep InfoMax on MNIST, from the library's parts
 #
-# On Colab, install the library first: `!pip install -q "mi_jax @ git+URL"`. This notebook
-# builds what `python -m experiments.infomax --config configs/infomax.py:mnist` runs (without
-# its checkpoints and plots): a conv encoder trained with DIM's global and local InfoNCE terms
-# and a uniform prior, then a linear probe on its frozen features against raw pixels.
+# The first cell installs the library where it is missing (Colab): set `MI_JAX_SOURCE` there.
+# This notebook is a simplified version of the `mnist` preset of `experiments.infomax` (without
+# its checkpoints, plots, fc features and MLP probes): a conv encoder trained with DIM's global
+# and local InfoNCE terms and a uniform prior, then linear probes on its frozen features
+# against the same encoder untrained and raw pixels (README, one run: conv map 0.987 trained,
+# 0.980 untrained; global vector 0.967; pixels 0.926). With several devices (a TPU) each batch
+# is split over them.
 #
 # Data: set `DATA_DIR` to a folder holding the four MNIST IDX `.gz` files (on Colab, upload
 # or download them there first). Left empty, `mi_jax.data` reads a tensorflow-datasets copy
 # prepared beforehand (`tfds build mnist --file_format=array_record`; nothing is downloaded
 # here), or names what is missing. Or use `DATASET = "digits"` (scikit-learn's 8x8 digits,
-# bundled). `MI_JAX_NOTEBOOK_TINY=1` runs a few steps on digits.
+# bundled). `TINY = True` (or `MI_JAX_NOTEBOOK_TINY=1`) runs a few steps on digits.
+
+# %%
+import importlib.util
+import subprocess
+import sys
+
+MI_JAX_SOURCE = ""  # where pip finds this repository: "git+https://..." or a local path
+if importlib.util.find_spec("mi_jax") is None:
+    if not MI_JAX_SOURCE:
+        raise RuntimeError("mi_jax is not installed: set MI_JAX_SOURCE to this repository.")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", MI_JAX_SOURCE], check=True)
 
 # %%
 import functools
@@ -27,13 +41,14 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import optax
 
-from mi_jax import data, dim, encoders, probes, training
+from mi_jax import data, dim, encoders, parallel, probes, training
 
-TINY = os.environ.get("MI_JAX_NOTEBOOK_TINY") == "1"
+TINY = os.environ.get("MI_JAX_NOTEBOOK_TINY") == "1"  # or True here
 DATASET = "digits" if TINY else "mnist"
-DATA_DIR = os.environ.get("MNIST_DIR", "")  # e.g. the folder with train-images-idx3-ubyte.gz
+DATA_DIR = os.environ.get("MNIST_DIR", "")  # or the folder with train-images-idx3-ubyte.gz
 NUM_STEPS = 20 if TINY else 3000
 BATCH = 32 if TINY else 128
 
@@ -52,14 +67,20 @@ objective = dim.DIMObjective(encoder=encoder, estimator="infonce", alpha=0.5, be
 init_key, train_key = jax.random.split(jax.random.key(0))
 sample = data.to_float(dataset.train_images[:BATCH])
 params, bound_states = jax.jit(objective.init)(init_key, sample)
+# Every device that the batch splits over (a TPU v2-8: 8); the bounds still see the whole batch.
+mesh = parallel.data_mesh_for(BATCH)
+# The untrained encoder, the probes' baseline (a copy: training donates the state's arrays).
+untrained = parallel.replicate(jax.tree.map(jnp.copy, params["encoder"]), mesh)
 state = training.TrainState.create(
     apply_fn=encoder.apply, params=params, tx=optax.adam(1e-4), bound_states=bound_states
 )
+state = parallel.replicate(state, mesh)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
 def train_step(state, images, step):
     aug_key, loss_key = jax.random.split(jax.random.fold_in(train_key, step))
+    images = parallel.shard_batch(images, mesh)
     batch = data.augment_batch(aug_key, data.to_float(images), crop_padding=2)
     grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
     (loss, (metrics, states)), grads = grad_fn(state.params, state.bound_states, batch, loss_key)
@@ -94,12 +115,22 @@ def features(params, images):
 
 
 labels = (dataset.train_labels, dataset.test_labels)
-train_feats = probes.extract_features(features, state.params["encoder"], dataset.train_images)
-test_feats = probes.extract_features(features, state.params["encoder"], dataset.test_images)
+
+
+def encode(params):
+    return [
+        probes.extract_features(features, params, images, mesh=mesh)
+        for images in (dataset.train_images, dataset.test_images)
+    ]
+
+
+(train_map, train_y), (test_map, test_y) = encode(state.params["encoder"])
+(untrained_train, _), (untrained_test, _) = encode(untrained)
 flat = lambda a: a.reshape(len(a), -1) / 255.0  # noqa: E731
 candidates = {
-    "conv feature map": (train_feats[0], test_feats[0]),
-    "global vector Y": (train_feats[1], test_feats[1]),
+    "conv feature map": (train_map, test_map),
+    "global vector Y": (train_y, test_y),
+    "untrained conv map": (untrained_train, untrained_test),
     "raw pixels": (flat(dataset.train_images), flat(dataset.test_images)),
 }
 for name, (tr, te) in candidates.items():

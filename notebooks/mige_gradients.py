@@ -10,8 +10,8 @@
 # %% [markdown]
 # # MIGE: the gradient of mutual information without a critic (Wen et al., ICLR 2020)
 #
-# On Colab, install the library first: `!pip install -q "mi_jax @ git+URL"`. Set
-# `MI_JAX_NOTEBOOK_TINY=1` for a seconds-long run.
+# The first cell installs the library where it is missing (Colab): set `MI_JAX_SOURCE` there.
+# `TINY = True` (or `MI_JAX_NOTEBOOK_TINY=1`) gives a seconds-long run.
 #
 # For reparameterized samples, `grad I(X; Y) = grad H(X) + grad H(Y) - grad H(X, Y)`, and
 # `grad H(Z) = -E[grad_z log q(z) . dz/dtheta]`. MIGE plugs in a score estimate (Stein or
@@ -20,6 +20,17 @@
 #
 # Test case with a closed form: `x ~ N(0, I_d)`, `y = theta x + eps`, `eps ~ N(0, I_d)`, so
 # `I(X; Y) = d/2 log(1 + theta^2)` and `dI/dtheta = d theta / (1 + theta^2)`.
+
+# %%
+import importlib.util
+import subprocess
+import sys
+
+MI_JAX_SOURCE = ""  # where pip finds this repository: "git+https://..." or a local path
+if importlib.util.find_spec("mi_jax") is None:
+    if not MI_JAX_SOURCE:
+        raise RuntimeError("mi_jax is not installed: set MI_JAX_SOURCE to this repository.")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", MI_JAX_SOURCE], check=True)
 
 # %%
 import os
@@ -31,7 +42,7 @@ import numpy as np
 
 from mi_jax import mige, score
 
-TINY = os.environ.get("MI_JAX_NOTEBOOK_TINY") == "1"
+TINY = os.environ.get("MI_JAX_NOTEBOOK_TINY") == "1"  # or True here
 dim, num_samples = 2, 200 if TINY else 500
 thetas = np.linspace(0.1, 2.0, 4 if TINY else 12)
 

@@ -10,9 +10,20 @@
 # %% [markdown]
 # # mi_jax quickstart: bounds, critics, the staircase, `estimate_mi`
 #
-# On Colab, install the library first (a code cell): `!pip install -q "mi_jax @ git+URL"`,
-# with URL this repository's address. Everything below imports only from `mi_jax`. Set the
-# environment variable `MI_JAX_NOTEBOOK_TINY=1` for a seconds-long run (the test suite does).
+# The first cell installs the library where it is missing (Colab): set `MI_JAX_SOURCE` there.
+# Everything below imports only from `mi_jax`. `TINY = True` (or the environment variable
+# `MI_JAX_NOTEBOOK_TINY=1`, as the test suite sets) gives a seconds-long run.
+
+# %%
+import importlib.util
+import subprocess
+import sys
+
+MI_JAX_SOURCE = ""  # where pip finds this repository: "git+https://..." or a local path
+if importlib.util.find_spec("mi_jax") is None:
+    if not MI_JAX_SOURCE:
+        raise RuntimeError("mi_jax is not installed: set MI_JAX_SOURCE to this repository.")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", MI_JAX_SOURCE], check=True)
 
 # %%
 import os
@@ -25,7 +36,7 @@ import optax
 import mi_jax
 from mi_jax import tasks, training
 
-TINY = os.environ.get("MI_JAX_NOTEBOOK_TINY") == "1"
+TINY = os.environ.get("MI_JAX_NOTEBOOK_TINY") == "1"  # or True here
 print(jax.devices())
 
 # %% [markdown]
@@ -47,7 +58,8 @@ for name in ("nwj", "dv", "infonce", "js", "smile"):
 # ## 2. Train critics for several bounds at once on the staircase
 # `training.make_ensemble` gives each bound its own copy of the critic; their parameters are
 # stacked and evaluated with one `vmap`, and `make_scan_trainer` compiles the steps into one
-# `lax.scan`. The true MI steps up every `steps_per_level` steps (Poole et al. 2019).
+# `lax.scan`. The true MI steps up every `steps_per_level` steps (Poole et al. 2019). At batch
+# 64 InfoNCE stops at log 64 = 4.16 nats, whatever the MI; NWJ's variance grows with the MI.
 
 # %%
 steps_per_level = 100 if TINY else 2000
@@ -79,14 +91,17 @@ plt.plot(
     "k",
     label="true MI",
 )
+plt.axhline(np.log(64), color="gray", ls=":", label="log B (InfoNCE's ceiling)")
 plt.xlabel("step"), plt.ylabel("nats"), plt.legend(), plt.title("staircase, separable critic")
 plt.show()
 
 # %% [markdown]
 # ## 3. `estimate_mi` on your own arrays
 # Standardizes, holds out 20 %, trains a critic, early-stops on the held-out training objective
-# (JS for the default SMILE) and reports the held-out bound there.
-# `seeds=K` trains K critics vmapped in one compiled program.
+# (JS for the default SMILE, on the critic recalibrated to the held-out pairs) and reports the
+# held-out SMILE bound there. Expect an error of about 10 % (README: mean absolute relative
+# error 8-14 % over six sets of cases at N = 5000; 20-50-d cases read low). `seeds=K` trains K
+# critics vmapped in one compiled program.
 
 # %%
 x, y = task.sample(jax.random.key(4), 3.0, 2000 if TINY else 5000)
