@@ -66,7 +66,9 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     ):  # a misspelt entry would leave its module at the defaults
         for name in config[field]:
             if name not in known:
-                raise ValueError(f"unknown name {name!r} in `config.{field}`; known: {known}.")
+                raise ValueError(
+                    f"unknown name {name!r} in `config.{field}`; known: {', '.join(known)}."
+                )
     for name in (
         "num_steps",
         "log_every",
@@ -120,19 +122,15 @@ def load_views(config) -> dict[str, np.ndarray]:
     return views
 
 
-def _entry(entries, name: str) -> dict:
-    """``entries[name]`` as a dict; ``{}`` (the module's defaults) where there is none."""
-    return dict(entries[name]) if name in entries else {}
-
-
 def build(config, encoder: str, critic: str, bound: str) -> halves.HalvesModel:
     """The model of one combination; bad encoder hyperparameters raise here, naming
     ``config.encoder_hparams.ENCODER``."""
     try:
-        enc = halves.get_half_encoder(encoder, **_entry(config.encoder_hparams, encoder))
+        # No entry: the encoder's defaults.
+        enc = halves.get_half_encoder(encoder, **dict(config.encoder_hparams.get(encoder, {})))
     except ValueError as e:
         raise ValueError(f"`config.encoder_hparams.{encoder}`: {e}") from None
-    hparams = _entry(config.critic_hparams, critic)
+    hparams = dict(config.critic_hparams.get(critic, {}))
     ensemble = training.make_ensemble([bound], critic, hparams, aux_hidden=(128,))
     return halves.HalvesModel(encoder=enc, ensemble=ensemble)
 

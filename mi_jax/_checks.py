@@ -198,23 +198,14 @@ def register(
     base: type | None = None,
     override: bool = False,
 ) -> None:
-    """``registry[name] = factory`` after `check_registration`; ``override`` replaces an entry
-    of that name (a notebook cell run again)."""
+    """``registry[name] = factory``: a non-empty string ``name``, not taken unless
+    ``override`` (a notebook cell run again), and a callable ``factory`` (with ``base``: a
+    subclass of it, e.g. a Flax module class)."""
     global _registrations
     check_bools(override=override)
-    check_registration(kind, name, factory, {} if override else registry, base)
-    registry[name] = factory
-    _registrations += 1
-
-
-def check_registration(
-    kind: str, name: Any, factory: Any, registry: Mapping[str, Any], base: type | None = None
-) -> None:
-    """A new registry entry: a non-empty string ``name`` not taken, and a callable ``factory``
-    (with ``base``: a subclass of it, e.g. a Flax module class)."""
     if not (isinstance(name, str) and name):
         raise TypeError(f"the name of a new {kind} must be a non-empty string, got {name!r}.")
-    if name in registry:
+    if name in registry and not override:
         raise ValueError(
             f"the {kind} name {name!r} is already registered (`override=True` replaces it)."
         )
@@ -222,6 +213,8 @@ def check_registration(
         raise TypeError(f"{kind} {name!r} must be registered with a callable, got {factory!r}.")
     if base is not None and not (isinstance(factory, type) and issubclass(factory, base)):
         raise TypeError(f"{kind} {name!r} must be a {base.__name__} class, got {factory!r}.")
+    registry[name] = factory
+    _registrations += 1
 
 
 def build_registered(kind: str, name: str, registry: Mapping[str, Callable[..., Any]], hparams):
