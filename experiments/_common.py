@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 
@@ -12,14 +13,28 @@ from mi_jax._checks import hashable_hparams  # noqa: F401  (the experiments' con
 
 
 def to_builtin(value):
-    """Converts numpy/jax scalars and arrays (and containers of them) to JSON-able Python."""
+    """Converts numpy/jax scalars and arrays (and containers of them) to JSON-able Python.
+
+    Non-finite floats (NaN, +-inf: a diverged value, a metric with nothing to report) become
+    None, JSON's ``null``, as pandas writes them: the files are strict JSON, which JavaScript,
+    ``jq`` and other strict readers load (Python's ``NaN`` is not JSON). `number` reads such a
+    value back as NaN.
+    """
     if isinstance(value, Mapping):
         return {str(k): to_builtin(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_builtin(v) for v in value]
     if hasattr(value, "tolist"):
-        return np.asarray(value).tolist()
+        return to_builtin(np.asarray(value).tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
+
+
+def number(value) -> float:
+    """A number read back from our JSON files as a float: ``null`` (a non-finite value,
+    `to_builtin`) as NaN."""
+    return math.nan if value is None else float(value)
 
 
 def define_experiment_flags(name: str):
@@ -56,12 +71,14 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.WARNING)
+        check_workdir(workdir.value)
         if prepare is not None:
             prepare(config.value)
         parallel.initialize_distributed()
         train_and_evaluate(config.value, workdir.value)
 
     def parse_flags(argv):
+        _check_config_path(name, argv)
         try:
             return app.parse_flags_with_usage(argv)
         except (AttributeError, KeyError) as e:  # --config.FIELD=... of a field it does not have
@@ -75,6 +92,36 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
             ) from None
 
     app.run(main, flags_parser=parse_flags)
+
+
+def check_workdir(workdir: str) -> None:
+    """A `ValueError` naming ``--workdir`` when it (or the nearest existing folder above it)
+    is not a directory this process can write into."""
+    path = os.path.abspath(workdir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"--workdir {workdir!r}: {path!r} is a file, not a directory.")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"--workdir {workdir!r}: {path!r} is not writable.")
+
+
+def _check_config_path(name: str, argv: list[str]) -> None:
+    """Exits naming ``--config`` and the path when its file does not exist (ml_collections
+    loads it lazily, inside the run, with a message that names neither)."""
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        path = value.split(":", 1)[0]
+        if not os.path.isfile(path):
+            raise SystemExit(
+                f"{name}: --config {value!r}: no file {path!r} (relative to {os.getcwd()}); "
+                f"pass e.g. --config configs/{name}.py, from the repository's root."
+            )
 
 
 def split_cpu_into_devices(count: int) -> None:
@@ -290,7 +337,7 @@ def write_json(path: str, data) -> None:
     tmp = path + ".tmp"
     try:
         with open(tmp, "w") as f:
-            json.dump(to_builtin(data), f, indent=2, allow_nan=True)
+            json.dump(to_builtin(data), f, indent=2, allow_nan=False)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -331,7 +378,7 @@ def config_changes(old: Mapping, config, may_differ: Iterable[str] = ()) -> list
             return {
                 k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()
             }
-        return {prefix[:-1]: json.dumps(to_builtin(tree), sort_keys=True, allow_nan=True)}
+        return {prefix[:-1]: json.dumps(to_builtin(tree), sort_keys=True)}
 
     before, after = flat(to_builtin(old)), flat(to_builtin(config.to_dict()))
     free = tuple(may_differ)
@@ -350,7 +397,7 @@ def check_same_run(workdir: str, config, may_differ: Iterable[str] = ()) -> None
     ``config``, except those under ``may_differ`` (a run's length, cadences, paths: what a
     resumed run may change). Else a `ValueError` lists the differences, before anything is
     written. The earlier settings are read from ``config.json``, or, where it is gone, from
-    the config a ``results.json`` records (`experiments.ib`, `halves`, `infomax_vae`).
+    the config every experiment's ``results.json`` records.
     """
     may_differ = tuple(may_differ)  # read twice below
     path = os.path.join(workdir, "config.json")
@@ -406,7 +453,7 @@ class JsonlWriter:
             self._file.write("\n")
 
     def write(self, row: Mapping) -> None:
-        self._file.write(json.dumps(to_builtin({**row, "run": self.run})) + "\n")
+        self._file.write(json.dumps(to_builtin({**row, "run": self.run}), allow_nan=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:

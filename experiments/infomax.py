@@ -285,11 +285,9 @@ def train_and_evaluate(
     keys = jnp.stack([jax.random.split(jax.random.key(s)) for s in seeds])  # [K, 2]
     init_keys, train_keys = (keys[:, 0], keys[:, 1]) if batched else (keys[0, 0], keys[0, 1])
     sample = data_lib.to_float(jnp.asarray(dataset.train_images[:batch_size]))
-    params, bound_states = jax.jit(seed_axis(objective.init, 0, None))(init_keys, sample)
-    # A copy: the train state's buffers are donated to the compiled steps.
-    initial_encoder = parallel.replicate(jax.tree.map(jnp.copy, params["encoder"]), mesh)
 
-    def create(params, bound_states):
+    def create(key, sample):
+        params, bound_states = objective.init(key, sample)
         return training.TrainState.create(
             apply_fn=objective.encoder.apply,
             params=params,
@@ -297,7 +295,13 @@ def train_and_evaluate(
             bound_states=bound_states,
         )
 
-    state = seed_axis(create, 0, 0)(params, bound_states)  # vmapped: a step counter per seed
+    # One program (vmapped: a step counter per seed), compiled with the fast options: it runs
+    # once (default options took 6-16 s against 2.5-2.8 s on digits, the same parameters).
+    state = jax.jit(seed_axis(create, 0, None), compiler_options=training.fast_compile_options())(
+        init_keys, sample
+    )
+    # A copy: the train state's buffers are donated to the compiled steps.
+    initial_encoder = parallel.replicate(jax.tree.map(jnp.copy, state.params["encoder"]), mesh)
     state = parallel.replicate(state, mesh)  # restored checkpoints take this layout too
     manager = _checkpoint_manager(workdir, config.keep_checkpoints)
     start = manager.latest_step() or 0
@@ -423,6 +427,8 @@ def train_and_evaluate(
         writer.close()
 
     results = {
+        # The settings, where a rerun finds them if config.json is gone (`check_same_run`).
+        "config": _common.to_builtin(config.to_dict()),
         "dataset": config.dataset,
         "estimator": config.estimator,
         "num_steps": config.num_steps,
@@ -465,10 +471,16 @@ def _raise_if_nonfinite(losses, config, step: int, seeds, manager, workdir: str)
         return
     manager.wait_until_finished()  # the last save completes before it is named as kept
     where = f" (seed {seeds[index[1]]})" if losses.ndim > 1 else ""
+    latest = manager.latest_step()
+    kept = (
+        "no checkpoint was written before it"
+        if latest is None
+        else f"the checkpoints already written (latest: step {latest}) are kept in "
+        f"{os.path.join(workdir, 'checkpoints')}"
+    )
     raise training.NonFiniteError(
         f"the loss of estimator {config.estimator!r} became {losses[index]} at step "
-        f"{step + 1 + index[0]}{where}; the checkpoints already written (latest: step "
-        f"{manager.latest_step()}) are kept in {os.path.join(workdir, 'checkpoints')}."
+        f"{step + 1 + index[0]}{where}; {kept}."
     )
 
 

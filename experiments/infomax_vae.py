@@ -7,7 +7,8 @@ one setting of a single vmapped program: same initialization, batches and noise.
 has its own critic, always trained to maximize the bound, so each reports an estimate of
 ``I(X; Z)``; only the InfoMax-VAE's encoder is pushed by it (``gamma > 0``). ``num_seeds = K``
 adds a seed axis (K independent runs of every model); ``table`` then holds the mean and std
-over seeds and ``table_per_seed`` each seed's rows.
+over seeds and ``table_per_seed`` each seed's rows; ``table_num_epochs`` the training they
+describe (a longer rerun keeps the earlier run's table until its own probes replace it).
 
 Evaluation on the test split (every ``eval_every_epochs``): the ELBO (KL weight 1, one code per
 image), reconstruction log-likelihood, the rate ``KL(q(z|x) || N(0, I))`` (an upper bound on
@@ -23,6 +24,7 @@ samples from the prior); ``curves.png``; ``checkpoints/`` (Orbax; a rerun resume
 stops the run naming the model and step; what was written stays.
 """
 
+import functools
 import os
 
 import jax
@@ -128,8 +130,21 @@ def make_eval_fn(model: vae.InfoMaxVAE, batch_size: int, seed_axis: bool = False
     return jax.jit(every_model)
 
 
-def _slice(tree, i: int):
+@jax.jit
+def _slice(tree, i):
+    """Entry ``i`` of every leaf (one program: eagerly, each leaf compiled two small ones)."""
     return jax.tree.map(lambda a: a[i], tree)
+
+
+@functools.lru_cache(maxsize=8)
+def _posterior_mean_fn(encoder):
+    """One function object per encoder: `probes.extract_features` jits it, and jit reuses a
+    compilation only for the same function (a closure per call compiled again per seed)."""
+
+    def apply(p, x):
+        return (encoder.apply(p, data_lib.to_float(x))[0],)
+
+    return apply
 
 
 def probe_accuracies(
@@ -137,10 +152,7 @@ def probe_accuracies(
 ) -> list[dict]:
     """Linear probe on the posterior mean of every model, and on raw pixels (if ``pixels``);
     the features extracted over ``mesh``'s devices, if given."""
-
-    def apply(p, x):
-        return (model.encoder.apply(p, data_lib.to_float(x))[0],)
-
+    apply = _posterior_mean_fn(model.encoder)
     rows = []
     labels = (dataset.train_labels, dataset.test_labels)
     for i, name in enumerate(names):
@@ -272,12 +284,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     tx = optax.adam(config.learning_rate)
     sample = data_lib.to_float(jnp.asarray(dataset.train_images[: config.batch_size]))
 
-    @jax.jit
     def init(key):
         params, bound_states = model.init(key, sample)
         return training.create_sweep_state(params, bound_states, tx, len(names))
 
-    init = jax.vmap(init) if batched else init
+    # Runs once: XLA's fast options compile it in a third of the time, to the same parameters.
+    init = jax.jit(
+        jax.vmap(init) if batched else init, compiler_options=training.fast_compile_options()
+    )
     state = parallel.replicate(init(init_key), mesh)  # restored checkpoints take this layout too
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
     manager = ocp.CheckpointManager(
@@ -308,6 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     settings_dev = jax.tree.map(jnp.asarray, settings)
     results_path = os.path.join(workdir, "results.json")
     history, train_s, clock = [], 0.0, []  # clock: [step, train_s] at each evaluation
+    earlier = {}
     if start and os.path.exists(results_path):
         earlier = _common.read_json(results_path)
         history = [r for r in earlier["history"] if r["step"] <= start]
@@ -327,6 +342,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         "test_images": num_test,
         "eval_test_images": num_test // config.batch_size * config.batch_size,
     }
+    if "table" in earlier:  # a finished shorter run's table stays until this run's replaces it
+        results["table_num_epochs"] = earlier.get("table_num_epochs", earlier["num_epochs"])
+        results.update({k: earlier[k] for k in ("table", "table_per_seed") if k in earlier})
     step = start
     try:
         while step < num_steps:
@@ -381,7 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         for p in probe_accuracies(config, model, params, dataset, names, k == 0, mesh):
             key = (p["model"], seed if batched else None)
             per_seed.append({**results["models"].get(p["model"], {}), **final.get(key, {}), **p})
-    results["table"] = per_seed
+    results["table"], results["table_num_epochs"] = per_seed, config.num_epochs
     if batched:
         results["table_per_seed"] = per_seed
         results["table"] = _common.mean_over_seeds(per_seed, ("model", "beta", "gamma"))

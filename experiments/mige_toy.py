@@ -296,7 +296,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     # stay until then, so an interrupted rerun loses none of them.
     results_path = os.path.join(workdir, "results.json")
     earlier = _common.read_json(results_path) if os.path.exists(results_path) else {}
-    results, curves = {"rows": earlier.get("rows", [])}, {}
+    results, curves = (
+        {"config": _common.to_builtin(config.to_dict()), "rows": earlier.get("rows", [])},
+        {},
+    )
     tasks = [(d, name) for d in config.dims for name in config.estimators]
     tasks += [(d, "bounds") for d in config.dims if config.bounds]
     divergences = []  # reported when every task has run

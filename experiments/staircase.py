@@ -490,6 +490,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     path = os.path.join(workdir, "results.json")
     earlier = _common.read_json(path) if os.path.exists(path) else {}
     results = {"runs": [], "statistics": [], **earlier}  # its wall time too, until replaced
+    results["config"] = _common.to_builtin(config.to_dict())  # for `check_same_run`
     total = config.steps_per_level * len(config.levels)
     combos = [(t, c) for t in config.tasks for c in config.critics]
     wall0 = time.perf_counter()

@@ -203,8 +203,11 @@ def fit_probe(
             f"`train_features` and `test_features` have different widths: {train_x.shape[1]} "
             f"vs {test_x.shape[1]}."
         )
-    for name, a in (("train_features", train_x), ("test_features", test_x)):
-        if not np.all(np.isfinite(a)):
+    # Standardized on the device, in one program (on the host, single-threaded, it was 5 s of
+    # a 15000 x 6272 probe, and twice for the two probe kinds).
+    train_x, test_x, finite = _standardize(train_x, test_x)
+    for name, ok in zip(("train_features", "test_features"), np.asarray(finite), strict=True):
+        if not ok:
             raise ValueError(f"`{name}` contains NaN or infinite values.")
     if num_classes is None:
         num_classes = int(max(train_y.max(), test_y.max())) + 1
@@ -220,16 +223,11 @@ def fit_probe(
         l2=l2, max_iter=max_iter, tol=tol, hidden=hidden, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, weight_decay=weight_decay,
     )  # fmt: skip
-    # Train statistics only; a feature constant on the training set (its std at float32
-    # rounding of its mean, or 0) is centred, not scaled: divided by ~0, its test values were
-    # outliers the MLP probe never saw.
-    mean, std = train_x.mean(0), train_x.std(0)
-    std = np.where(std > 1e-6 * np.abs(mean), std, 1.0)
     if kind == "linear":
         train_acc, test_acc = _fit_linear_lbfgs(
-            jnp.asarray((train_x - mean) / std),
+            train_x,
             jnp.asarray(train_y, jnp.int32),
-            jnp.asarray((test_x - mean) / std),
+            test_x,
             jnp.asarray(test_y, jnp.int32),
             num_classes=num_classes,
             max_iter=max_iter,
@@ -238,9 +236,9 @@ def fit_probe(
         )
         return ProbeResult(float(train_acc), float(test_acc))
     train_acc, test_acc = _fit(
-        jnp.asarray((train_x - mean) / std),
+        train_x,
         jnp.asarray(train_y, jnp.int32),
-        jnp.asarray((test_x - mean) / std),
+        test_x,
         jnp.asarray(test_y, jnp.int32),
         jax.random.key(seed),
         num_classes=num_classes,
@@ -251,6 +249,20 @@ def fit_probe(
         weight_decay=weight_decay,
     )
     return ProbeResult(float(train_acc), float(test_acc))
+
+
+@jax.jit
+def _standardize(train_x: Array, test_x: Array) -> tuple[Array, Array, Array]:
+    """Both splits standardized with the training split's statistics, and ``[2]`` whether
+    each split is finite.
+
+    A feature constant on the training set (its std at float32 rounding of its mean, or 0) is
+    centred, not scaled: divided by ~0, its test values were outliers the MLP probe never saw.
+    """
+    mean, std = jnp.mean(train_x, 0, keepdims=True), jnp.std(train_x, 0, keepdims=True)
+    std = jnp.where(std > 1e-6 * jnp.abs(mean), std, 1.0)
+    finite = jnp.stack([jnp.all(jnp.isfinite(train_x)), jnp.all(jnp.isfinite(test_x))])
+    return (train_x - mean) / std, (test_x - mean) / std, finite
 
 
 def extract_features(

@@ -354,8 +354,10 @@ def create_sweep_state(params, bound_states, tx, num_settings: int) -> SweepStat
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (num_settings, *jnp.shape(a))), one)
 
 
+@functools.partial(jax.jit, static_argnames="ema_decay")
 def averaged_params(state: SweepState, ema_decay: float) -> PyTree:
-    """The debiased moving average ``ema / (1 - d^t)`` per setting (``d = 0``: the parameters)."""
+    """The debiased moving average ``ema / (1 - d^t)`` per setting (``d = 0``: the parameters);
+    one program (eagerly, a small one was compiled per parameter array)."""
     if ema_decay == 0.0:
         return state.params
     correction = 1.0 - ema_decay ** state.step.astype(jnp.float32)  # [settings] or [K, S]

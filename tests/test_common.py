@@ -25,6 +25,27 @@ def test_jsonl_rows_carry_their_run_and_a_cut_line_never_swallows_the_next_row(t
     assert old.run == 1
 
 
+def test_json_files_are_strict_json_with_null_for_non_finite_values(tmp_path):
+    import math
+
+    import numpy as np
+
+    def refuse(constant):  # what a strict reader (JavaScript, jq) does with NaN / Infinity
+        raise ValueError(constant)
+
+    data = {"nan": float("nan"), "inf": np.float32(np.inf), "row": np.array([1.5, -np.inf])}
+    path = str(tmp_path / "results.json")
+    _common.write_json(path, data)
+    read = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)
+    assert read == {"nan": None, "inf": None, "row": [1.5, None]}
+    writer = _common.JsonlWriter(str(tmp_path / "metrics.jsonl"))
+    writer.write({"loss": np.float32(np.nan), "step": 3})
+    writer.close()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=refuse)
+    assert row == {"loss": None, "step": 3, "run": 1}
+    assert math.isnan(_common.number(read["nan"])) and _common.number(read["row"][0]) == 1.5
+
+
 def test_train_time_until_a_checkpoint_counts_only_the_chunks_before_it():
     earlier = {"train_s": 7.0, "train_s_by_step": [[10, 3.0], [20, 5.0], [30, 7.0]]}
     assert _common.train_time_until(earlier, 20) == (5.0, [[10, 3.0], [20, 5.0]])
@@ -48,3 +69,27 @@ def test_check_same_run_reads_the_config_results_json_records_when_config_json_i
     for unreadable in ("{not json", "[1, 2]", '{"config": 3}'):  # no config to compare: allowed
         (tmp_path / "results.json").write_text(unreadable)
         _common.check_same_run(str(tmp_path), other)
+
+
+def test_a_config_path_that_does_not_exist_is_named_before_the_run(tmp_path, monkeypatch):
+    import pytest
+
+    # Before: "OSError: Failed loading config file config_config", raised inside the run.
+    monkeypatch.chdir(tmp_path)
+    for argv in (["prog", "--config", "configs/infomx.py:quick"], ["prog", "--config=nope.py"]):
+        with pytest.raises(
+            SystemExit, match=r"infomax: --config '.*': no file '(configs/)?\w+\.py'"
+        ):
+            _common._check_config_path("infomax", argv)
+    (tmp_path / "mine.py").write_text("")
+    _common._check_config_path("infomax", ["prog", "--config", "mine.py:preset"])  # exists
+
+
+def test_a_workdir_that_is_a_file_is_named(tmp_path):
+    import pytest
+
+    (tmp_path / "afile").write_text("")
+    for workdir in ("afile", "afile/run"):  # before: NotADirectoryError deep in Orbax
+        with pytest.raises(ValueError, match=r"--workdir .*afile' is a file, not a directory"):
+            _common.check_workdir(str(tmp_path / workdir))
+    _common.check_workdir(str(tmp_path / "new" / "run"))  # created later: fine

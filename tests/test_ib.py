@@ -569,7 +569,7 @@ def test_infomax_vae_routes_each_gradient_to_its_player():
     assert all(np.any(leaf != 0) for leaf in jax.tree.leaves((mi["encoder"], mi["critic"])))
 
 
-def test_infomax_vae_loss_terms_and_smoke(tmp_path):
+def test_infomax_vae_loss_terms_and_smoke(tmp_path, monkeypatch):
     model = vae.InfoMaxVAE(
         image_shape=(4, 4, 1),
         latent_dim=3,
@@ -610,6 +610,20 @@ def test_infomax_vae_loss_terms_and_smoke(tmp_path):
     # A rerun of the finished run trains nothing and keeps its training time (before: 0 s).
     rerun = vae_experiment.train_and_evaluate(_quick(vae_config), workdir)
     assert rerun["train_s"] == saved["train_s"] > 0
+    # A longer rerun stopped before its probes keeps the finished run's table, marked with the
+    # training it describes (before: results.json lost it, leaving it only in results.csv).
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vae_experiment, "probe_accuracies", interrupted)
+    epochs = _quick(vae_config).num_epochs
+    with pytest.raises(KeyboardInterrupt):
+        vae_experiment.train_and_evaluate(_quick(vae_config, num_epochs=epochs + 1), workdir)
+    with open(os.path.join(workdir, "results.json")) as f:
+        kept = json.load(f)
+    assert kept["num_epochs"] == epochs + 1 and kept["table_num_epochs"] == epochs
+    assert kept["table"] == json.loads(json.dumps(_common.to_builtin(rerun["table"])))
 
 
 def test_ib_num_seeds_trains_each_seed_as_its_own_sweep(tmp_path):

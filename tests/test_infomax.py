@@ -161,10 +161,10 @@ def test_num_seeds_trains_each_seed_as_its_own_run_and_reports_mean_and_std(tmp_
     with pytest.raises(ValueError, match=r"another config \(num_seeds: 2 -> 1\)"):
         infomax.train_and_evaluate(tiny_config(**{**small, "num_steps": 6}), str(both))
     assert {p: (both / p).read_bytes() for p in written} == written
-    # Without the config.json, the seed-stacked checkpoints still do not fit a one-seed state: a
-    # clear error, found from the stored shapes before Orbax reads anything, and nothing lost.
+    # Without the config.json, the config results.json records refuses it (before: a rerun
+    # with another estimator resumed the checkpoint and labelled its results with that name).
     (both / "config.json").unlink()
-    with pytest.raises(ValueError, match="does not fit.*num_seeds.*shapes differ"):
+    with pytest.raises(ValueError, match=r"another config \(num_seeds: 2 -> 1\).*results.json"):
         infomax.train_and_evaluate(tiny_config(**{**small, "num_steps": 6}), str(both))
     assert sorted(os.listdir(both / "checkpoints")) == kept == ["2", "3", "4"]
     (row,), _ = infomax_table.rows_from([str(both)])
@@ -297,8 +297,10 @@ def test_bad_configs_are_named(tmp_path, overrides, error, match):
 
 def test_a_checkpoint_of_another_model_is_refused_before_config_json_is_written(tmp_path):
     infomax.train_and_evaluate(tiny_config(), str(tmp_path))
-    (tmp_path / "config.json").unlink()  # nothing left to compare a rerun's settings with
-    with pytest.raises(ValueError, match="does not fit"):
+    for name in ("config.json", "results.json"):  # nothing left to compare a rerun's settings
+        (tmp_path / name).unlink()
+    # The checkpoints' stored shapes still refuse it: a clear error before Orbax reads anything.
+    with pytest.raises(ValueError, match="does not fit.*shapes differ"):
         infomax.train_and_evaluate(tiny_config(latent_dim=16), str(tmp_path))
     # Before: the refused config was written, and the run's own config then refused.
     assert not (tmp_path / "config.json").exists()
