@@ -179,6 +179,10 @@ def linear_accuracy(config, train_x, train_y, test_x, test_y, num_classes, seed=
     return float(result.test_accuracy)
 
 
+# Each seed's key folded with the step: one program for every combination (each compiled it).
+_fold_in_each = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+
+
 def run_combination(
     config, model: halves.HalvesModel, views, progress, writer, label: dict, mesh
 ) -> dict:
@@ -223,7 +227,6 @@ def run_combination(
         new = (optax.apply_updates(params, updates), opt_state, states)
         return *parallel.replicate_like(new, mesh), value
 
-    fold_in = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
     vstep = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None, None, 0, 0)), donate_argnums=(0, 1, 2))
     represent = jax.jit(jax.vmap(model.represent, in_axes=(0, None)))
     test_value = jax.jit(jax.vmap(model.value, in_axes=(0, 0, None, None)))
@@ -285,7 +288,7 @@ def run_combination(
         idx = jnp.asarray(idx)  # one transfer per chunk
         values = []
         for i in range(n):
-            step_keys = fold_in(keys, step_num + i)
+            step_keys = _fold_in_each(keys, step_num + i)
             params, opt_state, bound_states, value = vstep(
                 params, opt_state, bound_states, train_top, train_bottom, idx[i], step_keys
             )

@@ -277,6 +277,8 @@ class ConcatCritic(nn.Module):
         activations of only one block are alive at a time, in the forward and in the backward
         pass (a batch it does not divide ends in a padded block). ``None`` evaluates all pairs
         at once (fastest for small batches).
+      compute_dtype: matmul precision (see `dense`).
+      kernel_init: name of the weight initializer (see `get_initializer`).
     """
 
     hidden: Sequence[int] = (256, 256)

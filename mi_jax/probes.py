@@ -3,7 +3,8 @@
 The standard evaluation of self-supervised representations (Hjelm et al. 2019; Tschannen et al.
 2020): freeze the encoder, extract features, and train a classifier on top. Here a multinomial
 logistic regression (``"linear"``, full-batch L-BFGS to convergence, like scikit-learn's) and a
-one-hidden-layer MLP (``"mlp"``, AdamW on minibatches), each one compiled `lax.scan`, on
+one-hidden-layer MLP (``"mlp"``, AdamW on minibatches), each one compiled program (a
+`lax.while_loop` until ``tol``, a `lax.scan` over the epochs), on
 standardized features (train-set mean and standard deviation). Accuracy is reported on the
 train and test splits.
 """

@@ -289,14 +289,16 @@ def available_score_estimators() -> tuple[str, ...]:
 def register_score_estimator(
     name: str, fn: Callable[..., Array], *, override: bool = False
 ) -> None:
-    """Registers ``fn(samples, [points], **hparams) -> [N, d]`` under ``name`` (``override``:
-    in place of an estimator of that name)."""
+    """Registers ``fn(samples, [points], **hparams) -> [N, d]`` under ``name`` (``points``
+    where the estimator can evaluate elsewhere than at the samples; ``override``: in place of
+    an estimator of that name)."""
     _checks.register("score estimator", name, fn, _REGISTRY, override=override)
 
 
 def get_score_estimator(name: str, **hparams) -> ScoreFn:
     """``fn(samples, [points])`` with hyperparameters bound: ``get_score_estimator("stein",
-    eta=0.1)``. Unknown names and hyperparameters raise at once."""
+    eta=0.1)``; ``points`` only for estimators that take them (``ssge``, ``dsm``): ``stein``
+    estimates at the samples only. Unknown names and hyperparameters raise at once."""
     if not _checks.is_known(name, _REGISTRY):
         raise _checks.unknown_name_error("score estimator", name, _REGISTRY)
     fn = _REGISTRY[name]

@@ -42,7 +42,8 @@ class BoundEnsemble:
     Attributes:
       bounds: the bounds (from `mi_jax.bounds.get_bound`).
       critic: a critic module returning ``[batch, batch]`` scores.
-      aux_hidden: hidden widths of the extra networks (FLO's u, TUBA's baseline).
+      aux_hidden: hidden widths of FLO's u network; the log baseline of TUBA and I_alpha uses
+        only the first.
       aux_compute_dtype: matmul precision of the extra networks (see `mi_jax.critics.dense`).
       aux_kernel_init: weight initializer of the extra networks (`mi_jax.critics.get_initializer`).
     """
@@ -225,8 +226,9 @@ def make_scan_trainer(
 ) -> Callable[[TrainState, PRNGKey, Array], tuple[TrainState, dict[str, Array]]]:
     """``run(state, rng, start_step) -> (state, metrics)``: ``num_steps`` steps in one `lax.scan`.
 
-    Each step draws a fresh batch ``sample_fn(key, step)``; keys are ``fold_in(rng, step)``, so a
-    run split into chunks gives the same numbers as one long run. Metrics are stacked over steps
+    Each step splits ``fold_in(rng, step)`` into two keys: the first draws a fresh batch
+    ``sample_fn(key, step)``, the second goes to the train step; so a run split into chunks
+    gives the same numbers as one long run. Metrics are stacked over steps
     (``[num_steps, ...]``) and stay on device until the caller pulls them; ``metrics`` names the
     ones to keep (None: all of `make_train_step`'s). A metric not kept is not computed: the
     norms read every parameter and gradient once more per step. With a ``mesh``
@@ -263,7 +265,8 @@ def make_ensemble(
     "separable", {"hidden": (256, 256), "embed_dim": 32})``.
 
     The extra networks (FLO's u, TUBA's baseline) take the critic's ``compute_dtype`` and
-    ``kernel_init``. ``clip``
+    ``kernel_init``; ``aux_hidden`` gives the u network's hidden widths (the baseline uses the
+    first only). ``clip``
     soft-clips the critic's scores (`mi_jax.critics.soft_clip`; ``None`` or 0: off).
     """
     bounds = []
