@@ -288,7 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         params, bound_states = model.init(key, sample)
         return training.create_sweep_state(params, bound_states, tx, len(names))
 
-    # Runs once: XLA's fast options compile it in a third of the time, to the same parameters.
+    # Runs once: compiled with XLA's fast options (`training.fast_compile_options`).
     init = jax.jit(
         jax.vmap(init) if batched else init, compiler_options=training.fast_compile_options()
     )
