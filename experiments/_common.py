@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 
+import jax
 import numpy as np
 
 from mi_jax import _checks
@@ -332,8 +333,17 @@ def _checkpoint_mismatch(manager, step: int, detail: str) -> ValueError:
     )
 
 
+def writes_files() -> bool:
+    """Whether this process writes the workdir's files (config, metrics, results, plots): the
+    first of a multi-process job, whose processes all hold the same results (they raced on
+    the same temp files). Orbax checkpoints are saved by every process together."""
+    return jax.process_index() == 0
+
+
 def write_json(path: str, data) -> None:
     """Writes atomically (temp file, then rename), so a crash never leaves half a file."""
+    if not writes_files():
+        return
     tmp = path + ".tmp"
     try:
         with open(tmp, "w") as f:
@@ -349,6 +359,8 @@ def write_json(path: str, data) -> None:
 def save_figure(fig, path: str, **kwargs) -> None:
     """``fig.savefig`` atomically (a temp file, then rename, as `write_json`): an interrupted
     save leaves the earlier plot whole."""
+    if not writes_files():
+        return
     tmp = path + ".tmp"
     try:
         fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or "png", **kwargs)
@@ -440,6 +452,9 @@ class JsonlWriter:
     """
 
     def __init__(self, path: str):
+        self._file = None  # a process other than the first (`writes_files`) writes nothing
+        if not writes_files():
+            return
         written = os.path.exists(path) and os.path.getsize(path) > 0
         rows = read_jsonl(path) if written else []
         self.run = 1 + max((r.get("run", 0) for r in rows), default=0)
@@ -453,11 +468,14 @@ class JsonlWriter:
             self._file.write("\n")
 
     def write(self, row: Mapping) -> None:
+        if self._file is None:
+            return
         self._file.write(json.dumps(to_builtin({**row, "run": self.run}), allow_nan=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -474,7 +492,7 @@ def read_jsonl(path: str) -> list[dict]:
 
 def write_csv(path: str, rows: Iterable[Mapping]) -> None:
     rows = list(rows)
-    if not rows:
+    if not rows or not writes_files():
         return
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:

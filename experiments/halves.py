@@ -228,7 +228,10 @@ def run_combination(
         return *parallel.replicate_like(new, mesh), value
 
     vstep = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None, None, 0, 0)), donate_argnums=(0, 1, 2))
-    represent = jax.jit(jax.vmap(model.represent, in_axes=(0, None)))
+    # Replicated output: with several processes each reads all features on the host.
+    represent = jax.jit(
+        jax.vmap(model.represent, in_axes=(0, None)), out_shardings=parallel.replicated(mesh)
+    )
     test_value = jax.jit(jax.vmap(model.value, in_axes=(0, 0, None, None)))
     num_test = views["test_top"].shape[0]
 
@@ -489,7 +492,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     ``mesh``: the devices to train data-parallel on (default: all, `mi_jax.parallel`).
     """
     _check_config(config)
-    mesh = parallel.data_mesh() if mesh is None else mesh
+    mesh = parallel.checked_mesh(mesh)
     parallel.check_batch_size(config.batch_size, mesh)
     combos = list(itertools.product(config.encoders, config.critics, config.bounds))
     models = {c: build(config, *c) for c in combos}  # bad hyperparameters fail before training

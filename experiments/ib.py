@@ -522,7 +522,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     ``mesh``: the devices to train data-parallel on (default: all, `mi_jax.parallel`).
     """
     _check_config(config)
-    mesh = parallel.data_mesh() if mesh is None else mesh
+    mesh = parallel.checked_mesh(mesh)
     parallel.check_batch_size(config.batch_size, mesh)
     dataset = data_lib.load_dataset(
         config.dataset, data_dir=config.data_dir or None, max_examples=config.max_examples or None

@@ -276,7 +276,7 @@ def train_and_evaluate(
         raise ValueError(
             f"`config.batch_size` ({batch_size}) exceeds the {num_train} training images."
         )
-    mesh = parallel.data_mesh() if mesh is None else mesh
+    mesh = parallel.checked_mesh(mesh)
     parallel.check_batch_size(batch_size, mesh)
     seeds = _common.seed_values(config)
     batched = len(seeds) > 1  # one seed: no seed axis (the single-run program)

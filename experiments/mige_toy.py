@@ -85,12 +85,12 @@ def _cases(rhos, keys, mesh):
     count, devices = rho.shape[0], mesh.devices.size
     pad = -count % devices
     cases = [jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) for a in (rho, key)]
-    return tuple(jax.device_put(cases, parallel.batch_sharding(mesh))), count
+    return tuple(parallel.put_batch(a, mesh) for a in cases), count
 
 
 def mige_gradients(config, dim: int, spec, rhos, keys, mesh=None) -> np.ndarray:
     """``[num_rhos, num_seeds]`` MIGE estimates of dI/drho, and (compile, run) seconds."""
-    mesh = parallel.data_mesh() if mesh is None else mesh
+    mesh = parallel.checked_mesh(mesh)
     score_fn = make_score_fn(spec)
     n = config.num_samples
 
@@ -111,7 +111,8 @@ def mige_gradients(config, dim: int, spec, rhos, keys, mesh=None) -> np.ndarray:
         check_vma=False,
     )
     t0 = time.perf_counter()
-    compiled = jax.jit(loop).lower(cases).compile()
+    # Gathered onto every device: each process reads all of them.
+    compiled = jax.jit(loop, out_shardings=parallel.replicated(mesh)).lower(cases).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     grads = np.asarray(compiled(cases))[:count].reshape(len(rhos), len(keys))
@@ -124,7 +125,7 @@ def bound_gradients(
     """``([n_bounds, num_rhos, num_seeds]`` rho-gradients of trained bounds, compile and run
     seconds, the first divergence)``: ``(rho index, seed index, step, bound index)`` of the
     earliest critic step whose training value was non-finite, or None."""
-    mesh = parallel.data_mesh() if mesh is None else mesh
+    mesh = parallel.checked_mesh(mesh)
     ensemble = training.make_ensemble(
         list(config.bounds), "separable", dict(config.critic_hparams), config.aux_hidden
     )
@@ -151,8 +152,7 @@ def bound_gradients(
         return jax.jacrev(values)(rho), trained  # [n_bounds], [steps, n_bounds]
 
     cases, count = _cases(rhos, keys, mesh)
-    shardings = (parallel.batch_sharding(mesh, 2), parallel.batch_sharding(mesh, 3))
-    fn = jax.jit(jax.vmap(one), out_shardings=shardings)
+    fn = jax.jit(jax.vmap(one), out_shardings=parallel.replicated(mesh))  # as above
     t0 = time.perf_counter()
     compiled = fn.lower(*cases).compile()
     compile_s = time.perf_counter() - t0
@@ -285,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     """Runs every estimator at every dimension; ``mesh``: the devices the cases are split over
     (default: all, `mi_jax.parallel.data_mesh`)."""
     validate_config(config)
-    mesh = parallel.data_mesh() if mesh is None else mesh
+    mesh = parallel.checked_mesh(mesh)
     _common.check_same_run(workdir, config)  # another config's results stay
     os.makedirs(workdir, exist_ok=True)
     _common.write_config(workdir, config)

@@ -349,8 +349,11 @@ class _GroupRun:
         # One small compiled program rather than a few hundred eager ops.
         states = jax.jit(init, compiler_options=training.run_once_compiler_options())(init_keys)
         self.devices = [str(device)] if mesh is None else [str(d) for d in mesh.devices.flat]
-        placement = device if mesh is None else parallel.replicated(mesh)
-        self.states, self.keys = jax.device_put((states, keys), placement)
+
+        def place(tree):  # global arrays over a mesh: each process holds its devices' copies
+            return jax.device_put(tree, device) if mesh is None else parallel.replicate(tree, mesh)
+
+        self.states, self.keys = place((states, keys))
         t0 = time.perf_counter()
         self.compiled = jax.jit(run, donate_argnums=0).lower(self.states, self.keys, 0).compile()
         self.compile_s = time.perf_counter() - t0
@@ -365,7 +368,7 @@ class _GroupRun:
         if config.matmul_floor_steps:  # the step's matmuls alone, compiled for this device
             calls = dot_calls(traced.jaxpr.jaxpr)
             self.matmul_flops_per_step = dot_flops(calls)
-            operands = jax.device_put(random_operands(calls, jax.random.key(1)), placement)
+            operands = place(random_operands(calls, jax.random.key(1)))
             program = jax.jit(matmul_only_program(calls, config.matmul_floor_steps))
             compiled = program.lower(operands).compile()
             self.matmul_only = functools.partial(compiled, operands)

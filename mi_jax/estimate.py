@@ -292,10 +292,13 @@ def estimate_mi(
         y = _standardize(y, train_idx, "y")
     x, y = (_to_float32(a, name) for a, name in ((x, "x"), (y, "y")))
     data = (x[train_idx], y[train_idx], x[test_idx], y[test_idx])
-    if devices > 1:
-        data = parallel.replicate(data, mesh)
+    # Global arrays over several devices (and processes), else on the mesh's one device.
     # (`jax.device_put`: `jnp.asarray` of a numpy array compiles a program per shape.)
-    x_train, y_train, x_test, y_test = jax.device_put(data)
+    device = None if devices > 1 else mesh.devices.flat[0]
+    if devices > 1:
+        x_train, y_train, x_test, y_test = parallel.replicate(data, mesh)
+    else:
+        x_train, y_train, x_test, y_test = jax.device_put(data, device)
     batch = min(batch_size, len(train_idx) // devices * devices)
 
     critic_hparams = {**DEFAULT_CRITIC_HPARAMS.get(critic, {}), **(critic_hparams or {})}
@@ -313,6 +316,7 @@ def estimate_mi(
         train_shapes=(x_train.shape, y_train.shape),
         test_shapes=(x_test.shape, y_test.shape),
         mesh=mesh if devices > 1 else None,
+        device=device,
         registrations=_checks.registrations(),
     )
     init, train_round = _compiled_fit(spec)
@@ -500,6 +504,7 @@ class _FitSpec:
     train_shapes: tuple
     test_shapes: tuple
     mesh: Any = None  # several devices: batches and the held-out split sharded over them
+    device: Any = None  # else the one device the programs run on
     # Registrations so far: a bound or critic registered again under its name (override=True)
     # gets new programs, not the cached ones.
     registrations: int = 0
@@ -592,7 +597,10 @@ def _compiled_fit(spec: _FitSpec):
     if batched:
         round_one = jax.vmap(round_one, in_axes=(0, 0, None, 0, 0, 0, None, None, None, None))
     # Abstract arguments for ahead-of-time compilation, replicated over the mesh if there is one.
-    sharding = None if mesh is None else parallel.replicated(mesh)
+    if mesh is None:
+        sharding = jax.sharding.SingleDeviceSharding(spec.device)
+    else:
+        sharding = parallel.replicated(mesh)
 
     def arg(shape, dtype=jnp.float32):
         return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)

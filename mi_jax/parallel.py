@@ -65,6 +65,15 @@ def data_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+def checked_mesh(mesh=None) -> Mesh:
+    """``mesh`` after `check_mesh`, or a `data_mesh` over every device when it is None: the
+    mesh argument of every experiment."""
+    if mesh is None:
+        return data_mesh()
+    check_mesh(mesh)
+    return mesh
+
+
 def data_mesh_for(batch_size: int, devices=None) -> Mesh:
     """A `data_mesh` that a batch of ``batch_size`` splits evenly over: the first ``n`` of
     ``devices`` (default: all) for the largest ``n`` dividing ``batch_size`` (batch 128 on 3
@@ -99,6 +108,9 @@ def check_mesh(mesh) -> None:
             f"`mesh` must have the one axis {DATA_AXIS!r} (`mi_jax.parallel.data_mesh`), got "
             f"axes {mesh.axis_names}."
         )
+    ids = [d.id for d in mesh.devices.flat]
+    if len(set(ids)) < len(ids):  # XLA's own error: "INTERNAL: Device 0 not unique"
+        raise ValueError(f"`mesh` lists a device more than once: device ids {ids}.")
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "config.batch_size") -> None:
@@ -128,7 +140,11 @@ def replicate(tree, mesh: Mesh):
 
 
 def _global_array(host, sharding: NamedSharding) -> jax.Array:
-    """A global array laid out as ``sharding`` from a host copy that every process holds."""
+    """A global array laid out as ``sharding`` from a host copy that every process holds (a
+    typed PRNG key array too: its key data, wrapped again)."""
+    if isinstance(host, jax.Array) and jax.dtypes.issubdtype(host.dtype, jax.dtypes.prng_key):
+        data = _global_array(jax.random.key_data(host), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(host))
     host = np.asarray(host)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 

@@ -3,12 +3,15 @@
 import fcntl
 import json
 import os
+import socket
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 from mi_jax import parallel
 
@@ -274,6 +277,18 @@ def test_replicate_keeps_values_and_places_on_the_mesh():
     assert set(out["a"].sharding.device_set) == set(mesh.devices.flat)
 
 
+def test_checked_mesh_names_a_bad_mesh():
+    assert parallel.checked_mesh(None).axis_names == ("data",)  # None: every device
+    device = jax.devices()[0]
+    with pytest.raises(ValueError, match="`mesh` must be a jax.sharding.Mesh"):
+        parallel.checked_mesh("cpu")
+    with pytest.raises(ValueError, match="`mesh` must have the one axis 'data'"):
+        parallel.checked_mesh(Mesh(np.array([device]), ("batch",)))
+    # XLA's own error named neither the mesh nor the device ("Device 0 not unique").
+    with pytest.raises(ValueError, match=r"`mesh` lists a device more than once"):
+        parallel.checked_mesh(Mesh(np.array([device, device]), ("data",)))
+
+
 def test_no_cluster_environment_means_no_distributed_init(monkeypatch):
     for name in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
@@ -294,3 +309,84 @@ def test_no_cluster_environment_means_no_distributed_init(monkeypatch):
     monkeypatch.delenv("OMPI_COMM_WORLD_SIZE")
     monkeypatch.setenv("COORDINATOR_ADDRESS", "10.0.0.1:1234")
     assert not parallel._multi_process_env()
+
+
+# Two processes with two host devices each (a multi-host job in miniature; gloo collectives):
+# each runs estimate_mi and the experiments whose multi-process paths differ from one process
+# (global arrays from host copies, PRNG keys among them; outputs read back on every host; files
+# written by the first process only), and prints what it computed.
+_TWO_PROCESS_SCRIPT = r"""
+import json, os, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+pid, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
+import numpy as np
+from mi_jax import estimate_mi, parallel, tasks
+from configs import ib as ib_config
+from experiments import halves, ib, mige_toy, staircase
+from tests.test_halves import tiny_config as halves_tiny
+from tests.test_mige_toy import _tiny as toy_tiny
+from tests.test_staircase import _tiny as staircase_tiny
+
+out = {}
+x, y = tasks.get_task("gaussian", dim=5).sample(jax.random.key(0), 1.0, 1000)
+kw = dict(max_steps=200, eval_every=100, batch_size=64, seeds=2)
+est = estimate_mi(np.asarray(x), np.asarray(y), **kw)
+out["estimate"] = [*est.mi.tolist(), *est.train_curve.ravel().tolist()]
+config = ib_config.get_config("quick")
+config.update_from_flattened_dict(
+    dict(methods=("mine",), batch_size=40, max_examples=240, num_epochs=1, validation_examples=40)
+)
+res = ib.train_and_evaluate(config, f"{workdir}/ib")
+out["ib"] = [r["error_mean"] for r in res["methods"]["mine"]["final"]]
+res = halves.train_and_evaluate(halves_tiny(encoders=("mlp",)), f"{workdir}/halves")
+out["halves"] = [run["accuracy"] for run in res["runs"]]
+config = toy_tiny(num_rhos=3, num_seeds=1, bounds=("nwj",))
+res = mige_toy.train_and_evaluate(config, f"{workdir}/mige")
+out["mige_toy"] = [r["rel_rmse"] for r in res["rows"]]
+config = staircase_tiny(parallel="data", bound_groups=1, bounds=("nwj", "infonce"))
+res = staircase.train_and_evaluate(config, f"{workdir}/stair")
+out["staircase"] = [r["mean"] for r in res["statistics"]]
+print("RESULT " + json.dumps(out, default=str))
+"""
+
+
+def test_two_processes_compute_the_same_and_the_first_writes_the_files(tmp_path):
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=ROOT,
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2",
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _TWO_PROCESS_SCRIPT, str(i), str(port), str(tmp_path)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-4000:]
+        line = next(ln for ln in stdout.splitlines() if ln.startswith("RESULT "))
+        results.append(json.loads(line[len("RESULT ") :]))
+    first, second = results
+    assert first == second  # one global computation, read back whole by each process
+    assert len(first["estimate"]) == 2 + 2 * 2 and np.all(np.isfinite(first["estimate"]))
+    # Written once: the rows of one run (two writers appended each row twice, and raced on
+    # results.json's temp file).
+    for name in ("ib", "halves", "mige", "stair"):
+        assert os.path.exists(tmp_path / name / "results.json"), name
+    with open(tmp_path / "halves" / "metrics.jsonl") as f:
+        steps = [json.loads(line)["step"] for line in f]
+    assert len(steps) == len(set(steps)) > 0
