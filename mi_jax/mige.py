@@ -90,6 +90,11 @@ def entropy_surrogate(z: ArrayLike, score_fn: ScoreFn | str | None = None) -> Ar
     _check_paired(z=z)
     z = jnp.asarray(z)
     scores = jax.lax.stop_gradient(_resolve(score_fn)(jax.lax.stop_gradient(z)))
+    if jnp.shape(scores) != z.shape:  # a [M, 1] score would broadcast into a wrong gradient
+        raise ValueError(
+            f"`score_fn` must return scores of the samples' shape {z.shape}, got "
+            f"{jnp.shape(scores)}."
+        )
     return -jnp.mean(jnp.sum(scores * z, axis=-1))
 
 

@@ -53,11 +53,14 @@ def _check_samples(samples, name: str = "samples", least: int = 2) -> Array:
         )
     if shape[0] < least:
         raise ValueError(
-            f"`{name}` needs at least 2 samples for a kernel estimate, got {shape[0]}."
+            f"`{name}` needs at least {least} sample(s) for a kernel estimate, got {shape[0]}."
         )
     _checks.check_float(samples, name)
     _checks.check_finite_if_concrete(samples, name)
-    return jnp.asarray(samples)
+    samples = jnp.asarray(samples)
+    # float16 / bfloat16 are computed in float32: the linear solves (LAPACK) have no half
+    # precision, and the kernel sums would lose most of their bits.
+    return samples.astype(jnp.promote_types(samples.dtype, jnp.float32))
 
 
 def _centered(samples: Array, *others: Array) -> tuple[Array, ...]:
@@ -82,9 +85,11 @@ def squared_distances(x: ArrayLike, y: ArrayLike) -> Array:
 
 
 def median_bandwidth(samples: ArrayLike, *, scale: float = 1.0) -> Array:
-    """The median heuristic: ``scale * median_{i<j} |x_i - x_j|``, ``[]``.
+    """The median heuristic: ``scale * median_{i<j} |x_i - x_j|``, ``[]``, over the pairs of
+    distinct samples (repeated rows: with most rows equal, the median over all pairs was 0 and
+    every score estimate 0, even at the distinct samples).
 
-    The median is the lower median (the ``ceil(P/2)``-th smallest of the ``P`` pairwise
+    The median is the lower median (the ``ceil(P/2)``-th smallest of the ``P`` nonzero pairwise
     distances), found by bisection on the squared value: 32 vectorized counting passes
     (precision 2^-32 of the largest squared distance: an outlier far out coarsens it) instead of
     a sort, several times faster on XLA:CPU. Identical
@@ -94,16 +99,17 @@ def median_bandwidth(samples: ArrayLike, *, scale: float = 1.0) -> Array:
     """
     if not (_checks.is_real(scale) and 0 < scale < float("inf")):
         raise ValueError(f"`scale` must be a positive finite number, got {scale!r}.")
-    (samples,) = _centered(jnp.asarray(samples))
+    (samples,) = _centered(_check_samples(samples))
     n = samples.shape[0]
     rows, cols = jnp.triu_indices(n, k=1)
     pairs = squared_distances(samples, samples)[rows, cols]  # [n (n - 1) / 2]
-    rank = (pairs.shape[0] + 1) // 2  # the lower median is the rank-th smallest
+    distinct = pairs > 0
+    rank = (jnp.sum(distinct) + 1) // 2  # the lower median is the rank-th smallest
 
     def bisect(_, bounds):
         lo, hi = bounds
         mid = 0.5 * (lo + hi)
-        enough = jnp.sum(pairs <= mid) >= rank
+        enough = jnp.sum(distinct & (pairs <= mid)) >= rank
         return jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)
 
     # The carry's dtype is the samples' (a float64 zero would not match float32 samples under

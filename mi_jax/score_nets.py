@@ -66,7 +66,7 @@ def dsm_score(
       ``[N, d]`` score estimates.
     """
     samples = score._check_samples(samples)
-    points = samples if points is None else score._check_samples(points, "points")
+    points = samples if points is None else score._check_samples(points, "points", least=1)
     if not noise_scale > 0:
         raise ValueError(f"`noise_scale` must be > 0, got {noise_scale}.")
     if points.shape[1] != samples.shape[1]:

@@ -163,6 +163,38 @@ def test_identical_samples_give_zero_scores_not_nan():
         np.testing.assert_allclose(est, 0.0, atol=1e-6)
 
 
+def _numpy_lower_median_distance(x):
+    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))[np.triu_indices(len(x), k=1)]
+    d = np.sort(d[d > 0])
+    return d[(len(d) + 1) // 2 - 1]
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 200])
+def test_median_bandwidth_is_the_lower_median_distance(n):
+    x = np.asarray(jax.random.normal(jax.random.key(n), (n, 3)), np.float64)
+    got = jax.jit(score.median_bandwidth)(jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(got, _numpy_lower_median_distance(x), rtol=1e-6)
+
+
+def test_median_bandwidth_skips_repeated_rows():
+    x = np.array(jax.random.normal(jax.random.key(0), (200, 2)), np.float32)
+    x[:160] = 0.0  # 160 equal rows: 12720 of the 19900 pairs at distance 0
+    got = score.median_bandwidth(x)
+    np.testing.assert_allclose(got, _numpy_lower_median_distance(x.astype(np.float64)), rtol=1e-6)
+    # The median over all pairs (0) made every estimate exactly 0, at the distinct rows too.
+    assert float(jnp.min(jnp.abs(score.ssge_score(x)[160:]))) > 0.0
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_samples_are_estimated_in_float32(dtype):
+    x, _, _ = _correlated_gaussian(2, 64)
+    half = x.astype(dtype)
+    for fn in (score.stein_score, score.ssge_score):  # LAPACK has no half precision
+        est = fn(half)
+        assert est.dtype == jnp.float32
+        np.testing.assert_allclose(est, fn(half.astype(jnp.float32)), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "call, error, match",
     [
@@ -185,6 +217,9 @@ def test_identical_samples_give_zero_scores_not_nan():
         (lambda x: score.stein_score(x, eta=float("inf")), ValueError, "`eta` must be a positive"),
         (lambda x: score.stein_score(x, eta=jnp.array([0.1, 0.2])), ValueError, "`eta`"),
         (lambda x: score.median_bandwidth(x, scale=0.0), ValueError, "`scale` must be a positive"),
+        (lambda x: score.median_bandwidth(x[:1]), ValueError, "`samples`.*at least 2"),
+        (lambda x: score.median_bandwidth(x[:, 0]), ValueError, "`samples` must have shape"),
+        (lambda x: score.ssge_score(x, x[:0]), ValueError, "`points` needs at least 1 sample"),
     ],
 )
 def test_bad_input_raises_naming_the_argument(call, error, match):
@@ -284,6 +319,8 @@ def test_surrogates_reject_bad_shapes():
         (lambda x: mige.entropy_surrogate(x.astype(jnp.int32)), TypeError, "`z`"),
         (lambda x: mige.encoder_mi_surrogate(x, x.astype(jnp.int32)), TypeError, "conditional"),
         (lambda x: mige.encoder_mi_surrogate(x, x.at[0].set(jnp.nan)), ValueError, "conditional"),
+        # A [M, 1] score broadcast against [M, 2] samples: a silently wrong gradient before.
+        (lambda x: mige.entropy_surrogate(x, lambda v: -v[:, :1]), ValueError, "`score_fn`"),
     ],
 )
 def test_surrogates_name_the_bad_argument(call, error, match):
