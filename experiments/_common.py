@@ -72,6 +72,7 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.WARNING)
+        _check_config_fields(name, config.value)
         check_workdir(workdir.value)
         if prepare is not None:
             prepare(config.value)
@@ -93,6 +94,21 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
             ) from None
 
     app.run(main, flags_parser=parse_flags)
+
+
+def _check_config_fields(name: str, config) -> None:
+    """Exits naming the fields of ``configs/NAME.py`` that ``config`` lacks: another
+    experiment's config file failed deep in the run with a bare ``AttributeError: 'views'``."""
+    import importlib
+
+    expected = importlib.import_module(f"configs.{name}").get_config()
+    missing = sorted(set(expected) - set(config))
+    if missing:
+        raise SystemExit(
+            f"{name}: the config lacks the fields {', '.join(missing[:6])}"
+            f"{' ...' if len(missing) > 6 else ''} of configs/{name}.py; is --config another "
+            f"experiment's? Use --config configs/{name}.py[:preset]."
+        )
 
 
 def check_workdir(workdir: str) -> None:
@@ -436,7 +452,7 @@ def check_same_run(workdir: str, config, may_differ: Iterable[str] = ()) -> None
             f"; and {len(changes) - 6} more" if len(changes) > 6 else ""
         )
         raise ValueError(
-            f"{workdir} holds a run of another config ({shown}); resuming it would mix the two. "
+            f"{workdir} holds a run of another config ({shown}); a rerun there would mix the two. "
             f"Use a fresh --workdir, or the config in {path}"
             + (f" (only {', '.join(may_differ)} may change on a rerun)." if may_differ else ".")
         )

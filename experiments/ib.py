@@ -37,12 +37,16 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from experiments import _common
-from mi_jax import _checks, ib, parallel, training
+from mi_jax import _checks, bounds, critics, ib, parallel, score, training
 from mi_jax import data as data_lib
 
 
 def build(config: ml_collections.ConfigDict, method: str, num_classes: int) -> ib.IBModel:
-    """The `mi_jax.ib.IBModel` of ``method``; unknown names and bad sizes raise here."""
+    """The `mi_jax.ib.IBModel` of ``method``; unknown names and bad sizes raise here (the
+    MINE and MIGE settings whatever the method: a typo there ran to the end unseen)."""
+    bounds.get_bound(config.mine.bound, **config.mine.bound_hparams.to_dict())
+    critics.get_critic(config.mine.critic, **config.mine.critic_hparams.to_dict())
+    score.get_score_estimator(config.mige.score_estimator, **config.mige.score_hparams.to_dict())
     return ib.IBModel(
         method=method,
         num_classes=num_classes,

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from experiments import _common
 from mi_jax import data as data_lib
 from mi_jax import dim, encoders, parallel, probes, training
+from mi_jax import score as score_lib
 
 
 def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> dim.DIMObjective:
@@ -43,6 +44,8 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> di
     encoder = encoders.get_encoder(
         config.encoder, latent_dim=config.latent_dim, **config.encoder_hparams.to_dict()
     )
+    # MIGE's score estimator is checked whatever the estimator (a typo ran to the end unseen).
+    score_lib.get_score_estimator(config.score_estimator, **config.score_hparams.to_dict())
     return dim.DIMObjective(
         encoder=encoder,
         estimator=config.estimator,

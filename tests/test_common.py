@@ -1,6 +1,9 @@
 """Workdir output shared by the experiments (`experiments._common`)."""
 
+import importlib
 import json
+
+import pytest
 
 from experiments import _common
 
@@ -93,3 +96,13 @@ def test_a_workdir_that_is_a_file_is_named(tmp_path):
         with pytest.raises(ValueError, match=r"--workdir .*afile' is a file, not a directory"):
             _common.check_workdir(str(tmp_path / workdir))
     _common.check_workdir(str(tmp_path / "new" / "run"))  # created later: fine
+
+
+@pytest.mark.parametrize("name, other", [("amdim", "infomax"), ("ib", "infomax_vae")])
+def test_another_experiments_config_is_named_before_the_run(name, other):
+    other_config = importlib.import_module(f"configs.{other}").get_config("quick")
+    with pytest.raises(SystemExit, match=f"lacks the fields .* of configs/{name}.py"):
+        _common._check_config_fields(name, other_config)
+    for preset in (None, "quick", "mnist"):  # its own presets have every field
+        own = importlib.import_module(f"configs.{name}").get_config(preset)
+        _common._check_config_fields(name, own)

@@ -691,3 +691,17 @@ def test_mnist_presets_share_the_protocol_and_differ_in_the_schedule():
     assert final.methods == ("deterministic", "vib")
     with pytest.raises(ValueError, match="unknown preset 'mnst'"):
         ib_config.get_config("mnst")
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("mine.bound", "nope", "unknown bound 'nope'"),
+        ("mine.critic", "sepparable", "unknown critic 'sepparable'"),
+        ("mige.score_estimator", "nope", "unknown score estimator 'nope'"),
+    ],
+)
+def test_settings_of_methods_not_run_are_still_checked(field, value, match):
+    config = _quick(ib_config, methods=("vib",), **{field: value})  # a typo ran to the end
+    with pytest.raises(KeyError, match=match):
+        ib_experiment.build(config, "vib", 10)

@@ -327,3 +327,10 @@ def test_a_tfds_dataset_trains_through_mock_data(tmp_path, tfds):
         results = infomax.train_and_evaluate(config, str(tmp_path))
     assert results["dataset"] == "cifar10"
     assert {r["encoder"] for r in results["probes"]} == {"trained", "random", "none"}
+
+
+def test_mige_score_estimator_is_checked_whatever_the_estimator():
+    config = infomax_config.get_config("quick")
+    config.score_estimator = "nope"  # estimator "js": a typo here ran to the end unseen
+    with pytest.raises(KeyError, match="unknown score estimator 'nope'"):
+        infomax.build(config, (8, 8, 1))
