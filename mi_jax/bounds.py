@@ -92,16 +92,6 @@ def _offdiag_mask(batch: int) -> Array:
     return ~jnp.eye(batch, dtype=bool)
 
 
-def diagonal(scores: Array) -> Array:
-    """The diagonal ``[batch]`` of ``[batch, batch]`` scores, as a masked column sum.
-
-    The values of `jnp.diagonal` (each sum adds exact zeros to one entry); its gradient is a
-    select, where `jnp.diagonal`'s is a scatter-add that XLA:CPU runs as a loop of one
-    iteration (three kernels) per entry in every training step.
-    """
-    return jnp.sum(jnp.where(jnp.eye(scores.shape[0], dtype=bool), scores, 0.0), axis=0)
-
-
 def softplus_and_sigmoid(x: Array) -> tuple[Array, Array]:
     """``log(1 + e^x)`` and its derivative ``1 / (1 + e^-x)``, element-wise, from one ``exp``."""
     e = jnp.exp(-jnp.abs(x))
@@ -179,7 +169,7 @@ def dv(scores: ArrayLike) -> Array:
       ``[]`` the bound in nats.
     """
     scores = _checked_scores(scores)
-    return jnp.mean(diagonal(scores)) - log_mean_exp_offdiag(scores)
+    return jnp.mean(jnp.diag(scores)) - log_mean_exp_offdiag(scores)
 
 
 def tuba(scores: ArrayLike, *, log_baseline: ArrayLike = 0.0) -> Array:
@@ -200,7 +190,7 @@ def tuba(scores: ArrayLike, *, log_baseline: ArrayLike = 0.0) -> Array:
     """
     scores = _checked_scores(scores)
     shifted = scores - _baseline_row(log_baseline, scores.shape[0])
-    joint_term = jnp.mean(diagonal(shifted))
+    joint_term = jnp.mean(jnp.diag(shifted))
     marginal_term = _soft_exp(log_mean_exp_offdiag(shifted))
     return 1.0 + joint_term - marginal_term
 
@@ -238,7 +228,7 @@ def infonce(scores: ArrayLike) -> Array:
     """
     scores = _checked_scores(scores)
     batch = scores.shape[0]
-    return jnp.mean(diagonal(scores) - jax.nn.logsumexp(scores, axis=0)) + jnp.log(batch)
+    return jnp.mean(jnp.diag(scores) - jax.nn.logsumexp(scores, axis=0)) + jnp.log(batch)
 
 
 def js_fgan(scores: ArrayLike) -> Array:
@@ -256,7 +246,7 @@ def js_fgan(scores: ArrayLike) -> Array:
       ``[]`` the objective.
     """
     scores = _checked_scores(scores)
-    joint_term = -jnp.mean(softplus(-diagonal(scores)))
+    joint_term = -jnp.mean(softplus(-jnp.diag(scores)))
     marginal_term = mean_offdiag(softplus(scores))
     return joint_term - marginal_term
 
@@ -294,7 +284,7 @@ def js_calibration(scores: ArrayLike, init: ArrayLike = (1.0, 0.0), iterations: 
         )
     _checks.check_ints(iterations=iterations)
     batch = f.shape[0]
-    diag = diagonal(f)
+    diag = jnp.diag(f)
     w_joint, w_marginal = 1.0 / batch, 1.0 / (batch * (batch - 1))
 
     def objective_and_derivatives(p):
@@ -389,7 +379,7 @@ def smile(scores: ArrayLike, *, clip: float | None = 5.0, gradient: str = "js") 
         raise ValueError(f"`gradient` must be 'js' or 'smile', got {gradient!r}.")
     scores = _at_least_float32(jnp.asarray(scores))
     clipped = scores if clip is None else jnp.clip(scores, -clip, clip)
-    value = jnp.mean(diagonal(scores)) - log_mean_exp_offdiag(clipped)
+    value = jnp.mean(jnp.diag(scores)) - log_mean_exp_offdiag(clipped)
     if gradient == "smile":
         return value
     train = js_fgan(scores)
@@ -462,9 +452,9 @@ def interpolated(scores: ArrayLike, *, alpha: float = 0.01, log_baseline: ArrayL
             log_base = jnp.logaddexp(jnp.log(alpha) + log_m, jnp.log1p(-alpha) + log_a)
     # Marginal pairs (x_i, y_j), i != j: the K samples are all x except x_j (which depends on
     # y_j); x_i is one of them.
-    marginal_term = _soft_exp(log_mean_exp_offdiag(scores - diagonal(log_base)[None, :]))
+    marginal_term = _soft_exp(log_mean_exp_offdiag(scores - jnp.diag(log_base)[None, :]))
     # Joint pair (x_j, y_j): the K samples leave out one other x_i, averaged over the B - 1 choices.
-    joint_term = mean_offdiag(diagonal(scores)[None, :] - log_base)
+    joint_term = mean_offdiag(jnp.diag(scores)[None, :] - log_base)
     return 1.0 + joint_term - marginal_term
 
 
@@ -493,7 +483,7 @@ def flo(scores: ArrayLike, u: ArrayLike) -> Array:
         )
     _checks.check_float(u, "u")
     u = jnp.asarray(u)
-    log_ratio = log_mean_exp_offdiag(scores, axis=0) - diagonal(scores)
+    log_ratio = log_mean_exp_offdiag(scores, axis=0) - jnp.diag(scores)
     return 1.0 + jnp.mean(-u - _soft_exp(log_ratio - u))
 
 
@@ -553,7 +543,7 @@ def mine(*, decay: float = 0.99) -> StatefulBound:
             )
         count = state.count + 1
         log_corrected = log_ema - jnp.log1p(-(decay ** count.astype(jnp.float32)))
-        joint_term = jnp.mean(diagonal(scores))
+        joint_term = jnp.mean(jnp.diag(scores))
         # exp(log_marginal - log_corrected) <= 1 / (1 - decay): no overflow.
         surrogate = joint_term - jnp.exp(log_marginal - log_corrected)
         value = joint_term - log_marginal
