@@ -90,10 +90,33 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
                 field = field.args[0]
             raise SystemExit(
                 f"{name}: the config has no field {field} (overrides given: {', '.join(given)}); "
-                f"see configs/{name}.py for its fields."
+                f"{_known_fields(name, given)}"
             ) from None
 
     app.run(main, flags_parser=parse_flags)
+
+
+def _known_fields(name: str, overrides: list[str]) -> str:
+    """The fields of ``configs/NAME.py`` at the level where an override ``--config.a.b`` first
+    names one that is not there (ml_collections suggests one by spelling only: ``num_steps``
+    in IB's config got "num_seeds", where IB counts ``num_epochs``)."""
+    import importlib
+
+    try:
+        config = importlib.import_module(f"configs.{name}").get_config()
+    except ImportError:  # run from elsewhere than the repository root
+        return f"see configs/{name}.py for its fields."
+    for override in overrides:
+        node, path = config, "config"
+        for part in override.removeprefix("--").split(".")[1:]:
+            if not is_map(node):
+                break
+            if part not in node:
+                if not node:  # a map of hyperparameters: given whole, as a dict
+                    return f"`{path}` is empty here: give it whole, --{path}='{{\"{part}\": ...}}'."
+                return f"`{path}` has the fields {', '.join(sorted(node))}."
+            node, path = node[part], f"{path}.{part}"
+    return f"see configs/{name}.py for its fields."
 
 
 def _check_config_fields(name: str, config) -> None:

@@ -281,6 +281,14 @@ def train_and_evaluate(
         )
     mesh = parallel.checked_mesh(mesh)
     parallel.check_batch_size(batch_size, mesh)
+    manager = _checkpoint_manager(workdir, config.keep_checkpoints)
+    start = manager.latest_step() or 0
+    if start > config.num_steps:  # the probes would see an encoder trained for longer
+        raise ValueError(
+            f"the checkpoints in {workdir}/checkpoints reach step {start}, past "
+            f"`config.num_steps` ({config.num_steps}); use num_steps >= {start} or a fresh "
+            "--workdir."
+        )
     seeds = _common.seed_values(config)
     batched = len(seeds) > 1  # one seed: no seed axis (the single-run program)
     seed_axis = (lambda f, *axes: jax.vmap(f, in_axes=axes)) if batched else (lambda f, *_: f)
@@ -306,14 +314,6 @@ def train_and_evaluate(
     # A copy: the train state's buffers are donated to the compiled steps.
     initial_encoder = parallel.replicate(jax.tree.map(jnp.copy, state.params["encoder"]), mesh)
     state = parallel.replicate(state, mesh)  # restored checkpoints take this layout too
-    manager = _checkpoint_manager(workdir, config.keep_checkpoints)
-    start = manager.latest_step() or 0
-    if start > config.num_steps:  # the probes would see an encoder trained for longer
-        raise ValueError(
-            f"the checkpoints in {workdir}/checkpoints reach step {start}, past "
-            f"`config.num_steps` ({config.num_steps}); use num_steps >= {start} or a fresh "
-            "--workdir."
-        )
     if start:  # a checkpoint of another model is refused before config.json is written
         state = _common.restore_checkpoint(manager, start, state)
         print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")

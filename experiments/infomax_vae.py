@@ -79,6 +79,11 @@ def settings_of(config: ml_collections.ConfigDict) -> tuple[list[str], dict[str,
     return names, {k: np.asarray(v, np.float32) for k, v in values.items()}
 
 
+# What a rerun in the same workdir may change (`_common.check_same_run`): the checkpoint resumes
+# under a longer schedule, another evaluation cadence or data path, and the probes (fitted after
+# training, on every run) may take other settings.
+RESUMABLE = ("num_epochs", "eval_every_epochs", "data_dir", "probe")
+
 # The linear probe's settings (`mi_jax.probes.fit_probe`), all in `config.probe`.
 PROBE_FIELDS = ("l2", "max_iter", "tol")
 
@@ -271,12 +276,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         raise ValueError(
             f"`config.batch_size` ({config.batch_size}) exceeds the training or test images."
         )
-    # A rerun in the same workdir resumes its checkpoint: only the schedule's length, the
-    # evaluation cadence and the data path may change.
-    _common.check_same_run(workdir, config, ("num_epochs", "eval_every_epochs", "data_dir"))
+    _common.check_same_run(workdir, config, RESUMABLE)
     steps_per_epoch = num_train // config.batch_size
     num_steps = config.num_epochs * steps_per_epoch
     chunk_steps = config.eval_every_epochs * steps_per_epoch
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")), options=options
+    )
+    start = manager.latest_step() or 0
+    if start > num_steps:  # the table and probes would describe a model trained for longer
+        raise ValueError(
+            f"the checkpoint in {workdir}/checkpoints is at step {start}, past this config's "
+            f"{num_steps} steps (`config.num_epochs`); train as long or use a fresh --workdir."
+        )
     seeds = _common.seed_values(config)
     batched = len(seeds) > 1  # one seed: no seed axis (the single-run program)
     keys = jnp.stack([jax.random.split(jax.random.key(s), 3) for s in seeds])  # [K, 3]
@@ -293,16 +306,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         jax.vmap(init) if batched else init, compiler_options=training.fast_compile_options()
     )
     state = parallel.replicate(init(init_key), mesh)  # restored checkpoints take this layout too
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-    manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")), options=options
-    )
-    start = manager.latest_step() or 0
-    if start > num_steps:  # the table and probes would describe a model trained for longer
-        raise ValueError(
-            f"the checkpoint in {workdir}/checkpoints is at step {start}, past this config's "
-            f"{num_steps} steps (`config.num_epochs`); train as long or use a fresh --workdir."
-        )
     if start:  # a checkpoint of another model is refused before config.json is written
         state = _common.restore_checkpoint(manager, start, state)
         print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")

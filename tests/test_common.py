@@ -106,3 +106,18 @@ def test_another_experiments_config_is_named_before_the_run(name, other):
     for preset in (None, "quick", "mnist"):  # its own presets have every field
         own = importlib.import_module(f"configs.{name}").get_config(preset)
         _common._check_config_fields(name, own)
+
+
+def test_an_unknown_override_lists_the_fields_at_its_level():
+    # ml_collections suggests by spelling only: IB's `num_steps` got "num_seeds", where IB
+    # counts `num_epochs`; a nested typo named no field of its map.
+    assert "num_epochs" in _common._known_fields("ib", ["--config.num_steps"])
+    assert _common._known_fields("infomax_vae", ["--config.probe.l3"]) == (
+        "`config.probe` has the fields l2, max_iter, tol."
+    )
+    # An empty hyperparameter map takes a whole dict.
+    assert "--config.estimator_hparams='{\"clip\": ...}'" in _common._known_fields(
+        "infomax", ["--config.estimator_hparams.clip"]
+    )
+    # No such experiment's config to read: the general pointer.
+    assert _common._known_fields("nope", ["--config.x"]) == "see configs/nope.py for its fields."

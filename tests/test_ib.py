@@ -610,6 +610,11 @@ def test_infomax_vae_loss_terms_and_smoke(tmp_path, monkeypatch):
     # A rerun of the finished run trains nothing and keeps its training time (before: 0 s).
     rerun = vae_experiment.train_and_evaluate(_quick(vae_config), workdir)
     assert rerun["train_s"] == saved["train_s"] > 0
+    # The probes are fitted after training, on every run: other probe settings refit them on
+    # the same models (before: refused as another run), as InfoMax does.
+    rerun = vae_experiment.train_and_evaluate(_quick(vae_config, **{"probe.l2": 10.0}), workdir)
+    assert rerun["train_s"] == saved["train_s"]
+    assert [r["elbo"] for r in rerun["table"][:-1]] == [r["elbo"] for r in saved["table"][:-1]]
     # A longer rerun stopped before its probes keeps the finished run's table, marked with the
     # training it describes (before: results.json lost it, leaving it only in results.csv).
 
