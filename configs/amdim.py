@@ -44,7 +44,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.predictions = ("1-5", "1-7", "5-5")
     config.critic_hidden = 256
     config.embed_dim = 128
-    config.clip = 20.0  # soft clipping c tanh(s / c) of the scores; 0: off
+    config.critic_clip = 20.0  # soft clipping c tanh(s / c) of the scores; 0: off
     config.penalty = 0.05  # weight of the mean squared (scaled, unclipped) score
     # The two views (`mi_jax.amdim.augment_view`).
     config.views = ml_collections.ConfigDict(

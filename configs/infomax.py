@@ -48,7 +48,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.prior = "uniform"
     config.critic_hidden = 512
     config.embed_dim = 64
-    config.score_clip = 10.0  # soft clipping c tanh(s / c) of the critic scores; 0: off
+    config.critic_clip = 10.0  # soft clipping c tanh(s / c) of the critic scores; 0: off
     # MIGE only: score estimator (`mi_jax.score`) and locations per step for the local term.
     config.score_estimator = "ssge"
     config.score_hparams = ml_collections.ConfigDict({"threshold": 0.99})

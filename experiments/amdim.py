@@ -40,7 +40,7 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> am
         predictions=tuple(config.predictions),
         critic_hidden=config.critic_hidden,
         embed_dim=config.embed_dim,
-        clip=config.clip or None,
+        critic_clip=config.critic_clip or None,
         penalty=config.penalty,
         views=tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in views.items())),
     )

@@ -57,7 +57,7 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> di
         prior=config.prior,
         critic_hidden=config.critic_hidden,
         embed_dim=config.embed_dim,
-        score_clip=config.score_clip or None,
+        critic_clip=config.critic_clip or None,
         score_estimator=config.score_estimator,
         score_hparams=tuple(sorted(config.score_hparams.to_dict().items())),
         mige_locations=config.mige_locations,

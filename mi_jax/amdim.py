@@ -56,7 +56,7 @@ from flax import struct
 from mi_jax import _checks
 from mi_jax import bounds as bounds_lib
 from mi_jax import data as data_lib
-from mi_jax.critics import get_activation, soft_clip
+from mi_jax.critics import check_clip, get_activation, soft_clip
 from mi_jax.dim import EmbedMLP, bound_input_heads, init_local_states, local_bound_values
 from mi_jax.encoders import _check_images
 from mi_jax.types import Array, PRNGKey, PyTree
@@ -200,14 +200,14 @@ class AMDIMCritic(nn.Module):
       predictions: which of `PREDICTIONS` to score.
       hidden: hidden width of the embeddings.
       embed_dim: ``k``.
-      clip: ``c`` of the soft clipping (``None``: off).
+      critic_clip: ``c`` of the soft clipping (``None``: off).
       extra_inputs: the bound's extra learned inputs (`mi_jax.dim.bound_input_heads`).
     """
 
     predictions: Sequence[str] = PREDICTIONS
     hidden: int = 256
     embed_dim: int = 128
-    clip: float | None = 20.0
+    critic_clip: float | None = 20.0
     extra_inputs: tuple[str, ...] = ()
 
     @nn.compact
@@ -252,7 +252,7 @@ class AMDIMCritic(nn.Module):
                 )[:, 0]
                 anchors = embed("anchor_map5", picked)
             targets = embed(f"target_map{target}", flat(getattr(features_b, f"map{target}")))
-            scores, raw = nce_scores(anchors, targets, clip=self.clip)
+            scores, raw = nce_scores(anchors, targets, clip=self.critic_clip)
             inputs = bound_input_heads(
                 self.extra_inputs, self.hidden, targets, anchors[:, None, :], f"{pred}"
             )
@@ -349,7 +349,7 @@ class AMDIMObjective:
       estimator_hparams: the bound's hyperparameters.
       predictions: a non-empty subset of `PREDICTIONS`.
       critic_hidden / embed_dim: the embeddings' sizes.
-      clip: ``c`` of the soft clipping (``None``: off).
+      critic_clip: ``c`` of the soft clipping (``None``: off).
       penalty: weight ``lambda`` of the squared-score penalty (``>= 0``).
       views: `augment_view`'s parameters, as sorted ``(name, value)`` pairs.
     """
@@ -360,7 +360,7 @@ class AMDIMObjective:
     predictions: tuple[str, ...] = struct.field(pytree_node=False, default=PREDICTIONS)
     critic_hidden: int = struct.field(pytree_node=False, default=256)
     embed_dim: int = struct.field(pytree_node=False, default=128)
-    clip: float | None = struct.field(pytree_node=False, default=20.0)
+    critic_clip: float | None = struct.field(pytree_node=False, default=20.0)
     penalty: float = struct.field(pytree_node=False, default=0.05)
     views: tuple[tuple[str, Any], ...] = struct.field(
         pytree_node=False,
@@ -386,8 +386,7 @@ class AMDIMObjective:
             )
         _checks.check_weight(self.penalty, "penalty")
         _checks.check_ints(critic_hidden=self.critic_hidden, embed_dim=self.embed_dim)
-        if self.clip is not None and not self.clip > 0:  # NaN too
-            raise ValueError(f"`clip` must be > 0 (or None: off), got {self.clip}.")
+        check_clip(self.critic_clip, "critic_clip")
         check_view_params(dict(self.views))
         _ = self.bound  # unknown names fail here
 
@@ -405,7 +404,7 @@ class AMDIMObjective:
             predictions=tuple(self.predictions),
             hidden=self.critic_hidden,
             embed_dim=self.embed_dim,
-            clip=self.clip,
+            critic_clip=self.critic_clip,
             extra_inputs=self.bound.inputs,
         )
 

@@ -122,7 +122,7 @@ class DIMCritic(nn.Module):
       hidden: hidden width of every embedding network.
       embed_dim: width of the shared embedding space.
       use_global / use_local: which terms to build.
-      score_clip: soft clipping ``c tanh(s / c)`` of the scores (``None``: off).
+      critic_clip: soft clipping ``c tanh(s / c)`` of the scores (``None``: off).
       extra_inputs: the bound's extra learned inputs (`mi_jax.bounds.Bound.inputs`): ``"u"``
         (FLO: a head on the concatenated joint-pair embeddings) and ``"log_baseline"`` (TUBA,
         I_alpha: a head on ``psi(Y_j)``).
@@ -133,13 +133,13 @@ class DIMCritic(nn.Module):
     use_global: bool = True
     use_local: bool = True
     extra_inputs: tuple[str, ...] = ()
-    score_clip: float | None = 10.0
+    critic_clip: float | None = 10.0
 
     def _clip(self, scores: Array) -> Array:
         # Soft clipping c tanh(s / c), as in AMDIM (Bachman et al. 2019): without it the
         # unnormalized dot products grow without bound under the JSD/NWJ objectives (the
         # optimum of the log density ratio between disjoint images is infinite).
-        return soft_clip(scores, self.score_clip)
+        return soft_clip(scores, self.critic_clip)
 
     @nn.compact
     def __call__(self, source: Array, local: Array, global_: Array) -> DIMScores:
@@ -267,7 +267,7 @@ class DIMObjective:
       global_source: ``"feature_map"`` (DIM) or ``"input"``.
       prior: ``"uniform"`` or ``"gaussian"``.
       critic_hidden / embed_dim: the encode-and-dot critics' sizes.
-      score_clip: soft clipping of the critics' scores (``None``: off).
+      critic_clip: soft clipping of the critics' scores (``None``: off).
       score_estimator / score_hparams: MIGE's score estimator (`mi_jax.score`).
       mige_locations: for MIGE's local term, the number of locations drawn per step (at most
         the feature map's: a larger number takes every location).
@@ -283,13 +283,13 @@ class DIMObjective:
     prior: str = struct.field(pytree_node=False, default="uniform")
     critic_hidden: int = struct.field(pytree_node=False, default=512)
     embed_dim: int = struct.field(pytree_node=False, default=64)
-    score_clip: float | None = struct.field(pytree_node=False, default=10.0)
+    critic_clip: float | None = struct.field(pytree_node=False, default=10.0)
     score_estimator: str = struct.field(pytree_node=False, default="stein")
     score_hparams: tuple[tuple[str, Any], ...] = struct.field(pytree_node=False, default=())
     mige_locations: int = struct.field(pytree_node=False, default=4)
 
     def __post_init__(self):
-        check_clip(self.score_clip, "score_clip")
+        check_clip(self.critic_clip, "critic_clip")
         if self.global_source not in GLOBAL_SOURCES:
             raise ValueError(
                 f"`global_source` must be one of {GLOBAL_SOURCES}, got {self.global_source!r}."
@@ -336,7 +336,7 @@ class DIMObjective:
             use_global=self.alpha > 0,
             use_local=self.beta > 0,
             extra_inputs=self.bound.inputs,
-            score_clip=self.score_clip,
+            critic_clip=self.critic_clip,
         )
 
     # Names of `representations`, in the order probes report them.

@@ -40,7 +40,7 @@ def test_critic_penalty_is_the_mean_squared_raw_score():
         map5=jax.random.normal(jax.random.fold_in(key, 1), (3, 5, 5, 4)),
         global_=jax.random.normal(jax.random.fold_in(key, 2), (3, 6)),
     )
-    critic = amdim.AMDIMCritic(predictions=("1-7",), hidden=8, embed_dim=5, clip=20.0)
+    critic = amdim.AMDIMCritic(predictions=("1-7",), hidden=8, embed_dim=5, critic_clip=20.0)
     params = critic.init(key, feats, feats, jnp.zeros(3, jnp.int32))
     out = critic.apply(params, feats, feats, jnp.zeros(3, jnp.int32))["1-7"]
     # Recompute by hand from the embedding networks' parameters.
@@ -186,7 +186,7 @@ def test_views_keep_shape_and_dtype_and_are_deterministic_given_the_key():
         ({"predictions": ()}, "`predictions`"),
         ({"predictions": ("1-5", "1-5")}, "without repeats"),
         ({"penalty": -0.1}, "`penalty`"),
-        ({"clip": -1.0}, "`clip`"),
+        ({"critic_clip": -1.0}, "`critic_clip`"),
         ({"estimator": "nope"}, "estimator"),
         ({"views": tuple(sorted(_views(crop_scale=(0.5, 2.0)).items()))}, "views.crop_scale"),
         ({"views": tuple(sorted(_views(grayscale=2.0).items()))}, "views.grayscale"),
@@ -194,7 +194,7 @@ def test_views_keep_shape_and_dtype_and_are_deterministic_given_the_key():
         ({"embed_dim": 0}, "`embed_dim` must be an integer >= 1"),
         ({"critic_hidden": 0}, "`critic_hidden` must be an integer >= 1"),
         ({"penalty": float("nan")}, "`penalty` must be finite"),
-        ({"clip": float("nan")}, "`clip`"),
+        ({"critic_clip": float("nan")}, "`critic_clip`"),
     ],
 )
 def test_objective_rejects_bad_settings(kwargs, match):

@@ -39,7 +39,7 @@ def _features(batch=6, h=2, w=3, c=4, d=5, seed=0):
 
 def test_critic_scores_match_a_hand_computation():
     local, global_ = _features()
-    critic = dim.DIMCritic(hidden=7, embed_dim=3, score_clip=None)
+    critic = dim.DIMCritic(hidden=7, embed_dim=3, critic_clip=None)
     params = critic.init(jax.random.key(0), local, local, global_)
     out = jax.jit(critic.apply)(params, local, local, global_)
     p = jax.tree.map(np.asarray, params["params"])
@@ -54,10 +54,10 @@ def test_critic_scores_match_a_hand_computation():
         np.testing.assert_allclose(out.local_scores[loc], phi_l @ psi_l.T, rtol=1e-5, atol=1e-5)
 
 
-def test_score_clip_is_a_soft_tanh_clip():
+def test_critic_clip_is_a_soft_tanh_clip():
     local, global_ = _features()
-    raw = dim.DIMCritic(hidden=7, embed_dim=3, score_clip=None)
-    clipped = dim.DIMCritic(hidden=7, embed_dim=3, score_clip=0.5)
+    raw = dim.DIMCritic(hidden=7, embed_dim=3, critic_clip=None)
+    clipped = dim.DIMCritic(hidden=7, embed_dim=3, critic_clip=0.5)
     params = raw.init(jax.random.key(0), local, local, global_)
     a = raw.apply(params, local, local, global_).local_scores
     b = clipped.apply(params, local, local, global_).local_scores
@@ -187,7 +187,7 @@ def test_every_kind_of_estimator_gives_finite_encoder_gradients(estimator):
         (dict(gamma=-1.0), ValueError, "gamma"),
         (dict(prior="laplace"), ValueError, "prior"),
         (dict(global_source="pixels"), ValueError, "global_source"),
-        (dict(score_clip=-1.0), ValueError, "`score_clip`"),
+        (dict(critic_clip=-1.0), ValueError, "`critic_clip`"),
         (dict(beta=float("nan")), ValueError, "`beta` must be finite"),
         (dict(alpha=float("inf")), ValueError, "`alpha` must be finite"),
         (dict(embed_dim=0), ValueError, "`embed_dim` must be an integer >= 1"),
