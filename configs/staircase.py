@@ -70,7 +70,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.matmul_floor_steps = 0
     config.log_every = 50  # metrics.jsonl rows: means over this many steps
     config.stats_fraction = 0.5  # per-level statistics over the last half of each level
-    config.ema_decay = 0.99  # smoothing of the plotted curves
+    config.plot_smoothing = 0.99  # EMA decay smoothing the plotted curves
 
     if preset == "quick":
         config.steps_per_level = 200

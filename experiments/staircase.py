@@ -82,9 +82,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
         training.check_ensemble(ensemble, config.dim, config.dim)
     _common.check_learning_rate(config)
-    if not (_checks.is_real(config.ema_decay) and 0 <= config.ema_decay < 1):
+    smoothing = config.plot_smoothing
+    if not (_checks.is_real(smoothing) and 0 <= smoothing < 1):
         raise ValueError(
-            f"config.ema_decay (the plots' smoothing) must lie in [0, 1), got {config.ema_decay!r}."
+            f"config.plot_smoothing (an EMA decay) must lie in [0, 1), got {smoothing!r}."
         )
     if not 0.0 < config.stats_fraction <= 1.0:
         raise ValueError(f"config.stats_fraction must lie in (0, 1], got {config.stats_fraction}.")
@@ -533,7 +534,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     config.bounds,
                     f"{task_name} task, {critic_name} critic (d={config.dim}, batch "
                     f"{config.batch_size})",
-                    config.ema_decay,
+                    config.plot_smoothing,
                 )
     finally:
         writer.close()

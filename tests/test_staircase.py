@@ -151,7 +151,7 @@ def test_level_statistics_against_hand_computation():
         ("levels", ("a", "b"), ValueError, "config.levels must be positive"),
         ("learning_rate", -1.0, ValueError, "`config.learning_rate` must be a positive number"),
         ("learning_rate", 0.0, ValueError, "`config.learning_rate` must be a positive number"),
-        ("ema_decay", 1.5, ValueError, r"config.ema_decay .* must lie in \[0, 1\)"),
+        ("plot_smoothing", 1.5, ValueError, r"config.plot_smoothing .* must lie in \[0, 1\)"),
         ("dim", 0, ValueError, "`dim` must be an integer >= 1"),
     ],
 )
