@@ -25,6 +25,7 @@ from flax.training import train_state
 
 from mi_jax import bounds as bounds_lib
 from mi_jax import critics as critics_lib
+from mi_jax import data as data_lib
 from mi_jax import parallel
 from mi_jax.types import Array, PRNGKey, PyTree
 
@@ -385,11 +386,11 @@ def make_sweep_chunk(
     bound_states))`` with ``setting`` one slice of ``settings`` (a pytree with a leading axis,
     e.g. the betas ``[S]``). ``state`` is a `SweepState` stacked over settings. The ``n`` steps
     run in one jitted `lax.scan` (``state`` donated); each step updates every setting on the
-    same batch ``images[idx]`` (uint8, converted with ``x / 255``) and the same key
-    ``fold_in(train_key, step)``, so settings differ only by their values and a resumed run
-    repeats the uninterrupted one. ``sequential`` runs the settings with `jax.lax.map` instead
-    of `jax.vmap` (for losses whose batched form misbehaves, such as a batched ``eigh`` on
-    XLA:CPU). Metrics come back stacked ``[n, S]``. With a ``mesh``
+    same batch ``images[idx]`` (uint8, converted with ``x / 255``; float images are refused)
+    and the same key ``fold_in(train_key, step)``, so settings differ only by their values and
+    a resumed run repeats the uninterrupted one. ``sequential`` runs the settings with
+    `jax.lax.map` instead of `jax.vmap` (for losses whose batched form misbehaves, such as a
+    batched ``eigh`` on XLA:CPU). Metrics come back stacked ``[n, S]``. With a ``mesh``
     (`mi_jax.parallel.data_mesh`; ``state``, ``images`` and ``labels`` replicated on it) each
     step is data-parallel: the batch is split over the devices, the losses see all of it.
 
@@ -421,7 +422,7 @@ def make_sweep_chunk(
     def run(state, images, labels, indices, start_step, settings):
         def seed_step(state, idx, seed_key, step):
             key = jax.random.fold_in(seed_key, step)
-            x, y = images[idx].astype(jnp.float32) / 255.0, labels[idx]
+            x, y = data_lib.to_float(images[idx]), labels[idx]  # refuses float images
             if mesh is None:
                 return every_setting(state, x, y, key, settings)
             state, metrics = every_setting(

@@ -199,6 +199,9 @@ def test_sweep_chunk_with_seeds_runs_each_seed_as_its_own_sweep(sequential):
         np.testing.assert_allclose(metrics["loss"][:, k], m["loss"], rtol=1e-6)
         np.testing.assert_allclose(state.params["w"][k], s.params["w"], rtol=1e-6)
     assert not np.allclose(metrics["loss"][:, 0], metrics["loss"][:, 1])
+    # Images already in [0, 1] would be divided by 255 a second time: refused.
+    with pytest.raises(TypeError, match="`images` must be uint8"):
+        run(both, images.astype(jnp.float32) / 255, labels, indices, 4, weights)
     # The debiased weight average keeps the [K, S] leading axes.
     averaged = training.averaged_params(state.replace(ema_params=state.params), 0.9)
     assert averaged["w"].shape == (2, 2, 4, 1) and state.step.shape == (2, 2)
