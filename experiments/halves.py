@@ -154,16 +154,9 @@ def check_encoders(config, models: dict, views) -> None:
             ) from None
 
 
-def standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Zero mean, unit variance per feature from the training features (constant features:
-    scale 1, as scikit-learn's StandardScaler)."""
-    mean, std = train.mean(0), train.std(0)
-    std = np.where(std > 1e-8, std, 1.0)
-    return (train - mean) / std, (test - mean) / std
-
-
 def linear_accuracy(config, train_x, train_y, test_x, test_y, num_classes, seed=0) -> float:
-    train_x, test_x = standardize(train_x, test_x)
+    """The linear probe's test accuracy (`mi_jax.probes.fit_probe` standardizes the features
+    with the training split's statistics)."""
     result = probes.fit_probe(
         train_x,
         train_y,
@@ -201,33 +194,32 @@ def run_combination(
 
     def init(key, top, bottom):
         params, bound_states = model.init(key, top, bottom)
-        return params, tx.init(params), bound_states
+        return training.TrainState.create(
+            apply_fn=model.value, params=params, tx=tx, bound_states=bound_states
+        )
 
     # One program that runs once: XLA's fast options compile it in about half the time, to the
     # same parameters.
     init = jax.jit(
         jax.vmap(init, in_axes=(0, None, None)), compiler_options=training.fast_compile_options()
     )
-    params, opt_state, bound_states = parallel.replicate(
-        init(keys, train_top[:batch], train_bottom[:batch]), mesh
-    )
+    state = parallel.replicate(init(keys, train_top[:batch], train_bottom[:batch]), mesh)
 
-    def step(params, opt_state, bound_states, top_all, bottom_all, idx, key):
+    def step(state, top_all, bottom_all, idx, key):
         k_top, k_bottom = jax.random.split(key)
         top_all, bottom_all = parallel.shard_batch((top_all[idx], bottom_all[idx]), mesh)
         top = halves.add_noise(k_top, top_all, config.noise_std)
         bottom = halves.add_noise(k_bottom, bottom_all, config.noise_std)
 
-        def loss_fn(p):
-            value, states = model.value(p, bound_states, top, bottom)
-            return -value, (value, states)
+        def loss_fn(params):
+            value, bound_states = model.value(params, state.bound_states, top, bottom)
+            return -value, (value, bound_states)
 
-        grads, (value, states) = jax.grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        new = (optax.apply_updates(params, updates), opt_state, states)
-        return *parallel.replicate_like(new, mesh), value
+        grads, (value, bound_states) = jax.grad(loss_fn, has_aux=True)(state.params)
+        state = state.apply_gradients(grads=grads, bound_states=bound_states)
+        return parallel.replicate_like(state, mesh), value
 
-    vstep = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, None, None, 0, 0)), donate_argnums=(0, 1, 2))
+    vstep = jax.jit(jax.vmap(step, in_axes=(0, None, None, 0, 0)), donate_argnums=0)
     # Replicated output: with several processes each reads all features on the host.
     represent = jax.jit(
         jax.vmap(model.represent, in_axes=(0, None)), out_shardings=parallel.replicated(mesh)
@@ -246,9 +238,9 @@ def run_combination(
     ][: config.mi_eval_batches]
     probe_top, test_top = put(views["probe_top"]), put(views["test_top"])
 
-    def evaluate(step_num, params, bound_states, train_mi):
-        feats_train = np.asarray(represent(params, probe_top))
-        feats_test = np.asarray(represent(params, test_top))
+    def evaluate(step_num, state, train_mi):
+        feats_train = np.asarray(represent(state.params, probe_top))
+        feats_test = np.asarray(represent(state.params, test_top))
         acc = [
             linear_accuracy(
                 config,
@@ -262,7 +254,11 @@ def run_combination(
             for s in range(seeds)
         ]
         mi = np.mean(
-            [np.asarray(test_value(params, bound_states, t, b)[0]) for t, b in test_batches], axis=0
+            [
+                np.asarray(test_value(state.params, state.bound_states, t, b)[0])
+                for t, b in test_batches
+            ],
+            axis=0,
         )
         row = {
             **label,
@@ -274,7 +270,7 @@ def run_combination(
         writer.write(row)
         return row
 
-    history = [evaluate(0, params, bound_states, None)]
+    history = [evaluate(0, state, None)]
     step_num, t0 = 0, time.perf_counter()
     train_mi = []
     while step_num < config.num_steps:
@@ -292,22 +288,19 @@ def run_combination(
         values = []
         for i in range(n):
             step_keys = _fold_in_each(keys, step_num + i)
-            params, opt_state, bound_states, value = vstep(
-                params, opt_state, bound_states, train_top, train_bottom, idx[i], step_keys
-            )
+            state, value = vstep(state, train_top, train_bottom, idx[i], step_keys)
             values.append(value)
         values = np.asarray(jax.device_get(values))  # [n, seeds]
-        if not np.all(np.isfinite(values)):
-            bad = np.argwhere(~np.isfinite(values))[0]
+        if (bad := training.first_nonfinite(values)) is not None:
             raise training.NonFiniteError(
-                f"{label}: the bound became {values[tuple(bad)]} at step {step_num + bad[0] + 1} "
+                f"{label}: the bound became {values[bad]} at step {step_num + bad[0] + 1} "
                 f"(seed index {bad[1]}); finished combinations are kept in results.json."
             )
         step_num += n
         train_mi = values.mean(0).tolist()
         progress.update(n)
         if step_num % config.eval_every == 0 or step_num == config.num_steps:
-            row = evaluate(step_num, params, bound_states, train_mi)
+            row = evaluate(step_num, state, train_mi)
             history.append(row)
             progress.set_postfix(
                 acc=f"{np.mean(row['accuracy']):.3f}", mi=f"{np.mean(row['mi_test']):.2f}"
