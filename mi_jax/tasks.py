@@ -81,11 +81,14 @@ def gaussian_log_ratio(x: ArrayLike, y: ArrayLike, mi: ArrayLike) -> Array:
         raise ValueError(
             f"`x` and `y` must both have shape [batch, dim], got {x.shape} and {y.shape}."
         )
-    rho = rho_from_mi(mi, x.shape[-1])
-    one_minus = 1.0 - rho**2
+    dim = x.shape[-1]
+    rho, noise = rho_from_mi(mi, dim), noise_from_mi(mi, dim)
     xi, yj = x[:, None, :], y[None, :, :]  # [B, 1, d], [1, B, d]
-    quad = (rho**2 * xi**2 - 2.0 * rho * xi * yj + rho**2 * yj**2) / (2.0 * one_minus)
-    return jnp.sum(-0.5 * jnp.log(one_minus) - quad, axis=-1)
+    # log p(y | x) - log p(y) with p(y | x) = N(rho x, noise^2): the residual's form keeps
+    # float32 exact where 1 - rho^2 and the expanded quadratic cancel (from 8 nats per
+    # coordinate: 7.73 nats read at 8, NaN from 9).
+    log_ratio = 0.5 * jnp.square(yj) - 0.5 * jnp.square((yj - rho * xi) / noise)
+    return jnp.sum(log_ratio, axis=-1) + _float(mi)  # sum over d of -log(noise) = mi
 
 
 def _gaussian_pair(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tuple[Array, Array]:

@@ -387,6 +387,16 @@ def test_gaussian_log_ratio_is_the_log_density_ratio():
         tasks.gaussian_log_ratio(x, y[:, :2], mi)
 
 
+@pytest.mark.parametrize("mi, dim", [(8.0, 1), (9.0, 1), (11.0, 1), (45.0, 5)])
+def test_gaussian_log_ratio_stays_exact_in_float32_at_high_mi_per_coordinate(mi, dim):
+    # E_p[log ratio] = mi; each diagonal entry is mi + sum(y^2 - eps^2) / 2 (std sqrt(dim / 2)
+    # per pair). Expanded, 1 - rho^2 and the quadratic cancelled: 7.73 nats at 8, NaN from 9.
+    x, y = tasks.correlated_gaussian(jax.random.key(4), mi, 2048, dim)
+    diag = np.diag(np.asarray(tasks.gaussian_log_ratio(x, y, mi)))
+    assert np.all(np.isfinite(diag))
+    assert abs(diag.mean() - mi) < 4 * np.sqrt(dim / 2 / diag.size), diag.mean()
+
+
 def test_a_registered_task_is_built_by_name_and_checked(monkeypatch):
     monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))  # noqa: SLF001
 
