@@ -345,7 +345,10 @@ def smile(scores: ArrayLike, *, clip: float | None = 5.0, gradient: str = "js") 
       scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
       clip: ``tau``, or None for no clipping.
       gradient: ``"js"`` trains the critic with the f-GAN JS objective and reads SMILE out, as the
-        authors' experiments do; ``"smile"`` uses the gradient of the clipped bound itself.
+        authors' experiments do; ``"smile"`` uses the gradient of the clipped bound itself. With
+        a finite ``clip`` that objective is unbounded above (the joint term is not clipped, the
+        marginal term is at most ``tau``: training drives every score up, to ~1e8 nats), so the
+        registry (`get_bound`), which builds training objectives, refuses it.
 
     Returns:
       ``[]`` the bound in nats.
@@ -617,7 +620,15 @@ def make_bound(
 
 
 def _smile_bound(name: str, **hparams: Any) -> Bound:
-    objective = js_fgan if hparams.get("gradient", "js") == "js" else None
+    gradient = hparams.get("gradient", "js")
+    if gradient == "smile" and hparams.get("clip", 5.0) is not None:
+        raise ValueError(
+            "bound 'smile' with gradient='smile' and a finite `clip`: as a training objective the "
+            "clipped bound is unbounded above (only the marginal term is clipped; the critic's "
+            "scores grow without limit, estimates reach ~1e8 nats). Train with gradient='js' "
+            "(the default, as Song & Ermon do) or clip=None (DV)."
+        )
+    objective = js_fgan if gradient == "js" else None
     return make_bound(name, smile, objective=objective, **hparams)
 
 

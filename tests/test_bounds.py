@@ -840,8 +840,15 @@ def test_registry_objective_is_the_function_training_follows():
             jax.grad(lambda t, b=bound: b.apply(t, ())[0])(s),
             rtol=1e-5,
         )
-    for name, hparams in [("smile", {"gradient": "smile"}), ("nwj", {}), ("infonce", {})]:
+    for name, hparams in [
+        ("smile", {"gradient": "smile", "clip": None}),
+        ("nwj", {}),
+        ("infonce", {}),
+    ]:
         assert bounds.get_bound(name, **hparams).objective is None
+    # The clipped bound's own gradient is unbounded above: estimate_mi read 6.9e8 nats of 1.
+    with pytest.raises(ValueError, match="gradient='smile' and a finite `clip`"):
+        bounds.get_bound("smile", gradient="smile")
 
 
 def test_unknown_bound_name_suggests_the_closest():
