@@ -214,7 +214,7 @@ class SeparableCritic(nn.Module):
         gx, hy = mlp(name="g")(x), mlp(name="h")(y)
         scores = gx @ hy.T
         if self.bilinear:
-            w = self.param("W", nn.initializers.zeros, (x.shape[1], y.shape[1]))
+            w = self.param("W", nn.initializers.zeros, (x.shape[1], y.shape[1]), jnp.float32)
             scores = scores + (x @ w.astype(x.dtype)) @ y.T
         return scores
 
@@ -234,7 +234,7 @@ class BilinearCritic(nn.Module):
         """``x`` ``[batch, dim_x]``, ``y`` ``[batch, dim_y]`` -> ``[batch, batch]``."""
         _check_pair(x, y)
         init = get_initializer(self.kernel_init)
-        w = self.param("W", init, (x.shape[1], y.shape[1]))
+        w = self.param("W", init, (x.shape[1], y.shape[1]), jnp.float32)
         return x @ w @ y.T
 
 

@@ -79,8 +79,8 @@ class PatchConv(nn.Module):
             raise ValueError(f"PatchConv needs `x` of shape [B, h, w, C_in], got {x.shape}.")
         (kh, kw), (sh, sw) = self.kernel_size, self.strides
         c_in = x.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, c_in, self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, c_in, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         lo_h, hi_h, out_h = _same_padding(x.shape[1], kh, sh)
         lo_w, hi_w, out_w = _same_padding(x.shape[2], kw, sw)
         x = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))

@@ -348,7 +348,7 @@ def estimate_mi(
             states, data_keys, np.int32(r), *seed_args, x_train, y_train, x_test, y_test
         )
         # The one host sync per round: early stopping is decided here.
-        new_calibration = np.asarray(new_calibration).reshape(num_seeds, 2)
+        new_calibration = np.asarray(new_calibration, np.float32).reshape(num_seeds, 2)
         calibration = np.where(active[:, None], new_calibration, calibration)
         test_value, objective, train_value = (np.asarray(v).reshape(num_seeds) for v in values)
         # A critic whose training value turns non-finite trains no further; its estimate is

@@ -11,7 +11,7 @@ import pytest
 
 import mi_jax
 from experiments import estimate as estimate_cli
-from mi_jax import bounds, tasks, training
+from mi_jax import bounds, critics, tasks, training
 from mi_jax import estimate as estimate_lib
 
 
@@ -206,6 +206,20 @@ def test_numpy_integers_bool_and_bfloat16_inputs_and_a_huge_step_limit(gaussian_
     huge = mi_jax.estimate_mi(x, y, max_steps=10**12, eval_every=50, patience=2)
     assert len(huge.steps) == len(huge.test_curve) < 100
     assert huge.best_step == huge.steps[np.nanargmax(huge.objective_curve)]
+
+
+@pytest.mark.parametrize("critic", ["bilinear", "separable"])
+def test_x64_mode_trains_the_same_float32_critic(gaussian_2d, critic):
+    # Under jax_enable_x64, `self.param` made the bilinear W float64: the calibration came back
+    # float64 and the next round refused it (a raw XLA TypeError), and with the default critic
+    # Adam ran W in float64 (another estimate for the same data).
+    x, y = (np.asarray(a)[:400] for a in gaussian_2d)
+    plain = mi_jax.estimate_mi(x, y, critic=critic, max_steps=200, eval_every=50)
+    with jax.enable_x64(True):
+        wide = mi_jax.estimate_mi(x, y, critic=critic, max_steps=200, eval_every=50)
+        params = critics.get_critic(critic).init(jax.random.key(0), x[:4], y[:4])
+    assert {a.dtype for a in jax.tree.leaves(params)} == {np.dtype(np.float32)}
+    assert wide.mi == plain.mi and wide.best_step == plain.best_step
 
 
 def test_stop_on_bound_reports_the_curves_maximum(gaussian_2d):
