@@ -553,8 +553,15 @@ def _compiled_fit(spec: _FitSpec):
         init_keys, data_keys = keys[:, 0], keys[:, 1]
 
         def init_one(key):
-            return training.create_train_state(
-                ensemble, optimizer, key, x_train[: spec.batch], y_train[: spec.batch]
+            params, bound_states = ensemble.init(key, x_train[: spec.batch], y_train[: spec.batch])
+            if not jax.tree.leaves(params["critic"]):  # optax.flatten: "Need at least one array"
+                raise ValueError(
+                    f"`critic` {spec.critic!r} has no parameters: estimate_mi trains the "
+                    "critic; use a separable, bilinear or concat one (a parameter-free critic "
+                    "scores embeddings an encoder learns, as in DIM or the halves study)."
+                )
+            return training.TrainState.create(
+                apply_fn=ensemble.apply, params=params, tx=optimizer, bound_states=bound_states
             )
 
         # The held-out objective of the critic that scores every pair 0 (its bound: 0 nats):

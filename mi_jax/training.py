@@ -98,6 +98,9 @@ class BoundEnsemble:
             # time, and turns each matmul into a batched dot, slower on XLA:CPU).
             one = jax.tree.map(lambda p: p[0], params["critic"])
             return self.critic.apply(one, x, y)[None]
+        if not jax.tree.leaves(params["critic"]):  # parameter-free (inner_product): no axis
+            scores = self.critic.apply(params["critic"], x, y)
+            return jnp.broadcast_to(scores, (len(self.bounds), *scores.shape))
         return jax.vmap(self.critic.apply, in_axes=(0, None, None))(params["critic"], x, y)
 
     def apply(
@@ -198,11 +201,17 @@ def make_train_step(
 
         grads, (values, bound_states) = jax.grad(loss_fn, has_aux=True)(state.params)
         new_state = state.apply_gradients(grads=grads, bound_states=bound_states)
+
+        def norms(tree):  # [n_bounds]; zeros for a parameter-free critic
+            if not jax.tree.leaves(tree):
+                return jnp.zeros(len(ensemble.bounds))
+            return jax.vmap(optax.tree.norm)(tree)
+
         compute = {
             "mi": lambda: values,
             "loss": lambda: -jnp.sum(values),
-            "grad_norm": lambda: jax.vmap(optax.tree.norm)(grads["critic"]),
-            "param_norm": lambda: jax.vmap(optax.tree.norm)(state.params["critic"]),
+            "grad_norm": lambda: norms(grads["critic"]),
+            "param_norm": lambda: norms(state.params["critic"]),
         }
         return new_state, {name: compute[name]() for name in metrics}
 

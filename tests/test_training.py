@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+import mi_jax
 from mi_jax import tasks, training
 
 NAMES = ["dv", "mine", "nwj", "tuba", "infonce", "js", "interpolated", "smile", "flo"]
@@ -166,6 +167,29 @@ def test_make_ensemble_errors():
         training.make_ensemble([], "separable")
     with pytest.raises(TypeError, match="clip"):
         training.make_ensemble([("nwj", {"clip": 1.0})], "separable")
+    # estimate_mi trains the critic: a parameter-free one is refused, naming it (before:
+    # optax's "Need at least one array to concatenate").
+    samples = np.random.default_rng(0).normal(size=(2, 200, 2))
+    with pytest.raises(ValueError, match="`critic` 'inner_product' has no parameters"):
+        mi_jax.estimate_mi(*samples, critic="inner_product")
+
+
+def test_a_parameter_free_critic_trains_beside_other_bounds_networks():
+    # inner_product next to TUBA's baseline: the fixed scores are shared by every bound and the
+    # baseline trains (before: a vmap over the critic's empty parameters failed).
+    ensemble, sample, state = _setup(
+        ["infonce", "tuba"], "inner_product", {"temperature": 1.0}, dim=3
+    )
+    baseline = jax.tree.leaves(state.params["aux"])
+    run = jax.jit(training.make_scan_trainer(ensemble, sample, 5))
+    new, metrics = run(state, jax.random.key(2), 0)
+    np.testing.assert_allclose(metrics["grad_norm"], 0.0)
+    assert np.all(np.isfinite(metrics["mi"]))
+    assert not np.allclose(jax.tree.leaves(new.params["aux"])[-1], baseline[-1])
+    x, y = sample(jax.random.key(3), 0)
+    scores = ensemble.scores(new.params, x, y)
+    np.testing.assert_allclose(scores[0], x @ y.T, rtol=1e-6)
+    np.testing.assert_allclose(scores[1], scores[0])
 
 
 @pytest.mark.parametrize("sequential", [False, True])
