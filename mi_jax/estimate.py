@@ -120,6 +120,11 @@ CALIBRATION_ITERATIONS = 4
 # The least held-out split: the estimate is read (and the critic calibrated, and early stopping
 # decided) on it. With 2 held-out pairs of independent samples the estimate read up to 22 nats.
 MIN_TEST = 32
+# A joint (concat) critic scores the held-out split's n_test^2 pairs in row blocks of at most
+# this many activations per layer (2^25 floats, 128 MiB): all pairs at once held 8 GiB of
+# activations at n_test = 2048 (hidden 256, 256); in blocks of 64 rows 260 MiB, and the
+# evaluation took 4.5 s instead of 10 s on 2 CPU cores.
+HELD_OUT_BLOCK = 2**25
 
 
 def estimate_mi(
@@ -488,6 +493,16 @@ def _gaussianize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     return scipy.special.ndtri(u).astype(np.float32)
 
 
+def _blocked_for_held_out(ensemble: training.BoundEnsemble, n_test: int) -> training.BoundEnsemble:
+    """``ensemble`` with a concat critic that evaluates ``n_test`` rows in blocks of
+    `HELD_OUT_BLOCK` activations (the same parameters; a ``chunk_size`` given stays)."""
+    critic = ensemble.critic
+    if not isinstance(critic, critics_lib.ConcatCritic) or critic.chunk_size is not None:
+        return ensemble
+    rows = max(1, HELD_OUT_BLOCK // (n_test * max(critic.hidden)))
+    return ensemble if rows >= n_test else ensemble.replace(critic=critic.clone(chunk_size=rows))
+
+
 @dataclasses.dataclass(frozen=True)
 class _FitSpec:
     """Everything the compiled programs depend on (hashable: programs are cached on it)."""
@@ -539,6 +554,7 @@ def _compiled_fit(spec: _FitSpec):
     # in and out of the flat vector: the staircase runs ~20 % slower with it.)
     optimizer = optax.flatten(optax.adam(spec.learning_rate))
     train_step = training.make_train_step(ensemble, metrics=("mi",))
+    held_out = _blocked_for_held_out(ensemble, spec.test_shapes[0][0])
     num_seeds, batched = spec.num_seeds or 1, spec.num_seeds is not None
     mesh = spec.mesh
 
@@ -586,7 +602,7 @@ def _compiled_fit(spec: _FitSpec):
         if batched:  # A single seed that has stopped is not run again.
             new_state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_state, state)
         x_test, y_test = shard((x_test, y_test))
-        scores = ensemble.scores(new_state.params, x_test, y_test)  # [1, n_test, n_test]
+        scores = held_out.scores(new_state.params, x_test, y_test)  # [1, n_test, n_test]
         if spec.calibrate:
             calibration = bounds_lib.js_calibration(
                 scores[0], calibration, iterations=CALIBRATION_ITERATIONS

@@ -222,6 +222,27 @@ def test_x64_mode_trains_the_same_float32_critic(gaussian_2d, critic):
     assert wide.mi == plain.mi and wide.best_step == plain.best_step
 
 
+def test_a_concat_critic_scores_the_held_out_split_in_row_blocks(gaussian_2d, monkeypatch):
+    # All n_test^2 pairs at once held 8 GiB of activations at n_test = 2048; in blocks the
+    # same estimate comes out (here blocks of 3 rows of 80: 8 * 3 * 80 activations).
+    x, y = (np.asarray(a)[:400] for a in gaussian_2d)
+    settings = dict(critic="concat", critic_hparams={"hidden": (8,)}, max_steps=100)
+    monkeypatch.setattr(estimate_lib, "HELD_OUT_BLOCK", 8 * 3 * 80)
+    ensemble = training.make_ensemble(["smile"], "concat", {"hidden": (8,)})
+    assert estimate_lib._blocked_for_held_out(ensemble, 80).critic.chunk_size == 3
+    estimate_lib._compiled_fit.cache_clear()  # programs are cached on the settings
+    blocked = mi_jax.estimate_mi(x, y, **settings)
+    monkeypatch.setattr(estimate_lib, "HELD_OUT_BLOCK", 2**40)
+    estimate_lib._compiled_fit.cache_clear()
+    assert estimate_lib._blocked_for_held_out(ensemble, 80) is ensemble
+    dense = mi_jax.estimate_mi(x, y, **settings)
+    assert blocked.best_step == dense.best_step
+    np.testing.assert_allclose(blocked.test_curve, dense.test_curve, rtol=1e-5, atol=1e-6)
+    # A chunk size given is kept.
+    given = training.make_ensemble(["smile"], "concat", {"hidden": (8,), "chunk_size": 5})
+    assert estimate_lib._blocked_for_held_out(given, 80) is given
+
+
 def test_stop_on_bound_reports_the_curves_maximum(gaussian_2d):
     x, y = gaussian_2d
     result = mi_jax.estimate_mi(x[:2000], y[:2000], max_steps=600, stop_on="bound")
