@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from mi_jax import _checks
-from mi_jax._checks import hashable_hparams  # noqa: F401  (the experiments' configs use it)
+from mi_jax._checks import hashable_hparams  # noqa: F401  (the experiments' builders use it)
 
 
 def to_builtin(value):
@@ -322,6 +322,27 @@ def train_time_until(earlier: Mapping, step: int) -> tuple[float, list[list]]:
         return float(earlier.get("train_s", 0.0)), []
     pairs = [list(p) for p in earlier["train_s_by_step"] if p[0] <= step]
     return (float(pairs[-1][1]) if pairs else 0.0), pairs
+
+
+def checkpoint_manager(path: str, keep: int = 1):
+    """An Orbax `CheckpointManager` of the checkpoints in the folder ``path`` (made absolute,
+    created on the first save), keeping the latest ``keep``."""
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(os.path.abspath(path), options=options)
+
+
+def latest_checkpoint_step(path: str) -> int:
+    """The step of the latest checkpoint in the folder ``path`` (0: none); creates nothing
+    (a bad config found later leaves the workdir as it was)."""
+    if not os.path.isdir(path):
+        return 0
+    manager = checkpoint_manager(path)
+    try:
+        return manager.latest_step() or 0
+    finally:
+        manager.close()
 
 
 def restore_checkpoint(manager, step: int, state):

@@ -36,13 +36,13 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> am
     return amdim.AMDIMObjective(
         encoder=encoder,
         estimator=config.estimator,
-        estimator_hparams=tuple(sorted(config.estimator_hparams.to_dict().items())),
+        estimator_hparams=_common.hashable_hparams(config.estimator_hparams.to_dict()),
         predictions=tuple(config.predictions),
         critic_hidden=config.critic_hidden,
         embed_dim=config.embed_dim,
         critic_clip=config.critic_clip or None,
         penalty=config.penalty,
-        views=tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in views.items())),
+        views=_common.hashable_hparams(views),
     )
 
 

@@ -92,10 +92,11 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(
                 f"unknown name {method!r} in `config.methods`; known: {', '.join(ib.METHODS)}."
             )
+    swept = [m for m in ib.METHODS if m != "deterministic"]  # the methods with a beta
     for method in config.betas:
-        if method not in ib.METHODS or method == "deterministic":
+        if method not in swept:
             raise ValueError(
-                f"unknown method {method!r} in `config.betas`; known: vib, mine, mige."
+                f"unknown method {method!r} in `config.betas`; known: {', '.join(swept)}."
             )
     for method in config.methods:
         if method != "deterministic" and method not in config.betas:
@@ -173,20 +174,7 @@ def make_eval_fn(
 
 
 def _checkpoint_manager(workdir: str, method: str) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-    path = os.path.abspath(os.path.join(workdir, "checkpoints", method))
-    return ocp.CheckpointManager(path, options=options)
-
-
-def latest_checkpoint_step(workdir: str, method: str) -> int:
-    """The step of ``method``'s checkpoint in ``workdir`` (0: none); creates nothing."""
-    if not os.path.isdir(os.path.join(workdir, "checkpoints", method)):
-        return 0
-    manager = _checkpoint_manager(workdir, method)
-    try:
-        return manager.latest_step() or 0
-    finally:
-        manager.close()
+    return _common.checkpoint_manager(os.path.join(workdir, "checkpoints", method))
 
 
 def sweep_init(config: ml_collections.ConfigDict, method: str, dataset: data_lib.Dataset):
@@ -236,7 +224,7 @@ def check_checkpoints(config: ml_collections.ConfigDict, dataset: data_lib.Datas
     steps_per_epoch = dataset.train_images.shape[0] // config.batch_size
     num_steps = config.num_epochs * steps_per_epoch
     for method in config.methods:
-        start = latest_checkpoint_step(workdir, method)
+        start = _common.latest_checkpoint_step(os.path.join(workdir, "checkpoints", method))
         if start:
             _, init, (init_key, _, _) = sweep_init(config, method, dataset)
             manager = _checkpoint_manager(workdir, method)

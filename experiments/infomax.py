@@ -49,7 +49,7 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> di
     return dim.DIMObjective(
         encoder=encoder,
         estimator=config.estimator,
-        estimator_hparams=tuple(sorted(config.estimator_hparams.to_dict().items())),
+        estimator_hparams=_common.hashable_hparams(config.estimator_hparams.to_dict()),
         alpha=config.alpha,
         beta=config.beta,
         gamma=config.gamma,
@@ -59,7 +59,7 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> di
         embed_dim=config.embed_dim,
         critic_clip=config.critic_clip or None,
         score_estimator=config.score_estimator,
-        score_hparams=tuple(sorted(config.score_hparams.to_dict().items())),
+        score_hparams=_common.hashable_hparams(config.score_hparams.to_dict()),
         mige_locations=config.mige_locations,
     )
 
@@ -245,13 +245,6 @@ def run_probes(
     return rows
 
 
-def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")), options=options
-    )
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -281,8 +274,8 @@ def train_and_evaluate(
         )
     mesh = parallel.checked_mesh(mesh)
     parallel.check_batch_size(batch_size, mesh)
-    manager = _checkpoint_manager(workdir, config.keep_checkpoints)
-    start = manager.latest_step() or 0
+    checkpoints = os.path.join(workdir, "checkpoints")
+    start = _common.latest_checkpoint_step(checkpoints)
     if start > config.num_steps:  # the probes would see an encoder trained for longer
         raise ValueError(
             f"the checkpoints in {workdir}/checkpoints reach step {start}, past "
@@ -314,6 +307,7 @@ def train_and_evaluate(
     # A copy: the train state's buffers are donated to the compiled steps.
     initial_encoder = parallel.replicate(jax.tree.map(jnp.copy, state.params["encoder"]), mesh)
     state = parallel.replicate(state, mesh)  # restored checkpoints take this layout too
+    manager = _common.checkpoint_manager(checkpoints, config.keep_checkpoints)
     if start:  # a checkpoint of another model is refused before config.json is written
         state = _common.restore_checkpoint(manager, start, state)
         print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")

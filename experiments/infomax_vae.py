@@ -280,11 +280,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     steps_per_epoch = num_train // config.batch_size
     num_steps = config.num_epochs * steps_per_epoch
     chunk_steps = config.eval_every_epochs * steps_per_epoch
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-    manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")), options=options
-    )
-    start = manager.latest_step() or 0
+    checkpoints = os.path.join(workdir, "checkpoints")
+    start = _common.latest_checkpoint_step(checkpoints)
     if start > num_steps:  # the table and probes would describe a model trained for longer
         raise ValueError(
             f"the checkpoint in {workdir}/checkpoints is at step {start}, past this config's "
@@ -306,6 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         jax.vmap(init) if batched else init, compiler_options=training.fast_compile_options()
     )
     state = parallel.replicate(init(init_key), mesh)  # restored checkpoints take this layout too
+    manager = _common.checkpoint_manager(checkpoints)
     if start:  # a checkpoint of another model is refused before config.json is written
         state = _common.restore_checkpoint(manager, start, state)
         print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")

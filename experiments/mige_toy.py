@@ -135,12 +135,13 @@ def bound_gradients(
 
     def one(rho, key):
         init_key, train_key, eval_key = jax.random.split(key, 3)
-        x0, y0 = toy_samples(rho, init_key, dim, n)
+        x0, y0 = toy_samples(rho, jax.random.fold_in(train_key, 0), dim, n)  # the first batch
         state = training.create_train_state(ensemble, optimizer, init_key, x0, y0)
 
         def body(state, i):
-            batch = toy_samples(rho, jax.random.fold_in(train_key, i), dim, n)
-            state, metrics = step(state, batch, train_key)
+            data_key = jax.random.fold_in(train_key, i)
+            # The critics are deterministic: the step's key goes unused.
+            state, metrics = step(state, toy_samples(rho, data_key, dim, n), data_key)
             return state, metrics["mi"]
 
         state, trained = jax.lax.scan(body, state, jnp.arange(config.critic_steps))

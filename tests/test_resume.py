@@ -78,12 +78,13 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path):
 # Saves a 4 MB state at every step, forever, with the experiments' checkpoint manager, starting
 # after the latest checkpoint in the workdir (as a resumed run does).
 _SAVER = r"""
+import os
 import sys
 import numpy as np
 import orbax.checkpoint as ocp
-from experiments import infomax
+from experiments import _common
 
-manager = infomax._checkpoint_manager(sys.argv[1], keep=2)
+manager = _common.checkpoint_manager(os.path.join(sys.argv[1], "checkpoints"), keep=2)
 step = (manager.latest_step() or 0) + 1
 print("ready", flush=True)
 while True:
@@ -97,7 +98,7 @@ def test_sigkill_during_checkpoint_saves_never_leaves_an_unloadable_checkpoint(t
     import numpy as np
     import orbax.checkpoint as ocp
 
-    from experiments import infomax
+    from experiments import _common
 
     workdir = str(tmp_path)
     latest = []
@@ -114,7 +115,7 @@ def test_sigkill_during_checkpoint_saves_never_leaves_an_unloadable_checkpoint(t
             time.sleep(delay)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        manager = infomax._checkpoint_manager(workdir, keep=2)
+        manager = _common.checkpoint_manager(os.path.join(workdir, "checkpoints"), keep=2)
         step = manager.latest_step()
         assert step is not None
         target = {"w": np.zeros((1024, 1024), np.float32), "step": np.array(0, np.int32)}
