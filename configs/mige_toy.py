@@ -10,8 +10,9 @@ Richardson-extrapolated in the bandwidth) has a relative RMSE of 0.029 / 0.035 /
 d = 8 / 16 / 32 in 0.6-0.9 s per d; SSGE (median bandwidth, threshold 0.99) 0.065 / 0.117 /
 0.273, as in the authors' saved results; bounds trained 200 steps are far worse (InfoNCE
 0.25 / 0.59 / 0.85). The `quick` preset runs d = 8 only, with 2 seeds, 10 rhos and 50 critic
-steps (a smoke run); `learned_score` runs MIGE with the learned (denoising score matching) score estimator alone, at
-d = 8 with 10 rhos x 3 seeds (each estimate trains its own score network):
+steps (a smoke run); `learned_score` runs MIGE with the learned (denoising score matching)
+score estimator alone, at d = 8 with 10 rhos x 3 seeds (each estimate trains its own score
+network):
 
   python -m experiments.mige_toy --config configs/mige_toy.py:learned_score --workdir /tmp/mige_dsm
 """
