@@ -92,7 +92,7 @@ def dsm_score(
     def loss_fn(params, key):
         idx_key, noise_key = jax.random.split(key)
         zb = z[jax.random.choice(idx_key, m, (batch,), replace=False)]
-        eps = jax.random.normal(noise_key, zb.shape)
+        eps = jax.random.normal(noise_key, zb.shape, zb.dtype)  # float32 samples: also in x64
         pred = net.apply(params, zb + sigma * eps)
         # sigma^2-weighted DSM loss: |sigma s + eps|^2, of order one at every sigma.
         return jnp.mean(jnp.sum(jnp.square(sigma * pred + eps), axis=-1))
