@@ -22,7 +22,7 @@ import ml_collections
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.num_seeds = 3  # vmapped in one program per combination
+    config.num_seeds = 3  # vmapped per combination; split from `seed`'s key, not seeds seed + k
     config.dataset = "digits"
     config.data_dir = ""
     config.max_examples = 0

@@ -27,7 +27,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.num_rhos = 30
     config.rho_max = 0.8
     config.num_samples = 256
-    config.num_seeds = 5
+    config.num_seeds = 5  # vmapped; split from `seed`'s key (not the runs of seeds seed + k)
     # MIGE estimators: name -> score estimator and its hyperparameters. "bandwidth_scale"
     # multiplies the median heuristic; "richardson" extrapolates the score in the bandwidth
     # (s(h) ~ s + a h^2: s = (c^2 s(h) - s(c h)) / (c^2 - 1)) to remove the smoothing bias.
