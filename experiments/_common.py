@@ -90,32 +90,39 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
                 field = field.args[0]
             raise SystemExit(
                 f"{name}: the config has no field {field} (overrides given: {', '.join(given)}); "
-                f"{_known_fields(name, given)}"
+                f"{_known_fields(name, argv, given)}"
             ) from None
 
     app.run(main, flags_parser=parse_flags)
 
 
-def _known_fields(name: str, overrides: list[str]) -> str:
-    """The fields of ``configs/NAME.py`` at the level where an override ``--config.a.b`` first
-    names one that is not there (ml_collections suggests one by spelling only: ``num_steps``
-    in IB's config got "num_seeds", where IB counts ``num_epochs``)."""
+def _known_fields(name: str, argv: list[str], overrides: list[str]) -> str:
+    """The fields of ``configs/NAME.py[:preset]`` at the level where an override
+    ``--config.a.b`` first names one that is not there (ml_collections suggests one by spelling
+    only: ``num_steps`` in IB's config got "num_seeds", where IB counts ``num_epochs``); below
+    a ``*_hparams`` map (keyword arguments, free-form), how to give the map whole."""
     import importlib
 
+    given = _config_arg(argv)
+    preset = given.partition(":")[2] if given else ""
     try:
-        config = importlib.import_module(f"configs.{name}").get_config()
-    except ImportError:  # run from elsewhere than the repository root
+        config = importlib.import_module(f"configs.{name}").get_config(preset or None)
+    except Exception:  # run from elsewhere than the repository root, or a bad preset
         return f"see configs/{name}.py for its fields."
     for override in overrides:
-        node, path = config, "config"
+        node, path, hparams = config, "config", None
         for part in override.removeprefix("--").split(".")[1:]:
             if not is_map(node):
                 break
             if part not in node:
-                if not node:  # a map of hyperparameters: given whole, as a dict
-                    return f"`{path}` is empty here: give it whole, --{path}='{{\"{part}\": ...}}'."
-                return f"`{path}` has the fields {', '.join(sorted(node))}."
+                if hparams:  # keyword arguments, free-form: the map is given whole
+                    return f"`{hparams}` is a map of keyword arguments: give it whole, " + (
+                        f"--{hparams}='{{...}}'."
+                    )
+                return f"`{path}` has the fields {', '.join(sorted(node)) or '(none)'}."
             node, path = node[part], f"{path}.{part}"
+            if hparams is None and part.endswith("_hparams"):
+                hparams = path
     return f"see configs/{name}.py for its fields."
 
 
@@ -149,22 +156,26 @@ def check_workdir(workdir: str) -> None:
         raise ValueError(f"--workdir {workdir!r}: {path!r} is not writable.")
 
 
+def _config_arg(argv: list[str]) -> str | None:
+    """The value of ``--config`` (``path[:preset]``) in ``argv``, or None."""
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def _check_config_path(name: str, argv: list[str]) -> None:
     """Exits naming ``--config`` and the path when its file does not exist (ml_collections
     loads it lazily, inside the run, with a message that names neither)."""
-    for i, arg in enumerate(argv[1:], start=1):
-        if arg == "--config" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--config="):
-            value = arg.split("=", 1)[1]
-        else:
-            continue
-        path = value.split(":", 1)[0]
-        if not os.path.isfile(path):
-            raise SystemExit(
-                f"{name}: --config {value!r}: no file {path!r} (relative to {os.getcwd()}); "
-                f"pass e.g. --config configs/{name}.py, from the repository's root."
-            )
+    value = _config_arg(argv)
+    path = None if value is None else value.split(":", 1)[0]
+    if path is not None and not os.path.isfile(path):
+        raise SystemExit(
+            f"{name}: --config {value!r}: no file {path!r} (relative to {os.getcwd()}); "
+            f"pass e.g. --config configs/{name}.py, from the repository's root."
+        )
 
 
 def split_cpu_into_devices(count: int) -> None:

@@ -111,13 +111,23 @@ def test_another_experiments_config_is_named_before_the_run(name, other):
 def test_an_unknown_override_lists_the_fields_at_its_level():
     # ml_collections suggests by spelling only: IB's `num_steps` got "num_seeds", where IB
     # counts `num_epochs`; a nested typo named no field of its map.
-    assert "num_epochs" in _common._known_fields("ib", ["--config.num_steps"])
-    assert _common._known_fields("infomax_vae", ["--config.probe.l3"]) == (
+    argv = ["prog", "--config", "configs/ib.py"]
+    assert "num_epochs" in _common._known_fields("ib", argv, ["--config.num_steps"])
+    argv = ["prog", "--config=configs/infomax_vae.py"]
+    assert _common._known_fields("infomax_vae", argv, ["--config.probe.l3"]) == (
         "`config.probe` has the fields l2, max_iter, tol."
     )
-    # An empty hyperparameter map takes a whole dict.
-    assert "--config.estimator_hparams='{\"clip\": ...}'" in _common._known_fields(
-        "infomax", ["--config.estimator_hparams.clip"]
-    )
+    # A map of keyword arguments (empty or not) is given whole; an override that exists (the
+    # first here) is passed over.
+    argv = ["prog", "--config", "configs/infomax.py"]
+    for bad in ("--config.estimator_hparams.clip", "--config.score_hparams.ridge"):
+        hint = _common._known_fields("infomax", argv, ["--config.score_hparams.threshold", bad])
+        assert hint.endswith(f"give it whole, {bad.rsplit('.', 1)[0]}='{{...}}'."), hint
+    # The preset's config: under mige_toy's learned_score only mige_dsm is an estimator.
+    argv = ["prog", "--config", "configs/mige_toy.py:learned_score"]
+    hint = _common._known_fields("mige_toy", argv, ["--config.estimators.mige_ssge.x"])
+    assert hint == "`config.estimators` has the fields mige_dsm."
     # No such experiment's config to read: the general pointer.
-    assert _common._known_fields("nope", ["--config.x"]) == "see configs/nope.py for its fields."
+    assert _common._known_fields("nope", argv, ["--config.x"]) == (
+        "see configs/nope.py for its fields."
+    )
