@@ -336,8 +336,8 @@ def train_time_until(earlier: Mapping, step: int) -> tuple[float, list[list]]:
 
 
 def checkpoint_manager(path: str, keep: int = 1):
-    """An Orbax `CheckpointManager` of the checkpoints in the folder ``path`` (made absolute,
-    created on the first save), keeping the latest ``keep``."""
+    """An Orbax `CheckpointManager` of the checkpoints in the folder ``path`` (made absolute;
+    Orbax creates the folder here), keeping the latest ``keep``."""
     import orbax.checkpoint as ocp
 
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)

@@ -31,6 +31,7 @@ References:
 """
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -621,15 +622,16 @@ def make_bound(
 
 def _smile_bound(name: str, **hparams: Any) -> Bound:
     gradient = hparams.get("gradient", "js")
-    if gradient == "smile" and hparams.get("clip", 5.0) is not None:
+    bound = make_bound(name, smile, objective=js_fgan if gradient == "js" else None, **hparams)
+    clip = hparams.get("clip", 5.0)  # checked by make_bound: None or a positive number
+    if gradient == "smile" and clip is not None and math.isfinite(clip):
         raise ValueError(
             "bound 'smile' with gradient='smile' and a finite `clip`: as a training objective the "
             "clipped bound is unbounded above (only the marginal term is clipped; the critic's "
             "scores grow without limit, estimates reach ~1e8 nats). Train with gradient='js' "
             "(the default, as Song & Ermon do) or clip=None (DV)."
         )
-    objective = js_fgan if gradient == "js" else None
-    return make_bound(name, smile, objective=objective, **hparams)
+    return bound
 
 
 def _mine_bound(name: str, **hparams: Any) -> Bound:

@@ -499,8 +499,15 @@ def _blocked_for_held_out(ensemble: training.BoundEnsemble, n_test: int) -> trai
     critic = ensemble.critic
     if not isinstance(critic, critics_lib.ConcatCritic) or critic.chunk_size is not None:
         return ensemble
-    rows = max(1, HELD_OUT_BLOCK // (n_test * max(critic.hidden)))
-    return ensemble if rows >= n_test else ensemble.replace(critic=critic.clone(chunk_size=rows))
+    widths = [w for w in critic.hidden if _checks.is_int(w) and w >= 1]
+    if not widths or len(widths) < len(critic.hidden):  # the critic names a bad `hidden`
+        return ensemble
+    rows = max(1, HELD_OUT_BLOCK // (n_test * max(widths)))
+    blocks = -(-n_test // rows)
+    if blocks == 1:
+        return ensemble
+    # Equal blocks: the last one padded by less than a block (354 rows of 370 padded to 708).
+    return ensemble.replace(critic=critic.clone(chunk_size=-(-n_test // blocks)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -179,6 +179,8 @@ def test_default_learning_rate_follows_the_training_objective(gaussian_2d):
         (dict(critic_hparams={"hidden": (0,)}), ValueError, "SeparableCritic: `hidden`"),
         (dict(critic_hparams={"hidden": (8,), "embed_dim": 0}), ValueError, "`embed_dim`"),
         (dict(critic="concat", critic_hparams={"hidden": (8, 0)}), ValueError, "`hidden`"),
+        (dict(critic="concat", critic_hparams={"hidden": (0,)}), ValueError, "`hidden`"),
+        (dict(critic="concat", critic_hparams={"hidden": ()}), ValueError, "`hidden`"),
     ],
 )
 def test_bad_input_names_the_argument(gaussian_2d, kwargs, error, match):
