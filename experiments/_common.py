@@ -96,18 +96,25 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
     app.run(main, flags_parser=parse_flags)
 
 
+def _repo_config(name: str, preset: str | None = None):
+    """``configs/NAME.py``'s ``get_config(preset)``, or None where it cannot be read (an
+    experiment run from elsewhere than the repository root, an unknown preset)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"configs.{name}").get_config(preset or None)
+    except (ImportError, ValueError):
+        return None
+
+
 def _known_fields(name: str, argv: list[str], overrides: list[str]) -> str:
     """The fields of ``configs/NAME.py[:preset]`` at the level where an override
     ``--config.a.b`` first names one that is not there (ml_collections suggests one by spelling
     only: ``num_steps`` in IB's config got "num_seeds", where IB counts ``num_epochs``); below
     a ``*_hparams`` map (keyword arguments, free-form), how to give the map whole."""
-    import importlib
-
     given = _config_arg(argv)
-    preset = given.partition(":")[2] if given else ""
-    try:
-        config = importlib.import_module(f"configs.{name}").get_config(preset or None)
-    except Exception:  # run from elsewhere than the repository root, or a bad preset
+    config = _repo_config(name, given.partition(":")[2] if given else None)
+    if config is None:
         return f"see configs/{name}.py for its fields."
     for override in overrides:
         node, path, hparams = config, "config", None
@@ -129,11 +136,8 @@ def _known_fields(name: str, argv: list[str], overrides: list[str]) -> str:
 def _check_config_fields(name: str, config) -> None:
     """Exits naming the fields of ``configs/NAME.py`` that ``config`` lacks: another
     experiment's config file failed deep in the run with a bare ``AttributeError: 'views'``."""
-    import importlib
-
-    try:
-        expected = importlib.import_module(f"configs.{name}").get_config()
-    except ImportError:  # run from elsewhere than the repository root: nothing to compare
+    expected = _repo_config(name)
+    if expected is None:  # nothing to compare against
         return
     missing = sorted(set(expected) - set(config))
     if missing:
