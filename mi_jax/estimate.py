@@ -251,51 +251,19 @@ def estimate_mi(
     if seeds is not None and not (_checks.is_int(seeds) and seeds >= 1):
         raise ValueError(f"`seeds` must be a positive integer or None, got {seeds!r}.")
     seeds = None if seeds is None else int(seeds)
+    num_seeds = 1 if seeds is None else seeds
     eval_every = min(eval_every, max_steps)  # max_steps is a limit: at least one whole round
     # The keys given replace those of the tuned defaults; the others stay.
     bound_hparams = {**DEFAULT_BOUND_HPARAMS.get(bound, {}), **(bound_hparams or {})}
-    trained_on_js = bounds_lib.get_bound(bound, **bound_hparams).objective is bounds_lib.js_fgan
-    if learning_rate is None:
-        learning_rate = JS_LEARNING_RATE if trained_on_js else OTHER_LEARNING_RATE
-    elif not (_checks.is_real(learning_rate) and 0 < learning_rate < np.inf):
-        raise ValueError(
-            f"`learning_rate` must be a positive number or None, got {learning_rate!r}."
-        )
-    if calibrate is None:
-        calibrate = trained_on_js
-    elif calibrate and not trained_on_js:
-        raise ValueError(
-            f"`calibrate=True` needs a bound trained with the JS objective (smile, js; "
-            f"`make_bound(..., objective=bounds.js_fgan)`); {bound!r} with {bound_hparams} is "
-            "not."
-        )
+    critic_hparams = {**DEFAULT_CRITIC_HPARAMS.get(critic, {}), **(critic_hparams or {})}
+    learning_rate, calibrate = _by_objective(bound, bound_hparams, learning_rate, calibrate)
 
     mesh = parallel.data_mesh_for(batch_size) if mesh is None else mesh
     devices = mesh.devices.size
     if devices > 1:
         parallel.check_batch_size(batch_size, mesh, "batch_size")
-
-    rng = np.random.default_rng(seed)
-    n = x.shape[0]
-    order = rng.permutation(n)
-    n_test = min(max(2, int(round(test_fraction * n))), max_test)  # the rest all train
-    test_idx, train_idx = order[:n_test], order[n_test:]
-    test_idx = test_idx[: len(test_idx) // devices * devices]  # an equal share per device
-    if len(train_idx) < max(2, devices) or len(test_idx) < MIN_TEST:
-        raise ValueError(
-            f"{n} samples leave too few for training ({len(train_idx)}) or the held-out split "
-            f"({len(test_idx)} with `test_fraction` {test_fraction}, a multiple of the {devices} "
-            f"device(s); at least {MIN_TEST}); pass more samples or a larger `test_fraction`."
-        )
-    # Statistics and ranks of the samples as given, in float64: a float32 cast first could
-    # overflow the variance (x ~ 1e20), lose the spread (1e8 + x) or tie ranks.
-    if standardize == "rank":
-        x = _gaussianize(x, train_idx, "x")
-        y = _gaussianize(y, train_idx, "y")
-    elif standardize is True:
-        x = _standardize(x, train_idx, "x")
-        y = _standardize(y, train_idx, "y")
-    x, y = (_to_float32(a, name) for a, name in ((x, "x"), (y, "y")))
+    train_idx, test_idx = _split(len(x), test_fraction, max_test, devices, seed)
+    x, y = (_prepared(a, train_idx, standardize, name) for a, name in ((x, "x"), (y, "y")))
     data = (x[train_idx], y[train_idx], x[test_idx], y[test_idx])
     # Global arrays over several devices (and processes), else on the mesh's one device.
     # (`jax.device_put`: `jnp.asarray` of a numpy array compiles a program per shape.)
@@ -306,8 +274,6 @@ def estimate_mi(
         x_train, y_train, x_test, y_test = jax.device_put(data, device)
     batch = min(batch_size, len(train_idx) // devices * devices)
 
-    critic_hparams = {**DEFAULT_CRITIC_HPARAMS.get(critic, {}), **(critic_hparams or {})}
-    num_seeds = 1 if seeds is None else seeds
     spec = _FitSpec(
         bound=bound,
         bound_hparams=_checks.hashable_hparams(bound_hparams),
@@ -326,98 +292,166 @@ def estimate_mi(
     )
     init, train_round = _compiled_fit(spec)
     states, data_keys, constant_objective = init(np.int32(seed), x_train, y_train)
-
-    rounds = max_steps // eval_every  # whole rounds within the limit
     samplers = [
         _minibatches(seed * 1_000_003 + k, len(train_idx), batch, eval_every)
         for k in range(num_seeds)
     ]
-    # Each round's (bound, objective, training value, calibration) per seed, NaN for a seed
-    # that has stopped; only the rounds run (a huge `max_steps` allocates nothing up front).
-    curve_rows = []
-    best = np.full(num_seeds, -np.inf)
-    best_round = np.zeros(num_seeds, int)
-    calibration = np.tile(np.array([1.0, 0.0], np.float32), (num_seeds, 1))  # (a, b): identity
-    since_best = np.zeros(num_seeds, int)
-    diverged = np.full(num_seeds, -1)  # the round a critic's training value turned non-finite
-    diverged_value = np.zeros(num_seeds)
-    for r in range(rounds):
-        active = since_best < patience
-        if not active.any():
+    stopping = _EarlyStopping(num_seeds, patience, stop_on)
+    for r in range(max_steps // eval_every):  # whole rounds within the limit
+        if not stopping.active.any():
             break
-        batch_idx = np.stack([next(s) for s in samplers])
-        seed_args = (batch_idx, active, calibration)
-        if not seeds:  # no seed axis
+        seed_args = (np.stack([next(s) for s in samplers]), stopping.active, stopping.calibration)
+        if seeds is None:  # no seed axis
             seed_args = tuple(a[0] for a in seed_args)
-        states, new_calibration, values = train_round(
+        states, calibration, values = train_round(
             states, data_keys, np.int32(r), *seed_args, x_train, y_train, x_test, y_test
         )
-        # The one host sync per round: early stopping is decided here.
-        new_calibration = np.asarray(new_calibration, np.float32).reshape(num_seeds, 2)
-        calibration = np.where(active[:, None], new_calibration, calibration)
-        test_value, objective, train_value = (np.asarray(v).reshape(num_seeds) for v in values)
-        # A critic whose training value turns non-finite trains no further; its estimate is
-        # its best evaluation before, if that beat the constant critic (else an error, below).
-        newly = active & ~np.isfinite(train_value)
-        diverged[newly], diverged_value[newly] = r, train_value[newly]
-        curve_rows.append(
-            [
-                np.where(active, v, np.nan)
-                for v in (test_value, objective, train_value, *calibration.T)
-            ]
-        )
-        watched = objective if stop_on == "objective" else test_value
-        # A finite bound value is required too: a critic whose held-out SMILE is NaN is no
-        # estimate, however good its objective.
-        improved = active & ~newly & (watched > best) & np.isfinite(test_value)
-        best = np.where(improved, watched, best)
-        best_round = np.where(improved, r, best_round)
-        since_best = np.where(improved, 0, since_best + active)
-        since_best[newly] = patience
+        stopping.update(r, calibration, values)  # the one host sync per round
+
     # The reference the best critic must beat: the constant critic (every score 0), which
     # carries no dependence and whose bound is 0 nats. Its held-out objective needs no data.
     # Without it, a critic that learned only noise reads below 0 (-0.5 nats on independent
     # 50-d samples), an impossible value for MI. A critic that beats it on the objective can
     # still read below 0 nats on the bound: the constant critic's 0 is the estimate then too.
     reference = float(constant_objective) if stop_on == "objective" else 0.0
-    # [K, rounds run] each; the calibration [K, rounds run, 2].
-    stacked = np.stack(curve_rows, axis=2, dtype=np.float64)
-    test_curve, objective_curve, train_curve, *calibration_curve = stacked
-    calibration_curve = np.stack(calibration_curve, axis=-1)
-    failed = np.flatnonzero((diverged >= 0) & ~(best >= reference))
-    if failed.size:  # diverged before it was an estimate: 0 nats would hide that
-        k = failed[0]
-        raise training.NonFiniteError(
-            f"bound {bound!r} became {diverged_value[k]} in training steps "
-            f"{diverged[k] * eval_every + 1}-{(diverged[k] + 1) * eval_every}"
-            + (f" (seed index {k})" if seeds else "")
-            + "; try a lower `learning_rate`."
-        )
-    if not np.all(np.isfinite(best)):
-        raise training.NonFiniteError(
-            f"bound {bound!r} never gave a finite held-out value (last: bound "
-            f"{test_curve[:, -1]}, objective {objective_curve[:, -1]}); try a lower "
-            "`learning_rate` or another bound."
-        )
-    steps = (np.arange(test_curve.shape[1]) + 1) * eval_every
-    mi = test_curve[np.arange(num_seeds), best_round]
-    trained = (best >= reference) & (mi > 0)
-    best_step = np.where(trained, steps[best_round], 0)
-    mi = np.where(trained, mi, 0.0)
-    # (Without calibration the programs pass the identity (1, 0) through unchanged.)
-    chosen = np.where(trained[:, None], calibration_curve[np.arange(num_seeds), best_round], 0.0)
-    curves = (test_curve, objective_curve, train_curve)
+    result = stopping.result(reference, bound, eval_every, seeds is not None)
+    mi, best_step, steps, *curves, calibration = result
     if seeds is None:
-        return MIEstimate(
-            float(mi[0]),
-            int(best_step[0]),
-            steps,
-            *(c[0] for c in curves),
-            bound,
-            critic,
-            chosen[0],
+        mi, best_step, calibration = float(mi[0]), int(best_step[0]), calibration[0]
+        curves = [c[0] for c in curves]
+    return MIEstimate(mi, best_step, steps, *curves, bound, critic, calibration)
+
+
+def _by_objective(
+    bound: str, bound_hparams: dict, learning_rate: float | None, calibrate: bool | None
+) -> tuple[float, bool]:
+    """The learning rate and the calibration, by the bound's training objective where not given."""
+    trained_on_js = bounds_lib.get_bound(bound, **bound_hparams).objective is bounds_lib.js_fgan
+    if learning_rate is None:
+        learning_rate = JS_LEARNING_RATE if trained_on_js else OTHER_LEARNING_RATE
+    elif not (_checks.is_real(learning_rate) and 0 < learning_rate < np.inf):
+        raise ValueError(
+            f"`learning_rate` must be a positive number or None, got {learning_rate!r}."
         )
-    return MIEstimate(mi, best_step, steps, *curves, bound, critic, chosen)
+    if calibrate is None:
+        calibrate = trained_on_js
+    elif calibrate and not trained_on_js:
+        raise ValueError(
+            f"`calibrate=True` needs a bound trained with the JS objective (smile, js; "
+            f"`make_bound(..., objective=bounds.js_fgan)`); {bound!r} with {bound_hparams} is "
+            "not."
+        )
+    return learning_rate, calibrate
+
+
+def _split(
+    n: int, test_fraction: float, max_test: int, devices: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_idx, test_idx)``: a random held-out split of ``n`` samples, a multiple of
+    ``devices`` (an equal share per device) and at least `MIN_TEST`; all the rest train."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = min(max(2, int(round(test_fraction * n))), max_test)
+    test_idx, train_idx = order[:n_test], order[n_test:]
+    test_idx = test_idx[: len(test_idx) // devices * devices]
+    if len(train_idx) < max(2, devices) or len(test_idx) < MIN_TEST:
+        raise ValueError(
+            f"{n} samples leave too few for training ({len(train_idx)}) or the held-out split "
+            f"({len(test_idx)} with `test_fraction` {test_fraction}, a multiple of the {devices} "
+            f"device(s); at least {MIN_TEST}); pass more samples or a larger `test_fraction`."
+        )
+    return train_idx, test_idx
+
+
+def _prepared(a: np.ndarray, train_idx: np.ndarray, standardize: bool | str, name: str):
+    """``a`` standardized as asked (train-split statistics), in float32."""
+    # Statistics and ranks of the samples as given, in float64: a float32 cast first could
+    # overflow the variance (x ~ 1e20), lose the spread (1e8 + x) or tie ranks.
+    if standardize == "rank":
+        a = _gaussianize(a, train_idx, name)
+    elif standardize is True:
+        a = _standardize(a, train_idx, name)
+    return _to_float32(a, name)
+
+
+class _EarlyStopping:
+    """The host's side of `estimate_mi`'s rounds, for ``num_seeds`` critics side by side: the
+    curves, each seed's best evaluation so far and its calibration, and which seeds still
+    train (``active``: fewer than ``patience`` evaluations since their best)."""
+
+    def __init__(self, num_seeds: int, patience: int, stop_on: str):
+        self.patience, self.stop_on = patience, stop_on
+        # Each round's (bound, objective, training value, calibration) per seed, NaN for a
+        # seed that has stopped; only the rounds run (a huge `max_steps` allocates nothing).
+        self.rows = []
+        self.best = np.full(num_seeds, -np.inf)
+        self.best_round = np.zeros(num_seeds, int)
+        self.calibration = np.tile(np.array([1.0, 0.0], np.float32), (num_seeds, 1))  # (a, b)
+        self.since_best = np.zeros(num_seeds, int)
+        self.diverged = np.full(num_seeds, -1)  # the round the training value turned non-finite
+        self.diverged_value = np.zeros(num_seeds)
+
+    @property
+    def active(self) -> np.ndarray:
+        return self.since_best < self.patience
+
+    def update(self, r: int, calibration, values) -> None:
+        """Reads round ``r``'s ``[K, 2]`` calibration and ``(test, objective, train)`` values."""
+        num_seeds, active = len(self.best), self.active
+        calibration = np.asarray(calibration, np.float32).reshape(num_seeds, 2)
+        self.calibration = np.where(active[:, None], calibration, self.calibration)
+        test_value, objective, train_value = (np.asarray(v).reshape(num_seeds) for v in values)
+        # A critic whose training value turns non-finite trains no further; its estimate is
+        # its best evaluation before, if that beat the constant critic (else an error, below).
+        newly = active & ~np.isfinite(train_value)
+        self.diverged[newly], self.diverged_value[newly] = r, train_value[newly]
+        self.rows.append(
+            [
+                np.where(active, v, np.nan)
+                for v in (test_value, objective, train_value, *self.calibration.T)
+            ]
+        )
+        watched = objective if self.stop_on == "objective" else test_value
+        # A finite bound value is required too: a critic whose held-out SMILE is NaN is no
+        # estimate, however good its objective.
+        improved = active & ~newly & (watched > self.best) & np.isfinite(test_value)
+        self.best = np.where(improved, watched, self.best)
+        self.best_round = np.where(improved, r, self.best_round)
+        self.since_best = np.where(improved, 0, self.since_best + active)
+        self.since_best[newly] = self.patience
+
+    def result(self, reference: float, bound: str, eval_every: int, batched: bool):
+        """``(mi, best_step, steps, test, objective, train curves, calibration)``, seeds first,
+        for seeds whose best evaluation beat ``reference`` (the constant critic's; else 0)."""
+        seed_range = np.arange(len(self.best))
+        # [K, rounds run] each; the calibration [K, rounds run, 2].
+        test_curve, objective_curve, train_curve, *calibration_curve = np.stack(
+            self.rows, axis=2, dtype=np.float64
+        )
+        calibration_curve = np.stack(calibration_curve, axis=-1)
+        failed = np.flatnonzero((self.diverged >= 0) & ~(self.best >= reference))
+        if failed.size:  # diverged before it was an estimate: 0 nats would hide that
+            k = failed[0]
+            raise training.NonFiniteError(
+                f"bound {bound!r} became {self.diverged_value[k]} in training steps "
+                f"{self.diverged[k] * eval_every + 1}-{(self.diverged[k] + 1) * eval_every}"
+                + (f" (seed index {k})" if batched else "")
+                + "; try a lower `learning_rate`."
+            )
+        if not np.all(np.isfinite(self.best)):
+            raise training.NonFiniteError(
+                f"bound {bound!r} never gave a finite held-out value (last: bound "
+                f"{test_curve[:, -1]}, objective {objective_curve[:, -1]}); try a lower "
+                "`learning_rate` or another bound."
+            )
+        steps = (np.arange(test_curve.shape[1]) + 1) * eval_every
+        mi = test_curve[seed_range, self.best_round]
+        trained = (self.best >= reference) & (mi > 0)
+        best_step = np.where(trained, steps[self.best_round], 0)
+        mi = np.where(trained, mi, 0.0)
+        # (Without calibration the programs pass the identity (1, 0) through unchanged.)
+        chosen = calibration_curve[seed_range, self.best_round]
+        chosen = np.where(trained[:, None], chosen, 0.0)
+        return mi, best_step, steps, test_curve, objective_curve, train_curve, chosen
 
 
 def _minibatches(seed: int, n: int, batch: int, steps: int):
