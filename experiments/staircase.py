@@ -64,7 +64,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             )
         if max(config.levels) > task.max_mi:
             raise ValueError(
-                f"config.levels: {max(config.levels)} nats is more than float32 samples of the "
+                f"config.levels: {max(config.levels)} nats is more than the samples of the "
                 f"{name!r} task at dim {config.dim} carry ({task.max_mi:.4g}; beyond it y equals "
                 "x for some pairs); raise config.dim."
             )

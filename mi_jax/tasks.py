@@ -112,18 +112,32 @@ def _check_df(df: float) -> None:
 # coordinate, exp(-mi / dim), is 6e-6 at 12 nats, some 50 float32 spacings of a value near 1;
 # rounding y to float32 adds under 1e-3 of the noise's variance where |y| < 4 (under 3e-4 nats
 # per coordinate), though 0.5 % of the pairs already round to y == x. At 17 nats half of them
-# do (an infinite MI, whatever the task reports).
+# do (an infinite MI, whatever the task reports). The same margin in float64 (the samplers
+# draw float64 under `jax_enable_x64`) is 32 nats: exp(-32) = 1.3e-14, some 57 float64 spacings
+# of 1; 0.4 % of the pairs round to y == x (97 % at 40 nats).
 MAX_MI_PER_DIM = 12.0
+MAX_MI_PER_DIM_FLOAT64 = 32.0
+
+
+def _sample_dtype() -> str:
+    """The samplers' float now: float32, or float64 under ``jax_enable_x64``."""
+    return jnp.dtype(jnp.result_type(float)).name
+
+
+def max_mi_per_dim() -> float:
+    """The most Gaussian MI per coordinate the samples carry in the samplers' float now:
+    `MAX_MI_PER_DIM` (float32), `MAX_MI_PER_DIM_FLOAT64` under ``jax_enable_x64``."""
+    return MAX_MI_PER_DIM_FLOAT64 if _sample_dtype() == "float64" else MAX_MI_PER_DIM
 
 
 def _most_mi(min_mi: float, dim: int) -> float:
-    """The most MI a family of least MI ``min_mi`` carries in float32 samples of width ``dim``."""
-    return min_mi + dim * MAX_MI_PER_DIM
+    """The most MI a family of least MI ``min_mi`` carries in samples of width ``dim``."""
+    return min_mi + dim * max_mi_per_dim()
 
 
 def _check_mi(mi: ArrayLike, min_mi: float, dim: int) -> None:
-    """A concrete ``mi`` below the family's least MI, infinite or NaN, or above what float32
-    samples of width ``dim`` carry (``min_mi + dim * MAX_MI_PER_DIM``) is an error; traced:
+    """A concrete ``mi`` below the family's least MI, infinite or NaN, or above what the
+    samples of width ``dim`` carry (``min_mi + dim * max_mi_per_dim()``) is an error; traced:
     unchecked."""
     if isinstance(mi, jax.core.Tracer):
         return
@@ -140,9 +154,9 @@ def _check_mi(mi: ArrayLike, min_mi: float, dim: int) -> None:
     most = _most_mi(min_mi, dim)
     if np.any(mi > most):
         raise ValueError(
-            f"`mi` of {mi[mi > most].ravel()[:4]} nats is more than float32 samples of width "
-            f"{dim} carry ({MAX_MI_PER_DIM:g} nats per coordinate: {most:.6g}; beyond it y "
-            "equals x for some pairs, an infinite MI); use a larger `dim`."
+            f"`mi` of {mi[mi > most].ravel()[:4]} nats is more than {_sample_dtype()} samples "
+            f"of width {dim} carry ({max_mi_per_dim():g} nats per coordinate: {most:.6g}; "
+            "beyond it y equals x for some pairs, an infinite MI); use a larger `dim`."
         )
 
 
@@ -221,7 +235,8 @@ class Task(NamedTuple):
 
     @property
     def max_mi(self) -> float:
-        """The most MI float32 samples carry (``min_mi`` + `MAX_MI_PER_DIM` per coordinate)."""
+        """The most MI the samples carry (``min_mi`` + `max_mi_per_dim` per coordinate: 12 nats
+        in float32, 32 under ``jax_enable_x64``)."""
         return _most_mi(self.min_mi, self.dim)
 
 

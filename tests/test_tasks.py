@@ -119,6 +119,23 @@ def test_mi_beyond_what_float32_samples_carry_is_an_error():
             tasks.correlated_gaussian(jax.random.key(0), mi, 4, 2)
 
 
+def test_float64_samples_carry_more_mi_per_coordinate():
+    # Under jax_enable_x64 the samplers draw float64: the float32 limit (12 nats per
+    # coordinate) refused MI the samples carry. 30 nats in one coordinate: no pair has y == x,
+    # and the noise has the share the MI says; beyond 32 nats the same refusal, naming float64.
+    with jax.enable_x64(True):
+        assert tasks.max_mi_per_dim() == tasks.MAX_MI_PER_DIM_FLOAT64 == 32.0
+        x, y = tasks.correlated_gaussian(jax.random.key(0), 30.0, 10_000, 1)
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == np.float64 and np.mean(x == y) < 0.001
+        np.testing.assert_allclose(np.std(y - x), np.exp(-30.0), rtol=0.03)
+        task = tasks.get_task("cubic", dim=2)
+        assert task.max_mi == pytest.approx(64.0)
+        with pytest.raises(ValueError, match="more than float64 samples of width 2 carry"):
+            task.sample(jax.random.key(0), 64.5, 4)
+    assert tasks.max_mi_per_dim() == 12.0  # back in float32
+
+
 def test_gaussian_sampler_vmaps_over_keys():
     keys = jax.random.split(jax.random.key(3), 4)
     xs, ys = jax.vmap(lambda k: tasks.correlated_gaussian(k, 1.0, 16, 2))(keys)
