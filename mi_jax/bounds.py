@@ -318,7 +318,9 @@ def js(scores: ArrayLike) -> Array:
     r"""Critic trained with the f-GAN JS objective, MI read out with NWJ (Poole et al. 2019).
 
     The value is ``nwj(scores + 1)`` (the JS-optimal critic is the log density ratio, NWJ's optimum
-    is that plus one); the gradient is that of `js_fgan`.
+    is that plus one); the gradient is that of `js_fgan`. The released code of Poole et al. and
+    Song & Ermon reads ``nwj(scores)`` instead: exactly ``1/e`` nats lower at the JS-optimal
+    critic (``I - 1/e``), so "JS" figures from it read lower than ours by about that much.
 
     Args:
       scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
@@ -404,10 +406,11 @@ def interpolated(scores: ArrayLike, *, alpha: float = 0.01, log_baseline: ArrayL
               - E_{p(x_{1:K})p(y)}\left[\frac{e^{f(x_1,y)}}{a_\alpha(y; x_{1:K})}\right],
               \quad a_\alpha = \alpha\, m(y; x_{1:K}) + (1-\alpha)\, a(y)
 
-    with ``m(y; x_{1:K}) = 1/K sum_k e^{f(x_k, y)}``. ``alpha = 1`` gives InfoNCE (bounded by
-    ``log K``), ``alpha = 0`` gives TUBA; in between it trades bias for variance. In a batch,
-    each term uses the ``K = B - 1`` samples of x that are independent of the other sample in
-    the pair (leave-one-out), so the estimate stays a valid bound.
+    with ``m(y; x_{1:K}) = 1/K sum_k e^{f(x_k, y)}``. ``alpha = 1`` gives InfoNCE with
+    ``K = B - 1`` (bounded by ``log(B - 1)``, identically 0 at ``B = 2``; not `infonce`, which
+    has ``K = B``), ``alpha = 0`` gives TUBA; in between it trades bias for variance. In a
+    batch, each term uses the ``K = B - 1`` samples of x that are independent of the other
+    sample in the pair (leave-one-out), so the estimate stays a valid bound.
 
     Args:
       scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
@@ -466,7 +469,9 @@ def flo(scores: ArrayLike, u: ArrayLike) -> Array:
     _checks.check_float(u, "u")
     u = jnp.asarray(u)
     log_ratio = log_mean_exp_offdiag(scores, axis=0) - jnp.diag(scores)
-    return 1.0 + jnp.mean(-u - _soft_exp(log_ratio - u))
+    # Each term divided by the batch before the sum: a diverging critic's terms (up to ~5e36
+    # each, `_soft_exp`) summed first overflowed float32 to -inf from a batch of ~700.
+    return 1.0 - jnp.mean(u) - jnp.sum(_soft_exp(log_ratio - u) / batch)
 
 
 # --- MINE: DV with a moving-average-corrected gradient -------------------------------------
