@@ -11,7 +11,8 @@ over seeds and ``table_per_seed`` each seed's rows; ``table_num_epochs`` the tra
 describe (a longer rerun keeps the earlier run's table until its own probes replace it).
 
 Evaluation on the test split (every ``eval_every_epochs``): the ELBO (KL weight 1, one code per
-image), reconstruction log-likelihood, the rate ``KL(q(z|x) || N(0, I))`` (an upper bound on
+image; a bound on ``log p(x)`` with ``config.binarize``, on grey levels the objective only),
+reconstruction log-likelihood, the rate ``KL(q(z|x) || N(0, I))`` (an upper bound on
 ``I(X; Z)``), the critic's bound on test batches (a lower bound, for the critic's model); at the
 end, the linear-probe test accuracy of the posterior mean, next to raw pixels. The bounds need
 equal batches, so these metrics see the test images in full batches of ``batch_size`` only (a
@@ -270,6 +271,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     dataset = data_lib.load_dataset(
         config.dataset, data_dir=config.data_dir or None, max_examples=config.max_examples or None
     )
+    if config.binarize:  # one draw for every seed: the data, not the training noise
+        dataset = data_lib.binarize(dataset, config.seed)
     model = build(config, dataset.image_shape)
     num_train, num_test = dataset.train_images.shape[0], dataset.test_images.shape[0]
     if config.batch_size > min(num_train, num_test):

@@ -13,7 +13,9 @@ off-diagonal pairs each ``x`` with the other examples' codes (every batch permut
 The critic always ascends ``\hat I`` (with weight 1, whatever gamma), so every model, the
 plain VAE included, reports an MI estimate from the same kind of critic; the encoder sees the
 bound only through ``gamma``. Pixels are in ``[0, 1]``; the Bernoulli log-likelihood of a grey
-value is the usual cross-entropy (exact for binary images).
+value is the usual cross-entropy, a normalized likelihood for binary images only: on grey levels
+the "ELBO" is a training objective, not a bound on ``log p(x)`` (`mi_jax.data.binarize` makes the
+images binary).
 
 References:
   Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
@@ -128,10 +130,10 @@ class InfoMaxVAE:
     ) -> tuple[Array, tuple[dict[str, Array], PyTree]]:
         """``(loss, (metrics, bound_states))`` per example; ``beta``, ``gamma`` ``[]`` (>= 0).
 
-        Metrics (nats, means over the batch): ``elbo`` (with weight 1 on the KL, the true
-        ELBO), ``recon`` (``E log p(x | z)``), ``kl`` (the rate, an upper bound on
-        ``I(X; Z)``), ``mi`` (the bound's estimate), ``infonce`` (InfoNCE on the same critic's
-        scores, at most ``log B``), ``loss``.
+        Metrics (nats, means over the batch): ``elbo`` (with weight 1 on the KL: the ELBO, a
+        lower bound on ``log p(x)`` for binary images), ``recon`` (``E log p(x | z)``), ``kl``
+        (the rate, an upper bound on ``I(X; Z)``), ``mi`` (the bound's estimate), ``infonce``
+        (InfoNCE on the same critic's scores, at most ``log B``), ``loss``.
 
         A negative or non-finite ``beta`` or ``gamma`` given as a Python number raises; arrays
         (traced in the training step) are not read (`mi_jax._checks.check_weight`).

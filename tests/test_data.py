@@ -69,6 +69,25 @@ def test_digits_deterministic_and_truncated():
     np.testing.assert_array_equal(small.test_labels, a.test_labels[:50])
 
 
+def test_binarize_draws_each_pixel_white_with_its_grey_level():
+    levels = np.array([0, 1, 64, 128, 254, 255], np.uint8)
+    images = np.broadcast_to(levels[:, None, None, None], (6, 200, 200, 1))  # 40k pixels each
+    dataset = data.Dataset("grey", images, np.arange(6), images[:, :50], np.arange(6), 6)
+    out = data.binarize(dataset, seed=3)
+    assert out.train_images.dtype == np.uint8 and set(np.unique(out.train_images)) == {0, 255}
+    white = (out.train_images == 255).mean(axis=(1, 2, 3))
+    # Binomial standard error at 40k pixels: at most 0.0025.
+    np.testing.assert_allclose(white, levels / 255.0, atol=0.01)
+    assert white[0] == 0.0 and white[-1] == 1.0  # black and white stay
+    assert (out.test_images == 255).mean() == pytest.approx(levels.mean() / 255, abs=0.01)
+    np.testing.assert_array_equal(out.train_labels, dataset.train_labels)
+    again = data.binarize(dataset, seed=3)
+    np.testing.assert_array_equal(again.train_images, out.train_images)  # one draw per seed
+    assert not np.array_equal(data.binarize(dataset, seed=4).train_images, out.train_images)
+    with pytest.raises(ValueError, match="`seed`"):
+        data.binarize(dataset, seed=-1)
+
+
 def test_registry():
     assert {"digits", "mnist", "cifar10", "cifar100", "stl10"} <= set(data.available_datasets())
     with pytest.raises(KeyError, match="Did you mean 'cifar10'"):

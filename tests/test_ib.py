@@ -631,6 +631,37 @@ def test_infomax_vae_loss_terms_and_smoke(tmp_path, monkeypatch):
     assert kept["table"] == json.loads(json.dumps(_common.to_builtin(rerun["table"])))
 
 
+def test_infomax_vae_on_binarized_images(tmp_path, monkeypatch):
+    # On grey levels the Bernoulli "ELBO" bounds no log p(x); `binarize` makes the data binary.
+    config = _quick(vae_config, binarize=True)
+    seen, binarize = [], data.binarize
+
+    def spy(dataset, seed):
+        seen.append(binarize(dataset, seed))
+        return seen[-1]
+
+    monkeypatch.setattr(data, "binarize", spy)
+    results = vae_experiment.train_and_evaluate(config, str(tmp_path))
+    assert len(seen) == 1 and set(np.unique(seen[0].train_images)) == {0, 255}
+    assert all(np.isfinite(r["elbo"]) for r in results["table"] if r["model"] != "raw pixels")
+
+
+def test_bernoulli_likelihood_normalizes_over_binary_images_only():
+    # Summed over every image of four pixels, p(x | z) is 1 over the 16 binary images, and more
+    # than 1 over grey levels {0, 1/2, 1}: an ELBO on grey images bounds no log p(x).
+    logits = jnp.array([[-1.0, 0.3, 2.0, 0.0]]).reshape(1, 2, 2, 1)
+    grid = lambda values: np.stack(np.meshgrid(*[values] * 4, indexing="ij"), -1).reshape(
+        -1, 2, 2, 1
+    )
+    for values, total in (((0.0, 1.0), 1.0), ((0.0, 0.5, 1.0), None)):
+        images = jnp.asarray(grid(values), jnp.float32)
+        p = jnp.exp(vae.bernoulli_log_likelihood(jnp.broadcast_to(logits, images.shape), images))
+        if total is None:
+            assert float(p.sum()) > 1.5
+        else:
+            assert float(p.sum()) == pytest.approx(total, rel=1e-5)
+
+
 def test_ib_num_seeds_trains_each_seed_as_its_own_sweep(tmp_path):
     # Seed 0 + k of a 2-seed run is the one-seed run with seed k: VIB vmaps the seeds, MIGE-IB
     # maps over them (`jax.lax.map`). No validation split: it is drawn from `config.seed`.
