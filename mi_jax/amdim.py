@@ -35,9 +35,11 @@ image's ``L`` locations. Every bound that sees the negatives only through ``mean
 (InfoNCE, DV, NWJ, FLO, TUBA, MINE) then averages ``exp`` over all ``(B - 1) L`` negative
 pairs exactly; for InfoNCE this is the paper's NCE (a softmax of the positive against the
 negatives) with its ``(B - 1) L`` negatives weighted ``1 / L`` each, so the bound stays
-``<= log B``. SMILE clips the pooled score, not each location's (the same as clipping each
-only while no score passes ``+-tau``), and JS (softplus of the negatives) sees the pooled score
-as one negative per image: still valid objectives, no longer averages over locations.
+``<= log B``: the reference code weights each negative 1, which equals ours with every positive
+score lowered by ``log L`` (its loss is not ours, nor are its gradients on the positives).
+SMILE clips the pooled score, not each location's (the same as clipping each only while no
+score passes ``+-tau``), and JS (softplus of the negatives) sees the pooled score as one
+negative per image: still valid objectives, no longer averages over locations.
 
 Reference:
   Bachman, Hjelm & Buchwalter, "Learning Representations by Maximizing Mutual Information

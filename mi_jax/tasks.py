@@ -48,7 +48,11 @@ def noise_from_mi(mi: ArrayLike, dim: int) -> Array:
 
 
 def mi_from_rho(rho: ArrayLike, dim: int) -> Array:
-    """``I = -dim/2 log(1 - rho^2)`` for ``dim`` independent pairs of correlation ``rho``."""
+    """``I = -dim/2 log(1 - rho^2)`` for ``dim`` independent pairs of correlation ``rho``.
+
+    In float32, ``rho`` itself rounds to 1 past about 8 nats per coordinate (``inf`` from 9):
+    there the MI is ``-dim log(noise)`` of `noise_from_mi`, or float64 (``jax_enable_x64``).
+    """
     return -0.5 * dim * jnp.log1p(-jnp.square(_float(rho)))
 
 
@@ -312,6 +316,10 @@ def staircase_mi(
     step: ArrayLike, *, levels: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0), steps_per_level: int
 ) -> Array:
     """The true MI at ``step`` of the staircase schedule (Poole et al. 2019, Fig. 2).
+
+    Level ``k`` holds for steps ``[k, k + 1) * steps_per_level``. (The published code's
+    ``round(linspace(0.5, 5.5, n)) * 2`` agrees at every step but the first, which NumPy's
+    round-half-to-even sets to 0 nats.)
 
     Args:
       step: the training step, ``>= 0``, a scalar or an array of any shape (traced under
