@@ -318,9 +318,9 @@ def js(scores: ArrayLike) -> Array:
     r"""Critic trained with the f-GAN JS objective, MI read out with NWJ (Poole et al. 2019).
 
     The value is ``nwj(scores + 1)`` (the JS-optimal critic is the log density ratio, NWJ's optimum
-    is that plus one); the gradient is that of `js_fgan`. The released code of Poole et al. and
-    Song & Ermon reads ``nwj(scores)`` instead: exactly ``1/e`` nats lower at the JS-optimal
-    critic (``I - 1/e``), so "JS" figures from it read lower than ours by about that much.
+    is that plus one); the gradient is that of `js_fgan`. Song & Ermon's released code
+    (``js_lower_bound``) reads ``nwj(scores)`` instead: exactly ``1/e`` nats lower at the
+    JS-optimal critic (``I - 1/e``), so "JS" figures from it read lower than ours by about that.
 
     Args:
       scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
