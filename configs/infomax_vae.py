@@ -26,9 +26,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.dataset = "digits"
     config.data_dir = ""
     config.max_examples = 0
-    # True: every pixel drawn once as black or white (`mi_jax.data.binarize`, from `seed`), so
-    # the Bernoulli decoder's ELBO is a bound on log p(x) (on grey levels it bounds nothing; the
-    # default keeps grey levels, README "InfoMax-VAE").
+    # True: every pixel drawn once as black or white (`mi_jax.data.binarize`, the same draw for
+    # every run and seed), so the Bernoulli decoder's ELBO is a bound on log p(x) (on grey levels
+    # it bounds nothing; the default keeps grey levels, README "InfoMax-VAE").
     config.binarize = False
     # Each model: beta on the KL, gamma on the MI bound (the InfoMax-VAE has gamma > 0).
     config.models = ml_collections.ConfigDict(

@@ -7,7 +7,7 @@ r"""The MIGE toy of Wen et al. (2020): estimating dI/drho for per-dimension corr
 estimate, true gradient ``dI/drho = rho d / (1 - rho^2)``, 30 rhos in [-0.8, 0.8] x 5 seeds.
 Measured (2-core CPU, README): MIGE with the Stein estimator (ridge 1e-3, 4 x median bandwidth,
 Richardson-extrapolated in the bandwidth) has a relative RMSE of 0.031 / 0.028 / 0.037 at
-d = 8 / 16 / 32 in 0.6-0.9 s per d; SSGE (median bandwidth, threshold 0.99) 0.063 / 0.119 /
+d = 8 / 16 / 32 in about 1 s per d; SSGE (median bandwidth, threshold 0.99) 0.063 / 0.119 /
 0.276, as in the authors' saved results; bounds trained 200 steps are far worse (InfoNCE
 0.24 / 0.59 / 0.85). The `quick` preset runs d = 8 only, with 2 seeds, 10 rhos and 50 critic
 steps (a smoke run); `learned_score` runs MIGE with the learned (denoising score matching)

@@ -5,6 +5,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -479,7 +480,9 @@ def config_changes(old: Mapping, config, may_differ: Iterable[str] = ()) -> list
     ]
 
 
-def check_same_run(workdir: str, config, may_differ: Iterable[str] = ()) -> None:
+def check_same_run(
+    workdir: str, config, may_differ: Iterable[str] = (), added: Mapping[str, Any] | None = None
+) -> None:
     """Refuses to continue another configuration's run in ``workdir``.
 
     A workdir holds one run: its checkpoints are restored and its results extended, so an
@@ -487,7 +490,9 @@ def check_same_run(workdir: str, config, may_differ: Iterable[str] = ()) -> None
     ``config``, except those under ``may_differ`` (a run's length, cadences, paths: what a
     resumed run may change). Else a `ValueError` lists the differences, before anything is
     written. The earlier settings are read from ``config.json``, or, where it is gone, from
-    the config every experiment's ``results.json`` records.
+    the config every experiment's ``results.json`` records. ``added``: top-level settings the
+    experiment gained after runs were written, with the value those runs had (an earlier
+    config without the key ran with it).
     """
     may_differ = tuple(may_differ)  # read twice below
     path = os.path.join(workdir, "config.json")
@@ -508,7 +513,7 @@ def check_same_run(workdir: str, config, may_differ: Iterable[str] = ()) -> None
             earlier = None
         if not isinstance(earlier, Mapping):
             return
-    changes = config_changes(earlier, config, may_differ)
+    changes = config_changes({**(added or {}), **earlier}, config, may_differ)
     if changes:
         shown = "; ".join(changes[:6]) + (
             f"; and {len(changes) - 6} more" if len(changes) > 6 else ""

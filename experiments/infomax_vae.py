@@ -84,6 +84,8 @@ def settings_of(config: ml_collections.ConfigDict) -> tuple[list[str], dict[str,
 # under a longer schedule, another evaluation cadence or data path, and the probes (fitted after
 # training, on every run) may take other settings.
 RESUMABLE = ("num_epochs", "eval_every_epochs", "data_dir", "probe")
+# Settings added after runs were written, with the value those runs had.
+ADDED = {"binarize": False}
 
 # The linear probe's settings (`mi_jax.probes.fit_probe`), all in `config.probe`.
 PROBE_FIELDS = ("l2", "max_iter", "tol")
@@ -271,15 +273,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     dataset = data_lib.load_dataset(
         config.dataset, data_dir=config.data_dir or None, max_examples=config.max_examples or None
     )
-    if config.binarize:  # one draw for every seed: the data, not the training noise
-        dataset = data_lib.binarize(dataset, config.seed)
+    if config.binarize:  # the data, not the training noise: one draw for every seed and run
+        dataset = data_lib.binarize(dataset)
     model = build(config, dataset.image_shape)
     num_train, num_test = dataset.train_images.shape[0], dataset.test_images.shape[0]
     if config.batch_size > min(num_train, num_test):
         raise ValueError(
             f"`config.batch_size` ({config.batch_size}) exceeds the training or test images."
         )
-    _common.check_same_run(workdir, config, RESUMABLE)
+    _common.check_same_run(workdir, config, RESUMABLE, ADDED)
     steps_per_epoch = num_train // config.batch_size
     num_steps = config.num_epochs * steps_per_epoch
     chunk_steps = config.eval_every_epochs * steps_per_epoch

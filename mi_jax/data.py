@@ -388,22 +388,31 @@ def load_dataset(
     return dataset
 
 
-def binarize(dataset: Dataset, seed: int) -> Dataset:
+# The binarization's seed: one draw of the binary images for every run and seed, as the digits
+# split is one (a training seed changes the training, not the data).
+BINARIZE_SEED = 0
+
+
+def binarize(dataset: Dataset, seed: int = BINARIZE_SEED) -> Dataset:
     """``dataset`` with every pixel drawn once as black or white (uint8 0 or 255), white with
     probability its grey level ``x / 255``: static binarization, the data of the binarized-MNIST
     likelihood benchmarks. A Bernoulli likelihood is normalized over binary pixels only: on grey
-    levels its "ELBO" bounds no ``log p(x)``. Train and test images draw from ``seed``'s stream
-    (NumPy); labels are unchanged."""
+    levels its "ELBO" bounds no ``log p(x)``. Each split draws from its own stream of ``seed``
+    (NumPy; the test images' draw does not depend on how many training images there are);
+    labels are unchanged."""
     if not (_checks.is_int(seed) and seed >= 0):
         raise ValueError(f"`seed` must be an integer >= 0, got {seed!r}.")
-    rng = np.random.default_rng([int(seed), 0xB1])
 
-    def draw(images):
+    def draw(images, split):
+        if images.dtype != np.uint8:  # float images in [0, 1] came out all black
+            raise TypeError(f"`dataset.{split}_images` must be uint8 (0..255), got {images.dtype}.")
+        rng = np.random.default_rng([int(seed), 0xB1, 0 if split == "train" else 1])
         white = rng.random(images.shape, dtype=np.float32) * 255.0 < images
         return np.where(white, np.uint8(255), np.uint8(0))
 
     return dataset._replace(
-        train_images=draw(dataset.train_images), test_images=draw(dataset.test_images)
+        train_images=draw(dataset.train_images, "train"),
+        test_images=draw(dataset.test_images, "test"),
     )
 
 

@@ -263,7 +263,8 @@ def estimate_mi(
     if devices > 1:
         parallel.check_batch_size(batch_size, mesh, "batch_size")
     train_idx, test_idx = _split(len(x), test_fraction, max_test, devices, seed)
-    x, y = (_prepared(a, train_idx, standardize, name) for a, name in ((x, "x"), (y, "y")))
+    x, y = (_standardized(a, train_idx, standardize, name) for a, name in ((x, "x"), (y, "y")))
+    x, y = _to_float32(x, "x"), _to_float32(y, "y")
     data = (x[train_idx], y[train_idx], x[test_idx], y[test_idx])
     # Global arrays over several devices (and processes), else on the mesh's one device.
     # (`jax.device_put`: `jnp.asarray` of a numpy array compiles a program per shape.)
@@ -362,15 +363,15 @@ def _split(
     return train_idx, test_idx
 
 
-def _prepared(a: np.ndarray, train_idx: np.ndarray, standardize: bool | str, name: str):
-    """``a`` standardized as asked (train-split statistics), in float32."""
+def _standardized(a: np.ndarray, train_idx: np.ndarray, standardize: bool | str, name: str):
+    """``a`` standardized as asked (train-split statistics), or as given."""
     # Statistics and ranks of the samples as given, in float64: a float32 cast first could
     # overflow the variance (x ~ 1e20), lose the spread (1e8 + x) or tie ranks.
     if standardize == "rank":
-        a = _gaussianize(a, train_idx, name)
-    elif standardize is True:
-        a = _standardize(a, train_idx, name)
-    return _to_float32(a, name)
+        return _gaussianize(a, train_idx, name)
+    if standardize is True:
+        return _standardize(a, train_idx, name)
+    return a
 
 
 class _EarlyStopping:

@@ -30,7 +30,7 @@ from mi_jax.types import Array, ArrayLike, PRNGKey
 
 def _float(a: ArrayLike) -> Array:
     """``a`` as JAX's default float (float32, or float64 with ``jax_enable_x64``)."""
-    return jnp.asarray(a, jnp.result_type(float))
+    return jnp.asarray(a, _sample_dtype())
 
 
 def rho_from_mi(mi: ArrayLike, dim: int) -> Array:
@@ -123,15 +123,19 @@ MAX_MI_PER_DIM = 12.0
 MAX_MI_PER_DIM_FLOAT64 = 32.0
 
 
-def _sample_dtype() -> str:
+def _sample_dtype() -> np.dtype:
     """The samplers' float now: float32, or float64 under ``jax_enable_x64``."""
-    return jnp.dtype(jnp.result_type(float)).name
+    return jnp.dtype(jnp.result_type(float))
 
 
 def max_mi_per_dim() -> float:
     """The most Gaussian MI per coordinate the samples carry in the samplers' float now:
-    `MAX_MI_PER_DIM` (float32), `MAX_MI_PER_DIM_FLOAT64` under ``jax_enable_x64``."""
-    return MAX_MI_PER_DIM_FLOAT64 if _sample_dtype() == "float64" else MAX_MI_PER_DIM
+    `MAX_MI_PER_DIM` (float32), `MAX_MI_PER_DIM_FLOAT64` under ``jax_enable_x64``.
+
+    Only while they stay in that float: `mi_jax.estimate_mi` trains in float32, and a float32
+    cast of float64 samples past 12 nats per coordinate makes ``y == x`` again (at 30 nats, for
+    every pair)."""
+    return MAX_MI_PER_DIM_FLOAT64 if _sample_dtype() == np.float64 else MAX_MI_PER_DIM
 
 
 def _most_mi(min_mi: float, dim: int) -> float:
@@ -158,7 +162,7 @@ def _check_mi(mi: ArrayLike, min_mi: float, dim: int) -> None:
     most = _most_mi(min_mi, dim)
     if np.any(mi > most):
         raise ValueError(
-            f"`mi` of {mi[mi > most].ravel()[:4]} nats is more than {_sample_dtype()} samples "
+            f"`mi` of {mi[mi > most].ravel()[:4]} nats is more than {_sample_dtype().name} samples "
             f"of width {dim} carry ({max_mi_per_dim():g} nats per coordinate: {most:.6g}; "
             "beyond it y equals x for some pairs, an infinite MI); use a larger `dim`."
         )

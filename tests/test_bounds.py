@@ -675,14 +675,15 @@ def test_gradients_finite_for_huge_extra_inputs(argname):
     assert values.shape == (len(_PATTERNS), 3) and np.all(np.isfinite(np.asarray(values)))
 
 
-@pytest.mark.parametrize("batch", [512, 1024])
-def test_flo_of_a_diverging_critic_stays_finite_at_large_batch(batch):
+@pytest.mark.parametrize("batch, score", [(1024, 1000.0), (80, 3e38)])
+def test_flo_of_a_diverging_critic_stays_finite_at_large_batch(batch, score):
     # Off-diagonal scores of 1000 (a diverging critic): each pair's soft exponential is ~4e35,
-    # and their sum over a batch of 1024 overflowed float32 to -inf (NWJ's one term did not).
-    scores = np.where(np.eye(batch, dtype=bool), 0.0, 1000.0).astype(np.float32)
+    # and their sum over a batch of 1024 overflowed float32 to -inf (NWJ's one term did not);
+    # at the continuation's ceiling (~5e36 a term) from a batch of ~70.
+    scores = np.where(np.eye(batch, dtype=bool), 0.0, score).astype(np.float32)
     u = np.zeros(batch, np.float32)
-    # float64 reference of the same formula: log ratio log(mean_{i != j} e^1000) - 0 = 1000.
-    want = 1.0 - np.exp(80.0) * (1.0 + np.log1p(1000.0 - 80.0))
+    # float64 reference of the same formula: the log ratio log(mean_{i != j} e^s) - 0 = s.
+    want = 1.0 - np.exp(80.0) * (1.0 + np.log1p(float(np.float32(score)) - 80.0))
     value, (gs, gu) = jax.jit(jax.value_and_grad(bounds.flo, argnums=(0, 1)))(scores, u)
     np.testing.assert_allclose(value, want, rtol=1e-5)
     assert np.all(np.isfinite(np.asarray(gs))) and np.all(np.isfinite(np.asarray(gu)))

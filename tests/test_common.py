@@ -74,6 +74,24 @@ def test_check_same_run_reads_the_config_results_json_records_when_config_json_i
         _common.check_same_run(str(tmp_path), other)
 
 
+def test_a_run_written_before_a_setting_existed_resumes_with_that_settings_old_value(tmp_path):
+    # InfoMax-VAE gained `binarize` (False before): its older workdirs were refused as
+    # "binarize: (absent) -> false".
+    import ml_collections
+
+    from experiments import infomax_vae
+
+    _common.write_json(str(tmp_path / "config.json"), {"learning_rate": 1e-3})
+    _common.write_json(str(tmp_path / "results.json"), {})
+    now = ml_collections.ConfigDict({"learning_rate": 1e-3, "binarize": False})
+    with pytest.raises(ValueError, match=r"binarize: \(absent\) -> false"):
+        _common.check_same_run(str(tmp_path), now)
+    _common.check_same_run(str(tmp_path), now, added=infomax_vae.ADDED)
+    now.binarize = True  # other data than the run had
+    with pytest.raises(ValueError, match="binarize: false -> true"):
+        _common.check_same_run(str(tmp_path), now, added=infomax_vae.ADDED)
+
+
 def test_a_config_path_that_does_not_exist_is_named_before_the_run(tmp_path, monkeypatch):
     import pytest
 

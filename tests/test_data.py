@@ -86,6 +86,11 @@ def test_binarize_draws_each_pixel_white_with_its_grey_level():
     assert not np.array_equal(data.binarize(dataset, seed=4).train_images, out.train_images)
     with pytest.raises(ValueError, match="`seed`"):
         data.binarize(dataset, seed=-1)
+    # The test images' draw does not depend on the training split's size (`max_examples`).
+    fewer = data.binarize(dataset._replace(train_images=images[:3]), seed=3)
+    np.testing.assert_array_equal(fewer.test_images, out.test_images)
+    with pytest.raises(TypeError, match="`dataset.train_images` must be uint8"):  # all black
+        data.binarize(dataset._replace(train_images=images / 255.0))
 
 
 def test_registry():

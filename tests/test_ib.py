@@ -636,13 +636,16 @@ def test_infomax_vae_on_binarized_images(tmp_path, monkeypatch):
     config = _quick(vae_config, binarize=True)
     seen, binarize = [], data.binarize
 
-    def spy(dataset, seed):
-        seen.append(binarize(dataset, seed))
+    def spy(dataset):
+        seen.append(binarize(dataset))
         return seen[-1]
 
     monkeypatch.setattr(data, "binarize", spy)
-    results = vae_experiment.train_and_evaluate(config, str(tmp_path))
+    results = vae_experiment.train_and_evaluate(config, str(tmp_path / "binary"))
     assert len(seen) == 1 and set(np.unique(seen[0].train_images)) == {0, 255}
+    grey = vae_experiment.train_and_evaluate(_quick(vae_config), str(tmp_path / "grey"))
+    # The binary images are what the models trained and were evaluated on.
+    assert [r["elbo"] for r in results["table"][:-1]] != [r["elbo"] for r in grey["table"][:-1]]
     assert all(np.isfinite(r["elbo"]) for r in results["table"] if r["model"] != "raw pixels")
 
 
