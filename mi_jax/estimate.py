@@ -264,7 +264,7 @@ def estimate_mi(
         parallel.check_batch_size(batch_size, mesh, "batch_size")
     train_idx, test_idx = _split(len(x), test_fraction, max_test, devices, seed)
     x, y = (_standardized(a, train_idx, standardize, name) for a, name in ((x, "x"), (y, "y")))
-    x, y = _to_float32(x, "x"), _to_float32(y, "y")
+    x, y = (_to_float32(a, name, standardize is not False) for a, name in ((x, "x"), (y, "y")))
     data = (x[train_idx], y[train_idx], x[test_idx], y[test_idx])
     # Global arrays over several devices (and processes), else on the mesh's one device.
     # (`jax.device_put`: `jnp.asarray` of a numpy array compiles a program per shape.)
@@ -474,12 +474,18 @@ def _minibatches(seed: int, n: int, batch: int, steps: int):
         yield take
 
 
-def _to_float32(a: np.ndarray, name: str) -> np.ndarray:
+def _to_float32(a: np.ndarray, name: str, standardized: bool = False) -> np.ndarray:
     with np.errstate(over="ignore", under="ignore"):  # reported below, naming the argument
         out = a.astype(np.float32)
-    lost = f"`{name}` has values beyond float32's range ({{}}); rescale it or standardize it " + (
-        "(`standardize=True`; on the command line `--standardize zscore`)."
-    )
+    if standardized:  # held-out values far outside the training split's spread
+        lost = f"`{name}` standardized has values beyond float32's range ({{}}): samples far " + (
+            "outside the training split's spread; remove such outliers or rescale the column."
+        )
+    else:
+        lost = (
+            f"`{name}` has values beyond float32's range ({{}}); rescale it or standardize it "
+            + ("(`standardize=True`; on the command line `--standardize zscore`).")
+        )
     if not np.all(np.isfinite(out)):
         raise ValueError(lost.format(f"{np.abs(a).max():.3g}"))
     # A column entirely below float32's normal range keeps few or no bits (x * 1e-300 became

@@ -190,6 +190,15 @@ def test_bad_input_names_the_argument(gaussian_2d, kwargs, error, match):
         mi_jax.estimate_mi(kwargs.pop("x"), kwargs.pop("y"), **kwargs)
 
 
+def test_a_held_out_outlier_beyond_float32_after_standardizing_is_named_as_such(gaussian_2d):
+    # A held-out value of 1e300 among z-scores of the training split: the message told the
+    # user to pass `standardize=True`, which they had.
+    x, y = (np.array(a[:200], np.float64) for a in gaussian_2d)
+    x[np.random.default_rng(0).permutation(200)[0], 0] = 1e300  # the first held-out sample
+    with pytest.raises(ValueError, match="`x` standardized has values beyond float32's range"):
+        mi_jax.estimate_mi(x, y, max_steps=10)
+
+
 def test_numpy_integers_bool_and_bfloat16_inputs_and_a_huge_step_limit(gaussian_2d):
     x, y = (np.asarray(a)[:400] for a in gaussian_2d)
     # numpy integers overflowed in the host arithmetic (seed * 1_000_003, steps * batch):
