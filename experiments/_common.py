@@ -310,6 +310,8 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
     float field replaced by its mean over the group, plus ``{field}_std`` (the standard
     deviation over the group, ddof 0 as in `experiments.halves`) and ``num_seeds`` (the
     group's size); other fields (names, integers) from the group's first row, ``seed`` dropped.
+    A float field read back from JSON as ``null`` (a non-finite value) counts as NaN, so the
+    rows of a resumed run have the fields of a fresh one.
     """
     groups: dict[tuple, list[Mapping]] = {}
     for row in rows:
@@ -318,13 +320,20 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
     for members in groups.values():
         merged = {k: v for k, v in members[0].items() if k != "seed"}
         for key, value in members[0].items():
-            if isinstance(value, float | np.floating) and key not in group_by:
-                column = np.asarray([m[key] for m in members], np.float64)
+            column = [m.get(key) for m in members]
+            if key in group_by or not all(v is None or _is_float(v) for v in column):
+                continue
+            if _is_float(value) or any(_is_float(v) for v in column):
+                column = np.asarray([np.nan if v is None else v for v in column], np.float64)
                 merged[key] = float(np.mean(column))
                 merged[f"{key}_std"] = float(np.std(column))
         merged["num_seeds"] = len(members)
         out.append(merged)
     return out
+
+
+def _is_float(value) -> bool:
+    return isinstance(value, float | np.floating)
 
 
 def train_time_until(earlier: Mapping, step: int) -> tuple[float, list[list]]:
@@ -578,11 +587,19 @@ def write_csv(path: str, rows: Iterable[Mapping]) -> None:
     if not rows or not writes_files():
         return
     tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(to_builtin(rows))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            # Every row's fields, in first-seen order (rows may differ: a row without a field
+            # leaves its cell empty).
+            fields = list(dict.fromkeys(k for row in rows for k in row))
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(to_builtin(rows))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):  # as `write_json`: no half-written file beside the old one
+            os.remove(tmp)
+        raise
 
 
 def format_table(rows: list[Mapping], columns: list[str], floatfmt: str = "{:.3f}") -> str:

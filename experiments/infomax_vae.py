@@ -185,19 +185,23 @@ def probe_accuracies(
 
 
 def plot_samples(path, model, params, dataset, names, key, count: int = 10) -> None:
-    """Per model: ``count`` test images, their reconstructions, ``count`` prior samples."""
+    """Per model: ``count`` test images (at most all of them), their reconstructions, as many
+    prior samples."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    count = min(count, len(dataset.test_images))
     originals = data_lib.to_float(jnp.asarray(dataset.test_images[:count]))
     rows = [("test images", np.asarray(originals))]
     for i, name in enumerate(names):
         p = _slice(params, i)
         rows.append((f"{name}: reconstructions", np.asarray(model.reconstruct(p, originals))))
         rows.append((f"{name}: samples", np.asarray(model.generate(p, key, count))))
-    fig, axes = plt.subplots(len(rows), count, figsize=(count * 0.9, len(rows) * 1.0))
+    fig, axes = plt.subplots(
+        len(rows), count, figsize=(count * 0.9 + 1, len(rows) * 1.0), squeeze=False
+    )
     for r, (title, images) in enumerate(rows):
         for c in range(count):
             ax = axes[r, c]

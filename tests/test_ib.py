@@ -649,6 +649,15 @@ def test_infomax_vae_on_binarized_images(tmp_path, monkeypatch):
     assert all(np.isfinite(r["elbo"]) for r in results["table"] if r["model"] != "raw pixels")
 
 
+def test_infomax_vae_plots_fewer_test_images_than_its_grid(tmp_path):
+    # With 8 test images the 10-column sample grid failed (IndexError) after the probes:
+    # samples.png and curves.png were never written, and every rerun failed the same way.
+    config = _quick(vae_config, max_examples=8, batch_size=8)
+    vae_experiment.train_and_evaluate(config, str(tmp_path))
+    for name in ("samples.png", "curves.png", "results.json"):
+        assert (tmp_path / name).exists(), name
+
+
 def test_bernoulli_likelihood_normalizes_over_binary_images_only():
     # Summed over every image of four pixels, p(x | z) is 1 over the 16 binary images, and more
     # than 1 over grey levels {0, 1/2, 1}: an ELBO on grey images bounds no log p(x).

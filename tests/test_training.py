@@ -261,6 +261,27 @@ def test_mean_over_seeds_averages_every_float_field():
     assert (b["err"], b["err_std"], b["num_seeds"]) == (0.5, 0.0, 1)
 
 
+def test_rows_read_back_from_json_with_nulls_merge_and_write_like_fresh_ones(tmp_path):
+    # A resumed multi-seed IB run: the deterministic baseline's KL (NaN) read back from JSON as
+    # null in seed 0's row got no `kl_std`, and results.csv, written with the first row's fields,
+    # failed on the rows after it ("dict contains fields not in fieldnames: 'kl_std'").
+    from experiments import _common
+
+    rows = [
+        dict(method="det", seed=0, kl=None, err=0.5),  # from results.json
+        dict(method="det", seed=1, kl=float("nan"), err=0.7),
+        dict(method="vib", seed=0, kl=2.0, err=0.4),
+        dict(method="vib", seed=1, kl=4.0, err=0.2),
+    ]
+    det, vib = _common.mean_over_seeds(rows, ("method",))
+    assert set(det) == set(vib) and np.isnan(det["kl"]) and np.isnan(det["kl_std"])
+    assert (vib["kl"], vib["kl_std"]) == (3.0, 1.0)
+    path = str(tmp_path / "results.csv")
+    _common.write_csv(path, [dict(a=1), dict(a=2, b=3.0)])  # rows with different fields
+    assert (tmp_path / "results.csv").read_text().splitlines() == ["a,b", "1,", "2,3.0"]
+    assert not (tmp_path / "results.csv.tmp").exists()
+
+
 # XLA:CPU's defaults, as per-program options: they override the suite's fast-compile flags
 # (tests/conftest.py), which would otherwise compile the reference like the options under test.
 _DEFAULT_CPU_OPTIONS = {
