@@ -2,6 +2,7 @@ r"""Estimate I(X; Y) from a file of paired samples.
 
   python -m experiments.estimate --data FILE.npz [--bound smile] [--critic separable] [--seeds 5]
       [--standardize zscore|rank|none] [--batch_size 128] [--eval_every 100] [--max_steps 3000]
+      [--test_fraction 0.2]
 
 ``FILE.npz`` holds arrays ``x`` ``[N, dim_x]`` and ``y`` ``[N, dim_y]`` (``[N]`` counts as one
 dimension). Prints the estimate in nats (and bits); with ``--seeds K`` the mean and standard
@@ -30,6 +31,9 @@ _BATCH_SIZE = flags.DEFINE_integer(
 )
 _EVAL_EVERY = flags.DEFINE_integer(
     "eval_every", estimate_lib.DEFAULTS["eval_every"], "Training steps between evaluations."
+)
+_TEST_FRACTION = flags.DEFINE_float(
+    "test_fraction", estimate_lib.DEFAULTS["test_fraction"], "Fraction of samples held out."
 )
 _JSON = flags.DEFINE_string("json", None, "Optional path for a JSON file with the full result.")
 _STANDARDIZE = flags.DEFINE_enum(
@@ -84,17 +88,23 @@ def main(argv):
             raise app.UsageError(f"--json {_JSON.value!r}: its directory does not exist.")
         if os.path.isdir(_JSON.value) or not os.access(folder, os.W_OK):
             raise app.UsageError(f"--json {_JSON.value!r}: not a file that can be written.")
-    result = run(
-        _DATA.value,
-        bound=_BOUND.value,
-        critic=_CRITIC.value,
-        seeds=_SEEDS.value,
-        seed=_SEED.value,
-        max_steps=_MAX_STEPS.value,
-        batch_size=_BATCH_SIZE.value,
-        eval_every=_EVAL_EVERY.value,
-        standardize=_STANDARDIZE_ARG[_STANDARDIZE.value],
-    )
+    try:
+        result = run(
+            _DATA.value,
+            bound=_BOUND.value,
+            critic=_CRITIC.value,
+            seeds=_SEEDS.value,
+            seed=_SEED.value,
+            max_steps=_MAX_STEPS.value,
+            batch_size=_BATCH_SIZE.value,
+            eval_every=_EVAL_EVERY.value,
+            test_fraction=_TEST_FRACTION.value,
+            standardize=_STANDARDIZE_ARG[_STANDARDIZE.value],
+        )
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+        # Bad data or settings: the message names the argument (`seeds` is --seeds); no
+        # traceback. (A critic that diverged, `NonFiniteError`, keeps its own.)
+        raise app.UsageError(e.args[0] if len(e.args) == 1 else str(e)) from e
     mi = np.atleast_1d(result.mi)
     if _SEEDS.value is None:
         print(

@@ -354,6 +354,26 @@ def test_cli_refuses_a_json_path_it_cannot_write_before_training(tmp_path, gauss
     assert "I(X;Y)" not in out.stdout
 
 
+def test_cli_bad_settings_are_usage_errors_and_test_fraction_is_a_flag(tmp_path, gaussian_2d):
+    # Before: a 19-line traceback ending in the ValueError; and the error for few samples
+    # asked for a larger `test_fraction`, which the CLI had no flag for.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+    np.savez(tmp_path / "pairs.npz", x=gaussian_2d[0][:40], y=gaussian_2d[1][:40])
+    command = [sys.executable, "-m", "experiments.estimate", "--data", "pairs.npz"]
+    for flags, ok, text in (
+        (["--seeds", "0"], False, "`seeds` must be a positive integer"),
+        ([], False, "larger `test_fraction`"),  # 40 samples: 8 held out, 32 needed
+        (["--test_fraction", "0.8", "--max_steps", "10"], True, "I(X;Y) ="),
+    ):
+        out = subprocess.run(
+            [*command, *flags], cwd=tmp_path, capture_output=True, text=True, env=env,
+            timeout=120,
+        )  # fmt: skip
+        assert (out.returncode == 0) == ok, out.stderr[-2000:]
+        assert text in (out.stdout if ok else out.stderr) and "Traceback" not in out.stderr
+
+
 def test_single_seed_runs_unbatched_with_the_batched_numbers(gaussian_2d):
     # seeds=None compiles a program without a seed axis; seeds=1 the vmapped one. Same keys,
     # same minibatches: the same estimate up to float reassociation.
