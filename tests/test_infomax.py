@@ -54,7 +54,8 @@ def test_every_estimator_runs_and_writes_everything(tmp_path, estimator):
     assert len(table) == 2 * (2 * len(reps) + 1)  # (trained, random) x reps + pixels, 2 probes
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in results["probes"])
     (row,), columns = infomax_table.rows_from([str(tmp_path)])
-    assert row["estimator"] == estimator and len(columns) == 4 + len(table) + 1
+    assert row["estimator"] == estimator and len(columns) == 5 + len(table) + 1
+    assert row["experiment"] == "infomax"
     assert row["trained:global:linear"] == next(
         r["test_accuracy"]
         for r in results["probes"]
@@ -334,3 +335,10 @@ def test_mige_score_estimator_is_checked_whatever_the_estimator():
     config.score_estimator = "nope"  # estimator "js": a typo here ran to the end unseen
     with pytest.raises(KeyError, match="unknown score estimator 'nope'"):
         infomax.build(config, (8, 8, 1))
+
+
+def test_infomax_table_names_a_workdir_of_another_experiment(tmp_path):
+    # Before: a raw KeyError: 'estimator' for an InfoMax-VAE workdir among InfoMax ones.
+    (tmp_path / "results.json").write_text(json.dumps({"dataset": "digits", "table": []}))
+    with pytest.raises(ValueError, match="lacks .*'estimator'.* not a finished InfoMax or AMDIM"):
+        infomax_table.rows_from([str(tmp_path)])
