@@ -1,5 +1,6 @@
 """Workdir output shared by the experiments: config.json, metrics JSONL, results JSON/CSV."""
 
+import contextlib
 import csv
 import json
 import math
@@ -319,11 +320,10 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
     out = []
     for members in groups.values():
         merged = {k: v for k, v in members[0].items() if k != "seed"}
-        for key, value in members[0].items():
+        for key in members[0]:
             column = [m.get(key) for m in members]
-            if key in group_by or not all(v is None or _is_float(v) for v in column):
-                continue
-            if _is_float(value) or any(_is_float(v) for v in column):
+            given = [v for v in column if v is not None]
+            if key not in group_by and given and all(_is_float(v) for v in given):
                 column = np.asarray([np.nan if v is None else v for v in column], np.float64)
                 merged[key] = float(np.mean(column))
                 merged[f"{key}_std"] = float(np.std(column))
@@ -432,14 +432,21 @@ def write_json(path: str, data) -> None:
     """Writes atomically (temp file, then rename), so a crash never leaves half a file."""
     if not writes_files():
         return
+    with _replacing(path) as tmp, open(tmp, "w") as f:
+        json.dump(to_builtin(data), f, indent=2, allow_nan=False)
+        f.write("\n")
+
+
+@contextlib.contextmanager
+def _replacing(path: str):
+    """Yields a temp path to write; on success it replaces ``path`` (an atomic rename), on any
+    error it is removed: no half-written file, none left beside the old one."""
     tmp = path + ".tmp"
     try:
-        with open(tmp, "w") as f:
-            json.dump(to_builtin(data), f, indent=2, allow_nan=False)
-            f.write("\n")
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):  # no half-written file left beside the old one
+        if os.path.exists(tmp):
             os.remove(tmp)
         raise
 
@@ -449,14 +456,8 @@ def save_figure(fig, path: str, **kwargs) -> None:
     save leaves the earlier plot whole."""
     if not writes_files():
         return
-    tmp = path + ".tmp"
-    try:
+    with _replacing(path) as tmp:
         fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or "png", **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def read_json(path: str):
@@ -586,20 +587,12 @@ def write_csv(path: str, rows: Iterable[Mapping]) -> None:
     rows = list(rows)
     if not rows or not writes_files():
         return
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w", newline="") as f:
-            # Every row's fields, in first-seen order (rows may differ: a row without a field
-            # leaves its cell empty).
-            fields = list(dict.fromkeys(k for row in rows for k in row))
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(to_builtin(rows))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):  # as `write_json`: no half-written file beside the old one
-            os.remove(tmp)
-        raise
+    # Every row's fields, in first-seen order (a row without a field leaves its cell empty).
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with _replacing(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(to_builtin(rows))
 
 
 def format_table(rows: list[Mapping], columns: list[str], floatfmt: str = "{:.3f}") -> str:
