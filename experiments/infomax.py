@@ -522,11 +522,15 @@ def summary(results: dict) -> str:
     if results.get("num_seeds", 1) > 1:  # mean over seeds, and their spread
         cols.append("test_accuracy_std")
         seeds = f" x {results['num_seeds']} seeds (mean, std)"
+    rows = [  # raw pixels are fitted once: no spread to show
+        r if r.get("num_seeds", 1) > 1 else {**r, "test_accuracy_std": "-"}
+        for r in results["probes"]
+    ]
     return (
         f"\n{results['dataset']}, estimator {results['estimator']}, {results['num_steps']} steps"
         f"{seeds}: "
         f"compile {results['compile_s']:.1f} s, train {results['train_s']:.1f} s, "
-        f"probes {results['eval_s']:.1f} s\n" + _common.format_table(results["probes"], cols)
+        f"probes {results['eval_s']:.1f} s\n" + _common.format_table(rows, cols)
     )
 
 

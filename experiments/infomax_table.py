@@ -8,7 +8,8 @@ encoder's probe test accuracies, then the same probes on the randomly initialize
 on raw pixels (the baselines the run also measured), and the run's wall time (compilation,
 training over every segment of a resumed run, and the probes).
 A run with ``num_seeds > 1`` shows each accuracy as "mean ± std" over its seeds (`rows_from`
-keeps the means as numbers and the spreads under ``COLUMN std``).
+keeps the means as numbers and the spreads under ``COLUMN std``); its raw-pixel probes, fitted
+once, show one number.
 """
 
 import json
@@ -46,7 +47,7 @@ def rows_from(workdirs: list[str]) -> tuple[list[dict], list[str]]:
         for probe in results["probes"]:
             column = f"{probe['encoder']}:{probe['representation']}:{probe['probe']}"
             row[column] = probe["test_accuracy"]
-            if "test_accuracy_std" in probe:
+            if probe.get("num_seeds", 1) > 1:  # raw pixels are fitted once: no spread
                 row[f"{column} std"] = probe["test_accuracy_std"]
             if column not in probe_columns:
                 probe_columns.append(column)

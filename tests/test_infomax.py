@@ -169,6 +169,10 @@ def test_num_seeds_trains_each_seed_as_its_own_run_and_reports_mean_and_std(tmp_
         infomax.train_and_evaluate(tiny_config(**{**small, "num_steps": 6}), str(both))
     assert sorted(os.listdir(both / "checkpoints")) == kept == ["2", "3", "4"]
     (row,), _ = infomax_table.rows_from([str(both)])
+    # Raw pixels are fitted once: one number, not "± 0.000", in the table and the summary.
+    assert "none:pixels:linear" in row and "none:pixels:linear std" not in row
+    (pixels,) = [line for line in infomax.summary(pair).splitlines() if "pixels" in line]
+    assert pixels.split()[-1] == "-"
     assert row["seeds"] == 2 and row["trained:global:linear std"] == pytest.approx(
         next(
             r["test_accuracy_std"]
