@@ -392,32 +392,48 @@ def verdicts(runs: list[dict]) -> dict[str, dict]:
         ),
     }
 
-    # (3) Spread of accuracy across encoders (estimator fixed) vs across estimators (encoder
-    # fixed), each averaged.
-    def spread(key):
-        ranges = []
-        for group in _groups(runs, key):
-            accs = [r["final_accuracy_mean"] for r in group]
-            if len(accs) > 1:
-                ranges.append(max(accs) - min(accs))
-        return float(np.mean(ranges)) if ranges else None
+    # (3) Spread of accuracy across encoders (estimator fixed) against across estimators
+    # (encoder fixed), each the mean of its groups' ranges (best minus worst run). The finding
+    # holds when the gap exceeds 2 standard errors (as (1)): with each range's best and worst
+    # runs taken as given, the gap is a weighted sum of run means, whose variances are their
+    # seeds' spreads over (seeds - 1).
+    means = np.array([r["final_accuracy_mean"] for r in runs])
+    weights = np.zeros(len(runs))
 
-    by_encoder = spread(lambda r: (r["critic"], r["bound"]))
-    by_estimator = spread(lambda r: r["encoder"])
+    def spread(key, sign):
+        groups = [g for g in _groups(range(len(runs)), lambda i: key(runs[i])) if len(g) > 1]
+        for group in groups:
+            weights[max(group, key=means.__getitem__)] += sign / len(groups)
+            weights[min(group, key=means.__getitem__)] -= sign / len(groups)
+        return float(np.mean([np.ptp(means[g]) for g in groups])) if groups else None
+
+    by_encoder = spread(lambda r: (r["critic"], r["bound"]), 1.0)
+    by_estimator = spread(lambda r: r["encoder"], -1.0)
     if by_encoder is None or by_estimator is None:
         out["encoder_matters"] = {
             "holds": None,
             "evidence": "needs several encoders and estimators.",
         }
     else:
-        out["encoder_matters"] = {
-            "holds": by_encoder > by_estimator,
-            "evidence": (
-                f"changing the encoder (critic and bound fixed) moves the accuracy by "
-                f"{100 * by_encoder:.1f} points on average; changing critic and bound (encoder "
-                f"fixed) by {100 * by_estimator:.1f}."
-            ),
-        }
+        variances = [
+            r["final_accuracy_std"] ** 2 / max(1, len(r["accuracy"][-1]) - 1) for r in runs
+        ]
+        stderr = float(np.sqrt(np.sum(weights**2 * np.array(variances))))
+        gap = by_encoder - by_estimator
+        evidence = (
+            f"changing the encoder (critic and bound fixed) moves the accuracy by "
+            f"{100 * by_encoder:.1f} points on average; changing critic and bound (encoder "
+            f"fixed) by {100 * by_estimator:.1f}"
+        )
+        out["encoder_matters"] = (
+            {"holds": None, "evidence": evidence + ". One seed: no spread to test the gap against."}
+            if one_seed
+            else {
+                "holds": gap > 2 * stderr,
+                "evidence": evidence + f": a gap of {100 * gap:.2f} ± {100 * stderr:.2f} points "
+                "(standard error over the seeds; the finding needs 2 standard errors).",
+            }
+        )
     return out
 
 

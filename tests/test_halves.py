@@ -124,9 +124,19 @@ def test_verdicts_from_hand_made_runs():
     assert v["bijective"]["holds"] is True  # both RealNVP runs gain ~5-11 points
     assert v["looser_bounds"]["holds"] is True  # realnvp: bilinear (MI 1.0) beats concat (3.0)
     assert "realnvp/nce" in v["looser_bounds"]["evidence"]
-    # encoder spread: bilinear 0.95 vs 0.91 (4 pts), concat 0.947 vs 0.85 (9.7); estimator
-    # spread: realnvp 6 pts, mlp 0.3 -> encoder 6.8 > estimator 3.2.
+    # encoder spread: bilinear 0.953 vs 0.91 (4.3 pts), concat 0.947 vs 0.85 (9.7); estimator
+    # spread: realnvp 6 pts, mlp 0.7 -> encoder 7.0 > estimator 3.3, a gap of 3.67 points.
+    # The other terms cancel: the gap is mlp/concat minus realnvp/bilinear, whose standard
+    # error is sqrt(0.0082^2 / 2 + 0.0047^2 / 2) = 0.67 points (std ddof 0 over 3 seeds).
     assert v["encoder_matters"]["holds"] is True
+    assert "a gap of 3.67 ± 0.67 points" in v["encoder_matters"]["evidence"]
+    # The same means with seeds ten times as spread: a gap inside 2 standard errors does not
+    # show the finding (before: it held on any gap, noise included).
+    noisy = [dict(r, final_accuracy_std=10 * r["final_accuracy_std"] + 0.01) for r in runs]
+    v = halves_experiment.verdicts(noisy)
+    assert v["encoder_matters"]["holds"] is False and "3.67 ±" in v["encoder_matters"]["evidence"]
+    one = [dict(r, accuracy=[[a[0]] for a in r["accuracy"]]) for r in runs]  # one seed each
+    assert halves_experiment.verdicts(one)["encoder_matters"]["holds"] is None
     flat = [
         dict(r, final_accuracy_mean=r["initial_accuracy_mean"], accuracy_gain_mean=0.0)
         for r in runs
