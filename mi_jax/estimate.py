@@ -573,7 +573,9 @@ class _FitSpec:
     registrations: int = 0
 
 
-@functools.lru_cache(maxsize=8)
+# Each entry is two small executables; 64 keeps a sweep's programs (the benchmark's accuracy
+# and independence tables cycle through 38 settings, which 8 entries compiled again and again).
+@functools.lru_cache(maxsize=64)
 def _compiled_fit(spec: _FitSpec):
     """Compiled ``init(seed, x_train, y_train) -> (states, data_keys, constant_objective)``
     (the last: the held-out objective of the constant critic, every score 0) and

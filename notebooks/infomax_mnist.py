@@ -21,8 +21,9 @@
 # Data: set `DATA_DIR` to a folder holding the four MNIST IDX `.gz` files (on Colab, upload
 # or download them there first). Left empty, `mi_jax.data` reads a tensorflow-datasets copy
 # prepared beforehand (`tfds build mnist --file_format=array_record`, a command that needs
-# TensorFlow installed; nothing is downloaded here), or names what is missing. Or use `DATASET = "digits"` (scikit-learn's 8x8 digits,
-# bundled). `TINY = True` (or `MI_JAX_NOTEBOOK_TINY=1`) runs a few steps on digits.
+# TensorFlow installed; nothing is downloaded here), or names what is missing. Or use
+# `DATASET = "digits"` (scikit-learn's 8x8 digits, bundled). `TINY = True` (or
+# `MI_JAX_NOTEBOOK_TINY=1`) runs a few steps on digits.
 
 # %%
 import importlib.util
