@@ -102,12 +102,12 @@ def log_mean_exp_offdiag(scores: ArrayLike, axis: int | None = None) -> Array:
         each column without its diagonal entry (``[batch]``), ``1`` for each row.
 
     Returns:
-      ``[]`` if ``axis`` is None, else ``[batch]``.
+      ``[]`` if ``axis`` is None, else ``[batch]``; float32 at least.
     """
     _checks.check_scores(scores)
     if axis not in (None, 0, 1):  # a tuple (0, 1) would divide by batch - 1
         raise ValueError(f"`axis` must be None, 0 or 1, got {axis!r}.")
-    scores = jnp.asarray(scores)
+    scores = _at_least_float32(jnp.asarray(scores))  # float16: counts past 65504 are inf
     batch = scores.shape[0]
     masked = jnp.where(_offdiag_mask(batch), scores, -jnp.inf)
     count = batch * (batch - 1) if axis is None else batch - 1
@@ -115,9 +115,10 @@ def log_mean_exp_offdiag(scores: ArrayLike, axis: int | None = None) -> Array:
 
 
 def mean_offdiag(values: ArrayLike) -> Array:
-    """Mean of the off-diagonal entries of a ``[batch, batch]`` matrix."""
+    """Mean of the off-diagonal entries of a ``[batch, batch]`` matrix, ``[]`` (float32 at
+    least)."""
     _checks.check_scores(values, "values")
-    values = jnp.asarray(values)
+    values = _at_least_float32(jnp.asarray(values))  # float16 sums and counts overflow
     batch = values.shape[0]
     total = jnp.sum(jnp.where(_offdiag_mask(batch), values, 0.0))
     return total / (batch * (batch - 1))
@@ -427,6 +428,9 @@ def interpolated(scores: ArrayLike, *, alpha: float = 0.01, log_baseline: ArrayL
     scores = _at_least_float32(jnp.asarray(scores))
     batch = scores.shape[0]
     log_a = jnp.broadcast_to(_baseline_row(log_baseline, batch), (batch, batch))
+    # A Python-number baseline defers to the scores' dtype (`jnp.diag` below would otherwise
+    # turn a weak float64 under x64 into a strong one and the value into float64).
+    log_a = log_a.astype(jnp.result_type(scores, log_baseline))
     if alpha == 0.0:
         log_base = log_a
     else:

@@ -72,7 +72,8 @@ def dense(
     kernel_init: str = "lecun_normal",
     **kwargs,
 ) -> nn.Dense:
-    """`nn.Dense` with float32 parameters, activations and outputs.
+    """`nn.Dense` with float32 parameters; float32 activations and outputs on float32 (or
+    half-precision) inputs, float64 ones on float64 inputs under ``jax_enable_x64``.
 
     ``compute_dtype="bfloat16"`` runs the layer's forward matmul and the input gradient's
     backward product on bfloat16 copies of their operands, accumulating in float32
@@ -131,7 +132,7 @@ def _bf16_matmul_bwd(residuals, g):
     # (Eigen) measured faster than its bf16 version (YNNPACK), and it is exact up to rounding.
     batch_axes = tuple(range(x.ndim - 1))
     dw = jax.lax.dot_general(x, g, ((batch_axes, batch_axes), ((), ())))
-    return dx, dw
+    return dx.astype(x.dtype), dw  # float64 operands (under x64): float64 gradients
 
 
 bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)

@@ -573,7 +573,7 @@ _GRAD_FNS = {
     "interpolated_0": lambda s: bounds.interpolated(s, alpha=0.0),
     "interpolated_0.5": lambda s: bounds.interpolated(s, alpha=0.5),
     "interpolated_1": lambda s: bounds.interpolated(s, alpha=1.0),
-    "flo_u0": lambda s: bounds.flo(s, jnp.zeros(_B)),
+    "flo_u0": lambda s: bounds.flo(s, jnp.zeros(_B, jnp.float32)),
     "mine": lambda s: bounds.mine(decay=0.9).update(s, bounds.mine().init())[0],
 }
 
@@ -636,6 +636,32 @@ def test_half_precision_scores_are_computed_in_float32():
     values, grads = values_and_grads(pats.astype(jnp.float16), pats.astype(jnp.bfloat16))
     assert all(_finite(v) for v in values.values()), values
     assert all(_finite(g) for g in grads.values())
+
+
+def test_float32_scores_give_float32_values_under_x64():
+    """Under ``jax_enable_x64`` a bound's Python-number arguments defer to the scores' dtype
+    (interpolated at alpha = 0 returned float64: its scalar baseline, through `jnp.diag`,
+    became a strong float64, which a float32 scan carry refuses)."""
+    with jax.enable_x64(True):
+        for dtype in (jnp.float32, jnp.float16, jnp.bfloat16):
+            spec = jax.ShapeDtypeStruct((_B, _B), dtype)
+            for name, fn in _GRAD_FNS.items():
+                assert jax.eval_shape(fn, spec).dtype == jnp.float32, (dtype, name)
+
+
+def test_offdiagonal_helpers_compute_half_precision_in_float32():
+    # 300 x 299 = 89,700 entries: past float16's 65,504, the count and the sum were inf (a NaN
+    # mean), and the log-mean-exp came back in float16 (0.531 for 0.501).
+    values = np.full((300, 300), 1e-3, np.float32)
+    np.fill_diagonal(values, 7.0)
+    for dtype in (jnp.float16, jnp.bfloat16):
+        half = jnp.asarray(values, dtype)
+        exact = float(jnp.asarray(1e-3, dtype).astype(jnp.float32))  # the entries as rounded
+        mean = bounds.mean_offdiag(half)
+        assert mean.dtype == jnp.float32 and mean == pytest.approx(exact, rel=1e-5)
+        lme = bounds.log_mean_exp_offdiag(half + 0.5)
+        assert lme.dtype == jnp.float32
+        assert lme == pytest.approx(float(jnp.asarray(1e-3 + 0.5, dtype)), rel=1e-5)
 
 
 def _interpolated_huge_value_cases():

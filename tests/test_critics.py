@@ -386,6 +386,12 @@ def test_bf16_matmul_value_and_gradients_against_a_reference():
     )
     # And it is not the float32 product: bf16 rounding is visible at this size.
     assert float(jnp.max(jnp.abs(y - jnp.matmul(x, w, precision=hi)))) > 1e-4
+    # Float64 operands (a Dense layer under x64 promotes both) get float64 gradients: the
+    # input gradient came back float32.
+    with jax.enable_x64(True):
+        x64, w64 = (jnp.asarray(np.asarray(a), jnp.float64) for a in (x, w))
+        grads = jax.grad(lambda a, b: jnp.sum(critics.bf16_matmul(a, b)), (0, 1))(x64, w64)
+    assert (grads[0].dtype, grads[1].dtype) == (jnp.float64, jnp.float64)
 
 
 @pytest.mark.parametrize("name", ["separable", "concat"])

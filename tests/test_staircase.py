@@ -68,6 +68,15 @@ def test_train_and_evaluate_writes_everything(tmp_path):
     assert len(results["runs"]) == 4 and all(r["steps_per_s"] > 0 for r in results["runs"])
 
 
+def test_runs_under_x64(tmp_path):
+    # The compiled chunk took its start step as a Python 0, an int64 under x64, and refused
+    # the int32 every chunk passes ("compiled with int64[] and called with int32[]").
+    with jax.enable_x64(True):
+        results = staircase.train_and_evaluate(_tiny(bounds=("nwj", "infonce")), str(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(results["runs"]) == 1 and len(rows) == 4  # 40 steps, a row every 10
+
+
 def test_quick_preset_runs(tmp_path):
     """The `:quick` preset as shipped, from the command line: all nine bounds, 1000 steps,
     finite and sensible. In a subprocess without the suite's LLVM -O0 (tests/conftest.py),
