@@ -261,7 +261,10 @@ def summary(results: dict) -> str:
     if results.get("num_seeds", 1) > 1:
         cols += ["elbo_std", "probe_test_accuracy_std"]
         head = head[:-1] + f"; mean over {results['num_seeds']} seeds, *_std their spread\n"
-    rows = [{c: r.get(c, "") for c in cols} for r in results["table"]]
+    rows = [  # raw pixels are fitted once: no spread to show
+        {c: "-" if c.endswith("_std") and r.get("num_seeds") == 1 else r.get(c, "") for c in cols}
+        for r in results["table"]
+    ]
     return head + _common.format_table(rows, cols)
 
 

@@ -137,6 +137,9 @@ def test_verdicts_from_hand_made_runs():
     assert v["encoder_matters"]["holds"] is False and "3.67 ±" in v["encoder_matters"]["evidence"]
     one = [dict(r, accuracy=[[a[0]] for a in r["accuracy"]]) for r in runs]  # one seed each
     assert halves_experiment.verdicts(one)["encoder_matters"]["holds"] is None
+    # A non-finite spread decides nothing (it read "does not hold", a gap of nan ± nan).
+    broken = [dict(runs[0], final_accuracy_std=float("nan")), *runs[1:]]
+    assert halves_experiment.verdicts(broken)["encoder_matters"]["holds"] is None
     flat = [
         dict(r, final_accuracy_mean=r["initial_accuracy_mean"], accuracy_gain_mean=0.0)
         for r in runs

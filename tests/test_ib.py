@@ -722,6 +722,9 @@ def test_infomax_vae_num_seeds_trains_each_seed_as_its_own_run(tmp_path):
         assert row["num_seeds"] == 2 and row["elbo"] == pytest.approx(np.mean(values))
         assert row["elbo_std"] == pytest.approx(np.std(values)) and row["elbo_std"] > 0
     assert pair["table"][-1]["model"] == "raw pixels" and "elbo_std" in vae_experiment.summary(pair)
+    # Raw pixels are fitted once: no "0.000" spread in the summary.
+    (pixels,) = [line for line in vae_experiment.summary(pair).splitlines() if "raw pixels" in line]
+    assert pixels.split()[-1] == "-"
 
 
 def test_mnist_presets_share_the_protocol_and_differ_in_the_schedule():
