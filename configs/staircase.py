@@ -5,11 +5,12 @@ r"""The MI staircase of Poole et al. (2019), Fig. 2: every bound tracking a risi
 
 Expected (separable critic, Gaussian): InfoNCE saturates at log 64 = 4.16 nats; SMILE (tau = 5)
 follows the steps closely (10.9 at 10 nats) and I_alpha lags (7.3); DV follows with a variance
-that grows like e^I; MINE, NWJ, TUBA and FLO stall at 4-5 nats and the JS read-out blows up at
-8-10 nats; see the README's results table. Presets: `quick` (200 steps per
-level, Gaussian, separable: under a minute on 2 CPU cores), `separable` (the full protocol with
-the separable critic only, the README's table: 113-136 s of training per task on 2 CPU cores,
-103 s with `--config.compute_dtype=bfloat16`, on an AVX-512 machine, 2026-12-02).
+that grows like e^I; MINE, NWJ and TUBA stall at 4-5.5 nats, the JS read-out blows up at 8-10
+nats and FLO may diverge from 6 on (run to run); see the README's results table. Presets:
+`quick` (200 steps per level, Gaussian, separable: under a minute on 2 CPU cores), `separable`
+(the full protocol with the separable critic only, the README's table: 113-136 s of training per
+task on 2 CPU cores, 103 s with `--config.compute_dtype=bfloat16`, on an AVX-512 machine,
+2026-12-02).
 """
 
 import ml_collections
