@@ -377,12 +377,14 @@ def _log_loo_mean_exp(scores: Array) -> Array:
     For an entry below its column's maximum, ``log(S - e^s) = s + log(expm1(log S - s))`` is
     well conditioned: ``log S - s >= log 2``. Leaving out the maximum itself would cancel
     catastrophically when it dominates the column, so that case is a direct masked log-sum-exp.
+    The gap is clamped at its exact lower bound ``log 2``: in float32, at scores above ~1.7e7 an
+    entry tied with the column's maximum rounds ``log S`` to ``s`` itself (a gap of 0, -inf).
     """
     batch = scores.shape[0]
     lse = jax.nn.logsumexp(scores, axis=0, keepdims=True)  # [1, B]
     is_top = jnp.arange(batch)[:, None] == jnp.argmax(scores, axis=0)[None, :]  # [B, B]
     lse_without_top = jax.nn.logsumexp(jnp.where(is_top, -jnp.inf, scores), axis=0)  # [B]
-    gap = jnp.where(is_top, 1.0, lse - scores)
+    gap = jnp.where(is_top, 1.0, jnp.maximum(lse - scores, jnp.log(2.0)))
     loo = jnp.where(is_top, lse_without_top[None, :], scores + _log_expm1(gap))
     return loo - jnp.log(batch - 1)
 

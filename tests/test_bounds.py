@@ -616,6 +616,24 @@ def test_interpolated_gradients_finite_when_one_entry_dominates(fname, huge_scor
     assert all(finite.values()), finite
 
 
+def test_leave_one_out_normalizer_with_ties_at_huge_scores():
+    """Two rows tied at every column's maximum, at +-3e7: float32 rounds ``log S`` to the tied
+    entry itself there, and an unclamped gap of 0 made the normalizer -inf and I_1 NaN. Against
+    a float64 leave-one-out log-sum-exp over the same float32 scores."""
+    rng = np.random.default_rng(0)
+    batch = 8
+    scores = rng.uniform(-3e7, 3e7, (batch, batch)).astype(np.float32)
+    scores[[2, 5]] = 3e7
+    s64 = scores.astype(np.float64)
+    reference = np.array(
+        [[np.logaddexp.reduce(np.delete(s64[:, j], i)) for j in range(batch)] for i in range(batch)]
+    ) - np.log(batch - 1)
+    loo = jax.jit(bounds._log_loo_mean_exp)(scores)
+    np.testing.assert_allclose(np.asarray(loo), reference, rtol=1e-6)
+    value, grad = jax.jit(jax.value_and_grad(lambda s: bounds.interpolated(s, alpha=1.0)))(scores)
+    assert _finite(value) and _finite(grad)
+
+
 def test_half_precision_scores_are_computed_in_float32():
     """Every bound returns float32 for float16 or bfloat16 scores. At +-1e4, their values stay
     finite (in float16, e^80 and sums of 1e4's overflow); bfloat16 has float32's range, so its
