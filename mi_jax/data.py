@@ -81,8 +81,14 @@ _DIGITS_NUM_TEST = 360
 
 
 def _load_digits(*, data_dir: str | None = None, max_examples: int | None = None) -> Dataset:
-    """scikit-learn's 8x8 digits; ``data_dir`` is ignored (the data ship with scikit-learn)."""
-    del data_dir
+    """scikit-learn's 8x8 digits (the data ship with scikit-learn): a ``data_dir`` is refused, as
+    it means another dataset was meant (a run given MNIST's folder trained on digits)."""
+    if data_dir:
+        raise ValueError(
+            f"`data_dir` is {data_dir!r}, but the dataset 'digits' ships with scikit-learn and "
+            "reads no folder: for the files there choose their dataset (MNIST: the configs' "
+            "`:mnist` preset or `--config.dataset=mnist`), or leave `data_dir` empty."
+        )
     from sklearn.datasets import load_digits  # lazy: only this loader needs scikit-learn
 
     digits = load_digits()
@@ -364,7 +370,7 @@ def load_dataset(
         ``stl10``).
       data_dir: where the data lie: the MNIST IDX files, or a tensorflow-datasets data
         directory. ``None``: MNIST and the tfds datasets look in tfds's default directory;
-        ``digits`` needs none.
+        ``digits`` takes none (its data ship with scikit-learn; a ``data_dir`` is refused).
       max_examples: keep only the first ``max_examples`` of each split (in the dataset's fixed
         order); for tests and tiny configs.
 

@@ -49,7 +49,7 @@ from mi_jax import data, dim, encoders, parallel, probes, training
 
 TINY = os.environ.get("MI_JAX_NOTEBOOK_TINY") == "1"  # or True here
 DATASET = "digits" if TINY else "mnist"
-DATA_DIR = os.environ.get("MNIST_DIR", "")  # or the folder with train-images-idx3-ubyte.gz
+DATA_DIR = "" if TINY else os.environ.get("MNIST_DIR", "")  # or the folder with the IDX files
 NUM_STEPS = 20 if TINY else 3000
 BATCH = 32 if TINY else 128
 

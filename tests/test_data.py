@@ -314,6 +314,14 @@ def test_mnist_without_idx_files_says_where_it_looked(tmp_path, tfds):
     assert "'mnist' is not prepared" in message  # and the tfds fallback's own message
 
 
+def test_digits_refuses_a_data_dir():
+    """A data_dir meant for another dataset (MNIST's folder with the default `digits` config)
+    trained on digits without a word."""
+    with pytest.raises(ValueError, match=r"`data_dir` is '/data/mnist'.*'digits'.*`:mnist`"):
+        data.load_dataset("digits", data_dir="/data/mnist")
+    assert data.load_dataset("digits", data_dir="", max_examples=4).num_classes == 10
+
+
 def test_tfds_not_prepared_in_the_default_directory(tmp_path, monkeypatch, tfds):
     # With data_dir=None, tfds fails differently (an empty-splits KeyError) than with a data_dir.
     monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path))
