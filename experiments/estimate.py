@@ -8,7 +8,8 @@ r"""Estimate I(X; Y) from a file of paired samples.
 dimension). Prints the estimate in nats (and bits); with ``--seeds K`` the mean and standard
 deviation over K critics trained in one compiled program. ``--json OUT`` also writes the result
 with its held-out curves (bound, training objective) and training curve, as strict JSON
-(``null`` for the evaluations after a critic's early stop, NaN in `mi_jax.MIEstimate`).
+(``null`` for the evaluations after a critic's early stop, NaN in `mi_jax.MIEstimate`), to a
+new file: an existing one (an earlier result, the data) is refused before any training.
 """
 
 import dataclasses
@@ -88,6 +89,11 @@ def main(argv):
             raise app.UsageError(f"--json {_JSON.value!r}: its directory does not exist.")
         if os.path.isdir(_JSON.value) or not os.access(folder, os.W_OK):
             raise app.UsageError(f"--json {_JSON.value!r}: not a file that can be written.")
+        if os.path.exists(_JSON.value):  # an earlier result, or the --data file itself
+            raise app.UsageError(
+                f"--json {_JSON.value!r} exists; it is not overwritten: give a new path or "
+                "remove it."
+            )
     try:
         result = run(
             _DATA.value,

@@ -352,6 +352,18 @@ def test_cli_refuses_a_json_path_it_cannot_write_before_training(tmp_path, gauss
     )  # fmt: skip
     assert out.returncode != 0 and "not a file that can be written" in out.stderr
     assert "I(X;Y)" not in out.stdout
+    # Before: an earlier result, or the --data file itself, was overwritten without a word.
+    (tmp_path / "earlier.json").write_text("{}")
+    data_bytes = (tmp_path / "pairs.npz").read_bytes()
+    for existing in ("earlier.json", "pairs.npz"):
+        out = subprocess.run(
+            [*command, existing], cwd=tmp_path, capture_output=True, text=True,
+            env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"), timeout=120,
+        )  # fmt: skip
+        assert out.returncode != 0 and "exists; it is not overwritten" in out.stderr
+        assert "I(X;Y)" not in out.stdout
+    assert (tmp_path / "earlier.json").read_text() == "{}"
+    assert (tmp_path / "pairs.npz").read_bytes() == data_bytes
 
 
 def test_cli_bad_settings_are_usage_errors_and_test_fraction_is_a_flag(tmp_path, gaussian_2d):
