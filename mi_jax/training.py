@@ -157,8 +157,11 @@ def fast_compile_options() -> dict[str, Any]:
 
 
 def run_once_compiler_options() -> dict[str, Any]:
-    """Compiler options for programs that run once (initialization): skip the costly
-    optimizations (LLVM at -O0: float rounding may differ from the default's in the last bit)."""
+    """Compiler options for programs that run once (initialization), on CPU: skip the costly
+    optimizations (LLVM at -O0: float rounding may differ from the default's in the last bit).
+    Other backends: none (as `fast_compile_options`; measured on CPU only)."""
+    if jax.default_backend() != "cpu":
+        return {}
     return {
         **fast_compile_options(),
         "xla_backend_optimization_level": 0,
@@ -369,15 +372,19 @@ def create_sweep_state(params, bound_states, tx, num_settings: int) -> SweepStat
 
 @functools.partial(jax.jit, static_argnames="ema_decay")
 def averaged_params(state: SweepState, ema_decay: float) -> PyTree:
-    """The debiased moving average ``ema / (1 - d^t)`` per setting (``d = 0``: the parameters);
-    one program (eagerly, a small one was compiled per parameter array)."""
+    """The debiased moving average ``ema / (1 - d^t)`` per setting (``d = 0``: the parameters;
+    before the first step, ``t = 0``, the parameters too, where the ratio was 0 / 0); one
+    program (eagerly, a small one was compiled per parameter array)."""
     if ema_decay == 0.0:
         return state.params
-    correction = 1.0 - ema_decay ** state.step.astype(jnp.float32)  # [settings] or [K, S]
-    return jax.tree.map(
-        lambda e: e / correction.reshape(*correction.shape, *([1] * (e.ndim - correction.ndim))),
-        state.ema_params,
-    )
+    trained = state.step > 0  # [settings] or [K, S]
+    correction = jnp.where(trained, 1.0 - ema_decay ** state.step.astype(jnp.float32), 1.0)
+
+    def average(ema, params):
+        lead = (*correction.shape, *([1] * (ema.ndim - correction.ndim)))
+        return jnp.where(trained.reshape(lead), ema / correction.reshape(lead), params)
+
+    return jax.tree.map(average, state.ema_params, state.params)
 
 
 def make_sweep_chunk(
