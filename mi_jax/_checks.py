@@ -118,6 +118,25 @@ def check_finite_if_concrete(x, name: str) -> None:
         raise ValueError(f"`{name}` contains {bad} NaN or infinite values.")
 
 
+def check_key(key, name: str = "key") -> None:
+    """Checks that ``key`` is one PRNG key: a typed key (``jax.random.key``) or a raw uint32
+    ``[2]`` one (``jax.random.PRNGKey``); static, so traced keys are checked too. An integer
+    seed otherwise failed deep in `jax.random` ("invalid PRNG key data")."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is None:
+        raise TypeError(
+            f"`{name}` must be one PRNG key, e.g. `jax.random.key(seed)`, got {key!r:.80}."
+        )
+    shape = jnp.shape(key)
+    typed = jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    if (typed and shape == ()) or (dtype == np.uint32 and shape == (2,)):
+        return
+    raise TypeError(
+        f"`{name}` must be one PRNG key, e.g. `jax.random.key(seed)`, got an array of dtype "
+        f"{dtype} and shape {shape}."
+    )
+
+
 def check_vector(v, batch: int, name: str) -> None:
     """Checks that `v` is a scalar or a [batch] vector of floats."""
     _check_not_a_list(v, name)

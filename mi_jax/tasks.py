@@ -62,6 +62,7 @@ def correlated_gaussian(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tu
     Returns:
       ``x`` ``[batch, dim]``, ``y`` ``[batch, dim]``.
     """
+    _checks.check_key(key)
     _checks.check_ints(batch=batch, dim=dim)
     _check_mi(mi, 0.0, dim)
     return _gaussian_pair(key, mi, batch, dim)
@@ -211,6 +212,7 @@ def student_t(key: PRNGKey, mi: ArrayLike, batch: int, dim: int, df: float) -> t
     Returns:
       ``x`` ``[batch, dim]``, ``y`` ``[batch, dim]``.
     """
+    _checks.check_key(key)
     _checks.check_ints(batch=batch, dim=dim)
     _check_df(df)
     correction = student_t_mi_correction(df, dim, dim)

@@ -351,6 +351,19 @@ def test_staircase_rejects_a_concrete_negative_step_and_clamps_a_traced_one():
     np.testing.assert_array_equal(traced(jnp.array([-1, -100, 0, 5])), [2, 2, 2, 4])
 
 
+@pytest.mark.parametrize("name", ["gaussian", "cubic", "spiral", "student_t"])
+def test_sampling_needs_one_prng_key(name):
+    # Before: an integer seed failed deep inside jax.random ("invalid PRNG key data").
+    task = tasks.get_task(name, dim=2)
+    for bad in (0, np.int32(3), jax.random.split(jax.random.key(0), 2), jnp.zeros(2)):
+        with pytest.raises(TypeError, match=r"`key` must be one PRNG key, e.g. `jax.random.key"):
+            task.sample(bad, 1.0, 4)
+    for key in (jax.random.key(0), jax.random.PRNGKey(0)):  # typed, and raw uint32 [2]
+        assert task.sample(key, 1.0, 4)[0].shape == (4, 2)
+    keys = jax.random.split(jax.random.key(0), 3)
+    assert jax.jit(jax.vmap(lambda k: task.sample(k, 1.0, 4)[1]))(keys).shape == (3, 4, 2)
+
+
 def test_get_task_errors():
     with pytest.raises(KeyError) as info:
         tasks.get_task("gausian", dim=2)
