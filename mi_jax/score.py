@@ -38,6 +38,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mi_jax import _checks
 from mi_jax.types import Array, ArrayLike
@@ -127,10 +128,8 @@ def rbf_kernel(x: ArrayLike, y: ArrayLike, bandwidth: ArrayLike) -> Array:
 
 
 def _kernel_stats(samples: Array, bandwidth) -> tuple[Array, Array, Array]:
-    """``(K [M, M], D [M, d], sigma [])`` with ``D_n = sum_m K_mn (x_m - x_n)``."""
-    concrete = bandwidth is not None and not isinstance(bandwidth, jax.core.Tracer)
-    if concrete and not (jnp.ndim(bandwidth) == 0 and 0 < float(bandwidth) < float("inf")):
-        raise ValueError(f"`bandwidth` must be a positive finite scalar, got {bandwidth!r}.")
+    """``(K [M, M], D [M, d], sigma [])`` with ``D_n = sum_m K_mn (x_m - x_n)`` (``bandwidth``
+    checked by the caller)."""
     # In the samples' dtype: a float64 bandwidth (numpy, or `jax_enable_x64`) would otherwise
     # promote float32 samples' kernels and estimates to float64.
     sigma = (
@@ -141,6 +140,43 @@ def _kernel_stats(samples: Array, bandwidth) -> tuple[Array, Array, Array]:
     hi = jax.lax.Precision.HIGHEST
     d = jnp.matmul(gram, samples, precision=hi) - jnp.sum(gram, axis=1, keepdims=True) * samples
     return gram, d, sigma
+
+
+def _is_positive_finite_scalar(value) -> bool:
+    """A positive finite real number, Python, numpy or a concrete 0-d array (not a string)."""
+    if isinstance(value, (str, bytes, bool)):
+        return False
+    a = np.asarray(value)
+    return a.ndim == 0 and a.dtype.kind in "fiu" and 0 < float(a) < float("inf")
+
+
+def _check_bandwidth(bandwidth) -> None:
+    """``None`` (the median heuristic), a traced value, or a positive finite scalar."""
+    if bandwidth is None or isinstance(bandwidth, jax.core.Tracer):
+        return
+    if not _is_positive_finite_scalar(bandwidth):
+        raise ValueError(f"`bandwidth` must be a positive finite scalar, got {bandwidth!r}.")
+
+
+def _check_stein_hparams(*, eta=0.1, bandwidth=None) -> None:
+    if not _is_positive_finite_scalar(eta):
+        raise ValueError(
+            f"`eta` must be a positive finite scalar (it makes K + eta I invertible), got {eta!r}."
+        )
+    _check_bandwidth(bandwidth)
+
+
+def _check_ssge_hparams(*, num_eigen=None, threshold=0.99, bandwidth=None, num_samples=None):
+    """``num_eigen`` in ``[1, num_samples]`` (any positive integer where the samples are not
+    known yet, `get_score_estimator`), else ``threshold`` in ``(0, 1]``."""
+    if num_eigen is not None:
+        most = float("inf") if num_samples is None else num_samples
+        if not (_checks.is_int(num_eigen) and 1 <= num_eigen <= most):
+            upper = "num_samples" if num_samples is None else f"num_samples = {num_samples}"
+            raise ValueError(f"`num_eigen` must be an integer in [1, {upper}], got {num_eigen!r}.")
+    elif not (_is_positive_finite_scalar(threshold) and float(threshold) <= 1.0):
+        raise ValueError(f"`threshold` must lie in (0, 1] (or set `num_eigen`), got {threshold!r}.")
+    _check_bandwidth(bandwidth)
 
 
 def stein_score(
@@ -164,10 +200,7 @@ def stein_score(
       Li & Turner, "Gradient Estimators for Implicit Models", ICLR 2018, eq. (8).
     """
     (samples,) = _centered(_check_samples(samples))
-    if not (jnp.ndim(eta) == 0 and 0 < float(eta) < float("inf")):
-        raise ValueError(
-            f"`eta` must be a positive finite scalar (it makes K + eta I invertible), got {eta}."
-        )
+    _check_stein_hparams(eta=eta, bandwidth=bandwidth)
     gram, d, sigma = _kernel_stats(samples, bandwidth)
     m = samples.shape[0]
     chol = jax.scipy.linalg.cho_factor(gram + eta * jnp.eye(m, dtype=gram.dtype))
@@ -223,14 +256,9 @@ def ssge_score(
       ICML 2018, eqs. (16)-(17).
     """
     samples = _check_samples(samples)
-    m = samples.shape[0]
-    if num_eigen is not None:
-        if not (_checks.is_int(num_eigen) and 1 <= num_eigen <= m):
-            raise ValueError(
-                f"`num_eigen` must be an integer in [1, num_samples = {m}], got {num_eigen!r}."
-            )
-    elif threshold is None or not 0.0 < threshold <= 1.0:
-        raise ValueError(f"`threshold` must lie in (0, 1] (or set `num_eigen`), got {threshold}.")
+    _check_ssge_hparams(
+        num_eigen=num_eigen, threshold=threshold, bandwidth=bandwidth, num_samples=samples.shape[0]
+    )
     at_samples = points is None
     points = samples if at_samples else _check_samples(points, "points", least=1)
     if points.shape[1] != samples.shape[1]:
@@ -286,6 +314,12 @@ def gaussian_score(x: ArrayLike, mean: ArrayLike, cov: ArrayLike) -> Array:
 
 
 _REGISTRY: dict[str, Callable[..., Array]] = {"stein": stein_score, "ssge": ssge_score}
+# The built-in estimators' hyperparameter values, checked when `get_score_estimator` binds them
+# (an experiment's config fails before any training, not when the estimator is first called).
+_HPARAM_CHECKS: dict[Callable[..., Array], Callable[..., None]] = {
+    stein_score: _check_stein_hparams,
+    ssge_score: _check_ssge_hparams,
+}
 
 
 def available_score_estimators() -> tuple[str, ...]:
@@ -304,12 +338,15 @@ def register_score_estimator(
 def get_score_estimator(name: str, **hparams) -> ScoreFn:
     """``fn(samples, [points])`` with hyperparameters bound: ``get_score_estimator("stein",
     eta=0.1)``; ``points`` only for estimators that take them (``ssge``, ``dsm``): ``stein``
-    estimates at the samples only. Unknown names and hyperparameters raise at once."""
+    estimates at the samples only. Unknown names and hyperparameters raise at once, and so do
+    bad values of the built-in estimators' (``stein``, ``ssge``)."""
     if not _checks.is_known(name, _REGISTRY):
         raise _checks.unknown_name_error("score estimator", name, _REGISTRY)
     fn = _REGISTRY[name]
-    try:  # unknown hyperparameter names fail here; values are checked when it is called
+    try:  # unknown hyperparameter names fail here
         inspect.signature(fn).bind(None, **hparams)
     except TypeError as e:
         raise TypeError(f"bad hyperparameters {sorted(hparams)} for {name!r}: {e}") from None
+    if (check := _HPARAM_CHECKS.get(fn)) is not None:
+        check(**hparams)  # other estimators check their values when called
     return functools.partial(fn, **hparams)

@@ -208,6 +208,14 @@ def test_half_precision_samples_are_estimated_in_float32(dtype):
         (lambda x: score.get_score_estimator("sgse"), KeyError, "ssge"),
         (lambda x: score.get_score_estimator("dms"), KeyError, "dsm"),
         (lambda x: score.get_score_estimator("stein", etta=1.0), TypeError, "etta"),
+        # Values too, when bound (before: when first called, after an experiment's other parts
+        # had trained), and strings are not numbers (before: JAX's or Python's own errors).
+        (lambda x: score.get_score_estimator("ssge", threshold=2.0), ValueError, "`threshold`"),
+        (lambda x: score.get_score_estimator("ssge", num_eigen=0), ValueError, "`num_eigen`"),
+        (lambda x: score.get_score_estimator("stein", eta=-1.0), ValueError, "`eta`"),
+        (lambda x: score.get_score_estimator("ssge", bandwidth="1"), ValueError, "`bandwidth`"),
+        (lambda x: score.stein_score(x, eta="0.1"), ValueError, "`eta` must be a positive"),
+        (lambda x: score.ssge_score(x, threshold="0.9"), ValueError, "`threshold` must lie"),
         (lambda x: score.ssge_score(x[:, :0]), ValueError, "dim >= 1"),
         (lambda x: score.stein_score(x, bandwidth=0.0), ValueError, "bandwidth"),
         (lambda x: score.ssge_score(x, bandwidth=-1.0), ValueError, "bandwidth"),
