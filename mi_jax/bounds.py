@@ -31,6 +31,7 @@ References:
 """
 
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -577,6 +578,24 @@ class Bound(NamedTuple):
     objective: Callable[[Array], Array] | None = None
 
 
+def _check_hparam_names(name: str, fn: Callable[..., Any], hparams, exclude=()) -> None:
+    """A TypeError listing ``fn``'s hyperparameters (its keyword parameters but ``exclude``)
+    for names it does not take; nothing where ``fn`` takes any keyword (``**kwargs``)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a signature Python cannot read: ``fn`` itself will say
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    by_keyword = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    known = sorted(p.name for p in parameters if p.kind in by_keyword and p.name not in exclude)
+    if unknown := sorted(set(hparams) - set(known)):
+        raise TypeError(
+            f"unknown hyperparameters {unknown} for bound {name!r}; it takes: "
+            f"{', '.join(known) or 'none'}."
+        )
+
+
 def make_bound(
     name: str,
     fn: Callable[..., Array],
@@ -611,6 +630,7 @@ def make_bound(
         )
     if objective is not None and not callable(objective):
         raise TypeError(f"`objective` of bound {name!r} must be a function of the scores.")
+    _check_hparam_names(name, fn, hparams, exclude=("scores", *inputs))
     scores = jax.ShapeDtypeStruct((2, 2), jnp.float32)
     vector = jax.ShapeDtypeStruct((2,), jnp.float32)
 
@@ -647,20 +667,21 @@ def _smile_bound(name: str, **hparams: Any) -> Bound:
 
 
 def _mine_bound(name: str, **hparams: Any) -> Bound:
+    _check_hparam_names(name, mine, hparams)
     pair = mine(**hparams)
     return Bound(name, pair.init, lambda scores, state: pair.update(scores, state))
 
 
 _REGISTRY: dict[str, Callable[..., Bound]] = {
-    "dv": lambda: make_bound("dv", dv),
+    "dv": lambda **kw: make_bound("dv", dv, **kw),
     "mine": lambda **kw: _mine_bound("mine", **kw),
-    "nwj": lambda: make_bound("nwj", nwj),
-    "tuba": lambda: make_bound("tuba", tuba, ("log_baseline",)),
-    "infonce": lambda: make_bound("infonce", infonce),
-    "js": lambda: make_bound("js", js, objective=js_fgan),
+    "nwj": lambda **kw: make_bound("nwj", nwj, **kw),
+    "tuba": lambda **kw: make_bound("tuba", tuba, ("log_baseline",), **kw),
+    "infonce": lambda **kw: make_bound("infonce", infonce, **kw),
+    "js": lambda **kw: make_bound("js", js, objective=js_fgan, **kw),
     "interpolated": lambda **kw: make_bound("interpolated", interpolated, ("log_baseline",), **kw),
     "smile": lambda **kw: _smile_bound("smile", **kw),
-    "flo": lambda: make_bound("flo", flo, ("u",)),
+    "flo": lambda **kw: make_bound("flo", flo, ("u",), **kw),
 }
 
 
@@ -686,6 +707,8 @@ def get_bound(name: str, **hparams: Any) -> Bound:
     try:
         bound = _REGISTRY[name](**hparams)
     except TypeError as e:
+        if f"bound {name!r}" in str(e):  # `make_bound`'s own message names it and the bad names
+            raise
         raise TypeError(f"bad hyperparameters {sorted(hparams)} for bound {name!r}: {e}") from None
     if not isinstance(bound, Bound):
         raise TypeError(
