@@ -83,10 +83,14 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
 
     def parse_flags(argv):
         _check_config_path(name, argv)
+        given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        if repeated := sorted({g for g in given if given.count(g) > 1}):
+            # ml_collections joined a repeated tuple override's values (('nwj',) then ('dv',)
+            # ran both bounds): two values for one setting are refused.
+            raise SystemExit(f"{name}: {', '.join(repeated)} given more than once; give it once.")
         try:
             return app.parse_flags_with_usage(argv)
         except (AttributeError, KeyError) as e:  # --config.FIELD=... of a field it does not have
-            given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
             field = e  # ml_collections wraps a KeyError in the AttributeError
             while isinstance(field, BaseException) and field.args:
                 field = field.args[0]

@@ -2,6 +2,9 @@
 
 import importlib
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -124,6 +127,20 @@ def test_another_experiments_config_is_named_before_the_run(name, other):
     for preset in (None, "quick", "mnist"):  # its own presets have every field
         own = importlib.import_module(f"configs.{name}").get_config(preset)
         _common._check_config_fields(name, own)
+
+
+def test_an_override_given_twice_is_refused_before_anything_is_written(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    twice = ["--config.bounds=('nwj',)", "--config.bounds=('dv',)"]
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.staircase", "--config", "configs/staircase.py:quick",
+         *twice, "--workdir", str(tmp_path / "run")],
+        cwd=root, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )  # fmt: skip
+    assert out.returncode != 0, out.stdout[-2000:]
+    assert "--config.bounds given more than once" in out.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_unknown_override_lists_the_fields_at_its_level():
