@@ -244,13 +244,16 @@ def build_registered(kind: str, name: str, registry: Mapping[str, Callable[..., 
     Lists (as configs deliver them) become tuples, so the module stays hashable.
     """
     known = registered_fields(kind, name, registry)
-    unknown = set(hparams) - known
-    if unknown:
-        raise TypeError(
-            f"unknown hyperparameters {sorted(unknown)} for {kind} {name!r}; known: "
-            f"{sorted(known)}."
-        )
+    if unknown := set(hparams) - known:
+        raise unknown_hparams_error(kind, name, unknown, known)
     return registry[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()})
+
+
+def unknown_hparams_error(kind: str, name: str, unknown: Iterable[str], known: Iterable[str]):
+    """The TypeError for hyperparameters a registered ``kind`` ``name`` does not take."""
+    return TypeError(
+        f"unknown hyperparameters {sorted(unknown)} for {kind} {name!r}; known: {sorted(known)}."
+    )
 
 
 def registered_fields(kind: str, name: str, registry: Mapping[str, Callable[..., Any]]) -> set:

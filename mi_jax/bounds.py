@@ -588,12 +588,9 @@ def _check_hparam_names(name: str, fn: Callable[..., Any], hparams, exclude=()) 
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return
     by_keyword = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    known = sorted(p.name for p in parameters if p.kind in by_keyword and p.name not in exclude)
-    if unknown := sorted(set(hparams) - set(known)):
-        raise TypeError(
-            f"unknown hyperparameters {unknown} for bound {name!r}; it takes: "
-            f"{', '.join(known) or 'none'}."
-        )
+    known = {p.name for p in parameters if p.kind in by_keyword and p.name not in exclude}
+    if unknown := set(hparams) - known:
+        raise _checks.unknown_hparams_error("bound", name, unknown, known)
 
 
 def make_bound(
