@@ -249,9 +249,14 @@ def build_registered(kind: str, name: str, registry: Mapping[str, Callable[..., 
     return registry[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()})
 
 
+class HparamsError(TypeError):
+    """Hyperparameters a registered component does not take, its message complete (it names
+    the component): a registry's getter passes it on as it is."""
+
+
 def unknown_hparams_error(kind: str, name: str, unknown: Iterable[str], known: Iterable[str]):
-    """The TypeError for hyperparameters a registered ``kind`` ``name`` does not take."""
-    return TypeError(
+    """The `HparamsError` for hyperparameters a registered ``kind`` ``name`` does not take."""
+    return HparamsError(
         f"unknown hyperparameters {sorted(unknown)} for {kind} {name!r}; known: {sorted(known)}."
     )
 

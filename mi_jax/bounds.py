@@ -621,7 +621,7 @@ def make_bound(
             f"learned inputs the trainers give a bound), got {inputs!r}."
         )
     if clash := sorted(set(hparams) & set(inputs)):
-        raise TypeError(
+        raise _checks.HparamsError(
             f"{clash} of bound {name!r} are learned inputs (the trainer's networks give them), "
             "not hyperparameters."
         )
@@ -703,9 +703,9 @@ def get_bound(name: str, **hparams: Any) -> Bound:
         raise _checks.unknown_name_error("bound", name, _REGISTRY)
     try:
         bound = _REGISTRY[name](**hparams)
+    except _checks.HparamsError:  # `make_bound`'s: it names the bound and what it takes
+        raise
     except TypeError as e:
-        if f"bound {name!r}" in str(e):  # `make_bound`'s own message names it and the bad names
-            raise
         raise TypeError(f"bad hyperparameters {sorted(hparams)} for bound {name!r}: {e}") from None
     if not isinstance(bound, Bound):
         raise TypeError(
