@@ -33,26 +33,63 @@ def _float(a: ArrayLike) -> Array:
     return jnp.asarray(a, _sample_dtype())
 
 
+def _check_values(value: ArrayLike, name: str, ok: Callable[[np.ndarray], np.ndarray], what: str):
+    """A concrete ``value`` (a number or an array of them) with an entry that is not ``ok``
+    (float64 entries in, booleans out) is a ValueError naming ``name`` and saying ``what`` it
+    must be; traced: unchecked (the samplers' schedules run in ``lax.scan``)."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"`{name}` must be {what}, got {value!r:.80}.")
+    arr = arr.astype(np.float64)
+    if np.any(bad := ~ok(arr)):  # NaN fails every comparison
+        raise ValueError(f"`{name}` must be {what}, got {arr[bad].ravel()[:4]}.")
+
+
+def _check_nats(mi: ArrayLike, finite: bool = False) -> None:
+    if finite:
+        _check_values(mi, "mi", lambda a: np.isfinite(a) & (a >= 0), "finite nats >= 0")
+    else:
+        _check_values(mi, "mi", lambda a: a >= 0, "nats >= 0")
+
+
 def rho_from_mi(mi: ArrayLike, dim: int) -> Array:
-    """Per-coordinate correlation giving ``mi`` nats over ``dim`` independent Gaussian pairs."""
+    """Per-coordinate correlation giving ``mi`` nats (``>= 0``; ``inf``: 1) over ``dim``
+    independent Gaussian pairs."""
+    _checks.check_ints(dim=dim)
+    _check_nats(mi)
+    return _rho(mi, dim)
+
+
+def _rho(mi: ArrayLike, dim: int) -> Array:
     return jnp.sqrt(-jnp.expm1(-2.0 * _float(mi) / dim))
 
 
 def noise_from_mi(mi: ArrayLike, dim: int) -> Array:
-    """``sqrt(1 - rho^2) = exp(-mi / dim)``, the noise's share of each coordinate.
+    """``sqrt(1 - rho^2) = exp(-mi / dim)``, the noise's share of each coordinate (``mi >= 0``).
 
     In closed form: from ``rho``, ``1 - rho^2`` cancels to 0 in float32 once ``mi / dim`` passes
     about 8 (``rho`` rounds to 1, ``y = x``, infinite MI).
     """
+    _checks.check_ints(dim=dim)
+    _check_nats(mi)
+    return _noise(mi, dim)
+
+
+def _noise(mi: ArrayLike, dim: int) -> Array:
     return jnp.exp(-_float(mi) / dim)
 
 
 def mi_from_rho(rho: ArrayLike, dim: int) -> Array:
-    """``I = -dim/2 log(1 - rho^2)`` for ``dim`` independent pairs of correlation ``rho``.
+    """``I = -dim/2 log(1 - rho^2)`` for ``dim`` independent pairs of correlation ``rho`` (in
+    ``[-1, 1]``).
 
     In float32, ``rho`` itself rounds to 1 past about 8 nats per coordinate (``inf`` from 9):
     there the MI is ``-dim log(noise)`` of `noise_from_mi`, or float64 (``jax_enable_x64``).
     """
+    _checks.check_ints(dim=dim)
+    _check_values(rho, "rho", lambda a: np.abs(a) <= 1, "a correlation in [-1, 1]")
     return -0.5 * dim * jnp.log1p(-jnp.square(_float(rho)))
 
 
@@ -86,8 +123,9 @@ def gaussian_log_ratio(x: ArrayLike, y: ArrayLike, mi: ArrayLike) -> Array:
         raise ValueError(
             f"`x` and `y` must both have shape [batch, dim], got {x.shape} and {y.shape}."
         )
+    _check_nats(mi, finite=True)  # inf: a zero noise, NaN scores
     dim = x.shape[-1]
-    rho, noise = rho_from_mi(mi, dim), noise_from_mi(mi, dim)
+    rho, noise = _rho(mi, dim), _noise(mi, dim)
     xi, yj = x[:, None, :], y[None, :, :]  # [B, 1, d], [1, B, d]
     # log p(y | x) - log p(y) with p(y | x) = N(rho x, noise^2): the residual's form keeps
     # float32 exact where 1 - rho^2 and the expanded quadratic cancel (from 8 nats per
@@ -101,7 +139,7 @@ def _gaussian_pair(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tuple[A
     kx, ke = jax.random.split(key)
     x = jax.random.normal(kx, (batch, dim))
     eps = jax.random.normal(ke, (batch, dim))
-    return x, rho_from_mi(mi, dim) * x + noise_from_mi(mi, dim) * eps
+    return x, _rho(mi, dim) * x + _noise(mi, dim) * eps
 
 
 def _check_df(df: float) -> None:
@@ -197,6 +235,8 @@ def student_t_mi_correction(df: float, dim_x: int, dim_y: int) -> float:
     Computed on the host in float64 (a difference of terms of size ``df log df``: float32 would
     leave only rounding noise beyond df ~ 100).
     """
+    _check_df(df)
+    _checks.check_ints(dim_x=dim_x, dim_y=dim_y)
     return max(
         0.0,
         _t_entropy_offset(df, dim_x)

@@ -417,6 +417,40 @@ def test_gaussian_log_ratio_is_the_log_density_ratio():
         tasks.gaussian_log_ratio(x, y[:, :2], mi)
 
 
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: tasks.rho_from_mi(-1.0, 2), r"`mi` must be nats >= 0, got \[-1.\]"),
+        (lambda: tasks.rho_from_mi(jnp.array([1.0, jnp.nan]), 2), r"`mi` .* got \[nan\]"),
+        (lambda: tasks.noise_from_mi(-0.5, 2), "`mi` must be nats >= 0"),
+        (lambda: tasks.rho_from_mi(1.0, 0), "`dim` must be an integer >= 1, got 0"),
+        (lambda: tasks.noise_from_mi(1.0, 2.5), "`dim` must be an integer >= 1"),
+        (lambda: tasks.mi_from_rho(1.5, 2), r"`rho` must be a correlation in \[-1, 1\]"),
+        (lambda: tasks.mi_from_rho("0.5", 2), "`rho` must be a correlation"),
+        (lambda: tasks.gaussian_log_ratio(jnp.ones((4, 2)), jnp.ones((4, 2)), -1.0),
+         "`mi` must be finite nats >= 0"),
+        (lambda: tasks.gaussian_log_ratio(jnp.ones((4, 2)), jnp.ones((4, 2)), jnp.inf),
+         r"`mi` must be finite nats >= 0, got \[inf\]"),
+        (lambda: tasks.student_t_mi_correction(0.0, 2, 2), "`df` must be a positive finite"),
+        (lambda: tasks.student_t_mi_correction(3.0, 2, 0), "`dim_y` must be an integer >= 1"),
+    ],
+)  # fmt: skip
+def test_closed_form_helpers_refuse_bad_values(call, match):
+    # They returned NaN (rho from a negative MI, the log ratio at infinite MI), divided by zero
+    # or raised deep in scipy; traced values are not checked (below).
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_closed_form_helpers_take_traced_and_limit_values():
+    # Under jit: no value check (a schedule's MI is traced), the same numbers.
+    rho = jax.jit(tasks.rho_from_mi, static_argnums=1)(jnp.array([0.0, 2.0]), 2)
+    np.testing.assert_allclose(rho, [0.0, np.sqrt(1 - np.exp(-2.0))], rtol=1e-6)
+    assert float(tasks.rho_from_mi(jnp.inf, 3)) == 1.0
+    assert float(tasks.noise_from_mi(jnp.inf, 3)) == 0.0
+    assert float(tasks.mi_from_rho(-1.0, 2)) == np.inf
+
+
 @pytest.mark.parametrize("mi, dim", [(0.5, 2), (5.0, 1), (8.0, 1), (9.0, 1), (11.0, 1), (45.0, 5)])
 def test_gaussian_log_ratio_stays_exact_in_float32_at_high_mi_per_coordinate(mi, dim):
     # E_p[log ratio] = mi; each diagonal entry is mi + sum(y^2 - eps^2) / 2 (std about
