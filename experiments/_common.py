@@ -55,6 +55,57 @@ def define_experiment_flags(name: str):
     return config, workdir
 
 
+class ConfigError(Exception):
+    """Mixed into an error a setting raised before the experiment wrote anything (see
+    `config_checks`): `run_experiment` prints its message alone, without a traceback."""
+
+
+class ConfigValueError(ConfigError, ValueError):
+    pass
+
+
+class ConfigKeyError(ConfigError, KeyError):
+    pass
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    pass
+
+
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    pass
+
+
+_AS_CONFIG_ERROR = {
+    ValueError: ConfigValueError,
+    KeyError: ConfigKeyError,
+    TypeError: ConfigTypeError,
+    FileNotFoundError: ConfigFileNotFoundError,  # a data folder without the dataset's files
+}
+
+
+@contextlib.contextmanager
+def config_checks():
+    """Marks an experiment's checks of its settings, the part that runs before it writes
+    anything: a ValueError, KeyError, TypeError or FileNotFoundError raised inside keeps its
+    type and message and becomes a `ConfigError` too. Errors after it (in training) keep their
+    tracebacks."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except tuple(_AS_CONFIG_ERROR) as e:
+        tagged = next(c for base, c in _AS_CONFIG_ERROR.items() if isinstance(e, base))
+        # (An OSError's file name is not among its args.)
+        args = (e.errno, e.strerror, e.filename) if getattr(e, "filename", None) else e.args
+        raise tagged(*args) from e
+
+
+def error_message(e: BaseException) -> str:
+    """An error's message as written (``str`` of a KeyError quotes it)."""
+    return str(e.args[0]) if len(e.args) == 1 else str(e)
+
+
 def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
     """An experiment's ``__main__``: ``--config`` / ``--workdir`` flags, then
     ``train_and_evaluate(config, workdir)`` under `absl.app`.
@@ -62,7 +113,8 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
     ``prepare(config)``, if given, runs first (e.g. `split_cpu_into_devices`, which must precede
     JAX's backend start); then `mi_jax.parallel.initialize_distributed` starts multi-host JAX
     where the environment describes a multi-process job. absl logging is set to WARNING: Orbax
-    logs every checkpoint save at INFO, which would break up the progress bar.
+    logs every checkpoint save at INFO, which would break up the progress bar. A bad setting
+    found by `config_checks` (before anything is written) ends the run with its message alone.
     """
     from absl import app, logging
 
@@ -75,11 +127,15 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.WARNING)
         _check_config_fields(name, config.value)
-        check_workdir(workdir.value)
-        if prepare is not None:
-            prepare(config.value)
-        parallel.initialize_distributed()
-        train_and_evaluate(config.value, workdir.value)
+        try:
+            with config_checks():
+                check_workdir(workdir.value)
+                if prepare is not None:
+                    prepare(config.value)
+            parallel.initialize_distributed()
+            train_and_evaluate(config.value, workdir.value)
+        except ConfigError as e:
+            raise SystemExit(f"{name}: {error_message(e)}") from None
 
     def parse_flags(argv):
         _check_config_path(name, argv)

@@ -110,7 +110,7 @@ def main(argv):
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
         # Bad data or settings: the message names the argument (`seeds` is --seeds); no
         # traceback. (A critic that diverged, `NonFiniteError`, keeps its own.)
-        raise app.UsageError(e.args[0] if len(e.args) == 1 else str(e)) from e
+        raise app.UsageError(_common.error_message(e)) from e
     mi = np.atleast_1d(result.mi)
     if _SEEDS.value is None:
         print(

@@ -135,23 +135,28 @@ def build(config, encoder: str, critic: str, bound: str) -> halves.HalvesModel:
     return halves.HalvesModel(encoder=enc, ensemble=ensemble)
 
 
-def check_encoders(config, models: dict, views) -> None:
-    """Traces each encoder's ``init`` on a batch of half-images (`jax.eval_shape`: no
-    compilation, no arithmetic), so one that cannot encode them (a RealNVP on 1-pixel halves,
-    ...) fails, naming ``config.encoder_hparams.ENCODER``, before any combination trains."""
+def check_models(config, models: dict, views) -> None:
+    """Traces each encoder's ``init`` on a batch of half-images, then each combination's critic
+    on the encoder's codes (`jax.eval_shape`: no compilation, no arithmetic), so an encoder that
+    cannot encode them (a RealNVP on 1-pixel halves, ...) or a critic that cannot be built from
+    its hyperparameters (``hidden=(0,)``) fails, naming ``config.encoder_hparams.ENCODER`` or
+    ``config.critic_hparams.CRITIC``, before any combination trains."""
     batch = jax.ShapeDtypeStruct((config.batch_size, *views["train_top"].shape[1:]), jnp.float32)
-    seen = set()
-    for (name, *_), model in models.items():
-        if name in seen:
-            continue
-        seen.add(name)
+    codes = {}
+    for (encoder, critic, _), model in models.items():
+        if encoder not in codes:
+            try:
+                params = jax.eval_shape(model.encoder.init, jax.random.key(0), batch)
+                codes[encoder] = jax.eval_shape(model.encoder.apply, params, batch)
+            except (ValueError, TypeError) as e:
+                raise ValueError(
+                    f"`config.encoder_hparams.{encoder}`: the {encoder} encoder cannot encode "
+                    f"the half-images of shape {batch.shape[1:]}: {e}"
+                ) from None
         try:
-            jax.eval_shape(model.encoder.init, jax.random.key(0), batch)
+            jax.eval_shape(model.ensemble.init, jax.random.key(0), codes[encoder], codes[encoder])
         except (ValueError, TypeError) as e:
-            raise ValueError(
-                f"`config.encoder_hparams.{name}`: the {name} encoder cannot encode the "
-                f"half-images of shape {batch.shape[1:]}: {e}"
-            ) from None
+            raise ValueError(f"`config.critic_hparams.{critic}`: {e}") from None
 
 
 def linear_accuracy(config, train_x, train_y, test_x, test_y, num_classes, seed=0) -> float:
@@ -501,23 +506,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
 
     ``mesh``: the devices to train data-parallel on (default: all, `mi_jax.parallel`).
     """
-    _check_config(config)
-    mesh = parallel.checked_mesh(mesh)
-    parallel.check_batch_size(config.batch_size, mesh)
-    combos = list(itertools.product(config.encoders, config.critics, config.bounds))
-    models = {c: build(config, *c) for c in combos}  # bad hyperparameters fail before training
-    views = load_views(config)
-    check_encoders(config, models, views)
-    if config.batch_size > len(views["test_top"]):  # the held-out MI needs a full test batch
-        raise ValueError(
-            f"`config.batch_size` ({config.batch_size}) exceeds the {len(views['test_top'])} "
-            "test images."
-        )
+    with _common.config_checks():  # before anything is written
+        _check_config(config)
+        mesh = parallel.checked_mesh(mesh)
+        parallel.check_batch_size(config.batch_size, mesh)
+        combos = list(itertools.product(config.encoders, config.critics, config.bounds))
+        models = {c: build(config, *c) for c in combos}  # bad hyperparameters fail before training
+        views = load_views(config)
+        check_models(config, models, views)
+        if config.batch_size > len(views["test_top"]):  # the held-out MI needs a full test batch
+            raise ValueError(
+                f"`config.batch_size` ({config.batch_size}) exceeds the {len(views['test_top'])} "
+                "test images."
+            )
+        # A rerun in the same workdir keeps the combinations it finished: every setting but the
+        # data path must be the same.
+        _common.check_same_run(workdir, config, RESUMABLE)
     os.makedirs(workdir, exist_ok=True)
     results_path = os.path.join(workdir, "results.json")
-    # A rerun in the same workdir keeps the combinations it finished: every setting but the
-    # data path must be the same.
-    _common.check_same_run(workdir, config, RESUMABLE)
     done = {}
     if os.path.exists(results_path):
         previous = _common.read_json(results_path)

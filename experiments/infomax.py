@@ -260,28 +260,31 @@ def train_and_evaluate(
     `mi_jax.dim.DIMObjective` (`experiments.amdim` passes AMDIM's). ``name`` labels the bar.
     ``mesh``: the devices to train data-parallel on (default: all, `mi_jax.parallel`).
     """
-    dataset = data_lib.load_dataset(
-        config.dataset, data_dir=config.data_dir or None, max_examples=config.max_examples or None
-    )
-    objective = (build_fn or build)(config, dataset.image_shape)
-    _check_config(config, objective.representation_names)
-    _common.check_same_run(workdir, config, RESUMABLE)
-    batch_size = config.batch_size
-    num_train = dataset.train_images.shape[0]
-    if batch_size > num_train:
-        raise ValueError(
-            f"`config.batch_size` ({batch_size}) exceeds the {num_train} training images."
+    with _common.config_checks():  # before anything is written
+        dataset = data_lib.load_dataset(
+            config.dataset,
+            data_dir=config.data_dir or None,
+            max_examples=config.max_examples or None,
         )
-    mesh = parallel.checked_mesh(mesh)
-    parallel.check_batch_size(batch_size, mesh)
-    checkpoints = os.path.join(workdir, "checkpoints")
-    start = _common.latest_checkpoint_step(checkpoints)
-    if start > config.num_steps:  # the probes would see an encoder trained for longer
-        raise ValueError(
-            f"the checkpoints in {workdir}/checkpoints reach step {start}, past "
-            f"`config.num_steps` ({config.num_steps}); use num_steps >= {start} or a fresh "
-            "--workdir."
-        )
+        objective = (build_fn or build)(config, dataset.image_shape)
+        _check_config(config, objective.representation_names)
+        _common.check_same_run(workdir, config, RESUMABLE)
+        batch_size = config.batch_size
+        num_train = dataset.train_images.shape[0]
+        if batch_size > num_train:
+            raise ValueError(
+                f"`config.batch_size` ({batch_size}) exceeds the {num_train} training images."
+            )
+        mesh = parallel.checked_mesh(mesh)
+        parallel.check_batch_size(batch_size, mesh)
+        checkpoints = os.path.join(workdir, "checkpoints")
+        start = _common.latest_checkpoint_step(checkpoints)
+        if start > config.num_steps:  # the probes would see an encoder trained for longer
+            raise ValueError(
+                f"the checkpoints in {workdir}/checkpoints reach step {start}, past "
+                f"`config.num_steps` ({config.num_steps}); use num_steps >= {start} or a fresh "
+                "--workdir."
+            )
     seeds = _common.seed_values(config)
     batched = len(seeds) > 1  # one seed: no seed axis (the single-run program)
     seed_axis = (lambda f, *axes: jax.vmap(f, in_axes=axes)) if batched else (lambda f, *_: f)

@@ -273,32 +273,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
 
     ``mesh``: the devices to train data-parallel on (default: all, `mi_jax.parallel`).
     """
-    _check_config(config)
-    mesh = parallel.checked_mesh(mesh)
-    parallel.check_batch_size(config.batch_size, mesh)
-    names, settings = settings_of(config)
-    dataset = data_lib.load_dataset(
-        config.dataset, data_dir=config.data_dir or None, max_examples=config.max_examples or None
-    )
-    if config.binarize:  # the data, not the training noise: one draw for every seed and run
-        dataset = data_lib.binarize(dataset)
-    model = build(config, dataset.image_shape)
-    num_train, num_test = dataset.train_images.shape[0], dataset.test_images.shape[0]
-    if config.batch_size > min(num_train, num_test):
-        raise ValueError(
-            f"`config.batch_size` ({config.batch_size}) exceeds the training or test images."
+    with _common.config_checks():  # before anything is written
+        _check_config(config)
+        mesh = parallel.checked_mesh(mesh)
+        parallel.check_batch_size(config.batch_size, mesh)
+        names, settings = settings_of(config)
+        dataset = data_lib.load_dataset(
+            config.dataset,
+            data_dir=config.data_dir or None,
+            max_examples=config.max_examples or None,
         )
-    _common.check_same_run(workdir, config, RESUMABLE, ADDED)
-    steps_per_epoch = num_train // config.batch_size
-    num_steps = config.num_epochs * steps_per_epoch
-    chunk_steps = config.eval_every_epochs * steps_per_epoch
-    checkpoints = os.path.join(workdir, "checkpoints")
-    start = _common.latest_checkpoint_step(checkpoints)
-    if start > num_steps:  # the table and probes would describe a model trained for longer
-        raise ValueError(
-            f"the checkpoint in {workdir}/checkpoints is at step {start}, past this config's "
-            f"{num_steps} steps (`config.num_epochs`); train as long or use a fresh --workdir."
-        )
+        if config.binarize:  # the data, not the training noise: one draw for every seed and run
+            dataset = data_lib.binarize(dataset)
+        model = build(config, dataset.image_shape)
+        num_train, num_test = dataset.train_images.shape[0], dataset.test_images.shape[0]
+        if config.batch_size > min(num_train, num_test):
+            raise ValueError(
+                f"`config.batch_size` ({config.batch_size}) exceeds the training or test images."
+            )
+        _common.check_same_run(workdir, config, RESUMABLE, ADDED)
+        steps_per_epoch = num_train // config.batch_size
+        num_steps = config.num_epochs * steps_per_epoch
+        chunk_steps = config.eval_every_epochs * steps_per_epoch
+        checkpoints = os.path.join(workdir, "checkpoints")
+        start = _common.latest_checkpoint_step(checkpoints)
+        if start > num_steps:  # the table and probes would describe a model trained for longer
+            raise ValueError(
+                f"the checkpoint in {workdir}/checkpoints is at step {start}, past this config's "
+                f"{num_steps} steps (`config.num_epochs`); train as long or use a fresh --workdir."
+            )
     seeds = _common.seed_values(config)
     batched = len(seeds) > 1  # one seed: no seed axis (the single-run program)
     keys = jnp.stack([jax.random.split(jax.random.key(s), 3) for s in seeds])  # [K, 3]

@@ -302,9 +302,10 @@ def plot(path: str, curves: dict, rhos: np.ndarray, dims) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:
     """Runs every estimator at every dimension; ``mesh``: the devices the cases are split over
     (default: all, `mi_jax.parallel.data_mesh`)."""
-    validate_config(config)
-    mesh = parallel.checked_mesh(mesh)
-    _common.check_same_run(workdir, config)  # another config's results stay
+    with _common.config_checks():  # before anything is written
+        validate_config(config)
+        mesh = parallel.checked_mesh(mesh)
+        _common.check_same_run(workdir, config)  # another config's results stay
     os.makedirs(workdir, exist_ok=True)
     _common.write_config(workdir, config)
     writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))

@@ -487,8 +487,9 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the staircase for every task and critic in ``config``; returns the results dict."""
-    validate_config(config)
-    _common.check_same_run(workdir, config)  # another config's results stay
+    with _common.config_checks():  # before anything is written
+        validate_config(config)
+        _common.check_same_run(workdir, config)  # another config's results stay
     os.makedirs(workdir, exist_ok=True)
     _common.write_config(workdir, config)
     writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))

@@ -143,6 +143,47 @@ def test_an_override_given_twice_is_refused_before_anything_is_written(tmp_path)
     assert not (tmp_path / "run").exists()
 
 
+def test_config_checks_keep_the_error_and_mark_it():
+    for error in (ValueError("`config.x` bad"), KeyError("unknown bound 'y'"), TypeError("z")):
+        with pytest.raises(type(error)) as info, _common.config_checks():
+            raise error
+        assert isinstance(info.value, _common.ConfigError)
+        assert _common.error_message(info.value) == error.args[0]
+    with pytest.raises(FileNotFoundError) as info, _common.config_checks():
+        os.stat("/nonexistent/t10k-labels-idx1-ubyte.gz")
+    assert isinstance(info.value, _common.ConfigError)
+    assert _common.error_message(info.value).endswith(": '/nonexistent/t10k-labels-idx1-ubyte.gz'")
+    with pytest.raises(RuntimeError) as info, _common.config_checks():  # not a setting's error
+        raise RuntimeError("XLA")
+    assert not isinstance(info.value, _common.ConfigError)
+
+
+@pytest.mark.parametrize(
+    "name, overrides, message",
+    [
+        ("staircase", ["--config.bounds=('nwj', 'foo')"],
+         "staircase: unknown bound (config.bounds) 'foo'"),
+        ("halves", ["--config.critic_hparams.concat={'hidden': (0,)}"],
+         "halves: `config.critic_hparams.concat`: ConcatCritic: `hidden` must hold integers"),
+        ("ib", ["--config.betas.vib=(-1.0,)"],
+         "ib: `config.betas.vib` must hold finite numbers >= 0"),
+    ],
+)  # fmt: skip
+def test_a_bad_setting_ends_the_cli_with_its_message_alone(tmp_path, name, overrides, message):
+    # Before: a traceback through absl and the experiment, the message on its last line.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-m", f"experiments.{name}", "--config", f"configs/{name}.py:quick",
+         *overrides, "--workdir", str(tmp_path / "run")],
+        cwd=root, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )  # fmt: skip
+    assert out.returncode == 1, out.stdout[-2000:]
+    assert message in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_unknown_override_lists_the_fields_at_its_level():
     # ml_collections suggests by spelling only: IB's `num_steps` got "num_seeds", where IB
     # counts `num_epochs`; a nested typo named no field of its map.

@@ -171,6 +171,17 @@ def tiny_config(**overrides):
     return config
 
 
+def test_a_critic_that_cannot_be_built_fails_before_any_combination_trains(tmp_path):
+    # Before: ConcatCritic's `hidden=(0,)` failed at its first init, after the bilinear
+    # combinations had trained (their results kept, the run stopped midway).
+    config = tiny_config(critics=("bilinear", "concat"))
+    with config.unlocked():
+        config.critic_hparams.concat = {"hidden": (0,)}
+    with pytest.raises(ValueError, match=r"`config.critic_hparams.concat`: ConcatCritic: `hidden`"):
+        halves_experiment.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_experiment_runs_writes_everything_and_resumes(tmp_path, capsys):
     config = tiny_config()
     results = halves_experiment.train_and_evaluate(config, str(tmp_path))
@@ -274,4 +285,4 @@ def test_encoders_that_cannot_run_fail_before_any_combination_trains(tmp_path):
         )
     }
     with pytest.raises(ValueError, match=r"encoder_hparams.realnvp`: .*\(1, 1, 1\).*at least 2"):
-        halves_experiment.check_encoders(config, models, {"train_top": np.zeros((64, 1, 1, 1))})
+        halves_experiment.check_models(config, models, {"train_top": np.zeros((64, 1, 1, 1))})
