@@ -50,7 +50,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     )
     config.aux_hidden = (256, 256)  # FLO's u network and TUBA's baseline
     # "float32" (the protocol) or "bfloat16": mixed-precision matmuls, float32 everything else
-    # (as TPUs run float32 matmuls by default); about 1.3x faster on a CPU with AVX512-BF16.
+    # (as TPUs run float32 matmuls by default); about 1.2x faster on a CPU with AVX512-BF16.
     # Only critics with a `compute_dtype` field (the MLP critics) take bfloat16.
     config.compute_dtype = "float32"
     # Speed: the bounds are split into groups, each one program on its own device, run side by
