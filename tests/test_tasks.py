@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 from scipy import integrate
 from scipy.special import gammaln
 
@@ -107,7 +108,7 @@ def test_mi_beyond_what_float32_samples_carry_is_an_error():
     # Before: 20 nats in one coordinate returned y == x for 97 % of the pairs (an infinite MI).
     x, y = tasks.correlated_gaussian(jax.random.key(0), 20.0, 10_000, 2)  # 10 per coordinate
     assert np.mean(np.asarray(x) == np.asarray(y)) < 0.01
-    for name in ("gaussian", "cubic", "spiral", "student_t"):
+    for name in ("gaussian", "cubic", "spiral", "student_t", "cauchy"):
         task = tasks.get_task(name, dim=2)
         most = task.max_mi
         assert most == pytest.approx(task.min_mi + 2 * tasks.MAX_MI_PER_DIM)
@@ -170,6 +171,27 @@ def test_cubic_is_the_gaussian_task_with_y_cubed():
         # times a kurtosis factor ~ 3 for a cubed Gaussian.
         r3 = np.corrcoef(x[:, k], yc[:, k])[0, 1]
         assert abs(r3 - 3 * rho / math.sqrt(15)) <= 5 * 3 / math.sqrt(_N), (k, r3)
+
+
+def test_cauchy_is_the_gaussian_task_with_cauchy_marginals():
+    mi, dim = 1.5, 3
+    key = jax.random.key(0)
+    xc, yc = jax.jit(tasks.get_task("cauchy", dim=dim).sample, static_argnums=2)(key, mi, _N)
+    xg, yg = (np.asarray(a, np.float64) for a in tasks.correlated_gaussian(key, mi, _N, dim))
+    xc, yc = np.asarray(xc, np.float64), np.asarray(yc, np.float64)
+    # Each coordinate through the Cauchy CDF and the normal quantile gives back the Gaussian
+    # sample (float32 rounding only): a monotone map per coordinate, so the MI is mi.
+    back = lambda c: scipy.special.ndtri(0.5 + np.arctan(c) / np.pi)  # noqa: E731
+    np.testing.assert_allclose(back(xc), xg, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(back(yc), yg, rtol=1e-4, atol=1e-4)
+    # Standard Cauchy marginals: quartiles -1, 0, 1 (each within 5 standard errors, at most
+    # 2 pi sqrt(3/16) / sqrt(n) = 2.72 / sqrt(n) for a Cauchy sample quartile), extreme values
+    # far beyond any Gaussian's.
+    for c in (xc, yc):
+        q = np.percentile(c, [25, 50, 75], axis=0)
+        np.testing.assert_allclose(q, np.array([[-1.0], [0.0], [1.0]]).repeat(dim, 1),
+                                   atol=5 * 2.72 / math.sqrt(_N))  # fmt: skip
+        assert np.abs(c).max() > 100
 
 
 @pytest.mark.parametrize("dim", [2, 5])
@@ -299,7 +321,7 @@ def test_staircase_mi_levels_and_clamping():
 # Registry and jit.
 
 
-@pytest.mark.parametrize("name", ["gaussian", "cubic", "spiral", "student_t"])
+@pytest.mark.parametrize("name", ["gaussian", "cubic", "spiral", "student_t", "cauchy"])
 def test_sample_under_jit_with_traced_mi(name):
     assert name in tasks.available_tasks()
     task = tasks.get_task(name, dim=3)
@@ -351,7 +373,7 @@ def test_staircase_rejects_a_concrete_negative_step_and_clamps_a_traced_one():
     np.testing.assert_array_equal(traced(jnp.array([-1, -100, 0, 5])), [2, 2, 2, 4])
 
 
-@pytest.mark.parametrize("name", ["gaussian", "cubic", "spiral", "student_t"])
+@pytest.mark.parametrize("name", ["gaussian", "cubic", "spiral", "student_t", "cauchy"])
 def test_sampling_needs_one_prng_key(name):
     # Before: an integer seed failed deep inside jax.random ("invalid PRNG key data").
     task = tasks.get_task(name, dim=2)
