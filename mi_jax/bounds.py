@@ -577,6 +577,12 @@ class Bound(NamedTuple):
     inputs: tuple[str, ...] = ()
     objective: Callable[[Array], Array] | None = None
 
+    def __call__(self, scores: ArrayLike, **inputs: ArrayLike) -> Array:
+        """The bound's value on ``scores`` ``[batch, batch]`` (and its ``inputs``), read with
+        a fresh state: ``get_bound("nwj")(scores)``. (MINE's value does not depend on its
+        state; its corrected gradient does: train it through ``apply`` and its state.)"""
+        return self.apply(scores, self.init(), **inputs)[0]
+
 
 def _check_hparam_names(name: str, fn: Callable[..., Any], hparams, exclude=()) -> None:
     """A TypeError listing ``fn``'s hyperparameters (its keyword parameters but ``exclude``)
@@ -644,6 +650,12 @@ def make_bound(
         check_scalar("objective", jax.eval_shape(objective, scores))
 
     def apply(scores, state, **extra):
+        if missing := [k for k in inputs if k not in extra]:
+            # (TUBA and I_alpha would read log a(y) = 0 silently: the network's output lost.)
+            raise TypeError(
+                f"bound {name!r} takes its learned inputs {missing} by keyword, `[batch]` "
+                "arrays from the trainer's networks (`Bound.inputs`); missing."
+            )
         return fn(scores, **extra, **hparams), state
 
     return Bound(name, lambda: (), apply, inputs, objective)
@@ -685,6 +697,19 @@ _REGISTRY: dict[str, Callable[..., Bound]] = {
 def register_bound(name: str, factory: Callable[..., Bound], *, override: bool = False) -> None:
     """Registers ``factory(**hparams) -> Bound`` under ``name`` (for new bounds in forks);
     ``override`` replaces a bound of that name."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # not callable (`register` says so), or unreadable
+        parameters = ()
+    by_position = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if required := [p.name for p in parameters if p.kind in by_position and p.default is p.empty]:
+        # A bound function itself (`scores` first) failed only when first used, its message
+        # blaming "bad hyperparameters []".
+        raise TypeError(
+            f"register_bound takes a factory `(**hparams) -> Bound`; the one for {name!r} needs "
+            f"the arguments {required} (a bound function?): register `lambda **kw: "
+            f"make_bound({name!r}, fn, **kw)`."
+        )
     _checks.register("bound", name, factory, _REGISTRY, override=override)
 
 

@@ -887,6 +887,30 @@ def test_registry_hparams_are_bound():
     assert int(state.count) == 2
 
 
+def test_a_bound_is_callable_and_needs_its_declared_inputs():
+    s = _rand_scores(712, 5)
+    # Called, a bound reads its value with a fresh state (`apply(s, init())[0]`).
+    for name, direct in [("nwj", bounds.nwj), ("infonce", bounds.infonce), ("mine", bounds.dv)]:
+        np.testing.assert_allclose(bounds.get_bound(name)(s), direct(s), rtol=1e-6)
+    u = jnp.linspace(-1.0, 1.0, 5)
+    np.testing.assert_allclose(bounds.get_bound("flo")(s, u=u), bounds.flo(s, u), rtol=1e-6)
+    # Without a learned input it declares: named (FLO raised Python's "missing 1 required
+    # positional argument"; TUBA and I_alpha read log a(y) = 0, the network's output lost).
+    for name, missing in [("flo", "u"), ("tuba", "log_baseline"), ("interpolated", "log_baseline")]:
+        with pytest.raises(
+            TypeError, match=f"bound '{name}' takes its learned inputs \\['{missing}'\\]"
+        ):
+            bounds.get_bound(name).apply(s, ())
+
+
+def test_register_bound_refuses_a_bound_function_for_a_factory():
+    # Before: accepted; the first use failed with "bad hyperparameters [] for bound 'plain':
+    # infonce() missing 1 required positional argument: 'scores'".
+    with pytest.raises(TypeError, match=r"register_bound takes a factory .* \['scores'\]"):
+        bounds.register_bound("plain_infonce", bounds.infonce)
+    assert "plain_infonce" not in bounds.available_bounds()
+
+
 def test_registry_objective_is_the_function_training_follows():
     s = _rand_scores(711, 6)
     for name, hparams in [("js", {}), ("smile", {}), ("smile", {"clip": 2.0, "gradient": "js"})]:
