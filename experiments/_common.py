@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -114,7 +115,8 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
     JAX's backend start); then `mi_jax.parallel.initialize_distributed` starts multi-host JAX
     where the environment describes a multi-process job. absl logging is set to WARNING: Orbax
     logs every checkpoint save at INFO, which would break up the progress bar. A bad setting
-    found by `config_checks` (before anything is written) ends the run with its message alone.
+    found by `config_checks` (before anything is written) ends the run with its message alone;
+    Ctrl-C with one line (exit status 130) instead of a traceback.
     """
     from absl import app, logging
 
@@ -136,6 +138,13 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
             train_and_evaluate(config.value, workdir.value)
         except ConfigError as e:
             raise SystemExit(f"{name}: {error_message(e)}") from None
+        except KeyboardInterrupt:  # (the experiment's own `finally` blocks have run)
+            print(
+                f"\n{name}: interrupted; what it wrote stays in {workdir.value} (README, "
+                '"Workdirs and resuming": what the same command picks up).',
+                file=sys.stderr,
+            )
+            raise SystemExit(130) from None
 
     def parse_flags(argv):
         _check_config_path(name, argv)

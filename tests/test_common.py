@@ -184,6 +184,26 @@ def test_a_bad_setting_ends_the_cli_with_its_message_alone(tmp_path, name, overr
     assert not (tmp_path / "run").exists()
 
 
+def test_ctrl_c_ends_an_experiment_with_one_line(tmp_path):
+    # Before: a 40-line KeyboardInterrupt traceback from wherever the run was.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "from experiments import _common\n"
+        "def interrupted(config, workdir):\n"
+        "    raise KeyboardInterrupt\n"
+        "_common.run_experiment('staircase', interrupted)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "--config", "configs/staircase.py:quick",
+         "--workdir", str(tmp_path / "run")],
+        cwd=root, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )  # fmt: skip
+    assert out.returncode == 130, out.stderr[-2000:]
+    assert f"staircase: interrupted; what it wrote stays in {tmp_path / 'run'}" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_an_unknown_override_lists_the_fields_at_its_level():
     # ml_collections suggests by spelling only: IB's `num_steps` got "num_seeds", where IB
     # counts `num_epochs`; a nested typo named no field of its map.
