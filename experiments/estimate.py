@@ -1,8 +1,9 @@
 r"""Estimate I(X; Y) from a file of paired samples.
 
   python -m experiments.estimate --data FILE.npz [--bound smile] [--critic separable] [--seeds 5]
-      [--standardize zscore|rank|none] [--batch_size 128] [--eval_every 100] [--max_steps 3000]
-      [--test_fraction 0.2]
+      [--bound_hparams '{"clip": 5.0}'] [--critic_hparams '{"hidden": (256,)}']
+      [--standardize auto|zscore|rank|none] [--batch_size 128] [--eval_every 100]
+      [--max_steps 3000] [--test_fraction 0.2]
 
 ``FILE.npz`` holds arrays ``x`` ``[N, dim_x]`` and ``y`` ``[N, dim_y]`` (``[N]`` counts as one
 dimension). Prints the estimate in nats (and bits); with ``--seeds K`` the mean and standard
@@ -12,11 +13,12 @@ with its held-out curves (bound, training objective) and training curve, as stri
 new file: an existing one (an earlier result, the data) is refused before any training.
 """
 
+import ast
 import dataclasses
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from experiments import _common
 from mi_jax import estimate as estimate_lib
@@ -24,6 +26,12 @@ from mi_jax import estimate as estimate_lib
 _DATA = flags.DEFINE_string("data", None, "An .npz file with arrays `x` and `y`.")
 _BOUND = flags.DEFINE_string("bound", estimate_lib.DEFAULTS["bound"], "Registered bound name.")
 _CRITIC = flags.DEFINE_string("critic", estimate_lib.DEFAULTS["critic"], "Registered critic name.")
+_BOUND_HPARAMS = flags.DEFINE_string(
+    "bound_hparams", None, "The bound's hyperparameters, a dict literal: '{\"clip\": 5.0}'."
+)
+_CRITIC_HPARAMS = flags.DEFINE_string(
+    "critic_hparams", None, "The critic's (replacing only the keys given): '{\"hidden\": (256,)}'."
+)
 _SEEDS = flags.DEFINE_integer("seeds", None, "Train this many critics (vmapped) and report all.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for the split, initialization and minibatches.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", estimate_lib.DEFAULTS["max_steps"], "Step limit.")
@@ -39,11 +47,12 @@ _TEST_FRACTION = flags.DEFINE_float(
 _JSON = flags.DEFINE_string("json", None, "Optional path for a JSON file with the full result.")
 _STANDARDIZE = flags.DEFINE_enum(
     "standardize",
-    "zscore",
-    ["zscore", "rank", "none"],
-    "Per column: z-scores, the rank (marginal) Gaussianization, or the samples as given.",
+    "auto",
+    ["auto", "zscore", "rank", "none"],
+    "Per column: z-scores, with ranks for heavy-tailed columns (auto); z-scores; the rank "
+    "(marginal) Gaussianization; or the samples as given.",
 )
-_STANDARDIZE_ARG = {"zscore": True, "rank": "rank", "none": False}
+_STANDARDIZE_ARG = {"auto": "auto", "zscore": True, "rank": "rank", "none": False}
 
 
 def load_pairs(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +84,21 @@ def load_pairs(path: str) -> tuple[np.ndarray, np.ndarray]:
         return tuple(arrays)
 
 
+def parse_hparams(text: str | None, flag: str) -> dict | None:
+    """A ``--bound_hparams`` / ``--critic_hparams`` value: a Python dict literal, or None."""
+    if text is None:
+        return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"--{flag} must be a dict literal such as '{{\"clip\": 5.0}}', got {text!r}."
+        )
+    return value
+
+
 def run(path: str, **kwargs) -> estimate_lib.MIEstimate:
     x, y = load_pairs(path)
     return estimate_lib.estimate_mi(x, y, **kwargs)
@@ -83,22 +107,25 @@ def run(path: str, **kwargs) -> estimate_lib.MIEstimate:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # JAX's INFO line on a missing TPU library
     if _JSON.value:  # checked before the training, whose result it would hold
         folder = os.path.dirname(os.path.abspath(_JSON.value))
         if not os.path.isdir(folder):
-            raise app.UsageError(f"--json {_JSON.value!r}: its directory does not exist.")
+            raise SystemExit(f"estimate: --json {_JSON.value!r}: its directory does not exist.")
         if os.path.isdir(_JSON.value) or not os.access(folder, os.W_OK):
-            raise app.UsageError(f"--json {_JSON.value!r}: not a file that can be written.")
+            raise SystemExit(f"estimate: --json {_JSON.value!r}: not a file that can be written.")
         if os.path.exists(_JSON.value):  # an earlier result, or the --data file itself
-            raise app.UsageError(
-                f"--json {_JSON.value!r} exists; it is not overwritten: give a new path or "
-                "remove it."
+            raise SystemExit(
+                f"estimate: --json {_JSON.value!r} exists; it is not overwritten: give a new "
+                "path or remove it."
             )
     try:
         result = run(
             _DATA.value,
             bound=_BOUND.value,
+            bound_hparams=parse_hparams(_BOUND_HPARAMS.value, "bound_hparams"),
             critic=_CRITIC.value,
+            critic_hparams=parse_hparams(_CRITIC_HPARAMS.value, "critic_hparams"),
             seeds=_SEEDS.value,
             seed=_SEED.value,
             max_steps=_MAX_STEPS.value,
@@ -108,9 +135,9 @@ def main(argv):
             standardize=_STANDARDIZE_ARG[_STANDARDIZE.value],
         )
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-        # Bad data or settings: the message names the argument (`seeds` is --seeds); no
-        # traceback. (A critic that diverged, `NonFiniteError`, keeps its own.)
-        raise app.UsageError(_common.error_message(e)) from e
+        # Bad data or settings: the message names the argument (`seeds` is --seeds), alone (no
+        # traceback, no flag list). (A critic that diverged, `NonFiniteError`, keeps its own.)
+        raise SystemExit(f"estimate: {_common.error_message(e)}") from e
     mi = np.atleast_1d(result.mi)
     if _SEEDS.value is None:
         print(

@@ -8,10 +8,10 @@ the same batches and noise; ``num_seeds = K`` adds a seed axis: K independent sw
 its own initialization, batches and noise, reported as mean and std over seeds), with the
 protocol of Alemi et al. (2017): Adam (b1 = 0.5), the learning rate decayed by ``lr_decay``
 every ``lr_decay_epochs`` epochs (theirs, and the digits default: 0.97 every 2; the MNIST
-presets: 0.85 every epoch), and an exponential moving average of the weights (debiased as in Adam) that is what
-gets evaluated. Evaluation: test error with the posterior mean ``z = mu(x)`` and with sampling
-(softmax averaged over ``test_samples`` codes), and the test set's ``E KL(q(z|x) || N(0, I))``,
-an upper bound on ``I(X; Z)``.
+presets: 0.85 every epoch), and an exponential moving average of the weights (debiased as in
+Adam) that is what gets evaluated. Evaluation: test error with the posterior mean ``z =
+mu(x)`` and with sampling (softmax averaged over ``test_samples`` codes), and the test set's
+``E KL(q(z|x) || N(0, I))``, an upper bound on ``I(X; Z)``.
 
 MIGE-IB's betas (and seeds) run one after another inside the program (`jax.lax.map`), not
 vmapped: on XLA:CPU a vmapped (batched) eigendecomposition inside a gradient hung on its second
