@@ -149,6 +149,10 @@ def main(argv):
             f"I(X;Y) = {mi.mean():.4f} +- {mi.std():.4f} nats over {len(mi)} seeds "
             f"({result.bound}, {result.critic} critic): {np.round(mi, 4).tolist()}"
         )
+    if not np.all(result.stopped_early):
+        print(f"Still improving at --max_steps {_MAX_STEPS.value}: a longer run may read higher.")
+    if any(result.rank_columns.values()):
+        print(f"Columns ranked (heavy tails; --standardize): {result.rank_columns}")
     if _JSON.value:
         _common.write_json(
             _JSON.value,

@@ -143,7 +143,8 @@ def level_statistics(values: np.ndarray, config) -> list[dict]:
     Returns:
       One row per (bound, level): ``mean``, ``bias``, ``variance``, ``mse`` over the last
       ``stats_fraction`` of the level's steps, pooled over seeds; ``seed_std``: the standard
-      deviation over seeds of each seed's mean in that window (0 for one seed).
+      deviation over seeds of each seed's mean in that window (NaN, ``null`` in the JSON, for
+      one seed: not measured).
     """
     rows = []
     spl = config.steps_per_level
@@ -163,7 +164,7 @@ def level_statistics(values: np.ndarray, config) -> list[dict]:
                     bias=mean - true_mi,
                     variance=var,
                     mse=float(np.mean((est - true_mi) ** 2)),
-                    seed_std=float(np.std(per_seed.mean(axis=1))),
+                    seed_std=float(np.std(per_seed.mean(axis=1))) if len(values) > 1 else np.nan,
                 )
             )
     return rows

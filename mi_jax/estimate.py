@@ -62,6 +62,10 @@ class MIEstimate:
         critic, where no trained critic beat it).
       rank_columns: ``{"x": [...], "y": [...]}``, the columns mapped by rank to normal scores
         (``standardize="auto"``: the heavy-tailed ones; ``"rank"``: all; else none).
+      stopped_early: whether early stopping (or a diverged training value) ended training
+        before ``max_steps`` (``[K]`` with seeds). False: the held-out objective was still
+        improving within the last ``patience`` evaluations at the limit, and a longer run may
+        read higher; raise ``max_steps``.
     """
 
     mi: Any
@@ -74,6 +78,7 @@ class MIEstimate:
     critic: str
     calibration: Any = None
     rank_columns: dict = dataclasses.field(default_factory=lambda: {"x": [], "y": []})
+    stopped_early: Any = None
 
 
 DEFAULTS = dict(
@@ -330,11 +335,12 @@ def estimate_mi(
     reference = float(constant_objective) if stop_on == "objective" else 0.0
     result = stopping.result(reference, bound, eval_every, seeds is not None)
     mi, best_step, steps, *curves, calibration = result
+    stopped = ~stopping.active
     if seeds is None:
         mi, best_step, calibration = float(mi[0]), int(best_step[0]), calibration[0]
-        curves = [c[0] for c in curves]
+        curves, stopped = [c[0] for c in curves], bool(stopped[0])
     ranked = {"x": x_ranked, "y": y_ranked}
-    return MIEstimate(mi, best_step, steps, *curves, bound, critic, calibration, ranked)
+    return MIEstimate(mi, best_step, steps, *curves, bound, critic, calibration, ranked, stopped)
 
 
 def _by_objective(

@@ -149,6 +149,16 @@ def test_auto_standardization_reads_heavy_tailed_marginals_near_the_mi():
     assert mi_jax.estimate_mi(x, y, max_steps=100).rank_columns == {"x": [], "y": []}
 
 
+def test_stopped_early_says_whether_the_limit_cut_training_short(gaussian_2d):
+    x, y = gaussian_2d
+    # One round of 100 steps: the held-out objective improved at its only evaluation.
+    short = mi_jax.estimate_mi(x, y, max_steps=100)
+    assert short.stopped_early is False and short.best_step == 100
+    full = mi_jax.estimate_mi(x, y, seeds=2)  # the defaults: 5 evaluations without a gain
+    assert full.stopped_early.shape == (2,) and full.stopped_early.all()
+    assert np.all(np.asarray(full.steps)[-1] < estimate_lib.DEFAULTS["max_steps"])
+
+
 def test_seed_is_deterministic(gaussian_2d):
     x, y = gaussian_2d
     a = mi_jax.estimate_mi(x[:1000], y[:1000], max_steps=200, seed=3)
