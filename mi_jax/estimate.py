@@ -168,17 +168,17 @@ def estimate_mi(
     pairs in 1-50 dimensions; the README lists the measured accuracy): SMILE (tau = 3) trained
     with the JS gradient, a separable critic ``g(x)^T h(y) + x^T W y`` (one hidden layer of 128,
     a 32-d embedding, Glorot-uniform kernels, ``W`` starting at 0; ``critic="concat"``: one
-    hidden layer of 128, Glorot-uniform kernels), Adam at 3e-3 (1e-3 for
-    bounds not trained with the JS objective), batch 128, at most 3000 steps, evaluation every
-    100 steps on a 20 % held-out split (at most 2048 samples) of the critic
-    recalibrated there (``calibrate``), early stopping after 5 evaluations without improvement
-    of the held-out JS objective; the estimate is the held-out SMILE value of the calibrated
-    critic at the best of them, or 0 where no trained critic beat the constant critic (on the
-    watched objective, and on the bound: an estimate is never below 0 nats). A critic whose
-    training value turns NaN or infinite trains no further: its best evaluation before is its
-    estimate, or, if it had none that beat the constant critic, the call stops with a
-    `mi_jax.training.NonFiniteError` naming the bound and the steps. About 160 samples are the
-    least at the default ``test_fraction`` (the held-out split needs `MIN_TEST`).
+    hidden layer of 128, Glorot-uniform kernels), Adam at 3e-3 (1e-3 for bounds not trained with
+    the JS objective), batch 128, at most 3000 steps, evaluation every 100 steps on a 20 %
+    held-out split (at most 2048 samples) of the critic recalibrated there (``calibrate``),
+    early stopping after 5 evaluations without improvement of the held-out JS objective; the
+    estimate is the held-out SMILE value of the calibrated critic at the best of them, or 0
+    where no trained critic beat the constant critic (on the watched objective, and on the
+    bound: an estimate is never below 0 nats). A critic whose training value turns NaN or
+    infinite trains no further: its best evaluation before is its estimate, or, if it had none
+    that beat the constant critic, the call stops with a `mi_jax.training.NonFiniteError` naming
+    the bound and the steps. About 160 samples are the least at the default ``test_fraction``
+    (the held-out split needs `MIN_TEST`).
 
     Args:
       x: ``[N, dim_x]`` samples (``[N]`` is read as one dimension).
