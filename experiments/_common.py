@@ -56,55 +56,30 @@ def define_experiment_flags(name: str):
     return config, workdir
 
 
-class ConfigError(Exception):
-    """Mixed into an error a setting raised before the experiment wrote anything (see
-    `config_checks`): `run_experiment` prints its message alone, without a traceback."""
-
-
-class ConfigValueError(ConfigError, ValueError):
-    pass
-
-
-class ConfigKeyError(ConfigError, KeyError):
-    pass
-
-
-class ConfigTypeError(ConfigError, TypeError):
-    pass
-
-
-class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
-    pass
-
-
-_AS_CONFIG_ERROR = {
-    ValueError: ConfigValueError,
-    KeyError: ConfigKeyError,
-    TypeError: ConfigTypeError,
-    FileNotFoundError: ConfigFileNotFoundError,  # a data folder without the dataset's files
-}
+# The errors of a bad setting: the plain types the checks raise (and their hyperparameter
+# error), not other subclasses, which come from elsewhere (a JSON decoder, JAX's tracer errors)
+# and keep their tracebacks.
+_SETTING_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, _checks.HparamsError)
 
 
 @contextlib.contextmanager
 def config_checks():
     """Marks an experiment's checks of its settings, the part that runs before it writes
-    anything: a ValueError, KeyError, TypeError or FileNotFoundError raised inside keeps its
-    type and message and becomes a `ConfigError` too. Errors after it (in training) keep their
-    tracebacks."""
+    anything: an error of a bad setting raised inside (`_SETTING_ERRORS`, by exact type) goes
+    on unchanged, marked for `run_experiment`, which prints its message alone. Other errors,
+    and errors after the checks (in training), keep their tracebacks."""
     try:
         yield
-    except ConfigError:
+    except Exception as e:
+        if type(e) in _SETTING_ERRORS:
+            e.bad_setting = True
         raise
-    except tuple(_AS_CONFIG_ERROR) as e:
-        tagged = next(c for base, c in _AS_CONFIG_ERROR.items() if isinstance(e, base))
-        # (An OSError's file name is not among its args.)
-        args = (e.errno, e.strerror, e.filename) if getattr(e, "filename", None) else e.args
-        raise tagged(*args) from e
 
 
 def error_message(e: BaseException) -> str:
-    """An error's message as written (``str`` of a KeyError quotes it)."""
-    return str(e.args[0]) if len(e.args) == 1 else str(e)
+    """An error's message as written (``str`` of a KeyError quotes it), else its type."""
+    message = str(e.args[0]) if len(e.args) == 1 else str(e)
+    return message or type(e).__name__
 
 
 def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
@@ -136,15 +111,17 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
                     prepare(config.value)
             parallel.initialize_distributed()
             train_and_evaluate(config.value, workdir.value)
-        except ConfigError as e:
-            raise SystemExit(f"{name}: {error_message(e)}") from None
         except KeyboardInterrupt:  # (the experiment's own `finally` blocks have run)
             print(
-                f"\n{name}: interrupted; what it wrote stays in {workdir.value} (README, "
-                '"Workdirs and resuming": what the same command picks up).',
+                f"\n{name}: interrupted; what it wrote, if anything, stays in {workdir.value} "
+                '(README, "Workdirs and resuming": what the same command picks up).',
                 file=sys.stderr,
             )
             raise SystemExit(130) from None
+        except Exception as e:
+            if getattr(e, "bad_setting", False):
+                raise SystemExit(f"{name}: {error_message(e)}") from None
+            raise
 
     def parse_flags(argv):
         _check_config_path(name, argv)
@@ -420,11 +397,14 @@ def train_time_until(earlier: Mapping, step: int) -> tuple[float, list[list]]:
 
 def checkpoint_manager(path: str, keep: int = 1):
     """An Orbax `CheckpointManager` of the checkpoints in the folder ``path`` (made absolute;
-    Orbax creates the folder here), keeping the latest ``keep``."""
+    Orbax creates the folder here), keeping the latest ``keep``; one item, a pytree saved with
+    ``ocp.args.StandardSave`` (declared, so its metadata can be read before a restore)."""
     import orbax.checkpoint as ocp
 
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    return ocp.CheckpointManager(os.path.abspath(path), options=options)
+    return ocp.CheckpointManager(
+        os.path.abspath(path), options=options, item_handlers=ocp.StandardCheckpointHandler()
+    )
 
 
 def latest_checkpoint_step(path: str) -> int:
@@ -461,16 +441,13 @@ def check_checkpoint_fits(manager, step: int, state) -> None:
     leaves its reads in flight, which later fail into a closed event loop (reported as
     unraisable exceptions wherever the process happens to be)."""
     import jax
-    import orbax.checkpoint as ocp
 
     def shapes(tree):
         return sorted(tuple(getattr(x, "shape", np.shape(x))) for x in jax.tree.leaves(tree))
 
-    try:  # the manager's item is the default one, written by `ocp.args.StandardSave`
-        path = os.path.join(str(manager.directory), str(step), "default")
-        with ocp.StandardCheckpointer() as checkpointer:  # an async one: closed at once
-            metadata = checkpointer.metadata(path)
-        metadata = getattr(metadata, "item_metadata", metadata)
+    try:  # (read through a checkpointer of the item's folder, Orbax warned on every resume
+        # that the step's metadata file was not there)
+        metadata = manager.item_metadata(step)
         stored = shapes(getattr(metadata, "tree", metadata))
     except Exception:  # no readable metadata: the restore itself decides
         return

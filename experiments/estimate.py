@@ -150,9 +150,12 @@ def main(argv):
             f"({result.bound}, {result.critic} critic): {np.round(mi, 4).tolist()}"
         )
     if not np.all(result.stopped_early):
-        print(f"Still improving at --max_steps {_MAX_STEPS.value}: a longer run may read higher.")
+        print(
+            f"--max_steps {_MAX_STEPS.value} ended training before early stopping did: a longer "
+            "run may read higher."
+        )
     if any(result.rank_columns.values()):
-        print(f"Columns ranked (heavy tails; --standardize): {result.rank_columns}")
+        print(f"Columns ranked (heavy tails or a point mass; --standardize): {result.rank_columns}")
     if _JSON.value:
         _common.write_json(
             _JSON.value,

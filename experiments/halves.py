@@ -143,7 +143,7 @@ def check_models(config, models: dict, views) -> None:
     ``config.critic_hparams.CRITIC``, before any combination trains."""
     batch = jax.ShapeDtypeStruct((config.batch_size, *views["train_top"].shape[1:]), jnp.float32)
     codes = {}
-    for (encoder, critic, _), model in models.items():
+    for (encoder, critic, bound), model in models.items():
         if encoder not in codes:
             try:
                 params = jax.eval_shape(model.encoder.init, jax.random.key(0), batch)
@@ -155,8 +155,11 @@ def check_models(config, models: dict, views) -> None:
                 ) from None
         try:
             jax.eval_shape(model.ensemble.init, jax.random.key(0), codes[encoder], codes[encoder])
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"`config.critic_hparams.{critic}`: {e}") from None
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(
+                f"`config.critic_hparams.{critic}` (the {critic} critic, with the {bound} "
+                f"bound's networks): {e}"
+            ) from None
 
 
 def linear_accuracy(config, train_x, train_y, test_x, test_y, num_classes, seed=0) -> float:

@@ -701,14 +701,13 @@ def register_bound(name: str, factory: Callable[..., Bound], *, override: bool =
         parameters = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):  # not callable (`register` says so), or unreadable
         parameters = ()
-    by_position = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    if required := [p.name for p in parameters if p.kind in by_position and p.default is p.empty]:
-        # A bound function itself (`scores` first) failed only when first used, its message
-        # blaming "bad hyperparameters []".
+    first = next(iter(parameters), None)
+    if first is not None and first.name == "scores" and first.default is first.empty:
+        # A bound function itself failed only when first used, its message blaming "bad
+        # hyperparameters []". (A factory may require hyperparameters: `get_bound` passes them.)
         raise TypeError(
-            f"register_bound takes a factory `(**hparams) -> Bound`; the one for {name!r} needs "
-            f"the arguments {required} (a bound function?): register `lambda **kw: "
-            f"make_bound({name!r}, fn, **kw)`."
+            f"register_bound takes a factory `(**hparams) -> Bound`, not a bound function of "
+            f"`scores`: register `lambda **kw: make_bound({name!r}, fn, **kw)` for {name!r}."
         )
     _checks.register("bound", name, factory, _REGISTRY, override=override)
 

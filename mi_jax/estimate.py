@@ -63,9 +63,8 @@ class MIEstimate:
       rank_columns: ``{"x": [...], "y": [...]}``, the columns mapped by rank to normal scores
         (``standardize="auto"``: the heavy-tailed ones; ``"rank"``: all; else none).
       stopped_early: whether early stopping (or a diverged training value) ended training
-        before ``max_steps`` (``[K]`` with seeds). False: the held-out objective was still
-        improving within the last ``patience`` evaluations at the limit, and a longer run may
-        read higher; raise ``max_steps``.
+        before ``max_steps`` (``[K]`` with seeds). False: ``max_steps`` ended it first (the
+        best evaluation among the last ``patience``), and a longer run may read higher.
     """
 
     mi: Any
@@ -561,7 +560,10 @@ def _standardize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
 def _check_no_constant_columns(constant: np.ndarray, name: str) -> None:
     if np.any(constant):
         cols = np.flatnonzero(constant).tolist()
-        raise ValueError(f"`{name}` has constant columns {cols}: they carry no information.")
+        raise ValueError(
+            f"`{name}` has columns {cols} constant on the training split (the statistics' "
+            "samples): they carry no information there."
+        )
 
 
 def _gaussianize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:

@@ -43,11 +43,23 @@ def _check_values(value: ArrayLike, name: str, ok: Callable[[np.ndarray], np.nda
     if isinstance(value, jax.core.Tracer):
         return
     arr = np.asarray(value)
-    if arr.dtype.kind not in "iuf":
+    if not _is_numeric(arr.dtype):
         raise ValueError(f"`{name}` must be {what}, got {value!r:.80}.")
     arr = arr.astype(np.float64)
     if np.any(bad := ~ok(arr)):  # NaN fails every comparison
         raise ValueError(f"`{name}` must be {what}, got {arr[bad].ravel()[:4]}.")
+
+
+def _is_numeric(dtype) -> bool:
+    """Integers and floats, bfloat16 included (numpy's kind of it is "V"); not bools."""
+    return jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+
+
+def _check_dim(dim) -> None:
+    """A width given as a Python or numpy integer is checked; a JAX array (traced under jit or
+    vmap, or concrete) is taken as it is."""
+    if not isinstance(dim, jax.Array):
+        _checks.check_ints(dim=dim)
 
 
 def _check_nats(mi: ArrayLike, finite: bool = False) -> None:
@@ -60,7 +72,7 @@ def _check_nats(mi: ArrayLike, finite: bool = False) -> None:
 def rho_from_mi(mi: ArrayLike, dim: int) -> Array:
     """Per-coordinate correlation giving ``mi`` nats (``>= 0``; ``inf``: 1) over ``dim``
     independent Gaussian pairs."""
-    _checks.check_ints(dim=dim)
+    _check_dim(dim)
     _check_nats(mi)
     return _rho(mi, dim)
 
@@ -75,7 +87,7 @@ def noise_from_mi(mi: ArrayLike, dim: int) -> Array:
     In closed form: from ``rho``, ``1 - rho^2`` cancels to 0 in float32 once ``mi / dim`` passes
     about 8 (``rho`` rounds to 1, ``y = x``, infinite MI).
     """
-    _checks.check_ints(dim=dim)
+    _check_dim(dim)
     _check_nats(mi)
     return _noise(mi, dim)
 
@@ -91,7 +103,7 @@ def mi_from_rho(rho: ArrayLike, dim: int) -> Array:
     In float32, ``rho`` itself rounds to 1 past about 8 nats per coordinate (``inf`` from 9):
     there the MI is ``-dim log(noise)`` of `noise_from_mi`, or float64 (``jax_enable_x64``).
     """
-    _checks.check_ints(dim=dim)
+    _check_dim(dim)
     _check_values(rho, "rho", lambda a: np.abs(a) <= 1, "a correlation in [-1, 1]")
     return -0.5 * dim * jnp.log1p(-jnp.square(_float(rho)))
 
@@ -192,7 +204,7 @@ def _check_mi(mi: ArrayLike, min_mi: float, dim: int) -> None:
     if isinstance(mi, jax.core.Tracer):
         return
     arr = np.asarray(mi)
-    if arr.dtype.kind not in "iuf":
+    if not _is_numeric(arr.dtype):
         raise ValueError(f"`mi` must be a number of nats (or an array of them), got {mi!r}.")
     mi = arr.astype(np.float64)
     bad = ~((mi >= min_mi) & np.isfinite(mi))  # NaN too; inf gave y = x
@@ -306,10 +318,15 @@ def _cubic(dim: int) -> Task:
 
 
 def _to_cauchy(z: Array) -> Array:
-    """A standard normal coordinate mapped to a standard Cauchy one, ``tan(pi (Phi(z) - 1/2))``,
-    written ``sign(z) / tan(pi Phi(-|z|))``: in float32 ``Phi(z)`` rounds to 1 from z ~ 5.4,
-    ``Phi(-|z|)`` keeps its digits (finite up to |z| ~ 13, a probability of 1e-38)."""
-    return jnp.sign(z) / jnp.tan(jnp.pi * jax.scipy.special.ndtr(-jnp.abs(z)))
+    """A standard normal coordinate mapped to a standard Cauchy one, ``tan(pi (Phi(z) - 1/2))
+    = sign(z) tan(pi/2 erf(|z| / sqrt 2))``, from |z| = sqrt 2 on as ``sign(z) / tan(pi/2
+    erfc(|z| / sqrt 2))``: in float32 ``Phi(z)`` rounds to 1/2 near 0 (the sign came out wrong
+    below |z| ~ 4e-8) and to 1 from z ~ 5.4; erf keeps the digits near 0, erfc in the tail
+    (finite up to |z| ~ 13, a probability of 1e-38). Monotone, so the MI is unchanged."""
+    a = jnp.abs(z) / jnp.sqrt(2.0)
+    center = jnp.tan(0.5 * jnp.pi * jax.scipy.special.erf(a))
+    tail = 1.0 / jnp.tan(0.5 * jnp.pi * jax.scipy.special.erfc(a))
+    return jnp.sign(z) * jnp.where(a < 1.0, center, tail)
 
 
 def _cauchy(dim: int) -> Task:

@@ -906,9 +906,20 @@ def test_a_bound_is_callable_and_needs_its_declared_inputs():
 def test_register_bound_refuses_a_bound_function_for_a_factory():
     # Before: accepted; the first use failed with "bad hyperparameters [] for bound 'plain':
     # infonce() missing 1 required positional argument: 'scores'".
-    with pytest.raises(TypeError, match=r"register_bound takes a factory .* \['scores'\]"):
+    with pytest.raises(TypeError, match=r"register_bound takes a factory .* not a bound function"):
         bounds.register_bound("plain_infonce", bounds.infonce)
     assert "plain_infonce" not in bounds.available_bounds()
+
+    # A factory that requires a hyperparameter stays welcome (`get_bound` passes it).
+    def needs_tau(tau):
+        return bounds.make_bound("needs_tau", bounds.smile, clip=tau)
+
+    bounds.register_bound("needs_tau", needs_tau)
+    try:
+        value = bounds.get_bound("needs_tau", tau=2.0)(_rand_scores(713, 4))
+        np.testing.assert_allclose(value, bounds.smile(_rand_scores(713, 4), clip=2.0), rtol=1e-6)
+    finally:
+        bounds._REGISTRY.pop("needs_tau")
 
 
 def test_registry_objective_is_the_function_training_follows():

@@ -465,9 +465,24 @@ def test_closed_form_helpers_refuse_bad_values(call, match):
 
 
 def test_closed_form_helpers_take_traced_and_limit_values():
-    # Under jit: no value check (a schedule's MI is traced), the same numbers.
+    # Under jit: no value check (a schedule's MI is traced), the same numbers; `dim` traced
+    # too, or a JAX integer, or vmapped (the checks of the first version refused them).
+    want = [0.0, np.sqrt(1 - np.exp(-2.0))]
     rho = jax.jit(tasks.rho_from_mi, static_argnums=1)(jnp.array([0.0, 2.0]), 2)
-    np.testing.assert_allclose(rho, [0.0, np.sqrt(1 - np.exp(-2.0))], rtol=1e-6)
+    np.testing.assert_allclose(rho, want, rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(tasks.rho_from_mi)(jnp.array([0.0, 2.0]), 2), want, rtol=1e-6
+    )
+    np.testing.assert_allclose(tasks.rho_from_mi(2.0, jnp.int32(2)), want[1], rtol=1e-6)
+    dims = jnp.array([1, 2])
+    np.testing.assert_allclose(
+        jax.vmap(tasks.noise_from_mi, in_axes=(None, 0))(2.0, dims),
+        np.exp(-2.0 / np.array([1, 2])),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        tasks.mi_from_rho(jnp.bfloat16(0.5), 1), -0.5 * np.log(0.75), rtol=1e-2
+    )
     assert float(tasks.rho_from_mi(jnp.inf, 3)) == 1.0
     assert float(tasks.noise_from_mi(jnp.inf, 3)) == 0.0
     assert float(tasks.mi_from_rho(-1.0, 2)) == np.inf
