@@ -201,18 +201,11 @@ def _check_mi(mi: ArrayLike, min_mi: float, dim: int) -> None:
     """A concrete ``mi`` below the family's least MI, infinite or NaN, or above what the
     samples of width ``dim`` carry (``min_mi + dim * max_mi_per_dim()``) is an error; traced:
     unchecked."""
+    least = f"a finite number of nats, at least {min_mi:.6g} (this task's least MI)"
+    _check_values(mi, "mi", lambda a: np.isfinite(a) & (a >= min_mi), least)  # inf gave y = x
     if isinstance(mi, jax.core.Tracer):
         return
-    arr = np.asarray(mi)
-    if not _is_numeric(arr.dtype):
-        raise ValueError(f"`mi` must be a number of nats (or an array of them), got {mi!r}.")
-    mi = arr.astype(np.float64)
-    bad = ~((mi >= min_mi) & np.isfinite(mi))  # NaN too; inf gave y = x
-    if np.any(bad):
-        raise ValueError(
-            f"`mi` must be finite and at least {min_mi:.6g} nats (this task's least MI), got "
-            f"{mi[bad].ravel()[:4]}."
-        )
+    mi = np.asarray(mi).astype(np.float64)
     most = _most_mi(min_mi, dim)
     if np.any(mi > most):
         raise ValueError(

@@ -96,10 +96,10 @@ def test_gaussian_keeps_its_mi_at_many_nats_per_coordinate(mi):
 
 def test_mi_below_a_tasks_least_mi_is_an_error():
     for mi in (-0.5, float("nan"), float("inf")):  # inf returned y = x
-        with pytest.raises(ValueError, match="`mi` must be finite and at least 0 nats"):
+        with pytest.raises(ValueError, match="`mi` must be a finite number of nats, at least 0 "):
             tasks.correlated_gaussian(jax.random.key(0), mi, 4, 2)
     task = tasks.get_task("student_t", dim=2, df=1.0)  # least MI 0.43 nats
-    with pytest.raises(ValueError, match="`mi` must be finite and at least 0.43"):
+    with pytest.raises(ValueError, match="`mi` must be a finite number of nats, at least 0.43"):
         task.sample(jax.random.key(0), 0.05, 4)
     task.sample(jax.random.key(0), task.min_mi, 4)  # the least MI itself is fine
 
@@ -116,7 +116,7 @@ def test_mi_beyond_what_float32_samples_carry_is_an_error():
         with pytest.raises(ValueError, match="more than float32 samples of width 2 carry"):
             task.sample(jax.random.key(0), np.array([1.0, most + 0.01]), 4)
     for mi in ("1", True, None):  # a string passed the check and failed later, inside JAX
-        with pytest.raises(ValueError, match="`mi` must be a number of nats"):
+        with pytest.raises(ValueError, match="`mi` must be a finite number of nats"):
             tasks.correlated_gaussian(jax.random.key(0), mi, 4, 2)
 
 
