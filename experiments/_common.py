@@ -228,6 +228,18 @@ def _check_config_path(name: str, argv: list[str]) -> None:
             f"{name}: --config {value!r}: no file {path!r} (relative to {os.getcwd()}); "
             f"pass e.g. --config configs/{name}.py, from the repository's root."
         )
+    if path is not None and ":" in value:  # a preset: an unknown one is named here
+        import importlib.util  # (ml_collections wraps its ValueError in a flag-parsing traceback)
+
+        spec = importlib.util.spec_from_file_location("_config_preset_check", path)
+        try:
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            module.get_config(value.split(":", 1)[1])
+        except ValueError as e:
+            raise SystemExit(f"{name}: --config {value!r}: {e}") from None
+        except Exception:  # anything else: ml_collections reports it as it does
+            pass
 
 
 def split_cpu_into_devices(count: int) -> None:

@@ -109,6 +109,15 @@ def test_a_config_path_that_does_not_exist_is_named_before_the_run(tmp_path, mon
     _common._check_config_path("infomax", ["prog", "--config", "mine.py:preset"])  # exists
 
 
+def test_an_unknown_preset_is_named_before_the_run(monkeypatch):
+    # Before: absl's "FATAL Flags parsing error" around ml_collections' traceback.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.chdir(root)
+    with pytest.raises(SystemExit, match=r"ib: --config 'configs/ib.py:mnsit': unknown preset"):
+        _common._check_config_path("ib", ["prog", "--config", "configs/ib.py:mnsit"])
+    _common._check_config_path("ib", ["prog", "--config=configs/ib.py:mnist"])  # known
+
+
 def test_a_workdir_that_is_a_file_is_named(tmp_path):
     import pytest
 
