@@ -51,9 +51,22 @@ def define_experiment_flags(name: str):
     from ml_collections import config_flags
 
     config = config_flags.DEFINE_config_file("config", None, f"Path to a configs/{name}.py file.")
-    workdir = flags.DEFINE_string("workdir", f"/tmp/mi_jax/{name}", "Directory for outputs.")
+    workdir = flags.DEFINE_string(
+        "workdir",
+        None,
+        f"Directory for outputs; default /tmp/mi_jax/{name}, /tmp/mi_jax/{name}_PRESET for "
+        "--config configs/NAME.py:PRESET.",
+    )
     flags.mark_flags_as_required(["config"])
     return config, workdir
+
+
+def default_workdir(name: str, config_arg: str | None) -> str:
+    """The workdir of a run without ``--workdir``: one per preset (``/tmp/mi_jax/NAME`` for the
+    default config, ``/tmp/mi_jax/NAME_PRESET`` for ``configs/NAME.py:PRESET``), so a quick
+    run does not occupy the folder the full run resumes from."""
+    preset = (config_arg or "").partition(":")[2]
+    return f"/tmp/mi_jax/{name}" + (f"_{preset}" if preset else "")
 
 
 # The errors of a bad setting: the plain types the checks raise (and their hyperparameter
@@ -97,23 +110,28 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
 
     from mi_jax import parallel
 
-    config, workdir = define_experiment_flags(name)
+    config, workdir_flag = define_experiment_flags(name)
+    config_arg = []  # `--config`'s value, read from the command line by `parse_flags`
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.WARNING)
         _check_config_fields(name, config.value)
+        workdir = workdir_flag.value
+        if workdir is None:
+            workdir = default_workdir(name, config_arg[0] if config_arg else None)
+            print(f"{name}: writing to {workdir} (no --workdir given)")
         try:
             with config_checks():
-                check_workdir(workdir.value)
+                check_workdir(workdir)
                 if prepare is not None:
                     prepare(config.value)
             parallel.initialize_distributed()
-            train_and_evaluate(config.value, workdir.value)
+            train_and_evaluate(config.value, workdir)
         except KeyboardInterrupt:  # (the experiment's own `finally` blocks have run)
             print(
-                f"\n{name}: interrupted; what it wrote, if anything, stays in {workdir.value} "
+                f"\n{name}: interrupted; what it wrote, if anything, stays in {workdir} "
                 '(README, "Workdirs and resuming": what the same command picks up).',
                 file=sys.stderr,
             )
@@ -125,6 +143,7 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None) -> None:
 
     def parse_flags(argv):
         _check_config_path(name, argv)
+        config_arg.append(_config_arg(argv))
         given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
         if repeated := sorted({g for g in given if given.count(g) > 1}):
             # ml_collections joined a repeated tuple override's values (('nwj',) then ('dv',)

@@ -230,6 +230,35 @@ def test_ctrl_c_ends_an_experiment_with_one_line(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_without_workdir_each_preset_writes_to_its_own_folder():
+    # Before: every preset's default was /tmp/mi_jax/NAME, so a `:quick` run there made the
+    # README's set-up command (the full preset, same folder) refuse the changed settings.
+    assert _common.default_workdir("infomax", "configs/infomax.py") == "/tmp/mi_jax/infomax"
+    assert _common.default_workdir("infomax", "configs/infomax.py:quick") == (
+        "/tmp/mi_jax/infomax_quick"
+    )
+    assert _common.default_workdir("ib", None) == "/tmp/mi_jax/ib"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "from experiments import _common\n"
+        "def run(config, workdir):\n"
+        "    print('workdir=' + workdir)\n"
+        "_common.run_experiment('staircase', run)\n"
+    )
+    for config, expected in [
+        ("configs/staircase.py:quick", "/tmp/mi_jax/staircase_quick"),
+        ("configs/staircase.py", "/tmp/mi_jax/staircase"),
+    ]:
+        out = subprocess.run(
+            [sys.executable, "-c", code, "--config", config],
+            cwd=root, capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert f"staircase: writing to {expected} (no --workdir given)" in out.stdout
+        assert f"workdir={expected}\n" in out.stdout
+
+
 def test_an_unknown_override_lists_the_fields_at_its_level():
     # ml_collections suggests by spelling only: IB's `num_steps` got "num_seeds", where IB
     # counts `num_epochs`; a nested typo named no field of its map.
