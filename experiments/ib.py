@@ -20,10 +20,11 @@ execution (see `mi_jax.mige`).
 Writes to the workdir: ``config.json``; ``metrics.jsonl`` (a training row per chunk and an
 eval row per evaluation, per method and beta); ``results.json`` (the table, rewritten after
 every evaluation; a method finished on the same schedule is skipped on rerun);
-``results.csv``; ``error_vs_beta.png`` and ``curves.png``; ``checkpoints/METHOD/`` (Orbax;
-an interrupted method resumes from its last evaluation; fewer epochs than a checkpoint holds
-are refused). A NaN loss stops the run naming the method, beta and step; results and
-checkpoints already written stay.
+``results.csv`` (the selected evaluations, one row per method and beta; errors as fractions
+there and in ``results.json``, in % in the printed table); ``error_vs_beta.png`` and
+``curves.png``; ``checkpoints/METHOD/`` (Orbax; an interrupted method resumes from its last
+evaluation; fewer epochs than a checkpoint holds are refused). A NaN loss stops the run naming
+the method, beta and step; results and checkpoints already written stay.
 """
 
 import os
