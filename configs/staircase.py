@@ -29,6 +29,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.levels = (2.0, 4.0, 6.0, 8.0, 10.0)
     config.steps_per_level = 4000
     config.tasks = ("gaussian", "cubic")
+    # Per task, keyword arguments of its factory (`mi_jax.tasks.get_task`), e.g.
+    # {"student_t": {"df": 3.0}}; a task not named here takes its defaults.
+    config.task_hparams = ml_collections.ConfigDict()
     config.critics = ("separable", "concat")
     config.bounds = BOUNDS
     config.bound_hparams = ml_collections.ConfigDict(

@@ -584,4 +584,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
 
 
 if __name__ == "__main__":
-    _common.run_experiment("halves", train_and_evaluate)
+    _common.run_experiment(
+        "halves", train_and_evaluate, named_maps=("encoder_hparams", "critic_hparams")
+    )

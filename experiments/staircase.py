@@ -35,6 +35,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("bound (config.bounds)", config.bounds, bounds_lib.available_bounds()),
         ("critic (config.critics)", config.critics, critics_lib.available_critics()),
         ("task (config.tasks)", config.tasks, tasks_lib.available_tasks()),
+        ("task (config.task_hparams)", list(config.task_hparams), tasks_lib.available_tasks()),
         ("bound (config.bound_hparams)", list(config.bound_hparams), bounds_lib.available_bounds()),
         (
             "critic (config.critic_hparams)",
@@ -54,8 +55,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.levels must be positive MI values (nats), got {config.levels}.")
     # Every task, bound and critic is built here, so that a bad width, a typo in a bound's
     # hyperparameters or a level a task cannot express fails before the first run writes.
+    _common.check_hparams_maps(config, "bound_hparams", "critic_hparams", "task_hparams")
     for name in config.tasks:
-        task = tasks_lib.get_task(name, dim=config.dim)
+        task = _task(config, name)
         if min(config.levels) < task.min_mi:
             raise ValueError(
                 f"config.levels: the {name!r} task at dim {config.dim} has at least "
@@ -68,7 +70,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"{name!r} task at dim {config.dim} carry ({task.max_mi:.4g}; beyond it y equals "
                 "x for some pairs); raise config.dim."
             )
-    _common.check_hparams_maps(config, "bound_hparams", "critic_hparams")
+    for name in config.task_hparams:  # (a task the run does not use as well)
+        _task(config, name)
     for name, hparams in config.bound_hparams.items():
         bounds_lib.get_bound(name, **dict(hparams))
     for name, hparams in config.critic_hparams.items():
@@ -308,6 +311,11 @@ def random_operands(calls: list[tuple], key: jax.Array) -> list[tuple]:
     ]
 
 
+def _task(config, name: str) -> tasks_lib.Task:
+    """Task ``name`` at ``config.dim``, with its hyperparameters from ``config.task_hparams``."""
+    return tasks_lib.get_task(name, dim=config.dim, **dict(config.task_hparams.get(name, {})))
+
+
 def _critic_hparams(config, name: str) -> dict:
     """Critic ``name``'s hyperparameters from the config, with ``config.compute_dtype`` for a
     critic that has that setting (the MLP critics); one without it (bilinear, inner product,
@@ -400,7 +408,7 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
     device (`mi_jax.parallel`).
     """
     names = tuple(config.bounds)
-    task = tasks_lib.get_task(task_name, dim=config.dim)
+    task = _task(config, task_name)
     levels = tuple(config.levels)
     total = config.steps_per_level * len(levels)
 
@@ -613,4 +621,5 @@ if __name__ == "__main__":
         "staircase",
         train_and_evaluate,
         prepare=lambda config: _common.split_cpu_into_devices(config.cpu_devices),
+        named_maps=("bound_hparams", "critic_hparams", "task_hparams"),
     )

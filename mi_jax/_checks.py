@@ -6,6 +6,7 @@ Shape and dtype checks are static, so they also run (for free) under `jax.jit`. 
 """
 
 import difflib
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -224,7 +225,7 @@ def register(
     check_bools(override=override)
     if not (isinstance(name, str) and name):
         raise TypeError(f"the name of a new {kind} must be a non-empty string, got {name!r}.")
-    if name in registry and not override:
+    if name in registry and not override and not _same_definition(registry[name], factory):
         raise ValueError(
             f"the {kind} name {name!r} is already registered (`override=True` replaces it)."
         )
@@ -234,6 +235,49 @@ def register(
         raise TypeError(f"{kind} {name!r} must be a {base.__name__} class, got {factory!r}.")
     registry[name] = factory
     _registrations += 1
+
+
+def _definition(obj: Any) -> tuple | None:
+    """Where ``obj`` (a function, or a class by a method of its body) is defined: source file,
+    first line, qualified name; ``None`` where Python does not say."""
+    code = getattr(obj, "__code__", None)
+    if code is None and isinstance(obj, type):  # a class: a method written in its body, not
+        # one a dataclass transform generated (its file "<string>", under Flax's wrappers)
+        methods = [getattr(inspect.unwrap(f), "__code__", None) for f in vars(obj).values()]
+        code = next((c for c in methods if c and not c.co_filename.startswith("<")), None)
+    if code is None:
+        return None
+    return code.co_filename, code.co_firstlineno, getattr(obj, "__qualname__", None)
+
+
+def _same_definition(old: Any, new: Any) -> bool:
+    """Whether ``new`` is ``old``'s definition executed again (the same file, name and line: a
+    config file that registers is run once by the command line's preset check and once by
+    ml_collections; an unchanged notebook cell run again): it replaces ``old`` silently."""
+    where = _definition(new)
+    return where is not None and where == _definition(old)
+
+
+def call_factory(kind: str, name: str, factory: Callable[..., Any], *args, **hparams):
+    """``factory(*args, **hparams)`` for a registered ``kind`` ``name``. Hyperparameters its
+    signature does not take raise a TypeError naming them before the call; an error inside the
+    factory (a bug in a user's bound or task) goes on unchanged, traceback and all, rather than
+    reading as bad hyperparameters."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # unreadable (a builtin): the call itself says
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(*args, **hparams)
+        except TypeError as e:
+            named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            known = [p.name for p in signature.parameters.values() if p.kind in named]
+            raise TypeError(
+                f"bad hyperparameters {sorted(hparams)} for {kind} {name!r}: {e}; known: "
+                f"{sorted(known[len(args) :])}."
+            ) from None
+    return factory(*args, **hparams)
 
 
 def build_registered(kind: str, name: str, registry: Mapping[str, Callable[..., Any]], hparams):

@@ -378,10 +378,7 @@ def get_task(name: str, *, dim: int, **hparams) -> Task:
     if not _checks.is_known(name, _TASKS):
         raise _checks.unknown_name_error("task", name, _TASKS)
     _checks.check_ints(dim=dim)
-    try:
-        task = _TASKS[name](int(dim), **hparams)
-    except TypeError as e:
-        raise TypeError(f"bad hyperparameters {sorted(hparams)} for task {name!r}: {e}") from None
+    task = _checks.call_factory("task", name, _TASKS[name], int(dim), **hparams)
     if not isinstance(task, Task):
         raise TypeError(f"the factory of task {name!r} must return a `Task`, got {task!r}.")
     return task

@@ -733,6 +733,33 @@ def test_flo_of_a_diverging_critic_stays_finite_at_large_batch(batch, score):
     assert np.all(np.isfinite(np.asarray(gs))) and np.all(np.isfinite(np.asarray(gu)))
 
 
+@pytest.mark.parametrize("alpha", [0.01, 1e-3, 1e-8, 0.5])
+def test_interpolated_float32_agrees_with_float64_at_huge_scores(alpha):
+    # A column dominated by one score of 1e4: the marginal term was exp(s - log a_alpha), a
+    # difference of two exponents near 1e4 whose float32 rounding it multiplied by up to
+    # 1 / alpha: the value read 0.7 nats off at alpha = 1e-3, gradients 8 % off at 0.01 and
+    # +-7072 for -0.083 at 1e-8. (A float64 reference written from eq. 13 in log space, by a
+    # review: -30.361248 at alpha 0.01.)
+    s = np.array([[-0.77, 1e4, 0.79], [0.89, 1e4, 0.59], [-0.09, -0.97, 1e4]])
+    log_a = np.array([3.5, -9.6, 4.5])
+
+    def fn(s, log_a):
+        return bounds.interpolated(s, alpha=alpha, log_baseline=log_a)
+
+    with jax.enable_x64(True):
+        want, (want_gs, want_ga) = jax.value_and_grad(fn, argnums=(0, 1))(s, log_a)
+        want, want_gs, want_ga = float(want), np.asarray(want_gs), np.asarray(want_ga)
+    if alpha == 0.01:
+        np.testing.assert_allclose(want, -30.361248, atol=1e-6)
+    got, (gs, ga) = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(
+        s.astype(np.float32), log_a.astype(np.float32)
+    )
+    # float32 resolves scores of 1e4 to ~1e-3: the joint term's log-differences keep that.
+    np.testing.assert_allclose(float(got), want, rtol=1e-6, atol=2e-3)
+    np.testing.assert_allclose(np.asarray(gs), want_gs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ga), want_ga, rtol=1e-5, atol=1e-6)
+
+
 def test_interpolated_finite_when_diagonal_dominates_moderately():
     """A minimal, realistic case: scores 20 on the diagonal and -20 off it (B = 4).
 

@@ -13,7 +13,7 @@ import pytest
 
 from configs import staircase as staircase_config
 from experiments import _common, staircase
-from mi_jax import training
+from mi_jax import tasks, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -193,6 +193,9 @@ def test_every_task_bound_and_critic_is_built_before_running(tmp_path):
         (dict(bound_hparams={"smile": {"clp": 5.0}}), TypeError, "clp"),
         (dict(bound_hparams={"smile": 5}), ValueError, "`config.bound_hparams.smile` must map"),
         (dict(critic_hparams={"concat": {"hiden": (8,)}}), TypeError, "hiden"),
+        (dict(task_hparams={"studnet_t": {"df": 3.0}}), KeyError, "student_t"),
+        (dict(task_hparams={"student_t": {"dof": 3.0}}), TypeError, r"known: \['df'\]"),
+        (dict(task_hparams={"student_t": 3.0}), ValueError, "`config.task_hparams.student_t`"),
     ]
     for overrides, error, match in cases:
         config = _tiny()
@@ -202,6 +205,20 @@ def test_every_task_bound_and_critic_is_built_before_running(tmp_path):
         with pytest.raises(error, match=match):
             staircase.train_and_evaluate(config, str(tmp_path))
         assert not (tmp_path / "config.json").exists()
+
+
+def test_task_hyperparameters_reach_the_sampler():
+    # Before: tasks took `dim` alone; a Student-t of another df needed a registered partial.
+    config = _tiny(tasks=("student_t",))
+    with config.unlocked():
+        config.task_hparams = ml_collections.ConfigDict({"student_t": {"df": 3.0}})
+    staircase.validate_config(config)
+    key = jax.random.key(0)
+    got = staircase._task(config, "student_t").sample(key, 2.0, 16)  # noqa: SLF001
+    want = tasks.get_task("student_t", dim=config.dim, df=3.0).sample(key, 2.0, 16)
+    default = tasks.get_task("student_t", dim=config.dim).sample(key, 2.0, 16)
+    np.testing.assert_array_equal(got[1], want[1])
+    assert not np.array_equal(got[1], default[1])
 
 
 def test_config_typo_is_an_error():

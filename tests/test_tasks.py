@@ -535,6 +535,16 @@ def test_a_registered_task_is_built_by_name_and_checked(monkeypatch):
         tasks.register_task("gaussian", sinh_task)
     with pytest.raises(TypeError, match="task 'bad' must be registered with a callable"):
         tasks.register_task("bad", "sinh")
+
+    def buggy(dim, scale=1.0):
+        return tasks.Task("buggy", dim, jnp.zeros(dim, dtype=str(dim)), 0.0)
+
+    tasks.register_task("buggy", buggy)
+    with pytest.raises(TypeError) as info:  # read "bad hyperparameters [] for task 'buggy'"
+        tasks.get_task("buggy", dim=3)
+    assert "bad hyperparameters" not in str(info.value)
+    with pytest.raises(TypeError, match=r"bad hyperparameters \['df'\] for task 'buggy'"):
+        tasks.get_task("buggy", dim=3, df=2.0)
     tasks.register_task("bare", lambda dim: sinh_task(dim).sample)  # a sampler, not a Task
     with pytest.raises(TypeError, match="the factory of task 'bare' must return a `Task`"):
         tasks.get_task("bare", dim=2)
