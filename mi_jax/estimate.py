@@ -470,7 +470,13 @@ class _EarlyStopping:
                 f"bound {bound!r} became {self.diverged_value[k]} in training steps "
                 f"{self.diverged[k] * eval_every + 1}-{(self.diverged[k] + 1) * eval_every}"
                 + (f" (seed index {k})" if batched else "")
-                + "; try a lower `learning_rate`."
+                + "; try a lower `learning_rate`"
+                # (in the first round it may be the bound itself: NaN for any critic)
+                + (
+                    ", or check the bound and its hyperparameters."
+                    if self.diverged[k] == 0
+                    else "."
+                )
             )
         if not np.all(np.isfinite(self.best)):
             raise training.NonFiniteError(

@@ -517,10 +517,21 @@ def test_max_steps_is_a_limit_and_estimates_are_never_negative(gaussian_2d):
     assert np.all((result.mi == 0.0) == (result.best_step == 0))
 
 
-def test_a_diverging_critic_names_the_bound_and_steps(gaussian_2d):
+def test_a_diverging_critic_names_the_bound_and_steps(gaussian_2d, monkeypatch):
     x, y = gaussian_2d
     with pytest.raises(training.NonFiniteError, match=r"bound 'nwj' became .* in training steps"):
         mi_jax.estimate_mi(x[:1000], y[:1000], bound="nwj", learning_rate=1e6, max_steps=200)
+    # NaN for every critic (a user's bound with a bad hyperparameter): not only the learning
+    # rate is suspect in the first round.
+    monkeypatch.setattr(bounds, "_REGISTRY", dict(bounds._REGISTRY))  # noqa: SLF001
+    bounds.register_bound(
+        "nan_always", lambda: bounds.make_bound("nan_always", lambda s: bounds.nwj(s) * jnp.nan)
+    )
+    with pytest.raises(
+        training.NonFiniteError,
+        match=r"steps 1-100; try a lower `learning_rate`, or check the bound and its hyper",
+    ):
+        mi_jax.estimate_mi(x[:1000], y[:1000], bound="nan_always", max_steps=200)
 
 
 def _nwj_until_1_8():
