@@ -55,18 +55,21 @@ def define_experiment_flags(name: str):
         "workdir",
         None,
         f"Directory for outputs; default /tmp/mi_jax/{name}, /tmp/mi_jax/{name}_PRESET for "
-        "--config configs/NAME.py:PRESET.",
+        f"--config configs/{name}.py:PRESET (`default_workdir`).",
     )
     flags.mark_flags_as_required(["config"])
     return config, workdir
 
 
 def default_workdir(name: str, config_arg: str | None) -> str:
-    """The workdir of a run without ``--workdir``: one per preset (``/tmp/mi_jax/NAME`` for the
-    default config, ``/tmp/mi_jax/NAME_PRESET`` for ``configs/NAME.py:PRESET``), so a quick
-    run does not occupy the folder the full run resumes from."""
-    preset = (config_arg or "").partition(":")[2]
-    return f"/tmp/mi_jax/{name}" + (f"_{preset}" if preset else "")
+    """The workdir of a run without ``--workdir``: one per config file and preset
+    (``/tmp/mi_jax/NAME`` for ``configs/NAME.py``, ``/tmp/mi_jax/NAME_PRESET`` for
+    ``configs/NAME.py:PRESET``, ``/tmp/mi_jax/NAME_MINE_PRESET`` for ``mine.py:PRESET``), so a
+    quick run does not occupy the folder the full run resumes from."""
+    path, _, preset = (config_arg or "").partition(":")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    parts = [name] + ([stem] if stem and stem != name else []) + ([preset] if preset else [])
+    return "/tmp/mi_jax/" + "_".join(parts)
 
 
 # The errors of a bad setting: the plain types the checks raise (and their hyperparameter
@@ -90,9 +93,13 @@ def config_checks():
 
 
 def error_message(e: BaseException) -> str:
-    """An error's message as written (``str`` of a KeyError quotes it), else its type."""
+    """An error's message as written (``str`` of a KeyError quotes it), else its type; raised
+    inside a registered factory (`mi_jax._checks.call_factory`), with the factory's name first
+    where the message does not give it."""
     message = str(e.args[0]) if len(e.args) == 1 else str(e)
-    return message or type(e).__name__
+    message = message or type(e).__name__
+    component = getattr(e, "component", None)
+    return f"{component}: {message}" if component and component not in message else message
 
 
 def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()) -> None:
@@ -110,7 +117,7 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
     (``critic_hparams``: ``{"separable": {...}, "concat": {...}}``). One given whole on the
     command line keeps the preset's entries for the names it does not give (`keep_preset_entries`).
     """
-    from absl import app, logging
+    from absl import app, flags, logging
 
     from mi_jax import parallel
 
@@ -123,8 +130,7 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
         logging.set_verbosity(logging.WARNING)
         _check_config_fields(name, config.value)
         if given := [f for f in named_maps if f"--config.{f}" in overrides]:
-            # (ml_collections has loaded the file: an error would have shown there)
-            keep_preset_entries(name, config.value, _load_preset(config_arg[0]), given)
+            keep_preset_entries(name, config.value, preset_config(config_arg[0]), given)
         workdir = workdir_flag.value
         if workdir is None:
             workdir = default_workdir(name, config_arg[0] if config_arg else None)
@@ -158,7 +164,9 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
             # ran both bounds): two values for one setting are refused.
             raise SystemExit(f"{name}: {', '.join(repeated)} given more than once; give it once.")
         try:
-            return app.parse_flags_with_usage(argv)
+            return flags.FLAGS(argv)
+        except flags.Error as e:  # (what `app.parse_flags_with_usage` does, but for a preset)
+            raise SystemExit(_flag_error_message(name, argv, e)) from None
         except (AttributeError, KeyError) as e:  # --config.FIELD=... of a field it does not have
             field = e  # ml_collections wraps a KeyError in the AttributeError
             while isinstance(field, BaseException) and field.args:
@@ -255,26 +263,35 @@ def _check_config_path(name: str, argv: list[str]) -> None:
             f"{name}: --config {value!r}: no file {path!r} (relative to {os.getcwd()}); "
             f"pass e.g. --config configs/{name}.py, from the repository's root."
         )
-    if path is not None and ":" in value:  # a preset: an unknown one is named here
-        try:  # (ml_collections wraps its ValueError in a flag-parsing traceback)
-            _load_preset(value)
-        except ValueError as e:
-            raise SystemExit(f"{name}: --config {value!r}: {e}") from None
-        except Exception:  # anything else: ml_collections reports it as it does
-            pass
 
 
-def _load_preset(config_arg: str):
-    """``get_config(preset)`` of the file ``--config path[:preset]`` names, without the
-    command line's overrides (the file is run again; a registration in it is the same
-    definition, which its registry takes again)."""
-    import importlib.util
+# ml_collections loads the ``--config`` file as this module (`config_flags._ConfigFileParser`:
+# the flag's name + "_config"), once; `preset_config` reads it again from there.
+_CONFIG_MODULE = "config_config"
+_CONFIG_FILE_ERROR = "Error whilst parsing config file"  # ml_collections' wrapper of its errors
 
-    path, _, preset = config_arg.partition(":")
-    spec = importlib.util.spec_from_file_location("_config_preset", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset or None)
+
+def _flag_error_message(name: str, argv: list[str], error: Exception) -> str:
+    """The message a flag-parsing error ends the command line with: for a ValueError of the
+    config file's ``get_config`` (an unknown preset), that error's own message; for the rest,
+    absl's (`app.parse_flags_with_usage`). ml_collections wraps the first in a flag-parsing
+    traceback."""
+    cause = error
+    while cause.__context__ is not None:
+        cause = cause.__context__
+    if _CONFIG_FILE_ERROR in str(error) and type(cause) is ValueError:
+        return f"{name}: --config {_config_arg(argv)!r}: {cause}"
+    return (
+        f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull to see help on flags."
+    )
+
+
+def preset_config(config_arg: str):
+    """``get_config(preset)`` of the ``--config path[:preset]`` file ml_collections loaded,
+    without the command line's overrides, from the module it loaded (the file runs once: a
+    registration in it is not repeated)."""
+    preset = config_arg.partition(":")[2]
+    return sys.modules[_CONFIG_MODULE].get_config(*([preset] if preset else []))
 
 
 def keep_preset_entries(name: str, config, preset, fields) -> None:

@@ -56,6 +56,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     # Every task, bound and critic is built here, so that a bad width, a typo in a bound's
     # hyperparameters or a level a task cannot express fails before the first run writes.
     _common.check_hparams_maps(config, "bound_hparams", "critic_hparams", "task_hparams")
+    for name, hparams in config.task_hparams.items():
+        if "dim" in hparams:
+            raise ValueError(
+                f"`config.task_hparams.{name}` sets `dim`: every task's width is `config.dim`."
+            )
     for name in config.tasks:
         task = _task(config, name)
         if min(config.levels) < task.min_mi:

@@ -225,7 +225,7 @@ def register(
     check_bools(override=override)
     if not (isinstance(name, str) and name):
         raise TypeError(f"the name of a new {kind} must be a non-empty string, got {name!r}.")
-    if name in registry and not override and not _same_definition(registry[name], factory):
+    if name in registry and not override and registry[name] is not factory:  # (again: no-op)
         raise ValueError(
             f"the {kind} name {name!r} is already registered (`override=True` replaces it)."
         )
@@ -237,34 +237,14 @@ def register(
     _registrations += 1
 
 
-def _definition(obj: Any) -> tuple | None:
-    """Where ``obj`` (a function, or a class by a method of its body) is defined: source file,
-    first line, qualified name; ``None`` where Python does not say."""
-    code = getattr(obj, "__code__", None)
-    if code is None and isinstance(obj, type):  # a class: a method written in its body, not
-        # one a dataclass transform generated (its file "<string>", under Flax's wrappers)
-        methods = [getattr(inspect.unwrap(f), "__code__", None) for f in vars(obj).values()]
-        code = next((c for c in methods if c and not c.co_filename.startswith("<")), None)
-    if code is None:
-        return None
-    return code.co_filename, code.co_firstlineno, getattr(obj, "__qualname__", None)
-
-
-def _same_definition(old: Any, new: Any) -> bool:
-    """Whether ``new`` is ``old``'s definition executed again (the same file, name and line: a
-    config file that registers is run once by the command line's preset check and once by
-    ml_collections; an unchanged notebook cell run again): it replaces ``old`` silently."""
-    where = _definition(new)
-    return where is not None and where == _definition(old)
-
-
 def call_factory(kind: str, name: str, factory: Callable[..., Any], *args, **hparams):
     """``factory(*args, **hparams)`` for a registered ``kind`` ``name``. Hyperparameters its
-    signature does not take raise a TypeError naming them before the call; an error inside the
-    factory (a bug in a user's bound or task) goes on unchanged, traceback and all, rather than
-    reading as bad hyperparameters."""
+    signature does not take raise a TypeError naming them, and the ones it takes, before the
+    call; an error inside the factory (a bug in a user's bound or task, or its own check of a
+    value) goes on with its traceback, its ``component`` naming the factory (the experiments'
+    command line prints the message alone, with that name)."""
     try:
-        signature = inspect.signature(factory)
+        signature = inspect.signature(factory, follow_wrapped=False)
     except (TypeError, ValueError):  # unreadable (a builtin): the call itself says
         signature = None
     if signature is not None:
@@ -272,12 +252,25 @@ def call_factory(kind: str, name: str, factory: Callable[..., Any], *args, **hpa
             signature.bind(*args, **hparams)
         except TypeError as e:
             named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-            known = [p.name for p in signature.parameters.values() if p.kind in named]
+            try:
+                given = signature.bind_partial(*args).arguments
+            except TypeError:
+                given = {}
+            known = [
+                p.name
+                for p in signature.parameters.values()
+                if p.kind in named and p.name not in given
+            ]
             raise TypeError(
                 f"bad hyperparameters {sorted(hparams)} for {kind} {name!r}: {e}; known: "
-                f"{sorted(known[len(args) :])}."
+                f"{sorted(known)}."
             ) from None
-    return factory(*args, **hparams)
+    try:
+        return factory(*args, **hparams)
+    except Exception as e:
+        if not hasattr(e, "component"):  # (the innermost factory's name stands)
+            e.component = f"{kind} {name!r}"
+        raise
 
 
 def build_registered(kind: str, name: str, registry: Mapping[str, Callable[..., Any]], hparams):

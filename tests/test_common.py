@@ -109,13 +109,21 @@ def test_a_config_path_that_does_not_exist_is_named_before_the_run(tmp_path, mon
     _common._check_config_path("infomax", ["prog", "--config", "mine.py:preset"])  # exists
 
 
-def test_an_unknown_preset_is_named_before_the_run(monkeypatch):
+def test_an_unknown_preset_is_named_before_the_run(tmp_path):
     # Before: absl's "FATAL Flags parsing error" around ml_collections' traceback.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    monkeypatch.chdir(root)
-    with pytest.raises(SystemExit, match=r"ib: --config 'configs/ib.py:mnsit': unknown preset"):
-        _common._check_config_path("ib", ["prog", "--config", "configs/ib.py:mnsit"])
-    _common._check_config_path("ib", ["prog", "--config=configs/ib.py:mnist"])  # known
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.ib", "--config", "configs/ib.py:mnsit",
+         "--workdir", str(tmp_path / "run")],
+        cwd=root, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.strip().startswith("ib: --config 'configs/ib.py:mnsit': unknown preset")
+    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
+    # Other flag errors as absl words them.
+    message = _common._flag_error_message("ib", ["prog"], ValueError("bad flag"))
+    assert message.startswith("FATAL Flags parsing error: bad flag")
 
 
 def test_a_workdir_that_is_a_file_is_named(tmp_path):
@@ -238,6 +246,9 @@ def test_without_workdir_each_preset_writes_to_its_own_folder():
         "/tmp/mi_jax/infomax_quick"
     )
     assert _common.default_workdir("ib", None) == "/tmp/mi_jax/ib"
+    assert _common.default_workdir("staircase", "/tmp/my_staircase.py:quick") == (
+        "/tmp/mi_jax/staircase_my_staircase_quick"  # not the repository's quick run's folder
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
         "from experiments import _common\n"
@@ -292,6 +303,32 @@ def test_a_named_map_on_the_command_line_keeps_the_presets_other_entries(tmp_pat
         "staircase: --config.critic_hparams gives 'bilinear', 'concat'; the preset's entries for "
         "'separable' are kept"
     ) in out.stdout
+
+
+def test_a_config_file_of_ones_own_registers_once_and_a_factorys_error_is_named(tmp_path):
+    # Before: the command line ran a config file twice (its preset check, then ml_collections),
+    # so one that registered a name failed "already registered"; an error inside a registered
+    # factory read as "bad hyperparameters [] for task ..." (or, on the command line, its bare
+    # message).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "my_staircase.py").write_text(
+        "from configs.staircase import get_config\n"
+        "from mi_jax import tasks\n"
+        "def broken(dim):\n"
+        "    raise ValueError('broken on purpose')\n"
+        "tasks.register_task('broken', broken)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.staircase", "--config",
+         f"{tmp_path / 'my_staircase.py'}:quick", "--config.tasks=('broken',)",
+         "--workdir", str(tmp_path / "run")],
+        cwd=root, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )  # fmt: skip
+    assert out.returncode == 1, out.stdout[-2000:]
+    assert out.stderr.strip().endswith("staircase: task 'broken': broken on purpose"), out.stderr
+    assert "already registered" not in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_unknown_override_lists_the_fields_at_its_level():

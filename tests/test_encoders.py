@@ -208,7 +208,9 @@ def test_bfloat16_compute_dtype_keeps_params_and_is_close():
 def test_registry_names_and_register():
     assert encoders.available_encoders() == ("mlp", "conv", "resnet")
     with pytest.raises(ValueError, match="already registered"):
-        encoders.register_encoder("conv", encoders.ConvEncoder)
+        encoders.register_encoder("conv", encoders.MLPEncoder)
+    encoders.register_encoder("conv", encoders.ConvEncoder)  # the same class again: a no-op
+    assert encoders._ENCODERS["conv"] is encoders.ConvEncoder  # noqa: SLF001
     encoders.register_encoder("test_tiny_conv", encoders.ConvEncoder)
     try:
         assert isinstance(encoders.get_encoder("test_tiny_conv"), encoders.ConvEncoder)

@@ -196,6 +196,7 @@ def test_every_task_bound_and_critic_is_built_before_running(tmp_path):
         (dict(task_hparams={"studnet_t": {"df": 3.0}}), KeyError, "student_t"),
         (dict(task_hparams={"student_t": {"dof": 3.0}}), TypeError, r"known: \['df'\]"),
         (dict(task_hparams={"student_t": 3.0}), ValueError, "`config.task_hparams.student_t`"),
+        (dict(task_hparams={"gaussian": {"dim": 3}}), ValueError, "sets `dim`: every task's"),
     ]
     for overrides, error, match in cases:
         config = _tiny()
