@@ -10,6 +10,20 @@ import pytest
 
 from experiments import _common
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _command_line(*args: str) -> subprocess.CompletedProcess:
+    """``python ARGS`` from the repository's root, on the CPU (an experiment's command line)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+
 
 def test_jsonl_rows_carry_their_run_and_a_cut_line_never_swallows_the_next_row(tmp_path):
     path = str(tmp_path / "metrics.jsonl")
@@ -111,13 +125,14 @@ def test_a_config_path_that_does_not_exist_is_named_before_the_run(tmp_path, mon
 
 def test_an_unknown_preset_is_named_before_the_run(tmp_path):
     # Before: absl's "FATAL Flags parsing error" around ml_collections' traceback.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.ib", "--config", "configs/ib.py:mnsit",
-         "--workdir", str(tmp_path / "run")],
-        cwd=root, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )  # fmt: skip
+    out = _command_line(
+        "-m",
+        "experiments.ib",
+        "--config",
+        "configs/ib.py:mnsit",
+        "--workdir",
+        str(tmp_path / "run"),
+    )
     assert out.returncode == 1
     assert out.stderr.strip().startswith("ib: --config 'configs/ib.py:mnsit': unknown preset")
     assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
@@ -147,14 +162,16 @@ def test_another_experiments_config_is_named_before_the_run(name, other):
 
 
 def test_an_override_given_twice_is_refused_before_anything_is_written(tmp_path):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     twice = ["--config.bounds=('nwj',)", "--config.bounds=('dv',)"]
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.staircase", "--config", "configs/staircase.py:quick",
-         *twice, "--workdir", str(tmp_path / "run")],
-        cwd=root, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )  # fmt: skip
+    out = _command_line(
+        "-m",
+        "experiments.staircase",
+        "--config",
+        "configs/staircase.py:quick",
+        *twice,
+        "--workdir",
+        str(tmp_path / "run"),
+    )
     assert out.returncode != 0, out.stdout[-2000:]
     assert "--config.bounds given more than once" in out.stderr
     assert not (tmp_path / "run").exists()
@@ -203,13 +220,15 @@ def test_config_checks_mark_a_bad_settings_error_and_change_nothing_else():
 )  # fmt: skip
 def test_a_bad_setting_ends_the_cli_with_its_message_alone(tmp_path, name, overrides, message):
     # Before: a traceback through absl and the experiment, the message on its last line.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-m", f"experiments.{name}", "--config", f"configs/{name}.py:quick",
-         *overrides, "--workdir", str(tmp_path / "run")],
-        cwd=root, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )  # fmt: skip
+    out = _command_line(
+        "-m",
+        f"experiments.{name}",
+        "--config",
+        f"configs/{name}.py:quick",
+        *overrides,
+        "--workdir",
+        str(tmp_path / "run"),
+    )
     assert out.returncode == 1, out.stdout[-2000:]
     assert message in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
@@ -218,19 +237,20 @@ def test_a_bad_setting_ends_the_cli_with_its_message_alone(tmp_path, name, overr
 
 def test_ctrl_c_ends_an_experiment_with_one_line(tmp_path):
     # Before: a 40-line KeyboardInterrupt traceback from wherever the run was.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
         "from experiments import _common\n"
         "def interrupted(config, workdir):\n"
         "    raise KeyboardInterrupt\n"
         "_common.run_experiment('staircase', interrupted)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code, "--config", "configs/staircase.py:quick",
-         "--workdir", str(tmp_path / "run")],
-        cwd=root, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )  # fmt: skip
+    out = _command_line(
+        "-c",
+        code,
+        "--config",
+        "configs/staircase.py:quick",
+        "--workdir",
+        str(tmp_path / "run"),
+    )
     assert out.returncode == 130, out.stderr[-2000:]
     assert f"staircase: interrupted; what it wrote, if anything, stays in {tmp_path / 'run'}" in (
         out.stderr
@@ -249,7 +269,6 @@ def test_without_workdir_each_preset_writes_to_its_own_folder():
     assert _common.default_workdir("staircase", "/tmp/my_staircase.py:quick") == (
         "/tmp/mi_jax/staircase_my_staircase_quick"  # not the repository's quick run's folder
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
         "from experiments import _common\n"
         "def run(config, workdir):\n"
@@ -260,11 +279,12 @@ def test_without_workdir_each_preset_writes_to_its_own_folder():
         ("configs/staircase.py:quick", "/tmp/mi_jax/staircase_quick"),
         ("configs/staircase.py", "/tmp/mi_jax/staircase"),
     ]:
-        out = subprocess.run(
-            [sys.executable, "-c", code, "--config", config],
-            cwd=root, capture_output=True, text=True, timeout=120,
-            env=dict(os.environ, JAX_PLATFORMS="cpu"),
-        )  # fmt: skip
+        out = _command_line(
+            "-c",
+            code,
+            "--config",
+            config,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         assert f"staircase: writing to {expected} (no --workdir given)" in out.stdout
         assert f"workdir={expected}\n" in out.stdout
@@ -274,7 +294,6 @@ def test_a_named_map_on_the_command_line_keeps_the_presets_other_entries(tmp_pat
     # Before: --config.critic_hparams='{"cosine": {...}}' dropped the preset's `separable`
     # entry, and the baseline critic silently ran on the module's defaults (LeCun weights for
     # the protocol's Glorot): NWJ at 10 nats read -2.2 for 4.1.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
         "import json\n"
         "from experiments import _common\n"
@@ -283,13 +302,15 @@ def test_a_named_map_on_the_command_line_keeps_the_presets_other_entries(tmp_pat
         "        {k: config[k].to_dict() for k in ('critic_hparams', 'bound_hparams')})))\n"
         "_common.run_experiment('staircase', run, named_maps=('critic_hparams', 'bound_hparams'))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code, "--config", "configs/staircase.py:quick",
-         "--config.critic_hparams={'concat': {'hidden': (8,)}, 'bilinear': {}}",
-         "--workdir", str(tmp_path / "run")],
-        cwd=root, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )  # fmt: skip
+    out = _command_line(
+        "-c",
+        code,
+        "--config",
+        "configs/staircase.py:quick",
+        "--config.critic_hparams={'concat': {'hidden': (8,)}, 'bilinear': {}}",
+        "--workdir",
+        str(tmp_path / "run"),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     maps = json.loads(out.stdout.split("maps=")[1])
     preset = importlib.import_module("configs.staircase").get_config("quick")
@@ -310,7 +331,6 @@ def test_a_config_file_of_ones_own_registers_once_and_a_factorys_error_is_named(
     # so one that registered a name failed "already registered"; an error inside a registered
     # factory read as "bad hyperparameters [] for task ..." (or, on the command line, its bare
     # message).
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (tmp_path / "my_staircase.py").write_text(
         "from configs.staircase import get_config\n"
         "from mi_jax import tasks\n"
@@ -318,13 +338,15 @@ def test_a_config_file_of_ones_own_registers_once_and_a_factorys_error_is_named(
         "    raise ValueError('broken on purpose')\n"
         "tasks.register_task('broken', broken)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.staircase", "--config",
-         f"{tmp_path / 'my_staircase.py'}:quick", "--config.tasks=('broken',)",
-         "--workdir", str(tmp_path / "run")],
-        cwd=root, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )  # fmt: skip
+    out = _command_line(
+        "-m",
+        "experiments.staircase",
+        "--config",
+        f"{tmp_path / 'my_staircase.py'}:quick",
+        "--config.tasks=('broken',)",
+        "--workdir",
+        str(tmp_path / "run"),
+    )
     assert out.returncode == 1, out.stdout[-2000:]
     assert out.stderr.strip().endswith("staircase: task 'broken': broken on purpose"), out.stderr
     assert "already registered" not in out.stderr and "Traceback" not in out.stderr
