@@ -27,6 +27,7 @@ evaluation; fewer epochs than a checkpoint holds are refused). A NaN loss stops 
 the method, beta and step; results and checkpoints already written stay.
 """
 
+import contextlib
 import os
 import time
 
@@ -74,6 +75,30 @@ def build(config: ml_collections.ConfigDict, method: str, num_classes: int) -> i
 # evaluation cadences or another data path, and the methods run are each kept apart (their own
 # checkpoints and results entries).
 RESUMABLE = ("num_epochs", "eval_every_epochs", "eval_batch_size", "data_dir", "methods")
+
+
+# A method's own settings, besides its betas.
+METHOD_SETTINGS = {"mine": ("mine",), "mige": ("mige",)}
+
+
+def settings_of_new_methods(workdir: str) -> tuple[str, ...]:
+    """The settings of the methods that never ran in ``workdir`` (no row in its
+    ``metrics.jsonl``, no entry in its ``results.json``, no checkpoint): their betas and own
+    sections, which a rerun there may change (adding MINE-IB at other betas to a workdir of VIB
+    runs was refused as another config)."""
+    metrics, results = (os.path.join(workdir, n) for n in ("metrics.jsonl", "results.json"))
+    rows = _common.read_jsonl(metrics) if os.path.exists(metrics) else []
+    ran = {row.get("method") for row in rows if isinstance(row, dict)}
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # none, or unreadable
+        ran |= set(_common.read_json(results)["methods"])
+    checkpoints = os.path.join(workdir, "checkpoints")
+    ran |= set(os.listdir(checkpoints)) if os.path.isdir(checkpoints) else set()
+    return tuple(
+        setting
+        for method in ib.METHODS
+        if method not in ran
+        for setting in (f"betas.{method}", *METHOD_SETTINGS.get(method, ()))
+    )
 
 
 def betas_of(config: ml_collections.ConfigDict, method: str) -> tuple[float, ...]:
@@ -535,7 +560,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
                 f"`config.batch_size` ({config.batch_size}) exceeds the "
                 f"{dataset.train_images.shape[0]} training images."
             )
-        _common.check_same_run(workdir, config, RESUMABLE)
+        may_differ = RESUMABLE + settings_of_new_methods(workdir)
+        _common.check_same_run(workdir, config, may_differ)
         steps_per_epoch = dataset.train_images.shape[0] // config.batch_size
         num_steps = config.num_epochs * steps_per_epoch
         check_checkpoints(config, dataset, workdir)
@@ -545,7 +571,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     previous = {}
     if os.path.exists(results_path):
         old = _common.read_json(results_path)
-        if not _common.config_changes(old.get("config", {}), config, RESUMABLE):
+        if not _common.config_changes(old.get("config", {}), config, may_differ):
             previous = old["methods"]
     _common.write_config(workdir, config)
 

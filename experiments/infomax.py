@@ -525,6 +525,13 @@ def summary(results: dict) -> str:
     if results.get("num_seeds", 1) > 1:  # mean over seeds, and their spread
         cols.append("test_accuracy_std")
         seeds = f" x {results['num_seeds']} seeds (mean, std)"
+    # A resumed or repeated run: compile_s and train_s are its own; training in all from the log.
+    total = results.get("train_total_s", results["compile_s"] + results["train_s"])
+    earlier = (
+        f" (training over every run in the workdir: {total:.1f} s)"
+        if abs(total - results["compile_s"] - results["train_s"]) > 0.05
+        else ""
+    )
     rows = [  # raw pixels are fitted once: no spread to show
         r if r.get("num_seeds", 1) > 1 else {**r, "test_accuracy_std": "-"}
         for r in results["probes"]
@@ -533,7 +540,7 @@ def summary(results: dict) -> str:
         f"\n{results['dataset']}, estimator {results['estimator']}, {results['num_steps']} steps"
         f"{seeds}: "
         f"compile {results['compile_s']:.1f} s, train {results['train_s']:.1f} s, "
-        f"probes {results['eval_s']:.1f} s\n" + _common.format_table(rows, cols)
+        f"probes {results['eval_s']:.1f} s{earlier}\n" + _common.format_table(rows, cols)
     )
 
 

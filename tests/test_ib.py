@@ -320,6 +320,29 @@ def test_ib_experiment_smoke_and_resume(tmp_path):
     assert os.path.getmtime(os.path.join(workdir, "checkpoints", "vib")) == mtime
 
 
+def test_a_method_new_to_a_workdir_may_take_other_betas_there(tmp_path):
+    # Before: adding MINE-IB at other betas to a workdir of VIB runs was refused as "another
+    # config" (betas.mine differed, though MINE-IB had never run there).
+    workdir = str(tmp_path)
+    first = ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",)), workdir)
+    config = _quick(ib_config, methods=("vib", "mine"))
+    config.betas.mine = (3e-3,)
+    config.mine.critic_hparams.embed_dim = 4
+    results = ib_experiment.train_and_evaluate(config, workdir)
+    assert [r["beta"] for r in results["methods"]["mine"]["final"]] == [3e-3]
+    assert results["methods"]["vib"]["final"] == first["methods"]["vib"]["final"]  # kept
+    # A method that ran there keeps its settings.
+    config = _quick(ib_config, methods=("vib", "mine"))
+    config.betas.mine = (1e-2,)
+    with pytest.raises(ValueError, match=r"betas.mine: \[0.003\] -> \[0.01\]"):
+        ib_experiment.train_and_evaluate(config, workdir)
+    assert ib_experiment.settings_of_new_methods(workdir) == (
+        "betas.deterministic",
+        "betas.mige",
+        "mige",
+    )
+
+
 def test_ib_resumes_an_interrupted_method_from_its_checkpoint(tmp_path):
     workdir = str(tmp_path)
     full = ib_experiment.train_and_evaluate(

@@ -80,6 +80,9 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp
     (row,), _ = infomax_table.rows_from([str(parts)])
     both = first["compile_s"] + first["train_s"] + second["compile_s"] + second["train_s"]
     assert row["minutes"] == pytest.approx((both + second["eval_s"]) / 60, rel=1e-6)
+    # The summary says so too (it read "train 0.0 s" for a finished run repeated).
+    assert f"(training over every run in the workdir: {both:.1f} s)" in infomax.summary(second)
+    assert "over every run" not in infomax.summary(first)
 
     def losses(path):
         rows = _rows(path / "metrics.jsonl")
