@@ -476,7 +476,8 @@ def summary(results: dict) -> str:
     )
     head = (
         f"\n{results['dataset']}, {epochs}; {chosen}test at the posterior "
-        f"mean, test with {samples} samples, test at the last epoch; KL and I in nats)"
+        f"mean, test with {samples} samples, test at the last epoch; KL in nats, "
+        "I(Z;Y)>= the lower bound H(Y) - CE of one code, train_err on the training set)"
         + (f"; mean over {seeds} seeds, test_err_std their spread" if seeds > 1 else "")
         + "\n"
     )

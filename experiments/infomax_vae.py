@@ -402,7 +402,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
             manager.wait_until_finished()
             progress.update(n)
             progress.set_postfix(
-                elbo=" ".join(f"{np.mean(evals['elbo'][:, i]):.1f}" for i in range(len(names)))
+                elbo=" ".join(
+                    f"{name} {np.mean(evals['elbo'][:, i]):.1f}" for i, name in enumerate(names)
+                )
             )
     finally:
         progress.close()

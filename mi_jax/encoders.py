@@ -119,10 +119,12 @@ def _check_images(images, encoder: str, min_size: int = 1, why: str = "") -> Non
         )
     try:
         _checks.check_float(images, "images")
-    except TypeError as e:
+    except TypeError:
+        # (not `astype(jnp.float32)`, which keeps pixels in [0, 255]: the likelihoods and KL
+        # then read thousands of nats, silently)
         raise TypeError(
-            f"{e} Integer pixels in [0, 255] are converted to floats in [0, 1] by "
-            "`mi_jax.data.to_float(images)`."
+            f"`images` must hold floats in [0, 1], got {jnp.result_type(images)}; "
+            "`mi_jax.data.to_float(images)` converts integer pixels in [0, 255]."
         ) from None
     if shape[1] < min_size or shape[2] < min_size:
         raise ValueError(

@@ -138,6 +138,21 @@ class Prediction(NamedTuple):
     log_probs_sampled: Array
 
 
+def _check_labels(labels, batch: int) -> None:
+    """``labels`` must be ``[batch]`` integer class indices (a float or one-hot array failed
+    in optax's cross-entropy or a broadcast, with a message that named no labels)."""
+    if jnp.shape(labels) != (batch,):
+        raise ValueError(
+            f"`labels` must be [batch] = [{batch}] class indices, got shape {jnp.shape(labels)}"
+            + ("; one-hot labels: `labels.argmax(-1)`." if jnp.ndim(labels) == 2 else ".")
+        )
+    if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        raise TypeError(
+            f"`labels` must be integer class indices, got {jnp.result_type(labels)}; "
+            "`labels.astype(jnp.int32)`."
+        )
+
+
 @struct.dataclass
 class IBModel:
     """Encoder, decoder and ``I(X; Z)`` penalty of one method; pure ``init``/``loss``/``predict``.
@@ -154,7 +169,8 @@ class IBModel:
         encoder minimizes a lower bound, so it can push the scores where the critic is wrong
         and without limit; unclipped, MINE-IB on digits diverged (scores and codes to inf).
       score_estimator / score_hparams: MIGE-IB's marginal score estimator (`mi_jax.score`).
-      train_samples: codes drawn per example in a training step.
+      train_samples: codes drawn per example in a training step (the decoder's cross-entropy
+        averages them; MINE-IB's critic scores the first).
     """
 
     method: str = struct.field(pytree_node=False, default="vib")
@@ -187,8 +203,7 @@ class IBModel:
         # Unknown names and hyperparameters fail here, before anything is traced.
         encoders_lib.get_encoder(self.trunk, latent_dim=2, **dict(self.trunk_hparams))
         critics_lib.get_initializer(self.kernel_init)
-        if self.method == "mine":
-            _ = self.ensemble
+        _ = self.ensemble  # (any method: a misspelt bound or critic is a typo there too)
         if self.method == "mige":
             _ = self.score_fn
 
@@ -262,6 +277,7 @@ class IBModel:
         the training step) is not read (`mi_jax._checks.check_weight`).
         """
         _checks.check_weight(beta, "beta")
+        _check_labels(labels, jnp.shape(images)[0])
         z, mu, sigma = self.sample(params, images, rng, self.train_samples)
         logits = self.decoder.apply(params["decoder"], z)  # [S, B, C]
         ce = jnp.mean(
@@ -291,7 +307,9 @@ class IBModel:
                 critic, bound_states, flat, jax.lax.stop_gradient(z0)
             )
             penalty = value
-            loss = ce + beta * value_enc - value
+            # The value reads CE + beta * I, the objective; the critic's -I term (and its
+            # stop-gradient copy) only steers the critic's gradient.
+            loss = ce + beta * value_enc - value + jax.lax.stop_gradient(value)
         else:  # mige
             penalty = mige_penalty(z.reshape(-1, z.shape[-1]), sigma, self.score_fn)
             loss = ce + beta * penalty

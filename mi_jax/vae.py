@@ -70,7 +70,9 @@ class InfoMaxVAE:
     Attributes:
       image_shape: ``(H, W, C)``.
       latent_dim: ``K`` (>= 1).
-      encoder_hparams: the `GaussianEncoder`'s trunk (an MLP) hyperparameters.
+      encoder_hparams: the `GaussianEncoder`'s trunk (an MLP) hyperparameters; its standard
+        deviation is ``softplus(raw)``, without `IBModel`'s offset (``encoder.apply(
+        params["encoder"], images)`` gives ``(mu, sigma)``).
       decoder_hidden: the decoder MLP's widths.
       bound / bound_hparams / critic / critic_hparams / critic_clip: ``\\hat I(X; Z)`` (any
         registered bound and critic; the critic sees the flattened image and the code).
@@ -94,8 +96,19 @@ class InfoMaxVAE:
         _checks.check_int_sequences(decoder_hidden=self.decoder_hidden)
         _ = self.ensemble  # unknown bound or critic names fail here
 
+    def _check_images(self, images) -> None:
+        """``images`` ``[B, *image_shape]``: the decoder's output has ``image_shape`` (other
+        shapes failed in a broadcast of the likelihood, or with an IndexError)."""
+        if len(self.image_shape) != 3 or jnp.shape(images)[1:] != tuple(self.image_shape):
+            raise ValueError(
+                f"`images` must have shape [batch, *image_shape] with `image_shape` (H, W, C) = "
+                f"{tuple(self.image_shape)}, got {jnp.shape(images)}; set `image_shape` to the "
+                "images' (H, W, C)."
+            )
+
     @property
     def encoder(self) -> GaussianEncoder:
+        # sigma = softplus(raw), no offset (`IBModel`'s default is 5, Alemi et al.'s).
         return GaussianEncoder(self.latent_dim, "mlp", self.encoder_hparams, std_offset=0.0)
 
     @property
@@ -113,6 +126,7 @@ class InfoMaxVAE:
 
     def init(self, rng: PRNGKey, images: Array) -> tuple[PyTree, PyTree]:
         """``(params, bound_states)`` for ``images`` ``[B, H, W, C]`` in ``[0, 1]``."""
+        self._check_images(images)
         enc_key, dec_key, critic_key = jax.random.split(rng, 3)
         enc = self.encoder.init(enc_key, images)
         mu, _ = self.encoder.apply(enc, images)
@@ -128,7 +142,8 @@ class InfoMaxVAE:
         beta: Array,
         gamma: Array,
     ) -> tuple[Array, tuple[dict[str, Array], PyTree]]:
-        """``(loss, (metrics, bound_states))`` per example; ``beta``, ``gamma`` ``[]`` (>= 0).
+        """``(loss, (metrics, bound_states))``, means over the batch; ``beta``, ``gamma`` ``[]``
+        (>= 0); ``images`` ``[B, *image_shape]`` in ``[0, 1]``.
 
         Metrics (nats, means over the batch): ``elbo`` (with weight 1 on the KL: the ELBO, a
         lower bound on ``log p(x)`` for binary images), ``recon`` (``E log p(x | z)``), ``kl``
@@ -140,6 +155,7 @@ class InfoMaxVAE:
         """
         _checks.check_weight(beta, "beta")
         _checks.check_weight(gamma, "gamma")
+        self._check_images(images)
         mu, sigma = self.encoder.apply(params["encoder"], images)
         z = mu + sigma * jax.random.normal(rng, mu.shape, mu.dtype)
         recon = jnp.mean(bernoulli_log_likelihood(self.decoder.apply(params["decoder"], z), images))
@@ -150,7 +166,9 @@ class InfoMaxVAE:
         # with the codes fixed (XLA shares the forward pass).
         (mi_enc,), _ = self.ensemble.apply(jax.lax.stop_gradient(critic), bound_states, flat, z)
         (mi,), states = self.ensemble.apply(critic, bound_states, flat, jax.lax.stop_gradient(z))
-        loss = -recon + beta * kl - gamma * mi_enc - mi
+        # The value reads the objective above; the critic's -mi term (and its stop-gradient
+        # copy) only steers the critic's gradient.
+        loss = -recon + beta * kl - gamma * mi_enc - mi + jax.lax.stop_gradient(mi)
         # InfoNCE on the same critic's scores: a low-variance yardstick (at most log B), where
         # NWJ's estimate of several nats swings by nats between batches.
         scores = self.ensemble.scores(critic, flat, jax.lax.stop_gradient(z))[0]

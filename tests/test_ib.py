@@ -141,7 +141,10 @@ def test_mine_ib_is_a_min_max_game():
     params, states = model.init(jax.random.key(1), x)
     key = jax.random.key(2)
     _, _, g0 = _loss_and_grads(model, params, states, x, y, key, 0.0)
-    _, metrics, g1 = _loss_and_grads(model, params, states, x, y, key, 0.5)
+    loss, metrics, g1 = _loss_and_grads(model, params, states, x, y, key, 0.5)
+    # The value is the objective CE + beta * I (it read CE + (beta - 1) * I: the critic's own
+    # term, which only its gradient needs).
+    np.testing.assert_allclose(loss, metrics["ce"] + 0.5 * metrics["penalty"], rtol=1e-5)
     flat = x.reshape(8, -1)
     ensemble = model.ensemble
 
@@ -207,6 +210,25 @@ def test_bad_input_names_the_argument():
         _model("vibe")
     with pytest.raises(KeyError, match="unknown bound 'mien'"):
         _model("mine", bound="mien")
+    with pytest.raises(KeyError, match="unknown bound 'nwjj'"):  # before: VIB ran with it
+        _model("vib", bound="nwjj")
+    # Labels and image shapes: before, optax's dtype error, a broadcast, an IndexError.
+    model, x = _model("vib"), _images(jax.random.key(0))
+    params, states = model.init(jax.random.key(1), x)
+    labels = jnp.arange(6) % 3
+    for bad, error, match in (
+        (labels.astype(jnp.float32), TypeError, r"`labels` must be integer class indices"),
+        (jax.nn.one_hot(labels, 3), ValueError, r"\[batch\] = \[6\].*labels.argmax\(-1\)"),
+        (labels[:4], ValueError, r"`labels` must be \[batch\] = \[6\] class indices"),
+    ):
+        with pytest.raises(error, match=match):
+            model.loss(params, states, x, bad, jax.random.key(2), 0.1)
+    vae_model = _vae_model()
+    for images in (jnp.zeros((2, 8, 8, 1)), jnp.zeros((2, 4, 4))):
+        with pytest.raises(ValueError, match=r"`images` must have shape \[batch, \*image_shape\]"):
+            vae_model.init(jax.random.key(0), images)
+    with pytest.raises(TypeError, match=r"floats in \[0, 1\], got uint8; `mi_jax.data.to_float"):
+        model.loss(params, states, (x * 255).astype(jnp.uint8), labels, jax.random.key(2), 0.1)
     with pytest.raises(KeyError, match="score estimator"):
         _model("mige", score_estimator="sge")
     with pytest.raises(ValueError, match=r"config.betas.vib"):
@@ -604,7 +626,8 @@ def test_infomax_vae_loss_terms_and_smoke(tmp_path, monkeypatch):
     params, states = model.init(jax.random.key(1), x)
     key = jax.random.key(2)
     loss, (m, _) = jax.jit(model.loss)(params, states, x, key, 2.0, 0.5)
-    np.testing.assert_allclose(loss, -m["recon"] + 2.0 * m["kl"] - 1.5 * m["mi"], rtol=1e-5)
+    # The objective (it read -1.5 mi: the critic's own -mi, which only its gradient needs).
+    np.testing.assert_allclose(loss, -m["recon"] + 2.0 * m["kl"] - 0.5 * m["mi"], rtol=1e-5)
     np.testing.assert_allclose(m["elbo"], m["recon"] - m["kl"], rtol=1e-6)
     # Bernoulli log-likelihood against its definition.
     logits = jax.random.normal(key, x.shape)
