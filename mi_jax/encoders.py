@@ -126,6 +126,7 @@ def _check_images(images, encoder: str, min_size: int = 1, why: str = "") -> Non
             f"`images` must hold floats in [0, 1], got {jnp.result_type(images)}; "
             "`mi_jax.data.to_float(images)` converts integer pixels in [0, 255]."
         ) from None
+    _checks.check_finite_if_concrete(images, "images")  # (traced under jit: free there)
     if shape[1] < min_size or shape[2] < min_size:
         raise ValueError(
             f"{encoder} with {why} needs H, W >= {min_size}, got `images` of shape {shape}."

@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -138,9 +139,10 @@ class Prediction(NamedTuple):
     log_probs_sampled: Array
 
 
-def _check_labels(labels, batch: int) -> None:
+def _check_labels(labels, batch: int, num_classes: int) -> None:
     """``labels`` must be ``[batch]`` integer class indices (a float or one-hot array failed
-    in optax's cross-entropy or a broadcast, with a message that named no labels)."""
+    in optax's cross-entropy or a broadcast, with a message that named no labels), and, where
+    concrete, in ``[0, num_classes)`` (outside it the loss was NaN, the accuracy still read)."""
     if jnp.shape(labels) != (batch,):
         raise ValueError(
             f"`labels` must be [batch] = [{batch}] class indices, got shape {jnp.shape(labels)}"
@@ -151,6 +153,13 @@ def _check_labels(labels, batch: int) -> None:
             f"`labels` must be integer class indices, got {jnp.result_type(labels)}; "
             "`labels.astype(jnp.int32)`."
         )
+    if not isinstance(labels, jax.core.Tracer):
+        values = np.asarray(labels)
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(
+                f"`labels` must lie in [0, {num_classes}) (`num_classes`), got values in "
+                f"[{values.min()}, {values.max()}]."
+            )
 
 
 @struct.dataclass
@@ -277,7 +286,7 @@ class IBModel:
         the training step) is not read (`mi_jax._checks.check_weight`).
         """
         _checks.check_weight(beta, "beta")
-        _check_labels(labels, jnp.shape(images)[0])
+        _check_labels(labels, jnp.shape(images)[0], self.num_classes)
         z, mu, sigma = self.sample(params, images, rng, self.train_samples)
         logits = self.decoder.apply(params["decoder"], z)  # [S, B, C]
         ce = jnp.mean(

@@ -220,6 +220,7 @@ def test_bad_input_names_the_argument():
         (labels.astype(jnp.float32), TypeError, r"`labels` must be integer class indices"),
         (jax.nn.one_hot(labels, 3), ValueError, r"\[batch\] = \[6\].*labels.argmax\(-1\)"),
         (labels[:4], ValueError, r"`labels` must be \[batch\] = \[6\] class indices"),
+        (labels + 1, ValueError, r"`labels` must lie in \[0, 3\) .`num_classes`., got .* \[1, 3\]"),
     ):
         with pytest.raises(error, match=match):
             model.loss(params, states, x, bad, jax.random.key(2), 0.1)
@@ -227,6 +228,8 @@ def test_bad_input_names_the_argument():
     for images in (jnp.zeros((2, 8, 8, 1)), jnp.zeros((2, 4, 4))):
         with pytest.raises(ValueError, match=r"`images` must have shape \[batch, \*image_shape\]"):
             vae_model.init(jax.random.key(0), images)
+    with pytest.raises(ValueError, match=r"`images` contains 1 NaN or infinite values"):
+        model.loss(params, states, x.at[0, 0, 0, 0].set(jnp.nan), labels, jax.random.key(2), 0.1)
     with pytest.raises(TypeError, match=r"floats in \[0, 1\], got uint8; `mi_jax.data.to_float"):
         model.loss(params, states, (x * 255).astype(jnp.uint8), labels, jax.random.key(2), 0.1)
     with pytest.raises(KeyError, match="score estimator"):
