@@ -289,9 +289,17 @@ def _flag_error_message(name: str, argv: list[str], error: Exception) -> str:
 def preset_config(config_arg: str):
     """``get_config(preset)`` of the ``--config path[:preset]`` file ml_collections loaded,
     without the command line's overrides, from the module it loaded (the file runs once: a
-    registration in it is not repeated)."""
-    preset = config_arg.partition(":")[2]
-    return sys.modules[_CONFIG_MODULE].get_config(*([preset] if preset else []))
+    registration in it is not repeated); where that module is not found, from the file run
+    again."""
+    import importlib.util
+
+    path, _, preset = config_arg.partition(":")
+    module = sys.modules.get(_CONFIG_MODULE)
+    if os.path.abspath(getattr(module, "__file__", None) or "") != os.path.abspath(path):
+        spec = importlib.util.spec_from_file_location("_config_preset", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module.get_config(*([preset] if preset else []))
 
 
 def keep_preset_entries(name: str, config, preset, fields) -> None:

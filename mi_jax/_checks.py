@@ -5,6 +5,7 @@ Shape and dtype checks are static, so they also run (for free) under `jax.jit`. 
 `estimate_mi`.
 """
 
+import contextlib
 import difflib
 import inspect
 import math
@@ -269,7 +270,8 @@ def call_factory(kind: str, name: str, factory: Callable[..., Any], *args, **hpa
         return factory(*args, **hparams)
     except Exception as e:
         if not hasattr(e, "component"):  # (the innermost factory's name stands)
-            e.component = f"{kind} {name!r}"
+            with contextlib.suppress(AttributeError):  # (an exception without a __dict__)
+                e.component = f"{kind} {name!r}"
         raise
 
 
