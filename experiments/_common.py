@@ -593,6 +593,14 @@ def _replacing(path: str):
         raise
 
 
+def write_arrays(path: str, **arrays) -> None:
+    """``np.savez_compressed`` atomically (a temp file, then rename, as `write_json`)."""
+    if not writes_files():
+        return
+    with _replacing(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
 def save_figure(fig, path: str, **kwargs) -> None:
     """``fig.savefig`` atomically (a temp file, then rename, as `write_json`): an interrupted
     save leaves the earlier plot whole."""

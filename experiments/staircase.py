@@ -6,8 +6,9 @@ For each task (Gaussian, cubic) and critic (separable, concat), all bounds train
 one compiled program (`mi_jax.training.BoundEnsemble`), one critic per bound through the whole
 staircase, fresh samples every step. The workdir receives `config.json`, `metrics.jsonl`
 (means over `log_every` steps), `results.json` and `results.csv` (per bound and level: mean,
-bias, variance and MSE of the estimates over the last `stats_fraction` of the level), and one
-PNG per task and critic in the style of the paper's Fig. 2.
+bias, variance and MSE of the estimates over the last `stats_fraction` of the level), per task
+and critic every step's estimate (`estimates_TASK_CRITIC.npz`: ``estimates`` ``[seeds, steps,
+bounds]``, ``true_mi`` ``[steps]``, ``bounds``) and a PNG in the style of the paper's Fig. 2.
 """
 
 import functools
@@ -545,6 +546,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 # Results so far are written after every run, so a later failure loses nothing.
                 _common.write_json(os.path.join(workdir, "results.json"), results)
                 _common.write_csv(os.path.join(workdir, "results.csv"), results["statistics"])
+                # Every step's estimate, from which every statistic and plot can be recomputed
+                # (metrics.jsonl holds means over `log_every` steps).
+                _common.write_arrays(
+                    os.path.join(workdir, f"estimates_{task_name}_{critic_name}.npz"),
+                    estimates=out["values"],  # [seeds, steps, bounds]
+                    true_mi=out["true_mi"],  # [steps]
+                    bounds=np.asarray(config.bounds),
+                )
                 plot_staircase(
                     os.path.join(workdir, f"staircase_{task_name}_{critic_name}.png"),
                     out["values"],

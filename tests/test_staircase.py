@@ -66,6 +66,17 @@ def test_train_and_evaluate_writes_everything(tmp_path):
     stats = json.loads((tmp_path / "results.json").read_text())["statistics"]
     assert len(stats) == 4 * len(config.bounds) * 2
     assert len(results["runs"]) == 4 and all(r["steps_per_s"] > 0 for r in results["runs"])
+    # Every step's estimate is kept: the statistics are recomputed from it exactly (before,
+    # only the means over `log_every` steps were in the workdir).
+    saved = np.load(tmp_path / "estimates_cubic_concat.npz")
+    assert saved["estimates"].shape == (1, 40, 3) and saved["true_mi"].shape == (40,)
+    assert list(saved["bounds"]) == list(config.bounds)
+    again = staircase.level_statistics(saved["estimates"], config)
+    want = [r for r in stats if (r["task"], r["critic"]) == ("cubic", "concat")]
+    keys = ("bound", "true_mi", "mean", "bias", "variance", "mse")
+    assert [_common.to_builtin({k: r[k] for k in keys}) for r in again] == [
+        {k: r[k] for k in keys} for r in want
+    ]
 
 
 def test_runs_under_x64(tmp_path):
