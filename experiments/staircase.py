@@ -318,8 +318,16 @@ def random_operands(calls: list[tuple], key: jax.Array) -> list[tuple]:
 
 
 def _task(config, name: str) -> tasks_lib.Task:
-    """Task ``name`` at ``config.dim``, with its hyperparameters from ``config.task_hparams``."""
-    return tasks_lib.get_task(name, dim=config.dim, **dict(config.task_hparams.get(name, {})))
+    """Task ``name`` at ``config.dim``, with its hyperparameters from ``config.task_hparams``
+    (a value its factory refuses is named with the setting)."""
+    hparams = dict(config.task_hparams.get(name, {}))
+    try:
+        return tasks_lib.get_task(name, dim=config.dim, **hparams)
+    except (ValueError, TypeError) as e:
+        if not hparams or type(e) not in (ValueError, TypeError):
+            raise
+        message = f"`config.task_hparams.{name}` {hparams}: {_common.error_message(e)}"
+        raise type(e)(message) from e
 
 
 def _critic_hparams(config, name: str) -> dict:

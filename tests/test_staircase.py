@@ -208,6 +208,11 @@ def test_every_task_bound_and_critic_is_built_before_running(tmp_path):
         (dict(task_hparams={"student_t": {"dof": 3.0}}), TypeError, r"known: \['df'\]"),
         (dict(task_hparams={"student_t": 3.0}), ValueError, "`config.task_hparams.student_t`"),
         (dict(task_hparams={"gaussian": {"dim": 3}}), ValueError, "sets `dim`: every task's"),
+        (  # the factory's own check, named with the setting
+            dict(tasks=("student_t",), task_hparams={"student_t": {"df": -1.0}}),
+            ValueError,
+            r"`config.task_hparams.student_t` \{'df': -1.0\}: task 'student_t': `df` must be",
+        ),
     ]
     for overrides, error, match in cases:
         config = _tiny()
