@@ -76,7 +76,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"{name!r} task at dim {config.dim} carry ({task.max_mi:.4g}; beyond it y equals "
                 "x for some pairs); raise config.dim."
             )
-    for name in config.task_hparams:  # (a task the run does not use as well)
+    for name in set(config.task_hparams) - set(config.tasks):  # (built above if it runs)
         _task(config, name)
     for name, hparams in config.bound_hparams.items():
         bounds_lib.get_bound(name, **dict(hparams))
