@@ -149,9 +149,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
             f"`config.validation_examples` must be >= 0 (0: no split), got "
             f"{config.validation_examples}."
         )
-    # In float32 (the weight average's dtype) a decay that rounds to 1 makes the average NaN.
-    if not 0.0 <= np.float32(config.ema_decay) < 1.0:
-        raise ValueError(f"`config.ema_decay` must lie in [0, 1), got {config.ema_decay}.")
+    training.check_ema_decay(config.ema_decay, "config.ema_decay")
 
 
 def make_eval_fn(

@@ -106,7 +106,8 @@ def log_mean_exp_offdiag(scores: ArrayLike, axis: int | None = None) -> Array:
       ``[]`` if ``axis`` is None, else ``[batch]``; float32 at least.
     """
     _checks.check_scores(scores)
-    if axis not in (None, 0, 1):  # a tuple (0, 1) would divide by batch - 1
+    # (A tuple (0, 1) would divide by batch - 1; 0.0 passed `in` and failed in XLA; True read 1.)
+    if not (axis is None or (_checks.is_int(axis) and axis in (0, 1))):
         raise ValueError(f"`axis` must be None, 0 or 1, got {axis!r}.")
     scores = _at_least_float32(jnp.asarray(scores))  # float16: counts past 65504 are inf
     batch = scores.shape[0]
@@ -543,6 +544,8 @@ def mine(*, decay: float = 0.99) -> StatefulBound:
 
     def update(scores: ArrayLike, state: MineState) -> tuple[Array, MineState]:
         scores = _checked_scores(scores)
+        if not isinstance(state, MineState):  # ("'tuple' object has no attribute 'log_ema'")
+            raise TypeError(f"`state` must be the MineState of `init()`, got {state!r:.80}.")
         log_marginal = log_mean_exp_offdiag(scores)  # log of the batch mean of e^f
         batch_log_mean = jax.lax.stop_gradient(log_marginal)
         if decay == 0.0:

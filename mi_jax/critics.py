@@ -21,6 +21,7 @@ published staircase code used; `get_initializer`).
 """
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -405,21 +406,21 @@ class BaselineMLP(nn.Module):
 def soft_clip(scores: Array, clip: float | None) -> Array:
     """``c tanh(s / c)`` (AMDIM, Bachman et al. 2019): identity near 0, bounded by ``c``.
 
-    ``None`` or 0: no clipping. Keeps critic scores finite where a bound's optimum is not (the
-    log density ratio between disjoint inputs), or where an adversary (an encoder minimizing
-    the bound) can push them without limit.
+    ``None``, 0 or ``inf`` (the limit ``c -> inf``): no clipping. Keeps critic scores finite
+    where a bound's optimum is not (the log density ratio between disjoint inputs), or where an
+    adversary (an encoder minimizing the bound) can push them without limit.
     """
     check_clip(clip)
-    if not clip:
+    if not clip or math.isinf(clip):  # inf tanh(s / inf) would read inf * 0 = NaN
         return scores
     return clip * jnp.tanh(scores / clip)
 
 
 def check_clip(clip: float | None, name: str = "clip") -> None:
-    """`soft_clip`'s ``c``: positive, or None / 0 for none (``c tanh(s / c)`` is even in ``c``:
-    a negative one would clip at ``|c|`` silently)."""
-    if clip is not None and not clip >= 0:
-        raise ValueError(f"`{name}` must be positive (None or 0: off), got {clip}.")
+    """`soft_clip`'s ``c``: a positive number, or None / 0 / ``inf`` for none (``c tanh(s / c)``
+    is even in ``c``: a negative one would clip at ``|c|`` silently)."""
+    if clip is not None and not (_checks.is_real(clip) and clip >= 0):  # NaN fails >= 0 too
+        raise ValueError(f"`{name}` must be a positive number (None, 0 or inf: off), got {clip!r}.")
 
 
 class ClippedCritic(nn.Module):

@@ -571,8 +571,9 @@ def random_grayscale(key: PRNGKey, image: ArrayLike, *, p: float) -> Array:
     """Replaces a 3-channel ``image`` ``[H, W, 3]`` by its BT.601 luma (repeated on the three
     channels) with probability ``p``; a 1-channel image is returned unchanged."""
     image = _check_image(image)
-    if not 0.0 <= p <= 1.0:
+    if not (_checks.is_real(p) and 0.0 <= p <= 1.0):
         raise ValueError(f"`p` must be a probability in [0, 1], got {p!r}.")
+    _check_channels(image)
     if image.shape[-1] == 1 or p == 0:
         return image
     gray = jnp.broadcast_to(_grayscale(image), image.shape)
@@ -599,6 +600,17 @@ def random_flip(key: PRNGKey, image: ArrayLike) -> Array:
 
 # ITU-R BT.601 luma weights, as in torchvision's and TensorFlow's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
+
+
+def _check_channels(image: Array) -> None:
+    if image.shape[-1] not in (1, 3):
+        raise ValueError(f"`image` must have 1 or 3 channels, got shape {image.shape}.")
+
+
+def _check_strength(value, name: str) -> None:
+    """A jitter strength: finite and ``>= 0`` (``inf`` drew factors of inf: a white image)."""
+    if not (_checks.is_real(value) and 0 <= value < np.inf):
+        raise ValueError(f"`{name}` must be finite and >= 0, got {value!r}.")
 
 
 def _grayscale(image: Array) -> Array:
@@ -643,10 +655,8 @@ def color_jitter(
     image = _check_image(image)
     strengths = {"brightness": brightness, "contrast": contrast, "saturation": saturation}
     for arg, value in strengths.items():
-        if not value >= 0:
-            raise ValueError(f"`{arg}` must be >= 0, got {value!r}.")
-    if image.shape[-1] not in (1, 3):
-        raise ValueError(f"`image` must have 1 or 3 channels, got shape {image.shape}.")
+        _check_strength(value, arg)
+    _check_channels(image)
     k_brightness, k_contrast, k_saturation = jax.random.split(key, 3)
     if brightness > 0:
         image = jnp.clip(_factor(k_brightness, brightness) * image, 0.0, 1.0)
@@ -677,9 +687,8 @@ def check_augment(settings: dict, prefix: str = "") -> None:
     known = dict(AUGMENT_SETTINGS)
     unknown = sorted(set(settings) - set(known))
     if unknown:
-        raise ValueError(
-            f"unknown augmentation settings {unknown} ({prefix}); known: {list(known)}."
-        )
+        where = f" ({prefix})" if prefix else ""
+        raise ValueError(f"unknown augmentation settings {unknown}{where}; known: {list(known)}.")
     settings = {**known, **settings}
     padding = settings["crop_padding"]
     if not (_checks.is_int(padding) and padding >= 0):
@@ -687,9 +696,7 @@ def check_augment(settings: dict, prefix: str = "") -> None:
     if not isinstance(settings["flip"], bool | np.bool_):
         raise ValueError(f"`{prefix}flip` must be True or False, got {settings['flip']!r}.")
     for name in ("brightness", "contrast", "saturation"):
-        value = settings[name]
-        if not (_checks.is_real(value) and 0 <= value < np.inf):
-            raise ValueError(f"`{prefix}{name}` must be finite and >= 0, got {value!r}.")
+        _check_strength(settings[name], prefix + name)
 
 
 def augment_image(
@@ -710,6 +717,15 @@ def augment_image(
     Returns:
       ``[H, W, C]`` the augmented image.
     """
+    check_augment(
+        dict(
+            crop_padding=crop_padding,
+            flip=flip,
+            brightness=brightness,
+            contrast=contrast,
+            saturation=saturation,
+        )
+    )  # ("False" for flip flipped; inf a strength whitened the image)
     image = _check_image(image)
     k_crop, k_flip, k_color = jax.random.split(key, 3)
     if crop_padding:

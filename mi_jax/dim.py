@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from mi_jax import _checks
@@ -247,6 +248,23 @@ def mige_local_surrogate(
       locations: ``[k]`` int location indices.
       score_fn: the score estimator.
     """
+    if len(jnp.shape(local)) != 3 or len(jnp.shape(global_)) != 2:
+        raise ValueError(
+            f"`local` must be [B, L, C] and `global_` [B, D], got shapes {jnp.shape(local)} and "
+            f"{jnp.shape(global_)}."
+        )
+    num = jnp.shape(local)[1]
+    if len(jnp.shape(locations)) != 1 or not jnp.issubdtype(
+        jnp.result_type(locations), jnp.integer
+    ):
+        raise ValueError(
+            f"`locations` must be [k] integer indices, got {jnp.result_type(locations)} of shape "
+            f"{jnp.shape(locations)}."
+        )
+    if not isinstance(locations, jax.core.Tracer) and not np.all(
+        (np.asarray(locations) >= 0) & (np.asarray(locations) < num)
+    ):  # indexing clamps: location 7 of 3 read location 2, silently
+        raise ValueError(f"`locations` must lie in [0, {num}), got {np.asarray(locations)}.")
 
     # lax.map, not vmap: batched Cholesky/eigh under vmap hung on XLA:CPU (see mi_jax.mige).
     def one(loc):

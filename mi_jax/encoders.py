@@ -117,6 +117,15 @@ def _check_images(images, encoder: str, min_size: int = 1, why: str = "") -> Non
             f"`images` must have shape [batch, height, width, channels], got an array of rank "
             f"{len(shape)} with shape {shape}; add a trailing channel axis for grayscale images."
         )
+    check_unit_images(images)
+    if shape[1] < min_size or shape[2] < min_size:
+        raise ValueError(
+            f"{encoder} with {why} needs H, W >= {min_size}, got `images` of shape {shape}."
+        )
+
+
+def check_unit_images(images) -> None:
+    """``images`` hold floats (finite where concrete; free under jit), pixels in ``[0, 1]``."""
     try:
         _checks.check_float(images, "images")
     except TypeError:
@@ -126,11 +135,7 @@ def _check_images(images, encoder: str, min_size: int = 1, why: str = "") -> Non
             f"`images` must hold floats in [0, 1], got {jnp.result_type(images)}; "
             "`mi_jax.data.to_float(images)` converts integer pixels in [0, 255]."
         ) from None
-    _checks.check_finite_if_concrete(images, "images")  # (traced under jit: free there)
-    if shape[1] < min_size or shape[2] < min_size:
-        raise ValueError(
-            f"{encoder} with {why} needs H, W >= {min_size}, got `images` of shape {shape}."
-        )
+    _checks.check_finite_if_concrete(images, "images")
 
 
 def _tuple(x: int | Sequence[int]) -> tuple[int, ...]:

@@ -55,9 +55,9 @@ def split_halves(images: ArrayLike) -> tuple[Array, Array]:
 
 
 def add_noise(key: PRNGKey, views: Array, std: float) -> Array:
-    """``views + std * N(0, 1)`` (``std = 0``: unchanged)."""
-    if std < 0:
-        raise ValueError(f"`noise_std` must be >= 0, got {std}.")
+    """``views + std * N(0, 1)`` (``std = 0``: unchanged; ``config.noise_std`` in the study)."""
+    if not (_checks.is_real(std) and 0 <= std < float("inf")):
+        raise ValueError(f"`std` must be finite and >= 0, got {std!r}.")
     if std == 0:
         return views
     return views + std * jax.random.normal(key, views.shape, views.dtype)

@@ -58,6 +58,11 @@ def _resolve(score_fn: ScoreFn | str | None) -> ScoreFn:
         return score_lib.get_score_estimator("ssge")
     if isinstance(score_fn, str):
         return score_lib.get_score_estimator(score_fn)
+    if not callable(score_fn):
+        raise TypeError(
+            "`score_fn` must be a function samples -> scores, a registered estimator name "
+            f"({', '.join(score_lib.available_score_estimators())}) or None, got {score_fn!r}."
+        )
     return score_fn
 
 

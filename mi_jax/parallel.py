@@ -32,6 +32,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mi_jax import _checks
+
 DATA_AXIS = "data"
 
 
@@ -82,6 +84,7 @@ def data_mesh_for(batch_size: int, devices=None) -> Mesh:
     With several processes every device stays (each process must hold a share of the batch);
     `check_batch_size` then names a batch that does not split.
     """
+    _checks.check_ints(batch_size=batch_size)
     devices = jax.devices() if devices is None else list(devices)
     if jax.process_count() == 1:
         n = max(k for k in range(1, len(devices) + 1) if batch_size % k == 0)

@@ -138,9 +138,14 @@ def check_hparams(*, prefix: str = "", **hparams) -> None:
     ``>= 1``, ``l2`` and ``weight_decay >= 0``, ``tol`` and ``learning_rate > 0``, all finite);
     ``prefix`` goes before the name (``"config.probe."``)."""
     integers = ("max_iter", "hidden", "epochs", "batch_size")
+    known = (*integers, "l2", "weight_decay", "tol", "learning_rate")
+    if unknown := sorted(set(hparams) - set(known)):
+        raise ValueError(f"unknown probe hyperparameters {unknown}; known: {list(known)}.")
     for name, value in hparams.items():
         if name in integers:
             ok = _checks.is_int(value) and value >= 1
+        elif not _checks.is_real(value):  # "0.1" failed in the comparison, naming nothing
+            ok = False
         else:
             low_ok = value >= 0 if name in ("l2", "weight_decay") else value > 0
             ok = low_ok and value < np.inf
@@ -183,6 +188,11 @@ def fit_probe(
     """
     if not _checks.is_known(kind, PROBES):
         raise _checks.unknown_name_error("probe", kind, PROBES)
+    if num_classes is not None:
+        _checks.check_ints("fit_probe", num_classes=num_classes)
+    for name, x in (("train_features", train_features), ("test_features", test_features)):
+        if np.iscomplexobj(x):  # the float32 cast drops the imaginary part with a warning only
+            raise TypeError(f"`{name}` must be real, got {np.result_type(x)}.")
     if min(len(train_features), len(test_features)) == 0:
         raise ValueError(
             f"empty split: {len(train_features)} training and {len(test_features)} test examples."
@@ -279,6 +289,9 @@ def extract_features(
     the outputs on the host. With a ``mesh`` (`mi_jax.parallel.data_mesh`; ``params``
     replicated on it) each chunk is split over the devices (its size rounded up to a multiple
     of their count) and the outputs are gathered."""
+    _checks.check_ints("extract_features", batch_size=batch_size)
+    if len(np.shape(images)) < 1 or np.shape(images)[0] < 1:
+        raise ValueError(f"`images` must be a non-empty batch [N, ...], got {np.shape(images)}.")
     n = images.shape[0]
     size = min(batch_size, n)
     if mesh is None:
@@ -294,5 +307,10 @@ def extract_features(
         if pad:
             part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
         outs = jitted(params, put(part))
+        if not isinstance(outs, tuple | list):  # an array is iterated row by row, silently
+            raise TypeError(
+                "`apply_fn` must return a tuple of arrays [b, ...] (e.g. `(features,)`), got "
+                f"{type(outs).__name__}."
+            )
         chunks.append(tuple(np.asarray(o)[: size - pad] for o in outs))
     return tuple(np.concatenate(parts) for parts in zip(*chunks, strict=True))

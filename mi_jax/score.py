@@ -75,8 +75,25 @@ def _centered(samples: Array, *others: Array) -> tuple[Array, ...]:
 
 def squared_distances(x: ArrayLike, y: ArrayLike) -> Array:
     """``[n, m]`` squared Euclidean distances between the rows of ``x`` ``[n, d]`` and ``y``
-    ``[m, d]`` (clipped at 0 against cancellation)."""
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    ``[m, d]`` (floats; clipped at 0 against cancellation)."""
+    _check_rows(x, y)
+    return _squared_distances(jnp.asarray(x), jnp.asarray(y))
+
+
+def _check_rows(x, y) -> None:
+    """Static checks of a kernel's two arguments: float ``[n, d]``, ``[m, d]`` (integers would
+    overflow in ``|x|^2``: 50000^2 wraps in int32)."""
+    for name, value in (("x", x), ("y", y)):
+        _checks.check_float(value, name)
+        if len(jnp.shape(value)) != 2:
+            raise ValueError(f"`{name}` must have shape [rows, dim], got {jnp.shape(value)}.")
+    if jnp.shape(x)[1] != jnp.shape(y)[1]:
+        raise ValueError(
+            f"`x` and `y` must have the same dim, got shapes {jnp.shape(x)} and {jnp.shape(y)}."
+        )
+
+
+def _squared_distances(x: Array, y: Array) -> Array:
     d2 = (
         jnp.sum(x * x, axis=-1)[:, None]
         + jnp.sum(y * y, axis=-1)[None, :]
@@ -103,7 +120,7 @@ def median_bandwidth(samples: ArrayLike, *, scale: float = 1.0) -> Array:
     (samples,) = _centered(_check_samples(samples))
     n = samples.shape[0]
     rows, cols = jnp.triu_indices(n, k=1)
-    pairs = squared_distances(samples, samples)[rows, cols]  # [n (n - 1) / 2]
+    pairs = _squared_distances(samples, samples)[rows, cols]  # [n (n - 1) / 2]
     distinct = pairs > 0
     rank = (jnp.sum(distinct) + 1) // 2  # the lower median is the rank-th smallest
 
@@ -123,8 +140,17 @@ def median_bandwidth(samples: ArrayLike, *, scale: float = 1.0) -> Array:
 
 
 def rbf_kernel(x: ArrayLike, y: ArrayLike, bandwidth: ArrayLike) -> Array:
-    """``[n, m]`` RBF kernel ``exp(-|x_i - y_j|^2 / (2 bandwidth^2))``."""
-    return jnp.exp(-squared_distances(x, y) / (2.0 * jnp.square(bandwidth)))
+    """``[n, m]`` RBF kernel ``exp(-|x_i - y_j|^2 / (2 bandwidth^2))`` of float ``x`` ``[n, d]``,
+    ``y`` ``[m, d]``; ``bandwidth`` positive (checked where concrete)."""
+    _check_rows(x, y)
+    if bandwidth is None:  # the estimators' "median heuristic" default is theirs, not the kernel's
+        raise ValueError("`bandwidth` must be a positive finite scalar, got None.")
+    _check_bandwidth(bandwidth)
+    return _rbf_kernel(jnp.asarray(x), jnp.asarray(y), bandwidth)
+
+
+def _rbf_kernel(x: Array, y: Array, bandwidth) -> Array:
+    return jnp.exp(-_squared_distances(x, y) / (2.0 * jnp.square(bandwidth)))
 
 
 def _kernel_stats(samples: Array, bandwidth) -> tuple[Array, Array, Array]:
@@ -135,7 +161,7 @@ def _kernel_stats(samples: Array, bandwidth) -> tuple[Array, Array, Array]:
     sigma = (
         median_bandwidth(samples) if bandwidth is None else jnp.asarray(bandwidth, samples.dtype)
     )
-    gram = rbf_kernel(samples, samples, sigma)
+    gram = _rbf_kernel(samples, samples, sigma)
     # sum_m K_mn x_m - (sum_m K_mn) x_n, as two matmuls (no [M, M, d] tensor).
     hi = jax.lax.Precision.HIGHEST
     d = jnp.matmul(gram, samples, precision=hi) - jnp.sum(gram, axis=1, keepdims=True) * samples
@@ -159,7 +185,9 @@ def _check_bandwidth(bandwidth) -> None:
 
 
 def _check_stein_hparams(*, eta=0.1, bandwidth=None) -> None:
-    if not _is_positive_finite_scalar(eta):
+    """A traced ``eta`` (a swept ridge, under jit or vmap) is taken as it is, like a traced
+    ``bandwidth``."""
+    if not isinstance(eta, jax.core.Tracer) and not _is_positive_finite_scalar(eta):
         raise ValueError(
             f"`eta` must be a positive finite scalar (it makes K + eta I invertible), got {eta!r}."
         )
@@ -276,7 +304,7 @@ def ssge_score(
     coef = jnp.matmul(
         eigvecs * inv_sq[None, :], jnp.matmul(eigvecs.T, d, precision=hi), precision=hi
     )
-    k_points = gram if at_samples else rbf_kernel(points, samples, sigma)
+    k_points = gram if at_samples else _rbf_kernel(points, samples, sigma)
     return jnp.matmul(k_points, coef, precision=hi) / jnp.square(sigma)
 
 

@@ -56,9 +56,11 @@ def _is_numeric(dtype) -> bool:
 
 
 def _check_dim(dim) -> None:
-    """A width given as a Python or numpy integer is checked; a JAX array (traced under jit or
-    vmap, or concrete) is taken as it is."""
-    if not isinstance(dim, jax.Array):
+    """A width given as a Python or numpy integer, or a concrete JAX array of them, is checked
+    (an integer >= 1); traced under jit or vmap, it is taken as it is."""
+    if isinstance(dim, jax.Array):
+        _check_values(dim, "dim", lambda a: (a >= 1) & (a == np.round(a)), "an integer >= 1")
+    else:
         _checks.check_ints(dim=dim)
 
 
@@ -138,6 +140,7 @@ def gaussian_log_ratio(x: ArrayLike, y: ArrayLike, mi: ArrayLike) -> Array:
         raise ValueError(
             f"`x` and `y` must both have shape [batch, dim], got {x.shape} and {y.shape}."
         )
+    _check_scalar_mi(mi)
     _check_nats(mi, finite=True)  # inf: a zero noise, NaN scores
     dim = x.shape[-1]
     rho, noise = _rho(mi, dim), _noise(mi, dim)
@@ -197,10 +200,21 @@ def _most_mi(min_mi: float, dim: int) -> float:
     return min_mi + dim * max_mi_per_dim()
 
 
+def _check_scalar_mi(mi: ArrayLike) -> None:
+    """One MI (static: traced ones too); a ``[dim]`` vector broadcast per coordinate, reading
+    its mean as the pair's MI, silently."""
+    if np.ndim(mi) != 0:
+        raise ValueError(
+            f"`mi` must be one number of nats (the pair's total MI), got shape {np.shape(mi)}; "
+            "vmap over the MIs for several pairs."
+        )
+
+
 def _check_mi(mi: ArrayLike, min_mi: float, dim: int) -> None:
     """A concrete ``mi`` below the family's least MI, infinite or NaN, or above what the
     samples of width ``dim`` carry (``min_mi + dim * max_mi_per_dim()``) is an error; traced:
-    unchecked."""
+    unchecked. An array of MIs is refused whatever its values (a sampler draws one pair)."""
+    _check_scalar_mi(mi)
     least = f"a finite number of nats, at least {min_mi:.6g} (this task's least MI)"
     _check_values(mi, "mi", lambda a: np.isfinite(a) & (a >= min_mi), least)  # inf gave y = x
     if isinstance(mi, jax.core.Tracer):
@@ -404,8 +418,10 @@ def staircase_mi(
       float32 MI of ``step``'s shape.
     """
     _checks.check_ints(steps_per_level=steps_per_level)
-    if not (len(levels) and all(_checks.is_real(v) and 0 <= v < np.inf for v in levels)):
+    finite = (_checks.is_real(v) and 0 <= v < np.inf for v in np.ravel(levels))
+    if not (np.ndim(levels) == 1 and len(levels) and all(finite)):
         raise ValueError(f"`levels` must be finite MI values >= 0 (nats), got {levels!r}.")
+    _checks._check_not_a_list(step, "step")
     if not jnp.issubdtype(jnp.result_type(step), jnp.integer):
         raise TypeError(f"`step` must be an integer (array), got dtype {jnp.result_type(step)}.")
     if not isinstance(step, jax.core.Tracer) and np.any(np.asarray(step) < 0):

@@ -12,7 +12,7 @@ bound trains exactly as it would alone. Several seeds are one more `jax.vmap` on
 
 import functools
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -23,10 +23,10 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+from mi_jax import _checks, parallel
 from mi_jax import bounds as bounds_lib
 from mi_jax import critics as critics_lib
 from mi_jax import data as data_lib
-from mi_jax import parallel
 from mi_jax.types import Array, PRNGKey, PyTree
 
 
@@ -282,12 +282,24 @@ def make_ensemble(
     first only). ``clip``
     soft-clips the critic's scores (`mi_jax.critics.soft_clip`; ``None`` or 0: off).
     """
+    if isinstance(bound_specs, str):  # iterated, "nwj" read as the bounds 'n', 'w', 'j'
+        raise TypeError(
+            f"`bound_specs` must be a sequence of bound names or (name, hparams) pairs, got the "
+            f"string {bound_specs!r}; write [{bound_specs!r}]."
+        )
+    _checks.check_int_sequences("make_ensemble", aux_hidden=aux_hidden)
+    critics_lib.check_clip(clip)
     bounds = []
     for spec in bound_specs:
+        if not (isinstance(spec, str) or _is_named_hparams(spec)):
+            raise TypeError(
+                "each of `bound_specs` must be a bound name or a (name, hparams dict) pair, "
+                f"got {spec!r}."
+            )
         name, hparams = (spec, {}) if isinstance(spec, str) else spec
         bounds.append(bounds_lib.get_bound(name, **dict(hparams)))
     if not bounds:
-        raise ValueError("`bounds` is empty: name at least one bound.")
+        raise ValueError("`bound_specs` is empty: name at least one bound.")
     module = critics_lib.get_critic(critic, **dict(critic_hparams or {}))
     compute_dtype = getattr(module, "compute_dtype", None)
     kernel_init = getattr(module, "kernel_init", "lecun_normal")
@@ -296,10 +308,20 @@ def make_ensemble(
     return BoundEnsemble(tuple(bounds), module, tuple(aux_hidden), compute_dtype, kernel_init)
 
 
+def _is_named_hparams(spec) -> bool:
+    return (
+        isinstance(spec, Sequence)
+        and len(spec) == 2
+        and isinstance(spec[0], str)
+        and (isinstance(spec[1], Mapping) or hasattr(spec[1], "items"))  # a ConfigDict too
+    )
+
+
 def check_ensemble(ensemble: BoundEnsemble, dim_x: int, dim_y: int) -> None:
     """Traces ``ensemble.init`` on a batch of two (no compilation): a bad width or
     hyperparameter of the critic or of the extra networks fails here, named by its module,
     before a run has written anything (the critics check them when first applied)."""
+    _checks.check_ints("check_ensemble", dim_x=dim_x, dim_y=dim_y)
     x, y = (
         jax.ShapeDtypeStruct((2, dim_x), jnp.float32),
         jax.ShapeDtypeStruct((2, dim_y), jnp.float32),
@@ -360,6 +382,7 @@ class SweepState(TrainState):
 def create_sweep_state(params, bound_states, tx, num_settings: int) -> SweepState:
     """``num_settings`` copies of one fresh state: every setting starts from the same
     initialization, so differences come from the settings alone."""
+    _checks.check_ints("create_sweep_state", num_settings=num_settings)
     one = SweepState.create(
         apply_fn=None,
         params=params,
@@ -370,11 +393,19 @@ def create_sweep_state(params, bound_states, tx, num_settings: int) -> SweepStat
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (num_settings, *jnp.shape(a))), one)
 
 
+def check_ema_decay(ema_decay, name: str = "ema_decay") -> None:
+    """A weight average's decay: a real number in ``[0, 1)`` in float32, where it is applied (1
+    would divide by ``1 - 1^t = 0``; 0.99999999 rounds to 1)."""
+    if not (_checks.is_real(ema_decay) and 0.0 <= np.float32(ema_decay) < 1.0):
+        raise ValueError(f"`{name}` must lie in [0, 1) (in float32), got {ema_decay!r}.")
+
+
 @functools.partial(jax.jit, static_argnames="ema_decay")
 def averaged_params(state: SweepState, ema_decay: float) -> PyTree:
     """The debiased moving average ``ema / (1 - d^t)`` per setting (``d = 0``: the parameters;
     before the first step, ``t = 0``, the parameters too, where the ratio was 0 / 0); one
     program (eagerly, a small one was compiled per parameter array)."""
+    check_ema_decay(ema_decay)
     if ema_decay == 0.0:
         return state.params
     trained = state.step > 0  # [settings] or [K, S]
@@ -415,6 +446,10 @@ def make_sweep_chunk(
     seed its own batches) and metrics come back ``[n, K, S]``; the seed axis is one more
     `jax.vmap` (``sequential``: one more `jax.lax.map`).
     """
+    check_ema_decay(ema_decay)
+    _checks.check_bools("make_sweep_chunk", sequential=sequential)
+    if num_seeds is not None:
+        _checks.check_ints("make_sweep_chunk", num_seeds=num_seeds)
 
     def one(state, x, y, key, setting):
         (_, (metrics, bound_states)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

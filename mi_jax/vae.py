@@ -36,6 +36,7 @@ from flax import struct
 from mi_jax import _checks, training
 from mi_jax import bounds as bounds_lib
 from mi_jax import critics as critics_lib
+from mi_jax import encoders as encoders_lib
 from mi_jax.ib import GaussianEncoder, gaussian_kl
 from mi_jax.types import Array, PRNGKey, PyTree
 
@@ -58,7 +59,15 @@ class BernoulliDecoder(nn.Module):
 
 
 def bernoulli_log_likelihood(logits: Array, images: Array) -> Array:
-    """``sum_pixels log p(x | z)`` per image ``[B]``; ``logits``, ``images`` ``[B, H, W, C]``."""
+    """``sum_pixels log p(x | z)`` per image ``[B]``; ``logits``, ``images`` ``[B, H, W, C]``
+    (``images`` floats in ``[0, 1]``)."""
+    if jnp.shape(logits) != jnp.shape(images) or len(jnp.shape(images)) < 2:
+        raise ValueError(
+            f"`logits` and `images` must have one shape [batch, ...], got {jnp.shape(logits)} "
+            f"and {jnp.shape(images)}."
+        )
+    _checks.check_float(logits, "logits")
+    encoders_lib.check_unit_images(images)
     per_pixel = -optax.sigmoid_binary_cross_entropy(logits, images)
     return jnp.sum(per_pixel.reshape(per_pixel.shape[0], -1), axis=-1)
 

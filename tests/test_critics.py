@@ -498,5 +498,5 @@ def test_soft_clip_bounds_the_scores_and_rejects_a_negative_clip():
     want = 10.0 * np.tanh(np.asarray(s, np.float64) / 10.0)
     np.testing.assert_allclose(critics.soft_clip(s, 10.0), want, rtol=1e-6)  # float32
     np.testing.assert_array_equal(critics.soft_clip(s, None), s)
-    with pytest.raises(ValueError, match="`clip` must be positive"):
+    with pytest.raises(ValueError, match="`clip` must be a positive number"):
         critics.soft_clip(s, -1.0)

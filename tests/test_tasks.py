@@ -114,7 +114,7 @@ def test_mi_beyond_what_float32_samples_carry_is_an_error():
         assert most == pytest.approx(task.min_mi + 2 * tasks.MAX_MI_PER_DIM)
         task.sample(jax.random.key(0), most, 4)
         with pytest.raises(ValueError, match="more than float32 samples of width 2 carry"):
-            task.sample(jax.random.key(0), np.array([1.0, most + 0.01]), 4)
+            task.sample(jax.random.key(0), np.float32(most + 0.01), 4)
     for mi in ("1", True, None):  # a string passed the check and failed later, inside JAX
         with pytest.raises(ValueError, match="`mi` must be a finite number of nats"):
             tasks.correlated_gaussian(jax.random.key(0), mi, 4, 2)
