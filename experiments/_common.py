@@ -521,17 +521,30 @@ def restore_checkpoint(manager, step: int, state):
     ``num_seeds``) instead of Orbax's shape errors. Nothing in the workdir is touched."""
     import orbax.checkpoint as ocp
 
-    check_checkpoint_fits(manager, step, state)
+    metadata = check_checkpoint_fits(manager, step, state)
     try:
         return manager.restore(step, args=ocp.args.StandardRestore(state))
     except (ValueError, TypeError, KeyError) as e:
-        raise _checkpoint_mismatch(manager, step, f"{type(e).__name__}: {e}") from e
+        detail = f"{type(e).__name__}: {e}"
+        if metadata == "unreadable" and "NOT_FOUND" not in detail:
+            raise _checkpoint_mismatch(manager, step, detail) from e
+        # Its metadata lists this state's arrays, or its files are missing: the checkpoint is
+        # damaged (cut, or partly deleted), not another config's.
+        others = [s for s in manager.all_steps() if s < step]
+        where = os.path.join(str(manager.directory), str(step))
+        raise WorkdirFileError(
+            f"the checkpoint at step {step} ({where}) cannot be read: it is damaged (files "
+            "missing or cut). Remove that folder to resume from "
+            + (f"the checkpoint at step {max(others)}" if others else "the start")
+            + f", or use a fresh --workdir. ({detail[:300]})"
+        ) from e
 
 
-def check_checkpoint_fits(manager, step: int, state) -> None:
+def check_checkpoint_fits(manager, step: int, state) -> str:
     """Refuses (`ValueError`) ``manager``'s checkpoint at ``step`` when its array shapes are not
     ``state``'s (arrays or `jax.ShapeDtypeStruct` leaves: a structure from `jax.eval_shape`
-    serves); reads only the checkpoint's metadata.
+    serves); reads only the checkpoint's metadata. Returns ``"fits"``, or ``"unreadable"``
+    where there was no metadata to read (the restore decides).
 
     The shapes are compared before anything is restored: a restore that Orbax rejects part-way
     leaves its reads in flight, which later fail into a closed event loop (reported as
@@ -546,13 +559,14 @@ def check_checkpoint_fits(manager, step: int, state) -> None:
         metadata = manager.item_metadata(step)
         stored = shapes(getattr(metadata, "tree", metadata))
     except Exception:  # no readable metadata: the restore itself decides
-        return
+        return "unreadable"
     wanted = shapes(state)
     if stored and stored != wanted:
         diff = sorted(set(stored) ^ set(wanted))[:4]
         raise _checkpoint_mismatch(
             manager, step, f"{len(stored)} stored arrays vs {len(wanted)}; shapes differ: {diff}"
         )
+    return "fits" if stored else "unreadable"
 
 
 def _checkpoint_mismatch(manager, step: int, detail: str) -> ValueError:
@@ -610,9 +624,22 @@ def save_figure(fig, path: str, **kwargs) -> None:
         fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or "png", **kwargs)
 
 
+class WorkdirFileError(ValueError):
+    """A file of the workdir that is unreadable or missing where a run needs it (cut, edited or
+    deleted by hand): `run_experiment` prints its message alone, naming the file."""
+
+    bad_setting = True
+
+
 def read_json(path: str):
+    """A JSON file of the workdir; one that does not parse is a `WorkdirFileError` naming it."""
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise WorkdirFileError(
+                f"{path} is not valid JSON ({e}): restore or remove it, or use a fresh --workdir."
+            ) from None
 
 
 def write_config(workdir: str, config) -> None:
@@ -671,8 +698,12 @@ def check_same_run(
             earlier = read_json(path).get("config")
         except (OSError, ValueError, AttributeError):  # none, unreadable, or not a dict
             earlier = None
-        if not isinstance(earlier, Mapping):
-            return
+        if not isinstance(earlier, Mapping):  # (a run resumed unchecked took any config)
+            raise WorkdirFileError(
+                f"{workdir} holds a run (metrics, results or checkpoints) whose config is gone: "
+                "neither config.json nor results.json records it, so this config cannot be "
+                "checked against it. Restore config.json, or use a fresh --workdir."
+            )
     changes = config_changes({**(added or {}), **earlier}, config, may_differ)
     if changes:
         shown = "; ".join(changes[:6]) + (

@@ -306,15 +306,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         validate_config(config)
         mesh = parallel.checked_mesh(mesh)
         _common.check_same_run(workdir, config)  # another config's results stay
+        # A rerun of this config replaces each estimator's rows as it finishes: the earlier
+        # run's stay until then, so an interrupted rerun loses none of them.
+        results_path = os.path.join(workdir, "results.json")
+        earlier = _common.read_json(results_path) if os.path.exists(results_path) else {}
     os.makedirs(workdir, exist_ok=True)
     _common.write_config(workdir, config)
     writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
     rhos = np.linspace(-config.rho_max, config.rho_max, config.num_rhos, dtype=np.float32)
     keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
-    # A rerun of this config replaces each estimator's rows as it finishes: the earlier run's
-    # stay until then, so an interrupted rerun loses none of them.
-    results_path = os.path.join(workdir, "results.json")
-    earlier = _common.read_json(results_path) if os.path.exists(results_path) else {}
     results, curves = (
         {"config": _common.to_builtin(config.to_dict()), "rows": earlier.get("rows", [])},
         {},

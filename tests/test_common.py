@@ -3,6 +3,7 @@
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -86,9 +87,43 @@ def test_check_same_run_reads_the_config_results_json_records_when_config_json_i
     with pytest.raises(ValueError, match=r"learning_rate: 0.001 -> 0.5.*results.json"):
         _common.check_same_run(str(tmp_path), other)
     _common.check_same_run(str(tmp_path), other, may_differ=("learning_rate",))
-    for unreadable in ("{not json", "[1, 2]", '{"config": 3}'):  # no config to compare: allowed
+    # No config to compare with: refused (before: allowed, and a resumed run took any config)
+    for unreadable in ("{not json", "[1, 2]", '{"config": 3}'):
         (tmp_path / "results.json").write_text(unreadable)
+        with pytest.raises(_common.WorkdirFileError, match="whose config is gone"):
+            _common.check_same_run(str(tmp_path), other)
+    os.remove(tmp_path / "results.json")
+    (tmp_path / "checkpoints" / "12").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "12" / "state").write_text("x")
+    with pytest.raises(_common.WorkdirFileError, match="Restore config.json"):
         _common.check_same_run(str(tmp_path), other)
+    (tmp_path / "config.json").write_text('{"bad')  # names the file (before: a bare traceback)
+    with pytest.raises(_common.WorkdirFileError, match=r"config.json is not valid JSON"):
+        _common.check_same_run(str(tmp_path), other)
+
+
+def test_a_damaged_checkpoint_is_named_as_damaged_not_as_another_config(tmp_path):
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+
+    state = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+    manager = _common.checkpoint_manager(str(tmp_path / "checkpoints"), keep=2)
+    for step in (2, 4):
+        manager.save(step, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+    restored = _common.restore_checkpoint(manager, 4, state)
+    assert all((restored[k] == state[k]).all() for k in state)
+    # The arrays' data removed, their metadata kept (the reviewer's `rm -rf 4/default/d`)
+    for root, dirs, _ in os.walk(tmp_path / "checkpoints" / "4"):
+        for d in dirs:
+            if d == "d":
+                shutil.rmtree(os.path.join(root, d))
+    with pytest.raises(_common.WorkdirFileError, match=r"step 4 .* damaged.*step 2"):
+        _common.restore_checkpoint(manager, 4, state)
+    # another config's state is still named as such
+    with pytest.raises(ValueError, match="does not fit this config"):
+        _common.restore_checkpoint(manager, 2, {"w": jnp.zeros((3, 3)), "b": jnp.ones(3)})
+    manager.close()
 
 
 def test_a_run_written_before_a_setting_existed_resumes_with_that_settings_old_value(tmp_path):

@@ -664,6 +664,14 @@ def test_infomax_vae_loss_terms_and_smoke(tmp_path, monkeypatch):
     rerun = vae_experiment.train_and_evaluate(_quick(vae_config, **{"probe.l2": 10.0}), workdir)
     assert rerun["train_s"] == saved["train_s"]
     assert [r["elbo"] for r in rerun["table"][:-1]] == [r["elbo"] for r in saved["table"][:-1]]
+    # results.json gone: the evaluations come back from metrics.jsonl (before: a table of
+    # blank ELBO, KL and MI columns, and an empty history, reported as a success).
+    os.remove(os.path.join(workdir, "results.json"))
+    rebuilt = vae_experiment.train_and_evaluate(_quick(vae_config), workdir)
+    assert [r["elbo"] for r in rebuilt["table"][:-1]] == [r["elbo"] for r in saved["table"][:-1]]
+    assert [{k: v for k, v in r.items() if k != "run"} for r in saved["history"]] == [
+        json.loads(json.dumps(_common.to_builtin(r))) for r in rebuilt["history"]
+    ]
     # A longer rerun stopped before its probes keeps the finished run's table, marked with the
     # training it describes (before: results.json lost it, leaving it only in results.csv).
 
