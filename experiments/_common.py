@@ -263,6 +263,10 @@ def _check_config_path(name: str, argv: list[str]) -> None:
             f"{name}: --config {value!r}: no file {path!r} (relative to {os.getcwd()}); "
             f"pass e.g. --config configs/{name}.py, from the repository's root."
         )
+    if path is not None:  # its imports find the modules beside it, as a script's do
+        folder = os.path.dirname(os.path.abspath(path))
+        if folder not in sys.path:
+            sys.path.append(folder)  # (last: it shadows no installed module)
 
 
 # ml_collections loads the ``--config`` file as this module (`config_flags._ConfigFileParser`:

@@ -146,7 +146,8 @@ def main(argv):
         )
     else:
         print(
-            f"I(X;Y) = {mi.mean():.4f} +- {mi.std():.4f} nats over {len(mi)} seeds "
+            f"I(X;Y) = {mi.mean():.4f} +- {mi.std():.4f} nats = {mi.mean() / np.log(2):.4f} bits "
+            f"over {len(mi)} seeds "
             f"({result.bound}, {result.critic} critic): {np.round(mi, 4).tolist()}"
         )
     if not np.all(result.stopped_early):

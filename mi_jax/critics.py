@@ -98,6 +98,11 @@ def _layers(module: nn.Module) -> Callable[..., nn.Dense]:
 
 
 def check_compute_dtype(compute_dtype: str | None) -> None:
+    if compute_dtype == "float16":  # (a spelling suggestion offered "bfloat16", another type)
+        raise ValueError(
+            "`compute_dtype` float16 is not supported; known: bfloat16 (float32's range, fewer "
+            "mantissa bits), float32."
+        )
     if compute_dtype is not None and compute_dtype not in _COMPUTE_DTYPES:
         raise _checks.unknown_name_error("compute_dtype", compute_dtype, _COMPUTE_DTYPES)
 

@@ -286,7 +286,8 @@ class DIMObjective:
       prior: ``"uniform"`` or ``"gaussian"``.
       critic_hidden / embed_dim: the encode-and-dot critics' sizes.
       critic_clip: soft clipping of the critics' scores (``None``: off).
-      score_estimator / score_hparams: MIGE's score estimator (`mi_jax.score`).
+      score_estimator / score_hparams: MIGE's score estimator (`mi_jax.score`; the default
+        here is Stein's, while ``configs/infomax.py`` and the README's MIGE rows use ``"ssge"``).
       mige_locations: for MIGE's local term, the number of locations drawn per step (at most
         the feature map's: a larger number takes every location).
     """

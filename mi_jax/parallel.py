@@ -64,6 +64,8 @@ def initialize_distributed() -> bool:
 def data_mesh(devices=None) -> Mesh:
     """A one-axis `Mesh` named ``"data"`` over ``devices`` (default: all, of every process)."""
     devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("`devices` is empty: give at least one device (None: all of them).")
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
@@ -117,7 +119,8 @@ def check_mesh(mesh) -> None:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "config.batch_size") -> None:
-    """Raises unless ``batch_size`` splits evenly over the mesh's devices."""
+    """Raises unless ``batch_size`` (an integer >= 1) splits evenly over the mesh's devices."""
+    _checks.check_ints(**{name: batch_size})
     n = mesh.devices.size
     if batch_size % n:
         raise ValueError(

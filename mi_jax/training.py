@@ -248,6 +248,7 @@ def make_scan_trainer(
     (`mi_jax.parallel.data_mesh`; ``state`` replicated on it) each batch is split over the
     devices and the bounds still see all of it (the ``[B, B]`` scores of the global batch).
     """
+    _checks.check_ints("make_scan_trainer", num_steps=num_steps)
     train_step = make_train_step(ensemble, metrics)
 
     def run(state: TrainState, rng: PRNGKey, start_step: Array):

@@ -101,6 +101,9 @@ class InfoMaxVAE:
 
     def __post_init__(self):
         _checks.check_ints(latent_dim=self.latent_dim)
+        if not (isinstance(self.image_shape, tuple | list) and len(self.image_shape) == 3):
+            raise ValueError(f"`image_shape` must be (H, W, C), got {self.image_shape!r}.")
+        _checks.check_ints(image_shape=tuple(self.image_shape))
         critics_lib.check_clip(self.critic_clip, "critic_clip")
         _checks.check_int_sequences(decoder_hidden=self.decoder_hidden)
         _ = self.ensemble  # unknown bound or critic names fail here

@@ -19,7 +19,8 @@
 # is split over them.
 #
 # Data: set `DATA_DIR` to a folder holding the four MNIST IDX `.gz` files (on Colab, upload
-# or download them there first). Left empty, `mi_jax.data` reads a tensorflow-datasets copy
+# or download them there first; by default it is read from the environment variable
+# `MNIST_DIR`). Left empty, `mi_jax.data` reads a tensorflow-datasets copy
 # prepared beforehand (`tfds build mnist --file_format=array_record`, a command that needs
 # TensorFlow installed; nothing is downloaded here), or names what is missing. Or use
 # `DATASET = "digits"` (scikit-learn's 8x8 digits, bundled). `TINY = True` (or

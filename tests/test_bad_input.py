@@ -219,6 +219,30 @@ _BAD_CALLS = {
         ValueError,
         "`brightness`",
     ),
+    # sizes and shapes accepted before, failing later or running nothing
+    "make_scan_trainer of -1 steps": (
+        lambda: training.make_scan_trainer(
+            training.make_ensemble(["nwj"], "separable"), lambda k, s: None, -1
+        ),
+        ValueError,
+        "`num_steps`",
+    ),
+    "check_batch_size of 0": (
+        lambda: parallel.check_batch_size(0, parallel.data_mesh()),
+        ValueError,
+        "`config.batch_size`",
+    ),
+    "data_mesh of no devices": (lambda: parallel.data_mesh([]), ValueError, "`devices`"),
+    "InfoMaxVAE of a 2-d image_shape": (
+        lambda: vae.InfoMaxVAE(image_shape=(8, 8)),
+        ValueError,
+        "`image_shape`",
+    ),
+    "compute_dtype float16": (  # the spelling suggestion was "bfloat16", another type
+        lambda: critics.check_compute_dtype("float16"),
+        ValueError,
+        "float16 is not supported",
+    ),
 }
 
 

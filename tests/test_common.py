@@ -365,13 +365,16 @@ def test_a_config_file_of_ones_own_registers_once_and_a_factorys_error_is_named(
     # Before: the command line ran a config file twice (its preset check, then ml_collections),
     # so one that registered a name failed "already registered"; an error inside a registered
     # factory read as "bad hyperparameters [] for task ..." (or, on the command line, its bare
-    # message).
-    (tmp_path / "my_staircase.py").write_text(
-        "from configs.staircase import get_config\n"
+    # message). The module beside the config file is found, as a script's (before:
+    # ModuleNotFoundError unless it was on PYTHONPATH).
+    (tmp_path / "my_tasks.py").write_text(
         "from mi_jax import tasks\n"
         "def broken(dim):\n"
         "    raise ValueError('broken on purpose')\n"
         "tasks.register_task('broken', broken)\n"
+    )
+    (tmp_path / "my_staircase.py").write_text(
+        "import my_tasks\nfrom configs.staircase import get_config\n"
     )
     out = _command_line(
         "-m",
