@@ -263,10 +263,12 @@ def _check_config_path(name: str, argv: list[str]) -> None:
             f"{name}: --config {value!r}: no file {path!r} (relative to {os.getcwd()}); "
             f"pass e.g. --config configs/{name}.py, from the repository's root."
         )
-    if path is not None:  # its imports find the modules beside it, as a script's do
+    if path is not None:  # its imports find the modules beside it
         folder = os.path.dirname(os.path.abspath(path))
         if folder not in sys.path:
-            sys.path.append(folder)  # (last: it shadows no installed module)
+            # Last, unlike a script's folder: a module there named like an installed one (or
+            # one of the repository's) is not imported; the installed one is.
+            sys.path.append(folder)
 
 
 # ml_collections loads the ``--config`` file as this module (`config_flags._ConfigFileParser`:
@@ -525,15 +527,15 @@ def restore_checkpoint(manager, step: int, state):
     ``num_seeds``) instead of Orbax's shape errors. Nothing in the workdir is touched."""
     import orbax.checkpoint as ocp
 
-    metadata = check_checkpoint_fits(manager, step, state)
+    check_checkpoint_fits(manager, step, state)
     try:
         return manager.restore(step, args=ocp.args.StandardRestore(state))
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
         detail = f"{type(e).__name__}: {e}"
-        if metadata == "unreadable" and "NOT_FOUND" not in detail:
+        # Files of it missing (TensorStore's NOT_FOUND): damaged, cut or partly deleted; else
+        # (other array names or shapes) another config's.
+        if not (isinstance(e, FileNotFoundError) or "NOT_FOUND" in detail):
             raise _checkpoint_mismatch(manager, step, detail) from e
-        # Its metadata lists this state's arrays, or its files are missing: the checkpoint is
-        # damaged (cut, or partly deleted), not another config's.
         others = [s for s in manager.all_steps() if s < step]
         where = os.path.join(str(manager.directory), str(step))
         raise WorkdirFileError(
@@ -544,11 +546,10 @@ def restore_checkpoint(manager, step: int, state):
         ) from e
 
 
-def check_checkpoint_fits(manager, step: int, state) -> str:
+def check_checkpoint_fits(manager, step: int, state) -> None:
     """Refuses (`ValueError`) ``manager``'s checkpoint at ``step`` when its array shapes are not
     ``state``'s (arrays or `jax.ShapeDtypeStruct` leaves: a structure from `jax.eval_shape`
-    serves); reads only the checkpoint's metadata. Returns ``"fits"``, or ``"unreadable"``
-    where there was no metadata to read (the restore decides).
+    serves); reads only the checkpoint's metadata.
 
     The shapes are compared before anything is restored: a restore that Orbax rejects part-way
     leaves its reads in flight, which later fail into a closed event loop (reported as
@@ -563,14 +564,13 @@ def check_checkpoint_fits(manager, step: int, state) -> str:
         metadata = manager.item_metadata(step)
         stored = shapes(getattr(metadata, "tree", metadata))
     except Exception:  # no readable metadata: the restore itself decides
-        return "unreadable"
+        return
     wanted = shapes(state)
     if stored and stored != wanted:
         diff = sorted(set(stored) ^ set(wanted))[:4]
         raise _checkpoint_mismatch(
             manager, step, f"{len(stored)} stored arrays vs {len(wanted)}; shapes differ: {diff}"
         )
-    return "fits" if stored else "unreadable"
 
 
 def _checkpoint_mismatch(manager, step: int, detail: str) -> ValueError:
@@ -642,7 +642,7 @@ def read_json(path: str):
             return json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise WorkdirFileError(
-                f"{path} is not valid JSON ({e}): restore or remove it, or use a fresh --workdir."
+                f"{path} is not valid JSON ({e}): restore it, or use a fresh --workdir."
             ) from None
 
 
@@ -700,14 +700,18 @@ def check_same_run(
         path = written[1]
         try:
             earlier = read_json(path).get("config")
-        except (OSError, ValueError, AttributeError):  # none, unreadable, or not a dict
+        except WorkdirFileError:  # not JSON: named as such
+            raise
+        except (OSError, AttributeError):  # none, or not a dict
             earlier = None
-        if not isinstance(earlier, Mapping):  # (a run resumed unchecked took any config)
-            raise WorkdirFileError(
-                f"{workdir} holds a run (metrics, results or checkpoints) whose config is gone: "
-                "neither config.json nor results.json records it, so this config cannot be "
-                "checked against it. Restore config.json, or use a fresh --workdir."
+        if not isinstance(earlier, Mapping):  # (before: resumed under any config, silently)
+            print(
+                f"warning: {workdir} holds a run whose config is gone (neither config.json nor "
+                "results.json records it): it is continued under this config, checked against "
+                "its checkpoints' array shapes only. Restore config.json to check the settings.",
+                file=sys.stderr,
             )
+            return
     changes = config_changes({**(added or {}), **earlier}, config, may_differ)
     if changes:
         shown = "; ".join(changes[:6]) + (

@@ -243,8 +243,8 @@ def check_checkpoints(config: ml_collections.ConfigDict, dataset: data_lib.Datas
       resume at its end, train nothing and report an earlier evaluation as the final one;
     - one of another model (its array shapes are not this config's train state), in a workdir
       whose ``config.json`` and ``results.json`` are gone (`_common.check_same_run` compares
-      the settings they record): found only when the method's turn came, after ``config.json``
-      had been rewritten with the refused settings.
+      the settings they record, and warns where there are none): found only when the method's
+      turn came, after ``config.json`` had been rewritten with the refused settings.
     """
     steps_per_epoch = dataset.train_images.shape[0] // config.batch_size
     num_steps = config.num_epochs * steps_per_epoch

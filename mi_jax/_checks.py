@@ -20,7 +20,7 @@ import numpy as np
 
 def check_scores(scores, name: str = "scores") -> None:
     """Checks that `scores` is a square float matrix with at least two rows."""
-    _check_not_a_list(scores, name)
+    check_not_a_list(scores, name)
     shape = jnp.shape(scores)
     if len(shape) != 2:
         raise ValueError(
@@ -96,13 +96,27 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _check_not_a_list(x, name: str) -> None:
+def is_number(value) -> bool:
+    """`is_real`, or a concrete 0-d integer or float array (numpy or JAX; not traced, so its
+    value can be compared on the host): a hyperparameter given as ``jnp.asarray(0.1)``."""
+    if is_real(value):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return (
+        dtype is not None
+        and not isinstance(value, jax.core.Tracer)
+        and (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating))
+        and np.ndim(value) == 0
+    )
+
+
+def check_not_a_list(x, name: str) -> None:
     if isinstance(x, list | tuple):  # jnp.result_type: "Cannot determine dtype of [[0.0, ...]]"
         raise TypeError(f"`{name}` must be an array, got a {type(x).__name__}; `jnp.asarray` it.")
 
 
 def check_float(x, name: str) -> None:
-    _check_not_a_list(x, name)
+    check_not_a_list(x, name)
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise TypeError(
             f"`{name}` must have a floating dtype, got {jnp.result_type(x)}; "
@@ -141,7 +155,7 @@ def check_key(key, name: str = "key") -> None:
 
 def check_vector(v, batch: int, name: str) -> None:
     """Checks that `v` is a scalar or a [batch] vector of floats."""
-    _check_not_a_list(v, name)
+    check_not_a_list(v, name)
     shape = jnp.shape(v)
     if shape not in ((), (batch,)):
         raise ValueError(f"`{name}` must be a scalar or have shape [{batch}], got shape {shape}.")

@@ -107,8 +107,10 @@ def log_mean_exp_offdiag(scores: ArrayLike, axis: int | None = None) -> Array:
     """
     _checks.check_scores(scores)
     # (A tuple (0, 1) would divide by batch - 1; 0.0 passed `in` and failed in XLA; True read 1.)
-    if not (axis is None or (_checks.is_int(axis) and axis in (0, 1))):
+    integer = _checks.is_number(axis) and jnp.issubdtype(jnp.result_type(axis), jnp.integer)
+    if not (axis is None or (integer and axis in (0, 1))):
         raise ValueError(f"`axis` must be None, 0 or 1, got {axis!r}.")
+    axis = None if axis is None else int(axis)
     scores = _at_least_float32(jnp.asarray(scores))  # float16: counts past 65504 are inf
     batch = scores.shape[0]
     masked = jnp.where(_offdiag_mask(batch), scores, -jnp.inf)

@@ -98,11 +98,6 @@ def _layers(module: nn.Module) -> Callable[..., nn.Dense]:
 
 
 def check_compute_dtype(compute_dtype: str | None) -> None:
-    if compute_dtype == "float16":  # (a spelling suggestion offered "bfloat16", another type)
-        raise ValueError(
-            "`compute_dtype` float16 is not supported; known: bfloat16 (float32's range, fewer "
-            "mantissa bits), float32."
-        )
     if compute_dtype is not None and compute_dtype not in _COMPUTE_DTYPES:
         raise _checks.unknown_name_error("compute_dtype", compute_dtype, _COMPUTE_DTYPES)
 
@@ -424,7 +419,7 @@ def soft_clip(scores: Array, clip: float | None) -> Array:
 def check_clip(clip: float | None, name: str = "clip") -> None:
     """`soft_clip`'s ``c``: a positive number, or None / 0 / ``inf`` for none (``c tanh(s / c)``
     is even in ``c``: a negative one would clip at ``|c|`` silently)."""
-    if clip is not None and not (_checks.is_real(clip) and clip >= 0):  # NaN fails >= 0 too
+    if clip is not None and not (_checks.is_number(clip) and clip >= 0):  # NaN fails >= 0 too
         raise ValueError(f"`{name}` must be a positive number (None, 0 or inf: off), got {clip!r}.")
 
 

@@ -571,7 +571,7 @@ def random_grayscale(key: PRNGKey, image: ArrayLike, *, p: float) -> Array:
     """Replaces a 3-channel ``image`` ``[H, W, 3]`` by its BT.601 luma (repeated on the three
     channels) with probability ``p``; a 1-channel image is returned unchanged."""
     image = _check_image(image)
-    if not (_checks.is_real(p) and 0.0 <= p <= 1.0):
+    if not (_checks.is_number(p) and 0.0 <= p <= 1.0):
         raise ValueError(f"`p` must be a probability in [0, 1], got {p!r}.")
     _check_channels(image)
     if image.shape[-1] == 1 or p == 0:
@@ -609,7 +609,7 @@ def _check_channels(image: Array) -> None:
 
 def _check_strength(value, name: str) -> None:
     """A jitter strength: finite and ``>= 0`` (``inf`` drew factors of inf: a white image)."""
-    if not (_checks.is_real(value) and 0 <= value < np.inf):
+    if not (_checks.is_number(value) and 0 <= value < np.inf):
         raise ValueError(f"`{name}` must be finite and >= 0, got {value!r}.")
 
 

@@ -125,7 +125,8 @@ def _check_images(images, encoder: str, min_size: int = 1, why: str = "") -> Non
 
 
 def check_unit_images(images) -> None:
-    """``images`` hold floats (finite where concrete; free under jit), pixels in ``[0, 1]``."""
+    """``images`` hold floats (finite where concrete; free under jit). The pixels are meant to
+    lie in ``[0, 1]``; their range is not checked (a host sync where concrete)."""
     try:
         _checks.check_float(images, "images")
     except TypeError:

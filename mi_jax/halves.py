@@ -56,7 +56,7 @@ def split_halves(images: ArrayLike) -> tuple[Array, Array]:
 
 def add_noise(key: PRNGKey, views: Array, std: float) -> Array:
     """``views + std * N(0, 1)`` (``std = 0``: unchanged; ``config.noise_std`` in the study)."""
-    if not (_checks.is_real(std) and 0 <= std < float("inf")):
+    if not (_checks.is_number(std) and 0 <= std < float("inf")):
         raise ValueError(f"`std` must be finite and >= 0, got {std!r}.")
     if std == 0:
         return views

@@ -346,18 +346,6 @@ class IBModel:
         )
 
 
-def _is_number(value) -> bool:
-    """A real number, Python or numpy, or a 0-d array of one; not a bool (or string)."""
-    if _checks.is_real(value):
-        return True
-    dtype = getattr(value, "dtype", None)
-    return (
-        dtype is not None
-        and (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating))
-        and jnp.ndim(value) == 0
-    )
-
-
 def check_betas(betas: Sequence[float], name: str = "betas") -> tuple[float, ...]:
     """Non-empty, numbers (not strings or bools, which `float` would take), finite, ``>= 0``;
     returned as a tuple of floats."""
@@ -367,7 +355,7 @@ def check_betas(betas: Sequence[float], name: str = "betas") -> tuple[float, ...
     if not betas:
         raise ValueError(f"`{name}` is empty: give at least one beta.")
     for b in betas:
-        if not (_is_number(b) and 0 <= float(b) < math.inf):  # NaN fails `0 <=` too
+        if not (_checks.is_number(b) and 0 <= float(b) < math.inf):  # NaN fails `0 <=` too
             raise ValueError(f"`{name}` must hold finite numbers >= 0, got {b!r}.")
     return tuple(float(b) for b in betas)
 

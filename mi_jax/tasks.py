@@ -421,7 +421,7 @@ def staircase_mi(
     finite = (_checks.is_real(v) and 0 <= v < np.inf for v in np.ravel(levels))
     if not (np.ndim(levels) == 1 and len(levels) and all(finite)):
         raise ValueError(f"`levels` must be finite MI values >= 0 (nats), got {levels!r}.")
-    _checks._check_not_a_list(step, "step")
+    _checks.check_not_a_list(step, "step")
     if not jnp.issubdtype(jnp.result_type(step), jnp.integer):
         raise TypeError(f"`step` must be an integer (array), got dtype {jnp.result_type(step)}.")
     if not isinstance(step, jax.core.Tracer) and np.any(np.asarray(step) < 0):

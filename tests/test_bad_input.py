@@ -238,11 +238,6 @@ _BAD_CALLS = {
         ValueError,
         "`image_shape`",
     ),
-    "compute_dtype float16": (  # the spelling suggestion was "bfloat16", another type
-        lambda: critics.check_compute_dtype("float16"),
-        ValueError,
-        "float16 is not supported",
-    ),
 }
 
 
@@ -273,6 +268,12 @@ def test_valid_neighbours_of_the_refused_values_still_pass():
     assert float(tasks.mi_from_rho(0.0, jnp.array(3))) == 0.0
     sample = functools.partial(tasks.correlated_gaussian, _KEY, batch=4, dim=2)
     assert jax.vmap(sample)(jnp.array([1.0, 2.0]))[0].shape == (2, 4, 2)
+    # 0-d arrays as hyperparameters, as plain numbers
+    s = jnp.array([0.5, 30.0])
+    np.testing.assert_array_equal(critics.soft_clip(s, jnp.asarray(5.0)), critics.soft_clip(s, 5))
+    assert bounds.log_mean_exp_offdiag(jnp.eye(3), jnp.asarray(1)).shape == (3,)
+    assert halves.add_noise(_KEY, _Z, jnp.asarray(0.1)).shape == _Z.shape
+    assert data.random_grayscale(_KEY, jnp.ones((2, 2, 3)), p=jnp.asarray(0.5)).shape == (2, 2, 3)
     # the kernel's public form equals the estimators' (a 1-d pair at distance 2: e^-2)
     k = score.rbf_kernel(jnp.array([[0.0]]), jnp.array([[2.0]]), 1.0)
     np.testing.assert_allclose(k, [[np.exp(-2.0)]], rtol=1e-6)

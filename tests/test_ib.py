@@ -685,7 +685,7 @@ def test_infomax_vae_loss_terms_and_smoke(tmp_path, monkeypatch):
     with open(os.path.join(workdir, "results.json")) as f:
         kept = json.load(f)
     assert kept["num_epochs"] == epochs + 1 and kept["table_num_epochs"] == epochs
-    assert kept["table"] == json.loads(json.dumps(_common.to_builtin(rerun["table"])))
+    assert kept["table"] == json.loads(json.dumps(_common.to_builtin(rebuilt["table"])))
 
 
 def test_infomax_vae_on_binarized_images(tmp_path, monkeypatch):
