@@ -126,19 +126,26 @@ def test_verdicts_from_hand_made_runs():
     assert "realnvp/nce" in v["looser_bounds"]["evidence"]
     # encoder spread: bilinear 0.953 vs 0.91 (4.3 pts), concat 0.947 vs 0.85 (9.7); estimator
     # spread: realnvp 6 pts, mlp 0.7 -> encoder 7.0 > estimator 3.3, a gap of 3.67 points.
-    # The other terms cancel: the gap is mlp/concat minus realnvp/bilinear, whose standard
-    # error is sqrt(0.0082^2 / 2 + 0.0047^2 / 2) = 0.67 points (std ddof 0 over 3 seeds).
+    # The other terms cancel: the gap is mlp/concat minus realnvp/bilinear, seed by seed 4, 4
+    # and 3 points (a seed's runs share keys and batches), whose mean has a standard error of
+    # 0.33 points (std ddof 1 over sqrt(3)); taken as independent runs it read 0.67.
     assert v["encoder_matters"]["holds"] is True
-    assert "a gap of 3.67 ± 0.67 points" in v["encoder_matters"]["evidence"]
+    assert "a gap of 3.67 ± 0.33 points" in v["encoder_matters"]["evidence"]
+
     # The same means with seeds ten times as spread: a gap inside 2 standard errors does not
     # show the finding (before: it held on any gap, noise included).
-    noisy = [dict(r, final_accuracy_std=10 * r["final_accuracy_std"] + 0.01) for r in runs]
-    v = halves_experiment.verdicts(noisy)
-    assert v["encoder_matters"]["holds"] is False and "3.67 ±" in v["encoder_matters"]["evidence"]
+    def spread(r, k):
+        accs = np.asarray(r["accuracy"][-1])
+        return dict(r, accuracy=[r["accuracy"][0], list(accs.mean() + k * (accs - accs.mean()))])
+
+    v = halves_experiment.verdicts([spread(r, 10.0) for r in runs])
+    assert (
+        v["encoder_matters"]["holds"] is False and "3.67 ± 3.33" in v["encoder_matters"]["evidence"]
+    )
     one = [dict(r, accuracy=[[a[0]] for a in r["accuracy"]]) for r in runs]  # one seed each
     assert halves_experiment.verdicts(one)["encoder_matters"]["holds"] is None
     # A non-finite spread decides nothing (it read "does not hold", a gap of nan ± nan).
-    broken = [dict(runs[0], final_accuracy_std=float("nan")), *runs[1:]]
+    broken = [dict(runs[0], accuracy=[runs[0]["accuracy"][0], [0.9, np.nan, 0.9]]), *runs[1:]]
     assert halves_experiment.verdicts(broken)["encoder_matters"]["holds"] is None
     flat = [
         dict(r, final_accuracy_mean=r["initial_accuracy_mean"], accuracy_gain_mean=0.0)
