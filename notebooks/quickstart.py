@@ -100,7 +100,7 @@ plt.show()
 # Standardizes, holds out 20 %, trains a critic, early-stops on the held-out training objective
 # (JS for the default SMILE, on the critic recalibrated to the held-out pairs) and reports the
 # held-out SMILE bound there. Expect an error of 5-10 % (README: mean absolute relative error
-# 5.5-10.4 % over the sets of cases A-F at N = 5000), except where many dimensions carry little
+# 5.7-10.4 % over the sets of cases A-F at N = 5000), except where many dimensions carry little
 # MI each: from about 10 dimensions at 1 nat, 20 at 2, 40 at 4 it reads 12-25 % low. The case
 # below, 20 dimensions at 3 nats, is one of them (2.58 nats at N = 5000, -14 %). `seeds=K`
 # trains K critics vmapped in one compiled program.
