@@ -274,7 +274,7 @@ def _estimates(task, dim, mi, n, draws, kwargs, shuffle_y=False) -> list[float]:
         if shuffle_y:
             y = y[np.random.default_rng(draw).permutation(n)]
         with warnings.catch_warnings():  # the tasks' tails (Cauchy, Student-t) are no outliers
-            warnings.filterwarnings("ignore", "`[xy]` has .* held-out values far beyond")
+            warnings.filterwarnings("ignore", "`[xy]` has .* held-out value.s. far beyond")
             estimates.append(estimate_mi(x, y, seed=draw, **kwargs).mi)
     return estimates
 
