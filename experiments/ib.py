@@ -299,8 +299,9 @@ def split_validation(dataset: data_lib.Dataset, count: int, seed: int):
 
 def method_entry(method: str, betas, history: list[dict], **extra) -> dict:
     """A method's results: its history, the last evaluation per beta (``final``) and the
-    evaluation with the lowest validation error per beta (``selected``; without a validation
-    split, the last). With several seeds (rows with a ``seed``) both are chosen per beta and
+    evaluation with the lowest validation error per beta (``selected``; a tie, common on a few
+    hundred validation images, goes to the earliest epoch; without a validation split, the
+    last). With several seeds (rows with a ``seed``) both are chosen per beta and
     seed (kept in ``final_per_seed`` and ``selected_per_seed``) and ``final`` / ``selected``
     hold their mean over seeds, with ``*_std`` and ``num_seeds`` (`_common.mean_over_seeds`)."""
     seeds = list(dict.fromkeys(r.get("seed") for r in history))

@@ -151,9 +151,10 @@ def level_statistics(values: np.ndarray, config) -> list[dict]:
 
     Returns:
       One row per (bound, level): ``mean``, ``bias``, ``variance``, ``mse`` over the last
-      ``stats_fraction`` of the level's steps, pooled over seeds; ``seed_std``: the standard
-      deviation over seeds of each seed's mean in that window (NaN, ``null`` in the JSON, for
-      one seed: not measured).
+      ``stats_fraction`` of the level's steps, pooled over seeds (``variance`` with ddof 0, so
+      ``mse = bias^2 + variance`` exactly); ``seed_std``: the standard deviation (ddof 0) over
+      seeds of each seed's mean in that window (NaN, ``null`` in the JSON, for one seed: not
+      measured).
     """
     rows = []
     spl = config.steps_per_level
