@@ -12,7 +12,7 @@ bound trains exactly as it would alone. Several seeds are one more `jax.vmap` on
 
 import functools
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -281,7 +281,7 @@ def make_ensemble(
     The extra networks (FLO's u, TUBA's baseline) take the critic's ``compute_dtype`` and
     ``kernel_init``; ``aux_hidden`` gives the u network's hidden widths (the baseline uses the
     first only). ``clip``
-    soft-clips the critic's scores (`mi_jax.critics.soft_clip`; ``None`` or 0: off).
+    soft-clips the critic's scores (`mi_jax.critics.soft_clip`; ``None``, 0 or ``inf``: off).
     """
     if isinstance(bound_specs, str):  # iterated, "nwj" read as the bounds 'n', 'w', 'j'
         raise TypeError(
@@ -314,7 +314,7 @@ def _is_named_hparams(spec) -> bool:
         isinstance(spec, Sequence)
         and len(spec) == 2
         and isinstance(spec[0], str)
-        and (isinstance(spec[1], Mapping) or hasattr(spec[1], "items"))  # a ConfigDict too
+        and hasattr(spec[1], "items")  # a Mapping, or a ConfigDict (which is none)
     )
 
 
