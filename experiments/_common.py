@@ -6,7 +6,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -770,6 +770,21 @@ def read_jsonl(path: str) -> list[dict]:
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+def rows_until(path: str, step: int, key: Sequence[str], kind: str | None = None, **match):
+    """The rows of the JSONL file ``path`` at steps up to ``step`` (of ``kind``, with the
+    fields in ``match``), the last written of each ``key`` (a run resumed from an earlier
+    checkpoint wrote some again), in step order, without their ``"run"`` and ``"kind"``: the
+    evaluations a resumed run reads back from ``metrics.jsonl`` when its results.json is gone."""
+    last = {}
+    for row in read_jsonl(path) if os.path.exists(path) else []:
+        if row.get("step", step + 1) > step or (kind is not None and row.get("kind") != kind):
+            continue
+        if all(row.get(k) == v for k, v in match.items()):
+            last[tuple(row.get(k) for k in key)] = row
+    rows = [{k: v for k, v in r.items() if k not in ("run", "kind")} for r in last.values()]
+    return sorted(rows, key=lambda r: r["step"])  # (stable: the order within a step kept)
 
 
 def write_csv(path: str, rows: Iterable[Mapping]) -> None:

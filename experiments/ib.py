@@ -352,6 +352,15 @@ def run_method(
         earlier = on_eval.previous(method)
         history = [r for r in earlier.get("history", []) if r["step"] <= start]
         train_s, clock = _common.train_time_until(earlier, start)
+        if not history:  # results.json gone: the evaluations are in metrics.jsonl too
+            metrics_path = os.path.join(workdir, "metrics.jsonl")
+            key = ("beta", "seed", "step")
+            history = _common.rows_until(metrics_path, start, key, "eval", method=method)
+            print(
+                f"{method}: results.json holds no evaluation up to the checkpoint at step "
+                f"{start}: {len(history)} are read from metrics.jsonl; the training time "
+                "before it is not known (train_s counts this run's)."
+            )
         if start > num_steps:  # refused earlier (`check_checkpoints`); kept as a guard
             raise ValueError(
                 f"{method}: the checkpoint in {manager.directory} is at step {start}, past this "

@@ -268,15 +268,6 @@ def summary(results: dict) -> str:
     return head + _common.format_table(rows, cols)
 
 
-def _history_from_metrics(path: str, step: int) -> list[dict]:
-    """The evaluation rows of ``metrics.jsonl`` up to ``step``, the last written of each
-    (model, seed, step): a rerun from an earlier checkpoint wrote some again."""
-    rows = _common.read_jsonl(path) if os.path.exists(path) else []
-    last = {(r["model"], r.get("seed"), r["step"]): r for r in rows if r["step"] <= step}
-    history = [{k: v for k, v in r.items() if k != "run"} for r in last.values()]
-    return sorted(history, key=lambda r: r["step"])  # (stable: the models' order kept)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:
     """Trains (or resumes) every model; writes everything into ``workdir``; returns results.
 
@@ -355,7 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         train_s, clock = _common.train_time_until(earlier, start)
     elif start:  # results.json gone: the evaluations are in metrics.jsonl too (a table of
         # blanks was written from an empty history); their training time is not
-        history = _history_from_metrics(os.path.join(workdir, "metrics.jsonl"), start)
+        metrics_path = os.path.join(workdir, "metrics.jsonl")
+        history = _common.rows_until(metrics_path, start, ("model", "seed", "step"))
         print(
             f"{results_path} is missing: the evaluations up to step {start} are read from "
             "metrics.jsonl; the training time before it is not known (train_s counts this run's)."

@@ -404,6 +404,23 @@ def test_ib_resumes_an_interrupted_method_from_its_checkpoint(tmp_path):
     assert {n: (tmp_path / n).read_bytes() for n in written} == written
 
 
+def test_a_resume_without_results_json_reads_the_evaluations_back_from_metrics(tmp_path):
+    # Before: the resumed method's history started at the checkpoint, so the validation choice
+    # saw only the later epochs (here epoch 2 picked where the whole run picks epoch 1).
+    full = ib_experiment.train_and_evaluate(
+        _quick(ib_config, methods=("vib",)), str(tmp_path / "a")
+    )["methods"]["vib"]
+    workdir = str(tmp_path / "b")
+    ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",), num_epochs=1), workdir)
+    os.remove(os.path.join(workdir, "results.json"))
+    resumed = ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",)), workdir)
+    resumed = resumed["methods"]["vib"]
+    assert [r["epoch"] for r in resumed["history"]] == [r["epoch"] for r in full["history"]]
+    for ra, rb in zip(full["selected"], resumed["selected"], strict=True):
+        assert ra["epoch"] == rb["epoch"]
+        np.testing.assert_allclose(ra["error_mean"], rb["error_mean"], atol=1e-6)
+
+
 def test_a_checkpoint_of_another_model_is_refused_before_config_json_is_written(tmp_path):
     ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vib",), num_epochs=1), tmp_path)
     (tmp_path / "config.json").unlink()
