@@ -226,7 +226,10 @@ def plot_curves(path, history: list[dict], names) -> None:
         epochs = sorted({r["epoch"] for r in rows})  # the mean over seeds, if several
 
         def curve(key, rows=rows, epochs=epochs):
-            return [np.mean([r[key] for r in rows if r["epoch"] == e]) for e in epochs]
+            # (null, a non-finite value read back after a resume: NaN, `_common.number`)
+            return [
+                np.mean([_common.number(r[key]) for r in rows if r["epoch"] == e]) for e in epochs
+            ]
 
         axes[0].plot(epochs, curve("elbo"), "o-", label=name)
         axes[1].plot(epochs, curve("kl"), "o-", label=f"{name}: KL (upper)")

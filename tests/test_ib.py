@@ -732,6 +732,14 @@ def test_infomax_vae_plots_fewer_test_images_than_its_grid(tmp_path):
         assert (tmp_path / name).exists(), name
 
 
+def test_infomax_vae_curves_plot_a_non_finite_evaluation_read_back_as_null(tmp_path):
+    # Before: a history read back from JSON (a resume) with a null value raised in np.mean.
+    row = {"model": "vae", "elbo": -1.0, "kl": 2.0, "mi": 1.0, "recon": -2.0}
+    history = [{**row, "epoch": 1.0, "kl": None}, {**row, "epoch": 2.0}]
+    vae_experiment.plot_curves(str(tmp_path / "curves.png"), history, ["vae"])
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
 def test_bernoulli_likelihood_normalizes_over_binary_images_only():
     # Summed over every image of four pixels, p(x | z) is 1 over the 16 binary images, and more
     # than 1 over grey levels {0, 1/2, 1}: an ELBO on grey images bounds no log p(x).
