@@ -682,9 +682,13 @@ def make_bound(
 
 
 def _smile_bound(name: str, **hparams: Any) -> Bound:
-    gradient = hparams.get("gradient", "js")
+    # `smile`'s own defaults for what is not given (one place states them: its signature).
+    defaults = {
+        k: p.default for k, p in inspect.signature(smile).parameters.items() if k != "scores"
+    }
+    gradient, clip = ({**defaults, **hparams}[k] for k in ("gradient", "clip"))
     bound = make_bound(name, smile, objective=js_fgan if gradient == "js" else None, **hparams)
-    clip = hparams.get("clip", 5.0)  # checked by make_bound: None or a positive number
+    # (clip, checked by make_bound: None or a positive number)
     if gradient == "smile" and clip is not None and math.isfinite(clip):
         raise ValueError(
             "bound 'smile' with gradient='smile' and a finite `clip`: as a training objective the "
@@ -698,7 +702,7 @@ def _smile_bound(name: str, **hparams: Any) -> Bound:
 def _mine_bound(name: str, **hparams: Any) -> Bound:
     _check_hparam_names(name, mine, hparams)
     pair = mine(**hparams)
-    return Bound(name, pair.init, lambda scores, state: pair.update(scores, state))
+    return Bound(name, pair.init, pair.update)
 
 
 _REGISTRY: dict[str, Callable[..., Bound]] = {
