@@ -53,6 +53,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from mi_jax import _checks
@@ -89,7 +90,7 @@ class MultiScaleEncoder(nn.Module):
 
     Stem: 4x4 stride-2 convs while a side is at least 14 (28 -> 14 -> 7, 32 -> 16 -> 8, 96 ->
     ... -> 12; the first with ``stem_width`` channels if a side is at least 28, the others, and
-    the only one of a 14-27-pixel input, with ``widths[0]``), then one VALID conv with kernel
+    those of a 14-27-pixel input, with ``widths[0]``), then one VALID conv with kernel
     ``size - 6`` to exactly 7x7 (a 1x1 conv when already 7; an input under 14 pixels, such as
     8x8 digits, first gets a 3x3 SAME conv of ``stem_width``). Trunk: ``map7`` after a 1x1 block;
     3x3 VALID conv to ``map5`` and a 1x1 block; 3x3 VALID convs 5 -> 3 -> 1 and a 1x1 block to
@@ -326,9 +327,10 @@ def check_view_params(params: dict[str, Any]) -> None:
     data_lib._check_range(params["crop_scale"], "views.crop_scale", upper=1.0)
     data_lib._check_range(params["crop_ratio"], "views.crop_ratio")
     for name in ("brightness", "contrast", "saturation"):
-        if not params[name] >= 0:
-            raise ValueError(f"`views.{name}` must be >= 0, got {params[name]!r}.")
-    if not 0 <= params["grayscale"] <= 1:
+        data_lib._check_strength(params[name], f"views.{name}")
+    if not isinstance(params["flip"], bool | np.bool_):
+        raise ValueError(f"`views.flip` must be True or False, got {params['flip']!r}.")
+    if not (_checks.is_number(params["grayscale"]) and 0 <= params["grayscale"] <= 1):
         raise ValueError(
             f"`views.grayscale` must be a probability in [0, 1], got {params['grayscale']!r}."
         )

@@ -245,7 +245,9 @@ def js_calibration(scores: ArrayLike, init: ArrayLike = (1.0, 0.0), iterations: 
     between it and the best, so the result is never worse than ``init``. Every ``a f + b`` is
     a critic, so any bound read on it is still a bound; a critic that grew overconfident while
     overfitting (scores too large: its JS objective falls while its ranking of the pairs still
-    improves) gets ``a < 1``, and ``a = b = 0`` is the constant critic.
+    improves) gets ``a < 1``, and ``a = b = 0`` is the constant critic. On a critic that has
+    learned only noise ``a`` can come out negative (the ranking reversed): still a critic, and
+    a valid bound.
 
     Args:
       scores: ``[batch, batch]`` critic scores, diagonal = joint samples.

@@ -43,6 +43,7 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 
 
 def get_activation(name: str) -> Callable[[Array], Array]:
+    """The element-wise activation registered as ``name`` (``"relu"``, ...); KeyError otherwise."""
     if name not in _ACTIVATIONS:
         raise _checks.unknown_name_error("activation", name, _ACTIVATIONS)
     return _ACTIVATIONS[name]
@@ -98,6 +99,7 @@ def _layers(module: nn.Module) -> Callable[..., nn.Dense]:
 
 
 def check_compute_dtype(compute_dtype: str | None) -> None:
+    """A KeyError naming ``compute_dtype`` unless it is ``None`` (float32) or a known name."""
     if compute_dtype is not None and compute_dtype not in _COMPUTE_DTYPES:
         raise _checks.unknown_name_error("compute_dtype", compute_dtype, _COMPUTE_DTYPES)
 
@@ -443,6 +445,7 @@ _CRITICS: dict[str, type[nn.Module]] = {
 
 
 def available_critics() -> tuple[str, ...]:
+    """The registered critics' names (`get_critic`, `register_critic`)."""
     return tuple(_CRITICS)
 
 

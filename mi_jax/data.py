@@ -306,6 +306,7 @@ _REGISTRY: dict[str, DatasetLoader] = {
 
 
 def available_datasets() -> tuple[str, ...]:
+    """The registered datasets' names (`load_dataset`, `register_dataset`)."""
     return tuple(_REGISTRY)
 
 
@@ -381,7 +382,8 @@ def load_dataset(
       KeyError: unknown ``name``.
       FileNotFoundError: the data are not there (nothing is ever downloaded).
       ImportError: tensorflow-datasets is needed but not installed.
-      ValueError: a corrupt MNIST file.
+      ValueError: a corrupt MNIST file, a ``data_dir`` for ``digits``, a ``max_examples``
+        that is not a positive integer.
     """
     if not _checks.is_known(name, _REGISTRY):
         raise _checks.unknown_name_error("dataset", name, _REGISTRY)

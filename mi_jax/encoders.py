@@ -380,6 +380,7 @@ _ENCODERS: dict[str, type[nn.Module]] = {
 
 
 def available_encoders() -> tuple[str, ...]:
+    """The registered encoders' names (`get_encoder`, `register_encoder`)."""
     return tuple(_ENCODERS)
 
 

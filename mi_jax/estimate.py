@@ -63,9 +63,11 @@ class MIEstimate:
         critic, where no trained critic beat it).
       rank_columns: ``{"x": [...], "y": [...]}``, the columns mapped by rank to normal scores
         (``standardize="auto"``: the heavy-tailed ones; ``"rank"``: all; else none).
-      stopped_early: whether early stopping (or a diverged training value) ended training
-        before ``max_steps`` (``[K]`` with seeds). False: ``max_steps`` ended it first (the
-        best evaluation among the last ``patience``), and a longer run may read higher.
+      stopped_early: whether early stopping's criterion was met (``patience`` evaluations
+        without a gain; possibly in the last round, at ``max_steps``) or a diverged training
+        value ended training (``[K]`` with seeds). False: ``max_steps`` ended it while the
+        held-out bound still rose (the best evaluation among the last ``patience``), and a
+        longer run may read higher.
     """
 
     mi: Any

@@ -223,6 +223,7 @@ _HALF_ENCODERS: dict[str, type[nn.Module]] = {
 
 
 def available_half_encoders() -> tuple[str, ...]:
+    """The half-image encoders' names (`get_half_encoder`)."""
     return tuple(_HALF_ENCODERS)
 
 

@@ -361,4 +361,5 @@ def check_betas(betas: Sequence[float], name: str = "betas") -> tuple[float, ...
 
 
 def available_methods() -> tuple[str, ...]:
+    """The IB methods' names: ``"deterministic"``, ``"vib"``, ``"mine"``, ``"mige"``."""
     return METHODS

@@ -95,6 +95,7 @@ def data_mesh_for(batch_size: int, devices=None) -> Mesh:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding that puts a whole copy of an array on every device of ``mesh``."""
     return NamedSharding(mesh, PartitionSpec())
 
 

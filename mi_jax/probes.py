@@ -26,6 +26,8 @@ PROBES = ("linear", "mlp")
 
 
 class ProbeResult(NamedTuple):
+    """A fitted probe's accuracies (fractions in ``[0, 1]``)."""
+
     train_accuracy: float
     test_accuracy: float
 
@@ -184,7 +186,11 @@ def fit_probe(
         hidden layer of ``hidden``, AdamW with a cosine decay: ``epochs``, ``batch_size``,
         ``learning_rate``, ``weight_decay``).
       num_classes: defaults to ``max(label) + 1``.
-      seed: initialization and shuffling.
+      seed: the MLP's initialization and shuffling (the linear probe starts at zero and
+        trains full-batch: it does not use it).
+
+    Returns:
+      A `ProbeResult`: the train and test accuracies, floats in ``[0, 1]``.
     """
     if not _checks.is_known(kind, PROBES):
         raise _checks.unknown_name_error("probe", kind, PROBES)

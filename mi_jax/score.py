@@ -351,6 +351,7 @@ _HPARAM_CHECKS: dict[Callable[..., Array], Callable[..., None]] = {
 
 
 def available_score_estimators() -> tuple[str, ...]:
+    """The registered score estimators' names (`get_score_estimator`)."""
     return tuple(_REGISTRY)
 
 

@@ -111,7 +111,8 @@ def mi_from_rho(rho: ArrayLike, dim: int) -> Array:
 
 
 def correlated_gaussian(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tuple[Array, Array]:
-    """``x ~ N(0, I_dim)``, ``y = rho x + sqrt(1 - rho^2) eps``, with MI ``mi`` nats (``>= 0``).
+    """``x ~ N(0, I_dim)``, ``y = rho x + sqrt(1 - rho^2) eps``, with MI ``mi`` nats (``>= 0``;
+    at most what float32 samples carry, `max_mi_per_dim` per coordinate: more is an error).
 
     Returns:
       ``x`` ``[batch, dim]``, ``y`` ``[batch, dim]``.
@@ -269,7 +270,8 @@ def student_t_mi_correction(df: float, dim_x: int, dim_y: int) -> float:
 
 def student_t(key: PRNGKey, mi: ArrayLike, batch: int, dim: int, df: float) -> tuple[Array, Array]:
     """Multivariate Student-t pair ``(x, y) = z / sqrt(w / df)``, ``z`` a correlated Gaussian pair,
-    ``w ~ chi^2(df)``, with total MI ``mi`` nats (at least `student_t_mi_correction`).
+    ``w ~ chi^2(df)``, with total MI ``mi`` nats (at least `student_t_mi_correction`; at most
+    that plus `max_mi_per_dim` per coordinate, what float32 samples carry: more is an error).
 
     Returns:
       ``x`` ``[batch, dim]``, ``y`` ``[batch, dim]``.
@@ -296,7 +298,8 @@ class Task(NamedTuple):
     Attributes:
       name: registry name.
       dim: width of x and of y.
-      sample: ``sample(key, mi, batch) -> (x [batch, dim], y [batch, dim])``.
+      sample: ``sample(key, mi, batch) -> (x [batch, dim], y [batch, dim])``; ``mi`` in
+        ``[min_mi, max_mi]`` (outside it, an error).
       min_mi: the smallest MI the family can express (nats).
     """
 
@@ -373,6 +376,7 @@ _TASKS: dict[str, Callable[..., Task]] = {
 
 
 def available_tasks() -> tuple[str, ...]:
+    """The registered tasks' names (`get_task`, `register_task`)."""
     return tuple(_TASKS)
 
 

@@ -191,6 +191,12 @@ def test_views_keep_shape_and_dtype_and_are_deterministic_given_the_key():
         ({"views": tuple(sorted(_views(crop_scale=(0.5, 2.0)).items()))}, "views.crop_scale"),
         ({"views": tuple(sorted(_views(grayscale=2.0).items()))}, "views.grayscale"),
         ({"views": tuple(sorted(_views(brightness=-1.0).items()))}, "views.brightness"),
+        # Before: a string flip or strength, or no grayscale, failed (or flipped) at the first
+        # traced step, naming nothing.
+        ({"views": tuple(sorted(_views(flip="False").items()))}, "views.flip"),
+        ({"views": tuple(sorted(_views(contrast="0.1").items()))}, "views.contrast"),
+        ({"views": tuple(sorted(_views(saturation=float("inf")).items()))}, "views.saturation"),
+        ({"views": tuple(sorted(_views(grayscale=None).items()))}, "views.grayscale"),
         ({"embed_dim": 0}, "`embed_dim` must be an integer >= 1"),
         ({"critic_hidden": 0}, "`critic_hidden` must be an integer >= 1"),
         ({"penalty": float("nan")}, "`penalty` must be finite"),
