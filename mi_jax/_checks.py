@@ -96,6 +96,12 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def is_positive_finite(value) -> bool:
+    """`is_number` in ``(0, inf)`` (NaN is not); compared on the host (inside a trace, a
+    comparison of a concrete array would be traced)."""
+    return is_number(value) and 0 < float(value) < math.inf
+
+
 def is_number(value) -> bool:
     """`is_real`, or a concrete 0-d integer or float array (numpy or JAX; not traced, so its
     value can be compared on the host): a hyperparameter given as ``jnp.asarray(0.1)``."""

@@ -252,7 +252,7 @@ class InnerProductCritic(nn.Module):
     def __call__(self, x: Array, y: Array) -> Array:
         """``x`` ``[batch, dim]``, ``y`` ``[batch, dim]`` -> ``[batch, batch]``."""
         _check_pair(x, y)
-        if not (_checks.is_real(self.temperature) and 0 < self.temperature < float("inf")):
+        if not _checks.is_positive_finite(self.temperature):
             raise ValueError(
                 f"`temperature` must be a positive finite number, got {self.temperature!r}."
             )

@@ -368,7 +368,7 @@ def _by_objective(
     trained_on_js = bounds_lib.get_bound(bound, **bound_hparams).objective is bounds_lib.js_fgan
     if learning_rate is None:
         learning_rate = JS_LEARNING_RATE if trained_on_js else OTHER_LEARNING_RATE
-    elif not (_checks.is_real(learning_rate) and 0 < learning_rate < np.inf):
+    elif not _checks.is_positive_finite(learning_rate):
         raise ValueError(
             f"`learning_rate` must be a positive number or None, got {learning_rate!r}."
         )

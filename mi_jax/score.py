@@ -38,7 +38,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mi_jax import _checks
 from mi_jax.types import Array, ArrayLike
@@ -115,7 +114,7 @@ def median_bandwidth(samples: ArrayLike, *, scale: float = 1.0) -> Array:
     the samples' scale, so that kernels stay finite (and the estimate is zero: identical samples
     carry no information about the score).
     """
-    if not (_checks.is_real(scale) and 0 < scale < float("inf")):
+    if not _checks.is_positive_finite(scale):
         raise ValueError(f"`scale` must be a positive finite number, got {scale!r}.")
     (samples,) = _centered(_check_samples(samples))
     n = samples.shape[0]
@@ -168,26 +167,18 @@ def _kernel_stats(samples: Array, bandwidth) -> tuple[Array, Array, Array]:
     return gram, d, sigma
 
 
-def _is_positive_finite_scalar(value) -> bool:
-    """A positive finite real number, Python, numpy or a concrete 0-d array (not a string)."""
-    if isinstance(value, (str, bytes, bool)):
-        return False
-    a = np.asarray(value)
-    return a.ndim == 0 and a.dtype.kind in "fiu" and 0 < float(a) < float("inf")
-
-
 def _check_bandwidth(bandwidth) -> None:
     """``None`` (the median heuristic), a traced value, or a positive finite scalar."""
     if bandwidth is None or isinstance(bandwidth, jax.core.Tracer):
         return
-    if not _is_positive_finite_scalar(bandwidth):
+    if not _checks.is_positive_finite(bandwidth):
         raise ValueError(f"`bandwidth` must be a positive finite scalar, got {bandwidth!r}.")
 
 
 def _check_stein_hparams(*, eta=0.1, bandwidth=None) -> None:
     """A traced ``eta`` (a swept ridge, under jit or vmap) is taken as it is, like a traced
     ``bandwidth``."""
-    if not isinstance(eta, jax.core.Tracer) and not _is_positive_finite_scalar(eta):
+    if not isinstance(eta, jax.core.Tracer) and not _checks.is_positive_finite(eta):
         raise ValueError(
             f"`eta` must be a positive finite scalar (it makes K + eta I invertible), got {eta!r}."
         )
@@ -202,7 +193,7 @@ def _check_ssge_hparams(*, num_eigen=None, threshold=0.99, bandwidth=None, num_s
         if not (_checks.is_int(num_eigen) and 1 <= num_eigen <= most):
             upper = "num_samples" if num_samples is None else f"num_samples = {num_samples}"
             raise ValueError(f"`num_eigen` must be an integer in [1, {upper}], got {num_eigen!r}.")
-    elif not (_is_positive_finite_scalar(threshold) and float(threshold) <= 1.0):
+    elif not (_checks.is_positive_finite(threshold) and float(threshold) <= 1.0):
         raise ValueError(f"`threshold` must lie in (0, 1] (or set `num_eigen`), got {threshold!r}.")
     _check_bandwidth(bandwidth)
 

@@ -164,7 +164,7 @@ def _gaussian_pair(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tuple[A
 def _check_df(df: float) -> None:
     """Student-t degrees of freedom: positive and finite (concrete: the MI correction is
     computed on the host)."""
-    if not (_checks.is_real(df) and np.isfinite(df) and df > 0):
+    if not _checks.is_positive_finite(df):
         raise ValueError(
             f"`df` must be a positive finite number (inf: the gaussian task), got {df!r}."
         )

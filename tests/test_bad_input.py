@@ -274,6 +274,14 @@ def test_valid_neighbours_of_the_refused_values_still_pass():
     assert bounds.log_mean_exp_offdiag(jnp.eye(3), jnp.asarray(1)).shape == (3,)
     assert halves.add_noise(_KEY, _Z, jnp.asarray(0.1)).shape == _Z.shape
     assert data.random_grayscale(_KEY, jnp.ones((2, 2, 3)), p=jnp.asarray(0.5)).shape == (2, 2, 3)
+    # ... everywhere (before: these were refused as "not a number" where the above passed)
+    assert float(score.median_bandwidth(_Z, scale=jnp.asarray(2.0))) == pytest.approx(
+        2 * float(score.median_bandwidth(_Z)), rel=1e-6
+    )
+    assert tasks.get_task("student_t", dim=2, df=jnp.asarray(5.0)).min_mi == pytest.approx(
+        tasks.get_task("student_t", dim=2, df=5.0).min_mi,
+        rel=1e-5,  # (a float32 df)
+    )
     # the kernel's public form equals the estimators' (a 1-d pair at distance 2: e^-2)
     k = score.rbf_kernel(jnp.array([[0.0]]), jnp.array([[2.0]]), 1.0)
     np.testing.assert_allclose(k, [[np.exp(-2.0)]], rtol=1e-6)
