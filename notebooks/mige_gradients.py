@@ -27,10 +27,13 @@ import subprocess
 import sys
 
 MI_JAX_SOURCE = ""  # where pip finds this repository: "git+https://..." or a local path
-if importlib.util.find_spec("mi_jax") is None:
+# (No origin: a folder named mi_jax, such as the repository cloned into the working folder,
+# found as a namespace package: not the library.)
+if getattr(importlib.util.find_spec("mi_jax"), "origin", None) is None:
     if not MI_JAX_SOURCE:
         raise RuntimeError("mi_jax is not installed: set MI_JAX_SOURCE to this repository.")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", MI_JAX_SOURCE], check=True)
+    importlib.invalidate_caches()
 
 # %%
 import functools
@@ -82,6 +85,15 @@ for name in ("ssge", "stein"):
     estimates[name] = np.asarray(all_gradients(jnp.asarray(thetas, jnp.float32), keys, fn))
     err = np.abs(estimates[name].mean(1) - exact(thetas)) / exact(thetas)
     print(f"{name}: median relative error of the mean gradient {np.median(err):.2%}")
+
+# %% [markdown]
+# At full size (500 samples, 10 repeats) both estimators read low at every theta: median
+# relative errors 3.0 % (SSGE) and 2.3 % (Stein), the worst at theta = 0.1 (-14 % and -9 %,
+# where the gradient is small); at theta near 2 the shortfall of 3.5-4.5 % is 7-11 standard
+# errors of the repeats: a bias (kernel smoothing shrinks the estimated score), not noise. The
+# README's MIGE section shows the settings that remove most of it (a wider kernel, a small
+# ridge, Richardson extrapolation in the bandwidth). Full size takes about a minute on 2 CPU
+# cores.
 
 # %%
 plt.figure(figsize=(6, 4))

@@ -33,7 +33,12 @@ def to_notebook(source: str) -> dict:
                     line[2:] if line.startswith("# ") else line.lstrip("#")
                     for line in text.splitlines()
                 )
-            cell = {"cell_type": kind, "metadata": {}, "source": text.splitlines(keepends=True)}
+            cell = {
+                "cell_type": kind,
+                "id": f"cell-{len(cells)}",  # (nbformat 4.5 wants one: stable, by position)
+                "metadata": {},
+                "source": text.splitlines(keepends=True),
+            }
             if kind == "code":
                 cell.update(execution_count=None, outputs=[])
             cells.append(cell)
