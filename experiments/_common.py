@@ -521,6 +521,21 @@ def latest_checkpoint_step(path: str) -> int:
         manager.close()
 
 
+def checkpoint_step_within(path: str, num_steps: int, setting: str, per: int = 1) -> int:
+    """`latest_checkpoint_step` of ``path``, or a `ValueError` where it is past this config's
+    ``num_steps``: the workdir holds a longer run, which the results would then describe (or
+    whose later evaluations they would lose). ``setting`` is the config field that sets the
+    steps, ``per`` the steps per unit of it (an epoch's), for the least value that fits."""
+    start = latest_checkpoint_step(path)
+    if start > num_steps:
+        raise ValueError(
+            f"the checkpoint in {path} is at step {start}, past this config's {num_steps} steps "
+            f"(`config.{setting}`): the workdir holds a longer run. Train as long ({setting} >= "
+            f"{-(-start // per)}) or use a fresh --workdir."
+        )
+    return start
+
+
 def restore_checkpoint(manager, step: int, state):
     """``state``'s structure restored from ``manager``'s checkpoint at ``step``, or a
     `ValueError` saying the checkpoint does not fit (written with another model or

@@ -249,7 +249,11 @@ def check_checkpoints(config: ml_collections.ConfigDict, dataset: data_lib.Datas
     steps_per_epoch = dataset.train_images.shape[0] // config.batch_size
     num_steps = config.num_epochs * steps_per_epoch
     for method in config.methods:
-        start = _common.latest_checkpoint_step(os.path.join(workdir, "checkpoints", method))
+        path = os.path.join(workdir, "checkpoints", method)
+        try:
+            start = _common.checkpoint_step_within(path, num_steps, "num_epochs", steps_per_epoch)
+        except ValueError as e:
+            raise ValueError(f"{method}: {e}") from None
         if start:
             _, init, (init_key, _, _) = sweep_init(config, method, dataset)
             manager = _checkpoint_manager(workdir, method)
@@ -259,14 +263,6 @@ def check_checkpoints(config: ml_collections.ConfigDict, dataset: data_lib.Datas
                 raise ValueError(f"{method}: {e}") from None
             finally:
                 manager.close()
-        if start > num_steps:
-            epochs = -(-start // steps_per_epoch)
-            raise ValueError(
-                f"{method}: the checkpoint in {os.path.join(workdir, 'checkpoints', method)} is "
-                f"at step {start}, past this config's {num_steps} steps (`config.num_epochs`): "
-                f"the workdir holds a longer run. Train as long (num_epochs >= {epochs}) or use "
-                "a fresh --workdir."
-            )
 
 
 def label_entropy(labels: np.ndarray, num_classes: int) -> float:
@@ -360,12 +356,6 @@ def run_method(
                 f"{method}: results.json holds no evaluation up to the checkpoint at step "
                 f"{start}: {len(history)} are read from metrics.jsonl; the training time "
                 "before it is not known (train_s counts this run's)."
-            )
-        if start > num_steps:  # refused earlier (`check_checkpoints`); kept as a guard
-            raise ValueError(
-                f"{method}: the checkpoint in {manager.directory} is at step {start}, past this "
-                f"config's {num_steps} steps (`config.num_epochs`); train as long or use a "
-                "fresh --workdir."
             )
         if start == num_steps and not history:
             raise ValueError(

@@ -278,13 +278,7 @@ def train_and_evaluate(
         mesh = parallel.checked_mesh(mesh)
         parallel.check_batch_size(batch_size, mesh)
         checkpoints = os.path.join(workdir, "checkpoints")
-        start = _common.latest_checkpoint_step(checkpoints)
-        if start > config.num_steps:  # the probes would see an encoder trained for longer
-            raise ValueError(
-                f"the checkpoints in {workdir}/checkpoints reach step {start}, past "
-                f"`config.num_steps` ({config.num_steps}); use num_steps >= {start} or a fresh "
-                "--workdir."
-            )
+        start = _common.checkpoint_step_within(checkpoints, config.num_steps, "num_steps")
     seeds = _common.seed_values(config)
     batched = len(seeds) > 1  # one seed: no seed axis (the single-run program)
     seed_axis = (lambda f, *axes: jax.vmap(f, in_axes=axes)) if batched else (lambda f, *_: f)

@@ -299,12 +299,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         num_steps = config.num_epochs * steps_per_epoch
         chunk_steps = config.eval_every_epochs * steps_per_epoch
         checkpoints = os.path.join(workdir, "checkpoints")
-        start = _common.latest_checkpoint_step(checkpoints)
-        if start > num_steps:  # the table and probes would describe a model trained for longer
-            raise ValueError(
-                f"the checkpoint in {workdir}/checkpoints is at step {start}, past this config's "
-                f"{num_steps} steps (`config.num_epochs`); train as long or use a fresh --workdir."
-            )
+        start = _common.checkpoint_step_within(
+            checkpoints, num_steps, "num_epochs", steps_per_epoch
+        )
     seeds = _common.seed_values(config)
     batched = len(seeds) > 1  # one seed: no seed axis (the single-run program)
     keys = jnp.stack([jax.random.split(jax.random.key(s), 3) for s in seeds])  # [K, 3]
