@@ -477,10 +477,7 @@ def summary(results: dict) -> str:
 
 
 def plot(workdir: str, runs: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _common.pyplot()
 
     encoders = sorted({r["encoder"] for r in runs})
     fig, axes = plt.subplots(2, len(encoders), figsize=(5 * len(encoders), 8), squeeze=False)
@@ -500,7 +497,6 @@ def plot(workdir: str, runs: list[dict]) -> None:
         axes[0, col].legend(fontsize=7)
     fig.tight_layout()
     _common.save_figure(fig, os.path.join(workdir, "curves.png"), dpi=100)
-    plt.close(fig)
 
 
 @functools.lru_cache(maxsize=8)

@@ -487,10 +487,7 @@ def summary(results: dict) -> str:
 
 
 def plot(workdir: str, results: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _common.pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, entry in results["methods"].items():
@@ -507,23 +504,15 @@ def plot(workdir: str, results: dict) -> None:
     ax.legend()
     fig.tight_layout()
     _common.save_figure(fig, os.path.join(workdir, "error_vs_beta.png"), dpi=100)
-    plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for method, entry in results["methods"].items():
         for beta in entry["betas"]:
             rows = [r for r in entry["history"] if r["beta"] == beta]
-            epochs = sorted({r["epoch"] for r in rows})  # the mean over seeds, if several
-
-            def curve(key, rows=rows, epochs=epochs):
-                return [
-                    np.mean([_common.number(r[key]) for r in rows if r["epoch"] == e])
-                    for e in epochs
-                ]
-
             label = method if method == "deterministic" else f"{method} beta={beta:g}"
-            axes[0].plot(epochs, 100 * np.asarray(curve("error_mean")), label=label)
-            axes[1].plot(epochs, curve("kl"), label=label)
+            epochs, error = _common.mean_curve(rows, "error_mean")
+            axes[0].plot(epochs, 100 * np.asarray(error), label=label)
+            axes[1].plot(*_common.mean_curve(rows, "kl"), label=label)
     axes[0].set(xlabel="epoch", ylabel="test error (%)", yscale="log", title="test error (mean z)")
     axes[1].set(
         xlabel="epoch", ylabel="nats", yscale="log", title="E KL(q(z|x) || N(0, I)) >= I(X; Z)"
@@ -532,7 +521,6 @@ def plot(workdir: str, results: dict) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     _common.save_figure(fig, os.path.join(workdir, "curves.png"), dpi=100)
-    plt.close(fig)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:

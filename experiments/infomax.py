@@ -553,10 +553,7 @@ def read_metrics(path: str) -> tuple[list[dict], list[dict]]:
 
 
 def plot(workdir: str, final: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _common.pyplot()
 
     train, evals = read_metrics(os.path.join(workdir, "metrics.jsonl"))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -579,7 +576,6 @@ def plot(workdir: str, final: list[dict]) -> None:
         ax.legend()
     fig.tight_layout()
     _common.save_figure(fig, os.path.join(workdir, "curves.png"), dpi=100)
-    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(9, 4))
     labels = [f"{r['encoder']}\n{r['representation']}\n{r['probe']}" for r in final]
@@ -592,7 +588,6 @@ def plot(workdir: str, final: list[dict]) -> None:
     ax.set(ylabel="test accuracy", ylim=(0, 1), title="probes on frozen representations")
     fig.tight_layout()
     _common.save_figure(fig, os.path.join(workdir, "probes.png"), dpi=100)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -187,10 +187,7 @@ def probe_accuracies(
 def plot_samples(path, model, params, dataset, names, key, count: int = 10) -> None:
     """Per model: ``count`` test images (at most all of them), their reconstructions, as many
     prior samples."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _common.pyplot()
 
     count = min(count, len(dataset.test_images))
     originals = data_lib.to_float(jnp.asarray(dataset.test_images[:count]))
@@ -211,30 +208,18 @@ def plot_samples(path, model, params, dataset, names, key, count: int = 10) -> N
         axes[r, 0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=7)
     fig.tight_layout()
     _common.save_figure(fig, path, dpi=100)
-    plt.close(fig)
 
 
 def plot_curves(path, history: list[dict], names) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _common.pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for name in names:
         rows = [r for r in history if r["model"] == name]
-        epochs = sorted({r["epoch"] for r in rows})  # the mean over seeds, if several
-
-        def curve(key, rows=rows, epochs=epochs):
-            # (null, a non-finite value read back after a resume: NaN, `_common.number`)
-            return [
-                np.mean([_common.number(r[key]) for r in rows if r["epoch"] == e]) for e in epochs
-            ]
-
-        axes[0].plot(epochs, curve("elbo"), "o-", label=name)
-        axes[1].plot(epochs, curve("kl"), "o-", label=f"{name}: KL (upper)")
-        axes[1].plot(epochs, curve("mi"), "x--", label=f"{name}: bound (lower)")
-        axes[2].plot(epochs, curve("recon"), "o-", label=name)
+        axes[0].plot(*_common.mean_curve(rows, "elbo"), "o-", label=name)
+        axes[1].plot(*_common.mean_curve(rows, "kl"), "o-", label=f"{name}: KL (upper)")
+        axes[1].plot(*_common.mean_curve(rows, "mi"), "x--", label=f"{name}: bound (lower)")
+        axes[2].plot(*_common.mean_curve(rows, "recon"), "o-", label=name)
     axes[0].set(xlabel="epoch", ylabel="nats", title="test ELBO")
     axes[1].set(xlabel="epoch", ylabel="nats", title="I(X; Z): rate (upper) and bound (lower)")
     axes[2].set(xlabel="epoch", ylabel="nats", title="test reconstruction log-likelihood")
@@ -242,7 +227,6 @@ def plot_curves(path, history: list[dict], names) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     _common.save_figure(fig, path, dpi=100)
-    plt.close(fig)
 
 
 def summary(results: dict) -> str:

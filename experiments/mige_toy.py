@@ -276,10 +276,7 @@ def _replace_row(rows: list[dict], row: dict) -> None:
 
 
 def plot(path: str, curves: dict, rhos: np.ndarray, dims) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _common.pyplot()
 
     fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims), 3.6), squeeze=False)
     for ax, dim in zip(axes[0], dims, strict=True):
@@ -296,7 +293,6 @@ def plot(path: str, curves: dict, rhos: np.ndarray, dims) -> None:
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     _common.save_figure(fig, path, dpi=110)
-    plt.close(fig)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:

@@ -193,10 +193,7 @@ def plot_staircase(
     path: str, values: np.ndarray, true_mi: np.ndarray, names, title: str, ema_decay: float
 ) -> None:
     """One panel per bound: raw estimates (light), EMA-smoothed estimate, true MI (black)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _common.pyplot()
 
     n = len(names)
     cols = min(n, 5)
@@ -221,7 +218,6 @@ def plot_staircase(
     fig.suptitle(title)
     fig.tight_layout()
     _common.save_figure(fig, path, dpi=110)
-    plt.close(fig)
 
 
 def bound_groups(config, num_groups: int) -> list[list[int]]:
