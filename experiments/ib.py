@@ -326,6 +326,19 @@ def run_method(
     config, method, dataset, validation, progress, writer, on_eval, *, workdir: str, mesh
 ) -> dict:
     """Trains (or resumes) every beta of ``method``; returns its results entry."""
+    manager = _checkpoint_manager(workdir, method)
+    try:
+        return _train_method(
+            config, method, dataset, validation, progress, writer, on_eval,
+            workdir=workdir, mesh=mesh, manager=manager,
+        )  # fmt: skip
+    finally:
+        manager.close()  # (after waiting for a save in flight)
+
+
+def _train_method(
+    config, method, dataset, validation, progress, writer, on_eval, *, workdir, mesh, manager
+) -> dict:
     model, init, (init_key, train_key, eval_key) = sweep_init(config, method, dataset)
     betas = betas_of(config, method)
     nb = len(betas)
@@ -336,7 +349,6 @@ def run_method(
     seeds = _common.seed_values(config)
     batched = len(seeds) > 1  # one seed: no seed axis (the single-run program)
     state = parallel.replicate(init(init_key), mesh)  # restored checkpoints take this layout too
-    manager = _checkpoint_manager(workdir, method)
     start = manager.latest_step() or 0
     # train_s: training chunks, compilation included (in the first); clock: [step, train_s]
     # at each evaluation (`_common.train_time_until`).

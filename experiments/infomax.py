@@ -381,7 +381,7 @@ def train_and_evaluate(
                     loss=f"{row['loss']:.3f}", **{k: f"{v:.3f}" for k, v in acc.items()}
                 )
         manager.wait_until_finished()
-        progress.close()
+        progress.close()  # (the bar ends before the probes print; `finally` closes it again)
         t0 = time.perf_counter()
         per_seed_rows = []
         for k, (s, trained, initial) in enumerate(
@@ -417,6 +417,7 @@ def train_and_evaluate(
         # Saves run in the background: a NaN (or any error) raised right after one must not
         # leave it half written when the process exits.
         manager.wait_until_finished()
+        manager.close()
         progress.close()
         writer.close()
 

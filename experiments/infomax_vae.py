@@ -399,6 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
                 )
             )
     finally:
+        manager.close()  # (after waiting for a save in flight)
         progress.close()
         writer.close()
 
