@@ -258,6 +258,25 @@ def register(
     _registrations += 1
 
 
+def check_hparam_names(
+    kind: str, name: str, fn: Callable[..., Any], hparams, *, positional: int = 0, exclude=()
+) -> None:
+    """The `HparamsError` of `unknown_hparams_error` for names in ``hparams`` that ``fn`` does
+    not take: its keyword parameters less its first ``positional`` (given by position: a
+    bound's scores, a task's dim) and ``exclude``. Nothing where ``fn`` takes any keyword
+    (``**kwargs``) or Python cannot read its signature (the call itself will say)."""
+    try:
+        parameters = list(inspect.signature(fn, follow_wrapped=False).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    by_keyword = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    known = {p.name for p in parameters[positional:] if p.kind in by_keyword} - set(exclude)
+    if unknown := set(hparams) - known:
+        raise unknown_hparams_error(kind, name, unknown, known)
+
+
 def call_factory(kind: str, name: str, factory: Callable[..., Any], *args, **hparams):
     """``factory(*args, **hparams)`` for a registered ``kind`` ``name``. Hyperparameters its
     signature does not take raise a TypeError naming them, and the ones it takes, before the
@@ -269,22 +288,12 @@ def call_factory(kind: str, name: str, factory: Callable[..., Any], *args, **hpa
     except (TypeError, ValueError):  # unreadable (a builtin): the call itself says
         signature = None
     if signature is not None:
-        try:
+        check_hparam_names(kind, name, factory, hparams, positional=len(args))
+        try:  # (a required hyperparameter missing, say)
             signature.bind(*args, **hparams)
         except TypeError as e:
-            named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-            try:
-                given = signature.bind_partial(*args).arguments
-            except TypeError:
-                given = {}
-            known = [
-                p.name
-                for p in signature.parameters.values()
-                if p.kind in named and p.name not in given
-            ]
             raise TypeError(
-                f"bad hyperparameters {sorted(hparams)} for {kind} {name!r}: {e}; known: "
-                f"{sorted(known)}."
+                f"bad hyperparameters {sorted(hparams)} for {kind} {name!r}: {e}."
             ) from None
     try:
         return factory(*args, **hparams)

@@ -606,21 +606,6 @@ class Bound(NamedTuple):
         return self.apply(scores, self.init(), **inputs)[0]
 
 
-def _check_hparam_names(name: str, fn: Callable[..., Any], hparams, exclude=()) -> None:
-    """A TypeError listing ``fn``'s hyperparameters (its keyword parameters but ``exclude``)
-    for names it does not take; nothing where ``fn`` takes any keyword (``**kwargs``)."""
-    try:
-        parameters = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # a signature Python cannot read: ``fn`` itself will say
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return
-    by_keyword = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    known = {p.name for p in parameters if p.kind in by_keyword and p.name not in exclude}
-    if unknown := set(hparams) - known:
-        raise _checks.unknown_hparams_error("bound", name, unknown, known)
-
-
 def make_bound(
     name: str,
     fn: Callable[..., Array],
@@ -655,7 +640,7 @@ def make_bound(
         )
     if objective is not None and not callable(objective):
         raise TypeError(f"`objective` of bound {name!r} must be a function of the scores.")
-    _check_hparam_names(name, fn, hparams, exclude=("scores", *inputs))
+    _checks.check_hparam_names("bound", name, fn, hparams, positional=1, exclude=inputs)
     scores = jax.ShapeDtypeStruct((2, 2), jnp.float32)
     vector = jax.ShapeDtypeStruct((2,), jnp.float32)
 
@@ -702,7 +687,7 @@ def _smile_bound(name: str, **hparams: Any) -> Bound:
 
 
 def _mine_bound(name: str, **hparams: Any) -> Bound:
-    _check_hparam_names(name, mine, hparams)
+    _checks.check_hparam_names("bound", name, mine, hparams)
     pair = mine(**hparams)
     return Bound(name, pair.init, pair.update)
 

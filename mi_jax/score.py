@@ -33,7 +33,6 @@ References:
 """
 
 import functools
-import inspect
 from collections.abc import Callable
 
 import jax
@@ -363,10 +362,7 @@ def get_score_estimator(name: str, **hparams) -> ScoreFn:
     if not _checks.is_known(name, _REGISTRY):
         raise _checks.unknown_name_error("score estimator", name, _REGISTRY)
     fn = _REGISTRY[name]
-    try:  # unknown hyperparameter names fail here
-        inspect.signature(fn).bind(None, **hparams)
-    except TypeError as e:
-        raise TypeError(f"bad hyperparameters {sorted(hparams)} for {name!r}: {e}") from None
+    _checks.check_hparam_names("score estimator", name, fn, hparams, positional=1)
     if (check := _HPARAM_CHECKS.get(fn)) is not None:
         check(**hparams)  # other estimators check their values when called
     return functools.partial(fn, **hparams)

@@ -285,3 +285,22 @@ def test_valid_neighbours_of_the_refused_values_still_pass():
     # the kernel's public form equals the estimators' (a 1-d pair at distance 2: e^-2)
     k = score.rbf_kernel(jnp.array([[0.0]]), jnp.array([[2.0]]), 1.0)
     np.testing.assert_allclose(k, [[np.exp(-2.0)]], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "get, name, kind",
+    [
+        (lambda: bounds.get_bound("smile", clp=1.0), "clp", "bound 'smile'"),
+        (lambda: bounds.get_bound("mine", decy=0.1), "decy", "bound 'mine'"),
+        (lambda: critics.get_critic("separable", hiden=(4,)), "hiden", "critic 'separable'"),
+        (lambda: tasks.get_task("student_t", dim=2, dff=3.0), "dff", "task 'student_t'"),
+        (lambda: score.get_score_estimator("ssge", thresh=0.9), "thresh", "score estimator 'ssge'"),
+    ],
+)
+def test_every_registry_names_unknown_hyperparameters_and_the_known_ones(get, name, kind):
+    # Before: three formats ("bad hyperparameters [...] for 'ssge': got an unexpected keyword
+    # argument", without the known names; "... for task ...: ...; known: [...]").
+    with pytest.raises(
+        TypeError, match=rf"^unknown hyperparameters \['{name}'\] for {kind}; known: \["
+    ):
+        get()

@@ -259,7 +259,9 @@ def test_registries_refuse_broken_entries(monkeypatch):
     assert "bad hyperparameters" not in str(info.value)
     assert info.value.component == "bound 'buggy'"  # what the command line names
     assert info.value.__traceback__.tb_next is not None  # not cut at `get_bound`
-    with pytest.raises(TypeError, match=r"bad hyperparameters \['tau'\] for bound 'buggy'"):
+    with pytest.raises(
+        TypeError, match=r"unknown hyperparameters \['tau'\] for bound 'buggy'; known: \['t'\]"
+    ):
         bounds.get_bound("buggy", tau=2.0)  # what the factory's signature does not take
     # A list (as a config may hold) was an "unhashable type" TypeError.
     with pytest.raises(KeyError, match=r"a bound name must be a string, got \['dv'\]"):

@@ -543,7 +543,9 @@ def test_a_registered_task_is_built_by_name_and_checked(monkeypatch):
     with pytest.raises(TypeError) as info:  # read "bad hyperparameters [] for task 'buggy'"
         tasks.get_task("buggy", dim=3)
     assert "bad hyperparameters" not in str(info.value)
-    with pytest.raises(TypeError, match=r"bad hyperparameters \['df'\] for task 'buggy'"):
+    with pytest.raises(
+        TypeError, match=r"unknown hyperparameters \['df'\] for task 'buggy'; known: \['scale'\]"
+    ):
         tasks.get_task("buggy", dim=3, df=2.0)
     tasks.register_task("bare", lambda dim: sinh_task(dim).sample)  # a sampler, not a Task
     with pytest.raises(TypeError, match="the factory of task 'bare' must return a `Task`"):
