@@ -240,15 +240,17 @@ def estimate_mi(
     """
     x, y = _checks.check_samples(x, y, min_samples=8)
     _warn_if_repeated_rows(x, y)
-    if not (_checks.is_real(test_fraction) and 0.0 < test_fraction < 1.0):
-        raise ValueError(f"`test_fraction` must be a number in (0, 1), got {test_fraction!r}.")
+    _check_arguments(
+        bound, bound_hparams, critic, critic_hparams, test_fraction, standardize, stop_on,
+        calibrate, seeds, mesh,
+    )  # fmt: skip
     for name, value, least in (
         ("batch_size", batch_size, 2),  # a bound needs a pair off the diagonal
         ("max_steps", max_steps, 1),
         ("eval_every", eval_every, 1),
         ("patience", patience, 1),
         ("max_test", max_test, MIN_TEST),
-    ):
+    ):  # (one number each: `_checks.check_ints` takes sequences too)
         if not (_checks.is_int(value) and value >= least):
             raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}.")
     if not (_checks.is_int(seed) and 0 <= seed < 2**31):
@@ -258,6 +260,62 @@ def estimate_mi(
     batch_size, max_steps, eval_every, patience, max_test, seed = (
         int(v) for v in (batch_size, max_steps, eval_every, patience, max_test, seed)
     )
+    seeds = None if seeds is None else int(seeds)
+    eval_every = min(eval_every, max_steps)  # max_steps is a limit: at least one whole round
+    # The keys given replace those of the tuned defaults; the others stay.
+    bound_hparams = {**DEFAULT_BOUND_HPARAMS.get(bound, {}), **(bound_hparams or {})}
+    critic_hparams = {**DEFAULT_CRITIC_HPARAMS.get(critic, {}), **(critic_hparams or {})}
+    learning_rate, calibrate = _by_objective(bound, bound_hparams, learning_rate, calibrate)
+
+    mesh = parallel.data_mesh_for(batch_size) if mesh is None else mesh
+    devices = mesh.devices.size
+    if devices > 1:
+        parallel.check_batch_size(batch_size, mesh, "batch_size")
+    train_idx, test_idx = _split(len(x), test_fraction, max_test, devices, seed)
+    arrays, ranked = _prepared(x, y, train_idx, test_idx, standardize, mesh)
+    x_train, y_train, x_test, y_test = arrays
+    spec = _FitSpec(
+        bound=bound,
+        bound_hparams=_checks.hashable_hparams(bound_hparams),
+        critic=critic,
+        critic_hparams=_checks.hashable_hparams(critic_hparams),
+        learning_rate=float(learning_rate),
+        batch=min(batch_size, len(train_idx) // devices * devices),
+        eval_every=eval_every,
+        calibrate=bool(calibrate),
+        num_seeds=seeds,
+        train_shapes=(x_train.shape, y_train.shape),
+        test_shapes=(x_test.shape, y_test.shape),
+        mesh=mesh if devices > 1 else None,
+        device=None if devices > 1 else mesh.devices.flat[0],
+        registrations=_checks.registrations(),
+    )
+    mi, best_step, steps, *curves, calibration, stopped = _fit(
+        spec, arrays, seed, max_steps // eval_every, patience, stop_on
+    )
+    test_curve, objective_curve, train_curve = curves
+    return MIEstimate(
+        mi=mi,
+        best_step=best_step,
+        steps=steps,
+        test_curve=test_curve,
+        objective_curve=objective_curve,
+        train_curve=train_curve,
+        bound=bound,
+        critic=critic,
+        calibration=calibration,
+        rank_columns=ranked,
+        stopped_early=stopped,
+    )
+
+
+def _check_arguments(
+    bound, bound_hparams, critic, critic_hparams, test_fraction, standardize, stop_on, calibrate,
+    seeds, mesh,
+) -> None:  # fmt: skip
+    """`estimate_mi`'s checks of its settings (the integers' follow in `estimate_mi`)."""
+    if not (_checks.is_real(test_fraction) and 0.0 < test_fraction < 1.0):
+        raise ValueError(f"`test_fraction` must be a number in (0, 1), got {test_fraction!r}.")
     if not (standardize is True or standardize is False or standardize in ("rank", "auto")):
         raise ValueError(
             f"`standardize` must be 'auto', True, False or 'rank', got {standardize!r}."
@@ -279,19 +337,12 @@ def estimate_mi(
             raise ValueError(f"`{name}` must be a dict of keyword arguments, got {hparams!r}.")
     if seeds is not None and not (_checks.is_int(seeds) and seeds >= 1):
         raise ValueError(f"`seeds` must be a positive integer or None, got {seeds!r}.")
-    seeds = None if seeds is None else int(seeds)
-    num_seeds = 1 if seeds is None else seeds
-    eval_every = min(eval_every, max_steps)  # max_steps is a limit: at least one whole round
-    # The keys given replace those of the tuned defaults; the others stay.
-    bound_hparams = {**DEFAULT_BOUND_HPARAMS.get(bound, {}), **(bound_hparams or {})}
-    critic_hparams = {**DEFAULT_CRITIC_HPARAMS.get(critic, {}), **(critic_hparams or {})}
-    learning_rate, calibrate = _by_objective(bound, bound_hparams, learning_rate, calibrate)
 
-    mesh = parallel.data_mesh_for(batch_size) if mesh is None else mesh
-    devices = mesh.devices.size
-    if devices > 1:
-        parallel.check_batch_size(batch_size, mesh, "batch_size")
-    train_idx, test_idx = _split(len(x), test_fraction, max_test, devices, seed)
+
+def _prepared(x, y, train_idx, test_idx, standardize, mesh) -> tuple[tuple, dict]:
+    """``((x_train, y_train, x_test, y_test), rank_columns)``: the samples standardized (on
+    the training split's statistics) as float32 arrays on the mesh's devices: global arrays
+    over several devices (and processes), else on its one device."""
     raw = (x, y)
     (x, x_ranked), (y, y_ranked) = (
         _standardized(a, train_idx, standardize, name) for a, name in ((x, "x"), (y, "y"))
@@ -302,46 +353,35 @@ def estimate_mi(
             _warn_if_far_outside(a[:, z_scored], train_idx, test_idx, name, z_scored)
     x, y = (_to_float32(a, name, standardize is not False) for a, name in ((x, "x"), (y, "y")))
     data = (x[train_idx], y[train_idx], x[test_idx], y[test_idx])
-    # Global arrays over several devices (and processes), else on the mesh's one device.
     # (`jax.device_put`: `jnp.asarray` of a numpy array compiles a program per shape.)
-    device = None if devices > 1 else mesh.devices.flat[0]
-    if devices > 1:
-        x_train, y_train, x_test, y_test = parallel.replicate(data, mesh)
+    if mesh.devices.size > 1:
+        arrays = parallel.replicate(data, mesh)
     else:
-        x_train, y_train, x_test, y_test = jax.device_put(data, device)
-    batch = min(batch_size, len(train_idx) // devices * devices)
+        arrays = jax.device_put(data, mesh.devices.flat[0])
+    return tuple(arrays), {"x": x_ranked, "y": y_ranked}
 
-    spec = _FitSpec(
-        bound=bound,
-        bound_hparams=_checks.hashable_hparams(bound_hparams),
-        critic=critic,
-        critic_hparams=_checks.hashable_hparams(critic_hparams),
-        learning_rate=float(learning_rate),
-        batch=batch,
-        eval_every=eval_every,
-        calibrate=bool(calibrate),
-        num_seeds=seeds,
-        train_shapes=(x_train.shape, y_train.shape),
-        test_shapes=(x_test.shape, y_test.shape),
-        mesh=mesh if devices > 1 else None,
-        device=device,
-        registrations=_checks.registrations(),
-    )
+
+def _fit(spec: "_FitSpec", arrays, seed: int, rounds: int, patience: int, stop_on: str):
+    """Trains ``spec``'s critics on ``arrays`` for at most ``rounds`` rounds with early
+    stopping; ``(mi, best_step, steps, test, objective and train curves, calibration,
+    stopped_early)``, without the seed axis for one seed (``spec.num_seeds`` None)."""
     init, train_round = _compiled_fit(spec)
+    x_train, y_train = arrays[:2]
     states, data_keys, constant_objective = init(np.int32(seed), x_train, y_train)
+    num_seeds = spec.num_seeds or 1
     samplers = [
-        _minibatches(seed * 1_000_003 + k, len(train_idx), batch, eval_every)
+        _minibatches(seed * 1_000_003 + k, len(x_train), spec.batch, spec.eval_every)
         for k in range(num_seeds)
     ]
     stopping = _EarlyStopping(num_seeds, patience, stop_on)
-    for r in range(max_steps // eval_every):  # whole rounds within the limit
+    for r in range(rounds):  # whole rounds within the limit
         if not stopping.active.any():
             break
         seed_args = (np.stack([next(s) for s in samplers]), stopping.active, stopping.calibration)
-        if seeds is None:  # no seed axis
+        if spec.num_seeds is None:  # no seed axis
             seed_args = tuple(a[0] for a in seed_args)
         states, calibration, values = train_round(
-            states, data_keys, np.int32(r), *seed_args, x_train, y_train, x_test, y_test
+            states, data_keys, np.int32(r), *seed_args, *arrays
         )
         stopping.update(r, calibration, values)  # the one host sync per round
 
@@ -351,14 +391,15 @@ def estimate_mi(
     # 50-d samples), an impossible value for MI. A critic that beats it on the objective can
     # still read below 0 nats on the bound: the constant critic's 0 is the estimate then too.
     reference = float(constant_objective) if stop_on == "objective" else 0.0
-    result = stopping.result(reference, bound, eval_every, seeds is not None)
-    mi, best_step, steps, *curves, calibration = result
+    batched = spec.num_seeds is not None
+    mi, best_step, steps, *curves, calibration = stopping.result(
+        reference, spec.bound, spec.eval_every, batched
+    )
     stopped = ~stopping.active
-    if seeds is None:
+    if not batched:
         mi, best_step, calibration = float(mi[0]), int(best_step[0]), calibration[0]
         curves, stopped = [c[0] for c in curves], bool(stopped[0])
-    ranked = {"x": x_ranked, "y": y_ranked}
-    return MIEstimate(mi, best_step, steps, *curves, bound, critic, calibration, ranked, stopped)
+    return mi, best_step, steps, *curves, calibration, stopped
 
 
 def _by_objective(
