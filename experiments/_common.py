@@ -1,4 +1,6 @@
-"""Workdir output shared by the experiments: config.json, metrics JSONL, results JSON/CSV."""
+"""What the experiments share: their config checks, seeds and sweep chunks, checkpoints and
+resume, and the workdir's files (config.json, metrics JSONL, results JSON / CSV, plots). The
+command line (flags, config files, messages of bad settings) is `experiments._cli`."""
 
 import contextlib
 import csv
@@ -41,37 +43,6 @@ def number(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def define_experiment_flags(name: str):
-    """``--config`` (a ``configs/NAME.py[:preset]`` file) and ``--workdir`` flags.
-
-    Called from an experiment's ``__main__`` block, so that importing several experiments (as
-    the tests do) defines no flag twice.
-    """
-    from absl import flags
-    from ml_collections import config_flags
-
-    config = config_flags.DEFINE_config_file("config", None, f"Path to a configs/{name}.py file.")
-    workdir = flags.DEFINE_string(
-        "workdir",
-        None,
-        f"Directory for outputs; default /tmp/mi_jax/{name}, /tmp/mi_jax/{name}_PRESET for "
-        f"--config configs/{name}.py:PRESET (`default_workdir`).",
-    )
-    flags.mark_flags_as_required(["config"])
-    return config, workdir
-
-
-def default_workdir(name: str, config_arg: str | None) -> str:
-    """The workdir of a run without ``--workdir``: one per config file and preset
-    (``/tmp/mi_jax/NAME`` for ``configs/NAME.py``, ``/tmp/mi_jax/NAME_PRESET`` for
-    ``configs/NAME.py:PRESET``, ``/tmp/mi_jax/NAME_MINE_PRESET`` for ``mine.py:PRESET``), so a
-    quick run does not occupy the folder the full run resumes from."""
-    path, _, preset = (config_arg or "").partition(":")
-    stem = os.path.splitext(os.path.basename(path))[0]
-    parts = [name] + ([stem] if stem and stem != name else []) + ([preset] if preset else [])
-    return "/tmp/mi_jax/" + "_".join(parts)
-
-
 # The errors of a bad setting: the plain types the checks raise (and their hyperparameter
 # error), not other subclasses, which come from elsewhere (a JSON decoder, JAX's tracer errors)
 # and keep their tracebacks.
@@ -82,254 +53,14 @@ _SETTING_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, _checks.H
 def config_checks():
     """Marks an experiment's checks of its settings, the part that runs before it writes
     anything: an error of a bad setting raised inside (`_SETTING_ERRORS`, by exact type) goes
-    on unchanged, marked for `run_experiment`, which prints its message alone. Other errors,
-    and errors after the checks (in training), keep their tracebacks."""
+    on unchanged, marked for `experiments._cli.run_experiment`, which prints its message
+    alone. Other errors, and errors after the checks (in training), keep their tracebacks."""
     try:
         yield
     except Exception as e:
         if type(e) in _SETTING_ERRORS:
             e.bad_setting = True
         raise
-
-
-def error_message(e: BaseException) -> str:
-    """An error's message as written (``str`` of a KeyError quotes it), else its type; raised
-    inside a registered factory (`mi_jax._checks.call_factory`), with the factory's name first
-    where the message does not give it."""
-    message = str(e.args[0]) if len(e.args) == 1 else str(e)
-    message = message or type(e).__name__
-    component = getattr(e, "component", None)
-    return f"{component}: {message}" if component and component not in message else message
-
-
-def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()) -> None:
-    """An experiment's ``__main__``: ``--config`` / ``--workdir`` flags, then
-    ``train_and_evaluate(config, workdir)`` under `absl.app`.
-
-    ``prepare(config)``, if given, runs first (e.g. `split_cpu_into_devices`, which must precede
-    JAX's backend start); then `mi_jax.parallel.initialize_distributed` starts multi-host JAX
-    where the environment describes a multi-process job. absl logging is set to WARNING: Orbax
-    logs every checkpoint save at INFO, which would break up the progress bar. A bad setting
-    found by `config_checks` (before anything is written) ends the run with its message alone;
-    Ctrl-C with one line (exit status 130) instead of a traceback.
-
-    ``named_maps``: the config's maps from registered names to hyperparameters
-    (``critic_hparams``: ``{"separable": {...}, "concat": {...}}``). One given whole on the
-    command line keeps the preset's entries for the names it does not give (`keep_preset_entries`).
-    """
-    from absl import app, flags, logging
-
-    from mi_jax import parallel
-
-    config, workdir_flag = define_experiment_flags(name)
-    config_arg, overrides = [], []  # `--config`'s value and the overrides, read by `parse_flags`
-
-    def main(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        logging.set_verbosity(logging.WARNING)
-        _check_config_fields(name, config.value)
-        if given := [f for f in named_maps if f"--config.{f}" in overrides]:
-            keep_preset_entries(name, config.value, preset_config(config_arg[0]), given)
-        workdir = workdir_flag.value
-        if workdir is None:
-            workdir = default_workdir(name, config_arg[0] if config_arg else None)
-            print(f"{name}: writing to {workdir} (no --workdir given)")
-        try:
-            with config_checks():
-                check_workdir(workdir)
-                if prepare is not None:
-                    prepare(config.value)
-            parallel.initialize_distributed()
-            train_and_evaluate(config.value, workdir)
-        except KeyboardInterrupt:  # (the experiment's own `finally` blocks have run)
-            print(
-                f"\n{name}: interrupted; what it wrote, if anything, stays in {workdir} "
-                '(README, "Workdirs and resuming": what the same command picks up).',
-                file=sys.stderr,
-            )
-            raise SystemExit(130) from None
-        except Exception as e:
-            if getattr(e, "bad_setting", False):
-                raise SystemExit(f"{name}: {error_message(e)}") from None
-            raise
-
-    def parse_flags(argv):
-        _check_config_path(name, argv)
-        config_arg.append(_config_arg(argv))
-        given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-        overrides.extend(given)
-        if repeated := sorted({g for g in given if given.count(g) > 1}):
-            # ml_collections joined a repeated tuple override's values (('nwj',) then ('dv',)
-            # ran both bounds): two values for one setting are refused.
-            raise SystemExit(f"{name}: {', '.join(repeated)} given more than once; give it once.")
-        try:
-            return flags.FLAGS(argv)
-        except flags.Error as e:  # (what `app.parse_flags_with_usage` does, but for a preset)
-            raise SystemExit(_flag_error_message(name, argv, e)) from None
-        except (AttributeError, KeyError) as e:  # --config.FIELD=... of a field it does not have
-            field = e  # ml_collections wraps a KeyError in the AttributeError
-            while isinstance(field, BaseException) and field.args:
-                field = field.args[0]
-            raise SystemExit(
-                f"{name}: the config has no field {field} (overrides given: {', '.join(given)}); "
-                f"{_known_fields(name, argv, given)}"
-            ) from None
-
-    app.run(main, flags_parser=parse_flags)
-
-
-def _repo_config(name: str, preset: str | None = None):
-    """``configs/NAME.py``'s ``get_config(preset)``, or None where it cannot be read (an
-    experiment run from elsewhere than the repository root, an unknown preset)."""
-    import importlib
-
-    try:
-        return importlib.import_module(f"configs.{name}").get_config(preset or None)
-    except (ImportError, ValueError):
-        return None
-
-
-def _known_fields(name: str, argv: list[str], overrides: list[str]) -> str:
-    """The fields of ``configs/NAME.py[:preset]`` at the level where an override
-    ``--config.a.b`` first names one that is not there (ml_collections suggests one by spelling
-    only: ``num_steps`` in IB's config got "num_seeds", where IB counts ``num_epochs``); below
-    a ``*_hparams`` map (keyword arguments, free-form), how to give the map whole."""
-    given = _config_arg(argv)
-    config = _repo_config(name, given.partition(":")[2] if given else None)
-    if config is None:
-        return f"see configs/{name}.py for its fields."
-    for override in overrides:
-        node, path, hparams = config, "config", None
-        for part in override.removeprefix("--").split(".")[1:]:
-            if not is_map(node):
-                break
-            if part not in node:
-                if hparams:  # keyword arguments, free-form: the map is given whole
-                    return f"`{hparams}` is a map of keyword arguments: give it whole, " + (
-                        f"--{hparams}='{{...}}'."
-                    )
-                return f"`{path}` has the fields {', '.join(sorted(node)) or '(none)'}."
-            node, path = node[part], f"{path}.{part}"
-            if hparams is None and part.endswith("_hparams"):
-                hparams = path
-    return f"see configs/{name}.py for its fields."
-
-
-def _check_config_fields(name: str, config) -> None:
-    """Exits naming the fields of ``configs/NAME.py`` that ``config`` lacks: another
-    experiment's config file failed deep in the run with a bare ``AttributeError: 'views'``."""
-    expected = _repo_config(name)
-    if expected is None:  # nothing to compare against
-        return
-    missing = sorted(set(expected) - set(config))
-    if missing:
-        raise SystemExit(
-            f"{name}: the config lacks the fields {', '.join(missing[:6])}"
-            f"{' ...' if len(missing) > 6 else ''} of configs/{name}.py; is --config another "
-            f"experiment's? Use --config configs/{name}.py[:preset]."
-        )
-
-
-def check_workdir(workdir: str) -> None:
-    """A `ValueError` naming ``--workdir`` when it (or the nearest existing folder above it)
-    is not a directory this process can write into."""
-    path = os.path.abspath(workdir)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    if not os.path.isdir(path):
-        raise ValueError(f"--workdir {workdir!r}: {path!r} is a file, not a directory.")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"--workdir {workdir!r}: {path!r} is not writable.")
-
-
-def _config_arg(argv: list[str]) -> str | None:
-    """The value of ``--config`` (``path[:preset]``) in ``argv``, or None."""
-    for i, arg in enumerate(argv[1:], start=1):
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def _check_config_path(name: str, argv: list[str]) -> None:
-    """Exits naming ``--config`` and the path when its file does not exist (ml_collections
-    loads it lazily, inside the run, with a message that names neither)."""
-    value = _config_arg(argv)
-    path = None if value is None else value.split(":", 1)[0]
-    if path is not None and not os.path.isfile(path):
-        raise SystemExit(
-            f"{name}: --config {value!r}: no file {path!r} (relative to {os.getcwd()}); "
-            f"pass e.g. --config configs/{name}.py, from the repository's root."
-        )
-    if path is not None:  # its imports find the modules beside it
-        folder = os.path.dirname(os.path.abspath(path))
-        if folder not in sys.path:
-            # Last, unlike a script's folder: a module there named like an installed one (or
-            # one of the repository's) is not imported; the installed one is.
-            sys.path.append(folder)
-
-
-# ml_collections loads the ``--config`` file as this module (`config_flags._ConfigFileParser`:
-# the flag's name + "_config"), once; `preset_config` reads it again from there.
-_CONFIG_MODULE = "config_config"
-_CONFIG_FILE_ERROR = "Error whilst parsing config file"  # ml_collections' wrapper of its errors
-
-
-def _flag_error_message(name: str, argv: list[str], error: Exception) -> str:
-    """The message a flag-parsing error ends the command line with: for a ValueError of the
-    config file's ``get_config`` (an unknown preset), that error's own message; for the rest,
-    absl's (`app.parse_flags_with_usage`). ml_collections wraps the first in a flag-parsing
-    traceback."""
-    cause = error
-    while cause.__context__ is not None:
-        cause = cause.__context__
-    if _CONFIG_FILE_ERROR in str(error) and type(cause) is ValueError:
-        return f"{name}: --config {_config_arg(argv)!r}: {cause}"
-    return (
-        f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull to see help on flags."
-    )
-
-
-def preset_config(config_arg: str):
-    """``get_config(preset)`` of the ``--config path[:preset]`` file ml_collections loaded,
-    without the command line's overrides, from the module it loaded (the file runs once: a
-    registration in it is not repeated); where that module is not found, from the file run
-    again."""
-    import importlib.util
-
-    path, _, preset = config_arg.partition(":")
-    module = sys.modules.get(_CONFIG_MODULE)
-    if os.path.abspath(getattr(module, "__file__", None) or "") != os.path.abspath(path):
-        spec = importlib.util.spec_from_file_location("_config_preset", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module.get_config(*([preset] if preset else []))
-
-
-def keep_preset_entries(name: str, config, preset, fields) -> None:
-    """Adds to each map ``config.<field>`` (``{registered name: hyperparameters}``, given whole
-    on the command line) the ``preset``'s entries for the names it does not give, and says so.
-
-    ``--config.critic_hparams='{"cosine": {...}}'`` dropped the preset's ``separable`` entry,
-    and the baseline critic it compared with silently ran on the module's defaults (LeCun
-    weights for the protocol's Glorot): the staircase's NWJ at 10 nats read -2.2 for 4.1.
-    An entry given as ``{}`` still selects the module's defaults.
-    """
-    for field in fields:
-        kept = {k: v for k, v in preset[field].items() if k not in config[field]}
-        if not kept:
-            continue
-        with config.unlocked():
-            for key, value in kept.items():
-                config[field][key] = value
-        named = ", ".join(repr(k) for k in config[field] if k not in kept) or "no entry"
-        print(
-            f"{name}: --config.{field} gives {named}; the preset's entries for "
-            f"{', '.join(repr(k) for k in kept)} are kept (give one to replace it, {{}} for the "
-            "defaults of its module)."
-        )
 
 
 def split_cpu_into_devices(count: int) -> None:
@@ -510,15 +241,15 @@ def checkpoint_manager(path: str, keep: int = 1):
 
 
 def latest_checkpoint_step(path: str) -> int:
-    """The step of the latest checkpoint in the folder ``path`` (0: none); creates nothing
-    (a bad config found later leaves the workdir as it was)."""
-    if not os.path.isdir(path):
-        return 0
-    manager = checkpoint_manager(path)
-    try:
-        return manager.latest_step() or 0
-    finally:
-        manager.close()
+    """The step of the latest finished checkpoint in the folder ``path`` (0: none), read from
+    the folder's names: it creates nothing (a bad config found later leaves the workdir as it
+    was), and it is not a `CheckpointManager`, whose creation is a barrier of all processes:
+    made only where the folder exists, one process could wait there for another that had
+    already created the folder for its own manager (a two-process test hung once at IB's
+    first method)."""
+    import orbax.checkpoint as ocp
+
+    return max(ocp.utils.checkpoint_steps(path), default=0)
 
 
 def checkpoint_step_within(path: str, num_steps: int, setting: str, per: int = 1) -> int:
@@ -667,7 +398,8 @@ def save_figure(fig, path: str, **kwargs) -> None:
 
 class WorkdirFileError(ValueError):
     """A file of the workdir that is unreadable or missing where a run needs it (cut, edited or
-    deleted by hand): `run_experiment` prints its message alone, naming the file."""
+    deleted by hand): `experiments._cli.run_experiment` prints its message alone, naming the
+    file."""
 
     bad_setting = True
 

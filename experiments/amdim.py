@@ -15,7 +15,7 @@ progress bar, a NaN stops the run naming the step); only the objective differs.
 
 import ml_collections
 
-from experiments import _common, infomax
+from experiments import _cli, _common, infomax
 from mi_jax import _checks, amdim
 
 
@@ -53,4 +53,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
 
 
 if __name__ == "__main__":
-    _common.run_experiment("amdim", train_and_evaluate)
+    _cli.run_experiment("amdim", train_and_evaluate)

@@ -20,7 +20,7 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
-from experiments import _common
+from experiments import _cli, _common
 from mi_jax import estimate as estimate_lib
 
 _DATA = flags.DEFINE_string("data", None, "An .npz file with arrays `x` and `y`.")
@@ -137,7 +137,7 @@ def main(argv):
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
         # Bad data or settings: the message names the argument (`seeds` is --seeds), alone (no
         # traceback, no flag list). (A critic that diverged, `NonFiniteError`, keeps its own.)
-        raise SystemExit(f"estimate: {_common.error_message(e)}") from e
+        raise SystemExit(f"estimate: {_cli.error_message(e)}") from e
     mi = np.atleast_1d(result.mi)
     if _SEEDS.value is None:
         print(

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from experiments import _common
+from experiments import _cli, _common
 from mi_jax import _checks, halves, parallel, probes, training
 from mi_jax import bounds as bounds_lib
 from mi_jax import critics as critics_lib
@@ -593,6 +593,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
 
 
 if __name__ == "__main__":
-    _common.run_experiment(
+    _cli.run_experiment(
         "halves", train_and_evaluate, named_maps=("encoder_hparams", "critic_hparams")
     )

@@ -33,7 +33,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from experiments import _common
+from experiments import _cli, _common
 from mi_jax import data as data_lib
 from mi_jax import dim, encoders, parallel, probes, training
 from mi_jax import score as score_lib
@@ -592,4 +592,4 @@ def plot(workdir: str, final: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    _common.run_experiment("infomax", train_and_evaluate)
+    _cli.run_experiment("infomax", train_and_evaluate)

@@ -36,7 +36,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from experiments import _common
+from experiments import _cli, _common
 from mi_jax import _checks, parallel, probes, training, vae
 from mi_jax import data as data_lib
 
@@ -431,4 +431,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
 
 
 if __name__ == "__main__":
-    _common.run_experiment("infomax_vae", train_and_evaluate)
+    _cli.run_experiment("infomax_vae", train_and_evaluate)

@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from experiments import _common
+from experiments import _cli, _common
 from mi_jax import _checks, mige, parallel, training
 from mi_jax import bounds as bounds_lib
 from mi_jax import score as score_lib
@@ -394,4 +394,4 @@ def summary(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    _common.run_experiment("mige_toy", train_and_evaluate)
+    _cli.run_experiment("mige_toy", train_and_evaluate)

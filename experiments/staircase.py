@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from experiments import _common
+from experiments import _cli, _common
 from mi_jax import _checks, parallel, training
 from mi_jax import bounds as bounds_lib
 from mi_jax import critics as critics_lib
@@ -323,7 +323,7 @@ def _task(config, name: str) -> tasks_lib.Task:
     except (ValueError, TypeError) as e:
         if not hparams or type(e) not in (ValueError, TypeError):
             raise
-        message = f"`config.task_hparams.{name}` {hparams}: {_common.error_message(e)}"
+        message = f"`config.task_hparams.{name}` {hparams}: {_cli.error_message(e)}"
         raise type(e)(message) from e
 
 
@@ -640,7 +640,7 @@ def summary(results: dict, config) -> str:
 
 
 if __name__ == "__main__":
-    _common.run_experiment(
+    _cli.run_experiment(
         "staircase",
         train_and_evaluate,
         prepare=lambda config: _common.split_cpu_into_devices(config.cpu_devices),

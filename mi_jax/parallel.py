@@ -53,7 +53,7 @@ def initialize_distributed() -> bool:
     """Starts multi-host JAX when the environment describes a multi-process job.
 
     Returns whether `jax.distributed.initialize` was called. Must run before any other JAX call
-    (`experiments._common.run_experiment` calls it before training). A single process does nothing.
+    (`experiments._cli.run_experiment` calls it before training). A single process does nothing.
     """
     if not _multi_process_env():
         return False

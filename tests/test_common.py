@@ -1,4 +1,5 @@
-"""Workdir output shared by the experiments (`experiments._common`)."""
+"""What the experiments share (`experiments._common`), and their command line
+(`experiments._cli`)."""
 
 import importlib
 import json
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from experiments import _common
+from experiments import _cli, _common
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -157,9 +158,9 @@ def test_a_config_path_that_does_not_exist_is_named_before_the_run(tmp_path, mon
         with pytest.raises(
             SystemExit, match=r"infomax: --config '.*': no file '(configs/)?\w+\.py'"
         ):
-            _common._check_config_path("infomax", argv)
+            _cli._check_config_path("infomax", argv)
     (tmp_path / "mine.py").write_text("")
-    _common._check_config_path("infomax", ["prog", "--config", "mine.py:preset"])  # exists
+    _cli._check_config_path("infomax", ["prog", "--config", "mine.py:preset"])  # exists
 
 
 def test_an_unknown_preset_is_named_before_the_run(tmp_path):
@@ -176,7 +177,7 @@ def test_an_unknown_preset_is_named_before_the_run(tmp_path):
     assert out.stderr.strip().startswith("ib: --config 'configs/ib.py:mnsit': unknown preset")
     assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
     # Other flag errors as absl words them.
-    message = _common._flag_error_message("ib", ["prog"], ValueError("bad flag"))
+    message = _cli._flag_error_message("ib", ["prog"], ValueError("bad flag"))
     assert message.startswith("FATAL Flags parsing error: bad flag")
 
 
@@ -186,18 +187,18 @@ def test_a_workdir_that_is_a_file_is_named(tmp_path):
     (tmp_path / "afile").write_text("")
     for workdir in ("afile", "afile/run"):  # before: NotADirectoryError deep in Orbax
         with pytest.raises(ValueError, match=r"--workdir .*afile' is a file, not a directory"):
-            _common.check_workdir(str(tmp_path / workdir))
-    _common.check_workdir(str(tmp_path / "new" / "run"))  # created later: fine
+            _cli.check_workdir(str(tmp_path / workdir))
+    _cli.check_workdir(str(tmp_path / "new" / "run"))  # created later: fine
 
 
 @pytest.mark.parametrize("name, other", [("amdim", "infomax"), ("ib", "infomax_vae")])
 def test_another_experiments_config_is_named_before_the_run(name, other):
     other_config = importlib.import_module(f"configs.{other}").get_config("quick")
     with pytest.raises(SystemExit, match=f"lacks the fields .* of configs/{name}.py"):
-        _common._check_config_fields(name, other_config)
+        _cli._check_config_fields(name, other_config)
     for preset in (None, "quick", "mnist"):  # its own presets have every field
         own = importlib.import_module(f"configs.{name}").get_config(preset)
-        _common._check_config_fields(name, own)
+        _cli._check_config_fields(name, own)
 
 
 def test_an_override_given_twice_is_refused_before_anything_is_written(tmp_path):
@@ -231,12 +232,12 @@ def test_config_checks_mark_a_bad_settings_error_and_change_nothing_else():
         with pytest.raises(type(error)) as info, _common.config_checks():
             raise error
         assert info.value is error and info.value.bad_setting
-        assert _common.error_message(info.value) == error.args[0]
+        assert _cli.error_message(info.value) == error.args[0]
     with pytest.raises(FileNotFoundError) as info, _common.config_checks():
         os.stat("/nonexistent/t10k-labels-idx1-ubyte.gz")
     assert info.value.bad_setting
-    assert _common.error_message(info.value).endswith(": '/nonexistent/t10k-labels-idx1-ubyte.gz'")
-    assert _common.error_message(KeyError()) == "KeyError"
+    assert _cli.error_message(info.value).endswith(": '/nonexistent/t10k-labels-idx1-ubyte.gz'")
+    assert _cli.error_message(KeyError()) == "KeyError"
     # Not a setting's: other types, and subclasses raised by other code (a corrupt JSON file in
     # the workdir, JAX's tracer errors), keep their tracebacks.
     for raise_it in (lambda: json.loads("{1}"), lambda: 1 / 0):
@@ -277,10 +278,10 @@ def test_a_bad_setting_ends_the_cli_with_its_message_alone(tmp_path, name, overr
 def test_ctrl_c_ends_an_experiment_with_one_line(tmp_path):
     # Before: a 40-line KeyboardInterrupt traceback from wherever the run was.
     code = (
-        "from experiments import _common\n"
+        "from experiments import _cli\n"
         "def interrupted(config, workdir):\n"
         "    raise KeyboardInterrupt\n"
-        "_common.run_experiment('staircase', interrupted)\n"
+        "_cli.run_experiment('staircase', interrupted)\n"
     )
     out = _command_line(
         "-c",
@@ -300,19 +301,19 @@ def test_ctrl_c_ends_an_experiment_with_one_line(tmp_path):
 def test_without_workdir_each_preset_writes_to_its_own_folder():
     # Before: every preset's default was /tmp/mi_jax/NAME, so a `:quick` run there made the
     # README's set-up command (the full preset, same folder) refuse the changed settings.
-    assert _common.default_workdir("infomax", "configs/infomax.py") == "/tmp/mi_jax/infomax"
-    assert _common.default_workdir("infomax", "configs/infomax.py:quick") == (
+    assert _cli.default_workdir("infomax", "configs/infomax.py") == "/tmp/mi_jax/infomax"
+    assert _cli.default_workdir("infomax", "configs/infomax.py:quick") == (
         "/tmp/mi_jax/infomax_quick"
     )
-    assert _common.default_workdir("ib", None) == "/tmp/mi_jax/ib"
-    assert _common.default_workdir("staircase", "/tmp/my_staircase.py:quick") == (
+    assert _cli.default_workdir("ib", None) == "/tmp/mi_jax/ib"
+    assert _cli.default_workdir("staircase", "/tmp/my_staircase.py:quick") == (
         "/tmp/mi_jax/staircase_my_staircase_quick"  # not the repository's quick run's folder
     )
     code = (
-        "from experiments import _common\n"
+        "from experiments import _cli\n"
         "def run(config, workdir):\n"
         "    print('workdir=' + workdir)\n"
-        "_common.run_experiment('staircase', run)\n"
+        "_cli.run_experiment('staircase', run)\n"
     )
     for config, expected in [
         ("configs/staircase.py:quick", "/tmp/mi_jax/staircase_quick"),
@@ -335,11 +336,11 @@ def test_a_named_map_on_the_command_line_keeps_the_presets_other_entries(tmp_pat
     # the protocol's Glorot): NWJ at 10 nats read -2.2 for 4.1.
     code = (
         "import json\n"
-        "from experiments import _common\n"
+        "from experiments import _cli, _common\n"
         "def run(config, workdir):\n"
         "    print('maps=' + json.dumps(_common.to_builtin(\n"
         "        {k: config[k].to_dict() for k in ('critic_hparams', 'bound_hparams')})))\n"
-        "_common.run_experiment('staircase', run, named_maps=('critic_hparams', 'bound_hparams'))\n"
+        "_cli.run_experiment('staircase', run, named_maps=('critic_hparams', 'bound_hparams'))\n"
     )
     out = _command_line(
         "-c",
@@ -399,22 +400,22 @@ def test_an_unknown_override_lists_the_fields_at_its_level():
     # ml_collections suggests by spelling only: IB's `num_steps` got "num_seeds", where IB
     # counts `num_epochs`; a nested typo named no field of its map.
     argv = ["prog", "--config", "configs/ib.py"]
-    assert "num_epochs" in _common._known_fields("ib", argv, ["--config.num_steps"])
+    assert "num_epochs" in _cli._known_fields("ib", argv, ["--config.num_steps"])
     argv = ["prog", "--config=configs/infomax_vae.py"]
-    assert _common._known_fields("infomax_vae", argv, ["--config.probe.l3"]) == (
+    assert _cli._known_fields("infomax_vae", argv, ["--config.probe.l3"]) == (
         "`config.probe` has the fields l2, max_iter, tol."
     )
     # A map of keyword arguments (empty or not) is given whole; an override that exists (the
     # first here) is passed over.
     argv = ["prog", "--config", "configs/infomax.py"]
     for bad in ("--config.estimator_hparams.clip", "--config.score_hparams.ridge"):
-        hint = _common._known_fields("infomax", argv, ["--config.score_hparams.threshold", bad])
+        hint = _cli._known_fields("infomax", argv, ["--config.score_hparams.threshold", bad])
         assert hint.endswith(f"give it whole, {bad.rsplit('.', 1)[0]}='{{...}}'."), hint
     # The preset's config: under mige_toy's learned_score only mige_dsm is an estimator.
     argv = ["prog", "--config", "configs/mige_toy.py:learned_score"]
-    hint = _common._known_fields("mige_toy", argv, ["--config.estimators.mige_ssge.x"])
+    hint = _cli._known_fields("mige_toy", argv, ["--config.estimators.mige_ssge.x"])
     assert hint == "`config.estimators` has the fields mige_dsm."
     # No such experiment's config to read: the general pointer.
-    assert _common._known_fields("nope", argv, ["--config.x"]) == (
+    assert _cli._known_fields("nope", argv, ["--config.x"]) == (
         "see configs/nope.py for its fields."
     )
