@@ -168,6 +168,35 @@ def check_batch_size(config) -> None:
         )
 
 
+def config_field(config, path: str):
+    """``config.<path>``, a dotted path (``"probe.kinds"``)."""
+    for part in path.split("."):
+        config = config[part]
+    return config
+
+
+def check_ints(config, *fields: str, least: int = 1) -> None:
+    """A `ValueError` naming the first ``config.<field>`` (a dotted path) that is not an
+    integer ``>= least``."""
+    for field in fields:
+        value = config_field(config, field)
+        if not (_checks.is_int(value) and value >= least):
+            raise ValueError(f"`config.{field}` must be an integer >= {least}, got {value!r}.")
+
+
+def check_names(config, field: str, known, noun: str, *, empty_ok: bool = False) -> None:
+    """``config.<field>`` (a dotted path): names from ``known``, a list (or a map's keys),
+    at least one unless ``empty_ok``. An unknown one is the KeyError of
+    `mi_jax._checks.unknown_name_error` (``noun`` and the field named, a close name
+    suggested)."""
+    names = config_field(config, field)
+    if not names and not empty_ok:
+        raise ValueError(f"`config.{field}` is empty: name at least one of {', '.join(known)}.")
+    for name in names:
+        if not _checks.is_known(name, known):
+            raise _checks.unknown_name_error(f"{noun} (config.{field})", name, known)
+
+
 def is_map(value) -> bool:
     """A dict or a `ml_collections.ConfigDict` (which is not a `Mapping`)."""
     return isinstance(value, Mapping) or hasattr(value, "to_dict")

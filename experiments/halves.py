@@ -45,39 +45,22 @@ FINDINGS = {
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
     _common.check_learning_rate(config)
-    for field, known in (
-        ("encoders", halves.available_half_encoders()),
-        ("critics", critics_lib.available_critics()),
-        ("bounds", bounds_lib.available_bounds()),
+    for field, known, noun in (
+        ("encoders", halves.available_half_encoders(), "encoder"),
+        ("critics", critics_lib.available_critics(), "critic"),
+        ("bounds", bounds_lib.available_bounds(), "bound"),
     ):
-        if not config[field]:
-            raise ValueError(f"`config.{field}` is empty: name at least one.")
+        _common.check_names(config, field, known, noun)
         _common.check_unique(config, field)
-        for name in config[field]:
-            if name not in known:
-                raise ValueError(
-                    f"unknown name {name!r} in `config.{field}`; known: {', '.join(known)}."
-                )
     _common.check_num_seeds(config)  # and config.seed
     _common.check_batch_size(config)
     _common.check_hparams_maps(config, "encoder_hparams", "critic_hparams")
-    for field, known in (
-        ("encoder_hparams", halves.available_half_encoders()),
-        ("critic_hparams", critics_lib.available_critics()),
+    for field, known, noun in (
+        ("encoder_hparams", halves.available_half_encoders(), "encoder"),
+        ("critic_hparams", critics_lib.available_critics(), "critic"),
     ):  # a misspelt entry would leave its module at the defaults
-        for name in config[field]:
-            if name not in known:
-                raise ValueError(
-                    f"unknown name {name!r} in `config.{field}`; known: {', '.join(known)}."
-                )
-    for name in (
-        "num_steps",
-        "log_every",
-        "eval_every",
-        "mi_eval_batches",
-    ):
-        if config[name] < 1:
-            raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
+        _common.check_names(config, field, known, noun, empty_ok=True)
+    _common.check_ints(config, "num_steps", "log_every", "eval_every", "mi_eval_batches")
     if config.eval_every % config.log_every:
         raise ValueError(
             f"`config.eval_every` ({config.eval_every}) must be a multiple of "

@@ -112,19 +112,9 @@ def betas_of(config: ml_collections.ConfigDict, method: str) -> tuple[float, ...
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
-    if not config.methods:
-        raise ValueError(f"`config.methods` is empty: name at least one of {ib.METHODS}.")
-    for method in config.methods:
-        if method not in ib.METHODS:
-            raise ValueError(
-                f"unknown name {method!r} in `config.methods`; known: {', '.join(ib.METHODS)}."
-            )
+    _common.check_names(config, "methods", ib.METHODS, "method")
     swept = [m for m in ib.METHODS if m != "deterministic"]  # the methods with a beta
-    for method in config.betas:
-        if method not in swept:
-            raise ValueError(
-                f"unknown method {method!r} in `config.betas`; known: {', '.join(swept)}."
-            )
+    _common.check_names(config, "betas", swept, "method", empty_ok=True)
     for method in config.methods:
         if method != "deterministic" and method not in config.betas:
             raise ValueError(f"`config.betas` has no sweep for method {method!r}.")
@@ -138,17 +128,11 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     _common.check_unique(config, "methods")
     if {"mine", "mige"} & set(config.methods):  # a bound, or a kernel score estimate, per batch
         _common.check_batch_size(config)
-    for name in (
-        "num_epochs", "batch_size", "eval_every_epochs", "test_samples", "eval_batch_size",
-        "lr_decay_epochs",
-    ):  # fmt: skip
-        if config[name] < 1:
-            raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
-    if config.validation_examples < 0:
-        raise ValueError(
-            f"`config.validation_examples` must be >= 0 (0: no split), got "
-            f"{config.validation_examples}."
-        )
+    _common.check_ints(
+        config, "num_epochs", "batch_size", "eval_every_epochs", "test_samples",
+        "eval_batch_size", "lr_decay_epochs",
+    )  # fmt: skip
+    _common.check_ints(config, "validation_examples", least=0)  # 0: no split
     training.check_ema_decay(config.ema_decay, "config.ema_decay")
 
 

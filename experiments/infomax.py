@@ -76,14 +76,12 @@ RESUMABLE = (
 def _check_config(config: ml_collections.ConfigDict, representation_names: tuple[str, ...]) -> None:
     _common.check_num_seeds(config)
     _common.check_learning_rate(config)
-    for name in (
-        "num_steps", "log_every", "eval_every", "checkpoint_every",
+    _common.check_ints(
+        config, "num_steps", "log_every", "eval_every", "checkpoint_every",
         "keep_checkpoints",  # 0: Orbax keeps none, and nothing could resume
-    ):  # fmt: skip
-        if config[name] < 1:
-            raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
-    if config.batch_size < 2:  # the bounds need a negative pair off the diagonal
-        raise ValueError(f"`config.batch_size` must be >= 2, got {config.batch_size}.")
+        "probe.mlp_hidden",
+    )  # fmt: skip
+    _common.check_batch_size(config)
     if "augment" in config:
         data_lib.check_augment(config.augment.to_dict(), prefix="config.augment.")
     probe = config.probe
@@ -92,27 +90,20 @@ def _check_config(config: ml_collections.ConfigDict, representation_names: tuple
         epochs=probe.epochs, batch_size=probe.batch_size, learning_rate=probe.learning_rate,
         weight_decay=probe.weight_decay,
     )  # fmt: skip
-    if probe.mlp_hidden < 1:
-        raise ValueError(f"`config.probe.mlp_hidden` must be >= 1, got {probe.mlp_hidden}.")
     for name in ("eval_every", "checkpoint_every"):
         if config[name] % config.log_every:
             raise ValueError(
                 f"`config.{name}` ({config[name]}) must be a multiple of `config.log_every` "
                 f"({config.log_every}): evaluation and checkpoints happen between chunks."
             )
-    for field, known in (
-        ("representations", representation_names),
-        ("periodic_representations", representation_names),
-        ("kinds", probes.PROBES),
-        ("periodic_kinds", probes.PROBES),
-    ):
-        if not config.probe[field] and not field.startswith("periodic"):  # no final probe
-            raise ValueError(f"`config.probe.{field}` is empty; name at least one of {known}.")
-        for name in config.probe[field]:
-            if name not in known:
-                raise ValueError(
-                    f"unknown name {name!r} in `config.probe.{field}`; known: {', '.join(known)}."
-                )
+    for field, known, noun in (
+        ("representations", representation_names, "representation"),
+        ("periodic_representations", representation_names, "representation"),
+        ("kinds", probes.PROBES, "probe"),
+        ("periodic_kinds", probes.PROBES, "probe"),
+    ):  # (periodic probes are optional; the final ones are the results)
+        empty_ok = field.startswith("periodic")
+        _common.check_names(config, f"probe.{field}", known, noun, empty_ok=empty_ok)
 
 
 def make_chunk_fn(objective, augment: dict, mesh=None, num_seeds: int | None = None):

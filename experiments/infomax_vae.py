@@ -94,9 +94,7 @@ PROBE_FIELDS = ("l2", "max_iter", "tol")
 def _check_config(config: ml_collections.ConfigDict) -> None:
     _common.check_num_seeds(config)
     _common.check_learning_rate(config)
-    for name in ("num_epochs", "eval_every_epochs", "latent_dim"):
-        if config[name] < 1:
-            raise ValueError(f"`config.{name}` must be >= 1, got {config[name]}.")
+    _common.check_ints(config, "num_epochs", "eval_every_epochs", "latent_dim")
     _common.check_batch_size(config)  # the MI bound reads every batch
     settings_of(config)
     # Used after training: a misspelt or missing key must not cost the run.

@@ -248,8 +248,7 @@ def validate_config(config) -> None:
                 "bound (config.bounds)", name, bounds_lib.available_bounds()
             )
     if config.bounds:
-        if not (_checks.is_int(config.critic_steps) and config.critic_steps >= 1):
-            raise ValueError(f"config.critic_steps must be >= 1, got {config.critic_steps!r}.")
+        _common.check_ints(config, "critic_steps")
         # The bounds' networks, built (traced, not compiled) before anything is written.
         _checks.check_int_sequences(**{"config.aux_hidden": config.aux_hidden})
         ensemble = training.make_ensemble(
@@ -258,8 +257,7 @@ def validate_config(config) -> None:
         training.check_ensemble(ensemble, 1, 1)
     if not 0.0 < config.rho_max < 1.0:
         raise ValueError(f"config.rho_max must lie in (0, 1), got {config.rho_max}.")
-    if config.num_samples < 2 or config.num_seeds < 1 or config.num_rhos < 2:
-        raise ValueError("config.num_samples >= 2, num_seeds >= 1 and num_rhos >= 2 are needed.")
+    _common.check_ints(config, "num_samples", "num_rhos", least=2)
     if not config.dims or not all(_checks.is_int(d) and d >= 1 for d in config.dims):
         raise ValueError(f"config.dims must hold positive integers, got {config.dims}.")
     _common.check_unique(config, "dims")

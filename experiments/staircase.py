@@ -104,8 +104,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"config.bound_groups must be >= 0 (0: one per device) and config.cpu_devices >= 1, "
             f"got {config.bound_groups} and {config.cpu_devices}."
         )
-    if config.batch_size < 2:
-        raise ValueError(f"config.batch_size must be at least 2, got {config.batch_size}.")
+    _common.check_batch_size(config)
     if config.parallel not in ("bounds", "data"):
         raise ValueError(
             f"config.parallel must be 'bounds' (bound groups side by side, one per device) or "
@@ -113,8 +112,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if config.parallel == "data":
         parallel.check_batch_size(config.batch_size, parallel.data_mesh())
-    if config.steps_per_level < 1:
-        raise ValueError(f"config.steps_per_level must be >= 1, got {config.steps_per_level}.")
+    _common.check_ints(config, "steps_per_level")
     total = config.steps_per_level * len(config.levels)
     if config.chunk_steps < 1 or total % config.chunk_steps:
         raise ValueError(

@@ -246,7 +246,9 @@ def test_bad_input_names_the_argument():
             ib_experiment.train_and_evaluate(_quick(ib_config, betas={"vib": betas}), "/x")
     with pytest.raises(ValueError, match=r"`config.batch_size` must be an integer >= 2"):
         ib_experiment.train_and_evaluate(_quick(ib_config, methods=("mine",), batch_size=1), "/x")
-    with pytest.raises(ValueError, match="unknown name 'vibe' in `config.methods`"):
+    with pytest.raises(
+        KeyError, match=r"unknown method \(config.methods\) 'vibe'. Did you mean 'vib'"
+    ):
         ib_experiment.train_and_evaluate(_quick(ib_config, methods=("vibe",)), "/x")
     with pytest.raises(ValueError, match="latent_dim"):
         ib_experiment.train_and_evaluate(_quick(ib_config, latent_dim=0), "/x")

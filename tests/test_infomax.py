@@ -270,9 +270,9 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoints(tmp_path)
         (dict(estimator="infonse"), KeyError, "infonce"),
         (dict(encoder="resnett"), KeyError, "resnet"),
         (dict(eval_every=3, log_every=2), ValueError, "eval_every"),
-        (dict(**{"probe.representations": ("globl",)}), ValueError, "globl"),
-        (dict(**{"probe.kinds": ("svm",)}), ValueError, "svm"),
-        (dict(**{"probe.periodic_representations": ("fc",)}), ValueError, "periodic_repr"),
+        (dict(**{"probe.representations": ("globl",)}), KeyError, "Did you mean 'global'"),
+        (dict(**{"probe.kinds": ("svm",)}), KeyError, r"probe \(config.probe.kinds\) 'svm'"),
+        (dict(**{"probe.periodic_representations": ("fc",)}), KeyError, "periodic_repr"),
         (dict(batch_size=64), ValueError, "batch_size"),
         (dict(num_seeds=0), ValueError, "num_seeds"),
         (dict(keep_checkpoints=0), ValueError, "keep_checkpoints"),
@@ -291,7 +291,7 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoints(tmp_path)
         (dict(learning_rate=-1e-4), ValueError, "`config.learning_rate` must be a positive"),
         # Before: found tracing the first step (batch 1: "`scores` has batch size 1"; seed -1:
         # "`seed` must be ...") or not at all (no probe of the trained encoder in the table).
-        (dict(batch_size=1), ValueError, "`config.batch_size` must be >= 2"),
+        (dict(batch_size=1), ValueError, "`config.batch_size` must be an integer >= 2"),
         (dict(seed=-1), ValueError, "`config.seed` must be an integer >= 0"),
         (dict(**{"probe.representations": ()}), ValueError, "`config.probe.representations`"),
         (dict(**{"probe.kinds": ()}), ValueError, "`config.probe.kinds` is empty"),

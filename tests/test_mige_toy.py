@@ -119,7 +119,7 @@ def test_richardson_score_combines_two_bandwidths():
         ("num_rhos", 1, ValueError, "num_rhos"),
         # Before: zero training steps read as trained bounds; a seed of -1 ran as 2**32 - 1; a
         # zero width failed after the MIGE rows were written, naming `hidden`.
-        ("critic_steps", -3, ValueError, "config.critic_steps must be >= 1"),
+        ("critic_steps", -3, ValueError, "`config.critic_steps` must be an integer >= 1"),
         ("seed", -1, ValueError, "`config.seed` must be an integer >= 0"),
         ("aux_hidden", (0,), ValueError, "`config.aux_hidden` must hold integers"),
         ("critic_hparams", {"hidden": (0,), "embed_dim": 8}, ValueError, "`hidden` must hold"),
