@@ -132,6 +132,20 @@ def seed_values(config) -> list[int]:
     return [int(config.seed) + k for k in range(check_num_seeds(config))]
 
 
+@jax.jit
+def seed_slice(tree, i):
+    """Seed ``i``'s slice of a seed-stacked pytree: one program (eagerly, each leaf compiled two
+    small ones)."""
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+def seed_slices(tree, batched: bool) -> list:
+    """The seeds' slices of a seed-stacked pytree (unbatched, one seed: ``[tree]``)."""
+    if not batched:
+        return [tree]
+    return [seed_slice(tree, k) for k in range(jax.tree.leaves(tree)[0].shape[0])]
+
+
 def check_learning_rate(config, name: str = "learning_rate") -> None:
     """``config.<name>`` a positive, finite number, or a `ValueError` naming it (a negative
     rate trains without complaint: Adam then ascends the loss)."""

@@ -316,7 +316,9 @@ def train_and_evaluate(
         """The periodic probes on the encoder at ``step``, written as an eval row."""
         per_seed = [
             periodic_eval(config, objective, p, dataset, mesh, seed=s)
-            for s, p in zip(seeds, _per_seed(state.params["encoder"], batched), strict=True)
+            for s, p in zip(
+                seeds, _common.seed_slices(state.params["encoder"], batched), strict=True
+            )
         ]
         acc = {k: float(np.mean([a[k] for a in per_seed])) for k in per_seed[0]}
         eval_row = {"step": step, "kind": "eval", **acc}
@@ -378,8 +380,8 @@ def train_and_evaluate(
         for k, (s, trained, initial) in enumerate(
             zip(
                 seeds,
-                _per_seed(state.params["encoder"], batched),
-                _per_seed(initial_encoder, batched),
+                _common.seed_slices(state.params["encoder"], batched),
+                _common.seed_slices(initial_encoder, batched),
                 strict=True,
             )
         ):
@@ -439,14 +441,6 @@ def train_and_evaluate(
     plot(workdir, final)
     print(summary(results))
     return results
-
-
-def _per_seed(tree, batched: bool) -> list:
-    """The seeds' slices of a seed-stacked pytree (one seed: ``[tree]``)."""
-    if not batched:
-        return [tree]
-    count = jax.tree.leaves(tree)[0].shape[0]
-    return [jax.tree.map(lambda a, k=k: a[k], tree) for k in range(count)]
 
 
 def _raise_if_nonfinite(losses, config, step: int, seeds, manager, workdir: str) -> None:

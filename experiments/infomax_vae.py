@@ -136,12 +136,6 @@ def make_eval_fn(model: vae.InfoMaxVAE, batch_size: int, seed_axis: bool = False
     return jax.jit(every_model)
 
 
-@jax.jit
-def _slice(tree, i):
-    """Entry ``i`` of every leaf (one program: eagerly, each leaf compiled two small ones)."""
-    return jax.tree.map(lambda a: a[i], tree)
-
-
 @functools.lru_cache(maxsize=8)
 def _posterior_mean_fn(encoder):
     """One function object per encoder: `probes.extract_features` jits it, and jit reuses a
@@ -162,7 +156,7 @@ def probe_accuracies(
     rows = []
     labels = (dataset.train_labels, dataset.test_labels)
     for i, name in enumerate(names):
-        enc = _slice(params["encoder"], i)
+        enc = _common.seed_slice(params["encoder"], i)
         (train,) = probes.extract_features(apply, enc, dataset.train_images, mesh=mesh)
         (test,) = probes.extract_features(apply, enc, dataset.test_images, mesh=mesh)
         result = probes.fit_probe(
@@ -191,7 +185,7 @@ def plot_samples(path, model, params, dataset, names, key, count: int = 10) -> N
     originals = data_lib.to_float(jnp.asarray(dataset.test_images[:count]))
     rows = [("test images", np.asarray(originals))]
     for i, name in enumerate(names):
-        p = _slice(params, i)
+        p = _common.seed_slice(params, i)
         rows.append((f"{name}: reconstructions", np.asarray(model.reconstruct(p, originals))))
         rows.append((f"{name}: samples", np.asarray(model.generate(p, key, count))))
     fig, axes = plt.subplots(
@@ -404,7 +398,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     per_seed = []  # per seed: the last evaluation of every model with its probe
     final = {(r["model"], r.get("seed")): r for r in history[-len(names) * len(seeds) :]}
     for k, seed in enumerate(seeds):
-        params = _slice(state.params, k) if batched else state.params
+        params = _common.seed_slice(state.params, k) if batched else state.params
         for p in probe_accuracies(config, model, params, dataset, names, k == 0, mesh):
             key = (p["model"], seed if batched else None)
             per_seed.append({**results["models"].get(p["model"], {}), **final.get(key, {}), **p})
@@ -418,7 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     plot_samples(  # the first seed's models
         os.path.join(workdir, "samples.png"),
         model,
-        _slice(state.params, 0) if batched else state.params,
+        _common.seed_slice(state.params, 0) if batched else state.params,
         dataset,
         names,
         eval_key[0] if batched else eval_key,
