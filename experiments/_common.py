@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mi_jax import _checks
@@ -130,6 +131,24 @@ def seed_values(config) -> list[int]:
     float rounding of the batched (vmapped) program.
     """
     return [int(config.seed) + k for k in range(check_num_seeds(config))]
+
+
+def seed_keys(seeds: list[int], n: int) -> tuple:
+    """``n`` PRNG keys per seed, each seed's ``jax.random.key(seed)`` split ``n`` ways: the
+    ``i``-th keys of all seeds ``[K]``, or, one seed, its own keys (no seed axis: the
+    single-run program)."""
+    keys = jnp.stack([jax.random.split(jax.random.key(s), n) for s in seeds])  # [K, n]
+    return tuple(keys[:, i] if len(seeds) > 1 else keys[0, i] for i in range(n))
+
+
+def jit_init(init, batched: bool, in_axes=0):
+    """``init`` (of a train state) jitted, vmapped over the seeds' keys where ``batched``,
+    with XLA's fast compile options: it runs once (default options compiled InfoMax's in 6-16
+    s against 2.5-2.8 s on digits, IB's in three times as long, to the same parameters)."""
+    from mi_jax import training
+
+    fn = jax.vmap(init, in_axes=in_axes) if batched else init
+    return jax.jit(fn, compiler_options=training.fast_compile_options())
 
 
 @jax.jit

@@ -195,8 +195,7 @@ def sweep_init(config: ml_collections.ConfigDict, method: str, dataset: data_lib
     steps_per_epoch = dataset.train_images.shape[0] // config.batch_size
     seeds = _common.seed_values(config)
     batched = len(seeds) > 1
-    keys = jnp.stack([jax.random.split(jax.random.key(s), 3) for s in seeds])  # [K, 3]
-    keys = tuple(keys[:, i] if batched else keys[0, i] for i in range(3))
+    keys = _common.seed_keys(seeds, 3)
     schedule = optax.exponential_decay(
         config.learning_rate,
         transition_steps=config.lr_decay_epochs * steps_per_epoch,
@@ -210,11 +209,7 @@ def sweep_init(config: ml_collections.ConfigDict, method: str, dataset: data_lib
         params, bound_states = model.init(key, sample)
         return training.create_sweep_state(params, bound_states, tx, nb)
 
-    # Runs once: XLA's fast options compile it in a third of the time, to the same parameters.
-    init = jax.jit(
-        jax.vmap(init) if batched else init, compiler_options=training.fast_compile_options()
-    )
-    return model, init, keys
+    return model, _common.jit_init(init, batched), keys
 
 
 def check_checkpoints(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, workdir: str):

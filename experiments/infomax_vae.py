@@ -280,8 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         )
     seeds = _common.seed_values(config)
     batched = len(seeds) > 1  # one seed: no seed axis (the single-run program)
-    keys = jnp.stack([jax.random.split(jax.random.key(s), 3) for s in seeds])  # [K, 3]
-    init_key, train_key, eval_key = (keys[:, i] if batched else keys[0, i] for i in range(3))
+    init_key, train_key, eval_key = _common.seed_keys(seeds, 3)
     tx = optax.adam(config.learning_rate)
     sample = data_lib.to_float(jnp.asarray(dataset.train_images[: config.batch_size]))
 
@@ -289,11 +288,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         params, bound_states = model.init(key, sample)
         return training.create_sweep_state(params, bound_states, tx, len(names))
 
-    # Runs once: compiled with XLA's fast options (`training.fast_compile_options`).
-    init = jax.jit(
-        jax.vmap(init) if batched else init, compiler_options=training.fast_compile_options()
-    )
-    state = parallel.replicate(init(init_key), mesh)  # restored checkpoints take this layout too
+    # (Restored checkpoints take this layout too.)
+    state = parallel.replicate(_common.jit_init(init, batched)(init_key), mesh)
     manager = _common.checkpoint_manager(checkpoints)
     if start:  # a checkpoint of another model is refused before config.json is written
         state = _common.restore_checkpoint(manager, start, state)
