@@ -42,7 +42,7 @@ from mi_jax import bounds as bounds_lib
 from mi_jax import mige as mige_lib
 from mi_jax import score as score_lib
 from mi_jax.critics import check_clip, get_activation, soft_clip
-from mi_jax.types import Array, PRNGKey, PyTree
+from mi_jax.types import Array, PRNGKey, PyTree, ScoreFn
 
 MIGE = "mige"
 GLOBAL_SOURCES = ("feature_map", "input")
@@ -237,7 +237,7 @@ def init_local_states(bound: bounds_lib.Bound, num_locations: int) -> PyTree:
 
 
 def mige_local_surrogate(
-    local: Array, global_: Array, locations: Array, score_fn: mige_lib.ScoreFn
+    local: Array, global_: Array, locations: Array, score_fn: ScoreFn
 ) -> Array:
     """Mean over the chosen locations of ``mi_surrogate(M^{(l)}, Y)``: ``grad`` estimates the
     local term's gradient (unbiased over uniformly drawn locations).
@@ -343,7 +343,7 @@ class DIMObjective:
             raise _checks.unknown_name_error("estimator", self.estimator, known) from None
 
     @property
-    def score_fn(self) -> mige_lib.ScoreFn | None:
+    def score_fn(self) -> ScoreFn | None:
         if not self.is_mige:
             return None
         return score_lib.get_score_estimator(self.score_estimator, **dict(self.score_hparams))

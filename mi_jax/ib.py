@@ -49,7 +49,7 @@ from mi_jax import critics as critics_lib
 from mi_jax import encoders as encoders_lib
 from mi_jax import mige as mige_lib
 from mi_jax import score as score_lib
-from mi_jax.types import Array, PRNGKey, PyTree
+from mi_jax.types import Array, PRNGKey, PyTree, ScoreFn
 
 METHODS = ("deterministic", "vib", "mine", "mige")
 
@@ -64,7 +64,7 @@ def gaussian_kl(mu: Array, sigma: Array) -> Array:
     return 0.5 * jnp.sum(jnp.square(mu) + jnp.square(sigma) - 1.0 - 2.0 * jnp.log(sigma), -1)
 
 
-def mige_penalty(z: Array, sigma: Array, score_fn: mige_lib.ScoreFn) -> Array:
+def mige_penalty(z: Array, sigma: Array, score_fn: ScoreFn) -> Array:
     r"""A scalar whose gradient estimates ``grad I(X; Z)`` for a Gaussian encoder (MIGE-IB).
 
     ``I(X; Z) = H(Z) - H(Z | X)`` with ``H(Z | X) = E_x sum_k log sigma_k(x) + const``: the
@@ -242,7 +242,7 @@ class IBModel:
         )
 
     @property
-    def score_fn(self) -> mige_lib.ScoreFn:
+    def score_fn(self) -> ScoreFn:
         return score_lib.get_score_estimator(self.score_estimator, **dict(self.score_hparams))
 
     def init(self, rng: PRNGKey, images: Array) -> tuple[PyTree, PyTree]:

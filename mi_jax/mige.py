@@ -41,16 +41,12 @@ References:
   Learning", ICLR 2020 (arXiv 2005.01123).
 """
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 
 from mi_jax import _checks
 from mi_jax import score as score_lib
-from mi_jax.types import Array, ArrayLike
-
-ScoreFn = Callable[[Array], Array]
+from mi_jax.types import Array, ArrayLike, ScoreFn
 
 
 def _resolve(score_fn: ScoreFn | str | None) -> ScoreFn:

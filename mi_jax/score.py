@@ -39,9 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from mi_jax import _checks
-from mi_jax.types import Array, ArrayLike
-
-ScoreFn = Callable[..., Array]
+from mi_jax.types import Array, ArrayLike, ScoreFn
 
 
 def _check_samples(samples, name: str = "samples", least: int = 2) -> Array:

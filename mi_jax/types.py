@@ -1,5 +1,6 @@
 """Type aliases shared across mi_jax."""
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -8,3 +9,6 @@ Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 PRNGKey = jax.Array
 PyTree = Any
+# A score estimator, its hyperparameters bound (`mi_jax.score.get_score_estimator`):
+# ``score_fn(samples [M, d], points [P, d] = samples) -> [P, d]`` estimates of grad log q.
+ScoreFn = Callable[..., Array]
