@@ -311,7 +311,10 @@ def latest_checkpoint_step(path: str) -> int:
     first method)."""
     import orbax.checkpoint as ocp
 
-    return max(ocp.utils.checkpoint_steps(path), default=0)
+    # The steps the managers read: folders named by the step alone, finished (not Orbax's
+    # temporary ones, nor a folder of the user's such as backup_5).
+    steps = ocp.path.step.standard_name_format().find_all(path)
+    return max((metadata.step for metadata in steps), default=0)
 
 
 def checkpoint_step_within(path: str, num_steps: int, setting: str, per: int = 1) -> int:

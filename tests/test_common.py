@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import _cli, _common
@@ -419,3 +420,19 @@ def test_an_unknown_override_lists_the_fields_at_its_level():
     assert _cli._known_fields("nope", argv, ["--config.x"]) == (
         "see configs/nope.py for its fields."
     )
+
+
+def test_latest_checkpoint_step_reads_the_managers_steps_only(tmp_path):
+    # Read from the folder's names (a CheckpointManager's creation is a barrier of all
+    # processes). A first version counted Orbax's temporary folders and folders of the user's
+    # (backup_5) as steps: a rerun was refused as "past this config's steps".
+    import orbax.checkpoint as ocp
+
+    path = str(tmp_path / "checkpoints")
+    assert _common.latest_checkpoint_step(path) == 0 and not os.path.exists(path)
+    manager = _common.checkpoint_manager(path)
+    manager.save(3, args=ocp.args.StandardSave({"w": np.ones(2, np.float32)}))
+    manager.close()
+    for name in ("7.orbax-checkpoint-tmp-123", "ckpt_9", "backup_5"):
+        os.makedirs(os.path.join(path, name))
+    assert _common.latest_checkpoint_step(path) == 3
