@@ -152,9 +152,9 @@ def jit_init(init, batched: bool, in_axes=0):
 
 
 @jax.jit
-def seed_slice(tree, i):
-    """Seed ``i``'s slice of a seed-stacked pytree: one program (eagerly, each leaf compiled two
-    small ones)."""
+def leaf_slice(tree, i):
+    """Entry ``i`` of every leaf of ``tree`` (a seed's, or a sweep setting's, slice of a stacked
+    pytree): one program (eagerly, each leaf compiled two small ones)."""
     return jax.tree.map(lambda a: a[i], tree)
 
 
@@ -162,7 +162,7 @@ def seed_slices(tree, batched: bool) -> list:
     """The seeds' slices of a seed-stacked pytree (unbatched, one seed: ``[tree]``)."""
     if not batched:
         return [tree]
-    return [seed_slice(tree, k) for k in range(jax.tree.leaves(tree)[0].shape[0])]
+    return [leaf_slice(tree, k) for k in range(jax.tree.leaves(tree)[0].shape[0])]
 
 
 def check_learning_rate(config, name: str = "learning_rate") -> None:
@@ -208,7 +208,7 @@ def config_field(config, path: str):
     return config
 
 
-def check_ints(config, *fields: str, least: int = 1) -> None:
+def check_int_fields(config, *fields: str, least: int = 1) -> None:
     """A `ValueError` naming the first ``config.<field>`` (a dotted path) that is not an
     integer ``>= least``."""
     for field in fields:
@@ -330,6 +330,21 @@ def checkpoint_step_within(path: str, num_steps: int, setting: str, per: int = 1
             f"{-(-start // per)}) or use a fresh --workdir."
         )
     return start
+
+
+def resume(path: str, start: int, state, keep: int = 1):
+    """``(manager, state)``: the `checkpoint_manager` of ``path`` and ``state`` restored from
+    its checkpoint at ``start`` (0: ``state`` as given). A checkpoint that does not fit
+    (`restore_checkpoint`) raises with the manager closed."""
+    manager = checkpoint_manager(path, keep)
+    if start:
+        try:
+            state = restore_checkpoint(manager, start, state)
+        except BaseException:
+            manager.close()
+            raise
+        print(f"Resumed from the checkpoint at step {start} in {path}.")
+    return manager, state
 
 
 def restore_checkpoint(manager, step: int, state):
@@ -606,19 +621,35 @@ def read_jsonl(path: str) -> list[dict]:
     return rows
 
 
-def rows_until(path: str, step: int, key: Sequence[str], kind: str | None = None, **match):
+def rows_until(
+    path: str, step: int, key: Sequence[str], kind: str | None = None, match: Mapping | None = None
+) -> list[dict]:
     """The rows of the JSONL file ``path`` at steps up to ``step`` (of ``kind``, with the
     fields in ``match``), the last written of each ``key`` (a run resumed from an earlier
-    checkpoint wrote some again), in step order, without their ``"run"`` and ``"kind"``: the
-    evaluations a resumed run reads back from ``metrics.jsonl`` when its results.json is gone."""
+    checkpoint wrote some again), in step order, without their ``"run"`` and ``"kind"``."""
     last = {}
     for row in read_jsonl(path) if os.path.exists(path) else []:
         if row.get("step", step + 1) > step or (kind is not None and row.get("kind") != kind):
             continue
-        if all(row.get(k) == v for k, v in match.items()):
+        if all(row.get(k) == v for k, v in (match or {}).items()):
             last[tuple(row.get(k) for k in key)] = row
     rows = [{k: v for k, v in r.items() if k not in ("run", "kind")} for r in last.values()]
     return sorted(rows, key=lambda r: r["step"])  # (stable: the order within a step kept)
+
+
+def evaluations_from_metrics(
+    workdir: str, start: int, key: Sequence[str], kind=None, match: Mapping | None = None, who=""
+) -> list[dict]:
+    """The evaluation rows up to the checkpoint at ``start``, read back from the workdir's
+    ``metrics.jsonl`` (`rows_until`) for a resumed run whose results.json holds none (gone),
+    saying so: the training time before them is not known."""
+    rows = rows_until(os.path.join(workdir, "metrics.jsonl"), start, key, kind, match)
+    print(
+        f"{who}results.json holds no evaluation up to the checkpoint at step {start}: "
+        f"{len({r['step'] for r in rows})} evaluations are read back from metrics.jsonl; the "
+        "training time before them is not known (train_s counts this run's)."
+    )
+    return rows
 
 
 def write_csv(path: str, rows: Iterable[Mapping]) -> None:

@@ -60,7 +60,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         ("critic_hparams", critics_lib.available_critics(), "critic"),
     ):  # a misspelt entry would leave its module at the defaults
         _common.check_names(config, field, known, noun, empty_ok=True)
-    _common.check_ints(config, "num_steps", "log_every", "eval_every", "mi_eval_batches")
+    _common.check_int_fields(config, "num_steps", "log_every", "eval_every", "mi_eval_batches")
     if config.eval_every % config.log_every:
         raise ValueError(
             f"`config.eval_every` ({config.eval_every}) must be a multiple of "

@@ -128,11 +128,11 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     _common.check_unique(config, "methods")
     if {"mine", "mige"} & set(config.methods):  # a bound, or a kernel score estimate, per batch
         _common.check_batch_size(config)
-    _common.check_ints(
+    _common.check_int_fields(
         config, "num_epochs", "batch_size", "eval_every_epochs", "test_samples",
         "eval_batch_size", "lr_decay_epochs",
     )  # fmt: skip
-    _common.check_ints(config, "validation_examples", least=0)  # 0: no split
+    _common.check_int_fields(config, "validation_examples", least=0)  # 0: no split
     training.check_ema_decay(config.ema_decay, "config.ema_decay")
 
 
@@ -340,19 +340,14 @@ def _train_method(
         history = [r for r in earlier.get("history", []) if r["step"] <= start]
         train_s, clock = _common.train_time_until(earlier, start)
         if not history:  # results.json gone: the evaluations are in metrics.jsonl too
-            metrics_path = os.path.join(workdir, "metrics.jsonl")
-            key = ("beta", "seed", "step")
-            history = _common.rows_until(metrics_path, start, key, "eval", method=method)
-            print(
-                f"{method}: results.json holds no evaluation up to the checkpoint at step "
-                f"{start}: {len(history)} are read from metrics.jsonl; the training time "
-                "before it is not known (train_s counts this run's)."
+            history = _common.evaluations_from_metrics(
+                workdir, start, ("beta", "seed", "step"), "eval", {"method": method}, f"{method}: "
             )
         if start == num_steps and not history:
             raise ValueError(
                 f"{method}: the checkpoint in {manager.directory} is at this schedule's end "
-                f"(step {start}) and results.json holds no evaluation of it; use a fresh "
-                "--workdir."
+                f"(step {start}) and neither results.json nor metrics.jsonl holds an evaluation "
+                "of it; use a fresh --workdir."
             )
         print(f"{method}: resumed from the checkpoint at step {start}.")
     progress.update(start)

@@ -76,7 +76,7 @@ RESUMABLE = (
 def _check_config(config: ml_collections.ConfigDict, representation_names: tuple[str, ...]) -> None:
     _common.check_num_seeds(config)
     _common.check_learning_rate(config)
-    _common.check_ints(
+    _common.check_int_fields(
         config, "num_steps", "log_every", "eval_every", "checkpoint_every",
         "keep_checkpoints",  # 0: Orbax keeps none, and nothing could resume
         "probe.mlp_hidden",
@@ -289,10 +289,8 @@ def train_and_evaluate(
     # A copy: the train state's buffers are donated to the compiled steps.
     initial_encoder = parallel.replicate(jax.tree.map(jnp.copy, state.params["encoder"]), mesh)
     state = parallel.replicate(state, mesh)  # restored checkpoints take this layout too
-    manager = _common.checkpoint_manager(checkpoints, config.keep_checkpoints)
-    if start:  # a checkpoint of another model is refused before config.json is written
-        state = _common.restore_checkpoint(manager, start, state)
-        print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")
+    # (A checkpoint of another model is refused before config.json is written.)
+    manager, state = _common.resume(checkpoints, start, state, config.keep_checkpoints)
     _common.write_config(workdir, config)
 
     images = parallel.replicate(dataset.train_images, mesh)
@@ -403,8 +401,7 @@ def train_and_evaluate(
     finally:
         # Saves run in the background: a NaN (or any error) raised right after one must not
         # leave it half written when the process exits.
-        manager.wait_until_finished()
-        manager.close()
+        manager.close()  # (after waiting for a save in flight)
         progress.close()
         writer.close()
 

@@ -94,7 +94,7 @@ PROBE_FIELDS = ("l2", "max_iter", "tol")
 def _check_config(config: ml_collections.ConfigDict) -> None:
     _common.check_num_seeds(config)
     _common.check_learning_rate(config)
-    _common.check_ints(config, "num_epochs", "eval_every_epochs", "latent_dim")
+    _common.check_int_fields(config, "num_epochs", "eval_every_epochs", "latent_dim")
     _common.check_batch_size(config)  # the MI bound reads every batch
     settings_of(config)
     # Used after training: a misspelt or missing key must not cost the run.
@@ -156,7 +156,7 @@ def probe_accuracies(
     rows = []
     labels = (dataset.train_labels, dataset.test_labels)
     for i, name in enumerate(names):
-        enc = _common.seed_slice(params["encoder"], i)
+        enc = _common.leaf_slice(params["encoder"], i)
         (train,) = probes.extract_features(apply, enc, dataset.train_images, mesh=mesh)
         (test,) = probes.extract_features(apply, enc, dataset.test_images, mesh=mesh)
         result = probes.fit_probe(
@@ -185,7 +185,7 @@ def plot_samples(path, model, params, dataset, names, key, count: int = 10) -> N
     originals = data_lib.to_float(jnp.asarray(dataset.test_images[:count]))
     rows = [("test images", np.asarray(originals))]
     for i, name in enumerate(names):
-        p = _common.seed_slice(params, i)
+        p = _common.leaf_slice(params, i)
         rows.append((f"{name}: reconstructions", np.asarray(model.reconstruct(p, originals))))
         rows.append((f"{name}: samples", np.asarray(model.generate(p, key, count))))
     fig, axes = plt.subplots(
@@ -290,10 +290,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
 
     # (Restored checkpoints take this layout too.)
     state = parallel.replicate(_common.jit_init(init, batched)(init_key), mesh)
-    manager = _common.checkpoint_manager(checkpoints)
-    if start:  # a checkpoint of another model is refused before config.json is written
-        state = _common.restore_checkpoint(manager, start, state)
-        print(f"Resumed from the checkpoint at step {start} in {workdir}/checkpoints.")
+    # (A checkpoint of another model is refused before config.json is written.)
+    manager, state = _common.resume(checkpoints, start, state)
     _common.write_config(workdir, config)
 
     def loss_fn(params, bound_states, x, labels, key, setting):
@@ -318,12 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         train_s, clock = _common.train_time_until(earlier, start)
     elif start:  # results.json gone: the evaluations are in metrics.jsonl too (a table of
         # blanks was written from an empty history); their training time is not
-        metrics_path = os.path.join(workdir, "metrics.jsonl")
-        history = _common.rows_until(metrics_path, start, ("model", "seed", "step"))
-        print(
-            f"{results_path} is missing: the evaluations up to step {start} are read from "
-            "metrics.jsonl; the training time before it is not known (train_s counts this run's)."
-        )
+        history = _common.evaluations_from_metrics(workdir, start, ("model", "seed", "step"))
     writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
     progress = tqdm(total=num_steps, initial=start, desc="infomax_vae")
     results = {
@@ -394,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     per_seed = []  # per seed: the last evaluation of every model with its probe
     final = {(r["model"], r.get("seed")): r for r in history[-len(names) * len(seeds) :]}
     for k, seed in enumerate(seeds):
-        params = _common.seed_slice(state.params, k) if batched else state.params
+        params = _common.leaf_slice(state.params, k) if batched else state.params
         for p in probe_accuracies(config, model, params, dataset, names, k == 0, mesh):
             key = (p["model"], seed if batched else None)
             per_seed.append({**results["models"].get(p["model"], {}), **final.get(key, {}), **p})
@@ -408,7 +401,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     plot_samples(  # the first seed's models
         os.path.join(workdir, "samples.png"),
         model,
-        _common.seed_slice(state.params, 0) if batched else state.params,
+        _common.leaf_slice(state.params, 0) if batched else state.params,
         dataset,
         names,
         eval_key[0] if batched else eval_key,

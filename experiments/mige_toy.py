@@ -242,13 +242,9 @@ def validate_config(config) -> None:
         except (ValueError, TypeError) as e:
             raise type(e)(f"config.estimators.{name}: {e}") from None
     _common.check_unique(config, "bounds")  # trained twice, reported once
-    for name in config.bounds:
-        if name not in bounds_lib.available_bounds():
-            raise _checks.unknown_name_error(
-                "bound (config.bounds)", name, bounds_lib.available_bounds()
-            )
+    _common.check_names(config, "bounds", bounds_lib.available_bounds(), "bound", empty_ok=True)
     if config.bounds:
-        _common.check_ints(config, "critic_steps")
+        _common.check_int_fields(config, "critic_steps")
         # The bounds' networks, built (traced, not compiled) before anything is written.
         _checks.check_int_sequences(**{"config.aux_hidden": config.aux_hidden})
         ensemble = training.make_ensemble(
@@ -257,7 +253,7 @@ def validate_config(config) -> None:
         training.check_ensemble(ensemble, 1, 1)
     if not 0.0 < config.rho_max < 1.0:
         raise ValueError(f"config.rho_max must lie in (0, 1), got {config.rho_max}.")
-    _common.check_ints(config, "num_samples", "num_rhos", least=2)
+    _common.check_int_fields(config, "num_samples", "num_rhos", least=2)
     if not config.dims or not all(_checks.is_int(d) and d >= 1 for d in config.dims):
         raise ValueError(f"config.dims must hold positive integers, got {config.dims}.")
     _common.check_unique(config, "dims")

@@ -32,22 +32,16 @@ from mi_jax import tasks as tasks_lib
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises a clear error for unknown names and impossible sizes before anything runs."""
-    registries = (
-        ("bound (config.bounds)", config.bounds, bounds_lib.available_bounds()),
-        ("critic (config.critics)", config.critics, critics_lib.available_critics()),
-        ("task (config.tasks)", config.tasks, tasks_lib.available_tasks()),
-        ("task (config.task_hparams)", list(config.task_hparams), tasks_lib.available_tasks()),
-        ("bound (config.bound_hparams)", list(config.bound_hparams), bounds_lib.available_bounds()),
-        (
-            "critic (config.critic_hparams)",
-            list(config.critic_hparams),
-            critics_lib.available_critics(),
-        ),
-    )
-    for kind, names, known in registries:
-        for name in names:
-            if name not in known:
-                raise _checks.unknown_name_error(kind, name, known)
+    bounds, critics = bounds_lib.available_bounds(), critics_lib.available_critics()
+    for field, known, noun in (
+        ("bounds", bounds, "bound"),
+        ("critics", critics, "critic"),
+        ("tasks", tasks_lib.available_tasks(), "task"),
+        ("task_hparams", tasks_lib.available_tasks(), "task"),
+        ("bound_hparams", bounds, "bound"),
+        ("critic_hparams", critics, "critic"),
+    ):  # (an empty list is refused below)
+        _common.check_names(config, field, known, noun, empty_ok=True)
     for field in ("bounds", "critics", "tasks", "levels"):
         if not config[field]:
             raise ValueError(f"config.{field} is empty.")
@@ -112,7 +106,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if config.parallel == "data":
         parallel.check_batch_size(config.batch_size, parallel.data_mesh())
-    _common.check_ints(config, "steps_per_level")
+    _common.check_int_fields(config, "steps_per_level")
     total = config.steps_per_level * len(config.levels)
     if config.chunk_steps < 1 or total % config.chunk_steps:
         raise ValueError(

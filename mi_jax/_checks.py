@@ -99,7 +99,10 @@ def is_real(value) -> bool:
 def is_positive_finite(value) -> bool:
     """`is_number` in ``(0, inf)`` (NaN is not); compared on the host (inside a trace, a
     comparison of a concrete array would be traced)."""
-    return is_number(value) and 0 < float(value) < math.inf
+    try:
+        return is_number(value) and 0 < float(value) < math.inf
+    except OverflowError:  # (an integer beyond float's range: 10**400)
+        return False
 
 
 def is_number(value) -> bool:
@@ -259,16 +262,24 @@ def register(
 
 
 def check_hparam_names(
-    kind: str, name: str, fn: Callable[..., Any], hparams, *, positional: int = 0, exclude=()
+    kind: str,
+    name: str,
+    fn: Callable[..., Any],
+    hparams,
+    *,
+    positional: int = 0,
+    exclude=(),
+    follow_wrapped: bool = True,
 ) -> None:
     """The `HparamsError` of `unknown_hparams_error` for names in ``hparams`` that ``fn`` does
     not take: its keyword parameters less its first ``positional`` (given by position: a
     bound's scores, a task's dim) and ``exclude``. Nothing where ``fn`` takes any keyword
     (``**kwargs``) or Python cannot read its signature (the call itself will say)."""
     try:
-        parameters = list(inspect.signature(fn, follow_wrapped=False).parameters.values())
+        signature = inspect.signature(fn, follow_wrapped=follow_wrapped)
     except (TypeError, ValueError):
         return
+    parameters = list(signature.parameters.values())
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return
     by_keyword = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -277,24 +288,35 @@ def check_hparam_names(
         raise unknown_hparams_error(kind, name, unknown, known)
 
 
+def check_call(
+    kind: str, name: str, fn: Callable[..., Any], args, hparams, *, exclude=(), follow_wrapped=True
+) -> None:
+    """Before ``fn(*args, **hparams)``: `check_hparam_names` (``args`` given by position),
+    then a TypeError naming ``kind`` and ``name`` where the call still does not bind (a
+    required hyperparameter missing). Nothing where Python cannot read the signature."""
+    check_hparam_names(
+        kind, name, fn, hparams, positional=len(args), exclude=exclude,
+        follow_wrapped=follow_wrapped,
+    )  # fmt: skip
+    try:
+        signature = inspect.signature(fn, follow_wrapped=follow_wrapped)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*args, **hparams)
+    except TypeError as e:
+        raise TypeError(
+            f"bad hyperparameters {sorted(hparams)} for {kind} {name!r}: {e}."
+        ) from None
+
+
 def call_factory(kind: str, name: str, factory: Callable[..., Any], *args, **hparams):
     """``factory(*args, **hparams)`` for a registered ``kind`` ``name``. Hyperparameters its
     signature does not take raise a TypeError naming them, and the ones it takes, before the
     call; an error inside the factory (a bug in a user's bound or task, or its own check of a
     value) goes on with its traceback, its ``component`` naming the factory (the experiments'
     command line prints the message alone, with that name)."""
-    try:
-        signature = inspect.signature(factory, follow_wrapped=False)
-    except (TypeError, ValueError):  # unreadable (a builtin): the call itself says
-        signature = None
-    if signature is not None:
-        check_hparam_names(kind, name, factory, hparams, positional=len(args))
-        try:  # (a required hyperparameter missing, say)
-            signature.bind(*args, **hparams)
-        except TypeError as e:
-            raise TypeError(
-                f"bad hyperparameters {sorted(hparams)} for {kind} {name!r}: {e}."
-            ) from None
+    check_call(kind, name, factory, args, hparams, follow_wrapped=False)
     try:
         return factory(*args, **hparams)
     except Exception as e:

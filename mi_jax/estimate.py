@@ -64,10 +64,10 @@ class MIEstimate:
       rank_columns: ``{"x": [...], "y": [...]}``, the columns mapped by rank to normal scores
         (``standardize="auto"``: the heavy-tailed ones; ``"rank"``: all; else none).
       stopped_early: whether early stopping's criterion was met (``patience`` evaluations
-        without a gain; possibly in the last round, at ``max_steps``) or a diverged training
-        value ended training (``[K]`` with seeds). False: ``max_steps`` ended it while the
-        held-out bound still rose (the best evaluation among the last ``patience``), and a
-        longer run may read higher.
+        without a gain in the watched held-out quantity, ``stop_on``; possibly in the last
+        round, at ``max_steps``) or a diverged training value ended training (``[K]`` with
+        seeds). False: ``max_steps`` ended it with the best of that quantity among the last
+        ``patience`` evaluations, and a longer run may read higher.
     """
 
     mi: Any

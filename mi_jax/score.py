@@ -360,7 +360,8 @@ def get_score_estimator(name: str, **hparams) -> ScoreFn:
     if not _checks.is_known(name, _REGISTRY):
         raise _checks.unknown_name_error("score estimator", name, _REGISTRY)
     fn = _REGISTRY[name]
-    _checks.check_hparam_names("score estimator", name, fn, hparams, positional=1)
+    # (``points``, where an estimator takes them, are an argument of the call.)
+    _checks.check_call("score estimator", name, fn, (None,), hparams, exclude=("points",))
     if (check := _HPARAM_CHECKS.get(fn)) is not None:
         check(**hparams)  # other estimators check their values when called
     return functools.partial(fn, **hparams)

@@ -161,13 +161,14 @@ def _gaussian_pair(key: PRNGKey, mi: ArrayLike, batch: int, dim: int) -> tuple[A
     return x, _rho(mi, dim) * x + _noise(mi, dim) * eps
 
 
-def _check_df(df: float) -> None:
-    """Student-t degrees of freedom: positive and finite (concrete: the MI correction is
-    computed on the host)."""
+def _checked_df(df: float) -> float:
+    """Student-t degrees of freedom, positive and finite, as a Python float (concrete: the MI
+    correction is computed on the host in float64, and a sampler closes over it)."""
     if not _checks.is_positive_finite(df):
         raise ValueError(
             f"`df` must be a positive finite number (inf: the gaussian task), got {df!r}."
         )
+    return float(df)
 
 
 # The most Gaussian MI per coordinate float32 samples carry: the noise's share of a
@@ -258,7 +259,7 @@ def student_t_mi_correction(df: float, dim_x: int, dim_y: int) -> float:
     Computed on the host in float64 (a difference of terms of size ``df log df``: float32 would
     leave only rounding noise beyond df ~ 100).
     """
-    _check_df(df)
+    df = _checked_df(df)
     _checks.check_ints(dim_x=dim_x, dim_y=dim_y)
     return max(
         0.0,
@@ -278,7 +279,7 @@ def student_t(key: PRNGKey, mi: ArrayLike, batch: int, dim: int, df: float) -> t
     """
     _checks.check_key(key)
     _checks.check_ints(batch=batch, dim=dim)
-    _check_df(df)
+    df = _checked_df(df)
     correction = student_t_mi_correction(df, dim, dim)
     _check_mi(mi, correction, dim)
     kz, kw = jax.random.split(key)
@@ -361,7 +362,7 @@ def _spiral_task(dim: int, speed: float = 0.5) -> Task:
 
 
 def _student_t_task(dim: int, df: float = 5.0) -> Task:
-    _check_df(df)
+    df = _checked_df(df)
     min_mi = student_t_mi_correction(df, dim, dim)
     return Task("student_t", dim, lambda key, mi, batch: student_t(key, mi, batch, dim, df), min_mi)
 

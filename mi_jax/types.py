@@ -10,5 +10,6 @@ ArrayLike = jax.typing.ArrayLike
 PRNGKey = jax.Array
 PyTree = Any
 # A score estimator, its hyperparameters bound (`mi_jax.score.get_score_estimator`):
-# ``score_fn(samples [M, d], points [P, d] = samples) -> [P, d]`` estimates of grad log q.
+# ``score_fn(samples [M, d]) -> [M, d]`` estimates of grad log q at the samples (SSGE also
+# takes ``points [P, d]`` -> ``[P, d]``).
 ScoreFn = Callable[..., Array]

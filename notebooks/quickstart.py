@@ -13,7 +13,7 @@
 # The first cell installs the library where it is missing (Colab): set `MI_JAX_SOURCE` there.
 # Everything below imports only from `mi_jax`. `TINY = True` (or the environment variable
 # `MI_JAX_NOTEBOOK_TINY=1`, as the test suite sets) gives a seconds-long run; the full size
-# takes about 70 s on 2 CPU cores (the staircase 56 s of it).
+# takes about 30 s on 2 CPU cores.
 
 # %%
 import importlib.util
@@ -25,9 +25,13 @@ MI_JAX_SOURCE = ""  # where pip finds this repository: "git+https://..." or a lo
 # found as a namespace package: not the library.)
 if getattr(importlib.util.find_spec("mi_jax"), "origin", None) is None:
     if not MI_JAX_SOURCE:
-        raise RuntimeError("mi_jax is not installed: set MI_JAX_SOURCE to this repository.")
+        raise RuntimeError(
+            "mi_jax is not importable (not installed, or hidden by a folder named mi_jax in the "
+            "working folder): set MI_JAX_SOURCE to this repository."
+        )
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", MI_JAX_SOURCE], check=True)
     importlib.invalidate_caches()
+    sys.modules.pop("mi_jax", None)  # a namespace package imported before
 
 # %%
 import os

@@ -278,10 +278,11 @@ def test_valid_neighbours_of_the_refused_values_still_pass():
     assert float(score.median_bandwidth(_Z, scale=jnp.asarray(2.0))) == pytest.approx(
         2 * float(score.median_bandwidth(_Z)), rel=1e-6
     )
-    assert tasks.get_task("student_t", dim=2, df=jnp.asarray(5.0)).min_mi == pytest.approx(
-        tasks.get_task("student_t", dim=2, df=5.0).min_mi,
-        rel=1e-5,  # (a float32 df)
-    )
+    # (df as a float on the host: the correction in float64, the sampler traceable; a review
+    # found the first version's float32 correction and a sampler failing under jit)
+    task = tasks.get_task("student_t", dim=2, df=jnp.asarray(200.0))
+    assert task.min_mi == tasks.get_task("student_t", dim=2, df=200.0).min_mi
+    assert jax.jit(lambda k: task.sample(k, 1.0, 4)[0])(_KEY).shape == (4, 2)
     # the kernel's public form equals the estimators' (a 1-d pair at distance 2: e^-2)
     k = score.rbf_kernel(jnp.array([[0.0]]), jnp.array([[2.0]]), 1.0)
     np.testing.assert_allclose(k, [[np.exp(-2.0)]], rtol=1e-6)
@@ -304,3 +305,16 @@ def test_every_registry_names_unknown_hyperparameters_and_the_known_ones(get, na
         TypeError, match=rf"^unknown hyperparameters \['{name}'\] for {kind}; known: \["
     ):
         get()
+
+
+def test_a_score_estimator_missing_a_required_hyperparameter_is_named_at_once(monkeypatch):
+    # The first version of the shared name check let it through, to fail inside training.
+    def needs_width(samples, *, width):
+        return samples / width
+
+    monkeypatch.setattr(score, "_REGISTRY", dict(score._REGISTRY))  # noqa: SLF001
+    score.register_score_estimator("needs_width", needs_width)
+    with pytest.raises(TypeError, match="score estimator 'needs_width': missing .* 'width'"):
+        score.get_score_estimator("needs_width")
+    with pytest.raises(TypeError, match=r"unknown hyperparameters \['points'\] .* 'ssge'"):
+        score.get_score_estimator("ssge", points=_Z)  # an argument of the call, not one
