@@ -241,20 +241,11 @@ def estimate_mi(
     x, y = _checks.check_samples(x, y, min_samples=8)
     _warn_if_repeated_rows(x, y)
     _check_arguments(
-        bound, bound_hparams, critic, critic_hparams, test_fraction, standardize, stop_on,
-        calibrate, seeds, mesh,
+        bound=bound, bound_hparams=bound_hparams, critic=critic, critic_hparams=critic_hparams,
+        batch_size=batch_size, max_steps=max_steps, eval_every=eval_every, patience=patience,
+        stop_on=stop_on, test_fraction=test_fraction, max_test=max_test,
+        standardize=standardize, calibrate=calibrate, seed=seed, seeds=seeds, mesh=mesh,
     )  # fmt: skip
-    for name, value, least in (
-        ("batch_size", batch_size, 2),  # a bound needs a pair off the diagonal
-        ("max_steps", max_steps, 1),
-        ("eval_every", eval_every, 1),
-        ("patience", patience, 1),
-        ("max_test", max_test, MIN_TEST),
-    ):  # (one number each: `_checks.check_ints` takes sequences too)
-        if not (_checks.is_int(value) and value >= least):
-            raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}.")
-    if not (_checks.is_int(seed) and 0 <= seed < 2**31):
-        raise ValueError(f"`seed` must be an integer in [0, 2**31), got {seed!r}.")
     # Python ints from here on: numpy's (np.int8(100), np.int32(3000)) overflowed in the
     # arithmetic below (seed * 1_000_003) or wrapped silently.
     batch_size, max_steps, eval_every, patience, max_test, seed = (
@@ -290,32 +281,29 @@ def estimate_mi(
         device=None if devices > 1 else mesh.devices.flat[0],
         registrations=_checks.registrations(),
     )
-    mi, best_step, steps, *curves, calibration, stopped = _fit(
-        spec, arrays, seed, max_steps // eval_every, patience, stop_on
-    )
-    test_curve, objective_curve, train_curve = curves
-    return MIEstimate(
-        mi=mi,
-        best_step=best_step,
-        steps=steps,
-        test_curve=test_curve,
-        objective_curve=objective_curve,
-        train_curve=train_curve,
-        bound=bound,
-        critic=critic,
-        calibration=calibration,
-        rank_columns=ranked,
-        stopped_early=stopped,
-    )
+    fitted = _fit(spec, arrays, seed, max_steps // eval_every, patience, stop_on)
+    return MIEstimate(**fitted, bound=bound, critic=critic, rank_columns=ranked)
 
 
 def _check_arguments(
-    bound, bound_hparams, critic, critic_hparams, test_fraction, standardize, stop_on, calibrate,
-    seeds, mesh,
+    *, bound, bound_hparams, critic, critic_hparams, batch_size, max_steps, eval_every, patience,
+    stop_on, test_fraction, max_test, standardize, calibrate, seed, seeds, mesh,
 ) -> None:  # fmt: skip
-    """`estimate_mi`'s checks of its settings (the integers' follow in `estimate_mi`)."""
+    """`estimate_mi`'s checks of its settings: a ValueError (a KeyError for an unknown name)
+    naming the first bad one."""
     if not (_checks.is_real(test_fraction) and 0.0 < test_fraction < 1.0):
         raise ValueError(f"`test_fraction` must be a number in (0, 1), got {test_fraction!r}.")
+    for name, value, least in (
+        ("batch_size", batch_size, 2),  # a bound needs a pair off the diagonal
+        ("max_steps", max_steps, 1),
+        ("eval_every", eval_every, 1),
+        ("patience", patience, 1),
+        ("max_test", max_test, MIN_TEST),
+    ):  # (one number each: `_checks.check_ints` takes sequences too)
+        if not (_checks.is_int(value) and value >= least):
+            raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}.")
+    if not (_checks.is_int(seed) and 0 <= seed < 2**31):
+        raise ValueError(f"`seed` must be an integer in [0, 2**31), got {seed!r}.")
     if not (standardize is True or standardize is False or standardize in ("rank", "auto")):
         raise ValueError(
             f"`standardize` must be 'auto', True, False or 'rank', got {standardize!r}."
@@ -363,8 +351,9 @@ def _prepared(x, y, train_idx, test_idx, standardize, mesh) -> tuple[tuple, dict
 
 def _fit(spec: "_FitSpec", arrays, seed: int, rounds: int, patience: int, stop_on: str):
     """Trains ``spec``'s critics on ``arrays`` for at most ``rounds`` rounds with early
-    stopping; ``(mi, best_step, steps, test, objective and train curves, calibration,
-    stopped_early)``, without the seed axis for one seed (``spec.num_seeds`` None)."""
+    stopping; the `MIEstimate` fields it decides (``mi``, ``best_step``, ``steps``, the
+    curves, ``calibration``, ``stopped_early``), without the seed axis for one seed
+    (``spec.num_seeds`` None)."""
     init, train_round = _compiled_fit(spec)
     x_train, y_train = arrays[:2]
     states, data_keys, constant_objective = init(np.int32(seed), x_train, y_train)
@@ -399,7 +388,12 @@ def _fit(spec: "_FitSpec", arrays, seed: int, rounds: int, patience: int, stop_o
     if not batched:
         mi, best_step, calibration = float(mi[0]), int(best_step[0]), calibration[0]
         curves, stopped = [c[0] for c in curves], bool(stopped[0])
-    return mi, best_step, steps, *curves, calibration, stopped
+    test_curve, objective_curve, train_curve = curves
+    return dict(
+        mi=mi, best_step=best_step, steps=steps, test_curve=test_curve,
+        objective_curve=objective_curve, train_curve=train_curve, calibration=calibration,
+        stopped_early=stopped,
+    )  # fmt: skip
 
 
 def _by_objective(
