@@ -96,13 +96,18 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def is_positive_finite(value) -> bool:
-    """`is_number` in ``(0, inf)`` (NaN is not); compared on the host (inside a trace, a
-    comparison of a concrete array would be traced)."""
+def host_float(value) -> float:
+    """``float(value)`` of an `is_number`, on the host (inside a trace, a comparison of a
+    concrete array would be traced); an integer beyond float's range (10**400) is +-inf."""
     try:
-        return is_number(value) and 0 < float(value) < math.inf
-    except OverflowError:  # (an integer beyond float's range: 10**400)
-        return False
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def is_positive_finite(value) -> bool:
+    """`is_number` in ``(0, inf)`` (NaN is not), compared as a `host_float`."""
+    return is_number(value) and 0 < host_float(value) < math.inf
 
 
 def is_number(value) -> bool:
@@ -316,6 +321,8 @@ def call_factory(kind: str, name: str, factory: Callable[..., Any], *args, **hpa
     call; an error inside the factory (a bug in a user's bound or task, or its own check of a
     value) goes on with its traceback, its ``component`` naming the factory (the experiments'
     command line prints the message alone, with that name)."""
+    # (The factory's own signature: a registry entry wrapped to take other arguments is read
+    # as the wrapper; a bound's or score estimator's function, as what it wraps.)
     check_call(kind, name, factory, args, hparams, follow_wrapped=False)
     try:
         return factory(*args, **hparams)

@@ -330,7 +330,8 @@ def check_view_params(params: dict[str, Any]) -> None:
         data_lib._check_strength(params[name], f"views.{name}")
     if not isinstance(params["flip"], bool | np.bool_):
         raise ValueError(f"`views.flip` must be True or False, got {params['flip']!r}.")
-    if not (_checks.is_number(params["grayscale"]) and 0 <= float(params["grayscale"]) <= 1):
+    grayscale = params["grayscale"]
+    if not (_checks.is_number(grayscale) and 0 <= _checks.host_float(grayscale) <= 1):
         raise ValueError(
             f"`views.grayscale` must be a probability in [0, 1], got {params['grayscale']!r}."
         )

@@ -611,7 +611,7 @@ def _check_channels(image: Array) -> None:
 
 def _check_strength(value, name: str) -> None:
     """A jitter strength: finite and ``>= 0`` (``inf`` drew factors of inf: a white image)."""
-    if not (_checks.is_number(value) and 0 <= float(value) < np.inf):
+    if not (_checks.is_number(value) and 0 <= _checks.host_float(value) < np.inf):
         raise ValueError(f"`{name}` must be finite and >= 0, got {value!r}.")
 
 

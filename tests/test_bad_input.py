@@ -318,3 +318,24 @@ def test_a_score_estimator_missing_a_required_hyperparameter_is_named_at_once(mo
         score.get_score_estimator("needs_width")
     with pytest.raises(TypeError, match=r"unknown hyperparameters \['points'\] .* 'ssge'"):
         score.get_score_estimator("ssge", points=_Z)  # an argument of the call, not one
+
+
+def test_an_integer_beyond_floats_range_is_refused_by_name():
+    # Before: OverflowError ("int too large to convert to float"), naming nothing.
+    with pytest.raises(ValueError, match="`brightness`"):
+        data.color_jitter(_KEY, jnp.ones((2, 2, 3)), brightness=10**400, contrast=0, saturation=0)
+    with pytest.raises(ValueError, match="`scale`"):
+        score.median_bandwidth(_Z, scale=10**400)
+
+
+def test_a_bound_function_wrapped_with_functools_wraps_has_its_names_checked():
+    def plain(scores, t=1.0):
+        return jnp.mean(jnp.diag(scores)) * t
+
+    @functools.wraps(plain)
+    def wrapped(*args, **kwargs):
+        return plain(*args, **kwargs)
+
+    with pytest.raises(TypeError, match=r"unknown hyperparameters \['tau'\] for bound 'w'; known"):
+        bounds.make_bound("w", wrapped, tau=1.0)
+    assert bounds.make_bound("w", wrapped, t=2.0).name == "w"
