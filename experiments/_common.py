@@ -621,29 +621,23 @@ def read_jsonl(path: str) -> list[dict]:
     return rows
 
 
-def rows_until(
-    path: str, step: int, key: Sequence[str], kind: str | None = None, match: Mapping | None = None
-) -> list[dict]:
-    """The rows of the JSONL file ``path`` at steps up to ``step`` (of ``kind``, with the
-    fields in ``match``), the last written of each ``key`` (a run resumed from an earlier
-    checkpoint wrote some again), in step order, without their ``"run"`` and ``"kind"``."""
-    last = {}
-    for row in read_jsonl(path) if os.path.exists(path) else []:
-        if row.get("step", step + 1) > step or (kind is not None and row.get("kind") != kind):
-            continue
-        if all(row.get(k) == v for k, v in (match or {}).items()):
-            last[tuple(row.get(k) for k in key)] = row
-    rows = [{k: v for k, v in r.items() if k not in ("run", "kind")} for r in last.values()]
-    return sorted(rows, key=lambda r: r["step"])  # (stable: the order within a step kept)
-
-
 def evaluations_from_metrics(
     workdir: str, start: int, key: Sequence[str], kind=None, match: Mapping | None = None, who=""
 ) -> list[dict]:
     """The evaluation rows up to the checkpoint at ``start``, read back from the workdir's
-    ``metrics.jsonl`` (`rows_until`) for a resumed run whose results.json holds none (gone),
-    saying so: the training time before them is not known."""
-    rows = rows_until(os.path.join(workdir, "metrics.jsonl"), start, key, kind, match)
+    ``metrics.jsonl`` for a resumed run whose results.json holds none (gone), saying so (the
+    training time before them is not known): the rows of ``kind`` with the fields in
+    ``match``, the last written of each ``key`` (a run resumed from an earlier checkpoint wrote
+    some again), in step order, without their ``"run"`` and ``"kind"``."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    last = {}
+    for row in read_jsonl(path) if os.path.exists(path) else []:
+        if row.get("step", start + 1) > start or (kind is not None and row.get("kind") != kind):
+            continue
+        if all(row.get(k) == v for k, v in (match or {}).items()):
+            last[tuple(row.get(k) for k in key)] = row
+    rows = [{k: v for k, v in r.items() if k not in ("run", "kind")} for r in last.values()]
+    rows.sort(key=lambda r: r["step"])  # (stable: the order within a step kept)
     print(
         f"{who}results.json holds no evaluation up to the checkpoint at step {start}: "
         f"{len({r['step'] for r in rows})} evaluations are read back from metrics.jsonl; the "

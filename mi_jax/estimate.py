@@ -525,7 +525,7 @@ def _warn_if_far_outside(a: np.ndarray, train_idx, test_idx, name: str, columns)
             f"range (columns {np.asarray(columns)[cols[:8]].tolist()}; column {columns[j]}: "
             f"{held[far[:, j], j][0]:.6g} against {lo[j]:.6g} to {hi[j]:.6g}): they are clipped "
             "to it. Outliers, or a missing-value code?",
-            stacklevel=3,
+            stacklevel=4,  # (the user's call: here, `_prepared`, `estimate_mi`)
         )
 
 

@@ -161,8 +161,9 @@ def test_an_outlier_in_the_held_out_split_is_clipped_to_the_training_range():
     )
     _, held_out = estimate_lib._split(len(x), 0.2, estimate_lib.DEFAULTS["max_test"], 1, 1)
     x[held_out[0]] = y[held_out[0]] = 1e3
-    with pytest.warns(UserWarning, match="has 1 held-out value\\(s\\) far beyond"):
+    with pytest.warns(UserWarning, match="has 1 held-out value\\(s\\) far beyond") as caught:
         result = mi_jax.estimate_mi(x, y, seed=1)
+    assert caught[0].filename == __file__  # the line that called estimate_mi
     assert result.rank_columns == {"x": [], "y": []}  # z-scored: the clip at work
     assert abs(result.mi - 1.0) < 0.15, result.mi
     z, _ = estimate_lib._standardized(x, np.setdiff1d(np.arange(len(x)), held_out), True, "x")
