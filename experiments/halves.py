@@ -107,15 +107,19 @@ def load_views(config) -> dict[str, np.ndarray]:
 
 
 def build(config, encoder: str, critic: str, bound: str) -> halves.HalvesModel:
-    """The model of one combination; bad encoder hyperparameters raise here, naming
-    ``config.encoder_hparams.ENCODER``."""
+    """The model of one combination; bad encoder or critic hyperparameters raise here, naming
+    ``config.encoder_hparams.ENCODER`` or ``config.critic_hparams.CRITIC``."""
     try:
         # No entry: the encoder's defaults.
         enc = halves.get_half_encoder(encoder, **dict(config.encoder_hparams.get(encoder, {})))
     except ValueError as e:
         raise ValueError(f"`config.encoder_hparams.{encoder}`: {e}") from None
     hparams = dict(config.critic_hparams.get(critic, {}))
-    ensemble = training.make_ensemble([bound], critic, hparams, aux_hidden=(128,))
+    try:
+        ensemble = training.make_ensemble([bound], critic, hparams, aux_hidden=(128,))
+    except (ValueError, TypeError, KeyError) as e:
+        message = f"`config.critic_hparams.{critic}` (the {critic} critic): "
+        raise ValueError(message + _cli.error_message(e)) from None
     return halves.HalvesModel(encoder=enc, ensemble=ensemble)
 
 

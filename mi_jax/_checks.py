@@ -45,16 +45,19 @@ def is_int(value) -> bool:
 
 
 def check_ints(owner: str = "", least: int = 1, **values) -> None:
-    """Raises a ValueError naming the first of ``values`` that is not an integer ``>= least``
-    (or, given a sequence, holds one that is not), prefixed by ``owner`` (a module's name) if
-    given. Widths and counts: a width of 0 would otherwise surface as a ``ZeroDivisionError``
-    in a weight initializer, naming nothing."""
+    """Raises a ValueError naming the first of ``values`` that is not an integer ``>= least``,
+    prefixed by ``owner`` (a module's name) if given. Widths and counts: a width of 0 would
+    otherwise surface as a ``ZeroDivisionError`` in a weight initializer, and a tuple for a
+    count (``critic_hidden=(16, 16)``) as a shape error deep in Flax, naming nothing. Fields
+    that hold a sequence of integers: `check_int_sequences`."""
     for name, value in values.items():
-        sequence = isinstance(value, Sequence) and not isinstance(value, str)
-        if not all(is_int(v) and v >= least for v in (value if sequence else (value,))):
-            what = "hold integers" if sequence else "be an integer"
-            prefix = f"{owner}: " if owner else ""
-            raise ValueError(f"{prefix}`{name}` must {what} >= {least}, got {value!r}.")
+        if not (is_int(value) and value >= least):
+            _raise_not_ints(owner, name, value, least, "be an integer")
+
+
+def _raise_not_ints(owner: str, name: str, value, least: int, what: str):
+    prefix = f"{owner}: " if owner else ""
+    raise ValueError(f"{prefix}`{name}` must {what} >= {least}, got {value!r}.")
 
 
 def check_bools(owner: str = "", **values) -> None:
@@ -77,7 +80,8 @@ def check_int_sequences(owner: str = "", least: int = 1, **values) -> None:
                 f"{prefix}`{name}` must be a sequence of integers >= {least} (e.g. ({value!r},)), "
                 f"got {value!r}."
             )
-    check_ints(owner, least, **values)
+        if not all(is_int(v) and v >= least for v in value):
+            _raise_not_ints(owner, name, value, least, "hold integers")
 
 
 def check_weight(value, name: str) -> None:

@@ -297,6 +297,7 @@ def augment_view(
 def augment_views(key: PRNGKey, images: Array, **params) -> tuple[Array, Array]:
     """Two independent views ``([B, H, W, C], [B, H, W, C])`` of a batch (`augment_view`
     vmapped, one key per image and view)."""
+    _checks.check_key(key, "key")
     if jnp.ndim(images) != 4:
         raise ValueError(f"`images` must have shape [B, H, W, C], got {jnp.shape(images)}.")
     batch = images.shape[0]
@@ -425,6 +426,7 @@ class AMDIMObjective:
 
     def init(self, rng: PRNGKey, images: Array) -> tuple[PyTree, PyTree]:
         """``(params, bound_states)`` for a batch of images ``[B, H, W, C]`` (float)."""
+        _checks.check_key(rng, "rng")
         enc_key, critic_key = jax.random.split(rng)
         params = {"encoder": self.encoder.init(enc_key, images)}
         feats = self.encoder.apply(params["encoder"], images)

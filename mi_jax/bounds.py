@@ -75,8 +75,9 @@ def _soft_exp(x: Array) -> Array:
 
 
 def _at_least_float32(x: Array) -> Array:
-    """``x`` in its dtype promoted to at least float32 (float16, bfloat16 -> float32)."""
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    """``x`` (floating) in float32 if it is in half precision (float16, bfloat16), else as it is
+    (a weakly typed scalar stays weak: under x64 a float64 one would promote the result)."""
+    return x if jnp.finfo(x.dtype).bits >= 32 else x.astype(jnp.float32)
 
 
 def _checked_scores(scores: ArrayLike) -> Array:
@@ -131,7 +132,7 @@ def mean_offdiag(values: ArrayLike) -> Array:
 def _baseline_row(log_baseline: ArrayLike, batch: int) -> Array:
     """A scalar or ``[batch]`` log baseline log a(y_j), as a ``[1, batch]`` row."""
     _checks.check_vector(log_baseline, batch, "log_baseline")
-    return jnp.broadcast_to(jnp.asarray(log_baseline), (batch,))[None, :]
+    return jnp.broadcast_to(_at_least_float32(jnp.asarray(log_baseline)), (batch,))[None, :]
 
 
 def dv(scores: ArrayLike) -> Array:
@@ -165,6 +166,8 @@ def tuba(scores: ArrayLike, *, log_baseline: ArrayLike = 0.0) -> Array:
     Args:
       scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
       log_baseline: ``log a(y_j)``, a scalar or ``[batch]`` (indexed by the column's ``y_j``).
+        Its default 0 is ``a = 1`` (NWJ, shifted); ``get_bound("tuba")`` has no default: its
+        trainers pass the learned baseline, and one missing is an error.
 
     Returns:
       ``[]`` the bound in nats.
@@ -386,14 +389,20 @@ def _log_loo_mean_exp(scores: Array) -> Array:
     For an entry below its column's maximum, ``log(S - e^s) = s + log(expm1(log S - s))`` is
     well conditioned: ``log S - s >= log 2``. Leaving out the maximum itself would cancel
     catastrophically when it dominates the column, so that case is a direct masked log-sum-exp.
-    The gap is clamped at its exact lower bound ``log 2``: in float32, at scores above ~1.7e7 an
-    entry tied with the column's maximum rounds ``log S`` to ``s`` itself (a gap of 0, -inf).
+    The gap's value is clamped at its exact lower bound ``log 2``: in float32, at scores above
+    ~1.7e7 an entry tied with the column's maximum rounds ``log S`` to ``s`` itself (a gap of 0,
+    -inf). Only the value: the gradient stays the unclamped gap's, the exact one (a tie at the
+    maximum rounds to ``log 2`` at any scale, and the clamp's zero gradient there moved the
+    left-out entry's weight onto the kept one: twice I_1's gradient in that column).
     """
     batch = scores.shape[0]
     lse = jax.nn.logsumexp(scores, axis=0, keepdims=True)  # [1, B]
     is_top = jnp.arange(batch)[:, None] == jnp.argmax(scores, axis=0)[None, :]  # [B, B]
     lse_without_top = jax.nn.logsumexp(jnp.where(is_top, -jnp.inf, scores), axis=0)  # [B]
-    gap = jnp.where(is_top, 1.0, jnp.maximum(lse - scores, jnp.log(2.0)))
+    log2 = jnp.log(2.0).astype(lse.dtype)
+    raw = lse - scores
+    gap = jnp.where(raw >= log2, raw, raw + jax.lax.stop_gradient(log2 - raw))
+    gap = jnp.where(is_top, 1.0, gap)
     loo = jnp.where(is_top, lse_without_top[None, :], scores + _log_expm1(gap))
     return loo - jnp.log(batch - 1)
 
@@ -428,6 +437,7 @@ def interpolated(scores: ArrayLike, *, alpha: float = 0.01, log_baseline: ArrayL
       scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
       alpha: interpolation weight in ``[0, 1]``.
       log_baseline: ``log a(y_j)``, a scalar or ``[batch]``.
+        As in `tuba`, ``get_bound("interpolated")`` takes no default for it.
 
     Returns:
       ``[]`` the bound in nats.
@@ -494,7 +504,7 @@ def flo(scores: ArrayLike, u: ArrayLike) -> Array:
             f"`u` must have shape [{batch}] (one value per joint pair), got {jnp.shape(u)}."
         )
     _checks.check_float(u, "u")
-    u = jnp.asarray(u)
+    u = _at_least_float32(jnp.asarray(u))  # a bfloat16 mean(u) was off by ~4e-3 nats
     log_ratio = log_mean_exp_offdiag(scores, axis=0) - jnp.diag(scores)
     # Each term divided by the batch before the sum: a diverging critic's terms (up to ~5e36
     # each, `_soft_exp`) summed first overflowed float32 to -inf (from a batch of ~700 at

@@ -161,6 +161,15 @@ def _check_pair(x, y) -> None:
         )
 
 
+def _check_layers(owner: str, module: nn.Module) -> None:
+    """The layer settings of an MLP critic, checked when it is built (as the encoders check
+    theirs): a bad width or an unknown name used to surface at the first ``init``."""
+    _checks.check_int_sequences(owner, hidden=module.hidden)
+    get_activation(module.activation)
+    check_compute_dtype(module.compute_dtype)
+    get_initializer(module.kernel_init)
+
+
 class MLP(nn.Module):
     """``Dense -> act`` for each hidden width, then a linear ``Dense(out_dim)``.
 
@@ -178,10 +187,13 @@ class MLP(nn.Module):
     compute_dtype: str | None = None
     kernel_init: str = "lecun_normal"
 
+    def __post_init__(self):
+        _check_layers("MLP", self)
+        _checks.check_ints("MLP", out_dim=self.out_dim)
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        _checks.check_int_sequences("MLP", hidden=self.hidden)
-        _checks.check_ints("MLP", out_dim=self.out_dim)
         act = get_activation(self.activation)
         layer = _layers(self)
         for width in self.hidden:
@@ -205,13 +217,16 @@ class SeparableCritic(nn.Module):
     bilinear: bool = False
     kernel_init: str = "lecun_normal"
 
+    def __post_init__(self):
+        _check_layers("SeparableCritic", self)
+        _checks.check_ints("SeparableCritic", embed_dim=self.embed_dim)
+        _checks.check_bools("SeparableCritic", bilinear=self.bilinear)
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:
         """``x`` ``[batch, dim_x]``, ``y`` ``[batch, dim_y]`` -> ``[batch, batch]``."""
         _check_pair(x, y)
-        _checks.check_int_sequences("SeparableCritic", hidden=self.hidden)
-        _checks.check_ints("SeparableCritic", embed_dim=self.embed_dim)
-        _checks.check_bools("SeparableCritic", bilinear=self.bilinear)
         mlp = functools.partial(
             MLP, self.hidden, self.embed_dim, self.activation, self.compute_dtype, self.kernel_init
         )
@@ -233,6 +248,10 @@ class BilinearCritic(nn.Module):
 
     kernel_init: str = "lecun_normal"
 
+    def __post_init__(self):
+        get_initializer(self.kernel_init)  # an unknown name fails here
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:
         """``x`` ``[batch, dim_x]``, ``y`` ``[batch, dim_y]`` -> ``[batch, batch]``."""
@@ -248,14 +267,17 @@ class InnerProductCritic(nn.Module):
 
     temperature: float = 1.0
 
-    @nn.compact
-    def __call__(self, x: Array, y: Array) -> Array:
-        """``x`` ``[batch, dim]``, ``y`` ``[batch, dim]`` -> ``[batch, batch]``."""
-        _check_pair(x, y)
+    def __post_init__(self):
         if not _checks.is_positive_finite(self.temperature):
             raise ValueError(
                 f"`temperature` must be a positive finite number, got {self.temperature!r}."
             )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array, y: Array) -> Array:
+        """``x`` ``[batch, dim]``, ``y`` ``[batch, dim]`` -> ``[batch, batch]``."""
+        _check_pair(x, y)
         if x.shape[1] != y.shape[1]:
             raise ValueError(
                 f"InnerProductCritic needs `x` and `y` of equal width, got {x.shape[1]} and "
@@ -291,20 +313,22 @@ class ConcatCritic(nn.Module):
     compute_dtype: str | None = None
     kernel_init: str = "lecun_normal"
 
-    @nn.compact
-    def __call__(self, x: Array, y: Array) -> Array:
-        """``x`` ``[batch, dim_x]``, ``y`` ``[batch, dim_y]`` -> ``[batch, batch]``."""
-        _check_pair(x, y)
+    def __post_init__(self):
+        _check_layers("ConcatCritic", self)
         if not self.hidden:
             raise ValueError("ConcatCritic needs at least one hidden layer (`hidden`).")
-        _checks.check_int_sequences("ConcatCritic", hidden=self.hidden)
-        get_activation(self.activation)  # fail early on an unknown name
         if self.chunk_size is not None and not (
             _checks.is_int(self.chunk_size) and self.chunk_size >= 1
         ):
             raise ValueError(
                 f"`chunk_size` must be a positive integer or None, got {self.chunk_size!r}."
             )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array, y: Array) -> Array:
+        """``x`` ``[batch, dim_x]``, ``y`` ``[batch, dim_y]`` -> ``[batch, batch]``."""
+        _check_pair(x, y)
         batch = x.shape[0]
         first = self.hidden[0]
         # Split first layer: no bias on the x part, the shared bias sits on the y part.

@@ -510,6 +510,7 @@ def random_crop(key: PRNGKey, image: ArrayLike, *, padding: int) -> Array:
     Returns:
       ``[H, W, C]`` the cropped image.
     """
+    _checks.check_key(key, "key")
     image = _check_image(image)
     if not (_checks.is_int(padding) and padding >= 0):
         raise ValueError(f"`padding` must be a non-negative integer, got {padding!r}.")
@@ -572,6 +573,7 @@ def random_resized_crop(
 def random_grayscale(key: PRNGKey, image: ArrayLike, *, p: float) -> Array:
     """Replaces a 3-channel ``image`` ``[H, W, 3]`` by its BT.601 luma (repeated on the three
     channels) with probability ``p``; a 1-channel image is returned unchanged."""
+    _checks.check_key(key, "key")
     image = _check_image(image)
     if not (_checks.is_number(p) and 0.0 <= p <= 1.0):
         raise ValueError(f"`p` must be a probability in [0, 1], got {p!r}.")
@@ -596,6 +598,7 @@ def _check_range(pair, name: str, upper: float | None = None) -> tuple[float, fl
 
 def random_flip(key: PRNGKey, image: ArrayLike) -> Array:
     """Flips ``image`` ``[H, W, C]`` left-right with probability 1/2; returns ``[H, W, C]``."""
+    _checks.check_key(key, "key")
     image = _check_image(image)
     return jnp.where(jax.random.bernoulli(key), image[:, ::-1, :], image)
 

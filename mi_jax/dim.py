@@ -183,6 +183,7 @@ class PriorDiscriminator(nn.Module):
 
 def sample_prior(key: PRNGKey, shape: tuple[int, ...], prior: str) -> Array:
     """Samples of the prior: ``U[0, 1]`` (``"uniform"``) or ``N(0, I)`` (``"gaussian"``)."""
+    _checks.check_key(key, "key")
     if prior == "uniform":
         return jax.random.uniform(key, shape)
     if prior == "gaussian":
@@ -376,6 +377,7 @@ class DIMObjective:
 
     def init(self, rng: PRNGKey, images: Array) -> tuple[PyTree, PyTree]:
         """``(params, bound_states)`` for a batch of images ``[B, H, W, C]`` (float)."""
+        _checks.check_key(rng, "rng")
         enc_key, critic_key, disc_key = jax.random.split(rng, 3)
         params = {"encoder": self.encoder.init(enc_key, images)}
         local, _, global_ = self.encoder.apply(params["encoder"], images)

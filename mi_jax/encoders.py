@@ -324,9 +324,11 @@ class ResNetEncoder(nn.Module):
 
     def __post_init__(self):
         _checks.check_int_sequences("ResNetEncoder", widths=self.widths, strides=self.strides)
+        blocks = self.blocks_per_stage  # one count, or one per stage
+        check = _checks.check_int_sequences if isinstance(blocks, Sequence) else _checks.check_ints
+        check("ResNetEncoder", blocks_per_stage=blocks)
         _checks.check_ints(
             "ResNetEncoder",
-            blocks_per_stage=self.blocks_per_stage,  # one count, or one per stage
             stem_width=self.stem_width,
             latent_dim=self.latent_dim,
             norm_groups=self.norm_groups,

@@ -56,6 +56,7 @@ def split_halves(images: ArrayLike) -> tuple[Array, Array]:
 
 def add_noise(key: PRNGKey, views: Array, std: float) -> Array:
     """``views + std * N(0, 1)`` (``std = 0``: unchanged; ``config.noise_std`` in the study)."""
+    _checks.check_key(key, "key")
     if not (_checks.is_number(std) and 0 <= std < float("inf")):
         raise ValueError(f"`std` must be finite and >= 0, got {std!r}.")
     if std == 0:
@@ -252,6 +253,7 @@ class HalvesModel:
 
     def init(self, rng: PRNGKey, top: Array, bottom: Array) -> tuple[PyTree, PyTree]:
         """``(params, bound_states)`` from a batch of views ``[B, h, W, C]``."""
+        _checks.check_key(rng, "rng")
         k1, k2, k3 = jax.random.split(rng, 3)
         params = {"top": self.encoder.init(k1, top), "bottom": self.encoder.init(k2, bottom)}
         z1 = self.encoder.apply(params["top"], top)

@@ -247,6 +247,7 @@ class IBModel:
 
     def init(self, rng: PRNGKey, images: Array) -> tuple[PyTree, PyTree]:
         """``(params, bound_states)`` for a batch ``images`` ``[B, H, W, C]`` (float)."""
+        _checks.check_key(rng, "rng")
         enc_key, dec_key, critic_key = jax.random.split(rng, 3)
         encoder_params = self.encoder.init(enc_key, images)
         mu, _ = self.encoder.apply(encoder_params, images)
@@ -259,6 +260,7 @@ class IBModel:
 
     def sample(self, params: PyTree, images: Array, rng: PRNGKey, num_samples: int):
         """``(z [S, B, K], mu [B, K], sigma [B, K])``; ``z = mu`` for ``"deterministic"``."""
+        _checks.check_key(rng, "rng")
         _checks.check_ints(num_samples=num_samples)
         mu, sigma = self.encoder.apply(params["encoder"], images)
         if self.method == "deterministic":

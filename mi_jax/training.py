@@ -73,6 +73,7 @@ class BoundEnsemble:
         All bounds start from the same critic initialization (drawn from ``rng``), so that
         differences between them come from the objectives alone.
         """
+        _checks.check_key(rng, "rng")
         critic_params = self.critic.init(rng, x, y)
         n = len(self.bounds)
         stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n, *p.shape)), critic_params)
@@ -319,9 +320,10 @@ def _is_named_hparams(spec) -> bool:
 
 
 def check_ensemble(ensemble: BoundEnsemble, dim_x: int, dim_y: int) -> None:
-    """Traces ``ensemble.init`` on a batch of two (no compilation): a bad width or
-    hyperparameter of the critic or of the extra networks fails here, named by its module,
-    before a run has written anything (the critics check them when first applied)."""
+    """Traces ``ensemble.init`` on a batch of two (no compilation): what only shows with
+    inputs (a critic that does not take these widths, a bad width of the extra networks)
+    fails here, named by its module, before a run has written anything (the critics check
+    their own settings when built)."""
     _checks.check_ints("check_ensemble", dim_x=dim_x, dim_y=dim_y)
     x, y = (
         jax.ShapeDtypeStruct((2, dim_x), jnp.float32),

@@ -103,7 +103,7 @@ class InfoMaxVAE:
         _checks.check_ints(latent_dim=self.latent_dim)
         if not (isinstance(self.image_shape, tuple | list) and len(self.image_shape) == 3):
             raise ValueError(f"`image_shape` must be (H, W, C), got {self.image_shape!r}.")
-        _checks.check_ints(image_shape=tuple(self.image_shape))
+        _checks.check_int_sequences(image_shape=tuple(self.image_shape))
         critics_lib.check_clip(self.critic_clip, "critic_clip")
         _checks.check_int_sequences(decoder_hidden=self.decoder_hidden)
         _ = self.ensemble  # unknown bound or critic names fail here
@@ -138,6 +138,7 @@ class InfoMaxVAE:
 
     def init(self, rng: PRNGKey, images: Array) -> tuple[PyTree, PyTree]:
         """``(params, bound_states)`` for ``images`` ``[B, H, W, C]`` in ``[0, 1]``."""
+        _checks.check_key(rng, "rng")
         self._check_images(images)
         enc_key, dec_key, critic_key = jax.random.split(rng, 3)
         enc = self.encoder.init(enc_key, images)
@@ -195,5 +196,6 @@ class InfoMaxVAE:
 
     def generate(self, params: PyTree, rng: PRNGKey, num: int) -> Array:
         """Decoder means at ``num`` prior samples, ``[num, H, W, C]``."""
+        _checks.check_key(rng, "rng")
         z = jax.random.normal(rng, (num, self.latent_dim))
         return jax.nn.sigmoid(self.decoder.apply(params["decoder"], z))

@@ -12,10 +12,12 @@ import optax
 import pytest
 
 from mi_jax import (
+    amdim,
     bounds,
     critics,
     data,
     dim,
+    encoders,
     halves,
     ib,
     mige,
@@ -238,7 +240,62 @@ _BAD_CALLS = {
         ValueError,
         "`image_shape`",
     ),
+    # a tuple for a count passed the integer check (each entry was checked) and failed later:
+    # Flax's "Shapes must be 1D sequences", "can't multiply sequence by non-int", or nothing
+    "DIMObjective of a tuple critic width": (
+        lambda: dim.DIMObjective(encoders.get_encoder("mlp"), critic_hidden=(16, 16)),
+        ValueError,
+        "`critic_hidden` must be an integer",
+    ),
+    "get_task of a tuple dim": (
+        lambda: tasks.get_task("gaussian", dim=(5,)),
+        ValueError,
+        "`dim` must be an integer",
+    ),
+    "correlated_gaussian of a tuple dim": (
+        lambda: tasks.correlated_gaussian(_KEY, 1.0, 3, (2,)),
+        ValueError,
+        "`dim` must be an integer",
+    ),
+    "IBModel of a tuple latent size": (
+        lambda: ib.IBModel(latent_dim=(2,)),
+        ValueError,
+        "`latent_dim` must be an integer",
+    ),
+    "ResNetEncoder of a zero in its blocks per stage": (
+        lambda: encoders.ResNetEncoder(widths=(8, 8), blocks_per_stage=(1, 0)),
+        ValueError,
+        "`blocks_per_stage` must hold integers",
+    ),
 }
+
+
+# An integer seed where a PRNG key goes failed in `jax.random` as "invalid PRNG key data. Got 0".
+_IMAGES = jnp.zeros((2, 8, 8, 1))
+_SEED_FOR_KEY = {
+    "augment_views": lambda: amdim.augment_views(0, _IMAGES),
+    "AMDIMObjective.init": lambda: amdim.AMDIMObjective(amdim.MultiScaleEncoder()).init(0, _IMAGES),
+    "random_crop": lambda: data.random_crop(0, _IMAGE, padding=1),
+    "random_grayscale": lambda: data.random_grayscale(0, _IMAGE, p=0.5),
+    "random_flip": lambda: data.random_flip(0, _IMAGE),
+    "sample_prior": lambda: dim.sample_prior(0, (2, 3), "gaussian"),
+    "DIMObjective.init": lambda: dim.DIMObjective(encoders.get_encoder("mlp")).init(0, _IMAGES),
+    "add_noise": lambda: halves.add_noise(0, _Z, 0.1),
+    "HalvesModel.init": lambda: halves.HalvesModel(
+        halves.get_half_encoder("mlp"), training.make_ensemble(["infonce"], "bilinear")
+    ).init(0, _IMAGES[:, :4], _IMAGES[:, 4:]),
+    "IBModel.init": lambda: ib.IBModel().init(0, _IMAGES),
+    "IBModel.sample": lambda: ib.IBModel().sample({}, _IMAGES, 0, 2),
+    "BoundEnsemble.init": lambda: training.make_ensemble(["nwj"], "separable").init(0, _Z, _Z),
+    "InfoMaxVAE.init": lambda: vae.InfoMaxVAE(image_shape=(8, 8, 1)).init(0, _IMAGES),
+    "InfoMaxVAE.generate": lambda: vae.InfoMaxVAE(image_shape=(8, 8, 1)).generate({}, 0, 2),
+}
+
+
+@pytest.mark.parametrize("name", list(_SEED_FOR_KEY))
+def test_a_seed_for_a_key_is_refused_naming_the_argument(name):
+    with pytest.raises(TypeError, match=r"`(rng|key)` must be one PRNG key"):
+        _SEED_FOR_KEY[name]()
 
 
 @pytest.mark.parametrize("name", list(_BAD_CALLS))
@@ -283,6 +340,9 @@ def test_valid_neighbours_of_the_refused_values_still_pass():
     task = tasks.get_task("student_t", dim=2, df=jnp.asarray(200.0))
     assert task.min_mi == tasks.get_task("student_t", dim=2, df=200.0).min_mi
     assert jax.jit(lambda k: task.sample(k, 1.0, 4)[0])(_KEY).shape == (4, 2)
+    # one count of blocks for every stage, or one per stage
+    for blocks in (2, (1, 2)):
+        encoders.ResNetEncoder(widths=(8, 8), blocks_per_stage=blocks)
     # the kernel's public form equals the estimators' (a 1-d pair at distance 2: e^-2)
     k = score.rbf_kernel(jnp.array([[0.0]]), jnp.array([[2.0]]), 1.0)
     np.testing.assert_allclose(k, [[np.exp(-2.0)]], rtol=1e-6)

@@ -634,6 +634,42 @@ def test_leave_one_out_normalizer_with_ties_at_huge_scores():
     assert _finite(value) and _finite(grad)
 
 
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 0.01])
+def test_interpolated_gradient_with_a_tie_at_a_columns_maximum(alpha):
+    """A column with two entries tied at its maximum (a saturated critic; at B = 2 a constant
+    one, as at initialization): the leave-one-out gap of the tied entry is exactly log 2, and
+    its value's clamp there took the gradient away (I_1's was twice the true one in that
+    column, nonzero at B = 2 where I_1 is identically 0). Against central differences of the
+    float64 reference, written from the paper."""
+    cases = [
+        np.array([[5.0, 0.3, 0.3], [5.0, 0.3, 0.3], [-45.0, 0.3, 0.3]]),
+        np.zeros((2, 2)),
+        np.array([[2.0, -1.0, 0.5, 0.0], [2.0, 1.0, 0.5, 0.2], [-30, 0.0, 0.5, 3.0], [0, 1, 0, 1]]),
+    ]
+    for s in cases:
+        grad = jax.jit(jax.grad(lambda x: bounds.interpolated(x, alpha=alpha)))(s.astype("f4"))
+        h, want = 1e-5, np.zeros_like(s)
+        for index in np.ndindex(s.shape):
+            step = np.zeros_like(s)
+            step[index] = h
+            up, down = (_ref_interpolated(s + d, alpha, 0.0) for d in (step, -step))
+            want[index] = (up - down) / (2 * h)
+        np.testing.assert_allclose(np.asarray(grad), want, atol=2e-5, err_msg=str(s))
+
+
+def test_half_precision_learned_inputs_are_computed_in_float32():
+    """FLO's ``u`` and TUBA's log baseline in bfloat16 (a network's output in mixed precision)
+    are read in float32 as the scores are: FLO's ``mean(u)`` in bfloat16 was off by ~4e-3 nats
+    (the helper's example: -0.7828 against -0.7789)."""
+    s = jnp.array([[1.0, 0.0], [0.0, 1.0]], jnp.bfloat16)
+    v = jnp.array([1.1, 2.3], jnp.bfloat16)
+    v32 = v.astype(jnp.float32)  # the same numbers, exactly
+    assert float(bounds.flo(s, v)) == float(bounds.flo(s, v32))
+    want = _ref_flo(np.asarray(s, np.float64), np.asarray(v32, np.float64))
+    np.testing.assert_allclose(float(bounds.flo(s, v)), want, rtol=1e-6)
+    assert float(bounds.tuba(s, log_baseline=v)) == float(bounds.tuba(s, log_baseline=v32))
+
+
 def test_half_precision_scores_are_computed_in_float32():
     """Every bound returns float32 for float16 or bfloat16 scores. At +-1e4, their values stay
     finite (in float16, e^80 and sums of 1e4's overflow); bfloat16 has float32's range, so its

@@ -253,8 +253,8 @@ def test_config_checks_mark_a_bad_settings_error_and_change_nothing_else():
         ("staircase", ["--config.bounds=('nwj', 'foo')"],
          "staircase: unknown bound (config.bounds) 'foo'"),
         ("halves", ["--config.critic_hparams.concat={'hidden': (0,)}"],
-         "halves: `config.critic_hparams.concat` (the concat critic, with the infonce bound's "
-         "networks): ConcatCritic: `hidden` must hold integers"),
+         "halves: `config.critic_hparams.concat` (the concat critic): ConcatCritic: `hidden` "
+         "must hold integers"),
         ("ib", ["--config.betas.vib=(-1.0,)"],
          "ib: `config.betas.vib` must hold finite numbers >= 0"),
     ],

@@ -211,19 +211,15 @@ def test_a_chunk_that_does_not_divide_the_batch_gives_the_dense_scores_and_gradi
 
 
 def test_separable_bilinear_must_be_a_bool():
-    x, y = _data(batch=4, dx=3, dy=2)
     # "False" from a config line built the bilinear term it meant to turn off.
-    critic = critics.get_critic("separable", hidden=(4,), embed_dim=2, bilinear="False")
     with pytest.raises(ValueError, match="SeparableCritic: `bilinear` must be True or False"):
-        critic.init(jax.random.key(0), x, y)
+        critics.get_critic("separable", hidden=(4,), embed_dim=2, bilinear="False")
 
 
 def test_inner_product_temperature_must_be_positive():
-    x, y = _data(batch=4, dx=3, dy=3)
     for temperature in (0.0, -1.0, float("inf"), "1.0"):  # inf: every score 0
-        critic = critics.get_critic("inner_product", temperature=temperature)
         with pytest.raises(ValueError, match="`temperature` must be a positive finite number"):
-            critic.init(jax.random.key(0), x, y)
+            critics.get_critic("inner_product", temperature=temperature)
 
 
 def test_chunked_concat_memory_is_linear_in_batch():
@@ -312,12 +308,32 @@ def test_unknown_hparam_raises_type_error_naming_it():
 
 
 def test_unknown_activation_raises():
-    x, y = _data(batch=4, dx=3, dy=4)
     for name in ("separable", "concat"):
-        critic = critics.get_critic(name, hidden=(8,), activation="rleu")
         with pytest.raises(KeyError) as info:
-            critic.init(jax.random.key(0), x, y)
+            critics.get_critic(name, hidden=(8,), activation="rleu")
         assert "'rleu'" in str(info.value) and "'relu'" in str(info.value)
+
+
+def test_critics_check_their_settings_when_built():
+    """As the encoders do: a bad width, an unknown name or a bad number fails at
+    `get_critic`, not at the first ``init`` (a model holding the critic was built and its
+    run started before)."""
+    cases = [
+        ("separable", dict(hidden=(0,)), ValueError, "SeparableCritic: `hidden`"),
+        ("separable", dict(embed_dim=(4,)), ValueError, "`embed_dim` must be an integer"),
+        ("concat", dict(hidden=64), ValueError, "ConcatCritic: `hidden` must be a sequence"),
+        ("concat", dict(hidden=()), ValueError, "at least one hidden layer"),
+        ("concat", dict(chunk_size=0), ValueError, "`chunk_size`"),
+        ("separable", dict(compute_dtype="bfloat61"), KeyError, "compute_dtype"),
+        ("concat", dict(kernel_init="glorot_unifrom"), KeyError, "kernel_init"),
+        ("bilinear", dict(kernel_init="glorot_unifrom"), KeyError, "kernel_init"),
+        ("inner_product", dict(temperature=0.0), ValueError, "`temperature`"),
+    ]
+    for name, hparams, error, match in cases:
+        with pytest.raises(error, match=match):
+            critics.get_critic(name, **hparams)
+    with pytest.raises(ValueError, match="MLP: `out_dim`"):
+        critics.MLP(hidden=(8,), out_dim=0)
 
 
 def test_concat_needs_a_hidden_layer():

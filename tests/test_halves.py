@@ -186,7 +186,7 @@ def test_a_critic_that_cannot_be_built_fails_before_any_combination_trains(tmp_p
         config.critic_hparams.concat = {"hidden": (0,)}
     with pytest.raises(
         ValueError,
-        match=r"`config.critic_hparams.concat` \(the concat critic, .*\): ConcatCritic: `hidden`",
+        match=r"`config.critic_hparams.concat` \(the concat critic\): ConcatCritic: `hidden`",
     ):
         halves_experiment.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
