@@ -231,7 +231,7 @@ def available_half_encoders() -> tuple[str, ...]:
 def get_half_encoder(name: str, **hparams) -> nn.Module:
     """Builds the half-image encoder registered as ``name`` (``"mlp"``, ``"realnvp"``,
     ``"conv"``) with its hyperparameters."""
-    return _checks.build_registered("encoder", name, _HALF_ENCODERS, hparams)
+    return _checks.build_registered("half encoder", name, _HALF_ENCODERS, hparams)
 
 
 @struct.dataclass

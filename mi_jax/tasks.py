@@ -102,8 +102,10 @@ def mi_from_rho(rho: ArrayLike, dim: int) -> Array:
     """``I = -dim/2 log(1 - rho^2)`` for ``dim`` independent pairs of correlation ``rho`` (in
     ``[-1, 1]``).
 
-    In float32, ``rho`` itself rounds to 1 past about 8 nats per coordinate (``inf`` from 9):
-    there the MI is ``-dim log(noise)`` of `noise_from_mi`, or float64 (``jax_enable_x64``).
+    In float32, ``1 - rho^2`` loses digits as ``rho`` nears 1: a round trip through
+    `rho_from_mi` reads 5.9956 nats for 6 per coordinate, 7.971 for 8, and ``rho`` rounds to 1
+    (``inf``) from about 9. There the MI is ``-dim log(noise)`` of `noise_from_mi` (what the
+    samplers use), or float64 (``jax_enable_x64``).
     """
     _check_dim(dim)
     _check_values(rho, "rho", lambda a: np.abs(a) <= 1, "a correlation in [-1, 1]")
@@ -171,6 +173,28 @@ def _checked_df(df: float) -> float:
     return float(df)
 
 
+def least_sampled_df() -> float:
+    """The least ``df`` `student_t` samples in the samplers' float now: 0.234 in float32, 0.029
+    under ``jax_enable_x64``.
+
+    A row's scale ``sqrt(df / w)``, ``w ~ chi^2(df)``, passes the float's largest value ``e^L``
+    (the row is +-inf) when ``w / 2 < e^(-2 L)``, which has probability about ``e^(-L df)``:
+    at df = 0.1 in float32, 1.5e-4 of the rows. Below this df it is more than 1e-9.
+    """
+    return float(np.log(1e9) / np.log(np.finfo(_sample_dtype()).max))
+
+
+def _checked_sampled_df(df: float) -> float:
+    df = _checked_df(df)
+    if df < (least := least_sampled_df()):
+        raise ValueError(
+            f"`df` of {df:g} is below {least:.3g}, the least Student-t df whose samples stay "
+            f"within {_sample_dtype().name}'s range (at df = 0.1 in float32, 1.5e-4 of the rows "
+            "are +-inf); use a larger `df`, or float64 (`jax_enable_x64`: from 0.029)."
+        )
+    return df
+
+
 # The most Gaussian MI per coordinate float32 samples carry: the noise's share of a
 # coordinate, exp(-mi / dim), is 6e-6 at 12 nats, some 50 float32 spacings of a value near 1;
 # rounding y to float32 adds under 1e-3 of the noise's variance where |y| < 4 (under 3e-4 nats
@@ -218,7 +242,9 @@ def _check_mi(mi: ArrayLike, min_mi: float, dim: int) -> None:
     unchecked. An array of MIs is refused whatever its values (a sampler draws one pair)."""
     _check_scalar_mi(mi)
     least = f"a finite number of nats, at least {min_mi:.6g} (this task's least MI)"
-    _check_values(mi, "mi", lambda a: np.isfinite(a) & (a >= min_mi), least)  # inf gave y = x
+    # A float32 copy of ``min_mi`` (a staircase level) may round below it: taken as ``min_mi``.
+    floor = min_mi - 4 * np.finfo(np.float32).eps * max(min_mi, 1.0)
+    _check_values(mi, "mi", lambda a: np.isfinite(a) & (a >= floor), least)  # inf gave y = x
     if isinstance(mi, jax.core.Tracer):
         return
     mi = np.asarray(mi).astype(np.float64)
@@ -232,7 +258,14 @@ def _check_mi(mi: ArrayLike, min_mi: float, dim: int) -> None:
 
 
 def _spiral(x: Array, speed: float = 0.5) -> Array:
-    """Rotates coordinate pairs (0,1), (2,3), ... by ``speed * |x|^2`` radians, per sample."""
+    """Rotates coordinate pairs (0,1), (2,3), ... by ``speed * |x|^2`` radians, per sample.
+
+    Invertible in exact arithmetic; in float32 the angle read back from the rounded output is
+    off by ~``speed |x|^2 eps``, which near the ceiling rivals the noise: at 12 nats per
+    coordinate in dim 20 a float64 decoder of the samples reads 0.13-0.20 nats (under 0.1 %)
+    less than the Gaussian pair's 240, against under 0.004 at 10 nats per coordinate or in dim 2
+    (2026-12-05): noise added by rounding, which a critic meets near the ceiling only.
+    """
     dim = x.shape[-1]
     pairs = dim // 2
     angle = speed * jnp.sum(jnp.square(x), axis=-1, keepdims=True)  # [batch, 1]
@@ -273,13 +306,14 @@ def student_t(key: PRNGKey, mi: ArrayLike, batch: int, dim: int, df: float) -> t
     """Multivariate Student-t pair ``(x, y) = z / sqrt(w / df)``, ``z`` a correlated Gaussian pair,
     ``w ~ chi^2(df)``, with total MI ``mi`` nats (at least `student_t_mi_correction`; at most
     that plus `max_mi_per_dim` per coordinate, what float32 samples carry: more is an error).
+    ``df`` at least `least_sampled_df` (0.234 in float32: below it some rows are +-inf).
 
     Returns:
       ``x`` ``[batch, dim]``, ``y`` ``[batch, dim]``.
     """
     _checks.check_key(key)
     _checks.check_ints(batch=batch, dim=dim)
-    df = _checked_df(df)
+    df = _checked_sampled_df(df)
     correction = student_t_mi_correction(df, dim, dim)
     _check_mi(mi, correction, dim)
     kz, kw = jax.random.split(key)
@@ -287,7 +321,8 @@ def student_t(key: PRNGKey, mi: ArrayLike, batch: int, dim: int, df: float) -> t
     gaussian_mi = jnp.maximum(mi - correction, 0.0)
     x, y = _gaussian_pair(kz, gaussian_mi, batch, dim)
     # 1 / sqrt(w / df), w / 2 ~ Gamma(df / 2), from log w: at small df the gamma draw itself
-    # underflows to 0 in float32 (df = 0.1: ~1 % of the rows), its logarithm does not.
+    # underflows to 0 in float32 (df = 0.1: ~1 % of the rows), its logarithm does not (the
+    # scale itself passes float32's range below `least_sampled_df`, which is refused).
     log_half_w = jax.random.loggamma(kw, df / 2.0, (batch, 1))
     scale = jnp.sqrt(df / 2.0) * jnp.exp(-0.5 * log_half_w)
     return x * scale, y * scale
@@ -300,7 +335,9 @@ class Task(NamedTuple):
       name: registry name.
       dim: width of x and of y.
       sample: ``sample(key, mi, batch) -> (x [batch, dim], y [batch, dim])``; ``mi`` in
-        ``[min_mi, max_mi]`` (outside it, an error).
+        ``[min_mi, max_mi]`` (a concrete one outside it is an error; a traced one is not
+        checked: below 0 the Gaussian samplers give NaN, above ``max_mi`` ``y`` equals ``x``
+        for some pairs).
       min_mi: the smallest MI the family can express (nats).
     """
 
@@ -362,7 +399,7 @@ def _spiral_task(dim: int, speed: float = 0.5) -> Task:
 
 
 def _student_t_task(dim: int, df: float = 5.0) -> Task:
-    df = _checked_df(df)
+    df = _checked_sampled_df(df)
     min_mi = student_t_mi_correction(df, dim, dim)
     return Task("student_t", dim, lambda key, mi, batch: student_t(key, mi, batch, dim, df), min_mi)
 
@@ -409,8 +446,8 @@ def staircase_mi(
     """The true MI at ``step`` of the staircase schedule (Poole et al. 2019, Fig. 2).
 
     Level ``k`` holds for steps ``[k, k + 1) * steps_per_level``. (The published code's
-    ``round(linspace(0.5, 5.5, n)) * 2`` agrees at every step but the first, which NumPy's
-    round-half-to-even sets to 0 nats.)
+    ``round(linspace(0.5, 5.5, n)) * 2`` agrees at every step but the first and the last,
+    which NumPy's round-half-to-even sets to 0 and 12 nats.)
 
     Args:
       step: the training step, ``>= 0``, a scalar or an array of any shape (traced under
@@ -431,6 +468,9 @@ def staircase_mi(
         raise TypeError(f"`step` must be an integer (array), got dtype {jnp.result_type(step)}.")
     if not isinstance(step, jax.core.Tracer) and np.any(np.asarray(step) < 0):
         raise ValueError(f"`step` must be >= 0, got {step!r}.")
+    most = np.iinfo(jnp.result_type(int)).max  # int32 without x64, where a larger one wraps
+    if not isinstance(step, jax.core.Tracer) and np.any(np.asarray(step) > most):
+        raise ValueError(f"`step` must be at most {most} (JAX's integer), got {step!r}.")
     # (Without the lower clamp a negative index would wrap around to the last levels.)
     index = jnp.clip(jnp.asarray(step) // steps_per_level, 0, len(levels) - 1)
     return jnp.asarray(levels, jnp.float32)[index]

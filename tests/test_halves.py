@@ -72,7 +72,7 @@ def test_half_encoders_shapes(name):
 
 
 def test_unknown_encoder_names_and_hyperparameters():
-    with pytest.raises(KeyError, match="unknown encoder 'realnpv'.*Did you mean 'realnvp'"):
+    with pytest.raises(KeyError, match="unknown half encoder 'realnpv'.*Did you mean 'realnvp'"):
         halves.get_half_encoder("realnpv")
     with pytest.raises(TypeError, match="width"):
         halves.get_half_encoder("mlp", width=3)

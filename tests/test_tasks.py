@@ -255,11 +255,42 @@ def test_student_t_closed_form_mi_by_monte_carlo(df, dim, mi):
 
 
 def test_student_t_samples_stay_finite_at_small_df():
-    # df = 0.2: the chi^2 draw underflowed to 0 in float32 for ~1e-4 of the rows (infinite
-    # samples); drawn as a log-gamma it does not (the tails themselves reach 1e28 here).
-    task = tasks.get_task("student_t", dim=2, df=0.2)
+    # df = 0.25: the chi^2 draw underflowed to 0 in float32 for some rows (infinite samples);
+    # drawn as a log-gamma it does not (the tails themselves reach 1e28 here).
+    task = tasks.get_task("student_t", dim=2, df=0.25)
     x, y = task.sample(jax.random.key(1), task.min_mi + 1.0, 100_000)
     assert np.all(np.isfinite(np.asarray(x))) and np.all(np.isfinite(np.asarray(y)))
+
+
+def test_student_t_below_the_least_sampled_df_is_refused():
+    """At df = 0.1 the row's scale sqrt(df / w) itself passes float32's range for ~1.5e-4 of the
+    rows (+-inf samples, a review's count in 1e6; e^(-L df) with L = log of float32's largest):
+    refused by name, at the task and at the sampler; the MI correction alone is still given."""
+    assert tasks.least_sampled_df() == pytest.approx(np.log(1e9) / np.log(3.4028235e38))
+    assert np.exp(-np.log(3.4028235e38) * 0.1) == pytest.approx(1.4e-4, rel=0.1)
+    with pytest.raises(ValueError, match="`df` of 0.1 is below 0.234"):
+        tasks.get_task("student_t", dim=2, df=0.1)
+    with pytest.raises(ValueError, match="`df` of 0.2 is below"):
+        tasks.student_t(jax.random.key(0), 1.0, 4, 2, 0.2)
+    assert tasks.student_t_mi_correction(0.1, 2, 2) > 0
+
+
+def test_a_float32_copy_of_the_least_mi_is_that_mi():
+    """A staircase level at the family's least MI is a float32 copy of it, which may round
+    below it (df = 0.5, dim 1): it was refused as below the least MI."""
+    task = tasks.get_task("student_t", dim=1, df=0.5)
+    level = tasks.staircase_mi(0, levels=(task.min_mi,), steps_per_level=1)
+    assert float(level) < task.min_mi  # the case: rounded down
+    x, _ = task.sample(jax.random.key(0), level, 4)
+    assert x.shape == (4, 1)
+    with pytest.raises(ValueError, match="at least"):
+        task.sample(jax.random.key(0), task.min_mi - 1e-3, 4)
+
+
+def test_a_step_beyond_jaxs_integer_is_refused():
+    # Without x64 it was cast to int32 and wrapped: step 2**31 read the first level, 2 nats.
+    with pytest.raises(ValueError, match="`step` must be at most 2147483647"):
+        tasks.staircase_mi(np.int64(2**31), steps_per_level=4000)
 
 
 def _t_entropy_offset_by_quadrature(dim, df):
