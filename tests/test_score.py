@@ -60,13 +60,18 @@ def test_ssge_with_every_eigenfunction_is_stein_without_ridge():
     np.testing.assert_allclose(stein, expected, atol=1e-3 * scale)
 
 
-def test_stein_matches_a_direct_numpy_reference():
-    x = np.asarray(jax.random.normal(jax.random.key(3), (12, 2)), np.float64)
-    sigma, eta = 1.3, 0.05
+def _stein_reference(x, sigma, eta):
+    """Li & Turner's estimate at the samples, in float64 NumPy from the formula."""
     k = np.exp(-((x[:, None] - x[None]) ** 2).sum(-1) / (2 * sigma**2))
     # <grad, K>_i = sum_m grad_{x_m} k(x_m, x_i) = -sum_m k_mi (x_m - x_i) / sigma^2
     grad_k = -np.einsum("mi,mid->id", k, x[:, None] - x[None]) / sigma**2
-    expected = -np.linalg.solve(k + eta * np.eye(12), grad_k)
+    return -np.linalg.solve(k + eta * np.eye(len(x)), grad_k)
+
+
+def test_stein_matches_a_direct_numpy_reference():
+    x = np.asarray(jax.random.normal(jax.random.key(3), (12, 2)), np.float64)
+    sigma, eta = 1.3, 0.05
+    expected = _stein_reference(x, sigma, eta)
     got = score.stein_score(jnp.asarray(x, jnp.float32), eta=eta, bandwidth=sigma)
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3)
 
@@ -147,6 +152,37 @@ def test_estimates_do_not_move_with_the_samples_far_from_the_origin():
     np.testing.assert_allclose(
         score.median_bandwidth(x + 1000.0), score.median_bandwidth(x), rtol=1e-4
     )
+
+
+def test_one_far_outlier_does_not_spoil_the_others():
+    """One sample at 1e5 among 200 unit-scale ones (float32): centred on the mean (500 away
+    from the rest) the distances cancelled, the Stein estimate failed ("`eta` ... too small":
+    a Gram matrix with a negative eigenvalue), and bisecting the squared distance up to the
+    largest one read the median bandwidth 1.90 (at an outlier of 1e6: 15.3) for 1.72."""
+    x = np.asarray(jax.random.normal(jax.random.key(2), (200, 2)), np.float64)
+    for far in (1e5, 1e6):
+        x[0] = [far, 0.0]
+        got = score.median_bandwidth(x.astype(np.float32))
+        np.testing.assert_allclose(got, _numpy_lower_median_distance(x), rtol=1e-5)
+    x[0] = [1e5, 0.0]
+    x32 = x.astype(np.float32)
+    sigma = float(_numpy_lower_median_distance(x))
+    want = _stein_reference(x32.astype(np.float64), sigma, 0.1)[1:]
+    got = np.asarray(score.stein_score(x32, bandwidth=sigma))[1:]
+    np.testing.assert_allclose(got, want, atol=1e-3 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("scale", [1e-8, 1e-20, 1e20])
+def test_median_bandwidth_and_estimates_scale_with_the_samples(scale):
+    """Scale equivariance: the bandwidth was floored at 1e-6 (1 + spread), a fixed 1e-6 for
+    small samples (at 1e-8: the estimate 84 % off, at 1e-20 zero), and at 1e20 the squared
+    distances overflowed float32 (inf)."""
+    x = np.asarray(jax.random.normal(jax.random.key(2), (200, 2)), np.float64)
+    got = score.median_bandwidth((scale * x).astype(np.float32))
+    np.testing.assert_allclose(float(got) / scale, _numpy_lower_median_distance(x), rtol=1e-5)
+    if scale == 1e-8:  # (the estimators' own distances under- or overflow beyond)
+        small = np.asarray(score.stein_score((scale * x).astype(np.float32))) * scale
+        np.testing.assert_allclose(small, score.stein_score(x.astype(np.float32)), atol=1e-3)
 
 
 def test_vmap_equals_loop():
