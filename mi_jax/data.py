@@ -546,6 +546,7 @@ def random_resized_crop(
     Returns:
       ``[H, W, C]`` the resized crop.
     """
+    _checks.check_key(key, "key")
     image = _check_image(image)
     lo, hi = _check_range(scale, "scale", upper=1.0)
     rlo, rhi = _check_range(ratio, "ratio")
@@ -655,9 +656,12 @@ def color_jitter(
       saturation: strength ``>= 0``.
 
     Returns:
-      ``[H, W, C]`` the jittered image, in ``[0, 1]``.
+      ``[H, W, C]`` the jittered image, in ``[0, 1]``, in the image's dtype (the blends are
+      computed in float32 at least).
     """
+    _checks.check_key(key, "key")
     image = _check_image(image)
+    dtype = image.dtype
     strengths = {"brightness": brightness, "contrast": contrast, "saturation": saturation}
     for arg, value in strengths.items():
         _check_strength(value, arg)
@@ -671,7 +675,7 @@ def color_jitter(
     if saturation > 0 and image.shape[-1] == 3:
         f = _factor(k_saturation, saturation)
         image = jnp.clip(f * image + (1.0 - f) * _grayscale(image), 0.0, 1.0)
-    return image
+    return image.astype(dtype)
 
 
 # `augment_image`'s settings: (name, default).

@@ -97,9 +97,11 @@ def _fit(
 @functools.partial(jax.jit, static_argnames=("num_classes", "max_iter", "l2", "tol"))
 def _fit_linear_lbfgs(train_x, train_y, test_x, test_y, *, num_classes, max_iter, l2, tol):
     # Full-batch L-BFGS on the mean cross-entropy plus (l2 / 2) |W|^2: the convex problem is
-    # solved to convergence (what scikit-learn's LogisticRegression does: stop when the largest
-    # gradient entry is below `tol`, or after `max_iter` iterations), so the probe measures
-    # the representation, not the probe's optimizer.
+    # solved to convergence (stop when the largest gradient entry is below `tol`, or after
+    # `max_iter` iterations), so the probe measures the representation, not the probe's
+    # optimizer. At scikit-learn's default tol of 1e-4 it was not: on digits' pixels (l2 1e-4)
+    # it stopped after 31 iterations 1 % above the optimal objective, test accuracy 0.970
+    # against the optimum's 0.975; at 1e-6, 112 iterations and 2e-6 above it.
     params = {
         "w": jnp.zeros((train_x.shape[1], num_classes)),
         "b": jnp.zeros((num_classes,)),
@@ -165,7 +167,7 @@ def fit_probe(
     num_classes: int | None = None,
     l2: float = 1e-4,
     max_iter: int = 300,
-    tol: float = 1e-4,
+    tol: float = 1e-6,
     hidden: int = 256,
     epochs: int = 30,
     batch_size: int = 256,
@@ -273,8 +275,10 @@ def _standardize(train_x: Array, test_x: Array) -> tuple[Array, Array, Array]:
     """Both splits standardized with the training split's statistics, and ``[2]`` whether
     each split is finite.
 
-    A feature constant on the training set (its std at float32 rounding of its mean, or 0) is
+    A feature constant on the training set (its std below 1e-6 of its mean's magnitude, some 8
+    float32 epsilons, as scikit-learn's StandardScaler takes 10 of its float's; or 0) is
     centred, not scaled: divided by ~0, its test values were outliers the MLP probe never saw.
+    (A feature that varies by less, ``1000 + 1e-3 x`` say, is centred too: rescale it first.)
     """
     mean, std = jnp.mean(train_x, 0, keepdims=True), jnp.std(train_x, 0, keepdims=True)
     std = jnp.where(std > 1e-6 * jnp.abs(mean), std, 1.0)

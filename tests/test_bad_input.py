@@ -276,6 +276,10 @@ _SEED_FOR_KEY = {
     "augment_views": lambda: amdim.augment_views(0, _IMAGES),
     "AMDIMObjective.init": lambda: amdim.AMDIMObjective(amdim.MultiScaleEncoder()).init(0, _IMAGES),
     "random_crop": lambda: data.random_crop(0, _IMAGE, padding=1),
+    "random_resized_crop": lambda: data.random_resized_crop(0, _IMAGE),
+    "color_jitter": lambda: data.color_jitter(
+        0, _IMAGE, brightness=0.1, contrast=0.1, saturation=0.1
+    ),
     "random_grayscale": lambda: data.random_grayscale(0, _IMAGE, p=0.5),
     "random_flip": lambda: data.random_flip(0, _IMAGE),
     "sample_prior": lambda: dim.sample_prior(0, (2, 3), "gaussian"),

@@ -540,3 +540,17 @@ def test_augmentation_argument_errors():
         data.color_jitter(jax.random.key(0), _image(), brightness=0.0, contrast=-0.1, saturation=0)
     with pytest.raises(TypeError, match="floating"):
         data.random_flip(jax.random.key(0), jnp.zeros((4, 4, 3), jnp.uint8))
+
+
+def test_augmentations_keep_the_images_dtype():
+    # color_jitter returned float32 for a bfloat16 image (its factors are float32 draws).
+    image = jax.random.uniform(jax.random.key(5), (8, 8, 3)).astype(jnp.bfloat16)
+    key = jax.random.key(0)
+    for out in (
+        data.random_crop(key, image, padding=2),
+        data.random_resized_crop(key, image),
+        data.random_flip(key, image),
+        data.random_grayscale(key, image, p=0.5),
+        data.color_jitter(key, image, brightness=0.4, contrast=0.4, saturation=0.4),
+    ):
+        assert out.dtype == jnp.bfloat16 and out.shape == image.shape
