@@ -112,8 +112,8 @@ def build(config, encoder: str, critic: str, bound: str) -> halves.HalvesModel:
     try:
         # No entry: the encoder's defaults.
         enc = halves.get_half_encoder(encoder, **dict(config.encoder_hparams.get(encoder, {})))
-    except ValueError as e:
-        raise ValueError(f"`config.encoder_hparams.{encoder}`: {e}") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"`config.encoder_hparams.{encoder}`: {_cli.error_message(e)}") from None
     hparams = dict(config.critic_hparams.get(critic, {}))
     try:
         ensemble = training.make_ensemble([bound], critic, hparams, aux_hidden=(128,))
@@ -126,9 +126,9 @@ def build(config, encoder: str, critic: str, bound: str) -> halves.HalvesModel:
 def check_models(config, models: dict, views) -> None:
     """Traces each encoder's ``init`` on a batch of half-images, then each combination's critic
     on the encoder's codes (`jax.eval_shape`: no compilation, no arithmetic), so an encoder that
-    cannot encode them (a RealNVP on 1-pixel halves, ...) or a critic that cannot be built from
-    its hyperparameters (``hidden=(0,)``) fails, naming ``config.encoder_hparams.ENCODER`` or
-    ``config.critic_hparams.CRITIC``, before any combination trains."""
+    cannot encode them (a RealNVP on 1-pixel halves, ...) or a critic that cannot take their
+    width fails, naming ``config.encoder_hparams.ENCODER`` or ``config.critic_hparams.CRITIC``,
+    before any combination trains (settings bad in themselves fail earlier, in `build`)."""
     batch = jax.ShapeDtypeStruct((config.batch_size, *views["train_top"].shape[1:]), jnp.float32)
     codes = {}
     for (encoder, critic, bound), model in models.items():

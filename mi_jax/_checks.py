@@ -154,8 +154,9 @@ def check_finite_if_concrete(x, name: str) -> None:
 
 def check_key(key, name: str = "key") -> None:
     """Checks that ``key`` is one PRNG key: a typed key (``jax.random.key``) or a raw uint32
-    ``[2]`` one (``jax.random.PRNGKey``); static, so traced keys are checked too. An integer
-    seed otherwise failed deep in `jax.random` ("invalid PRNG key data")."""
+    one (``jax.random.PRNGKey``: ``[2]``, or ``[4]`` with ``impl="rbg"``); static, so traced
+    keys are checked too. An integer seed otherwise failed deep in `jax.random` ("invalid PRNG
+    key data")."""
     dtype = getattr(key, "dtype", None)
     if dtype is None:
         raise TypeError(
@@ -163,7 +164,8 @@ def check_key(key, name: str = "key") -> None:
         )
     shape = jnp.shape(key)
     typed = jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-    if (typed and shape == ()) or (dtype == np.uint32 and shape == (2,)):
+    # Raw keys: [2] of threefry (the default), [4] of the rbg implementations.
+    if (typed and shape == ()) or (dtype == np.uint32 and shape in ((2,), (4,))):
         return
     raise TypeError(
         f"`{name}` must be one PRNG key, e.g. `jax.random.key(seed)`, got an array of dtype "

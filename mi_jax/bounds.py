@@ -392,8 +392,9 @@ def _log_loo_mean_exp(scores: Array) -> Array:
     The gap's value is clamped at its exact lower bound ``log 2``: in float32, at scores above
     ~1.7e7 an entry tied with the column's maximum rounds ``log S`` to ``s`` itself (a gap of 0,
     -inf). Only the value: the gradient stays the unclamped gap's, the exact one (a tie at the
-    maximum rounds to ``log 2`` at any scale, and the clamp's zero gradient there moved the
-    left-out entry's weight onto the kept one: twice I_1's gradient in that column).
+    maximum, where the gap is exactly ``log 2``, often rounds to just below it, and the clamp's
+    zero gradient there moved the left-out entry's weight onto the kept one: twice I_1's
+    gradient in that column).
     """
     batch = scores.shape[0]
     lse = jax.nn.logsumexp(scores, axis=0, keepdims=True)  # [1, B]

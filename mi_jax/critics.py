@@ -404,6 +404,10 @@ class PairMLP(nn.Module):
     compute_dtype: str | None = None
     kernel_init: str = "lecun_normal"
 
+    def __post_init__(self):
+        _check_layers("PairMLP", self)
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:
         """``x`` ``[batch, dim_x]``, ``y`` ``[batch, dim_y]`` -> ``[batch]``."""
@@ -419,6 +423,10 @@ class BaselineMLP(nn.Module):
     activation: str = "relu"
     compute_dtype: str | None = None
     kernel_init: str = "lecun_normal"
+
+    def __post_init__(self):
+        _check_layers("BaselineMLP", self)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, y: Array) -> Array:

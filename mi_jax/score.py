@@ -76,7 +76,9 @@ def _centered(samples: Array, *others: Array) -> tuple[Array, ...]:
     """
     mean = jnp.mean(samples, axis=0, keepdims=True)
     radius = jnp.sqrt(jnp.sum(jnp.square(samples - mean), axis=1, keepdims=True))  # [n, 1]
-    bulk = (radius <= jnp.mean(radius)).astype(samples.dtype)  # never empty: the nearest is in
+    # Never empty: the nearest sample is in (equal radii, balanced one-hot rows say, may
+    # average to just below each of them in floating point: the center was 0 / 0 = NaN).
+    bulk = (radius <= jnp.maximum(jnp.mean(radius), jnp.min(radius))).astype(samples.dtype)
     center = jnp.sum(bulk * samples, axis=0, keepdims=True) / jnp.sum(bulk)
     return (samples - center, *(o - center for o in others))
 
@@ -117,14 +119,16 @@ def median_bandwidth(samples: ArrayLike, *, scale: float = 1.0) -> Array:
 
     The median is the lower median (the ``ceil(P/2)``-th smallest of the ``P`` nonzero pairwise
     distances), found by bisection on the logarithm of the squared distance: 32 vectorized
-    counting passes (precision ~1e-8 relative to the median, whatever the largest distance:
-    bisecting the squared distance itself, an outlier at 1e6 among 200 unit-scale samples read
-    15.3 for 1.72) instead of a sort, several times faster on XLA:CPU. The distances are
+    counting passes (precision relative to the median, about the float's own, whatever the
+    largest distance: bisecting the squared distance itself, an outlier at 1e6 among 200
+    unit-scale samples read 15.3 for 1.72) instead of a sort, several times faster on XLA:CPU.
+    The distances are
     taken on the samples divided by their spread (the largest ``|x|`` once centred), so the result
     is scale equivariant and finite wherever the samples are (at a scale of 1e-8 a fixed floor
     of 1e-6 took the median's place; at 1e20 the squared distances overflowed float32).
-    Identical samples give a zero median; the result is then a tiny positive value (1e-6), so
-    that kernels stay finite (and the estimate is zero: identical samples carry no information
+    Identical samples give a zero median; the result is then a tiny positive value (1e-6 of
+    their spread, or 1e-6 where they are exactly equal; the floor of any median), so that
+    kernels stay finite (and the estimate is zero: identical samples carry no information
     about the score).
     """
     if not _checks.is_positive_finite(scale):
@@ -151,7 +155,8 @@ def median_bandwidth(samples: ArrayLike, *, scale: float = 1.0) -> Array:
     hi = jnp.where(count > 0, jnp.max(jnp.where(distinct, log_pairs, -jnp.inf)), 0.0)
     _, log_median_d2 = jax.lax.fori_loop(0, 32, bisect, (lo, hi))
     sigma = jnp.where(count > 0, unit * jnp.exp(0.5 * log_median_d2), 0.0)
-    return scale * jnp.maximum(sigma, 1e-6 * unit)
+    # NaN or inf samples (unchecked under jit) give NaN, not the floor of a spread of NaN.
+    return jnp.where(jnp.isfinite(spread), scale * jnp.maximum(sigma, 1e-6 * unit), jnp.nan)
 
 
 def rbf_kernel(x: ArrayLike, y: ArrayLike, bandwidth: ArrayLike) -> Array:

@@ -242,8 +242,9 @@ def _check_mi(mi: ArrayLike, min_mi: float, dim: int) -> None:
     unchecked. An array of MIs is refused whatever its values (a sampler draws one pair)."""
     _check_scalar_mi(mi)
     least = f"a finite number of nats, at least {min_mi:.6g} (this task's least MI)"
-    # A float32 copy of ``min_mi`` (a staircase level) may round below it: taken as ``min_mi``.
-    floor = min_mi - 4 * np.finfo(np.float32).eps * max(min_mi, 1.0)
+    # A float32 copy of ``min_mi`` (a staircase level) may round below it: taken as ``min_mi``
+    # (relative: a least MI of 0 has no margin, a negative MI gave NaN samples).
+    floor = min_mi - 4 * np.finfo(np.float32).eps * abs(min_mi)
     _check_values(mi, "mi", lambda a: np.isfinite(a) & (a >= floor), least)  # inf gave y = x
     if isinstance(mi, jax.core.Tracer):
         return

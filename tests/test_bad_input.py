@@ -302,6 +302,23 @@ def test_a_seed_for_a_key_is_refused_naming_the_argument(name):
         _SEED_FOR_KEY[name]()
 
 
+def test_every_kind_of_key_is_taken():
+    """Typed keys, raw threefry keys ([2]), as numpy arrays too, and batched keys inside a
+    vmap; raw rbg keys ([4], for `jax_default_prng_impl` "rbg") pass the check."""
+    for key in (
+        jax.random.key(0),
+        jax.random.PRNGKey(0),
+        np.asarray(jax.random.PRNGKey(0)),
+        jax.random.key(0, impl="rbg"),
+    ):
+        assert data.random_flip(key, _IMAGE).shape == _IMAGE.shape
+    from mi_jax import _checks
+
+    _checks.check_key(jax.random.PRNGKey(0, impl="rbg"))
+    keys = jax.random.split(jax.random.key(1), 3)
+    assert jax.vmap(data.random_flip, in_axes=(0, None))(keys, _IMAGE).shape == (3, *_IMAGE.shape)
+
+
 @pytest.mark.parametrize("name", list(_BAD_CALLS))
 def test_bad_input_is_refused_naming_the_argument(name):
     call, error, message = _BAD_CALLS[name]

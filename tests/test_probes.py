@@ -46,7 +46,9 @@ def test_linear_probe_reaches_the_optimum_at_its_defaults():
     ref.fit((x[train] - mu) / sd, y[train])
     want = ref.score((x[test] - mu) / sd, y[test])
     ours = probes.fit_probe(x[train], y[train], x[test], y[test])
-    assert ours.test_accuracy == pytest.approx(want, abs=1e-6), (ours, want)
+    # Within one of the 597 test images (a borderline one may flip with the float rounding of
+    # another backend); tol 1e-4 read three fewer.
+    assert ours.test_accuracy == pytest.approx(want, abs=1.5 / 597), (ours, want)
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])

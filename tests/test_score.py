@@ -172,6 +172,23 @@ def test_one_far_outlier_does_not_spoil_the_others():
     np.testing.assert_allclose(got, want, atol=1e-3 * np.abs(want).max())
 
 
+def test_samples_at_equal_distances_from_their_mean_are_centred():
+    """Balanced one-hot rows (3 classes x 10): every radius equal, their mean rounded just
+    below them, so the bulk the center is taken over was empty (0 / 0 = NaN center; the
+    estimators refused the finite samples as NaN and the bandwidth read 1e-6 for sqrt 2)."""
+    x = np.eye(3, dtype=np.float32)[np.repeat(np.arange(3), 10)]
+    np.testing.assert_allclose(score.median_bandwidth(x), np.sqrt(2.0), rtol=1e-6)
+    for estimate in (score.stein_score, score.ssge_score):
+        assert np.all(np.isfinite(np.asarray(estimate(x))))
+
+
+def test_median_bandwidth_of_nan_samples_under_jit_is_nan():
+    # (Concrete NaN samples are refused by name; traced ones read the floor, 1e-6, before.)
+    x = np.array(jax.random.normal(jax.random.key(0), (20, 2)), np.float32)
+    x[3, 1] = np.nan
+    assert np.isnan(float(jax.jit(score.median_bandwidth)(x)))
+
+
 @pytest.mark.parametrize("scale", [1e-8, 1e-20, 1e20])
 def test_median_bandwidth_and_estimates_scale_with_the_samples(scale):
     """Scale equivariance: the bandwidth was floored at 1e-6 (1 + spread), a fixed 1e-6 for

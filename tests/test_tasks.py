@@ -285,6 +285,10 @@ def test_a_float32_copy_of_the_least_mi_is_that_mi():
     assert x.shape == (4, 1)
     with pytest.raises(ValueError, match="at least"):
         task.sample(jax.random.key(0), task.min_mi - 1e-3, 4)
+    # A least MI of 0 has no margin: a negative MI gave NaN samples.
+    for name in ("gaussian", "cubic", "spiral", "cauchy"):
+        with pytest.raises(ValueError, match="at least"):
+            tasks.get_task(name, dim=2).sample(jax.random.key(0), -4e-7, 8)
 
 
 def test_a_step_beyond_jaxs_integer_is_refused():
