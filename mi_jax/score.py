@@ -122,10 +122,10 @@ def median_bandwidth(samples: ArrayLike, *, scale: float = 1.0) -> Array:
     counting passes (precision relative to the median, about the float's own, whatever the
     largest distance: bisecting the squared distance itself, an outlier at 1e6 among 200
     unit-scale samples read 15.3 for 1.72) instead of a sort, several times faster on XLA:CPU.
-    The distances are
-    taken on the samples divided by their spread (the largest ``|x|`` once centred), so the result
-    is scale equivariant and finite wherever the samples are (at a scale of 1e-8 a fixed floor
-    of 1e-6 took the median's place; at 1e20 the squared distances overflowed float32).
+    The distances are taken on the samples divided by their spread (the largest ``|x|`` once
+    centred), so the result is scale equivariant and finite wherever the samples are (at a
+    scale of 1e-8 a fixed floor of 1e-6 took the median's place; at 1e20 the squared distances
+    overflowed float32).
     Identical samples give a zero median; the result is then a tiny positive value (1e-6 of
     their spread, or 1e-6 where they are exactly equal; the floor of any median), so that
     kernels stay finite (and the estimate is zero: identical samples carry no information

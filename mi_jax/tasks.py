@@ -467,11 +467,12 @@ def staircase_mi(
     _checks.check_not_a_list(step, "step")
     if not jnp.issubdtype(jnp.result_type(step), jnp.integer):
         raise TypeError(f"`step` must be an integer (array), got dtype {jnp.result_type(step)}.")
-    if not isinstance(step, jax.core.Tracer) and np.any(np.asarray(step) < 0):
-        raise ValueError(f"`step` must be >= 0, got {step!r}.")
-    most = np.iinfo(jnp.result_type(int)).max  # int32 without x64, where a larger one wraps
-    if not isinstance(step, jax.core.Tracer) and np.any(np.asarray(step) > most):
-        raise ValueError(f"`step` must be at most {most} (JAX's integer), got {step!r}.")
+    if not isinstance(step, jax.core.Tracer):
+        if np.any(np.asarray(step) < 0):
+            raise ValueError(f"`step` must be >= 0, got {step!r}.")
+        most = np.iinfo(jnp.result_type(int)).max  # int32 without x64, where a larger one wraps
+        if np.any(np.asarray(step) > most):
+            raise ValueError(f"`step` must be at most {most} (JAX's integer), got {step!r}.")
     # (Without the lower clamp a negative index would wrap around to the last levels.)
     index = jnp.clip(jnp.asarray(step) // steps_per_level, 0, len(levels) - 1)
     return jnp.asarray(levels, jnp.float32)[index]
