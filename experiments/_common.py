@@ -176,12 +176,10 @@ def check_learning_rate(config, name: str = "learning_rate") -> None:
 def check_num_seeds(config) -> int:
     """``config.num_seeds`` (>= 1), or a `ValueError` naming it; ``config.seed`` too, where the
     config has one (an integer >= 0: the batch orders are drawn from it)."""
-    k = config.num_seeds
-    if not _checks.is_int(k) or k < 1:
-        raise ValueError(f"`config.num_seeds` must be an integer >= 1, got {k!r}.")
-    if "seed" in config and not (_checks.is_int(config.seed) and config.seed >= 0):
-        raise ValueError(f"`config.seed` must be an integer >= 0, got {config.seed!r}.")
-    return k
+    check_int_fields(config, "num_seeds")
+    if "seed" in config:
+        check_int_fields(config, "seed", least=0)
+    return config.num_seeds
 
 
 def check_unique(config, field: str) -> None:
@@ -210,11 +208,9 @@ def config_field(config, path: str):
 
 def check_int_fields(config, *fields: str, least: int = 1) -> None:
     """A `ValueError` naming the first ``config.<field>`` (a dotted path) that is not an
-    integer ``>= least``."""
+    integer ``>= least`` (`mi_jax._checks.check_ints`, by the field's name)."""
     for field in fields:
-        value = config_field(config, field)
-        if not (_checks.is_int(value) and value >= least):
-            raise ValueError(f"`config.{field}` must be an integer >= {least}, got {value!r}.")
+        _checks.check_ints(least=least, **{f"config.{field}": config_field(config, field)})
 
 
 def check_names(config, field: str, known, noun: str, *, empty_ok: bool = False) -> None:
