@@ -141,7 +141,7 @@ def dv(scores: ArrayLike) -> Array:
     .. math:: I_{DV} = E_{p(x,y)}[f(x,y)] - \log E_{p(x)p(y)}[e^{f(x,y)}]
 
     Tight for ``f = log p(y|x)/p(y) + c`` (any constant c). The batch estimate of the log term
-    is biased, and its variance grows like e^{I} (McAllester & Stratos 2020).
+    is biased, and its variance can grow exponentially in the MI (Song & Ermon 2020).
 
     Args:
       scores: ``[batch, batch]`` critic scores, diagonal = joint samples.

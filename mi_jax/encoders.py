@@ -12,7 +12,8 @@ values in ``[0, 1]``) returns an `EncoderOutput` with the three representations 
 Encoders, chosen by name with `get_encoder`:
 
 * ``"mlp"`` `MLPEncoder`: an MLP on the flattened image (``local`` is a 1x1 map).
-* ``"conv"`` `ConvEncoder`: DIM's DCGAN-style encoder for small images (two stride-2 4x4 convs).
+* ``"conv"`` `ConvEncoder`: a DCGAN-style encoder for small images after DIM's (two stride-2
+  4x4 convs; DIM's own has 5x5 kernels at 28x28, three 4x4 convs at 32x32).
 * ``"resnet"`` `ResNetEncoder`: a small pre-activation ResNet with GroupNorm, for 32x32 images.
 
 There is no BatchNorm anywhere: the train state stays a pure parameter tree (no ``batch_stats``
@@ -186,7 +187,11 @@ class MLPEncoder(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """DIM's DCGAN-style encoder for small images.
+    """A DCGAN-style encoder for small images after DIM's.
+
+    DIM's released encoders: two stride-2 5x5 convs (64, 128 channels) and a 1024-unit Dense at
+    28x28, three stride-2 4x4 convs at 32x32; here 4x4 kernels at every size (the defaults give
+    DIM's 28x28 shapes: a 7x7x128 ``local`` map and 1024 ``features``).
 
     ``[Conv 4x4 stride 2 -> act] * len(channels)`` is ``local``; flatten -> ``Dense(fc_width)
     -> act`` is ``features``; ``Dense(latent_dim)`` is ``global_``. "SAME" padding halves the

@@ -447,8 +447,8 @@ def staircase_mi(
     """The true MI at ``step`` of the staircase schedule (Poole et al. 2019, Fig. 2).
 
     Level ``k`` holds for steps ``[k, k + 1) * steps_per_level``. (The published code's
-    ``round(linspace(0.5, 5.5, n)) * 2`` agrees at every step but the first and the last,
-    which NumPy's round-half-to-even sets to 0 and 12 nats.)
+    ``round(linspace(0.5, 5.5 - 1e-9, n)) * 2`` agrees at every step but the first, which
+    NumPy's round-half-to-even sets to 0 nats.)
 
     Args:
       step: the training step, ``>= 0``, a scalar or an array of any shape (traced under
