@@ -460,6 +460,38 @@ def pyplot():
     return plt
 
 
+def plain_log_ticks(ax) -> None:
+    """Tick labels of ``ax``'s log-scale y-axis as plain numbers (``1.25``, ``80``), minor ticks
+    labelled where the axis spans less than a decade: matplotlib's default reads
+    ``8.35x10^1`` there."""
+    from matplotlib import ticker
+
+    ax.yaxis.set_major_formatter(ticker.LogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(
+        ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4))
+    )
+
+
+def limit_axis(ax, low: float, high: float, curves: Sequence) -> None:
+    """Sets ``ax``'s y-axis to ``[low, high]`` and writes in the panel how far the finite values
+    of ``curves`` (the arrays drawn, any shapes) reach beyond it, so that a curve off the axis
+    is not read as a missing one."""
+    ax.set_ylim(low, high)
+    values = np.concatenate([np.ravel(np.asarray(c, dtype=float)) for c in curves] + [[]])
+    values = values[np.isfinite(values)]
+    notes = [
+        f"off scale: {side} {extreme:.3g}"
+        for side, beyond, extreme in (
+            ("min", values < low, values.min(initial=np.inf)),
+            ("max", values > high, values.max(initial=-np.inf)),
+        )
+        if beyond.any()
+    ]
+    if notes:
+        ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, color="C3",
+                va="bottom")  # fmt: skip
+
+
 def save_figure(fig, path: str, **kwargs) -> None:
     """``fig.savefig`` atomically (a temp file, then rename, as `write_json`): an interrupted
     save leaves the earlier plot whole. Closes ``fig`` (on every process, also one that writes

@@ -3,7 +3,8 @@ r"""Benchmarks: concat-critic throughput against the matmul peak, `estimate_mi` 
 
   python -m experiments.benchmark [--only critic|estimate|accuracy]
 
-Prints four tables (the accuracy part two: the cases, and independent samples). The peak is
+Prints four tables (the accuracy part two: the cases, and independent samples), with a progress
+bar on stderr while each one's cases run (the accuracy part takes minutes). The peak is
 measured here, on this machine: a float32 2048 x 2048 matmul.
 The concat critic is timed forward + backward (a training step's work without the optimizer)
 at several batch sizes, dense and chunked, float32 and bfloat16 matmuls, with FLOPs counted by
@@ -23,6 +24,7 @@ import warnings
 import jax
 import numpy as np
 from absl import app, flags, logging
+from tqdm import tqdm
 
 from experiments import _common
 from mi_jax import bounds, critics
@@ -65,7 +67,7 @@ def concat_critic_rows(peak: float) -> list[dict]:
         (1024, 64, "float32"),
         (1024, 16, "bfloat16"),
     )
-    for batch, chunk, compute_dtype in cases:
+    for batch, chunk, compute_dtype in tqdm(cases, desc="concat critic cases", leave=False):
         critic = critics.ConcatCritic(hidden=hidden, chunk_size=chunk, compute_dtype=compute_dtype)
         kx, ky = jax.random.split(jax.random.key(batch))
         x, y = jax.random.normal(kx, (batch, dim)), jax.random.normal(ky, (batch, dim))
@@ -117,7 +119,7 @@ def estimate_rows() -> list[dict]:
         ("student_t", 5, 1.0, 5000),
         ("gaussian", 50, 8.0, 5000),
     ]
-    for task, dim, mi, n in cases:
+    for task, dim, mi, n in tqdm(cases, desc="estimate_mi cases", leave=False):
         code = _ESTIMATE_SNIPPET.format(task=task, dim=dim, mi=mi, n=n)
         out = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -283,6 +285,8 @@ def accuracy_rows(n: int = 5000) -> list[dict]:
     """Per case: the mean over two draws of each rule's estimate and relative error, then each
     set's mean absolute relative error."""
     rows = []
+    total = sum(len(cases) for cases, _ in ACCURACY_CASES.values())
+    progress = tqdm(total=total, desc="accuracy cases", leave=False)
     for set_name, (cases, draws) in ACCURACY_CASES.items():
         errors = {"defaults": [], "earlier": []}
         for task, dim, mi in cases:
@@ -294,10 +298,12 @@ def accuracy_rows(n: int = 5000) -> list[dict]:
                 row[rule] = " / ".join(f"{e:.2f}" for e in estimates)
                 row[f"{rule}_rel"] = f"{rel.mean():+.2f}"
             rows.append(row)
+            progress.update()
         summary = dict.fromkeys(ACCURACY_COLUMNS, "")
         summary.update(set=set_name, task="mean |rel. error|")
         summary.update({f"{rule}_rel": f"{np.mean(e):.3f}" for rule, e in errors.items()})
         rows.append(summary)
+    progress.close()
     return rows
 
 
@@ -305,7 +311,7 @@ def independence_rows(n: int = 5000, dims=(1, 5, 20, 50), draws=(0, 1)) -> list[
     """Per dimension: both rules' estimates on independent samples (true MI 0): a Gaussian
     pair with 1 nat whose ``y`` is shuffled against ``x``."""
     rows = []
-    for dim in dims:
+    for dim in tqdm(dims, desc="independent samples", leave=False):
         row = dict(dim=dim)
         for rule, kwargs in RULES:
             estimates = _estimates("gaussian", dim, 1.0, n, draws, kwargs, shuffle_y=True)

@@ -475,13 +475,18 @@ def plot(workdir: str, runs: list[dict]) -> None:
             axes[1, col].plot(r["steps"], np.mean(r["mi_test"], axis=1), "o-", label=label)
         axes[0, col].set(title=f"{enc}: linear accuracy (top half)", xlabel="step")
         axes[1, col].set(title=f"{enc}: MI estimate (test, nats)", xlabel="step")
-        # NWJ starts far below 0 with an untrained critic (-7000 with RealNVP on digits):
-        # clip the axis so the trained part of the curves stays readable.
-        values = [v for r in runs if r["encoder"] == enc for v in np.ravel(r["mi_test"])]
-        if min(values) < -1.0:
-            axes[1, col].set_ylim(-1.0, max(values) + 0.3)
-            axes[1, col].set_title(f"{enc}: MI estimate (test, nats; axis cut at -1)")
-        axes[0, col].legend(fontsize=7)
+        # NWJ starts far below 0 with an untrained critic (-7000 with RealNVP on digits): the
+        # axis spans 0 and the later half of every curve (the trained part), the rest is noted.
+        mine = [r for r in runs if r["encoder"] == enc]
+        curves = [np.asarray(r["mi_test"], dtype=float) for r in mine]  # [evaluations, seeds]
+        late = np.concatenate([c[len(c) // 2 :].ravel() for c in curves])
+        late = late[np.isfinite(late)]
+        if late.size:
+            low, high = min(0.0, late.min()), max(0.0, late.max())
+            pad = 0.05 * (high - low) + 0.1
+            _common.limit_axis(axes[1, col], low - pad, high + pad, [c.ravel() for c in curves])
+        for ax in axes[:, col]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     _common.save_figure(fig, os.path.join(workdir, "curves.png"), dpi=100)
 

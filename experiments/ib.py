@@ -409,9 +409,11 @@ def _train_method(
         manager.save(step, args=ocp.args.StandardSave(state))
         manager.wait_until_finished()
         progress.update(n)
-        best = min(r["error_mean"] for r in history[-nb * len(seeds) :])
-        # (The latest epoch's test error of the best beta; the table picks epochs on validation.)
-        progress.set_postfix(method=method, test_error_best_beta=f"{100 * best:.2f}%")
+        # The latest epoch's test error of the best beta, its mean over the seeds (the table
+        # picks epochs on validation). The method is in the bar's description.
+        latest = history[-nb * len(seeds) :]
+        best = min(np.mean([r["error_mean"] for r in latest if r["beta"] == b]) for b in betas)
+        progress.set_postfix(test_error_best_beta=f"{100 * best:.2f}%")
     return method_entry(
         method, betas, history, train_s=train_s, train_s_by_step=clock, steps=num_steps
     )
@@ -476,16 +478,26 @@ def plot(workdir: str, results: dict) -> None:
     plt = _common.pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    seeds = 1
     for method, entry in results["methods"].items():
         final = entry["selected"]
+        # With several seeds: their mean, and their spread (one standard deviation).
+        seeds = max(seeds, final[0].get("num_seeds", 1))
+        error = np.array([100 * _common.number(r["error_mean"]) for r in final])
+        spread = np.array([100 * _common.number(r.get("error_mean_std", 0.0)) for r in final])
         if method == "deterministic":
-            ax.axhline(100 * final[0]["error_mean"], color="k", ls="--", label="deterministic")
+            ax.axhline(error[0], color="k", ls="--", label="deterministic")
+            if spread[0] > 0:
+                ax.axhspan(error[0] - spread[0], error[0] + spread[0], color="k", alpha=0.1)
             continue
-        ax.plot(
-            [r["beta"] for r in final], [100 * r["error_mean"] for r in final], "o-", label=method
-        )
+        betas = [r["beta"] for r in final]
+        ax.errorbar(betas, error, yerr=spread if spread.any() else None, fmt="o-", capsize=3,
+                    label=method)  # fmt: skip
     ax.set(
-        xscale="log", xlabel="beta", ylabel="test error (%), posterior mean", title="error vs beta"
+        xscale="log",
+        xlabel="beta",
+        ylabel="test error (%), posterior mean",
+        title="error vs beta" + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else ""),
     )
     ax.legend()
     fig.tight_layout()
@@ -498,13 +510,16 @@ def plot(workdir: str, results: dict) -> None:
             label = method if method == "deterministic" else f"{method} beta={beta:g}"
             epochs, error = _common.mean_curve(rows, "error_mean")
             axes[0].plot(epochs, 100 * np.asarray(error), label=label)
-            axes[1].plot(*_common.mean_curve(rows, "kl"), label=label)
+            if method != "deterministic":  # (no KL: its code is not stochastic)
+                axes[1].plot(*_common.mean_curve(rows, "kl"), label=label)
     axes[0].set(xlabel="epoch", ylabel="test error (%)", yscale="log", title="test error (mean z)")
     axes[1].set(
         xlabel="epoch", ylabel="nats", yscale="log", title="E KL(q(z|x) || N(0, I)) >= I(X; Z)"
     )
     for ax in axes:
-        ax.legend(fontsize=7)
+        _common.plain_log_ticks(ax)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     _common.save_figure(fig, os.path.join(workdir, "curves.png"), dpi=100)
 
@@ -582,6 +597,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
                 print(f"{method}: finished earlier, kept from {results_path}.")
                 continue
             progress.set_description(f"ib {method}")
+            progress.set_postfix()  # (the previous method's error goes)
             entry = run_method(
                 config, method, dataset, validation, progress, writer, on_eval,
                 workdir=workdir, mesh=mesh,

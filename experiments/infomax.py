@@ -305,7 +305,9 @@ def train_and_evaluate(
     writer = _common.JsonlWriter(metrics_path)
 
     def log_eval(step: int) -> dict:
-        """The periodic probes on the encoder at ``step``, written as an eval row."""
+        """The periodic probes on the encoder at ``step``, written as an eval row (with the
+        ``seconds`` they took)."""
+        t0 = time.perf_counter()
         per_seed = [
             periodic_eval(config, objective, p, dataset, mesh, seed=s)
             for s, p in zip(
@@ -316,7 +318,7 @@ def train_and_evaluate(
         eval_row = {"step": step, "kind": "eval", **acc}
         if batched:
             eval_row["per_seed"] = {k: [a[k] for a in per_seed] for k in acc}
-        writer.write(eval_row)
+        writer.write({**eval_row, "seconds": time.perf_counter() - t0})
         return acc
 
     compile_s, train_s, step = 0.0, 0.0, start
@@ -405,6 +407,7 @@ def train_and_evaluate(
         progress.close()
         writer.close()
 
+    train_rows, eval_rows = read_metrics(os.path.join(workdir, "metrics.jsonl"))
     results = {
         # The settings, where a rerun finds them if config.json is gone (`check_same_run`).
         "config": _common.to_builtin(config.to_dict()),
@@ -420,9 +423,10 @@ def train_and_evaluate(
         "eval_s": eval_s,
         # Every segment of a resumed run (their compilations included): the chunks behind the
         # final encoder, from metrics.jsonl; compile_s and train_s count this segment only.
-        "train_total_s": sum(
-            r["seconds"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))[0]
-        ),
+        "train_total_s": sum(r["seconds"] for r in train_rows),
+        # The periodic probes behind the final encoder, likewise (rows written before they
+        # were timed count 0).
+        "periodic_eval_s": sum(r.get("seconds", 0.0) for r in eval_rows if not r.get("final")),
         # With several seeds: the mean over seeds, ``*_std`` the spread (raw pixels: one fit).
         "probes": final,
     }
@@ -511,7 +515,8 @@ def summary(results: dict) -> str:
         f"\n{results['dataset']}, estimator {results['estimator']}, {results['num_steps']} steps"
         f"{seeds}: "
         f"compile {results['compile_s']:.1f} s, train {results['train_s']:.1f} s, "
-        f"probes {results['eval_s']:.1f} s{earlier}\n" + _common.format_table(rows, cols)
+        f"probes {results['eval_s']:.1f} s (periodic {results.get('periodic_eval_s', 0):.1f} s)"
+        f"{earlier}\n" + _common.format_table(rows, cols)
     )
 
 
@@ -542,10 +547,17 @@ def plot(workdir: str, final: list[dict]) -> None:
             axes[0].plot(steps, [r[key] for r in train], label=key)
     axes[0].set(xlabel="step", title="losses")
     for key in keys:
-        if key.startswith(("mi_", "infonce_")):
-            axes[1].plot(steps, [r[key] for r in train], label=key)
+        if key.startswith("mi_"):
+            # With the InfoNCE estimator its InfoNCE readout is the same curve: one line.
+            twin = "infonce_" + key.removeprefix("mi_")
+            same = twin in keys and all(r[key] == r[twin] for r in train)
+            label = f"{key} (= {twin})" if same else key
+            axes[1].plot(steps, [r[key] for r in train], label=label)
+            if twin in keys and not same:
+                axes[1].plot(steps, [r[twin] for r in train], label=twin)
     axes[1].set(xlabel="step", title="MI terms (nats; MIGE: surrogate)")
-    for key in sorted({k for r in evals for k in r} - {"step", "kind", "per_seed", "run", "final"}):
+    not_probes = {"step", "kind", "per_seed", "run", "final", "seconds"}
+    for key in sorted({k for r in evals for k in r} - not_probes):
         points = [(r["step"], r[key]) for r in evals if key in r]
         axes[2].plot(*zip(*points, strict=True), "o-", label=key)
     axes[2].set(xlabel="step", title="probes on the trained encoder (test accuracy)")

@@ -6,7 +6,7 @@ Each argument is the workdir of a finished `experiments.infomax` or `experiments
 (its ``results.json``; the ``experiment`` column says which). A row per run: the trained
 encoder's probe test accuracies, then the same probes on the randomly initialized encoder and
 on raw pixels (the baselines the run also measured), and the run's wall time (compilation,
-training over every segment of a resumed run, and the probes).
+training over every segment of a resumed run, and the probes, periodic and final).
 A run with ``num_seeds > 1`` shows each accuracy as "mean ± std" over its seeds (`rows_from`
 keeps the means as numbers and the spreads under ``COLUMN std``); its raw-pixel probes, fitted
 once, show one number.
@@ -51,7 +51,8 @@ def rows_from(workdirs: list[str]) -> tuple[list[dict], list[str]]:
                 row[f"{column} std"] = probe["test_accuracy_std"]
             if column not in probe_columns:
                 probe_columns.append(column)
-        row["minutes"] = (results["train_total_s"] + results["eval_s"]) / 60
+        probes_s = results.get("periodic_eval_s", 0.0) + results["eval_s"]  # (earlier runs: 0)
+        row["minutes"] = (results["train_total_s"] + probes_s) / 60
         rows.append(row)
     for row in rows:  # runs probed on different representations: blank cells
         for column in probe_columns:

@@ -275,12 +275,14 @@ def plot(path: str, curves: dict, rhos: np.ndarray, dims) -> None:
     fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims), 3.6), squeeze=False)
     for ax, dim in zip(axes[0], dims, strict=True):
         ax.plot(rhos, true_gradient(rhos, dim), color="black", lw=2, label="true")
+        means = []
         for i, (name, grads) in enumerate(curves[dim].items()):
             mean, std = grads.mean(axis=1), grads.std(axis=1)
             ax.plot(rhos, mean, color=f"C{i}", lw=1.2, label=name)
             ax.fill_between(rhos, mean - std, mean + std, color=f"C{i}", alpha=0.2)
+            means.append(mean)
         top = 1.5 * float(true_gradient(rhos.max(), dim))
-        ax.set_ylim(-top, top)
+        _common.limit_axis(ax, -top, top, means)
         ax.set_title(f"d = {dim}")
         ax.set_xlabel("rho")
     axes[0][0].set_ylabel("dI/drho")

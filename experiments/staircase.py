@@ -197,12 +197,14 @@ def plot_staircase(
     top = float(np.max(true_mi)) * 1.5
     for b, name in enumerate(names):
         ax = axes[b // cols][b % cols]
-        for s in range(values.shape[0]):
+        smoothed = [_ema(values[s, :, b], ema_decay) for s in range(values.shape[0])]
+        for s, curve in enumerate(smoothed):
             ax.plot(steps, values[s, :, b], color=f"C{b}", alpha=0.15, lw=0.5)
-            ax.plot(steps, _ema(values[s, :, b], ema_decay), color=f"C{b}", lw=1.2)
+            ax.plot(steps, curve, color=f"C{b}", lw=1.2)
         ax.plot(steps, true_mi, color="black", lw=1.0)
         ax.set_title(name)
-        ax.set_ylim(-1.0, top)
+        # The raw estimates are noisy: where only the smoothed ones leave the axis is noted.
+        _common.limit_axis(ax, -1.0, top, smoothed)
         ax.set_xlabel("step")
     for b in range(n, rows * cols):
         axes[b // cols][b % cols].axis("off")
