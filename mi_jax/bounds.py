@@ -116,7 +116,8 @@ def log_mean_exp_offdiag(scores: ArrayLike, axis: int | None = None) -> Array:
     batch = scores.shape[0]
     masked = jnp.where(_offdiag_mask(batch), scores, -jnp.inf)
     count = batch * (batch - 1) if axis is None else batch - 1
-    return jax.nn.logsumexp(masked, axis=axis) - jnp.log(count)
+    # (A Python float: past batch 46341 the count overflows int32, which jnp would make it.)
+    return jax.nn.logsumexp(masked, axis=axis) - math.log(count)
 
 
 def mean_offdiag(values: ArrayLike) -> Array:
@@ -126,7 +127,7 @@ def mean_offdiag(values: ArrayLike) -> Array:
     values = _at_least_float32(jnp.asarray(values))  # float16 sums and counts overflow
     batch = values.shape[0]
     total = jnp.sum(jnp.where(_offdiag_mask(batch), values, 0.0))
-    return total / (batch * (batch - 1))
+    return total / float(batch * (batch - 1))  # (a Python int past int32 at batch 46342)
 
 
 def _baseline_row(log_baseline: ArrayLike, batch: int) -> Array:

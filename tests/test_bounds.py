@@ -1146,3 +1146,19 @@ def test_bad_extra_inputs_raise_naming_them():
     for alpha in (-0.1, 1.01, 2.0):
         with pytest.raises(ValueError, match="alpha"):
             bounds.interpolated(s, alpha=alpha)
+
+
+def test_every_bound_traces_at_a_batch_whose_pair_count_passes_int32():
+    # Before: batch 46342 (46342 * 46341 > 2**31 - 1 off-diagonal pairs) raised OverflowError in
+    # seven bounds and in `log_mean_exp_offdiag` / `mean_offdiag` (an 8.6 GB score matrix,
+    # which fits on a large accelerator). Traced only: no memory is used.
+    n = 46342
+    scores = jax.ShapeDtypeStruct((n, n), jnp.float32)
+    column = jax.ShapeDtypeStruct((n,), jnp.float32)
+    for name in bounds.available_bounds():
+        bound = bounds.get_bound(name)
+        inputs = {key: column for key in bound.inputs}
+        out = jax.eval_shape(lambda s, kw, b=bound: b.apply(s, b.init(), **kw)[0], scores, inputs)
+        assert out.shape == () and out.dtype == jnp.float32, name
+    for fn in (bounds.log_mean_exp_offdiag, bounds.mean_offdiag):
+        assert jax.eval_shape(fn, scores).shape == ()
