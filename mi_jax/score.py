@@ -331,7 +331,11 @@ def _kept_eigenvalues(eigvals: Array, num_eigen: int | None, threshold: float | 
     ``lambda^-2``, so a kept eigenvalue amplifies that noise by ``eps (lambda_1 / lambda)^2``,
     at most 1 above the floor: ``rcond = sqrt(eps)``, where `jnp.linalg.pinv` (weight
     ``lambda^-1``) uses ``M eps``. On the case above it also measured best: relative RMSE 0.46
-    with ``sqrt(eps)``, against 0.57 with ``M eps`` and 0.64 with 1e-5.
+    with ``sqrt(eps)``, against 0.57 with ``M eps`` and 0.64 with 1e-5. The floor is float32's
+    in every dtype: the eigenfunctions of the smallest eigenvalues are noise of the sample as
+    well as of the arithmetic, and float64's ``sqrt(eps)`` let 45 of them through for float32's
+    17 (200 samples of a 2-d Gaussian, ``num_eigen=200``: out-of-sample relative error 27
+    against 0.63).
     """
     m = eigvals.shape[0]
     if num_eigen is not None:
@@ -341,7 +345,7 @@ def _kept_eigenvalues(eigvals: Array, num_eigen: int | None, threshold: float | 
         # The first J with cumulative[J-1] >= threshold: keep j while the mass before it is short.
         keep = jnp.concatenate([jnp.array([True]), cumulative[:-1] < threshold])
     # lambda_1 >= 1 (the trace of an RBF Gram matrix is M), so zero eigenvalues go too.
-    floor = jnp.sqrt(jnp.finfo(eigvals.dtype).eps) * eigvals[0]
+    floor = jnp.sqrt(jnp.finfo(jnp.float32).eps) * eigvals[0]
     return keep & (eigvals > floor)
 
 
