@@ -49,7 +49,7 @@ def _time(fn, *args, repeats: int) -> float:
 
 def matmul_peak(n: int = 2048) -> float:
     """GFLOP/s of a float32 ``n x n`` matmul."""
-    a = jax.random.normal(jax.random.key(0), (n, n))
+    a = jax.random.normal(jax.random.key(0), (n, n), np.float32)  # (float64 under x64)
     f = jax.jit(lambda a: a @ a)
     return 2 * n**3 / _time(f, a, repeats=5) / 1e9
 
@@ -70,7 +70,7 @@ def concat_critic_rows(peak: float) -> list[dict]:
     for batch, chunk, compute_dtype in tqdm(cases, desc="concat critic cases", leave=False):
         critic = critics.ConcatCritic(hidden=hidden, chunk_size=chunk, compute_dtype=compute_dtype)
         kx, ky = jax.random.split(jax.random.key(batch))
-        x, y = jax.random.normal(kx, (batch, dim)), jax.random.normal(ky, (batch, dim))
+        x, y = (jax.random.normal(k, (batch, dim), np.float32) for k in (kx, ky))
         params = critic.init(jax.random.key(1), x, y)
 
         def loss(p, x, y, critic=critic):
