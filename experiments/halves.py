@@ -469,22 +469,22 @@ def plot(workdir: str, runs: list[dict]) -> None:
     encoders = sorted({r["encoder"] for r in runs})
     fig, axes = plt.subplots(2, len(encoders), figsize=(5 * len(encoders), 8), squeeze=False)
     for col, enc in enumerate(encoders):
+        curves = []  # the MI curves drawn (means over seeds)
         for r in (r for r in runs if r["encoder"] == enc):
             label = f"{r['critic']}/{r['bound']}"
             axes[0, col].plot(r["steps"], np.mean(r["accuracy"], axis=1), "o-", label=label)
-            axes[1, col].plot(r["steps"], np.mean(r["mi_test"], axis=1), "o-", label=label)
+            curves.append(np.mean(np.asarray(r["mi_test"], dtype=float), axis=1))
+            axes[1, col].plot(r["steps"], curves[-1], "o-", label=label)
         axes[0, col].set(title=f"{enc}: linear accuracy (top half)", xlabel="step")
         axes[1, col].set(title=f"{enc}: MI estimate (test, nats)", xlabel="step")
         # NWJ starts far below 0 with an untrained critic (-7000 with RealNVP on digits): the
         # axis spans 0 and the later half of every curve (the trained part), the rest is noted.
-        mine = [r for r in runs if r["encoder"] == enc]
-        curves = [np.asarray(r["mi_test"], dtype=float) for r in mine]  # [evaluations, seeds]
-        late = np.concatenate([c[len(c) // 2 :].ravel() for c in curves])
+        late = np.concatenate([c[len(c) // 2 :] for c in curves])
         late = late[np.isfinite(late)]
         if late.size:
             low, high = min(0.0, late.min()), max(0.0, late.max())
             pad = 0.05 * (high - low) + 0.1
-            _common.limit_axis(axes[1, col], low - pad, high + pad, [c.ravel() for c in curves])
+            _common.limit_axis(axes[1, col], low - pad, high + pad, curves)
         for ax in axes[:, col]:
             ax.legend(fontsize=7)
     fig.tight_layout()

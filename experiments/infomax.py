@@ -514,9 +514,10 @@ def summary(results: dict) -> str:
     return (
         f"\n{results['dataset']}, estimator {results['estimator']}, {results['num_steps']} steps"
         f"{seeds}: "
-        f"compile {results['compile_s']:.1f} s, train {results['train_s']:.1f} s, "
-        f"probes {results['eval_s']:.1f} s (periodic {results.get('periodic_eval_s', 0):.1f} s)"
-        f"{earlier}\n" + _common.format_table(rows, cols)
+        f"compile {results['compile_s']:.1f} s, train {results['train_s']:.1f} s{earlier}, "
+        f"final probes {results['eval_s']:.1f} s, periodic probes "
+        f"{results.get('periodic_eval_s', 0):.1f} s (every run in the workdir)\n"
+        + _common.format_table(rows, cols)
     )
 
 

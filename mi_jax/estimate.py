@@ -280,9 +280,12 @@ def estimate_mi(
         mesh=mesh if devices > 1 else None,
         device=None if devices > 1 else mesh.devices.flat[0],
         registrations=_checks.registrations(),
-        x64=bool(jax.config.jax_enable_x64),
     )
-    fitted = _fit(spec, arrays, seed, max_steps // eval_every, patience, stop_on)
+    # Traced and run in float32 mode whatever `jax_enable_x64` says (the data are float32):
+    # under x64 Adam's bias correction ran in float64, another estimate from the same data, and
+    # the programs cached in one mode served the other.
+    with jax.enable_x64(False):
+        fitted = _fit(spec, arrays, seed, max_steps // eval_every, patience, stop_on)
     return MIEstimate(**fitted, bound=bound, critic=critic, rank_columns=ranked)
 
 
@@ -749,9 +752,6 @@ class _FitSpec:
     # Registrations so far: a bound or critic registered again under its name (override=True)
     # gets new programs, not the cached ones.
     registrations: int = 0
-    # Traced under `jax_enable_x64`: other programs (compiled in the other mode first, the cached
-    # ones served both, whichever mode came first deciding the estimate in both).
-    x64: bool = False
 
 
 # Each entry is two small executables; 64 keeps a sweep's programs (the benchmark's accuracy
@@ -784,11 +784,7 @@ def _compiled_fit(spec: _FitSpec):
     # per parameter array (the critic has nine), which on XLA:CPU makes the rounds ~15 % and the
     # call ~10 % faster (README); the same arithmetic. (A large critic would pay for the copies
     # in and out of the flat vector: the staircase runs ~20 % slower with it.)
-    # (float32 decay rates: Python floats made Adam's bias correction float64 under
-    # jax_enable_x64, another estimate from the same data.)
-    optimizer = optax.flatten(
-        optax.adam(spec.learning_rate, b1=np.float32(0.9), b2=np.float32(0.999))
-    )
+    optimizer = optax.flatten(optax.adam(spec.learning_rate))
     train_step = training.make_train_step(ensemble, metrics=("mi",))
     held_out = _blocked_for_held_out(ensemble, spec.test_shapes[0][0])
     num_seeds, batched = spec.num_seeds or 1, spec.num_seeds is not None

@@ -275,10 +275,10 @@ def ssge_score(
     with ``D_n = sum_m k(x_m, x_n)(x_m - x_n)``. ``J`` is ``num_eigen``, or else the smallest
     ``J`` whose eigenvalues hold ``threshold`` of the trace (applied as a mask, so ``J`` may
     depend on the data under `jax.jit`). Of these, eigenvalues below ``sqrt(eps) lambda_1``
-    (``eps`` of the Gram matrix's dtype; 3.5e-4 in float32) are dropped too: they are round-off
-    of a numerically singular Gram matrix, and their weight ``lambda^-2`` would blow it up by
-    orders of magnitude (``num_eigen = M`` or ``threshold = 1`` keeps every eigenvalue above
-    that floor, not every eigenvalue).
+    (``eps`` of float32 in every dtype: ``sqrt(eps)`` is 3.5e-4) are dropped too: they are
+    round-off of a numerically singular Gram matrix, or the sample's noise, and their weight
+    ``lambda^-2`` would blow it up by orders of magnitude (``num_eigen = M`` or
+    ``threshold = 1`` keeps every eigenvalue above that floor, not every eigenvalue).
 
     Args:
       samples: ``[M, d]`` samples of ``q``.

@@ -362,4 +362,4 @@ def test_the_table_minutes_count_the_periodic_probes(tmp_path):
     (row,), _ = infomax_table.rows_from([str(tmp_path)])
     total = results["train_total_s"] + results["periodic_eval_s"] + results["eval_s"]
     assert row["minutes"] == pytest.approx(total / 60, rel=1e-9)
-    assert f"(periodic {results['periodic_eval_s']:.1f} s)" in infomax.summary(results)
+    assert f"periodic probes {results['periodic_eval_s']:.1f} s" in infomax.summary(results)

@@ -50,7 +50,7 @@ def test_halves_mi_panel_shows_curves_that_stay_below_minus_one(figures):
     ax = figures["wd/curves.png"].axes[1]
     low, high = ax.get_ylim()
     assert low < -2.2 and -1.3 < high < 0.5  # the later half of every curve, and 0
-    assert "off scale: min -7e+03" in _notes(ax)
+    assert "off scale: min -7e+03" in _notes(ax)  # (of the drawn means over seeds)
 
 
 def test_staircase_notes_a_smoothed_estimate_off_the_axis(figures):
