@@ -814,11 +814,15 @@ def test_infomax_vae_num_seeds_trains_each_seed_as_its_own_run(tmp_path):
 def test_mnist_presets_share_the_protocol_and_differ_in_the_schedule():
     mnist, paper = ib_config.get_config("mnist"), ib_config.get_config("mnist_paper")
     differ = {k for k in mnist.to_dict() if mnist[k] != paper[k]}
+    # The paper's preset also handles the data as the authors' code does (README).
     assert differ == {
         "methods", "betas", "num_epochs", "learning_rate", "lr_decay", "lr_decay_epochs",
-        "eval_every_epochs",
+        "eval_every_epochs", "validation_examples", "kernel_init", "centered_inputs",
     }  # fmt: skip
     assert (paper.num_epochs, paper.learning_rate, paper.betas.vib) == (200, 1e-4, (1e-3,))
+    assert (paper.validation_examples, paper.kernel_init, paper.centered_inputs) == (
+        0, "glorot_uniform", True,
+    )  # fmt: skip
     final = ib_config.get_config("mnist_final")
     differ = {k for k in mnist.to_dict() if mnist[k] != final[k]}
     assert differ == {"methods", "betas", "validation_examples", "eval_every_epochs"}
