@@ -170,6 +170,25 @@ def run_once_compiler_options() -> dict[str, Any]:
     }
 
 
+def fast_division_compiler_options() -> dict[str, Any]:
+    """Compiler options for long-running training loops, on CPU: a division may be compiled
+    as a multiplication by the reciprocal (LLVM's ``arcp``), so that ``x / c`` with ``c``
+    the same over a loop costs one division and a multiply per element; NaN, inf and the
+    math functions keep their IEEE behaviour. Adam divides every moment by its bias
+    correction, a scalar, each step: on a 2-core AVX-512 CPU this took ~0.1 ms off the
+    staircase's step (~20 % of Adam's time, ~3 % of the run; the results move at float32
+    rounding, at most 1.5 ulp per division). Other backends: none (measured on CPU only)."""
+    if jax.default_backend() != "cpu":
+        return {}
+    return {
+        "xla_cpu_enable_fast_math": True,
+        "xla_cpu_fast_math_honor_nans": True,
+        "xla_cpu_fast_math_honor_infs": True,
+        "xla_cpu_fast_math_honor_functions": True,
+        "xla_cpu_fast_math_honor_division": False,
+    }
+
+
 def create_train_state(
     ensemble: BoundEnsemble, optimizer: optax.GradientTransformation, rng: PRNGKey, x, y
 ) -> TrainState:

@@ -362,7 +362,8 @@ def _separable_matmul_flops(config) -> int:
 
 def test_flop_count_matches_the_separable_critics_matmuls(tmp_path):
     """The reported FLOPs per step: at least the critic's matmuls counted by hand, and not
-    much more (Adam, sampling, the bound)."""
+    much more (Adam, sampling, the bound); read off the lowered chunk of 20 steps, whose loop
+    body XLA's cost analysis counts once (were it counted per step, 20 times the count)."""
     config = _tiny(bounds=("nwj",))
     results = staircase.train_and_evaluate(config, str(tmp_path))
     matmul_flops = _separable_matmul_flops(config)

@@ -295,6 +295,41 @@ _DEFAULT_CPU_OPTIONS = {
 }
 
 
+def test_fast_division_options_keep_nan_inf_and_adam():
+    """The training loops' option relaxes division only: NaN and inf still propagate and are
+    still seen by `isnan` / `isfinite` (what the divergence checks read), and Adam's steps
+    match the default compilation to float32 rounding."""
+    options = training.fast_division_compiler_options()
+    on_cpu = jax.default_backend() == "cpu"
+    assert bool(options) == on_cpu  # other backends: their defaults (measured on CPU only)
+
+    def checks(x, c):
+        q = x / c
+        return q, jnp.isnan(q), jnp.isfinite(q), jnp.where(jnp.isfinite(q), q, -1.0)
+
+    x = jnp.array([jnp.nan, jnp.inf, 1.0, 0.0, -3.0, 1e38, 7.0])
+    c = jnp.array([1.0, 2.0, 0.0, 0.0, 0.0, 1e-3, 3.0])
+    expected = jax.jit(checks)(x, c)
+    got = jax.jit(checks).lower(x, c).compile(options)(x, c)
+    for e, g in zip(expected, got, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-6)  # NaN == NaN here
+
+    tx = optax.adam(5e-4)
+
+    def adam_steps(p):
+        def body(carry, i):
+            p, state = carry
+            updates, state = tx.update(jnp.sin(3.0 * p + i), state, p)
+            return (optax.apply_updates(p, updates), state), None
+
+        return jax.lax.scan(body, (p, tx.init(p)), jnp.arange(50))[0][0]
+
+    p = jax.random.normal(jax.random.key(0), (64, 64))
+    expected = jax.jit(adam_steps)(p)
+    got = jax.jit(adam_steps).lower(p).compile(options)(p)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "options", [training.fast_compile_options, training.run_once_compiler_options]
 )
