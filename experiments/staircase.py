@@ -349,6 +349,13 @@ class _GroupRun:
         # Input shapes only (the parameters do not depend on the values): drawing a batch
         # eagerly ran some 30 small programs, each compiled (~2 s).
         x0, y0 = jax.eval_shape(sample, jax.random.key(0), 0)
+        # What the critics' matmuls run in: bfloat16 where asked, else the samples' float
+        # (float64 under `jax_enable_x64`, the parameters promoted to it).
+        self.matmul_dtype = (
+            "bfloat16"
+            if config.compute_dtype == "bfloat16"
+            else jnp.result_type(x0.dtype, jnp.float32).name
+        )
 
         def init(key):
             x, y = (jnp.zeros(a.shape, a.dtype) for a in (x0, y0))
@@ -459,9 +466,11 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
     t0 = time.perf_counter()
     for start in range(0, total, config.chunk_steps):
         pending = [r.dispatch(start) for r in runs]  # all groups start before any is read
-        mi = np.empty((config.num_seeds, config.chunk_steps, len(names)), np.float32)
-        for r, group, values in zip(runs, groups, pending, strict=True):
-            mi[..., group] = r.host_values(values)  # the one host sync per chunk
+        fetched = [r.host_values(v) for r, v in zip(runs, pending, strict=True)]  # the sync
+        # (float64 under x64: a value past float32's range must not read as inf)
+        mi = np.empty((config.num_seeds, config.chunk_steps, len(names)), fetched[0].dtype)
+        for group, values in zip(groups, fetched, strict=True):
+            mi[..., group] = values
         chunks.append(mi)
         for i in range(0, config.chunk_steps, config.log_every):
             block = mi[:, i : i + config.log_every]
@@ -501,6 +510,7 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
         devices=[d for r in runs for d in r.devices],
         matmul_floor_s=matmul_floor_s,
         matmul_gflop_per_step=matmul_gflop_per_step,
+        matmul_dtype=runs[0].matmul_dtype,
     )
 
 
@@ -541,6 +551,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     gflop_per_s=out["gflop_per_s"],
                     bound_steps_per_s=out["steps_per_s"] * len(config.bounds) * config.num_seeds,
                     compute_dtype=config.compute_dtype,
+                    matmul_dtype=out["matmul_dtype"],
                     bound_groups=out["groups"],
                     devices=out["devices"],
                     matmul_floor_s=out["matmul_floor_s"],
@@ -597,9 +608,10 @@ def _num(v: float) -> str:
 def summary(results: dict, config) -> str:
     lines = []
     for run in results["runs"]:
+        matmul_dtype = run.get("matmul_dtype", config.compute_dtype)  # (older results: none)
         lines.append(
             f"\n{run['task']} / {run['critic']}: {run['steps']} steps x {len(run['bounds'])} bounds"
-            f" x {config.num_seeds} seed(s), {config.compute_dtype} matmuls, "
+            f" x {config.num_seeds} seed(s), {matmul_dtype} matmuls, "
             f"{len(run['bound_groups'])} bound group(s) on {len(set(run['devices']))} device(s): "
             f"compile {run['compile_s']:.1f} s, run {run['run_s']:.1f} s "
             f"({run['steps_per_s']:.0f} steps/s, {run['bound_steps_per_s']:.0f} bound-steps/s; "

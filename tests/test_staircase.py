@@ -86,6 +86,13 @@ def test_runs_under_x64(tmp_path):
         results = staircase.train_and_evaluate(_tiny(bounds=("nwj", "infonce")), str(tmp_path))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(results["runs"]) == 1 and len(rows) == 4  # 40 steps, a row every 10
+    # The samples are float64 there, and so are the critics' matmuls (the summary said float32).
+    assert results["runs"][0]["matmul_dtype"] == "float64"
+    assert "float64 matmuls" in staircase.summary(results, _tiny())
+    # ... and the estimates stay float64 on the host (cast to float32, a finite value past
+    # float32's range read as inf and stopped the run as diverged).
+    estimates = np.load(tmp_path / "estimates_gaussian_separable.npz")["estimates"]
+    assert estimates.dtype == np.float64
 
 
 def test_quick_preset_runs(tmp_path):
