@@ -175,10 +175,18 @@ def check_learning_rate(config, name: str = "learning_rate") -> None:
 
 def check_num_seeds(config) -> int:
     """``config.num_seeds`` (>= 1), or a `ValueError` naming it; ``config.seed`` too, where the
-    config has one (an integer >= 0: the batch orders are drawn from it)."""
+    config has one (an integer >= 0: the batch orders are drawn from it; its seeds ``seed +
+    k`` below 2**32, since `jax.random.key` takes a seed modulo 2**32 outside x64 mode, where
+    seed 2**32 would silently rerun seed 0)."""
     check_int_fields(config, "num_seeds")
     if "seed" in config:
         check_int_fields(config, "seed", least=0)
+        if config.seed + config.num_seeds > 2**32:
+            raise ValueError(
+                f"`config.seed` + `config.num_seeds` - 1 must be below 2**32 (JAX takes a seed "
+                f"modulo 2**32: seed 2**32 would rerun seed 0), got seed {config.seed} and "
+                f"{config.num_seeds} seed(s)."
+            )
     return config.num_seeds
 
 

@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -436,3 +438,15 @@ def test_latest_checkpoint_step_reads_the_managers_steps_only(tmp_path):
     for name in ("7.orbax-checkpoint-tmp-123", "ckpt_9", "backup_5"):
         os.makedirs(os.path.join(path, name))
     assert _common.latest_checkpoint_step(path) == 3
+
+
+def test_seeds_past_2_to_the_32_are_refused():
+    # Outside x64 mode JAX takes a seed modulo 2**32: seed 2**32 was a silent rerun of seed 0.
+    assert (
+        jax.random.key_data(jax.random.key(2**32)) == jax.random.key_data(jax.random.key(0))
+    ).all()
+    config = ml_collections.ConfigDict({"seed": 2**32 - 1, "num_seeds": 1})
+    assert _common.check_num_seeds(config) == 1
+    config.num_seeds = 2  # seeds 2**32 - 1 and 2**32
+    with pytest.raises(ValueError, match=r"config.seed.*2\*\*32"):
+        _common.check_num_seeds(config)
