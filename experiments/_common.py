@@ -128,7 +128,8 @@ def seed_values(config) -> list[int]:
 
     Seed ``config.seed + k`` of a K-seed run trains exactly what a one-seed run with
     ``config.seed = config.seed + k`` trains (initialization, batches, noise), up to the
-    float rounding of the batched (vmapped) program.
+    float rounding of the batched (vmapped) program; except what a run draws once for all its
+    seeds from ``config.seed`` itself (IB's validation split).
     """
     return [int(config.seed) + k for k in range(check_num_seeds(config))]
 

@@ -256,7 +256,8 @@ def label_entropy(labels: np.ndarray, num_classes: int) -> float:
 
 def split_validation(dataset: data_lib.Dataset, count: int, seed: int):
     """``(train dataset without the held-out images, (val_images, val_labels))``: ``count``
-    training images chosen by a seeded permutation (none: ``count`` 0, ``None`` for the pair)."""
+    training images chosen by a seeded permutation (none: ``count`` 0, ``None`` for the pair).
+    Drawn once per run (from ``config.seed``) and shared by all of its seeds."""
     if count <= 0:
         return dataset, None
     n = dataset.train_images.shape[0]

@@ -21,7 +21,8 @@ MIGE cases run one after another in a compiled `lax.map` rather than a `vmap`: b
 calls (Cholesky, eigh) hung here on a second execution (../shared/ENVIRONMENT.md), a loop does not.
 With several devices the (rho, seed) cases are independent problems and are divided among them
 (`jax.shard_map` around the loop; the trained bounds' vmap is partitioned by `jax.jit`): each
-case computes exactly what it computes on one device.
+case computes what it computes on one device (the trained bounds bit for bit, the MIGE
+estimators to float rounding, ~1e-7).
 """
 
 import functools

@@ -7,7 +7,12 @@ evaluated with one `jax.vmap`, so all bounds train in one compiled program with 
 products (a single bound's critic runs on its slice, unbatched); each bound then reads only its
 own slice of the scores. The loss is the sum of the
 bounds' negated values: the parameters are disjoint and Adam acts per coordinate, so every
-bound trains exactly as it would alone. Several seeds are one more `jax.vmap` on the outside.
+bound trains as it would alone, up to float rounding: a single bound's critic runs without the
+vmap, whose batched matmuls round differently, and a bound sensitive to its critic's rounding
+(FLO or DV at high MI, as between two seeds) can then end elsewhere over thousands of steps
+(the staircase's FLO at 10 nats: 2.57 in the nine-bound run, -2.87 alone, 600 steps a level;
+two or more bounds in a group give the nine-bound run's numbers for most bounds). Several seeds
+are one more `jax.vmap` on the outside.
 """
 
 import functools
@@ -151,7 +156,9 @@ def fast_compile_options() -> dict[str, Any]:
     (`estimate_mi`'s rounds), on CPU: XLA's older loop emitters, which compile them in about two
     thirds of the time (the same HLO; the rounds run ~8 % slower), and LLVM at -O1, which cuts
     another fifth (`estimate_mi`'s round: 0.75-0.91 s against 0.99-1.09 s; the round runs as
-    fast, 71.5 against 71.6 ms median, and computes the same bits). Other backends: none."""
+    fast, 71.5 against 71.6 ms median; the older emitters alone compute the same bits, -O1
+    moves the last bits: `estimate_mi`'s held-out curve by up to 4e-5 and its estimate by
+    ~2e-7 nats on an AVX-512 CPU). Other backends: none."""
     if jax.default_backend() != "cpu":
         return {}
     return {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
@@ -261,7 +268,8 @@ def make_scan_trainer(
 
     Each step splits ``fold_in(rng, step)`` into two keys: the first draws a fresh batch
     ``sample_fn(key, step)``, the second goes to the train step; so a run split into chunks
-    gives the same numbers as one long run. Metrics are stacked over steps
+    gives the same numbers as one long run (chunks of two steps or more: a one-step chunk
+    compiles without a loop and rounds differently, ~5e-7). Metrics are stacked over steps
     (``[num_steps, ...]``) and stay on device until the caller pulls them; ``metrics`` names the
     ones to keep (None: all of `make_train_step`'s). A metric not kept is not computed: the
     norms read every parameter and gradient once more per step. With a ``mesh``
