@@ -131,7 +131,7 @@ def seed_values(config) -> list[int]:
     float rounding of the batched (vmapped) program; except what a run draws once for all its
     seeds from ``config.seed`` itself (IB's validation split).
     """
-    return [int(config.seed) + k for k in range(check_num_seeds(config))]
+    return [int(config.seed) + k for k in range(check_num_seeds(config, consecutive=True))]
 
 
 def seed_keys(seeds: list[int], n: int) -> tuple:
@@ -174,19 +174,21 @@ def check_learning_rate(config, name: str = "learning_rate") -> None:
         raise ValueError(f"`config.{name}` must be a positive number, got {rate!r}.")
 
 
-def check_num_seeds(config) -> int:
+def check_num_seeds(config, consecutive: bool = False) -> int:
     """``config.num_seeds`` (>= 1), or a `ValueError` naming it; ``config.seed`` too, where the
-    config has one (an integer >= 0: the batch orders are drawn from it; its seeds ``seed +
-    k`` below 2**32, since `jax.random.key` takes a seed modulo 2**32 outside x64 mode, where
-    seed 2**32 would silently rerun seed 0)."""
+    config has one: an integer in ``[0, 2**32)`` (the batch orders are drawn from it;
+    `jax.random.key` takes a seed modulo 2**32 outside x64 mode, so seed 2**32 would silently
+    rerun seed 0). ``consecutive``: the run's seeds are ``seed + k`` (`seed_values`), each
+    below 2**32 (others split one key drawn from ``seed``)."""
     check_int_fields(config, "num_seeds")
     if "seed" in config:
         check_int_fields(config, "seed", least=0)
-        if config.seed + config.num_seeds > 2**32:
+        last = config.seed + (config.num_seeds - 1 if consecutive else 0)
+        if last >= 2**32:
+            which = "`config.seed` + `config.num_seeds` - 1" if consecutive else "`config.seed`"
             raise ValueError(
-                f"`config.seed` + `config.num_seeds` - 1 must be below 2**32 (JAX takes a seed "
-                f"modulo 2**32: seed 2**32 would rerun seed 0), got seed {config.seed} and "
-                f"{config.num_seeds} seed(s)."
+                f"{which} must be below 2**32 (JAX takes a seed modulo 2**32: seed 2**32 would "
+                f"rerun seed 0), got seed {config.seed} and {config.num_seeds} seed(s)."
             )
     return config.num_seeds
 

@@ -119,7 +119,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         if method != "deterministic" and method not in config.betas:
             raise ValueError(f"`config.betas` has no sweep for method {method!r}.")
         betas_of(config, method)
-    _common.check_num_seeds(config)
+    _common.check_num_seeds(config, consecutive=True)  # seeds seed + k
     _common.check_learning_rate(config)
     if not (_checks.is_real(config.lr_decay) and 0 < config.lr_decay <= 1):
         raise ValueError(f"`config.lr_decay` must lie in (0, 1], got {config.lr_decay!r}.")

@@ -74,7 +74,7 @@ RESUMABLE = (
 
 
 def _check_config(config: ml_collections.ConfigDict, representation_names: tuple[str, ...]) -> None:
-    _common.check_num_seeds(config)
+    _common.check_num_seeds(config, consecutive=True)  # seeds seed + k
     _common.check_learning_rate(config)
     _common.check_int_fields(
         config, "num_steps", "log_every", "eval_every", "checkpoint_every",

@@ -92,7 +92,7 @@ PROBE_FIELDS = ("l2", "max_iter", "tol")
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
-    _common.check_num_seeds(config)
+    _common.check_num_seeds(config, consecutive=True)  # seeds seed + k
     _common.check_learning_rate(config)
     _common.check_int_fields(config, "num_epochs", "eval_every_epochs", "latent_dim")
     _common.check_batch_size(config)  # the MI bound reads every batch

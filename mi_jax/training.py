@@ -5,14 +5,14 @@ architecture, own parameters) and, where a bound needs one, its own extra networ
 ``u(x, y)``, TUBA's log baseline). Their critic parameters are stacked on a leading axis and
 evaluated with one `jax.vmap`, so all bounds train in one compiled program with batched matrix
 products (a single bound's critic runs on its slice, unbatched); each bound then reads only its
-own slice of the scores. The loss is the sum of the
-bounds' negated values: the parameters are disjoint and Adam acts per coordinate, so every
-bound trains as it would alone, up to float rounding: a single bound's critic runs without the
-vmap, whose batched matmuls round differently, and a bound sensitive to its critic's rounding
-(FLO or DV at high MI, as between two seeds) can then end elsewhere over thousands of steps
-(the staircase's FLO at 10 nats: 2.57 in the nine-bound run, -2.87 alone, 600 steps a level;
-two or more bounds in a group give the nine-bound run's numbers for most bounds). Several seeds
-are one more `jax.vmap` on the outside.
+own slice of the scores. The loss is the sum of the bounds' negated values: the parameters
+are disjoint and Adam acts per coordinate, so every bound trains as it would alone, up to float
+rounding. A single bound's critic runs without the vmap, whose batched matmuls round
+differently, and a bound sensitive to its critic's rounding (FLO or DV at high MI, as between
+two seeds) can then end elsewhere over thousands of steps (the staircase's FLO at 10 nats,
+levels 2, 6 and 10 nats of 600 steps each: 2.57 in the nine-bound run, -2.87 alone; two or
+more bounds in a group give the nine-bound run's numbers for most bounds). Several seeds are
+one more `jax.vmap` on the outside.
 """
 
 import functools
@@ -180,11 +180,16 @@ def run_once_compiler_options() -> dict[str, Any]:
 def fast_division_compiler_options() -> dict[str, Any]:
     """Compiler options for long-running training loops, on CPU: a division may be compiled
     as a multiplication by the reciprocal (LLVM's ``arcp``), so that ``x / c`` with ``c``
-    the same over a loop costs one division and a multiply per element; NaN, inf and the
-    math functions keep their IEEE behaviour. Adam divides every moment by its bias
-    correction, a scalar, each step: on a 2-core AVX-512 CPU this took ~0.1 ms off the
-    staircase's step (~20 % of Adam's time, ~3 % of the run; the results move at float32
-    rounding, at most 1.5 ulp per division). Other backends: none (measured on CPU only)."""
+    the same over a loop costs one division and a multiply per element. Adam divides every
+    moment by its bias correction, a scalar, each step: on a 2-core AVX-512 CPU this took
+    ~0.1 ms off the staircase's step (~20 % of Adam's time, ~3 % of the run).
+
+    These are XLA:CPU's fast-math options with NaN, inf and the math functions kept IEEE
+    (so ``isnan``/``isfinite`` and the divergence checks see what they would); XLA has no
+    switch for LLVM's other fast-math flags, so reassociation and no-signed-zeros come with
+    them: sums may round differently (a cumulative sum by ~1e-6 relative) and a signed zero
+    may lose its sign (``1 / (0.0 - x)`` at ``x = +0`` reads -inf). Results move at float32
+    rounding. Other backends: none (measured on CPU only)."""
     if jax.default_backend() != "cpu":
         return {}
     return {
@@ -269,7 +274,8 @@ def make_scan_trainer(
     Each step splits ``fold_in(rng, step)`` into two keys: the first draws a fresh batch
     ``sample_fn(key, step)``, the second goes to the train step; so a run split into chunks
     gives the same numbers as one long run (chunks of two steps or more: a one-step chunk
-    compiles without a loop and rounds differently, ~5e-7). Metrics are stacked over steps
+    compiles without a loop and rounds differently, ~5e-7 at first, compounding over a run as
+    any rounding does: 2e-3 in InfoNCE's value within 500 steps). Metrics are stacked over steps
     (``[num_steps, ...]``) and stay on device until the caller pulls them; ``metrics`` names the
     ones to keep (None: all of `make_train_step`'s). A metric not kept is not computed: the
     norms read every parameter and gradient once more per step. With a ``mesh``

@@ -445,8 +445,11 @@ def test_seeds_past_2_to_the_32_are_refused():
     assert (
         jax.random.key_data(jax.random.key(2**32)) == jax.random.key_data(jax.random.key(0))
     ).all()
-    config = ml_collections.ConfigDict({"seed": 2**32 - 1, "num_seeds": 1})
-    assert _common.check_num_seeds(config) == 1
-    config.num_seeds = 2  # seeds 2**32 - 1 and 2**32
-    with pytest.raises(ValueError, match=r"config.seed.*2\*\*32"):
+    config = ml_collections.ConfigDict({"seed": 2**32 - 1, "num_seeds": 2})
+    # Two seeds split from the key of seed 2**32 - 1 (staircase, halves, MIGE toy): fine.
+    assert _common.check_num_seeds(config) == 2
+    with pytest.raises(ValueError, match=r"config.seed.*num_seeds.*2\*\*32"):
+        _common.seed_values(config)  # seeds 2**32 - 1 and 2**32 (InfoMax, IB, InfoMax-VAE)
+    config.seed = 2**32
+    with pytest.raises(ValueError, match=r"`config.seed` must be below 2\*\*32"):
         _common.check_num_seeds(config)

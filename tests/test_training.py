@@ -296,7 +296,7 @@ _DEFAULT_CPU_OPTIONS = {
 
 
 def test_fast_division_options_keep_nan_inf_and_adam():
-    """The training loops' option relaxes division only: NaN and inf still propagate and are
+    """The training loops' fast-math option keeps NaN and inf: they still propagate and are
     still seen by `isnan` / `isfinite` (what the divergence checks read), and Adam's steps
     match the default compilation to float32 rounding."""
     options = training.fast_division_compiler_options()
