@@ -9,7 +9,7 @@ that grows like e^I; MINE, NWJ and TUBA stall at 4-5.5 nats, the JS read-out blo
 nats and FLO may diverge from 6 on (run to run); see the README's results table. Presets:
 `quick` (200 steps per level, Gaussian, separable: under a minute on 2 CPU cores), `separable`
 (the full protocol with the separable critic only, the README's table: on a 2-core AVX-512
-machine, 2026-12-05, 102 s in all per task in float32 and 83-90 s with
+machine, 2026-12-05, 102 s in all per task in float32 and 83-90 s (six runs) with
 `--config.compute_dtype=bfloat16`, the speed target of 90 s).
 """
 
