@@ -387,7 +387,8 @@ class _GroupRun:
         self.compile_s = time.perf_counter() - t0
         # FLOPs of one step (sampling, critics, bounds, gradients, Adam), counted by XLA on the
         # lowered chunk: its cost analysis counts a loop's body once, so this is one step's
-        # count (plus the chunk's few scalar operations), without tracing a one-step program.
+        # count (plus the chunk's step numbers, one integer add per step), without tracing a
+        # one-step program.
         self.flops_per_step = _flops(lowered)
         self.matmul_only, self.matmul_flops_per_step = None, None
         if config.matmul_floor_steps:  # the step's matmuls alone, compiled for this device
