@@ -382,7 +382,7 @@ class _GroupRun:
         t0 = time.perf_counter()
         # The start step as int32, as `dispatch` passes it (a Python 0 lowers as int64 under x64).
         lowered = jax.jit(run, donate_argnums=0).lower(self.states, self.keys, np.int32(0))
-        # Adam's scalar divisions as multiplications by a reciprocal: ~3 % of the run on CPU.
+        # Adam's scalar divisions as multiplications by a reciprocal: up to ~3 % of the run on CPU.
         self.compiled = lowered.compile(training.fast_division_compiler_options())
         self.compile_s = time.perf_counter() - t0
         # FLOPs of one step (sampling, critics, bounds, gradients, Adam), counted by XLA on the

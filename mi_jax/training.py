@@ -182,7 +182,8 @@ def fast_division_compiler_options() -> dict[str, Any]:
     as a multiplication by the reciprocal (LLVM's ``arcp``), so that ``x / c`` with ``c``
     the same over a loop costs one division and a multiply per element. Adam divides every
     moment by its bias correction, a scalar, each step: on a 2-core AVX-512 CPU this took
-    ~0.1 ms off the staircase's step (~20 % of Adam's time, ~3 % of the run).
+    ~0.1 ms off the staircase's step (~20 % of Adam's time; of the run up to ~3 %, within the
+    noise in a later check).
 
     These are XLA:CPU's fast-math options with NaN, inf and the math functions kept IEEE
     (so ``isnan``/``isfinite`` and the divergence checks see what they would); XLA has no
