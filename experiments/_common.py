@@ -69,14 +69,28 @@ def split_cpu_into_devices(count: int) -> None:
 
     XLA:CPU runs the small matmuls of MI critics (batch 64) at about half the machine's peak
     whatever the thread count; two programs on two devices use both cores fully. Call before
-    JAX touches a backend (it reads ``XLA_FLAGS`` once); a device count already in
-    ``XLA_FLAGS`` wins. Accelerator platforms are unaffected.
+    JAX touches a backend (it reads ``XLA_FLAGS`` once; later, a `RuntimeError` says so unless
+    the CPU already has ``count`` devices); a device count already in ``XLA_FLAGS`` wins.
+    Accelerator platforms are unaffected.
     """
     if count <= 1:
         return
     flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    if "xla_force_host_platform_device_count" in flags:
+        return
+    import jax
+    from jax._src import xla_bridge  # (no public way to ask whether a backend has started)
+
+    if xla_bridge.backends_are_initialized():
+        if len(jax.devices("cpu")) == count:
+            return  # split already (a notebook cell run again)
+        raise RuntimeError(
+            f"cannot split the CPU into {count} devices: JAX has started with "
+            f"{len(jax.devices('cpu'))} CPU device(s), and XLA reads the split once, when JAX "
+            "starts. Call `split_cpu_into_devices` before JAX's first computation (in a "
+            "notebook: first, after a restart of the runtime)."
+        )
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
 def run_sweep_chunk(
@@ -460,15 +474,16 @@ def mean_curve(rows: list[Mapping], key: str) -> tuple[list[float], list[float]]
     return epochs, values
 
 
-def pyplot():
-    """``matplotlib.pyplot`` on the Agg backend (files only: no display needed), imported
-    where a plot is drawn (the import costs ~0.5 s that a run without plots does not pay)."""
-    import matplotlib
+def subplots(*args, figsize=None, **kwargs):
+    """``(figure, axes)`` as ``pyplot.subplots(*args, figsize=..., **kwargs)`` returns them, on a
+    bare `matplotlib.figure.Figure`: drawn for a file only, without pyplot, so that a notebook's
+    backend and figures stay as they were (pyplot's ``use("Agg")`` switched an inline backend
+    off for the rest of the session). Matplotlib is imported here: ~0.5 s that a run without
+    plots does not pay."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def plain_log_ticks(ax) -> None:
@@ -505,14 +520,11 @@ def limit_axis(ax, low: float, high: float, curves: Sequence) -> None:
 
 def save_figure(fig, path: str, **kwargs) -> None:
     """``fig.savefig`` atomically (a temp file, then rename, as `write_json`): an interrupted
-    save leaves the earlier plot whole. Closes ``fig`` (on every process, also one that writes
-    no files)."""
-    try:
-        if writes_files():
-            with _replacing(path) as tmp:
-                fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or "png", **kwargs)
-    finally:
-        pyplot().close(fig)
+    save leaves the earlier plot whole. (A `subplots` figure is not registered with pyplot:
+    nothing to close.)"""
+    if writes_files():
+        with _replacing(path) as tmp:
+            fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or "png", **kwargs)
 
 
 class WorkdirFileError(ValueError):

@@ -464,10 +464,9 @@ def summary(results: dict) -> str:
 
 
 def plot(workdir: str, runs: list[dict]) -> None:
-    plt = _common.pyplot()
 
     encoders = sorted({r["encoder"] for r in runs})
-    fig, axes = plt.subplots(2, len(encoders), figsize=(5 * len(encoders), 8), squeeze=False)
+    fig, axes = _common.subplots(2, len(encoders), figsize=(5 * len(encoders), 8), squeeze=False)
     for col, enc in enumerate(encoders):
         curves = []  # the MI curves drawn (means over seeds)
         for r in (r for r in runs if r["encoder"] == enc):

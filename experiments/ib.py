@@ -476,9 +476,8 @@ def summary(results: dict) -> str:
 
 
 def plot(workdir: str, results: dict) -> None:
-    plt = _common.pyplot()
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _common.subplots(figsize=(6, 4))
     seeds = 1
     for method, entry in results["methods"].items():
         final = entry["selected"]
@@ -504,7 +503,7 @@ def plot(workdir: str, results: dict) -> None:
     fig.tight_layout()
     _common.save_figure(fig, os.path.join(workdir, "error_vs_beta.png"), dpi=100)
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = _common.subplots(1, 2, figsize=(12, 4))
     for method, entry in results["methods"].items():
         for beta in entry["betas"]:
             rows = [r for r in entry["history"] if r["beta"] == beta]

@@ -536,10 +536,9 @@ def read_metrics(path: str) -> tuple[list[dict], list[dict]]:
 
 
 def plot(workdir: str, final: list[dict]) -> None:
-    plt = _common.pyplot()
 
     train, evals = read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = _common.subplots(1, 3, figsize=(15, 4))
     steps = [r["step"] for r in train]
     axes[0].plot(steps, [r["loss"] for r in train], label="loss")
     keys = sorted(train[0]) if train else []
@@ -567,7 +566,7 @@ def plot(workdir: str, final: list[dict]) -> None:
     fig.tight_layout()
     _common.save_figure(fig, os.path.join(workdir, "curves.png"), dpi=100)
 
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = _common.subplots(figsize=(9, 4))
     labels = [f"{r['encoder']}\n{r['representation']}\n{r['probe']}" for r in final]
     ax.bar(
         range(len(final)),

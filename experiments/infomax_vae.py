@@ -179,7 +179,6 @@ def probe_accuracies(
 def plot_samples(path, model, params, dataset, names, key, count: int = 10) -> None:
     """Per model: ``count`` test images (at most all of them), their reconstructions, as many
     prior samples."""
-    plt = _common.pyplot()
 
     count = min(count, len(dataset.test_images))
     originals = data_lib.to_float(jnp.asarray(dataset.test_images[:count]))
@@ -188,7 +187,7 @@ def plot_samples(path, model, params, dataset, names, key, count: int = 10) -> N
         p = _common.leaf_slice(params, i)
         rows.append((f"{name}: reconstructions", np.asarray(model.reconstruct(p, originals))))
         rows.append((f"{name}: samples", np.asarray(model.generate(p, key, count))))
-    fig, axes = plt.subplots(
+    fig, axes = _common.subplots(
         len(rows), count, figsize=(count * 0.9 + 1, len(rows) * 1.0), squeeze=False
     )
     for r, (title, images) in enumerate(rows):
@@ -203,9 +202,8 @@ def plot_samples(path, model, params, dataset, names, key, count: int = 10) -> N
 
 
 def plot_curves(path, history: list[dict], names) -> None:
-    plt = _common.pyplot()
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = _common.subplots(1, 3, figsize=(15, 4))
     for name in names:
         rows = [r for r in history if r["model"] == name]
         axes[0].plot(*_common.mean_curve(rows, "elbo"), "o-", label=name)

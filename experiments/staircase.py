@@ -185,12 +185,11 @@ def plot_staircase(
     path: str, values: np.ndarray, true_mi: np.ndarray, names, title: str, ema_decay: float
 ) -> None:
     """One panel per bound: raw estimates (light), EMA-smoothed estimate, true MI (black)."""
-    plt = _common.pyplot()
 
     n = len(names)
     cols = min(n, 5)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(
+    fig, axes = _common.subplots(
         rows, cols, figsize=(3.2 * cols, 2.8 * rows), sharey=True, squeeze=False
     )
     steps = np.arange(values.shape[1])
@@ -515,6 +514,22 @@ def run_one(config, task_name: str, critic_name: str, metrics_writer, progress) 
     )
 
 
+def _note_unsplit_cpu(config) -> None:
+    """Says so where ``config.cpu_devices`` asks for more CPU devices than JAX has: the
+    command line splits the host before JAX starts (`_common.split_cpu_into_devices`), a call
+    from Python after JAX's first computation cannot."""
+    if config.parallel != "bounds" or jax.default_backend() != "cpu":
+        return
+    if (have := len(jax.local_devices())) < config.cpu_devices:
+        print(
+            f"Note: config.cpu_devices = {config.cpu_devices}, but JAX runs on {have} CPU "
+            "device(s): the bound groups do not run side by side (slower). "
+            "The command line splits the host before JAX starts; from Python, call "
+            f"`experiments._common.split_cpu_into_devices({config.cpu_devices})` before JAX's "
+            "first computation."
+        )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the staircase for every task and critic in ``config``; returns the results dict."""
     with _common.config_checks():  # before anything is written
@@ -524,6 +539,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         # the earlier run stay until then, so an interrupted rerun loses none of them.
         path = os.path.join(workdir, "results.json")
         earlier = _common.read_json(path) if os.path.exists(path) else {}  # before any write
+    _note_unsplit_cpu(config)
     os.makedirs(workdir, exist_ok=True)
     _common.write_config(workdir, config)
     writer = _common.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))

@@ -754,6 +754,13 @@ class _FitSpec:
     registrations: int = 0
 
 
+def clear_cache() -> None:
+    """Frees the compiled programs `estimate_mi` keeps for later calls on data of the same
+    shapes with the same settings: up to 64 entries of about 10 MB each on CPU, so a sweep over
+    many sample sizes holds ~0.6 GB until this is called (the next call compiles again)."""
+    _compiled_fit.cache_clear()
+
+
 # Each entry is two small executables; 64 keeps a sweep's programs (the benchmark's accuracy
 # and independence tables cycle through 38 settings, which 8 entries compiled again and again).
 @functools.lru_cache(maxsize=64)

@@ -531,6 +531,8 @@ def test_compiled_programs_are_reused_for_equal_shapes(gaussian_2d):
     mi_jax.estimate_mi(x[800:1600], y[800:1600], max_steps=100, seed=1)
     info = estimate_lib._compiled_fit.cache_info()
     assert (info.misses, info.hits) == (1, 1)
+    estimate_lib.clear_cache()  # the public way to free them
+    assert estimate_lib._compiled_fit.cache_info().currsize == 0
 
 
 def test_standardization_is_computed_before_the_float32_cast(gaussian_2d):

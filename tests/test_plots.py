@@ -10,13 +10,10 @@ from experiments import _common, halves, ib, infomax, mige_toy, staircase
 
 @pytest.fixture
 def figures(monkeypatch):
-    """``{file name: figure}`` of the figures the code under test saves (not written, not
-    closed until the test ends)."""
+    """``{file name: figure}`` of the figures the code under test saves (not written)."""
     caught = {}
     monkeypatch.setattr(_common, "save_figure", lambda fig, path, **_: caught.update({path: fig}))
-    yield caught
-    for fig in caught.values():
-        _common.pyplot().close(fig)
+    return caught
 
 
 def _notes(ax) -> str:
@@ -24,16 +21,33 @@ def _notes(ax) -> str:
 
 
 def test_limit_axis_notes_the_values_beyond_it():
-    plt = _common.pyplot()
-    fig, ax = plt.subplots()
+    _, ax = _common.subplots()
     _common.limit_axis(ax, -1.0, 3.0, [np.array([0.5, -7.25e3, np.nan]), [2.0, 4.5]])
     assert ax.get_ylim() == (-1.0, 3.0)
     assert _notes(ax) == "off scale: min -7.25e+03\noff scale: max 4.5"
-    fig2, ax2 = plt.subplots()
+    _, ax2 = _common.subplots()
     _common.limit_axis(ax2, -1.0, 3.0, [[0.0, 2.9]])
     assert _notes(ax2) == ""
-    plt.close(fig)
-    plt.close(fig2)
+
+
+def test_plots_leave_pyplot_and_its_backend_alone(tmp_path):
+    # Before: every experiment's plot switched matplotlib to Agg for the whole process (a
+    # notebook's inline backend stopped showing figures after `train_and_evaluate`).
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a backend no plot of ours asks for, as "inline" is not
+    try:
+        values = np.linspace(0.0, 2.0, 40).reshape(1, 40, 1)
+        path = str(tmp_path / "staircase.png")
+        staircase.plot_staircase(path, values, np.full(40, 2.0), ["infonce"], "t", ema_decay=0.9)
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == []  # nothing for a notebook to show or to leak
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"  # drawn and written without pyplot
+    finally:
+        matplotlib.use(before)
 
 
 def test_halves_mi_panel_shows_curves_that_stay_below_minus_one(figures):

@@ -420,3 +420,20 @@ def test_matmul_floor_is_reported(tmp_path):
     assert "matmuls alone" in staircase.summary(results, config)
     with pytest.raises(ValueError, match="matmul_floor_steps"):
         staircase.validate_config(_tiny(matmul_floor_steps=-1))
+
+
+def test_a_cpu_split_jax_cannot_take_any_more_is_refused_or_said(tmp_path, capsys, monkeypatch):
+    # Before: after JAX's first computation, `split_cpu_into_devices` set XLA_FLAGS (left in the
+    # environment for every subprocess) and changed nothing, and `train_and_evaluate` called from
+    # Python ran `config.cpu_devices = 2` on one device without a word.
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    monkeypatch.setenv("XLA_FLAGS", " ".join(flags))
+    have = len(jax.devices("cpu"))  # (JAX has started in this process)
+    with pytest.raises(RuntimeError, match=f"cannot split the CPU into {have + 1} devices"):
+        _common.split_cpu_into_devices(have + 1)
+    assert os.environ["XLA_FLAGS"] == " ".join(flags)
+    staircase.train_and_evaluate(_tiny(bounds=("infonce",), cpu_devices=have + 1), str(tmp_path))
+    out = capsys.readouterr().out
+    assert f"config.cpu_devices = {have + 1}, but JAX runs on {have} CPU device(s)" in out
+    staircase.train_and_evaluate(_tiny(bounds=("infonce",), cpu_devices=have), str(tmp_path / "b"))
+    assert "config.cpu_devices" not in capsys.readouterr().out
