@@ -79,9 +79,14 @@ def split_cpu_into_devices(count: int) -> None:
     if "xla_force_host_platform_device_count" in flags:
         return
     import jax
-    from jax._src import xla_bridge  # (no public way to ask whether a backend has started)
 
-    if xla_bridge.backends_are_initialized():
+    try:  # (no public way to ask whether a backend has started; a JAX without it: no check)
+        from jax._src.xla_bridge import backends_are_initialized
+
+        started = backends_are_initialized()
+    except ImportError:
+        started = False
+    if started:
         if len(jax.devices("cpu")) == count:
             return  # split already (a notebook cell run again)
         raise RuntimeError(
