@@ -50,9 +50,13 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.batch_size = 128
     config.learning_rate = 1e-4
     config.num_steps = 2000
+    # Steps per trip to the host; `mi_train` of an evaluation row is the bound's mean over the
+    # last `log_every` steps (rows are written at evaluations only).
     config.log_every = 100
     config.eval_every = 500
-    config.mi_eval_batches = 10  # held-out batches the bound is averaged over
+    # Held-out batches the bound is averaged over (at most the test split's full batches: 2 on
+    # digits; results.json's `mi_test_batches` says how many).
+    config.mi_eval_batches = 10
     config.probe = ml_collections.ConfigDict(
         {"train_examples": 10000, "l2": 1e-4, "max_iter": 500, "tol": 1e-5}
     )

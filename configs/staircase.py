@@ -51,7 +51,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
             "concat": {"hidden": (256, 256), "activation": "relu", "kernel_init": "glorot_uniform"},
         }
     )
-    config.aux_hidden = (256, 256)  # FLO's u network and TUBA's baseline
+    # FLO's u network, and the baseline a(y) of TUBA and I_alpha (which takes the first width
+    # only: one hidden layer).
+    config.aux_hidden = (256, 256)
     # "float32" (the protocol) or "bfloat16": mixed-precision matmuls, float32 everything else
     # (as TPUs run float32 matmuls by default); about 1.2x faster on a CPU with AVX512-BF16.
     # Only critics with a `compute_dtype` field (the MLP critics) take bfloat16.

@@ -464,7 +464,8 @@ def summary(results: dict) -> str:
     head = (
         f"\n{results['dataset']}, {epochs}; {chosen}test at the posterior "
         f"mean, test with {samples} samples, test at the last epoch; KL in nats, "
-        "I(Z;Y)>= the lower bound H(Y) - CE of one code, train_err on the training set)"
+        "I(Z;Y)>= the lower bound H(Y) - CE of one code, train_err: the training batches' running "
+        "error since the previous evaluation, weights as they trained, one sampled code)"
         + (f"; mean over {seeds} seeds, test_err_std their spread" if seeds > 1 else "")
         + "\n"
     )

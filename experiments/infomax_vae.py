@@ -233,7 +233,8 @@ def summary(results: dict) -> str:
     head = (
         f"\n{results['dataset']}, {results['num_epochs']} epochs; test ELBO, reconstruction, "
         f"rate KL, the {results['bound']} bound and InfoNCE on test batches{count} (train_mi: "
-        "the bound on the last training batches) in nats; linear probe on the posterior mean\n"
+        "the bound's mean over the training batches since the previous evaluation) in nats; "
+        "linear probe on the posterior mean\n"
     )
     if results.get("num_seeds", 1) > 1:
         cols += ["elbo_std", "probe_test_accuracy_std"]

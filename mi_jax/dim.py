@@ -320,6 +320,11 @@ class DIMObjective:
             _checks.check_weight(getattr(self, name), name)
         if self.alpha == 0 and self.beta == 0:
             raise ValueError("`alpha` and `beta` are both 0: there is no MI term to maximize.")
+        if self.estimator == MIGE and self.estimator_hparams:
+            raise ValueError(
+                f"`estimator_hparams` {dict(self.estimator_hparams)} are a bound's, and MIGE has "
+                "no bound: its score estimator takes `score_hparams`."
+            )
         _checks.check_ints(
             critic_hidden=self.critic_hidden,
             embed_dim=self.embed_dim,

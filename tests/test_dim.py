@@ -182,6 +182,12 @@ def test_every_kind_of_estimator_gives_finite_encoder_gradients(estimator):
     [
         (dict(estimator="infonse"), KeyError, "infonce"),
         (dict(estimator="mige", score_estimator="stien"), KeyError, "stein"),
+        # (Before: read by nothing under MIGE, without a word.)
+        (
+            dict(estimator="mige", estimator_hparams=(("threshold", 0.9),)),
+            ValueError,
+            "`estimator_hparams`.*MIGE has no bound.*`score_hparams`",
+        ),
         (dict(estimator="smile", estimator_hparams=(("clipp", 1.0),)), TypeError, "clipp"),
         (dict(alpha=0.0, beta=0.0), ValueError, "alpha"),
         (dict(gamma=-1.0), ValueError, "gamma"),
