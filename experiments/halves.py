@@ -464,7 +464,6 @@ def summary(results: dict) -> str:
 
 
 def plot(workdir: str, runs: list[dict]) -> None:
-
     encoders = sorted({r["encoder"] for r in runs})
     fig, axes = _common.subplots(2, len(encoders), figsize=(5 * len(encoders), 8), squeeze=False)
     for col, enc in enumerate(encoders):

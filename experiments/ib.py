@@ -477,7 +477,6 @@ def summary(results: dict) -> str:
 
 
 def plot(workdir: str, results: dict) -> None:
-
     fig, ax = _common.subplots(figsize=(6, 4))
     seeds = 1
     for method, entry in results["methods"].items():

@@ -536,7 +536,6 @@ def read_metrics(path: str) -> tuple[list[dict], list[dict]]:
 
 
 def plot(workdir: str, final: list[dict]) -> None:
-
     train, evals = read_metrics(os.path.join(workdir, "metrics.jsonl"))
     fig, axes = _common.subplots(1, 3, figsize=(15, 4))
     steps = [r["step"] for r in train]

@@ -179,7 +179,6 @@ def probe_accuracies(
 def plot_samples(path, model, params, dataset, names, key, count: int = 10) -> None:
     """Per model: ``count`` test images (at most all of them), their reconstructions, as many
     prior samples."""
-
     count = min(count, len(dataset.test_images))
     originals = data_lib.to_float(jnp.asarray(dataset.test_images[:count]))
     rows = [("test images", np.asarray(originals))]
@@ -202,7 +201,6 @@ def plot_samples(path, model, params, dataset, names, key, count: int = 10) -> N
 
 
 def plot_curves(path, history: list[dict], names) -> None:
-
     fig, axes = _common.subplots(1, 3, figsize=(15, 4))
     for name in names:
         rows = [r for r in history if r["model"] == name]

@@ -271,7 +271,6 @@ def _replace_row(rows: list[dict], row: dict) -> None:
 
 
 def plot(path: str, curves: dict, rhos: np.ndarray, dims) -> None:
-
     fig, axes = _common.subplots(1, len(dims), figsize=(4.2 * len(dims), 3.6), squeeze=False)
     for ax, dim in zip(axes[0], dims, strict=True):
         ax.plot(rhos, true_gradient(rhos, dim), color="black", lw=2, label="true")

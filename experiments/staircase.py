@@ -185,7 +185,6 @@ def plot_staircase(
     path: str, values: np.ndarray, true_mi: np.ndarray, names, title: str, ema_decay: float
 ) -> None:
     """One panel per bound: raw estimates (light), EMA-smoothed estimate, true MI (black)."""
-
     n = len(names)
     cols = min(n, 5)
     rows = -(-n // cols)
