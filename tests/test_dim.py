@@ -153,12 +153,17 @@ def test_sample_prior():
         dim.sample_prior(jax.random.key(0), (2,), "laplace")
 
 
-@pytest.mark.parametrize("estimator", ["flo", "tuba", "mine", "mige"])
-def test_every_kind_of_estimator_gives_finite_encoder_gradients(estimator):
+@pytest.mark.parametrize(
+    "estimator, global_source",
+    [("flo", "feature_map"), ("tuba", "feature_map"), ("mine", "input")]
+    + [("mige", "feature_map"), ("mige", "input")],
+)
+def test_every_kind_of_estimator_gives_finite_encoder_gradients(estimator, global_source):
     encoder = encoders.get_encoder("conv", channels=(4, 6), fc_width=8, latent_dim=5)
     objective = dim.DIMObjective(
         encoder=encoder,
         estimator=estimator,
+        global_source=global_source,
         alpha=0.5,
         beta=1.0,
         gamma=0.1,

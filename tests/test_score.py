@@ -342,6 +342,21 @@ def test_mi_gradient_of_the_gaussian_toy(rho):
     assert abs(float(grad) - true) < 0.2 * abs(true) + 0.1
 
 
+@pytest.mark.parametrize("rho", [-0.5, 0.6])
+def test_infomax_gradient_of_the_gaussian_toy_moves_only_the_codes(rho):
+    """``infomax_surrogate(x, z)`` is ``grad H(Z) - grad H(X, Z)`` with ``x`` held constant: on
+    the toy (unit-variance Z) it is ``-grad H(X, Z) = rho d / (1 - rho^2)``, as ``dI/drho``; a
+    parameter that moves only ``x`` gets no gradient."""
+    dim = 2
+    key = jax.random.key(1)
+    grad = jax.jit(jax.grad(lambda r: mige.infomax_surrogate(*_toy_samples(r, dim, key), "ssge")))
+    true = rho * dim / (1 - rho**2)
+    assert abs(float(grad(rho)) - true) < 0.2 * abs(true) + 0.1
+    x, z = _toy_samples(rho, dim, key)
+    scale_x = jax.grad(lambda s: mige.infomax_surrogate(s * x, z, "ssge"))(1.3)
+    assert float(scale_x) == 0.0
+
+
 def test_encoder_mi_gradient_with_known_conditional_score():
     """z = x + sigma eps with x ~ N(0, 1): I(X; Z) = 1/2 log(1 + 1/sigma^2) per dimension."""
     dim, sigma = 2, 0.8
