@@ -81,6 +81,8 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
         if workdir is None:
             workdir = default_workdir(name, config_arg[0] if config_arg else None)
             print(f"{name}: writing to {workdir} (no --workdir given)")
+        # The shell leaves `--workdir=~/runs` as it is: the home directory, not a folder `~`.
+        workdir = os.path.expanduser(workdir)
         try:
             with config_checks():
                 check_workdir(workdir)
@@ -180,8 +182,15 @@ def _check_config_fields(name: str, config) -> None:
 def check_workdir(workdir: str) -> None:
     """A `ValueError` naming ``--workdir`` when it (or the nearest existing folder above it)
     is not a directory this process can write into."""
+    if not workdir:  # e.g. `--workdir=$WORKDIR` with the variable unset
+        raise ValueError("--workdir is empty: give the folder to write into.")
     path = os.path.abspath(workdir)
     while not os.path.exists(path):
+        if os.path.islink(path):
+            raise ValueError(
+                f"--workdir {workdir!r}: {path!r} is a symbolic link to {os.readlink(path)!r}, "
+                "which does not exist."
+            )
         path = os.path.dirname(path)
     if not os.path.isdir(path):
         raise ValueError(f"--workdir {workdir!r}: {path!r} is a file, not a directory.")

@@ -55,8 +55,13 @@ _STANDARDIZE = flags.DEFINE_enum(
 _STANDARDIZE_ARG = {"auto": "auto", "zscore": True, "rank": "rank", "none": False}
 
 
+_ZIP_MAGIC, _NPY_MAGIC = b"PK", b"\x93NUMPY"  # the first bytes of an .npz and of an .npy
+
+
 def load_pairs(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Reads arrays ``x`` and ``y`` from an .npz file, with errors that say what is missing."""
+    """Reads arrays ``x`` and ``y`` from an .npz file (a leading ``~`` is the home directory),
+    with errors that say what is missing."""
+    path = os.path.expanduser(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data file {path!r} does not exist.")
     if not os.path.isfile(path):
@@ -66,6 +71,11 @@ def load_pairs(path: str) -> tuple[np.ndarray, np.ndarray]:
     # raise a dozen kinds of error for one bad byte): every one is named as --data's.
     unreadable = Exception
     with open(path, "rb") as f:  # closed on every error (np.load leaks a cut .npz's handle)
+        # numpy takes any other file for a pickle, and says so ("... load it unsafely using
+        # the `allow_pickle=` keyword"): neither a zip nor an .npy is named as what it is.
+        if not f.read(len(_NPY_MAGIC)).startswith((_ZIP_MAGIC, _NPY_MAGIC)):
+            raise ValueError(f"{not_npz}: it is neither a zip archive (.npz) nor an .npy file.")
+        f.seek(0)
         try:
             data = np.load(f, allow_pickle=False)
         except unreadable as e:  # text, pickle, empty, cut short
@@ -108,13 +118,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # JAX's INFO line on a missing TPU library
-    if _JSON.value:  # checked before the training, whose result it would hold
-        folder = os.path.dirname(os.path.abspath(_JSON.value))
+    json_path = _JSON.value and os.path.expanduser(_JSON.value)
+    if json_path:  # checked before the training, whose result it would hold
+        folder = os.path.dirname(os.path.abspath(json_path))
         if not os.path.isdir(folder):
             raise SystemExit(f"estimate: --json {_JSON.value!r}: its directory does not exist.")
-        if os.path.isdir(_JSON.value) or not os.access(folder, os.W_OK):
+        if os.path.isdir(json_path) or not os.access(folder, os.W_OK):
             raise SystemExit(f"estimate: --json {_JSON.value!r}: not a file that can be written.")
-        if os.path.exists(_JSON.value):  # an earlier result, or the --data file itself
+        if os.path.exists(json_path):  # an earlier result, or the --data file itself
             raise SystemExit(
                 f"estimate: --json {_JSON.value!r} exists; it is not overwritten: give a new "
                 "path or remove it."
@@ -157,9 +168,9 @@ def main(argv):
         )
     if any(result.rank_columns.values()):
         print(f"Columns ranked (heavy tails or a point mass; --standardize): {result.rank_columns}")
-    if _JSON.value:
+    if json_path:
         _common.write_json(
-            _JSON.value,
+            json_path,
             {f.name: getattr(result, f.name) for f in dataclasses.fields(result)},
         )
 

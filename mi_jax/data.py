@@ -6,8 +6,9 @@ Datasets are chosen by name (`load_dataset`) from a small registry:
   The offline default: it never touches the network. It has no official split; a fixed 360
   images (20 %) form the test split, chosen by a permutation with a constant seed, so the split
   never depends on a training seed.
-* ``mnist``: the four original IDX ``.gz`` files in ``data_dir`` (or ``data_dir/mnist``), parsed
-  with numpy, ``[N, 28, 28, 1]``; without them, tensorflow-datasets as below.
+* ``mnist``: the four original IDX files in ``data_dir`` (or ``data_dir/mnist``), gzipped
+  (``.gz``, as distributed) or not, parsed with numpy, ``[N, 28, 28, 1]``; without them,
+  tensorflow-datasets as below.
 * ``cifar10``, ``cifar100`` (fine labels), ``stl10`` (the labelled ``train``/``test`` splits,
   96x96x3): tensorflow-datasets' random-access ``tfds.data_source`` with ``download=False``. It
   works without TensorFlow (``tfds.load`` needs TensorFlow and, with no network, retries for
@@ -110,12 +111,15 @@ def _load_digits(*, data_dir: str | None = None, max_examples: int | None = None
 # ------------------------------------------------------------------------------------------------
 # MNIST from the original IDX files
 
+# Each file gzipped (as distributed, ``NAME.gz``) or uncompressed (``NAME``, as some copies keep
+# them); a file's own first bytes say which.
 _MNIST_FILES = {
-    "train_images": "train-images-idx3-ubyte.gz",
-    "train_labels": "train-labels-idx1-ubyte.gz",
-    "test_images": "t10k-images-idx3-ubyte.gz",
-    "test_labels": "t10k-labels-idx1-ubyte.gz",
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
 }
+_GZIP_MAGIC = b"\x1f\x8b"
 _IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 _IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 
@@ -123,11 +127,13 @@ _IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 def _read_idx(
     path: str, *, magic: int, ndim: int, count: int | None = None
 ) -> tuple[np.ndarray, int]:
-    """Parses a gzipped IDX file of unsigned bytes: a big-endian int32 magic number, ``ndim``
-    big-endian int32 sizes, then the data. Reads at most ``count`` items (all if ``None``);
-    returns them with the number of items the header declares."""
+    """Parses an IDX file of unsigned bytes, gzipped or not: a big-endian int32 magic number,
+    ``ndim`` big-endian int32 sizes, then the data. Reads at most ``count`` items (all if
+    ``None``); returns them with the number of items the header declares."""
     try:
-        with gzip.open(path, "rb") as f:
+        with open(path, "rb") as raw:
+            gzipped = raw.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
             header = f.read(4 * (1 + ndim))
             if len(header) < 4 * (1 + ndim):
                 raise ValueError(f"IDX file {path} is truncated: no complete header.")
@@ -167,35 +173,39 @@ def _read_idx(
     return np.frombuffer(data, dtype=np.uint8).reshape(shape), declared
 
 
-def _find_mnist_files(data_dir: str | None) -> str | None:
-    """The directory holding the four MNIST IDX files (``data_dir`` or ``data_dir/mnist``), or
-    ``None`` when neither holds any of them. A directory holding only some raises."""
+def _find_mnist_files(data_dir: str | None) -> tuple[str, dict[str, str]] | None:
+    """``(directory, {key: path})`` of the four MNIST IDX files in ``data_dir`` or
+    ``data_dir/mnist`` (each ``NAME.gz``, else ``NAME``), or ``None`` when neither holds any of
+    them. A directory holding only some raises."""
     if data_dir is None:
         return None
     for directory in (data_dir, os.path.join(data_dir, "mnist")):
-        present = [f for f in _MNIST_FILES.values() if os.path.isfile(os.path.join(directory, f))]
-        if len(present) == len(_MNIST_FILES):
-            return directory
-        if present:
-            missing = sorted(set(_MNIST_FILES.values()) - set(present))
+        paths = {}
+        for key, name in _MNIST_FILES.items():
+            for file in (f"{name}.gz", name):
+                if os.path.isfile(os.path.join(directory, file)):
+                    paths[key] = os.path.join(directory, file)
+                    break
+        if len(paths) == len(_MNIST_FILES):
+            return directory, paths
+        if paths:
+            missing = sorted(f"{_MNIST_FILES[k]}.gz" for k in _MNIST_FILES.keys() - paths)
             raise FileNotFoundError(
                 f"MNIST IDX files missing from {directory}: {', '.join(missing)} (found "
-                f"{', '.join(sorted(present))}); all four are needed."
+                f"{', '.join(sorted(os.path.basename(p) for p in paths.values()))}); all four "
+                "are needed (each gzipped, or uncompressed without the .gz)."
             )
     return None
 
 
-def _load_mnist_idx(directory: str, max_examples: int | None) -> Dataset:
+def _load_mnist_idx(directory: str, paths: dict[str, str], max_examples: int | None) -> Dataset:
     arrays = {}
     for split in ("train", "test"):
         images, num_images = _read_idx(
-            os.path.join(directory, _MNIST_FILES[f"{split}_images"]),
-            magic=_IDX_IMAGES_MAGIC,
-            ndim=3,
-            count=max_examples,
+            paths[f"{split}_images"], magic=_IDX_IMAGES_MAGIC, ndim=3, count=max_examples
         )
         labels, num_labels = _read_idx(
-            os.path.join(directory, _MNIST_FILES[f"{split}_labels"]),
+            paths[f"{split}_labels"],
             magic=_IDX_LABELS_MAGIC,
             ndim=1,
             count=max_examples,
@@ -221,16 +231,17 @@ def _load_mnist_idx(directory: str, max_examples: int | None) -> Dataset:
 
 def _load_mnist(*, data_dir: str | None = None, max_examples: int | None = None) -> Dataset:
     """MNIST from the IDX files in ``data_dir`` (or ``data_dir/mnist``), else from tfds."""
-    directory = _find_mnist_files(data_dir)
-    if directory is not None:
-        return _load_mnist_idx(directory, max_examples)
+    found = _find_mnist_files(data_dir)
+    if found is not None:
+        return _load_mnist_idx(*found, max_examples)
     try:
         return _load_tfds("mnist", "mnist", 10, data_dir=data_dir, max_examples=max_examples)
     except (FileNotFoundError, ImportError) as e:  # say where the IDX files were looked for
         looked = "" if data_dir is None else f" in {data_dir} or {os.path.join(data_dir, 'mnist')}"
+        names = ", ".join(sorted(f"{n}.gz" for n in _MNIST_FILES.values()))
         raise type(e)(
-            f"MNIST: the four IDX files ({', '.join(sorted(_MNIST_FILES.values()))}) are not"
-            f"{looked or ' given (no data_dir)'}; {e}"
+            f"MNIST: the four IDX files ({names}, each gzipped or uncompressed without the .gz) "
+            f"are not{looked or ' given (no data_dir)'}; {e}"
         ) from e
 
 
@@ -370,7 +381,8 @@ def load_dataset(
       name: one of `available_datasets` (``digits``, ``mnist``, ``cifar10``, ``cifar100``,
         ``stl10``).
       data_dir: where the data lie: the MNIST IDX files, or a tensorflow-datasets data
-        directory. ``None``: MNIST and the tfds datasets look in tfds's default directory;
+        directory (a leading ``~`` is the home directory). ``None``: MNIST and the tfds
+        datasets look in tfds's default directory;
         ``digits`` takes none (its data ship with scikit-learn; a ``data_dir`` is refused).
       max_examples: keep only the first ``max_examples`` of each split (in the dataset's fixed
         order); for tests and tiny configs.
@@ -391,6 +403,8 @@ def load_dataset(
         raise ValueError(
             f"`max_examples` must be a positive integer or None, got {max_examples!r}."
         )
+    if data_dir is not None:
+        data_dir = os.path.expanduser(data_dir)
     dataset = _truncate(_REGISTRY[name](data_dir=data_dir, max_examples=max_examples), max_examples)
     _check_dataset(dataset, name)
     return dataset

@@ -18,15 +18,16 @@ from experiments import _cli, _common
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _command_line(*args: str) -> subprocess.CompletedProcess:
-    """``python ARGS`` from the repository's root, on the CPU (an experiment's command line)."""
+def _command_line(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """``python ARGS`` from the repository's root, on the CPU (an experiment's command line),
+    with ``env`` added to the environment."""
     return subprocess.run(
         [sys.executable, *args],
         cwd=_ROOT,
         capture_output=True,
         text=True,
         timeout=120,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        env=dict(os.environ, JAX_PLATFORMS="cpu", **env),
     )
 
 
@@ -192,6 +193,32 @@ def test_a_workdir_that_is_a_file_is_named(tmp_path):
         with pytest.raises(ValueError, match=r"--workdir .*afile' is a file, not a directory"):
             _cli.check_workdir(str(tmp_path / workdir))
     _cli.check_workdir(str(tmp_path / "new" / "run"))  # created later: fine
+
+
+def test_an_empty_or_dangling_workdir_is_named(tmp_path):
+    # Before: FileNotFoundError: '' and FileExistsError from os.makedirs, naming no flag.
+    with pytest.raises(ValueError, match="--workdir is empty"):
+        _cli.check_workdir("")  # `--workdir=$WORKDIR`, the variable unset
+    os.symlink(tmp_path / "gone", tmp_path / "link")
+    for workdir in ("link", "link/run"):
+        with pytest.raises(ValueError, match=r"'.*link' is a symbolic link to '.*gone'"):
+            _cli.check_workdir(str(tmp_path / workdir))
+
+
+def test_a_workdir_under_the_home_directory_is_expanded(tmp_path):
+    # The shell leaves `--workdir=~/...` as it is; before, a folder named `~` was made in the
+    # current directory. Here the expanded path is a file, refused before any training.
+    (tmp_path / "afile").write_text("")
+    out = _command_line(
+        "-m",
+        "experiments.staircase",
+        "--config=configs/staircase.py:quick",
+        "--config.steps_per_level=0",
+        "--workdir=~/afile",
+        HOME=str(tmp_path),
+    )
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert f"'{tmp_path}/afile' is a file, not a directory" in out.stderr
 
 
 @pytest.mark.parametrize("name, other", [("amdim", "infomax"), ("ib", "infomax_vae")])

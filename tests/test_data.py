@@ -198,6 +198,28 @@ def test_mnist_idx_parser_on_a_hand_made_file(tmp_path):
     np.testing.assert_array_equal(truncated.train_images[0, ..., 0], images["train"][0])
 
 
+def test_mnist_idx_files_may_be_uncompressed_and_under_the_home_directory(tmp_path, monkeypatch):
+    (tmp_path / "gz").mkdir()
+    images = _write_mnist(tmp_path / "gz")
+    unzipped = tmp_path / "home" / "mnist"
+    unzipped.mkdir(parents=True)
+    for i, path in enumerate(sorted((tmp_path / "gz").iterdir())):  # two of them unzipped
+        name = path.name.removesuffix(".gz") if i % 2 else path.name
+        content = gzip.decompress(path.read_bytes()) if i % 2 else path.read_bytes()
+        (unzipped / name).write_bytes(content)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ds = data.load_dataset("mnist", data_dir="~")  # ~/mnist/
+    np.testing.assert_array_equal(ds.train_images[..., 0], images["train"])
+    np.testing.assert_array_equal(ds.test_images[..., 0], images["test"])
+    np.testing.assert_array_equal(ds.test_labels, [7, 8])
+    (unzipped / "t10k-images-idx3-ubyte").unlink(missing_ok=True)
+    (unzipped / "t10k-images-idx3-ubyte.gz").unlink(missing_ok=True)
+    with pytest.raises(
+        FileNotFoundError, match=r"missing from .*mnist: t10k-images-idx3-ubyte.gz \(found"
+    ):
+        data.load_dataset("mnist", data_dir="~")
+
+
 def test_mnist_missing_files(tmp_path):
     _write_mnist(tmp_path, skip=("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"))
     with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte.gz") as info:
@@ -216,7 +238,8 @@ def test_mnist_missing_files(tmp_path):
         ),
         ({"train-labels-idx1-ubyte.gz": gzip.compress(_idx_bytes(2049, np.arange(4)))}, "disagree"),
         ({"t10k-labels-idx1-ubyte.gz": gzip.compress(_idx_bytes(2049, np.full(2, 12)))}, "exceed"),
-        ({"t10k-images-idx3-ubyte.gz": b"not a gzip file at all"}, "cannot read"),
+        ({"t10k-images-idx3-ubyte.gz": b"not an IDX file at all"}, "t10k-images.*magic number"),
+        ({"t10k-images-idx3-ubyte.gz": b"\x1f\x8b gzip's magic, then junk"}, "cannot read"),
     ],
 )
 def test_mnist_corrupt_files(tmp_path, overrides, match):

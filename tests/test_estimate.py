@@ -396,11 +396,12 @@ def test_hyperparameters_given_replace_the_defaults_and_may_be_numpy_arrays(gaus
     assert mi_jax.estimate_mi(x[:600], y[:600], **kwargs).mi == given.mi
 
 
-def test_cli_reads_npz_and_reports(tmp_path, gaussian_2d):
+def test_cli_reads_npz_and_reports(tmp_path, gaussian_2d, monkeypatch):
     x, y = gaussian_2d
     path = tmp_path / "pairs.npz"
     np.savez(path, x=x[:2000], y=y[:2000])
-    loaded = estimate_cli.load_pairs(str(path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    loaded = estimate_cli.load_pairs("~/pairs.npz")  # (the shell leaves `--data=~/...` as is)
     np.testing.assert_array_equal(loaded[0], x[:2000])
     np.testing.assert_array_equal(loaded[1], y[:2000])
     result = estimate_cli.run(str(path), max_steps=300, critic="bilinear")
@@ -423,6 +424,10 @@ def test_cli_reads_npz_and_reports(tmp_path, gaussian_2d):
         estimate_cli.load_pairs(str(tmp_path / "objects.npz"))
     with pytest.raises(ValueError, match="is not a file"):
         estimate_cli.load_pairs(str(tmp_path))
+    # Not "pickled (object) data ... load it unsafely using the `allow_pickle=` keyword".
+    with pytest.raises(ValueError, match=r"pairs.csv' is not an .npz .*neither a zip") as info:
+        estimate_cli.load_pairs(str(tmp_path / "pairs.csv"))
+    assert "pickle" not in str(info.value)
     # One damaged byte anywhere in a compressed file: a message naming --data (some had leaked
     # a bare zlib.error or tokenize.TokenError).
     np.savez_compressed(tmp_path / "packed.npz", x=x[:200], y=y[:200])
