@@ -30,6 +30,7 @@ References:
     NeurIPS 2022. https://arxiv.org/abs/2107.01131
 """
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -371,7 +372,7 @@ def smile(scores: ArrayLike, *, clip: float | None = 5.0, gradient: str = "js") 
       ``[]`` the bound in nats.
     """
     _checks.check_scores(scores)
-    if clip is not None and not (_checks.is_real(clip) and clip > 0):
+    if clip is not None and not (_checks.is_number(clip) and _checks.host_float(clip) > 0):
         raise ValueError(f"`clip` must be a positive number or None, got {clip!r}.")
     if gradient not in ("js", "smile"):
         raise ValueError(f"`gradient` must be 'js' or 'smile', got {gradient!r}.")
@@ -445,9 +446,10 @@ def interpolated(scores: ArrayLike, *, alpha: float = 0.01, log_baseline: ArrayL
       ``[]`` the bound in nats.
     """
     _checks.check_scores(scores)
-    if not (_checks.is_real(alpha) and 0.0 <= alpha <= 1.0):  # True was 1: InfoNCE
+    # (`is_number`: a concrete jnp.asarray(0.1) too; True, which was 1 (InfoNCE), is not one)
+    if not (_checks.is_number(alpha) and 0.0 <= _checks.host_float(alpha) <= 1.0):
         raise ValueError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
-    alpha = float(alpha)
+    alpha = _checks.host_float(alpha)
     scores = _at_least_float32(jnp.asarray(scores))
     batch = scores.shape[0]
     log_a = jnp.broadcast_to(_baseline_row(log_baseline, batch), (batch, batch))
@@ -552,8 +554,9 @@ def mine(*, decay: float = 0.99) -> StatefulBound:
     Returns:
       A `StatefulBound`; ``update(scores [batch, batch], state) -> (value [], state)``.
     """
-    if not (_checks.is_real(decay) and 0.0 <= decay < 1.0):
+    if not (_checks.is_number(decay) and 0.0 <= _checks.host_float(decay) < 1.0):
         raise ValueError(f"`decay` must be a number in [0, 1), got {decay!r}.")
+    decay = _checks.host_float(decay)
 
     def init() -> MineState:
         return MineState(log_ema=jnp.array(-jnp.inf, jnp.float32), count=jnp.array(0, jnp.int32))
@@ -590,7 +593,11 @@ def mine(*, decay: float = 0.99) -> StatefulBound:
 BOUND_INPUTS = ("u", "log_baseline")
 
 
-class Bound(NamedTuple):
+# A frozen dataclass, not a NamedTuple (like optax's pairs): a `Bound` is called, and
+# `jax.jit(bound)` needs a weak reference to it, which no tuple takes (jaxlib 0.10 raised a
+# TypeError, then crashed the interpreter on a second try).
+@dataclasses.dataclass(frozen=True)
+class Bound:
     """A bound chosen by name, with a uniform interface for trainers.
 
     Attributes:

@@ -83,7 +83,9 @@ def dense(
     (`bf16_matmul`): mixed precision as on TPUs, where a default-precision float32 matmul is
     already one bfloat16 pass. The kernel gradient ``x.T @ g`` stays a float32 product (faster
     on XLA:CPU). Same parameter tree as the float32 layer; biases, optimizer and everything
-    outside the matmuls stay float32.
+    outside the matmuls stay float32. Being a `jax.custom_vjp`, the bfloat16 layer has reverse
+    mode only: `jax.grad`, `jax.hessian` and Hessian-vector products work, a pure forward-mode
+    `jax.jvp` / `jax.jacfwd` raises (use the float32 layer for those).
     """
     check_compute_dtype(compute_dtype)
     kwargs["kernel_init"] = get_initializer(kernel_init)

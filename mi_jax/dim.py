@@ -28,7 +28,7 @@ References:
   Learning", ICLR 2020 (MIGE for DIM).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -281,14 +281,17 @@ class DIMObjective:
     Attributes:
       encoder: a module ``encoder(images) -> (local, features, global_)`` (`mi_jax.encoders`).
       estimator: a bound name from `mi_jax.bounds` or ``"mige"``.
-      estimator_hparams: the bound's hyperparameters (``{"clip": 5.0}`` for SMILE, ...).
+      estimator_hparams: the bound's hyperparameters, ``(("clip", 5.0),)`` for SMILE, or a
+        mapping (``{"clip": 5.0}``), kept as its sorted pairs so that the objective stays hashable
+        (a static argument of `jax.jit`).
       alpha / beta / gamma: weights of the global, local and prior terms.
       global_source: ``"feature_map"`` (DIM) or ``"input"``.
       prior: ``"uniform"`` or ``"gaussian"``.
       critic_hidden / embed_dim: the encode-and-dot critics' sizes.
       critic_clip: soft clipping of the critics' scores (``None``: off).
       score_estimator / score_hparams: MIGE's score estimator (`mi_jax.score`; the default
-        here is Stein's, while ``configs/infomax.py`` and the README's MIGE rows use ``"ssge"``).
+        here is Stein's, while ``configs/infomax.py`` and the README's MIGE rows use ``"ssge"``)
+        and its hyperparameters (pairs, or a mapping, as ``estimator_hparams``).
       mige_locations: for MIGE's local term, the number of locations drawn per step (at most
         the feature map's: a larger number takes every location).
     """
@@ -309,6 +312,9 @@ class DIMObjective:
     mige_locations: int = struct.field(pytree_node=False, default=4)
 
     def __post_init__(self):
+        for name in ("estimator_hparams", "score_hparams"):
+            if isinstance(value := getattr(self, name), Mapping):
+                object.__setattr__(self, name, tuple(sorted(value.items())))  # (frozen)
         check_clip(self.critic_clip, "critic_clip")
         if self.global_source not in GLOBAL_SOURCES:
             raise ValueError(

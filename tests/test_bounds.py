@@ -932,6 +932,11 @@ def test_every_registered_bound_applies_through_the_interface(name):
     assert np.all(np.isfinite(np.asarray(grads[0]))) and np.any(np.asarray(grads[0]) != 0)
     for k in bound.inputs:
         assert np.any(np.asarray(grads[1][k]) != 0), k
+    # The `Bound` itself jitted, twice (as a NamedTuple it took no weak reference: a TypeError,
+    # then a crashed interpreter on the second try), and its abstract evaluation.
+    for _ in range(2):
+        np.testing.assert_allclose(float(jax.jit(bound)(s, **inputs)), float(value), rtol=1e-6)
+    assert jax.eval_shape(bound, s, **inputs).shape == ()
 
 
 def test_registry_hparams_are_bound():
@@ -1058,6 +1063,16 @@ def test_bad_hparams_of_smile_and_interpolated_raise_in_get_bound():
     ):
         with pytest.raises((TypeError, ValueError), match=match):
             bounds.get_bound(name, **hparams)
+    # A concrete 0-d array is a number, as for every other hyperparameter (`_checks.is_number`):
+    # these three refused `jnp.asarray(5.0)` as "not a positive number".
+    s = _rand_scores(703, 6)
+    for name, key, value in (("smile", "clip", 2.0), ("interpolated", "alpha", 0.3)) + (
+        ("mine", "decay", 0.9),
+    ):
+        inputs = {"log_baseline": jnp.zeros(6)} if name == "interpolated" else {}
+        want = bounds.get_bound(name, **{key: value})(s, **inputs)
+        got = bounds.get_bound(name, **{key: jnp.asarray(value)})(s, **inputs)
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-6, err_msg=name)
 
 
 # --------------------------------------------------------------------------------------------
