@@ -522,7 +522,7 @@ def flo(scores: ArrayLike, u: ArrayLike) -> Array:
 class MineState(NamedTuple):
     """State of MINE's moving average of ``E_q[e^f]``, kept in log space."""
 
-    log_ema: Array  # [] log of the (uncorrected) exponential moving average
+    log_ema: Array  # [] log of the (uncorrected) exponential moving average (unread at count 0)
     count: Array  # [] number of updates so far (for the bias correction)
 
 
@@ -559,7 +559,9 @@ def mine(*, decay: float = 0.99) -> StatefulBound:
     decay = _checks.host_float(decay)
 
     def init() -> MineState:
-        return MineState(log_ema=jnp.array(-jnp.inf, jnp.float32), count=jnp.array(0, jnp.int32))
+        # log_ema 0, not log 0 = -inf: the first update does not read it (`count` 0), and an
+        # -inf made `jax_debug_infs` stop every program that starts a MINE state.
+        return MineState(log_ema=jnp.zeros((), jnp.float32), count=jnp.array(0, jnp.int32))
 
     def update(scores: ArrayLike, state: MineState) -> tuple[Array, MineState]:
         scores = _checked_scores(scores)
@@ -569,9 +571,10 @@ def mine(*, decay: float = 0.99) -> StatefulBound:
         batch_log_mean = jax.lax.stop_gradient(log_marginal)
         if decay == 0.0:
             log_ema = batch_log_mean
-        else:
-            log_ema = jnp.logaddexp(
-                jnp.log(decay) + state.log_ema, jnp.log1p(-decay) + batch_log_mean
+        else:  # the average of nothing is 0: (1 - d) times the first batch's mean
+            first = jnp.log1p(-decay) + batch_log_mean
+            log_ema = jnp.where(
+                state.count == 0, first, jnp.logaddexp(jnp.log(decay) + state.log_ema, first)
             )
         count = state.count + 1
         log_corrected = log_ema - jnp.log1p(-(decay ** count.astype(jnp.float32)))

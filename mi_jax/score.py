@@ -35,6 +35,7 @@ References:
 """
 
 import functools
+import math
 from collections.abc import Callable
 
 import jax
@@ -136,10 +137,17 @@ def median_bandwidth(samples: ArrayLike, *, scale: float = 1.0) -> Array:
     (samples,) = _centered(_check_samples(samples))
     spread = jnp.max(jnp.abs(samples))
     unit = jnp.where(spread > 0, spread, 1.0)
-    n = samples.shape[0]
+    n, dim = samples.shape
     rows, cols = jnp.triu_indices(n, k=1)
-    pairs = _squared_distances(samples / unit, samples / unit)[rows, cols]  # [n (n - 1) / 2]
-    distinct = pairs > 0
+    scaled = samples / unit
+    pairs = _squared_distances(scaled, scaled)[rows, cols]  # [n (n - 1) / 2]
+    # Two equal rows' |x|^2 + |y|^2 - 2 x.y is their rounding, not 0 (measured: up to ~5 eps
+    # (|x|^2 + |y|^2) at d = 1040, growing about as sqrt(d)); read as a distance, with most
+    # rows equal, it was the median (the 1e-6 floor). Pairs within a generous multiple of it
+    # (at d = 1000, 0.6 % of their norms) count as repeated.
+    norms = jnp.sum(scaled * scaled, axis=-1)
+    rounding = 4.0 * math.sqrt(dim) * jnp.finfo(scaled.dtype).eps * (norms[rows] + norms[cols])
+    distinct = pairs > rounding
     count = jnp.sum(distinct)
     rank = (count + 1) // 2  # the lower median is the rank-th smallest
     log_pairs = jnp.log(jnp.where(distinct, pairs, 1.0))

@@ -864,14 +864,14 @@ def test_mine_state_is_namedtuple_and_update_is_pure():
     state = init()
     assert isinstance(state, bounds.MineState)
     assert isinstance(state, tuple) and state._fields == ("log_ema", "count")
-    assert int(state.count) == 0 and float(state.log_ema) == -np.inf
+    assert int(state.count) == 0 and float(state.log_ema) == 0.0  # (not -inf: jax_debug_infs)
     s = _rand_scores(600, 5)
     v1, st1 = update(s, state)
     v2, st2 = update(s, state)
     assert float(v1) == float(v2)
     assert float(st1.log_ema) == float(st2.log_ema) and int(st1.count) == int(st2.count) == 1
     # The input state was not modified.
-    assert int(state.count) == 0 and float(state.log_ema) == -np.inf
+    assert int(state.count) == 0 and float(state.log_ema) == 0.0
     vj, stj = jax.jit(update)(s, state)
     np.testing.assert_allclose(float(vj), float(v1), rtol=1e-6)
     np.testing.assert_allclose(float(stj.log_ema), float(st1.log_ema), rtol=1e-6)
@@ -879,6 +879,19 @@ def test_mine_state_is_namedtuple_and_update_is_pure():
     # After one step with bias correction, EMA_hat is the batch mean itself.
     m1 = math.log(np.mean(np.exp(s[~np.eye(5, dtype=bool)].astype(np.float64))))
     np.testing.assert_allclose(float(st1.log_ema) - math.log1p(-0.9), m1, rtol=1e-5)
+    # A state saved by the earlier init (log_ema -inf at count 0) updates the same way.
+    old = bounds.MineState(jnp.array(-jnp.inf, jnp.float32), jnp.array(0, jnp.int32))
+    assert float(update(s, old)[1].log_ema) == float(st1.log_ema)
+
+
+def test_mine_runs_under_jax_debug_infs():
+    init, update = bounds.mine(decay=0.9)
+    s = _rand_scores(601, 5)
+    with jax.debug_infs(True):
+        state = jax.jit(init)()
+        for _ in range(2):
+            value, state = jax.jit(update)(s, state)
+    np.testing.assert_allclose(float(value), float(bounds.dv(s)), rtol=1e-6)
 
 
 def test_mine_rejects_bad_decay():

@@ -238,6 +238,22 @@ def test_median_bandwidth_skips_repeated_rows():
     assert float(jnp.min(jnp.abs(score.ssge_score(x)[160:]))) > 0.0
 
 
+@pytest.mark.parametrize("dim", [3, 300])
+def test_median_bandwidth_skips_repeated_rows_away_from_the_center(dim):
+    # Equal rows that are not 0 once centred: their |x|^2 + |y|^2 - 2 x.y rounds to ~1e-22
+    # rather than 0; counted as distances, they made the median the 1e-6 floor in 21 of 300
+    # such draws, and SSGE's and Stein's estimates 0 at the distinct rows.
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((40, dim)).astype(np.float32)
+        x[:30] = x[0] + 5.0 * rng.standard_normal(dim).astype(np.float32)  # 30 equal rows
+        want = _numpy_lower_median_distance(x.astype(np.float64))
+        for fn in (score.median_bandwidth, jax.jit(score.median_bandwidth)):
+            np.testing.assert_allclose(fn(x), want, rtol=1e-5, err_msg=f"seed {seed}")
+    for fn in (score.ssge_score, score.stein_score):
+        assert float(jnp.min(jnp.sum(jnp.abs(fn(x)[30:]), axis=1))) > 0.0
+
+
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 def test_half_precision_samples_are_estimated_in_float32(dtype):
     x, _, _ = _correlated_gaussian(2, 64)
