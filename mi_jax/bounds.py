@@ -596,9 +596,9 @@ def mine(*, decay: float = 0.99) -> StatefulBound:
 BOUND_INPUTS = ("u", "log_baseline")
 
 
-# A frozen dataclass, not a NamedTuple (like optax's pairs): a `Bound` is called, and
-# `jax.jit(bound)` needs a weak reference to it, which no tuple takes (jaxlib 0.10 raised a
-# TypeError, then crashed the interpreter on a second try).
+# A frozen dataclass, not a NamedTuple as optax's (init, update) pairs are: a `Bound` is
+# called, and `jax.jit(bound)` needs a weak reference to it, which no tuple takes (jaxlib 0.10
+# raised a TypeError, then crashed the interpreter on a second try).
 @dataclasses.dataclass(frozen=True)
 class Bound:
     """A bound chosen by name, with a uniform interface for trainers.

@@ -119,7 +119,8 @@ def median_bandwidth(samples: ArrayLike, *, scale: float = 1.0) -> Array:
     every score estimate 0, even at the distinct samples).
 
     The median is the lower median (the ``ceil(P/2)``-th smallest of the ``P`` nonzero pairwise
-    distances), found by bisection on the logarithm of the squared distance: 32 vectorized
+    distances; a pair closer than the float's rounding of ``|x|^2 + |y|^2 - 2 x.y`` counts as
+    equal), found by bisection on the logarithm of the squared distance: 32 vectorized
     counting passes (precision relative to the median, about the float's own, whatever the
     largest distance: bisecting the squared distance itself, an outlier at 1e6 among 200
     unit-scale samples read 15.3 for 1.72) instead of a sort, several times faster on XLA:CPU.
