@@ -291,6 +291,18 @@ def test_a_float32_copy_of_the_least_mi_is_that_mi():
             tasks.get_task(name, dim=2).sample(jax.random.key(0), -4e-7, 8)
 
 
+def test_a_float32_copy_of_the_most_mi_is_that_mi():
+    """The same at the top: a float32 copy of a Student-t task's `max_mi` (df 3, dim 20) rounds
+    above it, and was refused as more than the samples carry."""
+    task = tasks.get_task("student_t", dim=20, df=3.0)
+    level = tasks.staircase_mi(0, levels=(task.max_mi,), steps_per_level=1)
+    assert float(level) > task.max_mi  # the case: rounded up
+    x, _ = task.sample(jax.random.key(0), level, 4)
+    assert bool(jnp.all(jnp.isfinite(x)))
+    with pytest.raises(ValueError, match="more than float32 samples"):
+        task.sample(jax.random.key(0), task.max_mi + 1e-3, 4)
+
+
 def test_a_step_beyond_jaxs_integer_is_refused():
     # Without x64 it was cast to int32 and wrapped: step 2**31 read the first level, 2 nats.
     with pytest.raises(ValueError, match="`step` must be at most 2147483647"):
