@@ -140,7 +140,8 @@ def make_eval_fn(
     model: ib.IBModel, num_samples: int, eval_batch: int, seed_axis: bool = False, mesh=None
 ):
     """``evaluate(params [nb, ...], images [M, ...], labels [M], key) -> metrics [nb]``:
-    test error at the posterior mean and with ``num_samples`` codes, mean KL, and two test
+    test error at the posterior mean and with ``num_samples`` codes, mean KL (absent for the
+    deterministic baseline: the caller reports NaN), and two test
     cross-entropies: ``ce_sampled`` of the prediction averaged over the codes (the test log
     loss) and ``ce_single``, ``-log q(y | z)`` averaged over the codes (what ``H(Y) - CE``
     needs to bound ``I(Z; Y)``; `label_entropy`).
@@ -160,21 +161,23 @@ def make_eval_fn(
                 params, data_lib.to_float(x), jax.random.fold_in(key, i), num_samples
             )
 
-        parts = jax.lax.map(chunk, main)
-        parts = [p.reshape(-1, *p.shape[2:]) for p in parts]
+        # (tree maps: the deterministic baseline's `kl` is None)
+        parts = jax.tree.map(lambda p: p.reshape(-1, *p.shape[2:]), jax.lax.map(chunk, main))
         if m < images.shape[0]:
             rest = chunk((images[m:], m // eval_batch))
-            parts = [jnp.concatenate([a, b]) for a, b in zip(parts, rest, strict=True)]
+            parts = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), parts, rest)
         probs_mean, probs_sampled, kl, log_probs_sampled = parts
-        return {
+        metrics = {
             "error_mean": jnp.mean(jnp.argmax(probs_mean, -1) != labels),
             "error_sampled": jnp.mean(jnp.argmax(probs_sampled, -1) != labels),
-            "kl": jnp.mean(kl),
             "ce_sampled": -jnp.mean(
                 jnp.log(jnp.take_along_axis(probs_sampled, labels[:, None], 1) + 1e-12)
             ),
             "ce_single": -jnp.mean(jnp.take_along_axis(log_probs_sampled, labels[:, None], 1)),
         }
+        if kl is not None:
+            metrics["kl"] = jnp.mean(kl)
+        return metrics
 
     every_beta = jax.vmap(one, in_axes=(0, None, None, None))
     if seed_axis:
@@ -379,6 +382,9 @@ def _train_method(
         step += n
         averaged = training.averaged_params(state, config.ema_decay)
         evals = jax.device_get(evaluate(averaged, test_images, test_labels, eval_key))
+        # No rate for the deterministic baseline: NaN, made here (`ib.Prediction`), not on the
+        # device, so that `jax_debug_nans` runs the whole sweep.
+        evals.setdefault("kl", np.full_like(evals["error_mean"], np.nan))
         if validation is not None:
             val = jax.device_get(evaluate(averaged, *validation, eval_key))
             evals["val_error_mean"] = val["error_mean"]

@@ -127,7 +127,9 @@ class Prediction(NamedTuple):
       probs_sampled: ``[B, C]`` the softmax averaged over the sampled codes (the predictive
         distribution; ``H(Y)`` minus its cross-entropy bounds what all the codes together hold
         about ``Y``, not ``I(Z; Y)`` of one code).
-      kl: ``[B]`` ``KL(q(z|x) || N(0, I))`` (NaN for the deterministic baseline).
+      kl: ``[B]`` ``KL(q(z|x) || N(0, I))``; None for the deterministic baseline (no rate:
+        its code is not stochastic; no NaN is made on the device, where ``jax_debug_nans``
+        would stop on it).
       log_probs_sampled: ``[B, C]`` the log-softmax averaged over the sampled codes: minus its
         entry at the label is the single-code cross-entropy ``E_z [-log q(y | z)]``, which gives
         the lower bound ``I(Z; Y) >= H(Y) - CE``.
@@ -281,8 +283,8 @@ class IBModel:
 
         ``images`` ``[B, H, W, C]`` (float), ``labels`` ``[B]`` int. Metrics: ``loss``, ``ce``
         (mean cross-entropy of the sampled codes), ``kl`` (``E KL(q(z|x) || N(0, I))``, an
-        upper bound on ``I(X; Z)``; NaN for the deterministic baseline), ``penalty`` (what ``beta``
-        multiplies: the KL, the MINE bound's value, MIGE's surrogate) and ``accuracy``.
+        upper bound on ``I(X; Z)``; absent for the deterministic baseline), ``penalty`` (what
+        ``beta`` multiplies: the KL, the MINE bound's value, MIGE's surrogate) and ``accuracy``.
 
         A negative or non-finite ``beta`` given as a Python number raises; an array (traced in
         the training step) is not read (`mi_jax._checks.check_weight`).
@@ -299,7 +301,7 @@ class IBModel:
         kl = jnp.mean(gaussian_kl(mu, sigma))
         states = bound_states
         if self.method == "deterministic":
-            kl = jnp.full((), jnp.nan)  # the unused sigma head: no bottleneck, I(X; Z) unbounded
+            kl = None  # the unused sigma head: no bottleneck, I(X; Z) unbounded
             penalty = jnp.zeros(())
             loss = ce
         elif self.method == "vib":
@@ -325,7 +327,9 @@ class IBModel:
             penalty = mige_penalty(z.reshape(-1, z.shape[-1]), sigma, self.score_fn)
             loss = ce + beta * penalty
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels[None, :])
-        metrics = dict(loss=loss, ce=ce, kl=kl, penalty=penalty, accuracy=accuracy)
+        metrics = dict(loss=loss, ce=ce, penalty=penalty, accuracy=accuracy)
+        if kl is not None:
+            metrics["kl"] = kl
         return loss, (metrics, states)
 
     def predict(self, params: PyTree, images: Array, rng: PRNGKey, num_samples: int) -> Prediction:
@@ -337,9 +341,7 @@ class IBModel:
         """
         z, mu, sigma = self.sample(params, images, rng, num_samples)
         logits = self.decoder.apply(params["decoder"], z)  # [S, B, C]
-        kl = gaussian_kl(mu, sigma)
-        if self.method == "deterministic":
-            kl = jnp.full_like(kl, jnp.nan)
+        kl = None if self.method == "deterministic" else gaussian_kl(mu, sigma)
         return Prediction(
             probs_at_mean=jax.nn.softmax(self.decoder.apply(params["decoder"], mu)),
             probs_sampled=jnp.mean(jax.nn.softmax(logits), axis=0),

@@ -124,7 +124,7 @@ def test_vib_at_beta_zero_is_the_deterministic_classifier_objective():
     # ... and beta scales exactly the closed-form KL.
     loss_b, metrics_b, _ = _loss_and_grads(vib, params, states, x, y, key, 0.3)
     np.testing.assert_allclose(loss_b, metrics_b["ce"] + 0.3 * metrics_b["kl"], rtol=1e-6)
-    assert np.isnan(metrics_d["kl"])  # no bottleneck, no rate to report
+    assert "kl" not in metrics_d  # no bottleneck, no rate to report (NaN was made on the device)
     # A sigma that underflows (softplus(raw - 120) < the least float32) stays finite: its
     # log, the KL and the gradients were inf and NaN.
     vib = _model("vib", std_offset=120.0)
@@ -345,6 +345,20 @@ def test_ib_experiment_smoke_and_resume(tmp_path):
     again = ib_experiment.train_and_evaluate(config, workdir)
     assert again["methods"]["vib"]["final"] == results["methods"]["vib"]["final"]
     assert os.path.getmtime(os.path.join(workdir, "checkpoints", "vib")) == mtime
+
+
+def test_the_deterministic_baseline_runs_under_jax_debug_nans(tmp_path):
+    # Its "no rate" KL was a NaN made on the device, which stopped the whole sweep at once
+    # under `jax_debug_nans` ("invalid value (nan) encountered in scan"); it is made on the host.
+    with jax.debug_nans(True):
+        results = ib_experiment.train_and_evaluate(
+            _quick(ib_config, methods=("deterministic",)), str(tmp_path)
+        )
+    (final,) = results["methods"]["deterministic"]["final"]
+    assert np.isnan(final["kl"]) and 0.0 <= final["error_mean"] <= 1.0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["methods"]["deterministic"]["final"][0]["kl"] is None  # JSON's null
+    assert "| nan" in ib_experiment.summary(results) or " nan " in ib_experiment.summary(results)
 
 
 def test_a_method_new_to_a_workdir_may_take_other_betas_there(tmp_path):
