@@ -255,9 +255,10 @@ def _check_mi(mi: ArrayLike, min_mi: float, dim: int) -> None:
     mi = np.asarray(mi).astype(np.float64)
     most = _most_mi(min_mi, dim)
     # (A float32 copy of ``most``, a Student-t task's `Task.max_mi`, may round above it.)
-    if np.any(mi > most * (1 + 4 * np.finfo(np.float32).eps)):
+    over = mi > most * (1 + 4 * np.finfo(np.float32).eps)
+    if np.any(over):
         raise ValueError(
-            f"`mi` of {mi[mi > most].ravel()[:4]} nats is more than {_sample_dtype().name} samples "
+            f"`mi` of {mi[over].ravel()[:4]} nats is more than {_sample_dtype().name} samples "
             f"of width {dim} carry ({max_mi_per_dim():g} nats per coordinate: {most:.6g}; "
             "beyond it y equals x for some pairs, an infinite MI); use a larger `dim`."
         )
