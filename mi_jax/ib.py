@@ -333,8 +333,8 @@ class IBModel:
         return loss, (metrics, states)
 
     def predict(self, params: PyTree, images: Array, rng: PRNGKey, num_samples: int) -> Prediction:
-        """A `Prediction`: ``(probs_at_mean [B, C], probs_sampled [B, C], kl [B],
-        log_probs_sampled [B, C])``.
+        """A `Prediction`: ``(probs_at_mean [B, C], probs_sampled [B, C], kl [B] (None for the
+        deterministic baseline), log_probs_sampled [B, C])``.
 
         ``probs_sampled`` averages the softmax (not the logits) over ``num_samples`` codes
         (Alemi et al. use 12); ``log_probs_sampled`` averages the log-softmax over the same codes.
