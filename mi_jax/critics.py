@@ -8,8 +8,9 @@
 * `InnerProductCritic`: ``f(x, y) = x^T y / temperature`` (no parameters; x and y of equal width).
 * `ConcatCritic`: one MLP on ``[x_i, y_j]`` for all ``batch^2`` pairs; the most expressive and the
   most expensive. ``chunk_size`` evaluates it in row blocks under `jax.checkpoint`, so memory
-  grows linearly in the batch (batch 1024 in a few hundred MB), with the same scores (bit for
-  bit) and the same gradients up to float rounding (~1e-6: the backward pass sums in blocks).
+  grows linearly in the batch (batch 1024 in a few hundred MB), with the same scores up to an
+  ulp (XLA may fuse a block's matmuls differently: ~6e-8 at scores of order 1) and the same
+  gradients up to float rounding (~1e-6: the backward pass sums in blocks).
 * `PairMLP`: a scalar network on the joint pairs only (FLO's ``u(x, y)``), ``[batch]``.
 * `BaselineMLP`: a scalar network on ``y`` (TUBA's learned log baseline ``log a(y)``), ``[batch]``.
 
