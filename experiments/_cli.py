@@ -1,8 +1,11 @@
 """The experiments' command line: ``--config`` / ``--workdir`` flags, config files and presets,
 overrides, and the one-line messages of bad settings (`run_experiment`)."""
 
+import contextlib
 import os
+import socket
 import sys
+import time
 
 from experiments._common import config_checks, is_map
 
@@ -88,8 +91,10 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
                 check_workdir(workdir)
                 if prepare is not None:
                     prepare(config.value)
-            parallel.initialize_distributed()
-            train_and_evaluate(config.value, workdir)
+            # (The processes of one multi-process job share the workdir by design.)
+            distributed = parallel.initialize_distributed()
+            with contextlib.nullcontext() if distributed else workdir_lock(workdir):
+                train_and_evaluate(config.value, workdir)
         except KeyboardInterrupt:  # (the experiment's own `finally` blocks have run)
             print(
                 f"\n{name}: interrupted; what it wrote, if anything, stays in {workdir} "
@@ -196,6 +201,81 @@ def check_workdir(workdir: str) -> None:
         raise ValueError(f"--workdir {workdir!r}: {path!r} is a file, not a directory.")
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"--workdir {workdir!r}: {path!r} is not writable.")
+
+
+class WorkdirBusyError(RuntimeError):
+    """The workdir is in use by another run (`workdir_lock`)."""
+
+    bad_setting = True  # `run_experiment` prints its message alone
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """Holds an exclusive lock (`fcntl.flock`) on ``WORKDIR/.lock`` while a run uses it.
+
+    A second run in the same workdir meanwhile (the same command started twice, tasks of a job
+    array given one ``--workdir``) is refused at once, a `WorkdirBusyError` naming the first
+    one's process and host, instead of interleaving its metrics rows, results and checkpoints
+    with the first run's (before: both ran, and one removed the other's checkpoint in flight).
+    The operating system frees the lock when the process ends, however it ends, so a killed
+    run's workdir takes the next run. The lock file goes at the end, and so does the workdir
+    if this made it and nothing was written there. Where the filesystem has no locks (a
+    warning says so) or Python no `fcntl` (Windows), runs go unguarded.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    made = not os.path.exists(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_FILE)
+    lock = None
+    while fcntl is not None and lock is None:
+        f = open(path, "a+")  # noqa: SIM115 - closed below
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process"
+            f.close()
+            raise WorkdirBusyError(
+                f"--workdir {workdir!r} is in use by another run ({holder}); wait for it to "
+                "end, or give another --workdir."
+            ) from None
+        except OSError as e:  # no locks here (some network filesystems)
+            f.close()
+            print(
+                f"warning: {workdir} cannot be locked ({e}): another run started there "
+                "meanwhile would not be refused.",
+                file=sys.stderr,
+            )
+            break
+        try:  # the file this locked is still the one at `path`, not one a run ending removed
+            current = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            lock = f
+        else:
+            f.close()
+    if lock is not None:
+        lock.seek(0)
+        lock.truncate()
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n")
+        lock.flush()
+    try:
+        yield
+    finally:
+        if lock is not None:
+            os.remove(path)  # (while locked: a run starting now locks a new file)
+            lock.close()
+        if made:
+            with contextlib.suppress(OSError):  # (not empty: the run wrote there)
+                os.rmdir(workdir)
 
 
 def _config_arg(argv: list[str]) -> str | None:

@@ -7,7 +7,9 @@ import csv
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -328,6 +330,46 @@ def checkpoint_manager(path: str, keep: int = 1):
     )
 
 
+def save_checkpoint(manager, step: int, state, *, wait: bool = False) -> None:
+    """Saves ``state`` as the checkpoint at ``step`` (``wait``: until it is written; else the
+    manager finishes it in the background), with Ctrl-C held back until the save has started:
+    an interrupt inside Orbax's `save` left its threads half started, and the run's one-line
+    message came with dozens of tracebacks from them. A second Ctrl-C stops at once."""
+    import orbax.checkpoint as ocp
+
+    with deferred_interrupt("a checkpoint"):
+        manager.save(step, args=ocp.args.StandardSave(state))
+        if wait:
+            manager.wait_until_finished()
+
+
+@contextlib.contextmanager
+def deferred_interrupt(what: str):
+    """Runs the block with Ctrl-C (SIGINT) held back, then delivers it (to the handler it had:
+    Python's raises `KeyboardInterrupt` after the block); a second one is delivered at once.
+    Only the main thread handles signals: elsewhere the block runs as it is."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    caught = []
+
+    def hold(signum, frame):
+        if caught:  # the second Ctrl-C: now
+            signal.signal(signal.SIGINT, previous)
+            signal.raise_signal(signal.SIGINT)
+        caught.append(signum)
+        print(f"\nwriting {what}: stopping after it (Ctrl-C again stops now).", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        signal.raise_signal(signal.SIGINT)
+
+
 def latest_checkpoint_step(path: str) -> int:
     """The step of the latest finished checkpoint in the folder ``path`` (0: none), read from
     the folder's names: it creates nothing (a bad config found later leaves the workdir as it
@@ -440,23 +482,45 @@ def writes_files() -> bool:
     return jax.process_index() == 0
 
 
-def write_json(path: str, data) -> None:
-    """Writes atomically (temp file, then rename), so a crash never leaves half a file."""
+def write_json(path: str, data, *, exclusive: bool = False) -> None:
+    """Writes atomically (temp file, then rename), so a crash never leaves half a file.
+
+    ``exclusive``: never over an existing file, one that appeared while the data were computed
+    included: a `FileExistsError` then (`_replacing`).
+    """
     if not writes_files():
         return
-    with _replacing(path) as tmp, open(tmp, "w") as f:
+    with _replacing(path, exclusive=exclusive) as tmp, open(tmp, "w") as f:
         json.dump(to_builtin(data), f, indent=2, allow_nan=False)
         f.write("\n")
 
 
 @contextlib.contextmanager
-def _replacing(path: str):
+def _replacing(path: str, *, exclusive: bool = False):
     """Yields a temp path to write; on success it replaces ``path`` (an atomic rename), on any
-    error it is removed: no half-written file, none left beside the old one."""
-    tmp = path + ".tmp"
+    error it is removed: no half-written file, none left beside the old one. The temp name is
+    the process's and thread's own: two writers of one file do not write into each other's.
+
+    ``exclusive``: the temp file is linked to ``path`` instead, which fails where ``path``
+    exists (a `FileExistsError`; where the filesystem has no hard links, such as a FUSE mount,
+    an existence check before the rename, which two writers at once may both pass).
+    """
+    tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
     try:
         yield tmp
-        os.replace(tmp, path)
+        if not exclusive:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise FileExistsError(f"{path} exists; it is not overwritten.") from None
+        except OSError:  # no hard links here
+            if os.path.exists(path):
+                raise FileExistsError(f"{path} exists; it is not overwritten.") from None
+            os.replace(tmp, path)
+        else:
+            os.remove(tmp)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

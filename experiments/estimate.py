@@ -169,10 +169,17 @@ def main(argv):
     if any(result.rank_columns.values()):
         print(f"Columns ranked (heavy tails or a point mass; --standardize): {result.rank_columns}")
     if json_path:
-        _common.write_json(
-            json_path,
-            {f.name: getattr(result, f.name) for f in dataclasses.fields(result)},
-        )
+        try:
+            _common.write_json(
+                json_path,
+                {f.name: getattr(result, f.name) for f in dataclasses.fields(result)},
+                exclusive=True,
+            )
+        except FileExistsError:  # written by another process while this one trained
+            raise SystemExit(
+                f"estimate: --json {_JSON.value!r} appeared while this estimate ran (another "
+                "run's?); it is not overwritten, and the estimate above is not saved."
+            ) from None
 
 
 if __name__ == "__main__":

@@ -413,8 +413,7 @@ def _train_method(
         # checkpoint at the last step had no evaluation and an earlier one was reported).
         clock.append([step, train_s])
         on_eval(method, history, complete=step >= num_steps, train_s=train_s, train_s_by_step=clock)
-        manager.save(step, args=ocp.args.StandardSave(state))
-        manager.wait_until_finished()
+        _common.save_checkpoint(manager, step, state, wait=True)
         progress.update(n)
         # The latest epoch's test error of the best beta, its mean over the seeds (the table
         # picks epochs on validation). The method is in the bar's description.

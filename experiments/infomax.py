@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from experiments import _cli, _common
@@ -361,7 +360,7 @@ def train_and_evaluate(
             progress.update(n)
             progress.set_postfix(loss=f"{row['loss']:.3f}")
             if step % config.checkpoint_every == 0 or step == config.num_steps:
-                manager.save(step, args=ocp.args.StandardSave(state))
+                _common.save_checkpoint(manager, step, state)
             if step % config.eval_every == 0 and step < config.num_steps:
                 acc = log_eval(step)
                 progress.set_postfix(

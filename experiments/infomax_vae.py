@@ -33,7 +33,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from experiments import _cli, _common
@@ -368,8 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
             clock.append([step, train_s])
             results.update(history=history, train_s=train_s, train_s_by_step=clock)
             _common.write_json(results_path, results)
-            manager.save(step, args=ocp.args.StandardSave(state))
-            manager.wait_until_finished()
+            _common.save_checkpoint(manager, step, state, wait=True)
             progress.update(n)
             progress.set_postfix(
                 elbo=" ".join(

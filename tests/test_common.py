@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -70,6 +71,101 @@ def test_json_files_are_strict_json_with_null_for_non_finite_values(tmp_path):
     row = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=refuse)
     assert row == {"loss": None, "step": 3, "run": 1}
     assert math.isnan(_common.number(read["nan"])) and _common.number(read["row"][0]) == 1.5
+
+
+def test_an_exclusive_json_write_never_replaces_a_file_with_or_without_hard_links(
+    tmp_path, monkeypatch
+):
+    # `estimate --json`: before, a file another run wrote while this one trained was replaced.
+    path = str(tmp_path / "out.json")
+    _common.write_json(path, {"mi": 1.0}, exclusive=True)
+    for links in (True, False):
+        if not links:  # a filesystem without hard links (a FUSE mount such as Google Drive's)
+            monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(PermissionError()))
+        with pytest.raises(FileExistsError, match="out.json exists; it is not overwritten"):
+            _common.write_json(path, {"mi": 2.0}, exclusive=True)
+        assert json.loads((tmp_path / "out.json").read_text()) == {"mi": 1.0}
+        _common.write_json(str(tmp_path / f"new_{links}.json"), {"mi": 3.0}, exclusive=True)
+        assert json.loads((tmp_path / f"new_{links}.json").read_text()) == {"mi": 3.0}
+    _common.write_json(path, {"mi": 4.0})  # not exclusive: replaced
+    assert json.loads((tmp_path / "out.json").read_text()) == {"mi": 4.0}
+    assert sorted(os.listdir(tmp_path)) == ["new_False.json", "new_True.json", "out.json"]
+
+
+def test_a_run_in_a_workdir_in_use_is_refused_and_a_killed_runs_workdir_is_free(tmp_path):
+    # Before: two runs in one workdir both ran, their metrics rows interleaved under one run
+    # number, and one's checkpoint manager removed the other's checkpoint in flight.
+    workdir = tmp_path / "run"
+    code = (
+        "import sys, time\n"
+        "from experiments import _cli\n"
+        "with _cli.workdir_lock(sys.argv[1]):\n"
+        "    print('locked', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(workdir)], cwd=_ROOT, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        out = _command_line(
+            "-m", "experiments.staircase", "--config", "configs/staircase.py:quick",
+            "--workdir", str(workdir),
+        )  # fmt: skip
+        assert out.returncode == 1, out.stderr[-2000:]
+        assert (
+            f"staircase: --workdir {str(workdir)!r} is in use by another run (pid {holder.pid} on "
+        ) in out.stderr
+        assert "Traceback" not in out.stderr
+        assert os.listdir(workdir) == [".lock"]  # the refused run wrote nothing
+        busy = pytest.raises(_cli.WorkdirBusyError, match=f"pid {holder.pid} on")
+        with busy, _cli.workdir_lock(str(workdir)):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    # The system frees a killed run's lock: the next run takes the workdir.
+    with _cli.workdir_lock(str(workdir)):
+        assert (workdir / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
+        (workdir / "results.json").write_text("{}")
+    assert os.listdir(workdir) == ["results.json"]  # the lock file goes, the results stay
+    with _cli.workdir_lock(str(tmp_path / "fresh")):
+        pass
+    assert not (tmp_path / "fresh").exists()  # made for a run that wrote nothing: removed
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_waits_for_a_checkpoints_save_to_start_and_twice_stops_at_once(presses):
+    # Before: Ctrl-C inside Orbax's `save` left its threads half started, and the one-line
+    # message came with dozens of tracebacks from them.
+    code = (
+        "import os, signal, time\n"
+        "from experiments import _common\n"
+        "class Manager:\n"
+        "    def save(self, step, args):\n"
+        f"        for _ in range({presses}):\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "            time.sleep(0.2)\n"
+        "        print('saved', step, type(args).__name__, flush=True)\n"
+        "    def wait_until_finished(self):\n"
+        "        print('finished', flush=True)\n"
+        "try:\n"
+        "    _common.save_checkpoint(Manager(), 7, {'w': 1.0}, wait=True)\n"
+        "    print('went on', flush=True)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGINT)  # Python's own handler again\n"
+    )
+    out = _command_line("-c", code)
+    # (Python's handler is back: the last Ctrl-C ends the process as Python does, by SIGINT.)
+    assert out.returncode == -signal.SIGINT and out.stderr.rstrip().endswith("KeyboardInterrupt")
+    assert "writing a checkpoint: stopping after it (Ctrl-C again stops now)." in out.stderr
+    if presses == 1:
+        assert out.stdout.split("\n")[:3] == ["saved 7 StandardSaveArgs", "finished", "interrupted"]
+    else:
+        assert out.stdout.split("\n")[:1] == ["interrupted"]
 
 
 def test_train_time_until_a_checkpoint_counts_only_the_chunks_before_it():

@@ -473,6 +473,37 @@ def test_cli_refuses_a_json_path_it_cannot_write_before_training(tmp_path, gauss
     assert (tmp_path / "pairs.npz").read_bytes() == data_bytes
 
 
+def test_cli_keeps_a_json_file_that_appeared_while_it_trained(tmp_path, gaussian_2d):
+    # Two estimates given one --json at once: before, both passed the check made before
+    # training, and the second to finish replaced the first's result without a word.
+    np.savez(tmp_path / "pairs.npz", x=gaussian_2d[0][:500], y=gaussian_2d[1][:500])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import sys\n"
+        "from absl import app\n"
+        "from experiments import estimate\n"
+        "trained = estimate.run\n"
+        "def run(*args, **kwargs):  # another process writes the file meanwhile\n"
+        "    result = trained(*args, **kwargs)\n"
+        "    open('out.json', 'w').write('{\"other\": 1}')\n"
+        "    return result\n"
+        "estimate.run = run\n"
+        "sys.argv = ['estimate', '--data', 'pairs.npz', '--json', 'out.json']\n"
+        "sys.argv += ['--max_steps', '20']\n"
+        "app.run(estimate.main)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"), timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "I(X;Y)" in out.stdout  # printed, so not lost
+    assert "--json 'out.json' appeared while this estimate ran" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert (tmp_path / "out.json").read_text() == '{"other": 1}'
+    assert sorted(os.listdir(tmp_path)) == ["out.json", "pairs.npz"]  # no temp file left
+
+
 def test_cli_bad_settings_are_usage_errors_and_test_fraction_is_a_flag(tmp_path, gaussian_2d):
     # Before: a 19-line traceback ending in the ValueError; and the error for few samples
     # asked for a larger `test_fraction`, which the CLI had no flag for.
@@ -644,6 +675,26 @@ def test_a_bound_registered_again_is_not_served_from_the_program_cache(monkeypat
     again = mi_jax.estimate_mi(x[:600], y[:600], **kwargs)
     assert again.mi != first.mi
     np.testing.assert_allclose(again.train_curve[0], 0.5 * first.train_curve[0], rtol=1e-4)
+
+
+def test_a_call_under_another_matmul_precision_is_not_served_from_the_program_cache(
+    monkeypatch, gaussian_2d
+):
+    # Before: the programs cached by a default-precision call served a later call under
+    # `jax.default_matmul_precision("highest")` (on a GPU, TF32 matmuls the user had turned off).
+    programs = []
+    compiled = estimate_lib._compiled_fit
+    monkeypatch.setattr(
+        estimate_lib, "_compiled_fit", lambda spec: programs.append(compiled(spec)) or programs[-1]
+    )
+    x, y = gaussian_2d
+    kwargs = dict(max_steps=20, eval_every=10, critic_hparams={"hidden": (8,)})
+    mi_jax.estimate_mi(x[:400], y[:400], **kwargs)
+    with jax.default_matmul_precision("highest"):
+        mi_jax.estimate_mi(x[:400], y[:400], **kwargs)
+    default, highest = (p[1].as_text() for p in programs)
+    assert "operand_precision={highest,highest}" not in default
+    assert "operand_precision={highest,highest}" in highest
 
 
 def test_seeds_share_the_held_out_memory(monkeypatch):
