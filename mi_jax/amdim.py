@@ -465,7 +465,7 @@ class AMDIMObjective:
             ("ab", (feats_a, feats_b), loc_keys[0]),
             ("ba", (feats_b, feats_a), loc_keys[1]),
         ):
-            locations = jax.random.randint(k, (batch,), 0, num5)
+            locations = jax.random.randint(k, (batch,), 0, num5, jnp.int32)
             scores = critic.apply(params["critic"], fa, fb, locations)
             for pred, s in scores.items():
                 name = f"{pred}_{direction}"

@@ -532,8 +532,8 @@ def random_crop(key: PRNGKey, image: ArrayLike, *, padding: int) -> Array:
         return image
     h, w, c = image.shape
     padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)))
-    top, left = jax.random.randint(key, (2,), 0, 2 * padding + 1)
-    return jax.lax.dynamic_slice(padded, (top, left, 0), (h, w, c))
+    top, left = jax.random.randint(key, (2,), 0, 2 * padding + 1, jnp.int32)
+    return jax.lax.dynamic_slice(padded, (top, left, jnp.int32(0)), (h, w, c))
 
 
 def random_resized_crop(
@@ -566,12 +566,12 @@ def random_resized_crop(
     rlo, rhi = _check_range(ratio, "ratio")
     h, w, _ = image.shape
     k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
-    area = jax.random.uniform(k_area, (), minval=lo, maxval=hi)
-    log_r = jax.random.uniform(k_ratio, (), minval=math.log(rlo), maxval=math.log(rhi))
+    area = jax.random.uniform(k_area, (), jnp.float32, minval=lo, maxval=hi)
+    log_r = jax.random.uniform(k_ratio, (), jnp.float32, math.log(rlo), math.log(rhi))
     frac_h = jnp.minimum(jnp.sqrt(area / jnp.exp(log_r)), 1.0)
     frac_w = jnp.minimum(jnp.sqrt(area * jnp.exp(log_r)), 1.0)
-    top = jax.random.uniform(k_top, ()) * (1.0 - frac_h) * h
-    left = jax.random.uniform(k_left, ()) * (1.0 - frac_w) * w
+    top = jax.random.uniform(k_top, (), jnp.float32) * (1.0 - frac_h) * h
+    left = jax.random.uniform(k_left, (), jnp.float32) * (1.0 - frac_w) * w
     # Output pixel x samples input pixel (x - translation) / scale: the window [top, top +
     # frac_h h) stretched over [0, h).
     scale_hw = jnp.stack([1.0 / frac_h, 1.0 / frac_w])
@@ -596,7 +596,7 @@ def random_grayscale(key: PRNGKey, image: ArrayLike, *, p: float) -> Array:
     if image.shape[-1] == 1 or p == 0:
         return image
     gray = jnp.broadcast_to(_grayscale(image), image.shape)
-    return jnp.where(jax.random.bernoulli(key, p), gray, image)
+    return jnp.where(jax.random.bernoulli(key, jnp.float32(p)), gray, image)
 
 
 def _check_range(pair, name: str, upper: float | None = None) -> tuple[float, float]:
@@ -615,7 +615,7 @@ def random_flip(key: PRNGKey, image: ArrayLike) -> Array:
     """Flips ``image`` ``[H, W, C]`` left-right with probability 1/2; returns ``[H, W, C]``."""
     _checks.check_key(key, "key")
     image = _check_image(image)
-    return jnp.where(jax.random.bernoulli(key), image[:, ::-1, :], image)
+    return jnp.where(jax.random.bernoulli(key, jnp.float32(0.5)), image[:, ::-1, :], image)
 
 
 # ITU-R BT.601 luma weights, as in torchvision's and TensorFlow's rgb_to_grayscale.
@@ -643,7 +643,7 @@ def _grayscale(image: Array) -> Array:
 
 def _factor(key: PRNGKey, strength: float) -> Array:
     """A blend factor uniform in ``[max(0, 1 - strength), 1 + strength]``."""
-    return jax.random.uniform(key, (), minval=max(0.0, 1.0 - strength), maxval=1.0 + strength)
+    return jax.random.uniform(key, (), jnp.float32, max(0.0, 1.0 - strength), 1.0 + strength)
 
 
 def color_jitter(

@@ -185,9 +185,9 @@ def sample_prior(key: PRNGKey, shape: tuple[int, ...], prior: str) -> Array:
     """Samples of the prior: ``U[0, 1]`` (``"uniform"``) or ``N(0, I)`` (``"gaussian"``)."""
     _checks.check_key(key, "key")
     if prior == "uniform":
-        return jax.random.uniform(key, shape)
+        return jax.random.uniform(key, shape, jnp.float32)
     if prior == "gaussian":
-        return jax.random.normal(key, shape)
+        return jax.random.normal(key, shape, jnp.float32)
     raise ValueError(f"`prior` must be one of {PRIORS}, got {prior!r}.")
 
 

@@ -126,7 +126,10 @@ def check_batch_size(batch_size: int, mesh: Mesh, name: str = "config.batch_size
     if batch_size % n:
         raise ValueError(
             f"`{name}` ({batch_size}) must be a multiple of the number of devices ({n}) for "
-            f"data parallelism; use a multiple of {n}, or fewer devices."
+            f"data parallelism; use a multiple of {n}, or fewer devices (a run resumed on "
+            "another machine keeps its batch size): CUDA_VISIBLE_DEVICES on GPUs, "
+            "TPU_VISIBLE_CHIPS on TPUs, --xla_force_host_platform_device_count in XLA_FLAGS on "
+            "the CPU."
         )
 
 

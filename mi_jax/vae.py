@@ -197,5 +197,5 @@ class InfoMaxVAE:
     def generate(self, params: PyTree, rng: PRNGKey, num: int) -> Array:
         """Decoder means at ``num`` prior samples, ``[num, H, W, C]``."""
         _checks.check_key(rng, "rng")
-        z = jax.random.normal(rng, (num, self.latent_dim))
+        z = jax.random.normal(rng, (num, self.latent_dim), jnp.float32)
         return jax.nn.sigmoid(self.decoder.apply(params["decoder"], z))

@@ -577,3 +577,47 @@ def test_augmentations_keep_the_images_dtype():
         data.color_jitter(key, image, brightness=0.4, contrast=0.4, saturation=0.4),
     ):
         assert out.dtype == jnp.bfloat16 and out.shape == image.shape
+
+
+def test_augmentations_prior_and_amdim_draw_the_same_numbers_under_x64():
+    # Before: under `jax_enable_x64` these drew 64-bit numbers from the same keys, so an
+    # InfoMax or AMDIM run under JAX_ENABLE_X64=1 was another run (InfoMax's loss at step 8
+    # 1.3551 against 1.3311), and a run resumed across the mode went on silently with other noise
+    # (random_crop then failed outright: int32 offsets beside a 64-bit zero).
+    from mi_jax import amdim, dim, vae
+
+    key, rng = jax.random.key(4), np.random.default_rng(0)
+    image = rng.uniform(size=(8, 8, 3)).astype(np.float32)
+    encoder = amdim.MultiScaleEncoder(stem_width=4, widths=(6, 5, 3))
+    objective = amdim.AMDIMObjective(encoder=encoder, critic_hidden=8, embed_dim=4)
+    images = rng.uniform(size=(4, 8, 8, 1)).astype(np.float32)
+    params, states = objective.init(jax.random.key(1), images)
+    model = vae.InfoMaxVAE(latent_dim=3, encoder_hparams=(("hidden", (8,)),), decoder_hidden=(8,))
+    vae_params = model.init(jax.random.key(2), images)[0]
+    view = dict(crop_scale=(0.35, 1.0), crop_ratio=(0.75, 4 / 3), flip=True, grayscale=0.25)
+    view.update(brightness=0.4, contrast=0.4, saturation=0.4)
+    draws = {
+        "crop": lambda: data.random_crop(key, image, padding=2),
+        "resized_crop": lambda: data.random_resized_crop(key, image),
+        "grayscale": lambda: data.random_grayscale(key, image, p=0.5),
+        "flip": lambda: data.random_flip(key, image),
+        "jitter": lambda: data.color_jitter(
+            key, image, brightness=0.4, contrast=0.4, saturation=0.4
+        ),
+        "augment_batch": lambda: data.augment_batch(
+            key, image[None].repeat(3, 0), crop_padding=2, flip=True, brightness=0.4
+        ),
+        "uniform_prior": lambda: dim.sample_prior(key, (5, 3), "uniform"),
+        "gaussian_prior": lambda: dim.sample_prior(key, (5, 3), "gaussian"),
+        "amdim_views": lambda: jnp.stack(
+            amdim.augment_views(key, image[None].repeat(3, 0), **view)
+        ),
+        "amdim_loss": lambda: jax.jit(objective.loss)(params, states, images, key)[0],
+        "vae_samples": lambda: model.generate(vae_params, key, 4),
+    }
+    float32_mode = {name: np.asarray(draw()) for name, draw in draws.items()}
+    with jax.enable_x64(True):
+        x64_mode = {name: np.asarray(draw()) for name, draw in draws.items()}
+    for name, value in float32_mode.items():
+        assert x64_mode[name].dtype == value.dtype, name
+        np.testing.assert_allclose(x64_mode[name], value, rtol=1e-6, atol=1e-6, err_msg=name)
