@@ -582,8 +582,8 @@ def test_augmentations_keep_the_images_dtype():
 def test_augmentations_prior_and_amdim_draw_the_same_numbers_under_x64():
     # Before: under `jax_enable_x64` these drew 64-bit numbers from the same keys, so an
     # InfoMax or AMDIM run under JAX_ENABLE_X64=1 was another run (InfoMax's loss at step 8
-    # 1.3551 against 1.3311), and a run resumed across the mode went on silently with other noise
-    # (random_crop then failed outright: int32 offsets beside a 64-bit zero).
+    # 1.3551 against 1.3311), and a run resumed across the mode went on silently with other
+    # noise. (random_crop's int32 offsets need a 32-bit zero beside them under x64.)
     from mi_jax import amdim, dim, vae
 
     key, rng = jax.random.key(4), np.random.default_rng(0)
