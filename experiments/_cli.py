@@ -209,32 +209,58 @@ class WorkdirBusyError(RuntimeError):
     bad_setting = True  # `run_experiment` prints its message alone
 
 
-LOCK_FILE = ".lock"
+LOCK_FILE = ".mi_jax_run.lock"
 
 
 @contextlib.contextmanager
 def workdir_lock(workdir: str):
-    """Holds an exclusive lock (`fcntl.flock`) on ``WORKDIR/.lock`` while a run uses it.
+    """Holds an exclusive lock (`fcntl.flock`) on ``WORKDIR/.mi_jax_run.lock`` while a command
+    line run (`run_experiment`) uses the workdir.
 
     A second run in the same workdir meanwhile (the same command started twice, tasks of a job
     array given one ``--workdir``) is refused at once, a `WorkdirBusyError` naming the first
     one's process and host, instead of interleaving its metrics rows, results and checkpoints
     with the first run's (before: both ran, and one removed the other's checkpoint in flight).
     The operating system frees the lock when the process ends, however it ends, so a killed
-    run's workdir takes the next run. The lock file goes at the end, and so does the workdir
-    if this made it and nothing was written there. Where the filesystem has no locks (a
-    warning says so) or Python no `fcntl` (Windows), runs go unguarded.
+    run's workdir takes the next run. The lock file goes at the end, and so do the folders this
+    made for the workdir where nothing was written there. Where the filesystem has no locks (a
+    warning says so) or Python no `fcntl` (Windows), runs go unguarded. (An experiment's
+    ``train_and_evaluate`` called from Python takes no lock.)
     """
+    made = []  # the folders this makes, deepest first
+    folder = os.path.abspath(workdir)
+    while not os.path.exists(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    lock = _locked_file(workdir)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            with contextlib.suppress(FileNotFoundError):  # (removed by hand meanwhile)
+                os.remove(lock.name)  # (while locked: a run starting now locks a new file)
+            lock.close()
+        for folder in made:
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty: the run wrote there
+                break
+
+
+def _locked_file(workdir: str):
+    """The workdir's lock file (the folders made as needed), open and locked, naming this
+    process; None where there are no locks. A `WorkdirBusyError` where another run holds it."""
     try:
         import fcntl
     except ImportError:
-        fcntl = None
-    made = not os.path.exists(workdir)
-    os.makedirs(workdir, exist_ok=True)
+        return None
     path = os.path.join(workdir, LOCK_FILE)
-    lock = None
-    while fcntl is not None and lock is None:
-        f = open(path, "a+")  # noqa: SIM115 - closed below
+    while True:
+        os.makedirs(workdir, exist_ok=True)
+        try:
+            f = open(path, "a+")  # noqa: SIM115 - returned, or closed below
+        except FileNotFoundError:  # the folder removed meanwhile by a run ending
+            continue
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -247,35 +273,26 @@ def workdir_lock(workdir: str):
             ) from None
         except OSError as e:  # no locks here (some network filesystems)
             f.close()
+            with contextlib.suppress(OSError):
+                os.remove(path)
             print(
                 f"warning: {workdir} cannot be locked ({e}): another run started there "
                 "meanwhile would not be refused.",
                 file=sys.stderr,
             )
-            break
+            return None
         try:  # the file this locked is still the one at `path`, not one a run ending removed
-            current = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
+                break
         except FileNotFoundError:
-            current = False
-        if current:
-            lock = f
-        else:
-            f.close()
-    if lock is not None:
-        lock.seek(0)
-        lock.truncate()
-        since = time.strftime("%Y-%m-%d %H:%M:%S")
-        lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n")
-        lock.flush()
-    try:
-        yield
-    finally:
-        if lock is not None:
-            os.remove(path)  # (while locked: a run starting now locks a new file)
-            lock.close()
-        if made:
-            with contextlib.suppress(OSError):  # (not empty: the run wrote there)
-                os.rmdir(workdir)
+            pass
+        f.close()
+    f.seek(0)
+    f.truncate()
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n")
+    f.flush()
+    return f
 
 
 def _config_arg(argv: list[str]) -> str | None:

@@ -332,9 +332,10 @@ def checkpoint_manager(path: str, keep: int = 1):
 
 def save_checkpoint(manager, step: int, state, *, wait: bool = False) -> None:
     """Saves ``state`` as the checkpoint at ``step`` (``wait``: until it is written; else the
-    manager finishes it in the background), with Ctrl-C held back until the save has started:
+    manager finishes it in the background), with Ctrl-C held back until the save call returns:
     an interrupt inside Orbax's `save` left its threads half started, and the run's one-line
-    message came with dozens of tracebacks from them. A second Ctrl-C stops at once."""
+    message came with dozens of tracebacks from them (and the manager's `close` waited for the
+    save all the same)."""
     import orbax.checkpoint as ocp
 
     with deferred_interrupt("a checkpoint"):
@@ -345,21 +346,21 @@ def save_checkpoint(manager, step: int, state, *, wait: bool = False) -> None:
 
 @contextlib.contextmanager
 def deferred_interrupt(what: str):
-    """Runs the block with Ctrl-C (SIGINT) held back, then delivers it (to the handler it had:
-    Python's raises `KeyboardInterrupt` after the block); a second one is delivered at once.
-    Only the main thread handles signals: elsewhere the block runs as it is."""
+    """Runs the block with Ctrl-C (SIGINT) held back, then delivers it to the handler it had
+    (Python's raises `KeyboardInterrupt` after the block). An error raised in the block goes on
+    as it is, a held Ctrl-C dropped (the error stops the run). Only the main thread handles
+    signals: elsewhere, and where Ctrl-C is ignored, the block runs as it is."""
     previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or previous is None:
+    main = threading.current_thread() is threading.main_thread()
+    if not main or previous in (None, signal.SIG_IGN):
         yield
         return
     caught = []
 
     def hold(signum, frame):
-        if caught:  # the second Ctrl-C: now
-            signal.signal(signal.SIGINT, previous)
-            signal.raise_signal(signal.SIGINT)
+        if not caught:
+            print(f"\nwriting {what}: stopping after it.", file=sys.stderr)
         caught.append(signum)
-        print(f"\nwriting {what}: stopping after it (Ctrl-C again stops now).", file=sys.stderr)
 
     signal.signal(signal.SIGINT, hold)
     try:

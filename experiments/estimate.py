@@ -125,7 +125,7 @@ def main(argv):
             raise SystemExit(f"estimate: --json {_JSON.value!r}: its directory does not exist.")
         if os.path.isdir(json_path) or not os.access(folder, os.W_OK):
             raise SystemExit(f"estimate: --json {_JSON.value!r}: not a file that can be written.")
-        if os.path.exists(json_path):  # an earlier result, or the --data file itself
+        if os.path.lexists(json_path):  # an earlier result, the --data file, a symbolic link
             raise SystemExit(
                 f"estimate: --json {_JSON.value!r} exists; it is not overwritten: give a new "
                 "path or remove it."

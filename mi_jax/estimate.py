@@ -280,7 +280,14 @@ def estimate_mi(
         mesh=mesh if devices > 1 else None,
         device=None if devices > 1 else mesh.devices.flat[0],
         registrations=_checks.registrations(),
-        trace_settings=(jax.config.jax_default_matmul_precision, jax.config.jax_default_prng_impl),
+        trace_settings=tuple(
+            getattr(jax.config, name)
+            for name in (
+                "jax_default_matmul_precision",
+                "jax_default_prng_impl",
+                "jax_threefry_partitionable",
+            )
+        ),
     )
     # Traced and run in float32 mode whatever `jax_enable_x64` says (the data are float32):
     # under x64 Adam's bias correction ran in float64, another estimate from the same data, and
@@ -753,9 +760,10 @@ class _FitSpec:
     # Registrations so far: a bound or critic registered again under its name (override=True)
     # gets new programs, not the cached ones.
     registrations: int = 0
-    # JAX settings read while tracing (`jax.default_matmul_precision`, the PRNG implementation):
-    # a call under other ones gets its own programs, as `jax.jit` would (before, the cached
-    # default-precision programs served a call under "highest").
+    # JAX settings read while tracing that change the numbers (`jax.default_matmul_precision`,
+    # the PRNG implementation and its partitionable mode): a call under other ones gets its own
+    # programs, as `jax.jit` would (before, the cached default-precision programs served a call
+    # under "highest").
     trace_settings: tuple = ()
 
 

@@ -118,7 +118,7 @@ def test_a_run_in_a_workdir_in_use_is_refused_and_a_killed_runs_workdir_is_free(
             f"staircase: --workdir {str(workdir)!r} is in use by another run (pid {holder.pid} on "
         ) in out.stderr
         assert "Traceback" not in out.stderr
-        assert os.listdir(workdir) == [".lock"]  # the refused run wrote nothing
+        assert os.listdir(workdir) == [_cli.LOCK_FILE]  # the refused run wrote nothing
         busy = pytest.raises(_cli.WorkdirBusyError, match=f"pid {holder.pid} on")
         with busy, _cli.workdir_lock(str(workdir)):
             pass
@@ -128,16 +128,35 @@ def test_a_run_in_a_workdir_in_use_is_refused_and_a_killed_runs_workdir_is_free(
         holder.stdout.close()
     # The system frees a killed run's lock: the next run takes the workdir.
     with _cli.workdir_lock(str(workdir)):
-        assert (workdir / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
+        assert (workdir / _cli.LOCK_FILE).read_text().startswith(f"pid {os.getpid()} on ")
         (workdir / "results.json").write_text("{}")
     assert os.listdir(workdir) == ["results.json"]  # the lock file goes, the results stay
-    with _cli.workdir_lock(str(tmp_path / "fresh")):
+    with _cli.workdir_lock(str(tmp_path / "fresh" / "a" / "run")):
         pass
     assert not (tmp_path / "fresh").exists()  # made for a run that wrote nothing: removed
 
 
+def test_the_workdir_lock_survives_its_file_removed_and_a_filesystem_without_locks(
+    tmp_path, monkeypatch
+):
+    # A lock file or workdir removed by hand during the run: before, a traceback at its end.
+    with _cli.workdir_lock(str(tmp_path / "run")):
+        shutil.rmtree(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    # No locks on this filesystem: a warning, and nothing left behind.
+    import fcntl
+
+    def no_locks(*args):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with _cli.workdir_lock(str(tmp_path / "nfs")):
+        (tmp_path / "nfs" / "results.json").write_text("{}")
+    assert os.listdir(tmp_path / "nfs") == ["results.json"]
+
+
 @pytest.mark.parametrize("presses", [1, 2])
-def test_ctrl_c_waits_for_a_checkpoints_save_to_start_and_twice_stops_at_once(presses):
+def test_ctrl_c_waits_for_a_checkpoints_save(presses):
     # Before: Ctrl-C inside Orbax's `save` left its threads half started, and the one-line
     # message came with dozens of tracebacks from them.
     code = (
@@ -161,11 +180,8 @@ def test_ctrl_c_waits_for_a_checkpoints_save_to_start_and_twice_stops_at_once(pr
     out = _command_line("-c", code)
     # (Python's handler is back: the last Ctrl-C ends the process as Python does, by SIGINT.)
     assert out.returncode == -signal.SIGINT and out.stderr.rstrip().endswith("KeyboardInterrupt")
-    assert "writing a checkpoint: stopping after it (Ctrl-C again stops now)." in out.stderr
-    if presses == 1:
-        assert out.stdout.split("\n")[:3] == ["saved 7 StandardSaveArgs", "finished", "interrupted"]
-    else:
-        assert out.stdout.split("\n")[:1] == ["interrupted"]
+    assert out.stderr.count("writing a checkpoint: stopping after it.") == 1
+    assert out.stdout.split("\n")[:3] == ["saved 7 StandardSaveArgs", "finished", "interrupted"]
 
 
 def test_train_time_until_a_checkpoint_counts_only_the_chunks_before_it():

@@ -471,6 +471,15 @@ def test_cli_refuses_a_json_path_it_cannot_write_before_training(tmp_path, gauss
         assert "I(X;Y)" not in out.stdout
     assert (tmp_path / "earlier.json").read_text() == "{}"
     assert (tmp_path / "pairs.npz").read_bytes() == data_bytes
+    # A symbolic link, dangling too: refused before training (not after it, as a file that
+    # appeared meanwhile).
+    os.symlink("results/out.json", tmp_path / "link.json")
+    out = subprocess.run(
+        [*command, "link.json"], cwd=tmp_path, capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"), timeout=120,
+    )  # fmt: skip
+    assert out.returncode != 0 and "exists; it is not overwritten" in out.stderr
+    assert "I(X;Y)" not in out.stdout
 
 
 def test_cli_keeps_a_json_file_that_appeared_while_it_trained(tmp_path, gaussian_2d):
@@ -677,7 +686,7 @@ def test_a_bound_registered_again_is_not_served_from_the_program_cache(monkeypat
     np.testing.assert_allclose(again.train_curve[0], 0.5 * first.train_curve[0], rtol=1e-4)
 
 
-def test_a_call_under_another_matmul_precision_is_not_served_from_the_program_cache(
+def test_a_call_under_other_jax_settings_is_not_served_from_the_program_cache(
     monkeypatch, gaussian_2d
 ):
     # Before: the programs cached by a default-precision call served a later call under
@@ -689,12 +698,16 @@ def test_a_call_under_another_matmul_precision_is_not_served_from_the_program_ca
     )
     x, y = gaussian_2d
     kwargs = dict(max_steps=20, eval_every=10, critic_hparams={"hidden": (8,)})
-    mi_jax.estimate_mi(x[:400], y[:400], **kwargs)
+    first = mi_jax.estimate_mi(x[:400], y[:400], **kwargs)
     with jax.default_matmul_precision("highest"):
         mi_jax.estimate_mi(x[:400], y[:400], **kwargs)
     default, highest = (p[1].as_text() for p in programs)
     assert "operand_precision={highest,highest}" not in default
     assert "operand_precision={highest,highest}" in highest
+    # The other random stream of `jax_threefry_partitionable`: other numbers, not the cached.
+    with jax.threefry_partitionable(not jax.config.jax_threefry_partitionable):
+        other = mi_jax.estimate_mi(x[:400], y[:400], **kwargs)
+    assert len(programs) == 3 and not np.array_equal(other.train_curve, first.train_curve)
 
 
 def test_seeds_share_the_held_out_memory(monkeypatch):
