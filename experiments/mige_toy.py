@@ -50,7 +50,7 @@ def true_gradient(rho, dim: int):
 
 def toy_samples(rho, key, dim: int, num: int):
     """``(x, y)`` ``[num, dim]`` each, differentiable in ``rho``."""
-    e1, e2 = jax.random.normal(key, (2, num, dim))
+    e1, e2 = jax.random.normal(key, (2, num, dim), jnp.float32)  # (the same under x64)
     return e1, rho * e1 + jnp.sqrt(1.0 - rho**2) * e2
 
 
@@ -112,7 +112,7 @@ def mige_gradients(config, dim: int, spec, rhos, keys, mesh=None) -> np.ndarray:
         rho, key = case
         fn = score_fn
         if seeded:
-            seed = jax.random.randint(jax.random.fold_in(key, 1), (), 0, 2**31 - 1)
+            seed = jax.random.randint(jax.random.fold_in(key, 1), (), 0, 2**31 - 1, jnp.int32)
             fn = functools.partial(score_fn, seed=seed)
         surrogate = lambda r: mige.mi_surrogate(*toy_samples(r, key, dim, n), fn)
         return jax.grad(surrogate)(rho)

@@ -257,3 +257,14 @@ def test_benchmark_loop_completes_twice_in_a_fresh_process():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, check=True
     )
     assert out.stdout.strip().endswith("done")
+
+
+def test_toy_samples_are_the_same_under_x64():
+    # Before: under `jax_enable_x64` the toy drew float64 samples (and an int64 DSM seed) from
+    # the same keys: another run, the MIGE rows' rel. RMSE 0.030 / 0.068 against 0.024 / 0.059.
+    key = jax.random.key(3)
+    float32_mode = np.asarray(mige_toy.toy_samples(0.5, key, 3, 4))
+    with jax.enable_x64(True):
+        x64_mode = np.asarray(mige_toy.toy_samples(0.5, key, 3, 4))
+    assert x64_mode.dtype == float32_mode.dtype == np.float32
+    np.testing.assert_allclose(x64_mode, float32_mode, rtol=1e-6)
