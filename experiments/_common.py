@@ -514,12 +514,10 @@ def _replacing(path: str, *, exclusive: bool = False):
             return
         try:
             os.link(tmp, path)
-        except FileExistsError:
-            raise FileExistsError(f"{path} exists; it is not overwritten.") from None
-        except OSError:  # no hard links here
-            if os.path.exists(path):
+        except OSError as e:
+            if isinstance(e, FileExistsError) or os.path.exists(path):
                 raise FileExistsError(f"{path} exists; it is not overwritten.") from None
-            os.replace(tmp, path)
+            os.replace(tmp, path)  # (no hard links here)
         else:
             os.remove(tmp)
     except BaseException:
