@@ -314,7 +314,7 @@ class DIMObjective:
     def __post_init__(self):
         for name in ("estimator_hparams", "score_hparams"):
             if isinstance(value := getattr(self, name), Mapping):
-                object.__setattr__(self, name, tuple(sorted(value.items())))  # (frozen)
+                object.__setattr__(self, name, _checks.hashable_hparams(value))  # (frozen)
         check_clip(self.critic_clip, "critic_clip")
         if self.global_source not in GLOBAL_SOURCES:
             raise ValueError(
