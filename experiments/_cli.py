@@ -7,7 +7,7 @@ import socket
 import sys
 import time
 
-from experiments._common import config_checks, is_map
+from experiments._common import Terminated, config_checks, is_map, stop_on_sigterm
 
 
 def define_experiment_flags(name: str):
@@ -60,7 +60,9 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
     where the environment describes a multi-process job. absl logging is set to WARNING: Orbax
     logs every checkpoint save at INFO, which would break up the progress bar. A bad setting
     found by `config_checks` (before anything is written) ends the run with its message alone;
-    Ctrl-C with one line (exit status 130) instead of a traceback.
+    Ctrl-C with one line (exit status 130) instead of a traceback, and SIGTERM (a scheduler's
+    preemption) the same way (exit status 143): the experiment's `finally` blocks run, a
+    checkpoint being saved is finished.
 
     ``named_maps``: the config's maps from registered names to hyperparameters
     (``critic_hparams``: ``{"separable": {...}, "concat": {...}}``). One given whole on the
@@ -93,15 +95,18 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
                     prepare(config.value)
             # (The processes of one multi-process job share the workdir by design.)
             distributed = parallel.initialize_distributed()
-            with contextlib.nullcontext() if distributed else workdir_lock(workdir):
+            lock = contextlib.nullcontext() if distributed else workdir_lock(workdir)
+            with stop_on_sigterm(), lock:
                 train_and_evaluate(config.value, workdir)
-        except KeyboardInterrupt:  # (the experiment's own `finally` blocks have run)
+        except (KeyboardInterrupt, Terminated) as e:  # (the experiment's `finally` blocks ran)
+            sigterm = isinstance(e, Terminated)
             print(
-                f"\n{name}: interrupted; what it wrote, if anything, stays in {workdir} "
+                f"\n{name}: {'stopped by SIGTERM' if sigterm else 'interrupted'}; what it wrote, "
+                f"if anything, stays in {workdir} "
                 '(README, "Workdirs and resuming": what the same command picks up).',
                 file=sys.stderr,
             )
-            raise SystemExit(130) from None
+            raise SystemExit(143 if sigterm else 130) from None  # (128 + the signal's number)
         except Exception as e:
             if getattr(e, "bad_setting", False):
                 raise SystemExit(f"{name}: {error_message(e)}") from None

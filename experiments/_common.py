@@ -346,15 +346,17 @@ def save_checkpoint(manager, step: int, state, *, wait: bool = False) -> None:
 
 @contextlib.contextmanager
 def deferred_interrupt(what: str):
-    """Runs the block with Ctrl-C (SIGINT) held back, then delivers it to the handler it had
-    (Python's raises `KeyboardInterrupt` after the block). An error raised in the block goes on
-    as it is, a held Ctrl-C dropped (the error stops the run). Only the main thread handles
-    signals: elsewhere, and where Ctrl-C is ignored, the block runs as it is."""
-    previous = signal.getsignal(signal.SIGINT)
-    main = threading.current_thread() is threading.main_thread()
-    if not main or previous in (None, signal.SIG_IGN):
+    """Runs the block with Ctrl-C (SIGINT) and SIGTERM held back, then delivers the first that
+    came to the handler it had (Python's SIGINT handler raises `KeyboardInterrupt` after the
+    block; `stop_on_sigterm`'s raises `Terminated`). Only signals with a Python handler are held:
+    SIGTERM's default (outside `stop_on_sigterm`) ends the process where it is, as it would. An
+    error raised in the block goes on as it is, a held signal dropped (the error stops the run).
+    Only the main thread handles signals: elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    held = [s for s, handler in previous.items() if callable(handler)]
     caught = []
 
     def hold(signum, frame):
@@ -362,13 +364,41 @@ def deferred_interrupt(what: str):
             print(f"\nwriting {what}: stopping after it.", file=sys.stderr)
         caught.append(signum)
 
-    signal.signal(signal.SIGINT, hold)
+    for s in held:
+        signal.signal(s, hold)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s in held:
+            signal.signal(s, previous[s])
     if caught:
-        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(caught[0])
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's preemption, `kill`) during `stop_on_sigterm`'s block: raised where
+    the run is, as Ctrl-C raises `KeyboardInterrupt`, so its `finally` blocks close its files
+    and wait for a checkpoint in flight."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Runs the block with SIGTERM raising `Terminated` in the main thread, once: a second
+    SIGTERM while the run stops is ignored (a scheduler may repeat it before its SIGKILL).
+    Elsewhere than the main thread the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def latest_checkpoint_step(path: str) -> int:

@@ -184,6 +184,38 @@ def test_ctrl_c_waits_for_a_checkpoints_save(presses):
     assert out.stdout.split("\n")[:3] == ["saved 7 StandardSaveArgs", "finished", "interrupted"]
 
 
+def test_sigterm_in_a_run_waits_for_a_checkpoints_save_then_raises_terminated():
+    # Before: SIGTERM (a scheduler's preemption) ended the process where it was, a save in flight
+    # left half written.
+    code = (
+        "import os, signal, time\n"
+        "from experiments import _common\n"
+        "class Manager:\n"
+        "    def save(self, step, args):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(0.2)\n"
+        "        print('saved', step, flush=True)\n"
+        "try:\n"
+        "    with _common.stop_on_sigterm():\n"
+        "        try:\n"
+        "            _common.save_checkpoint(Manager(), 7, {'w': 1.0})\n"
+        "            print('went on', flush=True)\n"
+        "        finally:  # the run's clean-up\n"
+        "            os.kill(os.getpid(), signal.SIGTERM)  # while it stops: ignored\n"
+        "            time.sleep(0.2)\n"
+        "            print('cleaned up', flush=True)\n"
+        "except _common.Terminated:\n"
+        "    print('terminated', flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)  # the default again: the process ends\n"
+        "print('not reached', flush=True)\n"
+    )
+    out = _command_line("-c", code)
+    assert out.returncode == -signal.SIGTERM, out.stderr[-2000:]
+    assert out.stdout.split("\n") == ["saved 7", "cleaned up", "terminated", ""]
+    assert out.stderr.count("writing a checkpoint: stopping after it.") == 1
+    assert "Traceback" not in out.stderr
+
+
 def test_train_time_until_a_checkpoint_counts_only_the_chunks_before_it():
     earlier = {"train_s": 7.0, "train_s_by_step": [[10, 3.0], [20, 5.0], [30, 7.0]]}
     assert _common.train_time_until(earlier, 20) == (5.0, [[10, 3.0], [20, 5.0]])

@@ -50,29 +50,46 @@ def _probes(workdir):
     return results, [{k: r[k] for k in keys} for r in results["probes"]]
 
 
-def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path):
-    killed, clean = str(tmp_path / "killed"), str(tmp_path / "clean")
-    log = tmp_path / "killed.log"
+def _stop_mid_training(workdir, sig, log):
+    """Starts the run in ``workdir``, sends ``sig`` once it has a checkpoint at step 4 or later;
+    returns its exit status."""
     with open(log, "w") as err:
         proc = subprocess.Popen(
-            _command(killed), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=err
+            _command(workdir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=err
         )
         deadline = time.time() + 300
-        while not [s for s in _finished_steps(killed) if s >= 4] and time.time() < deadline:
+        while not [s for s in _finished_steps(workdir) if s >= 4] and time.time() < deadline:
             assert proc.poll() is None, log.read_text()[-3000:]
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    steps = _finished_steps(killed)
-    assert steps and max(steps) < NUM_STEPS, steps  # killed mid-training, checkpoint on disk
-    assert not os.path.exists(os.path.join(killed, "results.json"))
+        proc.send_signal(sig)
+        return proc.wait()
 
-    for workdir in (killed, clean):
+
+def test_sigkill_or_sigterm_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    killed, stopped, clean = (str(tmp_path / name) for name in ("killed", "stopped", "clean"))
+    assert _stop_mid_training(killed, signal.SIGKILL, tmp_path / "killed.log") == -signal.SIGKILL
+    # SIGTERM (a scheduler's preemption) stops the run as Ctrl-C does, with one line. Before: it
+    # ended the process where it was, a checkpoint being saved left half written.
+    log = tmp_path / "stopped.log"
+    assert _stop_mid_training(stopped, signal.SIGTERM, log) == 143, log.read_text()[-3000:]
+    assert f"infomax: stopped by SIGTERM; what it wrote, if anything, stays in {stopped}" in (
+        log.read_text()
+    )
+    assert "Traceback" not in log.read_text()
+    assert sorted(os.listdir(stopped)) == ["checkpoints", "config.json", "metrics.jsonl"]
+    assert all(d.isdigit() for d in os.listdir(os.path.join(stopped, "checkpoints")))
+    for workdir in (killed, stopped):
+        steps = _finished_steps(workdir)
+        assert steps and max(steps) < NUM_STEPS, steps  # stopped mid-training, checkpoint on disk
+
+    for workdir in (killed, stopped, clean):
         subprocess.run(_command(workdir), cwd=ROOT, env=_env(), check=True, capture_output=True)
-    resumed, resumed_probes = _probes(killed)
     uninterrupted, clean_probes = _probes(clean)
-    assert resumed["resumed_from"] >= 4 and uninterrupted["resumed_from"] == 0
-    assert resumed_probes == clean_probes
+    assert uninterrupted["resumed_from"] == 0
+    for workdir in (killed, stopped):
+        resumed, resumed_probes = _probes(workdir)
+        assert resumed["resumed_from"] >= 4
+        assert resumed_probes == clean_probes
 
 
 # Saves a 4 MB state at every step, forever, with the experiments' checkpoint manager, starting
