@@ -2,6 +2,7 @@
 overrides, and the one-line messages of bad settings (`run_experiment`)."""
 
 import contextlib
+import importlib.util
 import os
 import socket
 import sys
@@ -113,7 +114,7 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
             raise
 
     def parse_flags(argv):
-        _check_config_path(name, argv)
+        argv = _check_config_path(name, argv)
         config_arg.append(_config_arg(argv))
         given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
         overrides.extend(given)
@@ -310,22 +311,51 @@ def _config_arg(argv: list[str]) -> str | None:
     return None
 
 
-def _check_config_path(name: str, argv: list[str]) -> None:
-    """Exits naming ``--config`` and the path when its file does not exist (ml_collections
-    loads it lazily, inside the run, with a message that names neither)."""
+def _check_config_path(name: str, argv: list[str]) -> list[str]:
+    """``argv`` with ``--config``'s file found: as given, else (``configs/NAME.py`` run outside
+    the repository, as after a wheel install) the installed ``configs`` package's file of that
+    name, said in one line. Exits naming ``--config`` and the path where neither exists
+    (ml_collections loads it lazily, inside the run, with a message that names neither)."""
     value = _config_arg(argv)
     path = None if value is None else value.split(":", 1)[0]
     if path is not None and not os.path.isfile(path):
-        raise SystemExit(
-            f"{name}: --config {value!r}: no file {path!r} (relative to {os.getcwd()}); "
-            f"pass e.g. --config configs/{name}.py, from the repository's root."
-        )
+        installed = _installed_config(path)
+        if installed is None:
+            raise SystemExit(
+                f"{name}: --config {value!r}: no file {path!r} (relative to {os.getcwd()}); "
+                f"pass e.g. --config configs/{name}.py (found in the repository's root or the "
+                "installed package `configs`), or a config file's path."
+            )
+        print(f"{name}: --config {value}: not a file here; reading the installed {installed}")
+        new_value = installed + value[len(path) :]
+        argv = [
+            new_value
+            if a == value and argv[i - 1] == "--config"
+            else ("--config=" + new_value if a == "--config=" + value else a)
+            for i, a in enumerate(argv)
+        ]
+        path = installed
     if path is not None:  # its imports find the modules beside it
         folder = os.path.dirname(os.path.abspath(path))
         if folder not in sys.path:
             # Last, unlike a script's folder: a module there named like an installed one (or
             # one of the repository's) is not imported; the installed one is.
             sys.path.append(folder)
+    return argv
+
+
+def _installed_config(path: str) -> str | None:
+    """The file ``configs/REST`` of the installed package ``configs`` for ``path`` =
+    ``configs/REST`` (relative), or None."""
+    parts = os.path.normpath(path).split(os.sep)
+    if os.path.isabs(path) or len(parts) < 2 or parts[0] != "configs":
+        return None
+    spec = importlib.util.find_spec("configs")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = os.path.join(folder, *parts[1:])
+        if os.path.isfile(candidate):
+            return candidate
+    return None
 
 
 # ml_collections loads the ``--config`` file as this module (`config_flags._ConfigFileParser`:

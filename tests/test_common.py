@@ -311,6 +311,36 @@ def test_a_config_path_that_does_not_exist_is_named_before_the_run(tmp_path, mon
     _cli._check_config_path("infomax", ["prog", "--config", "mine.py:preset"])  # exists
 
 
+def test_configs_path_outside_the_repository_reads_the_installed_config(tmp_path, monkeypatch):
+    # Before: after a wheel install, `--config configs/NAME.py` (the README's commands) worked
+    # only from a checkout's root: "no file ... from the repository's root".
+    monkeypatch.chdir(tmp_path)
+    installed = os.path.join(_ROOT, "configs", "infomax.py")  # (the editable install's)
+    argv = _cli._check_config_path("infomax", ["prog", "--config", "configs/infomax.py:quick"])
+    assert argv == ["prog", "--config", installed + ":quick"]
+    argv = _cli._check_config_path("infomax", ["prog", "--config=configs/infomax.py", "-v=1"])
+    assert argv == ["prog", "--config=" + installed, "-v=1"]
+    (tmp_path / "configs").mkdir()  # one's own file of that name comes first
+    (tmp_path / "configs" / "infomax.py").write_text("")
+    argv = ["prog", "--config", "configs/infomax.py"]
+    assert _cli._check_config_path("infomax", argv) == argv
+    # The whole command line, from another folder: the installed file read, its preset checked.
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.ib", "--config", "configs/ib.py:mnsit"],
+        cwd=tmp_path / "configs",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert out.returncode == 1
+    assert out.stdout.strip() == (
+        "ib: --config configs/ib.py:mnsit: not a file here; reading the installed "
+        + os.path.join(_ROOT, "configs", "ib.py")
+    )
+    assert "unknown preset 'mnsit'" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_an_unknown_preset_is_named_before_the_run(tmp_path):
     # Before: absl's "FATAL Flags parsing error" around ml_collections' traceback.
     out = _command_line(
