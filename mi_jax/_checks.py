@@ -235,16 +235,6 @@ def is_known(name: Any, registry: Iterable[str]) -> bool:
     return isinstance(name, str) and name in registry
 
 
-# How many entries the registries have received: a cache of programs built from registered
-# names (`mi_jax.estimate_mi`'s) keys on it, so a name registered again is not served stale.
-_registrations = 0
-
-
-def registrations() -> int:
-    """The number of `register` calls so far."""
-    return _registrations
-
-
 def register(
     kind: str,
     name: Any,
@@ -256,7 +246,6 @@ def register(
     """``registry[name] = factory``: a non-empty string ``name``, not taken unless
     ``override`` (a notebook cell run again), and a callable ``factory`` (with ``base``: a
     subclass of it, e.g. a Flax module class)."""
-    global _registrations
     check_bools(override=override)
     if not (isinstance(name, str) and name):
         raise TypeError(f"the name of a new {kind} must be a non-empty string, got {name!r}.")
@@ -269,7 +258,6 @@ def register(
     if base is not None and not (isinstance(factory, type) and issubclass(factory, base)):
         raise TypeError(f"{kind} {name!r} must be a {base.__name__} class, got {factory!r}.")
     registry[name] = factory
-    _registrations += 1
 
 
 def check_hparam_names(

@@ -437,7 +437,6 @@ def check_ema_decay(ema_decay, name: str = "ema_decay") -> None:
         raise ValueError(f"`{name}` must lie in [0, 1) (in float32), got {ema_decay!r}.")
 
 
-@functools.partial(jax.jit, static_argnames="ema_decay")
 def averaged_params(state: SweepState, ema_decay: float) -> PyTree:
     """The debiased moving average ``ema / (1 - d^t)`` per setting (``d = 0``: the parameters;
     before the first step, ``t = 0``, the parameters too, where the ratio was 0 / 0); one
@@ -445,14 +444,21 @@ def averaged_params(state: SweepState, ema_decay: float) -> PyTree:
     check_ema_decay(ema_decay)
     if ema_decay == 0.0:
         return state.params
-    trained = state.step > 0  # [settings] or [K, S]
-    correction = jnp.where(trained, 1.0 - ema_decay ** state.step.astype(jnp.float32), 1.0)
+    return _debiased_average(state.ema_params, state.params, state.step, float(ema_decay))
+
+
+# Jitted on the arrays alone: on the whole state, its optimizer (a static field, made anew by
+# each run) made every run compile, and keep, a program of its own.
+@functools.partial(jax.jit, static_argnames="ema_decay")
+def _debiased_average(ema_params: PyTree, params: PyTree, step: Array, ema_decay: float):
+    trained = step > 0  # [settings] or [K, S]
+    correction = jnp.where(trained, 1.0 - ema_decay ** step.astype(jnp.float32), 1.0)
 
     def average(ema, params):
         lead = (*correction.shape, *([1] * (ema.ndim - correction.ndim)))
         return jnp.where(trained.reshape(lead), ema / correction.reshape(lead), params)
 
-    return jax.tree.map(average, state.ema_params, state.params)
+    return jax.tree.map(average, ema_params, params)
 
 
 def make_sweep_chunk(

@@ -686,6 +686,27 @@ def test_a_bound_registered_again_is_not_served_from_the_program_cache(monkeypat
     np.testing.assert_allclose(again.train_curve[0], 0.5 * first.train_curve[0], rtol=1e-4)
 
 
+def test_registering_anything_else_keeps_the_program_cache(monkeypatch, gaussian_2d):
+    # Before: every `register` call of any kind (a task, a dataset, the same factory again, as a
+    # notebook cell run again does) made the next call compile anew and keep both programs.
+    from mi_jax import bounds, data
+
+    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))  # noqa: SLF001
+    monkeypatch.setattr(bounds, "_REGISTRY", dict(bounds._REGISTRY))  # noqa: SLF001
+    x, y = gaussian_2d
+    kwargs = dict(max_steps=20, eval_every=10, critic_hparams={"hidden": (8,)})
+    first = mi_jax.estimate_mi(x[:600], y[:600], **kwargs)
+    misses = estimate_lib._compiled_fit.cache_info().misses
+    factory = tasks._TASKS["gaussian"]  # noqa: SLF001
+    for _ in range(2):
+        tasks.register_task("my_task", factory)
+        bounds.register_bound("infonce", bounds._REGISTRY["infonce"])  # noqa: SLF001
+    data.register_dataset("digits", data._REGISTRY["digits"])  # noqa: SLF001
+    again = mi_jax.estimate_mi(x[:600], y[:600], **kwargs)
+    assert estimate_lib._compiled_fit.cache_info().misses == misses
+    assert again.mi == first.mi
+
+
 def test_a_call_under_other_jax_settings_is_not_served_from_the_program_cache(
     monkeypatch, gaussian_2d
 ):

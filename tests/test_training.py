@@ -236,6 +236,20 @@ def test_sweep_chunk_with_seeds_runs_each_seed_as_its_own_sweep(sequential):
     np.testing.assert_array_equal(untrained["w"], fresh_both.params["w"])
 
 
+def test_averaged_params_compiles_once_for_states_with_new_optimizers():
+    # Before: jitted on the whole state, whose optimizer (a static field) each IB run made anew:
+    # a program compiled, and kept, per run and method.
+    params = {"w": jnp.ones((3, 4, 2))}
+    states = [
+        training.create_sweep_state(params, (), optax.adam(1e-3), num_settings=3) for _ in range(3)
+    ]
+    before = training._debiased_average._cache_size()  # noqa: SLF001
+    for state in states:
+        averaged = training.averaged_params(state.replace(step=state.step + 2), 0.5)
+        np.testing.assert_allclose(averaged["w"], 0.0)  # an average of zeros, debiased
+    assert training._debiased_average._cache_size() - before <= 1  # noqa: SLF001
+
+
 def test_evaluate_gives_each_bounds_value_and_training_objective():
     from mi_jax import bounds
 
