@@ -60,7 +60,8 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
     JAX's backend start); then `mi_jax.parallel.initialize_distributed` starts multi-host JAX
     where the environment describes a multi-process job. absl logging is set to WARNING: Orbax
     logs every checkpoint save at INFO, which would break up the progress bar. A bad setting
-    found by `config_checks` (before anything is written) ends the run with its message alone;
+    found by `config_checks` (before anything is written) ends the run with its message alone,
+    as does a run that diverged (`mi_jax.training.NonFiniteError`: its step, what is kept);
     Ctrl-C with one line (exit status 130) instead of a traceback, and SIGTERM (a scheduler's
     preemption) the same way (exit status 143): the experiment's `finally` blocks run, a
     checkpoint being saved is finished.
@@ -71,7 +72,7 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
     """
     from absl import app, flags, logging
 
-    from mi_jax import parallel
+    from mi_jax import parallel, training
 
     config, workdir_flag = define_experiment_flags(name)
     config_arg, overrides = [], []  # `--config`'s value and the overrides, read by `parse_flags`
@@ -109,7 +110,9 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
             )
             raise SystemExit(143 if sigterm else 130) from None  # (128 + the signal's number)
         except Exception as e:
-            if getattr(e, "bad_setting", False):
+            # A bad setting, or a run that diverged (its message names the step and what is
+            # kept): the message is the whole story.
+            if getattr(e, "bad_setting", False) or isinstance(e, training.NonFiniteError):
                 raise SystemExit(f"{name}: {error_message(e)}") from None
             raise
 

@@ -288,7 +288,7 @@ def run_combination(
         if (bad := training.first_nonfinite(values)) is not None:
             raise training.NonFiniteError(
                 f"{label}: the bound became {values[bad]} at step {step_num + bad[0] + 1} "
-                f"(seed index {bad[1]}); finished combinations are kept in results.json."
+                f"(seed index {bad[1]})."
             )
         step_num += n
         train_mi = values.mean(0).tolist()
@@ -562,9 +562,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
                 continue
             label = dict(zip(("encoder", "critic", "bound"), combo, strict=True))
             progress.set_description(f"halves {'/'.join(combo)}")
-            results["runs"].append(
-                run_combination(config, models[combo], views, progress, writer, label, mesh)
-            )
+            try:
+                run = run_combination(config, models[combo], views, progress, writer, label, mesh)
+            except training.NonFiniteError as e:
+                kept = len(results["runs"])
+                raise training.NonFiniteError(
+                    f"{e} The {kept} combination(s) finished before it are kept in results.json."
+                    if kept
+                    else f"{e} No combination had finished: there is no results.json."
+                ) from None
+            results["runs"].append(run)
             results["verdicts"] = verdicts(results["runs"])
             _common.write_json(results_path, results)
     finally:

@@ -252,8 +252,9 @@ def validate_config(config) -> None:
             list(config.bounds), "separable", dict(config.critic_hparams), config.aux_hidden
         )
         training.check_ensemble(ensemble, 1, 1)
-    if not 0.0 < config.rho_max < 1.0:
-        raise ValueError(f"config.rho_max must lie in (0, 1), got {config.rho_max}.")
+    # In float32, where the grid is built (0.99999999 rounds to 1: an infinite true gradient).
+    if not (_checks.is_real(config.rho_max) and 0.0 < np.float32(config.rho_max) < 1.0):
+        raise ValueError(f"config.rho_max must lie in (0, 1) in float32, got {config.rho_max}.")
     _common.check_int_fields(config, "num_samples", "num_rhos", least=2)
     if not config.dims or not all(_checks.is_int(d) and d >= 1 for d in config.dims):
         raise ValueError(f"config.dims must hold positive integers, got {config.dims}.")

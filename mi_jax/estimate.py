@@ -352,6 +352,18 @@ def _prepared(x, y, train_idx, test_idx, standardize, mesh) -> tuple[tuple, dict
             z_scored = np.setdiff1d(np.arange(a.shape[1]), ranked)
             _warn_if_far_outside(a[:, z_scored], train_idx, test_idx, name, z_scored)
     x, y = (_to_float32(a, name, standardize is not False) for a, name in ((x, "x"), (y, "y")))
+    # (Standardized, the same to float32 rounding: a z-scored `3 x + 1` differs from x by ulps.)
+    if x.shape == y.shape and np.all(np.abs(x - y) <= 1e-5 * (1.0 + np.abs(x))):
+        warnings.warn(
+            "x and y are the same samples (after standardization, to rounding: y = x, or an "
+            "increasing affine or monotone map of it, column by column). I(X; Y) is then H(X): "
+            "infinite "
+            "for continuous samples, and no estimate from "
+            f"{len(test_idx)} held-out pairs certifies much above log {len(test_idx)} = "
+            f"{np.log(len(test_idx)):.2f} nats (McAllester & Stratos 2020): the estimate grows "
+            "with N and the dimension. Was y meant to be another variable?",
+            stacklevel=3,
+        )
     data = (x[train_idx], y[train_idx], x[test_idx], y[test_idx])
     # (`jax.device_put`: `jnp.asarray` of a numpy array compiles a program per shape.)
     if mesh.devices.size > 1:
@@ -480,7 +492,8 @@ def _warn_if_repeated_rows(x: np.ndarray, y: np.ndarray) -> None:
     that are not integers (continuous values do not repeat by chance); and one side determines
     the other (in 99 % of the distinct x, or of the distinct y, one partner only). The critic
     recognizes copies on both sides of the split: independent samples, each row 5 times, read
-    5.7 nats in 20 dimensions. Categorical, integer and rounded data do not warn.
+    5.7 nats in 20 dimensions. Categorical and integer data do not warn; data rounded to a grid
+    coarse enough to repeat, where one side determines the other, do (the warning says so).
 
     Rows are compared through a hash of their values' exact bits (random odd 64-bit weights,
     summed with wraparound): a sort of whole rows took 9 s at 1e6 x 101."""
@@ -512,7 +525,8 @@ def _warn_if_repeated_rows(x: np.ndarray, y: np.ndarray) -> None:
         "that are not integers, and one side determines the other. Resampled or padded data? "
         "The copies fall on both sides of the train / held-out split, where the critic "
         "recognizes them: the estimate reads the MI of the data as given (each repeated pair an "
-        "atom). If the repeats are an artefact, pass the distinct rows.",
+        "atom). If the repeats are an artefact, pass the distinct rows (values rounded to a "
+        "grid repeat by nature: then they are the data).",
         stacklevel=3,
     )
 

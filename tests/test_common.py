@@ -502,6 +502,23 @@ def test_ctrl_c_ends_an_experiment_with_one_line(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_a_diverged_run_ends_with_its_message_alone(tmp_path):
+    # Before: a traceback through the experiment's frames above the message (which names the
+    # step and what is kept).
+    code = (
+        "from experiments import _cli\n"
+        "from mi_jax import training\n"
+        "def diverged(config, workdir):\n"
+        "    raise training.NonFiniteError('the loss became nan at step 3; results are kept.')\n"
+        "_cli.run_experiment('staircase', diverged)\n"
+    )
+    out = _command_line(
+        "-c", code, "--config", "configs/staircase.py:quick", "--workdir", str(tmp_path / "run")
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip() == "staircase: the loss became nan at step 3; results are kept."
+
+
 def test_without_workdir_each_preset_writes_to_its_own_folder():
     # Before: every preset's default was /tmp/mi_jax/NAME, so a `:quick` run there made the
     # README's set-up command (the full preset, same folder) refuse the changed settings.

@@ -185,6 +185,23 @@ def test_repeated_rows_of_continuous_data_warn_and_categorical_pairs_do_not():
         mi_jax.estimate_mi(ages, labels, max_steps=100)
 
 
+def test_y_the_same_as_x_warns_that_the_mi_is_infinite(gaussian_2d):
+    # Before: y = x (infinite MI) read 9.9-19.8 nats in 3-8 dimensions, silently.
+    x, y = gaussian_2d
+    x, y = x[:500], y[:500]
+    for same, standardize in ((x, "auto"), (3.0 * x + 1.0, "auto"), (np.exp(x), "rank")):
+        with pytest.warns(UserWarning, match=r"same samples .* log 100 = 4.61 nats"):
+            mi_jax.estimate_mi(x, same, max_steps=20, eval_every=10, standardize=standardize)
+    # Rounded samples where y is x: the repeats warning says they may be the data.
+    rounded = np.round(x[:, :1], 1)
+    with pytest.warns(UserWarning) as caught:
+        mi_jax.estimate_mi(rounded, rounded, max_steps=20, eval_every=10)
+    assert any("values rounded to a grid repeat by nature" in str(w.message) for w in caught)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mi_jax.estimate_mi(x, y, max_steps=20, eval_every=10)
+
+
 def test_stopped_early_says_whether_the_limit_cut_training_short(gaussian_2d):
     x, y = gaussian_2d
     # One round of 100 steps: the held-out objective improved at its only evaluation.

@@ -192,6 +192,31 @@ def test_a_critic_that_cannot_be_built_fails_before_any_combination_trains(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_a_diverged_combination_says_what_is_kept(tmp_path, monkeypatch):
+    # Before: "finished combinations are kept in results.json" where none had finished.
+    from mi_jax import training
+
+    with pytest.raises(training.NonFiniteError, match="No combination had finished: there is no"):
+        halves_experiment.train_and_evaluate(
+            tiny_config(encoders=("mlp",), learning_rate=1e7), str(tmp_path / "first")
+        )
+    assert not (tmp_path / "first" / "results.json").exists()
+    run_combination = halves_experiment.run_combination
+
+    def second_diverges(config, model, views, progress, writer, label, mesh):
+        if label["encoder"] == "realnvp":
+            raise training.NonFiniteError("realnvp/bilinear/infonce: the bound became nan.")
+        return run_combination(config, model, views, progress, writer, label, mesh)
+
+    monkeypatch.setattr(halves_experiment, "run_combination", second_diverges)
+    with pytest.raises(
+        training.NonFiniteError, match="The 1 combination.s. finished before it are kept"
+    ):
+        halves_experiment.train_and_evaluate(tiny_config(), str(tmp_path / "second"))
+    with open(tmp_path / "second" / "results.json") as f:
+        assert [r["encoder"] for r in json.load(f)["runs"]] == ["mlp"]
+
+
 def test_experiment_runs_writes_everything_and_resumes(tmp_path, capsys):
     config = tiny_config()
     results = halves_experiment.train_and_evaluate(config, str(tmp_path))

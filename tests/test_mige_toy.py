@@ -116,6 +116,9 @@ def test_richardson_score_combines_two_bandwidths():
     [
         ("bounds", ("nwj", "infonc"), KeyError, "infonce"),
         ("rho_max", 1.0, ValueError, "rho_max"),
+        # Before: 0.99999999 passed, rounded to 1 in the float32 grid, and the run wrote null
+        # rows, then failed in matplotlib on an infinite axis limit.
+        ("rho_max", 0.99999999, ValueError, r"rho_max must lie in \(0, 1\) in float32"),
         ("num_rhos", 1, ValueError, "num_rhos"),
         # Before: zero training steps read as trained bounds; a seed of -1 ran as 2**32 - 1; a
         # zero width failed after the MIGE rows were written, naming `hidden`.

@@ -114,14 +114,36 @@ def test_bad_input_is_named(call, error, match):
 def test_a_feature_constant_in_training_does_not_derail_the_mlp_probe():
     # A dead unit: 0 on every training example, 0.01 on the test set. Scaled by its (zero)
     # training std it became a 1e4 outlier on the random first-layer weights, and the MLP
-    # probe fell from 0.985 to 0.35 on these blobs; centred only, it is harmless.
+    # probe fell from 0.985 to 0.35 on these blobs. Centred only, its test values still reached
+    # the MLP through first-layer weights training never moved: at 10 and 100 times the scale
+    # the probe read 0.30 and 0.12 against 0.86. Zeroed, the test values do not matter.
     x, y = _blobs(600, sep=4.0)
-    dead = np.zeros((600, 1), np.float32)
-    dead[400:] = 0.01
-    x = np.concatenate([x, dead], axis=1)
-    result = probes.fit_probe(x[:400], y[:400], x[400:], y[400:], kind="mlp", epochs=20)
-    assert result.test_accuracy > 0.97
+    dead = np.zeros((600, 4), np.float32)
+    for scale in (0.01, 100.0):
+        dead[400:] = scale * np.abs(np.random.default_rng(1).normal(size=(200, 4)))
+        with_dead = np.concatenate([x, dead], axis=1)
+        result = probes.fit_probe(
+            with_dead[:400], y[:400], with_dead[400:], y[400:], kind="mlp", epochs=20
+        )
+        assert result.test_accuracy > 0.97
+        off = with_dead.copy()
+        off[400:, -4:] = 0.0  # dead on the test set too
+        assert result == probes.fit_probe(
+            off[:400], y[:400], off[400:], y[400:], kind="mlp", epochs=20
+        )
     # ... while features on a tiny scale are still scaled (a threshold on std alone missed them).
-    tiny = x[:, :-1] * 1e-7
+    tiny = x * 1e-7
     result = probes.fit_probe(tiny[:400], y[:400], tiny[400:], y[400:])
     assert result.test_accuracy > 0.97
+
+
+def test_probes_read_features_of_any_finite_scale_alike():
+    # Before: the training variance, in float32, overflowed from ~1e18 (every feature read 0,
+    # the probe chance, 0.12 of 0.76) and underflowed at ~1e-20. Scaling a feature by a power of
+    # two changes no z-score, so these accuracies are equal, not close.
+    x, y = _blobs(400, sep=2.0)
+    expected = probes.fit_probe(x[:300], y[:300], x[300:], y[300:])
+    for scale in (2.0**70, 2.0**120, 2.0**-70):
+        z = (x * np.float32(scale)).astype(np.float32)
+        assert probes.fit_probe(z[:300], y[:300], z[300:], y[300:]) == expected, scale
+    assert expected.test_accuracy > 0.9
