@@ -314,8 +314,10 @@ def test_a_config_path_that_does_not_exist_is_named_before_the_run(tmp_path, mon
 def test_configs_path_outside_the_repository_reads_the_installed_config(tmp_path, monkeypatch):
     # Before: after a wheel install, `--config configs/NAME.py` (the README's commands) worked
     # only from a checkout's root: "no file ... from the repository's root".
+    import configs  # (this checkout's, also where another one is installed)
+
     monkeypatch.chdir(tmp_path)
-    installed = os.path.join(_ROOT, "configs", "infomax.py")  # (the editable install's)
+    installed = os.path.join(os.path.dirname(configs.__file__), "infomax.py")
     argv = _cli._check_config_path("infomax", ["prog", "--config", "configs/infomax.py:quick"])
     assert argv == ["prog", "--config", installed + ":quick"]
     argv = _cli._check_config_path("infomax", ["prog", "--config=configs/infomax.py", "-v=1"])
@@ -331,7 +333,7 @@ def test_configs_path_outside_the_repository_reads_the_installed_config(tmp_path
         capture_output=True,
         text=True,
         timeout=120,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=_ROOT),  # (this checkout's)
     )
     assert out.returncode == 1
     assert out.stdout.strip() == (
@@ -531,9 +533,12 @@ def test_without_workdir_each_preset_writes_to_its_own_folder():
         "/tmp/mi_jax/staircase_my_staircase_quick"  # not the repository's quick run's folder
     )
     code = (
+        "import contextlib\n"
         "from experiments import _cli\n"
         "def run(config, workdir):\n"
         "    print('workdir=' + workdir)\n"
+        "# (no lock: another run in /tmp/mi_jax/staircase, the README's, would refuse this one)\n"
+        "_cli.workdir_lock = lambda workdir: contextlib.nullcontext()\n"
         "_cli.run_experiment('staircase', run)\n"
     )
     for config, expected in [

@@ -22,6 +22,7 @@ def test_ipynb_files_match_their_percent_scripts():
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_at_tiny_size(name, tmp_path):
     env = dict(os.environ, MI_JAX_NOTEBOOK_TINY="1", MPLBACKEND="Agg", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = ROOT  # this checkout's mi_jax, not another installed one
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "notebooks", f"{name}.py")],
         capture_output=True,

@@ -93,7 +93,8 @@ def test_sigkill_or_sigterm_mid_training_then_rerun_equals_an_uninterrupted_run(
 
 
 # Saves a 4 MB state at every step, forever, with the experiments' checkpoint manager, starting
-# after the latest checkpoint in the workdir (as a resumed run does).
+# after the latest checkpoint in the workdir (as a resumed run does); "ready" once its first save
+# has finished (printed before it, a kill 0.3 s later on a loaded machine found no checkpoint).
 _SAVER = r"""
 import os
 import sys
@@ -102,11 +103,13 @@ import orbax.checkpoint as ocp
 from experiments import _common
 
 manager = _common.checkpoint_manager(os.path.join(sys.argv[1], "checkpoints"), keep=2)
-step = (manager.latest_step() or 0) + 1
-print("ready", flush=True)
+first = step = (manager.latest_step() or 0) + 1
 while True:
     state = {"w": np.full((1024, 1024), step, np.float32), "step": np.array(step, np.int32)}
     manager.save(step, args=ocp.args.StandardSave(state))
+    if step == first:
+        manager.wait_until_finished()
+        print("ready", flush=True)
     step += 1
 """
 
