@@ -348,15 +348,15 @@ def save_checkpoint(manager, step: int, state, *, wait: bool = False) -> None:
 def deferred_interrupt(what: str):
     """Runs the block with Ctrl-C (SIGINT) and SIGTERM held back, then delivers the first that
     came to the handler it had (Python's SIGINT handler raises `KeyboardInterrupt` after the
-    block; `stop_on_sigterm`'s raises `Terminated`). Only signals with a Python handler are held:
-    SIGTERM's default (outside `stop_on_sigterm`) ends the process where it is, as it would. An
-    error raised in the block goes on as it is, a held signal dropped (the error stops the run).
-    Only the main thread handles signals: elsewhere the block runs as it is."""
+    block; `stop_on_sigterm`'s raises `Terminated`; a default one ends the process, after the
+    block). A signal ignored, or handled outside Python, is left as it is. An error raised in
+    the block goes on as it is, a held signal dropped (the error stops the run). Only the main
+    thread handles signals: elsewhere the block runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    held = [s for s, handler in previous.items() if callable(handler)]
+    held = [s for s, handler in previous.items() if handler not in (None, signal.SIG_IGN)]
     caught = []
 
     def hold(signum, frame):

@@ -277,23 +277,24 @@ def _standardize(train_x: Array, test_x: Array) -> tuple[Array, Array, Array]:
 
     Each column is first divided by the power of two nearest below its largest training
     magnitude (exact: the z-scores are unchanged), so its variance neither overflows (features
-    of ~1e18 and more read 0, the probe chance) nor underflows (~1e-20). A feature constant on
-    the training set (its std below 1e-6 of its mean's magnitude, some 8 float32 epsilons, as
-    scikit-learn's StandardScaler takes 10 of its float's; or 0) is 0 in both splits: it
-    carries nothing a probe can learn, and its test values, left in, reached the MLP probe
-    through first-layer weights its training never moved (a unit dead on the training images
-    only). (A feature that varies by less, ``1000 + 1e-3 x`` say, counts as constant too:
-    rescale it first.)
+    of ~1e18 and more read 0, the probe chance) nor underflows (~1e-20; subnormal features,
+    below ~1e-38, the CPU reads as 0). A feature with one value on the training set is 0 in
+    both splits: it carries nothing a probe can learn, and its test values, left in, reached
+    the MLP probe through first-layer weights its training never moved (a unit dead on the
+    training images only). One whose std lies below 1e-6 of its mean's magnitude (some 8
+    float32 epsilons, as scikit-learn's StandardScaler takes 10 of its float's) is centred,
+    not scaled: divided by ~0, its test values were outliers the MLP probe never saw. (A
+    feature that varies by less, ``1000 + 1e-3 x`` say, is centred too: rescale it first.)
     """
     peak = jnp.max(jnp.abs(train_x), 0, keepdims=True)
     _, exponent = jnp.frexp(jnp.where(peak > 0, peak, 1.0))  # peak = m 2^e, m in [0.5, 1)
     scale = jnp.ldexp(jnp.ones_like(peak), exponent - 1)  # (`exp2` is not exact on XLA:CPU)
     train_x, test_x = train_x / scale, test_x / scale
     mean, std = jnp.mean(train_x, 0, keepdims=True), jnp.std(train_x, 0, keepdims=True)
-    varies = std > 1e-6 * jnp.abs(mean)
-    std = jnp.where(varies, std, 1.0)
+    std = jnp.where(std > 1e-6 * jnp.abs(mean), std, 1.0 / scale)  # (centred: its own units)
+    one_value = jnp.max(train_x, 0, keepdims=True) == jnp.min(train_x, 0, keepdims=True)
     finite = jnp.stack([jnp.all(jnp.isfinite(train_x)), jnp.all(jnp.isfinite(test_x))])
-    return tuple(jnp.where(varies, (a - mean) / std, 0.0) for a in (train_x, test_x)) + (finite,)
+    return tuple(jnp.where(one_value, 0.0, (a - mean) / std) for a in (train_x, test_x)) + (finite,)
 
 
 def extract_features(

@@ -184,6 +184,23 @@ def test_ctrl_c_waits_for_a_checkpoints_save(presses):
     assert out.stdout.split("\n")[:3] == ["saved 7 StandardSaveArgs", "finished", "interrupted"]
 
 
+def test_ctrl_c_at_its_default_action_still_waits_for_a_checkpoints_save():
+    code = (
+        "import os, signal, time\n"
+        "from experiments import _common\n"
+        "class Manager:\n"
+        "    def save(self, step, args):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        time.sleep(0.2)\n"
+        "        print('saved', step, flush=True)\n"
+        "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+        "_common.save_checkpoint(Manager(), 7, {'w': 1.0})\n"
+        "print('not reached', flush=True)\n"
+    )
+    out = _command_line("-c", code)
+    assert out.returncode == -signal.SIGINT and out.stdout == "saved 7\n"
+
+
 def test_sigterm_in_a_run_waits_for_a_checkpoints_save_then_raises_terminated():
     # Before: SIGTERM (a scheduler's preemption) ended the process where it was, a save in flight
     # left half written.

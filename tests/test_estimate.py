@@ -200,6 +200,33 @@ def test_y_the_same_as_x_warns_that_the_mi_is_infinite(gaussian_2d):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mi_jax.estimate_mi(x, y, max_steps=20, eval_every=10)
+        # Discrete samples: I(X; X) = H(X), finite (log 2 for a fair coin), a fair check.
+        coin = np.random.default_rng(0).integers(0, 2, (500, 1)).astype(np.float32)
+        mi_jax.estimate_mi(coin, coin, max_steps=20, eval_every=10)
+
+
+def test_a_bound_registered_as_any_callable_object_runs(monkeypatch, gaussian_2d):
+    # Before: a factory that is an instance of a dataclass with `__call__` (unhashable) failed
+    # in the program cache's key: "unhashable type".
+    import dataclasses
+
+    from mi_jax import bounds
+
+    @dataclasses.dataclass
+    class Halved:
+        scale: float = 0.5
+
+        def __call__(self):
+            return bounds.make_bound("halved", lambda s: self.scale * bounds.infonce(s))
+
+    monkeypatch.setattr(bounds, "_REGISTRY", dict(bounds._REGISTRY))  # noqa: SLF001
+    bounds.register_bound("halved", Halved())
+    x, y = gaussian_2d
+    kwargs = dict(bound="halved", max_steps=20, eval_every=10, critic_hparams={"hidden": (8,)})
+    first = mi_jax.estimate_mi(x[:600], y[:600], **kwargs)
+    misses = estimate_lib._compiled_fit.cache_info().misses
+    assert mi_jax.estimate_mi(x[:600], y[:600], **kwargs).mi == first.mi
+    assert estimate_lib._compiled_fit.cache_info().misses == misses
 
 
 def test_stopped_early_says_whether_the_limit_cut_training_short(gaussian_2d):

@@ -137,7 +137,7 @@ def test_a_feature_constant_in_training_does_not_derail_the_mlp_probe():
     assert result.test_accuracy > 0.97
 
 
-def test_probes_read_features_of_any_finite_scale_alike():
+def test_probes_read_features_of_any_normal_float32_scale_alike():
     # Before: the training variance, in float32, overflowed from ~1e18 (every feature read 0,
     # the probe chance, 0.12 of 0.76) and underflowed at ~1e-20. Scaling a feature by a power of
     # two changes no z-score, so these accuracies are equal, not close.
@@ -147,3 +147,8 @@ def test_probes_read_features_of_any_finite_scale_alike():
         z = (x * np.float32(scale)).astype(np.float32)
         assert probes.fit_probe(z[:300], y[:300], z[300:], y[300:]) == expected, scale
     assert expected.test_accuracy > 0.9
+    # A feature of one value is dropped; one varying by less than its float32 rounding noise
+    # would suggest, 1e6 + label, is centred and read.
+    label_code = (1e6 + y).astype(np.float32)[:, None]
+    result = probes.fit_probe(label_code[:300], y[:300], label_code[300:], y[300:])
+    assert result.test_accuracy == 1.0
