@@ -90,6 +90,7 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
             print(f"{name}: writing to {workdir} (no --workdir given)")
         # The shell leaves `--workdir=~/runs` as it is: the home directory, not a folder `~`.
         workdir = os.path.expanduser(workdir)
+        distributed = False
         try:
             with config_checks():
                 check_workdir(workdir)
@@ -108,7 +109,15 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
                 '(README, "Workdirs and resuming": what the same command picks up).',
                 file=sys.stderr,
             )
-            raise SystemExit(143 if sigterm else 130) from None  # (128 + the signal's number)
+            status = 143 if sigterm else 130  # (128 + the signal's number)
+            if distributed:  # (its shutdown tells the other processes)
+                raise SystemExit(status) from None
+            # Without Python's shutdown: a signal during a compilation left XLA compiling on its
+            # threads, and the CPU client, destroyed at shutdown, waited for it and crashed (a
+            # segmentation fault, status -11, after this message). Every file is closed by now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
         except Exception as e:
             # A bad setting, or a run that diverged (its message names the step and what is
             # kept): the message is the whole story.

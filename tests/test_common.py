@@ -538,6 +538,40 @@ def test_a_diverged_run_ends_with_its_message_alone(tmp_path):
     assert out.stderr.strip() == "staircase: the loss became nan at step 3; results are kept."
 
 
+def test_sigterm_during_a_compilation_ends_with_143_not_a_crash(tmp_path):
+    # Before: XLA went on compiling on its threads; at Python's shutdown the CPU client waited
+    # for it and crashed: "Segmentation fault" after the message, status -11 (3 runs of 3).
+    # (The program compiles in ~1.8 s here: the signal lands 0.3 s into it.)
+    code = (
+        "import os, signal, threading\n"
+        "import jax, jax.numpy as jnp\n"
+        "from experiments import _cli\n"
+        "def f(x):\n"
+        "    for i in range(60):  # a program that takes seconds to compile\n"
+        "        x = jnp.tanh(x @ x.T + i) * jnp.sin(x)\n"
+        "    return x.sum()\n"
+        "def run(config, workdir):\n"
+        "    jnp.zeros(1).block_until_ready()\n"
+        "    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+        "    jax.jit(jax.grad(f)).lower(jnp.ones((64, 64))).compile()\n"
+        "    print('compiled first', flush=True)\n"
+        "_cli.run_experiment('staircase', run)\n"
+    )
+    out = _command_line(
+        "-c",
+        code,
+        "--config",
+        "configs/staircase.py:quick",
+        "--workdir",
+        str(tmp_path / "run"),
+        JAX_ENABLE_COMPILATION_CACHE="false",  # (compiled, not read from the suite's cache)
+    )
+    assert "compiled first" not in out.stdout  # (else this test tests nothing)
+    assert out.returncode == 143, out.stderr[-2000:]
+    assert out.stderr.strip().startswith("staircase: stopped by SIGTERM")
+    assert "Fatal Python error" not in out.stderr
+
+
 def test_without_workdir_each_preset_writes_to_its_own_folder():
     # Before: every preset's default was /tmp/mi_jax/NAME, so a `:quick` run there made the
     # README's set-up command (the full preset, same folder) refuse the changed settings.
