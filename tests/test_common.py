@@ -498,6 +498,15 @@ def test_a_bad_setting_ends_the_cli_with_its_message_alone(tmp_path, name, overr
     assert not (tmp_path / "run").exists()
 
 
+def _run_experiment_code(code: str, tmp_path, **env: str) -> subprocess.CompletedProcess:
+    """``python -c code`` with the staircase's quick preset and ``tmp_path / "run"`` as the
+    command line (``code`` calls ``_cli.run_experiment("staircase", ...)``)."""
+    workdir = str(tmp_path / "run")
+    return _command_line(
+        "-c", code, "--config", "configs/staircase.py:quick", "--workdir", workdir, **env
+    )
+
+
 def test_ctrl_c_ends_an_experiment_with_one_line(tmp_path):
     # Before: a 40-line KeyboardInterrupt traceback from wherever the run was.
     code = (
@@ -506,14 +515,7 @@ def test_ctrl_c_ends_an_experiment_with_one_line(tmp_path):
         "    raise KeyboardInterrupt\n"
         "_cli.run_experiment('staircase', interrupted)\n"
     )
-    out = _command_line(
-        "-c",
-        code,
-        "--config",
-        "configs/staircase.py:quick",
-        "--workdir",
-        str(tmp_path / "run"),
-    )
+    out = _run_experiment_code(code, tmp_path)
     assert out.returncode == 130, out.stderr[-2000:]
     assert f"staircase: interrupted; what it wrote, if anything, stays in {tmp_path / 'run'}" in (
         out.stderr
@@ -531,9 +533,7 @@ def test_a_diverged_run_ends_with_its_message_alone(tmp_path):
         "    raise training.NonFiniteError('the loss became nan at step 3; results are kept.')\n"
         "_cli.run_experiment('staircase', diverged)\n"
     )
-    out = _command_line(
-        "-c", code, "--config", "configs/staircase.py:quick", "--workdir", str(tmp_path / "run")
-    )
+    out = _run_experiment_code(code, tmp_path)
     assert out.returncode == 1
     assert out.stderr.strip() == "staircase: the loss became nan at step 3; results are kept."
 
@@ -557,15 +557,8 @@ def test_sigterm_during_a_compilation_ends_with_143_not_a_crash(tmp_path):
         "    print('compiled first', flush=True)\n"
         "_cli.run_experiment('staircase', run)\n"
     )
-    out = _command_line(
-        "-c",
-        code,
-        "--config",
-        "configs/staircase.py:quick",
-        "--workdir",
-        str(tmp_path / "run"),
-        JAX_ENABLE_COMPILATION_CACHE="false",  # (compiled, not read from the suite's cache)
-    )
+    # (compiled, not read from the suite's cache)
+    out = _run_experiment_code(code, tmp_path, JAX_ENABLE_COMPILATION_CACHE="false")
     assert "compiled first" not in out.stdout  # (else this test tests nothing)
     assert out.returncode == 143, out.stderr[-2000:]
     assert out.stderr.strip().startswith("staircase: stopped by SIGTERM")
