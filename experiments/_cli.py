@@ -61,7 +61,7 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
     where the environment describes a multi-process job. absl logging is set to WARNING: Orbax
     logs every checkpoint save at INFO, which would break up the progress bar. A bad setting
     found by `config_checks` (before anything is written) ends the run with its message alone,
-    as does a run that diverged (`mi_jax.training.NonFiniteError`: its step, what is kept);
+    as does a run that diverged (`mi_jax.training.NonFiniteError`, naming what and the step);
     Ctrl-C with one line (exit status 130) instead of a traceback, and SIGTERM (a scheduler's
     preemption) the same way (exit status 143): the experiment's `finally` blocks run, a
     checkpoint being saved is finished.
@@ -119,8 +119,8 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
             sys.stderr.flush()
             os._exit(status)
         except Exception as e:
-            # A bad setting, or a run that diverged (its message names the step and what is
-            # kept): the message is the whole story.
+            # A bad setting, or a run that diverged (its message names what and the step): the
+            # message is the whole story.
             if getattr(e, "bad_setting", False) or isinstance(e, training.NonFiniteError):
                 raise SystemExit(f"{name}: {error_message(e)}") from None
             raise

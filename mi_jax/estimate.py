@@ -359,9 +359,8 @@ def _prepared(x, y, train_idx, test_idx, standardize, mesh) -> tuple[tuple, dict
         warnings.warn(
             "x and y are the same samples (after standardization, to rounding: y = x, or an "
             "increasing affine or monotone map of it, column by column). I(X; Y) is then H(X): "
-            "infinite "
-            "for continuous samples, and no estimate from "
-            f"{len(test_idx)} held-out pairs certifies much above log {len(test_idx)} = "
+            f"infinite for continuous samples, and no estimate from {len(test_idx)} held-out "
+            f"pairs certifies much above log {len(test_idx)} = "
             f"{np.log(len(test_idx)):.2f} nats (McAllester & Stratos 2020): the estimate grows "
             "with N and the dimension. Was y meant to be another variable?",
             stacklevel=3,
