@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -728,7 +728,7 @@ class JsonlWriter:
     Every row gets a ``"run"`` number: one more than the largest in the file when it is opened
     (rows without one count as run 0), so the rows of a rerun or a resumed run in the same
     workdir can be told from the earlier ones. A last line a crash cut short is ended first:
-    the next row starts a line of its own (`read_jsonl` skips the cut one).
+    the next row starts a line of its own (`iter_jsonl` skips the cut one).
     """
 
     def __init__(self, path: str):
@@ -736,7 +736,7 @@ class JsonlWriter:
         if not writes_files():
             return
         written = os.path.exists(path) and os.path.getsize(path) > 0
-        rows = read_jsonl(path) if written else []
+        rows = iter_jsonl(path) if written else ()  # one row at a time (1e6 rows: 1.6 GB)
         self.run = 1 + max((r.get("run", 0) for r in rows), default=0)
         cut = False
         if written:
@@ -758,16 +758,15 @@ class JsonlWriter:
             self._file.close()
 
 
-def read_jsonl(path: str) -> list[dict]:
-    """The rows of a JSONL file, in order; a line a crash cut short (not JSON) is skipped."""
-    rows = []
+def iter_jsonl(path: str) -> Iterator[dict]:
+    """The rows of a JSONL file, in order, one at a time; a line a crash cut short (not JSON)
+    is skipped."""
     with open(path) as f:
         for line in f:
             try:
-                rows.append(json.loads(line))
+                yield json.loads(line)
             except json.JSONDecodeError:
                 continue
-    return rows
 
 
 def evaluations_from_metrics(
@@ -780,7 +779,7 @@ def evaluations_from_metrics(
     some again), in step order, without their ``"run"`` and ``"kind"``."""
     path = os.path.join(workdir, "metrics.jsonl")
     last = {}
-    for row in read_jsonl(path) if os.path.exists(path) else []:
+    for row in iter_jsonl(path) if os.path.exists(path) else ():
         if row.get("step", start + 1) > start or (kind is not None and row.get("kind") != kind):
             continue
         if all(row.get(k) == v for k, v in (match or {}).items()):

@@ -525,7 +525,7 @@ def read_metrics(path: str) -> tuple[list[dict], list[dict]]:
     the checkpoint's step) the rows an earlier run wrote past that step are dropped, and the
     latest row per step wins."""
     rows = {}
-    for row in _common.read_jsonl(path) if os.path.exists(path) else []:
+    for row in _common.iter_jsonl(path) if os.path.exists(path) else ():
         if row["kind"] == "resume":
             rows = {key: r for key, r in rows.items() if r["step"] <= row["step"]}
         else:

@@ -97,7 +97,9 @@ def _cases(rhos, keys, mesh):
     return tuple(parallel.put_batch(a, mesh) for a in cases), count
 
 
-def mige_gradients(config, dim: int, spec, rhos, keys, mesh=None) -> np.ndarray:
+def mige_gradients(
+    config, dim: int, spec, rhos, keys, mesh=None
+) -> tuple[np.ndarray, float, float]:
     """``[num_rhos, num_seeds]`` MIGE estimates of dI/drho, and (compile, run) seconds."""
     mesh = parallel.checked_mesh(mesh)
     score_fn = make_score_fn(spec)

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mi_jax import _checks
 from mi_jax.types import Array, ArrayLike, PyTree
@@ -554,8 +555,9 @@ def mine(*, decay: float = 0.99) -> StatefulBound:
     Returns:
       A `StatefulBound`; ``update(scores [batch, batch], state) -> (value [], state)``.
     """
-    if not (_checks.is_number(decay) and 0.0 <= _checks.host_float(decay) < 1.0):
-        raise ValueError(f"`decay` must be a number in [0, 1), got {decay!r}.")
+    # In float32, where it is applied: 0.99999999 rounds to 1 (log(1 - d) = -inf: NaN values).
+    if not (_checks.is_number(decay) and 0.0 <= np.float32(_checks.host_float(decay)) < 1.0):
+        raise ValueError(f"`decay` must be a number in [0, 1) (in float32), got {decay!r}.")
     decay = _checks.host_float(decay)
 
     def init() -> MineState:

@@ -475,14 +475,15 @@ def batch_indices(
         if not (isinstance(value, int | np.integer) and value >= 0):
             raise ValueError(f"`{arg}` must be a non-negative integer, got {value!r}.")
     steps_per_epoch = num_examples // batch_size
-    steps = np.arange(start_step, start_step + num_steps)
-    epochs, positions = np.divmod(steps, steps_per_epoch)
     out = np.empty((num_steps, batch_size), np.int32)
-    for epoch in np.unique(epochs):
+    step = start_step
+    while step < start_step + num_steps:  # an epoch's steps at a time (consecutive rows)
+        epoch, position = divmod(step, steps_per_epoch)
+        count = min(steps_per_epoch - position, start_step + num_steps - step)
         perm = np.random.default_rng([seed, int(epoch)]).permutation(num_examples)
         batches = perm[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
-        rows = epochs == epoch
-        out[rows] = batches[positions[rows]]
+        out[step - start_step : step - start_step + count] = batches[position : position + count]
+        step += count
     return out
 
 

@@ -137,7 +137,7 @@ class Prediction(NamedTuple):
 
     probs_at_mean: Array
     probs_sampled: Array
-    kl: Array
+    kl: Array | None
     log_probs_sampled: Array
 
 
@@ -362,8 +362,3 @@ def check_betas(betas: Sequence[float], name: str = "betas") -> tuple[float, ...
         if not (_checks.is_number(b) and 0 <= float(b) < math.inf):  # NaN fails `0 <=` too
             raise ValueError(f"`{name}` must hold finite numbers >= 0, got {b!r}.")
     return tuple(float(b) for b in betas)
-
-
-def available_methods() -> tuple[str, ...]:
-    """The IB methods' names: ``"deterministic"``, ``"vib"``, ``"mine"``, ``"mige"``."""
-    return METHODS

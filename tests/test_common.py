@@ -44,7 +44,7 @@ def test_jsonl_rows_carry_their_run_and_a_cut_line_never_swallows_the_next_row(t
     second.close()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1]) == {"step": 2, "run": 2}  # a line of its own
-    assert _common.read_jsonl(path) == [{"step": 1, "run": 1}, {"step": 2, "run": 2}]
+    assert list(_common.iter_jsonl(path)) == [{"step": 1, "run": 1}, {"step": 2, "run": 2}]
     # Rows written before runs were numbered count as run 0.
     (tmp_path / "old.jsonl").write_text('{"step": 1}\n')
     old = _common.JsonlWriter(str(tmp_path / "old.jsonl"))

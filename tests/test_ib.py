@@ -384,6 +384,23 @@ def test_a_method_new_to_a_workdir_may_take_other_betas_there(tmp_path):
     )
 
 
+def test_steps_restored_from_a_checkpoint_do_not_count_in_the_progress_rate():
+    import io
+
+    from tqdm import tqdm
+
+    # Before: `update(start)` counted them as trained at once (the rate 7x the real one).
+    progress = tqdm(total=100, file=io.StringIO())
+    ib_experiment.skip_restored_steps(progress, 60)
+    progress.update(10)
+    info = progress.format_dict
+    assert (info["n"], info["n"] - info["initial"]) == (70, 10)
+    progress.close()
+    off = tqdm(total=100, disable=True)  # (no `initial` attribute)
+    ib_experiment.skip_restored_steps(off, 60)
+    assert off.n == 60
+
+
 def test_ib_resumes_an_interrupted_method_from_its_checkpoint(tmp_path):
     workdir = str(tmp_path)
     full = ib_experiment.train_and_evaluate(

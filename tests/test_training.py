@@ -236,6 +236,22 @@ def test_sweep_chunk_with_seeds_runs_each_seed_as_its_own_sweep(sequential):
     np.testing.assert_array_equal(untrained["w"], fresh_both.params["w"])
 
 
+@pytest.mark.parametrize("decay", [0.999, 0.9999, 0.99999])
+def test_averaged_params_of_unchanging_parameters_are_the_parameters(decay):
+    # The average's weights sum to the `1 - d^t` it is divided by. Before: `d` applied in
+    # float32 and `1 - d` rounded from the Python float, so the average of unchanging
+    # parameters read (1 - d) / (1 - float32(d)) of them: 0.99984 at 0.9999, 0.99855 at 0.99999.
+    def loss_fn(params, bound_states, x, y, key, setting):
+        loss = jnp.sum(params["w"]) * setting
+        return loss, ({"loss": loss}, bound_states)
+
+    images, labels = np.zeros((8, 2, 2, 1), np.uint8), np.zeros((8,), np.int32)
+    state = training.create_sweep_state({"w": jnp.ones((3,))}, (), optax.sgd(0.1), 1)
+    run = training.make_sweep_chunk(loss_fn, jax.random.key(0), ema_decay=decay)
+    state, _ = run(state, images, labels, jnp.zeros((20, 4), jnp.int32), 0, jnp.zeros((1,)))
+    np.testing.assert_allclose(training.averaged_params(state, decay)["w"], 1.0, rtol=2e-6)
+
+
 def test_averaged_params_compiles_once_for_states_with_new_optimizers():
     # Before: jitted on the whole state, whose optimizer (a static field) each IB run made anew:
     # a program compiled, and kept, per run and method.
