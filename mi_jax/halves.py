@@ -64,8 +64,8 @@ def add_noise(key: PRNGKey, views: Array, std: float) -> Array:
     return views + std * jax.random.normal(key, views.shape, views.dtype)
 
 
-def _flat(x: Array) -> Array:
-    return x.reshape(x.shape[0], -1)
+def _flat(x: ArrayLike) -> Array:
+    return jnp.reshape(x, (jnp.shape(x)[0], -1))  # (a NumPy array too: `.at` below)
 
 
 class AdditiveCoupling(nn.Module):
@@ -100,10 +100,12 @@ class AdditiveCoupling(nn.Module):
 
     def __call__(self, x: Array) -> Array:
         """``x`` ``[B, D]`` -> ``z`` ``[B, D]``."""
+        x = jnp.asarray(x)
         return x.at[:, self.upd].add(self.shift(x[:, self.cond]))
 
     def inverse(self, z: Array) -> Array:
         """``z`` ``[B, D]`` -> ``x`` ``[B, D]`` (``z[cond] = x[cond]``, so ``t`` is recomputed)."""
+        z = jnp.asarray(z)
         return z.at[:, self.upd].add(-self.shift(z[:, self.cond]))
 
 

@@ -67,8 +67,11 @@ def test_half_encoders_shapes(name):
     }[name]
     encoder = halves.get_half_encoder(name, **hparams)
     x = jnp.zeros((3, 4, 8, 1))
-    out = encoder.apply(encoder.init(jax.random.key(0), x), x)
+    params = encoder.init(jax.random.key(0), x)
+    out = encoder.apply(params, x)
     chex.assert_shape(out, (3, 32 if name == "realnvp" else 5))
+    # NumPy images too (RealNVP's couplings failed on them: no `.at`).
+    np.testing.assert_array_equal(encoder.apply(params, np.asarray(x)), out)
 
 
 def test_unknown_encoder_names_and_hyperparameters():
