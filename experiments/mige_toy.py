@@ -166,9 +166,9 @@ def bound_gradients(
 
         state, trained = jax.lax.scan(body, state, jnp.arange(config.critic_steps))
 
-        def values(r):
+        def values(r):  # each bound's estimate, with its own gradient (not JS's for SMILE)
             x, y = toy_samples(r, eval_key, dim, n)
-            return ensemble.apply(state.params, state.bound_states, x, y)[0]
+            return ensemble.readouts(state.params, state.bound_states, x, y)
 
         return jax.jacrev(values)(rho), trained  # [n_bounds], [steps, n_bounds]
 
@@ -254,6 +254,13 @@ def validate_config(config) -> None:
             list(config.bounds), "separable", dict(config.critic_hparams), config.aux_hidden
         )
         training.check_ensemble(ensemble, 1, 1)
+        for bound in ensemble.bounds:  # (a registered one of a fork's)
+            if bound.objective is not None and bound.readout is None:
+                raise ValueError(
+                    f"config.bounds: bound {bound.name!r} trains on another objective "
+                    "(`Bound.objective`) and gives no `readout`: its rho-gradient here would be "
+                    "that objective's, not its estimate's."
+                )
     # In float32, where the grid is built (0.99999999 rounds to 1: an infinite true gradient).
     if not (_checks.is_real(config.rho_max) and 0.0 < np.float32(config.rho_max) < 1.0):
         raise ValueError(f"config.rho_max must lie in (0, 1) in float32, got {config.rho_max}.")

@@ -345,9 +345,13 @@ def js(scores: ArrayLike) -> Array:
       ``[]`` the NWJ estimate in nats, with the JS gradient.
     """
     train = js_fgan(scores)
+    return train + jax.lax.stop_gradient(js_readout(scores) - train)
+
+
+def js_readout(scores: ArrayLike) -> Array:
+    """`js`'s value, ``nwj(scores + 1)``, with its own gradient (`js` carries `js_fgan`'s)."""
     # Upcast before the + 1, which float16 rounds away at large scores (spacing 8 at 1e4).
-    readout = nwj(_at_least_float32(jnp.asarray(scores)) + 1.0)
-    return train + jax.lax.stop_gradient(readout - train)
+    return nwj(_at_least_float32(jnp.asarray(scores)) + 1.0)
 
 
 def smile(scores: ArrayLike, *, clip: float | None = 5.0, gradient: str = "js") -> Array:
@@ -615,6 +619,9 @@ class Bound:
         for bounds trained with one objective and read out with another (``js`` and ``smile``
         with ``gradient="js"``: `js_fgan`); None where the value is its own objective. Early
         stopping on held-out data watches it (`mi_jax.estimate_mi`).
+      readout: ``readout(scores) -> []``, the value with its own gradient, for a bound with an
+        ``objective`` (whose gradient ``apply``'s value carries): to differentiate the estimate
+        itself, e.g. with respect to the samples (`BoundEnsemble.readouts`); None otherwise.
     """
 
     name: str
@@ -622,6 +629,7 @@ class Bound:
     apply: Callable[..., tuple[Array, PyTree]]
     inputs: tuple[str, ...] = ()
     objective: Callable[[Array], Array] | None = None
+    readout: Callable[[Array], Array] | None = None
 
     def __call__(self, scores: ArrayLike, **inputs: ArrayLike) -> Array:
         """The bound's value on ``scores`` ``[batch, batch]`` (and its ``inputs``), read with
@@ -635,6 +643,7 @@ def make_bound(
     fn: Callable[..., Array],
     inputs: tuple[str, ...] = (),
     objective: Callable[[Array], Array] | None = None,
+    readout: Callable[[Array], Array] | None = None,
     **hparams: Any,
 ) -> Bound:
     """The `Bound` of a stateless bound function ``fn(scores, **inputs, **hparams) -> []``.
@@ -649,6 +658,7 @@ def make_bound(
       inputs: the learned inputs ``fn`` takes by keyword besides the scores (``"u"``,
         ``"log_baseline"``: see `Bound`).
       objective: the training objective, where it is not the value (see `Bound`).
+      readout: with an ``objective``, the value with its own gradient (see `Bound`).
       **hparams: ``fn``'s hyperparameters, checked now by tracing ``fn`` on an abstract 2 x 2
         matrix (nothing is compiled or run), rather than inside a jitted step later.
     """
@@ -662,8 +672,14 @@ def make_bound(
             f"{clash} of bound {name!r} are learned inputs (the trainer's networks give them), "
             "not hyperparameters."
         )
-    if objective is not None and not callable(objective):
-        raise TypeError(f"`objective` of bound {name!r} must be a function of the scores.")
+    for what, f in (("objective", objective), ("readout", readout)):
+        if f is not None and not callable(f):
+            raise TypeError(f"`{what}` of bound {name!r} must be a function of the scores.")
+    if readout is not None and objective is None:
+        raise ValueError(
+            f"bound {name!r}: a `readout` goes with an `objective` (without one, the value "
+            "carries its own gradient)."
+        )
     _checks.check_hparam_names("bound", name, fn, hparams, positional=1, exclude=inputs)
     scores = jax.ShapeDtypeStruct((2, 2), jnp.float32)
     vector = jax.ShapeDtypeStruct((2,), jnp.float32)
@@ -677,8 +693,9 @@ def make_bound(
 
     inputs_spec = {k: vector for k in inputs}
     check_scalar("value", jax.eval_shape(functools.partial(fn, **hparams), scores, **inputs_spec))
-    if objective is not None:
-        check_scalar("objective", jax.eval_shape(objective, scores))
+    for what, f in (("objective", objective), ("readout", readout)):
+        if f is not None:
+            check_scalar(what, jax.eval_shape(f, scores))
 
     def apply(scores, state, **extra):
         if missing := [k for k in inputs if k not in extra]:
@@ -689,7 +706,7 @@ def make_bound(
             )
         return fn(scores, **extra, **hparams), state
 
-    return Bound(name, lambda: (), apply, inputs, objective)
+    return Bound(name, lambda: (), apply, inputs, objective, readout)
 
 
 def _smile_bound(name: str, **hparams: Any) -> Bound:
@@ -698,7 +715,10 @@ def _smile_bound(name: str, **hparams: Any) -> Bound:
         k: p.default for k, p in inspect.signature(smile).parameters.items() if k != "scores"
     }
     gradient, clip = ({**defaults, **hparams}[k] for k in ("gradient", "clip"))
-    bound = make_bound(name, smile, objective=js_fgan if gradient == "js" else None, **hparams)
+    # Trained on the JS objective, read out as the clipped bound (its value's own gradient).
+    readout = functools.partial(smile, clip=clip, gradient="smile")
+    js_trained = {"objective": js_fgan, "readout": readout} if gradient == "js" else {}
+    bound = make_bound(name, smile, **js_trained, **hparams)
     # (clip, checked by make_bound: None or a positive number)
     if gradient == "smile" and clip is not None and math.isfinite(clip):
         raise ValueError(
@@ -722,7 +742,7 @@ _REGISTRY: dict[str, Callable[..., Bound]] = {
     "nwj": lambda **kw: make_bound("nwj", nwj, **kw),
     "tuba": lambda **kw: make_bound("tuba", tuba, ("log_baseline",), **kw),
     "infonce": lambda **kw: make_bound("infonce", infonce, **kw),
-    "js": lambda **kw: make_bound("js", js, objective=js_fgan, **kw),
+    "js": lambda **kw: make_bound("js", js, objective=js_fgan, readout=js_readout, **kw),
     "interpolated": lambda **kw: make_bound("interpolated", interpolated, ("log_baseline",), **kw),
     "smile": lambda **kw: _smile_bound("smile", **kw),
     "flo": lambda **kw: make_bound("flo", flo, ("u",), **kw),

@@ -123,6 +123,20 @@ class BoundEnsemble:
         one evaluation of the critics."""
         return self.evaluate_scores(params, bound_states, self.scores(params, x, y), x, y)
 
+    def readouts(self, params: PyTree, bound_states: PyTree, x: Array, y: Array) -> Array:
+        """``[n_bounds]``: `apply`'s values, each with its own gradient: a bound trained on
+        another objective (`Bound.objective`: JS, SMILE) differentiates its `Bound.readout`,
+        where `apply`'s value carries that objective's gradient. For derivatives of the
+        estimates themselves, e.g. with respect to the samples (`experiments.mige_toy`). MINE
+        keeps its moving-average-corrected gradient, its own estimator of the DV gradient."""
+        all_scores = self.scores(params, x, y)
+        values, _ = self._apply_to_scores(params, bound_states, all_scores, x, y)
+        readouts = [
+            values[i] if bound.readout is None else bound.readout(all_scores[i])
+            for i, bound in enumerate(self.bounds)
+        ]
+        return jnp.stack(readouts)
+
     def evaluate_scores(
         self, params: PyTree, bound_states: PyTree, all_scores: Array, x: Array, y: Array
     ) -> tuple[Array, Array]:

@@ -450,6 +450,34 @@ def test_js_and_smile_gradients_are_the_js_objective():
     assert not np.allclose(g["clipped"], g["js_fgan"], atol=1e-3)
 
 
+def test_readouts_carry_the_values_own_gradient():
+    # JS and SMILE train on the JS objective; `readout` is their value with its own gradient
+    # (the MIGE toy differentiated the JS objective for both before: identical rows).
+    def nwj_plus_one(v):  # NWJ of f + 1, written out: mean diag f - mean_{i != j} e^{f_ij}
+        b = v.shape[0]
+        off = jnp.where(jnp.eye(b, dtype=bool), 0.0, jnp.exp(v))
+        return jnp.mean(jnp.diag(v)) - jnp.sum(off) / (b * (b - 1.0))
+
+    for bound, reference in (
+        (bounds.get_bound("js"), nwj_plus_one),
+        (
+            bounds.get_bound("smile", clip=1.0),
+            lambda v: bounds.smile(v, clip=1.0, gradient="smile"),
+        ),
+    ):
+        value, readout = jax.jit(jax.value_and_grad(bound.readout))(_S4)
+        np.testing.assert_allclose(value, bound(_S4), rtol=1e-6, err_msg=bound.name)
+        np.testing.assert_allclose(readout, jax.grad(reference)(_S4), rtol=1e-5, atol=1e-7)
+        trained = jax.grad(lambda v, b=bound: b.apply(v, b.init())[0])(_S4)
+        assert not np.allclose(readout, trained, atol=1e-3), bound.name
+    assert bounds.get_bound("nwj").readout is None  # its value carries its own gradient
+    assert bounds.get_bound("smile", clip=None, gradient="smile").readout is None
+    with pytest.raises(ValueError, match="a `readout` goes with an `objective`"):
+        bounds.make_bound("mine_nwj", bounds.nwj, readout=bounds.nwj)
+    with pytest.raises(TypeError, match="`readout` of bound 'mine_js' must be a function"):
+        bounds.make_bound("mine_js", bounds.js, objective=bounds.js_fgan, readout=1.0)
+
+
 def test_js_calibration_finds_the_js_optimal_affine_map():
     x, y = tasks.correlated_gaussian(jax.random.key(7), 2.0, _BATCH, _DIM)
     s = tasks.gaussian_log_ratio(x, y, 2.0)

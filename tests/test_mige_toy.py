@@ -10,7 +10,7 @@ import pytest
 
 from configs import mige_toy as mige_toy_config
 from experiments import mige_toy
-from mi_jax import score, training
+from mi_jax import bounds, score, training
 
 
 def _tiny(**overrides):
@@ -147,6 +147,24 @@ def test_a_diverging_trained_bound_is_named_once_every_result_is_written(tmp_pat
     finite = {r["estimator"]: r["finite"] for r in rows}
     assert finite.pop("nwj (trained)") is False and finite and all(finite.values())
     assert (tmp_path / "mige_toy.png").exists()
+
+
+def test_js_and_smile_rows_differentiate_their_estimates(tmp_path, monkeypatch):
+    # Before: both rows differentiated the JS objective they train on (identical rows, 0.857
+    # relative error against 0.03-0.10 for their estimates' own rho-gradients).
+    config = _tiny(bounds=("js", "smile"), critic_steps=50)
+    rhos = jnp.asarray([0.3, 0.6])
+    keys = jax.random.split(jax.random.key(0), 2)
+    grads = mige_toy.bound_gradients(config, 2, rhos, keys)[0]  # [bounds, rhos, seeds]
+    assert np.all(np.isfinite(grads)) and not np.allclose(grads[0], grads[1], rtol=1e-3)
+    # A fork's bound trained on another objective without a readout: refused, not misread.
+    monkeypatch.setattr(bounds, "_REGISTRY", dict(bounds._REGISTRY))  # noqa: SLF001
+    bounds.register_bound(
+        "js_only", lambda **kw: bounds.make_bound("js_only", bounds.js, objective=bounds.js_fgan)
+    )
+    with pytest.raises(ValueError, match="bound 'js_only' trains on another objective"):
+        mige_toy.train_and_evaluate(_tiny(bounds=("js_only",)), str(tmp_path))
+    assert not (tmp_path / "config.json").exists()
 
 
 def test_estimator_names_of_the_trained_bounds_rows_are_refused(tmp_path):

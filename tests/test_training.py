@@ -281,6 +281,35 @@ def test_evaluate_gives_each_bounds_value_and_training_objective():
         np.testing.assert_allclose(objectives[i], want, rtol=1e-5, err_msg=name)
 
 
+def test_readouts_are_the_values_with_each_ones_own_gradient():
+    from mi_jax import bounds
+
+    ensemble, sample, state = _setup(NAMES)
+    x, y = sample(jax.random.key(3), 0)
+    readouts = jax.jit(ensemble.readouts)(state.params, state.bound_states, x, y)
+    applied, _ = ensemble.apply(state.params, state.bound_states, x, y)
+    np.testing.assert_allclose(readouts, applied, rtol=1e-5)
+    # Gradients with respect to the samples: JS's and SMILE's are their estimates' (NWJ of
+    # f + 1, the clipped bound), not the JS objective's; every other bound's as `apply`'s.
+    by_x = jax.jacrev(ensemble.readouts, argnums=2)(state.params, state.bound_states, x, y)
+    applied_by_x = jax.jacrev(lambda x: ensemble.apply(state.params, state.bound_states, x, y)[0])(
+        x
+    )
+    readout_fns = {"js": lambda s: bounds.nwj(s + 1.0), "smile": bounds.get_bound("smile").readout}
+    for i, name in enumerate(NAMES):
+        if name in readout_fns:
+            crit = jax.tree.map(lambda p, i=i: p[i], state.params["critic"])
+
+            def estimate(x, crit=crit, readout=readout_fns[name]):
+                return readout(ensemble.critic.apply(crit, x, y))
+
+            own = jax.grad(estimate)(x)
+            np.testing.assert_allclose(by_x[i], own, rtol=1e-4, atol=1e-6, err_msg=name)
+            assert not np.allclose(by_x[i], applied_by_x[i], atol=1e-4), name
+        else:
+            np.testing.assert_allclose(by_x[i], applied_by_x[i], rtol=1e-5, atol=1e-7)
+
+
 def test_mean_over_seeds_averages_every_float_field():
     from experiments import _common
 
