@@ -9,7 +9,9 @@ on raw pixels (the baselines the run also measured), and the run's wall time (co
 training over every segment of a resumed run, and the probes, periodic and final).
 A run with ``num_seeds > 1`` shows each accuracy as "mean ± std" over its seeds (`rows_from`
 keeps the means as numbers and the spreads under ``COLUMN std``); its raw-pixel probes, fitted
-once, show one number.
+once, show one number. Settings in which the runs differ besides their estimator (a probe's L2,
+the augmentation, the data) are listed under the table (`differing_settings`): such rows do
+not compare estimators alone.
 """
 
 import json
@@ -20,22 +22,55 @@ from experiments import _common
 
 # What a row reads from a run's results.json.
 REQUIRED = ("dataset", "estimator", "num_steps", "probes", "train_total_s", "eval_s")
+# Config fields that may differ between runs compared side by side: what the table compares,
+# and the bookkeeping that leaves the results alone (where to read data, how often to log).
+COMPARED = ("estimator", "estimator_hparams", "score_estimator", "score_hparams", "mige_locations")
+BOOKKEEPING = ("data_dir", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differing_settings(configs: list[dict]) -> dict[str, list]:
+    """``{field: [value per run]}`` for the config fields (dotted, e.g. ``probe.l2``) whose
+    values differ between the runs, besides what the table compares (`COMPARED`) and
+    bookkeeping (`BOOKKEEPING`); a field a run lacks reads None for it."""
+    flat = [_flat(c) for c in configs]
+    fields = dict.fromkeys(k for f in flat for k in f)  # (in first-seen order)
+    ignored = COMPARED + BOOKKEEPING
+    return {
+        k: [f.get(k) for f in flat]
+        for k in fields
+        if k.split(".")[0] not in ignored and any(f.get(k) != flat[0].get(k) for f in flat)
+    }
+
+
+def read_results(workdir: str) -> dict:
+    """A finished run's ``results.json`` (else a clear error naming the workdir)."""
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a finished run?")
+    with open(path) as f:
+        results = json.load(f)
+    if missing := [k for k in REQUIRED if k not in results]:
+        raise ValueError(
+            f"{path} lacks {missing}: {workdir!r} is not a finished InfoMax or AMDIM run."
+        )
+    return results
 
 
 def rows_from(workdirs: list[str]) -> tuple[list[dict], list[str]]:
     """Table rows (one per workdir) and their column names."""
     rows, probe_columns = [], []
     for workdir in workdirs:
-        path = os.path.join(workdir, "results.json")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a finished run?")
-        with open(path) as f:
-            results = json.load(f)
-        missing = [k for k in REQUIRED if k not in results]
-        if missing:
-            raise ValueError(
-                f"{path} lacks {missing}: {workdir!r} is not a finished InfoMax or AMDIM run."
-            )
+        results = read_results(workdir)
         row = {
             # AMDIM shares InfoMax's trainer and results; its config alone has `views`.
             "experiment": "amdim" if "views" in results.get("config", {}) else "infomax",
@@ -65,6 +100,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(__doc__)
     try:
         rows, columns = rows_from(argv)
+        differ = differing_settings([read_results(w).get("config", {}) for w in argv])
     except (OSError, ValueError) as e:  # a workdir that is not a finished run: named
         raise SystemExit(f"error: {e}") from e
     for row in rows:  # "mean ± std" where a run had several seeds
@@ -72,6 +108,10 @@ def main(argv: list[str]) -> None:
             if f"{column} std" in row:
                 row[column] = f"{row[column]:.3f} ± {row[f'{column} std']:.3f}"
     print(_common.format_table(rows, columns))
+    if differ:
+        print("The runs differ besides the estimator (the rows compare more than estimators):")
+        for field, values in differ.items():
+            print(f"  {field}: {' / '.join(map(str, values))}")
 
 
 if __name__ == "__main__":
