@@ -619,9 +619,10 @@ class Bound:
         for bounds trained with one objective and read out with another (``js`` and ``smile``
         with ``gradient="js"``: `js_fgan`); None where the value is its own objective. Early
         stopping on held-out data watches it (`mi_jax.estimate_mi`).
-      readout: ``readout(scores) -> []``, the value with its own gradient, for a bound with an
-        ``objective`` (whose gradient ``apply``'s value carries): to differentiate the estimate
-        itself, e.g. with respect to the samples (`BoundEnsemble.readouts`); None otherwise.
+      readout: ``readout(scores) -> []``, the value with its own gradient, for a bound whose
+        ``apply`` value carries another gradient (an ``objective``'s; MINE's corrected one: its
+        readout is `dv`): to differentiate the estimate itself, e.g. with respect to the samples
+        (`mi_jax.training.BoundEnsemble.readouts`); None otherwise.
     """
 
     name: str
@@ -733,7 +734,7 @@ def _smile_bound(name: str, **hparams: Any) -> Bound:
 def _mine_bound(name: str, **hparams: Any) -> Bound:
     _checks.check_hparam_names("bound", name, mine, hparams)
     pair = mine(**hparams)
-    return Bound(name, pair.init, pair.update)
+    return Bound(name, pair.init, pair.update, readout=dv)
 
 
 _REGISTRY: dict[str, Callable[..., Bound]] = {

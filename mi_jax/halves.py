@@ -143,6 +143,8 @@ class RealNVPEncoder(nn.Module):
         ``z`` ``[B, D]`` -> the flattened input it encodes (the layers undone in reverse)."""
         check_realnvp_input(jnp.shape(images))
         z = _flat(images)
+        if not jnp.issubdtype(z.dtype, jnp.floating):  # (uint8 pixels wrapped modulo 256)
+            z = z.astype(jnp.float32)  # as the Dense layers of the other encoders promote them
         layers = [  # pairs of layers share a random split, roles swapped
             AdditiveCoupling(
                 z.shape[1],

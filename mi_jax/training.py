@@ -124,11 +124,10 @@ class BoundEnsemble:
         return self.evaluate_scores(params, bound_states, self.scores(params, x, y), x, y)
 
     def readouts(self, params: PyTree, bound_states: PyTree, x: Array, y: Array) -> Array:
-        """``[n_bounds]``: `apply`'s values, each with its own gradient: a bound trained on
-        another objective (`Bound.objective`: JS, SMILE) differentiates its `Bound.readout`,
-        where `apply`'s value carries that objective's gradient. For derivatives of the
-        estimates themselves, e.g. with respect to the samples (`experiments.mige_toy`). MINE
-        keeps its moving-average-corrected gradient, its own estimator of the DV gradient."""
+        """``[n_bounds]``: `apply`'s values, each with its own gradient: a bound whose `apply`
+        value carries another gradient (JS and SMILE the JS objective's, MINE its
+        moving-average-corrected one) differentiates its `Bound.readout`. For derivatives of
+        the estimates themselves, e.g. with respect to the samples (`experiments.mige_toy`)."""
         all_scores = self.scores(params, x, y)
         values, _ = self._apply_to_scores(params, bound_states, all_scores, x, y)
         readouts = [
@@ -507,10 +506,12 @@ def make_sweep_chunk(
     `jax.vmap` (``sequential``: one more `jax.lax.map`).
     """
     check_ema_decay(ema_decay)
-    # The decay and its complement both in float32, so the weights sum to ``1 - d^t`` with the
-    # ``d`` that `averaged_params` divides by (a Python float's ``1 - d``, rounded on its own,
-    # scaled the average by ``(1 - d) / (1 - float32(d))``: 0.99984 at d = 0.9999).
-    decay = np.float32(ema_decay)
+    # The decay and its complement both as float32 values, so the weights sum to ``1 - d^t``
+    # with the ``d`` that `averaged_params` divides by (a Python float's ``1 - d``, rounded on
+    # its own, scaled the average by ``(1 - d) / (1 - float32(d))``: 0.99984 at d = 0.9999);
+    # held as Python floats, which keep a bfloat16 parameter's dtype (NumPy scalars do not).
+    decay = float(np.float32(ema_decay))
+    complement = float(np.float32(1) - np.float32(ema_decay))
     _checks.check_bools("make_sweep_chunk", sequential=sequential)
     if num_seeds is not None:
         _checks.check_ints("make_sweep_chunk", num_seeds=num_seeds)
@@ -520,7 +521,7 @@ def make_sweep_chunk(
             state.params, state.bound_states, x, y, key, setting
         )
         state = state.apply_gradients(grads=grads, bound_states=bound_states)
-        ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, state.params)
+        ema = jax.tree.map(lambda e, p: decay * e + complement * p, state.ema_params, state.params)
         return state.replace(ema_params=ema), metrics
 
     if sequential:

@@ -471,6 +471,7 @@ def test_readouts_carry_the_values_own_gradient():
         trained = jax.grad(lambda v, b=bound: b.apply(v, b.init())[0])(_S4)
         assert not np.allclose(readout, trained, atol=1e-3), bound.name
     assert bounds.get_bound("nwj").readout is None  # its value carries its own gradient
+    assert bounds.get_bound("mine").readout is bounds.dv  # (apply: the corrected gradient)
     assert bounds.get_bound("smile", clip=None, gradient="smile").readout is None
     with pytest.raises(ValueError, match="a `readout` goes with an `objective`"):
         bounds.make_bound("mine_nwj", bounds.nwj, readout=bounds.nwj)

@@ -70,8 +70,12 @@ def test_half_encoders_shapes(name):
     params = encoder.init(jax.random.key(0), x)
     out = encoder.apply(params, x)
     chex.assert_shape(out, (3, 32 if name == "realnvp" else 5))
-    # NumPy images too (RealNVP's couplings failed on them: no `.at`).
+    # NumPy images too (RealNVP's couplings failed on them: no `.at`), and integer pixels as
+    # their float values (RealNVP's stayed uint8, wrapping modulo 256).
     np.testing.assert_array_equal(encoder.apply(params, np.asarray(x)), out)
+    pixels = jax.random.randint(jax.random.key(1), x.shape, 0, 256).astype(jnp.uint8)
+    as_float = encoder.apply(params, pixels.astype(jnp.float32))
+    np.testing.assert_allclose(encoder.apply(params, np.asarray(pixels)), as_float, rtol=1e-6)
 
 
 def test_unknown_encoder_names_and_hyperparameters():

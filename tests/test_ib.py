@@ -390,11 +390,18 @@ def test_steps_restored_from_a_checkpoint_do_not_count_in_the_progress_rate():
     from tqdm import tqdm
 
     # Before: `update(start)` counted them as trained at once (the rate 7x the real one).
+    clock = [0.0]
     progress = tqdm(total=100, file=io.StringIO())
-    ib_experiment.skip_restored_steps(progress, 60)
-    progress.update(10)
+    progress._time = lambda: clock[0]  # noqa: SLF001 (a clock the test moves)
+    progress.start_t = progress.last_print_t = 0.0
+    clock[0] = 0.01
+    ib_experiment.skip_restored_steps(progress, 60)  # restored at once
+    for _ in range(3):
+        clock[0] += 1.0  # a trained step a second
+        progress.update(1)
     info = progress.format_dict
-    assert (info["n"], info["n"] - info["initial"]) == (70, 10)
+    assert (info["n"], info["n"] - info["initial"]) == (63, 3)
+    assert info["rate"] == pytest.approx(1.0, rel=0.05)  # (the old way: 60.4 steps a second)
     progress.close()
     off = tqdm(total=100, disable=True)  # (no `initial` attribute)
     ib_experiment.skip_restored_steps(off, 60)

@@ -250,6 +250,11 @@ def test_averaged_params_of_unchanging_parameters_are_the_parameters(decay):
     run = training.make_sweep_chunk(loss_fn, jax.random.key(0), ema_decay=decay)
     state, _ = run(state, images, labels, jnp.zeros((20, 4), jnp.int32), 0, jnp.zeros((1,)))
     np.testing.assert_allclose(training.averaged_params(state, decay)["w"], 1.0, rtol=2e-6)
+    # bfloat16 parameters keep their dtype in the average (a float32 decay made the scan's
+    # carry change type: a TypeError).
+    half = training.create_sweep_state({"w": jnp.ones((3,), jnp.bfloat16)}, (), optax.sgd(0.1), 1)
+    half, _ = run(half, images, labels, jnp.zeros((3, 4), jnp.int32), 0, jnp.zeros((1,)))
+    assert half.ema_params["w"].dtype == jnp.bfloat16
 
 
 def test_averaged_params_compiles_once_for_states_with_new_optimizers():
@@ -285,17 +290,23 @@ def test_readouts_are_the_values_with_each_ones_own_gradient():
     from mi_jax import bounds
 
     ensemble, sample, state = _setup(NAMES)
+    states = state.bound_states
+    for k in range(3):  # MINE's moving average, away from the batch's own mean
+        states = ensemble.apply(state.params, states, *sample(jax.random.key(10 + k), k))[1]
     x, y = sample(jax.random.key(3), 0)
-    readouts = jax.jit(ensemble.readouts)(state.params, state.bound_states, x, y)
-    applied, _ = ensemble.apply(state.params, state.bound_states, x, y)
+    readouts = jax.jit(ensemble.readouts)(state.params, states, x, y)
+    applied, _ = ensemble.apply(state.params, states, x, y)
     np.testing.assert_allclose(readouts, applied, rtol=1e-5)
     # Gradients with respect to the samples: JS's and SMILE's are their estimates' (NWJ of
-    # f + 1, the clipped bound), not the JS objective's; every other bound's as `apply`'s.
-    by_x = jax.jacrev(ensemble.readouts, argnums=2)(state.params, state.bound_states, x, y)
-    applied_by_x = jax.jacrev(lambda x: ensemble.apply(state.params, state.bound_states, x, y)[0])(
-        x
-    )
-    readout_fns = {"js": lambda s: bounds.nwj(s + 1.0), "smile": bounds.get_bound("smile").readout}
+    # f + 1, the clipped bound), not the JS objective's, MINE's its DV value's, not the
+    # moving-average-corrected one; every other bound's as `apply`'s.
+    by_x = jax.jacrev(ensemble.readouts, argnums=2)(state.params, states, x, y)
+    applied_by_x = jax.jacrev(lambda x: ensemble.apply(state.params, states, x, y)[0])(x)
+    readout_fns = {
+        "js": lambda s: bounds.nwj(s + 1.0),
+        "smile": bounds.get_bound("smile").readout,
+        "mine": bounds.dv,
+    }
     for i, name in enumerate(NAMES):
         if name in readout_fns:
             crit = jax.tree.map(lambda p, i=i: p[i], state.params["critic"])
