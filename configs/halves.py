@@ -57,8 +57,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # Held-out batches the bound is averaged over (at most the test split's full batches: 2 on
     # digits; results.json's `mi_test_batches` says how many).
     config.mi_eval_batches = 10
+    # The probe fits all training images (0), as the paper's code does: on 10,000 of MNIST's
+    # the 392-d RealNVP code lost 4-5 points, the 100-d codes 1-1.5 (README).
     config.probe = ml_collections.ConfigDict(
-        {"train_examples": 10000, "l2": 1e-4, "max_iter": 500, "tol": 1e-5}
+        {"train_examples": 0, "l2": 1e-4, "max_iter": 500, "tol": 1e-5}
     )
     if preset == "mnist":
         config.dataset = "mnist"
