@@ -28,6 +28,10 @@ def define_experiment_flags(name: str):
         f"--config configs/{name}.py:PRESET (`default_workdir`).",
     )
     flags.mark_flags_as_required(["config"])
+    # Key flags of the main module (absl names it by sys.argv[0]), so that `--help` lists them
+    # rather than only `--helpfull` among absl's own.
+    for flag in ("config", "workdir"):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[flag])
     return config, workdir
 
 
@@ -80,6 +84,10 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        # Lines as they are printed where stdout is a file or a pipe (a scheduler's log), as on
+        # a terminal: not a block later, behind the progress bar, or never if the job is killed.
+        if reconfigure := getattr(sys.stdout, "reconfigure", None):
+            reconfigure(line_buffering=True)
         logging.set_verbosity(logging.WARNING)
         _check_config_fields(name, config.value)
         if given := [f for f in named_maps if f"--config.{f}" in overrides]:
@@ -103,20 +111,24 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
                 train_and_evaluate(config.value, workdir)
         except (KeyboardInterrupt, Terminated) as e:  # (the experiment's `finally` blocks ran)
             sigterm = isinstance(e, Terminated)
-            print(
-                f"\n{name}: {'stopped by SIGTERM' if sigterm else 'interrupted'}; what it wrote, "
-                f"if anything, stays in {workdir} "
-                '(README, "Workdirs and resuming": what the same command picks up).',
-                file=sys.stderr,
-            )
+            with contextlib.suppress(OSError):
+                print(
+                    f"\n{name}: {'stopped by SIGTERM' if sigterm else 'interrupted'}; what it "
+                    f"wrote, if anything, stays in {workdir} "
+                    '(README, "Workdirs and resuming": what the same command picks up).',
+                    file=sys.stderr,
+                )
             status = 143 if sigterm else 130  # (128 + the signal's number)
             if distributed:  # (its shutdown tells the other processes)
                 raise SystemExit(status) from None
             # Without Python's shutdown: a signal during a compilation left XLA compiling on its
             # threads, and the CPU client, destroyed at shutdown, waited for it and crashed (a
             # segmentation fault, status -11, after this message). Every file is closed by now.
-            sys.stdout.flush()
-            sys.stderr.flush()
+            # Output piped to `tee` may be gone (a scheduler signals the whole job step): the
+            # status still says which signal stopped the run.
+            with contextlib.suppress(OSError):
+                sys.stdout.flush()
+                sys.stderr.flush()
             os._exit(status)
         except Exception as e:
             # A bad setting, or a run that diverged (its message names what and the step): the

@@ -360,9 +360,10 @@ def deferred_interrupt(what: str):
     caught = []
 
     def hold(signum, frame):
-        if not caught:
-            print(f"\nwriting {what}: stopping after it.", file=sys.stderr)
-        caught.append(signum)
+        caught.append(signum)  # first: the message may fail (output piped to a `tee` stopped)
+        if len(caught) == 1:
+            with contextlib.suppress(OSError):
+                print(f"\nwriting {what}: stopping after it.", file=sys.stderr)
 
     for s in held:
         signal.signal(s, hold)

@@ -96,7 +96,7 @@ def rows_from(workdirs: list[str]) -> tuple[list[dict], list[str]]:
 
 
 def main(argv: list[str]) -> None:
-    if not argv:
+    if not argv or argv[0] in ("-h", "--help"):
         raise SystemExit(__doc__)
     try:
         rows, columns = rows_from(argv)

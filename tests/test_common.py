@@ -565,6 +565,52 @@ def test_sigterm_during_a_compilation_ends_with_143_not_a_crash(tmp_path):
     assert "Fatal Python error" not in out.stderr
 
 
+def test_sigterm_with_the_output_pipe_gone_still_ends_with_143(tmp_path):
+    # A scheduler signals the whole job step, `tee` included: the stop messages then meet a
+    # closed pipe. Before: the held signal was dropped where the checkpoint's message failed,
+    # BrokenPipeError came up through the save, and the run ended with status 120 (Python's
+    # failed flush at shutdown): a requeue script testing for 143 misread the preemption.
+    code = (
+        "import os, signal\n"
+        "from experiments import _cli, _common\n"
+        "def run(config, workdir):\n"
+        "    read, write = os.pipe()\n"
+        "    os.close(read)  # the reader (tee) is gone\n"
+        "    os.dup2(write, 1)\n"
+        "    os.dup2(write, 2)\n"
+        "    with _common.deferred_interrupt('a checkpoint'):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "_cli.run_experiment('staircase', run)\n"
+    )
+    out = _run_experiment_code(code, tmp_path)
+    assert out.returncode == 143, (out.returncode, out.stderr[-2000:])
+
+
+def test_a_line_printed_before_a_hard_kill_reaches_a_redirected_log(tmp_path):
+    # stdout to a file or pipe (a scheduler's log) is block-buffered by Python: before, a line
+    # such as "resumed from the checkpoint at step 26" came after the progress bar, and never
+    # where the job was then killed (SIGKILL: an out-of-memory kill, a hard time limit).
+    code = (
+        "import os, signal\n"
+        "from experiments import _cli\n"
+        "def run(config, workdir):\n"
+        "    print('resumed from the checkpoint at step 26.')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "_cli.run_experiment('staircase', run)\n"
+    )
+    out = _run_experiment_code(code, tmp_path, PYTHONUNBUFFERED="")
+    assert out.returncode == -signal.SIGKILL
+    assert out.stdout == "resumed from the checkpoint at step 26.\n"
+
+
+def test_help_lists_the_config_and_workdir_flags():
+    # Before: `--help` showed the docstring and "Try --helpfull", where the two flags sat among
+    # absl's own (they are defined in `_cli`, not the main module).
+    out = _command_line("-m", "experiments.staircase", "--help")  # (absl's status: 1)
+    assert "--config: Path to a configs/staircase.py file." in out.stdout
+    assert "--workdir: Directory for outputs" in out.stdout
+
+
 def test_without_workdir_each_preset_writes_to_its_own_folder():
     # Before: every preset's default was /tmp/mi_jax/NAME, so a `:quick` run there made the
     # README's set-up command (the full preset, same folder) refuse the changed settings.
