@@ -248,7 +248,12 @@ def js_calibration(scores: ArrayLike, init: ArrayLike = (1.0, 0.0), iterations: 
     nearby start converges fast. Each iteration evaluates the objective with its gradient and
     Hessian at a candidate in one pass over the scores; a candidate better than the best so
     far is kept and followed by its Newton step, a worse one is replaced by the midpoint
-    between it and the best, so the result is never worse than ``init``. Every ``a f + b`` is
+    between it and the best, so the result is never worse than ``init``. The second candidate
+    is a start that does not depend on the critic's scale or offset: the linear discriminant
+    of the joint and the marginal pairs' scores (each pair's score mapped to the log-likelihood
+    ratio of two Gaussians of one variance fitted to them). From ``init`` alone, a critic far
+    off (shifted and overconfident, as one overfitting a few hundred pairs) kept ``init``: its
+    Newton step overshoots by orders of magnitude, and so does every halving. Every ``a f + b`` is
     a critic, so any bound read on it is still a bound; a critic that grew overconfident while
     overfitting (scores too large: its JS objective falls while its ranking of the pairs still
     improves) gets ``a < 1``, and ``a = b = 0`` is the constant critic. On a critic that has
@@ -259,10 +264,10 @@ def js_calibration(scores: ArrayLike, init: ArrayLike = (1.0, 0.0), iterations: 
       scores: ``[batch, batch]`` critic scores, diagonal = joint samples.
       init: ``[2]`` the starting ``(a, b)`` (the identity map; or a previous result, for a
         critic that changed little since).
-      iterations: candidates evaluated (the first is ``init``). A Newton step that overshoots
-        is halved at most ``iterations - 2`` times, so from a far start (scores 3x too large,
-        say) the result can be ``init`` itself; `mi_jax.estimate_mi` warm-starts each
-        evaluation from the last, where 16 iterations read the same estimates as 4 (README).
+      iterations: candidates evaluated (the first is ``init``, the second the discriminant
+        start; where that is no better, the third is ``init``'s Newton step).
+        `mi_jax.estimate_mi` evaluates 4 and warm-starts each evaluation from the last;
+        critics 5-30x overconfident and shifted reach the objective of 64 candidates in 4.
 
     Returns:
       ``[2]`` the best ``(a, b)`` evaluated.
@@ -307,8 +312,19 @@ def js_calibration(scores: ArrayLike, init: ArrayLike = (1.0, 0.0), iterations: 
         h_aa, h_ab, h_bb = (jnp.sum(d2_marginal * f**k) + on_diag[5 - k] for k in (2, 1, 0))
         return value, grad, (h_aa - 1e-9, h_ab, h_bb - 1e-9)
 
-    def step(carry, _):
-        best, best_value, candidate = carry
+    # The discriminant start (docstring): the two kinds of pairs' score means and pooled
+    # variance, their moments taken about the joint mean.
+    centre = jnp.mean(diag)  # moments about it: no cancellation for a shifted critic
+    sums = jnp.stack([jnp.sum(f - centre), jnp.sum((f - centre) ** 2)])
+    diag_sums = jnp.stack([jnp.sum(diag - centre), jnp.sum((diag - centre) ** 2)])
+    joint = diag_sums / batch
+    marginal = (sums - diag_sums) / (batch * (batch - 1))
+    variance = (joint[1] - joint[0] ** 2 + marginal[1] - marginal[0] ** 2) / 2
+    a0 = jnp.where(variance > 0, (joint[0] - marginal[0]) / jnp.where(variance > 0, variance, 1), 0)
+    discriminant = jnp.stack([a0, -a0 * (centre + (joint[0] + marginal[0]) / 2)])
+
+    def step(carry, i):
+        best, best_value, candidate, fallback = carry
         value, grad, hess = objective_and_derivatives(candidate)
         better = jnp.isfinite(value) & (value >= best_value)
         best = jnp.where(better, candidate, best)
@@ -319,12 +335,17 @@ def js_calibration(scores: ArrayLike, init: ArrayLike = (1.0, 0.0), iterations: 
             candidate
             - jnp.stack([h_bb * grad[0] - h_ab * grad[1], h_aa * grad[1] - h_ab * grad[0]]) / det
         )
-        candidate = jnp.where(better, newton, (best + candidate) / 2)
-        return (best, best_value, candidate), None
+        following = jnp.where(better, newton, (best + candidate) / 2)
+        # The second candidate is the discriminant start; where it is no better than `init`,
+        # the third is what would have followed `init`.
+        fallback = jnp.where(i == 0, following, fallback)
+        following = jnp.where(i == 1, jnp.where(better, newton, fallback), following)
+        candidate = jnp.where(i == 0, discriminant, following)
+        return (best, best_value, candidate, fallback), None
 
     p0 = jnp.asarray(init, f.dtype)
-    (best, _, _), _ = jax.lax.scan(
-        step, (p0, jnp.array(-jnp.inf, f.dtype), p0), None, length=iterations
+    (best, *_), _ = jax.lax.scan(
+        step, (p0, jnp.array(-jnp.inf, f.dtype), p0, p0), jnp.arange(iterations)
     )
     return best
 

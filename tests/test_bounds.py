@@ -514,6 +514,21 @@ def test_js_calibration_finds_the_js_optimal_affine_map():
     np.testing.assert_allclose(grad_noise, 0.0, atol=5e-5)  # float32 sums over 10^6 pairs
 
 
+@pytest.mark.parametrize("scale, shift", [(5.0, -10.0), (30.0, 0.0), (0.1, 3.0)])
+def test_js_calibration_reaches_the_optimum_from_the_identity_in_four_candidates(scale, shift):
+    # A critic far off: shifted and overconfident (its sigmoids saturate at the identity, where
+    # the Newton step overshoots by orders of magnitude), or far too timid. Four candidates,
+    # `estimate_mi`'s budget, reach the objective of the map that 64 reach.
+    x, y = tasks.correlated_gaussian(jax.random.key(7), 2.0, 256, 20)
+    scores = scale * tasks.gaussian_log_ratio(x, y, 2.0) + shift
+    objective = lambda p: bounds.js_fgan(p[0] * scores + p[1])  # noqa: E731
+    calibrate = jax.jit(bounds.js_calibration, static_argnames="iterations")
+    four, many = calibrate(scores, iterations=4), calibrate(scores, iterations=64)
+    np.testing.assert_allclose(objective(four), objective(many), rtol=1e-5)
+    np.testing.assert_allclose(four, many, rtol=1e-3, atol=1e-3)
+    assert objective(four) > objective(jnp.array([1.0, 0.0])) + 0.01
+
+
 # --------------------------------------------------------------------------------------------
 # 4. jit and vmap.
 
