@@ -2,7 +2,7 @@ r"""Estimate I(X; Y) from a file of paired samples.
 
   python -m experiments.estimate --data FILE.npz [--bound smile] [--critic separable] [--seeds 5]
       [--bound_hparams '{"clip": 5.0}'] [--critic_hparams '{"hidden": (256,)}']
-      [--standardize auto|zscore|rank|none] [--batch_size 128] [--eval_every 100]
+      [--standardize auto|zscore|rank|none] [--batch_size 128] [--eval_every N]
       [--max_steps 3000] [--test_fraction 0.2]
 
 ``FILE.npz`` holds arrays ``x`` ``[N, dim_x]`` and ``y`` ``[N, dim_y]`` (``[N]`` counts as one
@@ -39,7 +39,9 @@ _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", estimate_lib.DEFAULTS["batch_size"], "Training minibatch size."
 )
 _EVAL_EVERY = flags.DEFINE_integer(
-    "eval_every", estimate_lib.DEFAULTS["eval_every"], "Training steps between evaluations."
+    "eval_every",
+    estimate_lib.DEFAULTS["eval_every"],
+    "Training steps between evaluations (default: ~3.2 epochs, 10-100 steps).",
 )
 _TEST_FRACTION = flags.DEFINE_float(
     "test_fraction", estimate_lib.DEFAULTS["test_fraction"], "Fraction of samples held out."

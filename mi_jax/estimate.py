@@ -91,8 +91,8 @@ DEFAULTS = dict(
     batch_size=128,
     learning_rate=None,  # None: by the bound's training objective (below)
     max_steps=3000,
-    eval_every=100,
-    patience=5,
+    eval_every=None,  # None: every ~3.2 epochs, 10-100 steps (`default_eval_every`)
+    patience=None,  # None: PATIENCE_STEPS' worth of evaluations (5 of 100 steps)
     stop_on="objective",
     test_fraction=0.2,
     max_test=2048,
@@ -132,6 +132,13 @@ DEFAULT_BOUND_HPARAMS = {"smile": {"clip": 3.0}}
 JS_LEARNING_RATE, OTHER_LEARNING_RATE = 3e-3, 1e-3
 # Candidates of the critic's calibration per evaluation (warm-started from the last one).
 CALIBRATION_ITERATIONS = 4
+# The held-out evaluations: every 100 steps where the training split is large (3.2 epochs of
+# the 4000 training pairs of N = 5000 at batch 128, where the defaults were tuned), every ~3.2
+# epochs on a smaller one (at least 10 steps). 100 steps are 80 epochs at N = 200: the critic
+# had passed its held-out peak before the first evaluation (fresh draws of 2-10-d Gaussians at
+# 1-2 nats: mean abs. relative error 35 / 23 / 16 % at N = 200 / 500 / 1000 with 100 steps,
+# 23 / 17 / 12 % now; README, "Small samples"). Patience: the evaluations of 500 steps.
+EVAL_EVERY_MAX, EVAL_EVERY_MIN, EVAL_EPOCHS, PATIENCE_STEPS = 100, 10, 3.2, 500
 # The least held-out split: the estimate is read (and the critic calibrated, and early stopping
 # decided) on it. With 2 held-out pairs of independent samples the estimate read up to 22 nats.
 MIN_TEST = 32
@@ -153,8 +160,8 @@ def estimate_mi(
     batch_size: int = DEFAULTS["batch_size"],
     learning_rate: float | None = DEFAULTS["learning_rate"],
     max_steps: int = DEFAULTS["max_steps"],
-    eval_every: int = DEFAULTS["eval_every"],
-    patience: int = DEFAULTS["patience"],
+    eval_every: int | None = DEFAULTS["eval_every"],
+    patience: int | None = DEFAULTS["patience"],
     stop_on: str = DEFAULTS["stop_on"],
     test_fraction: float = DEFAULTS["test_fraction"],
     max_test: int = DEFAULTS["max_test"],
@@ -171,9 +178,10 @@ def estimate_mi(
     with the JS gradient, a separable critic ``g(x)^T h(y) + x^T W y`` (one hidden layer of 128,
     a 32-d embedding, Glorot-uniform kernels, ``W`` starting at 0; ``critic="concat"``: one
     hidden layer of 128, Glorot-uniform kernels), Adam at 3e-3 (1e-3 for bounds not trained with
-    the JS objective), batch 128, at most 3000 steps, evaluation every 100 steps on a 20 %
-    held-out split (at most 2048 samples) of the critic recalibrated there (``calibrate``),
-    early stopping after 5 evaluations without improvement of the held-out JS objective; the
+    the JS objective), batch 128, at most 3000 steps, evaluation every 100 steps (on fewer than
+    ~4000 training pairs every ~3.2 epochs, at least 10 steps) on a 20 % held-out split (at
+    most 2048 samples) of the critic recalibrated there (``calibrate``), early stopping after
+    500 steps without improvement of the held-out JS objective; the
     estimate is the held-out SMILE value of the calibrated critic at the best of them, or 0
     where no trained critic beat the constant critic (on the watched objective, and on the
     bound: an estimate is never below 0 nats). A critic whose training value turns NaN or
@@ -199,8 +207,11 @@ def estimate_mi(
         with the JS objective (SMILE, JS), `OTHER_LEARNING_RATE` (1e-3) for the others.
       max_steps: upper limit on training steps: training runs in whole rounds of
         ``eval_every`` steps, as many as fit (``eval_every`` is capped at ``max_steps``).
-      eval_every: training steps between held-out evaluations.
-      patience: evaluations without improvement of the ``stop_on`` quantity before stopping.
+      eval_every: training steps between held-out evaluations; None (default):
+        `default_eval_every` (100 steps from about 4000 training pairs, ~3.2 epochs below,
+        at least 10).
+      patience: evaluations without improvement of the ``stop_on`` quantity before stopping;
+        None (default): as many as make `PATIENCE_STEPS` (500) steps (5 of 100 steps).
       stop_on: what early stopping watches on the held-out split: ``"objective"``, the
         training objective (the bound's `~mi_jax.bounds.Bound.objective`, else its value), or
         ``"bound"``, the bound's value itself (its maximum over a noisy curve reads high).
@@ -221,7 +232,8 @@ def estimate_mi(
         the samples as they are.
       calibrate: at every evaluation, replace the critic ``f`` by the affine ``a f + b`` that
         maximizes the held-out JS objective (`mi_jax.bounds.js_calibration`, warm-started from
-        the previous evaluation) before the bound and the objective are read on it. None
+        the previous evaluation's map, with a second start fitted to the scores' moments)
+        before the bound and the objective are read on it. None
         (default): calibrate where the bound is trained with the JS objective (SMILE, JS);
         True with another bound is an error.
       seed: seed for the split, the initialization and the minibatches.
@@ -248,11 +260,10 @@ def estimate_mi(
     )  # fmt: skip
     # Python ints from here on: numpy's (np.int8(100), np.int32(3000)) overflowed in the
     # arithmetic below (seed * 1_000_003) or wrapped silently.
-    batch_size, max_steps, eval_every, patience, max_test, seed = (
-        int(v) for v in (batch_size, max_steps, eval_every, patience, max_test, seed)
+    batch_size, max_steps, max_test, seed = (
+        int(v) for v in (batch_size, max_steps, max_test, seed)
     )
     seeds = None if seeds is None else int(seeds)
-    eval_every = min(eval_every, max_steps)  # max_steps is a limit: at least one whole round
     # The keys given replace those of the tuned defaults; the others stay.
     bound_hparams = {**DEFAULT_BOUND_HPARAMS.get(bound, {}), **(bound_hparams or {})}
     critic_hparams = {**DEFAULT_CRITIC_HPARAMS.get(critic, {}), **(critic_hparams or {})}
@@ -265,13 +276,17 @@ def estimate_mi(
     train_idx, test_idx = _split(len(x), test_fraction, max_test, devices, seed)
     arrays, ranked = _prepared(x, y, train_idx, test_idx, standardize, mesh)
     x_train, y_train, x_test, y_test = arrays
+    batch = min(batch_size, len(train_idx) // devices * devices)
+    eval_every = default_eval_every(len(train_idx), batch) if eval_every is None else eval_every
+    eval_every = min(int(eval_every), max_steps)  # max_steps is a limit: one whole round at least
+    patience = -(-PATIENCE_STEPS // eval_every) if patience is None else int(patience)
     spec = _FitSpec(
         bound=bound,
         bound_hparams=_checks.hashable_hparams(bound_hparams),
         critic=critic,
         critic_hparams=_checks.hashable_hparams(critic_hparams),
         learning_rate=float(learning_rate),
-        batch=min(batch_size, len(train_idx) // devices * devices),
+        batch=batch,
         eval_every=eval_every,
         calibrate=bool(calibrate),
         num_seeds=seeds,
@@ -300,6 +315,14 @@ def estimate_mi(
     return MIEstimate(**fitted, bound=bound, critic=critic, rank_columns=ranked)
 
 
+def default_eval_every(num_train: int, batch_size: int) -> int:
+    """`estimate_mi`'s default steps between held-out evaluations: ~`EVAL_EPOCHS` (3.2) epochs
+    of a training split of ``num_train`` pairs at ``batch_size``, clipped to [`EVAL_EVERY_MIN`,
+    `EVAL_EVERY_MAX`] (10, 100): 100 from 4000 training pairs (N = 5000) up, 40 at N = 2000."""
+    steps = round(EVAL_EPOCHS * num_train / batch_size)
+    return int(min(EVAL_EVERY_MAX, max(EVAL_EVERY_MIN, steps)))
+
+
 def _check_arguments(
     *, bound, bound_hparams, critic, critic_hparams, batch_size, max_steps, eval_every, patience,
     stop_on, test_fraction, max_test, standardize, calibrate, seed, seeds, mesh,
@@ -315,6 +338,8 @@ def _check_arguments(
         ("patience", patience, 1),
         ("max_test", max_test, MIN_TEST),
     ):  # (one number each: `_checks.check_ints` takes sequences too)
+        if value is None and name in ("eval_every", "patience"):
+            continue  # (the defaults, set from the training split's size)
         if not (_checks.is_int(value) and value >= least):
             raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}.")
     if not (_checks.is_int(seed) and 0 <= seed < 2**31):
