@@ -56,6 +56,17 @@ def error_message(e: BaseException) -> str:
     return f"{component}: {message}" if component and component not in message else message
 
 
+def _stop_behind(e: BaseException) -> BaseException | None:
+    """The Ctrl-C or SIGTERM (`Terminated`) during whose handling ``e`` was raised, if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt | Terminated):
+            return e
+        seen.add(id(e))
+        e = e.__context__
+    return None
+
+
 def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()) -> None:
     """An experiment's ``__main__``: ``--config`` / ``--workdir`` flags, then
     ``train_and_evaluate(config, workdir)`` under `absl.app`.
@@ -110,32 +121,38 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
             with stop_on_sigterm(), lock:
                 train_and_evaluate(config.value, workdir)
         except (KeyboardInterrupt, Terminated) as e:  # (the experiment's `finally` blocks ran)
-            sigterm = isinstance(e, Terminated)
-            with contextlib.suppress(OSError):
-                print(
-                    f"\n{name}: {'stopped by SIGTERM' if sigterm else 'interrupted'}; what it "
-                    f"wrote, if anything, stays in {workdir} "
-                    '(README, "Workdirs and resuming": what the same command picks up).',
-                    file=sys.stderr,
-                )
-            status = 143 if sigterm else 130  # (128 + the signal's number)
-            if distributed:  # (its shutdown tells the other processes)
-                raise SystemExit(status) from None
-            # Without Python's shutdown: a signal during a compilation left XLA compiling on its
-            # threads, and the CPU client, destroyed at shutdown, waited for it and crashed (a
-            # segmentation fault, status -11, after this message). Every file is closed by now.
-            # Output piped to `tee` may be gone (a scheduler signals the whole job step): the
-            # status still says which signal stopped the run.
-            with contextlib.suppress(OSError):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(status)
+            stopped(isinstance(e, Terminated), workdir, distributed)
         except Exception as e:
             # A bad setting, or a run that diverged (its message names what and the step): the
             # message is the whole story.
             if getattr(e, "bad_setting", False) or isinstance(e, training.NonFiniteError):
                 raise SystemExit(f"{name}: {error_message(e)}") from None
+            # The output pipe gone while the run stopped (a scheduler signals the whole job
+            # step, `tee` included): a progress bar's close in a `finally` block raised
+            # BrokenPipeError over the signal's exception.
+            if isinstance(e, OSError) and (stop := _stop_behind(e)) is not None:
+                stopped(isinstance(stop, Terminated), workdir, distributed)
             raise
+
+    def stopped(sigterm: bool, workdir: str, distributed: bool):
+        """Ends a run that Ctrl-C or SIGTERM stopped: one line, and status 130 or 143."""
+        with contextlib.suppress(OSError):  # (the output may be gone)
+            print(
+                f"\n{name}: {'stopped by SIGTERM' if sigterm else 'interrupted'}; what it "
+                f"wrote, if anything, stays in {workdir} "
+                '(README, "Workdirs and resuming": what the same command picks up).',
+                file=sys.stderr,
+            )
+        status = 143 if sigterm else 130  # (128 + the signal's number)
+        if distributed:  # (its shutdown tells the other processes)
+            raise SystemExit(status) from None
+        # Without Python's shutdown: a signal during a compilation left XLA compiling on its
+        # threads, and the CPU client, destroyed at shutdown, waited for it and crashed (a
+        # segmentation fault, status -11, after this message). Every file is closed by now.
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
 
     def parse_flags(argv):
         argv = _check_config_path(name, argv)

@@ -96,7 +96,10 @@ def rows_from(workdirs: list[str]) -> tuple[list[dict], list[str]]:
 
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
+    if not argv:
         raise SystemExit(__doc__)
     try:
         rows, columns = rows_from(argv)

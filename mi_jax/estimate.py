@@ -178,8 +178,8 @@ def estimate_mi(
     with the JS gradient, a separable critic ``g(x)^T h(y) + x^T W y`` (one hidden layer of 128,
     a 32-d embedding, Glorot-uniform kernels, ``W`` starting at 0; ``critic="concat"``: one
     hidden layer of 128, Glorot-uniform kernels), Adam at 3e-3 (1e-3 for bounds not trained with
-    the JS objective), batch 128, at most 3000 steps, evaluation every 100 steps (on fewer than
-    ~4000 training pairs every ~3.2 epochs, at least 10 steps) on a 20 % held-out split (at
+    the JS objective), batch 128, at most 3000 steps, evaluation every ~3.2 epochs, 10-100
+    steps (100 from about 4000 training pairs at batch 128, N = 5000) on a 20 % held-out split (at
     most 2048 samples) of the critic recalibrated there (``calibrate``), early stopping after
     500 steps without improvement of the held-out JS objective; the
     estimate is the held-out SMILE value of the calibrated critic at the best of them, or 0
@@ -208,8 +208,8 @@ def estimate_mi(
       max_steps: upper limit on training steps: training runs in whole rounds of
         ``eval_every`` steps, as many as fit (``eval_every`` is capped at ``max_steps``).
       eval_every: training steps between held-out evaluations; None (default):
-        `default_eval_every` (100 steps from about 4000 training pairs, ~3.2 epochs below,
-        at least 10).
+        `default_eval_every`, ~3.2 epochs at ``batch_size`` within 10-100 steps (100 from
+        about 4000 training pairs at batch 128; at batch 512, 25).
       patience: evaluations without improvement of the ``stop_on`` quantity before stopping;
         None (default): as many as make `PATIENCE_STEPS` (500) steps (5 of 100 steps).
       stop_on: what early stopping watches on the held-out split: ``"objective"``, the
@@ -318,7 +318,8 @@ def estimate_mi(
 def default_eval_every(num_train: int, batch_size: int) -> int:
     """`estimate_mi`'s default steps between held-out evaluations: ~`EVAL_EPOCHS` (3.2) epochs
     of a training split of ``num_train`` pairs at ``batch_size``, clipped to [`EVAL_EVERY_MIN`,
-    `EVAL_EVERY_MAX`] (10, 100): 100 from 4000 training pairs (N = 5000) up, 40 at N = 2000."""
+    `EVAL_EVERY_MAX`] (10, 100): at batch 128, 100 from 4000 training pairs (N = 5000) up, 40
+    at N = 2000."""
     steps = round(EVAL_EPOCHS * num_train / batch_size)
     return int(min(EVAL_EVERY_MAX, max(EVAL_EVERY_MIN, steps)))
 

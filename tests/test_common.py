@@ -570,16 +570,23 @@ def test_sigterm_with_the_output_pipe_gone_still_ends_with_143(tmp_path):
     # closed pipe. Before: the held signal was dropped where the checkpoint's message failed,
     # BrokenPipeError came up through the save, and the run ended with status 120 (Python's
     # failed flush at shutdown): a requeue script testing for 143 misread the preemption.
+    # Every experiment closes a progress bar in a `finally` block: its last write's
+    # BrokenPipeError then came up over `Terminated` too (status -11, the crash at shutdown).
     code = (
-        "import os, signal\n"
+        "import os, signal, tqdm\n"
         "from experiments import _cli, _common\n"
         "def run(config, workdir):\n"
-        "    read, write = os.pipe()\n"
-        "    os.close(read)  # the reader (tee) is gone\n"
-        "    os.dup2(write, 1)\n"
-        "    os.dup2(write, 2)\n"
-        "    with _common.deferred_interrupt('a checkpoint'):\n"
-        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    bar = tqdm.tqdm(total=10)\n"
+        "    try:\n"
+        "        read, write = os.pipe()\n"
+        "        os.close(read)  # the reader (tee) is gone\n"
+        "        os.dup2(write, 1)\n"
+        "        os.dup2(write, 2)\n"
+        "        with _common.deferred_interrupt('a checkpoint'):\n"
+        "            os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    finally:\n"
+        "        bar.update(10)\n"
+        "        bar.close()\n"
         "_cli.run_experiment('staircase', run)\n"
     )
     out = _run_experiment_code(code, tmp_path)
