@@ -239,7 +239,7 @@ def js_fgan(scores: ArrayLike) -> Array:
     return joint_term - marginal_term
 
 
-def js_calibration(scores: ArrayLike, init: ArrayLike = (1.0, 0.0), iterations: int = 4) -> Array:
+def js_calibration(scores: ArrayLike, init: ArrayLike = (1.0, 0.0), iterations: int = 32) -> Array:
     r"""The affine map of a critic that maximizes its JS objective: Platt scaling.
 
     .. math:: (a, b) = \arg\max_{a, b} \; \mathrm{js\_fgan}(a f + b)
@@ -265,9 +265,14 @@ def js_calibration(scores: ArrayLike, init: ArrayLike = (1.0, 0.0), iterations: 
       init: ``[2]`` the starting ``(a, b)`` (the identity map; or a previous result, for a
         critic that changed little since).
       iterations: candidates evaluated (the first is ``init``, the second the discriminant
-        start; where that is no better, the third is ``init``'s Newton step).
-        `mi_jax.estimate_mi` evaluates 4 and warm-starts each evaluation from the last;
-        critics 5-30x overconfident and shifted reach the objective of 64 candidates in 4.
+        start; where that is no better, the third is ``init``'s Newton step). Each is one
+        pass over the scores. From the identity, on the true log density ratio of 400 pairs
+        scaled 0.2-100x and shifted by up to 50: at 2 nats 4 candidates reach the objective of
+        128 (within 1e-3), at 4-10 nats 8-32 are needed (the discriminant start, two Gaussians
+        of one variance, is further off there; every overshooting Newton step is halved one
+        candidate at a time), and 32, the default, fall short only in the farthest case (100x
+        and shifted by 50 at 10 nats: 0.03). `mi_jax.estimate_mi` evaluates 4 per evaluation,
+        each warm-started from the last: end to end within 0.3 nats (3 %) of 64 at 2-8 nats.
 
     Returns:
       ``[2]`` the best ``(a, b)`` evaluated.

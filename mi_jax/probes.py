@@ -186,7 +186,10 @@ def fit_probe(
         gradient entry is below ``tol`` or for ``max_iter`` iterations, L2 penalty
         ``l2 / 2 |W|^2`` on the mean cross-entropy) or ``"mlp"`` (one
         hidden layer of ``hidden``, AdamW with a cosine decay: ``epochs``, ``batch_size``,
-        ``learning_rate``, ``weight_decay``).
+        ``learning_rate``, ``weight_decay``; its training is counted in epochs, so a small set
+        trains few steps: the defaults are 150 steps on digits' 1,437 training images, which
+        read 0.964 on the pixels (/ 255; train 0.973) against 0.981 (train 1.0) at 100
+        epochs of batch 128, the InfoMax digits preset's setting: give small sets more).
       num_classes: defaults to ``max(label) + 1``.
       seed: the MLP's initialization and shuffling (the linear probe starts at zero and
         trains full-batch: it does not use it).
