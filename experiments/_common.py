@@ -279,7 +279,8 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
     """One row per group of ``rows`` (equal ``group_by`` fields, in first-seen order): every
     float field replaced by its mean over the group, plus ``{field}_std`` (the standard
     deviation over the group, ddof 0 as in `experiments.halves`) and ``num_seeds`` (the
-    group's size); other fields (names, integers) from the group's first row, ``seed`` dropped.
+    group's size); a field boolean in every member holds where it holds for each; other
+    fields (names, integers) from the group's first row, ``seed`` dropped.
     A float field read back from JSON as ``null`` (a non-finite value) counts as NaN, so the
     rows of a resumed run have the fields of a fresh one.
     """
@@ -296,6 +297,8 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
                 column = np.asarray([np.nan if v is None else v for v in column], np.float64)
                 merged[key] = float(np.mean(column))
                 merged[f"{key}_std"] = float(np.std(column))
+            elif key not in group_by and all(isinstance(v, bool) for v in column):
+                merged[key] = all(column)
         merged["num_seeds"] = len(members)
         out.append(merged)
     return out

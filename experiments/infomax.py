@@ -229,6 +229,8 @@ def run_probes(
                     probe=kind,
                     train_accuracy=result.train_accuracy,
                     test_accuracy=result.test_accuracy,
+                    iterations=result.iterations,
+                    converged=result.converged,  # linear: L-BFGS reached `tol` (MLP: None)
                     seconds=time.perf_counter() - t0,
                 )
             )
@@ -510,6 +512,16 @@ def summary(results: dict) -> str:
         r if r.get("num_seeds", 1) > 1 else {**r, "test_accuracy_std": "-"}
         for r in results["probes"]
     ]
+    unfinished = [
+        f"{r['encoder']}/{r['representation']}"
+        for r in results["probes"]
+        if r.get("converged") is False
+    ]
+    note = (
+        f"\nlinear probes stopped at config.probe.max_iter before config.probe.tol: {unfinished}"
+        if unfinished
+        else ""
+    )
     return (
         f"\n{results['dataset']}, estimator {results['estimator']}, {results['num_steps']} steps"
         f"{seeds}: "
@@ -517,6 +529,7 @@ def summary(results: dict) -> str:
         f"final probes {results['eval_s']:.1f} s, periodic probes "
         f"{results.get('periodic_eval_s', 0):.1f} s (every run in the workdir)\n"
         + _common.format_table(rows, cols)
+        + note
     )
 
 

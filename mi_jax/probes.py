@@ -26,10 +26,18 @@ PROBES = ("linear", "mlp")
 
 
 class ProbeResult(NamedTuple):
-    """A fitted probe's accuracies (fractions in ``[0, 1]``)."""
+    """A fitted probe's accuracies (fractions in ``[0, 1]``) and how its training ended.
+
+    ``iterations``: L-BFGS iterations (linear) or optimizer steps (MLP). ``converged``: for the
+    linear probe whether the largest gradient entry went below ``tol`` before ``max_iter``
+    (False: the accuracies are those of an unfinished fit; raise ``max_iter``); None for the
+    MLP, which trains a fixed number of epochs.
+    """
 
     train_accuracy: float
     test_accuracy: float
+    iterations: int | None = None
+    converged: bool | None = None
 
 
 class _Probe(nn.Module):
@@ -91,7 +99,7 @@ def _fit(
     def accuracy(x, y):
         return jnp.mean(jnp.argmax(model.apply(params, x), axis=-1) == y)
 
-    return accuracy(train_x, train_y), accuracy(test_x, test_y)
+    return accuracy(train_x, train_y), accuracy(test_x, test_y), epochs * steps_per_epoch
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "max_iter", "l2", "tol"))
@@ -129,12 +137,12 @@ def _fit_linear_lbfgs(train_x, train_y, test_x, test_y, *, num_classes, max_iter
         return optax.apply_updates(params, updates), state, iteration + 1, grad_max
 
     init = (params, tx.init(params), jnp.asarray(0), jnp.asarray(jnp.inf))
-    params, _, _, _ = jax.lax.while_loop(not_converged, step, init)
+    params, _, iterations, grad_max = jax.lax.while_loop(not_converged, step, init)
 
     def accuracy(x, y):
         return jnp.mean(jnp.argmax(x @ params["w"] + params["b"][None, :], axis=-1) == y)
 
-    return accuracy(train_x, train_y), accuracy(test_x, test_y)
+    return accuracy(train_x, train_y), accuracy(test_x, test_y), iterations, grad_max <= tol
 
 
 def check_hparams(*, prefix: str = "", **hparams) -> None:
@@ -195,7 +203,8 @@ def fit_probe(
         trains full-batch: it does not use it).
 
     Returns:
-      A `ProbeResult`: the train and test accuracies, floats in ``[0, 1]``.
+      A `ProbeResult`: the train and test accuracies, floats in ``[0, 1]``, the iterations
+      trained and (linear) whether the fit converged.
     """
     if not _checks.is_known(kind, PROBES):
         raise _checks.unknown_name_error("probe", kind, PROBES)
@@ -246,7 +255,7 @@ def fit_probe(
         learning_rate=learning_rate, weight_decay=weight_decay,
     )  # fmt: skip
     if kind == "linear":
-        train_acc, test_acc = _fit_linear_lbfgs(
+        train_acc, test_acc, iterations, converged = _fit_linear_lbfgs(
             train_x,
             jnp.asarray(train_y, jnp.int32),
             test_x,
@@ -256,8 +265,8 @@ def fit_probe(
             l2=l2,
             tol=tol,
         )
-        return ProbeResult(float(train_acc), float(test_acc))
-    train_acc, test_acc = _fit(
+        return ProbeResult(float(train_acc), float(test_acc), int(iterations), bool(converged))
+    train_acc, test_acc, steps = _fit(
         train_x,
         jnp.asarray(train_y, jnp.int32),
         test_x,
@@ -270,7 +279,7 @@ def fit_probe(
         lr=learning_rate,
         weight_decay=weight_decay,
     )
-    return ProbeResult(float(train_acc), float(test_acc))
+    return ProbeResult(float(train_acc), float(test_acc), int(steps))
 
 
 @jax.jit

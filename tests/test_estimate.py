@@ -217,6 +217,41 @@ def test_y_the_same_as_x_warns_that_the_mi_is_infinite(gaussian_2d):
         mi_jax.estimate_mi(coin, coin, max_steps=20, eval_every=10)
 
 
+def test_an_estimate_above_a_discrete_sides_entropy_is_reported_as_that_bound():
+    """A label of 100 classes that x determines: SMILE at tau = 3 read 6.2 nats of log 100 =
+    4.61 (above H(Y), an impossible value; a review of discrete data, 2026-12-06). The
+    estimate is now at most the label's entropy, with a warning; continuous data have none."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 100, 2000)
+    onehot = np.eye(100, dtype=np.float32)[labels]
+    centres = 6.0 * rng.normal(size=(100, 5))
+    x = centres[labels] + rng.normal(size=(2000, 5))
+    with pytest.warns(UserWarning, match=r"passed the entropy of the discrete `y` \(4.6"):
+        result = mi_jax.estimate_mi(x, onehot)
+    _, counts = np.unique(labels, return_counts=True)
+    p = counts / 2000
+    entropy = -np.sum(p * np.log(p)) + 99 / 4000  # Miller-Madow
+    assert result.ceiling == pytest.approx(entropy, rel=1e-9) and result.mi == result.ceiling
+    # The true I(X; Y) is within 0.03 nats of log 100 here (classes 6 sd apart in 5-d).
+    assert abs(result.mi - np.log(100)) < 0.06
+    # Below the entropy nothing changes, and continuous sides have no ceiling.
+    coin = labels % 2
+    noisy = coin + 0.8 * rng.normal(size=2000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        binary = mi_jax.estimate_mi(noisy, coin)
+        free = mi_jax.estimate_mi(noisy, noisy + rng.normal(size=2000))
+    assert 0 < binary.mi < binary.ceiling < np.log(2) + 1e-3
+    assert free.ceiling is None
+
+
+def test_row_hashes_tell_one_hot_rows_apart():
+    # The bits of 1.0 end in 52 zeros: multiplied by a weight without mixing, the rows of a
+    # one-hot code of 1000 classes fell into ~4096 values and collided.
+    hx, hy = estimate_lib._row_hashes(np.eye(1000), np.eye(1000, dtype=np.float32) * 0.5)
+    assert len(np.unique(hx)) == len(np.unique(hy)) == 1000
+
+
 def test_a_bound_registered_as_any_callable_object_runs(monkeypatch, gaussian_2d):
     # Before: a factory that is an instance of a dataclass with `__call__` (unhashable) failed
     # in the program cache's key: "unhashable type".
@@ -448,6 +483,8 @@ def test_constant_column_is_rejected():
             ValueError, match=r"`x` has columns \[0\] constant on the training split"
         ):
             mi_jax.estimate_mi(offset + x[:, :1], x[:, :1], max_steps=10)
+    with pytest.raises(ValueError, match="a class absent from the training split"):
+        mi_jax.estimate_mi(x, np.eye(3)[np.arange(200) % 2], max_steps=10)
 
 
 def test_hyperparameters_given_replace_the_defaults_and_may_be_numpy_arrays(gaussian_2d):

@@ -157,6 +157,14 @@ def test_num_seeds_trains_each_seed_as_its_own_run_and_reports_mean_and_std(tmp_
         assert row["num_seeds"] == len(values) == (1 if row["encoder"] == "none" else 2)
         assert row["test_accuracy"] == pytest.approx(np.mean(values))
         assert row["test_accuracy_std"] == pytest.approx(np.std(values))
+        flags = [r["converged"] for r in pair["probes_per_seed"] if key(r) == key(row)]
+        assert row["converged"] == (all(flags) if row["probe"] == "linear" else None)
+    # A linear probe cut off at max_iter is named under the table (the tiny config's are).
+    done = {**pair, "probes": [{**r, "converged": True} for r in pair["probes"]]}
+    assert "stopped at config.probe.max_iter" not in infomax.summary(done)
+    done["probes"][0]["converged"] = False
+    first = f"{pair['probes'][0]['encoder']}/{pair['probes'][0]['representation']}"
+    assert f"before config.probe.tol: ['{first}']" in infomax.summary(done)
     saved = json.loads((both / "results.json").read_text())
     assert saved["probes"] == pair["probes"]
     # A one-seed rerun in this workdir: refused, naming the setting, before anything is written.
@@ -174,7 +182,8 @@ def test_num_seeds_trains_each_seed_as_its_own_run_and_reports_mean_and_std(tmp_
     (row,), _ = infomax_table.rows_from([str(both)])
     # Raw pixels are fitted once: one number, not "± 0.000", in the table and the summary.
     assert "none:pixels:linear" in row and "none:pixels:linear std" not in row
-    (pixels,) = [line for line in infomax.summary(pair).splitlines() if "pixels" in line]
+    table = infomax.summary(pair).split("\nlinear probes stopped")[0]  # (the note below it)
+    (pixels,) = [line for line in table.splitlines() if "pixels" in line]
     assert pixels.split()[-1] == "-"
     assert row["seeds"] == 2 and row["trained:global:linear std"] == pytest.approx(
         next(

@@ -51,6 +51,20 @@ def test_linear_probe_reaches_the_optimum_at_its_defaults():
     assert ours.test_accuracy == pytest.approx(want, abs=1.5 / 597), (ours, want)
 
 
+def test_probe_reports_its_iterations_and_whether_the_linear_fit_converged():
+    """A fit cut off at ``max_iter`` says so (before, nothing told an unfinished L-BFGS fit
+    from a converged one); the MLP reports its optimizer steps (epochs x batches per epoch)."""
+    x, y = _blobs(600, sep=0.6, seed=2)
+    done = probes.fit_probe(x[:400], y[:400], x[400:], y[400:])
+    assert done.converged is True and 1 < done.iterations < 300
+    cut = probes.fit_probe(x[:400], y[:400], x[400:], y[400:], max_iter=3)
+    assert cut.converged is False and cut.iterations == 3
+    mlp = probes.fit_probe(x[:400], y[:400], x[400:], y[400:], kind="mlp", epochs=2, batch_size=64)
+    assert mlp.converged is None and mlp.iterations == 2 * (400 // 64)
+    train, test, *_ = done  # still unpacks as (train, test, ...)
+    assert (train, test) == (done.train_accuracy, done.test_accuracy)
+
+
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
 def test_separable_data_is_learned_and_random_labels_are_not(kind):
     x, y = _blobs(600, sep=4.0)
