@@ -2,10 +2,12 @@
 overrides, and the one-line messages of bad settings (`run_experiment`)."""
 
 import contextlib
+import functools
 import importlib.util
 import os
 import socket
 import sys
+import threading
 import time
 
 from experiments._common import Terminated, config_checks, is_map, stop_on_sigterm
@@ -115,10 +117,8 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
                 check_workdir(workdir)
                 if prepare is not None:
                     prepare(config.value)
-            # (The processes of one multi-process job share the workdir by design.)
             distributed = parallel.initialize_distributed()
-            lock = contextlib.nullcontext() if distributed else workdir_lock(workdir)
-            with stop_on_sigterm(), lock:
+            with stop_on_sigterm(), workdir_lock(workdir):
                 train_and_evaluate(config.value, workdir)
         except (KeyboardInterrupt, Terminated) as e:  # (the experiment's `finally` blocks ran)
             stopped(isinstance(e, Terminated), workdir, distributed)
@@ -257,32 +257,47 @@ class WorkdirBusyError(RuntimeError):
 
 
 LOCK_FILE = ".mi_jax_run.lock"
+# The workdirs whose lock this process holds, and the thread holding each.
+_HELD: dict[str, int] = {}
 
 
 @contextlib.contextmanager
 def workdir_lock(workdir: str):
-    """Holds an exclusive lock (`fcntl.flock`) on ``WORKDIR/.mi_jax_run.lock`` while a command
-    line run (`run_experiment`) uses the workdir.
+    """Holds an exclusive lock (`fcntl.flock`) on ``WORKDIR/.mi_jax_run.lock`` while a run uses
+    the workdir: a command line run (`run_experiment`), or an experiment's
+    ``train_and_evaluate`` called from Python (`locks_workdir`).
 
     A second run in the same workdir meanwhile (the same command started twice, tasks of a job
-    array given one ``--workdir``) is refused at once, a `WorkdirBusyError` naming the first
-    one's process and host, instead of interleaving its metrics rows, results and checkpoints
-    with the first run's (before: both ran, and one removed the other's checkpoint in flight).
-    The operating system frees the lock when the process ends, however it ends, so a killed
-    run's workdir takes the next run. The lock file goes at the end, and so do the folders this
-    made for the workdir where nothing was written there. Where the filesystem has no locks (a
-    warning says so) or Python no `fcntl` (Windows), runs go unguarded. (An experiment's
-    ``train_and_evaluate`` called from Python takes no lock.)
+    array given one ``--workdir``, a notebook's call beside a script's) is refused at once, a
+    `WorkdirBusyError` naming the first one's process and host, instead of interleaving its
+    metrics rows, results and checkpoints with the first run's (before: both ran, and one
+    removed the other's checkpoint in flight). The thread holding the lock may take it again
+    (an experiment run inside another's, in its workdir). The processes of one multi-process
+    job share the workdir: process ``i > 0`` locks ``.mi_jax_run.{i}.lock``, process 0 the
+    plain file, so that each process of a second job meets its counterpart of the first. The
+    operating system frees the lock when the process ends, however it ends, so a killed run's
+    workdir takes the next run. The lock file goes at the end, and so do the folders this made
+    for the workdir where nothing was written there. Where the filesystem has no locks (a
+    warning says so) or Python no `fcntl` (Windows), runs go unguarded.
     """
+    import jax
+
+    key = os.path.realpath(workdir)
+    if _HELD.get(key) == threading.get_ident():
+        yield
+        return
     made = []  # the folders this makes, deepest first
     folder = os.path.abspath(workdir)
     while not os.path.exists(folder):
         made.append(folder)
         folder = os.path.dirname(folder)
-    lock = _locked_file(workdir)
+    process = jax.process_index() if jax.process_count() > 1 else 0
+    lock = _locked_file(workdir, LOCK_FILE if process == 0 else f".mi_jax_run.{process}.lock")
+    _HELD[key] = threading.get_ident()
     try:
         yield
     finally:
+        del _HELD[key]
         if lock is not None:
             with contextlib.suppress(FileNotFoundError):  # (removed by hand meanwhile)
                 os.remove(lock.name)  # (while locked: a run starting now locks a new file)
@@ -294,14 +309,27 @@ def workdir_lock(workdir: str):
                 break
 
 
-def _locked_file(workdir: str):
-    """The workdir's lock file (the folders made as needed), open and locked, naming this
-    process; None where there are no locks. A `WorkdirBusyError` where another run holds it."""
+def locks_workdir(train_and_evaluate):
+    """An experiment's ``train_and_evaluate(config, workdir, ...)`` run under `workdir_lock`
+    (from Python as from the command line, whose lock it takes again)."""
+
+    @functools.wraps(train_and_evaluate)
+    def locked(config, workdir, *args, **kwargs):
+        with workdir_lock(workdir):
+            return train_and_evaluate(config, workdir, *args, **kwargs)
+
+    return locked
+
+
+def _locked_file(workdir: str, name: str):
+    """The workdir's lock file ``name`` (the folders made as needed), open and locked, naming
+    this process; None where there are no locks. A `WorkdirBusyError` where another run holds
+    it."""
     try:
         import fcntl
     except ImportError:
         return None
-    path = os.path.join(workdir, LOCK_FILE)
+    path = os.path.join(workdir, name)
     while True:
         os.makedirs(workdir, exist_ok=True)
         try:
@@ -316,7 +344,7 @@ def _locked_file(workdir: str):
             f.close()
             raise WorkdirBusyError(
                 f"--workdir {workdir!r} is in use by another run ({holder}); wait for it to "
-                "end, or give another --workdir."
+                "end, or give another --workdir (a workdir holds one run at a time)."
             ) from None
         except OSError as e:  # no locks here (some network filesystems)
             f.close()

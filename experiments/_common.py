@@ -465,8 +465,14 @@ def restore_checkpoint(manager, step: int, state):
         # (other array names or shapes) another config's.
         if not (isinstance(e, FileNotFoundError) or "NOT_FOUND" in detail):
             raise _checkpoint_mismatch(manager, step, detail) from e
-        others = [s for s in manager.all_steps() if s < step]
         where = os.path.join(str(manager.directory), str(step))
+        if not os.path.isdir(where):  # removed since the run listed it: not damage
+            raise WorkdirFileError(
+                f"the checkpoint at step {step} ({where}) disappeared while this run read it: "
+                "is another run writing this workdir (where the filesystem has no locks)? "
+                "Rerun when it has ended, to resume from its latest checkpoint."
+            ) from e
+        others = [s for s in manager.all_steps() if s < step]
         raise WorkdirFileError(
             f"the checkpoint at step {step} ({where}) cannot be read: it is damaged (files "
             "missing or cut). Remove that folder to resume from "

@@ -46,6 +46,7 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> am
     )
 
 
+@_cli.locks_workdir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:
     """Trains (or resumes), evaluates, writes everything into ``workdir``; returns the results.
     Data-parallel over ``mesh`` (default: all devices), as `experiments.infomax`."""

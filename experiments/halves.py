@@ -503,6 +503,7 @@ def _represent_fn(encoder, mesh):
 RESUMABLE = ("data_dir",)
 
 
+@_cli.locks_workdir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:
     """Runs (or finishes) the study; writes everything into ``workdir``; returns the results.
 

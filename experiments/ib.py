@@ -540,6 +540,7 @@ def plot(workdir: str, results: dict) -> None:
     _common.save_figure(fig, os.path.join(workdir, "curves.png"), dpi=100)
 
 
+@_cli.locks_workdir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:
     """Runs (or finishes) every method's sweep; writes everything into ``workdir``.
 

@@ -237,6 +237,7 @@ def run_probes(
     return rows
 
 
+@_cli.locks_workdir
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,

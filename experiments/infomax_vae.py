@@ -243,6 +243,7 @@ def summary(results: dict) -> str:
     return head + _common.format_table(rows, cols)
 
 
+@_cli.locks_workdir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:
     """Trains (or resumes) every model; writes everything into ``workdir``; returns results.
 

@@ -300,6 +300,7 @@ def plot(path: str, curves: dict, rhos: np.ndarray, dims) -> None:
     _common.save_figure(fig, path, dpi=110)
 
 
+@_cli.locks_workdir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> dict:
     """Runs every estimator at every dimension; ``mesh``: the devices the cases are split over
     (default: all, `mi_jax.parallel.data_mesh`)."""

@@ -529,6 +529,7 @@ def _note_unsplit_cpu(config) -> None:
         )
 
 
+@_cli.locks_workdir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the staircase for every task and critic in ``config``; returns the results dict."""
     with _common.config_checks():  # before anything is written

@@ -136,6 +136,58 @@ def test_a_run_in_a_workdir_in_use_is_refused_and_a_killed_runs_workdir_is_free(
     assert not (tmp_path / "fresh").exists()  # made for a run that wrote nothing: removed
 
 
+def test_a_workdir_is_locked_from_python_too_and_by_each_process_of_a_job(tmp_path, monkeypatch):
+    """Before (a review, 2026-12-06): ``train_and_evaluate`` called from Python (a notebook, a
+    wrapper script) took no lock, nor did multi-process jobs; two such runs in one workdir
+    interleaved their metrics rows under one run number and one died in Orbax, its checkpoint
+    removed by the other."""
+    import threading
+
+    from configs import staircase as staircase_config
+    from experiments import staircase
+
+    workdir = str(tmp_path / "run")
+    held, release = threading.Event(), threading.Event()
+
+    def hold():  # another thread of this process: another open file, refused like a process
+        with _cli.workdir_lock(workdir):
+            held.set()
+            release.wait(60)
+
+    other = threading.Thread(target=hold)
+    other.start()
+    try:
+        assert held.wait(60)
+        with pytest.raises(_cli.WorkdirBusyError, match=f"pid {os.getpid()} on"):
+            staircase.train_and_evaluate(staircase_config.get_config("quick"), workdir)
+    finally:
+        release.set()
+        other.join()
+    assert not os.path.exists(workdir)  # the refused run wrote nothing; the holder's lock went
+    # The thread holding the lock takes it again (AMDIM runs InfoMax's trainer in its workdir).
+    with _cli.workdir_lock(workdir), _cli.workdir_lock(workdir):
+        assert os.listdir(workdir) == [_cli.LOCK_FILE]
+    # Process 1 of a multi-process job locks its own file, which process 1 of another job meets.
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    refused = []
+
+    def second_job():
+        try:
+            with _cli.workdir_lock(workdir):
+                pass
+        except _cli.WorkdirBusyError as e:
+            refused.append(str(e))
+
+    with _cli.workdir_lock(workdir):
+        assert os.listdir(workdir) == [".mi_jax_run.1.lock"]
+        other = threading.Thread(target=second_job)
+        other.start()
+        other.join()
+    assert len(refused) == 1 and "is in use by another run" in refused[0]
+    assert not os.path.exists(workdir)
+
+
 def test_the_workdir_lock_survives_its_file_removed_and_a_filesystem_without_locks(
     tmp_path, monkeypatch
 ):
@@ -286,6 +338,11 @@ def test_a_damaged_checkpoint_is_named_as_damaged_not_as_another_config(tmp_path
             if d == "d":
                 shutil.rmtree(os.path.join(root, d))
     with pytest.raises(_common.WorkdirFileError, match=r"step 4 .* damaged.*step 2"):
+        _common.restore_checkpoint(manager, 4, state)
+    # Removed whole while the run read it (another writer, where locks do not work): not
+    # "damaged ... remove that folder", which was already gone (a review, 2026-12-06).
+    shutil.rmtree(tmp_path / "checkpoints" / "4")
+    with pytest.raises(_common.WorkdirFileError, match=r"step 4 .* disappeared while this run"):
         _common.restore_checkpoint(manager, 4, state)
     # another config's state is still named as such: other shapes, or the same shapes under
     # other names (a renamed module), which is no damage
