@@ -1,5 +1,6 @@
 """`mi_jax.estimate_mi` and its command line."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -555,6 +556,30 @@ def test_cli_reads_npz_and_reports(tmp_path, gaussian_2d, monkeypatch):
             np.testing.assert_array_equal(loaded[0], x[:200], err_msg=f"offset {offset}")
             np.testing.assert_array_equal(loaded[1], y[:200], err_msg=f"offset {offset}")
     assert refused > len(packed) // 7 // 2, refused  # measured: 472 of 493 offsets
+
+
+def test_cli_says_how_far_the_estimate_moved_when_max_steps_cut_training(gaussian_2d):
+    x, y = gaussian_2d
+    one = mi_jax.estimate_mi(x[:1000], y[:1000], max_steps=800, eval_every=100, patience=10)
+    assert not one.stopped_early
+    # The last 500 steps: evaluations at 300 and 800.
+    moved = one.test_curve[-1] - one.test_curve[2]
+    assert estimate_cli.limit_note(one, 800) == (
+        "--max_steps 800 ended training before early stopping did: over its last 500 steps the "
+        f"held-out estimate moved by {moved:+.3f} nats ({one.test_curve[2]:.3f} -> "
+        f"{one.test_curve[-1]:.3f}); where it still rises, a longer run may read higher."
+    )
+    assert estimate_cli.limit_note(dataclasses.replace(one, stopped_early=True), 800) is None
+    two = mi_jax.estimate_mi(x[:1000], y[:1000], max_steps=200, eval_every=100, seeds=2)
+    moves = two.test_curve[:, 1] - two.test_curve[:, 0]
+    assert f"moved by {moves[np.argmax(np.abs(moves))]:+.3f} nats" in estimate_cli.limit_note(
+        two, 200
+    )
+    assert "the largest move of 2 seeds" in estimate_cli.limit_note(two, 200)
+    single = dataclasses.replace(one, steps=one.steps[:1], test_curve=one.test_curve[:1])
+    assert estimate_cli.limit_note(single, 100) == (
+        "--max_steps 100 ended training at its first evaluation."
+    )
 
 
 def test_cli_refuses_a_json_path_it_cannot_write_before_training(tmp_path, gaussian_2d):
