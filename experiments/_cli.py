@@ -257,8 +257,9 @@ class WorkdirBusyError(RuntimeError):
 
 
 LOCK_FILE = ".mi_jax_run.lock"
-# The workdirs whose lock this process holds, and the thread holding each.
-_HELD: dict[str, int] = {}
+# The workdirs whose lock this process holds, and the (process, thread) holding each (a
+# forked child inherits the dict and the thread's id, not the lock).
+_HELD: dict[str, tuple[int, int]] = {}
 
 
 @contextlib.contextmanager
@@ -274,7 +275,9 @@ def workdir_lock(workdir: str):
     removed the other's checkpoint in flight). The thread holding the lock may take it again
     (an experiment run inside another's, in its workdir). The processes of one multi-process
     job share the workdir: process ``i > 0`` locks ``.mi_jax_run.{i}.lock``, process 0 the
-    plain file, so that each process of a second job meets its counterpart of the first. The
+    plain file, so that each process of a second job of the same size meets its counterpart
+    of the first (of another size, or against a single-process run, only the processes of the
+    same index meet: one is refused, and the job stops there or at its first collective). The
     operating system frees the lock when the process ends, however it ends, so a killed run's
     workdir takes the next run. The lock file goes at the end, and so do the folders this made
     for the workdir where nothing was written there. Where the filesystem has no locks (a
@@ -283,7 +286,8 @@ def workdir_lock(workdir: str):
     import jax
 
     key = os.path.realpath(workdir)
-    if _HELD.get(key) == threading.get_ident():
+    holder = (os.getpid(), threading.get_ident())
+    if _HELD.get(key) == holder:
         yield
         return
     made = []  # the folders this makes, deepest first
@@ -293,7 +297,7 @@ def workdir_lock(workdir: str):
         folder = os.path.dirname(folder)
     process = jax.process_index() if jax.process_count() > 1 else 0
     lock = _locked_file(workdir, LOCK_FILE if process == 0 else f".mi_jax_run.{process}.lock")
-    _HELD[key] = threading.get_ident()
+    _HELD[key] = holder
     try:
         yield
     finally:

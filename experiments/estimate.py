@@ -125,6 +125,8 @@ def limit_note(result: estimate_lib.MIEstimate, max_steps: int) -> str | None:
     1.94 nats at 3000 steps and at 6000), and "a longer run may read higher" alone
     over-promised there."""
     cut = ~np.atleast_1d(result.stopped_early)
+    if result.ceiling is not None:  # (an estimate at the ceiling cannot read higher)
+        cut &= np.atleast_1d(result.mi) < result.ceiling
     if not cut.any():
         return None
     steps = np.asarray(result.steps)
@@ -193,6 +195,15 @@ def main(argv):
             f"I(X;Y) = {mi.mean():.4f} +- {mi.std():.4f} nats = {mi.mean() / np.log(2):.4f} bits "
             f"over {len(mi)} seeds "
             f"({result.bound}, {result.critic} critic): {np.round(mi, 4).tolist()}"
+        )
+    if result.ceiling is not None and np.any(mi >= result.ceiling):
+        print(
+            f"The estimate of {np.sum(mi >= result.ceiling)} of {len(mi)} seed(s) is the entropy "
+            f"of a discrete side ({result.ceiling:.4f} nats), an upper bound of I(X;Y) that the "
+            "bound's value passed (see the warning)."
+            if _SEEDS.value is not None
+            else f"The estimate is the entropy of a discrete side ({result.ceiling:.4f} nats), "
+            "an upper bound of I(X;Y) that the bound's value passed (see the warning)."
         )
     if (note := limit_note(result, _MAX_STEPS.value)) is not None:
         print(note)

@@ -68,10 +68,10 @@ class MIEstimate:
         round, at ``max_steps``) or a diverged training value ended training (``[K]`` with
         seeds). False: ``max_steps`` ended it with the best of that quantity among the last
         ``patience`` evaluations, and a longer run may read higher.
-      ceiling: where ``x`` or ``y`` is discrete (at most `DISCRETE_MAX_FRACTION` x N distinct
-        rows: labels, one-hot codes, counts), the smaller entropy of such a side in nats
-        (plug-in, with Miller and Madow's correction), an upper bound of I(X; Y): ``mi`` is
-        at most this (an estimate above it is reported as it, with a warning); else None.
+      ceiling: where ``x`` or ``y`` is discrete (labels, one-hot codes, counts) and the sample
+        covers its distribution (`CEILING_COVERAGE`), the smaller entropy of such a side in
+        nats, estimated (`_entropy_ceiling`): I(X; Y) is at most the entropy, and ``mi`` at
+        most this (an estimate above it is reported as it, with a warning); else None.
     """
 
     mi: Any
@@ -147,12 +147,16 @@ EVAL_EVERY_MAX, EVAL_EVERY_MIN, EVAL_EPOCHS, PATIENCE_STEPS = 100, 10, 3.2, 500
 # The least held-out split: the estimate is read (and the critic calibrated, and early stopping
 # decided) on it. With 2 held-out pairs of independent samples the estimate read up to 22 nats.
 MIN_TEST = 32
-# A side with at most this fraction of N distinct rows is discrete (categorical, counts, a
-# grid): its plug-in entropy (Miller-Madow) bounds I(X; Y) from above, and an estimate above
-# it is reported as it. SMILE at tau = 3 reads above H(Y) for a label of more than ~20 classes
+# A side whose values repeat (a label, one-hot codes, counts) has a finite entropy, which bounds
+# I(X; Y) from above. SMILE at tau = 3 reads above it for a label of more than ~20 classes
 # that X nearly determines (the density ratio passes e^3 off the diagonal): 100 classes, one-
 # hot, Y = X: 6.19 nats of log 100 = 4.61; 5-d Gaussian classes: 6.32 of 4.59 (2026-12-06).
-DISCRETE_MAX_FRACTION = 0.1
+# Where the sample covers the side's distribution (Good-Turing coverage, 1 - singletons / N, at
+# least CEILING_COVERAGE) its entropy estimate caps the estimate; where it covers it more
+# thinly (at least DISCRETE_COVERAGE: the rows mostly repeat), classes the sample never saw hold
+# entropy no estimate sees (Zipf labels of exponent 1.5: H 3.17, read 3.03 at N = 5000), and an
+# estimate above it only warns.
+CEILING_COVERAGE, DISCRETE_COVERAGE = 0.99, 0.5
 # A joint (concat) critic scores the held-out split's n_test^2 pairs in row blocks of at most
 # this many activations per layer (2^25 floats, 128 MiB): all pairs at once held 8 GiB of
 # activations at n_test = 2048 (hidden 256, 256); in blocks of 64 rows 260 MiB, and the
@@ -203,9 +207,9 @@ def estimate_mi(
 
     Discrete data: give a categorical variable one-hot (a column of class indices asks the
     critic for an arbitrary function of one number: 20 classes read 2.06 nats of 2.56, one-hot
-    2.63; README). Where a side is discrete, the estimate is at most its entropy
-    (``MIEstimate.ceiling``): SMILE at tau = 3 reads above it for labels of more than ~20
-    classes that the other side nearly determines.
+    2.63; README). Where a side is discrete and the sample covers its distribution, the
+    estimate is at most its entropy (``MIEstimate.ceiling``): SMILE at tau = 3 reads above it
+    for labels of more than ~20 classes that the other side nearly determines.
 
     Args:
       x: ``[N, dim_x]`` samples (``[N]`` is read as one dimension).
@@ -330,32 +334,44 @@ def estimate_mi(
     # the programs cached in one mode served the other.
     with jax.enable_x64(False):
         fitted = _fit(spec, arrays, seed, max_steps // eval_every, patience, stop_on)
-    ceiling = _entropy_ceiling(hx, hy)
-    if ceiling is not None and np.any(fitted["mi"] > ceiling[0]):
-        entropy, side = ceiling
+    fitted["ceiling"] = _apply_entropy_ceiling(fitted, _entropy_ceiling(hx, hy), bound_hparams)
+    return MIEstimate(**fitted, bound=bound, critic=critic, rank_columns=ranked)
+
+
+def _apply_entropy_ceiling(fitted: dict, ceiling, bound_hparams: dict) -> float | None:
+    """Caps ``fitted["mi"]`` at the entropy of a discrete side (`_entropy_ceiling`) where the
+    sample covers its distribution, with a warning naming the values it replaced; warns only
+    where it covers it thinly. Returns the cap applied, if any."""
+    if ceiling is None:
+        return None
+    entropy, side, coverage = ceiling
+    capped = coverage >= CEILING_COVERAGE
+    if np.any(fitted["mi"] > entropy):
+        tau = bound_hparams.get("clip")
         warnings.warn(
             f"the estimate ({np.round(fitted['mi'], 3).tolist()} nats) passed the entropy of "
-            f"the discrete `{side}` ({entropy:.3f} nats, plug-in with Miller-Madow's "
-            "correction), which bounds I(X; Y) from above: reported as that bound (see "
-            "`MIEstimate.ceiling`)."
+            f"the discrete `{side}` ({entropy:.3f} nats, estimated), which bounds I(X; Y) from "
+            "above: "
             + (
-                f" SMILE's clip (tau = {bound_hparams.get('clip', 5.0)}) reads high where the "
-                "density ratio passes e^tau, as for a label of more than ~20 classes that the "
-                "other side nearly determines: `bound_hparams={'clip': 5.0}` reads closer."
-                if bound == "smile"
+                "reported as that bound (`MIEstimate.ceiling`)."
+                if capped
+                else f"its sample covers its distribution too thinly (Good-Turing coverage "
+                f"{coverage:.3f}, below {CEILING_COVERAGE}: classes never sampled) to cap the "
+                "estimate, which may read high."
+            )
+            + (
+                f" SMILE's clip (tau = {tau}) reads high where the density ratio passes e^tau, "
+                "as for a label of more than ~20 classes that the other side nearly determines: "
+                "a larger `clip` reads closer."
+                if "clip" in bound_hparams and tau is not None
                 else ""
             ),
-            stacklevel=2,
+            stacklevel=3,
         )
-        mi = np.minimum(fitted["mi"], entropy)
-        fitted["mi"] = float(mi) if np.ndim(mi) == 0 else mi
-    return MIEstimate(
-        **fitted,
-        bound=bound,
-        critic=critic,
-        rank_columns=ranked,
-        ceiling=None if ceiling is None else ceiling[0],
-    )
+        if capped:
+            mi = np.minimum(fitted["mi"], entropy)
+            fitted["mi"] = float(mi) if np.ndim(mi) == 0 else mi
+    return entropy if capped else None
 
 
 def default_eval_every(num_train: int, batch_size: int) -> int:
@@ -568,7 +584,8 @@ def _standardized(
     if standardize is True:
         return z, []
     q1, q3 = np.percentile(train, [25, 75], axis=0)
-    heavy = np.flatnonzero(q3 - q1 < HEAVY_TAIL_IQR)
+    flat = np.all(z == 0.0, axis=0)  # (set to 0 by `_standardize`, which said so)
+    heavy = np.flatnonzero((q3 - q1 < HEAVY_TAIL_IQR) & ~flat)
     if heavy.size:
         z[:, heavy] = _gaussianize(a[:, heavy], train_idx, name)
     return z, heavy.tolist()
@@ -598,22 +615,32 @@ def _row_hashes(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hashed(x), hashed(y)
 
 
-def _entropy_ceiling(hx: np.ndarray, hy: np.ndarray) -> tuple[float, str] | None:
-    """``(H, side)``: the smaller entropy of a discrete side (``"x"`` or ``"y"``), an upper
-    bound of I(X; Y), or None where neither is discrete. A side is discrete with at most
-    `DISCRETE_MAX_FRACTION` x N distinct rows (``hx``, ``hy``: `_row_hashes`); its entropy is
-    the plug-in one with Miller and Madow's correction ``(K - 1) / 2N`` for K values (the
-    plug-in alone reads low by about that much)."""
+def _entropy_ceiling(hx: np.ndarray, hy: np.ndarray) -> tuple[float, str, float] | None:
+    """``(H, side, coverage)`` of the discrete side (``"x"`` or ``"y"``; Good-Turing coverage
+    ``1 - singletons / N`` at least `DISCRETE_COVERAGE`) of smaller entropy, or None where
+    neither is discrete (``hx``, ``hy``: `_row_hashes`).
+
+    H is the larger of two estimates of the entropy, each of which reads low in its own regime
+    (a larger ceiling is the safer one): the plug-in entropy with Miller and Madow's correction
+    ``(K - 1) / 2N`` (low where many classes are unseen: uniform over 490 classes, N = 1000,
+    -0.06 nats) and Chao and Shen's coverage-adjusted one (low where all are seen: the same at
+    N = 5000, -0.05; Zipf labels, N = 5000: MM -0.13, CS +0.02 nats). A thin tail of unseen
+    classes still reads low: 1 % of the mass over 1e5 classes, coverage 0.99: -0.05 to -0.07.
+    """
     n = len(hx)
     ceiling = None
     for side, h in (("x", hx), ("y", hy)):
         _, counts = np.unique(h, return_counts=True)
-        if len(counts) > DISCRETE_MAX_FRACTION * n:
+        coverage = 1.0 - np.sum(counts == 1) / n
+        if coverage < DISCRETE_COVERAGE:
             continue
         p = counts / n
-        entropy = float(-np.sum(p * np.log(p)) + (len(counts) - 1) / (2 * n))
+        miller_madow = -np.sum(p * np.log(p)) + (len(counts) - 1) / (2 * n)
+        seen = coverage * p  # Chao-Shen: the seen classes' mass, Horvitz-Thompson weighted
+        chao_shen = -np.sum(seen * np.log(seen) / (1.0 - (1.0 - seen) ** n))
+        entropy = float(max(miller_madow, chao_shen))
         if ceiling is None or entropy < ceiling[0]:
-            ceiling = (entropy, side)
+            ceiling = (entropy, side, float(coverage))
     return ceiling
 
 
@@ -662,6 +689,7 @@ def _warn_if_far_outside(a: np.ndarray, train_idx, test_idx, name: str, columns)
     lo, hi = train.min(axis=0), train.max(axis=0)
     held = a[test_idx].astype(np.float64)
     far = (held < lo - 3 * (hi - lo)) | (held > hi + 3 * (hi - lo))
+    far &= hi > lo  # (a column of one training value is set to 0: `_standardize` warned)
     if far.any():
         cols = np.flatnonzero(far.any(axis=0))
         j = cols[0]
@@ -825,25 +853,48 @@ def _standardize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     # A spread within 64 float64 spacings of the mean counts as none: rounding noise, a column
     # of a handful of levels (1e16 + x: spacing 2; 1e20 + x: one value). 1e8 + x and 1e12 +
     # 0.5 x (timestamps in microseconds with a millisecond spread) keep their spread.
-    _check_no_constant_columns(std <= 64 * np.finfo(np.float64).eps * np.abs(mean), name)
-    return (a - mean) / std
-
-
-def _check_no_constant_columns(constant: np.ndarray, name: str) -> None:
-    if np.any(constant):
-        cols = np.flatnonzero(constant).tolist()
-        raise ValueError(
-            f"`{name}` has columns {cols} constant on the training split (the statistics' "
-            "samples): they carry no information there. (One-hot codes: a class absent from "
-            "the training split, or rare; drop its column, or merge it into another.)"
+    tolerance = 64 * np.finfo(np.float64).eps
+    flat = std <= tolerance * np.abs(mean)
+    if np.any(flat):
+        flat = _constant_on_training_split(
+            flat, a.std(axis=0) <= tolerance * np.abs(a.mean(0)), name
         )
+    return np.where(flat, 0.0, (a - mean) / np.where(flat, 1.0, std))
+
+
+def _constant_on_training_split(
+    constant: np.ndarray, everywhere: np.ndarray, name: str
+) -> np.ndarray:
+    """``constant``: ``[dim]``, the columns constant on the training split (``everywhere``: in
+    every sample). A ValueError where one is constant in every sample; else the columns to set
+    to 0 in both splits, with a warning (values only in the held-out split: a class of a
+    one-hot code drawn there alone, which before was an error at some seeds and not at
+    others)."""
+    if not np.any(constant):
+        return constant
+    everywhere = constant & everywhere
+    if np.any(everywhere):
+        raise ValueError(
+            f"`{name}` has columns {np.flatnonzero(everywhere).tolist()} constant in every "
+            "sample: they carry no information."
+        )
+    warnings.warn(
+        f"`{name}` has columns {np.flatnonzero(constant).tolist()} constant on the training "
+        "split and not on the held-out one (a class of a one-hot code drawn in the held-out "
+        "split alone?): they carry no information the critic could learn and are set to 0 "
+        "in both splits. Drop or merge rare classes, or pass more samples.",
+        stacklevel=7,  # (estimate_mi's caller)
+    )
+    return constant
 
 
 def _gaussianize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     """Each column through the train split's empirical CDF (mid-rank of ties, ``(r + 1/2) /
     (n + 1)``, held-out values placed among the training ones) and the normal quantile."""
     train = np.sort(a[train_idx], axis=0)
-    _check_no_constant_columns(train[0] == train[-1], name)
+    flat = _constant_on_training_split(
+        train[0] == train[-1], np.min(a, axis=0) == np.max(a, axis=0), name
+    )
     n = len(train_idx)
     u = np.empty(a.shape, np.float64)
     for j in range(a.shape[1]):
@@ -854,7 +905,7 @@ def _gaussianize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
         left = np.searchsorted(train[:, j], column, "left")
         right = np.searchsorted(train[:, j], column, "right")
         u[order, j] = ((left + right) / 2 + 0.5) / (n + 1)
-    return scipy.special.ndtri(u).astype(np.float32)
+    return np.where(flat, 0.0, scipy.special.ndtri(u)).astype(np.float32)
 
 
 def _blocked_for_held_out(ensemble: training.BoundEnsemble, n_test: int) -> training.BoundEnsemble:

@@ -167,6 +167,13 @@ def test_a_workdir_is_locked_from_python_too_and_by_each_process_of_a_job(tmp_pa
     # The thread holding the lock takes it again (AMDIM runs InfoMax's trainer in its workdir).
     with _cli.workdir_lock(workdir), _cli.workdir_lock(workdir):
         assert os.listdir(workdir) == [_cli.LOCK_FILE]
+    # A forked child inherits the dict of held workdirs and the thread's id, not the lock.
+    with _cli.workdir_lock(workdir):
+        pid = os.getpid()
+        monkeypatch.setattr(os, "getpid", lambda: pid + 1)
+        with pytest.raises(_cli.WorkdirBusyError), _cli.workdir_lock(workdir):
+            pass
+        monkeypatch.setattr(os, "getpid", lambda: pid)
     # Process 1 of a multi-process job locks its own file, which process 1 of another job meets.
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(jax, "process_index", lambda: 1)

@@ -218,6 +218,19 @@ def test_y_the_same_as_x_warns_that_the_mi_is_infinite(gaussian_2d):
         mi_jax.estimate_mi(coin, coin, max_steps=20, eval_every=10)
 
 
+def _entropy_estimates(labels):
+    """Miller-Madow's and Chao-Shen's estimates of the entropy of a label sample, computed here
+    from their formulas."""
+    n = len(labels)
+    _, counts = np.unique(labels, return_counts=True)
+    p = counts / n
+    miller_madow = -np.sum(p * np.log(p)) + (len(counts) - 1) / (2 * n)
+    coverage = 1 - np.sum(counts == 1) / n
+    q = coverage * p
+    chao_shen = -np.sum(q * np.log(q) / (1 - (1 - q) ** n))
+    return miller_madow, chao_shen, coverage
+
+
 def test_an_estimate_above_a_discrete_sides_entropy_is_reported_as_that_bound():
     """A label of 100 classes that x determines: SMILE at tau = 3 read 6.2 nats of log 100 =
     4.61 (above H(Y), an impossible value; a review of discrete data, 2026-12-06). The
@@ -229,10 +242,9 @@ def test_an_estimate_above_a_discrete_sides_entropy_is_reported_as_that_bound():
     x = centres[labels] + rng.normal(size=(2000, 5))
     with pytest.warns(UserWarning, match=r"passed the entropy of the discrete `y` \(4.6"):
         result = mi_jax.estimate_mi(x, onehot)
-    _, counts = np.unique(labels, return_counts=True)
-    p = counts / 2000
-    entropy = -np.sum(p * np.log(p)) + 99 / 4000  # Miller-Madow
-    assert result.ceiling == pytest.approx(entropy, rel=1e-9) and result.mi == result.ceiling
+    miller_madow, chao_shen, coverage = _entropy_estimates(labels)
+    assert coverage == 1.0 and chao_shen < miller_madow  # (all seen: Chao-Shen reads lower)
+    assert result.ceiling == pytest.approx(miller_madow, rel=1e-9) and result.mi == result.ceiling
     # The true I(X; Y) is within 0.03 nats of log 100 here (classes 6 sd apart in 5-d).
     assert abs(result.mi - np.log(100)) < 0.06
     # Below the entropy nothing changes, and continuous sides have no ceiling.
@@ -244,6 +256,25 @@ def test_an_estimate_above_a_discrete_sides_entropy_is_reported_as_that_bound():
         free = mi_jax.estimate_mi(noisy, noisy + rng.normal(size=2000))
     assert 0 < binary.mi < binary.ceiling < np.log(2) + 1e-3
     assert free.ceiling is None
+
+
+def test_a_thinly_sampled_discrete_side_warns_without_capping():
+    """Zipf labels (exponent 1.5 over 1e5 classes; H = 3.17 nats): 5 % of the rows are classes
+    seen once, and the entropy estimates read low (Miller-Madow 3.03 at N = 5000), so capping
+    there put the estimate 0.13-0.18 nats below the MI (a review, 2026-12-06). Below the
+    coverage `CEILING_COVERAGE` an estimate above the entropy estimate warns only."""
+    rng = np.random.default_rng(1)
+    weights = np.arange(1, 100_001, dtype=float) ** -1.5
+    labels = rng.choice(len(weights), 3000, p=weights / weights.sum())
+    miller_madow, chao_shen, coverage = _entropy_estimates(labels)
+    assert 0.9 < coverage < estimate_lib.CEILING_COVERAGE
+    codes = rng.normal(size=(100_000, 8)).astype(np.float32)[labels]
+    x = codes + 0.01 * rng.normal(size=codes.shape)  # y nearly determined: I = H(Y) = 3.17
+    with pytest.warns(UserWarning, match=r"covers its distribution too thinly .* coverage 0.9"):
+        result = mi_jax.estimate_mi(x, codes)
+    assert result.ceiling is None and result.mi > max(miller_madow, chao_shen)
+    ceiling = estimate_lib._entropy_ceiling(*estimate_lib._row_hashes(x, codes))
+    assert ceiling == pytest.approx((max(miller_madow, chao_shen), "y", coverage))
 
 
 def test_row_hashes_tell_one_hot_rows_apart():
@@ -475,17 +506,34 @@ def test_stop_on_bound_reports_the_curves_maximum(gaussian_2d):
 def test_constant_column_is_rejected():
     x = np.random.default_rng(0).normal(size=(200, 2))
     x[:, 1] = 3.0
-    with pytest.raises(ValueError, match=r"`x` has columns \[1\] constant on the training split"):
+    with pytest.raises(ValueError, match=r"`x` has columns \[1\] constant in every sample"):
         mi_jax.estimate_mi(x, x[:, :1], max_steps=10)
     # A spread float64 rounds away entirely (1e20 + x: one value) or to a few levels (1e16 + x:
     # spacing 2) counts as none.
     for offset in (1e20, 1e16):
-        with pytest.raises(
-            ValueError, match=r"`x` has columns \[0\] constant on the training split"
-        ):
+        with pytest.raises(ValueError, match=r"`x` has columns \[0\] constant in every sample"):
             mi_jax.estimate_mi(offset + x[:, :1], x[:, :1], max_steps=10)
-    with pytest.raises(ValueError, match="a class absent from the training split"):
-        mi_jax.estimate_mi(x, np.eye(3)[np.arange(200) % 2], max_steps=10)
+    for standardize in ("auto", "rank"):
+        with pytest.raises(ValueError, match=r"`y` has columns \[2\] constant in every sample"):
+            mi_jax.estimate_mi(x[:, :1], np.eye(3)[np.arange(200) % 2], standardize=standardize)
+
+
+@pytest.mark.parametrize("standardize", ["auto", True, "rank"])
+def test_a_class_drawn_in_the_held_out_split_alone_is_zeroed_with_a_warning(standardize):
+    """One-hot labels whose rare class fell in the held-out split only: before, an error at
+    that seed (its column constant on the training split) and an estimate at others (a review,
+    2026-12-06). Now the column is 0 in both splits, with a warning, at every seed."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 400)
+    _, test_idx = estimate_lib._split(400, 0.2, 2048, 1, seed=0)
+    labels[labels == 3] = 0
+    labels[test_idx[:2]] = 3  # class 3: two held-out samples, none in training
+    x = labels[:, None] + 0.3 * rng.normal(size=(400, 2))
+    y = np.eye(4)[labels]
+    with pytest.warns(UserWarning, match=r"`y` has columns \[3\] constant on the training split"):
+        result = mi_jax.estimate_mi(x, y, standardize=standardize, seed=0, max_steps=300)
+    assert 0.5 < result.mi < np.log(3) + 0.01
+    assert (3 in result.rank_columns["y"]) == (standardize == "rank")
 
 
 def test_hyperparameters_given_replace_the_defaults_and_may_be_numpy_arrays(gaussian_2d):
@@ -570,6 +618,9 @@ def test_cli_says_how_far_the_estimate_moved_when_max_steps_cut_training(gaussia
         f"{one.test_curve[-1]:.3f}); where it still rises, a longer run may read higher."
     )
     assert estimate_cli.limit_note(dataclasses.replace(one, stopped_early=True), 800) is None
+    # An estimate at a discrete side's entropy cannot read higher: no note.
+    at_ceiling = dataclasses.replace(one, ceiling=one.mi)
+    assert estimate_cli.limit_note(at_ceiling, 800) is None
     two = mi_jax.estimate_mi(x[:1000], y[:1000], max_steps=200, eval_every=100, seeds=2)
     moves = two.test_curve[:, 1] - two.test_curve[:, 0]
     assert f"moved by {moves[np.argmax(np.abs(moves))]:+.3f} nats" in estimate_cli.limit_note(
@@ -580,6 +631,24 @@ def test_cli_says_how_far_the_estimate_moved_when_max_steps_cut_training(gaussia
     assert estimate_cli.limit_note(single, 100) == (
         "--max_steps 100 ended training at its first evaluation."
     )
+
+
+def test_cli_says_when_the_estimate_is_a_discrete_sides_entropy(tmp_path):
+    # A label of 50 classes against itself: SMILE's value passes log 50, the entropy caps it.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+    labels = np.eye(50)[np.random.default_rng(0).integers(0, 50, 1000)]
+    np.savez(tmp_path / "labels.npz", x=labels, y=labels)
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.estimate", "--data", "labels.npz"],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "passed the entropy of the discrete" in out.stderr
+    (line,) = [s for s in out.stdout.splitlines() if s.startswith("I(X;Y) = ")]
+    value = float(line.split()[2])
+    assert f"The estimate is the entropy of a discrete side ({value:.4f} nats)" in out.stdout
+    assert abs(value - np.log(50)) < 0.02 and "longer run" not in out.stdout
 
 
 def test_cli_refuses_a_json_path_it_cannot_write_before_training(tmp_path, gaussian_2d):
