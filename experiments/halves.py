@@ -150,9 +150,9 @@ def check_models(config, models: dict, views) -> None:
             ) from None
 
 
-def linear_accuracy(config, train_x, train_y, test_x, test_y, num_classes, seed=0) -> float:
-    """The linear probe's test accuracy (`mi_jax.probes.fit_probe` standardizes the features
-    with the training split's statistics)."""
+def linear_probe(config, train_x, train_y, test_x, test_y, num_classes, seed=0):
+    """The linear probe's `mi_jax.probes.ProbeResult` (`mi_jax.probes.fit_probe` standardizes
+    the features with the training split's statistics)."""
     result = probes.fit_probe(
         train_x,
         train_y,
@@ -165,7 +165,7 @@ def linear_accuracy(config, train_x, train_y, test_x, test_y, num_classes, seed=
         tol=config.probe.tol,
         seed=seed,
     )
-    return float(result.test_accuracy)
+    return result
 
 
 # Each seed's key folded with the step: one program for every combination (each compiled it).
@@ -235,8 +235,8 @@ def run_combination(
     def evaluate(step_num, state, train_mi):
         feats_train = np.asarray(represent(state.params["top"], probe_top))
         feats_test = np.asarray(represent(state.params["top"], test_top))
-        acc = [
-            linear_accuracy(
+        fits = [
+            linear_probe(
                 config,
                 feats_train[s],
                 views["probe_labels"],
@@ -247,6 +247,7 @@ def run_combination(
             )
             for s in range(seeds)
         ]
+        acc = [fit.test_accuracy for fit in fits]
         mi = np.mean(
             [
                 np.asarray(test_value(state.params, state.bound_states, t, b)[0])
@@ -258,6 +259,7 @@ def run_combination(
             **label,
             "step": step_num,
             "accuracy": acc,
+            "probe_converged": [fit.converged for fit in fits],  # (L-BFGS reached probe.tol)
             "mi_test": mi.tolist(),
             "mi_train": train_mi,
         }
@@ -314,6 +316,8 @@ def run_combination(
         "final_mi_std": float(np.std(last["mi_test"])),
         # At most config.mi_eval_batches: as many full batches as the test split holds.
         "mi_test_batches": len(test_batches),
+        # Probe fits (seeds x evaluations) that stopped at probe.max_iter before probe.tol.
+        "probes_unconverged": sum(not c for r in history for c in r["probe_converged"]),
         "seconds": time.perf_counter() - t0,
     }
 
@@ -457,6 +461,17 @@ def summary(results: dict) -> str:
         _common.format_table(rows, cols),
         f"raw pixels (noisy top half, standardized): {results['pixel_accuracy']:.3f}",
     ]
+    unfinished = {
+        f"{r['encoder']}/{r['critic']}/{r['bound']}": r["probes_unconverged"]
+        for r in results["runs"]
+        if r.get("probes_unconverged")  # (absent from runs of code before 2026-12-06)
+    }
+    if unfinished or results.get("pixel_probe_converged") is False:
+        lines.append(
+            "linear probes stopped at config.probe.max_iter before config.probe.tol (fits per "
+            f"combination): {unfinished}"
+            + ("; raw pixels' too" if results.get("pixel_probe_converged") is False else "")
+        )
     for key, v in results["verdicts"].items():
         state = {True: "HOLDS", False: "does not hold", None: "undecided"}[v["holds"]]
         lines.append(f"{FINDINGS[key]}: {state}. {v['evidence']}")
@@ -536,7 +551,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     _common.write_config(workdir, config)
 
     t0 = time.perf_counter()
-    pixel = linear_accuracy(
+    pixel = linear_probe(
         config,
         views["probe_top"].reshape(len(views["probe_top"]), -1),
         views["probe_labels"],
@@ -550,7 +565,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         "num_steps": config.num_steps,
         "devices": mesh.devices.size,
         "config": _common.to_builtin(config.to_dict()),
-        "pixel_accuracy": pixel,
+        "pixel_accuracy": pixel.test_accuracy,
+        "pixel_probe_converged": pixel.converged,
         "runs": [],
     }
     todo = [c for c in combos if c not in done]

@@ -162,7 +162,13 @@ def probe_accuracies(
             train, labels[0], test, labels[1], kind="linear", num_classes=dataset.num_classes,
             l2=config.probe.l2, max_iter=config.probe.max_iter, tol=config.probe.tol,
         )  # fmt: skip
-        rows.append({"model": name, "probe_test_accuracy": result.test_accuracy})
+        rows.append(
+            {
+                "model": name,
+                "probe_test_accuracy": result.test_accuracy,
+                "probe_converged": result.converged,  # (L-BFGS reached probe.tol)
+            }
+        )
     if not pixels:
         return rows
     flat = lambda a: a.reshape(len(a), -1) / 255.0  # noqa: E731
@@ -171,7 +177,13 @@ def probe_accuracies(
         kind="linear", num_classes=dataset.num_classes, l2=config.probe.l2,
         max_iter=config.probe.max_iter, tol=config.probe.tol,
     )  # fmt: skip
-    rows.append({"model": "raw pixels", "probe_test_accuracy": result.test_accuracy})
+    rows.append(
+        {
+            "model": "raw pixels",
+            "probe_test_accuracy": result.test_accuracy,
+            "probe_converged": result.converged,
+        }
+    )
     return rows
 
 
@@ -240,7 +252,13 @@ def summary(results: dict) -> str:
         {c: "-" if c.endswith("_std") and r.get("num_seeds") == 1 else r.get(c, "") for c in cols}
         for r in results["table"]
     ]
-    return head + _common.format_table(rows, cols)
+    unfinished = [r["model"] for r in results["table"] if r.get("probe_converged") is False]
+    note = (
+        f"\nlinear probes stopped at config.probe.max_iter before config.probe.tol: {unfinished}"
+        if unfinished
+        else ""
+    )
+    return head + _common.format_table(rows, cols) + note
 
 
 @_cli.locks_workdir

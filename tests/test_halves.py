@@ -240,6 +240,14 @@ def test_experiment_runs_writes_everything_and_resumes(tmp_path, capsys):
     assert set(results["verdicts"]) == set(halves_experiment.FINDINGS)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 6
+    # The tiny config's probes (max_iter 5) stop before their tolerance: counted and named.
+    for r in results["runs"]:
+        flags = [
+            c for row in rows if row["encoder"] == r["encoder"] for c in row["probe_converged"]
+        ]
+        assert r["probes_unconverged"] == flags.count(False) == 6
+    assert results["pixel_probe_converged"] is False
+    assert "'mlp/bilinear/infonce': 6" in halves_experiment.summary(results)
     # A rerun with the same workdir and config trains nothing and returns the same table.
     again = halves_experiment.train_and_evaluate(config, str(tmp_path))
     assert "Resuming: 2 of 2" in capsys.readouterr().out

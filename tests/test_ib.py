@@ -845,8 +845,17 @@ def test_infomax_vae_num_seeds_trains_each_seed_as_its_own_run(tmp_path):
         assert row["elbo_std"] == pytest.approx(np.std(values)) and row["elbo_std"] > 0
     assert pair["table"][-1]["model"] == "raw pixels" and "elbo_std" in vae_experiment.summary(pair)
     # Raw pixels are fitted once: no "0.000" spread in the summary.
-    (pixels,) = [line for line in vae_experiment.summary(pair).splitlines() if "raw pixels" in line]
+    table = vae_experiment.summary(pair).split("\nlinear probes stopped")[0]  # (a note below)
+    (pixels,) = [line for line in table.splitlines() if "raw pixels" in line]
     assert pixels.split()[-1] == "-"
+    # Whether each probe converged: over seeds, where every seed's did; unfinished ones named.
+    for row in pair["table"][:-1]:
+        flags = [r["probe_converged"] for r in pair["table_per_seed"] if r["model"] == row["model"]]
+        assert row["probe_converged"] == all(flags)
+    unfinished = [r["model"] for r in pair["table"] if r["probe_converged"] is False]
+    assert (f"before config.probe.tol: {unfinished}" in vae_experiment.summary(pair)) == bool(
+        unfinished
+    )
 
 
 def test_mnist_presets_share_the_protocol_and_differ_in_the_schedule():
