@@ -70,8 +70,8 @@ class MIEstimate:
         ``patience`` evaluations, and a longer run may read higher.
       ceiling: where ``x`` or ``y`` is discrete (labels, one-hot codes, counts) and the sample
         covers its distribution (`CEILING_COVERAGE`), the smaller entropy of such a side in
-        nats, estimated (`_entropy_ceiling`): I(X; Y) is at most the entropy, and ``mi`` at
-        most this (an estimate above it is reported as it, with a warning); else None.
+        nats, estimated (`_discrete_entropies`): I(X; Y) is at most the entropy, and ``mi``
+        at most this (an estimate above it is reported as it, with a warning); else None.
     """
 
     mi: Any
@@ -211,6 +211,11 @@ def estimate_mi(
     estimate is at most its entropy (``MIEstimate.ceiling``): SMILE at tau = 3 reads above it
     for labels of more than ~20 classes that the other side nearly determines.
 
+    Many dimensions read low, the more so the less MI each carries (README, "Where it reads
+    low"): a linear layer of width 8 / 64 / 256 at 3 nats read 2.86 / 2.02 / 0.62. Compare
+    the layers of a network at one width. Columns constant on the training split (dead units)
+    are set to 0, with a warning.
+
     Args:
       x: ``[N, dim_x]`` samples (``[N]`` is read as one dimension).
       y: ``[N, dim_y]`` samples paired with ``x``.
@@ -334,44 +339,46 @@ def estimate_mi(
     # the programs cached in one mode served the other.
     with jax.enable_x64(False):
         fitted = _fit(spec, arrays, seed, max_steps // eval_every, patience, stop_on)
-    fitted["ceiling"] = _apply_entropy_ceiling(fitted, _entropy_ceiling(hx, hy), bound_hparams)
+    fitted["ceiling"] = _apply_entropy_ceiling(fitted, _discrete_entropies(hx, hy), bound_hparams)
     return MIEstimate(**fitted, bound=bound, critic=critic, rank_columns=ranked)
 
 
-def _apply_entropy_ceiling(fitted: dict, ceiling, bound_hparams: dict) -> float | None:
-    """Caps ``fitted["mi"]`` at the entropy of a discrete side (`_entropy_ceiling`) where the
-    sample covers its distribution, with a warning naming the values it replaced; warns only
-    where it covers it thinly. Returns the cap applied, if any."""
-    if ceiling is None:
-        return None
-    entropy, side, coverage = ceiling
-    capped = coverage >= CEILING_COVERAGE
-    if np.any(fitted["mi"] > entropy):
-        tau = bound_hparams.get("clip")
-        warnings.warn(
-            f"the estimate ({np.round(fitted['mi'], 3).tolist()} nats) passed the entropy of "
-            f"the discrete `{side}` ({entropy:.3f} nats, estimated), which bounds I(X; Y) from "
-            "above: "
-            + (
-                "reported as that bound (`MIEstimate.ceiling`)."
-                if capped
-                else f"its sample covers its distribution too thinly (Good-Turing coverage "
-                f"{coverage:.3f}, below {CEILING_COVERAGE}: classes never sampled) to cap the "
-                "estimate, which may read high."
-            )
-            + (
-                f" SMILE's clip (tau = {tau}) reads high where the density ratio passes e^tau, "
-                "as for a label of more than ~20 classes that the other side nearly determines: "
-                "a larger `clip` reads closer."
-                if "clip" in bound_hparams and tau is not None
-                else ""
-            ),
-            stacklevel=3,
+def _apply_entropy_ceiling(fitted: dict, entropies: list, bound_hparams: dict) -> float | None:
+    """Caps ``fitted["mi"]`` at the smallest entropy of a discrete side whose sample covers
+    its distribution (`_discrete_entropies`, coverage at least `CEILING_COVERAGE`), with a
+    warning naming the values it replaced; warns only where the estimate passes the entropy
+    of a side covered more thinly. Returns the cap, if any."""
+    covered = [e for e in entropies if e[2] >= CEILING_COVERAGE]
+    cap = min(covered) if covered else None
+    passed = sorted(e for e in entropies if np.any(fitted["mi"] > e[0]))
+    if not passed:
+        return None if cap is None else cap[0]
+    # The cap where the estimate passed it, else the smallest entropy it passed (warned only).
+    entropy, side, coverage = cap if cap is not None and cap in passed else passed[0]
+    tau = bound_hparams.get("clip")
+    warnings.warn(
+        f"the estimate ({np.round(fitted['mi'], 3).tolist()} nats) passed the entropy of the "
+        f"discrete `{side}` ({entropy:.3f} nats, estimated), which bounds I(X; Y) from above: "
+        + (
+            "reported as that bound (`MIEstimate.ceiling`)."
+            if coverage >= CEILING_COVERAGE
+            else f"its sample covers its distribution too thinly (Good-Turing coverage "
+            f"{coverage:.3f}, below {CEILING_COVERAGE}: classes never sampled) to cap the "
+            "estimate, which may read high."
         )
-        if capped:
-            mi = np.minimum(fitted["mi"], entropy)
-            fitted["mi"] = float(mi) if np.ndim(mi) == 0 else mi
-    return entropy if capped else None
+        + (
+            f" SMILE's clip (tau = {tau}) reads high where the density ratio passes e^tau, as "
+            "for a label of more than ~20 classes that the other side nearly determines: a "
+            "larger `clip` reads closer."
+            if "clip" in bound_hparams and tau is not None
+            else ""
+        ),
+        stacklevel=3,
+    )
+    if coverage >= CEILING_COVERAGE:
+        mi = np.minimum(fitted["mi"], entropy)
+        fitted["mi"] = float(mi) if np.ndim(mi) == 0 else mi
+    return None if cap is None else cap[0]
 
 
 def default_eval_every(num_train: int, batch_size: int) -> int:
@@ -615,10 +622,9 @@ def _row_hashes(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hashed(x), hashed(y)
 
 
-def _entropy_ceiling(hx: np.ndarray, hy: np.ndarray) -> tuple[float, str, float] | None:
-    """``(H, side, coverage)`` of the discrete side (``"x"`` or ``"y"``; Good-Turing coverage
-    ``1 - singletons / N`` at least `DISCRETE_COVERAGE`) of smaller entropy, or None where
-    neither is discrete (``hx``, ``hy``: `_row_hashes`).
+def _discrete_entropies(hx: np.ndarray, hy: np.ndarray) -> list[tuple[float, str, float]]:
+    """``(H, side, coverage)`` of each discrete side (``"x"``, ``"y"``: Good-Turing coverage
+    ``1 - singletons / N`` at least `DISCRETE_COVERAGE`; ``hx``, ``hy``: `_row_hashes`).
 
     H is the larger of two estimates of the entropy, each of which reads low in its own regime
     (a larger ceiling is the safer one): the plug-in entropy with Miller and Madow's correction
@@ -628,7 +634,7 @@ def _entropy_ceiling(hx: np.ndarray, hy: np.ndarray) -> tuple[float, str, float]
     classes still reads low: 1 % of the mass over 1e5 classes, coverage 0.99: -0.05 to -0.07.
     """
     n = len(hx)
-    ceiling = None
+    found = []
     for side, h in (("x", hx), ("y", hy)):
         _, counts = np.unique(h, return_counts=True)
         coverage = 1.0 - np.sum(counts == 1) / n
@@ -638,10 +644,8 @@ def _entropy_ceiling(hx: np.ndarray, hy: np.ndarray) -> tuple[float, str, float]
         miller_madow = -np.sum(p * np.log(p)) + (len(counts) - 1) / (2 * n)
         seen = coverage * p  # Chao-Shen: the seen classes' mass, Horvitz-Thompson weighted
         chao_shen = -np.sum(seen * np.log(seen) / (1.0 - (1.0 - seen) ** n))
-        entropy = float(max(miller_madow, chao_shen))
-        if ceiling is None or entropy < ceiling[0]:
-            ceiling = (entropy, side, float(coverage))
-    return ceiling
+        found.append((float(max(miller_madow, chao_shen)), side, float(coverage)))
+    return found
 
 
 def _warn_if_repeated_rows(x: np.ndarray, y: np.ndarray, hx: np.ndarray, hy: np.ndarray) -> None:
@@ -833,9 +837,11 @@ def _to_float32(a: np.ndarray, name: str, standardized: bool = False) -> np.ndar
 # `standardize="auto"` maps a column by rank where the middle half of its training z-scores
 # spans less than this: 1.349 for a Gaussian, 1.13 for Student-t with 5 degrees of freedom, 0.88
 # with 3, 0.57 with 2 (at 4000 samples; its variance is infinite), 0.16 for the cubic of a
-# Gaussian, 0.01-0.05 for Cauchy samples, 0 for a point mass over half the samples. (A
-# Gaussian column spans under 0.9 in ~1 of 1000 columns at 80 samples, in none of 1000 at 800;
-# ranked, it reads the same.)
+# Gaussian, 0.01-0.05 for Cauchy samples, 0 for a point mass holding both quartiles (over half
+# the samples in the middle, three quarters at an end; a ReLU unit, zeros at its minimum and a
+# half-Gaussian above, spans 1.14 at 50 % zeros and 0.90 at 60 %). (A Gaussian column spans
+# under 0.9 in ~1 of 1000 columns at 80 samples, in none of 1000 at 800; ranked, it reads the
+# same.)
 HEAVY_TAIL_IQR = 0.9
 
 
@@ -866,23 +872,29 @@ def _constant_on_training_split(
     constant: np.ndarray, everywhere: np.ndarray, name: str
 ) -> np.ndarray:
     """``constant``: ``[dim]``, the columns constant on the training split (``everywhere``: in
-    every sample). A ValueError where one is constant in every sample; else the columns to set
-    to 0 in both splits, with a warning (values only in the held-out split: a class of a
-    one-hot code drawn there alone, which before was an error at some seeds and not at
-    others)."""
+    every sample): the columns to set to 0 in both splits, with a warning; a ValueError where
+    every column is constant in every sample. Such columns carry nothing the critic could
+    learn: dead ReLU units, pixels never on (three of digits' 64), a class of a one-hot code
+    drawn in the held-out split alone. (Before 2026-12-06 an error: the inputs of digits, a
+    layer with a dead unit, and, at some seeds only, labels with a rare class, all failed.)"""
     if not np.any(constant):
         return constant
-    everywhere = constant & everywhere
-    if np.any(everywhere):
+    if np.all(everywhere):
         raise ValueError(
-            f"`{name}` has columns {np.flatnonzero(everywhere).tolist()} constant in every "
-            "sample: they carry no information."
+            f"`{name}` is constant in every sample: it carries no information (I = 0)."
         )
+    held_out = constant & ~everywhere
     warnings.warn(
-        f"`{name}` has columns {np.flatnonzero(constant).tolist()} constant on the training "
-        "split and not on the held-out one (a class of a one-hot code drawn in the held-out "
-        "split alone?): they carry no information the critic could learn and are set to 0 "
-        "in both splits. Drop or merge rare classes, or pass more samples.",
+        f"`{name}` has columns {np.flatnonzero(constant).tolist()[:20]}"
+        + (" ..." if np.sum(constant) > 20 else "")
+        + f" ({int(np.sum(constant))}) constant on the training split"
+        + (
+            f", {int(np.sum(held_out))} of them not in the held-out split (a rare class of a "
+            "one-hot code?)"
+            if np.any(held_out)
+            else " and everywhere (dead units, pixels never on?)"
+        )
+        + ": they carry nothing the critic could learn and are set to 0 in both splits.",
         stacklevel=7,  # (estimate_mi's caller)
     )
     return constant

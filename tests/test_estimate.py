@@ -273,8 +273,30 @@ def test_a_thinly_sampled_discrete_side_warns_without_capping():
     with pytest.warns(UserWarning, match=r"covers its distribution too thinly .* coverage 0.9"):
         result = mi_jax.estimate_mi(x, codes)
     assert result.ceiling is None and result.mi > max(miller_madow, chao_shen)
-    ceiling = estimate_lib._entropy_ceiling(*estimate_lib._row_hashes(x, codes))
-    assert ceiling == pytest.approx((max(miller_madow, chao_shen), "y", coverage))
+    entropies = estimate_lib._discrete_entropies(*estimate_lib._row_hashes(x, codes))
+    assert entropies == [pytest.approx((max(miller_madow, chao_shen), "y", coverage))]
+
+
+def test_the_cap_is_the_smallest_entropy_of_a_well_covered_side():
+    # A thinly covered x of smaller entropy (a 2-unit bottleneck in bfloat16: 43 rows,
+    # coverage 0.98) hid the one-hot labels' cap before (a review, 2026-12-06).
+    entropies = [(1.6, "x", 0.98), (2.3, "y", 1.0)]
+    for mi, cap, match in (
+        (3.0, 2.3, r"discrete `y` \(2.300 nats, estimated\).*reported as that bound"),
+        (2.0, 2.0, r"discrete `x` \(1.600 nats, estimated\).*too thinly"),
+    ):
+        fitted = {"mi": mi}
+        with pytest.warns(UserWarning, match=match):
+            assert estimate_lib._apply_entropy_ceiling(fitted, entropies, {"clip": 3.0}) == 2.3
+        assert fitted["mi"] == cap
+    fitted = {"mi": np.array([1.0, 2.5])}  # seeds: each capped alone
+    with pytest.warns(UserWarning, match="reported as that bound"):
+        estimate_lib._apply_entropy_ceiling(fitted, entropies, {})
+    np.testing.assert_array_equal(fitted["mi"], [1.0, 2.3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert estimate_lib._apply_entropy_ceiling({"mi": 1.0}, entropies, {}) == 2.3
+        assert estimate_lib._apply_entropy_ceiling({"mi": 9.0}, [], {}) is None
 
 
 def test_row_hashes_tell_one_hot_rows_apart():
@@ -503,19 +525,29 @@ def test_stop_on_bound_reports_the_curves_maximum(gaussian_2d):
     assert nwj.mi == np.nanmax(nwj.test_curve)
 
 
-def test_constant_column_is_rejected():
-    x = np.random.default_rng(0).normal(size=(200, 2))
-    x[:, 1] = 3.0
-    with pytest.raises(ValueError, match=r"`x` has columns \[1\] constant in every sample"):
-        mi_jax.estimate_mi(x, x[:, :1], max_steps=10)
+def test_constant_columns_are_zeroed_with_a_warning_and_a_constant_side_is_rejected():
+    """Before (2026-12-06, a review of network activations): a column constant in every sample
+    was an error: digits' inputs (3 pixels never on), a layer with a dead ReLU unit, failed
+    under the default `standardize`, and ran under `standardize=False`."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    y = x[:, :1] + 0.5 * rng.normal(size=(400, 1))
+    dead = np.concatenate([x, np.zeros((400, 1)), np.full((400, 1), 3.0)], axis=1)
+    reference = mi_jax.estimate_mi(x, y, max_steps=200)
+    for standardize in ("auto", True, "rank"):
+        with pytest.warns(UserWarning, match=r"`x` has columns \[3, 4\] \(2\) constant on the "
+                          r"training split and everywhere \(dead units"):  # fmt: skip
+            result = mi_jax.estimate_mi(dead, y, max_steps=200, standardize=standardize)
+        if standardize != "rank":  # (the constant columns add nothing: the same estimate)
+            assert result.mi == pytest.approx(reference.mi, abs=0.02)
     # A spread float64 rounds away entirely (1e20 + x: one value) or to a few levels (1e16 + x:
-    # spacing 2) counts as none.
+    # spacing 2) counts as none; a side constant in every column is an error.
     for offset in (1e20, 1e16):
-        with pytest.raises(ValueError, match=r"`x` has columns \[0\] constant in every sample"):
-            mi_jax.estimate_mi(offset + x[:, :1], x[:, :1], max_steps=10)
+        with pytest.raises(ValueError, match=r"`x` is constant in every sample"):
+            mi_jax.estimate_mi(offset + x[:, :1], y, max_steps=10)
     for standardize in ("auto", "rank"):
-        with pytest.raises(ValueError, match=r"`y` has columns \[2\] constant in every sample"):
-            mi_jax.estimate_mi(x[:, :1], np.eye(3)[np.arange(200) % 2], standardize=standardize)
+        with pytest.raises(ValueError, match=r"`y` is constant in every sample"):
+            mi_jax.estimate_mi(x, np.ones((400, 2)), standardize=standardize)
 
 
 @pytest.mark.parametrize("standardize", ["auto", True, "rank"])
@@ -530,7 +562,7 @@ def test_a_class_drawn_in_the_held_out_split_alone_is_zeroed_with_a_warning(stan
     labels[test_idx[:2]] = 3  # class 3: two held-out samples, none in training
     x = labels[:, None] + 0.3 * rng.normal(size=(400, 2))
     y = np.eye(4)[labels]
-    with pytest.warns(UserWarning, match=r"`y` has columns \[3\] constant on the training split"):
+    with pytest.warns(UserWarning, match=r"`y` has columns \[3\] \(1\) constant on the training "):
         result = mi_jax.estimate_mi(x, y, standardize=standardize, seed=0, max_steps=300)
     assert 0.5 < result.mi < np.log(3) + 0.01
     assert (3 in result.rank_columns["y"]) == (standardize == "rank")
