@@ -816,6 +816,15 @@ def write_csv(path: str, rows: Iterable[Mapping]) -> None:
         writer.writerows(to_builtin(rows))
 
 
+def unfinished_probes_note(unfinished) -> str:
+    """The line under an experiment's table naming its linear probes whose L-BFGS stopped at
+    ``config.probe.max_iter`` before ``config.probe.tol`` (``unfinished``: their names, or a
+    map from names to counts of such fits), led by a newline; "" where there are none."""
+    if not unfinished:
+        return ""
+    return f"\nlinear probes stopped at config.probe.max_iter before config.probe.tol: {unfinished}"
+
+
 def format_table(rows: list[Mapping], columns: list[str], floatfmt: str = "{:.3f}") -> str:
     """A plain-text table a person can read."""
 

@@ -461,17 +461,15 @@ def summary(results: dict) -> str:
         _common.format_table(rows, cols),
         f"raw pixels (noisy top half, standardized): {results['pixel_accuracy']:.3f}",
     ]
-    unfinished = {
+    unfinished = {  # fits per combination (seeds x evaluations)
         f"{r['encoder']}/{r['critic']}/{r['bound']}": r["probes_unconverged"]
         for r in results["runs"]
         if r.get("probes_unconverged")  # (absent from runs of code before 2026-12-06)
     }
-    if unfinished or results.get("pixel_probe_converged") is False:
-        lines.append(
-            "linear probes stopped at config.probe.max_iter before config.probe.tol (fits per "
-            f"combination): {unfinished}"
-            + ("; raw pixels' too" if results.get("pixel_probe_converged") is False else "")
-        )
+    if results.get("pixel_probe_converged") is False:
+        unfinished["raw pixels"] = 1
+    if note := _common.unfinished_probes_note(unfinished):
+        lines.append(note[1:])
     for key, v in results["verdicts"].items():
         state = {True: "HOLDS", False: "does not hold", None: "undecided"}[v["holds"]]
         lines.append(f"{FINDINGS[key]}: {state}. {v['evidence']}")

@@ -518,11 +518,6 @@ def summary(results: dict) -> str:
         for r in results["probes"]
         if r.get("converged") is False
     ]
-    note = (
-        f"\nlinear probes stopped at config.probe.max_iter before config.probe.tol: {unfinished}"
-        if unfinished
-        else ""
-    )
     return (
         f"\n{results['dataset']}, estimator {results['estimator']}, {results['num_steps']} steps"
         f"{seeds}: "
@@ -530,7 +525,7 @@ def summary(results: dict) -> str:
         f"final probes {results['eval_s']:.1f} s, periodic probes "
         f"{results.get('periodic_eval_s', 0):.1f} s (every run in the workdir)\n"
         + _common.format_table(rows, cols)
-        + note
+        + _common.unfinished_probes_note(unfinished)
     )
 
 

@@ -253,12 +253,7 @@ def summary(results: dict) -> str:
         for r in results["table"]
     ]
     unfinished = [r["model"] for r in results["table"] if r.get("probe_converged") is False]
-    note = (
-        f"\nlinear probes stopped at config.probe.max_iter before config.probe.tol: {unfinished}"
-        if unfinished
-        else ""
-    )
-    return head + _common.format_table(rows, cols) + note
+    return head + _common.format_table(rows, cols) + _common.unfinished_probes_note(unfinished)
 
 
 @_cli.locks_workdir

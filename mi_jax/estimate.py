@@ -443,8 +443,9 @@ def _prepared(x, y, train_idx, test_idx, standardize, mesh) -> tuple[tuple, dict
         _standardized(a, train_idx, standardize, name) for a, name in ((x, "x"), (y, "y"))
     )
     if standardize is not False:  # (ranked columns place such values at their extremes by design)
-        for a, ranked, name in zip(raw, (x_ranked, y_ranked), ("x", "y"), strict=True):
-            z_scored = np.setdiff1d(np.arange(a.shape[1]), ranked)
+        for a, z, ranked, name in zip(raw, (x, y), (x_ranked, y_ranked), "xy", strict=True):
+            zeroed = np.flatnonzero(np.all(z == 0.0, axis=0))  # (constant in training: warned)
+            z_scored = np.setdiff1d(np.arange(a.shape[1]), np.union1d(ranked, zeroed))
             _warn_if_far_outside(a[:, z_scored], train_idx, test_idx, name, z_scored)
     x, y = (_to_float32(a, name, standardize is not False) for a, name in ((x, "x"), (y, "y")))
     if _same_continuous_samples(x, y):
@@ -693,7 +694,6 @@ def _warn_if_far_outside(a: np.ndarray, train_idx, test_idx, name: str, columns)
     lo, hi = train.min(axis=0), train.max(axis=0)
     held = a[test_idx].astype(np.float64)
     far = (held < lo - 3 * (hi - lo)) | (held > hi + 3 * (hi - lo))
-    far &= hi > lo  # (a column of one training value is set to 0: `_standardize` warned)
     if far.any():
         cols = np.flatnonzero(far.any(axis=0))
         j = cols[0]
@@ -839,7 +839,7 @@ def _to_float32(a: np.ndarray, name: str, standardized: bool = False) -> np.ndar
 # with 3, 0.57 with 2 (at 4000 samples; its variance is infinite), 0.16 for the cubic of a
 # Gaussian, 0.01-0.05 for Cauchy samples, 0 for a point mass holding both quartiles (over half
 # the samples in the middle, three quarters at an end; a ReLU unit, zeros at its minimum and a
-# half-Gaussian above, spans 1.14 at 50 % zeros and 0.90 at 60 %). (A Gaussian column spans
+# half-Gaussian above, spans 1.16 at 50 % zeros and 0.85-0.89 at 60 %). (A Gaussian column spans
 # under 0.9 in ~1 of 1000 columns at 80 samples, in none of 1000 at 800; ranked, it reads the
 # same.)
 HEAVY_TAIL_IQR = 0.9
@@ -873,15 +873,18 @@ def _constant_on_training_split(
 ) -> np.ndarray:
     """``constant``: ``[dim]``, the columns constant on the training split (``everywhere``: in
     every sample): the columns to set to 0 in both splits, with a warning; a ValueError where
-    every column is constant in every sample. Such columns carry nothing the critic could
+    every column is constant on the training split. Such columns carry nothing the critic could
     learn: dead ReLU units, pixels never on (three of digits' 64), a class of a one-hot code
     drawn in the held-out split alone. (Before 2026-12-06 an error: the inputs of digits, a
     layer with a dead unit, and, at some seeds only, labels with a rare class, all failed.)"""
     if not np.any(constant):
         return constant
-    if np.all(everywhere):
+    if np.all(constant):
         raise ValueError(
             f"`{name}` is constant in every sample: it carries no information (I = 0)."
+            if np.all(everywhere)
+            else f"`{name}` is constant on the training split in every column: nothing there "
+            "for a critic to learn; pass more samples."
         )
     held_out = constant & ~everywhere
     warnings.warn(
@@ -902,7 +905,10 @@ def _constant_on_training_split(
 
 def _gaussianize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     """Each column through the train split's empirical CDF (mid-rank of ties, ``(r + 1/2) /
-    (n + 1)``, held-out values placed among the training ones) and the normal quantile."""
+    (n + 1)``, held-out values placed among the training ones) and the normal quantile; a
+    column of one training value is 0 (`_constant_on_training_split`). Constant means one
+    value here, exactly: ranks lose no precision, where z-scores of ``1e16 + x`` do
+    (`_standardize` takes a spread within 64 float64 spacings of the mean as none)."""
     train = np.sort(a[train_idx], axis=0)
     flat = _constant_on_training_split(
         train[0] == train[-1], np.min(a, axis=0) == np.max(a, axis=0), name

@@ -289,6 +289,9 @@ def test_the_cap_is_the_smallest_entropy_of_a_well_covered_side():
         with pytest.warns(UserWarning, match=match):
             assert estimate_lib._apply_entropy_ceiling(fitted, entropies, {"clip": 3.0}) == 2.3
         assert fitted["mi"] == cap
+    two = [(2.3, "y", 1.0), (2.0, "x", 0.995)]  # two covered sides: the smaller caps
+    with pytest.warns(UserWarning, match=r"discrete `x` \(2.000 nats"):
+        assert estimate_lib._apply_entropy_ceiling({"mi": 2.5}, two, {}) == 2.0
     fitted = {"mi": np.array([1.0, 2.5])}  # seeds: each capped alone
     with pytest.warns(UserWarning, match="reported as that bound"):
         estimate_lib._apply_entropy_ceiling(fitted, entropies, {})
@@ -540,6 +543,18 @@ def test_constant_columns_are_zeroed_with_a_warning_and_a_constant_side_is_rejec
             result = mi_jax.estimate_mi(dead, y, max_steps=200, standardize=standardize)
         if standardize != "rank":  # (the constant columns add nothing: the same estimate)
             assert result.mi == pytest.approx(reference.mi, abs=0.02)
+    train = np.arange(320)
+    for standardize in ("auto", True, "rank"):  # zero in both splits, whatever the mode
+        with pytest.warns(UserWarning, match="constant on the training split"):
+            z, _ = estimate_lib._standardized(dead, train, standardize, "x")
+        assert np.all(z[:, 3:] == 0) and np.all(np.std(z[:, :3], axis=0) > 0.5)
+    # Constant on the training split alone, a far held-out value: zeroed, and not also "far
+    # beyond the training split's range" (the review of 2026-12-06 found both said).
+    tiny = np.stack([x[:, 0], 1e16 + 2.0 * (np.arange(400) % 2)], axis=1)
+    tiny[estimate_lib._split(400, 0.2, 2048, 1, seed=1)[1][0], 1] = 1e16 + 64  # held out
+    with pytest.warns(UserWarning) as caught:
+        mi_jax.estimate_mi(tiny, y, max_steps=20, eval_every=10, seed=1)
+    assert [str(w.message)[:24] for w in caught] == ["`x` has columns [1] (1) "]
     # A spread float64 rounds away entirely (1e20 + x: one value) or to a few levels (1e16 + x:
     # spacing 2) counts as none; a side constant in every column is an error.
     for offset in (1e20, 1e16):
@@ -548,6 +563,10 @@ def test_constant_columns_are_zeroed_with_a_warning_and_a_constant_side_is_rejec
     for standardize in ("auto", "rank"):
         with pytest.raises(ValueError, match=r"`y` is constant in every sample"):
             mi_jax.estimate_mi(x, np.ones((400, 2)), standardize=standardize)
+        rare = np.zeros((400, 2))
+        rare[estimate_lib._split(400, 0.2, 2048, 1, seed=0)[1][:3], 1] = 1.0  # held out only
+        with pytest.raises(ValueError, match=r"`y` is constant on the training split in every"):
+            mi_jax.estimate_mi(x, rare, standardize=standardize, seed=0)
 
 
 @pytest.mark.parametrize("standardize", ["auto", True, "rank"])

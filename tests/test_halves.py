@@ -248,6 +248,7 @@ def test_experiment_runs_writes_everything_and_resumes(tmp_path, capsys):
         assert r["probes_unconverged"] == flags.count(False) == 6
     assert results["pixel_probe_converged"] is False
     assert "'mlp/bilinear/infonce': 6" in halves_experiment.summary(results)
+    assert "'raw pixels': 1" in halves_experiment.summary(results)
     # A rerun with the same workdir and config trains nothing and returns the same table.
     again = halves_experiment.train_and_evaluate(config, str(tmp_path))
     assert "Resuming: 2 of 2" in capsys.readouterr().out
