@@ -456,6 +456,14 @@ def restore_checkpoint(manager, step: int, state):
     ``num_seeds``) instead of Orbax's shape errors. Nothing in the workdir is touched."""
     import orbax.checkpoint as ocp
 
+    where = os.path.join(str(manager.directory), str(step))
+    if not os.path.isdir(where):  # removed since the run listed it: not damage (checked first:
+        # a restore Orbax fails part-way leaves reads in flight, unraisable errors later)
+        raise WorkdirFileError(
+            f"the checkpoint at step {step} ({where}) disappeared while this run read it: is "
+            "another run writing this workdir (where the filesystem has no locks)? Rerun when "
+            "it has ended, to resume from its latest checkpoint."
+        )
     check_checkpoint_fits(manager, step, state)
     try:
         return manager.restore(step, args=ocp.args.StandardRestore(state))
@@ -465,13 +473,6 @@ def restore_checkpoint(manager, step: int, state):
         # (other array names or shapes) another config's.
         if not (isinstance(e, FileNotFoundError) or "NOT_FOUND" in detail):
             raise _checkpoint_mismatch(manager, step, detail) from e
-        where = os.path.join(str(manager.directory), str(step))
-        if not os.path.isdir(where):  # removed since the run listed it: not damage
-            raise WorkdirFileError(
-                f"the checkpoint at step {step} ({where}) disappeared while this run read it: "
-                "is another run writing this workdir (where the filesystem has no locks)? "
-                "Rerun when it has ended, to resume from its latest checkpoint."
-            ) from e
         others = [s for s in manager.all_steps() if s < step]
         raise WorkdirFileError(
             f"the checkpoint at step {step} ({where}) cannot be read: it is damaged (files "

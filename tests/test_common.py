@@ -328,7 +328,14 @@ def test_check_same_run_reads_the_config_results_json_records_when_config_json_i
         _common.check_same_run(str(tmp_path), other)
 
 
+# Orbax leaves the reads of a restore it rejects part-way in flight (damaged files, other
+# array names): they fail later into its closed event loop, reported as unraisable exceptions
+# (in ~1 of 4 runs of this test alone, 2026-12-06); collected below, within this test.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
 def test_a_damaged_checkpoint_is_named_as_damaged_not_as_another_config(tmp_path):
+    import gc
+
     import jax.numpy as jnp
     import orbax.checkpoint as ocp
 
@@ -358,6 +365,7 @@ def test_a_damaged_checkpoint_is_named_as_damaged_not_as_another_config(tmp_path
     with pytest.raises(ValueError, match="does not fit this config"):
         _common.restore_checkpoint(manager, 2, {"kernel": state["w"], "b": state["b"]})
     manager.close()
+    gc.collect()  # (the rejected restores' leftovers fail here, not in a later test)
 
 
 def test_a_run_written_before_a_setting_existed_resumes_with_that_settings_old_value(tmp_path):
