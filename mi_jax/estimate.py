@@ -862,23 +862,20 @@ def _standardize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     tolerance = 64 * np.finfo(np.float64).eps
     flat = std <= tolerance * np.abs(mean)
     if np.any(flat):
-        flat = _constant_on_training_split(
-            flat, a.std(axis=0) <= tolerance * np.abs(a.mean(0)), name
-        )
+        _check_constant_columns(flat, a.std(axis=0) <= tolerance * np.abs(a.mean(0)), name)
     return np.where(flat, 0.0, (a - mean) / np.where(flat, 1.0, std))
 
 
-def _constant_on_training_split(
-    constant: np.ndarray, everywhere: np.ndarray, name: str
-) -> np.ndarray:
+def _check_constant_columns(constant: np.ndarray, everywhere: np.ndarray, name: str) -> None:
     """``constant``: ``[dim]``, the columns constant on the training split (``everywhere``: in
-    every sample): the columns to set to 0 in both splits, with a warning; a ValueError where
-    every column is constant on the training split. Such columns carry nothing the critic could
-    learn: dead ReLU units, pixels never on (three of digits' 64), a class of a one-hot code
-    drawn in the held-out split alone. (Before 2026-12-06 an error: the inputs of digits, a
-    layer with a dead unit, and, at some seeds only, labels with a rare class, all failed.)"""
+    every sample), which the caller sets to 0 in both splits: a warning naming them, or a
+    ValueError where every column is constant on the training split. Such columns carry
+    nothing the critic could learn: dead ReLU units, pixels never on (three of digits' 64), a
+    class of a one-hot code drawn in the held-out split alone. (Before 2026-12-06 an error:
+    the inputs of digits, a layer with a dead unit, and, at some seeds only, labels with a rare
+    class, all failed.)"""
     if not np.any(constant):
-        return constant
+        return
     if np.all(constant):
         raise ValueError(
             f"`{name}` is constant in every sample: it carries no information (I = 0)."
@@ -900,19 +897,17 @@ def _constant_on_training_split(
         + ": they carry nothing the critic could learn and are set to 0 in both splits.",
         stacklevel=7,  # (estimate_mi's caller)
     )
-    return constant
 
 
 def _gaussianize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     """Each column through the train split's empirical CDF (mid-rank of ties, ``(r + 1/2) /
     (n + 1)``, held-out values placed among the training ones) and the normal quantile; a
-    column of one training value is 0 (`_constant_on_training_split`). Constant means one
+    column of one training value is 0 (`_check_constant_columns`). Constant means one
     value here, exactly: ranks lose no precision, where z-scores of ``1e16 + x`` do
     (`_standardize` takes a spread within 64 float64 spacings of the mean as none)."""
     train = np.sort(a[train_idx], axis=0)
-    flat = _constant_on_training_split(
-        train[0] == train[-1], np.min(a, axis=0) == np.max(a, axis=0), name
-    )
+    flat = train[0] == train[-1]
+    _check_constant_columns(flat, np.min(a, axis=0) == np.max(a, axis=0), name)
     n = len(train_idx)
     u = np.empty(a.shape, np.float64)
     for j in range(a.shape[1]):
