@@ -217,8 +217,9 @@ def fit_probe(
         raise ValueError(
             f"empty split: {len(train_features)} training and {len(test_features)} test examples."
         )
-    train_x = np.asarray(train_features, np.float32).reshape(len(train_features), -1)
-    test_x = np.asarray(test_features, np.float32).reshape(len(test_features), -1)
+    with np.errstate(over="ignore"):  # values past float32's range: the error below names them
+        train_x = np.asarray(train_features, np.float32).reshape(len(train_features), -1)
+        test_x = np.asarray(test_features, np.float32).reshape(len(test_features), -1)
     train_y = np.asarray(train_labels)
     test_y = np.asarray(test_labels)
     for name, y in (("train_labels", train_y), ("test_labels", test_y)):
@@ -239,7 +240,10 @@ def fit_probe(
     train_x, test_x, finite = _standardize(train_x, test_x)
     for name, ok in zip(("train_features", "test_features"), np.asarray(finite), strict=True):
         if not ok:
-            raise ValueError(f"`{name}` contains NaN or infinite values.")
+            raise ValueError(
+                f"`{name}` contains NaN or infinite values (or values beyond float32's range, "
+                "3.4e38: the probe fits in float32)."
+            )
     if num_classes is None:
         num_classes = int(max(train_y.max(), test_y.max())) + 1
     for name, y in (("train_labels", train_y), ("test_labels", test_y)):

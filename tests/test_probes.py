@@ -104,6 +104,12 @@ def test_extract_features_pads_the_last_chunk_and_matches_a_direct_call():
         (lambda x, y: probes.fit_probe(x, y[:-1], x, y), ValueError, "length"),
         (lambda x, y: probes.fit_probe(x, y, x[:, :2], y), ValueError, "widths"),
         (lambda x, y: probes.fit_probe(x * np.nan, y, x, y), ValueError, "train_features"),
+        # float64 past float32's range: named as such (before: "NaN or infinite values").
+        (
+            lambda x, y: probes.fit_probe(x, y, x.astype(np.float64) * 1e39, y),
+            ValueError,
+            "test_features.*range",
+        ),
         (lambda x, y: probes.fit_probe(x, y.astype(float), x, y), TypeError, "train_labels"),
         (lambda x, y: probes.fit_probe(x, y, x, y.astype(float)), TypeError, "test_labels"),
         (lambda x, y: probes.fit_probe(x, y, x, y, num_classes=2), ValueError, "train_labels"),
