@@ -330,8 +330,8 @@ def extract_features(
     mesh=None,
 ) -> tuple[np.ndarray, ...]:
     """Runs ``apply_fn(params, images [b, ...]) -> tuple of [b, ...] arrays`` over all
-    ``images`` in fixed-size chunks (the last one padded, so one compilation) and concatenates
-    the outputs on the host. With a ``mesh`` (`mi_jax.parallel.data_mesh`; ``params``
+    ``images`` in fixed-size chunks (the last one padded, so one compilation) and writes the
+    outputs into arrays on the host. With a ``mesh`` (`mi_jax.parallel.data_mesh`; ``params``
     replicated on it) each chunk is split over the devices (its size rounded up to a multiple
     of their count) and the outputs are gathered."""
     _checks.check_ints("extract_features", batch_size=batch_size)
@@ -345,7 +345,7 @@ def extract_features(
         size = -(-size // mesh.devices.size) * mesh.devices.size
         jitted = jax.jit(apply_fn, out_shardings=parallel.replicated(mesh))
         put = functools.partial(parallel.put_batch, mesh=mesh)
-    chunks = []
+    features = None  # filled chunk by chunk (concatenated at the end, the peak was twice them)
     for start in range(0, n, size):
         part = images[start : start + size]
         pad = size - part.shape[0]
@@ -357,5 +357,9 @@ def extract_features(
                 "`apply_fn` must return a tuple of arrays [b, ...] (e.g. `(features,)`), got "
                 f"{type(outs).__name__}."
             )
-        chunks.append(tuple(np.asarray(o)[: size - pad] for o in outs))
-    return tuple(np.concatenate(parts) for parts in zip(*chunks, strict=True))
+        outs = [np.asarray(o) for o in outs]
+        if features is None:
+            features = tuple(np.empty((n, *o.shape[1:]), o.dtype) for o in outs)
+        for out, o in zip(features, outs, strict=True):
+            out[start : start + size - pad] = o[: size - pad]
+    return features
