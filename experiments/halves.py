@@ -516,7 +516,7 @@ def _represent_fn(encoder):
 def represent(encoder, params, images: np.ndarray, mesh) -> np.ndarray:
     """The seeds' top representations ``[S, N, D]`` of ``images`` ``[N, h, W, C]`` on the host,
     in chunks of 500 images (`mi_jax.probes.extract_features`): the conv encoder on MNIST's
-    60,000 probe images in one call peaked at 20.7 GB (and took 24 s instead of 3)."""
+    60,000 probe images in one call peaked at 20.7 GB and took 24 s (chunked: 1.0 GB, 14.5 s)."""
     (features,) = probes.extract_features(_represent_fn(encoder), params, images, mesh=mesh)
     return np.swapaxes(features, 0, 1)
 

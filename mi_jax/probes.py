@@ -261,9 +261,9 @@ def fit_probe(
     )  # fmt: skip
     if kind == "linear":
         # Only the classes the training split holds: an absent class's optimal bias is -inf,
-        # which L-BFGS chases to `max_iter` (digits with num_classes = 20: 300 iterations and
-        # "not converged" at the optimum's accuracy, against 110). Test labels of an absent
-        # class (-1 here) are wrong either way: the optimum never predicts it.
+        # which L-BFGS chases (digits' pixels, 1200 training images, num_classes = 20: 286
+        # iterations against 99, the same accuracy; past `max_iter` on other splits, "not
+        # converged"). Test labels of an absent class (-1 here) are wrong either way.
         present = np.unique(train_y)
         lookup = np.full(num_classes, -1)
         lookup[present] = np.arange(len(present))
