@@ -193,10 +193,12 @@ def plot_samples(path, model, params, dataset, names, key, count: int = 10) -> N
     count = min(count, len(dataset.test_images))
     originals = data_lib.to_float(jnp.asarray(dataset.test_images[:count]))
     rows = [("test images", np.asarray(originals))]
+    # Compiled once for all models (op by op: 26 small compilations, 9 % of the digits run).
+    reconstruct, generate = jax.jit(model.reconstruct), jax.jit(model.generate, static_argnums=2)
     for i, name in enumerate(names):
         p = _common.leaf_slice(params, i)
-        rows.append((f"{name}: reconstructions", np.asarray(model.reconstruct(p, originals))))
-        rows.append((f"{name}: samples", np.asarray(model.generate(p, key, count))))
+        rows.append((f"{name}: reconstructions", np.asarray(reconstruct(p, originals))))
+        rows.append((f"{name}: samples", np.asarray(generate(p, key, count))))
     fig, axes = _common.subplots(
         len(rows), count, figsize=(count * 0.9 + 1, len(rows) * 1.0), squeeze=False
     )
