@@ -866,21 +866,26 @@ def _standardize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     # One float64 copy worked on in place; the statistics a block of columns at a time (at
     # 10,000 x 6272, whole-array expressions peaked at 5.6 times the float32 input).
     z = np.array(a, np.float64)
-    scale, mean, std = (np.empty(z.shape[1]) for _ in range(3))
+    scale, mean, std, spread = (np.empty(z.shape[1]) for _ in range(4))
     for cols, train in _training_blocks(z, train_idx):
         peak = np.maximum(train.max(axis=0), -train.min(axis=0))
         scale[cols] = np.exp2(np.floor(np.log2(np.where(peak > 0, peak, 1.0))))
         train /= scale[cols]
         mean[cols], std[cols] = train.mean(axis=0), train.std(axis=0)
+        spread[cols] = train.max(axis=0) - train.min(axis=0)
     z /= scale
-    # A spread within 64 float64 spacings of the mean counts as none: rounding noise, a column
-    # of a handful of levels (1e16 + x: spacing 2; 1e20 + x: one value). 1e8 + x and 1e12 +
-    # 0.5 x (timestamps in microseconds with a millisecond spread) keep their spread.
+    # A range within 64 float64 spacings of the mean counts as none: a column of a handful of
+    # levels (1e16 + x: spacing 2; 1e20 + x: one value). 1e8 + x and 1e12 + 0.5 x (timestamps
+    # in microseconds with a millisecond spread) keep their spread. The range, not the std: a
+    # float64 constant such as 0.1 has a std of rounding noise (summed row by row, ~100
+    # spacings of the mean at N = 2000), and was taken for data (2026-12-06: z-scores of +-1,
+    # then ranked as heavy-tailed and "constant in every sample", an error, at N >= 1000).
     tolerance = 64 * np.finfo(np.float64).eps
-    flat = std <= tolerance * np.abs(mean)
+    flat = spread <= tolerance * np.abs(mean)
     if np.any(flat):
         everywhere, some = np.zeros_like(flat), z[:, flat]  # (these columns alone)
-        everywhere[flat] = some.std(axis=0) <= tolerance * np.abs(some.mean(axis=0))
+        some_spread = some.max(axis=0) - some.min(axis=0)
+        everywhere[flat] = some_spread <= tolerance * np.abs(some.mean(axis=0))
         _check_constant_columns(flat, everywhere, name)
     z -= mean
     z /= np.where(flat, 1.0, std)

@@ -175,6 +175,21 @@ def test_standardization_works_in_place_and_in_column_blocks():
     np.testing.assert_allclose(z, ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("standardize", ["auto", True])
+def test_a_float64_constant_is_constant_whatever_its_rounding(standardize):
+    # Before: the std of a column of 0.1 in float64, summed row by row, is rounding noise of
+    # ~100 spacings of the mean at N = 2000: taken for data, the column read +-1 (True) or was
+    # ranked as heavy-tailed and failed as "constant in every sample" (auto), at N >= 1000.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 3))
+    x[:, 1] = 0.1
+    train = np.arange(1600)
+    with pytest.warns(UserWarning, match=r"columns \[1\] .* constant on the training split"):
+        z, ranked = estimate_lib._standardized(x, train, standardize, "x")
+    assert np.all(z[:, 1] == 0.0) and 1 not in ranked
+    assert np.all(np.abs(z[train][:, [0, 2]].std(0) - 1.0) < 1e-9)
+
+
 def test_auto_standardization_reads_heavy_tailed_marginals_near_the_mi():
     # A 5-d Gaussian pair of 2 nats with every coordinate mapped to a Cauchy marginal
     # (monotone: the MI stays 2). Z-scored, a few extreme pairs dominated the held-out bound:
