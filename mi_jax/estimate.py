@@ -931,7 +931,7 @@ def _gaussianize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     (n + 1)``, held-out values placed among the training ones) and the normal quantile; a
     column of one training value is 0 (`_check_constant_columns`). Constant means one
     value here, exactly: ranks lose no precision, where z-scores of ``1e16 + x`` do
-    (`_standardize` takes a spread within 64 float64 spacings of the mean as none)."""
+    (`_standardize` takes a range within 64 float64 spacings of the mean as none)."""
     train = np.sort(a[train_idx], axis=0)
     flat = train[0] == train[-1]
     _check_constant_columns(flat, np.min(a, axis=0) == np.max(a, axis=0), name)
