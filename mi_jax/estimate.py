@@ -868,11 +868,12 @@ def _standardize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     z = np.array(a, np.float64)
     scale, mean, std, spread = (np.empty(z.shape[1]) for _ in range(4))
     for cols, train in _training_blocks(z, train_idx):
-        peak = np.maximum(train.max(axis=0), -train.min(axis=0))
+        lo, hi = train.min(axis=0), train.max(axis=0)
+        peak = np.maximum(hi, -lo)
         scale[cols] = np.exp2(np.floor(np.log2(np.where(peak > 0, peak, 1.0))))
         train /= scale[cols]
         mean[cols], std[cols] = train.mean(axis=0), train.std(axis=0)
-        spread[cols] = train.max(axis=0) - train.min(axis=0)
+        spread[cols] = hi / scale[cols] - lo / scale[cols]  # (the scaled range: powers of 2)
     z /= scale
     # A range within 64 float64 spacings of the mean counts as none: a column of a handful of
     # levels (1e16 + x: spacing 2; 1e20 + x: one value). 1e8 + x and 1e12 + 0.5 x (timestamps
