@@ -142,6 +142,14 @@ def check_float(x, name: str) -> None:
         )
 
 
+def at_least_float32(x):
+    """``x`` (a floating array) in float32 if it is in half precision (float16, bfloat16), else
+    as it is (a weakly typed scalar stays weak: under x64 a float64 one would promote the
+    result). Sums, exponentials and distances of half-precision values overflow (float16 past
+    65504) or cancel (bfloat16's 8 bits): the library computes them in float32 at least."""
+    return x if jnp.finfo(x.dtype).bits >= 32 else x.astype(jnp.float32)
+
+
 def check_finite_if_concrete(x, name: str) -> None:
     """Raises if a concrete (non-traced) array holds NaN or inf; a no-op under tracing."""
     if isinstance(x, jax.core.Tracer):

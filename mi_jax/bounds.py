@@ -66,7 +66,7 @@ def _soft_exp(x: Array) -> Array:
     Returns:
       An array of ``x``'s shape, in ``x``'s dtype promoted to at least float32.
     """
-    x = _at_least_float32(x)
+    x = _checks.at_least_float32(x)
     c = _EXP_SOFT_FROM
     below = x <= c
     # Each branch sees only arguments where it is finite (so `jnp.where` passes no NaN into the
@@ -74,12 +74,6 @@ def _soft_exp(x: Array) -> Array:
     exp_branch = jnp.exp(jnp.where(below, x, c))
     log_branch = jnp.exp(c) * (1.0 + jnp.log1p(jnp.where(below, 0.0, x - c)))
     return jnp.where(below, exp_branch, log_branch)
-
-
-def _at_least_float32(x: Array) -> Array:
-    """``x`` (floating) in float32 if it is in half precision (float16, bfloat16), else as it is
-    (a weakly typed scalar stays weak: under x64 a float64 one would promote the result)."""
-    return x if jnp.finfo(x.dtype).bits >= 32 else x.astype(jnp.float32)
 
 
 def _checked_scores(scores: ArrayLike) -> Array:
@@ -90,7 +84,7 @@ def _checked_scores(scores: ArrayLike) -> Array:
     and returns float32 for float16 or bfloat16 scores.
     """
     _checks.check_scores(scores)
-    return _at_least_float32(jnp.asarray(scores))
+    return _checks.at_least_float32(jnp.asarray(scores))
 
 
 def _offdiag_mask(batch: int) -> Array:
@@ -114,7 +108,7 @@ def log_mean_exp_offdiag(scores: ArrayLike, axis: int | None = None) -> Array:
     if not (axis is None or (integer and axis in (0, 1))):
         raise ValueError(f"`axis` must be None, 0 or 1, got {axis!r}.")
     axis = None if axis is None else int(axis)
-    scores = _at_least_float32(jnp.asarray(scores))  # float16: counts past 65504 are inf
+    scores = _checks.at_least_float32(jnp.asarray(scores))  # float16: counts past 65504 are inf
     batch = scores.shape[0]
     masked = jnp.where(_offdiag_mask(batch), scores, -jnp.inf)
     count = batch * (batch - 1) if axis is None else batch - 1
@@ -126,7 +120,7 @@ def mean_offdiag(values: ArrayLike) -> Array:
     """Mean of the off-diagonal entries of a ``[batch, batch]`` matrix, ``[]`` (float32 at
     least)."""
     _checks.check_scores(values, "values")
-    values = _at_least_float32(jnp.asarray(values))  # float16 sums and counts overflow
+    values = _checks.at_least_float32(jnp.asarray(values))  # float16 sums and counts overflow
     batch = values.shape[0]
     total = jnp.sum(jnp.where(_offdiag_mask(batch), values, 0.0))
     return total / float(batch * (batch - 1))  # (a Python int past int32 at batch 46342)
@@ -135,7 +129,7 @@ def mean_offdiag(values: ArrayLike) -> Array:
 def _baseline_row(log_baseline: ArrayLike, batch: int) -> Array:
     """A scalar or ``[batch]`` log baseline log a(y_j), as a ``[1, batch]`` row."""
     _checks.check_vector(log_baseline, batch, "log_baseline")
-    return jnp.broadcast_to(_at_least_float32(jnp.asarray(log_baseline)), (batch,))[None, :]
+    return jnp.broadcast_to(_checks.at_least_float32(jnp.asarray(log_baseline)), (batch,))[None, :]
 
 
 def dv(scores: ArrayLike) -> Array:
@@ -377,7 +371,7 @@ def js(scores: ArrayLike) -> Array:
 def js_readout(scores: ArrayLike) -> Array:
     """`js`'s value, ``nwj(scores + 1)``, with its own gradient (`js` carries `js_fgan`'s)."""
     # Upcast before the + 1, which float16 rounds away at large scores (spacing 8 at 1e4).
-    return nwj(_at_least_float32(jnp.asarray(scores)) + 1.0)
+    return nwj(_checks.at_least_float32(jnp.asarray(scores)) + 1.0)
 
 
 def smile(scores: ArrayLike, *, clip: float | None = 5.0, gradient: str = "js") -> Array:
@@ -407,7 +401,7 @@ def smile(scores: ArrayLike, *, clip: float | None = 5.0, gradient: str = "js") 
         raise ValueError(f"`clip` must be a positive number or None, got {clip!r}.")
     if gradient not in ("js", "smile"):
         raise ValueError(f"`gradient` must be 'js' or 'smile', got {gradient!r}.")
-    scores = _at_least_float32(jnp.asarray(scores))
+    scores = _checks.at_least_float32(jnp.asarray(scores))
     clipped = scores if clip is None else jnp.clip(scores, -clip, clip)
     value = jnp.mean(jnp.diag(scores)) - log_mean_exp_offdiag(clipped)
     if gradient == "smile":
@@ -481,7 +475,7 @@ def interpolated(scores: ArrayLike, *, alpha: float = 0.01, log_baseline: ArrayL
     if not (_checks.is_number(alpha) and 0.0 <= _checks.host_float(alpha) <= 1.0):
         raise ValueError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
     alpha = _checks.host_float(alpha)
-    scores = _at_least_float32(jnp.asarray(scores))
+    scores = _checks.at_least_float32(jnp.asarray(scores))
     batch = scores.shape[0]
     log_a = jnp.broadcast_to(_baseline_row(log_baseline, batch), (batch, batch))
     # A Python-number baseline defers to the scores' dtype (`jnp.diag` below would otherwise
@@ -539,7 +533,7 @@ def flo(scores: ArrayLike, u: ArrayLike) -> Array:
             f"`u` must have shape [{batch}] (one value per joint pair), got {jnp.shape(u)}."
         )
     _checks.check_float(u, "u")
-    u = _at_least_float32(jnp.asarray(u))  # a bfloat16 mean(u) was off by ~4e-3 nats
+    u = _checks.at_least_float32(jnp.asarray(u))  # a bfloat16 mean(u) was off by ~4e-3 nats
     log_ratio = log_mean_exp_offdiag(scores, axis=0) - jnp.diag(scores)
     # Each term divided by the batch before the sum: a diverging critic's terms (up to ~5e36
     # each, `_soft_exp`) summed first overflowed float32 to -inf (from a batch of ~700 at

@@ -238,6 +238,8 @@ class SeparableCritic(nn.Module):
         scores = gx @ hy.T
         if self.bilinear:
             w = self.param("W", nn.initializers.zeros, (x.shape[1], y.shape[1]), jnp.float32)
+            # In float32 at least: in float16 |x^T W y| past 65504 was inf (scores 1e5 there).
+            x, y = (_checks.at_least_float32(jnp.asarray(a)) for a in (x, y))
             scores = scores + (x @ w.astype(x.dtype)) @ y.T
         return scores
 
@@ -287,6 +289,8 @@ class InnerProductCritic(nn.Module):
                 f"InnerProductCritic needs `x` and `y` of equal width, got {x.shape[1]} and "
                 f"{y.shape[1]}; use a separable or bilinear critic instead."
             )
+        # float32 scores, as every critic's, from half-precision embeddings too.
+        x, y = (_checks.at_least_float32(jnp.asarray(a)) for a in (x, y))
         return x @ y.T / self.temperature
 
 

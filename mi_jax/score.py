@@ -59,7 +59,7 @@ def _check_samples(samples, name: str = "samples", least: int = 2) -> Array:
     samples = jnp.asarray(samples)
     # float16 / bfloat16 are computed in float32: the linear solves (LAPACK) have no half
     # precision, and the kernel sums would lose most of their bits.
-    return samples.astype(jnp.promote_types(samples.dtype, jnp.float32))
+    return _checks.at_least_float32(samples)
 
 
 def _centered(samples: Array, *others: Array) -> tuple[Array, ...]:
@@ -85,9 +85,17 @@ def _centered(samples: Array, *others: Array) -> tuple[Array, ...]:
 
 def squared_distances(x: ArrayLike, y: ArrayLike) -> Array:
     """``[n, m]`` squared Euclidean distances between the rows of ``x`` ``[n, d]`` and ``y``
-    ``[m, d]`` (floats; clipped at 0 against cancellation)."""
+    ``[m, d]`` (floats; float32 at least; clipped at 0 against cancellation)."""
     _check_rows(x, y)
-    return _squared_distances(jnp.asarray(x), jnp.asarray(y))
+    return _squared_distances(*_kernel_inputs(x, y))
+
+
+def _kernel_inputs(x: ArrayLike, y: ArrayLike) -> tuple[Array, Array]:
+    """``x`` and ``y`` in float32 at least, less a center of ``x``'s bulk (`_centered`): the
+    distances ``|x|^2 + |y|^2 - 2 x.y`` lost every bit in bfloat16 (distances 0 between rows
+    2-9 apart), overflowed in float16 (NaN at 200 from the origin), and cancel in float32 far
+    from the origin."""
+    return _centered(*(_checks.at_least_float32(jnp.asarray(a)) for a in (x, y)))
 
 
 def _check_rows(x, y) -> None:
@@ -172,12 +180,12 @@ def median_bandwidth(samples: ArrayLike, *, scale: float = 1.0) -> Array:
 
 def rbf_kernel(x: ArrayLike, y: ArrayLike, bandwidth: ArrayLike) -> Array:
     """``[n, m]`` RBF kernel ``exp(-|x_i - y_j|^2 / (2 bandwidth^2))`` of float ``x`` ``[n, d]``,
-    ``y`` ``[m, d]``; ``bandwidth`` positive (checked where concrete)."""
+    ``y`` ``[m, d]`` (float32 at least); ``bandwidth`` positive (checked where concrete)."""
     _check_rows(x, y)
     if bandwidth is None:  # the estimators' "median heuristic" default is theirs, not the kernel's
         raise ValueError("`bandwidth` must be a positive finite scalar, got None.")
     _check_bandwidth(bandwidth)
-    return _rbf_kernel(jnp.asarray(x), jnp.asarray(y), bandwidth)
+    return _rbf_kernel(*_kernel_inputs(x, y), bandwidth)
 
 
 def _rbf_kernel(x: Array, y: Array, bandwidth) -> Array:

@@ -533,3 +533,26 @@ def test_chunked_concat_critic_gradient_memory_grows_linearly_in_the_batch():
 
     small, large = working_memory(1024), working_memory(2048)
     assert large < 2.6 * small, (small, large)  # linear: 2x (measured 2.2x); was 4x
+
+
+def test_half_precision_inputs_give_float32_scores_without_overflow():
+    # Before: SeparableCritic's bilinear term x^T W y ran in float16 (inf past 65504: 12 of 256
+    # scores at features of scale 50, DV inf, InfoNCE NaN), and InnerProductCritic returned
+    # the inputs' dtype where every other critic returns float32.
+    rng = np.random.default_rng(0)
+    x = 50.0 * rng.normal(size=(16, 64))
+    y = x + 5.0 * rng.normal(size=(16, 64))
+    half = [jnp.asarray(a, jnp.float16) for a in (x, y)]
+    ref = [jnp.asarray(a, jnp.float32) for a in half]  # the same values in float32
+    separable = critics.SeparableCritic(hidden=(8,), embed_dim=4, bilinear=True)
+    params = separable.init(jax.random.key(0), *ref)
+    params["params"]["W"] = 0.5 * jnp.eye(64)
+    scores = separable.apply(params, *half)
+    assert scores.dtype == jnp.float32 and np.all(np.isfinite(scores))
+    np.testing.assert_allclose(scores, separable.apply(params, *ref), rtol=1e-5)
+    assert np.max(np.abs(scores)) > 65504  # (past float16's range)
+    inner = critics.InnerProductCritic(temperature=0.05)
+    bf16 = [jnp.asarray(a / 400.0, jnp.bfloat16) for a in (x, y)]
+    out = inner.apply({}, *bf16)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, inner.apply({}, *(b.astype(jnp.float32) for b in bf16)))

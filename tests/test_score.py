@@ -266,6 +266,24 @@ def test_half_precision_samples_are_estimated_in_float32(dtype):
         np.testing.assert_allclose(est, fn(half.astype(jnp.float32)), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype, offset", [(jnp.float16, 200.0), (jnp.bfloat16, 5.0)])
+def test_half_precision_kernels_are_computed_in_float32(dtype, offset):
+    # Before: |x|^2 + |y|^2 - 2 x.y in the inputs' dtype: float16 rows at 200 from the origin
+    # read NaN (|x|^2 past 65504), bfloat16 rows at 5 a kernel diagonal of 0.6, not 1.
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(offset + rng.normal(size=(6, 4)), dtype)
+    y = jnp.asarray(offset + rng.normal(size=(5, 4)), dtype)
+    xs, ys = (np.asarray(a, np.float64) for a in (x, y))  # the values the inputs hold
+    want = np.sum((xs[:, None] - ys[None]) ** 2, axis=-1)
+    d2 = score.squared_distances(x, y)
+    assert d2.dtype == jnp.float32
+    np.testing.assert_allclose(d2, want, rtol=1e-4, atol=1e-4)
+    k = score.rbf_kernel(x, x, 2.0)
+    assert k.dtype == jnp.float32
+    np.testing.assert_allclose(np.diag(k), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(score.rbf_kernel(x, y, 2.0), np.exp(-want / 8.0), atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "call, error, match",
     [
