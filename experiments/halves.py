@@ -19,7 +19,6 @@ estimate over training per combination). A progress bar runs over all combinatio
 """
 
 import functools
-import hashlib
 import itertools
 import os
 import time
@@ -262,7 +261,7 @@ def run_combination(
 
     def evaluate(step_num, state, train_mi):
         if step_num == 0:
-            key = (model.encoder, _fingerprint(state.params["top"]))
+            key = (model.encoder, _common.fingerprint(state.params["top"]))
             if key not in initial_fits:
                 initial_fits[key] = probe_fits(state.params["top"])
             fits = initial_fits[key]
@@ -521,16 +520,6 @@ def plot(workdir: str, runs: list[dict]) -> None:
             ax.legend(fontsize=7)
     fig.tight_layout()
     _common.save_figure(fig, os.path.join(workdir, "curves.png"), dpi=100)
-
-
-def _fingerprint(params) -> str:
-    """A digest of ``params``' values, shapes and dtypes."""
-    digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(jax.device_get(params)):
-        leaf = np.asarray(leaf)
-        digest.update(f"{leaf.shape}{leaf.dtype}".encode())
-        digest.update(np.ascontiguousarray(leaf).tobytes())
-    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=8)

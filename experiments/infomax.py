@@ -89,6 +89,11 @@ def _check_config(config: ml_collections.ConfigDict, representation_names: tuple
         epochs=probe.epochs, batch_size=probe.batch_size, learning_rate=probe.learning_rate,
         weight_decay=probe.weight_decay,
     )  # fmt: skip
+    if probe.cache_dir:  # (a run that could not write there would learn it after training)
+        try:
+            os.makedirs(probe.cache_dir, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"`config.probe.cache_dir` cannot be made: {e}") from None
     for name in ("eval_every", "checkpoint_every"):
         if config[name] % config.log_every:
             raise ValueError(
@@ -199,12 +204,16 @@ def run_probes(
     config, train: dict, test: dict, labels, num_classes: int, prefix: str, kinds=None, seed=None
 ) -> list:
     """Fits ``kinds`` (default ``config.probe.kinds``) on every representation of ``train``;
-    ``seed`` (default ``config.seed``) initializes and shuffles the MLP probes."""
+    ``seed`` (default ``config.seed``) initializes and shuffles the MLP probes. With
+    ``config.probe.cache_dir`` a fit made before on the same features and settings is read
+    from there (the row's ``cached``)."""
+    cache_dir = config.probe.cache_dir
     rows = []
     for rep in train:
         for kind in config.probe.kinds if kinds is None else kinds:
             t0 = time.perf_counter()
-            result = probes.fit_probe(
+            result, cached = _common.fit_probe_cached(
+                cache_dir,
                 train[rep],
                 labels[0],
                 test[rep],
@@ -232,6 +241,7 @@ def run_probes(
                     iterations=result.iterations,
                     converged=result.converged,  # linear: L-BFGS reached `tol` (MLP: None)
                     seconds=time.perf_counter() - t0,
+                    **({"cached": cached} if cache_dir else {}),
                 )
             )
     return rows
@@ -518,6 +528,14 @@ def summary(results: dict) -> str:
         for r in results["probes"]
         if r.get("converged") is False
     ]
+    fits = results.get("probes_per_seed", results["probes"])
+    cached = sum(bool(r.get("cached")) for r in fits)
+    cache_note = (
+        f"\nprobe fits read from config.probe.cache_dir (made by an earlier run): {cached} of "
+        f"{len(fits)}"
+        if cached
+        else ""
+    )
     return (
         f"\n{results['dataset']}, estimator {results['estimator']}, {results['num_steps']} steps"
         f"{seeds}: "
@@ -526,6 +544,7 @@ def summary(results: dict) -> str:
         f"{results.get('periodic_eval_s', 0):.1f} s (every run in the workdir)\n"
         + _common.format_table(rows, cols)
         + _common.unfinished_probes_note(unfinished)
+        + cache_note
     )
 
 

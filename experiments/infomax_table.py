@@ -25,7 +25,10 @@ REQUIRED = ("dataset", "estimator", "num_steps", "probes", "train_total_s", "eva
 # Config fields that may differ between runs compared side by side: what the table compares,
 # and the bookkeeping that leaves the results alone (where to read data, how often to log).
 COMPARED = ("estimator", "estimator_hparams", "score_estimator", "score_hparams", "mige_locations")
-BOOKKEEPING = ("data_dir", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+BOOKKEEPING = (
+    "data_dir", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+    "probe.cache_dir",
+)  # fmt: skip
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
@@ -48,7 +51,9 @@ def differing_settings(configs: list[dict]) -> dict[str, list]:
     return {
         k: [f.get(k) for f in flat]
         for k in fields
-        if k.split(".")[0] not in ignored and any(f.get(k) != flat[0].get(k) for f in flat)
+        if k not in ignored
+        and k.split(".")[0] not in ignored
+        and any(f.get(k) != flat[0].get(k) for f in flat)
     }
 
 

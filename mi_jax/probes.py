@@ -221,8 +221,11 @@ def fit_probe(
     with np.errstate(over="ignore"):  # values past float32's range: the error below names them
         train_x = np.asarray(train_features, np.float32).reshape(len(train_features), -1)
         test_x = np.asarray(test_features, np.float32).reshape(len(test_features), -1)
-    train_y = np.asarray(train_labels)
-    test_y = np.asarray(test_labels)
+    # Boolean labels are the classes 0 and 1 (they were a TypeError, "must be integers").
+    train_y, test_y = (
+        y.astype(np.int32) if y.dtype == bool else y
+        for y in (np.asarray(train_labels), np.asarray(test_labels))
+    )
     for name, y in (("train_labels", train_y), ("test_labels", test_y)):
         if y.ndim != 1:
             raise ValueError(f"`{name}` must have shape [N] (class indices), got {y.shape}.")

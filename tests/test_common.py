@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import _cli, _common
+from mi_jax import probes
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -845,3 +846,45 @@ def test_seeds_past_2_to_the_32_are_refused():
     config.seed = 2**32
     with pytest.raises(ValueError, match=r"`config.seed` must be below 2\*\*32"):
         _common.check_num_seeds(config)
+
+
+def test_a_cached_probe_fit_is_keyed_by_its_inputs_and_settings_and_survives_a_bad_entry(
+    tmp_path, monkeypatch
+):
+    rng = np.random.default_rng(0)
+    x, xt = rng.normal(size=(60, 5)), rng.normal(size=(20, 5))
+    y, yt = (x[:, 0] > 0).astype(np.int32), (xt[:, 0] > 0).astype(np.int32)
+    cache = str(tmp_path / "cache")
+    fitted, cached = _common.fit_probe_cached(cache, x, y, xt, yt, l2=1e-3)
+    assert not cached and fitted == probes.fit_probe(x, y, xt, yt, l2=1e-3)
+    (entry,) = os.listdir(cache)
+    fits = []
+    real_fit = probes.fit_probe
+    monkeypatch.setattr(probes, "fit_probe", lambda *a, **k: fits.append(k) or real_fit(*a, **k))
+    assert _common.fit_probe_cached(cache, x, y, xt, yt, l2=1e-3) == (fitted, True)
+    assert fits == []
+    # Any input's value or a setting changed: fitted anew (and kept beside the first).
+    changed = y.copy()
+    changed[0] = 1 - changed[0]
+    for args, settings in (
+        ((x, changed, xt, yt), {"l2": 1e-3}),
+        ((x, y, xt, yt), {"l2": 1e-2}),
+        ((x.astype(np.float32), y, xt, yt), {"l2": 1e-3}),  # another dtype
+    ):
+        assert not _common.fit_probe_cached(cache, *args, **settings)[1]
+    assert len(fits) == 3 and len(os.listdir(cache)) == 4
+    # A cut entry is refitted and replaced.
+    path = os.path.join(cache, entry)
+    with open(path, "r+") as f:
+        f.truncate(10)
+    assert _common.fit_probe_cached(cache, x, y, xt, yt, l2=1e-3) == (fitted, False)
+    assert _common.fit_probe_cached(cache, x, y, xt, yt, l2=1e-3) == (fitted, True)
+    # A cache that cannot be written warns and gives the fit.
+    (tmp_path / "file").write_text("")
+    with pytest.warns(UserWarning, match="not cached"):
+        assert _common.fit_probe_cached(str(tmp_path / "file"), x, y, xt, yt, l2=1e-3) == (
+            fitted,
+            False,
+        )
+    # No cache: a plain fit.
+    assert _common.fit_probe_cached("", x, y, xt, yt, l2=1e-3) == (fitted, False)

@@ -83,6 +83,17 @@ def test_classes_absent_from_training_do_not_hold_the_linear_fit_back():
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_boolean_labels_are_the_classes_0_and_1(kind):
+    # Before: a TypeError, "`train_labels` must be integers, got bool".
+    x, y = _blobs(300, classes=2, sep=0.8, seed=3)
+    split = (x[:200], y[:200], x[200:], y[200:])
+    as_bool = (x[:200], y[:200] == 1, x[200:], y[200:] == 1)
+    assert probes.fit_probe(*as_bool, kind=kind, epochs=3) == probes.fit_probe(
+        *split, kind=kind, epochs=3
+    )
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
 def test_separable_data_is_learned_and_random_labels_are_not(kind):
     x, y = _blobs(600, sep=4.0)
     good = probes.fit_probe(x[:400], y[:400], x[400:], y[400:], kind=kind, epochs=20)
