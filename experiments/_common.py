@@ -851,13 +851,15 @@ def fit_probe_cached(cache_dir: str, train_x, train_y, test_x, test_y, **setting
     A sweep refits the same baselines in every run (on MNIST an InfoMax run spent ~280 s of 17
     minutes on its random encoder's and raw pixels' probes, the same in all six estimators'
     runs). A fit is keyed by a SHA-256 of its inputs (shapes, dtypes, values), its settings,
-    the source of `mi_jax.probes` and the versions of jax, flax and optax: any change to those
-    fits anew. An entry that does not parse is refitted and replaced; one that cannot be
-    written warns, and the run goes on with the fit it made.
+    the source of `mi_jax.probes`, the versions of jax, flax and optax, the backend and the
+    x64 flag: any change to those fits anew. An entry that does not parse is refitted and
+    replaced; one that cannot be written warns, and the run goes on with the fit it made.
     """
     if not cache_dir:
         return probes.fit_probe(train_x, train_y, test_x, test_y, **settings), False
-    meta = {"settings": settings, "code": _probes_code()}
+    # The backend and x64 too: they change the fit's rounding (CPU against GPU, say).
+    where = {"backend": jax.default_backend(), "x64": bool(jax.config.jax_enable_x64)}
+    meta = {"settings": settings, "code": _probes_code(), **where}
     described = json.dumps(to_builtin(meta), sort_keys=True)
     key = hashlib.sha256(
         (described + fingerprint(train_x, train_y, test_x, test_y)).encode()
