@@ -283,8 +283,10 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
     """One row per group of ``rows`` (equal ``group_by`` fields, in first-seen order): every
     float field replaced by its mean over the group, plus ``{field}_std`` (the standard
     deviation over the group, ddof 0 as in `experiments.halves`) and ``num_seeds`` (the
-    group's size); a field boolean in every member holds where it holds for each; other
-    fields (names, integers) from the group's first row, ``seed`` dropped.
+    group's size); so is an integer field whose members differ (a probe's L-BFGS iterations:
+    it read seed 0's); a field boolean in every member holds where it holds for each; other
+    fields (names, integers equal in every member) from the group's first row, ``seed``
+    dropped.
     A float field read back from JSON as ``null`` (a non-finite value) counts as NaN, so the
     rows of a resumed run have the fields of a fresh one.
     """
@@ -294,14 +296,17 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
     out = []
     for members in groups.values():
         merged = {k: v for k, v in members[0].items() if k != "seed"}
-        for key in members[0]:
+        for key in [k for k in merged if k not in group_by]:
             column = [m.get(key) for m in members]
             given = [v for v in column if v is not None]
-            if key not in group_by and given and all(_is_float(v) for v in given):
+            numbers = all(_is_float(v) for v in given) or (
+                all(_is_int(v) for v in given) and len(set(given)) > 1
+            )
+            if given and numbers:
                 column = np.asarray([np.nan if v is None else v for v in column], np.float64)
                 merged[key] = float(np.mean(column))
                 merged[f"{key}_std"] = float(np.std(column))
-            elif key not in group_by and all(isinstance(v, bool) for v in column):
+            elif all(isinstance(v, bool) for v in column):
                 merged[key] = all(column)
         merged["num_seeds"] = len(members)
         out.append(merged)
@@ -310,6 +315,10 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
 
 def _is_float(value) -> bool:
     return isinstance(value, float | np.floating)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
 
 
 def train_time_until(earlier: Mapping, step: int) -> tuple[float, list[list]]:

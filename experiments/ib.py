@@ -296,11 +296,7 @@ def method_entry(method: str, betas, history: list[dict], **extra) -> dict:
     if len(seeds) > 1:
         entry.update(final_per_seed=final, selected_per_seed=selected)
         final, selected = (
-            # Without ``step``: an integer, it would be seed 0's beside the seeds' mean epoch.
-            [{k: v for k, v in r.items() if k != "step"} for r in rows]
-            for rows in (
-                _common.mean_over_seeds(rows, ("method", "beta")) for rows in (final, selected)
-            )
+            _common.mean_over_seeds(rows, ("method", "beta")) for rows in (final, selected)
         )
     return dict(entry, final=final, selected=selected, **extra)
 

@@ -325,14 +325,16 @@ def test_mean_over_seeds_averages_every_float_field():
     from experiments import _common
 
     rows = [
-        dict(method="a", seed=0, acc=0.5, err=np.float32(0.25), step=10),
-        dict(method="a", seed=1, acc=0.7, err=np.float32(0.75), step=10),
-        dict(method="b", seed=0, acc=0.1, err=np.float32(0.5), step=20),
+        dict(method="a", seed=0, acc=0.5, err=np.float32(0.25), step=10, iters=90, ok=True),
+        dict(method="a", seed=1, acc=0.7, err=np.float32(0.75), step=10, iters=110, ok=False),
+        dict(method="b", seed=0, acc=0.1, err=np.float32(0.5), step=20, iters=50, ok=True),
     ]
     a, b = _common.mean_over_seeds(rows, ("method",))
     assert (a["acc"], a["acc_std"], a["err"], a["err_std"]) == pytest.approx((0.6, 0.1, 0.5, 0.25))
-    assert (a["step"], a["num_seeds"], "seed" in a) == (10, 2, False)
-    assert (b["err"], b["err_std"], b["num_seeds"]) == (0.5, 0.0, 1)
+    assert (a["step"], a["num_seeds"], "seed" in a, a["ok"]) == (10, 2, False, False)
+    # Integers that differ between the seeds are averaged too (before: seed 0's 90).
+    assert (a["iters"], a["iters_std"], "step_std" in a) == (100.0, 10.0, False)
+    assert (b["err"], b["err_std"], b["num_seeds"], b["iters"]) == (0.5, 0.0, 1, 50)
 
 
 def test_rows_read_back_from_json_with_nulls_merge_and_write_like_fresh_ones(tmp_path):
