@@ -831,12 +831,14 @@ def write_csv(path: str, rows: Iterable[Mapping]) -> None:
 
 
 def fingerprint(*trees) -> str:
-    """A SHA-256 (hex) of the leaves of ``trees``: their shapes, dtypes and values."""
-    digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(jax.device_get(trees)):
+    """A SHA-256 (hex) of ``trees``: their structure and their leaves' shapes, dtypes and
+    values."""
+    leaves, structure = jax.tree.flatten(jax.device_get(trees))
+    digest = hashlib.sha256(str(structure).encode())
+    for leaf in leaves:
         leaf = np.ascontiguousarray(leaf)
         digest.update(f"{leaf.shape}{leaf.dtype}".encode())
-        digest.update(memoryview(leaf).cast("B"))
+        digest.update(leaf.reshape(-1).view(np.uint8))  # (bfloat16 has no buffer format)
     return digest.hexdigest()
 
 
@@ -860,14 +862,22 @@ def fit_probe_cached(cache_dir: str, train_x, train_y, test_x, test_y, **setting
     A sweep refits the same baselines in every run (on MNIST an InfoMax run spent ~280 s of 17
     minutes on its random encoder's and raw pixels' probes, the same in all six estimators'
     runs). A fit is keyed by a SHA-256 of its inputs (shapes, dtypes, values), its settings,
-    the source of `mi_jax.probes`, the versions of jax, flax and optax, the backend and the
-    x64 flag: any change to those fits anew. An entry that does not parse is refitted and
+    the source of `mi_jax.probes`, the versions of jax, flax and optax, the device, the x64
+    flag and the PRNG settings (`mi_jax._checks.trace_settings`): any change to those fits
+    anew. An entry that does not parse is refitted and
     replaced; one that cannot be written warns, and the run goes on with the fit it made.
     """
     if not cache_dir:
         return probes.fit_probe(train_x, train_y, test_x, test_y, **settings), False
-    # The backend and x64 too: they change the fit's rounding (CPU against GPU, say).
-    where = {"backend": jax.default_backend(), "x64": bool(jax.config.jax_enable_x64)}
+    cache_dir = os.path.expanduser(cache_dir)
+    # Where and how it runs too: the device changes the fit's rounding (CPU against GPU), the
+    # PRNG settings the MLP's initialization and batches.
+    device = jax.devices()[0]
+    where = {
+        "device": [device.platform, device.device_kind],
+        "x64": bool(jax.config.jax_enable_x64),
+        **dict(_checks.trace_settings()),
+    }
     meta = {"settings": settings, "code": _probes_code(), **where}
     described = json.dumps(to_builtin(meta), sort_keys=True)
     key = hashlib.sha256(

@@ -91,7 +91,7 @@ def _check_config(config: ml_collections.ConfigDict, representation_names: tuple
     )  # fmt: skip
     if probe.cache_dir:  # (a run that could not write there would learn it after training)
         try:
-            os.makedirs(probe.cache_dir, exist_ok=True)
+            os.makedirs(os.path.expanduser(probe.cache_dir), exist_ok=True)
         except OSError as e:
             raise ValueError(f"`config.probe.cache_dir` cannot be made: {e}") from None
     for name in ("eval_every", "checkpoint_every"):
@@ -506,6 +506,13 @@ def evaluate(
     return rows
 
 
+def cached_fits(results: dict) -> tuple[int, int]:
+    """``(k, n)``: ``k`` of the run's ``n`` final probe fits (each seed's) were read from
+    ``config.probe.cache_dir``."""
+    fits = results.get("probes_per_seed", results["probes"])
+    return sum(bool(r.get("cached")) for r in fits), len(fits)
+
+
 def summary(results: dict) -> str:
     cols = ["encoder", "representation", "dim", "probe", "train_accuracy", "test_accuracy"]
     seeds = ""
@@ -528,11 +535,10 @@ def summary(results: dict) -> str:
         for r in results["probes"]
         if r.get("converged") is False
     ]
-    fits = results.get("probes_per_seed", results["probes"])
-    cached = sum(bool(r.get("cached")) for r in fits)
+    cached, fits = cached_fits(results)
     cache_note = (
         f"\nprobe fits read from config.probe.cache_dir (made by an earlier run): {cached} of "
-        f"{len(fits)}"
+        f"{fits}"
         if cached
         else ""
     )

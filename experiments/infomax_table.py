@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from experiments import _common
+from experiments import _common, infomax
 
 # What a row reads from a run's results.json.
 REQUIRED = ("dataset", "estimator", "num_steps", "probes", "train_total_s", "eval_s")
@@ -108,14 +108,23 @@ def main(argv: list[str]) -> None:
         raise SystemExit(__doc__)
     try:
         rows, columns = rows_from(argv)
-        differ = differing_settings([read_results(w).get("config", {}) for w in argv])
+        runs = [read_results(w) for w in argv]
     except (OSError, ValueError) as e:  # a workdir that is not a finished run: named
         raise SystemExit(f"error: {e}") from e
+    differ = differing_settings([r.get("config", {}) for r in runs])
     for row in rows:  # "mean ± std" where a run had several seeds
         for column in columns:
             if f"{column} std" in row:
                 row[column] = f"{row[column]:.3f} ± {row[f'{column} std']:.3f}"
     print(_common.format_table(rows, columns))
+    # A later run of a sweep read its baselines from the cache: its minutes are not a fitting
+    # run's.
+    cached = {w: infomax.cached_fits(r) for w, r in zip(argv, runs, strict=True)}
+    if cached := {w: f"{k} of {n}" for w, (k, n) in cached.items() if k}:
+        print(
+            "Probe fits read from probe.cache_dir (made by an earlier run; the minutes leave "
+            "them out): " + ", ".join(f"{w}: {n}" for w, n in cached.items())
+        )
     if differ:
         print("The runs differ besides the estimator (the rows compare more than estimators):")
         for field, values in differ.items():

@@ -142,6 +142,14 @@ def check_float(x, name: str) -> None:
         )
 
 
+def trace_settings() -> tuple[tuple[str, Any], ...]:
+    """``((name, value), ...)``: the global JAX settings that change a program's numbers
+    without changing its inputs (matmul precision, the PRNG and how it splits), for a cache of
+    results to key on beside the inputs."""
+    names = ("jax_default_matmul_precision", "jax_default_prng_impl", "jax_threefry_partitionable")
+    return tuple((name, getattr(jax.config, name)) for name in names)
+
+
 def at_least_float32(x):
     """``x`` (a floating array) in float32 if it is in half precision (float16, bfloat16), else
     as it is (a weakly typed scalar stays weak: under x64 a float64 one would promote the

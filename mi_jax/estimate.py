@@ -325,14 +325,7 @@ def estimate_mi(
             _ByIdentity(bounds_lib._REGISTRY[bound]),
             _ByIdentity(critics_lib._CRITICS[critic]),
         ),
-        trace_settings=tuple(
-            getattr(jax.config, name)
-            for name in (
-                "jax_default_matmul_precision",
-                "jax_default_prng_impl",
-                "jax_threefry_partitionable",
-            )
-        ),
+        trace_settings=_checks.trace_settings(),
     )
     # Traced and run in float32 mode whatever `jax_enable_x64` says (the data are float32):
     # under x64 Adam's bias correction ran in float64, another estimate from the same data, and

@@ -91,11 +91,15 @@ def squared_distances(x: ArrayLike, y: ArrayLike) -> Array:
 
 
 def _kernel_inputs(x: ArrayLike, y: ArrayLike) -> tuple[Array, Array]:
-    """``x`` and ``y`` in float32 at least, less a center of ``x``'s bulk (`_centered`): the
-    distances ``|x|^2 + |y|^2 - 2 x.y`` lost every bit in bfloat16 (distances 0 between rows
-    2-9 apart), overflowed in float16 (NaN at 200 from the origin), and cancel in float32 far
-    from the origin."""
-    return _centered(*(_checks.at_least_float32(jnp.asarray(a)) for a in (x, y)))
+    """``x`` and ``y`` in float32 at least, less a center of ``x``'s finite rows' bulk
+    (`_centered`): the distances ``|x|^2 + |y|^2 - 2 x.y`` lost every bit in bfloat16
+    (distances 0 between rows 2-9 apart), overflowed in float16 (NaN at 200 from the origin),
+    and cancel in float32 far from the origin. A non-finite row of ``x`` is its own row's NaN,
+    not everyone's (a center of all rows would be NaN)."""
+    x, y = (_checks.at_least_float32(jnp.asarray(a)) for a in (x, y))
+    finite = jnp.all(jnp.isfinite(x), axis=1, keepdims=True)
+    fill = jnp.sum(jnp.where(finite, x, 0.0), axis=0) / jnp.maximum(jnp.sum(finite), 1)
+    return _centered(jnp.where(finite, x, fill), x, y)[1:]
 
 
 def _check_rows(x, y) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -888,3 +889,28 @@ def test_a_cached_probe_fit_is_keyed_by_its_inputs_and_settings_and_survives_a_b
         )
     # No cache: a plain fit.
     assert _common.fit_probe_cached("", x, y, xt, yt, l2=1e-3) == (fitted, False)
+
+
+def test_a_cached_probe_fit_misses_under_other_prng_settings_and_reads_home(tmp_path, monkeypatch):
+    # Before: an MLP probe fitted under another PRNG setting was read back (another fit), a
+    # cache_dir of "~/..." was a folder named "~" in the working directory, and bfloat16
+    # features raised "cannot include dtype 'E' in a buffer".
+    monkeypatch.setenv("HOME", str(tmp_path))
+    rng = np.random.default_rng(0)
+    x, xt = rng.normal(size=(60, 5)), rng.normal(size=(20, 5))
+    y, yt = (x[:, 0] > 0).astype(np.int32), (xt[:, 0] > 0).astype(np.int32)
+    mlp = dict(kind="mlp", hidden=4, epochs=2, batch_size=16)
+    assert not _common.fit_probe_cached("~/cache", x, y, xt, yt, **mlp)[1]
+    assert len(os.listdir(tmp_path / "cache")) == 1
+    before = jax.config.jax_threefry_partitionable
+    try:
+        jax.config.update("jax_threefry_partitionable", not before)
+        assert not _common.fit_probe_cached("~/cache", x, y, xt, yt, **mlp)[1]
+    finally:
+        jax.config.update("jax_threefry_partitionable", before)
+    assert _common.fit_probe_cached("~/cache", x, y, xt, yt, **mlp)[1]
+    half = jnp.asarray(x, jnp.bfloat16)
+    assert not _common.fit_probe_cached("~/cache", half, y, xt, yt)[1]
+    assert _common.fit_probe_cached("~/cache", half, y, xt, yt)[1]
+    # The digest tells the arguments apart, not only their leaves in a row.
+    assert _common.fingerprint([1.0, 2.0], [3.0]) != _common.fingerprint([1.0], [2.0, 3.0])

@@ -282,6 +282,13 @@ def test_half_precision_kernels_are_computed_in_float32(dtype, offset):
     assert k.dtype == jnp.float32
     np.testing.assert_allclose(np.diag(k), 1.0, rtol=1e-6)
     np.testing.assert_allclose(score.rbf_kernel(x, y, 2.0), np.exp(-want / 8.0), atol=1e-5)
+    # A non-finite row is NaN in its own row alone (centring on all rows spread it).
+    bad = x.at[2, 0].set(jnp.nan)
+    d2 = np.asarray(score.squared_distances(bad, y))
+    assert np.all(np.isnan(d2[2])) and np.all(np.isfinite(np.delete(d2, 2, axis=0)))
+    np.testing.assert_allclose(
+        np.delete(d2, 2, axis=0), np.delete(want, 2, axis=0), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize(
