@@ -22,8 +22,9 @@ from mi_jax import _checks, amdim
 def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> amdim.AMDIMObjective:
     """The AMDIM objective (encoder included) that ``config`` describes; bad names and
     unknown or out-of-range view parameters raise here (image sizes under 7x7 at init)."""
-    del image_shape  # the encoder checks image sizes when initialized
     views = config.views.to_dict()
+    # The encoder checks image sizes when initialized; the views' colour, the channels here.
+    amdim.check_view_params(views, channels=image_shape[-1])
     # Every field of the encoder (a key it lacks was silently ignored); its own checks named.
     hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in config.encoder_hparams.items()}
     known = sorted(_checks.fields_of(amdim.MultiScaleEncoder))

@@ -72,7 +72,9 @@ RESUMABLE = (
 )  # fmt: skip
 
 
-def _check_config(config: ml_collections.ConfigDict, representation_names: tuple[str, ...]) -> None:
+def _check_config(
+    config: ml_collections.ConfigDict, representation_names: tuple[str, ...], channels: int
+) -> None:
     _common.check_num_seeds(config, consecutive=True)  # seeds seed + k
     _common.check_learning_rate(config)
     _common.check_int_fields(
@@ -82,7 +84,9 @@ def _check_config(config: ml_collections.ConfigDict, representation_names: tuple
     )  # fmt: skip
     _common.check_batch_size(config)
     if "augment" in config:
-        data_lib.check_augment(config.augment.to_dict(), prefix="config.augment.")
+        data_lib.check_augment(
+            config.augment.to_dict(), prefix="config.augment.", channels=channels
+        )
     probe = config.probe
     probes.check_hparams(
         prefix="config.probe.", l2=probe.l2, max_iter=probe.max_iter, tol=probe.tol,
@@ -270,7 +274,7 @@ def train_and_evaluate(
             max_examples=config.max_examples or None,
         )
         objective = (build_fn or build)(config, dataset.image_shape)
-        _check_config(config, objective.representation_names)
+        _check_config(config, objective.representation_names, dataset.image_shape[-1])
         _common.check_same_run(workdir, config, RESUMABLE)
         batch_size = config.batch_size
         num_train = dataset.train_images.shape[0]

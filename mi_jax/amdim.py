@@ -317,8 +317,9 @@ VIEW_PARAMS = (
 )
 
 
-def check_view_params(params: dict[str, Any]) -> None:
-    """Raises a ValueError naming the first missing, unknown or out-of-range view parameter."""
+def check_view_params(params: dict[str, Any], channels: int | None = None) -> None:
+    """Raises a ValueError naming the first missing, unknown or out-of-range view parameter
+    (with the images' ``channels``: a colour setting their channels cannot take)."""
     unknown, missing = set(params) - set(VIEW_PARAMS), set(VIEW_PARAMS) - set(params)
     if unknown or missing:
         raise ValueError(
@@ -336,6 +337,8 @@ def check_view_params(params: dict[str, Any]) -> None:
         raise ValueError(
             f"`views.grayscale` must be a probability in [0, 1], got {params['grayscale']!r}."
         )
+    if channels is not None:
+        data_lib.check_colour_channels(params, channels, "views.")
 
 
 # ------------------------------------------------------------------------------------------------

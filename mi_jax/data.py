@@ -33,6 +33,7 @@ import functools
 import gzip
 import math
 import os
+import warnings
 import zlib
 from collections.abc import Callable
 from typing import NamedTuple
@@ -345,13 +346,28 @@ def _check_dataset(dataset: Dataset, name: str) -> None:
     """Checks a loader's result, so that registered loaders fail here, not inside training."""
     if not isinstance(dataset, Dataset):
         raise TypeError(f"the loader of {name!r} returned {type(dataset).__name__}, not Dataset.")
+    if not (_checks.is_int(dataset.num_classes) and dataset.num_classes >= 1):
+        raise ValueError(
+            f"{name!r} num_classes must be an integer >= 1, got {dataset.num_classes!r}."
+        )
     for split in ("train", "test"):
         images = getattr(dataset, f"{split}_images")
         labels = getattr(dataset, f"{split}_labels")
         if images.dtype != np.uint8 or images.ndim != 4:
+            hint = ""
+            if images.ndim == 3:
+                hint = " (grey images need their channel axis: images[..., None])"
+            elif images.dtype.kind == "f":
+                hint = " (floats in [0, 1]: np.round(255 * images).astype(np.uint8))"
             raise ValueError(
                 f"{name!r} {split}_images must be uint8 [N, H, W, C], got {images.dtype} "
-                f"{images.shape}."
+                f"{images.shape}{hint}."
+            )
+        if images.shape[1] in (1, 3) and images.shape[3] > 4:  # read as images 1 or 3 rows high
+            raise ValueError(
+                f"{name!r} {split}_images of shape {images.shape} look channel-first "
+                "([N, C, H, W], PyTorch's layout); mi_jax's images are [N, H, W, C]: "
+                "np.moveaxis(images, 1, -1)."
             )
         if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
             raise ValueError(
@@ -365,6 +381,18 @@ def _check_dataset(dataset: Dataset, name: str) -> None:
                 f"{name!r} {split}_labels must lie in [0, num_classes = {dataset.num_classes}), "
                 f"got values from {labels.min()} to {labels.max()}."
             )
+    if dataset.train_images.max(initial=0) == 1:  # read as 1/255: near black
+        raise ValueError(
+            f"{name!r} train_images hold only the values 0 and 1; uint8 pixels are read as "
+            "0..255 (1 is near black): store binary images as 0 and 255."
+        )
+    if len(classes := np.unique(dataset.train_labels)) < 2:
+        warnings.warn(
+            f"{name!r}'s training split holds one class (label {classes[0]}): a probe on it "
+            "reads 1.0 whatever the representation (`max_examples` keeps the first examples: "
+            "of a split sorted by class, one class).",
+            stacklevel=3,
+        )
     if dataset.train_images.shape[1:] != dataset.test_images.shape[1:]:
         raise ValueError(
             f"{name!r} train and test images differ in shape: {dataset.train_images.shape[1:]} "
@@ -593,8 +621,10 @@ def random_grayscale(key: PRNGKey, image: ArrayLike, *, p: float) -> Array:
     image = _check_image(image)
     if not (_checks.is_number(p) and 0.0 <= p <= 1.0):
         raise ValueError(f"`p` must be a probability in [0, 1], got {p!r}.")
+    if p == 0:  # (any channels: a view of 4-channel data with grayscale off was refused)
+        return image
     _check_channels(image)
-    if image.shape[-1] == 1 or p == 0:
+    if image.shape[-1] == 1:
         return image
     gray = jnp.broadcast_to(_grayscale(image), image.shape)
     return jnp.where(jax.random.bernoulli(key, jnp.float32(p)), gray, image)
@@ -665,7 +695,8 @@ def color_jitter(
 
     Args:
       key: a PRNG key.
-      image: ``[H, W, C]`` float image in ``[0, 1]``, ``C`` in ``{1, 3}``.
+      image: ``[H, W, C]`` float image in ``[0, 1]`` (``C`` in ``{1, 3}`` for contrast and
+        saturation; brightness alone takes any).
       brightness: strength ``>= 0``.
       contrast: strength ``>= 0``.
       saturation: strength ``>= 0``.
@@ -680,7 +711,8 @@ def color_jitter(
     strengths = {"brightness": brightness, "contrast": contrast, "saturation": saturation}
     for arg, value in strengths.items():
         _check_strength(value, arg)
-    _check_channels(image)
+    if contrast > 0 or saturation > 0:  # their grey level is the luma of 1 or 3 channels
+        _check_channels(image)
     k_brightness, k_contrast, k_saturation = jax.random.split(key, 3)
     if brightness > 0:
         image = jnp.clip(_factor(k_brightness, brightness) * image, 0.0, 1.0)
@@ -703,11 +735,25 @@ AUGMENT_SETTINGS = (
 )
 
 
-def check_augment(settings: dict, prefix: str = "") -> None:
+def check_colour_channels(settings: dict, channels: int, prefix: str = "") -> None:
+    """A `ValueError` naming the first of ``settings``' ``contrast``, ``saturation`` and
+    ``grayscale`` that is on for images of ``channels`` other than 1 or 3: their grey level is
+    the BT.601 luma of an RGB (or grey) image."""
+    if channels in (1, 3):
+        return
+    for name in ("contrast", "saturation", "grayscale"):
+        if _checks.is_number(settings.get(name)) and settings[name] > 0:
+            raise ValueError(
+                f"`{prefix}{name}` needs images of 1 or 3 channels (its grey level is the "
+                f"BT.601 luma); these have {channels}: set it to 0."
+            )
+
+
+def check_augment(settings: dict, prefix: str = "", channels: int | None = None) -> None:
     """A `ValueError` naming the first of `augment_image`'s ``settings`` that is unknown or out
     of range (a padding and strengths ``>= 0``, finite; ``flip`` a bool), ``prefix`` before the
     name (``"config.augment."``): a config is checked before anything runs, not at the first
-    compiled step."""
+    compiled step. With the images' ``channels``, also `check_colour_channels`."""
     known = dict(AUGMENT_SETTINGS)
     unknown = sorted(set(settings) - set(known))
     if unknown:
@@ -721,6 +767,8 @@ def check_augment(settings: dict, prefix: str = "") -> None:
         raise ValueError(f"`{prefix}flip` must be True or False, got {settings['flip']!r}.")
     for name in ("brightness", "contrast", "saturation"):
         _check_strength(settings[name], prefix + name)
+    if channels is not None:
+        check_colour_channels(settings, channels, prefix)
 
 
 def augment_image(

@@ -250,9 +250,17 @@ class ConvEncoder(nn.Module):
         return EncoderOutput(local=local, features=features, global_=global_)
 
 
-def _group_norm(channels: int, groups: int, name: str | None = None) -> nn.GroupNorm:
-    # gcd keeps the group count a divisor of any width (8 for the usual multiples of 8).
-    return nn.GroupNorm(num_groups=math.gcd(groups, channels), name=name)
+def _group_norm(x: Array, groups: int, name: str | None = None) -> Array:
+    """GroupNorm of ``x`` ``[batch, H, W, C]`` with ``gcd(groups, C)`` groups (a divisor of any
+    width: 8 for the usual multiples of 8)."""
+    groups = math.gcd(groups, x.shape[-1])
+    if x.shape[-1] // groups * x.shape[1] * x.shape[2] == 1:  # (static shapes)
+        raise ValueError(
+            f"ResNetEncoder: GroupNorm with {groups} groups of {x.shape[-1]} channels on a "
+            f"{x.shape[1]}x{x.shape[2]} map normalizes each value by itself, a constant "
+            "output whatever the image: use fewer `norm_groups`, wider stages or larger images."
+        )
+    return nn.GroupNorm(num_groups=groups, name=name)(x)
 
 
 class _PreActBlock(nn.Module):
@@ -276,12 +284,12 @@ class _PreActBlock(nn.Module):
         conv = functools.partial(
             nn.Conv, self.width, use_bias=False, kernel_init=get_initializer(self.kernel_init)
         )
-        pre = act(_group_norm(x.shape[-1], self.norm_groups)(x))
+        pre = act(_group_norm(x, self.norm_groups))
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.width:
             shortcut = conv((1, 1), strides=self.stride, name="shortcut")(pre)
         h = conv((3, 3), strides=self.stride, padding="SAME")(pre)
-        h = act(_group_norm(self.width, self.norm_groups)(h))
+        h = act(_group_norm(h, self.norm_groups))
         h = conv((3, 3), padding="SAME")(h)
         return shortcut + h
 
@@ -371,7 +379,7 @@ class ResNetEncoder(nn.Module):
                     self.kernel_init,
                     name=f"stage{stage}_block{block}",
                 )(h)
-        local = act(_group_norm(widths[-1], self.norm_groups, name="final_norm")(h))
+        local = act(_group_norm(h, self.norm_groups, name="final_norm"))
         features = jnp.mean(local, axis=(1, 2))  # [batch, widths[-1]]
         global_ = dense(self.latent_dim, self.compute_dtype, self.kernel_init, name="global")(
             features

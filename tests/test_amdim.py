@@ -335,3 +335,24 @@ def test_stl10_preset_trains_through_mock_data(tmp_path, tfds):
         results = amdim_experiment.train_and_evaluate(config, str(tmp_path))
     assert results["dataset"] == "stl10"
     assert {r["encoder"] for r in results["probes"]} == {"trained", "random", "none"}
+
+
+def test_four_channel_images_train_with_colour_off_and_a_colour_setting_is_named(
+    tmp_path, monkeypatch
+):
+    # Before: every AMDIM view checked for 1 or 3 channels (grayscale's check ran before its
+    # p == 0 return): RGBA or multispectral data failed at the first step, after config.json.
+    monkeypatch.setattr(data, "_REGISTRY", dict(data._REGISTRY))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (48, 8, 8, 4), dtype=np.uint8)
+    labels = (np.arange(48) % 3).astype(np.int32)
+    data.register_dataset(
+        "four", lambda **_: data.Dataset("four", images, labels, images, labels, 3)
+    )
+    results = amdim_experiment.train_and_evaluate(tiny_config(dataset="four"), str(tmp_path / "a"))
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in results["probes"])
+    with pytest.raises(ValueError, match="`views.contrast` needs images of 1 or 3 channels"):
+        amdim_experiment.train_and_evaluate(
+            tiny_config(dataset="four", **{"views.contrast": 0.4}), str(tmp_path / "b")
+        )
+    assert not (tmp_path / "b" / "config.json").exists()

@@ -194,8 +194,11 @@ def test_mnist_idx_parser_on_a_hand_made_file(tmp_path):
     np.testing.assert_array_equal(ds.train_labels, [0, 1, 2])
     np.testing.assert_array_equal(ds.test_labels, [7, 8])
     assert ds.image_shape == (2, 3, 1)
-    truncated = data.load_dataset("mnist", data_dir=str(tmp_path), max_examples=1)
-    np.testing.assert_array_equal(truncated.train_images[0, ..., 0], images["train"][0])
+    truncated = data.load_dataset("mnist", data_dir=str(tmp_path), max_examples=2)
+    np.testing.assert_array_equal(truncated.train_images[..., 0], images["train"][:2])
+    # One training example is one class: probes on it would read 1.0, and it says so.
+    with pytest.warns(UserWarning, match="training split holds one class"):
+        data.load_dataset("mnist", data_dir=str(tmp_path), max_examples=1)
 
 
 def test_mnist_idx_files_may_be_uncompressed_and_under_the_home_directory(tmp_path, monkeypatch):
@@ -623,3 +626,40 @@ def test_augmentations_prior_and_amdim_draw_the_same_numbers_under_x64():
     for name, value in float32_mode.items():
         assert x64_mode[name].dtype == value.dtype, name
         np.testing.assert_allclose(x64_mode[name], value, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_a_loaders_misread_images_are_named_with_the_fix(monkeypatch):
+    # Before: channel-first arrays loaded as images 3 rows high (or 13 x 64 with 64 channels),
+    # 0/1 pixels trained as near-black images, a num_classes of 3.0 failed after training.
+    monkeypatch.setattr(data, "_REGISTRY", dict(data._REGISTRY))
+    rng = np.random.default_rng(0)
+    labels = np.arange(6, dtype=np.int32) % 3
+    good = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    cases = {
+        "channel-first": (np.moveaxis(good, -1, 1), 3, "look channel-first.*np.moveaxis"),
+        "binary": ((good > 127).astype(np.uint8), 3, "only the values 0 and 1.*0 and 255"),
+        "float": (good / 255.0, 3, r"floats in \[0, 1\]: np.round"),
+        "no channel axis": (good[..., 0], 3, r"channel axis: images\[..., None\]"),
+        "float classes": (good, 3.0, "num_classes must be an integer >= 1, got 3.0"),
+    }
+    for name, (images, classes, match) in cases.items():
+        data.register_dataset(
+            name,
+            lambda images=images, classes=classes, **_: data.Dataset(
+                "x", images, labels, images, labels, classes
+            ),
+        )
+        with pytest.raises(ValueError, match=match):
+            data.load_dataset(name)
+    # Four channels (RGBA, multispectral) load, and take brightness, flips and crops; the
+    # luma-based colour settings are named.
+    four = rng.integers(0, 256, (6, 8, 8, 4), dtype=np.uint8)
+    image = jnp.asarray(four[0]) / 255.0
+    jittered = data.color_jitter(
+        jax.random.key(0), image, brightness=0.5, contrast=0.0, saturation=0.0
+    )
+    assert jittered.shape == (8, 8, 4)
+    assert data.random_grayscale(jax.random.key(0), image, p=0.0) is not None
+    data.check_augment({"brightness": 0.5, "flip": True}, "config.augment.", channels=4)
+    with pytest.raises(ValueError, match="`config.augment.contrast` needs images of 1 or 3"):
+        data.check_augment({"contrast": 0.5}, "config.augment.", channels=4)

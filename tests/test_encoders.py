@@ -331,3 +331,15 @@ def test_patch_conv_is_nn_conv_with_same_padding(shape, kernel, strides):
 def test_patch_conv_rejects_an_input_that_is_not_rank_4():
     with pytest.raises(ValueError, match="`x` of shape"):
         encoders.PatchConv(4).init(jax.random.key(0), jnp.zeros((8, 8, 1)))
+
+
+def test_a_groupnorm_of_one_value_per_group_is_refused_not_a_constant_encoder():
+    # Before: 4x4 images, strides (2, 2), widths (8, 8) and 8 groups normalized each value of
+    # the final 1x1 map by itself: every image gave the same features (spread 0.0).
+    images = jax.random.uniform(jax.random.key(0), (6, 4, 4, 1))
+    narrow = encoders.ResNetEncoder(widths=(8, 8), strides=(2, 2), stem_width=8)
+    with pytest.raises(ValueError, match="8 groups of 8 channels on a 1x1 map.*norm_groups"):
+        narrow.init(jax.random.key(1), images)
+    fewer = encoders.ResNetEncoder(widths=(8, 8), strides=(2, 2), stem_width=8, norm_groups=2)
+    out, _ = fewer.init_with_output(jax.random.key(1), images)
+    assert float(jnp.max(jnp.std(out.features, axis=0))) > 0.05  # (before: 0.0)
