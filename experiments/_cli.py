@@ -2,9 +2,11 @@
 overrides, and the one-line messages of bad settings (`run_experiment`)."""
 
 import contextlib
+import errno
 import functools
 import importlib.util
 import os
+import re
 import socket
 import sys
 import threading
@@ -66,6 +68,27 @@ def _stop_behind(e: BaseException) -> BaseException | None:
             return e
         seen.add(id(e))
         e = e.__context__
+    return None
+
+
+# A full disk or quota, a read-only or failing filesystem, a file past the size limit.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
+
+
+def _write_failure(e: BaseException) -> str | None:
+    """What failed to be written behind ``e`` (in its chain of causes and contexts), if a
+    write failed for lack of space or a failing filesystem: an `OSError` of such an errno, or
+    an error of Orbax's background checkpoint writer naming one (``os_error_code='28'``)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+            where = f": {e.filename}" if e.filename else ""
+            return f"{os.strerror(e.errno)}{where}"
+        code = re.search(r"os_error_code='(\d+)'", str(e))
+        if code and int(code.group(1)) in _WRITE_ERRNOS:
+            return f"{os.strerror(int(code.group(1)))}, writing a checkpoint"
+        e = e.__cause__ or e.__context__
     return None
 
 
@@ -132,18 +155,31 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
             # BrokenPipeError over the signal's exception.
             if isinstance(e, OSError) and (stop := _stop_behind(e)) is not None:
                 stopped(isinstance(stop, Terminated), workdir, distributed)
+            # A full disk: one line (Orbax's writer threads printed hundreds more at shutdown).
+            if (failed := _write_failure(e)) is not None:
+                end(
+                    f"{name}: a write failed ({failed}); what the run wrote before stays in "
+                    f"{workdir} (the metrics, the checkpoints saved whole): free the space and "
+                    "run the same command to resume.",
+                    1,
+                    distributed,
+                )
             raise
 
     def stopped(sigterm: bool, workdir: str, distributed: bool):
         """Ends a run that Ctrl-C or SIGTERM stopped: one line, and status 130 or 143."""
+        end(
+            f"{name}: {'stopped by SIGTERM' if sigterm else 'interrupted'}; what it wrote, if "
+            f"anything, stays in {workdir} "
+            '(README, "Workdirs and resuming": what the same command picks up).',
+            143 if sigterm else 130,  # (128 + the signal's number)
+            distributed,
+        )
+
+    def end(message: str, status: int, distributed: bool):
+        """Ends the run with ``message`` on stderr and exit ``status``."""
         with contextlib.suppress(OSError):  # (the output may be gone)
-            print(
-                f"\n{name}: {'stopped by SIGTERM' if sigterm else 'interrupted'}; what it "
-                f"wrote, if anything, stays in {workdir} "
-                '(README, "Workdirs and resuming": what the same command picks up).',
-                file=sys.stderr,
-            )
-        status = 143 if sigterm else 130  # (128 + the signal's number)
+            print(f"\n{message}", file=sys.stderr)
         if distributed:  # (its shutdown tells the other processes)
             raise SystemExit(status) from None
         # Without Python's shutdown: a signal during a compilation left XLA compiling on its
@@ -366,11 +402,14 @@ def _locked_file(workdir: str, name: str):
         except FileNotFoundError:
             pass
         f.close()
-    f.seek(0)
-    f.truncate()
     since = time.strftime("%Y-%m-%d %H:%M:%S")
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n")
-    f.flush()
+    # Who holds it, for a second run's message; on a full disk the lock holds without it
+    # (unbuffered: a failed buffered write raised again when the lock file closed).
+    with contextlib.suppress(OSError):
+        f.truncate(0)
+        os.write(
+            f.fileno(), f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n".encode()
+        )
     return f
 
 

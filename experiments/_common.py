@@ -767,15 +767,25 @@ class JsonlWriter:
             with open(path, "rb") as f:
                 f.seek(-1, os.SEEK_END)
                 cut = f.read(1) != b"\n"
-        self._file = open(path, "a")  # noqa: SIM115 - closed in close()
+        self.path = path
+        # Unbuffered: each row goes out whole when written, and a write that fails (a full
+        # disk) fails there, naming the file, not again when the file closes.
+        self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
         if cut:
-            self._file.write("\n")
+            self._write(b"\n")
 
     def write(self, row: Mapping) -> None:
         if self._file is None:
             return
-        self._file.write(json.dumps(to_builtin({**row, "run": self.run}), allow_nan=False) + "\n")
-        self._file.flush()
+        line = json.dumps(to_builtin({**row, "run": self.run}), allow_nan=False) + "\n"
+        self._write(line.encode())
+
+    def _write(self, data: bytes) -> None:
+        try:
+            while data:  # (a raw file may take part of it)
+                data = data[self._file.write(data) :]
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, self.path) from None
 
     def close(self) -> None:
         if self._file is not None:

@@ -1,6 +1,7 @@
 """What the experiments share (`experiments._common`), and their command line
 (`experiments._cli`)."""
 
+import errno
 import importlib
 import json
 import os
@@ -610,6 +611,48 @@ def test_a_diverged_run_ends_with_its_message_alone(tmp_path):
     out = _run_experiment_code(code, tmp_path)
     assert out.returncode == 1
     assert out.stderr.strip() == "staircase: the loss became nan at step 3; results are kept."
+
+
+def test_a_full_disk_ends_a_run_with_one_line_naming_the_file(tmp_path):
+    # Before: a traceback of three chained "[Errno 28] No space left on device" naming no file
+    # (the metrics row failed at its flush, then again at the file's close); a checkpoint's
+    # background writer failing printed 460-1459 lines of Orbax's threads.
+    code = (
+        "import os\n"
+        "from experiments import _cli, _common\n"
+        "def full(config, workdir):\n"
+        "    os.makedirs(workdir, exist_ok=True)\n"
+        "    path = os.path.join(workdir, 'metrics.jsonl')\n"
+        "    os.symlink('/dev/full', path)  # every write: ENOSPC\n"
+        "    writer = _common.JsonlWriter(path)\n"
+        "    try:\n"
+        "        writer.write({'step': 1})\n"
+        "    finally:\n"
+        "        writer.close()\n"
+        "_cli.run_experiment('staircase', full)\n"
+    )
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    out = _run_experiment_code(code, tmp_path)
+    assert out.returncode == 1, out.stderr[-2000:]
+    run = tmp_path / "run"
+    assert out.stderr.strip() == (
+        f"staircase: a write failed (No space left on device: {run / 'metrics.jsonl'}); what "
+        f"the run wrote before stays in {run} (the metrics, the checkpoints saved whole): free "
+        "the space and run the same command to resume."
+    )
+    # Orbax's error names the errno in its message; other errors are not write failures.
+    orbax = ValueError("RESOURCE_EXHAUSTED: Failed to write 339132 bytes [os_error_code='28']")
+    assert _cli._write_failure(orbax) == "No space left on device, writing a checkpoint"
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        finally:
+            raise RuntimeError("an error in a finally block, the disk's behind it")
+    except RuntimeError as e:
+        assert _cli._write_failure(e) == os.strerror(errno.EDQUOT)
+    assert _cli._write_failure(OSError(errno.ENOENT, "No such file")) is None
+    assert _cli._write_failure(ValueError("os_error_code='2'")) is None
 
 
 def test_sigterm_during_a_compilation_ends_with_143_not_a_crash(tmp_path):

@@ -443,9 +443,19 @@ def test_a_probe_cache_serves_a_sweeps_baselines_to_its_later_runs(tmp_path, cap
     )
 
 
-def test_an_unmakeable_probe_cache_dir_is_named_before_the_run(tmp_path):
+def test_an_unmakeable_probe_cache_dir_is_named_before_the_run(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
     config = tiny_config(**{"probe.cache_dir": str(tmp_path / "file" / "cache")})
     with pytest.raises(ValueError, match="config.probe.cache_dir"):
         infomax.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run" / "config.json").exists()
+    # One that exists but cannot be written (before: a warning per fit, after training); as
+    # the operating system answers for a read-only folder to a user other than root.
+    (tmp_path / "read-only").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: "read-only" not in str(p) and real_access(p, mode)
+    )
+    config = tiny_config(**{"probe.cache_dir": str(tmp_path / "read-only")})
+    with pytest.raises(ValueError, match="config.probe.cache_dir.*not writable"):
+        infomax.train_and_evaluate(config, str(tmp_path / "run"))
