@@ -334,11 +334,34 @@ def train_time_until(earlier: Mapping, step: int) -> tuple[float, list[list]]:
     return (float(pairs[-1][1]) if pairs else 0.0), pairs
 
 
+def check_path_encoding(path: str, name: str = "--workdir") -> None:
+    """A `ValueError` naming ``name`` where ``path`` is not written the same in UTF-8 as in
+    Python's filesystem encoding: Orbax's array store (TensorStore) takes paths as UTF-8, so
+    under a latin-1 locale the checkpoints of ``/runs/résumé`` went to a ``/runs/rÃ©sumÃ©``
+    beside it (the run ended well, no resume found them), under ``LC_ALL=C PYTHONUTF8=0`` the
+    first save failed ("Unable to cast Python instance of type <class 'str'> to C++ type")."""
+    path = os.path.abspath(path)
+    try:
+        same = os.fsencode(path) == path.encode("utf-8")
+    except UnicodeEncodeError:
+        same = False
+    if not same:
+        raise ValueError(
+            f"{name} {path!r} has characters that Python's filesystem encoding "
+            f"({sys.getfilesystemencoding()}) writes otherwise than UTF-8, which the "
+            "checkpoints' store takes: use an ASCII path, or run Python in UTF-8 mode "
+            "(PYTHONUTF8=1)."
+        )
+
+
 def checkpoint_manager(path: str, keep: int = 1):
     """An Orbax `CheckpointManager` of the checkpoints in the folder ``path`` (made absolute;
     Orbax creates the folder here), keeping the latest ``keep``; one item, a pytree saved with
-    ``ocp.args.StandardSave`` (declared, so its metadata can be read before a restore)."""
+    ``ocp.args.StandardSave`` (declared, so its metadata can be read before a restore). A path
+    Orbax would write elsewhere is refused (`check_path_encoding`)."""
     import orbax.checkpoint as ocp
+
+    check_path_encoding(path, "the checkpoints' folder")
 
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     return ocp.CheckpointManager(

@@ -452,7 +452,7 @@ def verdicts(runs: list[dict]) -> dict[str, dict]:
             if one_seed
             else {
                 "holds": bool(gap > 2 * stderr) if np.isfinite(gap + stderr) else None,
-                "evidence": evidence + f": a gap of {100 * gap:.2f} ± {100 * stderr:.2f} points "
+                "evidence": evidence + f": a gap of {100 * gap:.2f} +- {100 * stderr:.2f} points "
                 "(standard error over the seeds; the finding needs 2 standard errors).",
             }
         )
@@ -466,9 +466,9 @@ def summary(results: dict) -> str:
             "encoder": r["encoder"],
             "critic": r["critic"],
             "bound": r["bound"],
-            "final_mi": f"{r['final_mi_mean']:.2f} ± {r['final_mi_std']:.2f}",
+            "final_mi": f"{r['final_mi_mean']:.2f} +- {r['final_mi_std']:.2f}",
             "initial_acc": f"{r['initial_accuracy_mean']:.3f}",
-            "final_acc": f"{r['final_accuracy_mean']:.3f} ± {r['final_accuracy_std']:.3f}",
+            "final_acc": f"{r['final_accuracy_mean']:.3f} +- {r['final_accuracy_std']:.3f}",
             "minutes": r["seconds"] / 60,
         }
         for r in results["runs"]
@@ -477,7 +477,7 @@ def summary(results: dict) -> str:
         f"\n{results['dataset']} halves, {results['num_seeds']} seeds, "
         f"{results['num_steps']} steps (MI: the bound on held-out test batches, nats; "
         "accuracy: logistic regression on the standardized top-half representation, "
-        "mean ± std over seeds)",
+        "mean +- std over seeds)",
         _common.format_table(rows, cols),
         f"raw pixels (noisy top half, standardized): {results['pixel_accuracy']:.3f}",
     ]

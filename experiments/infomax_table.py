@@ -7,7 +7,7 @@ Each argument is the workdir of a finished `experiments.infomax` or `experiments
 encoder's probe test accuracies, then the same probes on the randomly initialized encoder and
 on raw pixels (the baselines the run also measured), and the run's wall time (compilation,
 training over every segment of a resumed run, and the probes, periodic and final).
-A run with ``num_seeds > 1`` shows each accuracy as "mean ± std" over its seeds (`rows_from`
+A run with ``num_seeds > 1`` shows each accuracy as "mean +- std" over its seeds (`rows_from`
 keeps the means as numbers and the spreads under ``COLUMN std``); its raw-pixel probes, fitted
 once, show one number. Settings in which the runs differ besides their estimator (a probe's L2,
 the augmentation, the data) are listed under the table (`differing_settings`): such rows do
@@ -112,10 +112,10 @@ def main(argv: list[str]) -> None:
     except (OSError, ValueError) as e:  # a workdir that is not a finished run: named
         raise SystemExit(f"error: {e}") from e
     differ = differing_settings([r.get("config", {}) for r in runs])
-    for row in rows:  # "mean ± std" where a run had several seeds
+    for row in rows:  # "mean +- std" where a run had several seeds
         for column in columns:
             if f"{column} std" in row:
-                row[column] = f"{row[column]:.3f} ± {row[f'{column} std']:.3f}"
+                row[column] = f"{row[column]:.3f} +- {row[f'{column} std']:.3f}"
     print(_common.format_table(rows, columns))
     # A later run of a sweep read its baselines from the cache: its minutes are not a fitting
     # run's.

@@ -179,7 +179,7 @@ def test_the_contract_refuses_an_upper_bound():
 
 
 def _readme_block(heading: str) -> str:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     section = readme.split(heading, 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 

@@ -655,6 +655,22 @@ def test_a_full_disk_ends_a_run_with_one_line_naming_the_file(tmp_path):
     assert _cli._write_failure(ValueError("os_error_code='2'")) is None
 
 
+def test_a_workdir_the_checkpoint_store_would_write_elsewhere_is_refused(tmp_path):
+    # Before: under a latin-1 locale the checkpoints of ".../résumé" went to ".../rÃ©sumÃ©"
+    # (the run ended well; no resume found them); under LC_ALL=C PYTHONUTF8=0 the first save
+    # failed after training began, "Unable to cast Python instance of type <class 'str'>".
+    workdir = str(tmp_path / "résumé")
+    code = "from experiments import _cli\n_cli.run_experiment('staircase', lambda c, w: None)\n"
+    out = _command_line(
+        "-c", code, "--config", "configs/staircase.py:quick", "--workdir", workdir,
+        LC_ALL="C", PYTHONUTF8="0", PYTHONIOENCODING="utf-8",
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "filesystem encoding (ascii) writes otherwise than UTF-8" in out.stderr
+    assert "PYTHONUTF8=1" in out.stderr and not os.path.exists(workdir)
+    _common.check_path_encoding(workdir)  # (this process: UTF-8, where it is the same)
+
+
 def test_sigterm_during_a_compilation_ends_with_143_not_a_crash(tmp_path):
     # Before: XLA went on compiling on its threads; at Python's shutdown the CPU client waited
     # for it and crashed: "Segmentation fault" after the message, status -11 (3 runs of 3).

@@ -159,7 +159,7 @@ def test_verdicts_from_hand_made_runs():
     # and 3 points (a seed's runs share keys and batches), whose mean has a standard error of
     # 0.33 points (std ddof 1 over sqrt(3)); taken as independent runs it read 0.67.
     assert v["encoder_matters"]["holds"] is True
-    assert "a gap of 3.67 ± 0.33 points" in v["encoder_matters"]["evidence"]
+    assert "a gap of 3.67 +- 0.33 points" in v["encoder_matters"]["evidence"]
 
     # The same means with seeds ten times as spread: a gap inside 2 standard errors does not
     # show the finding (before: it held on any gap, noise included).
@@ -169,7 +169,8 @@ def test_verdicts_from_hand_made_runs():
 
     v = halves_experiment.verdicts([spread(r, 10.0) for r in runs])
     assert (
-        v["encoder_matters"]["holds"] is False and "3.67 ± 3.33" in v["encoder_matters"]["evidence"]
+        v["encoder_matters"]["holds"] is False
+        and "3.67 +- 3.33" in v["encoder_matters"]["evidence"]
     )
     one = [dict(r, accuracy=[[a[0]] for a in r["accuracy"]]) for r in runs]  # one seed each
     assert halves_experiment.verdicts(one)["encoder_matters"]["holds"] is None
