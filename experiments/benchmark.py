@@ -338,7 +338,9 @@ def main(argv):
         )
     if _ONLY.value in (None, "estimate"):
         rows = estimate_rows()
-        print("\nestimate_mi with defaults (fresh process; seconds include compilation)")
+        print(
+            "\nestimate_mi with defaults (MI in nats; fresh process; seconds include compilation)"
+        )
         print(
             _common.format_table(
                 rows,
@@ -348,11 +350,11 @@ def main(argv):
     if _ONLY.value in (None, "accuracy"):
         rows = accuracy_rows()
         print(
-            "\nestimate_mi accuracy, N = 5000, two draws per case: the defaults against the "
+            "\nestimate_mi accuracy (nats), N = 5000, two draws per case: the defaults against the "
             f"earlier rule {EARLIER_RULE}"
         )
         print(_common.format_table(rows, ACCURACY_COLUMNS))
-        print("\nestimate_mi on independent samples (true MI 0), N = 5000, two draws")
+        print("\nestimate_mi on independent samples (true MI 0; nats), N = 5000, two draws")
         print(_common.format_table(independence_rows(), ["dim", "defaults", "earlier"]))
 
 

@@ -194,7 +194,7 @@ def main(argv):
         print(
             f"I(X;Y) = {mi.mean():.4f} +- {mi.std():.4f} nats = {mi.mean() / np.log(2):.4f} bits "
             f"over {len(mi)} seeds "
-            f"({result.bound}, {result.critic} critic): {np.round(mi, 4).tolist()}"
+            f"({result.bound}, {result.critic} critic): {np.round(mi, 4).tolist()} nats"
         )
     if result.ceiling is not None and np.any(mi >= result.ceiling):
         print(
@@ -213,7 +213,10 @@ def main(argv):
         try:
             _common.write_json(
                 json_path,
-                {f.name: getattr(result, f.name) for f in dataclasses.fields(result)},
+                {
+                    "unit": "nats",  # (of mi, the curves and the ceiling)
+                    **{f.name: getattr(result, f.name) for f in dataclasses.fields(result)},
+                },
                 exclusive=True,
             )
         except FileExistsError:  # written by another process while this one trained

@@ -294,7 +294,7 @@ def plot(path: str, curves: dict, rhos: np.ndarray, dims) -> None:
         _common.limit_axis(ax, -top, top, means)
         ax.set_title(f"d = {dim}")
         ax.set_xlabel("rho")
-    axes[0][0].set_ylabel("dI/drho")
+    axes[0][0].set_ylabel("dI/drho (nats)")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     _common.save_figure(fig, path, dpi=110)

@@ -656,7 +656,8 @@ def summary(results: dict, config) -> str:
             table.append(row)
         cols = ["bound"] + [f"I={m:g}" for m in config.levels]
         lines.append(
-            f"mean estimate (variance) over the last {config.stats_fraction:.0%} of each level"
+            f"mean estimate in nats (variance, nats^2) over the last {config.stats_fraction:.0%} "
+            "of each level"
         )
         lines.append(_common.format_table(table, cols))
     lines.append(f"\ntotal wall time {results.get('wall_s', float('nan')):.1f} s")

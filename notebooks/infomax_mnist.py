@@ -112,7 +112,7 @@ for step in range(NUM_STEPS):
     if step % max(1, NUM_STEPS // 10) == 0 or step == NUM_STEPS - 1:
         print(
             f"step {step:5d}  loss {float(metrics['loss']):8.3f}  local MI (the estimator's) "
-            f"{float(metrics['mi_local']):.3f}  ({time.perf_counter() - t0:.0f} s)"
+            f"{float(metrics['mi_local']):.3f} nats  ({time.perf_counter() - t0:.0f} s)"
         )
 
 # %% [markdown]
