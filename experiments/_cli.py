@@ -77,13 +77,14 @@ def _stop_behind(e: BaseException) -> BaseException | None:
     return None
 
 
-# A full disk or quota, a read-only or failing filesystem, a file past the size limit.
-_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
+# A full disk or quota, a read-only filesystem, a file past the size limit: errors of writes
+# alone (an EIO may be a read's).
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 def _write_failure(e: BaseException) -> str | None:
     """What failed to be written behind ``e`` (in its chain of causes and contexts), if a
-    write failed for lack of space or a failing filesystem: an `OSError` of such an errno, or
+    write failed for lack of space or a read-only filesystem: an `OSError` of such an errno, or
     an error of Orbax's background checkpoint writer naming one (``os_error_code='28'``)."""
     seen = set()
     while e is not None and id(e) not in seen:
