@@ -12,13 +12,7 @@ import sys
 import threading
 import time
 
-from experiments._common import (
-    Terminated,
-    check_path_encoding,
-    config_checks,
-    is_map,
-    stop_on_sigterm,
-)
+from experiments._common import Terminated, config_checks, is_map, stop_on_sigterm
 
 
 def define_experiment_flags(name: str):
@@ -279,7 +273,6 @@ def check_workdir(workdir: str) -> None:
     is not a directory this process can write into."""
     if not workdir:  # e.g. `--workdir=$WORKDIR` with the variable unset
         raise ValueError("--workdir is empty: give the folder to write into.")
-    check_path_encoding(workdir)
     path = os.path.abspath(workdir)
     while not os.path.exists(path):
         if os.path.islink(path):

@@ -293,6 +293,14 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
     groups: dict[tuple, list[Mapping]] = {}
     for row in rows:
         groups.setdefault(tuple(row.get(k) for k in group_by), []).append(row)
+    # Integer fields that differ between the members of some group: averaged in every group,
+    # so that all rows have the same fields (a CSV column blank in some rows read NaN).
+    varying = {
+        key
+        for members in groups.values()
+        for key in members[0]
+        if len({m.get(key) for m in members}) > 1 and all(_is_int(m.get(key)) for m in members)
+    }
     out = []
     for members in groups.values():
         merged = {k: v for k, v in members[0].items() if k != "seed"}
@@ -300,7 +308,7 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
             column = [m.get(key) for m in members]
             given = [v for v in column if v is not None]
             numbers = all(_is_float(v) for v in given) or (
-                all(_is_int(v) for v in given) and len(set(given)) > 1
+                key in varying and all(_is_int(v) for v in given)
             )
             if given and numbers:
                 column = np.asarray([np.nan if v is None else v for v in column], np.float64)
@@ -334,7 +342,7 @@ def train_time_until(earlier: Mapping, step: int) -> tuple[float, list[list]]:
     return (float(pairs[-1][1]) if pairs else 0.0), pairs
 
 
-def check_path_encoding(path: str, name: str = "--workdir") -> None:
+def check_path_encoding(path: str, name: str = "the workdir") -> None:
     """A `ValueError` naming ``name`` where ``path`` is not written the same in UTF-8 as in
     Python's filesystem encoding: Orbax's array store (TensorStore) takes paths as UTF-8, so
     under a latin-1 locale the checkpoints of ``/runs/résumé`` went to a ``/runs/rÃ©sumÃ©``
@@ -346,11 +354,12 @@ def check_path_encoding(path: str, name: str = "--workdir") -> None:
     except UnicodeEncodeError:
         same = False
     if not same:
+        encoding = sys.getfilesystemencoding()
+        utf8 = encoding.replace("-", "").lower() == "utf8"  # (then the name is not UTF-8)
         raise ValueError(
-            f"{name} {path!r} has characters that Python's filesystem encoding "
-            f"({sys.getfilesystemencoding()}) writes otherwise than UTF-8, which the "
-            "checkpoints' store takes: use an ASCII path, or run Python in UTF-8 mode "
-            "(PYTHONUTF8=1)."
+            f"{name} {path!r} has characters that Python's filesystem encoding ({encoding}) "
+            "writes otherwise than UTF-8, which the checkpoints' store takes: use an ASCII "
+            + ("path." if utf8 else "path, or run Python in UTF-8 mode (PYTHONUTF8=1).")
         )
 
 

@@ -543,6 +543,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     ``mesh``: the devices to train data-parallel on (default: all, `mi_jax.parallel`).
     """
     with _common.config_checks():  # before anything is written
+        _common.check_path_encoding(workdir)  # (its checkpoints')
         _check_config(config)
         mesh = parallel.checked_mesh(mesh)
         parallel.check_batch_size(config.batch_size, mesh)

@@ -271,6 +271,7 @@ def train_and_evaluate(
     ``mesh``: the devices to train data-parallel on (default: all, `mi_jax.parallel`).
     """
     with _common.config_checks():  # before anything is written
+        _common.check_path_encoding(workdir)  # (its checkpoints')
         dataset = data_lib.load_dataset(
             config.dataset,
             data_dir=config.data_dir or None,

@@ -363,7 +363,8 @@ def _check_dataset(dataset: Dataset, name: str) -> None:
                 f"{name!r} {split}_images must be uint8 [N, H, W, C], got {images.dtype} "
                 f"{images.shape}{hint}."
             )
-        if images.shape[1] in (1, 3) and images.shape[3] > 4:  # read as images 1 or 3 rows high
+        # [N, C, H, W] of square images (PyTorch's layout) read as images 1 or 3 rows high.
+        if images.shape[1] in (1, 3) and images.shape[2] == images.shape[3] > 4:
             raise ValueError(
                 f"{name!r} {split}_images of shape {images.shape} look channel-first "
                 "([N, C, H, W], PyTorch's layout); mi_jax's images are [N, H, W, C]: "

@@ -660,15 +660,18 @@ def test_a_workdir_the_checkpoint_store_would_write_elsewhere_is_refused(tmp_pat
     # (the run ended well; no resume found them); under LC_ALL=C PYTHONUTF8=0 the first save
     # failed after training began, "Unable to cast Python instance of type <class 'str'>".
     workdir = str(tmp_path / "résumé")
-    code = "from experiments import _cli\n_cli.run_experiment('staircase', lambda c, w: None)\n"
     out = _command_line(
-        "-c", code, "--config", "configs/staircase.py:quick", "--workdir", workdir,
+        "-m", "experiments.infomax", "--config", "configs/infomax.py:quick", "--workdir", workdir,
         LC_ALL="C", PYTHONUTF8="0", PYTHONIOENCODING="utf-8",
     )  # fmt: skip
     assert out.returncode == 1, out.stderr[-2000:]
+    assert "infomax: the workdir" in out.stderr
     assert "filesystem encoding (ascii) writes otherwise than UTF-8" in out.stderr
     assert "PYTHONUTF8=1" in out.stderr and not os.path.exists(workdir)
     _common.check_path_encoding(workdir)  # (this process: UTF-8, where it is the same)
+    # A name that is not UTF-8 at all (a latin-1 byte): renaming it is the fix, not UTF-8 mode.
+    with pytest.raises(ValueError, match=r"encoding \(utf-8\) .* use an ASCII path\.$"):
+        _common.check_path_encoding(os.fsdecode(os.fsencode(str(tmp_path)) + b"/r\xe9sum\xe9"))
 
 
 def test_sigterm_during_a_compilation_ends_with_143_not_a_crash(tmp_path):

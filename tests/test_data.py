@@ -642,6 +642,13 @@ def test_a_loaders_misread_images_are_named_with_the_fix(monkeypatch):
         "no channel axis": (good[..., 0], 3, r"channel axis: images\[..., None\]"),
         "float classes": (good, 3.0, "num_classes must be an integer >= 1, got 3.0"),
     }
+    # Features stored as images one pixel high and wide ([N, 1, 1, D]) or non-square load.
+    for shape in ((6, 1, 1, 16), (6, 1, 12, 8)):
+        flat = rng.integers(0, 256, shape, dtype=np.uint8)
+        data.register_dataset(
+            f"flat{shape}", lambda flat=flat, **_: data.Dataset("f", flat, labels, flat, labels, 3)
+        )
+        data.load_dataset(f"flat{shape}")
     for name, (images, classes, match) in cases.items():
         data.register_dataset(
             name,

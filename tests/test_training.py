@@ -334,7 +334,11 @@ def test_mean_over_seeds_averages_every_float_field():
     assert (a["step"], a["num_seeds"], "seed" in a, a["ok"]) == (10, 2, False, False)
     # Integers that differ between the seeds are averaged too (before: seed 0's 90).
     assert (a["iters"], a["iters_std"], "step_std" in a) == (100.0, 10.0, False)
-    assert (b["err"], b["err_std"], b["num_seeds"], b["iters"]) == (0.5, 0.0, 1, 50)
+    # ... in every group, so all rows have the same fields (b's one seed: a spread of 0).
+    assert (b["err"], b["err_std"], b["num_seeds"], b["iters"], b["iters_std"]) == (
+        0.5, 0.0, 1, 50.0, 0.0
+    )  # fmt: skip
+    assert set(a) == set(b)
 
 
 def test_rows_read_back_from_json_with_nulls_merge_and_write_like_fresh_ones(tmp_path):
