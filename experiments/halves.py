@@ -281,7 +281,8 @@ def run_combination(
             "accuracy": acc,
             "probe_converged": [fit.converged for fit in fits],  # (L-BFGS reached probe.tol)
             "mi_test": mi.tolist(),
-            "mi_train": train_mi,
+            # Per seed (none trained at step 0: nulls, a list of the same length as the others).
+            "mi_train": [None] * len(acc) if train_mi is None else train_mi,
         }
         writer.write(row)
         return row

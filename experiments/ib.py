@@ -412,6 +412,8 @@ def _train_method(
                     "train_ce": train_row["ce"],
                     "train_penalty": train_row["penalty"],
                     "train_accuracy": train_row["accuracy"],
+                    # (`kl` here is the test split's; a train row's, its batches')
+                    **({"train_kl": train_row["kl"]} if "kl" in train_row else {}),
                 }
                 writer.write({"kind": "eval", **row})
                 history.append(row)

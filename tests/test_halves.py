@@ -263,6 +263,11 @@ def test_experiment_runs_writes_everything_and_resumes(tmp_path, capsys):
     assert set(results["verdicts"]) == set(halves_experiment.FINDINGS)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 6
+    # Every per-seed field a list of the seeds' values (step 0's training MI: nulls; before: a
+    # null in place of the list, which pandas' explode refused beside the others).
+    for row in rows:
+        assert len(row["mi_train"]) == len(row["accuracy"]) == len(row["mi_test"]), row
+    assert all(v is None for row in rows if row["step"] == 0 for v in row["mi_train"])
     # The tiny config's probes (max_iter 5) stop before their tolerance: counted and named.
     for r in results["runs"]:
         flags = [

@@ -321,6 +321,10 @@ def test_ib_experiment_smoke_and_resume(tmp_path):
         assert os.path.exists(os.path.join(workdir, name)), name
     finals = [r for m in results["methods"].values() for r in m["final"]]
     assert len(finals) == 1 + 3 * 2
+    # An eval row's `kl` is the test split's; the training batches' beside it as `train_kl`.
+    evals = [r for r in _common.iter_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+    vib_evals = [r for r in evals if r["kind"] == "eval" and r["method"] == "vib"]
+    assert vib_evals and all(np.isfinite(r["train_kl"]) for r in vib_evals)
     for r in finals:
         assert 0.0 <= r["error_mean"] <= 1.0 and 0.0 <= r["error_sampled"] <= 1.0
         # Jensen: the averaged prediction's CE is at most the codes' mean CE (what I(Z;Y) uses).
