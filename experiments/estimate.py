@@ -8,7 +8,8 @@ r"""Estimate I(X; Y) from a file of paired samples.
 ``FILE.npz`` holds arrays ``x`` ``[N, dim_x]`` and ``y`` ``[N, dim_y]`` (``[N]`` counts as one
 dimension). Prints the estimate in nats (and bits); with ``--seeds K`` the mean and standard
 deviation over K critics trained in one compiled program. ``--json OUT`` also writes the result
-with its held-out curves (bound, training objective) and training curve, as strict JSON
+(`mi_jax.MIEstimate`'s fields and ``"unit": "nats"``) with its held-out curves (bound, training
+objective) and training curve, as strict JSON
 (``null`` for the evaluations after a critic's early stop, NaN in `mi_jax.MIEstimate`), to a
 new file: an existing one (an earlier result, the data) is refused before any training.
 """
