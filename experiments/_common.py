@@ -901,13 +901,13 @@ def fit_probe_cached(cache_dir: str, train_x, train_y, test_x, test_y, **setting
     **settings)`, read from ``cache_dir`` where the same fit was made before (``cached``
     True), else fitted and stored there; ``cache_dir`` "": no cache.
 
-    A sweep refits the same baselines in every run (on MNIST an InfoMax run spent ~280 s of 17
+    A sweep refits the same baselines in every run (on MNIST an InfoMax run spent 263 s of 17
     minutes on its random encoder's and raw pixels' probes, the same in all six estimators'
     runs). A fit is keyed by a SHA-256 of its inputs (shapes, dtypes, values), its settings,
-    the source of `mi_jax.probes`, the versions of jax, flax and optax, the device, the x64
-    flag and the PRNG settings (`mi_jax._checks.trace_settings`): any change to those fits
-    anew. An entry that does not parse is refitted and
-    replaced; one that cannot be written warns, and the run goes on with the fit it made.
+    the source of `mi_jax.probes`, the versions of jax, jaxlib, flax and optax, the device,
+    the x64 flag and the PRNG settings (`mi_jax._checks.trace_settings`): any change to those
+    fits anew. An entry that does not parse is refitted and replaced; one that cannot be
+    written warns, and the run goes on with the fit it made.
     """
     if not cache_dir:
         return probes.fit_probe(train_x, train_y, test_x, test_y, **settings), False

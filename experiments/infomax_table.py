@@ -119,11 +119,11 @@ def main(argv: list[str]) -> None:
     print(_common.format_table(rows, columns))
     # A later run of a sweep read its baselines from the cache: its minutes are not a fitting
     # run's.
-    cached = {w: infomax.cached_fits(r) for w, r in zip(argv, runs, strict=True)}
-    if cached := {w: f"{k} of {n}" for w, (k, n) in cached.items() if k}:
+    counts = {w: infomax.cached_fits(r) for w, r in zip(argv, runs, strict=True)}
+    if cached := [f"{w}: {k} of {n}" for w, (k, n) in counts.items() if k]:
         print(
             "Probe fits read from probe.cache_dir (made by an earlier run; the minutes leave "
-            "them out): " + ", ".join(f"{w}: {n}" for w, n in cached.items())
+            "them out): " + ", ".join(cached)
         )
     if differ:
         print("The runs differ besides the estimator (the rows compare more than estimators):")
