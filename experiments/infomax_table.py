@@ -122,8 +122,8 @@ def main(argv: list[str]) -> None:
     counts = {w: infomax.cached_fits(r) for w, r in zip(argv, runs, strict=True)}
     if cached := [f"{w}: {k} of {n}" for w, (k, n) in counts.items() if k]:
         print(
-            "Probe fits read from probe.cache_dir (made by an earlier run; the minutes leave "
-            "them out): " + ", ".join(cached)
+            "Probe fits read from probe.cache_dir, fitted by an earlier run (these runs' "
+            "minutes are below those of a run that fits them): " + ", ".join(cached)
         )
     if differ:
         print("The runs differ besides the estimator (the rows compare more than estimators):")

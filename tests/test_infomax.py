@@ -425,7 +425,7 @@ def test_a_probe_cache_serves_a_sweeps_baselines_to_its_later_runs(tmp_path, cap
     # The table says which runs' minutes leave cached fits out.
     infomax_table.main([str(tmp_path / "js"), str(tmp_path / "nce")])
     out = capsys.readouterr().out
-    assert f"the minutes leave them out): {tmp_path / 'nce'}: 4 of 6" in out and "js:" not in out
+    assert f"fits them): {tmp_path / 'nce'}: 4 of 6" in out and "js:" not in out
     # Another setting of the probe misses.
     third = infomax.train_and_evaluate(
         tiny_config(**{"probe.cache_dir": cache, "probe.l2": 1e-2}), str(tmp_path / "l2")
