@@ -59,8 +59,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.mi_eval_batches = 10
     # The probe fits all training images (0), as the paper's code does: on 10,000 of MNIST's
     # the 392-d RealNVP code lost 4-5 points, the 100-d codes 1-1.5 (README).
+    # `cache_dir`: a folder where probe fits are kept and found again ("": none), as in
+    # `configs/infomax.py` (a rerun's raw-pixel and step-0 probes are read back).
     config.probe = ml_collections.ConfigDict(
-        {"train_examples": 0, "l2": 1e-4, "max_iter": 500, "tol": 1e-5}
+        {"train_examples": 0, "l2": 1e-4, "max_iter": 500, "tol": 1e-5, "cache_dir": ""}
     )
     if preset == "mnist":
         config.dataset = "mnist"

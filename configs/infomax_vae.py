@@ -50,7 +50,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.num_epochs = 100
     config.learning_rate = 1e-3
     config.eval_every_epochs = 20
-    config.probe = ml_collections.ConfigDict({"l2": 1e-4, "max_iter": 500, "tol": 1e-5})
+    # `cache_dir`: a folder where probe fits are kept and found again ("": none), as in
+    # `configs/infomax.py` (the raw-pixel probe of every run with these data and settings).
+    config.probe = ml_collections.ConfigDict(
+        {"l2": 1e-4, "max_iter": 500, "tol": 1e-5, "cache_dir": ""}
+    )
     if preset == "mnist":
         config.dataset = "mnist"
         config.latent_dim = 32

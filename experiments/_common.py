@@ -896,6 +896,20 @@ def _probes_code() -> dict:
     return {"mi_jax.probes": source, **versions}
 
 
+def check_probe_cache_dir(cache_dir: str, name: str = "config.probe.cache_dir") -> None:
+    """A `ValueError` naming ``name`` where the probe cache's folder ``cache_dir`` ("": none)
+    cannot be made or written (a run would learn it after training, a warning per fit)."""
+    if not cache_dir:
+        return
+    cache_dir = os.path.expanduser(cache_dir)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"`{name}` cannot be made: {e}") from None
+    if not os.access(cache_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"`{name}` ({cache_dir!r}) is not writable.")
+
+
 def fit_probe_cached(cache_dir: str, train_x, train_y, test_x, test_y, **settings):
     """``(result, cached)``: `mi_jax.probes.fit_probe(train_x, train_y, test_x, test_y,
     **settings)`, read from ``cache_dir`` where the same fit was made before (``cached``

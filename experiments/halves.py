@@ -77,6 +77,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     probes.check_hparams(
         prefix="config.probe.", l2=probe.l2, max_iter=probe.max_iter, tol=probe.tol
     )
+    _common.check_probe_cache_dir(probe.get("cache_dir", ""))
 
 
 def load_views(config) -> dict[str, np.ndarray]:
@@ -152,8 +153,10 @@ def check_models(config, models: dict, views) -> None:
 
 def linear_probe(config, train_x, train_y, test_x, test_y, num_classes, seed=0):
     """The linear probe's `mi_jax.probes.ProbeResult` (`mi_jax.probes.fit_probe` standardizes
-    the features with the training split's statistics)."""
-    result = probes.fit_probe(
+    the features with the training split's statistics); read from ``config.probe.cache_dir``
+    where the same fit was made before (`experiments._common.fit_probe_cached`)."""
+    result, _ = _common.fit_probe_cached(
+        config.probe.get("cache_dir", ""),
         train_x,
         train_y,
         test_x,
@@ -544,7 +547,7 @@ def represent(encoder, params, images: np.ndarray, mesh) -> np.ndarray:
     return np.swapaxes(features, 0, 1)
 
 
-RESUMABLE = ("data_dir",)
+RESUMABLE = ("data_dir", "probe.cache_dir")
 
 
 @_cli.locks_workdir

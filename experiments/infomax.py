@@ -93,14 +93,7 @@ def _check_config(
         epochs=probe.epochs, batch_size=probe.batch_size, learning_rate=probe.learning_rate,
         weight_decay=probe.weight_decay,
     )  # fmt: skip
-    if probe.cache_dir:  # (a run that could not write there would learn it after training)
-        cache_dir = os.path.expanduser(probe.cache_dir)
-        try:
-            os.makedirs(cache_dir, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"`config.probe.cache_dir` cannot be made: {e}") from None
-        if not os.access(cache_dir, os.W_OK | os.X_OK):
-            raise ValueError(f"`config.probe.cache_dir` ({cache_dir!r}) is not writable.")
+    _common.check_probe_cache_dir(probe.cache_dir)
     for name in ("eval_every", "checkpoint_every"):
         if config[name] % config.log_every:
             raise ValueError(

@@ -97,13 +97,16 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     _common.check_batch_size(config)  # the MI bound reads every batch
     settings_of(config)
     # Used after training: a misspelt or missing key must not cost the run.
-    if unknown := sorted(set(config.probe) - set(PROBE_FIELDS)):
-        raise ValueError(f"unknown fields {unknown} in `config.probe`; known: {PROBE_FIELDS}.")
+    if unknown := sorted(set(config.probe) - {*PROBE_FIELDS, "cache_dir"}):
+        raise ValueError(
+            f"unknown fields {unknown} in `config.probe`; known: {[*PROBE_FIELDS, 'cache_dir']}."
+        )
     if missing := [name for name in PROBE_FIELDS if name not in config.probe]:
         raise ValueError(f"`config.probe` lacks {missing} (it needs {PROBE_FIELDS}).")
     probes.check_hparams(
         prefix="config.probe.", **{name: config.probe[name] for name in PROBE_FIELDS}
     )
+    _common.check_probe_cache_dir(config.probe.get("cache_dir", ""))
 
 
 def make_eval_fn(model: vae.InfoMaxVAE, batch_size: int, seed_axis: bool = False, mesh=None):
@@ -154,13 +157,16 @@ def probe_accuracies(
     apply = _posterior_mean_fn(model.encoder)
     rows = []
     labels = (dataset.train_labels, dataset.test_labels)
+    # (`config.probe.cache_dir`: a fit made before on the same features is read back)
+    cache_dir = config.probe.get("cache_dir", "")
+    settings = {name: config.probe[name] for name in PROBE_FIELDS}
     for i, name in enumerate(names):
         enc = _common.leaf_slice(params["encoder"], i)
         (train,) = probes.extract_features(apply, enc, dataset.train_images, mesh=mesh)
         (test,) = probes.extract_features(apply, enc, dataset.test_images, mesh=mesh)
-        result = probes.fit_probe(
-            train, labels[0], test, labels[1], kind="linear", num_classes=dataset.num_classes,
-            l2=config.probe.l2, max_iter=config.probe.max_iter, tol=config.probe.tol,
+        result, _ = _common.fit_probe_cached(
+            cache_dir, train, labels[0], test, labels[1], kind="linear",
+            num_classes=dataset.num_classes, **settings,
         )  # fmt: skip
         rows.append(
             {
@@ -172,10 +178,9 @@ def probe_accuracies(
     if not pixels:
         return rows
     flat = lambda a: a.reshape(len(a), -1) / 255.0  # noqa: E731
-    result = probes.fit_probe(
-        flat(dataset.train_images), labels[0], flat(dataset.test_images), labels[1],
-        kind="linear", num_classes=dataset.num_classes, l2=config.probe.l2,
-        max_iter=config.probe.max_iter, tol=config.probe.tol,
+    result, _ = _common.fit_probe_cached(
+        cache_dir, flat(dataset.train_images), labels[0], flat(dataset.test_images), labels[1],
+        kind="linear", num_classes=dataset.num_classes, **settings,
     )  # fmt: skip
     rows.append(
         {

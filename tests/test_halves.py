@@ -11,7 +11,7 @@ import pytest
 
 from configs import halves as halves_config
 from experiments import halves as halves_experiment
-from mi_jax import halves, training
+from mi_jax import halves, probes, training
 
 
 def test_coupling_stack_is_exactly_invertible_with_unit_jacobian_determinant():
@@ -389,3 +389,25 @@ def test_encoders_that_cannot_run_fail_before_any_combination_trains(tmp_path):
     }
     with pytest.raises(ValueError, match=r"encoder_hparams.realnvp`: .*\(1, 1, 1\).*at least 2"):
         halves_experiment.check_models(config, models, {"train_top": np.zeros((64, 1, 1, 1))})
+
+
+def test_a_shared_probe_cache_serves_a_rerun_elsewhere_the_same_results(tmp_path, monkeypatch):
+    # config.probe.cache_dir, as InfoMax's: a second study in another workdir reads back the
+    # probe fits (raw pixels, step 0's, and the later ones where the encoders end the same).
+    cache = str(tmp_path / "cache")
+    first = halves_experiment.train_and_evaluate(
+        tiny_config(**{"probe.cache_dir": cache}), str(tmp_path / "a")
+    )
+    fits = []
+    real = probes.fit_probe
+    monkeypatch.setattr(probes, "fit_probe", lambda *a, **k: fits.append(1) or real(*a, **k))
+    second = halves_experiment.train_and_evaluate(
+        tiny_config(**{"probe.cache_dir": cache}), str(tmp_path / "b")
+    )
+    assert fits == []  # (the encoders train the same in both: every fit is read back)
+    assert second["pixel_accuracy"] == first["pixel_accuracy"]
+    assert [r["final_accuracy_mean"] for r in second["runs"]] == [
+        r["final_accuracy_mean"] for r in first["runs"]
+    ]
+    # Another cache folder on a resume of the same study is bookkeeping, not another study.
+    halves_experiment.train_and_evaluate(tiny_config(), str(tmp_path / "b"))

@@ -14,7 +14,7 @@ from configs import infomax_vae as vae_config
 from experiments import _common
 from experiments import ib as ib_experiment
 from experiments import infomax_vae as vae_experiment
-from mi_jax import data, ib, vae
+from mi_jax import data, ib, probes, vae
 
 
 def _quick(module, **overrides):
@@ -899,3 +899,25 @@ def test_settings_of_methods_not_run_are_still_checked(field, value, match):
     config = _quick(ib_config, methods=("vib",), **{field: value})  # a typo ran to the end
     with pytest.raises(KeyError, match=match):
         ib_experiment.build(config, "vib", 10)
+
+
+def test_infomax_vae_reads_its_probe_fits_from_a_shared_cache(tmp_path, monkeypatch):
+    cache = str(tmp_path / "cache")
+    first = vae_experiment.train_and_evaluate(
+        _quick(vae_config, **{"probe.cache_dir": cache}), str(tmp_path / "a")
+    )
+    fits = []
+    real = probes.fit_probe
+    monkeypatch.setattr(probes, "fit_probe", lambda *a, **k: fits.append(1) or real(*a, **k))
+    second = vae_experiment.train_and_evaluate(
+        _quick(vae_config, **{"probe.cache_dir": cache}), str(tmp_path / "b")
+    )
+    assert fits == []  # the raw pixels' and every model's (trained the same) read back
+    assert [r["probe_test_accuracy"] for r in second["table"]] == [
+        r["probe_test_accuracy"] for r in first["table"]
+    ]
+    with pytest.raises(ValueError, match="unknown fields \\['cach'\\] in `config.probe`"):
+        config = _quick(vae_config)
+        with config.unlocked():
+            config.probe.cach = "x"
+        vae_experiment.train_and_evaluate(config, str(tmp_path / "c"))
