@@ -910,6 +910,19 @@ def check_probe_cache_dir(cache_dir: str, name: str = "config.probe.cache_dir") 
         raise ValueError(f"`{name}` ({cache_dir!r}) is not writable.")
 
 
+def _probe_context() -> dict:
+    """What a probe fit depends on besides its data and settings: the code (`_probes_code`),
+    the device (its rounding: CPU against GPU), the x64 flag and the PRNG settings (the MLP's
+    initialization and batches)."""
+    device = jax.devices()[0]
+    return {
+        "code": _probes_code(),
+        "device": [device.platform, device.device_kind],
+        "x64": bool(jax.config.jax_enable_x64),
+        **dict(_checks.trace_settings()),
+    }
+
+
 def fit_probe_cached(cache_dir: str, train_x, train_y, test_x, test_y, **settings):
     """``(result, cached)``: `mi_jax.probes.fit_probe(train_x, train_y, test_x, test_y,
     **settings)`, read from ``cache_dir`` where the same fit was made before (``cached``
@@ -926,15 +939,7 @@ def fit_probe_cached(cache_dir: str, train_x, train_y, test_x, test_y, **setting
     if not cache_dir:
         return probes.fit_probe(train_x, train_y, test_x, test_y, **settings), False
     cache_dir = os.path.expanduser(cache_dir)
-    # Where and how it runs too: the device changes the fit's rounding (CPU against GPU), the
-    # PRNG settings the MLP's initialization and batches.
-    device = jax.devices()[0]
-    where = {
-        "device": [device.platform, device.device_kind],
-        "x64": bool(jax.config.jax_enable_x64),
-        **dict(_checks.trace_settings()),
-    }
-    meta = {"settings": settings, "code": _probes_code(), **where}
+    meta = {"settings": settings, **_probe_context()}
     described = json.dumps(to_builtin(meta), sort_keys=True)
     key = hashlib.sha256(
         (described + fingerprint(train_x, train_y, test_x, test_y)).encode()

@@ -652,6 +652,8 @@ def test_a_full_disk_ends_a_run_with_one_line_naming_the_file(tmp_path):
     except RuntimeError as e:
         assert _cli._write_failure(e) == os.strerror(errno.EDQUOT)
     assert _cli._write_failure(OSError(errno.ENOENT, "No such file")) is None
+    assert _cli._write_failure(OSError(errno.EROFS, "Read-only")) == os.strerror(errno.EROFS)
+    assert _cli._write_failure(OSError(errno.EIO, "I/O error")) is None  # (a read's, maybe)
     assert _cli._write_failure(ValueError("os_error_code='2'")) is None
 
 
@@ -660,14 +662,15 @@ def test_a_workdir_the_checkpoint_store_would_write_elsewhere_is_refused(tmp_pat
     # (the run ended well; no resume found them); under LC_ALL=C PYTHONUTF8=0 the first save
     # failed after training began, "Unable to cast Python instance of type <class 'str'>".
     workdir = str(tmp_path / "résumé")
-    out = _command_line(
-        "-m", "experiments.infomax", "--config", "configs/infomax.py:quick", "--workdir", workdir,
-        LC_ALL="C", PYTHONUTF8="0", PYTHONIOENCODING="utf-8",
-    )  # fmt: skip
-    assert out.returncode == 1, out.stderr[-2000:]
-    assert "infomax: the workdir" in out.stderr
-    assert "filesystem encoding (ascii) writes otherwise than UTF-8" in out.stderr
-    assert "PYTHONUTF8=1" in out.stderr and not os.path.exists(workdir)
+    for name in ("infomax", "ib", "infomax_vae"):  # the experiments that checkpoint
+        out = _command_line(
+            "-m", f"experiments.{name}", "--config", f"configs/{name}.py:quick",
+            "--workdir", workdir, LC_ALL="C", PYTHONUTF8="0", PYTHONIOENCODING="utf-8",
+        )  # fmt: skip
+        assert out.returncode == 1, out.stderr[-2000:]
+        assert f"{name}: the workdir" in out.stderr
+        assert "filesystem encoding (ascii) writes otherwise than UTF-8" in out.stderr
+        assert "PYTHONUTF8=1" in out.stderr and not os.path.exists(workdir)
     _common.check_path_encoding(workdir)  # (this process: UTF-8, where it is the same)
     # A name that is not UTF-8 at all (a latin-1 byte): renaming it is the fix, not UTF-8 mode.
     with pytest.raises(ValueError, match=r"encoding \(utf-8\) .* use an ASCII path\.$"):
@@ -974,5 +977,17 @@ def test_a_cached_probe_fit_misses_under_other_prng_settings_and_reads_home(tmp_
     half = jnp.asarray(x, jnp.bfloat16)
     assert not _common.fit_probe_cached("~/cache", half, y, xt, yt)[1]
     assert _common.fit_probe_cached("~/cache", half, y, xt, yt)[1]
-    # The digest tells the arguments apart, not only their leaves in a row.
+    # The code, the libraries and the device a fit was made with are in its key: another
+    # mi_jax.probes, jax or device fits anew.
+    context = _common._probe_context()
+    device = jax.devices()[0]
+    assert context["device"] == [device.platform, device.device_kind]
+    assert set(context["code"]) == {"mi_jax.probes", "jax", "jaxlib", "flax", "optax"}
+    for field, other in (("code", {"mi_jax.probes": "another"}), ("device", ["gpu", "H100"])):
+        monkeypatch.setattr(_common, "_probe_context", lambda f=field, o=other: {**context, f: o})
+        assert not _common.fit_probe_cached("~/cache", x, y, xt, yt, **mlp)[1], field
+    # The digest tells dtypes of the same bytes apart, and the arguments, not only their
+    # leaves in a row.
+    bits = np.arange(4, dtype=np.float16)
+    assert _common.fingerprint(bits) != _common.fingerprint(bits.view(jnp.bfloat16))
     assert _common.fingerprint([1.0, 2.0], [3.0]) != _common.fingerprint([1.0], [2.0, 3.0])

@@ -670,3 +670,7 @@ def test_a_loaders_misread_images_are_named_with_the_fix(monkeypatch):
     data.check_augment({"brightness": 0.5, "flip": True}, "config.augment.", channels=4)
     with pytest.raises(ValueError, match="`config.augment.contrast` needs images of 1 or 3"):
         data.check_augment({"contrast": 0.5}, "config.augment.", channels=4)
+    for name in ("saturation", "grayscale"):
+        with pytest.raises(ValueError, match=f"`views.{name}` needs images of 1 or 3"):
+            data.check_colour_channels({name: 0.5}, 2, "views.")
+    data.check_colour_channels({"grayscale": 0.5, "contrast": 0.5}, 3, "views.")
