@@ -865,7 +865,7 @@ def test_an_unknown_override_lists_the_fields_at_its_level():
     assert "num_epochs" in _cli._known_fields("ib", argv, ["--config.num_steps"])
     argv = ["prog", "--config=configs/infomax_vae.py"]
     assert _cli._known_fields("infomax_vae", argv, ["--config.probe.l3"]) == (
-        "`config.probe` has the fields l2, max_iter, tol."
+        "`config.probe` has the fields cache_dir, l2, max_iter, tol."
     )
     # A map of keyword arguments (empty or not) is given whole; an override that exists (the
     # first here) is passed over.
