@@ -896,18 +896,24 @@ def _probes_code() -> dict:
     return {"mi_jax.probes": source, **versions}
 
 
-def check_probe_cache_dir(cache_dir: str, name: str = "config.probe.cache_dir") -> None:
-    """A `ValueError` naming ``name`` where the probe cache's folder ``cache_dir`` ("": none)
-    cannot be made or written (a run would learn it after training, a warning per fit)."""
-    if not cache_dir:
+def probe_cache_dir(config) -> str:
+    """``config.probe.cache_dir``, the folder of `fit_probe_cached` ("": none; a config file
+    written before the setting existed has none)."""
+    return config.probe.get("cache_dir", "")
+
+
+def check_probe_cache_dir(config) -> None:
+    """A `ValueError` naming ``config.probe.cache_dir`` where its folder cannot be made or
+    written (a run would learn it after training, a warning per fit)."""
+    if not (cache_dir := probe_cache_dir(config)):
         return
     cache_dir = os.path.expanduser(cache_dir)
     try:
         os.makedirs(cache_dir, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"`{name}` cannot be made: {e}") from None
+        raise ValueError(f"`config.probe.cache_dir` cannot be made: {e}") from None
     if not os.access(cache_dir, os.W_OK | os.X_OK):
-        raise ValueError(f"`{name}` ({cache_dir!r}) is not writable.")
+        raise ValueError(f"`config.probe.cache_dir` ({cache_dir!r}) is not writable.")
 
 
 def _probe_context() -> dict:

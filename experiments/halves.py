@@ -77,7 +77,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     probes.check_hparams(
         prefix="config.probe.", l2=probe.l2, max_iter=probe.max_iter, tol=probe.tol
     )
-    _common.check_probe_cache_dir(probe.get("cache_dir", ""))
+    _common.check_probe_cache_dir(config)
 
 
 def load_views(config) -> dict[str, np.ndarray]:
@@ -156,7 +156,7 @@ def linear_probe(config, train_x, train_y, test_x, test_y, num_classes, seed=0):
     the features with the training split's statistics); read from ``config.probe.cache_dir``
     where the same fit was made before (`experiments._common.fit_probe_cached`)."""
     result, _ = _common.fit_probe_cached(
-        config.probe.get("cache_dir", ""),
+        _common.probe_cache_dir(config),
         train_x,
         train_y,
         test_x,

@@ -93,7 +93,7 @@ def _check_config(
         epochs=probe.epochs, batch_size=probe.batch_size, learning_rate=probe.learning_rate,
         weight_decay=probe.weight_decay,
     )  # fmt: skip
-    _common.check_probe_cache_dir(probe.cache_dir)
+    _common.check_probe_cache_dir(config)
     for name in ("eval_every", "checkpoint_every"):
         if config[name] % config.log_every:
             raise ValueError(
@@ -207,7 +207,7 @@ def run_probes(
     ``seed`` (default ``config.seed``) initializes and shuffles the MLP probes. With
     ``config.probe.cache_dir`` a fit made before on the same features and settings is read
     from there (the row's ``cached``)."""
-    cache_dir = config.probe.cache_dir
+    cache_dir = _common.probe_cache_dir(config)
     rows = []
     for rep in train:
         for kind in config.probe.kinds if kinds is None else kinds:

@@ -106,7 +106,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     probes.check_hparams(
         prefix="config.probe.", **{name: config.probe[name] for name in PROBE_FIELDS}
     )
-    _common.check_probe_cache_dir(config.probe.get("cache_dir", ""))
+    _common.check_probe_cache_dir(config)
 
 
 def make_eval_fn(model: vae.InfoMaxVAE, batch_size: int, seed_axis: bool = False, mesh=None):
@@ -158,7 +158,7 @@ def probe_accuracies(
     rows = []
     labels = (dataset.train_labels, dataset.test_labels)
     # (`config.probe.cache_dir`: a fit made before on the same features is read back)
-    cache_dir = config.probe.get("cache_dir", "")
+    cache_dir = _common.probe_cache_dir(config)
     settings = {name: config.probe[name] for name in PROBE_FIELDS}
     for i, name in enumerate(names):
         enc = _common.leaf_slice(params["encoder"], i)
