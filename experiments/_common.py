@@ -709,20 +709,24 @@ def config_changes(old: Mapping, config, may_differ: Iterable[str] = ()) -> list
     """``"key: old -> new"`` for every setting (dotted path) where the config dict ``old``
     (as `write_config` stores it) and ``config`` differ, except under the keys ``may_differ``."""
 
-    def flat(tree, prefix=""):
-        if isinstance(tree, Mapping):
-            return {
-                k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()
-            }
-        return {prefix[:-1]: json.dumps(to_builtin(tree), sort_keys=True)}
-
-    before, after = flat(to_builtin(old)), flat(to_builtin(config.to_dict()))
+    before, after = _flat_settings(old), _flat_settings(config.to_dict())
     free = tuple(may_differ)
     return [
         f"{k}: {before.get(k, '(absent)')} -> {after.get(k, '(absent)')}"
         for k in sorted(before.keys() | after.keys())
         if before.get(k) != after.get(k) and not any(k == m or k.startswith(m + ".") for m in free)
     ]
+
+
+def _flat_settings(tree, prefix: str = "") -> dict[str, str]:
+    """``{dotted key: JSON of the value}`` for every leaf of a config dict."""
+    if isinstance(tree, Mapping):
+        return {
+            k: v
+            for key, sub in tree.items()
+            for k, v in _flat_settings(sub, f"{prefix}{key}.").items()
+        }
+    return {prefix[:-1]: json.dumps(to_builtin(tree), sort_keys=True)}
 
 
 def check_same_run(
@@ -771,10 +775,19 @@ def check_same_run(
         shown = "; ".join(changes[:6]) + (
             f"; and {len(changes) - 6} more" if len(changes) > 6 else ""
         )
+        if gone := sorted(_flat_settings(earlier).keys() - _flat_settings(config.to_dict())):
+            # No command line of this code gives that config back (README: the renames).
+            advice = (
+                f"Use a fresh --workdir: that run has settings this code does not have "
+                f"({', '.join(gone)}), written by an earlier mi_jax or another config file."
+            )
+        else:
+            advice = f"Use a fresh --workdir, or the config in {path}" + (
+                f" (only {', '.join(may_differ)} may change on a rerun)." if may_differ else "."
+            )
         raise ValueError(
-            f"{workdir} holds a run of another config ({shown}); a rerun there would mix the two. "
-            f"Use a fresh --workdir, or the config in {path}"
-            + (f" (only {', '.join(may_differ)} may change on a rerun)." if may_differ else ".")
+            f"{workdir} holds a run of another config ({shown}); a rerun there would mix the "
+            f"two. {advice}"
         )
 
 

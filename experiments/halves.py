@@ -486,9 +486,10 @@ def summary(results: dict) -> str:
         f"raw pixels (noisy top half, standardized): {results['pixel_accuracy']:.3f}",
     ]
     unfinished = {  # fits per combination (seeds x evaluations)
-        f"{r['encoder']}/{r['critic']}/{r['bound']}": r["probes_unconverged"]
+        # (a combination a run of code before 2026-12-06 finished did not count them)
+        f"{r['encoder']}/{r['critic']}/{r['bound']}": r.get("probes_unconverged", "unknown")
         for r in results["runs"]
-        if r.get("probes_unconverged")  # (absent from runs of code before 2026-12-06)
+        if r.get("probes_unconverged", True)
     }
     if results.get("pixel_probe_converged") is False:
         unfinished["raw pixels"] = 1

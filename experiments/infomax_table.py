@@ -58,7 +58,9 @@ def differing_settings(configs: list[dict]) -> dict[str, list]:
 
 
 def read_results(workdir: str) -> dict:
-    """A finished run's ``results.json`` (else a clear error naming the workdir)."""
+    """A finished run's ``results.json`` (else a clear error naming the workdir), its
+    ``"config"`` read from the workdir's ``config.json`` where results.json lacks it (runs of
+    code before 2026-12-04); neither: no ``"config"``."""
     path = os.path.join(workdir, "results.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a finished run?")
@@ -68,6 +70,10 @@ def read_results(workdir: str) -> dict:
         raise ValueError(
             f"{path} lacks {missing}: {workdir!r} is not a finished InfoMax or AMDIM run."
         )
+    config_path = os.path.join(workdir, "config.json")
+    if "config" not in results and os.path.exists(config_path):
+        with open(config_path) as f:
+            results["config"] = json.load(f)
     return results
 
 
@@ -111,7 +117,9 @@ def main(argv: list[str]) -> None:
         runs = [read_results(w) for w in argv]
     except (OSError, ValueError) as e:  # a workdir that is not a finished run: named
         raise SystemExit(f"error: {e}") from e
-    differ = differing_settings([r.get("config", {}) for r in runs])
+    # A run whose settings are recorded nowhere is left out of the comparison, and named.
+    differ = differing_settings([r["config"] for r in runs if "config" in r])
+    unknown = [w for w, r in zip(argv, runs, strict=True) if "config" not in r]
     for row in rows:  # "mean +- std" where a run had several seeds
         for column in columns:
             if f"{column} std" in row:
@@ -129,6 +137,11 @@ def main(argv: list[str]) -> None:
         print("The runs differ besides the estimator (the rows compare more than estimators):")
         for field, values in differ.items():
             print(f"  {field}: {' / '.join(map(str, values))}")
+    if unknown:
+        print(
+            "Settings unknown (neither results.json nor config.json records them), not "
+            "compared: " + ", ".join(unknown)
+        )
 
 
 if __name__ == "__main__":

@@ -389,6 +389,21 @@ def test_a_run_written_before_a_setting_existed_resumes_with_that_settings_old_v
         _common.check_same_run(str(tmp_path), now, added=infomax_vae.ADDED)
 
 
+def test_a_run_with_a_setting_since_renamed_is_not_told_to_pass_its_config_again(tmp_path):
+    # A workdir of code before the 2026-12-04 renames (InfoMax's score_clip is critic_clip).
+    # Before: "Use a fresh --workdir, or the config in .../config.json", which no command line
+    # of this code can give (it has no score_clip).
+    import ml_collections
+
+    _common.write_json(str(tmp_path / "config.json"), {"score_clip": 10.0, "lr": 1e-3})
+    _common.write_json(str(tmp_path / "results.json"), {})
+    now = ml_collections.ConfigDict({"critic_clip": 10.0, "lr": 1e-3})
+    with pytest.raises(ValueError, match=r"score_clip: 10.0 -> \(absent\)") as raised:
+        _common.check_same_run(str(tmp_path), now)
+    assert "settings this code does not have (score_clip)" in str(raised.value)
+    assert "config.json" not in str(raised.value)
+
+
 def test_a_config_path_that_does_not_exist_is_named_before_the_run(tmp_path, monkeypatch):
     import pytest
 

@@ -384,6 +384,32 @@ def test_infomax_table_lists_the_settings_runs_differ_in_besides_the_estimator(t
     assert capsys.readouterr().out.startswith("One table from InfoMax and AMDIM runs")
 
 
+def test_infomax_table_reads_the_settings_of_runs_before_results_recorded_them(tmp_path, capsys):
+    # Runs of code before 2026-12-04 kept their config in config.json only. Before: an AMDIM
+    # run among them read "infomax", and runs of different batch sizes were listed as not
+    # differing (or, beside a newer run, every field as differing: "batch_size: None / 32").
+    runs = {
+        "old_amdim": ({"estimator": "infonce", "batch_size": 16, "views": {"crop": 1}}, False),
+        "new_infomax": ({"estimator": "js", "batch_size": 32, "views": {"crop": 1}}, True),
+        "lost": ({}, None),
+    }
+    for name, (config, in_results) in runs.items():
+        (tmp_path / name).mkdir()
+        results = {"dataset": "digits", "estimator": "js", "num_steps": 4, "probes": []}
+        results |= {"train_total_s": 1.0, "eval_s": 1.0}
+        if in_results:
+            results["config"] = config
+        elif in_results is False:
+            (tmp_path / name / "config.json").write_text(json.dumps(config))
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    rows, _ = infomax_table.rows_from([str(tmp_path / n) for n in runs])
+    assert [r["experiment"] for r in rows] == ["amdim", "amdim", "infomax"]
+    infomax_table.main([str(tmp_path / n) for n in runs])
+    out = capsys.readouterr().out
+    assert "batch_size: 16 / 32" in out and "views" not in out
+    assert f"not compared: {tmp_path / 'lost'}" in out
+
+
 def test_the_table_minutes_count_the_periodic_probes(tmp_path):
     # Before: the periodic probes were timed nowhere; the table's "minutes" left them out (an
     # 8-step run read 6.4 s of the 22.5 s it took, 7 s of them a periodic probe).
