@@ -23,6 +23,9 @@ import ml_collections
 
 from configs import infomax as infomax_config
 
+# The presets `get_config` takes (``--config configs/amdim.py:PRESET``); none: the default.
+PRESETS = ("mnist", "cifar10", "stl10", "quick")
+
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # The trainer, data, logging and probe fields are InfoMax's (`configs/infomax.py`); the
@@ -94,7 +97,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         config.probe.periodic_representations = ("global",)
     elif preset not in (None, ""):
         raise ValueError(
-            f"unknown preset {preset!r} for configs/amdim.py; use mnist, cifar10, stl10 or quick."
+            f"unknown preset {preset!r} for configs/amdim.py; use {', '.join(PRESETS)}."
         )
     config.lock()
     return config

@@ -19,6 +19,9 @@ smoke run (about 2 minutes on 2 CPU cores, most of it compilation).
 
 import ml_collections
 
+# The presets `get_config` takes (``--config configs/halves.py:PRESET``); none: the default.
+PRESETS = ("mnist", "quick")
+
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -79,6 +82,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         config.mi_eval_batches = 2
         config.probe.max_iter = 20
     elif preset not in (None, ""):
-        raise ValueError(f"unknown preset {preset!r} for configs/halves.py; use mnist or quick.")
+        raise ValueError(
+            f"unknown preset {preset!r} for configs/halves.py; use {', '.join(PRESETS)}."
+        )
     config.lock()
     return config

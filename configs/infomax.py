@@ -24,6 +24,9 @@ the real data), `:quick` (a few steps, smoke runs).
 
 import ml_collections
 
+# The presets `get_config` takes (``--config configs/infomax.py:PRESET``); none: the default.
+PRESETS = ("mnist", "cifar10", "quick")
+
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -133,7 +136,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         config.probe.max_iter = 20
     elif preset not in (None, ""):
         raise ValueError(
-            f"unknown preset {preset!r} for configs/infomax.py; use mnist, cifar10 or quick."
+            f"unknown preset {preset!r} for configs/infomax.py; use {', '.join(PRESETS)}."
         )
     config.lock()
     return config

@@ -16,6 +16,9 @@ e.g. ``--config.models.infomax_vae.gamma=5``.
 
 import ml_collections
 
+# The presets `get_config` takes (``--config configs/infomax_vae.py:PRESET``); none: the default.
+PRESETS = ("mnist", "quick")
+
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -71,7 +74,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         config.probe.max_iter = 20
     elif preset not in (None, ""):
         raise ValueError(
-            f"unknown preset {preset!r} for configs/infomax_vae.py; use mnist or quick."
+            f"unknown preset {preset!r} for configs/infomax_vae.py; use {', '.join(PRESETS)}."
         )
     config.lock()
     return config

@@ -19,6 +19,9 @@ network):
 
 import ml_collections
 
+# The presets `get_config` takes (``--config configs/mige_toy.py:PRESET``); none: the default.
+PRESETS = ("quick", "learned_score")
+
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -70,7 +73,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         config.bounds = ()
     elif preset not in (None, ""):
         raise ValueError(
-            f"unknown preset {preset!r} for configs/mige_toy.py; use quick or learned_score."
+            f"unknown preset {preset!r} for configs/mige_toy.py; use {', '.join(PRESETS)}."
         )
     config.lock()
     return config

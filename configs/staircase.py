@@ -18,6 +18,10 @@ import ml_collections
 BOUNDS = ("dv", "mine", "nwj", "tuba", "infonce", "js", "interpolated", "smile", "flo")
 
 
+# The presets `get_config` takes (``--config configs/staircase.py:PRESET``); none: the default.
+PRESETS = ("quick", "separable")
+
+
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -89,7 +93,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         config.critics = ("separable",)
     elif preset not in (None, ""):
         raise ValueError(
-            f"unknown preset {preset!r} for configs/staircase.py; use quick or separable."
+            f"unknown preset {preset!r} for configs/staircase.py; use {', '.join(PRESETS)}."
         )
     config.lock()
     return config

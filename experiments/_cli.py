@@ -12,7 +12,13 @@ import sys
 import threading
 import time
 
-from experiments._common import Terminated, config_checks, is_map, stop_on_sigterm
+from experiments._common import (
+    Terminated,
+    config_checks,
+    is_map,
+    stop_on_sigterm,
+    writes_files,
+)
 
 
 def define_experiment_flags(name: str):
@@ -24,7 +30,14 @@ def define_experiment_flags(name: str):
     from absl import flags
     from ml_collections import config_flags
 
-    config = config_flags.DEFINE_config_file("config", None, f"Path to a configs/{name}.py file.")
+    presets = getattr(_repo_config_module(name), "PRESETS", ())
+    config = config_flags.DEFINE_config_file(
+        "config",
+        None,
+        f"Path to a configs/{name}.py file (required), with :PRESET for a preset"
+        + (f" ({', '.join(presets)})" if presets else "")
+        + "; override any field with --config.FIELD=VALUE.",
+    )
     workdir = flags.DEFINE_string(
         "workdir",
         None,
@@ -93,6 +106,47 @@ def _write_failure(e: BaseException) -> str | None:
     return None
 
 
+class _QuietWhenClosed:
+    """A text stream (``sys.stdout``, ``sys.stderr``) that goes quiet once its reader is gone:
+    the first write into a closed pipe (``| head``, a ``tee`` that ended) points the file
+    descriptor at ``/dev/null`` and the program goes on, instead of a `BrokenPipeError`
+    raised from whichever ``print`` met it (a summary printed between IB's methods stopped the
+    methods still to come)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._silence()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._silence()
+
+    def _silence(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())  # (the buffered text then goes there too)
+        os.close(devnull)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def quiet_when_output_closed() -> None:
+    """Makes ``sys.stdout`` and ``sys.stderr`` `_QuietWhenClosed`: a command whose output pipe
+    closes runs on to its end, its files written (called by every command line)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _QuietWhenClosed):
+            setattr(sys, name, _QuietWhenClosed(stream))
+
+
 def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()) -> None:
     """An experiment's ``__main__``: ``--config`` / ``--workdir`` flags, then
     ``train_and_evaluate(config, workdir)`` under `absl.app`.
@@ -120,11 +174,15 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
 
     def main(argv):
         if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+            raise SystemExit(
+                f"{name}: unexpected arguments {argv[1:]}: give settings as flags, "
+                "--flag=value (--help lists them)."
+            )
         # Lines as they are printed where stdout is a file or a pipe (a scheduler's log), as on
         # a terminal: not a block later, behind the progress bar, or never if the job is killed.
         if reconfigure := getattr(sys.stdout, "reconfigure", None):
             reconfigure(line_buffering=True)
+        quiet_when_output_closed()
         logging.set_verbosity(logging.WARNING)
         _check_config_fields(name, config.value)
         if given := [f for f in named_maps if f"--config.{f}" in overrides]:
@@ -144,6 +202,8 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
             distributed = parallel.initialize_distributed()
             with stop_on_sigterm(), workdir_lock(workdir):
                 train_and_evaluate(config.value, workdir)
+            if writes_files():  # (the last line: where to look)
+                print(f"{name}: done; its files are in {workdir}")
         except (KeyboardInterrupt, Terminated) as e:  # (the experiment's `finally` blocks ran)
             stopped(isinstance(e, Terminated), workdir, distributed)
         except Exception as e:
@@ -216,14 +276,23 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
     app.run(main, flags_parser=parse_flags)
 
 
-def _repo_config(name: str, preset: str | None = None):
-    """``configs/NAME.py``'s ``get_config(preset)``, or None where it cannot be read (an
-    experiment run from elsewhere than the repository root, an unknown preset)."""
+def _repo_config_module(name: str):
+    """The module ``configs.NAME`` (the repository's or the installed one), or None."""
     import importlib
 
     try:
-        return importlib.import_module(f"configs.{name}").get_config(preset or None)
-    except (ImportError, ValueError):
+        return importlib.import_module(f"configs.{name}")
+    except ImportError:
+        return None
+
+
+def _repo_config(name: str, preset: str | None = None):
+    """``configs/NAME.py``'s ``get_config(preset)``, or None where it cannot be read (an
+    experiment run from elsewhere than the repository root, an unknown preset)."""
+    module = _repo_config_module(name)
+    try:
+        return None if module is None else module.get_config(preset or None)
+    except ValueError:
         return None
 
 

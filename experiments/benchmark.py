@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags, logging
 from tqdm import tqdm
 
-from experiments import _common
+from experiments import _cli, _common
 from mi_jax import bounds, critics
 from mi_jax.estimate import estimate_mi
 from mi_jax.tasks import get_task
@@ -322,7 +322,10 @@ def independence_rows(n: int = 5000, dims=(1, 5, 20, 50), draws=(0, 1)) -> list[
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise SystemExit(
+            f"benchmark: unexpected arguments {argv[1:]}: give settings as flags, "
+            "--flag=value (--help lists them)."
+        )
     logging.set_verbosity(logging.WARNING)  # JAX's INFO line on a missing TPU library
     if _ONLY.value in (None, "critic"):
         peak = matmul_peak()
@@ -359,4 +362,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _cli.quiet_when_output_closed()
     app.run(main)

@@ -11,12 +11,15 @@ deviation over K critics trained in one compiled program. ``--json OUT`` also wr
 (`mi_jax.MIEstimate`'s fields and ``"unit": "nats"``) with its held-out curves (bound, training
 objective) and training curve, as strict JSON
 (``null`` for the evaluations after a critic's early stop, NaN in `mi_jax.MIEstimate`), to a
-new file: an existing one (an earlier result, the data) is refused before any training.
+new file: an existing one (an earlier result, the data) is refused before any training;
+``--json -`` prints it on stdout instead (the lines above then on stderr).
 """
 
 import ast
 import dataclasses
+import json
 import os
+import sys
 
 import numpy as np
 from absl import app, flags, logging
@@ -47,7 +50,12 @@ _EVAL_EVERY = flags.DEFINE_integer(
 _TEST_FRACTION = flags.DEFINE_float(
     "test_fraction", estimate_lib.DEFAULTS["test_fraction"], "Fraction of samples held out."
 )
-_JSON = flags.DEFINE_string("json", None, "Optional path for a JSON file with the full result.")
+_JSON = flags.DEFINE_string(
+    "json",
+    None,
+    "Optional path for a new JSON file with the full result; '-': the JSON on stdout (the "
+    "printed lines then on stderr).",
+)
 _STANDARDIZE = flags.DEFINE_enum(
     "standardize",
     "auto",
@@ -152,9 +160,14 @@ def limit_note(result: estimate_lib.MIEstimate, max_steps: int) -> str | None:
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise SystemExit(
+            f"estimate: unexpected arguments {argv[1:]}: give settings as flags, "
+            "--flag=value (--help lists them)."
+        )
     logging.set_verbosity(logging.WARNING)  # JAX's INFO line on a missing TPU library
-    json_path = _JSON.value and os.path.expanduser(_JSON.value)
+    to_stdout = _JSON.value == "-"
+    out = sys.stderr if to_stdout else sys.stdout  # (stdout: the JSON alone)
+    json_path = _JSON.value and not to_stdout and os.path.expanduser(_JSON.value)
     if json_path:  # checked before the training, whose result it would hold
         folder = os.path.dirname(os.path.abspath(json_path))
         if not os.path.isdir(folder):
@@ -189,13 +202,15 @@ def main(argv):
     if _SEEDS.value is None:
         print(
             f"I(X;Y) = {mi[0]:.4f} nats = {mi[0] / np.log(2):.4f} bits "
-            f"({result.bound}, {result.critic} critic, best held-out step {result.best_step})"
+            f"({result.bound}, {result.critic} critic, best held-out step {result.best_step})",
+            file=out,
         )
     else:
         print(
             f"I(X;Y) = {mi.mean():.4f} +- {mi.std():.4f} nats = {mi.mean() / np.log(2):.4f} bits "
             f"over {len(mi)} seeds "
-            f"({result.bound}, {result.critic} critic): {np.round(mi, 4).tolist()} nats"
+            f"({result.bound}, {result.critic} critic): {np.round(mi, 4).tolist()} nats",
+            file=out,
         )
     if result.ceiling is not None and np.any(mi >= result.ceiling):
         print(
@@ -204,29 +219,34 @@ def main(argv):
             "bound's value passed (see the warning)."
             if _SEEDS.value is not None
             else f"The estimate is the entropy of a discrete side ({result.ceiling:.4f} nats), "
-            "an upper bound of I(X;Y) that the bound's value passed (see the warning)."
+            "an upper bound of I(X;Y) that the bound's value passed (see the warning).",
+            file=out,
         )
     if (note := limit_note(result, _MAX_STEPS.value)) is not None:
-        print(note)
+        print(note, file=out)
     if any(result.rank_columns.values()):
-        print(f"Columns ranked (heavy tails or a point mass; --standardize): {result.rank_columns}")
-    if json_path:
+        print(
+            f"Columns ranked (heavy tails or a point mass; --standardize): {result.rank_columns}",
+            file=out,
+        )
+    record = {
+        "unit": "nats",  # (of mi, the curves and the ceiling)
+        **{f.name: getattr(result, f.name) for f in dataclasses.fields(result)},
+    }
+    if to_stdout:
+        print(json.dumps(_common.to_builtin(record), indent=2, allow_nan=False))
+    elif json_path:
         try:
-            _common.write_json(
-                json_path,
-                {
-                    "unit": "nats",  # (of mi, the curves and the ceiling)
-                    **{f.name: getattr(result, f.name) for f in dataclasses.fields(result)},
-                },
-                exclusive=True,
-            )
+            _common.write_json(json_path, record, exclusive=True)
         except FileExistsError:  # written by another process while this one trained
             raise SystemExit(
                 f"estimate: --json {_JSON.value!r} appeared while this estimate ran (another "
                 "run's?); it is not overwritten, and the estimate above is not saved."
             ) from None
+        print(f"The result with its curves: {json_path}")
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["data"])
+    _cli.quiet_when_output_closed()
     app.run(main)

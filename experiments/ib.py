@@ -5,7 +5,9 @@ r"""Deep Information Bottleneck classification: VIB, MINE-IB, MIGE-IB and a dete
 For each method of the config (`mi_jax.ib`), every beta of its sweep is trained in one compiled
 program (the betas are a `jax.vmap` axis, all starting from the same initialization and seeing
 the same batches and noise; ``num_seeds = K`` adds a seed axis: K independent sweeps, each with
-its own initialization, batches and noise, reported as mean and std over seeds), with the
+its own initialization, batches and noise, reported as mean and std over seeds; the validation
+split, drawn from ``config.seed``, is the same for all K, so seed ``seed + k`` of such a run
+trains on other images than a run of that seed alone), with the
 protocol of Alemi et al. (2017): Adam (b1 = 0.5), the learning rate decayed by ``lr_decay``
 every ``lr_decay_epochs`` epochs (theirs, and the digits default: 0.97 every 2; the MNIST
 presets: 0.85 every epoch), and an exponential moving average of the weights (debiased as in

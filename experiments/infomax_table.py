@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from experiments import _common, infomax
+from experiments import _cli, _common, infomax
 
 # What a row reads from a run's results.json.
 REQUIRED = ("dataset", "estimator", "num_steps", "probes", "train_total_s", "eval_s")
@@ -107,7 +107,7 @@ def rows_from(workdirs: list[str]) -> tuple[list[dict], list[str]]:
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] in (["-h"], ["--help"]):
+    if argv[:1] in (["-h"], ["--help"], ["--helpshort"], ["--helpfull"]):
         print(__doc__)
         return
     if not argv:
@@ -135,8 +135,15 @@ def main(argv: list[str]) -> None:
         )
     if differ:
         print("The runs differ besides the estimator (the rows compare more than estimators):")
+        # A field only some runs have (AMDIM's views beside InfoMax, a version's new setting):
+        # named on one line, so that the values set in both stand out.
+        flat = [_flat(r["config"]) for r in runs if "config" in r]
+        partial = [k for k in differ if not all(k in f for f in flat)]
         for field, values in differ.items():
-            print(f"  {field}: {' / '.join(map(str, values))}")
+            if field not in partial:
+                print(f"  {field}: {' / '.join(map(str, values))}")
+        if partial:
+            print(f"  set in some of the runs only: {', '.join(partial)}")
     if unknown:
         print(
             "Settings unknown (neither results.json nor config.json records them), not "
@@ -145,4 +152,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _cli.quiet_when_output_closed()
     main(sys.argv[1:])

@@ -18,7 +18,8 @@ bound whose training value turns non-finite gets a ``finite: false`` row; once e
 has run and the plot is written, the run ends with a `NonFiniteError` naming it and the step.
 
 MIGE cases run one after another in a compiled `lax.map` rather than a `vmap`: batched LAPACK
-calls (Cholesky, eigh) hung here on a second execution (../shared/ENVIRONMENT.md), a loop does not.
+calls (Cholesky, eigh) hung on a second execution (jax 0.10.2 on the CPU: 0 % CPU, threads
+waiting, no error; cause not established), a loop does not.
 With several devices the (rho, seed) cases are independent problems and are divided among them
 (`jax.shard_map` around the loop; the trained bounds' vmap is partitioned by `jax.jit`): each
 case computes what it computes on one device (the trained bounds bit for bit, the MIGE

@@ -264,9 +264,13 @@ def estimate_mi(
         True with another bound is an error.
       seed: seed for the split, the initialization and the minibatches.
       seeds: if set, train this many critics vmapped in one program and return all estimates.
-        Their spread is the critics' on these samples (one train/held-out split), not an error
-        bar on the MI: in many dimensions at little MI per dimension the estimates agree with
-        each other more closely than with the MI (README, "`estimate_mi` defaults").
+        Member 0 is the run of ``seeds=None`` with the same ``seed`` (up to float rounding),
+        and the first members of a larger ``seeds`` those of a smaller one (a pilot of one
+        seed and a final run of five agree on it); member k is not the run of ``seed + k``
+        (its keys are split from ``seed``'s). Their spread is the critics' on these samples
+        (one train/held-out split), not an error bar on the MI: in many dimensions at little
+        MI per dimension the estimates agree with each other more closely than with the MI
+        (README, "`estimate_mi` defaults").
       mesh: the devices to split every minibatch and the held-out split over
         (`mi_jax.parallel.data_mesh`). Default: the most devices that ``batch_size`` splits
         over (`mi_jax.parallel.data_mesh_for`: all of them when their number divides it).

@@ -514,6 +514,18 @@ def test_another_experiments_config_is_named_before_the_run(name, other):
         _cli._check_config_fields(name, own)
 
 
+@pytest.mark.parametrize(
+    "name", ["amdim", "halves", "ib", "infomax", "infomax_vae", "mige_toy", "staircase"]
+)
+def test_every_config_names_its_presets_and_only_those(name):
+    # `PRESETS` is what `--help` and an unknown preset's error list.
+    module = importlib.import_module(f"configs.{name}")
+    for preset in module.PRESETS:
+        assert module.get_config(preset) != module.get_config(), preset
+    with pytest.raises(ValueError, match=f"use {', '.join(module.PRESETS)}[.]$"):
+        module.get_config("nope")
+
+
 def test_an_override_given_twice_is_refused_before_anything_is_written(tmp_path):
     twice = ["--config.bounds=('nwj',)", "--config.bounds=('dv',)"]
     out = _command_line(
@@ -747,6 +759,31 @@ def test_sigterm_with_the_output_pipe_gone_still_ends_with_143(tmp_path):
     assert out.returncode == 143, (out.returncode, out.stderr[-2000:])
 
 
+def test_an_experiment_whose_output_pipe_closed_runs_to_its_end(tmp_path):
+    # `python -m experiments.ib ... | head`: before, the first print after the reader left
+    # raised BrokenPipeError (status 1, a traceback): IB's summary printed between its methods
+    # stopped the methods still to come. Now the run goes on quietly and writes its files.
+    code = (
+        "import os, tqdm\n"
+        "from experiments import _cli\n"
+        "def run(config, workdir):\n"
+        "    read, write = os.pipe()\n"
+        "    os.close(read)  # the reader (head) is gone\n"
+        "    os.dup2(write, 1)\n"
+        "    os.dup2(write, 2)\n"
+        "    for method in ('vib', 'mine'):\n"
+        "        for _ in tqdm.tqdm(range(3)):\n"
+        "            pass\n"
+        "        print(f'{method} done')\n"
+        "        os.makedirs(workdir, exist_ok=True)\n"
+        "        open(os.path.join(workdir, method), 'w').close()\n"
+        "_cli.run_experiment('staircase', run)\n"
+    )
+    out = _run_experiment_code(code, tmp_path)
+    assert out.returncode == 0, out.returncode
+    assert sorted(os.listdir(tmp_path / "run")) == ["mine", "vib"]
+
+
 def test_a_line_printed_before_a_hard_kill_reaches_a_redirected_log(tmp_path):
     # stdout to a file or pipe (a scheduler's log) is block-buffered by Python: before, a line
     # such as "resumed from the checkpoint at step 26" came after the progress bar, and never
@@ -768,8 +805,29 @@ def test_help_lists_the_config_and_workdir_flags():
     # Before: `--help` showed the docstring and "Try --helpfull", where the two flags sat among
     # absl's own (they are defined in `_cli`, not the main module).
     out = _command_line("-m", "experiments.staircase", "--help")  # (absl's status: 1)
-    assert "--config: Path to a configs/staircase.py file." in out.stdout
+    assert "--config: Path to a configs/staircase.py file (required)" in out.stdout
+    # Its presets (before: named only in the error of an unknown one).
+    assert "(quick, separable)" in out.stdout and "--config.FIELD=VALUE" in out.stdout
     assert "--workdir: Directory for outputs" in out.stdout
+
+
+def test_a_stray_argument_is_named_in_one_line_and_a_finished_run_says_where_it_wrote(tmp_path):
+    # Before: 32 lines of help, the error last.
+    out = _command_line("-m", "experiments.staircase", "--config", "configs/staircase.py", "junk")
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "staircase: unexpected arguments ['junk']: give settings as flags, --flag=value "
+        "(--help lists them)."
+    )
+    code = (
+        "from experiments import _cli\n"
+        "_cli.run_experiment('staircase', lambda config, workdir: print('table'))\n"
+    )
+    out = _run_experiment_code(code, tmp_path)
+    assert out.stdout.splitlines()[-2:] == [
+        "table",
+        f"staircase: done; its files are in {tmp_path / 'run'}",
+    ]
 
 
 def test_without_workdir_each_preset_writes_to_its_own_folder():
@@ -829,7 +887,7 @@ def test_a_named_map_on_the_command_line_keeps_the_presets_other_entries(tmp_pat
         str(tmp_path / "run"),
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    maps = json.loads(out.stdout.split("maps=")[1])
+    maps = json.loads(out.stdout.split("maps=")[1].splitlines()[0])
     preset = importlib.import_module("configs.staircase").get_config("quick")
     assert maps["critic_hparams"] == {
         "concat": {"hidden": [8]},  # given: replaces the preset's entry whole

@@ -1,6 +1,7 @@
 """`mi_jax.estimate_mi` and its command line."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -777,6 +778,34 @@ def test_cli_refuses_a_json_path_it_cannot_write_before_training(tmp_path, gauss
     assert "I(X;Y)" not in out.stdout
 
 
+def test_cli_json_on_stdout_and_a_closed_output_pipe(tmp_path, gaussian_2d):
+    np.savez(tmp_path / "pairs.npz", x=gaussian_2d[0][:500], y=gaussian_2d[1][:500])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+    command = [sys.executable, "-m", "experiments.estimate", "--data", "pairs.npz"]
+    command += ["--max_steps", "100", "--json"]
+    # `--json -`: the JSON alone on stdout (before: a file named "-", and no way to pipe it).
+    out = subprocess.run(
+        [*command, "-"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads(out.stdout)
+    assert record["unit"] == "nats" and record["mi"] > 0 and "I(X;Y) = " in out.stderr
+    assert os.listdir(tmp_path) == ["pairs.npz"]
+    # A reader gone before the estimate was printed (`| head -0`): before, a BrokenPipeError
+    # traceback and status 1 (an experiment's print between IB's methods stopped the rest).
+    # Now the command runs to its end, quietly, and its file is written.
+    read, write = os.pipe()
+    os.close(read)
+    with subprocess.Popen(
+        [*command, "out.json"], cwd=tmp_path, stdout=write, stderr=subprocess.PIPE, env=env
+    ) as proc:
+        os.close(write)
+        err = proc.stderr.read().decode()
+    assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+    assert json.loads((tmp_path / "out.json").read_text())["mi"] == pytest.approx(record["mi"])
+
+
 def test_cli_keeps_a_json_file_that_appeared_while_it_trained(tmp_path, gaussian_2d):
     # Two estimates given one --json at once: before, both passed the check made before
     # training, and the second to finish replaced the first's result without a word.
@@ -860,6 +889,12 @@ def test_single_seed_runs_unbatched_with_the_batched_numbers(gaussian_2d):
     assert batched.mi.shape == (1,)
     np.testing.assert_allclose(batched.mi[0], one.mi, rtol=1e-4)
     np.testing.assert_allclose(batched.test_curve[0], one.test_curve, rtol=1e-4)
+    # A pilot of one seed is member 0 of the final run of three (as the docstring says); the
+    # others are not the runs of seed + k.
+    three = mi_jax.estimate_mi(x[:1000], y[:1000], max_steps=300, seed=5, seeds=3)
+    np.testing.assert_allclose(three.test_curve[0], one.test_curve, rtol=1e-4)
+    six = mi_jax.estimate_mi(x[:1000], y[:1000], max_steps=300, seed=6)
+    assert abs(three.mi[1] - six.mi) > 1e-4
 
 
 def test_compiled_programs_are_reused_for_equal_shapes(gaussian_2d):

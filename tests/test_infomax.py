@@ -379,6 +379,9 @@ def test_infomax_table_lists_the_settings_runs_differ_in_besides_the_estimator(t
     infomax_table.main([str(tmp_path / "a"), str(tmp_path / "b")])
     out = capsys.readouterr().out
     assert "differ besides the estimator" in out and "probe.l2: 0.0001 / 1.0" in out
+    # A field one run lacks on a line of such fields (InfoMax beside AMDIM listed 31 lines,
+    # most of them "views.flip: None / False"; the five that mattered among them).
+    assert "set in some of the runs only: augment.crop" in out and "None" not in out
     # `--help` prints the usage, not an error about a workdir named "--help".
     infomax_table.main(["--help"])
     assert capsys.readouterr().out.startswith("One table from InfoMax and AMDIM runs")
