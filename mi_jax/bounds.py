@@ -261,12 +261,14 @@ def js_calibration(scores: ArrayLike, init: ArrayLike = (1.0, 0.0), iterations: 
       iterations: candidates evaluated (the first is ``init``, the second the discriminant
         start; where that is no better, the third is ``init``'s Newton step). Each is one
         pass over the scores. From the identity, on the true log density ratio of 400 pairs
-        scaled 0.2-100x and shifted by up to 50: at 2 nats 4 candidates reach the objective of
-        128 (within 1e-3), at 4-10 nats 8-32 are needed (the discriminant start, two Gaussians
-        of one variance, is further off there; every overshooting Newton step is halved one
-        candidate at a time), and 32, the default, fall short only in the farthest case (100x
-        and shifted by 50 at 10 nats: 0.03). `mi_jax.estimate_mi` evaluates 4 per evaluation,
-        each warm-started from the last: end to end within 0.3 nats (3 %) of 64 at 2-8 nats.
+        scaled 0.2-100x and shifted by up to 50: at 2 nats in 5 dimensions 4 candidates reach
+        the objective of 128 (within 1e-3; in 1 dimension, scaled 5x or shifted by 10 and
+        more, they fall short by 0.3), at 4-10 nats 8-32 are needed (the discriminant start,
+        two Gaussians of one variance, is further off there; every overshooting Newton step is
+        halved one candidate at a time), and 32, the default, fall short only in the farthest
+        case (100x and shifted by 50 at 10 nats: 0.03). `mi_jax.estimate_mi` evaluates 4 per
+        evaluation, each warm-started from the last: end to end within 0.3 nats (3 %) of 64 at
+        2-8 nats.
 
     Returns:
       ``[2]`` the best ``(a, b)`` evaluated.

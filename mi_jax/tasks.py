@@ -205,7 +205,7 @@ def _checked_sampled_df(df: float) -> float:
 # per coordinate), though 0.5 % of the pairs already round to y == x. At 17 nats half of them
 # do (an infinite MI, whatever the task reports). The same margin in float64 (the samplers
 # draw float64 under `jax_enable_x64`) is 32 nats: exp(-32) = 1.3e-14, some 57 float64 spacings
-# of 1; 0.4 % of the pairs round to y == x (92 % at 40 nats).
+# of 1; 0.4 % of the pairs round to y == x (96 % at 40 nats).
 MAX_MI_PER_DIM = 12.0
 MAX_MI_PER_DIM_FLOAT64 = 32.0
 
