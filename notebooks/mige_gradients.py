@@ -106,7 +106,8 @@ for name in ("ssge", "stein"):
 plt.figure(figsize=(6, 4))
 plt.plot(thetas, exact(thetas), "k", label="exact dI/dtheta")
 for name, est in estimates.items():
-    plt.errorbar(thetas, est.mean(1), est.std(1), fmt="o", capsize=3, label=f"MIGE ({name})")
+    stderr = est.std(1, ddof=1) / np.sqrt(est.shape[1])  # (the text's standard errors)
+    plt.errorbar(thetas, est.mean(1), stderr, fmt="o", capsize=3, label=f"MIGE ({name}), +-1 s.e.")
 plt.xlabel("theta"), plt.ylabel("dI/dtheta (nats)"), plt.legend()
 plt.title(f"MIGE on y = theta x + eps, d = {dim}, {num_samples} samples")
 plt.show()
