@@ -15,7 +15,9 @@ rewritten after every finished combination, so a killed run keeps what it finish
 rerun with the same workdir and config skips it; a combination the killed run had started
 is trained again from its start, so its rows appear in ``metrics.jsonl`` twice: the later ones
 are the run ``results.json`` reports); ``results.csv``; ``curves.png`` (accuracy and MI
-estimate over training per combination). A progress bar runs over all combinations' steps.
+estimate over training per combination). ``accuracy`` is the probe's test accuracy per seed; a
+combination's ``seconds`` (the table's minutes) runs from after its step-0 probes to its end,
+its compilation and periodic probes included. A progress bar runs over all combinations' steps.
 """
 
 import functools

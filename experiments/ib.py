@@ -20,7 +20,9 @@ vmapped: on XLA:CPU a vmapped (batched) eigendecomposition inside a gradient hun
 execution (see `mi_jax.mige`).
 
 Writes to the workdir: ``config.json``; ``metrics.jsonl`` (a training row per chunk and an
-eval row per evaluation, per method and beta); ``results.json`` (the table, rewritten after
+eval row per evaluation, per method and beta; a training row's ``accuracy``, loss terms and KL
+are means over the chunk's training batches, not a held-out split); ``results.json`` (the
+table, rewritten after
 every evaluation; a method finished on the same schedule is skipped on rerun);
 ``results.csv`` (the selected evaluations, one row per method and beta; errors as fractions
 there and in ``results.json``, in % in the printed table); ``error_vs_beta.png`` and
@@ -284,7 +286,9 @@ def method_entry(method: str, betas, history: list[dict], **extra) -> dict:
     hundred validation images, goes to the earliest epoch; without a validation split, the
     last). With several seeds (rows with a ``seed``) both are chosen per beta and
     seed (kept in ``final_per_seed`` and ``selected_per_seed``) and ``final`` / ``selected``
-    hold their mean over seeds, with ``*_std`` and ``num_seeds`` (`_common.mean_over_seeds`)."""
+    hold their mean over seeds, with ``*_std`` and ``num_seeds`` (`_common.mean_over_seeds`):
+    seeds that picked other epochs give a mean ``step`` / ``epoch`` between them (19.5 for 13
+    and 26, with ``step_std``), no evaluation's own."""
     seeds = list(dict.fromkeys(r.get("seed") for r in history))
     final, selected = [], []
     for beta in betas:

@@ -11,9 +11,16 @@ jitted call on precomputed, resumable batch indices, with no host sync inside a 
 (the step vmapped over a seed axis of the train state); ``results.json`` then holds the probes'
 mean and std over seeds (``probes``) and each seed's rows (``probes_per_seed``).
 
-Writes to the workdir: ``config.json``; ``metrics.jsonl`` (a training row per chunk, an eval row
-per evaluation, the final probes' marked ``"final"``); ``results.json`` (final probe table,
-timings); ``curves.png`` (loss, MI terms, probe accuracy over steps) and ``probes.png`` (final
+Writes to the workdir: ``config.json``; ``metrics.jsonl`` (a training row per chunk of
+``log_every`` steps: the objective's metrics (`mi_jax.dim.DIMObjective.loss`) averaged over the
+chunk's steps (and seeds), ``grad_norm`` the global norm of the whole gradient (encoder,
+critics, prior discriminator), ``seconds`` / ``steps_per_s`` the chunk's own, the segment's
+first row with its ``compile_s``; an eval row per evaluation: the trained encoder's probes'
+test accuracies as ``PROBE_REPRESENTATION`` (``linear_global``), the final probes' marked
+``"final"``);
+``results.json`` (final probe table; ``compile_s`` the step's compilation, ``train_s`` the
+chunks after it, both this segment's; ``train_total_s`` every segment's, compilations
+included); ``curves.png`` (loss, MI terms, probe accuracy over steps) and ``probes.png`` (final
 accuracies); ``checkpoints/`` (Orbax, the last ``keep_checkpoints``). Rerunning with the same
 workdir resumes from the latest checkpoint: a ``"resume"`` row marks its step in
 ``metrics.jsonl`` (`read_metrics` drops the earlier rows past it), and a periodic evaluation
@@ -126,7 +133,8 @@ def make_chunk_fn(objective, augment: dict, mesh=None, num_seeds: int | None = N
     XLA:CPU).
     With a ``mesh`` (`mi_jax.parallel.data_mesh`), ``state`` and ``images`` replicated on it,
     each step is data-parallel: the batch is split over the devices and the bounds still see
-    the whole batch's negatives (`mi_jax.parallel`).
+    the whole batch's negatives (`mi_jax.parallel`). ``run.compile(...)``, given a chunk's
+    arguments, compiles the step ahead of it (timed apart: ``compile_s``).
 
     Not a `lax.scan`: on XLA:CPU (jaxlib 0.10.2) the conv encoder's step inside a rolled while
     loop ran 13x slower than the same step jitted alone (2.0 s vs 0.15 s at batch 128 on MNIST;
@@ -176,6 +184,12 @@ def make_chunk_fn(objective, augment: dict, mesh=None, num_seeds: int | None = N
         history = jax.device_get(history)
         return state, {k: np.stack([m[k] for m in history]) for k in history[0]}
 
+    def compile_step(state, images, indices, start_step: int, train_keys) -> None:
+        """Compiles the step for a chunk's arguments ahead of it (jit reuses the program), so
+        that compilation is timed apart from training."""
+        step_fn.lower(state, images, indices[0], start_step, train_keys).compile()
+
+    run.compile = compile_step
     return run
 
 
@@ -356,17 +370,20 @@ def train_and_evaluate(
                 ],
                 axis=1,
             )  # [n, K, B]
-            indices = indices if batched else indices[:, 0]
-            t0 = time.perf_counter()
-            state, metrics = run(state, images, parallel.replicate(indices, mesh), step, train_keys)
-            elapsed = time.perf_counter() - t0
+            indices = parallel.replicate(indices if batched else indices[:, 0], mesh)
             if step == start:
-                compile_s += elapsed  # the first chunk includes the compilation
-            else:
-                train_s += elapsed
+                t0 = time.perf_counter()
+                run.compile(state, images, indices, step, train_keys)
+                compile_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            state, metrics = run(state, images, indices, step, train_keys)
+            elapsed = time.perf_counter() - t0
+            train_s += elapsed
             _raise_if_nonfinite(metrics["loss"], config, step, seeds, manager, workdir)
             step += n
             row = {"step": step, "kind": "train", "seconds": elapsed, "steps_per_s": n / elapsed}
+            if step - n == start:  # (the segment's compilation, before this chunk's seconds)
+                row["compile_s"] = compile_s
             row.update({k: float(np.mean(v)) for k, v in metrics.items()})
             if batched:  # the per-seed means; the row's values average over the seeds too
                 row["per_seed"] = {k: np.mean(v, axis=0) for k, v in metrics.items()}
@@ -436,7 +453,8 @@ def train_and_evaluate(
         "eval_s": eval_s,
         # Every segment of a resumed run (their compilations included): the chunks behind the
         # final encoder, from metrics.jsonl; compile_s and train_s count this segment only.
-        "train_total_s": sum(r["seconds"] for r in train_rows),
+        # (Rows before 2026-12-06 have no compile_s: their first chunk's seconds included it.)
+        "train_total_s": sum(r["seconds"] + r.get("compile_s", 0.0) for r in train_rows),
         # The periodic probes behind the final encoder, likewise (rows written before they
         # were timed count 0).
         "periodic_eval_s": sum(r.get("seconds", 0.0) for r in eval_rows if not r.get("final")),

@@ -11,8 +11,10 @@ For ``d`` in ``config.dims`` and ``rho`` on a grid in ``[-rho_max, rho_max]``, d
   samples each step), then ``d bound / d rho`` through the samples with the critic fixed.
 
 Per ``d`` and estimator: relative RMSE (RMSE over all rho and seeds / RMS of the true gradient),
-relative bias (RMS over rho of the seed-mean error / RMS true), standard deviation over seeds,
-and wall time (compilation separate). Writes ``config.json``, ``metrics.jsonl`` (one row per d,
+relative bias (RMS over rho of the seed-mean error / RMS true), standard deviation over seeds
+(``rel_std``: relative, like the others), and wall time (compilation separate; the trained
+bounds train side by side, so each of their rows holds the same shared ``run_s`` and
+``compile_s``: count them once). Writes ``config.json``, ``metrics.jsonl`` (one row per d,
 estimator, rho), ``results.json``, and ``mige_toy.png`` (estimated vs true curves). A trained
 bound whose training value turns non-finite gets a ``finite: false`` row; once every estimator
 has run and the plot is written, the run ends with a `NonFiniteError` naming it and the step.

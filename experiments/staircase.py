@@ -5,8 +5,9 @@ r"""The staircase benchmark of Poole et al. (2019): MI bounds tracking a stepwis
 For each task (Gaussian, cubic) and critic (separable, concat), all bounds train side by side in
 one compiled program (`mi_jax.training.BoundEnsemble`), one critic per bound through the whole
 staircase, fresh samples every step. The workdir receives `config.json`, `metrics.jsonl`
-(means over `log_every` steps), `results.json` and `results.csv` (per bound and level: mean,
-bias, variance and MSE of the estimates over the last `stats_fraction` of the level), per task
+(`mi/BOUND`: means over `log_every` steps and the seeds), `results.json` and `results.csv`
+(per bound and level: mean, bias, variance and MSE of the estimates over the last
+`stats_fraction` of the level), per task
 and critic every step's estimate (`estimates_TASK_CRITIC.npz`: ``estimates`` ``[seeds, steps,
 bounds]``, ``true_mi`` ``[steps]``, ``bounds``) and a PNG in the style of the paper's Fig. 2.
 """

@@ -425,6 +425,12 @@ def test_the_table_minutes_count_the_periodic_probes(tmp_path):
     total = results["train_total_s"] + results["periodic_eval_s"] + results["eval_s"]
     assert row["minutes"] == pytest.approx(total / 60, rel=1e-9)
     assert f"periodic probes {results['periodic_eval_s']:.1f} s" in infomax.summary(results)
+    # Compilation timed apart (before: the whole first chunk counted as compile_s, so its
+    # steps were missing from train_s and its row's steps_per_s counted the compilation).
+    train = [r for r in _rows(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r.get("compile_s") for r in train] == [results["compile_s"], None]
+    assert results["train_s"] == pytest.approx(sum(r["seconds"] for r in train), rel=1e-9)
+    assert results["train_total_s"] == pytest.approx(results["train_s"] + results["compile_s"])
 
 
 def test_a_probe_cache_serves_a_sweeps_baselines_to_its_later_runs(tmp_path, capsys):
