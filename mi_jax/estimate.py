@@ -1133,7 +1133,9 @@ def _compiled_fit(spec: _FitSpec):
 
     # Abstract arguments for ahead-of-time compilation, replicated over the mesh if there is one.
     if mesh is None:
-        sharding = jax.sharding.SingleDeviceSharding(spec.device)
+        # (jax 0.12.1 deprecated the class for the function, which jax before 0.10 lacks)
+        single = getattr(jax.sharding, "make_single_device_sharding", None)
+        sharding = (single or jax.sharding.SingleDeviceSharding)(spec.device)
     else:
         sharding = parallel.replicated(mesh)
 

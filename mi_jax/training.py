@@ -174,7 +174,25 @@ def fast_compile_options() -> dict[str, Any]:
     ~2e-7 nats on an AVX-512 CPU). Other backends: none."""
     if jax.default_backend() != "cpu":
         return {}
-    return {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
+    options = {"xla_backend_optimization_level": 1}
+    if compile_option_known("xla_cpu_use_fusion_emitters", False):  # (removed in jaxlib 0.11.1)
+        options["xla_cpu_use_fusion_emitters"] = False
+    return options
+
+
+@functools.cache
+def compile_option_known(name: str, value: Any) -> bool:
+    """Whether this jaxlib's compiler for the default backend takes the option ``name``:
+    options come and go between releases (jaxlib 0.11.1 removed XLA:CPU's
+    ``xla_cpu_use_fusion_emitters``), and a program given one it does not know fails to
+    compile. Found once per process by compiling an empty program with it."""
+    try:
+        jax.jit(lambda x: x, compiler_options={name: value}).lower(np.float32(0)).compile()
+    except Exception as e:  # (jax.errors.JaxRuntimeError, by another name in older jaxlibs)
+        if "No such compile option" in str(e):
+            return False
+        raise
+    return True
 
 
 def run_once_compiler_options() -> dict[str, Any]:

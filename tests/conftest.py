@@ -36,10 +36,22 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # `mi_jax.training.run_once_compiler_options`; they change how the programs are compiled, not
 # which. Subprocesses inherit them (tests/test_parallel.py adds its device count; the
 # staircase's `:quick` preset, 1000 steps, drops the -O0 ones, tests/test_staircase.py).
-_FAST_COMPILE = (
-    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-    "--xla_cpu_use_fusion_emitters=false"
-)
+_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def _jaxlib_before(version: tuple[int, ...]) -> bool:
+    """Whether the installed jaxlib is older than ``version`` (read without importing jax:
+    XLA reads XLA_FLAGS once, when jax starts)."""
+    from importlib.metadata import version as installed
+
+    release = [int(p) for p in installed("jaxlib").split(".")[:3] if p.isdigit()]
+    return tuple(release) < version
+
+
+# jaxlib 0.11.1 removed the option (`mi_jax.training.compile_option_known`); an unknown flag
+# in XLA_FLAGS aborts the process as jax starts.
+if _jaxlib_before((0, 11, 1)):
+    _FAST_COMPILE += " --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
 
 import jax  # noqa: E402

@@ -34,7 +34,7 @@ meshes = {"1": parallel.data_mesh(jax.devices()[:1]), "8": parallel.data_mesh()}
 def rows(workdir, kind="train"):
     with open(f"{workdir}/metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
-    drop = ("seconds", "steps_per_s")
+    drop = ("seconds", "steps_per_s", "compile_s")
     rows = [r for r in rows if r.get("kind", "") == kind]
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
