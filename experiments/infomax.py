@@ -17,15 +17,14 @@ chunk's steps (and seeds), ``grad_norm`` the global norm of the whole gradient (
 critics, prior discriminator), ``seconds`` / ``steps_per_s`` the chunk's own, the segment's
 first row with its ``compile_s``; an eval row per evaluation: the trained encoder's probes'
 test accuracies as ``PROBE_REPRESENTATION`` (``linear_global``), the final probes' marked
-``"final"``);
-``results.json`` (final probe table; ``compile_s`` the step's compilation, ``train_s`` the
-chunks after it, both this segment's; ``train_total_s`` every segment's, compilations
-included); ``curves.png`` (loss, MI terms, probe accuracy over steps) and ``probes.png`` (final
-accuracies); ``checkpoints/`` (Orbax, the last ``keep_checkpoints``). Rerunning with the same
-workdir resumes from the latest checkpoint: a ``"resume"`` row marks its step in
-``metrics.jsonl`` (`read_metrics` drops the earlier rows past it), and a periodic evaluation
-due there that never finished is done first. A NaN loss stops the run naming the step;
-checkpoints already written stay.
+``"final"``); ``results.json`` (final probe table; ``compile_s`` the step's compilation,
+``train_s`` the chunks after it, both this segment's; ``train_total_s`` every segment's,
+compilations included); ``curves.png`` (loss, MI terms, probe accuracy over steps) and
+``probes.png`` (final accuracies); ``checkpoints/`` (Orbax, the last ``keep_checkpoints``).
+Rerunning with the same workdir resumes from the latest checkpoint: a ``"resume"`` row marks
+its step in ``metrics.jsonl`` (`read_metrics` drops the earlier rows past it), and a periodic
+evaluation due there that never finished is done first. A NaN loss stops the run naming the
+step; checkpoints already written stay.
 """
 
 import functools
