@@ -141,10 +141,17 @@ class _QuietWhenClosed:
 def quiet_when_output_closed() -> None:
     """Makes ``sys.stdout`` and ``sys.stderr`` `_QuietWhenClosed`: a command whose output pipe
     closes runs on to its end, its files written (called by every command line)."""
+    from absl import logging
+
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, _QuietWhenClosed):
             setattr(sys, name, _QuietWhenClosed(stream))
+    # absl's handler holds the stream it started with, and writes a line again to stderr
+    # where that is not `sys.stderr` (`--alsologtostderr`): through the quiet one, once.
+    handler = logging.get_absl_handler().python_handler
+    if getattr(sys.stderr, "_stream", None) is handler.stream:
+        handler.stream = sys.stderr
 
 
 def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()) -> None:

@@ -775,8 +775,9 @@ def check_same_run(
         shown = "; ".join(changes[:6]) + (
             f"; and {len(changes) - 6} more" if len(changes) > 6 else ""
         )
-        if gone := sorted(_flat_settings(earlier).keys() - _flat_settings(config.to_dict())):
-            # No command line of this code gives that config back (README: the renames).
+        # Top-level fields this config does not have (a map's keys change with the preset or
+        # an override): no command line of this code gives that config back (README: renames).
+        if gone := sorted(set(earlier) - set(config.to_dict())):
             advice = (
                 f"Use a fresh --workdir: that run has settings this code does not have "
                 f"({', '.join(gone)}), written by an earlier mi_jax or another config file."

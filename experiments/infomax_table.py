@@ -135,10 +135,15 @@ def main(argv: list[str]) -> None:
         )
     if differ:
         print("The runs differ besides the estimator (the rows compare more than estimators):")
-        # A field only some runs have (AMDIM's views beside InfoMax, a version's new setting):
-        # named on one line, so that the values set in both stand out.
+        # A field only some runs have (AMDIM's views beside InfoMax, a version's new setting),
+        # the same in all of those: named on one line, so that the values that differ stand out.
         flat = [_flat(r["config"]) for r in runs if "config" in r]
-        partial = [k for k in differ if not all(k in f for f in flat)]
+        partial = [
+            k
+            for k in differ
+            if not all(k in f for f in flat)  # (and the same wherever it is set)
+            and len({json.dumps(f[k], sort_keys=True) for f in flat if k in f}) == 1
+        ]
         for field, values in differ.items():
             if field not in partial:
                 print(f"  {field}: {' / '.join(map(str, values))}")

@@ -42,10 +42,12 @@ _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive
 def _jaxlib_before(version: tuple[int, ...]) -> bool:
     """Whether the installed jaxlib is older than ``version`` (read without importing jax:
     XLA reads XLA_FLAGS once, when jax starts)."""
+    import re
     from importlib.metadata import version as installed
 
-    release = [int(p) for p in installed("jaxlib").split(".")[:3] if p.isdigit()]
-    return tuple(release) < version
+    # (the release's numbers: "0.11.1rc1" and "0.11.1+cuda12" are 0.11.1)
+    release = re.match(r"\d+(\.\d+)*", installed("jaxlib")).group()
+    return tuple(int(p) for p in release.split(".")) < version
 
 
 # jaxlib 0.11.1 removed the option (`mi_jax.training.compile_option_known`); an unknown flag

@@ -402,6 +402,28 @@ def test_a_run_with_a_setting_since_renamed_is_not_told_to_pass_its_config_again
         _common.check_same_run(str(tmp_path), now)
     assert "settings this code does not have (score_clip)" in str(raised.value)
     assert "config.json" not in str(raised.value)
+    # A map's keys differ with the preset or an override (mige_toy's estimators): the run's
+    # own config can be given again, and the message says so.
+    _common.write_json(str(tmp_path / "config.json"), {"task_hparams": {"student_t": {"df": 3}}})
+    now = ml_collections.ConfigDict({"task_hparams": {}})
+    with pytest.raises(ValueError, match=r"or the config in .*config.json"):
+        _common.check_same_run(str(tmp_path), now)
+
+
+def test_absl_logging_is_written_once_through_the_quiet_stderr():
+    # Before: with `--alsologtostderr` every absl line came twice (absl's handler held the
+    # original stderr and, that not being `sys.stderr`, wrote the line again).
+    code = (
+        "import sys\n"
+        "from absl import flags, logging\n"
+        "from experiments import _cli\n"
+        "flags.FLAGS(['x', '--alsologtostderr'])\n"
+        "_cli.quiet_when_output_closed()\n"
+        "logging.warning('a warning line')\n"
+    )
+    out = _command_line("-c", code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr.count("a warning line") == 1, out.stderr
 
 
 def test_a_config_path_that_does_not_exist_is_named_before_the_run(tmp_path, monkeypatch):

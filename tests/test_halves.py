@@ -277,11 +277,13 @@ def test_experiment_runs_writes_everything_and_resumes(tmp_path, capsys):
     assert results["pixel_probe_converged"] is False
     assert "'mlp/bilinear/infonce': 6" in halves_experiment.summary(results)
     assert "'raw pixels': 1" in halves_experiment.summary(results)
-    # A combination finished by code before 2026-12-06 has no count: unknown, not converged
+    # A combination finished by code before 2026-12-06 has no count: named as unrecorded
     # (before: left out of the note, as if its probes had converged).
     old = {**results, "runs": [{**results["runs"][0], "probes_unconverged": None}]}
     del old["runs"][0]["probes_unconverged"]
-    assert "'mlp/bilinear/infonce': 'unknown'" in halves_experiment.summary(old)
+    summary = halves_experiment.summary(old)
+    assert "'mlp/bilinear/infonce'" not in summary  # not counted as stopped early, either
+    assert "not recorded (finished by code before 2026-12-06): mlp/bilinear/infonce" in summary
     # A rerun with the same workdir and config trains nothing and returns the same table.
     again = halves_experiment.train_and_evaluate(config, str(tmp_path))
     assert "Resuming: 2 of 2" in capsys.readouterr().out

@@ -382,6 +382,13 @@ def test_infomax_table_lists_the_settings_runs_differ_in_besides_the_estimator(t
     # A field one run lacks on a line of such fields (InfoMax beside AMDIM listed 31 lines,
     # most of them "views.flip: None / False"; the five that mattered among them).
     assert "set in some of the runs only: augment.crop" in out and "None" not in out
+    # Unless its values differ where it is set: two AMDIM runs of other crops beside InfoMax.
+    assert infomax_table.differing_settings([base, other, {**other, "augment": {"crop": 2}}])
+    (tmp_path / "c").mkdir()
+    results |= {"config": {**other, "augment": {"crop": 2}}}
+    (tmp_path / "c" / "results.json").write_text(json.dumps(results))
+    infomax_table.main([str(tmp_path / n) for n in "abc"])
+    assert "augment.crop: None / 1 / 2" in capsys.readouterr().out
     # `--help` prints the usage, not an error about a workdir named "--help".
     infomax_table.main(["--help"])
     assert capsys.readouterr().out.startswith("One table from InfoMax and AMDIM runs")
