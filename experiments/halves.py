@@ -487,17 +487,17 @@ def summary(results: dict) -> str:
         _common.format_table(rows, cols),
         f"raw pixels (noisy top half, standardized): {results['pixel_accuracy']:.3f}",
     ]
-    names = {id(r): f"{r['encoder']}/{r['critic']}/{r['bound']}" for r in results["runs"]}
+    def name(r):
+        return f"{r['encoder']}/{r['critic']}/{r['bound']}"
+
     unfinished = {  # fits per combination (seeds x evaluations)
-        names[id(r)]: r["probes_unconverged"]
-        for r in results["runs"]
-        if r.get("probes_unconverged")
+        name(r): r["probes_unconverged"] for r in results["runs"] if r.get("probes_unconverged")
     }
     if results.get("pixel_probe_converged") is False:
         unfinished["raw pixels"] = 1
     if note := _common.unfinished_probes_note(unfinished):
         lines.append(note[1:])
-    if unrecorded := [names[id(r)] for r in results["runs"] if "probes_unconverged" not in r]:
+    if unrecorded := [name(r) for r in results["runs"] if "probes_unconverged" not in r]:
         lines.append(
             "linear probes' convergence not recorded (finished by code before 2026-12-06): "
             + ", ".join(unrecorded)
