@@ -487,6 +487,7 @@ def summary(results: dict) -> str:
         _common.format_table(rows, cols),
         f"raw pixels (noisy top half, standardized): {results['pixel_accuracy']:.3f}",
     ]
+
     def name(r):
         return f"{r['encoder']}/{r['critic']}/{r['bound']}"
 
