@@ -3,7 +3,7 @@ r"""Estimate I(X; Y) from a file of paired samples.
   python -m experiments.estimate --data FILE.npz [--bound smile] [--critic separable] [--seeds 5]
       [--bound_hparams '{"clip": 5.0}'] [--critic_hparams '{"hidden": (256,)}']
       [--standardize auto|zscore|rank|none] [--batch_size 128] [--eval_every N]
-      [--max_steps 3000] [--test_fraction 0.2]
+      [--max_steps 3000] [--test_fraction 0.2] [--imports my_bounds]
 
 ``FILE.npz`` holds arrays ``x`` ``[N, dim_x]`` and ``y`` ``[N, dim_y]`` (``[N]`` counts as one
 dimension). Prints the estimate in nats (and bits); with ``--seeds K`` the mean and standard
@@ -12,11 +12,14 @@ deviation over K critics trained in one compiled program. ``--json OUT`` also wr
 objective) and training curve, as strict JSON
 (``null`` for the evaluations after a critic's early stop, NaN in `mi_jax.MIEstimate`), to a
 new file: an existing one (an earlier result, the data) is refused before any training;
-``--json -`` prints it on stdout instead (the lines above then on stderr).
+``--json -`` prints it on stdout instead (the lines above then on stderr). ``--imports``
+imports modules of your own first (found in the current folder or on ``PYTHONPATH``), so that
+the bounds and critics they register are names ``--bound`` and ``--critic`` take.
 """
 
 import ast
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -64,6 +67,27 @@ _STANDARDIZE = flags.DEFINE_enum(
     "(marginal) Gaussianization; or the samples as given.",
 )
 _STANDARDIZE_ARG = {"auto": "auto", "zscore": True, "rank": "rank", "none": False}
+_IMPORTS = flags.DEFINE_list(
+    "imports",
+    [],
+    "Modules of your own to import first, comma-separated (found in the current folder or on "
+    "PYTHONPATH): the bounds and critics they register become names --bound and --critic take.",
+)
+
+
+def import_modules(names: list[str]) -> None:
+    """Imports each ``--imports`` module; one that is not found is a usage error naming it (an
+    error inside a module that is found goes on with its traceback: a bug in it)."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
+                raise  # a module that the found one imports
+            raise SystemExit(
+                f"estimate: --imports {name!r}: no such module in the current folder "
+                f"({os.getcwd()}) or on PYTHONPATH."
+            ) from None
 
 
 _ZIP_MAGIC, _NPY_MAGIC = b"PK", b"\x93NUMPY"  # the first bytes of an .npz and of an .npy
@@ -165,6 +189,7 @@ def main(argv):
             "--flag=value (--help lists them)."
         )
     logging.set_verbosity(logging.WARNING)  # JAX's INFO line on a missing TPU library
+    import_modules(_IMPORTS.value)
     to_stdout = _JSON.value == "-"
     out = sys.stderr if to_stdout else sys.stdout  # (stdout: the JSON alone)
     json_path = _JSON.value and not to_stdout and os.path.expanduser(_JSON.value)

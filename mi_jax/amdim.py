@@ -401,12 +401,12 @@ class AMDIMObjective:
 
     @property
     def bound(self) -> bounds_lib.Bound:
-        try:
-            return bounds_lib.get_bound(self.estimator, **dict(self.estimator_hparams))
-        except KeyError:
+        if not _checks.is_known(self.estimator, bounds_lib.available_bounds()):
             raise _checks.unknown_name_error(
                 "estimator", self.estimator, bounds_lib.available_bounds()
-            ) from None
+            )
+        # (A registered bound's own errors, a KeyError among them, pass as they are.)
+        return bounds_lib.get_bound(self.estimator, **dict(self.estimator_hparams))
 
     def _critic(self) -> AMDIMCritic:
         return AMDIMCritic(

@@ -347,12 +347,12 @@ class DIMObjective:
     def bound(self) -> bounds_lib.Bound | None:
         if self.is_mige:
             return None
-        try:
-            return bounds_lib.get_bound(self.estimator, **dict(self.estimator_hparams))
-        except KeyError:
+        if not _checks.is_known(self.estimator, bounds_lib.available_bounds()):
             # Name the alias set of this objective (bounds + "mige") in the message.
             known = (*bounds_lib.available_bounds(), MIGE)
-            raise _checks.unknown_name_error("estimator", self.estimator, known) from None
+            raise _checks.unknown_name_error("estimator", self.estimator, known)
+        # (A registered bound's own errors, a KeyError among them, pass as they are.)
+        return bounds_lib.get_bound(self.estimator, **dict(self.estimator_hparams))
 
     @property
     def score_fn(self) -> ScoreFn | None:

@@ -233,3 +233,29 @@ def test_bad_objective_configuration_is_named(kwargs, error, match):
     encoder = encoders.get_encoder("mlp", hidden=(8,), latent_dim=4)
     with pytest.raises(error, match=match):
         dim.DIMObjective(encoder=encoder, **kwargs)
+
+
+def _lookup_bug_bound(*, axis="row"):
+    """A registered bound whose factory has a bug: its default is not in its own table."""
+    sign = {"rows": 1.0, "columns": -1.0}[axis]  # KeyError: 'row'
+    return bounds.make_bound("lookup_bug", lambda scores: sign * bounds.infonce(scores))
+
+
+@pytest.mark.parametrize("objective", ["dim", "amdim"])
+def test_an_error_inside_a_registered_bound_is_its_own_not_an_unknown_name(monkeypatch, objective):
+    # Before: any KeyError from `get_bound` read "unknown estimator 'lookup_bug'. Did you mean
+    # 'lookup_bug'?", the registered name listed among the known ones and the bug hidden.
+    from mi_jax import amdim
+
+    monkeypatch.setitem(bounds._REGISTRY, "lookup_bug", _lookup_bug_bound)  # noqa: SLF001
+    if objective == "dim":
+        encoder = encoders.get_encoder("mlp", hidden=(8,), latent_dim=4)
+        build = functools.partial(dim.DIMObjective, encoder=encoder)
+    else:
+        encoder = amdim.MultiScaleEncoder(stem_width=4, widths=(6, 5, 3))
+        build = functools.partial(amdim.AMDIMObjective, encoder=encoder)
+    with pytest.raises(KeyError) as info:
+        build(estimator="lookup_bug")
+    assert str(info.value) == "'row'"
+    with pytest.raises(KeyError, match="unknown estimator 'lookup_bg'. Did you mean 'lookup_bug'"):
+        build(estimator="lookup_bg")
