@@ -4,12 +4,14 @@ command line (flags, config files, messages of bad settings) is `experiments._cl
 
 import contextlib
 import csv
+import datetime
 import functools
 import hashlib
 import importlib.metadata
 import json
 import math
 import os
+import platform
 import signal
 import sys
 import threading
@@ -701,8 +703,40 @@ def read_json(path: str):
 
 
 def write_config(workdir: str, config) -> None:
+    """Writes ``config.json`` (the settings) and appends this start (or resume) of the run to
+    ``runs.jsonl`` (`environment`): so a workdir says which library versions and devices made
+    each part of its results, a run resumed after an upgrade of jax included."""
     os.makedirs(workdir, exist_ok=True)
     write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    if writes_files():
+        with open(os.path.join(workdir, "runs.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(environment()) + "\n")
+
+
+_VERSIONED = ("mi_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+
+
+def environment() -> dict:
+    """This process: when it started the run (UTC), its command line, Python's and the
+    libraries' versions, and the devices it computes on."""
+    devices = jax.devices()
+    return {
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "argv": sys.argv,
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in _VERSIONED},
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "devices": len(devices),
+        "processes": jax.process_count(),
+    }
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:  # (mi_jax on PYTHONPATH, not installed)
+        return None
 
 
 def config_changes(old: Mapping, config, may_differ: Iterable[str] = ()) -> list[str]:

@@ -1086,3 +1086,19 @@ def test_a_cached_probe_fit_misses_under_other_prng_settings_and_reads_home(tmp_
     bits = np.arange(4, dtype=np.float16)
     assert _common.fingerprint(bits) != _common.fingerprint(bits.view(jnp.bfloat16))
     assert _common.fingerprint([1.0, 2.0], [3.0]) != _common.fingerprint([1.0], [2.0, 3.0])
+
+
+def test_every_start_of_a_run_appends_its_environment_to_runs_jsonl(tmp_path):
+    import platform
+
+    config = ml_collections.ConfigDict({"num_steps": 4})
+    _common.write_config(str(tmp_path), config)
+    _common.write_config(str(tmp_path), config)  # a resume: a second line, the first kept
+    rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    row = rows[1]
+    assert row["python"] == platform.python_version()
+    assert row["versions"]["jax"] == jax.__version__
+    assert row["versions"]["numpy"] == np.__version__
+    assert row["backend"] == jax.default_backend() and row["devices"] == jax.device_count()
+    assert row["argv"] == sys.argv and row["started"].endswith("+00:00")

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -83,6 +84,10 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp
     # The summary says so too (it read "train 0.0 s" for a finished run repeated).
     assert f"(training over every run in the workdir: {both:.1f} s)" in infomax.summary(second)
     assert "over every run" not in infomax.summary(first)
+    # Each segment's versions and devices (before: nothing said which jax made which part).
+    runs = _rows(parts / "runs.jsonl")
+    assert len(runs) == 2 and runs[0]["started"] <= runs[1]["started"]
+    assert runs[1]["versions"]["jax"] == jax.__version__ and runs[1]["devices"] >= 1
 
     def losses(path):
         rows = _rows(path / "metrics.jsonl")
