@@ -568,7 +568,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     with _common.config_checks():  # before anything is written
         _check_config(config)
         mesh = parallel.checked_mesh(mesh)
-        parallel.check_batch_size(config.batch_size, mesh)
+        parallel.check_batch_size(config.batch_size, mesh, "config.batch_size")
         combos = list(itertools.product(config.encoders, config.critics, config.bounds))
         models = {c: build(config, *c) for c in combos}  # bad hyperparameters fail before training
         views = load_views(config)

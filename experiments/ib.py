@@ -554,7 +554,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         _common.check_path_encoding(workdir)  # (its checkpoints')
         _check_config(config)
         mesh = parallel.checked_mesh(mesh)
-        parallel.check_batch_size(config.batch_size, mesh)
+        parallel.check_batch_size(config.batch_size, mesh, "config.batch_size")
         dataset = data_lib.load_dataset(
             config.dataset,
             data_dir=config.data_dir or None,

@@ -293,7 +293,7 @@ def train_and_evaluate(
                 f"`config.batch_size` ({batch_size}) exceeds the {num_train} training images."
             )
         mesh = parallel.checked_mesh(mesh)
-        parallel.check_batch_size(batch_size, mesh)
+        parallel.check_batch_size(batch_size, mesh, "config.batch_size")
         checkpoints = os.path.join(workdir, "checkpoints")
         start = _common.checkpoint_step_within(checkpoints, config.num_steps, "num_steps")
     seeds = _common.seed_values(config)

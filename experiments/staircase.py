@@ -106,7 +106,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"'data' (every batch split over all devices), got {config.parallel!r}."
         )
     if config.parallel == "data":
-        parallel.check_batch_size(config.batch_size, parallel.data_mesh())
+        parallel.check_batch_size(config.batch_size, parallel.data_mesh(), "config.batch_size")
     _common.check_int_fields(config, "steps_per_level")
     total = config.steps_per_level * len(config.levels)
     if config.chunk_steps < 1 or total % config.chunk_steps:

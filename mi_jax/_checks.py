@@ -382,14 +382,35 @@ def fields_of(cls) -> set:
     return set(getattr(cls, "__dataclass_fields__", {})) - {"parent", "name"}
 
 
+def freeze_fields(obj: Any, hparams: Iterable[str] = (), sequences: Iterable[str] = ()) -> None:
+    """Makes fields of a frozen dataclass hashable, as a static argument of `jax.jit` must be:
+    each of ``hparams`` given as a dict (or pairs holding lists) becomes `hashable_hparams`'
+    sorted pairs, each of ``sequences`` given as a list a tuple. (Before, a model built with
+    ``trunk_hparams={"hidden": (64,)}`` worked eagerly and failed under jit, far from the cause.)"""
+    for name in hparams:
+        value = getattr(obj, name)
+        if isinstance(value, Mapping) or (
+            isinstance(value, tuple | list) and all(_is_pair(v) for v in value)
+        ):
+            object.__setattr__(obj, name, hashable_hparams(dict(value)))
+    for name in sequences:
+        if isinstance(value := getattr(obj, name), list | tuple):
+            object.__setattr__(obj, name, _hashable(value))
+
+
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, tuple | list) and len(value) == 2 and isinstance(value[0], str)
+
+
 def hashable_hparams(hparams: Mapping[str, Any]) -> tuple:
     """``((name, value), ...)`` sorted, lists and numpy arrays as tuples of Python numbers:
     hyperparameters as a hashable key (for a frozen module's field, or a cache of compiled
     programs)."""
+    return tuple(sorted((k, _hashable(v)) for k, v in dict(hparams).items()))
 
-    def hashable(v):
-        if isinstance(v, np.ndarray):
-            v = v.tolist()
-        return tuple(map(hashable, v)) if isinstance(v, list | tuple) else v
 
-    return tuple(sorted((k, hashable(v)) for k, v in dict(hparams).items()))
+def _hashable(v: Any) -> Any:
+    """Lists and numpy arrays as tuples (of Python numbers), nested ones too."""
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    return tuple(map(_hashable, v)) if isinstance(v, list | tuple) else v

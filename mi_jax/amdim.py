@@ -387,6 +387,7 @@ class AMDIMObjective:
     representation_names = ("global", "map5", "map7")
 
     def __post_init__(self):
+        _checks.freeze_fields(self, ("estimator_hparams", "views"), ("predictions",))
         bad = [p for p in self.predictions if p not in PREDICTIONS]
         if bad or not self.predictions or len(set(self.predictions)) < len(self.predictions):
             raise ValueError(

@@ -28,7 +28,7 @@ References:
   Learning", ICLR 2020 (MIGE for DIM).
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -312,9 +312,7 @@ class DIMObjective:
     mige_locations: int = struct.field(pytree_node=False, default=4)
 
     def __post_init__(self):
-        for name in ("estimator_hparams", "score_hparams"):
-            if isinstance(value := getattr(self, name), Mapping):
-                object.__setattr__(self, name, _checks.hashable_hparams(value))  # (frozen)
+        _checks.freeze_fields(self, ("estimator_hparams", "score_hparams"))
         check_clip(self.critic_clip, "critic_clip")
         if self.global_source not in GLOBAL_SOURCES:
             raise ValueError(

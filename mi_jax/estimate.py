@@ -305,7 +305,7 @@ def estimate_mi(
     mesh = parallel.data_mesh_for(batch_size) if mesh is None else mesh
     devices = mesh.devices.size
     if devices > 1:
-        parallel.check_batch_size(batch_size, mesh, "batch_size")
+        parallel.check_batch_size(batch_size, mesh)
     train_idx, test_idx = _split(len(x), test_fraction, max_test, devices, seed)
     arrays, ranked = _prepared(x, y, train_idx, test_idx, standardize, mesh)
     x_train, y_train, x_test, y_test = arrays

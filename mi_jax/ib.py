@@ -204,6 +204,9 @@ class IBModel:
     train_samples: int = struct.field(pytree_node=False, default=1)
 
     def __post_init__(self):
+        _checks.freeze_fields(
+            self, ("trunk_hparams", "bound_hparams", "critic_hparams", "score_hparams")
+        )
         if self.method not in METHODS:
             raise _checks.unknown_name_error("IB method", self.method, METHODS)
         _checks.check_ints(latent_dim=self.latent_dim, train_samples=self.train_samples)

@@ -119,7 +119,7 @@ def check_mesh(mesh) -> None:
         raise ValueError(f"`mesh` lists a device more than once: device ids {ids}.")
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, name: str = "config.batch_size") -> None:
+def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
     """Raises unless ``batch_size`` (an integer >= 1) splits evenly over the mesh's devices."""
     _checks.check_ints(**{name: batch_size})
     n = mesh.devices.size

@@ -243,7 +243,11 @@ def _check_ssge_hparams(*, num_eigen=None, threshold=0.99, bandwidth=None, num_s
 
 
 def stein_score(
-    samples: ArrayLike, *, eta: float = 0.1, bandwidth: ArrayLike | None = None
+    samples: ArrayLike,
+    points: None = None,
+    *,
+    eta: float = 0.1,
+    bandwidth: ArrayLike | None = None,
 ) -> Array:
     r"""The Stein gradient estimator of ``grad log q`` at the samples, ``[M, d]``.
 
@@ -253,6 +257,8 @@ def stein_score(
 
     Args:
       samples: ``[M, d]`` samples of ``q``.
+      points: must be left out: the estimator is defined at the samples only (`ssge_score`
+        and `mi_jax.score_nets.dsm_score` estimate the score elsewhere too).
       eta: ridge ``eta`` added to the Gram matrix (the estimator's regularizer); must be > 0.
       bandwidth: RBF bandwidth ``sigma``; ``None`` takes the median heuristic.
 
@@ -262,6 +268,11 @@ def stein_score(
     References:
       Li & Turner, "Gradient Estimators for Implicit Models", ICLR 2018, eq. (8).
     """
+    if points is not None:  # (was "takes 1 positional argument but 2 were given")
+        raise ValueError(
+            "`points`: the Stein estimator estimates the score at the samples only; 'ssge' or "
+            "'dsm' estimate it at other points."
+        )
     (samples,) = _centered(_check_samples(samples))
     _check_stein_hparams(eta=eta, bandwidth=bandwidth)
     gram, d, sigma = _kernel_stats(samples, bandwidth)

@@ -100,6 +100,11 @@ class InfoMaxVAE:
     critic_clip: float | None = struct.field(pytree_node=False, default=10.0)
 
     def __post_init__(self):
+        _checks.freeze_fields(
+            self,
+            ("encoder_hparams", "bound_hparams", "critic_hparams"),
+            ("image_shape", "decoder_hidden"),
+        )
         _checks.check_ints(latent_dim=self.latent_dim)
         if not (isinstance(self.image_shape, tuple | list) and len(self.image_shape) == 3):
             raise ValueError(f"`image_shape` must be (H, W, C), got {self.image_shape!r}.")

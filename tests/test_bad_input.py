@@ -232,7 +232,7 @@ _BAD_CALLS = {
     "check_batch_size of 0": (
         lambda: parallel.check_batch_size(0, parallel.data_mesh()),
         ValueError,
-        "`config.batch_size`",
+        "`batch_size` must be",  # (the library's argument; the experiments name their config's)
     ),
     "data_mesh of no devices": (lambda: parallel.data_mesh([]), ValueError, "`devices`"),
     "InfoMaxVAE of a 2-d image_shape": (

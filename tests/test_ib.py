@@ -921,3 +921,38 @@ def test_infomax_vae_reads_its_probe_fits_from_a_shared_cache(tmp_path, monkeypa
         with config.unlocked():
             config.probe.cach = "x"
         vae_experiment.train_and_evaluate(config, str(tmp_path / "c"))
+
+
+def test_models_given_dicts_and_lists_are_hashable_and_run_under_jit_as_static_arguments():
+    # Before: dicts and lists were taken as given, the model worked eagerly, and `jax.jit`
+    # with it static failed later ("Non-hashable static arguments", "unhashable type: 'list'").
+    # (`DIMObjective`: tests/test_dim.py.)
+    from mi_jax import amdim
+
+    given = _model(
+        "mine",
+        trunk_hparams={"hidden": [8]},
+        critic_hparams={"embed_dim": 4, "hidden": (8,)},
+        bound_hparams={"decay": 0.9},
+    )
+    assert given == _model("mine", bound_hparams=(("decay", 0.9),))
+    assert hash(given) == hash(_model("mine", bound_hparams=(("decay", 0.9),)))
+    images = jax.random.uniform(jax.random.key(0), (6, 4, 4, 1))
+    labels = jnp.arange(6) % 3
+    params, states = given.init(jax.random.key(1), images)
+    loss = jax.jit(lambda m, *a: m.loss(*a)[0], static_argnums=0)
+    args = (params, states, images, labels, jax.random.key(2), jnp.float32(1e-3))
+    assert np.isfinite(float(loss(given, *args)))
+    model = _vae_model(
+        image_shape=[4, 4, 1], encoder_hparams={"hidden": [8]}, decoder_hidden=[8],
+        critic_hparams={"hidden": [8], "embed_dim": 4}, bound_hparams={},
+    )  # fmt: skip
+    assert model == _vae_model() and hash(model) == hash(_vae_model())
+    encoder = amdim.MultiScaleEncoder(stem_width=4, widths=(6, 5, 3))
+    objective = amdim.AMDIMObjective(
+        encoder=encoder, predictions=["1-5"], estimator="smile", estimator_hparams={"clip": 2.0},
+        views=dict(
+            amdim.AMDIMObjective(encoder=encoder).views
+        ),
+    )  # fmt: skip
+    assert hash(objective) and objective.predictions == ("1-5",)

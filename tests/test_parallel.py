@@ -257,8 +257,8 @@ def test_batch_size_must_split_over_the_devices():
     mesh = parallel.data_mesh()
     parallel.check_batch_size(mesh.devices.size * 3, mesh)
     fake = type("FakeMesh", (), {"devices": np.empty(8)})()
-    with pytest.raises(ValueError, match=r"`config.batch_size` \(12\).*multiple of 8") as info:
-        parallel.check_batch_size(12, fake)
+    with pytest.raises(ValueError, match=r"^`batch_size` \(12\).*multiple of 8") as info:
+        parallel.check_batch_size(12, fake)  # (before: "`config.batch_size`", no config there)
     # How to run on fewer (a resumed run cannot change its batch size; before: not said).
     assert "CUDA_VISIBLE_DEVICES" in str(info.value) and "XLA_FLAGS" in str(info.value)
 

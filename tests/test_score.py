@@ -324,6 +324,8 @@ def test_half_precision_kernels_are_computed_in_float32(dtype, offset):
         (lambda x: score.median_bandwidth(x[:1]), ValueError, "`samples`.*at least 2"),
         (lambda x: score.median_bandwidth(x[:, 0]), ValueError, "`samples` must have shape"),
         (lambda x: score.ssge_score(x, x[:0]), ValueError, "`points` needs at least 1 sample"),
+        # Before: "stein_score() takes 1 positional argument but 2 were given".
+        (lambda x: score.get_score_estimator("stein")(x, x[:3]), ValueError, "`points`.*'ssge'"),
     ],
 )
 def test_bad_input_raises_naming_the_argument(call, error, match):
