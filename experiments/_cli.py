@@ -285,8 +285,6 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
 
 def _repo_config_module(name: str):
     """The module ``configs.NAME`` (the repository's or the installed one), or None."""
-    import importlib
-
     try:
         return importlib.import_module(f"configs.{name}")
     except ImportError:
@@ -573,8 +571,6 @@ def preset_config(config_arg: str):
     without the command line's overrides, from the module it loaded (the file runs once: a
     registration in it is not repeated); where that module is not found, from the file run
     again."""
-    import importlib.util
-
     path, _, preset = config_arg.partition(":")
     module = sys.modules.get(_CONFIG_MODULE)
     if os.path.abspath(getattr(module, "__file__", None) or "") != os.path.abspath(path):

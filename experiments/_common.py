@@ -86,8 +86,6 @@ def split_cpu_into_devices(count: int) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" in flags:
         return
-    import jax
-
     try:  # (no public way to ask whether a backend has started; a JAX without it: no check)
         from jax._src.xla_bridge import backends_are_initialized
 
@@ -121,9 +119,6 @@ def run_sweep_chunk(
       ``(state, metrics, seconds)``.
     """
     import time
-
-    import jax
-    import jax.numpy as jnp
 
     from mi_jax import data as data_lib
     from mi_jax import training
@@ -172,7 +167,10 @@ def seed_keys(seeds: list[int], n: int) -> tuple:
 def jit_init(init, batched: bool, in_axes=0):
     """``init`` (of a train state) jitted, vmapped over the seeds' keys where ``batched``,
     with XLA's fast compile options: it runs once (default options compiled InfoMax's in 6-16
-    s against 2.5-2.8 s on digits, IB's in three times as long, to the same parameters)."""
+    s against 2.5-2.8 s on digits, IB's in three times as long, to the same parameters). (Not
+    `mi_jax.training.run_once_compiler_options`' LLVM -O0, which `estimate_mi` and the
+    staircase initialize with: it may move the parameters' last bits, and the README's IB,
+    InfoMax and InfoMax-VAE results started from these.)"""
     from mi_jax import training
 
     fn = jax.vmap(init, in_axes=in_axes) if batched else init
@@ -227,7 +225,7 @@ def check_unique(config, field: str) -> None:
         raise ValueError(f"`config.{field}` names an entry twice: {tuple(config[field])}.")
 
 
-def check_batch_size(config) -> None:
+def check_config_batch_size(config) -> None:
     """``config.batch_size`` an integer ``>= 2``, where a bound (its off-diagonal pairs are the
     negatives) or a kernel score estimate reads the batch."""
     if not (_checks.is_int(config.batch_size) and config.batch_size >= 2):
@@ -301,7 +299,8 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
         key
         for members in groups.values()
         for key in members[0]
-        if len({m.get(key) for m in members}) > 1 and all(_is_int(m.get(key)) for m in members)
+        if len({m.get(key) for m in members}) > 1
+        and all(_checks.is_int(m.get(key)) for m in members)
     }
     out = []
     for members in groups.values():
@@ -310,7 +309,7 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
             column = [m.get(key) for m in members]
             given = [v for v in column if v is not None]
             numbers = all(_is_float(v) for v in given) or (
-                key in varying and all(_is_int(v) for v in given)
+                key in varying and all(_checks.is_int(v) for v in given)
             )
             if given and numbers:
                 column = np.asarray([np.nan if v is None else v for v in column], np.float64)
@@ -325,10 +324,6 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
 
 def _is_float(value) -> bool:
     return isinstance(value, float | np.floating)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
 
 
 def train_time_until(earlier: Mapping, step: int) -> tuple[float, list[list]]:
@@ -537,7 +532,6 @@ def check_checkpoint_fits(manager, step: int, state) -> None:
     The shapes are compared before anything is restored: a restore that Orbax rejects part-way
     leaves its reads in flight, which later fail into a closed event loop (reported as
     unraisable exceptions wherever the process happens to be)."""
-    import jax
 
     def shapes(tree):
         return sorted(tuple(getattr(x, "shape", np.shape(x))) for x in jax.tree.leaves(tree))
@@ -790,10 +784,8 @@ def check_same_run(
         earlier = read_json(path)
     else:
         path = written[1]
-        try:
+        try:  # (not JSON: `read_json`'s WorkdirFileError, naming the file, goes on)
             earlier = read_json(path).get("config")
-        except WorkdirFileError:  # not JSON: named as such
-            raise
         except (OSError, AttributeError):  # none, or not a dict
             earlier = None
         if not isinstance(earlier, Mapping):  # (before: resumed under any config, silently)

@@ -40,7 +40,9 @@ _CRITIC_HPARAMS = flags.DEFINE_string(
     "critic_hparams", None, "The critic's (replacing only the keys given): '{\"hidden\": (256,)}'."
 )
 _SEEDS = flags.DEFINE_integer("seeds", None, "Train this many critics (vmapped) and report all.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed for the split, initialization and minibatches.")
+_SEED = flags.DEFINE_integer(
+    "seed", estimate_lib.DEFAULTS["seed"], "Seed for the split, initialization and minibatches."
+)
 _MAX_STEPS = flags.DEFINE_integer("max_steps", estimate_lib.DEFAULTS["max_steps"], "Step limit.")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", estimate_lib.DEFAULTS["batch_size"], "Training minibatch size."
@@ -59,14 +61,15 @@ _JSON = flags.DEFINE_string(
     "Optional path for a new JSON file with the full result; '-': the JSON on stdout (the "
     "printed lines then on stderr).",
 )
+_STANDARDIZE_ARG = {"auto": "auto", "zscore": True, "rank": "rank", "none": False}
 _STANDARDIZE = flags.DEFINE_enum(
     "standardize",
-    "auto",
-    ["auto", "zscore", "rank", "none"],
+    # (`estimate_mi`'s default, by its name here)
+    next(k for k, v in _STANDARDIZE_ARG.items() if v == estimate_lib.DEFAULTS["standardize"]),
+    list(_STANDARDIZE_ARG),
     "Per column: z-scores, with ranks for heavy-tailed columns (auto); z-scores; the rank "
     "(marginal) Gaussianization; or the samples as given.",
 )
-_STANDARDIZE_ARG = {"auto": "auto", "zscore": True, "rank": "rank", "none": False}
 _IMPORTS = flags.DEFINE_list(
     "imports",
     [],

@@ -55,7 +55,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         _common.check_names(config, field, known, noun)
         _common.check_unique(config, field)
     _common.check_num_seeds(config)  # and config.seed
-    _common.check_batch_size(config)
+    _common.check_config_batch_size(config)
     _common.check_hparams_maps(config, "encoder_hparams", "critic_hparams")
     for field, known, noun in (
         ("encoder_hparams", halves.available_half_encoders(), "encoder"),

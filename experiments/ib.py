@@ -131,7 +131,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"`config.adam_b1` must lie in [0, 1), got {config.adam_b1!r}.")
     _common.check_unique(config, "methods")
     if {"mine", "mige"} & set(config.methods):  # a bound, or a kernel score estimate, per batch
-        _common.check_batch_size(config)
+        _common.check_config_batch_size(config)
     _common.check_int_fields(
         config, "num_epochs", "batch_size", "eval_every_epochs", "test_samples",
         "eval_batch_size", "lr_decay_epochs",

@@ -88,7 +88,7 @@ def _check_config(
         "keep_checkpoints",  # 0: Orbax keeps none, and nothing could resume
         "probe.mlp_hidden",
     )  # fmt: skip
-    _common.check_batch_size(config)
+    _common.check_config_batch_size(config)
     if "augment" in config:
         data_lib.check_augment(
             config.augment.to_dict(), prefix="config.augment.", channels=channels

@@ -94,7 +94,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     _common.check_num_seeds(config, consecutive=True)  # seeds seed + k
     _common.check_learning_rate(config)
     _common.check_int_fields(config, "num_epochs", "eval_every_epochs", "latent_dim")
-    _common.check_batch_size(config)  # the MI bound reads every batch
+    _common.check_config_batch_size(config)  # the MI bound reads every batch
     settings_of(config)
     # Used after training: a misspelt or missing key must not cost the run.
     if unknown := sorted(set(config.probe) - {*PROBE_FIELDS, "cache_dir"}):

@@ -99,7 +99,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"config.bound_groups must be >= 0 (0: one per device) and config.cpu_devices >= 1, "
             f"got {config.bound_groups} and {config.cpu_devices}."
         )
-    _common.check_batch_size(config)
+    _common.check_config_batch_size(config)
     if config.parallel not in ("bounds", "data"):
         raise ValueError(
             f"config.parallel must be 'bounds' (bound groups side by side, one per device) or "

@@ -101,11 +101,9 @@ def _load_digits(*, data_dir: str | None = None, max_examples: int | None = None
     # Each split keeps scikit-learn's order (sorted indices), so truncation is reproducible.
     test_idx = np.sort(perm[:_DIGITS_NUM_TEST])
     train_idx = np.sort(perm[_DIGITS_NUM_TEST:])
-    return _truncate(
-        Dataset(
-            "digits", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], 10
-        ),
-        max_examples,
+    # (All of them: `load_dataset` cuts them to `max_examples`.)
+    return Dataset(
+        "digits", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], 10
     )
 
 
@@ -493,15 +491,15 @@ def batch_indices(
     Returns:
       ``[num_steps, batch_size]`` int32 indices into the split.
     """
-    if not (isinstance(num_examples, int | np.integer) and num_examples >= 1):
+    if not (_checks.is_int(num_examples) and num_examples >= 1):
         raise ValueError(f"`num_examples` must be a positive integer, got {num_examples!r}.")
-    if not (isinstance(batch_size, int | np.integer) and 1 <= batch_size <= num_examples):
+    if not (_checks.is_int(batch_size) and 1 <= batch_size <= num_examples):
         raise ValueError(
             f"`batch_size` must be an integer in [1, num_examples = {num_examples}], got "
             f"{batch_size!r}."
         )
     for arg, value in (("seed", seed), ("start_step", start_step), ("num_steps", num_steps)):
-        if not (isinstance(value, int | np.integer) and value >= 0):
+        if not (_checks.is_int(value) and value >= 0):  # (bools are not counts)
             raise ValueError(f"`{arg}` must be a non-negative integer, got {value!r}.")
     steps_per_epoch = num_examples // batch_size
     out = np.empty((num_steps, batch_size), np.int32)

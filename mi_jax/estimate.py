@@ -101,7 +101,9 @@ DEFAULTS = dict(
     stop_on="objective",
     test_fraction=0.2,
     max_test=2048,
-)
+    standardize="auto",
+    seed=0,
+)  # (the command line's defaults too, `experiments.estimate`)
 
 
 # One hidden layer reads higher than two in many dimensions (2026-12-05, five seeds, N = 5000:
@@ -170,9 +172,9 @@ def estimate_mi(
     y: ArrayLike,
     *,
     bound: str = DEFAULTS["bound"],
-    bound_hparams: dict[str, Any] | None = None,
+    bound_hparams: dict[str, Any] | None = DEFAULTS["bound_hparams"],
     critic: str = DEFAULTS["critic"],
-    critic_hparams: dict[str, Any] | None = None,
+    critic_hparams: dict[str, Any] | None = DEFAULTS["critic_hparams"],
     batch_size: int = DEFAULTS["batch_size"],
     learning_rate: float | None = DEFAULTS["learning_rate"],
     max_steps: int = DEFAULTS["max_steps"],
@@ -181,9 +183,9 @@ def estimate_mi(
     stop_on: str = DEFAULTS["stop_on"],
     test_fraction: float = DEFAULTS["test_fraction"],
     max_test: int = DEFAULTS["max_test"],
-    standardize: bool | str = "auto",
+    standardize: bool | str = DEFAULTS["standardize"],
     calibrate: bool | None = None,
-    seed: int = 0,
+    seed: int = DEFAULTS["seed"],
     seeds: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> MIEstimate:
@@ -403,11 +405,10 @@ def _check_arguments(
         ("eval_every", eval_every, 1),
         ("patience", patience, 1),
         ("max_test", max_test, MIN_TEST),
-    ):  # (one number each: `_checks.check_ints` takes sequences too)
+    ):
         if value is None and name in ("eval_every", "patience"):
             continue  # (the defaults, set from the training split's size)
-        if not (_checks.is_int(value) and value >= least):
-            raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}.")
+        _checks.check_ints(least=least, **{name: value})
     if not (_checks.is_int(seed) and 0 <= seed < 2**31):
         raise ValueError(f"`seed` must be an integer in [0, 2**31), got {seed!r}.")
     if not (standardize is True or standardize is False or standardize in ("rank", "auto")):
@@ -446,7 +447,10 @@ def _prepared(x, y, train_idx, test_idx, standardize, mesh) -> tuple[tuple, dict
             zeroed = np.flatnonzero(np.all(z == 0.0, axis=0))  # (constant in training: warned)
             z_scored = np.setdiff1d(np.arange(a.shape[1]), np.union1d(ranked, zeroed))
             _warn_if_far_outside(a, train_idx, test_idx, name, z_scored)
-    x, y = (_to_float32(a, name, standardize is not False) for a, name in ((x, "x"), (y, "y")))
+    if standardize is False:
+        x, y = (_to_float32(a, name) for a, name in ((x, "x"), (y, "y")))
+    else:  # (z-scores clipped to the training rows' range, and ranks: within float32's)
+        x, y = x.astype(np.float32), y.astype(np.float32)
     if _same_continuous_samples(x, y):
         warnings.warn(
             "x and y are the same samples (after standardization, to rounding: y = x, or an "
@@ -582,7 +586,7 @@ def _standardized(
         return _gaussianize(a, train_idx, name), list(range(a.shape[1]))
     if standardize is False:
         return a, []
-    z = _standardize(a, train_idx, name)
+    z = _zscores(a, train_idx, name)
     # Held-out values beyond the training split's range, clipped to it (the training rows lie
     # within it): the critic never saw them, and one held-out pair at z = 1000 (an outlier
     # the training statistics did not include) read 2477 nats of 1, or 0 (README).
@@ -594,7 +598,7 @@ def _standardized(
     np.clip(z, lo, hi, out=z)
     if standardize is True:
         return z, []
-    flat = np.all(z == 0.0, axis=0)  # (set to 0 by `_standardize`, which said so)
+    flat = np.all(z == 0.0, axis=0)  # (set to 0 by `_zscores`, which said so)
     heavy = np.flatnonzero((q3 - q1 < HEAVY_TAIL_IQR) & ~flat)
     if heavy.size:
         z[:, heavy] = _gaussianize(a[:, heavy], train_idx, name)
@@ -815,18 +819,15 @@ def _minibatches(seed: int, n: int, batch: int, steps: int):
         yield take
 
 
-def _to_float32(a: np.ndarray, name: str, standardized: bool = False) -> np.ndarray:
+def _to_float32(a: np.ndarray, name: str) -> np.ndarray:
+    """Samples used as given (``standardize=False``) in float32, refused where float32 loses
+    them."""
     with np.errstate(over="ignore", under="ignore"):  # reported below, naming the argument
         out = a.astype(np.float32)
-    if standardized:  # held-out values far outside the training split's spread
-        lost = f"`{name}` standardized has values beyond float32's range ({{}}): samples far " + (
-            "outside the training split's spread; remove such outliers or rescale the column."
-        )
-    else:
-        lost = (
-            f"`{name}` has values beyond float32's range ({{}}); rescale it or standardize it "
-            + ("(`standardize=True`; on the command line `--standardize zscore`).")
-        )
+    lost = (
+        f"`{name}` has values beyond float32's range ({{}}); rescale it or standardize it "
+        "(`standardize=True`; on the command line `--standardize zscore`)."
+    )
     if not np.all(np.isfinite(out)):
         raise ValueError(lost.format(f"{np.abs(a).max():.3g}"))
     # A column entirely below float32's normal range keeps few or no bits (x * 1e-300 became
@@ -857,7 +858,7 @@ def _training_blocks(z: np.ndarray, train_idx: np.ndarray, block: int = 512):
         yield cols, z[train_idx, cols]
 
 
-def _standardize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
+def _zscores(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     """Z-scores with the train split's mean and std, computed in float64.
 
     Each column is first divided by the power of two nearest below its largest magnitude
@@ -932,7 +933,7 @@ def _gaussianize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     (n + 1)``, held-out values placed among the training ones) and the normal quantile; a
     column of one training value is 0 (`_check_constant_columns`). Constant means one
     value here, exactly: ranks lose no precision, where z-scores of ``1e16 + x`` do
-    (`_standardize` takes a range within 64 float64 spacings of the mean as none)."""
+    (`_zscores` takes a range within 64 float64 spacings of the mean as none)."""
     train = np.sort(a[train_idx], axis=0)
     flat = train[0] == train[-1]
     _check_constant_columns(flat, np.min(a, axis=0) == np.max(a, axis=0), name)

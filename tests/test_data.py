@@ -418,6 +418,12 @@ def test_batch_indices_rejects_negative_steps():
         data.batch_indices(10, 2, seed=0, start_step=-1, num_steps=1)
     with pytest.raises(ValueError, match="seed"):
         data.batch_indices(10, 2, seed=-1, start_step=0, num_steps=1)
+    # Bools are not counts (before: `batch_size=True` passed the check and failed in numpy,
+    # "an integer is required", naming nothing).
+    with pytest.raises(ValueError, match="`batch_size` must be an integer"):
+        data.batch_indices(10, True, seed=0, start_step=0, num_steps=2)
+    with pytest.raises(ValueError, match="`num_steps` must be a non-negative integer"):
+        data.batch_indices(10, 2, seed=0, start_step=0, num_steps=True)
 
 
 # ------------------------------------------------------------------------------------------------
