@@ -648,23 +648,44 @@ def plain_log_ticks(ax) -> None:
     )
 
 
-def limit_axis(ax, low: float, high: float, curves: Sequence) -> None:
+def integer_ticks():
+    """A tick locator for an axis of whole numbers (steps, epochs): no tick at 2.25."""
+    from matplotlib import ticker
+
+    return ticker.MaxNLocator(integer=True)
+
+
+def limit_axis(
+    ax, low: float, high: float, curves: Sequence, names: Sequence[str] | None = None
+) -> None:
     """Sets ``ax``'s y-axis to ``[low, high]`` and writes in the panel how far the finite values
-    of ``curves`` (the arrays drawn, any shapes) reach beyond it, so that a curve off the axis
-    is not read as a missing one."""
+    of ``curves`` (the arrays drawn, any shapes) reach beyond it, naming the curve that does
+    where ``names`` are given, and how many are not finite (a diverged run's NaN, which a line
+    leaves out), so that a curve off the axis or cut short is not read as a missing or shorter
+    one."""
     ax.set_ylim(low, high)
-    values = np.concatenate([np.ravel(np.asarray(c, dtype=float)) for c in curves] + [[]])
-    values = values[np.isfinite(values)]
+    arrays = [np.ravel(np.asarray(c, dtype=float)) for c in curves]
+    values = np.concatenate([*arrays, []])
+    finite = np.isfinite(values)
+    values, missing = values[finite], int(np.sum(~finite))
+
+    def whose(extreme) -> str:
+        if names is None:
+            return ""
+        return " (" + ", ".join(n for n, a in zip(names, arrays, strict=True) if extreme in a) + ")"
+
     notes = [
-        f"off scale: {side} {extreme:.3g}"
+        f"off scale: {side} {extreme:.3g}{whose(extreme)}"
         for side, beyond, extreme in (
             ("min", values < low, values.min(initial=np.inf)),
             ("max", values > high, values.max(initial=-np.inf)),
         )
         if beyond.any()
     ]
-    if notes:
-        ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, color="C3",
+    if missing:
+        notes.append(f"not finite (not drawn): {missing} value{'s' * (missing > 1)}")
+    if notes:  # (black: a colour would read as one of the curves')
+        ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, color="k",
                 va="bottom")  # fmt: skip
 
 

@@ -509,18 +509,37 @@ def summary(results: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(workdir: str, runs: list[dict]) -> None:
+def plot(workdir: str, runs: list[dict], pixel_accuracy: float | None = None) -> None:
+    """``curves.png``: per encoder, the probe's accuracy (mean over seeds, a band of +- one
+    std where there are several; the raw pixels' dotted) and the held-out MI estimate."""
     encoders = sorted({r["encoder"] for r in runs})
     fig, axes = _common.subplots(2, len(encoders), figsize=(5 * len(encoders), 8), squeeze=False)
     for col, enc in enumerate(encoders):
         curves = []  # the MI curves drawn (means over seeds)
-        for r in (r for r in runs if r["encoder"] == enc):
-            label = f"{r['critic']}/{r['bound']}"
-            axes[0, col].plot(r["steps"], np.mean(r["accuracy"], axis=1), "o-", label=label)
+        for k, r in enumerate(r for r in runs if r["encoder"] == enc):
+            style = dict(label=f"{r['critic']}/{r['bound']}", color=f"C{k % 10}")
+            accuracy = np.asarray(r["accuracy"], dtype=float)  # [evaluations, seeds]
+            mean = accuracy.mean(axis=1)
+            axes[0, col].plot(r["steps"], mean, "o-", **style)
+            if accuracy.shape[1] > 1:  # (a gap between means can be the seeds' noise)
+                std = accuracy.std(axis=1)
+                axes[0, col].fill_between(
+                    r["steps"], mean - std, mean + std, color=style["color"], alpha=0.15
+                )
             curves.append(np.mean(np.asarray(r["mi_test"], dtype=float), axis=1))
-            axes[1, col].plot(r["steps"], curves[-1], "o-", label=label)
-        axes[0, col].set(title=f"{enc}: linear accuracy (top half)", xlabel="step")
-        axes[1, col].set(title=f"{enc}: MI estimate (test, nats)", xlabel="step")
+            axes[1, col].plot(r["steps"], curves[-1], "o-", **style)
+        if pixel_accuracy is not None:
+            axes[0, col].axhline(pixel_accuracy, color="k", ls=":", label="raw pixels")
+        seeds = np.shape(runs[0]["accuracy"])[1] if runs else 1
+        spread = f"\n(mean ± std over {seeds} seeds)" if seeds > 1 else ""
+        axes[0, col].set(
+            title=f"{enc}: linear probe on the top half{spread}",
+            xlabel="step",
+            ylabel="test accuracy",
+        )
+        axes[1, col].set(title=f"{enc}: MI estimate (test batches)", xlabel="step", ylabel="nats")
+        axes[0, col].xaxis.set_major_locator(_common.integer_ticks())
+        axes[1, col].xaxis.set_major_locator(_common.integer_ticks())
         # NWJ starts far below 0 with an untrained critic (-7000 with RealNVP on digits): the
         # axis spans 0 and the later half of every curve (the trained part), the rest is noted.
         late = np.concatenate([c[len(c) // 2 :] for c in curves])
@@ -529,8 +548,7 @@ def plot(workdir: str, runs: list[dict]) -> None:
             low, high = min(0.0, late.min()), max(0.0, late.max())
             pad = 0.05 * (high - low) + 0.1
             _common.limit_axis(axes[1, col], low - pad, high + pad, curves)
-        for ax in axes[:, col]:
-            ax.legend(fontsize=7)
+        axes[0, col].legend(fontsize=7)  # (the MI panel below: the same colours)
     fig.tight_layout()
     _common.save_figure(fig, os.path.join(workdir, "curves.png"), dpi=100)
 
@@ -645,7 +663,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         os.path.join(workdir, "results.csv"),
         [{k: v for k, v in r.items() if not isinstance(v, list)} for r in results["runs"]],
     )
-    plot(workdir, results["runs"])
+    plot(workdir, results["runs"], results["pixel_accuracy"])
     print(summary(results))
     return results
 

@@ -524,20 +524,23 @@ def plot(workdir: str, results: dict) -> None:
     _common.save_figure(fig, os.path.join(workdir, "error_vs_beta.png"), dpi=100)
 
     fig, axes = _common.subplots(1, 2, figsize=(12, 4))
-    for method, entry in results["methods"].items():
-        for beta in entry["betas"]:
-            rows = [r for r in entry["history"] if r["beta"] == beta]
-            label = method if method == "deterministic" else f"{method} beta={beta:g}"
-            epochs, error = _common.mean_curve(rows, "error_mean")
-            axes[0].plot(epochs, 100 * np.asarray(error), label=label)
-            if method != "deterministic":  # (no KL: its code is not stochastic)
-                axes[1].plot(*_common.mean_curve(rows, "kl"), label=label)
+    runs = [(m, beta, e) for m, e in results["methods"].items() for beta in e["betas"]]
+    for k, (method, beta, entry) in enumerate(runs):
+        rows = [r for r in entry["history"] if r["beta"] == beta]
+        label = method if method == "deterministic" else f"{method} beta={beta:g}"
+        # One colour per run in both panels (the KL panel leaves the deterministic one out).
+        style = dict(label=label, color=f"C{k % 10}", ls=("-", "--", ":")[k // 10 % 3])
+        epochs, error = _common.mean_curve(rows, "error_mean")
+        axes[0].plot(epochs, 100 * np.asarray(error), **style)
+        if method != "deterministic":  # (no KL: its code is not stochastic)
+            axes[1].plot(*_common.mean_curve(rows, "kl"), **style)
     axes[0].set(xlabel="epoch", ylabel="test error (%)", yscale="log", title="test error (mean z)")
     axes[1].set(
         xlabel="epoch", ylabel="nats", yscale="log", title="E KL(q(z|x) || N(0, I)) >= I(X; Z)"
     )
     for ax in axes:
         _common.plain_log_ticks(ax)
+        ax.xaxis.set_major_locator(_common.integer_ticks())
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()

@@ -220,16 +220,19 @@ def plot_samples(path, model, params, dataset, names, key, count: int = 10) -> N
 
 def plot_curves(path, history: list[dict], names) -> None:
     fig, axes = _common.subplots(1, 3, figsize=(15, 4))
-    for name in names:
+    for k, name in enumerate(names):  # one colour per model in every panel
         rows = [r for r in history if r["model"] == name]
-        axes[0].plot(*_common.mean_curve(rows, "elbo"), "o-", label=name)
-        axes[1].plot(*_common.mean_curve(rows, "kl"), "o-", label=f"{name}: KL (upper)")
-        axes[1].plot(*_common.mean_curve(rows, "mi"), "x--", label=f"{name}: bound (lower)")
-        axes[2].plot(*_common.mean_curve(rows, "recon"), "o-", label=name)
+        color = f"C{k % 10}"
+        axes[0].plot(*_common.mean_curve(rows, "elbo"), "o-", color=color, label=name)
+        kl, mi = _common.mean_curve(rows, "kl"), _common.mean_curve(rows, "mi")
+        axes[1].plot(*kl, "o-", color=color, label=f"{name}: KL (upper)")
+        axes[1].plot(*mi, "x--", color=color, label=f"{name}: bound (lower)")
+        axes[2].plot(*_common.mean_curve(rows, "recon"), "o-", color=color, label=name)
     axes[0].set(xlabel="epoch", ylabel="nats", title="test ELBO")
     axes[1].set(xlabel="epoch", ylabel="nats", title="I(X; Z): rate (upper) and bound (lower)")
     axes[2].set(xlabel="epoch", ylabel="nats", title="test reconstruction log-likelihood")
     for ax in axes:
+        ax.xaxis.set_major_locator(_common.integer_ticks())
         ax.legend(fontsize=7)
     fig.tight_layout()
     _common.save_figure(fig, path, dpi=100)

@@ -288,14 +288,17 @@ def plot(path: str, curves: dict, rhos: np.ndarray, dims) -> None:
     for ax, dim in zip(axes[0], dims, strict=True):
         ax.plot(rhos, true_gradient(rhos, dim), color="black", lw=2, label="true")
         means = []
+        top = 1.5 * float(true_gradient(rhos.max(), dim))
         for i, (name, grads) in enumerate(curves[dim].items()):
             mean, std = grads.mean(axis=1), grads.std(axis=1)
-            ax.plot(rhos, mean, color=f"C{i}", lw=1.2, label=name)
-            ax.fill_between(rhos, mean - std, mean + std, color=f"C{i}", alpha=0.2)
+            ax.plot(rhos, mean, color=f"C{i % 10}", lw=1.2, label=name)
+            # The band where it is narrower than the axis (a diverged bound's filled it all).
+            ax.fill_between(rhos, mean - std, mean + std, where=std < top, color=f"C{i % 10}",
+                            alpha=0.2)  # fmt: skip
             means.append(mean)
-        top = 1.5 * float(true_gradient(rhos.max(), dim))
-        _common.limit_axis(ax, -top, top, means)
-        ax.set_title(f"d = {dim}")
+        _common.limit_axis(ax, -top, top, means, names=list(curves[dim]))
+        seeds = next(iter(curves[dim].values())).shape[1] if curves[dim] else 1
+        ax.set_title(f"d = {dim}" + (f" (band: ± std over {seeds} seeds)" if seeds > 1 else ""))
         ax.set_xlabel("rho")
     axes[0][0].set_ylabel("dI/drho (nats)")
     axes[0][-1].legend(fontsize=7)

@@ -194,13 +194,14 @@ def plot_staircase(
     )
     steps = np.arange(values.shape[1])
     top = float(np.max(true_mi)) * 1.5
+    marker = "." if len(steps) == 1 else None  # (a line of one point draws nothing)
     for b, name in enumerate(names):
         ax = axes[b // cols][b % cols]
         smoothed = [_ema(values[s, :, b], ema_decay) for s in range(values.shape[0])]
         for s, curve in enumerate(smoothed):
-            ax.plot(steps, values[s, :, b], color=f"C{b}", alpha=0.15, lw=0.5)
-            ax.plot(steps, curve, color=f"C{b}", lw=1.2)
-        ax.plot(steps, true_mi, color="black", lw=1.0)
+            ax.plot(steps, values[s, :, b], color=f"C{b % 10}", alpha=0.15, lw=0.5, marker=marker)
+            ax.plot(steps, curve, color=f"C{b % 10}", lw=1.2, marker=marker)
+        ax.plot(steps, true_mi, color="black", lw=1.0, marker=marker)
         ax.set_title(name)
         # The raw estimates are noisy: where only the smoothed ones leave the axis is noted.
         _common.limit_axis(ax, -1.0, top, smoothed)
@@ -208,7 +209,11 @@ def plot_staircase(
     for b in range(n, rows * cols):
         axes[b // cols][b % cols].axis("off")
     axes[0][0].set_ylabel("MI (nats)")
-    fig.suptitle(title)
+    fig.suptitle(
+        f"{title}\nblack: true MI; bold: the estimate smoothed (EMA, decay {ema_decay:g}); "
+        "light: each step's estimate",
+        fontsize=9,
+    )
     fig.tight_layout()
     _common.save_figure(fig, path, dpi=110)
 

@@ -24,7 +24,9 @@ def test_limit_axis_notes_the_values_beyond_it():
     _, ax = _common.subplots()
     _common.limit_axis(ax, -1.0, 3.0, [np.array([0.5, -7.25e3, np.nan]), [2.0, 4.5]])
     assert ax.get_ylim() == (-1.0, 3.0)
-    assert _notes(ax) == "off scale: min -7.25e+03\noff scale: max 4.5"
+    assert _notes(ax) == (
+        "off scale: min -7.25e+03\noff scale: max 4.5\nnot finite (not drawn): 1 value"
+    )  # (before: the NaN unmentioned, a diverged curve read as a shorter one)
     _, ax2 = _common.subplots()
     _common.limit_axis(ax2, -1.0, 3.0, [[0.0, 2.9]])
     assert _notes(ax2) == ""
@@ -81,7 +83,12 @@ def test_mige_toy_notes_an_estimator_off_the_axis(figures):
     truth = mige_toy.true_gradient(rhos, 8)[:, None]
     curves = {8: {"mige_ssge": np.repeat(truth, 3, axis=1), "flo": 1e7 * np.ones((5, 3))}}
     mige_toy.plot("m.png", curves, rhos, [8])
-    assert _notes(figures["m.png"].axes[0]) == "off scale: max 1e+07"
+    assert _notes(figures["m.png"].axes[0]) == "off scale: max 1e+07 (flo)"
+    # Its band (std 0) is drawn; one wider than the axis is not (it covered every curve).
+    curves[8]["nwj"] = np.array([[1e5, -1e5, 0.0]] * 5)
+    mige_toy.plot("m2.png", curves, rhos, [8])
+    bands = [c for c in figures["m2.png"].axes[0].collections if len(c.get_paths())]
+    assert len(bands) == 2 and "band: ± std over 3 seeds" in figures["m2.png"].axes[0].get_title()
 
 
 def test_ib_figures_show_the_seeds_spread_and_no_kl_for_the_deterministic_net(figures):
@@ -110,9 +117,15 @@ def test_ib_figures_show_the_seeds_spread_and_no_kl_for_the_deterministic_net(fi
     assert np.allclose(bars.lines[2][0].get_segments()[0][:, 1], [10.0, 11.0])
     assert len(ax.patches) == 1  # the deterministic net's band
     assert "mean ± std over 2 seeds" in ax.get_title()
-    _, kl_panel = figures["wd/curves.png"].axes
+    error_panel, kl_panel = figures["wd/curves.png"].axes
     labels = kl_panel.get_legend_handles_labels()[1]
     assert labels == ["vib beta=0.001", "vib beta=0.01"]
+    # A run's colour is the same in both panels (before: the KL panel, without the
+    # deterministic net, shifted every colour by one).
+    colours = [
+        {ln.get_label(): ln.get_color() for ln in ax.lines} for ax in (error_panel, kl_panel)
+    ]
+    assert all(colours[0][k] == c for k, c in colours[1].items())
     # Over less than a decade a log axis labels its ticks as plain numbers (was 1.05x10^1).
     figures["wd/curves.png"].canvas.draw()
     ticks = [t.get_text() for t in kl_panel.get_yticklabels(minor=True) if t.get_text()]
@@ -136,3 +149,55 @@ def test_infomax_draws_the_infonce_readout_once_where_it_is_the_estimate(tmp_pat
         "mi_global", "infonce_global", "mi_local (= infonce_local)"
     ]  # fmt: skip
     assert probes.get_legend_handles_labels()[1] == ["linear_global"]  # not the seconds
+
+
+def test_halves_accuracy_shows_the_seeds_spread_and_the_raw_pixels(figures):
+    # Before: means only (a 0.7-point range stretched over the axis read as a ranking) and no
+    # raw-pixel baseline, which the run prints.
+    runs = [
+        dict(encoder="mlp", critic=c, bound="infonce", steps=[0, 10], mi_test=np.ones((2, 2)),
+             accuracy=np.array([[0.80, 0.84], [0.86, 0.88]]))
+        for c in ("bilinear", "separable")
+    ]  # fmt: skip
+    halves.plot("wd", runs, pixel_accuracy=0.847)
+    accuracy = figures["wd/curves.png"].axes[0]
+    assert len(accuracy.collections) == 2  # a band per combination
+    assert "raw pixels" in accuracy.get_legend_handles_labels()[1]
+    assert "mean ± std over 2 seeds" in accuracy.get_title()
+
+
+def test_infomax_vae_gives_each_model_one_colour_in_every_panel(figures):
+    from experiments import infomax_vae
+
+    history = [
+        dict(model=m, epoch=e, seed=0, elbo=-1.0, kl=2.0, mi=1.0, recon=-1.0)
+        for m in ("vae", "beta_vae", "infomax_vae")
+        for e in (1, 2)
+    ]
+    infomax_vae.plot_curves("c.png", history, ["vae", "beta_vae", "infomax_vae"])
+    colours = {}
+    for ax in figures["c.png"].axes:
+        for line in ax.lines:
+            model = line.get_label().split(":")[0]
+            colours.setdefault(model, set()).add(line.get_color())
+    assert all(len(c) == 1 for c in colours.values()) and len(colours) == 3, colours
+
+
+def test_infomax_curves_draw_the_random_encoder_and_pixels_and_name_the_run(tmp_path, figures):
+    rows = [dict(step=s, kind="train", seconds=1.0, loss=-1.0, mi_global=0.1 * s) for s in (1, 2)]
+    rows.append(dict(step=2, kind="eval", seconds=4.0, linear_global=0.9))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    final = [
+        dict(encoder=e, representation=r, probe="linear", test_accuracy=a)
+        for e, r, a in (("trained", "global", 0.97), ("random", "global", 0.93),
+                        ("none", "pixels", 0.958))
+    ]  # fmt: skip
+    infomax.plot(str(tmp_path), final, "infomax: digits, js, 2 steps")
+    fig = figures[str(tmp_path / "curves.png")]
+    probes = fig.axes[2]
+    assert probes.get_legend_handles_labels()[1] == [
+        "linear_global", "linear_global, random encoder", "linear on raw pixels"
+    ]  # fmt: skip
+    assert fig.get_suptitle() == "infomax: digits, js, 2 steps"
+    (bars,) = figures[str(tmp_path / "probes.png")].axes
+    assert [t.get_text() for t in bars.texts] == ["0.970", "0.930", "0.958"]
