@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import signal
+import subprocess
 import sys
 import threading
 import warnings
@@ -733,18 +734,38 @@ _VERSIONED = ("mi_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "n
 
 def environment() -> dict:
     """This process: when it started the run (UTC), its command line, Python's and the
-    libraries' versions, and the devices it computes on."""
+    libraries' versions, mi_jax's git commit where it runs from a checkout (its version number
+    does not change with the code), and the devices it sees (a run may train on fewer:
+    ``results.json``'s ``devices``)."""
     devices = jax.devices()
     return {
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "argv": sys.argv,
         "python": platform.python_version(),
         "versions": {name: _version(name) for name in _VERSIONED},
+        "mi_jax_commit": _git_commit(),
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
-        "devices": len(devices),
+        "visible_devices": len(devices),
         "processes": jax.process_count(),
     }
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout mi_jax is imported from (a ``+`` after it: with uncommitted
+    changes), or None (an installed copy, no git)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(probes.__file__)))
+    if not os.path.exists(os.path.join(root, ".git")):
+        return None
+    try:
+        run = functools.partial(
+            subprocess.run, capture_output=True, text=True, timeout=10, check=True, cwd=root
+        )
+        commit = run(["git", "rev-parse", "HEAD"]).stdout.strip()
+        dirty = run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+" if dirty else "")
 
 
 def _version(name: str) -> str | None:

@@ -82,6 +82,11 @@ def import_modules(names: list[str]) -> None:
     """Imports each ``--imports`` module; one that is not found is a usage error naming it (an
     error inside a module that is found goes on with its traceback: a bug in it)."""
     for name in names:
+        if name.endswith(".py"):  # (imported as module "NAME", then "NAME.py" not found)
+            raise SystemExit(
+                f"estimate: --imports {name!r}: give the module's name, without .py: "
+                f"--imports {name.removesuffix('.py')}"
+            )
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as e:

@@ -1100,5 +1100,13 @@ def test_every_start_of_a_run_appends_its_environment_to_runs_jsonl(tmp_path):
     assert row["python"] == platform.python_version()
     assert row["versions"]["jax"] == jax.__version__
     assert row["versions"]["numpy"] == np.__version__
-    assert row["backend"] == jax.default_backend() and row["devices"] == jax.device_count()
+    assert row["backend"] == jax.default_backend()
+    assert row["visible_devices"] == jax.device_count()
+    # The repository's commit, where the tests run from a git checkout (CI's is one).
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.exists(os.path.join(repo, ".git")) and shutil.which("git"):
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        assert row["mi_jax_commit"].rstrip("+") == head
     assert row["argv"] == sys.argv and row["started"].endswith("+00:00")

@@ -1125,6 +1125,8 @@ def test_cli_imports_a_module_that_registers_a_bound(tmp_path, gaussian_2d):
     out = run("--imports", "my_bounz")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "--imports 'my_bounz': no such module in the current folder" in out.stderr
+    out = run("--imports", "my_bounds.py")  # (before: imported, then "no such module")
+    assert out.returncode == 1 and "give the module's name, without .py" in out.stderr
     out = run("--imports", "broken")  # its own missing import: a bug in it, traceback and all
     assert out.returncode == 1 and "No module named 'no_such_dependency'" in out.stderr
     assert "Traceback" in out.stderr

@@ -87,7 +87,7 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp
     # Each segment's versions and devices (before: nothing said which jax made which part).
     runs = _rows(parts / "runs.jsonl")
     assert len(runs) == 2 and runs[0]["started"] <= runs[1]["started"]
-    assert runs[1]["versions"]["jax"] == jax.__version__ and runs[1]["devices"] >= 1
+    assert runs[1]["versions"]["jax"] == jax.__version__ and runs[1]["visible_devices"] >= 1
 
     def losses(path):
         rows = _rows(path / "metrics.jsonl")
