@@ -76,7 +76,12 @@ def test_sigkill_or_sigterm_mid_training_then_rerun_equals_an_uninterrupted_run(
         log.read_text()
     )
     assert "Traceback" not in log.read_text()
-    assert sorted(os.listdir(stopped)) == ["checkpoints", "config.json", "metrics.jsonl"]
+    assert sorted(os.listdir(stopped)) == [
+        "checkpoints",
+        "config.json",
+        "metrics.jsonl",
+        "runs.jsonl",
+    ]
     assert all(d.isdigit() for d in os.listdir(os.path.join(stopped, "checkpoints")))
     for workdir in (killed, stopped):
         steps = _finished_steps(workdir)
