@@ -972,9 +972,7 @@ def _probes_code() -> dict:
     `mi_jax.probes`' source and the versions of the libraries it computes with."""
     with open(probes.__file__, "rb") as f:
         source = hashlib.sha256(f.read()).hexdigest()
-    versions = {
-        name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")
-    }
+    versions = {name: _version(name) for name in ("jax", "jaxlib", "flax", "optax")}
     return {"mi_jax.probes": source, **versions}
 
 

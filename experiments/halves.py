@@ -513,6 +513,8 @@ def plot(workdir: str, runs: list[dict], pixel_accuracy: float | None = None) ->
     """``curves.png``: per encoder, the probe's accuracy (mean over seeds, a band of +- one
     std where there are several; the raw pixels' dotted) and the held-out MI estimate."""
     encoders = sorted({r["encoder"] for r in runs})
+    seeds = np.shape(runs[0]["accuracy"])[1] if runs else 1
+    spread = f"\n(mean ± std over {seeds} seeds)" if seeds > 1 else ""
     fig, axes = _common.subplots(2, len(encoders), figsize=(5 * len(encoders), 8), squeeze=False)
     for col, enc in enumerate(encoders):
         curves = []  # the MI curves drawn (means over seeds)
@@ -530,8 +532,6 @@ def plot(workdir: str, runs: list[dict], pixel_accuracy: float | None = None) ->
             axes[1, col].plot(r["steps"], curves[-1], "o-", **style)
         if pixel_accuracy is not None:
             axes[0, col].axhline(pixel_accuracy, color="k", ls=":", label="raw pixels")
-        seeds = np.shape(runs[0]["accuracy"])[1] if runs else 1
-        spread = f"\n(mean ± std over {seeds} seeds)" if seeds > 1 else ""
         axes[0, col].set(
             title=f"{enc}: linear probe on the top half{spread}",
             xlabel="step",
