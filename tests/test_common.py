@@ -223,6 +223,9 @@ def test_ctrl_c_waits_for_a_checkpoints_save(presses):
     # message came with dozens of tracebacks from them.
     code = (
         "import os, signal, time\n"
+        # Python's handler, as an interactive run has it: a suite started in the background
+        # (`pytest &`, nohup) hands its processes SIGINT ignored, which Python leaves so.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from experiments import _common\n"
         "class Manager:\n"
         "    def save(self, step, args):\n"
