@@ -78,7 +78,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for name, hparams in config.critic_hparams.items():
         critics_lib.get_critic(name, **dict(hparams))
     _checks.check_int_sequences(**{"config.aux_hidden": config.aux_hidden})  # FLO's, TUBA's nets
-    specs = [(n, dict(config.bound_hparams.get(n, {}))) for n in config.bounds]
+    specs = _bound_specs(config, config.bounds)
     critics_lib.check_compute_dtype(config.compute_dtype)
     for name in config.critics:  # traced, as `_GroupRun` builds them: widths are checked there
         ensemble = training.make_ensemble(
@@ -218,12 +218,17 @@ def plot_staircase(
     _common.save_figure(fig, path, dpi=110)
 
 
+def _bound_specs(config, names) -> list[tuple[str, dict]]:
+    """``[(name, hparams)]`` of the named bounds, their hyperparameters from the config."""
+    return [(n, dict(config.bound_hparams.get(n, {}))) for n in names]
+
+
 def bound_groups(config, num_groups: int) -> list[list[int]]:
     """Splits the bounds (indices into ``config.bounds``) into ``num_groups`` groups of about
     equal cost: a critic each, plus FLO's u network and TUBA's baseline where present."""
     costs = []
-    for name in config.bounds:
-        inputs = bounds_lib.get_bound(name, **dict(config.bound_hparams.get(name, {}))).inputs
+    for name, hparams in _bound_specs(config, config.bounds):
+        inputs = bounds_lib.get_bound(name, **hparams).inputs
         costs.append(1.0 + 0.5 * ("u" in inputs) + 0.2 * ("log_baseline" in inputs))
     groups = [[] for _ in range(max(1, min(num_groups, len(costs))))]
     loads = [0.0] * len(groups)
@@ -345,7 +350,7 @@ class _GroupRun:
     batch split over them): its ensemble, states and compiled chunk runner."""
 
     def __init__(self, config, names, critic_name, sample, device, seed_keys, init_keys, mesh=None):
-        specs = [(n, dict(config.bound_hparams.get(n, {}))) for n in names]
+        specs = _bound_specs(config, names)
         ensemble = training.make_ensemble(
             specs, critic_name, _critic_hparams(config, critic_name), config.aux_hidden
         )

@@ -366,8 +366,8 @@ def js(scores: ArrayLike) -> Array:
     Returns:
       ``[]`` the NWJ estimate in nats, with the JS gradient.
     """
-    train = js_fgan(scores)
-    return train + jax.lax.stop_gradient(js_readout(scores) - train)
+    train = js_fgan(scores)  # (first: it checks the scores)
+    return _straight_through(js_readout(scores), train)
 
 
 def js_readout(scores: ArrayLike) -> Array:
@@ -408,8 +408,13 @@ def smile(scores: ArrayLike, *, clip: float | None = 5.0, gradient: str = "js") 
     value = jnp.mean(jnp.diag(scores)) - log_mean_exp_offdiag(clipped)
     if gradient == "smile":
         return value
-    train = js_fgan(scores)
-    return train + jax.lax.stop_gradient(value - train)
+    return _straight_through(value, js_fgan(scores))
+
+
+def _straight_through(value: Array, objective: Array) -> Array:
+    """``value``, differentiated as ``objective``: a bound read out as one estimate and trained
+    by another's gradient (JS and SMILE by the f-GAN JS objective's, MINE by its corrected one)."""
+    return objective + jax.lax.stop_gradient(value - objective)
 
 
 def _log_loo_mean_exp(scores: Array) -> Array:
@@ -477,6 +482,8 @@ def interpolated(scores: ArrayLike, *, alpha: float = 0.01, log_baseline: ArrayL
     if not (_checks.is_number(alpha) and 0.0 <= _checks.host_float(alpha) <= 1.0):
         raise ValueError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
     alpha = _checks.host_float(alpha)
+    if alpha == 0.0:
+        return tuba(scores, log_baseline=log_baseline)
     scores = _checks.at_least_float32(jnp.asarray(scores))
     batch = scores.shape[0]
     log_a = jnp.broadcast_to(_baseline_row(log_baseline, batch), (batch, batch))
@@ -485,24 +492,18 @@ def interpolated(scores: ArrayLike, *, alpha: float = 0.01, log_baseline: ArrayL
     log_a = log_a.astype(jnp.result_type(scores, log_baseline))
     # Marginal pairs (x_i, y_j), i != j: the K samples are all x except x_j (which depends on
     # y_j); x_i is one of them.
-    if alpha == 0.0:
-        log_base = log_a
-        marginal_term = _soft_exp(log_mean_exp_offdiag(scores - jnp.diag(log_a)[None, :]))
+    log_m = _log_loo_mean_exp(scores)
+    if alpha == 1.0:
+        log_base = log_m
     else:
-        log_m = _log_loo_mean_exp(scores)
-        if alpha == 1.0:
-            log_base = log_m
-        else:
-            log_base = jnp.logaddexp(jnp.log(alpha) + log_m, jnp.log1p(-alpha) + log_a)
-        # Their mean over i is m(y_j) = exp(log_m[j, j]), so the term is the mean over j of
-        # m_j / a_alpha(y_j) = 1 / (alpha + (1 - alpha) a(y_j) / m_j), at most 1 / alpha. As
-        # exp(scores - log_base) it differenced two large exponents: at scores ~1e4 their
-        # float32 rounding, times up to 1 / alpha, read 0.7 nats off at alpha = 1e-3 and
-        # gradients 8 % off at 0.01.
-        log_ratio = jnp.diag(log_a) - jnp.diag(log_m)  # log a(y_j) - log m_j
-        marginal_term = jnp.mean(
-            jnp.exp(-jnp.logaddexp(jnp.log(alpha), jnp.log1p(-alpha) + log_ratio))
-        )
+        log_base = jnp.logaddexp(jnp.log(alpha) + log_m, jnp.log1p(-alpha) + log_a)
+    # Their mean over i is m(y_j) = exp(log_m[j, j]), so the term is the mean over j of
+    # m_j / a_alpha(y_j) = 1 / (alpha + (1 - alpha) a(y_j) / m_j), at most 1 / alpha. As
+    # exp(scores - log_base) it differenced two large exponents: at scores ~1e4 their float32
+    # rounding, times up to 1 / alpha, read 0.7 nats off at alpha = 1e-3 and gradients 8 % off
+    # at 0.01.
+    log_ratio = jnp.diag(log_a) - jnp.diag(log_m)  # log a(y_j) - log m_j
+    marginal_term = jnp.mean(jnp.exp(-jnp.logaddexp(jnp.log(alpha), jnp.log1p(-alpha) + log_ratio)))
     # Joint pair (x_j, y_j): the K samples leave out one other x_i, averaged over the B - 1 choices.
     joint_term = mean_offdiag(jnp.diag(scores)[None, :] - log_base)
     return 1.0 + joint_term - marginal_term
@@ -599,10 +600,12 @@ def mine(*, decay: float = 0.99) -> StatefulBound:
         batch_log_mean = jax.lax.stop_gradient(log_marginal)
         if decay == 0.0:
             log_ema = batch_log_mean
-        else:  # the average of nothing is 0: (1 - d) times the first batch's mean
-            first = jnp.log1p(-decay) + batch_log_mean
+        else:  # log(d ema + (1 - d) batch mean); the average of nothing is 0
+            new_term = jnp.log1p(-decay) + batch_log_mean
             log_ema = jnp.where(
-                state.count == 0, first, jnp.logaddexp(jnp.log(decay) + state.log_ema, first)
+                state.count == 0,
+                new_term,
+                jnp.logaddexp(jnp.log(decay) + state.log_ema, new_term),
             )
         count = state.count + 1
         log_corrected = log_ema - jnp.log1p(-(decay ** count.astype(jnp.float32)))
@@ -610,8 +613,9 @@ def mine(*, decay: float = 0.99) -> StatefulBound:
         # exp(log_marginal - log_corrected) <= 1 / (1 - decay): no overflow.
         surrogate = joint_term - jnp.exp(log_marginal - log_corrected)
         value = joint_term - log_marginal
-        value = surrogate + jax.lax.stop_gradient(value - surrogate)
-        return value, MineState(log_ema=log_ema.astype(jnp.float32), count=count)
+        return _straight_through(value, surrogate), MineState(
+            log_ema=log_ema.astype(jnp.float32), count=count
+        )
 
     return StatefulBound(init, update)
 

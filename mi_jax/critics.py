@@ -461,9 +461,14 @@ def soft_clip(scores: Array, clip: float | None) -> Array:
     adversary (an encoder minimizing the bound) can push them without limit.
     """
     check_clip(clip)
-    if not clip or math.isinf(clip):  # inf tanh(s / inf) would read inf * 0 = NaN
+    if clip_is_off(clip):  # (inf tanh(s / inf) would read inf * 0 = NaN)
         return scores
     return clip * jnp.tanh(scores / clip)
+
+
+def clip_is_off(clip: float | None) -> bool:
+    """Whether `soft_clip`'s ``c`` means no clipping: ``None``, 0 or ``inf``."""
+    return not clip or math.isinf(clip)
 
 
 def check_clip(clip: float | None, name: str = "clip") -> None:
@@ -477,7 +482,7 @@ class ClippedCritic(nn.Module):
     """Any critic with `soft_clip` applied to its ``[batch, batch]`` scores."""
 
     critic: nn.Module
-    clip: float | None = 10.0
+    clip: float | None
 
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:

@@ -96,7 +96,13 @@ def entropy_surrogate(z: ArrayLike, score_fn: ScoreFn | str | None = None) -> Ar
             f"`score_fn` must return scores of the samples' shape {z.shape}, got "
             f"{jnp.shape(scores)}."
         )
-    return -jnp.mean(jnp.sum(scores * z, axis=-1))
+    return _surrogate(scores, z)
+
+
+def _surrogate(score: Array, z: Array) -> Array:
+    """``-mean_m sg[s_m] . z_m``: its gradient through ``z`` is the entropy's, given the score
+    ``s`` of ``z``'s density at the samples."""
+    return -jnp.mean(jnp.sum(jax.lax.stop_gradient(score) * z, axis=-1))
 
 
 def mi_surrogate(x: ArrayLike, y: ArrayLike, score_fn: ScoreFn | str | None = None) -> Array:
@@ -164,5 +170,4 @@ def encoder_mi_surrogate(
             f"`conditional_score` must have the shape of `z` {z.shape}, got "
             f"{conditional_score.shape}."
         )
-    conditional = -jnp.mean(jnp.sum(jax.lax.stop_gradient(conditional_score) * z, axis=-1))
-    return entropy_surrogate(z, score_fn) - conditional
+    return entropy_surrogate(z, score_fn) - _surrogate(conditional_score, z)

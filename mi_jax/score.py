@@ -43,6 +43,10 @@ import jax.numpy as jnp
 from mi_jax import _checks
 from mi_jax.types import Array, ArrayLike, ScoreFn
 
+# The kernels' matmuls in full float32 (on a TPU or GPU the default precision rounds matmul
+# operands to bfloat16 or TF32).
+_HIGHEST = jax.lax.Precision.HIGHEST
+
 
 def _check_samples(samples, name: str = "samples", least: int = 2) -> Array:
     shape = jnp.shape(samples)
@@ -206,8 +210,10 @@ def _kernel_stats(samples: Array, bandwidth) -> tuple[Array, Array, Array]:
     )
     gram = _rbf_kernel(samples, samples, sigma)
     # sum_m K_mn x_m - (sum_m K_mn) x_n, as two matmuls (no [M, M, d] tensor).
-    hi = jax.lax.Precision.HIGHEST
-    d = jnp.matmul(gram, samples, precision=hi) - jnp.sum(gram, axis=1, keepdims=True) * samples
+    d = (
+        jnp.matmul(gram, samples, precision=_HIGHEST)
+        - jnp.sum(gram, axis=1, keepdims=True) * samples
+    )
     return gram, d, sigma
 
 
@@ -346,12 +352,11 @@ def ssge_score(
     eigvals = jnp.maximum(eigvals, 0.0)  # round-off can make tiny ones negative
     keep = _kept_eigenvalues(eigvals, num_eigen, threshold)
     inv_sq = jnp.where(keep, 1.0 / jnp.square(jnp.where(keep, eigvals, 1.0)), 0.0)
-    hi = jax.lax.Precision.HIGHEST
     coef = jnp.matmul(
-        eigvecs * inv_sq[None, :], jnp.matmul(eigvecs.T, d, precision=hi), precision=hi
+        eigvecs * inv_sq[None, :], jnp.matmul(eigvecs.T, d, precision=_HIGHEST), precision=_HIGHEST
     )
     k_points = gram if at_samples else _rbf_kernel(points, samples, sigma)
-    return jnp.matmul(k_points, coef, precision=hi) / jnp.square(sigma)
+    return jnp.matmul(k_points, coef, precision=_HIGHEST) / jnp.square(sigma)
 
 
 def _kept_eigenvalues(eigvals: Array, num_eigen: int | None, threshold: float | None) -> Array:

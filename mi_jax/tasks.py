@@ -367,12 +367,19 @@ def _gaussian(dim: int) -> Task:
     return Task("gaussian", dim, lambda key, mi, batch: correlated_gaussian(key, mi, batch, dim))
 
 
-def _cubic(dim: int) -> Task:
+def _mapped_gaussian(name: str, dim: int, fx=None, fy=None) -> Task:
+    """The correlated Gaussian pair with ``x`` mapped by ``fx`` and ``y`` by ``fy`` (invertible
+    maps, which keep the MI; None: as drawn)."""
+
     def sample(key, mi, batch):
         x, y = correlated_gaussian(key, mi, batch, dim)
-        return x, y**3
+        return (x if fx is None else fx(x)), (y if fy is None else fy(y))
 
-    return Task("cubic", dim, sample)
+    return Task(name, dim, sample)
+
+
+def _cubic(dim: int) -> Task:
+    return _mapped_gaussian("cubic", dim, fy=lambda y: y**3)
 
 
 def _to_cauchy(z: Array) -> Array:
@@ -388,11 +395,7 @@ def _to_cauchy(z: Array) -> Array:
 
 
 def _cauchy(dim: int) -> Task:
-    def sample(key, mi, batch):
-        x, y = correlated_gaussian(key, mi, batch, dim)
-        return _to_cauchy(x), _to_cauchy(y)
-
-    return Task("cauchy", dim, sample)
+    return _mapped_gaussian("cauchy", dim, fx=_to_cauchy, fy=_to_cauchy)
 
 
 def _spiral_task(dim: int, speed: float = 0.5) -> Task:
@@ -400,12 +403,7 @@ def _spiral_task(dim: int, speed: float = 0.5) -> Task:
         raise ValueError(f"the spiral task needs `dim` >= 2, got {dim}.")
     if not (_checks.is_real(speed) and np.isfinite(speed)):
         raise ValueError(f"the spiral task's `speed` must be a finite number, got {speed!r}.")
-
-    def sample(key, mi, batch):
-        x, y = correlated_gaussian(key, mi, batch, dim)
-        return _spiral(x, speed), y
-
-    return Task("spiral", dim, sample)
+    return _mapped_gaussian("spiral", dim, fx=lambda x: _spiral(x, speed))
 
 
 def _student_t_task(dim: int, df: float = 5.0) -> Task:

@@ -64,12 +64,14 @@ class BoundEnsemble:
     def names(self) -> tuple[str, ...]:
         return tuple(b.name for b in self.bounds)
 
-    def _aux_module(self, input_name: str) -> nn.Module:
+    def _aux_network(self, input_name: str, x: Array, y: Array) -> tuple[nn.Module, tuple]:
+        """``(module, args)``: the network of a bound input (`bounds.BOUND_INPUTS`) and what
+        it reads: FLO's u the joint pairs ``(x, y)``, the log-baseline ``y`` alone."""
         options = dict(compute_dtype=self.aux_compute_dtype, kernel_init=self.aux_kernel_init)
         if input_name == "u":
-            return critics_lib.PairMLP(hidden=self.aux_hidden, **options)
+            return critics_lib.PairMLP(hidden=self.aux_hidden, **options), (x, y)
         if input_name == "log_baseline":
-            return critics_lib.BaselineMLP(hidden=self.aux_hidden[:1], **options)
+            return critics_lib.BaselineMLP(hidden=self.aux_hidden[:1], **options), (y,)
         raise ValueError(f"no network is known for the bound input {input_name!r}.")
 
     def init(self, rng: PRNGKey, x: Array, y: Array) -> tuple[PyTree, PyTree]:
@@ -90,9 +92,8 @@ class BoundEnsemble:
             bound_key = jax.random.fold_in(rng, zlib.crc32(bound.name.encode()) % 2**31)
             bound_key = jax.random.fold_in(bound_key, occurrence)
             for j, input_name in enumerate(bound.inputs):
-                module = self._aux_module(input_name)
+                module, args = self._aux_network(input_name, x, y)
                 key = jax.random.fold_in(bound_key, j)
-                args = (x, y) if input_name == "u" else (y,)
                 aux.setdefault(str(i), {})[input_name] = module.init(key, *args)
         states = tuple(b.init() for b in self.bounds)
         return {"critic": stacked, "aux": aux}, states
@@ -130,11 +131,7 @@ class BoundEnsemble:
         the estimates themselves, e.g. with respect to the samples (`experiments.mige_toy`)."""
         all_scores = self.scores(params, x, y)
         values, _ = self._apply_to_scores(params, bound_states, all_scores, x, y)
-        readouts = [
-            values[i] if bound.readout is None else bound.readout(all_scores[i])
-            for i, bound in enumerate(self.bounds)
-        ]
-        return jnp.stack(readouts)
+        return self._per_bound(values, all_scores, "readout")
 
     def evaluate_scores(
         self, params: PyTree, bound_states: PyTree, all_scores: Array, x: Array, y: Array
@@ -142,11 +139,16 @@ class BoundEnsemble:
         """`evaluate` on given ``[n_bounds, B, B]`` scores (e.g. the critics' scores after a
         recalibration); the extra networks (FLO's u, TUBA's baseline) still see ``x, y``."""
         values, _ = self._apply_to_scores(params, bound_states, all_scores, x, y)
-        objectives = [
-            values[i] if bound.objective is None else bound.objective(all_scores[i])
-            for i, bound in enumerate(self.bounds)
-        ]
-        return values, jnp.stack(objectives)
+        return values, self._per_bound(values, all_scores, "objective")
+
+    def _per_bound(self, values: Array, all_scores: Array, attr: str) -> Array:
+        """``[n_bounds]``: each bound's ``Bound.<attr>`` of its scores where it has one (`Bound`
+        ``objective`` or ``readout``), else its value from ``values``."""
+        out = []
+        for i, bound in enumerate(self.bounds):
+            fn = getattr(bound, attr)
+            out.append(values[i] if fn is None else fn(all_scores[i]))
+        return jnp.stack(out)
 
     def _apply_to_scores(
         self, params: PyTree, bound_states: PyTree, all_scores: Array, x: Array, y: Array
@@ -155,8 +157,7 @@ class BoundEnsemble:
         for i, bound in enumerate(self.bounds):
             inputs = {}
             for input_name in bound.inputs:
-                module = self._aux_module(input_name)
-                args = (x, y) if input_name == "u" else (y,)
+                module, args = self._aux_network(input_name, x, y)
                 inputs[input_name] = module.apply(params["aux"][str(i)][input_name], *args)
             value, state = bound.apply(all_scores[i], bound_states[i], **inputs)
             values.append(value)
@@ -266,7 +267,9 @@ def make_train_step(
             values, bound_states = ensemble.apply(params, state.bound_states, x, y)
             return -jnp.sum(values), (values, bound_states)
 
-        grads, (values, bound_states) = jax.grad(loss_fn, has_aux=True)(state.params)
+        (loss, (values, bound_states)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
         new_state = state.apply_gradients(grads=grads, bound_states=bound_states)
 
         def norms(tree):  # [n_bounds]; zeros for a parameter-free critic
@@ -276,7 +279,7 @@ def make_train_step(
 
         compute = {
             "mi": lambda: values,
-            "loss": lambda: -jnp.sum(values),
+            "loss": lambda: loss,
             "grad_norm": lambda: norms(grads["critic"]),
             "param_norm": lambda: norms(state.params["critic"]),
         }
@@ -377,7 +380,7 @@ def make_ensemble(
     module = critics_lib.get_critic(critic, **dict(critic_hparams or {}))
     compute_dtype = getattr(module, "compute_dtype", None)
     kernel_init = getattr(module, "kernel_init", "lecun_normal")
-    if clip:
+    if not critics_lib.clip_is_off(clip):
         module = critics_lib.ClippedCritic(module, clip)
     return BoundEnsemble(tuple(bounds), module, tuple(aux_hidden), compute_dtype, kernel_init)
 

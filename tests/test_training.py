@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import mi_jax
-from mi_jax import tasks, training
+from mi_jax import critics, tasks, training
 
 NAMES = ["dv", "mine", "nwj", "tuba", "infonce", "js", "interpolated", "smile", "flo"]
 
@@ -156,6 +156,19 @@ def test_a_nan_in_a_sweep_chunk_names_setting_seed_and_step():
             run, None, np.zeros((20, 3)), None, [0.001, 0.01], seed=[6, 7], batch_size=4,
             step=10, num_steps=4, setting_names=["vib 1e-3", "vib 1e-2"],
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("clip", [None, 0.0, float("inf")])
+def test_a_clip_that_means_off_leaves_the_critic_as_it_is(clip):
+    # Before: inf (documented as off) wrapped the critic in `ClippedCritic`: the same scores
+    # under another parameter tree, so a checkpoint of one did not load as the other.
+    ensemble = training.make_ensemble(["nwj"], "bilinear", clip=clip)
+    assert ensemble.critic == critics.get_critic("bilinear")
+    x = jnp.ones((4, 3))
+    params, _ = ensemble.init(jax.random.key(0), x, x)
+    assert jax.tree.structure(params["critic"]) == jax.tree.structure({"params": {"W": 0}})
+    clipped = training.make_ensemble(["nwj"], "bilinear", clip=2.0)
+    assert isinstance(clipped.critic, critics.ClippedCritic) and clipped.critic.clip == 2.0
 
 
 def test_make_ensemble_errors():
