@@ -146,6 +146,16 @@ def run_sweep_chunk(
     return state, metrics, seconds
 
 
+def load_config_dataset(config):
+    """`mi_jax.data.load_dataset` of ``config.dataset`` with the config's ``data_dir`` and
+    ``max_examples`` (empty or 0: the default folder, every example)."""
+    from mi_jax import data as data_lib
+
+    return data_lib.load_dataset(
+        config.dataset, data_dir=config.data_dir or None, max_examples=config.max_examples or None
+    )
+
+
 def seed_values(config) -> list[int]:
     """The seeds of a ``config.num_seeds`` run: ``config.seed, config.seed + 1, ...``.
 

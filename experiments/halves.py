@@ -85,9 +85,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 def load_views(config) -> dict[str, np.ndarray]:
     """Float views ``{"train_top", "train_bottom", "test_top", "test_bottom"}`` ``[N, h, W, C]``
     and labels; the probe's training subset; a fixed noise draw on the evaluation views."""
-    dataset = data_lib.load_dataset(
-        config.dataset, data_dir=config.data_dir or None, max_examples=config.max_examples or None
-    )
+    dataset = _common.load_config_dataset(config)
     views = {}
     for split in ("train", "test"):
         images = getattr(dataset, f"{split}_images").astype(np.float32) / 255.0

@@ -558,11 +558,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         _check_config(config)
         mesh = parallel.checked_mesh(mesh)
         parallel.check_batch_size(config.batch_size, mesh, "config.batch_size")
-        dataset = data_lib.load_dataset(
-            config.dataset,
-            data_dir=config.data_dir or None,
-            max_examples=config.max_examples or None,
-        )
+        dataset = _common.load_config_dataset(config)
         dataset, validation = split_validation(dataset, config.validation_examples, config.seed)
         if validation is not None:
             validation = parallel.replicate(validation, mesh)

@@ -278,11 +278,7 @@ def train_and_evaluate(
     """
     with _common.config_checks():  # before anything is written
         _common.check_path_encoding(workdir)  # (its checkpoints')
-        dataset = data_lib.load_dataset(
-            config.dataset,
-            data_dir=config.data_dir or None,
-            max_examples=config.max_examples or None,
-        )
+        dataset = _common.load_config_dataset(config)
         objective = (build_fn or build)(config, dataset.image_shape)
         _check_config(config, objective.representation_names, dataset.image_shape[-1])
         _common.check_same_run(workdir, config, RESUMABLE)

@@ -278,11 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         mesh = parallel.checked_mesh(mesh)
         parallel.check_batch_size(config.batch_size, mesh, "config.batch_size")
         names, settings = settings_of(config)
-        dataset = data_lib.load_dataset(
-            config.dataset,
-            data_dir=config.data_dir or None,
-            max_examples=config.max_examples or None,
-        )
+        dataset = _common.load_config_dataset(config)
         if config.binarize:  # the data, not the training noise: one draw for every seed and run
             dataset = data_lib.binarize(dataset)
         model = build(config, dataset.image_shape)
