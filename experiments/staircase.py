@@ -12,19 +12,17 @@ and critic every step's estimate (`estimates_TASK_CRITIC.npz`: ``estimates`` ``[
 bounds]``, ``true_mi`` ``[steps]``, ``bounds``) and a PNG in the style of the paper's Fig. 2.
 """
 
-import functools
 import os
 import time
 
 import jax
-import jax.extend as jex
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from tqdm import tqdm
 
-from experiments import _cli, _common
+from experiments import _cli, _common, _matmul_floor
 from mi_jax import _checks, parallel, training
 from mi_jax import bounds as bounds_lib
 from mi_jax import critics as critics_lib
@@ -246,77 +244,6 @@ def _flops(lowered) -> float:
     return float((cost or {}).get("flops", float("nan")))
 
 
-def dot_calls(jaxpr: jex.core.Jaxpr) -> list[tuple]:
-    """Every ``dot_general`` a jaxpr runs, sub-jaxprs included (call and scan bodies, the
-    backward pass of a gradient), a scan's body repeated ``length`` times.
-
-    Returns ``(lhs aval, rhs aval, dimension_numbers, preferred_element_type)`` per call.
-    (A ``while`` body, whose trip count is not static, is counted once, and every branch of a
-    ``cond``: exact for the staircase's one-step program, which has neither.)
-    """
-    calls = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            lhs, rhs = (v.aval for v in eqn.invars)
-            dims, out_dtype = eqn.params["dimension_numbers"], eqn.params["preferred_element_type"]
-            calls.append((lhs, rhs, dims, out_dtype))
-        repeat = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
-        for sub in jex.core.jaxprs_in_params(eqn.params):
-            calls += dot_calls(sub) * repeat
-    return calls
-
-
-def dot_flops(calls: list[tuple]) -> float:
-    """FLOPs of the calls from `dot_calls`: 2 x batch x rows x columns x contraction each."""
-    total = 0.0
-    for lhs, rhs, ((lhs_contract, _), (lhs_batch, _)), _ in calls:
-        contract = np.prod([lhs.shape[d] for d in lhs_contract])
-        batch = np.prod([lhs.shape[d] for d in lhs_batch])
-        total += 2.0 * lhs.size * rhs.size / (contract * batch)
-    return total
-
-
-def matmul_only_program(calls: list[tuple], steps: int):
-    """A function of the operands (one ``(lhs, rhs)`` pair per call) that runs ``steps``
-    iterations of exactly these matmuls (shapes, dimension numbers, dtypes) and nothing else:
-    what a training step's matmuls cost on their own, its floor.
-
-    In each iteration the smaller operand of every matmul is shifted by a scalar carried from
-    the previous one, so that no matmul can be hoisted out of the loop or merged with another
-    (the matmuls of one step stay independent of each other, which makes the floor a little
-    optimistic).
-    """
-
-    def run(operands):
-        def body(carry, _):
-            total = carry
-            for (lhs, rhs), (_, _, dims, out_dtype) in zip(operands, calls, strict=True):
-                if lhs.size <= rhs.size:
-                    lhs = lhs + carry.astype(lhs.dtype)
-                else:
-                    rhs = rhs + carry.astype(rhs.dtype)
-                out = jax.lax.dot_general(lhs, rhs, dims, preferred_element_type=out_dtype)
-                total = total + 1e-30 * out.reshape(-1)[0].astype(jnp.float32)
-            return total, None
-
-        return jax.lax.scan(body, jnp.float32(0.0), None, length=steps)[0]
-
-    return run
-
-
-def random_operands(calls: list[tuple], key: jax.Array) -> list[tuple]:
-    """Standard-normal ``(lhs, rhs)`` arrays of the calls' shapes and dtypes (distinct arrays:
-    equal constants would let XLA merge matmuls)."""
-    keys = jax.random.split(key, 2 * len(calls))
-    return [
-        tuple(
-            jax.random.normal(k, aval.shape, jnp.float32).astype(aval.dtype)
-            for k, aval in zip(keys[2 * i : 2 * i + 2], call[:2], strict=True)
-        )
-        for i, call in enumerate(calls)
-    ]
-
-
 def _task(config, name: str) -> tasks_lib.Task:
     """Task ``name`` at ``config.dim``, with its hyperparameters from ``config.task_hparams``
     (a value its factory refuses is named with the setting)."""
@@ -405,12 +332,9 @@ class _GroupRun:
             if self.batched:
                 one_step = jax.vmap(one_step, in_axes=(0, 0, None))
             traced = jax.jit(one_step).trace(self.states, self.keys, np.int32(0))
-            calls = dot_calls(traced.jaxpr.jaxpr)
-            self.matmul_flops_per_step = dot_flops(calls)
-            operands = place(random_operands(calls, jax.random.key(1)))
-            program = jax.jit(matmul_only_program(calls, config.matmul_floor_steps))
-            compiled = program.lower(operands).compile()
-            self.matmul_only = functools.partial(compiled, operands)
+            self.matmul_only, self.matmul_flops_per_step = _matmul_floor.compile_floor(
+                traced.jaxpr.jaxpr, config.matmul_floor_steps, place
+            )
 
     def dispatch(self, start: int):
         """Starts one chunk (asynchronously) and returns its on-device ``mi`` metrics."""

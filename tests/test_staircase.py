@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import staircase as staircase_config
-from experiments import _common, staircase
+from experiments import _common, _matmul_floor, staircase
 from mi_jax import tasks, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -404,15 +404,15 @@ def test_dot_calls_count_forward_backward_and_scan_matmuls():
         looped = jax.lax.scan(lambda c, _: (c @ w1 @ w1.T, None), x, None, length=3)[0]
         return grads, looped
 
-    calls = staircase.dot_calls(jax.make_jaxpr(step)(w1, w2).jaxpr)
+    calls = _matmul_floor.dot_calls(jax.make_jaxpr(step)(w1, w2).jaxpr)
     # forward x @ w1, h @ w2; backward dw2, dh, dw1 (no dx); the scan body's two, three times
     assert len(calls) == 5 + 2 * 3
     shapes = sorted((lhs.shape, rhs.shape) for lhs, rhs, _, _ in calls)
     assert shapes.count(((8, 3), (3, 5))) == 1 + 3  # forward first layer, scan body
     # The matmul-only program runs exactly these matmuls, `steps` times, and nothing else.
-    program = staircase.matmul_only_program(calls, steps=4)
-    operands = staircase.random_operands(calls, jax.random.key(0))
-    again = staircase.dot_calls(jax.make_jaxpr(program)(operands).jaxpr)
+    program = _matmul_floor.matmul_only_program(calls, steps=4)
+    operands = _matmul_floor.random_operands(calls, jax.random.key(0))
+    again = _matmul_floor.dot_calls(jax.make_jaxpr(program)(operands).jaxpr)
 
     def signature(call):
         return call[0].shape, call[1].shape, str(call[2])
@@ -420,7 +420,7 @@ def test_dot_calls_count_forward_backward_and_scan_matmuls():
     assert sorted(map(signature, again)) == sorted(map(signature, calls * 4))
     # forward 8x3x5 and 8x5x2, backward dw2 5x8x2, dh 8x2x5, dw1 3x8x5, the scan 3 x (8x3x5,
     # 8x5x3): 2 FLOPs per multiply-add
-    assert staircase.dot_flops(calls) == 2 * (120 + 80 + 80 + 80 + 120 + 3 * (120 + 120))
+    assert _matmul_floor.dot_flops(calls) == 2 * (120 + 80 + 80 + 80 + 120 + 3 * (120 + 120))
     assert np.isfinite(float(jax.jit(program)(operands)))
 
 
