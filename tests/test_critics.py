@@ -260,6 +260,11 @@ def test_pair_mlp_and_baseline_mlp_return_one_value_per_sample():
     u2 = jax.jit(pair.apply)(params, x2, y)
     np.testing.assert_allclose(u2[1:], u[1:], rtol=1e-6)
     assert not np.isclose(u2[0], u[0])
+    # ... and reads y_i as well (FLO's optimal u is a function of both: a u of x alone left
+    # FLO 0.35 nats low at 2 and 4 nats, a mutation check).
+    u3 = jax.jit(pair.apply)(params, x, y.at[0].add(1.0))
+    np.testing.assert_allclose(u3[1:], u[1:], rtol=1e-6)
+    assert abs(float(u3[0] - u[0])) > 1e-3
     baseline = critics.BaselineMLP(hidden=(16,))
     bparams = baseline.init(jax.random.key(0), y)
     a = jax.jit(baseline.apply)(bparams, y)

@@ -86,6 +86,47 @@ def test_scan_in_chunks_equals_one_scan():
     )
 
 
+def test_each_scan_step_samples_at_its_own_step():
+    # The staircase's chunks need not divide its levels (`:quick`: 500-step chunks, 200-step
+    # levels): a step must draw its batch at its own step, not its chunk's first. Fixed
+    # critics (SGD at 0), so each step's value is the critic's on that step's batch.
+    task = tasks.get_task("gaussian", dim=2)
+
+    def sample(key, step):
+        return task.sample(key, tasks.staircase_mi(step, levels=(0.5, 4.0), steps_per_level=2), 32)
+
+    ensemble = training.make_ensemble(["infonce"], "separable", {"hidden": (16,), "embed_dim": 8})
+    state = training.create_train_state(
+        ensemble, optax.sgd(0.0), jax.random.key(4), *sample(jax.random.key(0), 0)
+    )
+    rng = jax.random.key(5)
+    run = jax.jit(training.make_scan_trainer(ensemble, sample, 3))
+    for start in (0, 1):
+        _, metrics = run(state, rng, jnp.int32(start))
+        want = []
+        for step in range(start, start + 3):  # the documented keys: fold_in(rng, step), first
+            data_key = jax.random.split(jax.random.fold_in(rng, step))[0]
+            values, _ = ensemble.apply(state.params, state.bound_states, *sample(data_key, step))
+            want.append(values[0])
+        np.testing.assert_allclose(metrics["mi"][:, 0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_log_baseline_network_reads_y():
+    """TUBA's and I_alpha's baseline is a(y) (Poole et al. 2019): the ensemble's values equal
+    the bounds given `BaselineMLP` on y."""
+    x, y = tasks.correlated_gaussian(jax.random.key(2), 1.0, 16, 3)
+    ensemble = training.make_ensemble(
+        ["tuba", "interpolated"], "separable", {"hidden": (16,), "embed_dim": 8}, aux_hidden=(16,)
+    )
+    params, states = ensemble.init(jax.random.key(3), x, y)
+    values, _ = ensemble.apply(params, states, x, y)
+    scores = ensemble.scores(params, x, y)
+    baseline = critics.BaselineMLP(hidden=(16,))
+    for i, bound in enumerate([mi_jax.bounds.tuba, mi_jax.bounds.interpolated]):
+        log_a = baseline.apply(params["aux"][str(i)]["log_baseline"], y)
+        np.testing.assert_allclose(values[i], bound(scores[i], log_baseline=log_a), rtol=1e-6)
+
+
 def test_scan_keeps_only_the_named_metrics():
     """``metrics=("mi",)`` returns the same values and state, and only them."""
     ensemble, sample, state = _setup(["nwj", "smile"])
