@@ -13,6 +13,7 @@ import pytest
 from configs import amdim as amdim_config
 from experiments import amdim as amdim_experiment
 from mi_jax import amdim, bounds, data
+from tests.test_dim import _embed, _np_infonce
 
 
 def test_scores_are_scaled_soft_clipped_and_penalized_as_by_hand():
@@ -356,3 +357,75 @@ def test_four_channel_images_train_with_colour_off_and_a_colour_setting_is_named
             tiny_config(dataset="four", **{"views.contrast": 0.4}), str(tmp_path / "b")
         )
     assert not (tmp_path / "b" / "config.json").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Hand recomputations (a mutation check: each of these caught a change the tests above let through).
+
+
+def test_amdim_loss_matches_a_hand_recomputation():
+    """Kills A1 (b -> a scored as a -> b), A2 (penalty sign), A3 (5-5 anchor taken from the target
+    view), A7 (5-5 anchor always location 0), A8 (reported MI of one direction only)."""
+    encoder = amdim.MultiScaleEncoder(stem_width=4, widths=(6, 5, 3))
+    objective = amdim.AMDIMObjective(
+        encoder=encoder,
+        estimator="infonce",
+        critic_hidden=8,
+        embed_dim=4,
+        penalty=0.3,
+        critic_clip=2.0,
+    )
+    b = 6
+    images = jax.random.uniform(jax.random.key(0), (b, 8, 8, 1))
+    params, states = objective.init(jax.random.key(1), images)
+
+    def scale(tree, c):  # at init the scores are ~1e-4 and every MI ~1e-5: a vacuous check
+        return jax.tree_util.tree_map_with_path(
+            lambda path, v: v * c if "kernel" in jax.tree_util.keystr(path) else v, tree
+        )
+
+    params = {"encoder": scale(params["encoder"], 1.5), "critic": scale(params["critic"], 2.0)}
+    rng = jax.random.key(2)
+    loss, (m, _) = jax.jit(objective.loss)(params, states, images, rng)
+    assert min(abs(float(m[f"mi_{p}"])) for p in ("1-5", "1-7", "5-5")) > 2e-3
+
+    # The documented procedure, step by step.
+    view_key, loc_key = jax.random.split(rng)
+    view_a, view_b = amdim.augment_views(view_key, images, **dict(objective.views))
+    fa = encoder.apply(params["encoder"], view_a)
+    fb = encoder.apply(params["encoder"], view_b)
+    keys = jax.random.split(loc_key)
+    p = jax.tree.map(np.asarray, params["critic"]["params"])
+
+    def flat(x):
+        x = np.asarray(x, np.float64)
+        return x.reshape(x.shape[0], -1, x.shape[-1])
+
+    mis, pens, per = [], [], {}
+    for direction, (src, tgt), k in (("ab", (fa, fb), keys[0]), ("ba", (fb, fa), keys[1])):
+        locs = np.asarray(jax.random.randint(k, (b,), 0, 25, jnp.int32))
+        assert len(set(locs.tolist())) > 1
+        for pred in ("1-5", "1-7", "5-5"):
+            s, t = pred.split("-")
+            if s == "1":
+                anchors = _embed(p["anchor_global"], src.global_)
+            else:
+                anchors = _embed(p["anchor_map5"], flat(src.map5)[np.arange(b), locs])
+            targets = _embed(p[f"target_map{t}"], flat(getattr(tgt, f"map{t}")))
+            raw = np.einsum("ik,jlk->ijl", anchors, targets) / np.sqrt(4.0)
+            sc = 2.0 * np.tanh(raw / 2.0)
+            L = sc.shape[-1]
+            pooled = np.log(np.mean(np.exp(sc), -1))  # [i, j]
+            vals = []
+            for loc in range(L):
+                mat = np.where(np.eye(b, dtype=bool), sc[:, :, loc], pooled).T  # [target, anchor]
+                vals.append(_np_infonce(mat))
+            per[(pred, direction)] = np.mean(vals)
+            mis.append(np.mean(vals))
+            pens.append(np.mean(raw**2))
+    want = -np.mean(mis) + 0.3 * np.mean(pens)
+    np.testing.assert_allclose(loss, want, rtol=1e-4, atol=1e-5)
+    for pred in ("1-5", "1-7", "5-5"):
+        both = 0.5 * (per[(pred, "ab")] + per[(pred, "ba")])
+        np.testing.assert_allclose(m[f"mi_{pred}"], both, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(m["score_penalty"], np.mean(pens), rtol=1e-4)

@@ -680,3 +680,41 @@ def test_a_loaders_misread_images_are_named_with_the_fix(monkeypatch):
         with pytest.raises(ValueError, match=f"`views.{name}` needs images of 1 or 3"):
             data.check_colour_channels({name: 0.5}, 2, "views.")
     data.check_colour_channels({"grayscale": 0.5, "contrast": 0.5}, 3, "views.")
+
+
+# --------------------------------------------------------------------------------------------
+# Hand recomputations (a mutation check: each of these caught a change the tests above let through).
+
+
+def test_contrast_blends_with_the_mean_luma_of_a_colour_image():
+    """Kills R7 (the blend target the mean over channels, not torchvision's mean luma)."""
+    base = 0.45 + 0.1 * jax.random.uniform(jax.random.key(0), (6, 5, 1))
+    image = jnp.concatenate([base - 0.2, base + 0.2, base - 0.2], -1)  # green: luma != mean
+    luma_mean = float(jnp.mean(image @ jnp.array([0.299, 0.587, 0.114])))
+    assert abs(luma_mean - float(jnp.mean(image))) > 0.05
+    x = np.asarray(image, np.float64)
+    for seed in range(8):
+        out = np.asarray(
+            data.color_jitter(
+                jax.random.key(seed), image, brightness=0.0, contrast=0.5, saturation=0.0
+            ),
+            np.float64,
+        )
+        assert out.min() > 0 and out.max() < 1  # no clipping at these levels
+        f = np.sum((out - luma_mean) * (x - luma_mean)) / np.sum((x - luma_mean) ** 2)
+        np.testing.assert_allclose(out, f * x + (1 - f) * luma_mean, atol=2e-6)
+
+
+def test_random_resized_crop_ratio_is_width_over_height():
+    """Kills R10 (aspect ratio read as height over width). Area 1/2, ratio 2: the window is
+    half the height and the full width, so an image constant down each column is unchanged,
+    and one constant along each row is not."""
+    h, w = 8, 8
+    ramp = jnp.linspace(0.0, 1.0, w)
+    across = jnp.broadcast_to(ramp[None, :, None], (h, w, 1))  # varies along the width
+    down = jnp.broadcast_to(ramp[:, None, None], (h, w, 1))  # varies along the height
+    for seed in range(5):
+        key = jax.random.key(seed)
+        kw = dict(scale=(0.5, 0.5), ratio=(2.0, 2.0))
+        np.testing.assert_allclose(data.random_resized_crop(key, across, **kw), across, atol=1e-5)
+        assert float(jnp.max(jnp.abs(data.random_resized_crop(key, down, **kw) - down))) > 0.05

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mi_jax import bounds, dim, encoders
+from mi_jax import bounds, dim, encoders, mige, score
 
 
 def _np_infonce(s):
@@ -27,6 +27,7 @@ def _np_js_fgan(s):
 
 def _embed(p, x):
     """EmbedMLP by hand: Dense -> relu -> Dense, plus a linear shortcut."""
+    x = np.asarray(x, np.float64)
     h = np.maximum(x @ p["hidden"]["kernel"] + p["hidden"]["bias"], 0)
     out = h @ p["out"]["kernel"] + p["out"]["bias"]
     return out + x @ p["shortcut"]["kernel"] + p["shortcut"]["bias"]
@@ -259,3 +260,87 @@ def test_an_error_inside_a_registered_bound_is_its_own_not_an_unknown_name(monke
     assert str(info.value) == "'row'"
     with pytest.raises(KeyError, match="unknown estimator 'lookup_bg'. Did you mean 'lookup_bug'"):
         build(estimator="lookup_bg")
+
+
+# --------------------------------------------------------------------------------------------
+# Hand recomputations (a mutation check: each of these caught a change the tests above let through).
+
+
+def _sp(v):
+    return np.logaddexp(0.0, v)
+
+
+def _dim_objective(**kw):
+    encoder = encoders.get_encoder("conv", channels=(4, 6), fc_width=8, latent_dim=5)
+    defaults = dict(
+        encoder=encoder, estimator="infonce", alpha=0.3, beta=0.7, critic_hidden=8, embed_dim=4
+    )
+    return dim.DIMObjective(**{**defaults, **kw})
+
+
+def test_dim_loss_adds_gamma_times_the_encoders_prior_loss_on_sigmoid_y():
+    """Kills D3 (prior term's sign), D4 (no sigmoid for the uniform prior), D12 (gamma on the
+    discriminator's loss): loss = -(alpha I_g + beta I_l) + gamma E[softplus(-D(sigmoid Y))]
+    + disc_loss, with the Gaussian prior reading Y itself."""
+    images = jax.random.uniform(jax.random.key(1), (6, 8, 8, 1))
+    for prior in ("uniform", "gaussian"):
+        objective = _dim_objective(gamma=0.25, prior=prior)
+        params, states = objective.init(jax.random.key(2), images)
+        loss, (m, _) = jax.jit(objective.loss)(params, states, images, jax.random.key(3))
+        local, _, global_ = objective.encoder.apply(params["encoder"], images)
+        scores = objective._critic().apply(params["critic"], local, local, global_)
+        g = _np_infonce(scores.global_scores)
+        loc = np.mean([_np_infonce(s) for s in scores.local_scores])
+        encoded = jax.nn.sigmoid(global_) if prior == "uniform" else global_
+        logits = np.asarray(dim.PriorDiscriminator().apply(params["prior_disc"], encoded))
+        enc_loss = np.mean(_sp(-logits))
+        np.testing.assert_allclose(m["prior_encoder"], enc_loss, rtol=1e-5, atol=1e-6)
+        want = -(0.3 * g + 0.7 * loc) + 0.25 * enc_loss + float(m["prior_disc"])
+        np.testing.assert_allclose(loss, want, rtol=1e-4, atol=1e-5)
+
+
+def test_dim_input_source_scores_the_images_not_the_feature_map():
+    """Kills D8 (`global_source="input"` ignored: the global term read I(M; Y))."""
+    objective = _dim_objective(global_source="input", alpha=1.0, beta=0.5, gamma=0.0)
+    images = jax.random.uniform(jax.random.key(1), (6, 8, 8, 1))
+    params, states = objective.init(jax.random.key(2), images)
+    kernel = params["critic"]["params"]["global_source"]["hidden"]["kernel"]
+    assert kernel.shape[0] == 8 * 8 * 1  # the flattened image, not the 2x2x6 map
+    _, (m, _) = jax.jit(objective.loss)(params, states, images, jax.random.key(3))
+    local, _, global_ = objective.encoder.apply(params["encoder"], images)
+    p = jax.tree.map(np.asarray, params["critic"]["params"])
+    phi = _embed(p["global_source"], np.asarray(images).reshape(6, -1))
+    psi = _embed(p["global_y"], global_)
+    clipped = 10.0 * np.tanh(phi @ psi.T / 10.0)
+    np.testing.assert_allclose(m["mi_global"], _np_infonce(clipped), rtol=1e-4, atol=1e-5)
+
+
+def test_dim_local_extra_inputs_pair_each_location_with_its_own_image():
+    """Kills D10 (FLO's u head on another image's Y) and D11 ([B, L] -> [L, B] by reshape, not
+    transpose): u[l, i] = head([phi_loc(M_i^l), psi_loc(Y_i)])."""
+    rng = np.random.default_rng(0)
+    local = jnp.asarray(rng.normal(size=(5, 2, 3, 4)), jnp.float32)
+    global_ = jnp.asarray(rng.normal(size=(5, 6)), jnp.float32)
+    critic = dim.DIMCritic(hidden=7, embed_dim=3, critic_clip=None, extra_inputs=("u",))
+    params = critic.init(jax.random.key(0), local, local, global_)
+    out = critic.apply(params, local, local, global_)
+    p = jax.tree.map(np.asarray, params["params"])
+    feats = np.asarray(local).reshape(5, 6, 4)
+    psi = _embed(p["local_y"], global_)  # [B, k]
+    assert out.local_inputs["u"].shape == (6, 5)
+    for loc in range(6):
+        phi = _embed(p["local_map"], feats[:, loc])  # [B, k]
+        u = _embed(p["local_u"], np.concatenate([phi, psi], -1))[:, 0]
+        np.testing.assert_allclose(out.local_inputs["u"][loc], u, rtol=1e-4, atol=1e-5)
+
+
+def test_mige_local_surrogate_averages_the_chosen_locations():
+    """Kills D13 (every chosen location read as location 0)."""
+    key = jax.random.key(0)
+    local = jax.random.normal(key, (16, 3, 2))
+    global_ = local[:, 1] @ jnp.ones((2, 3)) + 0.1 * jax.random.normal(key, (16, 3))
+    fn = score.get_score_estimator("stein")
+    got = dim.mige_local_surrogate(local, global_, jnp.array([1, 2]), fn)
+    want = 0.5 * sum(mige.mi_surrogate(local[:, i], global_, fn) for i in (1, 2))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert abs(float(want) - float(mige.mi_surrogate(local[:, 0], global_, fn))) > 1e-3

@@ -3,6 +3,7 @@ parameters, parameter counts by hand, gradients, batch independence, registry an
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -343,3 +344,33 @@ def test_a_groupnorm_of_one_value_per_group_is_refused_not_a_constant_encoder():
     fewer = encoders.ResNetEncoder(widths=(8, 8), strides=(2, 2), stem_width=8, norm_groups=2)
     out, _ = fewer.init_with_output(jax.random.key(1), images)
     assert float(jnp.max(jnp.std(out.features, axis=0))) > 0.05  # (before: 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Hand recomputations (a mutation check: each of these caught a change the tests above let through).
+
+
+def test_resnet_features_are_the_global_average_pool_of_local():
+    """Kills E1 (max pooling)."""
+    enc = encoders.get_encoder(
+        "resnet", widths=(8, 16), strides=(1, 2), stem_width=8, latent_dim=6, norm_groups=4
+    )
+    x = jax.random.uniform(jax.random.key(0), (3, 8, 8, 1))
+    out = enc.apply(enc.init(jax.random.key(1), x), x)
+    np.testing.assert_allclose(out.features, jnp.mean(out.local, axis=(1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_preact_block_shortcut_is_a_projection_of_the_preactivated_input():
+    """Kills E2 (the projection shortcut read the raw input, not act(norm(x)) as documented)."""
+    block = encoders._PreActBlock(8, 2, "relu", 2)
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+    params = block.init(jax.random.key(1), x)
+    p = params["params"]
+    gn = lambda name, v: nn.GroupNorm(num_groups=2).apply({"params": p[name]}, v)  # noqa: E731
+    conv = lambda name, k, s, v: nn.Conv(  # noqa: E731
+        8, k, strides=s, padding="SAME", use_bias=False
+    ).apply({"params": p[name]}, v)
+    pre = jax.nn.relu(gn("GroupNorm_0", x))
+    h = jax.nn.relu(gn("GroupNorm_1", conv("Conv_0", (3, 3), 2, pre)))
+    want = conv("shortcut", (1, 1), 2, pre) + conv("Conv_1", (3, 3), 1, h)
+    np.testing.assert_allclose(block.apply(params, x), want, rtol=1e-5, atol=1e-5)

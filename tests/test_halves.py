@@ -418,3 +418,29 @@ def test_a_shared_probe_cache_serves_a_rerun_elsewhere_the_same_results(tmp_path
     ]
     # Another cache folder on a resume of the same study is bookkeeping, not another study.
     halves_experiment.train_and_evaluate(tiny_config(), str(tmp_path / "b"))
+
+
+# --------------------------------------------------------------------------------------------
+# Hand recomputations (a mutation check: each of these caught a change the tests above let through).
+
+
+def test_halves_representation_is_the_top_encoders():
+    """Kills H3 (the probe read the bottom encoder applied to the top half)."""
+    encoder = halves.get_half_encoder("mlp", hidden=(8,), out_dim=4)
+    model = halves.HalvesModel(
+        encoder=encoder, ensemble=training.make_ensemble(["infonce"], "bilinear")
+    )
+    top = jax.random.normal(jax.random.key(0), (6, 2, 4, 1))
+    bottom = jax.random.normal(jax.random.key(1), (6, 2, 4, 1))
+    params, _ = model.init(jax.random.key(2), top, bottom)
+    got = model.represent(params, top)
+    np.testing.assert_allclose(got, encoder.apply(params["top"], top), rtol=1e-6)
+    assert not np.allclose(got, encoder.apply(params["bottom"], top))
+
+
+def test_add_noise_has_standard_deviation_std():
+    """Kills H4 (std**2 noise). 16000 draws: the std's standard error is 0.6 %, tolerance 3 %."""
+    views = jnp.zeros((2000, 8))
+    out = halves.add_noise(jax.random.key(0), views, 0.3)
+    np.testing.assert_allclose(float(jnp.std(out)), 0.3, rtol=0.03)
+    assert abs(float(jnp.mean(out))) < 0.3 * 5 / np.sqrt(16000)
