@@ -4,6 +4,7 @@
 import errno
 import importlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -1113,3 +1114,28 @@ def test_every_start_of_a_run_appends_its_environment_to_runs_jsonl(tmp_path):
         ).stdout.strip()
         assert row["mi_jax_commit"].rstrip("+") == head
     assert row["argv"] == sys.argv and row["started"].endswith("+00:00")
+
+
+# --------------------------------------------------------------------------------------------
+# Reported statistics by hand (a mutation check: each caught a change the tests above missed).
+
+
+def test_mean_over_seeds_counts_a_null_as_nan():
+    """C6 (nulls dropped: a diverged seed's null vanished and the other seed's value was
+    reported as the mean over 2 seeds)."""
+    rows = [dict(method="vib", seed=0, kl=None), dict(method="vib", seed=1, kl=2.0)]
+    (merged,) = _common.mean_over_seeds(rows, ("method",))
+    assert merged["num_seeds"] == 2
+    assert math.isnan(merged["kl"]) and math.isnan(merged["kl_std"])
+
+
+def test_mean_curve_is_the_mean_over_the_seeds_of_each_epoch():
+    """C3 (first seed's value per epoch)."""
+    rows = [
+        dict(epoch=1, seed=0, kl=1.0),
+        dict(epoch=1, seed=1, kl=3.0),
+        dict(epoch=2, seed=0, kl=6.0),
+        dict(epoch=2, seed=1, kl=None),
+    ]
+    epochs, values = _common.mean_curve(rows, "kl")
+    assert epochs == [1, 2] and values[0] == pytest.approx(2.0) and math.isnan(values[1])

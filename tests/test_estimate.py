@@ -1130,3 +1130,35 @@ def test_cli_imports_a_module_that_registers_a_bound(tmp_path, gaussian_2d):
     out = run("--imports", "broken")  # its own missing import: a bug in it, traceback and all
     assert out.returncode == 1 and "No module named 'no_such_dependency'" in out.stderr
     assert "Traceback" in out.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Reported statistics by hand (a mutation check: each caught a change the tests above missed).
+
+
+def test_an_estimate_whose_bound_is_negative_reads_zero_at_step_zero():
+    """E5 (`& (mi > 0)` dropped): a critic whose held-out objective beats the constant
+    critic's but whose held-out bound is negative reported that negative MI."""
+    stop = estimate_lib._EarlyStopping(1, patience=3, stop_on="objective")
+    reference = -2 * np.log(2)  # the constant critic's JS objective
+    stop.update(0, np.array([[0.5, 0.1]]), (np.array([-0.2]), np.array([-1.0]), np.array([0.3])))
+    mi, best_step, *_, chosen = stop.result(reference, "smile", 100, batched=True)
+    assert mi.tolist() == [0.0] and best_step.tolist() == [0]
+    np.testing.assert_array_equal(chosen, [[0.0, 0.0]])
+
+
+def test_each_seed_draws_its_own_minibatches(monkeypatch):
+    """E10 (every member of seeds=K used the same minibatch order: the spread over seeds held
+    the initializations' share alone)."""
+    drawn = []
+    real = estimate_lib._minibatches
+
+    def spy(seed, *args):
+        drawn.append(seed)
+        return real(seed, *args)
+
+    monkeypatch.setattr(estimate_lib, "_minibatches", spy)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    estimate_lib.estimate_mi(x, x + rng.normal(size=x.shape), seeds=3, max_steps=20, eval_every=10)
+    assert len(drawn) == 3 and len(set(drawn)) == 3

@@ -444,3 +444,31 @@ def test_add_noise_has_standard_deviation_std():
     out = halves.add_noise(jax.random.key(0), views, 0.3)
     np.testing.assert_allclose(float(jnp.std(out)), 0.3, rtol=0.03)
     assert abs(float(jnp.mean(out))) < 0.3 * 5 / np.sqrt(16000)
+
+
+# --------------------------------------------------------------------------------------------
+# Reported statistics by hand (a mutation check: each caught a change the tests above missed).
+
+
+def test_halves_run_statistics_are_the_seeds_mean_and_ddof0_std(tmp_path):
+    """H1 (gain std with ddof 1: the verdict divides by sqrt(n - 1), so its standard error
+    would be too large), H3 (the best seed for the mean)."""
+    config = halves_config.get_config("quick")
+    config.unlock()
+    config.update_from_flattened_dict(
+        dict(max_examples=64, batch_size=16, encoders=("mlp",), critics=("bilinear",),
+             bounds=("infonce",), num_steps=4, log_every=2, eval_every=2, mi_eval_batches=1,
+             num_seeds=3)
+    )  # fmt: skip
+    config.encoder_hparams.mlp = {"hidden": (8,), "out_dim": 4}
+    config.probe.max_iter = 5
+    config.lock()
+    (run,) = halves_experiment.train_and_evaluate(config, str(tmp_path))["runs"]
+    first, last = np.asarray(run["accuracy"][0]), np.asarray(run["accuracy"][-1])
+    gain = last - first
+    assert np.ptp(last) > 0 and np.ptp(gain) > 0  # (the case tells the statistics apart)
+    assert run["final_accuracy_mean"] == pytest.approx(np.mean(last), abs=1e-12)
+    assert run["final_accuracy_std"] == pytest.approx(np.std(last), abs=1e-12)
+    assert run["accuracy_gain_mean"] == pytest.approx(np.mean(gain), abs=1e-12)
+    assert run["accuracy_gain_std"] == pytest.approx(np.std(gain), abs=1e-12)
+    assert run["final_mi_mean"] == pytest.approx(np.mean(run["mi_test"][-1]), abs=1e-12)

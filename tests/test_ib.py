@@ -14,7 +14,7 @@ from configs import infomax_vae as vae_config
 from experiments import _common
 from experiments import ib as ib_experiment
 from experiments import infomax_vae as vae_experiment
-from mi_jax import data, ib, probes, vae
+from mi_jax import data, ib, probes, training, vae
 
 
 def _quick(module, **overrides):
@@ -1034,3 +1034,72 @@ def test_vae_sigma_is_softplus_of_the_raw_head_without_offset():
     mu, sigma = model.encoder.apply(params["encoder"], x)
     np.testing.assert_allclose(mu, out[:, :3], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(sigma, np.logaddexp(0, out[:, 3:]), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Reported statistics by hand (a mutation check: each caught a change the tests above missed).
+
+
+def test_the_selected_evaluation_has_the_lowest_validation_error_earliest_on_a_tie():
+    """I1 (selected by TEST error), I2 (highest validation error), I8 (tie to the latest)."""
+    head = dict(method="vib", beta=0.1)
+    history = [
+        dict(head, epoch=1, error_mean=0.10, val_error_mean=0.30),
+        dict(head, epoch=2, error_mean=0.20, val_error_mean=0.20),
+        dict(head, epoch=3, error_mean=0.05, val_error_mean=0.20),
+    ]
+    entry = ib_experiment.method_entry("vib", [0.1], history)
+    assert [r["epoch"] for r in entry["selected"]] == [2]
+    assert [r["epoch"] for r in entry["final"]] == [3]
+
+
+def test_eval_fn_reports_the_sampled_error_and_the_mean_kl_of_predict():
+    """I5 (error_sampled read at the posterior mean), I6 (max KL for the mean KL)."""
+    model = ib.IBModel(
+        method="vib", num_classes=3, latent_dim=5, trunk_hparams=(("hidden", (8,)),),
+        std_offset=-1.0,  # sigma ~ 1.3: sampled codes' predictions differ from the mean's
+    )  # fmt: skip
+    images = np.random.default_rng(0).integers(0, 256, (64, 4, 4, 1)).astype(np.uint8)
+    params, _ = model.init(jax.random.key(1), data.to_float(images[:4]))
+    key = jax.random.key(2)
+    pred = model.predict(params, data.to_float(images), jax.random.fold_in(key, 0), 12)
+    labels = np.asarray(np.argmax(pred.probs_sampled, -1), np.int32)
+    error_at_mean = float(np.mean(np.argmax(pred.probs_at_mean, -1) != labels))
+    assert error_at_mean > 0.05  # (the case tells the two apart)
+    evaluate = ib_experiment.make_eval_fn(model, 12, eval_batch=64)
+    metrics = jax.device_get(evaluate(jax.tree.map(lambda p: p[None], params), images, labels, key))
+    assert float(metrics["error_sampled"][0]) == pytest.approx(0.0, abs=1e-7)
+    assert float(metrics["error_mean"][0]) == pytest.approx(error_at_mean, abs=1e-7)
+    assert float(metrics["kl"][0]) == pytest.approx(float(np.mean(pred.kl)), rel=1e-5)
+
+
+def test_the_weight_average_is_evaluated_on_the_test_and_the_validation_split(
+    tmp_path, monkeypatch
+):
+    """I3 (the raw parameters evaluated, not the EMA), I4 (validation read on the test set)."""
+    averaged, calls = [], []
+    real_average, real_make = training.averaged_params, ib_experiment.make_eval_fn
+
+    def average(state, decay):
+        out = real_average(state, decay)
+        averaged.append(out)
+        return out
+
+    def make(*args, **kwargs):
+        evaluate = real_make(*args, **kwargs)
+
+        def spy(params, images, labels, key):
+            calls.append((any(params is a for a in averaged), images.shape[0]))
+            return evaluate(params, images, labels, key)
+
+        return spy
+
+    monkeypatch.setattr(training, "averaged_params", average)
+    monkeypatch.setattr(ib_experiment, "make_eval_fn", make)
+    config = ib_config.get_config("quick")
+    config.update_from_flattened_dict({"methods": ("vib",)})
+    assert config.ema_decay > 0  # (at 0 the average is the parameters themselves)
+    ib_experiment.train_and_evaluate(config, str(tmp_path))
+    assert calls and all(is_average for is_average, _ in calls)
+    sizes = [n for _, n in calls]
+    assert sizes.count(config.validation_examples) == len(sizes) // 2 > 0

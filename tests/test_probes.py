@@ -200,3 +200,41 @@ def test_probes_read_features_of_any_normal_float32_scale_alike():
     label_code = (1e6 + y).astype(np.float32)[:, None]
     result = probes.fit_probe(label_code[:300], y[:300], label_code[300:], y[300:])
     assert result.test_accuracy == 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Reported statistics by hand (a mutation check: each caught a change the tests above missed).
+
+
+def _blobs(n, dim=10, classes=3, sep=3.0, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(classes, dim)) * sep
+    labels = rng.integers(0, classes, n)
+    return (centers[labels] + rng.normal(size=(n, dim))).astype(np.float32), labels
+
+
+def test_the_test_split_is_standardized_with_the_training_statistics():
+    """P1 (test features standardized with their own statistics): a shifted test
+    split, scored as scikit-learn scores it through the training split's scaler."""
+    x, y = _blobs(1200, sep=0.6, seed=1)
+    shifted = x[800:] + 2.0  # every feature moved by ~2 training stds
+    ours = probes.fit_probe(x[:800], y[:800], shifted, y[800:], l2=1e-4, max_iter=300)
+    mu, sd = x[:800].mean(0), x[:800].std(0)
+    ref = LogisticRegression(C=1.0 / (1e-4 * 800), max_iter=5000).fit((x[:800] - mu) / sd, y[:800])
+    want = ref.score((shifted - mu) / sd, y[800:])
+    own_stats = ref.score((shifted - shifted.mean(0)) / shifted.std(0), y[800:])
+    assert abs(want - own_stats) > 0.05  # (the case tells the two apart)
+    assert abs(ours.test_accuracy - want) <= 0.015
+
+
+def test_the_mlp_probe_reports_train_and_test_accuracy_in_their_places():
+    """P3 (the MLP probe's train and test accuracies swapped): random labels are memorized on
+    the training split and read at chance on the test split."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 10)).astype(np.float32)
+    y = rng.integers(0, 3, 300)
+    fit = probes.fit_probe(
+        x[:100], y[:100], x[100:], y[100:], kind="mlp", epochs=300, batch_size=50,
+        learning_rate=1e-2, weight_decay=0.0,
+    )  # fmt: skip
+    assert fit.train_accuracy > 0.9 and fit.test_accuracy < 0.5

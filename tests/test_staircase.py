@@ -453,3 +453,30 @@ def test_a_cpu_split_jax_cannot_take_any_more_is_refused_or_said(tmp_path, capsy
     assert f"config.cpu_devices = {have + 1}, but JAX runs on {have} CPU device(s)" in out
     staircase.train_and_evaluate(_tiny(bounds=("infonce",), cpu_devices=have), str(tmp_path / "b"))
     assert "config.cpu_devices" not in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------
+# Reported statistics by hand (a mutation check: each caught a change the tests above missed).
+
+
+def test_level_statistics_on_an_asymmetric_window():
+    """S3 (window of 1 - stats_fraction), S5 (mse = variance), S13 (median for the mean).
+    The existing hand test uses stats_fraction 0.5 (symmetric) and windows symmetric around
+    their mean, with bias 0 where mse is checked."""
+    config = ml_collections.ConfigDict(
+        dict(bounds=("nwj",), levels=(1.0,), steps_per_level=4, stats_fraction=0.75)
+    )
+    values = np.array([9.0, 0.0, 1.0, 5.0]).reshape(1, 4, 1)  # window: the last 3 steps
+    (row,) = staircase.level_statistics(values, config)
+    assert row["mean"] == pytest.approx(2.0, abs=1e-12)
+    assert row["bias"] == pytest.approx(1.0, abs=1e-12)
+    assert row["variance"] == pytest.approx(14 / 3, abs=1e-12)
+    assert row["mse"] == pytest.approx(17 / 3, abs=1e-12)  # = bias^2 + variance
+    assert row["mse"] == pytest.approx(row["bias"] ** 2 + row["variance"], abs=1e-12)
+
+
+def test_plot_ema_is_the_standard_recursion_started_at_the_first_value():
+    """S10 (decay and 1 - decay swapped), S11 (started at 0: a curve pulled to 0 at the start)."""
+    np.testing.assert_allclose(
+        staircase._ema(np.array([2.0, 0.0, 0.0]), 0.9), [2.0, 1.8, 1.62], rtol=1e-12
+    )
