@@ -366,13 +366,15 @@ def test_four_channel_images_train_with_colour_off_and_a_colour_setting_is_named
 def test_amdim_loss_matches_a_hand_recomputation():
     """Kills A1 (b -> a scored as a -> b), A2 (penalty sign), A3 (5-5 anchor taken from the target
     view), A7 (5-5 anchor always location 0), A8 (reported MI of one direction only)."""
-    encoder = amdim.MultiScaleEncoder(stem_width=4, widths=(6, 5, 3))
+    # ELU: with ReLU most of the tiny encoder's global units are dead at init (InfoNCE of a
+    # constant anchor: exactly 0, whatever the pairing).
+    encoder = amdim.MultiScaleEncoder(stem_width=4, widths=(8, 8, 8), activation="elu")
     objective = amdim.AMDIMObjective(
         encoder=encoder,
         estimator="infonce",
         critic_hidden=8,
         embed_dim=4,
-        penalty=0.3,
+        penalty=0.05,
         critic_clip=2.0,
     )
     b = 6
@@ -384,10 +386,9 @@ def test_amdim_loss_matches_a_hand_recomputation():
             lambda path, v: v * c if "kernel" in jax.tree_util.keystr(path) else v, tree
         )
 
-    params = {"encoder": scale(params["encoder"], 1.5), "critic": scale(params["critic"], 2.0)}
+    params = {"encoder": scale(params["encoder"], 1.3), "critic": scale(params["critic"], 2.0)}
     rng = jax.random.key(2)
     loss, (m, _) = jax.jit(objective.loss)(params, states, images, rng)
-    assert min(abs(float(m[f"mi_{p}"])) for p in ("1-5", "1-7", "5-5")) > 2e-3
 
     # The documented procedure, step by step.
     view_key, loc_key = jax.random.split(rng)
@@ -423,9 +424,10 @@ def test_amdim_loss_matches_a_hand_recomputation():
             per[(pred, direction)] = np.mean(vals)
             mis.append(np.mean(vals))
             pens.append(np.mean(raw**2))
-    want = -np.mean(mis) + 0.3 * np.mean(pens)
+    want = -np.mean(mis) + 0.05 * np.mean(pens)
     np.testing.assert_allclose(loss, want, rtol=1e-4, atol=1e-5)
     for pred in ("1-5", "1-7", "5-5"):
         both = 0.5 * (per[(pred, "ab")] + per[(pred, "ba")])
+        assert abs(both) > 0.1 and abs(per[(pred, "ab")] - per[(pred, "ba")]) > 0.01  # not vacuous
         np.testing.assert_allclose(m[f"mi_{pred}"], both, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(m["score_penalty"], np.mean(pens), rtol=1e-4)
