@@ -364,8 +364,8 @@ def test_four_channel_images_train_with_colour_off_and_a_colour_setting_is_named
 
 
 def test_amdim_loss_matches_a_hand_recomputation():
-    """Kills A1 (b -> a scored as a -> b), A2 (penalty sign), A3 (5-5 anchor taken from the target
-    view), A7 (5-5 anchor always location 0), A8 (reported MI of one direction only)."""
+    """Catches: b -> a scored as a -> b, penalty sign, 5-5 anchor taken from the target
+    view, 5-5 anchor always location 0, reported MI of one direction only."""
     # ELU: with ReLU most of the tiny encoder's global units are dead at init (InfoNCE of a
     # constant anchor: exactly 0, whatever the pairing).
     encoder = amdim.MultiScaleEncoder(stem_width=4, widths=(8, 8, 8), activation="elu")

@@ -1121,8 +1121,8 @@ def test_every_start_of_a_run_appends_its_environment_to_runs_jsonl(tmp_path):
 
 
 def test_mean_over_seeds_counts_a_null_as_nan():
-    """C6 (nulls dropped: a diverged seed's null vanished and the other seed's value was
-    reported as the mean over 2 seeds)."""
+    """Catches: nulls dropped: a diverged seed's null vanished and the other seed's value was
+    reported as the mean over 2 seeds."""
     rows = [dict(method="vib", seed=0, kl=None), dict(method="vib", seed=1, kl=2.0)]
     (merged,) = _common.mean_over_seeds(rows, ("method",))
     assert merged["num_seeds"] == 2
@@ -1130,7 +1130,7 @@ def test_mean_over_seeds_counts_a_null_as_nan():
 
 
 def test_mean_curve_is_the_mean_over_the_seeds_of_each_epoch():
-    """C3 (first seed's value per epoch)."""
+    """Catches: first seed's value per epoch."""
     rows = [
         dict(epoch=1, seed=0, kl=1.0),
         dict(epoch=1, seed=1, kl=3.0),

@@ -687,7 +687,7 @@ def test_a_loaders_misread_images_are_named_with_the_fix(monkeypatch):
 
 
 def test_contrast_blends_with_the_mean_luma_of_a_colour_image():
-    """Kills R7 (the blend target the mean over channels, not torchvision's mean luma)."""
+    """Catches: the blend target the mean over channels, not torchvision's mean luma."""
     base = 0.45 + 0.1 * jax.random.uniform(jax.random.key(0), (6, 5, 1))
     image = jnp.concatenate([base - 0.2, base + 0.2, base - 0.2], -1)  # green: luma != mean
     luma_mean = float(jnp.mean(image @ jnp.array([0.299, 0.587, 0.114])))
@@ -706,7 +706,7 @@ def test_contrast_blends_with_the_mean_luma_of_a_colour_image():
 
 
 def test_random_resized_crop_ratio_is_width_over_height():
-    """Kills R10 (aspect ratio read as height over width). Area 1/2, ratio 2: the window is
+    """Catches: aspect ratio read as height over width. Area 1/2, ratio 2: the window is
     half the height and the full width, so an image constant down each column is unchanged,
     and one constant along each row is not."""
     h, w = 8, 8

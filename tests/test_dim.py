@@ -279,8 +279,8 @@ def _dim_objective(**kw):
 
 
 def test_dim_loss_adds_gamma_times_the_encoders_prior_loss_on_sigmoid_y():
-    """Kills D3 (prior term's sign), D4 (no sigmoid for the uniform prior), D12 (gamma on the
-    discriminator's loss): loss = -(alpha I_g + beta I_l) + gamma E[softplus(-D(sigmoid Y))]
+    """Catches: prior term's sign, no sigmoid for the uniform prior, gamma on the
+    discriminator's loss: loss = -(alpha I_g + beta I_l) + gamma E[softplus(-D(sigmoid Y))]
     + disc_loss, with the Gaussian prior reading Y itself."""
     images = jax.random.uniform(jax.random.key(1), (6, 8, 8, 1))
     for prior in ("uniform", "gaussian"):
@@ -300,7 +300,7 @@ def test_dim_loss_adds_gamma_times_the_encoders_prior_loss_on_sigmoid_y():
 
 
 def test_dim_input_source_scores_the_images_not_the_feature_map():
-    """Kills D8 (`global_source="input"` ignored: the global term read I(M; Y))."""
+    """Catches: `global_source="input"` ignored: the global term read I(M; Y)."""
     objective = _dim_objective(global_source="input", alpha=1.0, beta=0.5, gamma=0.0)
     images = jax.random.uniform(jax.random.key(1), (6, 8, 8, 1))
     params, states = objective.init(jax.random.key(2), images)
@@ -316,8 +316,8 @@ def test_dim_input_source_scores_the_images_not_the_feature_map():
 
 
 def test_dim_local_extra_inputs_pair_each_location_with_its_own_image():
-    """Kills D10 (FLO's u head on another image's Y) and D11 ([B, L] -> [L, B] by reshape, not
-    transpose): u[l, i] = head([phi_loc(M_i^l), psi_loc(Y_i)])."""
+    """Catches: FLO's u head on another image's Y and [B, L] -> [L, B] by reshape, not
+    transpose: u[l, i] = head([phi_loc(M_i^l), psi_loc(Y_i)])."""
     rng = np.random.default_rng(0)
     local = jnp.asarray(rng.normal(size=(5, 2, 3, 4)), jnp.float32)
     global_ = jnp.asarray(rng.normal(size=(5, 6)), jnp.float32)
@@ -335,7 +335,7 @@ def test_dim_local_extra_inputs_pair_each_location_with_its_own_image():
 
 
 def test_mige_local_surrogate_averages_the_chosen_locations():
-    """Kills D13 (every chosen location read as location 0)."""
+    """Catches: every chosen location read as location 0."""
     key = jax.random.key(0)
     local = jax.random.normal(key, (16, 3, 2))
     global_ = local[:, 1] @ jnp.ones((2, 3)) + 0.1 * jax.random.normal(key, (16, 3))

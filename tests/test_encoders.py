@@ -351,7 +351,7 @@ def test_a_groupnorm_of_one_value_per_group_is_refused_not_a_constant_encoder():
 
 
 def test_resnet_features_are_the_global_average_pool_of_local():
-    """Kills E1 (max pooling)."""
+    """Catches: max pooling in place of the mean."""
     enc = encoders.get_encoder(
         "resnet", widths=(8, 16), strides=(1, 2), stem_width=8, latent_dim=6, norm_groups=4
     )
@@ -361,7 +361,7 @@ def test_resnet_features_are_the_global_average_pool_of_local():
 
 
 def test_preact_block_shortcut_is_a_projection_of_the_preactivated_input():
-    """Kills E2 (the projection shortcut read the raw input, not act(norm(x)) as documented)."""
+    """Catches: the projection shortcut reading the raw input, not act(norm(x)) as documented."""
     block = encoders._PreActBlock(8, 2, "relu", 2)
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
     params = block.init(jax.random.key(1), x)

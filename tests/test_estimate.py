@@ -1137,7 +1137,7 @@ def test_cli_imports_a_module_that_registers_a_bound(tmp_path, gaussian_2d):
 
 
 def test_an_estimate_whose_bound_is_negative_reads_zero_at_step_zero():
-    """E5 (`& (mi > 0)` dropped): a critic whose held-out objective beats the constant
+    """Catches: `& (mi > 0)` dropped: a critic whose held-out objective beats the constant
     critic's but whose held-out bound is negative reported that negative MI."""
     stop = estimate_lib._EarlyStopping(1, patience=3, stop_on="objective")
     reference = -2 * np.log(2)  # the constant critic's JS objective
@@ -1148,8 +1148,8 @@ def test_an_estimate_whose_bound_is_negative_reads_zero_at_step_zero():
 
 
 def test_each_seed_draws_its_own_minibatches(monkeypatch):
-    """E10 (every member of seeds=K used the same minibatch order: the spread over seeds held
-    the initializations' share alone)."""
+    """Catches: every member of seeds=K used the same minibatch order: the spread over seeds held
+    the initializations' share alone."""
     drawn = []
     real = estimate_lib._minibatches
 

@@ -425,7 +425,7 @@ def test_a_shared_probe_cache_serves_a_rerun_elsewhere_the_same_results(tmp_path
 
 
 def test_halves_representation_is_the_top_encoders():
-    """Kills H3 (the probe read the bottom encoder applied to the top half)."""
+    """Catches: the probe read the bottom encoder applied to the top half."""
     encoder = halves.get_half_encoder("mlp", hidden=(8,), out_dim=4)
     model = halves.HalvesModel(
         encoder=encoder, ensemble=training.make_ensemble(["infonce"], "bilinear")
@@ -439,7 +439,7 @@ def test_halves_representation_is_the_top_encoders():
 
 
 def test_add_noise_has_standard_deviation_std():
-    """Kills H4 (std**2 noise). 16000 draws: the std's standard error is 0.6 %, tolerance 3 %."""
+    """Catches: std**2 noise. 16000 draws: the std's standard error is 0.6 %, tolerance 3 %."""
     views = jnp.zeros((2000, 8))
     out = halves.add_noise(jax.random.key(0), views, 0.3)
     np.testing.assert_allclose(float(jnp.std(out)), 0.3, rtol=0.03)
@@ -451,8 +451,8 @@ def test_add_noise_has_standard_deviation_std():
 
 
 def test_halves_run_statistics_are_the_seeds_mean_and_ddof0_std(tmp_path):
-    """H1 (gain std with ddof 1: the verdict divides by sqrt(n - 1), so its standard error
-    would be too large), H3 (the best seed for the mean)."""
+    """Catches: gain std with ddof 1: the verdict divides by sqrt(n - 1), so its standard error
+    would be too large, the best seed for the mean."""
     config = halves_config.get_config("quick")
     config.unlock()
     config.update_from_flattened_dict(

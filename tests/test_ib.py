@@ -678,14 +678,18 @@ def test_infomax_vae_routes_each_gradient_to_its_player():
     assert all(np.any(leaf != 0) for leaf in jax.tree.leaves((mi["encoder"], mi["critic"])))
 
 
-def test_infomax_vae_loss_terms_and_smoke(tmp_path, monkeypatch):
-    model = vae.InfoMaxVAE(
+def _tiny_vae() -> vae.InfoMaxVAE:
+    return vae.InfoMaxVAE(
         image_shape=(4, 4, 1),
         latent_dim=3,
         encoder_hparams=(("hidden", (8,)),),
         decoder_hidden=(8,),
         critic_hparams=(("hidden", (8,)), ("embed_dim", 4)),
     )
+
+
+def test_infomax_vae_loss_terms_and_smoke(tmp_path, monkeypatch):
+    model = _tiny_vae()
     x = _images(jax.random.key(0), batch=5)
     params, states = model.init(jax.random.key(1), x)
     key = jax.random.key(2)
@@ -963,19 +967,12 @@ def test_models_given_dicts_and_lists_are_hashable_and_run_under_jit_as_static_a
 
 
 def _ib_model(method, **kw):
-    defaults = dict(
-        method=method,
-        num_classes=3,
-        latent_dim=5,
-        trunk_hparams=(("hidden", (8,)),),
-        critic_hparams=(("hidden", (8,)), ("embed_dim", 4)),
-        std_offset=-1.0,
-    )
-    return ib.IBModel(**{**defaults, **kw})
+    """`_model` with sigma ~ 1.3 at the start (codes far from their means)."""
+    return _model(method, **{"std_offset": -1.0, **kw})
 
 
 def test_ib_codes_have_the_encoders_mean_and_standard_deviation():
-    """Kills I3 (z = mu + sigma^2 eps). 4000 codes per example: the std's standard error is
+    """Catches: z = mu + sigma^2 eps. 4000 codes per example: the std's standard error is
     1.1 %, the tolerance 5 %; the mean's 1.6 % of sigma, the tolerance 8 %."""
     x = jax.random.uniform(jax.random.key(0), (4, 4, 4, 1))
     model = _ib_model("vib", std_offset=-2.0)  # sigma ~ 2: sigma^2 ~ 4
@@ -989,7 +986,7 @@ def test_ib_codes_have_the_encoders_mean_and_standard_deviation():
 
 
 def test_ib_kl_metric_is_the_batch_mean_of_the_closed_form():
-    """Kills I4 (the KL summed over the batch: beta's scale then grows with the batch size)."""
+    """Catches: the KL summed over the batch: beta's scale then grows with the batch size."""
     x = jax.random.uniform(jax.random.key(0), (6, 4, 4, 1))
     y = jnp.array([0, 1, 2, 0, 1, 2])
     model = _ib_model("vib")
@@ -1003,7 +1000,7 @@ def test_ib_kl_metric_is_the_batch_mean_of_the_closed_form():
 
 
 def test_mige_ib_penalty_is_taken_on_the_sampled_codes():
-    """Kills I5 (MIGE-IB's marginal entropy taken on the means instead of the codes)."""
+    """Catches: MIGE-IB's marginal entropy taken on the means instead of the codes."""
     x = jax.random.uniform(jax.random.key(0), (8, 4, 4, 1))
     y = jnp.arange(8) % 3
     model = _ib_model("mige", score_estimator="stein", train_samples=2)
@@ -1018,14 +1015,8 @@ def test_mige_ib_penalty_is_taken_on_the_sampled_codes():
 
 
 def test_vae_sigma_is_softplus_of_the_raw_head_without_offset():
-    """Kills V4 (IBModel's offset 5 applied to the VAE: sigma ~ 0.007 at init, not ~0.7)."""
-    model = vae.InfoMaxVAE(
-        image_shape=(4, 4, 1),
-        latent_dim=3,
-        encoder_hparams=(("hidden", (8,)),),
-        decoder_hidden=(8,),
-        critic_hparams=(("hidden", (8,)), ("embed_dim", 4)),
-    )
+    """Catches: IBModel's offset 5 applied to the VAE: sigma ~ 0.007 at init, not ~0.7."""
+    model = _tiny_vae()
     x = jax.random.uniform(jax.random.key(0), (5, 4, 4, 1))
     params, _ = model.init(jax.random.key(1), x)
     p = jax.tree.map(np.asarray, params["encoder"]["params"]["MLPEncoder_0"])
@@ -1041,7 +1032,7 @@ def test_vae_sigma_is_softplus_of_the_raw_head_without_offset():
 
 
 def test_the_selected_evaluation_has_the_lowest_validation_error_earliest_on_a_tie():
-    """I1 (selected by TEST error), I2 (highest validation error), I8 (tie to the latest)."""
+    """Catches: selected by TEST error, highest validation error, tie to the latest."""
     head = dict(method="vib", beta=0.1)
     history = [
         dict(head, epoch=1, error_mean=0.10, val_error_mean=0.30),
@@ -1054,7 +1045,7 @@ def test_the_selected_evaluation_has_the_lowest_validation_error_earliest_on_a_t
 
 
 def test_eval_fn_reports_the_sampled_error_and_the_mean_kl_of_predict():
-    """I5 (error_sampled read at the posterior mean), I6 (max KL for the mean KL)."""
+    """Catches: error_sampled read at the posterior mean, max KL for the mean KL."""
     model = ib.IBModel(
         method="vib", num_classes=3, latent_dim=5, trunk_hparams=(("hidden", (8,)),),
         std_offset=-1.0,  # sigma ~ 1.3: sampled codes' predictions differ from the mean's
@@ -1076,7 +1067,7 @@ def test_eval_fn_reports_the_sampled_error_and_the_mean_kl_of_predict():
 def test_the_weight_average_is_evaluated_on_the_test_and_the_validation_split(
     tmp_path, monkeypatch
 ):
-    """I3 (the raw parameters evaluated, not the EMA), I4 (validation read on the test set)."""
+    """Catches: the raw parameters evaluated, not the EMA, validation read on the test set."""
     averaged, calls = [], []
     real_average, real_make = training.averaged_params, ib_experiment.make_eval_fn
 

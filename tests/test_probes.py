@@ -206,15 +206,8 @@ def test_probes_read_features_of_any_normal_float32_scale_alike():
 # Reported statistics by hand (a mutation check: each caught a change the tests above missed).
 
 
-def _blobs(n, dim=10, classes=3, sep=3.0, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(classes, dim)) * sep
-    labels = rng.integers(0, classes, n)
-    return (centers[labels] + rng.normal(size=(n, dim))).astype(np.float32), labels
-
-
 def test_the_test_split_is_standardized_with_the_training_statistics():
-    """P1 (test features standardized with their own statistics): a shifted test
+    """Catches: test features standardized with their own statistics: a shifted test
     split, scored as scikit-learn scores it through the training split's scaler."""
     x, y = _blobs(1200, sep=0.6, seed=1)
     shifted = x[800:] + 2.0  # every feature moved by ~2 training stds
@@ -228,7 +221,7 @@ def test_the_test_split_is_standardized_with_the_training_statistics():
 
 
 def test_the_mlp_probe_reports_train_and_test_accuracy_in_their_places():
-    """P3 (the MLP probe's train and test accuracies swapped): random labels are memorized on
+    """Catches: the MLP probe's train and test accuracies swapped: random labels are memorized on
     the training split and read at chance on the test split."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 10)).astype(np.float32)

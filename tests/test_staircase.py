@@ -460,7 +460,7 @@ def test_a_cpu_split_jax_cannot_take_any_more_is_refused_or_said(tmp_path, capsy
 
 
 def test_level_statistics_on_an_asymmetric_window():
-    """S3 (window of 1 - stats_fraction), S5 (mse = variance), S13 (median for the mean).
+    """Catches: window of 1 - stats_fraction, mse = variance, median for the mean.
     The existing hand test uses stats_fraction 0.5 (symmetric) and windows symmetric around
     their mean, with bias 0 where mse is checked."""
     config = ml_collections.ConfigDict(
@@ -476,7 +476,7 @@ def test_level_statistics_on_an_asymmetric_window():
 
 
 def test_plot_ema_is_the_standard_recursion_started_at_the_first_value():
-    """S10 (decay and 1 - decay swapped), S11 (started at 0: a curve pulled to 0 at the start)."""
+    """Catches: decay and 1 - decay swapped, started at 0: a curve pulled to 0 at the start."""
     np.testing.assert_allclose(
         staircase._ema(np.array([2.0, 0.0, 0.0]), 0.9), [2.0, 1.8, 1.62], rtol=1e-12
     )
