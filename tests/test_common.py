@@ -299,6 +299,48 @@ def test_sigterm_in_a_run_waits_for_a_checkpoints_save_then_raises_terminated():
     assert "Traceback" not in out.stderr
 
 
+def test_evaluations_from_metrics_keep_the_last_row_of_each_key_of_the_matching_kind(tmp_path):
+    # What a resume without results.json reads back (IB's methods share metrics.jsonl).
+    # Catches: another method's rows of the same beta read as this one's; the first written
+    # row of a key kept over a rerun's; rows at the checkpoint's step dropped; training rows.
+    def row(method, step, value, run=1, kind="eval"):
+        return {"kind": kind, "method": method, "beta": 0.1, "seed": 0, "step": step, "v": value,
+                "run": run}  # fmt: skip
+
+    rows = [
+        row("vib", 1, 1.0),
+        row("mine", 1, 9.0),
+        row("vib", 1, 7.0, kind="train"),
+        row("vib", 2, 2.0),
+        row("vib", 3, 3.0),  # after the checkpoint at step 2
+        row("vib", 2, 2.5, run=2),  # a rerun from step 1 wrote step 2 again
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = _common.evaluations_from_metrics(
+        str(tmp_path), 2, ("beta", "seed", "step"), "eval", {"method": "vib"}
+    )
+    assert [(r["method"], r["step"], r["v"]) for r in got] == [("vib", 1, 1.0), ("vib", 2, 2.5)]
+    assert all("run" not in r and "kind" not in r for r in got)
+
+
+def test_a_failed_json_write_keeps_the_earlier_file_whole(tmp_path, monkeypatch):
+    # Catches: a replacing (non-exclusive) write straight into the file, which a full disk or
+    # a kill cuts: results.json of the evaluations before would be lost.
+    path = str(tmp_path / "results.json")
+    _common.write_json(path, {"a": 1})
+
+    def cut(data, f, **kwargs):
+        f.write('{"a": ')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", cut)
+    with pytest.raises(OSError, match="No space"):
+        _common.write_json(path, {"a": 2})
+    monkeypatch.undo()
+    assert _common.read_json(path) == {"a": 1}
+    assert os.listdir(tmp_path) == ["results.json"]  # no temp file left
+
+
 def test_train_time_until_a_checkpoint_counts_only_the_chunks_before_it():
     earlier = {"train_s": 7.0, "train_s_by_step": [[10, 3.0], [20, 5.0], [30, 7.0]]}
     assert _common.train_time_until(earlier, 20) == (5.0, [[10, 3.0], [20, 5.0]])
@@ -391,6 +433,25 @@ def test_a_run_written_before_a_setting_existed_resumes_with_that_settings_old_v
     now.binarize = True  # other data than the run had
     with pytest.raises(ValueError, match="binarize: false -> true"):
         _common.check_same_run(str(tmp_path), now, added=infomax_vae.ADDED)
+    # A value the run recorded wins over the default for runs written without it.
+    # Catches: `added` merged over the recorded config (a binarized run resumed on grey data).
+    _common.write_json(str(tmp_path / "config.json"), {"learning_rate": 1e-3, "binarize": True})
+    now.binarize = False
+    with pytest.raises(ValueError, match="binarize: true -> false"):
+        _common.check_same_run(str(tmp_path), now, added=infomax_vae.ADDED)
+
+
+def test_checkpoints_alone_mark_a_run_whose_config_is_checked(tmp_path):
+    # A workdir left with config.json and checkpoints only (metrics and results deleted).
+    # Catches: a run recognized by its metrics and results files alone (resumed under a changed
+    # learning rate).
+    _common.write_json(str(tmp_path / "config.json"), {"learning_rate": 1e-3})
+    now = ml_collections.ConfigDict({"learning_rate": 0.5})
+    _common.check_same_run(str(tmp_path), now)  # config.json alone: no run yet
+    os.makedirs(tmp_path / "checkpoints" / "2")
+    (tmp_path / "checkpoints" / "2" / "state").write_text("")
+    with pytest.raises(ValueError, match="learning_rate: 0.001 -> 0.5"):
+        _common.check_same_run(str(tmp_path), now)
 
 
 def test_a_run_with_a_setting_since_renamed_is_not_told_to_pass_its_config_again(tmp_path):

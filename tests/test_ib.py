@@ -545,8 +545,40 @@ def test_a_resumed_method_counts_each_chunks_training_time_once(tmp_path, monkey
     monkeypatch.setattr(ib_experiment, "run_method", real_run_method)
     entry = ib_experiment.train_and_evaluate(config, tmp_path)["methods"]["vib"]
     assert config.num_epochs == 2 and entry["train_s"] == 2.0
+    # Each evaluation once. Catches: the evaluations after the checkpoint kept in the history
+    # beside the rerun's (the last epoch twice).
+    keys = [(r["beta"], r["step"]) for r in entry["history"]]
+    assert len(keys) == len(set(keys)), keys
     steps = sorted({r["step"] for r in entry["history"]})
     assert entry["train_s_by_step"] == [[steps[0], 1.0], [steps[1], 2.0]]
+
+
+def test_a_resume_without_results_json_reads_every_seeds_evaluations_back(tmp_path):
+    # Catches: the rows read back from metrics.jsonl keyed by (beta, step) without the seed:
+    # one seed's evaluations dropped.
+    workdir = str(tmp_path)
+    config = _quick(ib_config, methods=("vib",), num_seeds=2, num_epochs=1)
+    ib_experiment.train_and_evaluate(config, workdir)
+    os.remove(os.path.join(workdir, "results.json"))
+    config.num_epochs = 2
+    entry = ib_experiment.train_and_evaluate(config, workdir)["methods"]["vib"]
+    first = sorted((r["beta"], r["seed"]) for r in entry["history"] if r["epoch"] == 1)
+    assert first == sorted((b, s) for b in entry["betas"] for s in (0, 1))
+
+
+def test_ib_training_does_not_depend_on_the_evaluation_cadence(tmp_path):
+    # Evaluating every epoch or every second one splits training into chunks differently;
+    # each step's batch and key come from its global step either way. Catches: each chunk's
+    # batches drawn from step 0 (every chunk repeats epoch 1's batch order).
+    finals = [
+        ib_experiment.train_and_evaluate(
+            _quick(ib_config, methods=("vib",), eval_every_epochs=every), str(tmp_path / str(every))
+        )["methods"]["vib"]["final"]
+        for every in (1, 2)
+    ]
+    for a, b in zip(*finals, strict=True):
+        np.testing.assert_allclose(a["error_mean"], b["error_mean"], atol=1e-6)
+        np.testing.assert_allclose(a["kl"], b["kl"], rtol=1e-4)
 
 
 def test_an_interrupted_rerun_keeps_a_finished_method_listed_after_it(tmp_path, monkeypatch):
@@ -1094,3 +1126,51 @@ def test_the_weight_average_is_evaluated_on_the_test_and_the_validation_split(
     assert calls and all(is_average for is_average, _ in calls)
     sizes = [n for _, n in calls]
     assert sizes.count(config.validation_examples) == len(sizes) // 2 > 0
+
+
+@pytest.mark.parametrize("stopped", ["before", "after"])
+def test_infomax_vae_stopped_around_its_last_checkpoint_reports_the_last_epoch(
+    tmp_path, monkeypatch, stopped
+):
+    # A run stopped between its last evaluation (written to results.json) and its checkpoint,
+    # or just after that checkpoint; then run again. Chunks are made to take one second each.
+    # Catches: the checkpoint saved before results.json (the table of a 2-epoch run then
+    # reports epoch 1), the evaluations after the checkpoint kept beside the rerun's, the
+    # rerun's training time counted from results.json's total (a chunk twice), and a
+    # checkpoint of another model refused only after config.json was overwritten.
+    real_save, real_chunk = _common.save_checkpoint, _common.run_sweep_chunk
+    saves = []
+
+    def stop_at_the_last_save(manager, step, state, **kwargs):
+        saves.append(step)
+        if stopped == "after":
+            real_save(manager, step, state, **kwargs)
+        if len(saves) == 2:
+            raise RuntimeError("stopped")
+        if stopped == "before":
+            real_save(manager, step, state, **kwargs)
+
+    def one_second_chunks(*args, **kwargs):
+        state, metrics, _ = real_chunk(*args, **kwargs)
+        return state, metrics, 1.0
+
+    monkeypatch.setattr(_common, "run_sweep_chunk", one_second_chunks)
+    monkeypatch.setattr(_common, "save_checkpoint", stop_at_the_last_save)
+    config = _quick(vae_config)
+    with pytest.raises(RuntimeError, match="stopped"):
+        vae_experiment.train_and_evaluate(config, str(tmp_path))
+    monkeypatch.setattr(_common, "save_checkpoint", real_save)
+    results = vae_experiment.train_and_evaluate(config, str(tmp_path))
+    assert config.num_epochs == 2 and results["train_s"] == 2.0
+    keys = [(r["model"], r["step"]) for r in results["history"]]
+    assert len(keys) == len(set(keys)), keys
+    assert {r["epoch"] for r in results["table"] if "epoch" in r} == {2.0}
+    assert {r["model"] for r in results["table"] if "epoch" in r} == set(results["models"])
+    if stopped == "after":
+        for name in ("config.json", "results.json"):
+            (tmp_path / name).unlink()
+        with pytest.raises(ValueError, match="does not fit"):
+            vae_experiment.train_and_evaluate(
+                _quick(vae_config, latent_dim=config.latent_dim + 1), str(tmp_path)
+            )
+        assert not (tmp_path / "config.json").exists()
