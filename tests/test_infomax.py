@@ -3,15 +3,17 @@
 import json
 import os
 import shutil
+import time
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import infomax as infomax_config
-from experiments import infomax, infomax_table
-from mi_jax import bounds, training
+from experiments import _common, infomax, infomax_table
+from mi_jax import bounds, probes, training
 
 
 def tiny_config(**overrides):
@@ -69,7 +71,15 @@ def test_every_estimator_runs_and_writes_everything(tmp_path, estimator):
     assert json.loads((tmp_path / "config.json").read_text())["estimator"] == estimator
 
 
-def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp_path):
+def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    initial = []  # each run's randomly initialized encoder, as its final probes get it
+    real_evaluate = infomax.evaluate
+
+    def evaluate(config, objective, trained, initial_params, *args, **kwargs):
+        initial.append(jax.device_get(initial_params))
+        return real_evaluate(config, objective, trained, initial_params, *args, **kwargs)
+
+    monkeypatch.setattr(infomax, "evaluate", evaluate)
     full = tmp_path / "full"
     infomax.train_and_evaluate(tiny_config(num_steps=4, eval_every=4), str(full))
     parts = tmp_path / "parts"
@@ -101,6 +111,11 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tmp
         [r["test_accuracy"] for r in json.loads((full / "results.json").read_text())["probes"]],
         atol=1e-6,
     )
+    # The resumed run's "random" encoder is the initialization, not the restored encoder.
+    # Catches: the initial encoder copied after the restore (its probes read step 2's
+    # encoder; at this size their accuracies above can still agree).
+    assert len(initial) == 3
+    chex.assert_trees_all_close(initial[2], initial[0], rtol=0, atol=0)
 
 
 def test_mige_seeds_run_one_after_another_and_match_single_runs(tmp_path):
@@ -231,12 +246,21 @@ def test_a_resume_evaluates_a_checkpoint_step_left_unevaluated_and_drops_stale_r
     (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"ste')
     shutil.rmtree(cut / "checkpoints" / "4")
     # Resumed with chunks of 2 steps: the stale row of step 3 is not rewritten by it.
-    infomax.train_and_evaluate(tiny_config(**{**small, "log_every": 2}), str(cut))
+    resumed = infomax.train_and_evaluate(tiny_config(**{**small, "log_every": 2}), str(cut))
     train, evals = infomax.read_metrics(str(cut / "metrics.jsonl"))
     assert [r["step"] for r in train] == [1, 2, 4]
     assert [r["run"] for r in train] == [1, 1, 2]
+    # Catches: the training time summed over every train row in the file (the stale step 3's).
+    total = sum(r["seconds"] + r.get("compile_s", 0.0) for r in train)
+    assert resumed["train_total_s"] == pytest.approx(total, rel=1e-9)
+    # Steps 3-4 as one chunk train as two chunks of one step do: each step's keys come from
+    # its global step. Catches: a chunk's steps numbered from 0 (each chunk's first step reuses
+    # one key).
+    full_train, reference = infomax.read_metrics(str(full / "metrics.jsonl"))
+    assert [r["step"] for r in full_train] == [1, 2, 3, 4]
+    want = np.mean([r["loss"] for r in full_train[2:]])
+    np.testing.assert_allclose(train[2]["loss"], want, rtol=1e-5)
     assert [(r["step"], r["run"]) for r in evals] == [(2, 2), (4, 2)]
-    _, reference = infomax.read_metrics(str(full / "metrics.jsonl"))
     assert evals[0]["linear_global"] == pytest.approx(reference[0]["linear_global"], abs=1e-6)
     # Nothing an earlier run wrote is removed from the file.
     rows = [json.loads(x) for x in (cut / "metrics.jsonl").read_text().splitlines()[:4]]
@@ -506,3 +530,66 @@ def test_an_unmakeable_probe_cache_dir_is_named_before_the_run(tmp_path, monkeyp
     config = tiny_config(**{"probe.cache_dir": str(tmp_path / "read-only")})
     with pytest.raises(ValueError, match="config.probe.cache_dir.*not writable"):
         infomax.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_the_reported_accuracies_are_the_test_splits_of_the_trained_encoder(tmp_path, monkeypatch):
+    # Every probe fit returns its own accuracies, a train accuracy below 0.5 and a test one
+    # above, so that each reported number shows which fit and which split it came from.
+    # Catches: a train accuracy reported as the test one (results, the periodic curve, the
+    # final metrics row), the random encoder's probe in the final metrics row, a periodic
+    # value that is not the mean over the seeds.
+    fits = iter(range(1000))
+
+    def fit(cache_dir, *args, **settings):
+        i = next(fits)
+        return probes.ProbeResult(0.1 + 0.001 * i, 0.5 + 0.01 * i, 1, True), False
+
+    monkeypatch.setattr(_common, "fit_probe_cached", fit)
+    config = tiny_config(num_seeds=2, num_steps=2, eval_every=1, **{"probe.kinds": ("linear",)})
+    results = infomax.train_and_evaluate(config, str(tmp_path))
+    assert len(results["probes_per_seed"]) == 5  # trained and random per seed, raw pixels once
+    assert all(r["test_accuracy"] >= 0.5 > r["train_accuracy"] for r in results["probes_per_seed"])
+    evals = [r for r in _rows(tmp_path / "metrics.jsonl") if r["kind"] == "eval"]
+    (periodic,), (final,) = (
+        [r for r in evals if not r.get("final")],
+        [r for r in evals if r.get("final")],
+    )
+    assert periodic["linear_global"] >= 0.5
+    assert periodic["linear_global"] == pytest.approx(
+        np.mean(periodic["per_seed"]["linear_global"])
+    )
+    (trained,) = [r for r in results["probes"] if r["encoder"] == "trained"]
+    mine = [r["test_accuracy"] for r in results["probes_per_seed"] if r["encoder"] == "trained"]
+    assert final["linear_global"] == trained["test_accuracy"] == pytest.approx(np.mean(mine))
+
+
+def test_the_compilation_is_not_in_the_first_chunks_seconds(tmp_path, monkeypatch):
+    # Catches: the first chunk timed from before its compilation (compile time then counted
+    # in both `compile_s` and `seconds`, twice in `train_total_s`).
+    real = infomax.make_chunk_fn
+
+    def slow_to_compile(*args, **kwargs):
+        run = real(*args, **kwargs)
+        compile_chunk = run.compile
+        run.compile = lambda *a: (compile_chunk(*a), time.sleep(2.0))[0]
+        return run
+
+    monkeypatch.setattr(infomax, "make_chunk_fn", slow_to_compile)
+    results = infomax.train_and_evaluate(tiny_config(**{"probe.kinds": ("linear",)}), str(tmp_path))
+    first = next(r for r in _rows(tmp_path / "metrics.jsonl") if r["kind"] == "train")
+    assert results["compile_s"] >= 2.0 > first["seconds"]
+    assert first["compile_s"] == results["compile_s"]
+
+
+def test_summary_and_table_put_each_number_under_its_label(tmp_path, capsys):
+    # Catches: compile and train times swapped in the summary; a table cell "std +- mean".
+    probe = {"encoder": "trained", "representation": "global", "dim": 8, "probe": "linear",
+             "train_accuracy": 0.95, "test_accuracy": 0.9, "test_accuracy_std": 0.01,
+             "num_seeds": 2}  # fmt: skip
+    results = {"dataset": "digits", "estimator": "js", "num_steps": 4, "num_seeds": 2,
+               "compile_s": 1.0, "train_s": 2.0, "eval_s": 0.5, "train_total_s": 3.0,
+               "probes": [probe], "config": {}}  # fmt: skip
+    assert "compile 1.0 s, train 2.0 s, final probes 0.5 s" in infomax.summary(results)
+    _common.write_json(str(tmp_path / "results.json"), results)
+    infomax_table.main([str(tmp_path)])
+    assert "0.900 +- 0.010" in capsys.readouterr().out
