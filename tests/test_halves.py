@@ -151,6 +151,17 @@ def test_verdicts_from_hand_made_runs():
     ]
     v = halves_experiment.verdicts(runs)
     assert v["bijective"]["holds"] is True  # both RealNVP runs gain ~5-11 points
+    # Gains of 0, 2 and 4 points: mean 2, standard error 1.15 (std ddof 1 over sqrt(3)), so
+    # 2 standard errors (2.3) exceed the mean. Catches: the standard error as std ddof 0 over
+    # sqrt(n) (0.94: a gain inside the noise would show the finding).
+    small = run("realnvp", "bilinear", "nce", 0.80, [0.80, 0.82, 0.84], 1.0)
+    assert halves_experiment.verdicts([small])["bijective"]["holds"] is False
+    assert (
+        halves_experiment.verdicts(
+            [run("realnvp", "bilinear", "nce", 0.80, [0.81, 0.82, 0.83], 1.0)]
+        )["bijective"]["holds"]
+        is True
+    )
     assert v["looser_bounds"]["holds"] is True  # realnvp: bilinear (MI 1.0) beats concat (3.0)
     assert "realnvp/nce" in v["looser_bounds"]["evidence"]
     # encoder spread: bilinear 0.953 vs 0.91 (4.3 pts), concat 0.947 vs 0.85 (9.7); estimator
@@ -472,3 +483,65 @@ def test_halves_run_statistics_are_the_seeds_mean_and_ddof0_std(tmp_path):
     assert run["accuracy_gain_mean"] == pytest.approx(np.mean(gain), abs=1e-12)
     assert run["accuracy_gain_std"] == pytest.approx(np.std(gain), abs=1e-12)
     assert run["final_mi_mean"] == pytest.approx(np.mean(run["mi_test"][-1]), abs=1e-12)
+
+
+def test_the_final_row_is_the_last_evaluation_and_each_number_sits_under_its_label(
+    tmp_path, monkeypatch
+):
+    # The probes return a scripted sequence (raw pixels first, then each evaluation's seeds)
+    # that rises and falls. Catches: the best evaluation reported as the final one, the
+    # spreads with ddof 1, the summary's initial accuracy showing the final one.
+    script = iter([0.7, 0.5, 0.6, 0.9, 0.8, 0.7, 0.6])
+    monkeypatch.setattr(
+        halves_experiment,
+        "linear_probe",
+        lambda *a, **k: probes.ProbeResult(0.0, next(script), 1, True),
+    )
+    results = halves_experiment.train_and_evaluate(tiny_config(encoders=("mlp",)), str(tmp_path))
+    (run,) = results["runs"]
+    assert run["accuracy"] == [[0.5, 0.6], [0.9, 0.8], [0.7, 0.6]]
+    assert run["initial_accuracy_mean"] == pytest.approx(0.55)
+    assert run["final_accuracy_mean"] == pytest.approx(0.65)
+    assert run["final_accuracy_std"] == pytest.approx(0.05)
+    assert run["accuracy_gain_mean"] == pytest.approx(0.1)
+    assert run["final_mi_mean"] == pytest.approx(np.mean(run["mi_test"][-1]))
+    assert run["final_mi_std"] == pytest.approx(np.std(run["mi_test"][-1]))
+    (line,) = [x for x in halves_experiment.summary(results).splitlines() if "bilinear" in x]
+    assert "0.550" in line and "0.650" in line and line.index("0.550") < line.index("0.650")
+
+
+def test_chunks_and_held_out_batches_change_only_what_they_should(tmp_path):
+    # One run evaluates every step on one held-out batch; the other every second step (chunks
+    # of two) on two. Training is the same; the second's training MI is the mean over its
+    # chunk's steps, and its held-out MI reads a second batch. Catches: the training MI of the
+    # chunk's last step only; the held-out MI of the first batch only.
+    def run(name, **overrides):
+        config = tiny_config(encoders=("mlp",), **overrides)
+        halves_experiment.train_and_evaluate(config, str(tmp_path / name))
+        rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return {r["step"]: r for r in map(json.loads, rows)}
+
+    every = run("every", log_every=1, eval_every=1, mi_eval_batches=1)
+    second = run("second", log_every=2, eval_every=2, mi_eval_batches=2)
+    assert sorted(every) == [0, 1, 2, 3, 4] and sorted(second) == [0, 2, 4]
+    for step in (2, 4):
+        np.testing.assert_allclose(second[step]["accuracy"], every[step]["accuracy"], atol=1e-6)
+        np.testing.assert_allclose(
+            second[step]["mi_train"],
+            np.mean([every[step - 1]["mi_train"], every[step]["mi_train"]], axis=0),
+            rtol=1e-5,
+        )
+    assert not np.allclose(second[0]["mi_test"], every[0]["mi_test"], rtol=1e-3, atol=0)
+
+
+def test_a_rerun_trains_each_bound_a_cut_results_json_lacks(tmp_path):
+    # Catches: finished combinations matched by encoder and critic alone (the second bound's
+    # row would be the first bound's, never trained).
+    config = tiny_config(encoders=("mlp",), bounds=("infonce", "nwj"))
+    halves_experiment.train_and_evaluate(config, str(tmp_path))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    saved["runs"] = saved["runs"][:1]  # stopped after the first combination
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    again = halves_experiment.train_and_evaluate(config, str(tmp_path))
+    assert [r["bound"] for r in again["runs"]] == ["infonce", "nwj"]
+    assert again["runs"][1]["mi_test"] != again["runs"][0]["mi_test"]
