@@ -720,6 +720,9 @@ def test_cli_says_how_far_the_estimate_moved_when_max_steps_cut_training(gaussia
         two, 200
     )
     assert "the largest move of 2 seeds" in estimate_cli.limit_note(two, 200)
+    # Catches: the largest rise taken for the largest move (a fall of 0.3 beside a rise of 0.1).
+    falls = dataclasses.replace(two, test_curve=np.array([[1.3, 1.0], [0.9, 1.0]]))
+    assert "moved by -0.300 nats (1.300 -> 1.000," in estimate_cli.limit_note(falls, 200)
     single = dataclasses.replace(one, steps=one.steps[:1], test_curve=one.test_curve[:1])
     assert estimate_cli.limit_note(single, 100) == (
         "--max_steps 100 ended training at its first evaluation."
@@ -804,6 +807,52 @@ def test_cli_json_on_stdout_and_a_closed_output_pipe(tmp_path, gaussian_2d):
         err = proc.stderr.read().decode()
     assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
     assert json.loads((tmp_path / "out.json").read_text())["mi"] == pytest.approx(record["mi"])
+
+
+def _cli_in_process(capsys, *args: str) -> tuple[dict, str]:
+    """``(record, line)``: `experiments.estimate.main` run in this process with ``--json -``
+    and the flags ``args``: the JSON it printed on stdout, and its "I(X;Y) = " line (stderr)."""
+    from absl import flags, logging
+    from absl.testing import flagsaver
+
+    verbosity = logging.get_verbosity()
+    capsys.readouterr()
+    with flagsaver.flagsaver():
+        flags.FLAGS(["estimate", "--json", "-", *args])
+        try:
+            estimate_cli.main(["estimate"])
+        finally:
+            logging.set_verbosity(verbosity)
+    out = capsys.readouterr()
+    (line,) = [x for x in out.err.splitlines() if x.startswith("I(X;Y) = ")]
+    return json.loads(out.out), line
+
+
+def test_cli_prints_what_its_json_holds_and_passes_each_flag_on(tmp_path, capsys):
+    # x in units 100 times y's: z-scores and the samples as given train different critics.
+    # Catches: --seed or --standardize not reaching estimate_mi (or zscore read as none), the
+    # printed mean being one seed's, the printed std with ddof 1, bits as nats times log 2,
+    # the printed best step being the last one.
+    x, y = tasks.get_task("gaussian", dim=2).sample(jax.random.key(0), 1.0, 1000)
+    x, y = 100.0 * np.asarray(x), np.asarray(y)
+    np.savez(tmp_path / "pairs.npz", x=x, y=y)
+    data = ["--data", str(tmp_path / "pairs.npz"), "--seed", "3", "--eval_every", "10"]
+    record, line = _cli_in_process(
+        capsys, *data, "--seeds", "2", "--standardize", "zscore", "--max_steps", "300"
+    )
+    direct = mi_jax.estimate_mi(
+        x, y, seeds=2, seed=3, eval_every=10, max_steps=300, standardize=True
+    )
+    np.testing.assert_allclose(record["mi"], direct.mi, rtol=1e-6)
+    assert line.startswith(
+        f"I(X;Y) = {np.mean(direct.mi):.4f} +- {np.std(direct.mi):.4f} nats = "
+        f"{np.mean(direct.mi) / np.log(2):.4f} bits over 2 seeds"
+    ), line
+    record, line = _cli_in_process(capsys, *data)  # (the default step limit)
+    assert record["stopped_early"] and record["best_step"] < record["steps"][-1]
+    mi = record["mi"]
+    assert line.startswith(f"I(X;Y) = {mi:.4f} nats = {mi / np.log(2):.4f} bits "), line
+    assert line.endswith(f"best held-out step {record['best_step']})"), line
 
 
 def test_cli_keeps_a_json_file_that_appeared_while_it_trained(tmp_path, gaussian_2d):
