@@ -289,3 +289,36 @@ def test_toy_samples_are_the_same_under_x64():
         x64_mode = np.asarray(mige_toy.toy_samples(0.5, key, 3, 4))
     assert x64_mode.dtype == float32_mode.dtype == np.float32
     np.testing.assert_allclose(x64_mode, float32_mode, rtol=1e-6)
+
+
+def test_each_trained_bounds_row_is_its_own_and_a_divergence_names_its_case(tmp_path, monkeypatch):
+    # Two trained bounds, two seeds; the run is told case 3 diverged (cases are rho-major:
+    # rho index 1, seed index 1), which it reports after writing every row. Catches: the
+    # bounds' names given to each other's gradients, the metrics' std with ddof 1, the case
+    # index split by the number of rhos.
+    config = _tiny(bounds=("nwj", "infonce"), estimators={}, num_seeds=2)
+    rhos = np.linspace(-config.rho_max, config.rho_max, config.num_rhos, dtype=np.float32)
+    keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+    grads = mige_toy.bound_gradients(config, 2, rhos, keys)[0]  # [bounds, rhos, seeds]
+    assert not np.allclose(grads[0], grads[1])
+    monkeypatch.setattr(training, "first_nonfinite", lambda a, step_axis=0: (3, 0, 0))
+    with pytest.raises(training.NonFiniteError, match=rf"rho={rhos[1]:.3g}, seed index 1\)"):
+        mige_toy.train_and_evaluate(config, str(tmp_path))
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    true = mige_toy.true_gradient(rhos, 2)
+    for name, g in zip(config.bounds, grads, strict=True):
+        (row,) = [r for r in rows if r["estimator"] == f"{name} (trained)"]
+        assert row["rel_rmse"] == pytest.approx(mige_toy.error_stats(g, true)["rel_rmse"], 1e-5)
+        stds = [m["std"] for m in metrics if m["estimator"] == f"{name} (trained)"]
+        np.testing.assert_allclose(stds, g.std(axis=1), rtol=1e-5)
+
+
+def test_the_summary_puts_each_number_under_its_label():
+    # Catches: the relative bias and spread columns swapped.
+    row = {"dim": 2, "estimator": "stein", "rel_rmse": 0.3, "rel_bias": 0.1, "rel_std": 0.2,
+           "run_s": 1.0, "compile_s": 2.0}  # fmt: skip
+    header, _, line = mige_toy.summary({"rows": [row]}).splitlines()[-3:]
+    cells = dict(zip(header.split(), line.split(), strict=True))
+    assert (cells["rel_rmse"], cells["rel_bias"], cells["rel_std"]) == ("0.300", "0.100", "0.200")
+    assert (cells["run_s"], cells["compile_s"]) == ("1.000", "2.000")
