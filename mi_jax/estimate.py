@@ -279,7 +279,8 @@ def estimate_mi(
         (`mi_jax.parallel.data_mesh`). Default: the most devices that ``batch_size`` splits
         over (`mi_jax.parallel.data_mesh_for`: all of them when their number divides it).
         With ``n > 1`` devices ``batch_size`` must be a multiple of ``n`` and the held-out
-        split is cut to a multiple of ``n``; one device runs the unsharded program.
+        split is cut to a multiple of ``n`` (the rows cut train); one device runs the
+        unsharded program.
 
     Returns:
       An `MIEstimate`.
@@ -564,8 +565,8 @@ def _split(
     ``devices`` (an equal share per device) and at least `MIN_TEST`; all the rest train."""
     order = np.random.default_rng(seed).permutation(n)
     n_test = min(max(2, int(round(test_fraction * n))), max_test)
+    n_test -= n_test % devices  # (the rows this leaves out of the held-out split train)
     test_idx, train_idx = order[:n_test], order[n_test:]
-    test_idx = test_idx[: len(test_idx) // devices * devices]
     if len(train_idx) < max(2, devices) or len(test_idx) < MIN_TEST:
         raise ValueError(
             f"{n} samples leave too few for training ({len(train_idx)}) or the held-out split "

@@ -57,6 +57,12 @@ def test_digits_is_a_partition_of_sklearn_digits():
         np.testing.assert_array_equal(got, want)
     # 16 -> 255 and 8 -> 128 (round(127.5) = 128 under round-half-even).
     assert {0, 128, 255} <= set(np.unique(expected))
+    # Each split keeps scikit-learn's order (`max_examples` keeps its first rows). Catches:
+    # the training split left in the shuffled order.
+    for images in (ds.train_images, ds.test_images):
+        rows = images.reshape(len(images), -1)[:60]
+        first = [np.flatnonzero((expected == r).all(axis=1))[0] for r in rows]
+        assert np.all(np.diff(first) > 0)
 
 
 def test_digits_deterministic_and_truncated():
@@ -89,6 +95,11 @@ def test_binarize_draws_each_pixel_white_with_its_grey_level():
     # The test images' draw does not depend on the training split's size (`max_examples`).
     fewer = data.binarize(dataset._replace(train_images=images[:3]), seed=3)
     np.testing.assert_array_equal(fewer.test_images, out.test_images)
+    # Each split draws from its own stream. Catches: one stream for both (the same grey
+    # image in both splits then binarized into the same image).
+    grey = np.full((4, 16, 16, 1), 128, np.uint8)
+    same = data.binarize(data.Dataset("grey", grey, np.arange(4), grey, np.arange(4), 4), seed=0)
+    assert not np.array_equal(same.train_images, same.test_images)
     with pytest.raises(TypeError, match="`dataset.train_images` must be uint8"):  # all black
         data.binarize(dataset._replace(train_images=images / 255.0))
 

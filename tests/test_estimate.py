@@ -512,6 +512,13 @@ def test_numpy_integers_bool_and_bfloat16_inputs_and_a_huge_step_limit(gaussian_
         np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32), y, max_steps=100
     )
     assert as_bf16.mi == same.mi
+    # Taken exactly, in float32. Catches: bfloat16 through float16 (1e6 refused as infinite).
+    from mi_jax import _checks
+
+    wide = np.array([1e6, -3e9, 1e-6, 2.5], np.float32).astype(jnp.bfloat16)
+    taken, _ = _checks.check_samples(wide, np.arange(4.0), min_samples=2)
+    assert taken.dtype == np.float32
+    np.testing.assert_array_equal(taken[:, 0], wide.astype(np.float32))
     # The curves cover the rounds run: 10**12 steps allocated 745 GiB of curves up front.
     huge = mi_jax.estimate_mi(x, y, max_steps=10**12, eval_every=50, patience=2)
     assert len(huge.steps) == len(huge.test_curve) < 100
@@ -1211,3 +1218,43 @@ def test_each_seed_draws_its_own_minibatches(monkeypatch):
     x = rng.normal(size=(400, 2))
     estimate_lib.estimate_mi(x, x + rng.normal(size=x.shape), seeds=3, max_steps=20, eval_every=10)
     assert len(drawn) == 3 and len(set(drawn)) == 3
+
+
+def test_minibatches_walk_through_epochs_without_a_repeat_in_a_batch():
+    # Catches: the same indices handed out every round (most samples of a large N never
+    # trained on); a batch across an epoch boundary kept with a repeated index (a joint pair
+    # among the negatives).
+    batches = estimate_lib._minibatches(7, 10, 4, 3)  # boundaries fall inside batches
+    for _ in range(60):
+        assert all(len(np.unique(row)) == 4 for row in next(batches))
+    batches = estimate_lib._minibatches(3, 40, 4, 5)  # two rounds of 5 x 4: one epoch
+    first = np.concatenate([next(batches).ravel(), next(batches).ravel()])
+    np.testing.assert_array_equal(np.sort(first), np.arange(40))
+
+
+def test_the_split_is_a_disjoint_partition_with_the_documented_held_out_size():
+    # Catches: the held-out size floored instead of rounded; the rows a multi-device split
+    # leaves out of the held-out split lost to training too (before 2026-12-07: 3 of 203
+    # samples on 8 devices trained nowhere).
+    for n, fraction, cap, devices in (
+        (334, 0.25, 10**9, 1), (203, 0.2, 10**9, 1), (1000, 0.2, 64, 1), (203, 0.2, 10**9, 8),
+    ):  # fmt: skip
+        train, test = estimate_lib._split(n, fraction, cap, devices, 0)
+        assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == n
+        size = min(round(fraction * n), cap)
+        assert len(test) == size - size % devices
+
+
+def test_seed_sets_the_critics_initialization(monkeypatch):
+    # The same split and minibatches for both seeds: only the initialization may differ.
+    # Catches: the critics initialized from a fixed key (the spread over seeds would lack the
+    # initialization's share).
+    split, minibatches = estimate_lib._split, estimate_lib._minibatches
+    monkeypatch.setattr(estimate_lib, "_split", lambda *args: split(*args[:-1], 0))
+    monkeypatch.setattr(estimate_lib, "_minibatches", lambda seed, *args: minibatches(0, *args))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2))
+    y = x + 0.5 * rng.normal(size=(200, 2))
+    kwargs = dict(max_steps=10, eval_every=10, batch_size=32)
+    a, b = (estimate_lib.estimate_mi(x, y, seed=s, **kwargs) for s in (0, 1))
+    assert not np.array_equal(a.train_curve, b.train_curve)
