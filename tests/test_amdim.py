@@ -7,6 +7,7 @@ import os
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -431,3 +432,16 @@ def test_amdim_loss_matches_a_hand_recomputation():
         assert abs(both) > 0.1 and abs(per[(pred, "ab")] - per[(pred, "ba")]) > 0.01  # not vacuous
         np.testing.assert_allclose(m[f"mi_{pred}"], both, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(m["score_penalty"], np.mean(pens), rtol=1e-4)
+
+
+def test_amdim_run_is_labelled_amdim_and_uses_its_own_objective(tmp_path, monkeypatch):
+    """`experiments.amdim` reports through InfoMax's trainer: its plots' titles and progress
+    bar carry ``name``; an AMDIM run must not be labelled (or built) as InfoMax's.
+
+    Catches: ``name="infomax"``."""
+    from experiments import infomax
+
+    seen = {}
+    monkeypatch.setattr(infomax, "train_and_evaluate", lambda config, workdir, **k: seen.update(k))
+    amdim_experiment.train_and_evaluate(ml_collections.ConfigDict({}), str(tmp_path))
+    assert seen["name"] == "amdim" and seen["build_fn"] is amdim_experiment.build

@@ -5,6 +5,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -1174,3 +1175,189 @@ def test_infomax_vae_stopped_around_its_last_checkpoint_reports_the_last_epoch(
                 _quick(vae_config, latent_dim=config.latent_dim + 1), str(tmp_path)
             )
         assert not (tmp_path / "config.json").exists()
+
+
+def _vae_pair(model):
+    x = jax.random.uniform(jax.random.key(0), (4, 4, 4, 1))
+    a, b = model.init(jax.random.key(1), x), model.init(jax.random.key(2), x)
+    return jax.tree.map(lambda u, v: np.stack([u, v]), a, b)  # (params, states), [2, ...]
+
+
+def _small_images():
+    rng = np.random.default_rng(0)
+    return data.Dataset(
+        name="fake",
+        train_images=rng.integers(0, 256, (40, 4, 4, 1), dtype=np.uint8),
+        train_labels=np.arange(40, dtype=np.int32) % 3,
+        test_images=rng.integers(0, 256, (10, 4, 4, 1), dtype=np.uint8),
+        test_labels=np.arange(10, dtype=np.int32) % 3,
+        num_classes=3,
+    )
+
+
+def test_vae_eval_is_each_models_mean_over_full_test_batches_at_kl_weight_one():
+    # Catches: the reconstruction and KL terms swapped, the first test batch only.
+    model = _tiny_vae()
+    params, states = _vae_pair(model)
+    images = _small_images().test_images  # 10 images, batch 4: two batches, 2 left out
+    key = jax.random.key(5)
+    got = vae_experiment.make_eval_fn(model, 4)(params, states, images, key)
+    for i in range(2):
+        p, s = _common.leaf_slice((params, states), i)
+        per_batch = []
+        for j in range(2):
+            x = data.to_float(images[4 * j : 4 * j + 4])
+            _, (m, _) = model.loss(p, s, x, jax.random.fold_in(key, j), 1.0, 0.0)
+            per_batch.append(m)
+        for name in ("elbo", "recon", "kl", "mi", "infonce"):
+            want = np.mean([float(m[name]) for m in per_batch])
+            np.testing.assert_allclose(got[name][i], want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_vae_probe_rows_name_the_model_whose_encoder_gave_the_features(monkeypatch):
+    # Catches: the first model's encoder probed for every model.
+    model = _tiny_vae()
+    params, _ = _vae_pair(model)
+    dataset = _small_images()
+    seen = []
+    real = _common.fit_probe_cached
+
+    def spy(cache_dir, train_x, *args, **kwargs):
+        seen.append(np.asarray(train_x))
+        return real(cache_dir, train_x, *args, **kwargs)
+
+    monkeypatch.setattr(_common, "fit_probe_cached", spy)
+    config = ml_collections.ConfigDict(
+        dict(probe=dict(l2=1e-3, max_iter=20, tol=1e-4, cache_dir=""))
+    )
+    rows = vae_experiment.probe_accuracies(config, model, params, dataset, ["a", "b"])
+    assert [r["model"] for r in rows] == ["a", "b", "raw pixels"]
+    for i in range(2):
+        enc = _common.leaf_slice(params["encoder"], i)
+        mu = model.encoder.apply(enc, data.to_float(dataset.train_images))[0]
+        np.testing.assert_allclose(seen[i], np.asarray(mu), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(seen[2], dataset.train_images.reshape(40, -1) / 255.0)
+
+
+def test_vae_sample_grid_shows_each_models_reconstructions_and_samples(tmp_path, monkeypatch):
+    # Catches: the originals shown as reconstructions, the first model's parameters in every
+    # model's rows.
+    figs = []
+    monkeypatch.setattr(_common, "save_figure", lambda fig, path, **k: figs.append(fig))
+    model = _tiny_vae()
+    params, _ = _vae_pair(model)
+    dataset = _small_images()
+    key = jax.random.key(3)
+    vae_experiment.plot_samples(str(tmp_path / "s.png"), model, params, dataset, ["a", "b"], key, 3)
+    (fig,) = figs
+    axes = np.asarray(fig.axes).reshape(5, 3)
+    originals = data.to_float(dataset.test_images[:3])
+    want = [np.asarray(originals)]
+    for i in range(2):
+        p = _common.leaf_slice(params, i)
+        want += [np.asarray(model.reconstruct(p, originals)), np.asarray(model.generate(p, key, 3))]
+    labels = ["test images", "a: reconstructions", "a: samples", "b: reconstructions", "b: samples"]
+    for r in range(5):
+        assert axes[r, 0].get_ylabel() == labels[r]
+        for c in range(3):
+            shown = np.asarray(axes[r, c].get_images()[0].get_array())
+            np.testing.assert_allclose(shown, want[r][c, ..., 0], rtol=1e-5, atol=1e-6)
+
+
+def test_vae_curves_put_kl_and_bound_and_elbo_in_their_own_lines(tmp_path, monkeypatch):
+    # Catches: the KL and bound curves swapped.
+    figs = []
+    monkeypatch.setattr(_common, "save_figure", lambda fig, path, **k: figs.append(fig))
+    history = [
+        dict(model=m, epoch=e, seed=0, elbo=-10.0 * (k + 1) - e, kl=2.0 + k + e,
+             mi=0.5 + k - 0.1 * e, recon=-5.0 * (k + 1) - e)
+        for k, m in enumerate(("vae", "infomax_vae"))
+        for e in (1, 2)
+    ]  # fmt: skip
+    vae_experiment.plot_curves(str(tmp_path / "c.png"), history, ["vae", "infomax_vae"])
+    (fig,) = figs
+    lines = {
+        (a, line.get_label()): np.asarray(line.get_ydata())
+        for a, ax in enumerate(fig.axes)
+        for line in ax.lines
+    }
+    for m in ("vae", "infomax_vae"):
+        rows = [r for r in history if r["model"] == m]
+        np.testing.assert_allclose(lines[(0, m)], [r["elbo"] for r in rows])
+        np.testing.assert_allclose(lines[(1, f"{m}: KL (upper)")], [r["kl"] for r in rows])
+        np.testing.assert_allclose(lines[(1, f"{m}: bound (lower)")], [r["mi"] for r in rows])
+        np.testing.assert_allclose(lines[(2, m)], [r["recon"] for r in rows])
+
+
+def test_vae_two_seed_run_reports_the_last_evaluation_settings_and_means(tmp_path, monkeypatch):
+    """The probes and plots are replaced (cheap); training and evaluation are real.
+
+    Catches: ``train_*`` of a chunk's last step (not its mean), the table from the first
+    evaluation, beta and gamma under another model's name, the probes' spread missing from the
+    summary, results.csv holding the per-seed table."""
+    import csv
+
+    config = vae_config.get_config("quick")
+    config.update_from_flattened_dict(dict(num_seeds=2, max_examples=300, batch_size=50))
+    chunks = []
+    real_chunk = _common.run_sweep_chunk
+
+    def spy_chunk(*args, **kwargs):
+        out = real_chunk(*args, **kwargs)
+        chunks.append(jax.device_get(out[1]))
+        return out
+
+    calls = []
+
+    def fake_probes(config, model, params, dataset, names, pixels=True, mesh=None):
+        calls.append(1)
+        rows = [dict(model=n, probe_test_accuracy=0.1 * (i + 1) + 0.05 * len(calls),
+                     probe_converged=True) for i, n in enumerate(names)]  # fmt: skip
+        if pixels:
+            rows.append(dict(model="raw pixels", probe_test_accuracy=0.9, probe_converged=True))
+        return rows
+
+    monkeypatch.setattr(_common, "run_sweep_chunk", spy_chunk)
+    monkeypatch.setattr(vae_experiment, "probe_accuracies", fake_probes)
+    monkeypatch.setattr(vae_experiment, "plot_samples", lambda *a, **k: None)
+    monkeypatch.setattr(vae_experiment, "plot_curves", lambda *a, **k: None)
+    results = vae_experiment.train_and_evaluate(config, str(tmp_path))
+    names = list(config.models)
+    # Each model's beta and gamma under its own name.
+    for name in names:
+        assert results["models"][name] == dict(config.models[name])
+    for row in results["table"][:-1] + results["table_per_seed"]:
+        if row["model"] != "raw pixels":
+            assert (row["beta"], row["gamma"]) == (
+                config.models[row["model"]].beta, config.models[row["model"]].gamma,
+            )  # fmt: skip
+    # train_*: the mean over the chunk's steps of that seed's and model's training metrics.
+    assert len(chunks) == 2
+    history = results["history"]
+    steps = sorted({r["step"] for r in history})
+    for step, metrics in zip(steps, chunks, strict=True):
+        for i, name in enumerate(names):
+            for k in (0, 1):
+                (row,) = [r for r in history
+                          if (r["model"], r["seed"], r["step"]) == (name, k, step)]  # fmt: skip
+                assert row["train_mi"] == pytest.approx(float(np.mean(metrics["mi"][:, k, i])))
+    # The per-seed table: the last evaluation of that model and seed, with that seed's probe.
+    last = history[-1]["step"]
+    for k in (0, 1):
+        for i, name in enumerate(names):
+            (row,) = [r for r in results["table_per_seed"]
+                      if (r["model"], r.get("seed")) == (name, k)]  # fmt: skip
+            (want,) = [r for r in history if (r["model"], r["seed"], r["step"]) == (name, k, last)]
+            assert row["elbo"] == want["elbo"] and row["kl"] == want["kl"]
+            assert row["probe_test_accuracy"] == pytest.approx(0.1 * (i + 1) + 0.05 * (k + 1))
+    # The table: mean and std over both seeds, one row per model, and results.csv holds it.
+    for i, name in enumerate(names):
+        (row,) = [r for r in results["table"] if r["model"] == name]
+        assert row["num_seeds"] == 2
+        assert row["probe_test_accuracy"] == pytest.approx(0.1 * (i + 1) + 0.075)
+        assert row["probe_test_accuracy_std"] == pytest.approx(0.025)
+    with open(tmp_path / "results.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [r["model"] for r in csv_rows] == [r["model"] for r in results["table"]]
+    assert "probe_test_accuracy_std" in vae_experiment.summary(results)
+    assert results["eval_test_images"] == results["test_images"] // 50 * 50

@@ -480,3 +480,135 @@ def test_plot_ema_is_the_standard_recursion_started_at_the_first_value():
     np.testing.assert_allclose(
         staircase._ema(np.array([2.0, 0.0, 0.0]), 0.9), [2.0, 1.8, 1.62], rtol=1e-12
     )
+
+
+class _Progress:
+    def update(self, n):
+        pass
+
+
+class _Writer:
+    def __init__(self):
+        self.rows = []
+
+    def write(self, row):
+        self.rows.append(row)
+
+
+def test_staircase_throughput_excludes_compile_time_and_sums_groups(monkeypatch):
+    """steps/s is steps over the run time only (compile time reported apart), GFLOP/s is
+    GFLOP per step x steps / run time, compile time is the sum over the bound groups.
+
+    Catches: a metrics row's true MI read at the step after its window (the next level's at a
+    boundary), compilation inside steps/s, the slowest group's compile time for the sum,
+    GFLOP/s without the steps."""
+    made = []
+    real = staircase._GroupRun
+
+    class Spy(real):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(staircase, "_GroupRun", Spy)
+    config = _tiny(bounds=("nwj", "infonce"), bound_groups=2, num_seeds=2)
+    writer = _Writer()
+    out = staircase.run_one(config, "gaussian", "separable", writer, _Progress())
+    assert len(made) == 2
+    # metrics.jsonl rows: the true MI of the level their window lies in, the window's mean
+    # over steps and seeds of each bound's own column.
+    assert [r["step"] for r in writer.rows] == [10, 20, 30, 40]
+    assert [r["true_mi"] for r in writer.rows] == [1.0, 1.0, 2.0, 2.0]
+    for r in writer.rows:
+        window = out["values"][:, r["step"] - 10 : r["step"]]
+        assert r["mi/nwj"] == pytest.approx(float(window[..., 0].mean()), rel=1e-6)
+        assert r["mi/infonce"] == pytest.approx(float(window[..., 1].mean()), rel=1e-6)
+    assert out["compile_s"] == pytest.approx(sum(r.compile_s for r in made), rel=1e-12)
+    assert out["steps"] == 40
+    assert out["steps_per_s"] == pytest.approx(out["steps"] / out["run_s"], rel=1e-9)
+    assert out["gflop_per_s"] == pytest.approx(
+        out["gflop_per_step"] * out["steps"] / out["run_s"], rel=1e-9
+    )
+
+
+def test_staircase_bound_steps_count_every_seed(tmp_path):
+    # Catches: bound-steps per second without the seeds.
+    results = staircase.train_and_evaluate(
+        _tiny(bounds=("nwj", "infonce", "dv"), num_seeds=2), str(tmp_path)
+    )
+    (run,) = results["runs"]
+    assert run["bound_steps_per_s"] == pytest.approx(run["steps_per_s"] * 3 * 2, rel=1e-9)
+
+
+def test_staircase_summary_cells_are_mean_and_variance_of_the_right_row():
+    # Catches: the MSE shown in the variance's place.
+    config = ml_collections.ConfigDict(
+        dict(
+            levels=(1.0, 2.0),
+            num_seeds=1,
+            stats_fraction=0.5,
+            matmul_floor_steps=0,
+            compute_dtype="float32",
+        )
+    )
+    run = dict(
+        task="gaussian",
+        critic="separable",
+        bounds=["nwj", "dv"],
+        steps=40,
+        bound_groups=[["nwj", "dv"]],
+        devices=["cpu0"],
+        compile_s=1.0,
+        run_s=2.0,
+        steps_per_s=20.0,
+        bound_steps_per_s=40.0,
+        gflop_per_step=0.001,
+        gflop_per_s=0.02,
+    )
+    stats = []
+    for name, base in (("nwj", 10.0), ("dv", 20.0)):
+        for level in (1.0, 2.0):
+            stats.append(
+                dict(
+                    task="gaussian",
+                    critic="separable",
+                    bound=name,
+                    true_mi=level,
+                    mean=base + level,
+                    bias=base,
+                    variance=0.5 + level,
+                    mse=99.0,
+                    seed_std=float("nan"),
+                )
+            )
+    text = staircase.summary(dict(runs=[run], statistics=stats, wall_s=3.0), config)
+    (nwj,) = [x for x in text.splitlines() if x.split()[:1] == ["nwj"]]
+    (dv,) = [x for x in text.splitlines() if x.split()[:1] == ["dv"]]
+    assert "11.00 (1.50)" in nwj and "12.00 (2.50)" in nwj
+    assert "21.00 (1.50)" in dv and "22.00 (2.50)" in dv
+    assert "99.00" not in text
+    assert "20 steps/s" in text and "40 bound-steps/s" in text and "compile 1.0 s" in text
+
+
+def test_staircase_plot_panels_show_each_bounds_raw_and_ema_series(tmp_path, monkeypatch):
+    # Catches: every panel titled with the first bound.
+    figs = []
+    monkeypatch.setattr(_common, "save_figure", lambda fig, path, **k: figs.append(fig))
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(2, 6, 3)) + np.arange(3)  # [seeds, steps, bounds]
+    true_mi = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 2.0])
+    names = ("nwj", "dv", "flo")
+    staircase.plot_staircase(str(tmp_path / "p.png"), values, true_mi, names, "t", 0.5)
+    (fig,) = figs
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == list(names)
+    for b, ax in enumerate(axes):
+        lines = [line.get_ydata() for line in ax.get_lines()]
+        for s in range(2):
+            raw, ema = np.asarray(lines[2 * s]), np.asarray(lines[2 * s + 1])
+            np.testing.assert_allclose(raw, values[s, :, b])
+            want = [values[s, 0, b]]
+            for v in values[s, 1:, b]:
+                want.append(0.5 * want[-1] + 0.5 * v)
+            np.testing.assert_allclose(ema, want, rtol=1e-12)
+        np.testing.assert_allclose(lines[-1], true_mi)
