@@ -67,6 +67,16 @@ def pytest_unconfigure(config):
 
 
 @pytest.fixture
+def figures(monkeypatch):
+    """``{file name: figure}`` of the figures the code under test saves (not written)."""
+    from experiments import _common
+
+    caught = {}
+    monkeypatch.setattr(_common, "save_figure", lambda fig, path, **_: caught.update({path: fig}))
+    return caught
+
+
+@pytest.fixture
 def tfds(tmp_path_factory, monkeypatch):
     """tensorflow-datasets (the test is skipped without it), its scratch directories kept in
     pytest's temporary directory.

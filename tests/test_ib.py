@@ -1,5 +1,6 @@
 """Deep IB (VIB, MINE-IB, MIGE-IB) and InfoMax-VAE: closed forms, gradients, smoke, bad input."""
 
+import csv
 import json
 import os
 
@@ -1183,7 +1184,7 @@ def _vae_pair(model):
     return jax.tree.map(lambda u, v: np.stack([u, v]), a, b)  # (params, states), [2, ...]
 
 
-def _small_images():
+def _small_dataset():
     rng = np.random.default_rng(0)
     return data.Dataset(
         name="fake",
@@ -1199,7 +1200,7 @@ def test_vae_eval_is_each_models_mean_over_full_test_batches_at_kl_weight_one():
     # Catches: the reconstruction and KL terms swapped, the first test batch only.
     model = _tiny_vae()
     params, states = _vae_pair(model)
-    images = _small_images().test_images  # 10 images, batch 4: two batches, 2 left out
+    images = _small_dataset().test_images  # 10 images, batch 4: two batches, 2 left out
     key = jax.random.key(5)
     got = vae_experiment.make_eval_fn(model, 4)(params, states, images, key)
     for i in range(2):
@@ -1218,7 +1219,7 @@ def test_vae_probe_rows_name_the_model_whose_encoder_gave_the_features(monkeypat
     # Catches: the first model's encoder probed for every model.
     model = _tiny_vae()
     params, _ = _vae_pair(model)
-    dataset = _small_images()
+    dataset = _small_dataset()
     seen = []
     real = _common.fit_probe_cached
 
@@ -1239,17 +1240,15 @@ def test_vae_probe_rows_name_the_model_whose_encoder_gave_the_features(monkeypat
     np.testing.assert_allclose(seen[2], dataset.train_images.reshape(40, -1) / 255.0)
 
 
-def test_vae_sample_grid_shows_each_models_reconstructions_and_samples(tmp_path, monkeypatch):
+def test_vae_sample_grid_shows_each_models_reconstructions_and_samples(tmp_path, figures):
     # Catches: the originals shown as reconstructions, the first model's parameters in every
     # model's rows.
-    figs = []
-    monkeypatch.setattr(_common, "save_figure", lambda fig, path, **k: figs.append(fig))
     model = _tiny_vae()
     params, _ = _vae_pair(model)
-    dataset = _small_images()
+    dataset = _small_dataset()
     key = jax.random.key(3)
     vae_experiment.plot_samples(str(tmp_path / "s.png"), model, params, dataset, ["a", "b"], key, 3)
-    (fig,) = figs
+    (fig,) = figures.values()
     axes = np.asarray(fig.axes).reshape(5, 3)
     originals = data.to_float(dataset.test_images[:3])
     want = [np.asarray(originals)]
@@ -1264,10 +1263,8 @@ def test_vae_sample_grid_shows_each_models_reconstructions_and_samples(tmp_path,
             np.testing.assert_allclose(shown, want[r][c, ..., 0], rtol=1e-5, atol=1e-6)
 
 
-def test_vae_curves_put_kl_and_bound_and_elbo_in_their_own_lines(tmp_path, monkeypatch):
+def test_vae_curves_put_kl_and_bound_and_elbo_in_their_own_lines(tmp_path, figures):
     # Catches: the KL and bound curves swapped.
-    figs = []
-    monkeypatch.setattr(_common, "save_figure", lambda fig, path, **k: figs.append(fig))
     history = [
         dict(model=m, epoch=e, seed=0, elbo=-10.0 * (k + 1) - e, kl=2.0 + k + e,
              mi=0.5 + k - 0.1 * e, recon=-5.0 * (k + 1) - e)
@@ -1275,7 +1272,7 @@ def test_vae_curves_put_kl_and_bound_and_elbo_in_their_own_lines(tmp_path, monke
         for e in (1, 2)
     ]  # fmt: skip
     vae_experiment.plot_curves(str(tmp_path / "c.png"), history, ["vae", "infomax_vae"])
-    (fig,) = figs
+    (fig,) = figures.values()
     lines = {
         (a, line.get_label()): np.asarray(line.get_ydata())
         for a, ax in enumerate(fig.axes)
@@ -1295,8 +1292,6 @@ def test_vae_two_seed_run_reports_the_last_evaluation_settings_and_means(tmp_pat
     Catches: ``train_*`` of a chunk's last step (not its mean), the table from the first
     evaluation, beta and gamma under another model's name, the probes' spread missing from the
     summary, results.csv holding the per-seed table."""
-    import csv
-
     config = vae_config.get_config("quick")
     config.update_from_flattened_dict(dict(num_seeds=2, max_examples=300, batch_size=50))
     chunks = []

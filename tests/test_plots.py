@@ -3,17 +3,8 @@
 import json
 
 import numpy as np
-import pytest
 
 from experiments import _common, halves, ib, infomax, mige_toy, staircase
-
-
-@pytest.fixture
-def figures(monkeypatch):
-    """``{file name: figure}`` of the figures the code under test saves (not written)."""
-    caught = {}
-    monkeypatch.setattr(_common, "save_figure", lambda fig, path, **_: caught.update({path: fig}))
-    return caught
 
 
 def _notes(ax) -> str:

@@ -590,16 +590,14 @@ def test_staircase_summary_cells_are_mean_and_variance_of_the_right_row():
     assert "20 steps/s" in text and "40 bound-steps/s" in text and "compile 1.0 s" in text
 
 
-def test_staircase_plot_panels_show_each_bounds_raw_and_ema_series(tmp_path, monkeypatch):
+def test_staircase_plot_panels_show_each_bounds_raw_and_ema_series(tmp_path, figures):
     # Catches: every panel titled with the first bound.
-    figs = []
-    monkeypatch.setattr(_common, "save_figure", lambda fig, path, **k: figs.append(fig))
     rng = np.random.default_rng(0)
     values = rng.normal(size=(2, 6, 3)) + np.arange(3)  # [seeds, steps, bounds]
     true_mi = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 2.0])
     names = ("nwj", "dv", "flo")
     staircase.plot_staircase(str(tmp_path / "p.png"), values, true_mi, names, "t", 0.5)
-    (fig,) = figs
+    (fig,) = figures.values()
     axes = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in axes] == list(names)
     for b, ax in enumerate(axes):
