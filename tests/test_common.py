@@ -1188,6 +1188,11 @@ def test_mean_over_seeds_counts_a_null_as_nan():
     (merged,) = _common.mean_over_seeds(rows, ("method",))
     assert merged["num_seeds"] == 2
     assert math.isnan(merged["kl"]) and math.isnan(merged["kl_std"])
+    # The spread is the population one (ddof 0, as the halves study's). Catches: ddof 1 (which
+    # only a one-member group's RuntimeWarning revealed before).
+    rows = [dict(method="vib", seed=0, kl=1.0), dict(method="vib", seed=1, kl=3.0)]
+    (merged,) = _common.mean_over_seeds(rows, ("method",))
+    assert (merged["kl"], merged["kl_std"]) == (2.0, 1.0)
 
 
 def test_mean_curve_is_the_mean_over_the_seeds_of_each_epoch():
