@@ -518,15 +518,22 @@ def test_a_run_stopped_after_its_last_evaluation_reports_that_evaluation(tmp_pat
     assert [r["epoch"] for r in results["methods"]["vib"]["final"]] == [num_epochs] * 2
 
 
+def _one_second_chunks(monkeypatch):
+    """Every training chunk of the sweep trainer reports one second (training times exact)."""
+    real = _common.run_sweep_chunk
+
+    def chunk(*args, **kwargs):
+        state, metrics, _ = real(*args, **kwargs)
+        return state, metrics, 1.0
+
+    monkeypatch.setattr(_common, "run_sweep_chunk", chunk)
+
+
 def test_a_resumed_method_counts_each_chunks_training_time_once(tmp_path, monkeypatch):
     # Stopped after the last evaluation is written and before its checkpoint: the rerun trains
     # that chunk again from the previous checkpoint. Before: it started from results.json's
     # total, which held the chunk already (3 chunks counted of 2).
-    real_chunk, real_run_method = _common.run_sweep_chunk, ib_experiment.run_method
-
-    def one_second_chunks(*args, **kwargs):
-        state, metrics, _ = real_chunk(*args, **kwargs)
-        return state, metrics, 1.0
+    real_run_method = ib_experiment.run_method
 
     def stopped(config, method, dataset, validation, progress, writer, on_eval, **kwargs):
         def on_last_eval(*args, **kw):
@@ -539,7 +546,7 @@ def test_a_resumed_method_counts_each_chunks_training_time_once(tmp_path, monkey
             config, method, dataset, validation, progress, writer, on_last_eval, **kwargs
         )
 
-    monkeypatch.setattr(_common, "run_sweep_chunk", one_second_chunks)
+    _one_second_chunks(monkeypatch)
     monkeypatch.setattr(ib_experiment, "run_method", stopped)
     config = _quick(ib_config, methods=("vib",))
     with pytest.raises(RuntimeError, match="stopped"):
@@ -712,18 +719,8 @@ def test_infomax_vae_routes_each_gradient_to_its_player():
     assert all(np.any(leaf != 0) for leaf in jax.tree.leaves((mi["encoder"], mi["critic"])))
 
 
-def _tiny_vae() -> vae.InfoMaxVAE:
-    return vae.InfoMaxVAE(
-        image_shape=(4, 4, 1),
-        latent_dim=3,
-        encoder_hparams=(("hidden", (8,)),),
-        decoder_hidden=(8,),
-        critic_hparams=(("hidden", (8,)), ("embed_dim", 4)),
-    )
-
-
 def test_infomax_vae_loss_terms_and_smoke(tmp_path, monkeypatch):
-    model = _tiny_vae()
+    model = _vae_model()
     x = _images(jax.random.key(0), batch=5)
     params, states = model.init(jax.random.key(1), x)
     key = jax.random.key(2)
@@ -1050,7 +1047,7 @@ def test_mige_ib_penalty_is_taken_on_the_sampled_codes():
 
 def test_vae_sigma_is_softplus_of_the_raw_head_without_offset():
     """Catches: IBModel's offset 5 applied to the VAE: sigma ~ 0.007 at init, not ~0.7."""
-    model = _tiny_vae()
+    model = _vae_model()
     x = jax.random.uniform(jax.random.key(0), (5, 4, 4, 1))
     params, _ = model.init(jax.random.key(1), x)
     p = jax.tree.map(np.asarray, params["encoder"]["params"]["MLPEncoder_0"])
@@ -1140,7 +1137,7 @@ def test_infomax_vae_stopped_around_its_last_checkpoint_reports_the_last_epoch(
     # reports epoch 1), the evaluations after the checkpoint kept beside the rerun's, the
     # rerun's training time counted from results.json's total (a chunk twice), and a
     # checkpoint of another model refused only after config.json was overwritten.
-    real_save, real_chunk = _common.save_checkpoint, _common.run_sweep_chunk
+    real_save = _common.save_checkpoint
     saves = []
 
     def stop_at_the_last_save(manager, step, state, **kwargs):
@@ -1152,11 +1149,7 @@ def test_infomax_vae_stopped_around_its_last_checkpoint_reports_the_last_epoch(
         if stopped == "before":
             real_save(manager, step, state, **kwargs)
 
-    def one_second_chunks(*args, **kwargs):
-        state, metrics, _ = real_chunk(*args, **kwargs)
-        return state, metrics, 1.0
-
-    monkeypatch.setattr(_common, "run_sweep_chunk", one_second_chunks)
+    _one_second_chunks(monkeypatch)
     monkeypatch.setattr(_common, "save_checkpoint", stop_at_the_last_save)
     config = _quick(vae_config)
     with pytest.raises(RuntimeError, match="stopped"):
@@ -1198,7 +1191,7 @@ def _small_dataset():
 
 def test_vae_eval_is_each_models_mean_over_full_test_batches_at_kl_weight_one():
     # Catches: the reconstruction and KL terms swapped, the first test batch only.
-    model = _tiny_vae()
+    model = _vae_model()
     params, states = _vae_pair(model)
     images = _small_dataset().test_images  # 10 images, batch 4: two batches, 2 left out
     key = jax.random.key(5)
@@ -1217,7 +1210,7 @@ def test_vae_eval_is_each_models_mean_over_full_test_batches_at_kl_weight_one():
 
 def test_vae_probe_rows_name_the_model_whose_encoder_gave_the_features(monkeypatch):
     # Catches: the first model's encoder probed for every model.
-    model = _tiny_vae()
+    model = _vae_model()
     params, _ = _vae_pair(model)
     dataset = _small_dataset()
     seen = []
@@ -1243,7 +1236,7 @@ def test_vae_probe_rows_name_the_model_whose_encoder_gave_the_features(monkeypat
 def test_vae_sample_grid_shows_each_models_reconstructions_and_samples(tmp_path, figures):
     # Catches: the originals shown as reconstructions, the first model's parameters in every
     # model's rows.
-    model = _tiny_vae()
+    model = _vae_model()
     params, _ = _vae_pair(model)
     dataset = _small_dataset()
     key = jax.random.key(3)
