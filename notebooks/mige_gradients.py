@@ -99,8 +99,8 @@ for name in ("ssge", "stein"):
 # (-14 % and -9 %, where the gradient is small); from theta = 1.1 on, the shortfall of 3.3-5.5 %
 # is 4-13 standard errors of the repeats: a bias (kernel smoothing shrinks the estimated score),
 # not noise. The README's MIGE section shows the settings that remove most of it (a wider
-# kernel, a small ridge, Richardson extrapolation in the bandwidth). Full size takes about 10 s
-# on 2 CPU cores.
+# kernel, a small ridge, Richardson extrapolation in the bandwidth). Full size takes about 50 s
+# on 2 CPU cores (most of it SSGE's eigendecompositions).
 
 # %%
 plt.figure(figsize=(6, 4))

@@ -68,9 +68,9 @@ for name in ("nwj", "dv", "infonce", "js", "smile"):
 # stacked and evaluated with one `vmap`, and `make_scan_trainer` compiles the steps into one
 # `lax.scan`. The true MI steps up every `steps_per_level` steps (Poole et al. 2019). At batch
 # 64 InfoNCE stops at log 64 = 4.16 nats, whatever the MI. NWJ's variance grows with the MI (a
-# step now and then reads tens of nats below zero: the plot is cut at -2) and at 2,000 steps a
-# level it reads low (median ~3.8 nats at 10); SMILE tracks the staircase, a little above it at
-# 10 nats.
+# step now and then reads tens of nats below zero, one -200 at 8 nats: the plot is cut at -2)
+# and at 2,000 steps a level it reads low (median ~3.8 nats at 10); SMILE tracks the staircase,
+# a little above it at 10 nats.
 
 # %%
 steps_per_level = 100 if TINY else 2000
@@ -114,7 +114,7 @@ plt.show()
 # held-out SMILE bound there. Expect an error of 5-10 % (README: mean absolute relative error
 # 5.7-10.4 % over the sets of cases A-F at N = 5000), except where many dimensions carry little
 # MI each: from about 10 dimensions at 1 nat, 20 at 2, 40 at 4 it reads 12-25 % low. The case
-# below, 20 dimensions at 3 nats, is one of them (2.58 nats at N = 5000, -14 %). `seeds=K`
+# below, 20 dimensions at 3 nats, reads low too (2.58 nats at N = 5000, -14 %). `seeds=K`
 # trains K critics vmapped in one compiled program.
 
 # %%
