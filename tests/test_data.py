@@ -5,6 +5,7 @@ import gzip
 import pathlib
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -326,9 +327,76 @@ def test_tfds_datasets_mocked(tmp_path, tfds, name, shape, num_classes):
     assert ds.train_images.dtype == np.uint8 and ds.train_labels.dtype == np.int32
     for labels in (ds.train_labels, ds.test_labels):
         assert labels.shape == (6,) and labels.min() >= 0 and labels.max() < num_classes
+    # The records as tfds gives them, in order: the pixels unchanged and the dataset's own label
+    # (cifar100's fine "label", not its "coarse_label").
+    with tfds.testing.mock_data(num_examples=6):
+        source = tfds.data_source(name, split="train", data_dir=str(tmp_path), download=False)
+        records = [source[i] for i in range(6)]
+    np.testing.assert_array_equal(ds.train_images, [r["image"] for r in records])
+    np.testing.assert_array_equal(ds.train_labels, [r["label"] for r in records])
     # The mock's records are deterministic, so truncation keeps the first ones.
     np.testing.assert_array_equal(small.train_images, ds.train_images[:4])
     np.testing.assert_array_equal(small.test_labels, ds.test_labels[:4])
+
+
+class _FakeTfds:
+    """A stand-in for tensorflow-datasets whose datasets and splits hold different records
+    (tfds's mock gives every split the same ones and ignores `data_dir`): prepared only in
+    ``prepared_dir``; it records each `data_source` call and each record read."""
+
+    def __init__(self, prepared_dir):
+        self.prepared_dir, self.calls, self.reads = prepared_dir, [], []
+
+    @staticmethod
+    def records(name, split):
+        """``(images [n, 5, 5, C] uint8, labels [n])`` of one split: 9 train, 7 test."""
+        n = {"train": 9, "test": 7}[split]
+        rng = np.random.default_rng([sum(map(ord, name)), n])
+        channels = 1 if name == "mnist" else 3
+        return rng.integers(0, 256, (n, 5, 5, channels), np.uint8), rng.permutation(n) % 10
+
+    def data_source(self, name, *, split, data_dir=None, download=True):
+        self.calls.append((name, split, data_dir, download))
+        if data_dir != self.prepared_dir:
+            raise NotImplementedError(f"no array_record files in {data_dir}")
+        images, labels = self.records(name, split)
+        fake = self
+
+        class Source:
+            def __len__(self):
+                return len(labels)
+
+            def __getitem__(self, i):
+                fake.reads.append((split, i))
+                return {"image": images[i], "label": labels[i], "coarse_label": labels[i] // 5}
+
+        return Source()
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "stl10", "mnist"])
+def test_each_split_is_its_own_tfds_split_read_from_the_data_dir(tmp_path, monkeypatch, name):
+    # Catches (a mutation check): the splits read or passed swapped (a probe evaluated on the
+    # training images), another dataset's name given to tfds, MNIST's fallback or the
+    # experiments' loader without the data_dir or max_examples, every record read for a few.
+    fake = _FakeTfds(str(tmp_path))
+    monkeypatch.setattr(data, "_import_tfds", lambda: fake)
+    from experiments import _common
+
+    config = types.SimpleNamespace(dataset=name, data_dir=str(tmp_path), max_examples=None)
+    ds = _common.load_config_dataset(config)  # (no IDX files in tmp_path: mnist from tfds)
+    config.max_examples = 4
+    small = _common.load_config_dataset(config)
+    assert fake.calls == 2 * [(name, s, str(tmp_path), False) for s in ("train", "test")]
+    for split in ("train", "test"):
+        images, labels = fake.records(name, split)
+        np.testing.assert_array_equal(getattr(ds, f"{split}_images"), images)
+        np.testing.assert_array_equal(getattr(ds, f"{split}_labels"), labels)
+        np.testing.assert_array_equal(getattr(small, f"{split}_labels"), labels[:4])
+    assert fake.reads[-8:] == [(s, i) for s in ("train", "test") for i in range(4)]
+    with pytest.raises(FileNotFoundError) as info:
+        data.load_dataset(name, data_dir=str(tmp_path / "elsewhere"))
+    assert f"under data_dir={tmp_path / 'elsewhere'}." in str(info.value)
+    assert f"--file_format=array_record --data_dir={tmp_path / 'elsewhere'}`" in str(info.value)
 
 
 def test_tfds_not_prepared_fails_fast_and_clearly(tmp_path, tfds):
