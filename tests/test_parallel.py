@@ -43,6 +43,27 @@ def quick(module, **overrides):
     config.update_from_flattened_dict(overrides)
     return config
 
+# The leading sizes each run hands `shard_batch` and `put_batch` on the 8-device mesh: a batch
+# left whole on every device gives the same numbers (each device computing all of it), so
+# only these show that the work is split.
+split_sizes, current = {}, {"run": None}
+
+def spying(name, fn):
+    def spy(tree, mesh):
+        if mesh.devices.size == 8:
+            seen = split_sizes.setdefault(current["run"], {}).setdefault(name, set())
+            seen.update(int(a.shape[0]) for a in jax.tree.leaves(tree))
+        return fn(tree, mesh)
+    return spy
+
+unspied = {"shard_batch": parallel.shard_batch, "put_batch": parallel.put_batch}
+for name, fn in unspied.items():
+    setattr(parallel, name, spying(name, fn))
+
+def running(name):
+    current["run"] = name
+    return name
+
 out = {}
 for n, mesh in meshes.items():
     run = {}
@@ -52,20 +73,21 @@ for n, mesh in meshes.items():
         config = tiny_config(
             num_steps=4, num_seeds=2, estimator="infonce", **{"probe.kinds": ("linear",)}
         )
-        res = infomax.train_and_evaluate(config, f"{d}/infomax", mesh=mesh)
+        res = infomax.train_and_evaluate(config, f"{d}/{running('infomax')}", mesh=mesh)
         run["infomax"] = rows(f"{d}/infomax")
         run["infomax_probes"] = [r["test_accuracy"] for r in res["probes"]]
         run["infomax_devices"] = res["devices"]
         small = dict(batch_size=40, max_examples=240, num_epochs=1, validation_examples=40)
         # MINE-IB: a critic on (x, z) and a bound on the global batch, in the sweep trainer
         # that the InfoMax-VAE experiment shares.
-        ib.train_and_evaluate(quick(ib_config, methods=("mine",), **small), f"{d}/ib", mesh=mesh)
+        config = quick(ib_config, methods=("mine",), **small)
+        ib.train_and_evaluate(config, f"{d}/{running('ib')}", mesh=mesh)
         run["ib"] = rows(f"{d}/ib")
         run["ib_eval"] = rows(f"{d}/ib", "eval")  # the test split, each chunk sharded
         # InfoMax-VAE: rows hold training means and the sharded test evaluation.
         vae_small = dict(batch_size=40, max_examples=240, num_epochs=1)
         res = infomax_vae.train_and_evaluate(
-            quick(vae_config, **vae_small), f"{d}/vae", mesh=mesh
+            quick(vae_config, **vae_small), f"{d}/{running('vae')}", mesh=mesh
         )
         run["infomax_vae"] = rows(f"{d}/vae", "")
         run["vae_probes"] = [r["probe_test_accuracy"] for r in res["table"]]
@@ -73,7 +95,8 @@ for n, mesh in meshes.items():
         from experiments import halves
         from tests.test_halves import tiny_config as halves_tiny
 
-        halves.train_and_evaluate(halves_tiny(encoders=("mlp",)), f"{d}/halves", mesh=mesh)
+        config = halves_tiny(encoders=("mlp",))
+        halves.train_and_evaluate(config, f"{d}/{running('halves')}", mesh=mesh)
         with open(f"{d}/halves/metrics.jsonl") as f:
             run["halves"] = [
                 {f"{k}[{i}]": v for k in ("accuracy", "mi_test") for i, v in enumerate(r[k])}
@@ -85,6 +108,7 @@ for n, mesh in meshes.items():
 from experiments import staircase
 from tests.test_staircase import _tiny
 out["staircase"] = {}
+running("staircase")
 for mode in ("bounds", "data"):
     with tempfile.TemporaryDirectory() as d:
         config = _tiny(parallel=mode, bound_groups=1, bounds=("nwj", "infonce", "flo"))
@@ -101,6 +125,7 @@ x, y = tasks.get_task("gaussian", dim=5).sample(jax.random.key(0), 1.0, 1000)
 x, y = np.asarray(x), np.asarray(y)
 kw = dict(max_steps=200, eval_every=100, batch_size=64, seeds=2)
 out["estimate"] = {}
+running("estimate_mi")
 for n, mesh in meshes.items():
     est = estimate_mi(x, y, mesh=mesh, **kw)
     out["estimate"][n] = [*est.mi.tolist(), *est.train_curve.ravel().tolist()]
@@ -121,10 +146,14 @@ config = toy_tiny(num_rhos=7, num_seeds=1, bounds=("nwj",))
 with config.unlocked():
     del config.estimators["mige_stein"]
 out["mige_toy"] = {}
+running("mige_toy")
 for n, mesh in meshes.items():
     with tempfile.TemporaryDirectory() as d:
         res = mige_toy.train_and_evaluate(config, d, mesh=mesh)
     out["mige_toy"][n] = {r["estimator"]: [r["rel_rmse"], r["rel_bias"]] for r in res["rows"]}
+out["split_sizes"] = {r: {k: sorted(v) for k, v in s.items()} for r, s in split_sizes.items()}
+for name, fn in unspied.items():
+    setattr(parallel, name, fn)
 
 # The sharded batch really is split: each device holds B / 8 rows of the gathered batch.
 mesh = meshes["8"]
@@ -146,6 +175,27 @@ out["infonce_sharded"] = float(sharded(parallel.replicate(params, mesh), x, y))
 out["infonce_one"] = float(jax.jit(value)(params, x, y))
 blocks = [value(params, x[i : i + 8], y[i : i + 8]) for i in range(0, 64, 8)]
 out["infonce_local_blocks"] = float(sum(blocks) / 8)
+
+# A host batch put split over the devices; a value computed from it, replicated on request.
+batch = parallel.put_batch(np.zeros((16, 3), np.float32), mesh)
+out["put_rows"] = sorted({s.data.shape[0] for s in batch.addressable_shards})
+doubled = jax.jit(lambda a: parallel.replicate_like(2 * a, mesh))(batch)
+out["replicate_like"] = doubled.sharding.is_fully_replicated
+# Experiments name a batch size the devices do not split, before they train.
+def refusal(run):
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            run(d)
+    except ValueError as e:
+        return str(e)
+
+out["batch_errors"] = [
+    refusal(lambda d: infomax.train_and_evaluate(tiny_config(batch_size=6), d, mesh=mesh)),
+    refusal(lambda d: staircase.train_and_evaluate(_tiny(parallel="data", batch_size=6), d)),
+]
+# With several processes every device stays in the default mesh (each process holds a share).
+jax.process_count = lambda: 2
+out["multi_process_mesh"] = {b: parallel.data_mesh_for(b).devices.size for b in (6, 3)}
 print("RESULT " + json.dumps(out))
 """
 
@@ -253,6 +303,38 @@ def test_mige_toy_cases_split_over_eight_devices(eight_device_run):
         np.testing.assert_allclose(eight[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def test_each_run_splits_its_batches_over_the_eight_devices(eight_device_run):
+    # Catches (a mutation check): a batch computed whole on every device, which gives the
+    # one-device numbers: estimate_mi's minibatches (64) or held-out split (200), halves'
+    # training (16) or test batches (put: 16 and 64), IB's evaluation chunks (240 and 1000;
+    # its training batches 40), the MIGE toy's cases (7, padded to 8), the probes' feature
+    # chunks (put: InfoMax 48, InfoMax-VAE 240), InfoMax's, InfoMax-VAE's and the staircase's
+    # (data mode) batches.
+    assert eight_device_run["split_sizes"] == {
+        "infomax": {"shard_batch": [16], "put_batch": [48]},
+        "ib": {"shard_batch": [40, 240, 1000]},
+        "vae": {"shard_batch": [40], "put_batch": [240]},
+        "halves": {"shard_batch": [16], "put_batch": [16, 64]},
+        "staircase": {"shard_batch": [16]},
+        "estimate_mi": {"shard_batch": [64, 200]},
+        "mige_toy": {"put_batch": [8]},
+    }
+    r = eight_device_run
+    assert r["put_rows"] == [2] and r["replicate_like"]  # 16 rows: 2 per device; gathered
+
+
+def test_experiments_name_a_batch_size_the_devices_do_not_split(eight_device_run):
+    for error in eight_device_run["batch_errors"]:  # InfoMax, the staircase's data mode
+        assert "`config.batch_size` (6) must be a multiple of the number of devices (8)" in (
+            error or "no error"
+        )
+
+
+def test_several_processes_keep_every_device_in_the_default_mesh(eight_device_run):
+    # data_mesh_for trims the devices to those a batch splits over in one process only.
+    assert eight_device_run["multi_process_mesh"] == {"6": 8, "3": 8}
+
+
 def test_batch_size_must_split_over_the_devices():
     mesh = parallel.data_mesh()
     parallel.check_batch_size(mesh.devices.size * 3, mesh)
@@ -286,6 +368,8 @@ def test_checked_mesh_names_a_bad_mesh():
         parallel.checked_mesh("cpu")
     with pytest.raises(ValueError, match="`mesh` must have the one axis 'data'"):
         parallel.checked_mesh(Mesh(np.array([device]), ("batch",)))
+    with pytest.raises(ValueError, match="`mesh` must have the one axis 'data'"):
+        parallel.checked_mesh(Mesh(np.array([[device]]), ("data", "model")))
     # XLA's own error named neither the mesh nor the device ("Device 0 not unique").
     with pytest.raises(ValueError, match=r"`mesh` lists a device more than once"):
         parallel.checked_mesh(Mesh(np.array([device, device]), ("data",)))
@@ -351,6 +435,10 @@ out["mige_toy"] = [r["rel_rmse"] for r in res["rows"]]
 config = staircase_tiny(parallel="data", bound_groups=1, bounds=("nwj", "infonce"))
 res = staircase.train_and_evaluate(config, f"{workdir}/stair")
 out["staircase"] = [r["mean"] for r in res["statistics"]]
+# The default mode: groups of bounds, each on one of this process's own devices.
+config = staircase_tiny(bounds=("nwj", "infonce", "flo"))
+res = staircase.train_and_evaluate(config, f"{workdir}/stair_bounds")
+out["staircase_bounds"] = [r["mean"] for r in res["statistics"]]
 print("RESULT " + json.dumps(out, default=str))
 """
 
@@ -385,9 +473,10 @@ def test_two_processes_compute_the_same_and_the_first_writes_the_files(tmp_path)
     first, second = results
     assert first == second  # one global computation, read back whole by each process
     assert len(first["estimate"]) == 2 + 2 * 2 and np.all(np.isfinite(first["estimate"]))
+    assert np.all(np.isfinite(first["staircase_bounds"]))
     # Written once: the rows of one run (two writers appended each row twice, and raced on
     # results.json's temp file).
-    for name in ("ib", "halves", "mige", "stair"):
+    for name in ("ib", "halves", "mige", "stair", "stair_bounds"):
         assert os.path.exists(tmp_path / name / "results.json"), name
     with open(tmp_path / "halves" / "metrics.jsonl") as f:
         steps = [json.loads(line)["step"] for line in f]
