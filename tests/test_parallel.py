@@ -60,10 +60,6 @@ unspied = {"shard_batch": parallel.shard_batch, "put_batch": parallel.put_batch}
 for name, fn in unspied.items():
     setattr(parallel, name, spying(name, fn))
 
-def running(name):
-    current["run"] = name
-    return name
-
 out = {}
 for n, mesh in meshes.items():
     run = {}
@@ -73,21 +69,23 @@ for n, mesh in meshes.items():
         config = tiny_config(
             num_steps=4, num_seeds=2, estimator="infonce", **{"probe.kinds": ("linear",)}
         )
-        res = infomax.train_and_evaluate(config, f"{d}/{running('infomax')}", mesh=mesh)
+        current["run"] = "infomax"
+        res = infomax.train_and_evaluate(config, f"{d}/infomax", mesh=mesh)
         run["infomax"] = rows(f"{d}/infomax")
         run["infomax_probes"] = [r["test_accuracy"] for r in res["probes"]]
         run["infomax_devices"] = res["devices"]
         small = dict(batch_size=40, max_examples=240, num_epochs=1, validation_examples=40)
         # MINE-IB: a critic on (x, z) and a bound on the global batch, in the sweep trainer
         # that the InfoMax-VAE experiment shares.
-        config = quick(ib_config, methods=("mine",), **small)
-        ib.train_and_evaluate(config, f"{d}/{running('ib')}", mesh=mesh)
+        current["run"] = "ib"
+        ib.train_and_evaluate(quick(ib_config, methods=("mine",), **small), f"{d}/ib", mesh=mesh)
         run["ib"] = rows(f"{d}/ib")
         run["ib_eval"] = rows(f"{d}/ib", "eval")  # the test split, each chunk sharded
         # InfoMax-VAE: rows hold training means and the sharded test evaluation.
         vae_small = dict(batch_size=40, max_examples=240, num_epochs=1)
+        current["run"] = "vae"
         res = infomax_vae.train_and_evaluate(
-            quick(vae_config, **vae_small), f"{d}/{running('vae')}", mesh=mesh
+            quick(vae_config, **vae_small), f"{d}/vae", mesh=mesh
         )
         run["infomax_vae"] = rows(f"{d}/vae", "")
         run["vae_probes"] = [r["probe_test_accuracy"] for r in res["table"]]
@@ -95,8 +93,8 @@ for n, mesh in meshes.items():
         from experiments import halves
         from tests.test_halves import tiny_config as halves_tiny
 
-        config = halves_tiny(encoders=("mlp",))
-        halves.train_and_evaluate(config, f"{d}/{running('halves')}", mesh=mesh)
+        current["run"] = "halves"
+        halves.train_and_evaluate(halves_tiny(encoders=("mlp",)), f"{d}/halves", mesh=mesh)
         with open(f"{d}/halves/metrics.jsonl") as f:
             run["halves"] = [
                 {f"{k}[{i}]": v for k in ("accuracy", "mi_test") for i, v in enumerate(r[k])}
@@ -108,7 +106,7 @@ for n, mesh in meshes.items():
 from experiments import staircase
 from tests.test_staircase import _tiny
 out["staircase"] = {}
-running("staircase")
+current["run"] = "staircase"
 for mode in ("bounds", "data"):
     with tempfile.TemporaryDirectory() as d:
         config = _tiny(parallel=mode, bound_groups=1, bounds=("nwj", "infonce", "flo"))
@@ -125,7 +123,7 @@ x, y = tasks.get_task("gaussian", dim=5).sample(jax.random.key(0), 1.0, 1000)
 x, y = np.asarray(x), np.asarray(y)
 kw = dict(max_steps=200, eval_every=100, batch_size=64, seeds=2)
 out["estimate"] = {}
-running("estimate_mi")
+current["run"] = "estimate_mi"
 for n, mesh in meshes.items():
     est = estimate_mi(x, y, mesh=mesh, **kw)
     out["estimate"][n] = [*est.mi.tolist(), *est.train_curve.ravel().tolist()]
@@ -146,7 +144,7 @@ config = toy_tiny(num_rhos=7, num_seeds=1, bounds=("nwj",))
 with config.unlocked():
     del config.estimators["mige_stein"]
 out["mige_toy"] = {}
-running("mige_toy")
+current["run"] = "mige_toy"
 for n, mesh in meshes.items():
     with tempfile.TemporaryDirectory() as d:
         res = mige_toy.train_and_evaluate(config, d, mesh=mesh)
