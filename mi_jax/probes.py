@@ -193,7 +193,9 @@ def fit_probe(
       test_labels: ``[M]``.
       kind: ``"linear"`` (multinomial logistic regression, full-batch L-BFGS until the largest
         gradient entry is below ``tol`` or for ``max_iter`` iterations, L2 penalty
-        ``l2 / 2 |W|^2`` on the mean cross-entropy) or ``"mlp"`` (one
+        ``l2 / 2 |W|^2`` on the mean cross-entropy: scikit-learn's ``LogisticRegression`` at
+        ``C = 1 / (l2 N)`` on features standardized with the training split's statistics, or
+        ``C = 2 / (l2 N)`` for two classes, where it fits one weight vector) or ``"mlp"`` (one
         hidden layer of ``hidden``, AdamW with a cosine decay: ``epochs``, ``batch_size``,
         ``learning_rate``, ``weight_decay``; its training is counted in epochs, so a small set
         trains few steps: the defaults are 150 steps on digits' 1,437 training images, which

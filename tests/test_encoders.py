@@ -351,13 +351,15 @@ def test_a_groupnorm_of_one_value_per_group_is_refused_not_a_constant_encoder():
 
 
 def test_resnet_features_are_the_global_average_pool_of_local():
-    """Catches: max pooling in place of the mean."""
+    """Catches: max pooling in place of the mean; the final activation after the GroupNorm
+    left out (a signed map: ReLU's is non-negative, about half zeros)."""
     enc = encoders.get_encoder(
         "resnet", widths=(8, 16), strides=(1, 2), stem_width=8, latent_dim=6, norm_groups=4
     )
     x = jax.random.uniform(jax.random.key(0), (3, 8, 8, 1))
     out = enc.apply(enc.init(jax.random.key(1), x), x)
     np.testing.assert_allclose(out.features, jnp.mean(out.local, axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    assert float(out.local.min()) >= 0.0 and 0.2 < float(jnp.mean(out.local == 0.0)) < 0.8
 
 
 def test_preact_block_shortcut_is_a_projection_of_the_preactivated_input():

@@ -220,6 +220,25 @@ def test_the_test_split_is_standardized_with_the_training_statistics():
     assert abs(ours.test_accuracy - want) <= 0.015
 
 
+def test_a_strong_l2_moves_the_linear_probe_as_it_moves_scikit_learn():
+    """Catches the penalty l2 |W|^2 (the 1/2 dropped) and the standard deviation taken over both
+    splits (which rescales the penalty): at l2 1e-4 neither moves an accuracy. Three classes on
+    a line, the test split a dense grid that reads off the decision boundaries. (With two
+    classes scikit-learn fits one weight vector, the difference of the probe's two: the same
+    fit at C = 2 / (l2 N).)"""
+    rng = np.random.default_rng(0)
+    n, l2 = 600, 0.3
+    y = rng.choice(3, size=n, p=[0.6, 0.3, 0.1])
+    x = (2.0 * (y - 1) + rng.normal(size=n)).astype(np.float32)[:, None]
+    grid = np.linspace(-8, 8, 3201, dtype=np.float32)[:, None]  # spread wider than x
+    grid_y = np.digitize(grid[:, 0], [-1.0, 1.0])
+    ours = probes.fit_probe(x, y, grid, grid_y, l2=l2, max_iter=1000)
+    mu, sd = x.mean(0), x.std(0)
+    ref = LogisticRegression(C=1.0 / (l2 * n), tol=1e-10, max_iter=10_000)
+    want = ref.fit((x - mu) / sd, y).score((grid - mu) / sd, grid_y)
+    assert ours.converged and abs(ours.test_accuracy - want) <= 4.5 / 3201, (ours, want)
+
+
 def test_the_mlp_probe_reports_train_and_test_accuracy_in_their_places():
     """Catches: the MLP probe's train and test accuracies swapped: random labels are memorized on
     the training split and read at chance on the test split."""

@@ -290,6 +290,31 @@ def test_sweep_chunk_with_seeds_runs_each_seed_as_its_own_sweep(sequential):
     np.testing.assert_array_equal(untrained["w"], fresh_both.params["w"])
 
 
+def test_each_sweep_step_draws_with_the_train_key_folded_with_the_step():
+    # Catches one key for every step (the comparison of seeds above shares it on both sides).
+    def loss_fn(params, bound_states, x, y, key, setting):
+        return jnp.sum(params["w"] ** 2), ({"draw": jax.random.uniform(key)}, bound_states)
+
+    state = training.create_sweep_state({"w": jnp.ones(2)}, None, optax.sgd(0.1), 2)
+    key = jax.random.key(5)
+    images, labels = jnp.zeros((4, 2, 2, 1), jnp.uint8), jnp.zeros(4)
+    run = training.make_sweep_chunk(loss_fn, key)
+    _, metrics = run(state, images, labels, jnp.zeros((3, 2), jnp.int32), 7, jnp.zeros(2))
+    want = [jax.random.uniform(jax.random.fold_in(key, 7 + i)) for i in range(3)]
+    np.testing.assert_array_equal(metrics["draw"], np.repeat(np.asarray(want)[:, None], 2, 1))
+
+
+def test_a_bounds_extra_network_starts_the_same_whatever_precedes_it():
+    # TUBA's baseline alone and after NWJ (which has none): the same initial parameters.
+    x, y = jnp.ones((4, 3)), jnp.ones((4, 2))
+    hparams = {"hidden": (8,), "embed_dim": 4}
+    alone = training.make_ensemble(["tuba"], "separable", hparams, (8,))
+    after = training.make_ensemble(["nwj", "tuba"], "separable", hparams, (8,))
+    first, _ = alone.init(jax.random.key(0), x, y)
+    second, _ = after.init(jax.random.key(0), x, y)
+    chex.assert_trees_all_equal(first["aux"]["0"], second["aux"]["1"])
+
+
 @pytest.mark.parametrize("decay", [0.999, 0.9999, 0.99999])
 def test_averaged_params_of_unchanging_parameters_are_the_parameters(decay):
     # The average's weights sum to the `1 - d^t` it is divided by. Before: `d` applied in
