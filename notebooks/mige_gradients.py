@@ -100,7 +100,7 @@ for name in ("ssge", "stein"):
 # is 4-13 standard errors of the repeats: a bias (kernel smoothing shrinks the estimated score),
 # not noise. The README's MIGE section shows the settings that remove most of it (a wider
 # kernel, a small ridge, Richardson extrapolation in the bandwidth). Full size takes about 50 s
-# on 2 CPU cores (most of it SSGE's eigendecompositions).
+# on 2 CPU cores (SSGE takes most of it).
 
 # %%
 plt.figure(figsize=(6, 4))
