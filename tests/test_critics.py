@@ -562,3 +562,172 @@ def test_half_precision_inputs_give_float32_scores_without_overflow():
     out = inner.apply({}, *bf16)
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(out, inner.apply({}, *(b.astype(jnp.float32) for b in bf16)))
+
+
+def _scalar_mlp_reference(p, h, activation):
+    """The MLP of PairMLP / BaselineMLP written from its parameters: Dense -> act per hidden
+    layer, then a linear Dense(1)."""
+    layers = p["params"]["MLP_0"]
+    n = len(layers)
+    for k in range(n - 1):
+        h = activation(_dense(layers[f"Dense_{k}"], h))
+    return _dense(layers[f"Dense_{n - 1}"], h)[:, 0]
+
+
+@pytest.mark.parametrize(
+    "activation, fn", [("tanh", jnp.tanh), ("elu", jax.nn.elu), ("leaky_relu", jax.nn.leaky_relu)]
+)
+def test_pair_and_baseline_mlp_use_their_activation(activation, fn):
+    """PairMLP and BaselineMLP equal their MLP written from the parameters with the activation
+    they were given (before: a check of shapes and row independence only, so either network
+    silently running relu went unnoticed)."""
+    x, y = _data(batch=8, dx=3, dy=4)
+    hi = jax.default_matmul_precision("highest")
+    pair = critics.PairMLP(hidden=(16, 12), activation=activation)
+    params = pair.init(jax.random.key(0), x, y)
+    with hi:
+        want = _scalar_mlp_reference(params, jnp.concatenate([x, y], axis=-1), fn)
+        got = pair.apply(params, x, y)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    baseline = critics.BaselineMLP(hidden=(16,), activation=activation)
+    bparams = baseline.init(jax.random.key(0), y)
+    with hi:
+        want = _scalar_mlp_reference(bparams, y, fn)
+        got = baseline.apply(bparams, y)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["pair", "baseline"])
+def test_pair_and_baseline_mlp_take_their_kernel_init(name):
+    """Glorot uniform on a [64, 128] hidden kernel: variance 2/192 (LeCun normal's is 1/64,
+    three times more), every entry within sqrt(6/192). The ensemble passes the critic's
+    kernel_init to these networks (FLO's u, the TUBA baseline), so a network that dropped it
+    started from LeCun normal, the start the docs warn diverges under exponential bounds."""
+    x, y = (jax.random.normal(k, (4, 32)) for k in jax.random.split(jax.random.key(0)))
+    if name == "pair":  # fan-in 64: x and y concatenated
+        net = critics.PairMLP(hidden=(128,), kernel_init="glorot_uniform")
+        params = net.init(jax.random.key(1), x, y)
+        x_in = jnp.concatenate([x, y], axis=-1)
+    else:
+        net = critics.BaselineMLP(hidden=(128,), kernel_init="glorot_uniform")
+        y = jnp.concatenate([x, y], axis=-1)  # [4, 64]
+        params = net.init(jax.random.key(1), y)
+        x_in = y
+    kernel = params["params"]["MLP_0"]["Dense_0"]["kernel"]
+    assert kernel.shape == (x_in.shape[1], 128)
+    fan_in, fan_out = kernel.shape
+    # 8192 entries: the sample variance is within ~3 % (2 sigma); 10 % is generous.
+    assert abs(float(jnp.var(kernel)) * (fan_in + fan_out) / 2.0 - 1.0) < 0.1
+    assert float(jnp.abs(kernel).max()) <= np.sqrt(6.0 / (fan_in + fan_out))
+
+
+@pytest.mark.parametrize("name", ["pair", "baseline"])
+def test_pair_and_baseline_mlp_take_their_compute_dtype(name):
+    """bfloat16 PairMLP / BaselineMLP: same parameters, outputs close to float32 but visibly
+    rounded (a network that dropped compute_dtype gave the float32 values exactly)."""
+    x, y = _data(batch=16, dx=6, dy=6)
+    if name == "pair":
+        n32, n16 = (critics.PairMLP(hidden=(64, 64), compute_dtype=c) for c in (None, "bfloat16"))
+        args = (x, y)
+    else:
+        n32, n16 = (critics.BaselineMLP(hidden=(64,), compute_dtype=c) for c in (None, "bfloat16"))
+        args = (y,)
+    params = n32.init(jax.random.key(1), *args)
+    assert jax.tree.structure(params) == jax.tree.structure(n16.init(jax.random.key(1), *args))
+    with jax.default_matmul_precision("highest"):
+        v32 = n32.apply(params, *args)
+    v16 = jax.jit(n16.apply)(params, *args)
+    assert v16.dtype == jnp.float32
+    spread = float(jnp.std(v32))
+    np.testing.assert_allclose(v16, v32, atol=0.05 * spread)
+    # bf16 keeps 8 significant bits: some output moves by more than 1e-4 of the spread.
+    assert float(jnp.max(jnp.abs(v16 - v32))) > 1e-4 * spread
+
+
+_INIT_VARIANCES = {  # name: (variance from fan-in and fan-out, uniform?)
+    "lecun_normal": (lambda fi, fo: 1.0 / fi, False),
+    "glorot_uniform": (lambda fi, fo: 2.0 / (fi + fo), True),
+    "glorot_normal": (lambda fi, fo: 2.0 / (fi + fo), False),
+    "he_normal": (lambda fi, fo: 2.0 / fi, False),
+}
+
+
+def test_every_registered_initializer_is_checked():
+    assert set(_INIT_VARIANCES) == set(critics._INITIALIZERS)
+
+
+@pytest.mark.parametrize("name", sorted(_INIT_VARIANCES))
+def test_every_registered_initializer_has_its_variance_and_shape(name):
+    """Each registered kernel_init on a [64, 256] kernel (fan-in != fan-out, so the LeCun,
+    Glorot and He variances 1/64, 1/160, 1/32 all differ): sample variance within 6 % (16384
+    entries: ~2 % at 3 sigma), and a uniform's entries within sqrt(3) standard deviations
+    while a normal's (Flax's truncated at 2 sigma) reach past it (P(|z| > sqrt 3) ~ 6 %)."""
+    variance, uniform = _INIT_VARIANCES[name]
+    w = critics.get_initializer(name)(jax.random.key(0), (64, 256), jnp.float32)
+    want = variance(64, 256)
+    assert abs(float(jnp.var(w)) / want - 1.0) < 0.06, (name, float(jnp.var(w)) / want)
+    limit = np.sqrt(3.0 * want)
+    if uniform:
+        assert float(jnp.abs(w).max()) <= limit * (1 + 1e-6)
+    else:
+        assert float(jnp.abs(w).max()) > 1.05 * limit
+
+
+def test_every_registered_activation_is_its_closed_form():
+    """Each name of `get_activation` against its formula, in float64 numpy on a grid across
+    0 (before: only tanh and relu were exercised, so e.g. elu -> selu or leaky_relu -> relu
+    passed). gelu is Flax's default, the tanh approximation (within 5e-4 of the erf form)."""
+    z = np.linspace(-4.0, 4.0, 161)
+    sig = 1.0 / (1.0 + np.exp(-z))
+    want = {
+        "relu": np.maximum(z, 0.0),
+        "gelu": 0.5 * z * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (z + 0.044715 * z**3))),
+        "elu": np.where(z > 0, z, np.expm1(z)),
+        "tanh": np.tanh(z),
+        "silu": z * sig,
+        "softplus": np.log1p(np.exp(z)),
+        "leaky_relu": np.where(z > 0, z, 0.01 * z),
+    }
+    assert set(want) == set(critics._ACTIVATIONS)  # a newly registered one gets its formula here
+    for name, ref in want.items():
+        got = np.asarray(critics.get_activation(name)(jnp.asarray(z, jnp.float32)), np.float64)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_chunked_concat_keeps_activation_kernel_init_and_compute_dtype():
+    """The chunked concat critic builds its row blocks from the same settings as the dense one
+    (before: the chunked tests all ran relu, LeCun normal and float32, so a scan that dropped
+    any of them went unnoticed): the same initial parameters for glorot_uniform, the same tanh
+    scores, and the same bfloat16 scores (visibly not the float32 ones)."""
+    x, y = _data(batch=12, dx=3, dy=4)
+    hp = dict(hidden=(16, 12), activation="tanh", kernel_init="glorot_uniform")
+    dense = critics.get_critic("concat", **hp)
+    chunked = critics.get_critic("concat", chunk_size=5, **hp)
+    params = dense.init(jax.random.key(2), x, y)
+    chunked_params = chunked.init(jax.random.key(2), x, y)
+    for a, b in zip(jax.tree.leaves(chunked_params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    want = dense.apply(params, x, y)
+    np.testing.assert_allclose(jax.jit(chunked.apply)(params, x, y), want, rtol=1e-5, atol=1e-5)
+    relu = critics.get_critic("concat", hidden=(16, 12), chunk_size=5).apply(params, x, y)
+    assert not np.allclose(relu, want, atol=1e-3)  # tanh is not relu on these params
+    d16 = critics.get_critic("concat", compute_dtype="bfloat16", **hp)
+    c16 = critics.get_critic("concat", compute_dtype="bfloat16", chunk_size=5, **hp)
+    s16 = jax.jit(d16.apply)(params, x, y)
+    # Same bf16 arithmetic, blocked differently: float32 accumulation rounding only.
+    np.testing.assert_allclose(jax.jit(c16.apply)(params, x, y), s16, rtol=1e-4, atol=1e-4)
+    assert float(jnp.max(jnp.abs(s16 - want))) > 1e-3  # and bf16 rounding is visible
+
+
+@pytest.mark.parametrize("name", ["separable", "concat"])
+def test_compute_dtype_float32_is_the_default_float32_layer(name):
+    """compute_dtype="float32" (the name a config writes) is the float32 layer, as None is: the
+    same scores bit for bit (a bfloat16 layer differs by ~1e-2 here)."""
+    x, y = _data(batch=8, dx=3, dy=3)
+    hp = {"separable": {"hidden": (16, 12), "embed_dim": 5}, "concat": {"hidden": (16, 12)}}[name]
+    c_none = critics.get_critic(name, **hp)
+    c_f32 = critics.get_critic(name, compute_dtype="float32", **hp)
+    params = c_none.init(jax.random.key(1), x, y)
+    np.testing.assert_array_equal(
+        jax.jit(c_f32.apply)(params, x, y), jax.jit(c_none.apply)(params, x, y)
+    )

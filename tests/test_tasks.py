@@ -601,3 +601,107 @@ def test_a_registered_task_is_built_by_name_and_checked(monkeypatch):
     tasks.register_task("bare", lambda dim: sinh_task(dim).sample)  # a sampler, not a Task
     with pytest.raises(TypeError, match="the factory of task 'bare' must return a `Task`"):
         tasks.get_task("bare", dim=2)
+
+
+@pytest.mark.parametrize("df, dim_x, dim_y", [(3.0, 1, 3), (1.5, 2, 5)])
+def test_student_t_correction_for_unequal_widths_by_monte_carlo(df, dim_x, dim_y):
+    """With an identity scale matrix the Gaussian part of the MI is 0, so the MI of the t pair
+    (x [dim_x], y [dim_y]) is the correction itself: checked against a float64 Monte Carlo
+    mean of log p(x, y) - log p(x) - log p(y) from the densities (not the entropy formula),
+    for widths that differ (the samplers only ever use dim_x = dim_y), and symmetric in them."""
+    rng = np.random.default_rng(0)
+    n = 400_000
+    z = rng.standard_normal((n, dim_x + dim_y))
+    t = z / np.sqrt(rng.chisquare(df, (n, 1)) / df)
+    pointwise = _logpdf_t(t, df) - _logpdf_t(t[:, :dim_x], df) - _logpdf_t(t[:, dim_x:], df)
+    mean, se = pointwise.mean(), pointwise.std() / math.sqrt(n)
+    got = tasks.student_t_mi_correction(df, dim_x, dim_y)
+    assert abs(got - mean) <= 5 * se, (got, mean, se)  # se ~ 1e-3 here
+    assert tasks.student_t_mi_correction(df, dim_y, dim_x) == pytest.approx(got, rel=1e-12)
+
+
+def test_a_concrete_non_integer_jax_dim_is_refused():
+    """`dim` as a concrete JAX array is checked like a Python one: 2.5 is no width (it gave
+    rho for 2.5 coordinates silently); an integer-valued one is taken."""
+    with pytest.raises(ValueError, match="`dim` must be an integer >= 1"):
+        tasks.rho_from_mi(1.0, jnp.array(2.5))
+    with pytest.raises(ValueError, match="`dim` must be an integer >= 1"):
+        tasks.noise_from_mi(1.0, jnp.array(0))
+    np.testing.assert_allclose(tasks.noise_from_mi(1.0, jnp.array(2.0)), math.exp(-0.5), rtol=1e-6)
+
+
+def test_staircase_mi_is_float32_under_x64():
+    """Documented: float32 MI (a staircase level is a float32 value, which `_check_mi`'s
+    float32 margin expects), under jax_enable_x64 too."""
+    with jax.enable_x64(True):
+        mi = tasks.staircase_mi(jnp.array([0, 10]), levels=(2.0, 4.0), steps_per_level=10)
+    assert mi.dtype == jnp.float32
+    np.testing.assert_array_equal(mi, [2.0, 4.0])
+
+
+def test_mi_from_rho_keeps_float64_under_x64():
+    """Under jax_enable_x64, mi_from_rho computes in float64 (its docstring's remedy for rho
+    near 1): 10 nats per coordinate, where 1 - rho^2 = e^-20 and a float32 rho rounds to 1
+    (an infinite MI)."""
+    rho = math.sqrt(-math.expm1(-20.0))  # float64 rho of 10 nats in dim 1
+    with jax.enable_x64(True):
+        mi = tasks.mi_from_rho(rho, 1)
+        assert mi.dtype == jnp.float64
+        # |d I / d rho| = rho / (1 - rho^2) ~ 5e8: float64 rounding of rho (1e-16) gives ~1e-7.
+        assert abs(float(mi) - 10.0) < 1e-5, float(mi)
+
+
+def test_a_staircase_level_of_zero_nats_is_allowed():
+    """Levels are MI values >= 0: a level of 0 nats (independent x and y) is one."""
+    mi = tasks.staircase_mi(jnp.array([0, 1, 2]), levels=(0.0, 2.0), steps_per_level=1)
+    np.testing.assert_array_equal(mi, [0.0, 2.0, 2.0])
+    with pytest.raises(ValueError, match="`levels` must be finite MI values >= 0"):
+        tasks.staircase_mi(0, levels=(-1.0, 2.0), steps_per_level=1)
+
+
+def test_float64_samples_take_a_smaller_student_t_df():
+    """Under jax_enable_x64 the least df is float64's (0.029, as documented): df = 0.1, refused
+    in float32, builds and gives finite float64 samples; below 0.029 it is refused."""
+    with jax.enable_x64(True):
+        task = tasks.get_task("student_t", dim=2, df=0.1)
+        x, y = task.sample(jax.random.key(1), task.min_mi + 1.0, 20_000)
+        assert x.dtype == jnp.float64
+        assert np.all(np.isfinite(np.asarray(x))) and np.all(np.isfinite(np.asarray(y)))
+        with pytest.raises(ValueError, match="`df` of 0.02 is below 0.029"):
+            tasks.get_task("student_t", dim=2, df=0.02)
+
+
+def test_student_t_traced_mi_below_the_least_is_clamped_to_it():
+    """Traced (a staircase level under jit), an MI below the Student-t family's least is not
+    checked: it samples the least MI (Gaussian part 0), finite, not NaN from a negative
+    Gaussian MI."""
+    task = tasks.get_task("student_t", dim=2, df=3.0)
+    sample = jax.jit(task.sample, static_argnums=2)
+    key = jax.random.key(4)
+    x, y = sample(key, 0.5 * task.min_mi, 256)
+    assert np.all(np.isfinite(np.asarray(x))) and np.all(np.isfinite(np.asarray(y)))
+    x0, y0 = sample(key, task.min_mi, 256)
+    np.testing.assert_allclose(x, x0, rtol=1e-6)
+    np.testing.assert_allclose(y, y0, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "cubic", "spiral", "cauchy", "student_t"])
+def test_same_key_same_samples_other_keys_independent_samples(name):
+    """The key is the only source of randomness: the same key gives the same pair, and two
+    keys give independent ones. Independence is read from the rows' log norms, which also
+    carry the Student-t rows' shared chi^2 scale: their correlation across two keys within
+    5 / sqrt(n) of 0 (before: a sampler that ignored the key, or drew the t scale from a fixed
+    key (log-norm correlation ~0.36 at df = 3), passed every test)."""
+    n = 20_000
+    task = tasks.get_task(name, dim=2)
+    sample = jax.jit(task.sample, static_argnums=2)
+    mi = task.min_mi + 1.0
+    k1, k2 = jax.random.split(jax.random.key(11))
+    a, b = sample(k1, mi, n), sample(k1, mi, n)
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_array_equal(u, v)
+    c = sample(k2, mi, n)
+    for u, v in zip(a, c, strict=True):
+        lu, lv = (np.log(np.linalg.norm(np.asarray(t, np.float64), axis=1)) for t in (u, v))
+        r = np.corrcoef(lu, lv)[0, 1]
+        assert abs(r) < 5 / math.sqrt(n), (name, r)
