@@ -14,6 +14,7 @@ import pytest
 from configs import amdim as amdim_config
 from experiments import amdim as amdim_experiment
 from mi_jax import amdim, bounds, data
+from tests.test_bounds import _rand_scores, _ref_smile
 from tests.test_dim import _embed, _np_infonce
 
 
@@ -445,3 +446,95 @@ def test_amdim_run_is_labelled_amdim_and_uses_its_own_objective(tmp_path, monkey
     monkeypatch.setattr(infomax, "train_and_evaluate", lambda config, workdir, **k: seen.update(k))
     amdim_experiment.train_and_evaluate(ml_collections.ConfigDict({}), str(tmp_path))
     assert seen["name"] == "amdim" and seen["build_fn"] is amdim_experiment.build
+
+
+@pytest.mark.parametrize("size", [(28, 32), (8, 20)])
+def test_multiscale_encoder_shapes_of_non_square_images(size):
+    """The stem treats each side on its own (strides and the VALID conv to 7x7 per axis):
+    a non-square input still gives 7x7 and 5x5 maps.
+
+    Catches: the `to7` kernel's width read from the height (a 7x8 "7x7" map, whose global
+    vector silently keeps one of two 1x1 positions)."""
+    encoder = amdim.MultiScaleEncoder(stem_width=4, widths=(6, 5, 3))
+    images = jnp.zeros((2, *size, 1))
+    params = encoder.init(jax.random.key(0), images)
+    out = jax.jit(encoder.apply)(params, images)
+    assert out.map7.shape == (2, 7, 7, 6)
+    assert out.map5.shape == (2, 5, 5, 5)
+    assert out.global_.shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "size, downs, to7", [(14, 1, 1), (28, 2, 1), (32, 2, 2), (20, 1, 4), (8, 0, 2)]
+)
+def test_multiscale_encoder_stem_is_the_documented_one(size, downs, to7):
+    """The docstring's stem: 4x4 stride-2 convs while a side is at least 14 (14 -> 7,
+    28 -> 14 -> 7, 32 -> 16 -> 8, 20 -> 10), then a VALID conv of kernel ``size - 6`` to 7x7.
+
+    Catches: `while max(size) > 14` (a 28x28 MNIST image, or a 14x14 one, then meets one stride-2
+    conv fewer and an 8x8 VALID conv instead, with every shape unchanged)."""
+    encoder = amdim.MultiScaleEncoder(stem_width=4, widths=(6, 5, 3))
+    params = encoder.init(jax.random.key(0), jnp.zeros((1, size, size, 1)))["params"]
+    assert sorted(k for k in params if k.startswith("down")) == [f"down{n}" for n in range(downs)]
+    assert params["to7"]["kernel"].shape[:2] == (to7, to7)
+
+
+def test_objective_defaults_are_the_papers_penalty_and_clip():
+    """The module docstring's defaults: ``lambda = 0.05`` and ``c = 20``; an objective built
+    without them computes the loss of one that names them.
+
+    Catches: either default changed."""
+    encoder = amdim.MultiScaleEncoder(stem_width=4, widths=(8, 8, 8), activation="elu")
+    kw = dict(encoder=encoder, critic_hidden=8, embed_dim=4)
+    default = amdim.AMDIMObjective(**kw)
+    explicit = amdim.AMDIMObjective(**kw, penalty=0.05, critic_clip=20.0)
+    images = jax.random.uniform(jax.random.key(0), (6, 8, 8, 1))
+    params, states = explicit.init(jax.random.key(1), images)
+
+    # Large scores: the clip at 20 (against 10, say) and the penalty must both matter.
+    def scale(tree, c):  # at init the scores are ~1e-4: neither setting would show
+        return jax.tree_util.tree_map_with_path(
+            lambda path, v: v * c if "kernel" in jax.tree_util.keystr(path) else v, tree
+        )
+
+    params = {"encoder": scale(params["encoder"], 1.3), "critic": scale(params["critic"], 2.0)}
+    rng = jax.random.key(2)
+    want, (m, _) = explicit.loss(params, states, images, rng)
+    got, _ = default.loss(params, states, images, rng)
+    assert float(m["score_penalty"]) > 1.0  # the penalty's weight is visible in the loss
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    for other in (dict(penalty=0.5), dict(critic_clip=10.0)):  # not vacuous
+        changed = amdim.AMDIMObjective(**{**kw, "penalty": 0.05, "critic_clip": 20.0, **other})
+        other_loss, _ = changed.loss(params, states, images, rng)
+        assert abs(float(other_loss) - float(want)) > 0.1
+
+
+def test_experiment_build_passes_the_configs_bound_settings_and_clip():
+    """`config.estimator_hparams` reaches the bound and `config.critic_clip` the critic
+    (0: off).
+
+    Catches: either config key silently dropped in `experiments.amdim.build` (the run then
+    trains SMILE at tau = 5 whatever the config says)."""
+    config = tiny_config(estimator="smile", critic_clip=3.0, penalty=0.2)
+    config.unlock()
+    config.estimator_hparams = {"clip": 2.0}
+    config.lock()
+    objective = amdim_experiment.build(config, (8, 8, 1))
+    assert dict(objective.estimator_hparams) == {"clip": 2.0}
+    assert objective.critic_clip == 3.0 and objective.penalty == 0.2
+    s = _rand_scores(705, 5, scale=4.0)
+    assert abs(_ref_smile(s, 2.0) - _ref_smile(s, 5.0)) > 1e-2
+    np.testing.assert_allclose(float(objective.bound(s)), _ref_smile(s, 2.0), rtol=1e-5, atol=1e-5)
+    off = amdim_experiment.build(tiny_config(critic_clip=0.0), (8, 8, 1))
+    assert off.critic_clip is None
+
+
+def test_views_missing_a_field_are_named():
+    """A `views` mapping without a field fails with the field named (check_view_params),
+    not as a bare KeyError from the first range check that reads it.
+
+    Catches: `check_view_params` testing only for unknown fields."""
+    views = dict(amdim.AMDIMObjective(encoder=amdim.MultiScaleEncoder()).views)
+    for name in ("crop_scale", "grayscale"):
+        with pytest.raises(ValueError, match=rf"lacks \['{name}'\]"):
+            amdim.check_view_params({k: v for k, v in views.items() if k != name})

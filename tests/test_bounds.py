@@ -1248,3 +1248,37 @@ def test_every_bound_traces_at_a_batch_whose_pair_count_passes_int32():
         assert out.shape == () and out.dtype == jnp.float32, name
     for fn in (bounds.log_mean_exp_offdiag, bounds.mean_offdiag):
         assert jax.eval_shape(fn, scores).shape == ()
+
+
+def test_registry_defaults_are_the_documented_ones():
+    """A bound named without its hyperparameter reads the documented default: SMILE's
+    tau = 5 (Song & Ermon), I_alpha's alpha = 0.01, MINE's decay 0.99 (each against a float64
+    reference that takes the value explicitly).
+
+    Catches: `smile`'s default clip, `interpolated`'s default alpha or `mine`'s default decay
+    changed (every config naming the bound without the key would silently change)."""
+    # SMILE: scores with marginal entries past +-5 (and within +-10), so tau matters.
+    s = _rand_scores(701, 5, scale=4.0)
+    off = s[~np.eye(5, dtype=bool)]
+    assert np.any(np.abs(off) > 5.5)
+    assert abs(_ref_smile(s, 5.0) - _ref_smile(s, 10.0)) > 1e-2  # not vacuous
+    for value in (bounds.get_bound("smile")(s), bounds.smile(s)):
+        np.testing.assert_allclose(float(value), _ref_smile(s, 5.0), rtol=1e-5, atol=1e-5)
+
+    # I_alpha with a learned baseline.
+    s = _rand_scores(702, 5, scale=1.5)
+    a = _rand_vec(703, 5)
+    assert abs(_ref_interpolated(s, 0.01, a) - _ref_interpolated(s, 0.1, a)) > 1e-3
+    got = bounds.get_bound("interpolated")(s, log_baseline=a)
+    np.testing.assert_allclose(float(got), _ref_interpolated(s, 0.01, a), rtol=1e-5, atol=1e-5)
+
+    # MINE: from the second step on, the gradient depends on the decay.
+    score_list = [_rand_scores(704 + t, 4, scale=1.5) + t for t in range(3)]
+    bound = bounds.get_bound("mine")
+    grad_fn = jax.jit(jax.grad(lambda sc, st: bound.apply(sc, st)[0]))
+    refs, others = _mine_reference_grad(score_list, 0.99), _mine_reference_grad(score_list, 0.9)
+    assert np.max(np.abs(refs[-1] - others[-1])) > 1e-3  # not vacuous
+    state = bound.init()
+    for sc, ref in zip(score_list, refs, strict=True):
+        np.testing.assert_allclose(grad_fn(sc, state), ref, rtol=1e-5, atol=1e-7)
+        state = bound.apply(sc, state)[1]

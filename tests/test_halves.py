@@ -523,3 +523,19 @@ def test_a_rerun_trains_each_bound_a_cut_results_json_lacks(tmp_path):
     again = halves_experiment.train_and_evaluate(config, str(tmp_path))
     assert [r["bound"] for r in again["runs"]] == ["infonce", "nwj"]
     assert again["runs"][1]["mi_test"] != again["runs"][0]["mi_test"]
+
+
+@pytest.mark.parametrize("shape", [(4, 8), (14, 28), (5, 7)])
+def test_half_conv_encoder_strides_only_its_second_conv(shape):
+    """``Conv 3x3 (c1) -> Conv 3x3 stride 2 (c2) -> Dense``: the Dense layer reads
+    ``ceil(h / 2) * ceil(W / 2) * c2`` features (SAME padding).
+
+    Catches: the stride on the first conv (or on both), which only the parameter shapes show."""
+    encoder = halves.HalfConvEncoder(channels=(3, 5), out_dim=7)
+    h, w = shape
+    x = jnp.zeros((2, h, w, 1))
+    params = encoder.init(jax.random.key(0), x)["params"]
+    assert params["Conv_0"]["kernel"].shape == (3, 3, 1, 3)
+    assert params["Conv_1"]["kernel"].shape == (3, 3, 3, 5)
+    assert params["Dense_0"]["kernel"].shape == (-(-h // 2) * -(-w // 2) * 5, 7)
+    assert encoder.apply({"params": params}, x).shape == (2, 7)
