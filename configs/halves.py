@@ -34,6 +34,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.encoders = ("mlp", "realnvp", "conv")
     config.critics = ("bilinear", "separable", "concat")
     config.bounds = ("infonce", "nwj")
+    # {bound name: hyperparameters}, e.g. {"smile": {"clip": 5.0}}; a bound without an entry
+    # takes its defaults (`mi_jax.get_bound`).
+    config.bound_hparams = ml_collections.ConfigDict()
     config.encoder_hparams = ml_collections.ConfigDict(
         {
             "mlp": {"hidden": (300, 300), "out_dim": 100},

@@ -53,6 +53,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # Trained-bound baselines: the rho-gradient of each bound at a critic trained for
     # `critic_steps` steps (separable critic, as in the paper's toy).
     config.bounds = ("mine", "nwj", "infonce", "flo")
+    # {bound name: hyperparameters}, e.g. {"mine": {"decay": 0.9}}; a bound without an entry
+    # takes its defaults (`mi_jax.get_bound`).
+    config.bound_hparams = ml_collections.ConfigDict()
     config.critic_steps = 200
     config.learning_rate = 1e-3
     config.critic_hparams = ml_collections.ConfigDict({"hidden": (256,), "embed_dim": 32})

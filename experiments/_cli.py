@@ -15,6 +15,7 @@ import time
 from experiments._common import (
     Terminated,
     config_checks,
+    error_message,
     is_map,
     stop_on_sigterm,
     writes_files,
@@ -61,16 +62,6 @@ def default_workdir(name: str, config_arg: str | None) -> str:
     stem = os.path.splitext(os.path.basename(path))[0]
     parts = [name] + ([stem] if stem and stem != name else []) + ([preset] if preset else [])
     return "/tmp/mi_jax/" + "_".join(parts)
-
-
-def error_message(e: BaseException) -> str:
-    """An error's message as written (``str`` of a KeyError quotes it), else its type; raised
-    inside a registered factory (`mi_jax._checks.call_factory`), with the factory's name first
-    where the message does not give it."""
-    message = str(e.args[0]) if len(e.args) == 1 else str(e)
-    message = message or type(e).__name__
-    component = getattr(e, "component", None)
-    return f"{component}: {message}" if component and component not in message else message
 
 
 def _stop_behind(e: BaseException) -> BaseException | None:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mi_jax import _checks, probes
+from mi_jax import bounds as bounds_lib
 from mi_jax._checks import hashable_hparams  # noqa: F401  (the experiments' builders use it)
 
 
@@ -276,6 +277,35 @@ def check_names(config, field: str, known, noun: str, *, empty_ok: bool = False)
 def is_map(value) -> bool:
     """A dict or a `ml_collections.ConfigDict` (which is not a `Mapping`)."""
     return isinstance(value, Mapping) or hasattr(value, "to_dict")
+
+
+def error_message(e: BaseException) -> str:
+    """An error's message as written (``str`` of a KeyError quotes it), else its type; raised
+    inside a registered factory (`mi_jax._checks.call_factory`), with the factory's name first
+    where the message does not give it."""
+    message = str(e.args[0]) if len(e.args) == 1 else str(e)
+    message = message or type(e).__name__
+    component = getattr(e, "component", None)
+    return f"{component}: {message}" if component and component not in message else message
+
+
+def bound_specs(config, names: Iterable[str]) -> list[tuple[str, dict]]:
+    """``[(name, hparams)]`` of the named bounds, each with its ``config.bound_hparams`` entry
+    (a bound without one takes its defaults): `mi_jax.training.make_ensemble`'s specs."""
+    return [(n, dict(config.bound_hparams.get(n, {}))) for n in names]
+
+
+def check_bound_hparams(config) -> None:
+    """``config.bound_hparams`` (``{bound name: hyperparameters}``): registered names, each
+    entry a map the bound takes, every bound built; a bad entry is a ValueError naming
+    ``config.bound_hparams.NAME``."""
+    check_hparams_maps(config, "bound_hparams")
+    check_names(config, "bound_hparams", bounds_lib.available_bounds(), "bound", empty_ok=True)
+    for name, hparams in config.bound_hparams.items():
+        try:
+            bounds_lib.get_bound(name, **dict(hparams))
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"`config.bound_hparams.{name}`: {error_message(e)}") from None
 
 
 def check_hparams_maps(config, *fields: str) -> None:

@@ -57,6 +57,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     _common.check_num_seeds(config)  # and config.seed
     _common.check_config_batch_size(config)
     _common.check_hparams_maps(config, "encoder_hparams", "critic_hparams")
+    _common.check_bound_hparams(config)
     for field, known, noun in (
         ("encoder_hparams", halves.available_half_encoders(), "encoder"),
         ("critic_hparams", critics_lib.available_critics(), "critic"),
@@ -117,7 +118,8 @@ def build(config, encoder: str, critic: str, bound: str) -> halves.HalvesModel:
         raise ValueError(f"`config.encoder_hparams.{encoder}`: {_cli.error_message(e)}") from None
     hparams = dict(config.critic_hparams.get(critic, {}))
     try:
-        ensemble = training.make_ensemble([bound], critic, hparams, aux_hidden=(128,))
+        specs = _common.bound_specs(config, [bound])  # (checked in `_check_config`)
+        ensemble = training.make_ensemble(specs, critic, hparams, aux_hidden=(128,))
     except (ValueError, TypeError, KeyError) as e:
         message = f"`config.critic_hparams.{critic}` (the {critic} critic): "
         raise ValueError(message + _cli.error_message(e)) from None
@@ -668,5 +670,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
 
 if __name__ == "__main__":
     _cli.run_experiment(
-        "halves", train_and_evaluate, named_maps=("encoder_hparams", "critic_hparams")
+        "halves",
+        train_and_evaluate,
+        named_maps=("encoder_hparams", "critic_hparams", "bound_hparams"),
     )

@@ -150,7 +150,10 @@ def bound_gradients(
     earliest critic step whose training value was non-finite, or None."""
     mesh = parallel.checked_mesh(mesh)
     ensemble = training.make_ensemble(
-        list(config.bounds), "separable", dict(config.critic_hparams), config.aux_hidden
+        _common.bound_specs(config, config.bounds),
+        "separable",
+        dict(config.critic_hparams),
+        config.aux_hidden,
     )
     optimizer = optax.adam(config.learning_rate)
     step = training.make_train_step(ensemble, metrics=("mi",))
@@ -249,12 +252,16 @@ def validate_config(config) -> None:
             raise type(e)(f"config.estimators.{name}: {e}") from None
     _common.check_unique(config, "bounds")  # trained twice, reported once
     _common.check_names(config, "bounds", bounds_lib.available_bounds(), "bound", empty_ok=True)
+    _common.check_bound_hparams(config)
     if config.bounds:
         _common.check_int_fields(config, "critic_steps")
         # The bounds' networks, built (traced, not compiled) before anything is written.
         _checks.check_int_sequences(**{"config.aux_hidden": config.aux_hidden})
         ensemble = training.make_ensemble(
-            list(config.bounds), "separable", dict(config.critic_hparams), config.aux_hidden
+            _common.bound_specs(config, config.bounds),
+            "separable",
+            dict(config.critic_hparams),
+            config.aux_hidden,
         )
         training.check_ensemble(ensemble, 1, 1)
         for bound in ensemble.bounds:  # (a registered one of a fork's)
@@ -406,4 +413,4 @@ def summary(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    _cli.run_experiment("mige_toy", train_and_evaluate)
+    _cli.run_experiment("mige_toy", train_and_evaluate, named_maps=("bound_hparams",))

@@ -37,7 +37,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("critics", critics, "critic"),
         ("tasks", tasks_lib.available_tasks(), "task"),
         ("task_hparams", tasks_lib.available_tasks(), "task"),
-        ("bound_hparams", bounds, "bound"),
         ("critic_hparams", critics, "critic"),
     ):  # (an empty list is refused below)
         _common.check_names(config, field, known, noun, empty_ok=True)
@@ -49,7 +48,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.levels must be positive MI values (nats), got {config.levels}.")
     # Every task, bound and critic is built here, so that a bad width, a typo in a bound's
     # hyperparameters or a level a task cannot express fails before the first run writes.
-    _common.check_hparams_maps(config, "bound_hparams", "critic_hparams", "task_hparams")
+    _common.check_hparams_maps(config, "critic_hparams", "task_hparams")
+    _common.check_bound_hparams(config)
     for name, hparams in config.task_hparams.items():
         if "dim" in hparams:
             raise ValueError(
@@ -71,12 +71,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             )
     for name in set(config.task_hparams) - set(config.tasks):  # (built above if it runs)
         _task(config, name)
-    for name, hparams in config.bound_hparams.items():
-        bounds_lib.get_bound(name, **dict(hparams))
     for name, hparams in config.critic_hparams.items():
         critics_lib.get_critic(name, **dict(hparams))
     _checks.check_int_sequences(**{"config.aux_hidden": config.aux_hidden})  # FLO's, TUBA's nets
-    specs = _bound_specs(config, config.bounds)
+    specs = _common.bound_specs(config, config.bounds)
     critics_lib.check_compute_dtype(config.compute_dtype)
     for name in config.critics:  # traced, as `_GroupRun` builds them: widths are checked there
         ensemble = training.make_ensemble(
@@ -216,16 +214,11 @@ def plot_staircase(
     _common.save_figure(fig, path, dpi=110)
 
 
-def _bound_specs(config, names) -> list[tuple[str, dict]]:
-    """``[(name, hparams)]`` of the named bounds, their hyperparameters from the config."""
-    return [(n, dict(config.bound_hparams.get(n, {}))) for n in names]
-
-
 def bound_groups(config, num_groups: int) -> list[list[int]]:
     """Splits the bounds (indices into ``config.bounds``) into ``num_groups`` groups of about
     equal cost: a critic each, plus FLO's u network and TUBA's baseline where present."""
     costs = []
-    for name, hparams in _bound_specs(config, config.bounds):
+    for name, hparams in _common.bound_specs(config, config.bounds):
         inputs = bounds_lib.get_bound(name, **hparams).inputs
         costs.append(1.0 + 0.5 * ("u" in inputs) + 0.2 * ("log_baseline" in inputs))
     groups = [[] for _ in range(max(1, min(num_groups, len(costs))))]
@@ -277,7 +270,7 @@ class _GroupRun:
     batch split over them): its ensemble, states and compiled chunk runner."""
 
     def __init__(self, config, names, critic_name, sample, device, seed_keys, init_keys, mesh=None):
-        specs = _bound_specs(config, names)
+        specs = _common.bound_specs(config, names)
         ensemble = training.make_ensemble(
             specs, critic_name, _critic_hparams(config, critic_name), config.aux_hidden
         )

@@ -6,12 +6,14 @@ import os
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from configs import halves as halves_config
 from experiments import halves as halves_experiment
-from mi_jax import halves, probes, training
+from mi_jax import bounds, halves, probes, training
+from tests.test_bounds import _rand_scores, _ref_smile
 
 
 def test_coupling_stack_is_exactly_invertible_with_unit_jacobian_determinant():
@@ -539,3 +541,29 @@ def test_half_conv_encoder_strides_only_its_second_conv(shape):
     assert params["Conv_1"]["kernel"].shape == (3, 3, 3, 5)
     assert params["Dense_0"]["kernel"].shape == (-(-h // 2) * -(-w // 2) * 5, 7)
     assert encoder.apply({"params": params}, x).shape == (2, 7)
+
+
+def test_bound_hyperparameters_reach_each_combinations_bound(tmp_path):
+    """`config.bound_hparams` ({bound: hyperparameters}) sets the swept bounds' settings
+    (before: the study had no such key, so SMILE always ran at tau = 5, I_alpha at alpha =
+    0.01); a bad entry fails before anything is written, naming it."""
+    config = tiny_config(bounds=("smile", "infonce"))
+    with config.unlocked():
+        config.bound_hparams = ml_collections.ConfigDict({"smile": {"clip": 2.0}})
+    s = _rand_scores(706, 5, scale=4.0)
+    assert abs(_ref_smile(s, 2.0) - _ref_smile(s, 5.0)) > 1e-2  # tau matters on these scores
+    (bound,) = halves_experiment.build(config, "mlp", "bilinear", "smile").ensemble.bounds
+    np.testing.assert_allclose(float(bound(s)), _ref_smile(s, 2.0), rtol=1e-5, atol=1e-5)
+    (bound,) = halves_experiment.build(config, "mlp", "bilinear", "infonce").ensemble.bounds
+    np.testing.assert_allclose(float(bound(s)), float(bounds.infonce(s)), rtol=1e-6)
+    for entry, error, match in [
+        ({"smile": {"clp": 2.0}}, ValueError, r"`config.bound_hparams.smile`: .*clp"),
+        ({"smile": {"clip": -1.0}}, ValueError, r"`config.bound_hparams.smile`: .*`clip` must be"),
+        ({"smiel": {"clip": 2.0}}, KeyError, "smile"),
+        ({"smile": 2.0}, ValueError, r"`config.bound_hparams.smile` must map"),
+    ]:
+        with config.unlocked():
+            config.bound_hparams = ml_collections.ConfigDict(entry)
+        with pytest.raises(error, match=match):
+            halves_experiment.train_and_evaluate(config, str(tmp_path))
+        assert not os.listdir(tmp_path)

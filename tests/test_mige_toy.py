@@ -5,12 +5,14 @@ import json
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from configs import mige_toy as mige_toy_config
 from experiments import mige_toy
 from mi_jax import bounds, score, training
+from tests.test_bounds import _rand_scores, _ref_smile
 
 
 def _tiny(**overrides):
@@ -322,3 +324,33 @@ def test_the_summary_puts_each_number_under_its_label():
     cells = dict(zip(header.split(), line.split(), strict=True))
     assert (cells["rel_rmse"], cells["rel_bias"], cells["rel_std"]) == ("0.300", "0.100", "0.200")
     assert (cells["run_s"], cells["compile_s"]) == ("1.000", "2.000")
+
+
+def test_bound_hyperparameters_reach_the_trained_bounds(tmp_path, monkeypatch):
+    """`config.bound_hparams` ({bound: hyperparameters}) sets the trained bounds' settings,
+    in the check and in the run (before: names only, every bound at its defaults); a bad
+    entry fails before anything is written, naming it."""
+    built = []
+
+    def recording(*args, **kwargs):
+        built.append(make(*args, **kwargs))
+        return built[-1]
+
+    make = training.make_ensemble
+    monkeypatch.setattr(training, "make_ensemble", recording)
+    config = _tiny(estimators={}, bounds=("smile", "infonce"))
+    with config.unlocked():
+        config.bound_hparams = ml_collections.ConfigDict({"smile": {"clip": 2.0}})
+    mige_toy.train_and_evaluate(config, str(tmp_path / "run"))
+    s = _rand_scores(707, 5, scale=4.0)
+    assert abs(_ref_smile(s, 2.0) - _ref_smile(s, 5.0)) > 1e-2  # tau matters on these scores
+    assert len(built) >= 2  # the check's ensemble and the run's
+    for ensemble in built:
+        smile, infonce = ensemble.bounds
+        np.testing.assert_allclose(float(smile(s)), _ref_smile(s, 2.0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(float(infonce(s)), float(bounds.infonce(s)), rtol=1e-6)
+    with config.unlocked():
+        config.bound_hparams = ml_collections.ConfigDict({"smile": {"clp": 2.0}})
+    with pytest.raises(ValueError, match=r"`config.bound_hparams.smile`: .*clp"):
+        mige_toy.train_and_evaluate(config, str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()

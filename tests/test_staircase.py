@@ -224,7 +224,13 @@ def test_every_task_bound_and_critic_is_built_before_running(tmp_path):
         # Traced in the scan, a level beyond float32's reach sampled y == x unchecked.
         (dict(dim=2, levels=(1.0, 30.0)), ValueError, "config.levels: 30.0 nats is more than"),
         (dict(critic_hparams={"seperable": {"hidden": (8,)}}), KeyError, "separable"),
-        (dict(bound_hparams={"smile": {"clp": 5.0}}), TypeError, "clp"),
+        (dict(bound_hparams={"smile": {"clp": 5.0}}), ValueError, "bound_hparams.smile`: .*clp"),
+        (
+            dict(bound_hparams={"smile": {"clip": -1.0}}),
+            ValueError,
+            "bound_hparams.smile`: .*`clip` must",
+        ),
+        (dict(bound_hparams={"smiel": {"clip": 5.0}}), KeyError, "smile"),
         (dict(bound_hparams={"smile": 5}), ValueError, "`config.bound_hparams.smile` must map"),
         (dict(critic_hparams={"concat": {"hiden": (8,)}}), TypeError, "hiden"),
         (dict(task_hparams={"studnet_t": {"df": 3.0}}), KeyError, "student_t"),
