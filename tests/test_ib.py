@@ -1349,3 +1349,216 @@ def test_vae_two_seed_run_reports_the_last_evaluation_settings_and_means(tmp_pat
     assert [r["model"] for r in csv_rows] == [r["model"] for r in results["table"]]
     assert "probe_test_accuracy_std" in vae_experiment.summary(results)
     assert results["eval_test_images"] == results["test_images"] // 50 * 50
+
+
+def test_ib_ce_is_the_mean_over_every_sampled_code_and_example():
+    """Catches: the cross-entropy summed over the batch (beta's scale then shrinks with the
+    batch size) or taken on the first of ``train_samples`` codes only."""
+    x = _images(jax.random.key(0), batch=6)
+    y = jnp.array([0, 1, 2, 0, 1, 2])
+    model = _ib_model("vib", train_samples=3)  # sigma ~ 1.3: the three codes' CEs differ
+    params, states = model.init(jax.random.key(1), x)
+    key = jax.random.key(2)
+    loss, (m, _) = jax.jit(model.loss)(params, states, x, y, key, 0.0)
+    z, _, _ = model.sample(params, x, key, 3)
+    dec = jax.tree.map(lambda a: np.asarray(a, np.float64), params["decoder"]["params"])
+    logits = np.asarray(z, np.float64) @ dec["kernel"] + dec["bias"]  # [3, 6, 3], by hand
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    index = np.broadcast_to(np.asarray(y)[None, :, None], (3, 6, 1))
+    nll = -np.take_along_axis(log_p, index, -1)[..., 0]  # [3, 6]
+    per_code = nll.mean(1)
+    assert np.ptp(per_code) > 1e-2  # (the case tells "first code only" apart)
+    np.testing.assert_allclose(m["ce"], nll.mean(), rtol=1e-5)
+    np.testing.assert_allclose(loss, nll.mean(), rtol=1e-5)  # beta 0: the loss is the CE
+
+
+def test_the_deterministic_baseline_uses_the_mean_code_whatever_its_sigma_head():
+    """Catches: the deterministic baseline sampling ``mu + sigma eps`` like VIB (its codes then
+    carry the unused sigma head's noise; test_vib_at_beta_zero... runs at sigma ~ 1e-17, where
+    the two coincide)."""
+    x = _images(jax.random.key(0), batch=4)
+    y = jnp.array([0, 1, 2, 0])
+    det = _ib_model("deterministic")  # sigma ~ 1.3: a sampled code is far from its mean
+    params, states = det.init(jax.random.key(1), x)
+    key = jax.random.key(2)
+    z, mu, sigma = det.sample(params, x, key, 5)
+    assert float(jnp.min(sigma)) > 0.5
+    np.testing.assert_array_equal(z, jnp.broadcast_to(mu, z.shape))
+    pred = det.predict(params, x, key, 12)
+    np.testing.assert_allclose(pred.probs_sampled, pred.probs_at_mean, rtol=1e-6, atol=1e-7)
+    # Its loss at any beta is the cross-entropy at the means.
+    dec = params["decoder"]["params"]
+    logits = np.asarray(mu, np.float64) @ np.asarray(dec["kernel"], np.float64) + np.asarray(
+        dec["bias"], np.float64
+    )
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    want = -np.mean(log_p[np.arange(4), np.asarray(y)])
+    loss, (m, _) = det.loss(params, states, x, y, key, 0.7)
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    np.testing.assert_allclose(m["ce"], want, rtol=1e-5)
+
+
+def test_mine_ib_at_beta_zero_trains_the_encoder_on_the_cross_entropy_alone():
+    """Catches: the critic's own term ``-I`` reaching the encoder (its codes not stopped):
+    test_mine_ib_is_a_min_max_game compares beta 0.5 with beta 0, where that term cancels.
+    At beta 0 MINE-IB's encoder and decoder gradients are VIB's at beta 0 (the CE's)."""
+    x = _images(jax.random.key(0), batch=8)
+    y = jnp.arange(8) % 3
+    mine = _model("mine", bound="dv", std_offset=1.0)
+    vib = mine.replace(method="vib")
+    params, states = mine.init(jax.random.key(1), x)
+    key = jax.random.key(2)
+    _, _, g_mine = _loss_and_grads(mine, params, states, x, y, key, 0.0)
+    no_critic = {k: v for k, v in params.items() if k != "critic"}
+    _, _, g_vib = _loss_and_grads(vib, no_critic, (), x, y, key, 0.0)
+    for part in ("encoder", "decoder"):
+        for a, b in zip(jax.tree.leaves(g_mine[part]), jax.tree.leaves(g_vib[part]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+    # (the critic's term has an encoder gradient here: the case tells the two apart)
+    def bound_of_encoder(encoder):
+        z = mine.sample({**params, "encoder": encoder}, x, key, 1)[0][0]
+        return mine.ensemble.apply(params["critic"], states, x.reshape(8, -1), z)[0][0]
+
+    grad_i = jax.grad(bound_of_encoder)(params["encoder"])
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grad_i)) > 1e-4
+
+
+def _mine_state_after_one_update(scores, decay=0.99):
+    """MINE's moving average after its first update, from its definition: count 1 and
+    ``log((1 - d) mean_{i != j} e^{f_ij})``."""
+    s = np.asarray(scores, np.float64)
+    off = s[~np.eye(s.shape[0], dtype=bool)]
+    return 1, np.log(1 - decay) + np.log(np.mean(np.exp(off)))
+
+
+def test_mine_ib_returns_the_updated_moving_average():
+    """Catches: the loss returning the bound states it was given (MINE's moving average never
+    moves: its bias correction then divides by a one-step average forever)."""
+    x = _images(jax.random.key(0), batch=8)
+    y = jnp.arange(8) % 3
+    model = _model("mine", std_offset=1.0)  # bound "mine" (the default): a stateful bound
+    params, states = model.init(jax.random.key(1), x)
+    key = jax.random.key(2)
+    _, (_, new_states) = jax.jit(model.loss)(params, states, x, y, key, 0.5)
+    z0 = model.sample(params, x, key, 1)[0][0]
+    scores = model.ensemble.scores(params["critic"], x.reshape(8, -1), z0)[0]
+    count, log_ema = _mine_state_after_one_update(scores)
+    state = new_states[0]  # the one bound's MineState
+    assert int(state.count) == count
+    np.testing.assert_allclose(float(state.log_ema), log_ema, rtol=1e-5, atol=1e-5)
+    # Threaded through a second step, it counts on.
+    _, (_, again) = jax.jit(model.loss)(params, new_states, x, y, key, 0.5)
+    assert int(again[0].count) == 2
+
+
+def test_infomax_vae_returns_the_updated_moving_average():
+    """As above for the InfoMax-VAE's critic under MINE's bound."""
+    x = _images(jax.random.key(0), batch=5)
+    model = _vae_model(bound="mine")
+    params, states = model.init(jax.random.key(1), x)
+    key = jax.random.key(2)
+    _, (_, new_states) = jax.jit(model.loss)(params, states, x, key, 1.0, 0.5)
+    mu, sigma = model.encoder.apply(params["encoder"], x)
+    z = mu + sigma * jax.random.normal(key, mu.shape)
+    scores = model.ensemble.scores(params["critic"], x.reshape(5, -1), z)[0]
+    count, log_ema = _mine_state_after_one_update(scores)
+    assert int(new_states[0].count) == count
+    np.testing.assert_allclose(float(new_states[0].log_ema), log_ema, rtol=1e-5, atol=1e-5)
+
+
+def test_vae_generate_decodes_standard_normal_prior_samples():
+    """Catches: ``generate`` drawing its codes from another distribution than the prior
+    ``N(0, I)`` (e.g. uniform). With a linear decoder the logits are ``z W + b``: the codes
+    come back by least squares and must have mean 0 and variance 1 in every dimension. 20,000
+    codes: the mean's standard error is 0.007 (tolerance 0.05), the variance's 0.01 (0.06)."""
+    model = _vae_model(decoder_hidden=())
+    params, _ = model.init(jax.random.key(1), _images(jax.random.key(0), batch=5))
+    images = np.asarray(model.generate(params, jax.random.key(3), 20_000), np.float64)
+    assert images.shape == (20_000, 4, 4, 1) and images.min() >= 0 and images.max() <= 1
+    dec = params["decoder"]["params"]["Dense_0"]
+    w, b = np.asarray(dec["kernel"], np.float64), np.asarray(dec["bias"], np.float64)
+    logits = np.log(images) - np.log1p(-images)  # [N, 4, 4, 1]
+    z = np.linalg.lstsq(w.T, (logits.reshape(20_000, -1) - b).T, rcond=None)[0].T  # [N, 3]
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=0.05)
+    np.testing.assert_allclose(z.var(0), 1.0, atol=0.06)
+
+
+def test_vae_reconstruct_is_the_sigmoid_of_the_decoder_at_the_posterior_mean():
+    """Catches: logits returned as pixel probabilities, or a code other than the mean."""
+    model = _vae_model(decoder_hidden=())
+    x = _images(jax.random.key(0), batch=5)
+    params, _ = model.init(jax.random.key(1), x)
+    mu, _ = model.encoder.apply(params["encoder"], x)
+    dec = params["decoder"]["params"]["Dense_0"]
+    logits = np.asarray(mu, np.float64) @ np.asarray(dec["kernel"], np.float64) + np.asarray(
+        dec["bias"], np.float64
+    )
+    want = (1.0 / (1.0 + np.exp(-logits))).reshape(5, 4, 4, 1)
+    np.testing.assert_allclose(model.reconstruct(params, x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_bernoulli_decoder_applies_its_activation_between_layers():
+    """Catches: the decoder MLP's hidden layers without their activation (a linear decoder)."""
+    decoder = vae.BernoulliDecoder((2, 2, 1), hidden=(8,))
+    z = jax.random.normal(jax.random.key(0), (6, 3))
+    params = decoder.init(jax.random.key(1), z)
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+    h = np.maximum(np.asarray(z, np.float64) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"], 0)
+    assert (h == 0).any()  # (relu clips something: the case tells it from a linear layer)
+    want = (h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]).reshape(6, 2, 2, 1)
+    np.testing.assert_allclose(decoder.apply(params, z), want, rtol=1e-5, atol=1e-6)
+
+
+def test_ib_model_needs_two_classes():
+    """Catches: ``num_classes = 1`` accepted (a softmax over one class: CE 0, nothing learnt)."""
+    with pytest.raises(ValueError, match="num_classes"):
+        _model("vib", num_classes=1)
+
+
+def test_ib_eval_draws_fresh_codes_for_every_chunk():
+    """Catches: every ``eval_batch`` chunk of the test split sampled with the same key (the
+    j-th image of each chunk then gets the same noise: the 10 chunks of MNIST's test split are
+    one draw, not ten). The split ``[A; A]`` in two chunks: with fresh noise its sampled
+    cross-entropy differs from ``A``'s alone; with the noise reused it is ``A``'s exactly."""
+    # sigma ~ 1.3: the sampled predictions vary with the noise
+    model = ib.IBModel(
+        method="vib",
+        num_classes=3,
+        latent_dim=5,
+        trunk_hparams=(("hidden", (8,)),),
+        std_offset=-1.0,
+    )
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (32, 4, 4, 1)).astype(np.uint8)
+    labels = rng.integers(0, 3, 32).astype(np.int32)
+    params, _ = model.init(jax.random.key(1), data.to_float(images[:4]))
+    stacked = jax.tree.map(lambda p: p[None], params)
+    evaluate = ib_experiment.make_eval_fn(model, 12, eval_batch=32)
+    key = jax.random.key(2)
+    once = jax.device_get(evaluate(stacked, images, labels, key))
+    twice = jax.device_get(
+        evaluate(stacked, np.concatenate([images, images]), np.concatenate([labels, labels]), key)
+    )
+    # (the posterior-mean error has no noise: the same either way)
+    assert float(twice["error_mean"][0]) == pytest.approx(float(once["error_mean"][0]), abs=1e-7)
+    assert abs(float(twice["ce_sampled"][0]) - float(once["ce_sampled"][0])) > 1e-4
+    assert abs(float(twice["ce_single"][0]) - float(once["ce_single"][0])) > 1e-4
+
+
+def test_ib_argument_checks_missed_by_the_mutation_check():
+    """Catches: negative labels accepted (optax's cross-entropy reads them as garbage, no
+    error), ``train_samples = 0`` accepted (the CE a mean of nothing: NaN), an infinite beta
+    in a sweep (``check_betas``; the training step's traced beta is not read), and
+    `gaussian_kl` broadcasting ``sigma [B, 1]`` against ``mu [B, K]``."""
+    model, x = _model("vib"), _images(jax.random.key(0))
+    params, states = model.init(jax.random.key(1), x)
+    match = r"`labels` must lie in \[0, 3\) .`num_classes`., got .* \[-1, 1\]"
+    with pytest.raises(ValueError, match=match):
+        model.loss(params, states, x, jnp.arange(6) % 3 - 1, jax.random.key(2), 0.1)
+    with pytest.raises(ValueError, match="train_samples"):
+        _model("vib", train_samples=0)
+    with pytest.raises(ValueError, match=r"`betas` must hold finite numbers >= 0, got inf"):
+        ib.check_betas([1e-3, float("inf")])
+    with pytest.raises(ValueError, match="differ in shape"):
+        ib.gaussian_kl(jnp.zeros((2, 3)), jnp.ones((2, 1)))
