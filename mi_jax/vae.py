@@ -196,11 +196,13 @@ class InfoMaxVAE:
 
     def reconstruct(self, params: PyTree, images: Array) -> Array:
         """Decoder means (pixel probabilities) at the posterior means, ``[B, H, W, C]``."""
+        self._check_images(images)
         mu, _ = self.encoder.apply(params["encoder"], images)
         return jax.nn.sigmoid(self.decoder.apply(params["decoder"], mu))
 
     def generate(self, params: PyTree, rng: PRNGKey, num: int) -> Array:
         """Decoder means at ``num`` prior samples, ``[num, H, W, C]``."""
         _checks.check_key(rng, "rng")
+        _checks.check_ints(num=num)
         z = jax.random.normal(rng, (num, self.latent_dim), jnp.float32)
         return jax.nn.sigmoid(self.decoder.apply(params["decoder"], z))

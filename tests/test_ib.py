@@ -1562,3 +1562,18 @@ def test_ib_argument_checks_missed_by_the_mutation_check():
         ib.check_betas([1e-3, float("inf")])
     with pytest.raises(ValueError, match="differ in shape"):
         ib.gaussian_kl(jnp.zeros((2, 3)), jnp.ones((2, 1)))
+
+
+def test_vae_reconstruct_and_generate_check_their_arguments():
+    """A wrong image shape in `reconstruct` and a count below 1 (or not an integer) in
+    `generate` are named (before: a shape error deep in the encoder's MLP, and an empty or
+    negative-size draw)."""
+    model = _vae_model()
+    x = _images(jax.random.key(0), batch=5)
+    params, _ = model.init(jax.random.key(1), x)
+    with pytest.raises(ValueError, match=r"`images` must have shape \[batch, \*image_shape\]"):
+        model.reconstruct(params, x[:, :3])
+    for num in (0, -2, 2.5):
+        with pytest.raises(ValueError, match=r"`num` must be an integer >= 1"):
+            model.generate(params, jax.random.key(2), num)
+    assert model.generate(params, jax.random.key(2), 3).shape == (3, 4, 4, 1)
