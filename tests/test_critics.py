@@ -61,9 +61,9 @@ def test_every_critic_returns_float32_batch_by_batch_scores_under_jit(name):
     assert float(jnp.std(scores)) > 1e-3
 
 
-def _mlp_reference(p, h, n_layers):
+def _mlp_reference(p, h, n_layers, activation=jax.nn.relu):
     for k in range(n_layers - 1):
-        h = jax.nn.relu(_dense(p[f"Dense_{k}"], h))
+        h = activation(_dense(p[f"Dense_{k}"], h))
     return _dense(p[f"Dense_{n_layers - 1}"], h)
 
 
@@ -568,10 +568,7 @@ def _scalar_mlp_reference(p, h, activation):
     """The MLP of PairMLP / BaselineMLP written from its parameters: Dense -> act per hidden
     layer, then a linear Dense(1)."""
     layers = p["params"]["MLP_0"]
-    n = len(layers)
-    for k in range(n - 1):
-        h = activation(_dense(layers[f"Dense_{k}"], h))
-    return _dense(layers[f"Dense_{n - 1}"], h)[:, 0]
+    return _mlp_reference(layers, h, len(layers), activation)[:, 0]
 
 
 @pytest.mark.parametrize(

@@ -1351,6 +1351,14 @@ def test_vae_two_seed_run_reports_the_last_evaluation_settings_and_means(tmp_pat
     assert results["eval_test_images"] == results["test_images"] // 50 * 50
 
 
+def _decoder_log_probs(params, z):
+    """The IB decoder's class log-probabilities at codes ``z`` ``[..., K]``, in float64 numpy:
+    a softmax over ``z W + b`` written from its parameters."""
+    dec = jax.tree.map(lambda a: np.asarray(a, np.float64), params["decoder"]["params"])
+    logits = np.asarray(z, np.float64) @ dec["kernel"] + dec["bias"]
+    return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+
 def test_ib_ce_is_the_mean_over_every_sampled_code_and_example():
     """Catches: the cross-entropy summed over the batch (beta's scale then shrinks with the
     batch size) or taken on the first of ``train_samples`` codes only."""
@@ -1361,9 +1369,7 @@ def test_ib_ce_is_the_mean_over_every_sampled_code_and_example():
     key = jax.random.key(2)
     loss, (m, _) = jax.jit(model.loss)(params, states, x, y, key, 0.0)
     z, _, _ = model.sample(params, x, key, 3)
-    dec = jax.tree.map(lambda a: np.asarray(a, np.float64), params["decoder"]["params"])
-    logits = np.asarray(z, np.float64) @ dec["kernel"] + dec["bias"]  # [3, 6, 3], by hand
-    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    log_p = _decoder_log_probs(params, z)  # [3, 6, 3]
     index = np.broadcast_to(np.asarray(y)[None, :, None], (3, 6, 1))
     nll = -np.take_along_axis(log_p, index, -1)[..., 0]  # [3, 6]
     per_code = nll.mean(1)
@@ -1387,12 +1393,7 @@ def test_the_deterministic_baseline_uses_the_mean_code_whatever_its_sigma_head()
     pred = det.predict(params, x, key, 12)
     np.testing.assert_allclose(pred.probs_sampled, pred.probs_at_mean, rtol=1e-6, atol=1e-7)
     # Its loss at any beta is the cross-entropy at the means.
-    dec = params["decoder"]["params"]
-    logits = np.asarray(mu, np.float64) @ np.asarray(dec["kernel"], np.float64) + np.asarray(
-        dec["bias"], np.float64
-    )
-    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    want = -np.mean(log_p[np.arange(4), np.asarray(y)])
+    want = -np.mean(_decoder_log_probs(params, mu)[np.arange(4), np.asarray(y)])
     loss, (m, _) = det.loss(params, states, x, y, key, 0.7)
     np.testing.assert_allclose(loss, want, rtol=1e-5)
     np.testing.assert_allclose(m["ce"], want, rtol=1e-5)
