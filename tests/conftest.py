@@ -50,6 +50,12 @@ def _jaxlib_before(version: tuple[int, ...]) -> bool:
     return tuple(int(p) for p in release.split(".")) < version
 
 
+# The programs' source locations (MLIR debug information, for XLA's own error messages): the
+# suite reads none, and building them from full tracebacks cost 3-5 % of the InfoMax-VAE tests'
+# time on a 2-core AVX2 host. Subprocesses inherit the settings.
+os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "false")
+os.environ.setdefault("JAX_TRACEBACK_IN_LOCATIONS_LIMIT", "0")
+
 # jaxlib 0.11.1 removed the option (`mi_jax.training.compile_option_known`); an unknown flag
 # in XLA_FLAGS aborts the process as jax starts.
 if _jaxlib_before((0, 11, 1)):

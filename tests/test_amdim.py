@@ -340,6 +340,7 @@ def test_stl10_preset_trains_through_mock_data(tmp_path, tfds):
     assert {r["encoder"] for r in results["probes"]} == {"trained", "random", "none"}
 
 
+@pytest.mark.slow  # four-channel images (STL-10 style); the experiment test stays
 def test_four_channel_images_train_with_colour_off_and_a_colour_setting_is_named(
     tmp_path, monkeypatch
 ):

@@ -667,6 +667,7 @@ def test_augmentations_keep_the_images_dtype():
         assert out.dtype == jnp.bfloat16 and out.shape == image.shape
 
 
+@pytest.mark.slow  # float64 variant of the draws tested above
 def test_augmentations_prior_and_amdim_draw_the_same_numbers_under_x64():
     # Before: under `jax_enable_x64` these drew 64-bit numbers from the same keys, so an
     # InfoMax or AMDIM run under JAX_ENABLE_X64=1 drew other noise (InfoMax's loss at step 8

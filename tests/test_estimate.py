@@ -754,38 +754,47 @@ def test_cli_says_when_the_estimate_is_a_discrete_sides_entropy(tmp_path):
     assert abs(value - np.log(50)) < 0.02 and "longer run" not in out.stdout
 
 
-def test_cli_refuses_a_json_path_it_cannot_write_before_training(tmp_path, gaussian_2d):
+def _cli_refusal(capsys, *args: str) -> tuple[str, str]:
+    """``(message, printed)``: `experiments.estimate.main` run in this process with the flags
+    ``args``, ending in the usage error (SystemExit) it raised; what it printed meanwhile."""
+    from absl import flags, logging
+    from absl.testing import flagsaver
+
+    verbosity = logging.get_verbosity()
+    capsys.readouterr()
+    with flagsaver.flagsaver(), pytest.raises(SystemExit) as info:
+        flags.FLAGS(["estimate", *args])
+        try:
+            estimate_cli.main(["estimate"])
+        finally:
+            logging.set_verbosity(verbosity)
+    out = capsys.readouterr()
+    return str(info.value), out.out + out.err
+
+
+def test_cli_refuses_a_json_path_it_cannot_write_before_training(
+    tmp_path, gaussian_2d, capsys, monkeypatch
+):
     np.savez(tmp_path / "pairs.npz", x=gaussian_2d[0][:500], y=gaussian_2d[1][:500])
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    command = [sys.executable, "-m", "experiments.estimate", "--data", "pairs.npz", "--json"]
+    monkeypatch.chdir(tmp_path)
+    trained = []
+    monkeypatch.setattr(estimate_cli, "run", lambda *a, **k: trained.append(1))
     # Before: the estimate was trained and printed, then the write failed (IsADirectoryError).
-    out = subprocess.run(
-        [*command, str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
-        env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"), timeout=120,
-    )  # fmt: skip
-    assert out.returncode != 0 and "not a file that can be written" in out.stderr
-    assert "I(X;Y)" not in out.stdout
+    message, printed = _cli_refusal(capsys, "--data", "pairs.npz", "--json", str(tmp_path))
+    assert "not a file that can be written" in message and "I(X;Y)" not in printed
     # Before: an earlier result, or the --data file itself, was overwritten without a word.
     (tmp_path / "earlier.json").write_text("{}")
     data_bytes = (tmp_path / "pairs.npz").read_bytes()
-    for existing in ("earlier.json", "pairs.npz"):
-        out = subprocess.run(
-            [*command, existing], cwd=tmp_path, capture_output=True, text=True,
-            env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"), timeout=120,
-        )  # fmt: skip
-        assert out.returncode != 0 and "exists; it is not overwritten" in out.stderr
-        assert "I(X;Y)" not in out.stdout
-    assert (tmp_path / "earlier.json").read_text() == "{}"
-    assert (tmp_path / "pairs.npz").read_bytes() == data_bytes
     # A symbolic link, dangling too: refused before training (not after it, as a file that
     # appeared meanwhile).
     os.symlink("results/out.json", tmp_path / "link.json")
-    out = subprocess.run(
-        [*command, "link.json"], cwd=tmp_path, capture_output=True, text=True,
-        env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"), timeout=120,
-    )  # fmt: skip
-    assert out.returncode != 0 and "exists; it is not overwritten" in out.stderr
-    assert "I(X;Y)" not in out.stdout
+    for existing in ("earlier.json", "pairs.npz", "link.json"):
+        message, printed = _cli_refusal(capsys, "--data", "pairs.npz", "--json", existing)
+        assert "exists; it is not overwritten" in message and "I(X;Y)" not in printed
+    assert not trained
+    assert (tmp_path / "earlier.json").read_text() == "{}"
+    assert (tmp_path / "pairs.npz").read_bytes() == data_bytes
+    # (The command's exit status and its stderr for such a usage error: the tests below.)
 
 
 def test_cli_json_on_stdout_and_a_closed_output_pipe(tmp_path, gaussian_2d):
@@ -1151,7 +1160,7 @@ def test_seeds_share_the_held_out_memory(monkeypatch):
     assert eight < 1.5 * one, (one, eight)
 
 
-def test_cli_imports_a_module_that_registers_a_bound(tmp_path, gaussian_2d):
+def test_cli_imports_a_module_that_registers_a_bound(tmp_path, gaussian_2d, capsys, monkeypatch):
     # Before: a bound registered in a module of one's own was out of the command line's reach
     # ("unknown bound"), the README's config-file route being the experiments' only.
     (tmp_path / "my_bounds.py").write_text(
@@ -1164,28 +1173,30 @@ def test_cli_imports_a_module_that_registers_a_bound(tmp_path, gaussian_2d):
     (tmp_path / "broken.py").write_text("import no_such_dependency\n")
     np.savez(tmp_path / "pairs.npz", x=gaussian_2d[0][:400], y=gaussian_2d[1][:400])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    command = [sys.executable, "-m", "experiments.estimate", "--data", "pairs.npz",
-               "--max_steps", "20", "--bound", "half_infonce"]  # fmt: skip
-
-    def run(*flags):
-        return subprocess.run(
-            [*command, *flags], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-            env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"),
-        )  # fmt: skip
-
-    out = run("--imports", "my_bounds", "--bound_hparams", "{'scale': 0.25}")
+    # The command, in a process of its own: the module registers its bound there (in this one
+    # it would stay registered for the tests after it), found in the current folder.
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.estimate", "--data", "pairs.npz", "--max_steps", "20",
+         "--bound", "half_infonce", "--imports", "my_bounds", "--bound_hparams", "{'scale': 0.25}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"),
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "(half_infonce, separable critic" in out.stdout
-    out = run()
-    assert out.returncode == 1 and "unknown bound 'half_infonce'" in out.stderr
-    out = run("--imports", "my_bounz")
-    assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert "--imports 'my_bounz': no such module in the current folder" in out.stderr
-    out = run("--imports", "my_bounds.py")  # (before: imported, then "no such module")
-    assert out.returncode == 1 and "give the module's name, without .py" in out.stderr
-    out = run("--imports", "broken")  # its own missing import: a bug in it, traceback and all
-    assert out.returncode == 1 and "No module named 'no_such_dependency'" in out.stderr
-    assert "Traceback" in out.stderr
+    # The refusals, in this process (the current folder on the path, as `python -m` puts it).
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    command = ("--data", "pairs.npz", "--max_steps", "20", "--bound", "half_infonce")
+    message, _ = _cli_refusal(capsys, *command)
+    assert "unknown bound 'half_infonce'" in message
+    message, _ = _cli_refusal(capsys, *command, "--imports", "my_bounz")
+    assert "--imports 'my_bounz': no such module in the current folder" in message
+    # "NAME.py": refused before any import (before: imported, then "no such module").
+    message, _ = _cli_refusal(capsys, *command, "--imports", "my_bounds.py")
+    assert "give the module's name, without .py" in message and "my_bounds" not in sys.modules
+    # Its own missing import: a bug in it, raised as it is (a traceback in the command).
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency"):
+        estimate_cli.import_modules(["broken"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -367,6 +367,7 @@ def test_the_deterministic_baseline_runs_under_jax_debug_nans(tmp_path):
     assert "| nan" in ib_experiment.summary(results) or " nan " in ib_experiment.summary(results)
 
 
+@pytest.mark.slow  # a resume corner
 def test_a_method_new_to_a_workdir_may_take_other_betas_there(tmp_path):
     # Before: adding MINE-IB at other betas to a workdir of VIB runs was refused as "another
     # config" (betas.mine differed, though MINE-IB had never run there).
@@ -529,6 +530,7 @@ def _one_second_chunks(monkeypatch):
     monkeypatch.setattr(_common, "run_sweep_chunk", chunk)
 
 
+@pytest.mark.slow  # time bookkeeping across a resume
 def test_a_resumed_method_counts_each_chunks_training_time_once(tmp_path, monkeypatch):
     # Stopped after the last evaluation is written and before its checkpoint: the rerun trains
     # that chunk again from the previous checkpoint. Before: it started from results.json's
@@ -562,6 +564,7 @@ def test_a_resumed_method_counts_each_chunks_training_time_once(tmp_path, monkey
     assert entry["train_s_by_step"] == [[steps[0], 1.0], [steps[1], 2.0]]
 
 
+@pytest.mark.slow  # the one-seed case's test stays
 def test_a_resume_without_results_json_reads_every_seeds_evaluations_back(tmp_path):
     # Catches: the rows read back from metrics.jsonl keyed by (beta, step) without the seed:
     # one seed's evaluations dropped.
@@ -752,6 +755,14 @@ def test_infomax_vae_loss_terms_and_smoke(tmp_path, monkeypatch):
         vae_experiment.train_and_evaluate(
             _quick(vae_config, **{"models.infomax_vae.gamma": 50.0}), workdir
         )
+
+
+@pytest.mark.slow  # the reruns' bookkeeping: 20 s of the suite on a 2-core AVX2 host
+def test_a_finished_infomax_vae_run_reruns_refits_and_rebuilds_its_results(tmp_path, monkeypatch):
+    workdir = str(tmp_path)
+    vae_experiment.train_and_evaluate(_quick(vae_config), workdir)
+    with open(os.path.join(workdir, "results.json")) as f:
+        saved = json.load(f)
     # A rerun of the finished run trains nothing and keeps its training time (before: 0 s).
     rerun = vae_experiment.train_and_evaluate(_quick(vae_config), workdir)
     assert rerun["train_s"] == saved["train_s"] > 0
@@ -802,6 +813,7 @@ def test_infomax_vae_on_binarized_images(tmp_path, monkeypatch):
     assert all(np.isfinite(r["elbo"]) for r in results["table"] if r["model"] != "raw pixels")
 
 
+@pytest.mark.slow  # a plotting corner
 def test_infomax_vae_plots_fewer_test_images_than_its_grid(tmp_path):
     # With 8 test images the 10-column sample grid failed (IndexError) after the probes:
     # samples.png and curves.png were never written, and every rerun failed the same way.
@@ -866,6 +878,7 @@ def test_ib_num_seeds_trains_each_seed_as_its_own_sweep(tmp_path):
     assert "test_err_std" in table and "no validation split" in table and "val_err" not in table
 
 
+@pytest.mark.slow  # the sweep trainer's seeds, shared with IB: test_ib_num_seeds_... stays
 def test_infomax_vae_num_seeds_trains_each_seed_as_its_own_run(tmp_path):
     pair = vae_experiment.train_and_evaluate(
         _quick(vae_config, num_seeds=2), str(tmp_path / "pair")
@@ -936,6 +949,7 @@ def test_settings_of_methods_not_run_are_still_checked(field, value, match):
         ib_experiment.build(config, "vib", 10)
 
 
+@pytest.mark.slow  # the probe cache; tests/test_halves.py's test of it stays
 def test_infomax_vae_reads_its_probe_fits_from_a_shared_cache(tmp_path, monkeypatch):
     cache = str(tmp_path / "cache")
     first = vae_experiment.train_and_evaluate(
@@ -1127,7 +1141,7 @@ def test_the_weight_average_is_evaluated_on_the_test_and_the_validation_split(
     assert sizes.count(config.validation_examples) == len(sizes) // 2 > 0
 
 
-@pytest.mark.parametrize("stopped", ["before", "after"])
+@pytest.mark.parametrize("stopped", ["before", pytest.param("after", marks=pytest.mark.slow)])
 def test_infomax_vae_stopped_around_its_last_checkpoint_reports_the_last_epoch(
     tmp_path, monkeypatch, stopped
 ):

@@ -214,6 +214,7 @@ def test_num_seeds_trains_each_seed_as_its_own_run_and_reports_mean_and_std(tmp_
     )
 
 
+@pytest.mark.slow  # a resume corner; the resume itself is tested above
 def test_a_resume_from_an_odd_step_keeps_the_schedule_and_a_shorter_run_is_refused(tmp_path):
     small = dict(
         num_steps=3, log_every=2, eval_every=2, checkpoint_every=2, keep_checkpoints=10,
@@ -234,6 +235,7 @@ def test_a_resume_from_an_odd_step_keeps_the_schedule_and_a_shorter_run_is_refus
     assert (tmp_path / "config.json").read_bytes() == config_json  # refused before writing
 
 
+@pytest.mark.slow  # a resume corner; the resume itself is tested above
 def test_a_resume_evaluates_a_checkpoint_step_left_unevaluated_and_drops_stale_rows(tmp_path):
     small = dict(num_steps=4, log_every=1, eval_every=2, checkpoint_every=2, keep_checkpoints=10)
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -449,6 +451,7 @@ def test_infomax_table_reads_the_settings_of_runs_before_results_recorded_them(t
     assert f"not compared: {tmp_path / 'lost'}" in out
 
 
+@pytest.mark.slow  # the table's time bookkeeping
 def test_the_table_minutes_count_the_periodic_probes(tmp_path):
     # Before: the periodic probes were timed nowhere; the table's "minutes" left them out (an
     # 8-step run read 6.4 s of the 22.5 s it took, 7 s of them a periodic probe).
@@ -469,6 +472,7 @@ def test_the_table_minutes_count_the_periodic_probes(tmp_path):
     assert results["train_total_s"] == pytest.approx(results["train_s"] + results["compile_s"])
 
 
+@pytest.mark.slow  # the probe cache; tests/test_halves.py's test of it stays
 def test_a_probe_cache_serves_a_sweeps_baselines_to_its_later_runs(tmp_path, capsys):
     # Before: every run of a sweep refitted the random encoder's and raw pixels' probes, the
     # same fits in each (on MNIST ~280 s of a 17-minute InfoMax run, six times in the table).

@@ -29,6 +29,8 @@ from experiments import ib, infomax, infomax_vae
 from tests.test_infomax import tiny_config
 
 assert jax.device_count() == 8, jax.devices()
+# The parts to run (argv[1]): the suite's default run takes the cheaper ones, `-m slow` the rest.
+PARTS = set(sys.argv[1].split(","))
 meshes = {"1": parallel.data_mesh(jax.devices()[:1]), "8": parallel.data_mesh()}
 
 def rows(workdir, kind="train"):
@@ -64,136 +66,146 @@ out = {}
 for n, mesh in meshes.items():
     run = {}
     with tempfile.TemporaryDirectory() as d:
-        # tests/test_infomax.py's tiny programs (batch 16: 2 rows per device), 4 steps, two
-        # seeds vmapped (each seed's batch sharded inside the seed vmap).
-        config = tiny_config(
-            num_steps=4, num_seeds=2, estimator="infonce", **{"probe.kinds": ("linear",)}
-        )
-        current["run"] = "infomax"
-        res = infomax.train_and_evaluate(config, f"{d}/infomax", mesh=mesh)
-        run["infomax"] = rows(f"{d}/infomax")
-        run["infomax_probes"] = [r["test_accuracy"] for r in res["probes"]]
-        run["infomax_devices"] = res["devices"]
+        if "infomax" in PARTS:
+            # tests/test_infomax.py's tiny programs (batch 16: 2 rows per device), 4 steps,
+            # two seeds vmapped (each seed's batch sharded inside the seed vmap).
+            config = tiny_config(
+                num_steps=4, num_seeds=2, estimator="infonce", **{"probe.kinds": ("linear",)}
+            )
+            current["run"] = "infomax"
+            res = infomax.train_and_evaluate(config, f"{d}/infomax", mesh=mesh)
+            run["infomax"] = rows(f"{d}/infomax")
+            run["infomax_probes"] = [r["test_accuracy"] for r in res["probes"]]
+            run["infomax_devices"] = res["devices"]
         small = dict(batch_size=40, max_examples=240, num_epochs=1, validation_examples=40)
-        # MINE-IB: a critic on (x, z) and a bound on the global batch, in the sweep trainer
-        # that the InfoMax-VAE experiment shares.
-        current["run"] = "ib"
-        ib.train_and_evaluate(quick(ib_config, methods=("mine",), **small), f"{d}/ib", mesh=mesh)
-        run["ib"] = rows(f"{d}/ib")
-        run["ib_eval"] = rows(f"{d}/ib", "eval")  # the test split, each chunk sharded
-        # InfoMax-VAE: rows hold training means and the sharded test evaluation.
-        vae_small = dict(batch_size=40, max_examples=240, num_epochs=1)
-        current["run"] = "vae"
-        res = infomax_vae.train_and_evaluate(
-            quick(vae_config, **vae_small), f"{d}/vae", mesh=mesh
-        )
-        run["infomax_vae"] = rows(f"{d}/vae", "")
-        run["vae_probes"] = [r["probe_test_accuracy"] for r in res["table"]]
-        # Halves: two seeds vmapped, each batch and the evaluation's images sharded.
-        from experiments import halves
-        from tests.test_halves import tiny_config as halves_tiny
+        if "ib" in PARTS:
+            # MINE-IB: a critic on (x, z) and a bound on the global batch, in the sweep
+            # trainer that the InfoMax-VAE experiment shares.
+            current["run"] = "ib"
+            config = quick(ib_config, methods=("mine",), **small)
+            ib.train_and_evaluate(config, f"{d}/ib", mesh=mesh)
+            run["ib"] = rows(f"{d}/ib")
+            run["ib_eval"] = rows(f"{d}/ib", "eval")  # the test split, each chunk sharded
+        if "infomax_vae" in PARTS:
+            # InfoMax-VAE: rows hold training means and the sharded test evaluation.
+            vae_small = dict(batch_size=40, max_examples=240, num_epochs=1)
+            current["run"] = "vae"
+            res = infomax_vae.train_and_evaluate(
+                quick(vae_config, **vae_small), f"{d}/vae", mesh=mesh
+            )
+            run["infomax_vae"] = rows(f"{d}/vae", "")
+            run["vae_probes"] = [r["probe_test_accuracy"] for r in res["table"]]
+        if "halves" in PARTS:
+            # Halves: two seeds vmapped, each batch and the evaluation's images sharded.
+            from experiments import halves
+            from tests.test_halves import tiny_config as halves_tiny
 
-        current["run"] = "halves"
-        halves.train_and_evaluate(halves_tiny(encoders=("mlp",)), f"{d}/halves", mesh=mesh)
-        with open(f"{d}/halves/metrics.jsonl") as f:
-            run["halves"] = [
-                {f"{k}[{i}]": v for k in ("accuracy", "mi_test") for i, v in enumerate(r[k])}
-                for r in map(json.loads, f)
-            ]
+            current["run"] = "halves"
+            halves.train_and_evaluate(halves_tiny(encoders=("mlp",)), f"{d}/halves", mesh=mesh)
+            with open(f"{d}/halves/metrics.jsonl") as f:
+                run["halves"] = [
+                    {f"{k}[{i}]": v for k in ("accuracy", "mi_test") for i, v in enumerate(r[k])}
+                    for r in map(json.loads, f)
+                ]
     out[n] = run
 
-# The staircase with every batch split over the 8 devices against one group on one device.
-from experiments import staircase
-from tests.test_staircase import _tiny
-out["staircase"] = {}
-current["run"] = "staircase"
-for mode in ("bounds", "data"):
-    with tempfile.TemporaryDirectory() as d:
-        config = _tiny(parallel=mode, bound_groups=1, bounds=("nwj", "infonce", "flo"))
-        res = staircase.train_and_evaluate(config, d)
-    out["staircase"][mode] = {
-        "means": [r["mean"] for r in res["statistics"]], "devices": res["runs"][0]["devices"]
-    }
+if "core" in PARTS:
+    # The staircase with every batch split over the 8 devices against one group on one device.
+    from experiments import staircase
+    from tests.test_staircase import _tiny
+    out["staircase"] = {}
+    current["run"] = "staircase"
+    for mode in ("bounds", "data"):
+        with tempfile.TemporaryDirectory() as d:
+            config = _tiny(parallel=mode, bound_groups=1, bounds=("nwj", "infonce", "flo"))
+            res = staircase.train_and_evaluate(config, d)
+        out["staircase"][mode] = {
+            "means": [r["mean"] for r in res["statistics"]], "devices": res["runs"][0]["devices"]
+        }
 
-# estimate_mi: each minibatch and the held-out split sharded, two seeds vmapped (1000 samples:
-# a held-out split of 200, a multiple of 8, so both meshes see the same samples).
-import numpy as np
-from mi_jax import estimate_mi, tasks
-x, y = tasks.get_task("gaussian", dim=5).sample(jax.random.key(0), 1.0, 1000)
-x, y = np.asarray(x), np.asarray(y)
-kw = dict(max_steps=200, eval_every=100, batch_size=64, seeds=2)
-out["estimate"] = {}
-current["run"] = "estimate_mi"
-for n, mesh in meshes.items():
-    est = estimate_mi(x, y, mesh=mesh, **kw)
-    out["estimate"][n] = [*est.mi.tolist(), *est.train_curve.ravel().tolist()]
-try:  # an explicit mesh the batch does not split over
-    estimate_mi(x, y, batch_size=60, mesh=meshes["8"])
-except ValueError as e:
-    out["estimate_error"] = str(e)
-# The default mesh: the most devices the batch splits over (60 on 8 devices: 6).
-out["default_mesh"] = {b: parallel.data_mesh_for(b).devices.size for b in (60, 64, 7, 9, 2)}
-est = estimate_mi(x, y, batch_size=60, max_steps=20, eval_every=20)
-out["estimate_60"] = float(est.mi)
+    # estimate_mi: each minibatch and the held-out split sharded, two seeds vmapped (1000
+    # samples: a held-out split of 200, a multiple of 8, so both meshes see the same samples).
+    import numpy as np
+    from mi_jax import estimate_mi, tasks
+    x, y = tasks.get_task("gaussian", dim=5).sample(jax.random.key(0), 1.0, 1000)
+    x, y = np.asarray(x), np.asarray(y)
+    kw = dict(max_steps=200, eval_every=100, batch_size=64, seeds=2)
+    out["estimate"] = {}
+    current["run"] = "estimate_mi"
+    for n, mesh in meshes.items():
+        est = estimate_mi(x, y, mesh=mesh, **kw)
+        out["estimate"][n] = [*est.mi.tolist(), *est.train_curve.ravel().tolist()]
+    try:  # an explicit mesh the batch does not split over
+        estimate_mi(x, y, batch_size=60, mesh=meshes["8"])
+    except ValueError as e:
+        out["estimate_error"] = str(e)
+    # The default mesh: the most devices the batch splits over (60 on 8 devices: 6).
+    out["default_mesh"] = {b: parallel.data_mesh_for(b).devices.size for b in (60, 64, 7, 9, 2)}
+    est = estimate_mi(x, y, batch_size=60, max_steps=20, eval_every=20)
+    out["estimate_60"] = float(est.mi)
 
-# The MIGE toy: its (rho, seed) cases split over the devices (7 cases: one device gets padding);
-# SSGE (an eigendecomposition per case, in each device's loop) and one trained bound.
-from experiments import mige_toy
-from tests.test_mige_toy import _tiny as toy_tiny
-config = toy_tiny(num_rhos=7, num_seeds=1, bounds=("nwj",))
-with config.unlocked():
-    del config.estimators["mige_stein"]
-out["mige_toy"] = {}
-current["run"] = "mige_toy"
-for n, mesh in meshes.items():
-    with tempfile.TemporaryDirectory() as d:
-        res = mige_toy.train_and_evaluate(config, d, mesh=mesh)
-    out["mige_toy"][n] = {r["estimator"]: [r["rel_rmse"], r["rel_bias"]] for r in res["rows"]}
+if "mige_toy" in PARTS:
+    # The MIGE toy: its (rho, seed) cases split over the devices (7 cases: one device gets
+    # padding); SSGE (an eigendecomposition per case, in each device's loop) and one trained
+    # bound.
+    from experiments import mige_toy
+    from tests.test_mige_toy import _tiny as toy_tiny
+    config = toy_tiny(num_rhos=7, num_seeds=1, bounds=("nwj",))
+    with config.unlocked():
+        del config.estimators["mige_stein"]
+    out["mige_toy"] = {}
+    current["run"] = "mige_toy"
+    for n, mesh in meshes.items():
+        with tempfile.TemporaryDirectory() as d:
+            res = mige_toy.train_and_evaluate(config, d, mesh=mesh)
+        out["mige_toy"][n] = {r["estimator"]: [r["rel_rmse"], r["rel_bias"]] for r in res["rows"]}
 out["split_sizes"] = {r: {k: sorted(v) for k, v in s.items()} for r, s in split_sizes.items()}
 for name, fn in unspied.items():
     setattr(parallel, name, fn)
 
-# The sharded batch really is split: each device holds B / 8 rows of the gathered batch.
-mesh = meshes["8"]
-images = parallel.replicate(jax.numpy.zeros((64, 3)), mesh)
-batch = jax.jit(lambda a: parallel.shard_batch(a[:32], mesh))(images)
-out["shard_rows"] = sorted({s.data.shape[0] for s in batch.addressable_shards})
-out["spec"] = list(batch.sharding.spec)
+if "core" in PARTS:
+    # The sharded batch really is split: each device holds B / 8 rows of the gathered batch.
+    mesh = meshes["8"]
+    images = parallel.replicate(jax.numpy.zeros((64, 3)), mesh)
+    batch = jax.jit(lambda a: parallel.shard_batch(a[:32], mesh))(images)
+    out["shard_rows"] = sorted({s.data.shape[0] for s in batch.addressable_shards})
+    out["spec"] = list(batch.sharding.spec)
 
-# InfoNCE on a batch sharded over 8 devices sees all 64 negatives: the one-device value, not
-# the mean of 8 per-device 8 x 8 blocks.
-critic = critics.SeparableCritic(hidden=(16,), embed_dim=8)
-kx, ky, kp = jax.random.split(jax.random.key(1), 3)
-x = jax.random.normal(kx, (64, 4))
-y = x + 0.3 * jax.random.normal(ky, (64, 4))
-params = critic.init(kp, x, y)
-value = lambda p, x, y: bounds.infonce(critic.apply(p, x, y))
-sharded = jax.jit(lambda p, x, y: value(p, *parallel.shard_batch((x, y), mesh)))
-out["infonce_sharded"] = float(sharded(parallel.replicate(params, mesh), x, y))
-out["infonce_one"] = float(jax.jit(value)(params, x, y))
-blocks = [value(params, x[i : i + 8], y[i : i + 8]) for i in range(0, 64, 8)]
-out["infonce_local_blocks"] = float(sum(blocks) / 8)
+    # InfoNCE on a batch sharded over 8 devices sees all 64 negatives: the one-device value,
+    # not the mean of 8 per-device 8 x 8 blocks.
+    critic = critics.SeparableCritic(hidden=(16,), embed_dim=8)
+    kx, ky, kp = jax.random.split(jax.random.key(1), 3)
+    x = jax.random.normal(kx, (64, 4))
+    y = x + 0.3 * jax.random.normal(ky, (64, 4))
+    params = critic.init(kp, x, y)
+    value = lambda p, x, y: bounds.infonce(critic.apply(p, x, y))
+    sharded = jax.jit(lambda p, x, y: value(p, *parallel.shard_batch((x, y), mesh)))
+    out["infonce_sharded"] = float(sharded(parallel.replicate(params, mesh), x, y))
+    out["infonce_one"] = float(jax.jit(value)(params, x, y))
+    blocks = [value(params, x[i : i + 8], y[i : i + 8]) for i in range(0, 64, 8)]
+    out["infonce_local_blocks"] = float(sum(blocks) / 8)
 
-# A host batch put split over the devices; a value computed from it, replicated on request.
-batch = parallel.put_batch(np.zeros((16, 3), np.float32), mesh)
-out["put_rows"] = sorted({s.data.shape[0] for s in batch.addressable_shards})
-doubled = jax.jit(lambda a: parallel.replicate_like(2 * a, mesh))(batch)
-out["replicate_like"] = doubled.sharding.is_fully_replicated
-# Experiments name a batch size the devices do not split, before they train.
-def refusal(run):
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            run(d)
-    except ValueError as e:
-        return str(e)
+    # A host batch put split over the devices; a value computed from it, replicated on request.
+    batch = parallel.put_batch(np.zeros((16, 3), np.float32), mesh)
+    out["put_rows"] = sorted({s.data.shape[0] for s in batch.addressable_shards})
+    doubled = jax.jit(lambda a: parallel.replicate_like(2 * a, mesh))(batch)
+    out["replicate_like"] = doubled.sharding.is_fully_replicated
+    # Experiments name a batch size the devices do not split, before they train.
+    def refusal(run):
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                run(d)
+        except ValueError as e:
+            return str(e)
 
-out["batch_errors"] = [
-    refusal(lambda d: infomax.train_and_evaluate(tiny_config(batch_size=6), d, mesh=mesh)),
-    refusal(lambda d: staircase.train_and_evaluate(_tiny(parallel="data", batch_size=6), d)),
-]
-# With several processes every device stays in the default mesh (each process holds a share).
-jax.process_count = lambda: 2
-out["multi_process_mesh"] = {b: parallel.data_mesh_for(b).devices.size for b in (6, 3)}
+    out["batch_errors"] = [
+        refusal(lambda d: infomax.train_and_evaluate(tiny_config(batch_size=6), d, mesh=mesh)),
+        refusal(lambda d: staircase.train_and_evaluate(_tiny(parallel="data", batch_size=6), d)),
+    ]
+    # With several processes every device stays in the default mesh (each process holds a
+    # share).
+    jax.process_count = lambda: 2
+    out["multi_process_mesh"] = {b: parallel.data_mesh_for(b).devices.size for b in (6, 3)}
 print("RESULT " + json.dumps(out))
 """
 
@@ -211,20 +223,27 @@ def _flat(rows):
     return keys, np.array([[float(r.get(k, np.nan)) for k in keys] for r in rows])
 
 
-@pytest.fixture(scope="session")
-def eight_device_run():
-    """The script's result, computed once per test session: xdist workers share the session's
-    cache directory (`tests/conftest.py`), where the first one to arrive runs the subprocess
-    under a file lock and the others read what it wrote."""
+# The script's parts. The default run takes the library's own entry points (`estimate_mi`, the
+# staircase, the sharding helpers) and the cheapest experiment (halves, 44 s of the script's 107
+# on a 2-core AVX2 host); `-m slow` adds the other experiments.
+DEFAULT_PARTS = ("core", "halves")
+SLOW_PARTS = ("infomax", "ib", "infomax_vae", "mige_toy")
+
+
+def _shared_run(parts: tuple[str, ...]) -> dict:
+    """The script's result for ``parts``, computed once per test session: xdist workers share
+    the session's cache directory (`tests/conftest.py`), where the first one to arrive runs the
+    subprocess under a file lock and the others read what it wrote."""
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
     if not cache:
-        return _run_eight_devices()
+        return _run_eight_devices(parts)
     os.makedirs(cache, exist_ok=True)
-    path = os.path.join(cache, f"eight_device_run-{os.environ['MI_JAX_TEST_SESSION']}.json")
+    name = f"eight_device_run-{'-'.join(parts)}-{os.environ['MI_JAX_TEST_SESSION']}.json"
+    path = os.path.join(cache, name)
     with open(path + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not os.path.exists(path):
-            result = _run_eight_devices()
+            result = _run_eight_devices(parts)
             with open(path + ".tmp", "w") as f:
                 json.dump(result, f)
             os.replace(path + ".tmp", path)
@@ -232,7 +251,17 @@ def eight_device_run():
             return json.load(f)
 
 
-def _run_eight_devices() -> dict:
+@pytest.fixture(scope="session")
+def eight_device_run():
+    return _shared_run(DEFAULT_PARTS)
+
+
+@pytest.fixture(scope="session")
+def eight_device_experiments():
+    return _shared_run(SLOW_PARTS)
+
+
+def _run_eight_devices(parts: tuple[str, ...]) -> dict:
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
@@ -240,16 +269,34 @@ def _run_eight_devices() -> dict:
         XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
     )
     proc = subprocess.run(
-        [sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "-c", _SCRIPT, ",".join(parts)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
     return json.loads(line[len("RESULT ") :])
 
 
-@pytest.mark.parametrize("experiment", ["infomax", "ib", "ib_eval", "infomax_vae", "halves"])
-def test_eight_devices_give_the_one_device_metrics(eight_device_run, experiment):
-    one, eight = eight_device_run["1"][experiment], eight_device_run["8"][experiment]
+_SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "experiment",
+    [
+        "halves",
+        pytest.param("infomax", marks=_SLOW),
+        pytest.param("ib", marks=_SLOW),
+        pytest.param("ib_eval", marks=_SLOW),
+        pytest.param("infomax_vae", marks=_SLOW),
+    ],
+)
+def test_eight_devices_give_the_one_device_metrics(request, experiment):
+    fixture = "eight_device_run" if experiment == "halves" else "eight_device_experiments"
+    result = request.getfixturevalue(fixture)
+    one, eight = result["1"][experiment], result["8"][experiment]
     assert len(one) == len(eight) > 0
     keys, a = _flat(one)
     keys8, b = _flat(eight)
@@ -266,13 +313,17 @@ def test_eight_devices_give_the_one_device_metrics(eight_device_run, experiment)
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=str(keys))
 
 
-def test_eight_device_probes_and_layout(eight_device_run):
-    one, eight = eight_device_run["1"], eight_device_run["8"]
+def test_eight_device_layout(eight_device_run):
+    assert eight_device_run["shard_rows"] == [4]  # 32 rows over 8 devices
+    assert eight_device_run["spec"][0] == "data"
+
+
+@pytest.mark.slow
+def test_eight_device_probes(eight_device_experiments):
+    one, eight = eight_device_experiments["1"], eight_device_experiments["8"]
     assert (one["infomax_devices"], eight["infomax_devices"]) == (1, 8)
     np.testing.assert_allclose(eight["infomax_probes"], one["infomax_probes"], atol=1e-6)
     np.testing.assert_allclose(eight["vae_probes"], one["vae_probes"], atol=1e-6)
-    assert eight_device_run["shard_rows"] == [4]  # 32 rows over 8 devices
-    assert eight_device_run["spec"][0] == "data"
 
 
 def test_staircase_split_over_eight_devices_gives_the_one_device_estimates(eight_device_run):
@@ -294,31 +345,40 @@ def test_estimate_mi_default_mesh_takes_the_devices_the_batch_splits_over(eight_
     assert np.isfinite(eight_device_run["estimate_60"])  # batch 60 on 8 devices runs (on 6)
 
 
-def test_mige_toy_cases_split_over_eight_devices(eight_device_run):
-    one, eight = eight_device_run["mige_toy"]["1"], eight_device_run["mige_toy"]["8"]
+@pytest.mark.slow
+def test_mige_toy_cases_split_over_eight_devices(eight_device_experiments):
+    one, eight = (
+        eight_device_experiments["mige_toy"]["1"],
+        eight_device_experiments["mige_toy"]["8"],
+    )
     assert one.keys() == eight.keys() and len(one) > 1
     for name in one:  # each case is the same computation wherever it runs
         np.testing.assert_allclose(eight[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+# Catches (a mutation check): a batch computed whole on every device, which gives the one-device
+# numbers: estimate_mi's minibatches (64) or held-out split (200), halves' training (16) or test
+# batches (put: 16 and 64), IB's evaluation chunks (240 and 1000; its training batches 40), the
+# MIGE toy's cases (7, padded to 8), the probes' feature chunks (put: InfoMax 48, InfoMax-VAE
+# 240), InfoMax's, InfoMax-VAE's and the staircase's (data mode) batches.
 def test_each_run_splits_its_batches_over_the_eight_devices(eight_device_run):
-    # Catches (a mutation check): a batch computed whole on every device, which gives the
-    # one-device numbers: estimate_mi's minibatches (64) or held-out split (200), halves'
-    # training (16) or test batches (put: 16 and 64), IB's evaluation chunks (240 and 1000;
-    # its training batches 40), the MIGE toy's cases (7, padded to 8), the probes' feature
-    # chunks (put: InfoMax 48, InfoMax-VAE 240), InfoMax's, InfoMax-VAE's and the staircase's
-    # (data mode) batches.
     assert eight_device_run["split_sizes"] == {
-        "infomax": {"shard_batch": [16], "put_batch": [48]},
-        "ib": {"shard_batch": [40, 240, 1000]},
-        "vae": {"shard_batch": [40], "put_batch": [240]},
         "halves": {"shard_batch": [16], "put_batch": [16, 64]},
         "staircase": {"shard_batch": [16]},
         "estimate_mi": {"shard_batch": [64, 200]},
-        "mige_toy": {"put_batch": [8]},
     }
     r = eight_device_run
     assert r["put_rows"] == [2] and r["replicate_like"]  # 16 rows: 2 per device; gathered
+
+
+@pytest.mark.slow
+def test_each_experiment_splits_its_batches_over_the_eight_devices(eight_device_experiments):
+    assert eight_device_experiments["split_sizes"] == {
+        "infomax": {"shard_batch": [16], "put_batch": [48]},
+        "ib": {"shard_batch": [40, 240, 1000]},
+        "vae": {"shard_batch": [40], "put_batch": [240]},
+        "mige_toy": {"put_batch": [8]},
+    }
 
 
 def test_experiments_name_a_batch_size_the_devices_do_not_split(eight_device_run):
@@ -441,6 +501,7 @@ print("RESULT " + json.dumps(out, default=str))
 """
 
 
+@pytest.mark.slow  # 90 s of the suite on a 2-core AVX2 host (two processes)
 def test_two_processes_compute_the_same_and_the_first_writes_the_files(tmp_path):
     with socket.socket() as s:  # a free port for the coordinator
         s.bind(("127.0.0.1", 0))

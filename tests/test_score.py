@@ -486,7 +486,7 @@ def test_surrogates_name_the_bad_argument(call, error, match):
 
 
 # Measured at this seed: 0.24 (d = 2) and 0.43 (d = 10) relative RMSE with the defaults.
-@pytest.mark.parametrize("dim, tol", [(2, 0.35), (10, 0.55)])
+@pytest.mark.parametrize("dim, tol", [(2, 0.35), pytest.param(10, 0.55, marks=pytest.mark.slow)])
 def test_dsm_recovers_a_correlated_gaussian_score(dim, tol):
     x, mean, cov = _correlated_gaussian(dim, 1000)
     dsm = score.get_score_estimator("dsm")
@@ -540,6 +540,7 @@ def test_mige_train_step_traces_once_and_raises_the_mi_estimate():
     assert float(exact_mi(w)) > start + 0.05
 
 
+@pytest.mark.slow  # float64 variant
 def test_ssge_keeps_the_same_eigenfunctions_in_float64():
     # Before: the eigenvalue floor was sqrt(eps) of the samples' dtype: in float64 it let 45
     # eigenfunctions through for float32's 17, and with num_eigen=200 the out-of-sample error
