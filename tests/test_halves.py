@@ -304,7 +304,7 @@ def test_experiment_runs_writes_everything_and_resumes(tmp_path, capsys):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 6
 
 
-@pytest.mark.slow  # a speed-up's guard, 27 s of the suite; the experiment's tests stay
+@pytest.mark.slow  # a speed-up's guard (19-36 s); the experiment's tests stay
 def test_the_step_0_probes_are_fitted_once_per_encoder(tmp_path, monkeypatch):
     """Every critic and bound of an encoder starts from the same top encoder: its step-0
     probes (on MNIST 15 of 18 repeated, about 260 s) are fitted once, to the same numbers."""

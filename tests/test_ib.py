@@ -757,7 +757,7 @@ def test_infomax_vae_loss_terms_and_smoke(tmp_path, monkeypatch):
         )
 
 
-@pytest.mark.slow  # the reruns' bookkeeping: 20 s of the suite on a 2-core AVX2 host
+@pytest.mark.slow  # the reruns' bookkeeping (15-30 s on a 2-core AVX2 host)
 def test_a_finished_infomax_vae_run_reruns_refits_and_rebuilds_its_results(tmp_path, monkeypatch):
     workdir = str(tmp_path)
     vae_experiment.train_and_evaluate(_quick(vae_config), workdir)

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# infomax_mnist runs the InfoMax experiment that tests/test_infomax.py tests in process: 23 s
-# of the suite's time on a 2-core AVX2 host, in the slow tier.
+# infomax_mnist runs the InfoMax experiment that tests/test_infomax.py tests in process (~23 s
+# on a 2-core AVX2 host): in the slow tier.
 NOTEBOOKS = (
     "quickstart",
     "mige_gradients",

@@ -224,8 +224,8 @@ def _flat(rows):
 
 
 # The script's parts. The default run takes the library's own entry points (`estimate_mi`, the
-# staircase, the sharding helpers) and the cheapest experiment (halves, 44 s of the script's 107
-# on a 2-core AVX2 host); `-m slow` adds the other experiments.
+# staircase, the sharding helpers) and the cheapest experiment, halves (32 s alone, against 107 s
+# for the whole script on a 2-core AVX2 host); `-m slow` adds the other experiments.
 DEFAULT_PARTS = ("core", "halves")
 SLOW_PARTS = ("infomax", "ib", "infomax_vae", "mige_toy")
 
@@ -501,7 +501,7 @@ print("RESULT " + json.dumps(out, default=str))
 """
 
 
-@pytest.mark.slow  # 90 s of the suite on a 2-core AVX2 host (two processes)
+@pytest.mark.slow  # 90-110 s on a 2-core AVX2 host (two processes)
 def test_two_processes_compute_the_same_and_the_first_writes_the_files(tmp_path):
     with socket.socket() as s:  # a free port for the coordinator
         s.bind(("127.0.0.1", 0))
