@@ -757,17 +757,8 @@ def test_cli_says_when_the_estimate_is_a_discrete_sides_entropy(tmp_path):
 def _cli_refusal(capsys, *args: str) -> tuple[str, str]:
     """``(message, printed)``: `experiments.estimate.main` run in this process with the flags
     ``args``, ending in the usage error (SystemExit) it raised; what it printed meanwhile."""
-    from absl import flags, logging
-    from absl.testing import flagsaver
-
-    verbosity = logging.get_verbosity()
-    capsys.readouterr()
-    with flagsaver.flagsaver(), pytest.raises(SystemExit) as info:
-        flags.FLAGS(["estimate", *args])
-        try:
-            estimate_cli.main(["estimate"])
-        finally:
-            logging.set_verbosity(verbosity)
+    with pytest.raises(SystemExit) as info:
+        _run_main(capsys, *args)
     out = capsys.readouterr()
     return str(info.value), out.out + out.err
 
@@ -825,21 +816,27 @@ def test_cli_json_on_stdout_and_a_closed_output_pipe(tmp_path, gaussian_2d):
     assert json.loads((tmp_path / "out.json").read_text())["mi"] == pytest.approx(record["mi"])
 
 
-def _cli_in_process(capsys, *args: str) -> tuple[dict, str]:
-    """``(record, line)``: `experiments.estimate.main` run in this process with ``--json -``
-    and the flags ``args``: the JSON it printed on stdout, and its "I(X;Y) = " line (stderr)."""
+def _run_main(capsys, *args: str):
+    """`experiments.estimate.main` run in this process with the flags ``args`` (absl's flags and
+    logging verbosity restored after it); what it printed, as capsys gives it."""
     from absl import flags, logging
     from absl.testing import flagsaver
 
     verbosity = logging.get_verbosity()
     capsys.readouterr()
-    with flagsaver.flagsaver():
-        flags.FLAGS(["estimate", "--json", "-", *args])
-        try:
+    try:
+        with flagsaver.flagsaver():
+            flags.FLAGS(["estimate", *args])
             estimate_cli.main(["estimate"])
-        finally:
-            logging.set_verbosity(verbosity)
-    out = capsys.readouterr()
+    finally:
+        logging.set_verbosity(verbosity)
+    return capsys.readouterr()
+
+
+def _cli_in_process(capsys, *args: str) -> tuple[dict, str]:
+    """``(record, line)``: `experiments.estimate.main` run in this process with ``--json -``
+    and the flags ``args``: the JSON it printed on stdout, and its "I(X;Y) = " line (stderr)."""
+    out = _run_main(capsys, "--json", "-", *args)
     (line,) = [x for x in out.err.splitlines() if x.startswith("I(X;Y) = ")]
     return json.loads(out.out), line
 
