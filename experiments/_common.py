@@ -621,9 +621,10 @@ def write_json(path: str, data, *, exclusive: bool = False) -> None:
 
 @contextlib.contextmanager
 def _replacing(path: str, *, exclusive: bool = False):
-    """Yields a temp path to write; on success it replaces ``path`` (an atomic rename), on any
-    error it is removed: no half-written file, none left beside the old one. The temp name is
-    the process's and thread's own: two writers of one file do not write into each other's.
+    """Yields a temp path to write; on success it replaces ``path`` (an atomic rename, once the
+    temp file is synced to the disk), on any error it is removed: no half-written file, none
+    left beside the old one. The temp name is the process's and thread's own: two writers of
+    one file do not write into each other's.
 
     ``exclusive``: the temp file is linked to ``path`` instead, which fails where ``path``
     exists (a `FileExistsError`; where the filesystem has no hard links, such as a FUSE mount,
@@ -632,6 +633,11 @@ def _replacing(path: str, *, exclusive: bool = False):
     tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
     try:
         yield tmp
+        # On the disk before it replaces anything: after a crash of the machine (not only of
+        # the process) the rename may otherwise be there before the data, an empty file in
+        # place of the results that were written before.
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         if not exclusive:
             os.replace(tmp, path)
             return

@@ -96,6 +96,28 @@ def test_an_exclusive_json_write_never_replaces_a_file_with_or_without_hard_link
     assert sorted(os.listdir(tmp_path)) == ["new_False.json", "new_True.json", "out.json"]
 
 
+def test_written_files_are_on_the_disk_before_they_replace_the_earlier_ones(tmp_path, monkeypatch):
+    # A rename that reaches the disk before the data (a crash of the machine, not only of the
+    # process) left an empty file where the earlier results were; before, nothing was synced.
+    _common.write_json(str(tmp_path / "results.json"), {"mi": 1.0})
+    synced, fsync = [], os.fsync
+
+    def record(fd):  # the file synced, and what the folder held then
+        (name,) = [p.name for p in tmp_path.iterdir() if p.stat().st_ino == os.fstat(fd).st_ino]
+        synced.append((name, {p.name: json.loads(p.read_text()) for p in tmp_path.iterdir()}))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    for target, exclusive, earlier in (("results.json", False, 1.0), ("new.json", True, None)):
+        _common.write_json(str(tmp_path / target), {"mi": 2.0}, exclusive=exclusive)
+        ((name, held),) = synced
+        assert name.startswith(f"{target}.") and name.endswith(".tmp"), name
+        assert held[name] == {"mi": 2.0}
+        assert held.get(target) == (None if earlier is None else {"mi": earlier})
+        assert json.loads((tmp_path / target).read_text()) == {"mi": 2.0}
+        synced.clear()
+
+
 def test_a_run_in_a_workdir_in_use_is_refused_and_a_killed_runs_workdir_is_free(tmp_path):
     # Before: two runs in one workdir both ran, their metrics rows interleaved under one run
     # number, and one's checkpoint manager removed the other's checkpoint in flight.
