@@ -31,6 +31,7 @@ nothing under `jax.jit`.
 
 import functools
 import gzip
+import importlib.util
 import math
 import os
 import warnings
@@ -91,12 +92,10 @@ def _load_digits(*, data_dir: str | None = None, max_examples: int | None = None
             "reads no folder: for the files there choose their dataset (MNIST: the configs' "
             "`:mnist` preset or `--config.dataset=mnist`), or leave `data_dir` empty."
         )
-    from sklearn.datasets import load_digits  # lazy: only this loader needs scikit-learn
-
-    digits = load_digits()
+    pixels, target = _digits_table()
     # Grey levels 0..16 -> 0..255, so that `to_float` treats every dataset alike.
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # [N, 8, 8, 1]
-    labels = digits.target.astype(np.int32)
+    images = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)[..., None]  # [N, 8, 8, 1]
+    labels = target.astype(np.int32)
     perm = np.random.default_rng(_DIGITS_SPLIT_SEED).permutation(len(labels))
     # Each split keeps scikit-learn's order (sorted indices), so truncation is reproducible.
     test_idx = np.sort(perm[:_DIGITS_NUM_TEST])
@@ -105,6 +104,25 @@ def _load_digits(*, data_dir: str | None = None, max_examples: int | None = None
     return Dataset(
         "digits", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], 10
     )
+
+
+def _digits_table() -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels [1797, 8, 8], labels [1797])`` of scikit-learn's digits (grey levels 0..16),
+    read from the table scikit-learn ships (``sklearn/datasets/data/digits.csv.gz``: 64 pixels
+    and the label per row) without importing scikit-learn, which cost a run ~1 s of its start;
+    through `sklearn.datasets.load_digits` where that file is not there as such."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.submodule_search_locations:
+        folder = list(spec.submodule_search_locations)[0]
+        path = os.path.join(folder, "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):
+            table = np.loadtxt(path, delimiter=",")
+            if table.shape == (1797, 65):
+                return table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    from sklearn.datasets import load_digits  # lazy: only this loader needs scikit-learn
+
+    digits = load_digits()
+    return digits.images, digits.target
 
 
 # ------------------------------------------------------------------------------------------------
