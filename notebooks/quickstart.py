@@ -73,7 +73,7 @@ for name in ("nwj", "dv", "infonce", "js", "smile"):
 # a little above it at 10 nats.
 
 # %%
-steps_per_level = 100 if TINY else 2000
+steps_per_level = 40 if TINY else 2000
 levels = (2.0, 4.0, 6.0, 8.0, 10.0)
 names = ("nwj", "infonce", "smile")
 ensemble = training.make_ensemble(names, "separable", {"hidden": (256, 256), "embed_dim": 32})
