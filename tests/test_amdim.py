@@ -235,9 +235,10 @@ def test_loss_and_gradients_are_finite_under_jit(estimator):
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
     assert set(metrics) >= {"mi_1-5", "mi_1-7", "mi_5-5", "infonce_5-5", "score_penalty"}
     assert float(metrics["infonce_1-7"]) <= math.log(6) + 1e-5
-    # Raw (uint32 [2]) keys work too: the views split them as typed keys.
-    raw = objective.loss(params, states, images, jax.random.PRNGKey(2))[0]
-    assert np.isfinite(float(raw))
+    if estimator == "infonce":  # (the views' key handling, the same for every estimator)
+        # Raw (uint32 [2]) keys work too: the views split them as typed keys.
+        raw = jax.jit(objective.loss)(params, states, images, jax.random.PRNGKey(2))[0]
+        assert np.isfinite(float(raw))
     chex.assert_trees_all_equal_structs(states, new_states)
     reps = objective.representations(params["encoder"], images)
     assert {k: v.shape for k, v in reps.items()} == {
