@@ -5,6 +5,7 @@ command line (flags, config files, messages of bad settings) is `experiments._cl
 import contextlib
 import csv
 import datetime
+import errno
 import functools
 import hashlib
 import importlib.metadata
@@ -343,6 +344,10 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
         if len({m.get(key) for m in members}) > 1
         and all(_checks.is_int(m.get(key)) for m in members)
     }
+    # Fields holding a float in some row: a group whose every member read one back as null
+    # (NaN in each seed, such as the deterministic baseline's KL) gets its NaN mean and
+    # spread too, as a fresh run's rows have them.
+    floats = {key for row in rows for key, value in row.items() if _is_float(value)}
     out = []
     for members in groups.values():
         merged = {k: v for k, v in members[0].items() if k != "seed"}
@@ -352,7 +357,7 @@ def mean_over_seeds(rows: list[Mapping], group_by: tuple[str, ...]) -> list[dict
             numbers = all(_is_float(v) for v in given) or (
                 key in varying and all(_checks.is_int(v) for v in given)
             )
-            if given and numbers:
+            if (given or key in floats) and numbers:
                 column = np.asarray([np.nan if v is None else v for v in column], np.float64)
                 merged[key] = float(np.mean(column))
                 merged[f"{key}_std"] = float(np.std(column))
@@ -637,7 +642,11 @@ def _replacing(path: str, *, exclusive: bool = False):
         # the process) the rename may otherwise be there before the data, an empty file in
         # place of the results that were written before.
         with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+            try:
+                os.fsync(f.fileno())
+            except OSError as e:  # a filesystem that cannot sync (some FUSE mounts): as is
+                if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
         if not exclusive:
             os.replace(tmp, path)
             return
@@ -770,9 +779,14 @@ def write_config(workdir: str, config) -> None:
     each part of its results, a run resumed after an upgrade of jax included."""
     os.makedirs(workdir, exist_ok=True)
     write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    # (Through `JsonlWriter`: a line an earlier start's crash cut short is ended first, so
+    # that this one stays readable; its "run" numbers the starts.)
     if writes_files():
-        with open(os.path.join(workdir, "runs.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(environment()) + "\n")
+        writer = JsonlWriter(os.path.join(workdir, "runs.jsonl"))
+        try:
+            writer.write(environment())
+        finally:
+            writer.close()
 
 
 _VERSIONED = ("mi_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")

@@ -118,6 +118,223 @@ def test_written_files_are_on_the_disk_before_they_replace_the_earlier_ones(tmp_
         synced.clear()
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, _common.Terminated])
+def test_an_interrupted_json_write_keeps_the_earlier_file_and_leaves_no_temp(
+    tmp_path, monkeypatch, stop
+):
+    # Catches: the temp file removed on an `Exception` only: Ctrl-C or SIGTERM
+    # (`stop_on_sigterm`'s `Terminated`) in the middle of a write left `results.json.*.tmp`.
+    path = str(tmp_path / "results.json")
+    _common.write_json(path, {"a": 1})
+
+    def cut(data, f, **kwargs):
+        f.write('{"a": ')
+        raise stop()
+
+    monkeypatch.setattr(json, "dump", cut)
+    with pytest.raises(stop):
+        _common.write_json(path, {"a": 2})
+    monkeypatch.undo()
+    assert _common.read_json(path) == {"a": 1}
+    assert os.listdir(tmp_path) == ["results.json"]
+
+
+def test_two_threads_writing_one_file_each_write_their_own_temp_file(tmp_path, monkeypatch):
+    # Catches: a temp name of the process alone: two threads' writes of one file went into the
+    # same temp file, and the second's rename found it gone (FileNotFoundError).
+    import threading
+
+    path = str(tmp_path / "out.json")
+    both_inside, dump = threading.Barrier(2, timeout=10), json.dump
+
+    def dump_then_wait(data, f, **kwargs):
+        dump(data, f, **kwargs)
+        both_inside.wait()  # both writers hold a written temp file
+
+    monkeypatch.setattr(json, "dump", dump_then_wait)
+    errors = []
+
+    def write(value):
+        try:
+            _common.write_json(path, {"w": value})
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(v,)) for v in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert errors == []
+    assert json.loads((tmp_path / "out.json").read_text()) in ({"w": 1}, {"w": 2})
+    assert os.listdir(tmp_path) == ["out.json"]
+
+
+def test_arrays_and_figures_are_written_atomically(tmp_path, monkeypatch):
+    # Catches: `write_arrays` / `save_figure` writing straight into the file: a full disk or a
+    # kill in the middle cut the arrays or the plot of the run before.
+    arrays = str(tmp_path / "curves.npz")
+    _common.write_arrays(arrays, x=np.arange(3.0))
+
+    def cut_savez(f, **kwargs):
+        f.write(b"PK\x03\x04")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", cut_savez)
+    with pytest.raises(OSError, match="No space"):
+        _common.write_arrays(arrays, x=np.arange(5.0))
+    monkeypatch.undo()
+    with np.load(arrays) as saved:
+        np.testing.assert_array_equal(saved["x"], np.arange(3.0))
+
+    fig, ax = _common.subplots()
+    ax.plot([0, 1], [1, 0])
+    png, pdf = str(tmp_path / "plot.png"), str(tmp_path / "plot.pdf")
+    _common.save_figure(fig, png, dpi=30)
+    _common.save_figure(fig, pdf)  # the format is the path's, not the temp file's
+    before = (tmp_path / "plot.png").read_bytes()
+    assert before.startswith(b"\x89PNG") and (tmp_path / "plot.pdf").read_bytes()[:4] == b"%PDF"
+
+    def cut_savefig(target, **kwargs):
+        with open(target, "wb") as f:
+            f.write(b"\x89PNG")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fig, "savefig", cut_savefig)
+    with pytest.raises(OSError, match="No space"):
+        _common.save_figure(fig, png, dpi=30)
+    assert (tmp_path / "plot.png").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["curves.npz", "plot.pdf", "plot.png"]
+
+
+def test_csv_columns_in_first_seen_order_non_finite_cells_empty_and_no_rows_keep_the_file(
+    tmp_path,
+):
+    # Catches: sorted columns (the table's columns read in another order than its rows'
+    # fields); NaN written as "nan" (the files write a non-finite value as empty/null, as
+    # pandas does); an empty list of rows replacing results.csv with a blank line.
+    path = str(tmp_path / "results.csv")
+    rows = [dict(method="vib", mi=np.float32(1.5), err=float("nan")), dict(method="det", kl=2.0)]
+    _common.write_csv(path, rows)
+    written = (tmp_path / "results.csv").read_text()
+    assert written.splitlines() == ["method,mi,err,kl", "vib,1.5,,", "det,,,2.0"]
+    _common.write_csv(path, [])  # nothing to write: the earlier table stays
+    assert (tmp_path / "results.csv").read_text() == written
+    assert os.listdir(tmp_path) == ["results.csv"]
+
+
+def test_a_jsonl_row_is_in_the_file_once_written_and_an_empty_file_is_appended_to(tmp_path):
+    # Catches: a buffered metrics file (rows of a run killed before `close` lost); an empty
+    # metrics.jsonl (a run stopped before its first row) read as one with a cut last line
+    # (seek before its start: OSError).
+    # Also: a file whose last row ended whole gets no blank line from the next writer.
+    path = tmp_path / "metrics.jsonl"
+    writer = _common.JsonlWriter(str(path))
+    try:
+        writer.write({"step": 1, "loss": 0.5})
+        assert path.read_text() == '{"step": 1, "loss": 0.5, "run": 1}\n'  # before close
+    finally:
+        writer.close()
+    writer = _common.JsonlWriter(str(path))
+    writer.write({"step": 2})
+    writer.close()
+    assert path.read_text().splitlines() == ['{"step": 1, "loss": 0.5, "run": 1}',
+                                             '{"step": 2, "run": 2}']  # fmt: skip
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    writer = _common.JsonlWriter(str(empty))
+    writer.write({"step": 1})
+    writer.close()
+    assert (writer.run, empty.read_text()) == (1, '{"step": 1, "run": 1}\n')
+
+
+def test_evaluations_read_back_are_in_step_order_and_none_without_a_metrics_file(tmp_path):
+    # Catches: rows in the order their keys were first written (seed 0's evaluations, then
+    # seed 1's), not in step order; a resume without metrics.jsonl failing on the missing file.
+    rows = [
+        {"kind": "eval", "seed": seed, "step": step, "v": 10 * seed + step, "run": 1}
+        for seed in (0, 1)
+        for step in (1, 2)
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = _common.evaluations_from_metrics(str(tmp_path), 2, ("seed", "step"), "eval")
+    assert [(r["step"], r["seed"], r["v"]) for r in got] == [(1, 0, 1), (1, 1, 11), (2, 0, 2),
+                                                              (2, 1, 12)]  # fmt: skip
+    os.remove(tmp_path / "metrics.jsonl")
+    assert _common.evaluations_from_metrics(str(tmp_path), 2, ("seed", "step"), "eval") == []
+
+
+def test_a_json_file_that_is_not_utf8_is_named_with_its_path(tmp_path):
+    # Catches: a file of bytes that do not decode (damaged on the disk) raising a bare
+    # UnicodeDecodeError (a traceback naming no file); the message naming the base name only.
+    import re
+
+    path = tmp_path / "results.json"
+    path.write_bytes(b"\xff\xfe\x00{")
+    with pytest.raises(_common.WorkdirFileError, match=re.escape(f"{path} is not valid JSON")):
+        _common.read_json(str(path))
+
+
+def test_tuples_are_json_lists_with_null_for_non_finite_values(tmp_path):
+    # Catches: tuples left as they are by `to_builtin`: a NaN inside one failed the strict
+    # write (ValueError "Out of range float values are not JSON compliant").
+    path = str(tmp_path / "results.json")
+    _common.write_json(path, {"pair": (np.float32(1.5), float("nan")), "nested": [(1, math.inf)]})
+    assert _common.read_json(path) == {"pair": [1.5, None], "nested": [[1, None]]}
+
+
+def test_mean_over_seeds_keeps_the_groups_first_seen_order():
+    # Catches: groups sorted (the table's rows in another order than the experiment's).
+    rows = [dict(method=m, seed=s, kl=float(s)) for m in ("vib", "det") for s in (0, 1)]
+    assert [r["method"] for r in _common.mean_over_seeds(rows, ("method",))] == ["vib", "det"]
+
+
+def test_number_reads_zero_as_zero_and_null_as_nan():
+    # Catches: a falsy test for null: a value of 0 (an error rate, a KL of a collapsed
+    # encoder) read back as NaN.
+    assert _common.number(0) == 0.0 and _common.number(0.0) == 0.0
+    assert _common.number(2) == 2.0 and math.isnan(_common.number(None))
+
+
+def test_fingerprint_tells_shapes_of_the_same_bytes_apart():
+    # Catches: shapes left out of the digest: a probe cache entry fitted on (60, 5) features
+    # read back for the same values as (30, 10).
+    x = np.arange(6.0)
+    assert _common.fingerprint(x.reshape(2, 3)) != _common.fingerprint(x.reshape(3, 2))
+    assert _common.fingerprint(x.reshape(2, 3)) == _common.fingerprint(x.reshape(2, 3).copy())
+
+
+def test_a_filesystem_that_cannot_sync_still_gets_its_files(tmp_path, monkeypatch):
+    # Some FUSE and network mounts refuse fsync (EINVAL): the writes go on without it there;
+    # a failing disk (EIO) stops the write, the earlier file kept, no temp file left.
+    path = str(tmp_path / "results.json")
+    _common.write_json(path, {"a": 1})
+    for code, fails in ((errno.EINVAL, False), (errno.EIO, True)):
+
+        def refuse(fd, code=code):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(os, "fsync", refuse)
+        if fails:
+            with pytest.raises(OSError, match=os.strerror(code)):
+                _common.write_json(path, {"a": 3})
+        else:
+            _common.write_json(path, {"a": 2})
+        assert _common.read_json(path) == {"a": 2} and os.listdir(tmp_path) == ["results.json"]
+
+
+def test_a_start_after_a_cut_runs_jsonl_line_is_read_back(tmp_path):
+    # Before: appended after an earlier start's line a crash cut short, it joined that line,
+    # and both were unreadable.
+    config = ml_collections.ConfigDict({"num_steps": 4})
+    _common.write_config(str(tmp_path), config)
+    with open(tmp_path / "runs.jsonl", "a") as f:
+        f.write('{"started": "2026-')  # a start that crashed mid-line
+    _common.write_config(str(tmp_path), config)
+    rows = list(_common.iter_jsonl(str(tmp_path / "runs.jsonl")))
+    assert [r["run"] for r in rows] == [1, 2] and all("versions" in r for r in rows)
+
+
 def test_a_run_in_a_workdir_in_use_is_refused_and_a_killed_runs_workdir_is_free(tmp_path):
     # Before: two runs in one workdir both ran, their metrics rows interleaved under one run
     # number, and one's checkpoint manager removed the other's checkpoint in flight.

@@ -2,6 +2,7 @@
 
 import functools
 import gzip
+import importlib.util
 import pathlib
 import sys
 import time
@@ -67,8 +68,6 @@ def test_digits_is_a_partition_of_sklearn_digits():
 
 
 def test_digits_are_read_from_scikit_learns_table_without_load_digits(monkeypatch):
-    import importlib.util
-
     import sklearn.datasets
 
     # The table as scikit-learn's loader gives it, found without importing scikit-learn (a
@@ -822,3 +821,75 @@ def test_random_resized_crop_ratio_is_width_over_height():
         kw = dict(scale=(0.5, 0.5), ratio=(2.0, 2.0))
         np.testing.assert_allclose(data.random_resized_crop(key, across, **kw), across, atol=1e-5)
         assert float(jnp.max(jnp.abs(data.random_resized_crop(key, down, **kw) - down))) > 0.05
+
+
+def test_max_examples_must_be_an_integer_not_a_bool_float_or_string():
+    """Catches: the `is_int` part of `load_dataset`'s check dropped (True then kept one example
+    per split without a word; 2.5 and "3" failed inside numpy without naming the argument)."""
+    for bad in (True, 2.5, np.float64(3.0), "3"):
+        with pytest.raises(ValueError, match=r"`max_examples` must be a positive integer"):
+            data.load_dataset("digits", max_examples=bad)
+    # numpy integers are integers.
+    assert data.load_dataset("digits", max_examples=np.int64(7)).train_labels.shape == (7,)
+
+
+def test_digits_test_split_is_the_seed_0_permutations_first_360():
+    """The digits split is fixed across versions (results stay comparable): the test split is
+    the sorted first 360 indices of `default_rng(0).permutation(1797)`, the rest is training.
+    Recomputed from scikit-learn's own loader. Catches: another split seed or rule."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    perm = np.random.default_rng(0).permutation(1797)
+    test_idx, train_idx = np.sort(perm[:360]), np.sort(perm[360:])
+    expected = np.round(raw.images * (255 / 16)).astype(np.uint8)[..., None]
+    ds = data.load_dataset("digits")
+    np.testing.assert_array_equal(ds.test_images, expected[test_idx])
+    np.testing.assert_array_equal(ds.test_labels, raw.target[test_idx])
+    np.testing.assert_array_equal(ds.train_images, expected[train_idx])
+    np.testing.assert_array_equal(ds.train_labels, raw.target[train_idx])
+
+
+def test_a_digits_table_of_another_shape_falls_back_to_load_digits(tmp_path, monkeypatch):
+    """Catches: the (1797, 65) shape check of scikit-learn's table dropped (a future
+    scikit-learn's reshaped or shortened file would then be read as the digits)."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    folder = tmp_path / "sklearn"
+    (folder / "datasets" / "data").mkdir(parents=True)
+    wrong = np.arange(10 * 65, dtype=float).reshape(10, 65) % 17
+    with gzip.open(folder / "datasets" / "data" / "digits.csv.gz", "wt") as f:
+        np.savetxt(f, wrong, delimiter=",", fmt="%d")
+    find_spec = importlib.util.find_spec
+    fake = types.SimpleNamespace(submodule_search_locations=[str(folder)])
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: fake if name == "sklearn" else find_spec(name, *a),
+    )
+    pixels, labels = data._digits_table()
+    np.testing.assert_array_equal(pixels, raw.images)
+    np.testing.assert_array_equal(labels, raw.target)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", gzip.compress(b""), gzip.compress(b"\0\0\x08\x03\0\0\0\x03")],
+    ids=["empty", "empty-gzip", "half-header"],
+)
+def test_an_idx_file_without_a_complete_header_is_named(tmp_path, content):
+    """An empty file (an interrupted download) or a cut header. Catches: the header-length
+    check dropped (numpy's unpack or reshape errors then named no file)."""
+    _write_mnist(tmp_path, overrides={"train-images-idx3-ubyte.gz": content})
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz is truncated: no complete"):
+        data.load_dataset("mnist", data_dir=str(tmp_path))
+
+
+def test_mnist_prefers_the_gzipped_file_when_both_are_there(tmp_path):
+    """Documented: each ``NAME.gz``, else ``NAME``. Catches: the uncompressed copy read first
+    (a stale or partial decompression then replaced the distributed file)."""
+    images = _write_mnist(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(_idx_bytes(2051, np.zeros((3, 2, 3))))
+    ds = data.load_dataset("mnist", data_dir=str(tmp_path))
+    np.testing.assert_array_equal(ds.train_images[..., 0], images["train"])

@@ -422,6 +422,19 @@ def test_mean_over_seeds_averages_every_float_field():
     assert set(a) == set(b)
 
 
+def test_a_group_whose_every_row_was_read_back_as_null_has_the_fields_of_a_fresh_one():
+    from experiments import _common
+
+    fresh = [dict(method="det", seed=s, kl=float("nan")) for s in (0, 1)]
+    fresh.append(dict(method="vib", seed=0, kl=1.0))
+    back = [dict(r, kl=None) if r["method"] == "det" else r for r in fresh]  # from results.json
+    det_fresh, vib_fresh = _common.mean_over_seeds(fresh, ("method",))
+    det_back, vib_back = _common.mean_over_seeds(back, ("method",))
+    # Before: the group read back lacked `kl_std`, its `kl` null (a CSV cell left blank).
+    assert set(det_back) == set(det_fresh) == set(vib_back)
+    assert np.isnan(det_back["kl"]) and np.isnan(det_back["kl_std"])
+
+
 def test_rows_read_back_from_json_with_nulls_merge_and_write_like_fresh_ones(tmp_path):
     # A resumed multi-seed IB run: the deterministic baseline's KL (NaN) read back from JSON as
     # null in seed 0's row got no `kl_std`, and results.csv, written with the first row's fields,
