@@ -67,26 +67,36 @@ def test_digits_is_a_partition_of_sklearn_digits():
         assert np.all(np.diff(first) > 0)
 
 
-def test_digits_are_read_from_scikit_learns_table_without_load_digits(monkeypatch):
+def test_digits_are_read_from_scikit_learns_table_without_load_digits(tmp_path, monkeypatch):
     import sklearn.datasets
 
-    # The table as scikit-learn's loader gives it, found without importing scikit-learn (a
-    # run's start was ~1 s longer); where the file is not found, through `load_digits` again.
     raw = sklearn.datasets.load_digits()
     find_spec = importlib.util.find_spec
-    for found in (True, False):
-        if found:
-            monkeypatch.setattr(sklearn.datasets, "load_digits", None)  # not called
-        else:
-            monkeypatch.undo()
-            monkeypatch.setattr(
-                importlib.util,
-                "find_spec",
-                lambda name, *a: None if name == "sklearn" else find_spec(name, *a),
-            )
+
+    def read_with_sklearn_at(spec):  # `find_spec("sklearn")` gives ``spec``
+        monkeypatch.setattr(
+            importlib.util,
+            "find_spec",
+            lambda name, *a: spec if name == "sklearn" else find_spec(name, *a),
+        )
         pixels, labels = data._digits_table()
         np.testing.assert_array_equal(pixels, raw.images)
         np.testing.assert_array_equal(labels, raw.target)
+
+    # The table as scikit-learn's loader gives it, found without importing scikit-learn (a
+    # run's start was ~1 s longer).
+    with monkeypatch.context() as m:
+        m.setattr(sklearn.datasets, "load_digits", None)  # not called
+        read_with_sklearn_at(find_spec("sklearn"))
+    # Through `load_digits` where the file is not found, or is not the table (a future
+    # scikit-learn's of another shape).
+    read_with_sklearn_at(None)
+    folder = tmp_path / "sklearn"
+    (folder / "datasets" / "data").mkdir(parents=True)
+    wrong = np.arange(10 * 65, dtype=float).reshape(10, 65) % 17
+    with gzip.open(folder / "datasets" / "data" / "digits.csv.gz", "wt") as f:
+        np.savetxt(f, wrong, delimiter=",", fmt="%d")
+    read_with_sklearn_at(types.SimpleNamespace(submodule_search_locations=[str(folder)]))
 
 
 def test_digits_deterministic_and_truncated():
@@ -848,29 +858,6 @@ def test_digits_test_split_is_the_seed_0_permutations_first_360():
     np.testing.assert_array_equal(ds.test_labels, raw.target[test_idx])
     np.testing.assert_array_equal(ds.train_images, expected[train_idx])
     np.testing.assert_array_equal(ds.train_labels, raw.target[train_idx])
-
-
-def test_a_digits_table_of_another_shape_falls_back_to_load_digits(tmp_path, monkeypatch):
-    """Catches: the (1797, 65) shape check of scikit-learn's table dropped (a future
-    scikit-learn's reshaped or shortened file would then be read as the digits)."""
-    from sklearn.datasets import load_digits
-
-    raw = load_digits()
-    folder = tmp_path / "sklearn"
-    (folder / "datasets" / "data").mkdir(parents=True)
-    wrong = np.arange(10 * 65, dtype=float).reshape(10, 65) % 17
-    with gzip.open(folder / "datasets" / "data" / "digits.csv.gz", "wt") as f:
-        np.savetxt(f, wrong, delimiter=",", fmt="%d")
-    find_spec = importlib.util.find_spec
-    fake = types.SimpleNamespace(submodule_search_locations=[str(folder)])
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: fake if name == "sklearn" else find_spec(name, *a),
-    )
-    pixels, labels = data._digits_table()
-    np.testing.assert_array_equal(pixels, raw.images)
-    np.testing.assert_array_equal(labels, raw.target)
 
 
 @pytest.mark.parametrize(
