@@ -427,7 +427,7 @@ def load_dataset(
         ``stl10``).
       data_dir: where the data lie: the MNIST IDX files, or a tensorflow-datasets data
         directory (a leading ``~`` is the home directory). ``None``: MNIST and the tfds
-        datasets look in tfds's default directory;
+        datasets look in tfds's default directory (so does an empty path);
         ``digits`` takes none (its data ship with scikit-learn; a ``data_dir`` is refused).
       max_examples: keep only the first ``max_examples`` of each split (in the dataset's fixed
         order); for tests and tiny configs.
@@ -439,8 +439,8 @@ def load_dataset(
       KeyError: unknown ``name``.
       FileNotFoundError: the data are not there (nothing is ever downloaded).
       ImportError: tensorflow-datasets is needed but not installed.
-      ValueError: a corrupt MNIST file, a ``data_dir`` for ``digits``, a ``max_examples``
-        that is not a positive integer.
+      ValueError: a corrupt MNIST file, a ``data_dir`` for ``digits`` or one that is not a
+        path, a ``max_examples`` that is not a positive integer.
     """
     if not _checks.is_known(name, _REGISTRY):
         raise _checks.unknown_name_error("dataset", name, _REGISTRY)
@@ -448,8 +448,11 @@ def load_dataset(
         raise ValueError(
             f"`max_examples` must be a positive integer or None, got {max_examples!r}."
         )
-    if data_dir is not None:
-        data_dir = os.path.expanduser(data_dir)
+    if data_dir is not None and not isinstance(data_dir, str | os.PathLike):
+        raise ValueError(f"`data_dir` must be a path or None, got {data_dir!r}.")
+    # An empty path is none, for every dataset alike (as the configs' default ""): MNIST's
+    # loader read the current directory.
+    data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir else None
     dataset = _truncate(_REGISTRY[name](data_dir=data_dir, max_examples=max_examples), max_examples)
     _check_dataset(dataset, name)
     return dataset

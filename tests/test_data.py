@@ -843,6 +843,28 @@ def test_max_examples_must_be_an_integer_not_a_bool_float_or_string():
     assert data.load_dataset("digits", max_examples=np.int64(7)).train_labels.shape == (7,)
 
 
+def test_data_dir_must_be_a_path_and_an_empty_one_is_none(tmp_path, monkeypatch):
+    # Before: `data_dir=123` failed in `os.path.expanduser` naming no argument, and MNIST's
+    # loader read an empty `data_dir` as the current directory (digits' as none).
+    for bad in (123, ["/data"]):
+        with pytest.raises(ValueError, match=r"`data_dir` must be a path or None, got"):
+            data.load_dataset("mnist", data_dir=bad)
+    images = _write_mnist(tmp_path)
+    monkeypatch.chdir(tmp_path)  # MNIST's files in the current directory: not read for ""
+    asked = []
+
+    def not_prepared(*args, data_dir=None, **kwargs):
+        asked.append(data_dir)
+        raise FileNotFoundError("not prepared")
+
+    monkeypatch.setattr(data, "_load_tfds", not_prepared)
+    with pytest.raises(FileNotFoundError, match="not prepared"):
+        data.load_dataset("mnist", data_dir="")
+    assert asked == [None]
+    ds = data.load_dataset("mnist", data_dir=tmp_path)  # a pathlib.Path is a path
+    np.testing.assert_array_equal(ds.train_images[..., 0], images["train"])
+
+
 def test_digits_test_split_is_the_seed_0_permutations_first_360():
     """The digits split is fixed across versions (results stay comparable): the test split is
     the sorted first 360 indices of `default_rng(0).permutation(1797)`, the rest is training.
