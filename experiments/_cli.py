@@ -250,6 +250,10 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
         os._exit(status)
 
     def parse_flags(argv):
+        if sum(a == "--config" or a.startswith("--config=") for a in argv[1:]) > 1:
+            # (absl took the last, the default workdir and the checks here the first: a
+            # `:quick` run wrote into the full run's folder)
+            raise SystemExit(f"{name}: --config given more than once; give it once.")
         argv = _check_config_path(name, argv)
         config_arg.append(_config_arg(argv))
         given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
@@ -262,14 +266,10 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
             return flags.FLAGS(argv)
         except flags.Error as e:  # (what `app.parse_flags_with_usage` does, but for a preset)
             raise SystemExit(_flag_error_message(name, argv, e)) from None
-        except (AttributeError, KeyError) as e:  # --config.FIELD=... of a field it does not have
-            field = e  # ml_collections wraps a KeyError in the AttributeError
-            while isinstance(field, BaseException) and field.args:
-                field = field.args[0]
-            raise SystemExit(
-                f"{name}: the config has no field {field} (overrides given: {', '.join(given)}); "
-                f"{_known_fields(name, argv, given)}"
-            ) from None
+        # --config.FIELD=... of a field it does not have, or below a setting that has no
+        # fields (--config.bounds.x: a TypeError of the tuple)
+        except (AttributeError, KeyError, TypeError) as e:
+            raise SystemExit(_unknown_field_message(name, argv, given, e)) from None
 
     app.run(main, flags_parser=parse_flags)
 
@@ -297,25 +297,52 @@ def _known_fields(name: str, argv: list[str], overrides: list[str]) -> str:
     ``--config.a.b`` first names one that is not there (ml_collections suggests one by spelling
     only: ``num_steps`` in IB's config got "num_seeds", where IB counts ``num_epochs``); below
     a ``*_hparams`` map (keyword arguments, free-form), how to give the map whole."""
+    unknown = _first_unknown_field(name, argv, overrides)
+    if unknown is None:
+        return f"see configs/{name}.py for its fields."
+    node, path, _, hparams = unknown
+    if hparams:  # keyword arguments, free-form: the map is given whole
+        return f"`{hparams}` is a map of keyword arguments: give it whole, --{hparams}='{{...}}'."
+    if not is_map(node):
+        return f"`{path}` is a setting, not a map of fields: give it whole, --{path}=..."
+    return f"`{path}` has the fields {', '.join(sorted(node)) or '(none)'}."
+
+
+def _first_unknown_field(name: str, argv: list[str], overrides: list[str]):
+    """``(node, path, part, hparams)`` where the first of ``overrides`` (``--config.a.b``) names
+    a field ``part`` that ``configs/NAME.py[:preset]``'s ``node`` at ``path`` does not have
+    (``hparams``: the ``*_hparams`` map above it, if any), or None where none does or the
+    config cannot be read."""
     given = _config_arg(argv)
     config = _repo_config(name, given.partition(":")[2] if given else None)
     if config is None:
-        return f"see configs/{name}.py for its fields."
+        return None
     for override in overrides:
         node, path, hparams = config, "config", None
         for part in override.removeprefix("--").split(".")[1:]:
-            if not is_map(node):
-                break
-            if part not in node:
-                if hparams:  # keyword arguments, free-form: the map is given whole
-                    return f"`{hparams}` is a map of keyword arguments: give it whole, " + (
-                        f"--{hparams}='{{...}}'."
-                    )
-                return f"`{path}` has the fields {', '.join(sorted(node)) or '(none)'}."
+            if not is_map(node) or part not in node:
+                return node, path, part, hparams
             node, path = node[part], f"{path}.{part}"
             if hparams is None and part.endswith("_hparams"):
                 hparams = path
-    return f"see configs/{name}.py for its fields."
+    return None
+
+
+def _unknown_field_message(name: str, argv: list[str], given: list[str], error) -> str:
+    """One line for an override ``given`` of a field the config does not have (``error``:
+    ml_collections' AttributeError or KeyError, or a TypeError below a tuple)."""
+    unknown = _first_unknown_field(name, argv, given)
+    if unknown is not None:
+        field = repr(unknown[2])
+    else:
+        field = error  # ml_collections wraps a KeyError in the AttributeError
+        while isinstance(field, BaseException) and field.args:
+            field = field.args[0]
+        field = " ".join(str(field).split())  # (its "Did you mean" came after a newline)
+    return (
+        f"{name}: the config has no field {field} (overrides given: {', '.join(given)}); "
+        f"{_known_fields(name, argv, given)}"
+    )
 
 
 def _check_config_fields(name: str, config) -> None:
@@ -393,7 +420,8 @@ def workdir_lock(workdir: str):
         yield
         return
     made = []  # the folders this makes, deepest first
-    folder = os.path.abspath(workdir)
+    # (Absolute: the lock file is removed at the end, whatever the current directory is then.)
+    workdir = folder = os.path.abspath(workdir)
     while not os.path.exists(folder):
         made.append(folder)
         folder = os.path.dirname(folder)

@@ -1444,3 +1444,207 @@ def test_mean_curve_is_the_mean_over_the_seeds_of_each_epoch():
     ]
     epochs, values = _common.mean_curve(rows, "kl")
     assert epochs == [1, 2] and values[0] == pytest.approx(2.0) and math.isnan(values[1])
+
+
+def test_an_unknown_override_ends_the_command_line_with_one_line_naming_it(tmp_path):
+    # `parse_flags` turns ml_collections' AttributeError/KeyError of an unknown field into one
+    # line; only `_known_fields` was tested, so a lost `except` branch (a traceback) went unseen.
+    out = _command_line(
+        "-m", "experiments.staircase", "--config", "configs/staircase.py:quick",
+        "--config.nmu_steps=3", "--workdir", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr[-2000:]
+    assert lines[0].startswith(
+        "staircase: the config has no field 'nmu_steps' (overrides given: --config.nmu_steps); "
+        "`config` has the fields "
+    ), lines[0]
+    assert "steps_per_level" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_workdir_that_is_a_file_ends_the_command_line_with_its_message_alone(tmp_path):
+    # `check_workdir` runs inside `config_checks`: its ValueError is a bad setting's one line,
+    # not a traceback (the `~` test checks the message is in stderr, not that it is alone).
+    (tmp_path / "afile").write_text("")
+    out = _command_line(
+        "-m", "experiments.staircase", "--config=configs/staircase.py:quick",
+        f"--workdir={tmp_path / 'afile' / 'run'}",
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert out.stderr.strip() == (
+        f"staircase: --workdir '{tmp_path / 'afile' / 'run'}': '{tmp_path / 'afile'}' is a "
+        "file, not a directory."
+    ), out.stderr[-2000:]
+
+
+def test_a_lock_on_the_file_a_run_ending_removed_is_taken_again_on_a_new_file(
+    tmp_path, monkeypatch
+):
+    # The run before ends (removing its lock file, then unlocking) between this run's open and
+    # its flock: the lock taken is on a removed file, which a third run would not meet.
+    import fcntl
+    import threading
+
+    workdir = str(tmp_path / "run")
+    real = fcntl.flock
+    calls = []
+
+    def flock_after_the_file_went(f, operation):
+        if not calls:
+            os.remove(os.path.join(workdir, _cli.LOCK_FILE))
+        calls.append(operation)
+        return real(f, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_the_file_went)
+    refused = []
+
+    def another_run():
+        try:
+            with _cli.workdir_lock(workdir):
+                pass
+        except _cli.WorkdirBusyError:
+            refused.append(True)
+
+    with _cli.workdir_lock(workdir):
+        monkeypatch.setattr(fcntl, "flock", real)
+        assert os.listdir(workdir) == [_cli.LOCK_FILE]  # the lock is on the file there
+        other = threading.Thread(target=another_run)
+        other.start()
+        other.join()
+    assert refused == [True]
+    assert len(calls) == 2 and not os.path.exists(workdir)
+
+
+def test_a_workdir_under_a_folder_not_writable_is_named(tmp_path, monkeypatch):
+    # (As root every folder is writable: the refusal is seen through `os.access`.)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: p != str(tmp_path) and real(p, mode))
+    with pytest.raises(ValueError, match=rf"'{tmp_path}' is not writable\.$"):
+        _cli.check_workdir(str(tmp_path / "new" / "run"))
+    _cli.check_workdir(str(tmp_path.parent / "elsewhere"))  # (its nearest folder is writable)
+
+
+def test_absl_logging_through_absls_own_handler_is_written_once():
+    # The existing test logs before absl's handler is in use (Python's last-resort handler
+    # writes it), so dropping `handler.stream = sys.stderr` in `quiet_when_output_closed`
+    # went unseen: absl's handler (as under `app.run`) wrote each line twice.
+    code = (
+        "from absl import flags, logging\n"
+        "from experiments import _cli\n"
+        "flags.FLAGS(['x', '--alsologtostderr'])\n"
+        "logging.use_absl_handler()\n"
+        "_cli.quiet_when_output_closed()\n"
+        "logging.warning('a warning line')\n"
+    )
+    out = _command_line("-c", code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr.count("a warning line") == 1, out.stderr
+
+
+def test_an_oserror_raised_while_a_sigterm_stops_the_run_still_ends_with_143(tmp_path):
+    # `run_experiment` ends a run whose SIGTERM was followed by an OSError in a `finally` block
+    # (a file's close failing on the way out) as stopped, status 143 for a requeue script;
+    # no test reached that branch (the quiet stdout/stderr no longer raise BrokenPipeError).
+    code = (
+        "from experiments import _cli, _common\n"
+        "def run(config, workdir):\n"
+        "    try:\n"
+        "        raise _common.Terminated\n"
+        "    finally:\n"
+        "        raise BrokenPipeError(32, 'Broken pipe')\n"
+        "_cli.run_experiment('staircase', run)\n"
+    )
+    out = _run_experiment_code(code, tmp_path)
+    assert out.returncode == 143, (out.returncode, out.stderr[-2000:])
+    assert out.stderr.strip().startswith("staircase: stopped by SIGTERM")
+    assert "Traceback" not in out.stderr
+
+
+def test_a_config_files_folder_goes_last_on_the_import_path(tmp_path, monkeypatch):
+    # A module beside one's config file named like an installed one (or the repository's)
+    # must not shadow it: the folder goes after the installed packages.
+    import sys
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "mine.py").write_text("")
+    _cli._check_config_path("staircase", ["prog", "--config", f"{tmp_path / 'mine.py'}:quick"])
+    assert sys.path[-1] == str(tmp_path) and sys.path.count(str(tmp_path)) == 1
+
+
+def test_preset_config_reads_the_loaded_config_module_without_running_the_file_again(
+    tmp_path, monkeypatch
+):
+    # A config file that registers a name failed "already registered" when run twice; with a
+    # named map given whole, `preset_config` reads the preset from the module ml_collections
+    # loaded.
+    import importlib.util
+    import sys
+
+    ran = tmp_path / "ran"
+    path = tmp_path / "my_staircase.py"
+    path.write_text(
+        f"with open({str(ran)!r}, 'a') as f:\n    f.write('ran\\n')\n"
+        "from configs.staircase import get_config\n"
+    )
+    spec = importlib.util.spec_from_file_location(_cli._CONFIG_MODULE, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, _cli._CONFIG_MODULE, module)
+    from configs import staircase
+
+    assert _cli.preset_config(f"{path}:quick") == staircase.get_config("quick")
+    assert _cli.preset_config(str(path)) == staircase.get_config()
+    assert ran.read_text() == "ran\n"  # once: ml_collections' load
+    monkeypatch.delitem(sys.modules, _cli._CONFIG_MODULE)  # not found: the file runs again
+    assert _cli.preset_config(f"{path}:quick") == staircase.get_config("quick")
+    assert ran.read_text() == "ran\nran\n"
+
+
+def test_an_override_below_a_setting_or_misspelling_a_map_entry_is_one_line_naming_it():
+    # Before: --config.bounds.x=1 ended in a TypeError traceback (a tuple indexed by a name),
+    # --config.seed.x=1 read "no field Attribute <class 'int'>.x does not exist", and a
+    # misspelt entry of a map printed ml_collections' "Did you mean" on a second line.
+    argv = ["staircase", "--config", "configs/staircase.py:quick"]
+    for override, error, want in (
+        ("--config.bounds.x", TypeError("tuple indices must be integers or slices, not str"),
+         "no field 'x' (overrides given: --config.bounds.x); `config.bounds` is a setting, "
+         "not a map of fields: give it whole, --config.bounds=..."),
+        ("--config.seed.x", AttributeError("Attribute <class 'int'>.x does not exist."),
+         "no field 'x' (overrides given: --config.seed.x); `config.seed` is a setting"),
+        ("--config.critic_hparams.separble.x", KeyError("separble\nDid you mean separable?"),
+         "no field 'separble' (overrides given: --config.critic_hparams.separble.x); "
+         "`config.critic_hparams` is a map of keyword arguments: give it whole"),
+    ):  # fmt: skip
+        message = _cli._unknown_field_message("staircase", argv, [override], error)
+        assert message.startswith("staircase: the config has no field ") and "\n" not in message
+        assert want in message, message
+
+
+def test_config_given_twice_is_refused_before_anything_is_written(tmp_path):
+    # Before: absl took the last --config (the `:quick` preset ran) and the default workdir
+    # the first (the full run's folder).
+    out = _command_line(
+        "-m", "experiments.staircase", "--config", "configs/staircase.py",
+        "--config", "configs/staircase.py:quick", f"--workdir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert out.stderr.strip() == "staircase: --config given more than once; give it once."
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_relative_workdirs_lock_file_is_removed_after_a_change_of_directory(
+    tmp_path, monkeypatch
+):
+    # Before: removed by its relative name, from the directory current at the end: the lock
+    # file stayed (or a file of that name elsewhere went).
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b" / "run").mkdir(parents=True)
+    (tmp_path / "b" / "run" / _cli.LOCK_FILE).write_text("not ours")
+    monkeypatch.chdir(tmp_path / "a")
+    with _cli.workdir_lock("run"):
+        assert os.listdir(tmp_path / "a" / "run") == [_cli.LOCK_FILE]
+        monkeypatch.chdir(tmp_path / "b")
+    assert not (tmp_path / "a" / "run").exists()  # its lock file and the folder it made gone
+    assert (tmp_path / "b" / "run" / _cli.LOCK_FILE).read_text() == "not ours"
