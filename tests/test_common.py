@@ -716,12 +716,14 @@ def test_a_run_with_a_setting_since_renamed_is_not_told_to_pass_its_config_again
 
 def test_absl_logging_is_written_once_through_the_quiet_stderr():
     # Before: with `--alsologtostderr` every absl line came twice (absl's handler held the
-    # original stderr and, that not being `sys.stderr`, wrote the line again).
+    # original stderr and, that not being `sys.stderr`, wrote the line again). With absl's
+    # handler in use, as under `app.run` (logged before it, Python's last-resort handler
+    # wrote the line, and the test missed the case).
     code = (
-        "import sys\n"
         "from absl import flags, logging\n"
         "from experiments import _cli\n"
         "flags.FLAGS(['x', '--alsologtostderr'])\n"
+        "logging.use_absl_handler()\n"
         "_cli.quiet_when_output_closed()\n"
         "logging.warning('a warning line')\n"
     )
@@ -1524,23 +1526,6 @@ def test_a_workdir_under_a_folder_not_writable_is_named(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=rf"'{tmp_path}' is not writable\.$"):
         _cli.check_workdir(str(tmp_path / "new" / "run"))
     _cli.check_workdir(str(tmp_path.parent / "elsewhere"))  # (its nearest folder is writable)
-
-
-def test_absl_logging_through_absls_own_handler_is_written_once():
-    # The existing test logs before absl's handler is in use (Python's last-resort handler
-    # writes it), so dropping `handler.stream = sys.stderr` in `quiet_when_output_closed`
-    # went unseen: absl's handler (as under `app.run`) wrote each line twice.
-    code = (
-        "from absl import flags, logging\n"
-        "from experiments import _cli\n"
-        "flags.FLAGS(['x', '--alsologtostderr'])\n"
-        "logging.use_absl_handler()\n"
-        "_cli.quiet_when_output_closed()\n"
-        "logging.warning('a warning line')\n"
-    )
-    out = _command_line("-c", code)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stderr.count("a warning line") == 1, out.stderr
 
 
 def test_an_oserror_raised_while_a_sigterm_stops_the_run_still_ends_with_143(tmp_path):
