@@ -265,6 +265,8 @@ def fit_probe(
         l2=l2, max_iter=max_iter, tol=tol, hidden=hidden, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, weight_decay=weight_decay,
     )  # fmt: skip
+    if not _checks.is_int(seed):  # (a float failed in `jax.random.key`, naming nothing)
+        raise ValueError(f"`seed` must be an integer, got {seed!r}.")
     if kind == "linear":
         # Only the classes the training split holds: an absent class's optimal bias is -inf,
         # which L-BFGS chases (digits' pixels, 1200 training images, num_classes = 20: 286
@@ -318,7 +320,10 @@ def _standardize(train_x: Array, test_x: Array) -> tuple[Array, Array, Array]:
     """
     peak = jnp.max(jnp.abs(train_x), 0, keepdims=True)
     _, exponent = jnp.frexp(jnp.where(peak > 0, peak, 1.0))  # peak = m 2^e, m in [0.5, 1)
-    scale = jnp.ldexp(jnp.ones_like(peak), exponent - 1)  # (`exp2` is not exact on XLA:CPU)
+    # (`exp2` is not exact on XLA:CPU.) At most 2^126: XLA:CPU divides by multiplying with the
+    # reciprocal, and 2^-127 is subnormal, flushed to 0 (columns peaking at 2^127 or more,
+    # ~1.7e38, read 0: dropped).
+    scale = jnp.ldexp(jnp.ones_like(peak), jnp.minimum(exponent - 1, 126))
     train_x, test_x = train_x / scale, test_x / scale
     mean, std = jnp.mean(train_x, 0, keepdims=True), jnp.std(train_x, 0, keepdims=True)
     std = jnp.where(std > 1e-6 * jnp.abs(mean), std, 1.0 / scale)  # (centred: its own units)
@@ -343,6 +348,8 @@ def extract_features(
     _checks.check_ints("extract_features", batch_size=batch_size)
     if len(np.shape(images)) < 1 or np.shape(images)[0] < 1:
         raise ValueError(f"`images` must be a non-empty batch [N, ...], got {np.shape(images)}.")
+    if not hasattr(images, "shape"):  # (a list: indexed in chunks below)
+        images = np.asarray(images)
     n = images.shape[0]
     size = min(batch_size, n)
     if mesh is None:

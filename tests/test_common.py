@@ -1633,3 +1633,41 @@ def test_a_relative_workdirs_lock_file_is_removed_after_a_change_of_directory(
         monkeypatch.chdir(tmp_path / "b")
     assert not (tmp_path / "a" / "run").exists()  # its lock file and the folder it made gone
     assert (tmp_path / "b" / "run" / _cli.LOCK_FILE).read_text() == "not ours"
+
+
+def test_a_cached_probe_fit_is_keyed_by_its_test_split_too(tmp_path):
+    """Catches: the test features or test labels left out of the cache key: another test split
+    read back the first one's accuracy."""
+    from experiments import _common
+
+    rng = np.random.default_rng(0)
+    x, xt = rng.normal(size=(60, 5)), rng.normal(size=(20, 5))
+    y, yt = (x[:, 0] > 0).astype(np.int32), (xt[:, 0] > 0).astype(np.int32)
+    cache = str(tmp_path / "cache")
+    first, cached = _common.fit_probe_cached(cache, x, y, xt, yt, l2=1e-3)
+    assert not cached and first.test_accuracy == 1.0
+    flipped = 1 - yt  # every test label wrong
+    other, cached = _common.fit_probe_cached(cache, x, y, xt, flipped, l2=1e-3)
+    assert not cached and other.test_accuracy == 0.0
+    moved = -xt  # every test point mirrored across the boundary
+    other, cached = _common.fit_probe_cached(cache, x, y, moved, yt, l2=1e-3)
+    assert not cached and other.test_accuracy < 0.5
+    assert len(os.listdir(cache)) == 3
+
+
+def test_a_cached_probe_fit_misses_under_the_other_x64_setting(tmp_path):
+    """Catches: the x64 flag left out of the cache key. Under x64 the linear probe's weights
+    are float64 (jnp.zeros) and its fit another: a float32 fit must not be read back."""
+    import jax
+
+    from experiments import _common
+
+    rng = np.random.default_rng(0)
+    x, xt = rng.normal(size=(60, 5)), rng.normal(size=(20, 5))
+    y, yt = (x[:, 0] > 0).astype(np.int32), (xt[:, 0] > 0).astype(np.int32)
+    cache = str(tmp_path / "cache")
+    assert not _common.fit_probe_cached(cache, x, y, xt, yt, max_iter=20)[1]
+    with jax.enable_x64(True):
+        assert not _common.fit_probe_cached(cache, x, y, xt, yt, max_iter=20)[1]
+        assert _common.fit_probe_cached(cache, x, y, xt, yt, max_iter=20)[1]
+    assert _common.fit_probe_cached(cache, x, y, xt, yt, max_iter=20)[1]

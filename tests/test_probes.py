@@ -123,12 +123,16 @@ def test_extract_features_pads_the_last_chunk_and_matches_a_direct_call():
     assert a.shape == (23, 3) and b.shape == (23,)
     np.testing.assert_allclose(a, images @ np.asarray(w), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(b, images.sum(-1), rtol=1e-5, atol=1e-5)
+    # A list of images too (before: an AttributeError on `images.shape`, naming nothing).
+    listed = probes.extract_features(apply, w, [list(row) for row in images], batch_size=10)
+    np.testing.assert_array_equal(listed[0], a)
 
 
 @pytest.mark.parametrize(
     "call, error, match",
     [
         (lambda x, y: probes.fit_probe(x, y, x, y, kind="svm"), KeyError, "probe"),
+        (lambda x, y: probes.fit_probe(x, y, x, y, kind="mlp", seed=0.5), ValueError, "`seed`"),
         (lambda x, y: probes.fit_probe(x, y[:-1], x, y), ValueError, "length"),
         (lambda x, y: probes.fit_probe(x, y, x[:, :2], y), ValueError, "widths"),
         (lambda x, y: probes.fit_probe(x * np.nan, y, x, y), ValueError, "train_features"),
@@ -250,3 +254,125 @@ def test_the_mlp_probe_reports_train_and_test_accuracy_in_their_places():
         learning_rate=1e-2, weight_decay=0.0,
     )  # fmt: skip
     assert fit.train_accuracy > 0.9 and fit.test_accuracy < 0.5
+
+
+def test_a_fit_that_converges_on_its_last_allowed_iteration_says_so():
+    """Catches: ``converged`` read as ``iterations < max_iter`` (a fit whose gradient met ``tol``
+    on the last allowed iteration reported unfinished)."""
+    x, y = _blobs(600, sep=0.6, seed=2)
+    done = probes.fit_probe(x[:400], y[:400], x[400:], y[400:])
+    assert done.converged
+    exact = probes.fit_probe(x[:400], y[:400], x[400:], y[400:], max_iter=done.iterations)
+    assert exact == done  # the same iterates, the same stop
+    short = probes.fit_probe(x[:400], y[:400], x[400:], y[400:], max_iter=done.iterations - 1)
+    assert short.converged is False and short.iterations == done.iterations - 1
+
+
+def test_a_test_example_of_a_class_absent_from_training_is_always_wrong():
+    """Catches: absent classes' test labels mapped onto the first present class (index 0), so a
+    test example of an unseen class read right wherever the probe predicted that class."""
+    x, y = _blobs(400, classes=2, sep=4.0, seed=4)
+    # Test split: class-0 points relabelled 2 (absent from training) and the class-1 points.
+    xt, yt = _blobs(200, classes=2, sep=4.0, seed=4)
+    yt = np.where(yt == 0, 2, yt)
+    fit = probes.fit_probe(x, y, xt, yt)
+    want_max = np.mean(yt == 1)  # only class-1 examples can be right
+    assert fit.train_accuracy > 0.97
+    assert fit.test_accuracy <= want_max + 1e-6
+    assert fit.test_accuracy > want_max - 0.03  # and those are (separable blobs)
+
+
+def test_a_feature_constant_up_to_rounding_is_centred_not_scaled():
+    """Catches: the centring threshold dropped (``std > 0`` alone): a training column of 1000
+    and the next float32 (std ~3e-5, rounding noise) divided by that std made the test split's
+    1000.5 a ~1e4 outlier on the weight the noise earned, and the probe fell to chance.
+    Centred in its own units it moves the logits by |w| / 2, with |w| held down by l2."""
+    x, y = _blobs(600, sep=4.0)
+    rng = np.random.default_rng(5)
+    up = np.nextafter(np.float32(1000.0), np.float32(np.inf))
+    col = np.where(rng.random(600) < 0.5, np.float32(1000.0), up).astype(np.float32)
+    col[400:] = 1000.5
+    z = np.concatenate([x, col[:, None]], axis=1)
+    base = probes.fit_probe(x[:400], y[:400], x[400:], y[400:])
+    fit = probes.fit_probe(z[:400], y[:400], z[400:], y[400:])
+    assert base.test_accuracy > 0.97
+    assert fit.test_accuracy >= base.test_accuracy - 0.01, (fit, base)
+
+
+def test_features_near_float32s_largest_read_as_the_same_features_halved():
+    """Powers of two change no z-score: the fits are equal. Catches: a column divided by 2^127,
+    whose reciprocal is subnormal (flushed to 0 on XLA:CPU: the column read 0, dropped): at
+    peaks of 2^127 and more before (train accuracy 0.38), or with a scale of 2^e, not 2^(e-1),
+    from 2^126."""
+    x, y = _blobs(400, sep=2.0)
+    unit = (x / np.abs(x).max(0) * np.float32(1.5)).astype(np.float32)  # every peak 1.5
+    expected = probes.fit_probe(unit[:300], y[:300], unit[300:], y[300:])
+    for power in (126, 127):  # peaks 1.5 * 2^126 ~ 1.3e38, 1.5 * 2^127 ~ 2.6e38
+        big = (unit * np.float32(2.0**power)).astype(np.float32)
+        assert np.all(np.isfinite(big))
+        assert probes.fit_probe(big[:300], y[:300], big[300:], y[300:]) == expected, power
+    assert expected.test_accuracy > 0.9
+
+
+def test_one_epoch_of_the_mlp_probe_trains_all_its_steps():
+    """Catches: a scan over ``epochs - 1`` epochs (one epoch: untrained, chance) and a cosine
+    schedule spanning ``epochs`` steps instead of ``epochs x batches`` (one epoch: one step at a
+    nonzero rate). 12 Adam steps at 3e-2 separate these blobs; an untrained MLP reads ~1/3."""
+    x, y = _blobs(600, sep=4.0)
+    fit = probes.fit_probe(
+        x[:400], y[:400], x[400:], y[400:], kind="mlp", epochs=1, batch_size=32,
+        learning_rate=3e-2, hidden=32,
+    )  # fmt: skip
+    assert fit.iterations == 400 // 32
+    assert fit.test_accuracy > 0.9, fit
+
+
+def test_the_mlp_probes_weight_decay_reaches_its_optimizer():
+    """Catches: ``weight_decay`` not passed to AdamW (plain Adam): a strong decoupled decay
+    (lr x wd = 0.5 per step) changes the fit of random labels the undecayed MLP memorizes."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(150, 10)).astype(np.float32)
+    y = rng.integers(0, 3, 150)
+    common = dict(kind="mlp", epochs=40, batch_size=50, learning_rate=1e-2, hidden=64)
+    free = probes.fit_probe(x[:100], y[:100], x[100:], y[100:], weight_decay=0.0, **common)
+    decayed = probes.fit_probe(x[:100], y[:100], x[100:], y[100:], weight_decay=50.0, **common)
+    assert free.train_accuracy > 0.8, free  # memorized
+    assert decayed.train_accuracy < free.train_accuracy - 0.2, (decayed, free)
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        ({"tol": 0.0}, "tol"),
+        ({"tol": -1e-6}, "tol"),
+        ({"l2": np.inf}, "l2"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"weight_decay": np.inf, "kind": "mlp"}, "weight_decay"),
+    ],
+)
+def test_out_of_range_settings_are_named(settings, match):
+    """Catches: ``tol`` left out of the range check (tol <= 0: L-BFGS runs to max_iter and says
+    "not converged") and the finiteness check dropped (l2 = inf: NaN weights, chance)."""
+    x, y = _blobs(20)
+    with pytest.raises(ValueError, match=f"`{match}`"):
+        probes.fit_probe(x, y, x, y, **settings)
+
+
+def test_complex_features_are_refused_by_name():
+    """Catches: the complex check dropped (the float32 cast keeps the real part, warning only)."""
+    x, y = _blobs(20)
+    with pytest.raises(TypeError, match="`test_features` must be real"):
+        probes.fit_probe(x, y, x + 1j, y)
+
+
+def test_an_unpenalized_linear_probe_is_allowed_and_matches_scikit_learn():
+    """Catches: l2 = 0 refused (the docstring and check_hparams allow l2 >= 0)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _blobs(900, sep=0.5, seed=6)
+    fit = probes.fit_probe(x[:600], y[:600], x[600:], y[600:], l2=0.0, max_iter=1000)
+    mu, sd = x[:600].mean(0), x[:600].std(0)
+    ref = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000)
+    want = ref.fit((x[:600] - mu) / sd, y[:600]).score((x[600:] - mu) / sd, y[600:])
+    assert 0.4 < want < 0.95
+    assert abs(fit.test_accuracy - want) <= 2.5 / 300, (fit, want)
