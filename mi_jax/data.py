@@ -302,7 +302,16 @@ def _tfds_split(tfds, tfds_name: str, split: str, data_dir: str | None, max_exam
     labels = np.empty((n,), np.int32)
     for i in range(n):
         record = first if i == 0 else source[i]
-        images[i] = record["image"]
+        image = np.asarray(record["image"])
+        # (assigned into the preallocated array, a record of another shape would broadcast
+        # (one channel into three) and one of another dtype would be cast, silently)
+        if image.shape != shape or image.dtype != np.uint8:
+            raise ValueError(
+                f"dataset {tfds_name!r}, split {split!r}: record {i}'s image is "
+                f"{image.dtype}{list(image.shape)}, not uint8{list(shape)}: a split's images "
+                "must be uint8 and share record 0's shape."
+            )
+        images[i] = image
         labels[i] = record["label"]
     return images, labels
 

@@ -432,6 +432,37 @@ def test_each_split_is_its_own_tfds_split_read_from_the_data_dir(tmp_path, monke
     assert f"--file_format=array_record --data_dir={tmp_path / 'elsewhere'}`" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        (
+            np.zeros((5, 5, 1), np.uint8),
+            r"record 3's image is uint8\[5, 5, 1\], not uint8\[5, 5, 3\]",
+        ),
+        (np.zeros((5, 5, 3), np.uint16), r"record 3's image is uint16\[5, 5, 3\], not uint8"),
+    ],
+    ids=["channels", "dtype"],
+)
+def test_a_tfds_record_of_another_shape_or_dtype_is_refused(
+    tmp_path, monkeypatch, record, expected
+):
+    # Before: written into the preallocated uint8 array, a one-channel record broadcast to three
+    # channels and a uint16 one was cast (wrapped), silently.
+    fake = _FakeTfds(str(tmp_path))
+    records = fake.records
+
+    def one_odd_record(name, split):
+        images, labels = records(name, split)
+        images = list(images)
+        images[3] = record
+        return images, labels
+
+    fake.records = one_odd_record
+    monkeypatch.setattr(data, "_import_tfds", lambda: fake)
+    with pytest.raises(ValueError, match=r"dataset 'cifar10', split 'train': " + expected):
+        data.load_dataset("cifar10", data_dir=str(tmp_path))
+
+
 def test_tfds_not_prepared_fails_fast_and_clearly(tmp_path, tfds):
     start = time.perf_counter()
     with pytest.raises(FileNotFoundError, match="not prepared") as info:
