@@ -32,13 +32,16 @@ def define_experiment_flags(name: str):
     from ml_collections import config_flags
 
     presets = getattr(_repo_config_module(name), "PRESETS", ())
-    config = config_flags.DEFINE_config_file(
-        "config",
-        None,
-        f"Path to a configs/{name}.py file (required), with :PRESET for a preset"
-        + (f" ({', '.join(presets)})" if presets else "")
-        + "; override any field with --config.FIELD=VALUE.",
-    )
+    try:  # (ml_collections reads the command line, flag files included, as it defines the flag)
+        config = config_flags.DEFINE_config_file(
+            "config",
+            None,
+            f"Path to a configs/{name}.py file (required), with :PRESET for a preset"
+            + (f" ({', '.join(presets)})" if presets else "")
+            + "; override any field with --config.FIELD=VALUE.",
+        )
+    except flags.Error as e:  # (a --flagfile that cannot be read: a traceback before)
+        raise SystemExit(f"{name}: {str(e).removeprefix('ERROR:: ')}") from None
     workdir = flags.DEFINE_string(
         "workdir",
         None,
@@ -250,6 +253,10 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
         os._exit(status)
 
     def parse_flags(argv):
+        # --flagfile's flags in its place, for the checks below as for absl (the default
+        # workdir of a `:quick` preset given in a flag file was the full run's); a file that
+        # cannot be read was refused as the flags were defined
+        argv = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
         if sum(a == "--config" or a.startswith("--config=") for a in argv[1:]) > 1:
             # (absl took the last, the default workdir and the checks here the first: a
             # `:quick` run wrote into the full run's folder)

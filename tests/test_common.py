@@ -1150,6 +1150,13 @@ def test_a_stray_argument_is_named_in_one_line_and_a_finished_run_says_where_it_
         "staircase: unexpected arguments ['junk']: give settings as flags, --flag=value "
         "(--help lists them)."
     )
+    # (before: a traceback of ml_collections, which reads the flag files as it defines --config)
+    out = _command_line("-m", "experiments.staircase", "--flagfile", str(tmp_path / "none"))
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"staircase: Unable to open flagfile: [Errno 2] No such file or directory: "
+        f"'{tmp_path / 'none'}'"
+    )
     code = (
         "from experiments import _cli\n"
         "_cli.run_experiment('staircase', lambda config, workdir: print('table'))\n"
@@ -1161,7 +1168,7 @@ def test_a_stray_argument_is_named_in_one_line_and_a_finished_run_says_where_it_
     ]
 
 
-def test_without_workdir_each_preset_writes_to_its_own_folder():
+def test_without_workdir_each_preset_writes_to_its_own_folder(tmp_path):
     # Before: every preset's default was /tmp/mi_jax/NAME, so a `:quick` run there made the
     # README's set-up command (the full preset, same folder) refuse the changed settings.
     assert _cli.default_workdir("infomax", "configs/infomax.py") == "/tmp/mi_jax/infomax"
@@ -1181,16 +1188,13 @@ def test_without_workdir_each_preset_writes_to_its_own_folder():
         "_cli.workdir_lock = lambda workdir: contextlib.nullcontext()\n"
         "_cli.run_experiment('staircase', run)\n"
     )
-    for config, expected in [
-        ("configs/staircase.py:quick", "/tmp/mi_jax/staircase_quick"),
-        ("configs/staircase.py", "/tmp/mi_jax/staircase"),
+    # (a flag file's --config too: before, the default workdir was the full run's)
+    (tmp_path / "flags").write_text("--config=configs/staircase.py:quick\n")
+    for flag, expected in [
+        (["--config", "configs/staircase.py"], "/tmp/mi_jax/staircase"),
+        (["--flagfile", str(tmp_path / "flags")], "/tmp/mi_jax/staircase_quick"),
     ]:
-        out = _command_line(
-            "-c",
-            code,
-            "--config",
-            config,
-        )
+        out = _command_line("-c", code, *flag)
         assert out.returncode == 0, out.stderr[-2000:]
         assert f"staircase: writing to {expected} (no --workdir given)" in out.stdout
         assert f"workdir={expected}\n" in out.stdout
