@@ -466,9 +466,10 @@ def test_readouts_carry_the_values_own_gradient():
         ),
     ):
         value, readout = jax.jit(jax.value_and_grad(bound.readout))(_S4)
-        np.testing.assert_allclose(value, bound(_S4), rtol=1e-6, err_msg=bound.name)
-        np.testing.assert_allclose(readout, jax.grad(reference)(_S4), rtol=1e-5, atol=1e-7)
-        trained = jax.grad(lambda v, b=bound: b.apply(v, b.init())[0])(_S4)
+        np.testing.assert_allclose(value, jax.jit(bound)(_S4), rtol=1e-6, err_msg=bound.name)
+        want = jax.jit(jax.grad(reference))(_S4)
+        np.testing.assert_allclose(readout, want, rtol=1e-5, atol=1e-7)
+        trained = jax.jit(jax.grad(lambda v, b=bound: b.apply(v, b.init())[0]))(_S4)
         assert not np.allclose(readout, trained, atol=1e-3), bound.name
     assert bounds.get_bound("nwj").readout is None  # its value carries its own gradient
     assert bounds.get_bound("mine").readout is bounds.dv  # (apply: the corrected gradient)
@@ -840,7 +841,7 @@ def test_interpolated_float32_agrees_with_float64_at_huge_scores(alpha):
         return bounds.interpolated(s, alpha=alpha, log_baseline=log_a)
 
     with jax.enable_x64(True):
-        want, (want_gs, want_ga) = jax.value_and_grad(fn, argnums=(0, 1))(s, log_a)
+        want, (want_gs, want_ga) = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(s, log_a)
         want, want_gs, want_ga = float(want), np.asarray(want_gs), np.asarray(want_ga)
     if alpha == 0.01:
         np.testing.assert_allclose(want, -30.361248, atol=1e-6)
@@ -865,7 +866,7 @@ def test_interpolated_finite_when_diagonal_dominates_moderately():
     np.testing.assert_allclose(want, math.log(3.0), rtol=1e-9)
     got = jax.jit(lambda s: bounds.interpolated(s, alpha=1.0))(s)
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    grad = jax.grad(lambda s: bounds.interpolated(s, alpha=1.0))(s)
+    grad = jax.jit(jax.grad(lambda s: bounds.interpolated(s, alpha=1.0)))(s)
     assert np.all(np.isfinite(np.asarray(grad)))
 
 

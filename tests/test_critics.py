@@ -165,13 +165,13 @@ def _concat_loss(critic):
 def test_chunked_concat_equals_dense_in_value_and_gradient():
     x, y = _data(batch=64, dx=5, dy=3, seed=3)
     dense = critics.get_critic("concat", hidden=_HIDDEN)
-    params = dense.init(jax.random.key(2), x, y)
+    params = jax.jit(dense.init)(jax.random.key(2), x, y)
     dense_value, dense_grad = jax.jit(jax.value_and_grad(_concat_loss(dense)))(params, x, y)
     dense_scores = jax.jit(dense.apply)(params, x, y)
     for chunk in (16, 8):
         chunked = critics.get_critic("concat", hidden=_HIDDEN, chunk_size=chunk)
         # Same parameter tree as the dense critic.
-        chunked_params = chunked.init(jax.random.key(2), x, y)
+        chunked_params = jax.eval_shape(chunked.init, jax.random.key(2), x, y)
         assert jax.tree.structure(chunked_params) == jax.tree.structure(params)
         for a, b in zip(jax.tree.leaves(chunked_params), jax.tree.leaves(params), strict=True):
             assert a.shape == b.shape
@@ -195,16 +195,14 @@ def test_a_chunk_that_does_not_divide_the_batch_gives_the_dense_scores_and_gradi
     # held-out split sizes (20 % of N, which the user does not choose).
     x, y = _data(batch=12, dx=3, dy=4)
     dense = critics.get_critic("concat", hidden=_HIDDEN)
-    params = dense.init(jax.random.key(0), x, y)
+    params = jax.jit(dense.init)(jax.random.key(0), x, y)
     critic = critics.get_critic("concat", hidden=_HIDDEN, chunk_size=5)
     np.testing.assert_allclose(
-        jax.jit(critic.apply)(params, x, y), dense.apply(params, x, y), rtol=1e-5, atol=1e-5
-    )
-    grad = jax.grad(_concat_loss(critic))(params, x, y)
-    for g, gd in zip(
-        jax.tree.leaves(grad), jax.tree.leaves(jax.grad(_concat_loss(dense))(params, x, y)),
-        strict=True,
-    ):  # fmt: skip
+        jax.jit(critic.apply)(params, x, y), jax.jit(dense.apply)(params, x, y), rtol=1e-5,
+        atol=1e-5,
+    )  # fmt: skip
+    grad, want = (jax.jit(jax.grad(_concat_loss(c)))(params, x, y) for c in (critic, dense))
+    for g, gd in zip(jax.tree.leaves(grad), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, gd, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(gd))))
     for chunk in (0, -2):
         with pytest.raises(ValueError, match="`chunk_size` must be a positive integer"):
@@ -422,9 +420,11 @@ def test_bf16_critic_has_the_same_parameters_and_close_scores(name):
     hparams = dict(_HPARAMS[name], hidden=(64, 64))
     c32 = critics.get_critic(name, **hparams)
     c16 = critics.get_critic(name, compute_dtype="bfloat16", **hparams)
-    params = c32.init(jax.random.key(1), x, y)
-    assert jax.tree.structure(params) == jax.tree.structure(c16.init(jax.random.key(1), x, y))
-    s32, s16 = c32.apply(params, x, y), jax.jit(c16.apply)(params, x, y)
+    params = jax.jit(c32.init)(jax.random.key(1), x, y)
+    assert jax.tree.structure(params) == jax.tree.structure(
+        jax.eval_shape(c16.init, jax.random.key(1), x, y)
+    )
+    s32, s16 = jax.jit(c32.apply)(params, x, y), jax.jit(c16.apply)(params, x, y)
     assert s16.dtype == jnp.float32
     # bf16 keeps 8 significant bits; through three layers scores agree to a few % of their spread.
     np.testing.assert_allclose(s16, s32, atol=0.05 * float(jnp.std(s32)))
@@ -432,8 +432,7 @@ def test_bf16_critic_has_the_same_parameters_and_close_scores(name):
     def loss(p, critic):
         return bounds.infonce(critic.apply(p, x, y))
 
-    g32 = jax.grad(loss)(params, c32)
-    g16 = jax.jit(jax.grad(loss), static_argnums=1)(params, c16)
+    g32, g16 = (jax.jit(jax.grad(loss), static_argnums=1)(params, c) for c in (c32, c16))
     # The whole gradient points the same way (single leaves can be ~0 in exact arithmetic,
     # e.g. an output bias InfoNCE is invariant to, so are compared as part of the whole).
     a32, a16 = (jnp.concatenate([v.ravel() for v in jax.tree.leaves(g)]) for g in (g32, g16))

@@ -43,7 +43,7 @@ def _features(batch=6, h=2, w=3, c=4, d=5, seed=0):
 def test_critic_scores_match_a_hand_computation():
     local, global_ = _features()
     critic = dim.DIMCritic(hidden=7, embed_dim=3, critic_clip=None)
-    params = critic.init(jax.random.key(0), local, local, global_)
+    params = jax.jit(critic.init)(jax.random.key(0), local, local, global_)
     out = jax.jit(critic.apply)(params, local, local, global_)
     p = jax.tree.map(np.asarray, params["params"])
     b, L = local.shape[0], local.shape[1] * local.shape[2]
@@ -61,9 +61,9 @@ def test_critic_clip_is_a_soft_tanh_clip():
     local, global_ = _features()
     raw = dim.DIMCritic(hidden=7, embed_dim=3, critic_clip=None)
     clipped = dim.DIMCritic(hidden=7, embed_dim=3, critic_clip=0.5)
-    params = raw.init(jax.random.key(0), local, local, global_)
-    a = raw.apply(params, local, local, global_).local_scores
-    b = clipped.apply(params, local, local, global_).local_scores
+    params = jax.jit(raw.init)(jax.random.key(0), local, local, global_)
+    a = jax.jit(raw.apply)(params, local, local, global_).local_scores
+    b = jax.jit(clipped.apply)(params, local, local, global_).local_scores
     np.testing.assert_allclose(b, 0.5 * np.tanh(np.asarray(a) / 0.5), rtol=1e-5, atol=1e-6)
 
 
@@ -83,14 +83,18 @@ def test_objective_is_weighted_global_plus_mean_local(estimator, reference):
         embed_dim=4,
     )
     images = jax.random.uniform(jax.random.key(1), (6, 8, 8, 1))
-    params, states = objective.init(jax.random.key(2), images)
+    params, states = jax.jit(objective.init)(jax.random.key(2), images)
     loss, (metrics, _) = jax.jit(objective.loss)(params, states, images, jax.random.key(3))
-
-    local, _, global_ = encoder.apply(params["encoder"], images)
-    scores = objective._critic().apply(params["critic"], local, local, global_)
     fn = bounds.get_bound(estimator)
-    g = fn.apply(scores.global_scores, fn.init())[0]
-    per_loc = [fn.apply(s, fn.init())[0] for s in scores.local_scores]
+
+    @jax.jit
+    def by_hand(params):
+        local, _, global_ = encoder.apply(params["encoder"], images)
+        scores = objective._critic().apply(params["critic"], local, local, global_)
+        g = fn.apply(scores.global_scores, fn.init())[0]
+        return scores, g, [fn.apply(s, fn.init())[0] for s in scores.local_scores]
+
+    scores, g, per_loc = by_hand(params)
     if reference is not None:  # an independent numpy formula, not the library's bound
         g_ref = reference(scores.global_scores)
         np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5)
@@ -196,7 +200,7 @@ def test_every_kind_of_estimator_gives_finite_encoder_gradients(estimator, globa
         mige_locations=2,
     )
     images = jax.random.uniform(jax.random.key(1), (8, 8, 8, 1))
-    params, states = objective.init(jax.random.key(2), images)
+    params, states = jax.jit(objective.init)(jax.random.key(2), images)
     grad_fn = jax.jit(jax.grad(objective.loss, has_aux=True))
     grads, (metrics, new_states) = grad_fn(params, states, images, jax.random.key(3))
     chex.assert_trees_all_equal_structs(states, new_states)
@@ -322,8 +326,8 @@ def test_dim_local_extra_inputs_pair_each_location_with_its_own_image():
     local = jnp.asarray(rng.normal(size=(5, 2, 3, 4)), jnp.float32)
     global_ = jnp.asarray(rng.normal(size=(5, 6)), jnp.float32)
     critic = dim.DIMCritic(hidden=7, embed_dim=3, critic_clip=None, extra_inputs=("u",))
-    params = critic.init(jax.random.key(0), local, local, global_)
-    out = critic.apply(params, local, local, global_)
+    params = jax.jit(critic.init)(jax.random.key(0), local, local, global_)
+    out = jax.jit(critic.apply)(params, local, local, global_)
     p = jax.tree.map(np.asarray, params["params"])
     feats = np.asarray(local).reshape(5, 6, 4)
     psi = _embed(p["local_y"], global_)  # [B, k]
@@ -340,7 +344,8 @@ def test_mige_local_surrogate_averages_the_chosen_locations():
     local = jax.random.normal(key, (16, 3, 2))
     global_ = local[:, 1] @ jnp.ones((2, 3)) + 0.1 * jax.random.normal(key, (16, 3))
     fn = score.get_score_estimator("stein")
-    got = dim.mige_local_surrogate(local, global_, jnp.array([1, 2]), fn)
-    want = 0.5 * sum(mige.mi_surrogate(local[:, i], global_, fn) for i in (1, 2))
+    got = jax.jit(dim.mige_local_surrogate, static_argnums=3)(local, global_, jnp.array([1, 2]), fn)
+    one = jax.jit(lambda i: mige.mi_surrogate(local[:, i], global_, fn))
+    want = 0.5 * (one(1) + one(2))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    assert abs(float(want) - float(mige.mi_surrogate(local[:, 0], global_, fn))) > 1e-3
+    assert abs(float(want) - float(one(0))) > 1e-3

@@ -342,7 +342,7 @@ def test_a_groupnorm_of_one_value_per_group_is_refused_not_a_constant_encoder():
     with pytest.raises(ValueError, match="8 groups of 8 channels on a 1x1 map.*norm_groups"):
         narrow.init(jax.random.key(1), images)
     fewer = encoders.ResNetEncoder(widths=(8, 8), strides=(2, 2), stem_width=8, norm_groups=2)
-    out, _ = fewer.init_with_output(jax.random.key(1), images)
+    out, _ = jax.jit(fewer.init_with_output)(jax.random.key(1), images)
     assert float(jnp.max(jnp.std(out.features, axis=0))) > 0.05  # (before: 0.0)
 
 
@@ -357,7 +357,7 @@ def test_resnet_features_are_the_global_average_pool_of_local():
         "resnet", widths=(8, 16), strides=(1, 2), stem_width=8, latent_dim=6, norm_groups=4
     )
     x = jax.random.uniform(jax.random.key(0), (3, 8, 8, 1))
-    out = enc.apply(enc.init(jax.random.key(1), x), x)
+    out = jax.jit(lambda x: enc.apply(enc.init(jax.random.key(1), x), x))(x)
     np.testing.assert_allclose(out.features, jnp.mean(out.local, axis=(1, 2)), rtol=1e-5, atol=1e-6)
     assert float(out.local.min()) >= 0.0 and 0.2 < float(jnp.mean(out.local == 0.0)) < 0.8
 
@@ -366,13 +366,17 @@ def test_preact_block_shortcut_is_a_projection_of_the_preactivated_input():
     """Catches: the projection shortcut reading the raw input, not act(norm(x)) as documented."""
     block = encoders._PreActBlock(8, 2, "relu", 2)
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
-    params = block.init(jax.random.key(1), x)
-    p = params["params"]
-    gn = lambda name, v: nn.GroupNorm(num_groups=2).apply({"params": p[name]}, v)  # noqa: E731
-    conv = lambda name, k, s, v: nn.Conv(  # noqa: E731
-        8, k, strides=s, padding="SAME", use_bias=False
-    ).apply({"params": p[name]}, v)
-    pre = jax.nn.relu(gn("GroupNorm_0", x))
-    h = jax.nn.relu(gn("GroupNorm_1", conv("Conv_0", (3, 3), 2, pre)))
-    want = conv("shortcut", (1, 1), 2, pre) + conv("Conv_1", (3, 3), 1, h)
-    np.testing.assert_allclose(block.apply(params, x), want, rtol=1e-5, atol=1e-5)
+    params = jax.jit(block.init)(jax.random.key(1), x)
+
+    @jax.jit
+    def by_hand(p, x):
+        gn = lambda name, v: nn.GroupNorm(num_groups=2).apply({"params": p[name]}, v)  # noqa: E731
+        conv = lambda name, k, s, v: nn.Conv(  # noqa: E731
+            8, k, strides=s, padding="SAME", use_bias=False
+        ).apply({"params": p[name]}, v)
+        pre = jax.nn.relu(gn("GroupNorm_0", x))
+        h = jax.nn.relu(gn("GroupNorm_1", conv("Conv_0", (3, 3), 2, pre)))
+        return conv("shortcut", (1, 1), 2, pre) + conv("Conv_1", (3, 3), 1, h)
+
+    want = by_hand(params["params"], x)
+    np.testing.assert_allclose(jax.jit(block.apply)(params, x), want, rtol=1e-5, atol=1e-5)

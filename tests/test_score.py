@@ -152,14 +152,13 @@ def test_estimates_do_not_move_with_the_samples_far_from_the_origin():
     # distances |x|^2 + |y|^2 - 2 x.y cancelled: Stein failed ("`eta` too small"), SSGE's
     # relative error rose from 0.25 to 0.64.
     x, _, _ = _correlated_gaussian(2, 200)
-    for estimate in (score.stein_score, score.ssge_score):
+    stein, ssge, bandwidth = map(
+        jax.jit, (score.stein_score, score.ssge_score, score.median_bandwidth)
+    )
+    for estimate in (stein, ssge):
         np.testing.assert_allclose(estimate(x + 1000.0), estimate(x), rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(
-        score.ssge_score(x + 1000.0, x[:1] + 1000.0), score.ssge_score(x, x[:1]), atol=1e-3
-    )
-    np.testing.assert_allclose(
-        score.median_bandwidth(x + 1000.0), score.median_bandwidth(x), rtol=1e-4
-    )
+    np.testing.assert_allclose(ssge(x + 1000.0, x[:1] + 1000.0), ssge(x, x[:1]), atol=1e-3)
+    np.testing.assert_allclose(bandwidth(x + 1000.0), bandwidth(x), rtol=1e-4)
 
 
 def test_one_far_outlier_does_not_spoil_the_others():
@@ -214,12 +213,14 @@ def test_vmap_equals_loop():
     xs = jnp.stack([_correlated_gaussian(2, 100, seed=s)[0] for s in range(3)])
     batched = jax.jit(jax.vmap(score.ssge_score))(xs)
     for i in range(3):
-        np.testing.assert_allclose(batched[i], score.ssge_score(xs[i]), rtol=1e-4, atol=1e-4)
+        one = jax.jit(score.ssge_score)(xs[i])
+        np.testing.assert_allclose(batched[i], one, rtol=1e-4, atol=1e-4)
 
 
 def test_identical_samples_give_zero_scores_not_nan():
     x = jnp.ones((16, 3))
-    for est in (score.stein_score(x), score.ssge_score(x), score.ssge_score(x, num_eigen=4)):
+    ssge = jax.jit(score.ssge_score, static_argnames="num_eigen")
+    for est in (jax.jit(score.stein_score)(x), ssge(x), ssge(x, num_eigen=4)):
         assert bool(jnp.all(jnp.isfinite(est)))
         np.testing.assert_allclose(est, 0.0, atol=1e-6)
 
@@ -261,14 +262,14 @@ def test_median_bandwidth_skips_repeated_rows_away_from_the_center(dim):
             np.testing.assert_allclose(fn(x), want, rtol=1e-5, err_msg=f"seed {seed}")
     distinct = np.any(x != x[np.argmax(np.sum(x == x[:, None], axis=(1, 2)))], axis=1)
     for fn in (score.ssge_score, score.stein_score):
-        assert float(jnp.min(jnp.sum(jnp.abs(fn(x)[distinct]), axis=1))) > 0.0
+        assert float(jnp.min(jnp.sum(jnp.abs(jax.jit(fn)(x)[distinct]), axis=1))) > 0.0
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 def test_half_precision_samples_are_estimated_in_float32(dtype):
     x, _, _ = _correlated_gaussian(2, 64)
     half = x.astype(dtype)
-    for fn in (score.stein_score, score.ssge_score):  # LAPACK has no half precision
+    for fn in map(jax.jit, (score.stein_score, score.ssge_score)):  # LAPACK: no half precision
         est = fn(half)
         assert est.dtype == jnp.float32
         np.testing.assert_allclose(est, fn(half.astype(jnp.float32)), rtol=1e-6, atol=1e-6)
@@ -364,7 +365,7 @@ def test_entropy_gradient_of_a_scaled_gaussian():
     dim, s = 3, 1.7
     eps = jax.random.normal(jax.random.key(0), (1000, dim))
     for name in ("ssge", "stein"):
-        grad = jax.grad(lambda s, name=name: mige.entropy_surrogate(s * eps, name))(s)
+        grad = jax.jit(jax.grad(lambda s, name=name: mige.entropy_surrogate(s * eps, name)))(s)
         np.testing.assert_allclose(grad, dim / s, rtol=0.15)
 
 
@@ -406,7 +407,7 @@ def test_infomax_gradient_of_the_gaussian_toy_moves_only_the_codes(rho):
     true = rho * dim / (1 - rho**2)
     assert abs(float(grad(rho)) - true) < 0.2 * abs(true) + 0.1
     x, z = _toy_samples(rho, dim, key)
-    scale_x = jax.grad(lambda s: mige.infomax_surrogate(s * x, z, "ssge"))(1.3)
+    scale_x = jax.jit(jax.grad(lambda s: mige.infomax_surrogate(s * x, z, "ssge")))(1.3)
     assert float(scale_x) == 0.0
 
 
@@ -426,11 +427,12 @@ def test_entropy_surrogate_with_the_exact_score_is_its_formula():
     """With the score of N(0, I), -z: the surrogate is the mean of |z|^2 and its gradient
     z / M, -score / M (catches a 1 / (M - 1), 1.6 % at DIM's batch of 64); SSGE by default."""
     z = jax.random.normal(jax.random.key(0), (8, 3))
-    exact = lambda v: -v  # noqa: E731
-    np.testing.assert_allclose(mige.entropy_surrogate(z, exact), jnp.mean(jnp.sum(z * z, -1)))
-    np.testing.assert_allclose(jax.grad(mige.entropy_surrogate)(z, exact), z / 8, rtol=1e-6)
+    exact = functools.partial(mige.entropy_surrogate, score_fn=lambda v: -v)
+    np.testing.assert_allclose(jax.jit(exact)(z), jnp.mean(jnp.sum(z * z, -1)), rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(jax.grad(exact))(z), z / 8, rtol=1e-6)
     z = jax.random.normal(jax.random.key(2), (60, 2))
-    np.testing.assert_array_equal(mige.entropy_surrogate(z), mige.entropy_surrogate(z, "ssge"))
+    ssge = jax.jit(mige.entropy_surrogate, static_argnums=1)
+    np.testing.assert_array_equal(jax.jit(mige.entropy_surrogate)(z), ssge(z, "ssge"))
 
 
 def test_encoder_mi_gradient_with_known_conditional_score():
@@ -443,7 +445,7 @@ def test_encoder_mi_gradient_with_known_conditional_score():
         return mige.encoder_mi_surrogate(z, -eps / sigma, "ssge")
 
     true = dim * (-1.0 / (sigma * (sigma**2 + 1.0)))  # d/dsigma of d/2 log(1 + 1/sigma^2)
-    grad = jax.grad(surrogate)(sigma)
+    grad = jax.jit(jax.grad(surrogate))(sigma)
     assert abs(float(grad) - true) < 0.2 * abs(true)
 
 
