@@ -289,14 +289,20 @@ def test_dim_loss_adds_gamma_times_the_encoders_prior_loss_on_sigmoid_y():
     images = jax.random.uniform(jax.random.key(1), (6, 8, 8, 1))
     for prior in ("uniform", "gaussian"):
         objective = _dim_objective(gamma=0.25, prior=prior)
-        params, states = objective.init(jax.random.key(2), images)
+        params, states = jax.jit(objective.init)(jax.random.key(2), images)
         loss, (m, _) = jax.jit(objective.loss)(params, states, images, jax.random.key(3))
-        local, _, global_ = objective.encoder.apply(params["encoder"], images)
-        scores = objective._critic().apply(params["critic"], local, local, global_)
+
+        @jax.jit
+        def by_hand(params, prior=prior, objective=objective):
+            local, _, global_ = objective.encoder.apply(params["encoder"], images)
+            scores = objective._critic().apply(params["critic"], local, local, global_)
+            encoded = jax.nn.sigmoid(global_) if prior == "uniform" else global_
+            return scores, dim.PriorDiscriminator().apply(params["prior_disc"], encoded)
+
+        scores, logits = by_hand(params)
         g = _np_infonce(scores.global_scores)
         loc = np.mean([_np_infonce(s) for s in scores.local_scores])
-        encoded = jax.nn.sigmoid(global_) if prior == "uniform" else global_
-        logits = np.asarray(dim.PriorDiscriminator().apply(params["prior_disc"], encoded))
+        logits = np.asarray(logits)
         enc_loss = np.mean(_sp(-logits))
         np.testing.assert_allclose(m["prior_encoder"], enc_loss, rtol=1e-5, atol=1e-6)
         want = -(0.3 * g + 0.7 * loc) + 0.25 * enc_loss + float(m["prior_disc"])

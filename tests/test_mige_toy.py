@@ -104,10 +104,10 @@ def test_error_stats_against_hand_computation():
 def test_richardson_score_combines_two_bandwidths():
     z = jax.random.normal(jax.random.key(0), (50, 2))
     spec = {"score": "stein", "hparams": {"eta": 0.1}, "bandwidth_scale": 2.0, "richardson": 1.5}
-    got = mige_toy.make_score_fn(spec)(z)
-    h = score.median_bandwidth(z, scale=2.0)
-    s1 = score.stein_score(z, eta=0.1, bandwidth=h)
-    s2 = score.stein_score(z, eta=0.1, bandwidth=1.5 * h)
+    got = jax.jit(mige_toy.make_score_fn(spec))(z)
+    h = jax.jit(functools.partial(score.median_bandwidth, scale=2.0))(z)
+    stein = jax.jit(functools.partial(score.stein_score, eta=0.1))
+    s1, s2 = stein(z, bandwidth=h), stein(z, bandwidth=1.5 * h)
     np.testing.assert_allclose(got, (2.25 * s1 - s2) / 1.25, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="richardson"):
         mige_toy.make_score_fn(dict(spec, richardson=0.5))

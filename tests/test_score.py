@@ -53,8 +53,8 @@ def test_ssge_with_every_eigenfunction_is_stein_without_ridge():
     d = k @ x - k.sum(1, keepdims=True) * x
     expected = np.linalg.solve(k, d) / sigma**2
     xf = jnp.asarray(x, jnp.float32)
-    full = score.ssge_score(xf, num_eigen=30, bandwidth=sigma)
-    stein = score.stein_score(xf, eta=1e-6, bandwidth=sigma)
+    full = jax.jit(lambda x: score.ssge_score(x, num_eigen=30, bandwidth=sigma))(xf)
+    stein = jax.jit(lambda x: score.stein_score(x, eta=1e-6, bandwidth=sigma))(xf)
     scale = np.abs(expected).max()
     np.testing.assert_allclose(full, expected, atol=1e-3 * scale)
     np.testing.assert_allclose(stein, expected, atol=1e-3 * scale)
