@@ -40,7 +40,8 @@ def define_experiment_flags(name: str):
             + (f" ({', '.join(presets)})" if presets else "")
             + "; override any field with --config.FIELD=VALUE.",
         )
-    except flags.Error as e:  # (a --flagfile that cannot be read: a traceback before)
+    except (flags.CantOpenFlagFileError, flags.IllegalFlagValueError) as e:
+        # (a --flagfile that cannot be read, or given no file: a traceback before)
         raise SystemExit(f"{name}: {str(e).removeprefix('ERROR:: ')}") from None
     workdir = flags.DEFINE_string(
         "workdir",
@@ -256,11 +257,13 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
         # --flagfile's flags in its place, for the checks below as for absl (the default
         # workdir of a `:quick` preset given in a flag file was the full run's); a file that
         # cannot be read was refused as the flags were defined
-        argv = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
+        flag_file = any(a.startswith(("--flagfile", "-flagfile")) for a in argv[1:])
+        argv = [argv[0], *flags.FLAGS.read_flags_from_files(argv[1:], force_gnu=False)]
+        where = " (flag files included)" if flag_file else ""
         if sum(a == "--config" or a.startswith("--config=") for a in argv[1:]) > 1:
             # (absl took the last, the default workdir and the checks here the first: a
             # `:quick` run wrote into the full run's folder)
-            raise SystemExit(f"{name}: --config given more than once; give it once.")
+            raise SystemExit(f"{name}: --config given more than once{where}; give it once.")
         argv = _check_config_path(name, argv)
         config_arg.append(_config_arg(argv))
         given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
@@ -268,7 +271,9 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
         if repeated := sorted({g for g in given if given.count(g) > 1}):
             # ml_collections joined a repeated tuple override's values (('nwj',) then ('dv',)
             # ran both bounds): two values for one setting are refused.
-            raise SystemExit(f"{name}: {', '.join(repeated)} given more than once; give it once.")
+            raise SystemExit(
+                f"{name}: {', '.join(repeated)} given more than once{where}; give it once."
+            )
         try:
             return flags.FLAGS(argv)
         except flags.Error as e:  # (what `app.parse_flags_with_usage` does, but for a preset)

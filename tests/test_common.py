@@ -1605,6 +1605,17 @@ def test_config_given_twice_is_refused_before_anything_is_written(tmp_path):
     assert out.returncode == 1, out.stderr[-2000:]
     assert out.stderr.strip() == "staircase: --config given more than once; give it once."
     assert not (tmp_path / "run").exists()
+    # One of them in a flag file: said so (the command line alone holds one).
+    (tmp_path / "flags").write_text("--config=configs/staircase.py\n")
+    out = _command_line(
+        "-m", "experiments.staircase", f"--flagfile={tmp_path / 'flags'}",
+        "--config", "configs/staircase.py:quick", f"--workdir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert out.stderr.strip() == (
+        "staircase: --config given more than once (flag files included); give it once."
+    )
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_relative_workdirs_lock_file_is_removed_after_a_change_of_directory(

@@ -440,8 +440,9 @@ def test_each_split_is_its_own_tfds_split_read_from_the_data_dir(tmp_path, monke
             r"record 3's image is uint8\[5, 5, 1\], not uint8\[5, 5, 3\]",
         ),
         (np.zeros((5, 5, 3), np.uint16), r"record 3's image is uint16\[5, 5, 3\], not uint8"),
+        (None, r"record 0's image is uint16\[5, 5, 3\], not uint8"),  # (a uint16 dataset)
     ],
-    ids=["channels", "dtype"],
+    ids=["channels", "dtype", "every-record"],
 )
 def test_a_tfds_record_of_another_shape_or_dtype_is_refused(
     tmp_path, monkeypatch, record, expected
@@ -453,6 +454,8 @@ def test_a_tfds_record_of_another_shape_or_dtype_is_refused(
 
     def one_odd_record(name, split):
         images, labels = records(name, split)
+        if record is None:
+            return images.astype(np.uint16), labels
         images = list(images)
         images[3] = record
         return images, labels

@@ -783,7 +783,9 @@ def test_cli_refuses_a_json_path_it_cannot_write_before_training(
 
 
 def test_cli_json_on_stdout_and_a_closed_output_pipe(tmp_path, gaussian_2d):
-    np.savez(tmp_path / "pairs.npz", x=gaussian_2d[0][:500], y=gaussian_2d[1][:500])
+    # (x with a constant column: the library's warning reaches the command's stderr)
+    x = np.concatenate([gaussian_2d[0][:500], np.ones((500, 1))], axis=1)
+    np.savez(tmp_path / "pairs.npz", x=x, y=gaussian_2d[1][:500])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
     command = [sys.executable, "-m", "experiments.estimate", "--data", "pairs.npz"]
@@ -795,6 +797,7 @@ def test_cli_json_on_stdout_and_a_closed_output_pipe(tmp_path, gaussian_2d):
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads(out.stdout)
     assert record["unit"] == "nats" and record["mi"] > 0 and "I(X;Y) = " in out.stderr
+    assert "`x` has columns [2] (1) constant on the training split" in out.stderr
     assert os.listdir(tmp_path) == ["pairs.npz"]
     # A reader gone before the estimate was printed (`| head -0`): before, a BrokenPipeError
     # traceback and status 1 (an experiment's print between IB's methods stopped the rest).
