@@ -21,6 +21,13 @@ from experiments._common import (
     writes_files,
 )
 
+# Where runs without --workdir write. Not `/tmp/mi_jax` (the default until 2026-12-07): a
+# folder named as the package shadows it for a Python started beside it, here in /tmp, under an
+# editable install (`pip install -e .`): `import mi_jax` gave an empty namespace package there,
+# and `mi_jax.estimate_mi` an AttributeError.
+DEFAULT_ROOT = "/tmp/mi_jax_runs"
+EARLIER_DEFAULT_ROOT = "/tmp/mi_jax"
+
 
 def define_experiment_flags(name: str):
     """``--config`` (a ``configs/NAME.py[:preset]`` file) and ``--workdir`` flags.
@@ -46,8 +53,8 @@ def define_experiment_flags(name: str):
     workdir = flags.DEFINE_string(
         "workdir",
         None,
-        f"Directory for outputs; default /tmp/mi_jax/{name}, /tmp/mi_jax/{name}_PRESET for "
-        f"--config configs/{name}.py:PRESET (`default_workdir`).",
+        f"Directory for outputs; default {DEFAULT_ROOT}/{name}, {DEFAULT_ROOT}/{name}_PRESET "
+        f"for --config configs/{name}.py:PRESET (`default_workdir`).",
     )
     flags.mark_flags_as_required(["config"])
     # Key flags of the main module (absl names it by sys.argv[0]), so that `--help` lists them
@@ -57,15 +64,15 @@ def define_experiment_flags(name: str):
     return config, workdir
 
 
-def default_workdir(name: str, config_arg: str | None) -> str:
+def default_workdir(name: str, config_arg: str | None, root: str | None = None) -> str:
     """The workdir of a run without ``--workdir``: one per config file and preset
-    (``/tmp/mi_jax/NAME`` for ``configs/NAME.py``, ``/tmp/mi_jax/NAME_PRESET`` for
-    ``configs/NAME.py:PRESET``, ``/tmp/mi_jax/NAME_MINE_PRESET`` for ``mine.py:PRESET``), so a
-    quick run does not occupy the folder the full run resumes from."""
+    (``ROOT/NAME`` for ``configs/NAME.py``, ``ROOT/NAME_PRESET`` for ``configs/NAME.py:PRESET``,
+    ``ROOT/NAME_MINE_PRESET`` for ``mine.py:PRESET``; ``ROOT`` is `DEFAULT_ROOT` unless ``root``
+    is given), so a quick run does not occupy the folder the full run resumes from."""
     path, _, preset = (config_arg or "").partition(":")
     stem = os.path.splitext(os.path.basename(path))[0]
     parts = [name] + ([stem] if stem and stem != name else []) + ([preset] if preset else [])
-    return "/tmp/mi_jax/" + "_".join(parts)
+    return os.path.join(DEFAULT_ROOT if root is None else root, "_".join(parts))
 
 
 def _stop_behind(e: BaseException) -> BaseException | None:
@@ -191,8 +198,15 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
             keep_preset_entries(name, config.value, preset_config(config_arg[0]), given)
         workdir = workdir_flag.value
         if workdir is None:
-            workdir = default_workdir(name, config_arg[0] if config_arg else None)
+            config_file = config_arg[0] if config_arg else None
+            workdir = default_workdir(name, config_file)
             print(f"{name}: writing to {workdir} (no --workdir given)")
+            earlier = default_workdir(name, config_file, EARLIER_DEFAULT_ROOT)
+            if os.path.isdir(earlier) and not os.path.exists(workdir):
+                print(
+                    f"{name}: {earlier}, this command's default workdir before 2026-12-07, holds "
+                    f"an earlier run: to resume it, give --workdir={earlier}"
+                )
         # The shell leaves `--workdir=~/runs` as it is: the home directory, not a folder `~`.
         workdir = os.path.expanduser(workdir)
         distributed = False

@@ -1171,33 +1171,52 @@ def test_a_stray_argument_is_named_in_one_line_and_a_finished_run_says_where_it_
 def test_without_workdir_each_preset_writes_to_its_own_folder(tmp_path):
     # Before: every preset's default was /tmp/mi_jax/NAME, so a `:quick` run there made the
     # README's set-up command (the full preset, same folder) refuse the changed settings.
-    assert _cli.default_workdir("infomax", "configs/infomax.py") == "/tmp/mi_jax/infomax"
+    assert _cli.default_workdir("infomax", "configs/infomax.py") == "/tmp/mi_jax_runs/infomax"
     assert _cli.default_workdir("infomax", "configs/infomax.py:quick") == (
-        "/tmp/mi_jax/infomax_quick"
+        "/tmp/mi_jax_runs/infomax_quick"
     )
-    assert _cli.default_workdir("ib", None) == "/tmp/mi_jax/ib"
+    assert _cli.default_workdir("ib", None) == "/tmp/mi_jax_runs/ib"
     assert _cli.default_workdir("staircase", "/tmp/my_staircase.py:quick") == (
-        "/tmp/mi_jax/staircase_my_staircase_quick"  # not the repository's quick run's folder
+        "/tmp/mi_jax_runs/staircase_my_staircase_quick"  # not the repository's quick run's folder
     )
+    # The folder of the defaults before 2026-12-07 holds an earlier full run, no quick one.
+    earlier = tmp_path / "earlier"
+    (earlier / "staircase").mkdir(parents=True)
     code = (
         "import contextlib\n"
         "from experiments import _cli\n"
+        f"_cli.EARLIER_DEFAULT_ROOT = {str(earlier)!r}\n"
         "def run(config, workdir):\n"
         "    print('workdir=' + workdir)\n"
-        "# (no lock: another run in /tmp/mi_jax/staircase, the README's, would refuse this one)\n"
+        "# (no lock: another run in /tmp/mi_jax_runs/staircase, the README's, would refuse this)\n"
         "_cli.workdir_lock = lambda workdir: contextlib.nullcontext()\n"
         "_cli.run_experiment('staircase', run)\n"
     )
     # (a flag file's --config too: before, the default workdir was the full run's)
     (tmp_path / "flags").write_text("--config=configs/staircase.py:quick\n")
-    for flag, expected in [
-        (["--config", "configs/staircase.py"], "/tmp/mi_jax/staircase"),
-        (["--flagfile", str(tmp_path / "flags")], "/tmp/mi_jax/staircase_quick"),
+    for flag, expected, note in [
+        (["--config", "configs/staircase.py"], "/tmp/mi_jax_runs/staircase", True),
+        (["--flagfile", str(tmp_path / "flags")], "/tmp/mi_jax_runs/staircase_quick", False),
     ]:
         out = _command_line("-c", code, *flag)
         assert out.returncode == 0, out.stderr[-2000:]
         assert f"staircase: writing to {expected} (no --workdir given)" in out.stdout
         assert f"workdir={expected}\n" in out.stdout
+        resume = f"to resume it, give --workdir={earlier / 'staircase'}\n"
+        assert (resume in out.stdout) == (note and not os.path.exists(expected)), out.stdout
+
+    # The defaults' folder does not shadow the package for a Python started beside it (in
+    # /tmp). Before, /tmp/mi_jax did under the editable install: `import mi_jax` there gave an
+    # empty namespace package, and the README's `mi_jax.estimate_mi` an AttributeError.
+    (tmp_path / os.path.basename(_cli.DEFAULT_ROOT) / "staircase").mkdir(parents=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import mi_jax; mi_jax.estimate_mi"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_a_named_map_on_the_command_line_keeps_the_presets_other_entries(tmp_path):
