@@ -202,7 +202,7 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
             workdir = default_workdir(name, config_file)
             print(f"{name}: writing to {workdir} (no --workdir given)")
             earlier = default_workdir(name, config_file, EARLIER_DEFAULT_ROOT)
-            if os.path.isdir(earlier) and not os.path.exists(workdir):
+            if os.path.exists(os.path.join(earlier, "config.json")) and not os.path.exists(workdir):
                 print(
                     f"{name}: {earlier}, this command's default workdir before 2026-12-07, holds "
                     f"an earlier run: to resume it, give --workdir={earlier}"

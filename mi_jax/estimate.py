@@ -934,7 +934,7 @@ def _gaussianize(a: np.ndarray, train_idx: np.ndarray, name: str) -> np.ndarray:
     column of one training value is 0 (`_check_constant_columns`). Constant means one
     value here, exactly: ranks lose no precision, where z-scores of ``1e16 + x`` do
     (`_zscores` takes a range within 64 float64 spacings of the mean as none)."""
-    import scipy.special  # here, not at the top: 0.3 s of every process's start
+    import scipy.special  # here: at the top, 0.13 s of every `import mi_jax`
 
     train = np.sort(a[train_idx], axis=0)
     flat = train[0] == train[-1]

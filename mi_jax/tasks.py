@@ -287,7 +287,7 @@ def _spiral(x: Array, speed: float = 0.5) -> Array:
 
 def _t_entropy_offset(df: float, dim: int) -> float:
     """Entropy of a standard d-dim Student-t minus its ``log det`` and ``log (df pi)`` parts."""
-    from scipy import special  # here, not at the top: 0.3 s of every process's start
+    from scipy import special  # here: at the top, 0.13 s of every `import mi_jax`
 
     half_df, half_total = df / 2.0, (df + dim) / 2.0
     return float(

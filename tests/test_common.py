@@ -1182,6 +1182,8 @@ def test_without_workdir_each_preset_writes_to_its_own_folder(tmp_path):
     # The folder of the defaults before 2026-12-07 holds an earlier full run, no quick one.
     earlier = tmp_path / "earlier"
     (earlier / "staircase").mkdir(parents=True)
+    (earlier / "staircase" / "config.json").write_text("{}")
+    (earlier / "staircase_quick").mkdir()  # (a folder without a run: not named)
     code = (
         "import contextlib\n"
         "from experiments import _cli\n"
