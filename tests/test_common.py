@@ -1204,7 +1204,7 @@ def test_without_workdir_each_preset_writes_to_its_own_folder(tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         assert f"staircase: writing to {expected} (no --workdir given)" in out.stdout
         assert f"workdir={expected}\n" in out.stdout
-        resume = f"to resume it, give --workdir={earlier / 'staircase'}\n"
+        resume = f"to resume it, give --workdir={earlier / os.path.basename(expected)}\n"
         assert (resume in out.stdout) == (note and not os.path.exists(expected)), out.stdout
 
     # The defaults' folder does not shadow the package for a Python started beside it (in
