@@ -3,9 +3,16 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
 
 from mi_jax import probes
+
+
+def _sklearn_logistic_regression(**kwargs):
+    """scikit-learn's `LogisticRegression`, the reference fit; imported here, where a test uses
+    it (1.9 s, which every worker would pay collecting this file)."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(**kwargs)
 
 
 def _blobs(n, dim=10, classes=3, sep=3.0, seed=0):
@@ -22,7 +29,7 @@ def test_linear_probe_matches_scikit_learn():
     xt = xt + np.random.default_rng(7).normal(size=xt.shape).astype(np.float32) * 0.1
     ours = probes.fit_probe(x[:800], y[:800], x[800:], y[800:], l2=1e-4, max_iter=300)
     mu, sd = x[:800].mean(0), x[:800].std(0)
-    ref = LogisticRegression(C=1.0 / (1e-4 * 800), max_iter=5000)
+    ref = _sklearn_logistic_regression(C=1.0 / (1e-4 * 800), max_iter=5000)
     ref.fit((x[:800] - mu) / sd, y[:800])
     ref_acc = ref.score((x[800:] - mu) / sd, y[800:])
     assert 0.5 < ref_acc < 0.97
@@ -42,7 +49,7 @@ def test_linear_probe_reaches_the_optimum_at_its_defaults():
     train, test = slice(0, 1200), slice(1200, None)
     mu, sd = x[train].mean(0), x[train].std(0)
     sd = np.where(sd > 1e-6 * np.abs(mu), sd, 1.0)  # the probe's constant features (edges)
-    ref = LogisticRegression(C=1.0 / (1e-4 * 1200), tol=1e-10, max_iter=10_000)
+    ref = _sklearn_logistic_regression(C=1.0 / (1e-4 * 1200), tol=1e-10, max_iter=10_000)
     ref.fit((x[train] - mu) / sd, y[train])
     want = ref.score((x[test] - mu) / sd, y[test])
     ours = probes.fit_probe(x[train], y[train], x[test], y[test])
@@ -217,7 +224,9 @@ def test_the_test_split_is_standardized_with_the_training_statistics():
     shifted = x[800:] + 2.0  # every feature moved by ~2 training stds
     ours = probes.fit_probe(x[:800], y[:800], shifted, y[800:], l2=1e-4, max_iter=300)
     mu, sd = x[:800].mean(0), x[:800].std(0)
-    ref = LogisticRegression(C=1.0 / (1e-4 * 800), max_iter=5000).fit((x[:800] - mu) / sd, y[:800])
+    ref = _sklearn_logistic_regression(C=1.0 / (1e-4 * 800), max_iter=5000).fit(
+        (x[:800] - mu) / sd, y[:800]
+    )
     want = ref.score((shifted - mu) / sd, y[800:])
     own_stats = ref.score((shifted - shifted.mean(0)) / shifted.std(0), y[800:])
     assert abs(want - own_stats) > 0.05  # (the case tells the two apart)
@@ -238,7 +247,7 @@ def test_a_strong_l2_moves_the_linear_probe_as_it_moves_scikit_learn():
     grid_y = np.digitize(grid[:, 0], [-1.0, 1.0])
     ours = probes.fit_probe(x, y, grid, grid_y, l2=l2, max_iter=1000)
     mu, sd = x.mean(0), x.std(0)
-    ref = LogisticRegression(C=1.0 / (l2 * n), tol=1e-10, max_iter=10_000)
+    ref = _sklearn_logistic_regression(C=1.0 / (l2 * n), tol=1e-10, max_iter=10_000)
     want = ref.fit((x - mu) / sd, y).score((grid - mu) / sd, grid_y)
     assert ours.converged and abs(ours.test_accuracy - want) <= 4.5 / 3201, (ours, want)
 
@@ -367,12 +376,10 @@ def test_complex_features_are_refused_by_name():
 
 def test_an_unpenalized_linear_probe_is_allowed_and_matches_scikit_learn():
     """Catches: l2 = 0 refused (the docstring and check_hparams allow l2 >= 0)."""
-    from sklearn.linear_model import LogisticRegression
-
     x, y = _blobs(900, sep=0.5, seed=6)
     fit = probes.fit_probe(x[:600], y[:600], x[600:], y[600:], l2=0.0, max_iter=1000)
     mu, sd = x[:600].mean(0), x[:600].std(0)
-    ref = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000)
+    ref = _sklearn_logistic_regression(C=np.inf, tol=1e-10, max_iter=10_000)
     want = ref.fit((x[:600] - mu) / sd, y[:600]).score((x[600:] - mu) / sd, y[600:])
     assert 0.4 < want < 0.95
     assert abs(fit.test_accuracy - want) <= 2.5 / 300, (fit, want)
