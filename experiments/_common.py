@@ -414,6 +414,7 @@ def checkpoint_manager(path: str, keep: int = 1):
     import orbax.checkpoint as ocp
 
     check_path_encoding(path, "the checkpoints' folder")
+    _quiet_abandoned_reads()  # (before any restore: installed just before one, it missed some)
 
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     return ocp.CheckpointManager(
@@ -540,8 +541,9 @@ def resume(path: str, start: int, state, keep: int = 1):
 
 def restore_checkpoint(manager, step: int, state):
     """``state``'s structure restored from ``manager``'s checkpoint at ``step``, or a
-    `ValueError` saying the checkpoint does not fit (written with another model or
-    ``num_seeds``) instead of Orbax's shape errors. Nothing in the workdir is touched."""
+    `CheckpointMismatchError` saying the checkpoint does not fit (written with another model or
+    ``num_seeds``) instead of Orbax's shape errors, or a `WorkdirFileError` saying it is
+    damaged. Nothing in the workdir is touched."""
     import orbax.checkpoint as ocp
 
     where = os.path.join(str(manager.directory), str(step))
@@ -553,51 +555,124 @@ def restore_checkpoint(manager, step: int, state):
             "it has ended, to resume from its latest checkpoint."
         )
     check_checkpoint_fits(manager, step, state)
+    _quiet_abandoned_reads()  # (installed by `checkpoint_manager` already, but cheap)
     try:
         return manager.restore(step, args=ocp.args.StandardRestore(state))
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
-        detail = f"{type(e).__name__}: {e}"
-        # Files of it missing (TensorStore's NOT_FOUND): damaged, cut or partly deleted; else
-        # (other array names or shapes) another config's.
-        if not (isinstance(e, FileNotFoundError) or "NOT_FOUND" in detail):
-            raise _checkpoint_mismatch(manager, step, detail) from e
+    except Exception as e:
+        # Its array names and shapes are this state's (checked above; unreadable metadata is
+        # damage too): the data are what failed, whatever Orbax or TensorStore raised (files
+        # missing: NOT_FOUND; cut: OUT_OF_RANGE; altered: a decompression error; ...).
+        _quiet_abandoned_coroutines()
+        cause = e
+        while cause.__cause__ is not None:  # (Orbax wraps TensorStore's message)
+            cause = cause.__cause__
+        detail = f"{type(cause).__name__}: {cause}".split("\n")[0]
         others = [s for s in manager.all_steps() if s < step]
         raise WorkdirFileError(
             f"the checkpoint at step {step} ({where}) cannot be read: it is damaged (files "
-            "missing or cut). Remove that folder to resume from "
+            "missing, cut or altered). Remove that folder to resume from "
             + (f"the checkpoint at step {max(others)}" if others else "the start")
             + f", or use a fresh --workdir. ({detail[:300]})"
         ) from e
 
 
-def check_checkpoint_fits(manager, step: int, state) -> None:
-    """Refuses (`ValueError`) ``manager``'s checkpoint at ``step`` when its array shapes are not
-    ``state``'s (arrays or `jax.ShapeDtypeStruct` leaves: a structure from `jax.eval_shape`
-    serves); reads only the checkpoint's metadata.
+def _quiet_abandoned_reads() -> None:
+    """Keeps the reads a failed Orbax restore leaves in flight from burying its one-line
+    message: they fail into the restore's closed event loop (`RuntimeError: Event loop is
+    closed`, from TensorStore's threads, reported as unraisable) or as asyncio's "exception was
+    never retrieved" log records, a traceback each: hundreds of lines on an InfoMax checkpoint.
+    Only those are dropped, from then on in the process (installed once)."""
+    import logging
 
-    The shapes are compared before anything is restored: a restore that Orbax rejects part-way
+    def abandoned(exc) -> bool:
+        return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+    if getattr(sys.excepthook, "_drops_abandoned_reads", False):
+        return
+    hooks = (sys.excepthook, threading.excepthook, sys.unraisablehook)
+
+    def excepthook(kind, value, tb, _next=hooks[0]):
+        if not abandoned(value):
+            _next(kind, value, tb)
+
+    def thread_hook(args, _next=hooks[1]):
+        if not abandoned(args.exc_value):
+            _next(args)
+
+    def unraisable_hook(args, _next=hooks[2]):
+        if not abandoned(args.exc_value):
+            _next(args)
+
+    excepthook._drops_abandoned_reads = True
+    sys.excepthook, threading.excepthook, sys.unraisablehook = (
+        excepthook,
+        thread_hook,
+        unraisable_hook,
+    )
+    logging.getLogger("asyncio").addFilter(
+        lambda record: "exception was never retrieved" not in record.getMessage()
+    )
+
+
+def _quiet_abandoned_coroutines() -> None:
+    """After a failed Orbax read: its coroutines that never ran are collected later, each with
+    a `RuntimeWarning` ("coroutine 'Store._get_array_metadatas' was never awaited") that would
+    follow the one-line message; those warnings are dropped."""
+    warnings.filterwarnings("ignore", r"coroutine '[\w.]+' was never awaited", RuntimeWarning)
+
+
+def _tree_signature(tree) -> list[tuple[str, tuple[int, ...]]]:
+    """Each leaf's path (field, key or index names joined by "/") and shape, sorted: what a
+    checkpoint's metadata and the train state it restores into must share."""
+
+    def name(key) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return sorted(
+        ("/".join(name(k) for k in path), tuple(getattr(x, "shape", np.shape(x))))
+        for path, x in leaves
+    )
+
+
+def check_checkpoint_fits(manager, step: int, state) -> None:
+    """Refuses (`CheckpointMismatchError`) ``manager``'s checkpoint at ``step`` when its arrays'
+    names or shapes are not ``state``'s (arrays or `jax.ShapeDtypeStruct` leaves: a structure
+    from `jax.eval_shape` serves); reads only the checkpoint's metadata.
+
+    They are compared before anything is restored: a restore that Orbax rejects part-way
     leaves its reads in flight, which later fail into a closed event loop (reported as
     unraisable exceptions wherever the process happens to be)."""
-
-    def shapes(tree):
-        return sorted(tuple(getattr(x, "shape", np.shape(x))) for x in jax.tree.leaves(tree))
-
     try:  # (read through a checkpointer of the item's folder, Orbax warned on every resume
         # that the step's metadata file was not there)
         metadata = manager.item_metadata(step)
-        stored = shapes(getattr(metadata, "tree", metadata))
-    except Exception:  # no readable metadata: the restore itself decides
+        stored = _tree_signature(getattr(metadata, "tree", metadata))
+    except Exception:  # no readable metadata: the restore decides (and fails: damage)
+        _quiet_abandoned_coroutines()
         return
-    wanted = shapes(state)
+    wanted = _tree_signature(state)
     if stored and stored != wanted:
-        diff = sorted(set(stored) ^ set(wanted))[:4]
-        raise _checkpoint_mismatch(
-            manager, step, f"{len(stored)} stored arrays vs {len(wanted)}; shapes differ: {diff}"
-        )
+        if sorted(s for _, s in stored) == sorted(s for _, s in wanted):
+            names = sorted({n for n, _ in stored} ^ {n for n, _ in wanted})[:4]
+            detail = f"the same shapes under other names: {names}"
+        else:
+            shapes = sorted({s for _, s in stored} ^ {s for _, s in wanted})[:4]
+            detail = f"{len(stored)} stored arrays vs {len(wanted)}; shapes differ: {shapes}"
+        raise _checkpoint_mismatch(manager, step, detail)
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint written under another config: `experiments._cli.run_experiment` prints its
+    message alone."""
+
+    bad_setting = True
 
 
 def _checkpoint_mismatch(manager, step: int, detail: str) -> ValueError:
-    return ValueError(
+    return CheckpointMismatchError(
         f"the checkpoint at step {step} in {manager.directory} does not fit this config's "
         f"train state (written with other model settings or another `config.num_seeds`?); "
         f"use a fresh --workdir, or the config that wrote it. ({detail[:300]})"

@@ -6,6 +6,7 @@ import importlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -647,13 +648,55 @@ def test_a_damaged_checkpoint_is_named_as_damaged_not_as_another_config(tmp_path
     with pytest.raises(_common.WorkdirFileError, match=r"step 4 .* disappeared while this run"):
         _common.restore_checkpoint(manager, 4, state)
     # another config's state is still named as such: other shapes, or the same shapes under
-    # other names (a renamed module), which is no damage
-    with pytest.raises(ValueError, match="does not fit this config"):
-        _common.restore_checkpoint(manager, 2, {"w": jnp.zeros((3, 3)), "b": jnp.ones(3)})
-    with pytest.raises(ValueError, match="does not fit this config"):
-        _common.restore_checkpoint(manager, 2, {"kernel": state["w"], "b": state["b"]})
+    # other names (a renamed module), which is no damage; refused from the metadata, before
+    # any array is read, and printed alone by the command line (`bad_setting`)
+    renamed = {"kernel": state["w"], "b": state["b"]}
+    for other in ({"w": jnp.zeros((3, 3)), "b": jnp.ones(3)}, renamed):
+        with pytest.raises(_common.CheckpointMismatchError, match="does not fit this config"):
+            _common.check_checkpoint_fits(manager, 2, other)
+        with pytest.raises(_common.CheckpointMismatchError, match="does not fit this config"):
+            _common.restore_checkpoint(manager, 2, other)
+    assert _common.CheckpointMismatchError.bad_setting
+    # Damage of other kinds, each named as damage (before: data files cut short or altered
+    # were "another config's" checkpoint, or a bare traceback).
+    step_2 = tmp_path / "checkpoints" / "2"
+    kept = {p: p.read_bytes() for p in step_2.rglob("*") if p.is_file() and p.parent.name == "d"}
+    for damage in ("cut", "altered"):
+        for path, data in kept.items():  # (the data files of both of Orbax's layouts)
+            path.write_bytes(data[:10] if damage == "cut" else bytes(b ^ 0xFF for b in data))
+        with pytest.raises(_common.WorkdirFileError, match=r"step 2 .* damaged.*from the start"):
+            _common.restore_checkpoint(manager, 2, state)
+        for path, data in kept.items():
+            path.write_bytes(data)
     manager.close()
     gc.collect()  # (the rejected restores' leftovers fail here, not in a later test)
+
+
+def test_a_damaged_checkpoint_ends_the_command_line_with_one_line(tmp_path):
+    # Before: a traceback (a data file cut short), or the one-line message buried in hundreds
+    # of lines of the restore's abandoned reads failing into its closed event loop.
+    code = (
+        "import jax.numpy as jnp, orbax.checkpoint as ocp, pathlib\n"
+        "from experiments import _cli, _common\n"
+        "state = {f'w{i}': jnp.full((64, 64), float(i)) for i in range(64)}\n"
+        "def run(config, workdir):\n"
+        "    path = workdir + '/checkpoints'\n"
+        "    manager = _common.checkpoint_manager(path, keep=2)\n"
+        "    for step in (2, 4):\n"
+        "        manager.save(step, args=ocp.args.StandardSave(state))\n"
+        "    manager.wait_until_finished()\n"
+        "    manager.close()\n"
+        "    for f in pathlib.Path(path, '4').rglob('*'):\n"
+        "        if f.is_file() and f.parent.name == 'd':\n"
+        "            f.write_bytes(f.read_bytes()[:10])\n"
+        "    _common.resume(path, 4, state)\n"
+        "_cli.run_experiment('staircase', run)\n"
+    )
+    out = _run_experiment_code(code, tmp_path)
+    assert out.returncode == 1, out.stderr[-2000:]
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1, out.stderr[-3000:]
+    assert re.match(r"staircase: the checkpoint at step 4 .* damaged .* step 2", lines[0])
 
 
 def test_a_run_written_before_a_setting_existed_resumes_with_that_settings_old_value(tmp_path):
