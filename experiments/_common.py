@@ -655,12 +655,16 @@ def check_checkpoint_fits(manager, step: int, state) -> None:
         return
     wanted = _tree_signature(state)
     if stored and stored != wanted:
-        if sorted(s for _, s in stored) == sorted(s for _, s in wanted):
-            names = sorted({n for n, _ in stored} ^ {n for n, _ in wanted})[:4]
-            detail = f"the same shapes under other names: {names}"
-        else:
-            shapes = sorted({s for _, s in stored} ^ {s for _, s in wanted})[:4]
-            detail = f"{len(stored)} stored arrays vs {len(wanted)}; shapes differ: {shapes}"
+        stored, wanted = dict(stored), dict(wanted)
+        detail = f"{len(stored)} stored arrays vs {len(wanted)}"
+        if names := sorted(stored.keys() ^ wanted.keys()):
+            detail += f"; names in one only: {names[:4]}"
+        if shapes := [
+            f"{n}: {stored[n]} stored, {wanted[n]} here"
+            for n in sorted(stored.keys() & wanted.keys())
+            if stored[n] != wanted[n]
+        ]:
+            detail += f"; shapes differ: {shapes[:4]}"
         raise _checkpoint_mismatch(manager, step, detail)
 
 
