@@ -205,7 +205,7 @@ def run_experiment(name: str, train_and_evaluate, *, prepare=None, named_maps=()
             if os.path.exists(os.path.join(earlier, "config.json")) and not os.path.exists(workdir):
                 print(
                     f"{name}: {earlier}, this command's default workdir before 2026-12-07, holds "
-                    f"an earlier run: to resume it, give --workdir={earlier}"
+                    f"an earlier run: to go on with it there, give --workdir={earlier}"
                 )
         # The shell leaves `--workdir=~/runs` as it is: the home directory, not a folder `~`.
         workdir = os.path.expanduser(workdir)

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -414,7 +415,6 @@ def checkpoint_manager(path: str, keep: int = 1):
     import orbax.checkpoint as ocp
 
     check_path_encoding(path, "the checkpoints' folder")
-    _quiet_abandoned_reads()  # (before any restore: installed just before one, it missed some)
 
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     return ocp.CheckpointManager(
@@ -554,19 +554,28 @@ def restore_checkpoint(manager, step: int, state):
             "another run writing this workdir (where the filesystem has no locks)? Rerun when "
             "it has ended, to resume from its latest checkpoint."
         )
-    check_checkpoint_fits(manager, step, state)
-    _quiet_abandoned_reads()  # (installed by `checkpoint_manager` already, but cheap)
+    metadata_read = check_checkpoint_fits(manager, step, state)
     try:
         return manager.restore(step, args=ocp.args.StandardRestore(state))
     except Exception as e:
-        # Its array names and shapes are this state's (checked above; unreadable metadata is
-        # damage too): the data are what failed, whatever Orbax or TensorStore raised (files
-        # missing: NOT_FOUND; cut: OUT_OF_RANGE; altered: a decompression error; ...).
         _quiet_abandoned_coroutines()
-        cause = e
-        while cause.__cause__ is not None:  # (Orbax wraps TensorStore's message)
-            cause = cause.__cause__
-        detail = f"{type(cause).__name__}: {cause}".split("\n")[0]
+        chain = [e]
+        while chain[-1].__cause__ is not None:  # (Orbax wraps TensorStore's message)
+            chain.append(chain[-1].__cause__)
+        messages = " ".join(f"{type(c).__name__}: {c}" for c in chain)
+        detail = f"{type(chain[-1]).__name__}: {chain[-1]}".split("\n")[0]
+        # The same array names and shapes in another tree (a NamedTuple become a dict, a key
+        # holding "/"): another config's, as Orbax says.
+        if metadata_read and "tree structures do not match" in messages:
+            raise _checkpoint_mismatch(manager, step, detail) from e
+        # Unreadable metadata, the tree's own metadata gone (a pytree structure error), or the
+        # data failing in the storage layer (files missing: NOT_FOUND; cut: OUT_OF_RANGE;
+        # altered: a decompression or decoding error): damage. Anything else (out of memory, a
+        # device error) goes on as it is.
+        if metadata_read and not (
+            isinstance(chain[-1], FileNotFoundError) or _STORAGE_ERROR.search(messages)
+        ):
+            raise
         others = [s for s in manager.all_steps() if s < step]
         raise WorkdirFileError(
             f"the checkpoint at step {step} ({where}) cannot be read: it is damaged (files "
@@ -576,42 +585,54 @@ def restore_checkpoint(manager, step: int, state):
         ) from e
 
 
+# Errors of the files under a checkpoint: TensorStore's (status codes, its reads' messages),
+# Orbax's wrapper of a failed read, and jax's where the tree's structure file is gone.
+_STORAGE_ERROR = re.compile(
+    r"NOT_FOUND|OUT_OF_RANGE|DATA_LOSS|FAILED_PRECONDITION|Error (reading|opening|decoding)"
+    r"|Encountered error while reading|pytree structure error"
+)
+
+
 def _quiet_abandoned_reads() -> None:
-    """Keeps the reads a failed Orbax restore leaves in flight from burying its one-line
-    message: they fail into the restore's closed event loop (`RuntimeError: Event loop is
-    closed`, from TensorStore's threads, reported as unraisable) or as asyncio's "exception was
-    never retrieved" log records, a traceback each: hundreds of lines on an InfoMax checkpoint.
-    Only those are dropped, from then on in the process (installed once)."""
+    """Keeps the reads a failed Orbax read (a restore, or its metadata) leaves in flight from
+    burying the run's one-line message: they fail into its closed event loop (`RuntimeError:
+    Event loop is closed`, from TensorStore's threads, reported as unraisable), or with the
+    read's own error as their coroutines are collected (unraisable too, at the process's end)
+    or logged by asyncio ("exception was never retrieved"): hundreds of tracebacks on an
+    InfoMax checkpoint. Only those are dropped, from then on in the process;
+    called before the first read (installed just before a restore, it let some through)."""
     import logging
 
-    def abandoned(exc) -> bool:
-        return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+    def abandoned(exc) -> bool:  # (the closed loop, or the read's own error)
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return True
+        return exc is not None and bool(_STORAGE_ERROR.search(f"{exc} {exc.__cause__}"))
 
-    if getattr(sys.excepthook, "_drops_abandoned_reads", False):
-        return
-    hooks = (sys.excepthook, threading.excepthook, sys.unraisablehook)
+    def keep_record(record) -> bool:  # (a logging filter: False drops the record)
+        error = record.exc_info[1] if record.exc_info else None
+        return not ("exception was never retrieved" in record.getMessage() and abandoned(error))
 
-    def excepthook(kind, value, tb, _next=hooks[0]):
-        if not abandoned(value):
-            _next(kind, value, tb)
+    keep_record._drops_abandoned_reads = True
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(getattr(f, "_drops_abandoned_reads", False) for f in asyncio_log.filters):
+        asyncio_log.addFilter(keep_record)
 
-    def thread_hook(args, _next=hooks[1]):
-        if not abandoned(args.exc_value):
-            _next(args)
+    if not getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
 
-    def unraisable_hook(args, _next=hooks[2]):
-        if not abandoned(args.exc_value):
-            _next(args)
+        def unraisable_hook(args, _next=sys.unraisablehook):
+            if not abandoned(args.exc_value):
+                _next(args)
 
-    excepthook._drops_abandoned_reads = True
-    sys.excepthook, threading.excepthook, sys.unraisablehook = (
-        excepthook,
-        thread_hook,
-        unraisable_hook,
-    )
-    logging.getLogger("asyncio").addFilter(
-        lambda record: "exception was never retrieved" not in record.getMessage()
-    )
+        unraisable_hook._drops_abandoned_reads = True
+        sys.unraisablehook = unraisable_hook
+    if not getattr(threading.excepthook, "_drops_abandoned_reads", False):
+
+        def thread_hook(args, _next=threading.excepthook):
+            if not abandoned(args.exc_value):
+                _next(args)
+
+        thread_hook._drops_abandoned_reads = True
+        threading.excepthook = thread_hook
 
 
 def _quiet_abandoned_coroutines() -> None:
@@ -638,21 +659,23 @@ def _tree_signature(tree) -> list[tuple[str, tuple[int, ...]]]:
     )
 
 
-def check_checkpoint_fits(manager, step: int, state) -> None:
+def check_checkpoint_fits(manager, step: int, state) -> bool:
     """Refuses (`CheckpointMismatchError`) ``manager``'s checkpoint at ``step`` when its arrays'
     names or shapes are not ``state``'s (arrays or `jax.ShapeDtypeStruct` leaves: a structure
     from `jax.eval_shape` serves); reads only the checkpoint's metadata.
 
     They are compared before anything is restored: a restore that Orbax rejects part-way
     leaves its reads in flight, which later fail into a closed event loop (reported as
-    unraisable exceptions wherever the process happens to be)."""
+    unraisable exceptions wherever the process happens to be). Returns whether the metadata
+    could be read (if not, the restore decides, and fails: damage)."""
+    _quiet_abandoned_reads()
     try:  # (read through a checkpointer of the item's folder, Orbax warned on every resume
         # that the step's metadata file was not there)
         metadata = manager.item_metadata(step)
         stored = _tree_signature(getattr(metadata, "tree", metadata))
-    except Exception:  # no readable metadata: the restore decides (and fails: damage)
+    except Exception:
         _quiet_abandoned_coroutines()
-        return
+        return False
     wanted = _tree_signature(state)
     if stored and stored != wanted:
         stored, wanted = dict(stored), dict(wanted)
@@ -666,6 +689,7 @@ def check_checkpoint_fits(manager, step: int, state) -> None:
         ]:
             detail += f"; shapes differ: {shapes[:4]}"
         raise _checkpoint_mismatch(manager, step, detail)
+    return True
 
 
 class CheckpointMismatchError(ValueError):

@@ -668,7 +668,21 @@ def test_a_damaged_checkpoint_is_named_as_damaged_not_as_another_config(tmp_path
             _common.restore_checkpoint(manager, 2, state)
         for path, data in kept.items():
             path.write_bytes(data)
+    # A failure that is not the files' goes on as it is (not "damaged ... remove that folder").
+    restore = manager.restore
+    manager.restore = lambda *a, **k: (_ for _ in ()).throw(MemoryError("out of memory"))
+    with pytest.raises(MemoryError):
+        _common.restore_checkpoint(manager, 2, state)
+    manager.restore = restore
     manager.close()
+    # The same names and shapes in another tree (a list become a map of its indices): another
+    # config's, as Orbax says, not damage.
+    other = _common.checkpoint_manager(str(tmp_path / "other"))
+    other.save(1, args=ocp.args.StandardSave({"x": [state["w"]]}))
+    other.wait_until_finished()
+    with pytest.raises(_common.CheckpointMismatchError, match="does not fit this config"):
+        _common.restore_checkpoint(other, 1, {"x": {"0": state["w"]}})
+    other.close()
     gc.collect()  # (the rejected restores' leftovers fail here, not in a later test)
 
 
@@ -1247,7 +1261,7 @@ def test_without_workdir_each_preset_writes_to_its_own_folder(tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         assert f"staircase: writing to {expected} (no --workdir given)" in out.stdout
         assert f"workdir={expected}\n" in out.stdout
-        resume = f"to resume it, give --workdir={earlier / os.path.basename(expected)}\n"
+        resume = f"to go on with it there, give --workdir={earlier / os.path.basename(expected)}\n"
         assert (resume in out.stdout) == (note and not os.path.exists(expected)), out.stdout
 
     # The defaults' folder does not shadow the package for a Python started beside it (in
