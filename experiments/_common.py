@@ -599,8 +599,9 @@ def _quiet_abandoned_reads() -> None:
     Event loop is closed`, from TensorStore's threads, reported as unraisable), or with the
     read's own error as their coroutines are collected (unraisable too, at the process's end)
     or logged by asyncio ("exception was never retrieved"): hundreds of tracebacks on an
-    InfoMax checkpoint. Only those are dropped, from then on in the process;
-    called before the first read (installed just before a restore, it let some through)."""
+    InfoMax checkpoint. Only those are dropped (told by their messages), from then on in the
+    process; called before the first read (installed just before a restore, it let some
+    through)."""
     import logging
 
     def abandoned(exc) -> bool:  # (the closed loop, or the read's own error)
