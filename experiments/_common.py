@@ -618,22 +618,16 @@ def _quiet_abandoned_reads() -> None:
     if not any(getattr(f, "_drops_abandoned_reads", False) for f in asyncio_log.filters):
         asyncio_log.addFilter(keep_record)
 
-    if not getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
+    for owner, name in ((sys, "unraisablehook"), (threading, "excepthook")):
+        hook = getattr(owner, name)  # (both take an argument with `exc_value`)
+        if not getattr(hook, "_drops_abandoned_reads", False):
 
-        def unraisable_hook(args, _next=sys.unraisablehook):
-            if not abandoned(args.exc_value):
-                _next(args)
+            def quiet_hook(args, _next=hook):
+                if not abandoned(args.exc_value):
+                    _next(args)
 
-        unraisable_hook._drops_abandoned_reads = True
-        sys.unraisablehook = unraisable_hook
-    if not getattr(threading.excepthook, "_drops_abandoned_reads", False):
-
-        def thread_hook(args, _next=threading.excepthook):
-            if not abandoned(args.exc_value):
-                _next(args)
-
-        thread_hook._drops_abandoned_reads = True
-        threading.excepthook = thread_hook
+            quiet_hook._drops_abandoned_reads = True
+            setattr(owner, name, quiet_hook)
 
 
 def _quiet_abandoned_coroutines() -> None:
